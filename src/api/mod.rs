@@ -1,0 +1,3 @@
+//! Endpoints gatehouse answers itself.
+
+pub mod admin;

@@ -1,0 +1,770 @@
+//! Configuration: built-in defaults, then the TOML file, then `GATEHOUSE_<SECTION>__<KEY>` variables.
+//!
+//! figment stays inside this module. The file and the environment are read into raw structs whose
+//! leaves remember a bad value instead of failing on it ([`Raw`]); [`validate`] then turns them into
+//! [`Config`] and reports every invalid value at once, each under its dotted key.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use http::Uri;
+use ipnet::IpNet;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::path;
+use crate::proxy::headers::{IdentityHeaderNames, Preset};
+
+/// The file read when `--config` is not given; a missing default file means "built-in defaults".
+pub const DEFAULT_PATH: &str = "config/gatehouse.toml";
+
+/// The validated configuration the server runs with.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub listen: ListenConfig,
+    pub tls: TlsConfig,
+    pub upstream: UpstreamConfig,
+    pub proxy: ProxyConfig,
+    pub routes: Vec<Route>,
+    pub identity_headers: IdentityHeaderNames,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerConfig {
+    /// The URL clients use to reach gatehouse; the default issuer and the base of links it sends.
+    pub public_url: String,
+    /// Peers whose `X-Forwarded-*` and `Forwarded` headers are believed.
+    #[serde(serialize_with = "display_list")]
+    pub trusted_proxies: Vec<IpNet>,
+    #[serde(serialize_with = "duration")]
+    pub shutdown_grace: Duration,
+    #[serde(serialize_with = "duration")]
+    pub header_read_timeout: Duration,
+    #[serde(serialize_with = "duration")]
+    pub tls_handshake_timeout: Duration,
+    /// More request header fields than this: 431.
+    pub max_headers: usize,
+    /// A request head larger than this many bytes: 431.
+    pub max_header_bytes: usize,
+    /// Concurrent HTTP/2 streams per connection.
+    pub h2_max_concurrent_streams: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ListenConfig {
+    /// TLS listener; `None` when configured as an empty string.
+    #[serde(serialize_with = "optional_addr")]
+    pub https: Option<SocketAddr>,
+    /// Plaintext HTTP/1.1 and h2c listener; `None` when configured as an empty string.
+    #[serde(serialize_with = "optional_addr")]
+    pub http: Option<SocketAddr>,
+    pub admin: SocketAddr,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Generate a certificate into `cert`/`key` when they do not exist yet.
+    pub self_signed: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UpstreamConfig {
+    /// Scheme and authority of the application; requests keep their own path and query.
+    #[serde(serialize_with = "masked_uri")]
+    pub url: Uri,
+    #[serde(serialize_with = "duration")]
+    pub connect_timeout: Duration,
+    #[serde(serialize_with = "duration")]
+    pub response_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProxyConfig {
+    /// Access level of a path no route rule matches.
+    pub default: Access,
+    /// Largest proxied request body in bytes; `None` streams any size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_body: Option<u64>,
+}
+
+/// Who may pass a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    /// Forwarded without identity.
+    Public,
+    /// Needs any valid credential.
+    Authenticated,
+    /// Needs a credential whose authentication methods include a second factor.
+    Mfa,
+}
+
+/// One `[[routes]]` entry.
+#[derive(Debug, Clone, Serialize)]
+pub struct Route {
+    /// A normalised path prefix, matched on whole segments (see [`crate::routes`]).
+    pub path_prefix: String,
+    pub access: Access,
+    /// Scopes the principal must all hold.
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `gatehouse=debug,info`; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+/// Every problem found in a configuration, one per key.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration:")?;
+        for problem in &self.problems {
+            writeln!(f, "  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Loads the configuration from `path` (or [`DEFAULT_PATH`]) and the process environment.
+///
+/// An explicitly named file must exist; the default file may be absent.
+pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+    let file = match path {
+        Some(p) if !p.exists() => {
+            return Err(ConfigError {
+                problems: vec![format!("config file {} does not exist", p.display())],
+            });
+        }
+        Some(p) => p.to_path_buf(),
+        None => PathBuf::from(DEFAULT_PATH),
+    };
+    from_figment(Figment::new().merge(Toml::file(file)).merge(env()))
+}
+
+/// Parses a configuration from TOML text alone (no environment), as tests and tools need.
+pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+    from_figment(Figment::new().merge(Toml::string(text)))
+}
+
+/// `GATEHOUSE_SERVER__PUBLIC_URL` → `server.public_url`. Variables without a `__` (such as
+/// `GATEHOUSE_ADMIN_TOKEN`) are not configuration keys and are left to the code that reads them.
+fn env() -> Env {
+    Env::prefixed("GATEHOUSE_")
+        .filter(|key| key.as_str().contains("__"))
+        .split("__")
+}
+
+fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
+    let raw: RawConfig = figment.extract().map_err(|e| ConfigError {
+        problems: e.into_iter().map(|e| e.to_string()).collect(),
+    })?;
+    validate(raw)
+}
+
+/// A leaf value as written: `Err` holds why it could not be read as `T`.
+#[derive(Debug, Clone)]
+struct Raw<T>(Result<T, String>);
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for Raw<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(d)?;
+        Ok(Raw(serde_json::from_value(value).map_err(|e| e.to_string())))
+    }
+}
+
+type Field<T> = Option<Raw<T>>;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    server: RawServer,
+    listen: RawListen,
+    tls: RawTls,
+    upstream: RawUpstream,
+    proxy: RawProxy,
+    routes: Vec<RawRoute>,
+    identity_headers: RawIdentityHeaders,
+    log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawServer {
+    public_url: Field<String>,
+    trusted_proxies: Field<Vec<String>>,
+    shutdown_grace: Field<String>,
+    header_read_timeout: Field<String>,
+    tls_handshake_timeout: Field<String>,
+    max_headers: Field<u64>,
+    max_header_bytes: Field<u64>,
+    h2_max_concurrent_streams: Field<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawListen {
+    https: Field<String>,
+    http: Field<String>,
+    admin: Field<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTls {
+    cert: Field<String>,
+    key: Field<String>,
+    self_signed: Field<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawUpstream {
+    url: Field<String>,
+    connect_timeout: Field<String>,
+    response_timeout: Field<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawProxy {
+    default: Field<String>,
+    max_body: Field<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRoute {
+    path_prefix: Field<String>,
+    access: Field<String>,
+    scopes: Field<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawIdentityHeaders {
+    preset: Field<String>,
+    user: Field<String>,
+    user_id: Field<String>,
+    email: Field<String>,
+    scopes: Field<String>,
+    methods: Field<String>,
+    assertion: Field<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLog {
+    format: Field<String>,
+    level: Field<String>,
+}
+
+/// Collects problems while values are checked, so that all of them are reported together.
+#[derive(Default)]
+struct Checker {
+    problems: Vec<String>,
+}
+
+impl Checker {
+    /// The value at `key` parsed by `parse`, or `default` when absent; a problem is recorded (and the
+    /// default returned so checking can go on) when it is unreadable or `parse` refuses it.
+    fn get<T, U>(
+        &mut self,
+        key: &str,
+        field: Field<T>,
+        default: U,
+        parse: impl FnOnce(T) -> Result<U, String>,
+    ) -> U {
+        match field {
+            None => default,
+            Some(Raw(Err(e))) => {
+                self.problems.push(format!("{key}: {e}"));
+                default
+            }
+            Some(Raw(Ok(v))) => parse(v).unwrap_or_else(|e| {
+                self.problems.push(format!("{key}: {e}"));
+                default
+            }),
+        }
+    }
+
+    fn problem(&mut self, key: &str, message: impl fmt::Display) {
+        self.problems.push(format!("{key}: {message}"));
+    }
+}
+
+fn ok<T>(v: T) -> Result<T, String> {
+    Ok(v)
+}
+
+fn parse_duration(s: String) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|_| format!("expected a duration such as `10s`, `5m` or `24h`, got `{s}`"))
+}
+
+fn parse_addr(s: String) -> Result<SocketAddr, String> {
+    s.trim()
+        .parse()
+        .map_err(|_| format!("expected an address such as `127.0.0.1:8080`, got `{s}`"))
+}
+
+/// A listener address where an empty string disables the listener.
+fn parse_optional_addr(s: String) -> Result<Option<SocketAddr>, String> {
+    if s.trim().is_empty() {
+        Ok(None)
+    } else {
+        parse_addr(s).map(Some)
+    }
+}
+
+fn parse_access(s: String) -> Result<Access, String> {
+    match s.as_str() {
+        "public" => Ok(Access::Public),
+        "authenticated" => Ok(Access::Authenticated),
+        "mfa" => Ok(Access::Mfa),
+        _ => Err(format!(
+            "expected one of `public`, `authenticated`, `mfa`, got `{s}`"
+        )),
+    }
+}
+
+fn in_range(min: u64, max: u64) -> impl FnOnce(u64) -> Result<u64, String> {
+    move |v| {
+        if (min..=max).contains(&v) {
+            Ok(v)
+        } else {
+            Err(format!("expected a number from {min} to {max}, got {v}"))
+        }
+    }
+}
+
+fn parse_public_url(s: String) -> Result<String, String> {
+    let uri: Uri = s
+        .parse()
+        .map_err(|_| format!("expected an absolute URL, got `{s}`"))?;
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("https" | "http"), Some(_)) => Ok(s.trim_end_matches('/').to_owned()),
+        _ => Err(format!(
+            "expected an absolute http(s) URL such as `https://app.example.com`, got `{s}`"
+        )),
+    }
+}
+
+fn parse_upstream_url(s: String) -> Result<Uri, String> {
+    let uri: Uri = s
+        .parse()
+        .map_err(|_| format!("expected a URL such as `http://127.0.0.1:3000`, got `{s}`"))?;
+    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+        return Err(format!(
+            "expected an http:// URL such as `http://127.0.0.1:3000`, got `{s}`"
+        ));
+    }
+    if uri.path() != "/" || uri.query().is_some() {
+        return Err(format!(
+            "expected a URL without a path or query (requests keep their own), got `{s}`"
+        ));
+    }
+    Ok(uri)
+}
+
+fn parse_cidrs(list: Vec<String>) -> Result<Vec<IpNet>, String> {
+    list.iter()
+        .map(|s| {
+            s.parse::<IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| format!("expected CIDRs such as `10.0.0.0/8`, got `{s}`"))
+        })
+        .collect()
+}
+
+fn parse_header_name(s: String) -> Result<String, String> {
+    match http::HeaderName::from_bytes(s.as_bytes()) {
+        Ok(name) => Ok(name.as_str().to_owned()),
+        Err(_) => Err(format!("expected a header name, got `{s}`")),
+    }
+}
+
+fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    let mut c = Checker::default();
+    let s = raw.server;
+    let server = ServerConfig {
+        public_url: c.get(
+            "server.public_url",
+            s.public_url,
+            "https://localhost:8443".into(),
+            parse_public_url,
+        ),
+        trusted_proxies: c.get(
+            "server.trusted_proxies",
+            s.trusted_proxies,
+            loopback(),
+            parse_cidrs,
+        ),
+        shutdown_grace: c.get(
+            "server.shutdown_grace",
+            s.shutdown_grace,
+            Duration::from_secs(20),
+            parse_duration,
+        ),
+        header_read_timeout: c.get(
+            "server.header_read_timeout",
+            s.header_read_timeout,
+            Duration::from_secs(10),
+            parse_duration,
+        ),
+        tls_handshake_timeout: c.get(
+            "server.tls_handshake_timeout",
+            s.tls_handshake_timeout,
+            Duration::from_secs(10),
+            parse_duration,
+        ),
+        max_headers: c.get("server.max_headers", s.max_headers, 100, |v| {
+            in_range(1, 1000)(v).map(|v| v as usize)
+        }),
+        max_header_bytes: c.get(
+            "server.max_header_bytes",
+            s.max_header_bytes,
+            64 * 1024,
+            |v| in_range(8 * 1024, 1024 * 1024)(v).map(|v| v as usize),
+        ),
+        h2_max_concurrent_streams: c.get(
+            "server.h2_max_concurrent_streams",
+            s.h2_max_concurrent_streams,
+            100,
+            |v| in_range(1, 1000)(v).map(|v| v as u32),
+        ),
+    };
+    for (key, d) in [
+        ("server.header_read_timeout", server.header_read_timeout),
+        ("server.tls_handshake_timeout", server.tls_handshake_timeout),
+    ] {
+        if d.is_zero() {
+            c.problem(key, "must be longer than zero");
+        }
+    }
+
+    let l = raw.listen;
+    let listen = ListenConfig {
+        https: c.get(
+            "listen.https",
+            l.https,
+            Some(SocketAddr::from(([0, 0, 0, 0], 8443))),
+            parse_optional_addr,
+        ),
+        http: c.get(
+            "listen.http",
+            l.http,
+            Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            parse_optional_addr,
+        ),
+        admin: c.get(
+            "listen.admin",
+            l.admin,
+            SocketAddr::from(([127, 0, 0, 1], 9090)),
+            parse_addr,
+        ),
+    };
+    if listen.https.is_none() && listen.http.is_none() {
+        c.problem(
+            "listen",
+            "`https` and `http` are both disabled; at least one must listen",
+        );
+    }
+
+    let t = raw.tls;
+    let tls = TlsConfig {
+        cert: c.get(
+            "tls.cert",
+            t.cert,
+            "certs/gatehouse.crt".into(),
+            |s: String| ok(s.into()),
+        ),
+        key: c.get(
+            "tls.key",
+            t.key,
+            "certs/gatehouse.key".into(),
+            |s: String| ok(s.into()),
+        ),
+        self_signed: c.get("tls.self_signed", t.self_signed, false, ok),
+    };
+
+    let u = raw.upstream;
+    let upstream = UpstreamConfig {
+        url: c.get(
+            "upstream.url",
+            u.url,
+            Uri::from_static("http://127.0.0.1:3000/"),
+            parse_upstream_url,
+        ),
+        connect_timeout: c.get(
+            "upstream.connect_timeout",
+            u.connect_timeout,
+            Duration::from_secs(2),
+            parse_duration,
+        ),
+        response_timeout: c.get(
+            "upstream.response_timeout",
+            u.response_timeout,
+            Duration::from_secs(30),
+            parse_duration,
+        ),
+    };
+
+    let p = raw.proxy;
+    let proxy = ProxyConfig {
+        default: c.get(
+            "proxy.default",
+            p.default,
+            Access::Authenticated,
+            parse_access,
+        ),
+        max_body: c.get("proxy.max_body", p.max_body, None, |v| ok(Some(v))),
+    };
+
+    let mut routes: Vec<Route> = Vec::new();
+    for (i, r) in raw.routes.into_iter().enumerate() {
+        let key = |k: &str| format!("routes[{i}].{k}");
+        let Some(prefix) = r.path_prefix else {
+            c.problem(&key("path_prefix"), "is required");
+            continue;
+        };
+        let path_prefix = c.get(&key("path_prefix"), Some(prefix), None, |s: String| {
+            match path::normalize(&s) {
+                Ok(n) if n == s => Ok(Some(s)),
+                Ok(n) => Err(format!(
+                    "`{s}` is not a normalised path; write `{n}` (rules match normalised paths only)"
+                )),
+                Err(e) => Err(format!("`{s}` is not a valid path: {e}")),
+            }
+        });
+        if r.access.is_none() {
+            c.problem(
+                &key("access"),
+                "is required (`public`, `authenticated` or `mfa`)",
+            );
+        }
+        let access = c.get(&key("access"), r.access, None, |s| {
+            parse_access(s).map(Some)
+        });
+        let scopes = c.get(&key("scopes"), r.scopes, Vec::new(), ok);
+        if let (Some(path_prefix), Some(access)) = (path_prefix, access) {
+            if routes.iter().any(|other| other.path_prefix == path_prefix) {
+                c.problem(
+                    &key("path_prefix"),
+                    format!("`{path_prefix}` is already used by another route"),
+                );
+            }
+            if access == Access::Public && !scopes.is_empty() {
+                c.problem(&key("scopes"), "a public route cannot require scopes");
+            }
+            routes.push(Route {
+                path_prefix,
+                access,
+                scopes,
+            });
+        }
+    }
+
+    let h = raw.identity_headers;
+    let preset = c.get(
+        "identity_headers.preset",
+        h.preset,
+        Preset::Gatehouse,
+        |s: String| {
+            Preset::from_name(&s).ok_or_else(|| {
+                format!("expected one of `gatehouse`, `oauth2-proxy`, `authelia`, got `{s}`")
+            })
+        },
+    );
+    let mut identity_headers = preset.names();
+    for (key, field, slot) in [
+        ("identity_headers.user", h.user, &mut identity_headers.user),
+        (
+            "identity_headers.user_id",
+            h.user_id,
+            &mut identity_headers.user_id,
+        ),
+        (
+            "identity_headers.email",
+            h.email,
+            &mut identity_headers.email,
+        ),
+        (
+            "identity_headers.scopes",
+            h.scopes,
+            &mut identity_headers.scopes,
+        ),
+        (
+            "identity_headers.methods",
+            h.methods,
+            &mut identity_headers.methods,
+        ),
+        (
+            "identity_headers.assertion",
+            h.assertion,
+            &mut identity_headers.assertion,
+        ),
+    ] {
+        *slot = c.get(key, field, slot.clone(), parse_header_name);
+    }
+
+    let lg = raw.log;
+    let log = LogConfig {
+        format: c.get(
+            "log.format",
+            lg.format,
+            LogFormat::Text,
+            |s: String| match s.as_str() {
+                "text" => Ok(LogFormat::Text),
+                "json" => Ok(LogFormat::Json),
+                _ => Err(format!("expected `text` or `json`, got `{s}`")),
+            },
+        ),
+        level: c.get("log.level", lg.level, "info".into(), |s: String| {
+            tracing_subscriber::EnvFilter::try_new(&s)
+                .map(|_| s.clone())
+                .map_err(|e| format!("expected a log filter such as `info`, got `{s}`: {e}"))
+        }),
+    };
+
+    if c.problems.is_empty() {
+        Ok(Config {
+            server,
+            listen,
+            tls,
+            upstream,
+            proxy,
+            routes,
+            identity_headers,
+            log,
+        })
+    } else {
+        Err(ConfigError {
+            problems: c.problems,
+        })
+    }
+}
+
+fn loopback() -> Vec<IpNet> {
+    ["127.0.0.0/8", "::1/128"]
+        .iter()
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+impl Config {
+    /// The effective configuration as TOML, secrets masked (`gatehouse check-config`).
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string_pretty(self)
+    }
+}
+
+fn duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
+fn display_list<S: Serializer, T: fmt::Display>(v: &[T], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|x| x.to_string()))
+}
+
+fn optional_addr<S: Serializer>(a: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+    match a {
+        Some(a) => s.serialize_str(&a.to_string()),
+        None => s.serialize_str(""),
+    }
+}
+
+/// Prints a URI with any `user:password@` replaced, so that check-config never shows a secret.
+fn masked_uri<S: Serializer>(u: &Uri, s: S) -> Result<S::Ok, S::Error> {
+    let authority = u.authority().map(|a| a.as_str()).unwrap_or_default();
+    let host = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("***@{host}"),
+        None => authority.to_owned(),
+    };
+    s.serialize_str(&format!("{}://{host}", u.scheme_str().unwrap_or("http")))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn built_in_defaults_are_valid() {
+        let c = from_toml_str("").unwrap();
+        assert_eq!(c.listen.admin.to_string(), "127.0.0.1:9090");
+        assert_eq!(c.upstream.connect_timeout, Duration::from_secs(2));
+        assert_eq!(c.server.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.proxy.default, Access::Authenticated);
+    }
+
+    #[test]
+    fn every_invalid_value_is_reported_with_its_key() {
+        let err = from_toml_str(
+            r#"
+            [server]
+            shutdown_grace = "soon"
+            max_headers = "many"
+            [upstream]
+            url = "ftp://x"
+            [[routes]]
+            path_prefix = "/a/../b"
+            access = "everyone"
+            "#,
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        for key in [
+            "server.shutdown_grace",
+            "server.max_headers",
+            "upstream.url",
+            "routes[0].path_prefix",
+            "routes[0].access",
+        ] {
+            assert!(text.contains(key), "{key} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = from_toml_str("[server]\npublic_ulr = \"https://x\"\n").unwrap_err();
+        assert!(err.to_string().contains("public_ulr"), "{err}");
+    }
+
+    #[test]
+    fn empty_listener_address_disables_it() {
+        let c = from_toml_str("[listen]\nhttp = \"\"\n").unwrap();
+        assert!(c.listen.http.is_none());
+    }
+
+    #[test]
+    fn upstream_credentials_are_masked_in_check_config() {
+        let c = from_toml_str("[upstream]\nurl = \"http://user:pw@127.0.0.1:3000\"\n").unwrap();
+        let text = c.to_toml().unwrap();
+        assert!(!text.contains("pw"), "{text}");
+        assert!(text.contains("***@127.0.0.1:3000"), "{text}");
+    }
+}

@@ -1,0 +1,351 @@
+//! The per-request pipeline of the public listeners (SPEC §2):
+//! sanitise headers → normalise the path → route rule → authenticate → decide → forward.
+//!
+//! [`Gateway::handle`] never fails: every refusal becomes a problem document, and every request
+//! leaves one access-log line.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use ipnet::IpNet;
+
+use crate::auth::policy::{self, Decision};
+use crate::auth::{self, Principal};
+use crate::body::{Body, BoxError};
+use crate::config::Config;
+use crate::path::{self, PathError};
+use crate::problem::Problem;
+use crate::proxy::forward::{self, ForwardError, Origin, Upstream};
+use crate::proxy::headers::Sanitizer;
+use crate::routes::RouteTable;
+use crate::telemetry::{self, AccessRecord};
+
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The connection a request arrived on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// Everything a request can be refused for on a proxied route. [`Rejection::problem`] maps each
+/// to its status, stable code and message; there is no catch-all arm.
+#[derive(Debug)]
+enum Rejection {
+    BadPath(PathError),
+    Unauthenticated,
+    MfaRequired,
+    MissingScope(String),
+    BodyTooLarge(u64),
+    UpstreamUnavailable,
+    UpstreamTimeout,
+}
+
+impl Rejection {
+    fn problem(&self) -> Problem {
+        match self {
+            Rejection::BadPath(e) => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-path",
+                "Invalid request path",
+                e.to_string(),
+            ),
+            Rejection::Unauthenticated => Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "Authentication required",
+                "This route needs valid credentials.",
+            ),
+            Rejection::MfaRequired => Problem::new(
+                StatusCode::FORBIDDEN,
+                "mfa-required",
+                "Second factor required",
+                "This route needs a credential that includes a second factor.",
+            ),
+            Rejection::MissingScope(scope) => Problem::new(
+                StatusCode::FORBIDDEN,
+                "insufficient-scope",
+                "Insufficient scope",
+                format!("This route needs the scope `{scope}`."),
+            ),
+            Rejection::BodyTooLarge(limit) => Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body-too-large",
+                "Request body too large",
+                format!("Request bodies on this route are limited to {limit} bytes."),
+            ),
+            Rejection::UpstreamUnavailable => Problem::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream-unavailable",
+                "Upstream unavailable",
+                "The application could not be reached.",
+            ),
+            Rejection::UpstreamTimeout => Problem::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream-timeout",
+                "Upstream timed out",
+                "The application did not answer in time.",
+            ),
+        }
+    }
+}
+
+/// What one request came to, for the response and the access log.
+struct Outcome {
+    response: Result<Response<Body>, Rejection>,
+    path: String,
+    upstream_latency: Option<Duration>,
+    principal: Option<Principal>,
+}
+
+/// The public listeners' request handler.
+pub struct Gateway {
+    routes: RouteTable,
+    sanitizer: Sanitizer,
+    upstream: Upstream,
+    trusted_proxies: Vec<IpNet>,
+    max_body: Option<u64>,
+}
+
+impl Gateway {
+    pub fn new(config: &Config) -> Gateway {
+        Gateway {
+            routes: RouteTable::new(&config.routes, config.proxy.default),
+            sanitizer: Sanitizer::new(&config.identity_headers),
+            upstream: Upstream::new(&config.upstream),
+            trusted_proxies: config.server.trusted_proxies.clone(),
+            max_body: config.proxy.max_body,
+        }
+    }
+
+    fn is_trusted(&self, peer: SocketAddr) -> bool {
+        let ip = match peer.ip() {
+            std::net::IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
+    }
+
+    /// Handles one request from a public listener. Never fails.
+    pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+        let started = Instant::now();
+        let (mut parts, body) = req.into_parts();
+        let trusted = self.is_trusted(conn.peer);
+        self.sanitizer.clean_request(&mut parts.headers, trusted);
+        let request_id = request_id(&parts.headers);
+
+        let method = parts.method.clone();
+        let query = parts.uri.query().map(str::to_owned);
+        let outcome = self.route(parts, body, conn, trusted, &request_id).await;
+        let mut response = match outcome.response {
+            Ok(response) => response,
+            Err(rejection) => render(&rejection, &outcome.path, &request_id),
+        };
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert(X_REQUEST_ID, v);
+        }
+        telemetry::access(&AccessRecord {
+            method: method.as_str(),
+            path: &outcome.path,
+            query: query.as_deref(),
+            status: response.status().as_u16(),
+            latency: started.elapsed(),
+            upstream_latency: outcome.upstream_latency,
+            request_id: &request_id,
+            user_id: outcome.principal.as_ref().map(|p| p.user_id.as_str()),
+        });
+        response
+    }
+
+    async fn route(
+        &self,
+        mut parts: http::request::Parts,
+        body: Incoming,
+        conn: ConnInfo,
+        trusted: bool,
+        request_id: &str,
+    ) -> Outcome {
+        let raw_path = parts.uri.path().to_owned();
+        let mut outcome = Outcome {
+            response: Err(Rejection::Unauthenticated),
+            path: raw_path.clone(),
+            upstream_latency: None,
+            principal: None,
+        };
+        let path = match path::normalize(&raw_path) {
+            Ok(path) => path,
+            Err(e) => {
+                outcome.response = Err(Rejection::BadPath(e));
+                return outcome;
+            }
+        };
+        outcome.path = path.clone();
+
+        let rule = self.routes.rule_for(&path);
+        let principal = match auth::authenticate(&parts).await {
+            Ok(principal) => principal,
+            Err(_) => {
+                outcome.response = Err(Rejection::Unauthenticated);
+                return outcome;
+            }
+        };
+        match policy::decide_route(rule, principal.as_ref()) {
+            Decision::Allow => {}
+            Decision::Unauthenticated => {
+                outcome.response = Err(Rejection::Unauthenticated);
+                return outcome;
+            }
+            Decision::MfaRequired => {
+                outcome.response = Err(Rejection::MfaRequired);
+                return outcome;
+            }
+            Decision::MissingScope(scope) => {
+                outcome.response = Err(Rejection::MissingScope(scope));
+                return outcome;
+            }
+        }
+        outcome.principal = principal;
+
+        let body = match self.max_body {
+            Some(limit) => {
+                if content_length(&parts.headers).is_some_and(|len| len > limit) {
+                    outcome.response = Err(Rejection::BodyTooLarge(limit));
+                    return outcome;
+                }
+                let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+                Limited::new(body, limit).boxed_unsync()
+            }
+            None => body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync(),
+        };
+
+        let host = forward::requested_host(&parts.uri, &parts.headers).map(str::to_owned);
+        if !parts.headers.contains_key(header::HOST)
+            && let Some(v) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok())
+        {
+            parts.headers.insert(header::HOST, v);
+        }
+        let origin = Origin {
+            peer: conn.peer,
+            tls: conn.tls,
+            trusted,
+        };
+        forward::set_forwarding_headers(&mut parts.headers, origin, host.as_deref());
+        if let Ok(v) = HeaderValue::from_str(request_id) {
+            parts.headers.insert(X_REQUEST_ID, v);
+        }
+
+        let target = match parts.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.clone(),
+        };
+        let Ok(target) = PathAndQuery::try_from(target) else {
+            outcome.response = Err(Rejection::BadPath(PathError::BadEscape));
+            return outcome;
+        };
+        let sent = Instant::now();
+        let result = self
+            .upstream
+            .forward(Request::from_parts(parts, body), target)
+            .await;
+        outcome.upstream_latency = Some(sent.elapsed());
+        outcome.response = result.map_err(|e| match e {
+            ForwardError::Timeout => Rejection::UpstreamTimeout,
+            ForwardError::Unavailable(_) => Rejection::UpstreamUnavailable,
+        });
+        outcome
+    }
+}
+
+fn render(rejection: &Rejection, path: &str, request_id: &str) -> Response<Body> {
+    let mut response = rejection.problem().render(path, request_id);
+    if matches!(rejection, Rejection::Unauthenticated) {
+        for challenge in CHALLENGES {
+            response.headers_mut().append(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+        }
+    }
+    response
+}
+
+/// The schemes a client may answer a 401 with.
+const CHALLENGES: [&str; 2] = [
+    "Bearer realm=\"gatehouse\"",
+    "Basic realm=\"gatehouse\", charset=\"UTF-8\"",
+];
+
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// The client's `X-Request-Id` when it is a plausible id (1–128 of `A-Z a-z 0-9 . _ : -`),
+/// else a new UUID.
+fn request_id(headers: &http::HeaderMap) -> String {
+    headers
+        .get(X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| {
+            (1..=128).contains(&id.len())
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+        })
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_id(id: &str) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        if let Ok(v) = HeaderValue::from_str(id) {
+            h.insert(X_REQUEST_ID, v);
+        }
+        h
+    }
+
+    #[test]
+    fn valid_request_id_is_kept() {
+        assert_eq!(request_id(&with_id("abc-123_x.y:z")), "abc-123_x.y:z");
+    }
+
+    #[test]
+    fn invalid_request_id_is_replaced() {
+        for bad in ["", "a b", "<script>", &"x".repeat(129)] {
+            let id = request_id(&with_id(bad));
+            assert_ne!(id, bad);
+            assert!(uuid::Uuid::parse_str(&id).is_ok());
+        }
+    }
+
+    #[test]
+    fn rejections_map_to_their_statuses() {
+        let cases = [
+            (Rejection::BadPath(PathError::EncodedSlash), 400),
+            (Rejection::Unauthenticated, 401),
+            (Rejection::MfaRequired, 403),
+            (Rejection::MissingScope("x".into()), 403),
+            (Rejection::BodyTooLarge(1), 413),
+            (Rejection::UpstreamUnavailable, 502),
+            (Rejection::UpstreamTimeout, 504),
+        ];
+        for (rejection, status) in cases {
+            assert_eq!(rejection.problem().status.as_u16(), status, "{rejection:?}");
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! Gatehouse: an authentication sidecar that terminates TLS in front of an application, answers
+//! its own MFA/OTP APIs, and forwards everything else with identity headers the application can trust.
+
+pub mod api;
+pub mod auth;
+pub mod body;
+pub mod config;
+pub mod gateway;
+pub mod path;
+pub mod problem;
+pub mod proxy;
+pub mod routes;
+pub mod server;
+pub mod telemetry;

@@ -1,0 +1,179 @@
+//! Path normalisation: the one path that route rules, local endpoints and the upstream all see.
+//!
+//! Percent-encoded unreserved characters are decoded (RFC 3986 §6.2.2.2), other escapes are kept
+//! with upper-case hex, `.` and `..` segments are resolved (RFC 3986 §5.2.4, never above the root)
+//! and empty segments collapsed. An encoded `/` or `\`, a `\` or a NUL would let the application
+//! see a different path than the one authorised, so they are refused instead of guessed at.
+
+use std::fmt;
+
+/// Why a request path was refused (answered 400, never forwarded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathError {
+    /// The path does not start with `/` (for example `*` or an empty path).
+    NotAbsolute,
+    /// `%2F`: a slash the application would decode into a segment separator.
+    EncodedSlash,
+    /// `\` or `%5C`: some servers treat it as a separator.
+    Backslash,
+    /// A NUL byte, raw or as `%00`.
+    Nul,
+    /// `%` not followed by two hex digits.
+    BadEscape,
+}
+
+impl fmt::Display for PathError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PathError::NotAbsolute => "the path must start with `/`",
+            PathError::EncodedSlash => "the path contains an encoded `/` (%2F)",
+            PathError::Backslash => "the path contains a backslash",
+            PathError::Nul => "the path contains a NUL byte",
+            PathError::BadEscape => "the path contains a malformed percent escape",
+        })
+    }
+}
+
+impl std::error::Error for PathError {}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Decodes unreserved escapes and refuses the dangerous ones; the result is still a valid path.
+fn decode_unreserved(raw: &str) -> Result<String, PathError> {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let bytes = raw.as_bytes();
+    let mut out = String::with_capacity(raw.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let (Some(hi), Some(lo)) = (
+                    bytes.get(i + 1).copied().and_then(hex),
+                    bytes.get(i + 2).copied().and_then(hex),
+                ) else {
+                    return Err(PathError::BadEscape);
+                };
+                let v = hi << 4 | lo;
+                match v {
+                    b'/' => return Err(PathError::EncodedSlash),
+                    b'\\' => return Err(PathError::Backslash),
+                    0 => return Err(PathError::Nul),
+                    v if is_unreserved(v) => out.push(char::from(v)),
+                    v => {
+                        out.push('%');
+                        out.push(char::from(HEX[usize::from(v >> 4)]));
+                        out.push(char::from(HEX[usize::from(v & 0xf)]));
+                    }
+                }
+                i += 3;
+            }
+            b'\\' => return Err(PathError::Backslash),
+            0 => return Err(PathError::Nul),
+            _ => {
+                // Copy the run up to the next byte of interest in one go (keeps UTF-8 intact).
+                let end = bytes[i..]
+                    .iter()
+                    .position(|b| matches!(b, b'%' | b'\\' | 0))
+                    .map_or(bytes.len(), |p| i + p);
+                out.push_str(&raw[i..end]);
+                i = end;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Normalises a request path (without its query).
+pub fn normalize(raw: &str) -> Result<String, PathError> {
+    if !raw.starts_with('/') {
+        return Err(PathError::NotAbsolute);
+    }
+    let decoded = decode_unreserved(raw)?;
+    let mut segments: Vec<&str> = Vec::new();
+    let mut trailing_slash = false;
+    for segment in decoded.split('/').skip(1) {
+        trailing_slash = true;
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => {
+                segments.push(s);
+                trailing_slash = false;
+            }
+        }
+    }
+    let mut out = String::with_capacity(decoded.len());
+    for s in &segments {
+        out.push('/');
+        out.push_str(s);
+    }
+    if trailing_slash || segments.is_empty() {
+        out.push('/');
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn dot_segments_resolve_and_never_climb_above_root() {
+        assert_eq!(normalize("/public/../admin").unwrap(), "/admin");
+        assert_eq!(normalize("/public/%2e%2e/admin").unwrap(), "/admin");
+        assert_eq!(normalize("/public/%2E./admin").unwrap(), "/admin");
+        assert_eq!(normalize("/../../etc/passwd").unwrap(), "/etc/passwd");
+        assert_eq!(normalize("/a/./b/.").unwrap(), "/a/b/");
+        assert_eq!(normalize("/a/b/..").unwrap(), "/a/");
+    }
+
+    #[test]
+    fn duplicate_slashes_collapse_and_trailing_slash_is_kept() {
+        assert_eq!(normalize("//admin//x/").unwrap(), "/admin/x/");
+        assert_eq!(normalize("/").unwrap(), "/");
+        assert_eq!(normalize("//").unwrap(), "/");
+        assert_eq!(normalize("/a").unwrap(), "/a");
+    }
+
+    #[test]
+    fn unreserved_escapes_decode_and_others_are_kept_upper_case() {
+        assert_eq!(normalize("/%61%7e%2D").unwrap(), "/a~-");
+        assert_eq!(normalize("/a%20b%3f").unwrap(), "/a%20b%3F");
+        assert_eq!(normalize("/%252e%252e/").unwrap(), "/%252e%252e/");
+        assert_eq!(normalize("/caf\u{e9}").unwrap(), "/caf\u{e9}");
+    }
+
+    #[test]
+    fn dangerous_encodings_are_refused() {
+        assert_eq!(normalize("/a%2Fb"), Err(PathError::EncodedSlash));
+        assert_eq!(normalize("/a%2fb"), Err(PathError::EncodedSlash));
+        assert_eq!(normalize("/a%5Cb"), Err(PathError::Backslash));
+        assert_eq!(normalize("/a\\b"), Err(PathError::Backslash));
+        assert_eq!(normalize("/a%00"), Err(PathError::Nul));
+        assert_eq!(normalize("/a%zz"), Err(PathError::BadEscape));
+        assert_eq!(normalize("/a%2"), Err(PathError::BadEscape));
+        assert_eq!(normalize("*"), Err(PathError::NotAbsolute));
+    }
+
+    #[test]
+    fn normalising_twice_changes_nothing() {
+        for p in ["/a/../b/./c//d/", "/%7euser/x", "/x/%2e", "/a%20b"] {
+            let once = normalize(p).unwrap();
+            assert_eq!(normalize(&once).unwrap(), once, "{p}");
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Forwarding to the upstream application: a pooled hyper-util client, `X-Forwarded-*`, timeouts.
+//! Bodies stream both ways; nothing here buffers them.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderMap, Request, Response, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use super::headers::strip_hop_by_hop;
+use crate::body::{Body, BoxError};
+use crate::config::UpstreamConfig;
+
+/// Why the upstream gave no response.
+#[derive(Debug)]
+pub enum ForwardError {
+    /// Refused, unreachable, or not connected within `upstream.connect_timeout`.
+    Unavailable(hyper_util::client::legacy::Error),
+    /// No response head within `upstream.response_timeout`.
+    Timeout,
+}
+
+/// What the connection told us about the client, as the forwarding headers need it.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin {
+    pub peer: SocketAddr,
+    pub tls: bool,
+    /// Whether `peer` is in `server.trusted_proxies`.
+    pub trusted: bool,
+}
+
+/// The client gatehouse uses to reach its application.
+#[derive(Clone)]
+pub struct Upstream {
+    client: Client<HttpConnector, Body>,
+    scheme: Scheme,
+    authority: Authority,
+    response_timeout: Duration,
+}
+
+impl Upstream {
+    pub fn new(config: &UpstreamConfig) -> Upstream {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        Upstream {
+            client,
+            scheme: config.url.scheme().cloned().unwrap_or(Scheme::HTTP),
+            authority: config
+                .url
+                .authority()
+                .cloned()
+                .unwrap_or_else(|| Authority::from_static("127.0.0.1")),
+            response_timeout: config.response_timeout,
+        }
+    }
+
+    /// Sends `req` (already sanitised, path already normalised) to the upstream and returns its
+    /// response head with a streaming body.
+    pub async fn forward(
+        &self,
+        mut req: Request<Body>,
+        path_and_query: PathAndQuery,
+    ) -> Result<Response<Body>, ForwardError> {
+        let mut uri = Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query);
+        if let Ok(built) = std::mem::take(&mut uri).build() {
+            *req.uri_mut() = built;
+        }
+        // The upstream speaks HTTP/1.1 whatever the client spoke.
+        *req.version_mut() = Version::HTTP_11;
+        let response = tokio::time::timeout(self.response_timeout, self.client.request(req))
+            .await
+            .map_err(|_| ForwardError::Timeout)?
+            .map_err(ForwardError::Unavailable)?;
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(parts, box_incoming(body)))
+    }
+}
+
+fn box_incoming(body: Incoming) -> Body {
+    body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync()
+}
+
+/// Sets `X-Forwarded-For`, `-Proto` and `-Host`. From a trusted proxy its values are kept (the
+/// peer is appended to `X-Forwarded-For`); from anyone else they were already removed and are
+/// set from the socket. `host` is the authority the client asked for.
+pub fn set_forwarding_headers(headers: &mut HeaderMap, origin: Origin, host: Option<&str>) {
+    let peer_ip = match origin.peer.ip() {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(IpAddr::V6(v6), IpAddr::V4)
+            .to_string(),
+        v4 => v4.to_string(),
+    };
+    let chain = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prior) if origin.trusted && !prior.trim().is_empty() => format!("{prior}, {peer_ip}"),
+        _ => peer_ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&chain) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+    if !(origin.trusted && headers.contains_key(X_FORWARDED_PROTO)) {
+        let proto = if origin.tls { "https" } else { "http" };
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    }
+    if !(origin.trusted && headers.contains_key(X_FORWARDED_HOST)) {
+        match host.and_then(|h| HeaderValue::from_str(h).ok()) {
+            Some(v) => {
+                headers.insert(X_FORWARDED_HOST, v);
+            }
+            None => {
+                headers.remove(X_FORWARDED_HOST);
+            }
+        }
+    }
+}
+
+/// The authority the client asked for: `Host` (HTTP/1.1) or `:authority` (HTTP/2).
+pub fn requested_host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a str> {
+    headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))
+}
+
+pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
+pub const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+pub const X_FORWARDED_HOST: &str = "x-forwarded-host";
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn origin(trusted: bool) -> Origin {
+        Origin {
+            peer: "10.1.2.3:5555".parse().unwrap(),
+            tls: true,
+            trusted,
+        }
+    }
+
+    #[test]
+    fn trusted_proxy_chain_is_extended() {
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.9"));
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        set_forwarding_headers(&mut h, origin(true), Some("app.example"));
+        assert_eq!(h[X_FORWARDED_FOR], "203.0.113.9, 10.1.2.3");
+        assert_eq!(h[X_FORWARDED_PROTO], "http");
+        assert_eq!(h[X_FORWARDED_HOST], "app.example");
+    }
+
+    #[test]
+    fn untrusted_peer_gets_socket_values() {
+        let mut h = HeaderMap::new();
+        set_forwarding_headers(&mut h, origin(false), Some("app.example"));
+        assert_eq!(h[X_FORWARDED_FOR], "10.1.2.3");
+        assert_eq!(h[X_FORWARDED_PROTO], "https");
+    }
+}

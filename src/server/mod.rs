@@ -1,0 +1,179 @@
+//! Listeners, TLS and shutdown. This module moves bytes; it decides no auth outcome.
+
+pub mod listener;
+pub mod shutdown;
+pub mod tls;
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+
+use crate::api::admin::Admin;
+use crate::body::Body;
+use crate::config::Config;
+use crate::gateway::{ConnInfo, Gateway};
+use listener::{Listener, Protocols};
+
+/// A request handler as the transport sees it: any request in, a response out, never an error.
+pub type Handler = Arc<
+    dyn Fn(Request<Incoming>, ConnInfo) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Why the server could not start.
+#[derive(Debug)]
+pub enum StartError {
+    Tls(String),
+    Bind {
+        key: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Tls(message) => f.write_str(message),
+            StartError::Bind { key, addr, source } => {
+                write!(f, "{key}: cannot listen on {addr}: {source}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// The addresses the listeners actually bound (useful with port 0).
+#[derive(Debug, Clone, Copy)]
+pub struct BoundAddrs {
+    pub https: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
+    pub admin: SocketAddr,
+}
+
+/// A server whose listeners are bound and which serves once [`Server::run`] is called.
+pub struct Server {
+    listeners: Vec<(&'static str, Listener)>,
+    addrs: BoundAddrs,
+    ready: Arc<AtomicBool>,
+    shutdown_grace: Duration,
+}
+
+impl Server {
+    /// Loads TLS material and binds every configured listener.
+    pub async fn bind(config: &Config) -> Result<Server, StartError> {
+        let gateway = Arc::new(Gateway::new(config));
+        let public: Handler = Arc::new(move |req, conn| {
+            let gateway = gateway.clone();
+            Box::pin(async move { gateway.handle(req, conn).await })
+        });
+        let ready = Arc::new(AtomicBool::new(false));
+        let admin = Arc::new(Admin::new(ready.clone()));
+        let admin: Handler = Arc::new(move |req, _conn| {
+            let admin = admin.clone();
+            Box::pin(async move { admin.handle(req).await })
+        });
+        let protocols = Arc::new(Protocols::new(&config.server));
+
+        let mut listeners = Vec::new();
+        let mut bind =
+            |key: &'static str, addr: SocketAddr, tls: Option<TlsAcceptor>, handler: &Handler| {
+                let std_listener = std::net::TcpListener::bind(addr)
+                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                    .and_then(TcpListener::from_std)
+                    .map_err(|source| StartError::Bind { key, addr, source })?;
+                let local = std_listener
+                    .local_addr()
+                    .map_err(|source| StartError::Bind { key, addr, source })?;
+                listeners.push((
+                    key,
+                    Listener {
+                        tcp: std_listener,
+                        tls,
+                        handler: handler.clone(),
+                        protocols: protocols.clone(),
+                    },
+                ));
+                Ok::<SocketAddr, StartError>(local)
+            };
+
+        let https = match config.listen.https {
+            Some(addr) => {
+                let tls = tls::server_config(&config.tls, &config.server.public_url)
+                    .map_err(StartError::Tls)?;
+                Some(bind(
+                    "listen.https",
+                    addr,
+                    Some(TlsAcceptor::from(tls)),
+                    &public,
+                )?)
+            }
+            None => None,
+        };
+        let http = match config.listen.http {
+            Some(addr) => Some(bind("listen.http", addr, None, &public)?),
+            None => None,
+        };
+        let admin_addr = bind("listen.admin", config.listen.admin, None, &admin)?;
+        Ok(Server {
+            listeners,
+            addrs: BoundAddrs {
+                https,
+                http,
+                admin: admin_addr,
+            },
+            ready,
+            shutdown_grace: config.server.shutdown_grace,
+        })
+    }
+
+    pub fn addrs(&self) -> BoundAddrs {
+        self.addrs
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish for
+    /// up to `server.shutdown_grace`, and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
+        let mut loops = tokio::task::JoinSet::new();
+        for (key, listener) in self.listeners {
+            if let Ok(addr) = listener.tcp.local_addr() {
+                tracing::info!(listener = key, addr = %addr, "listening");
+            }
+            loops.spawn(listener::accept_loop(
+                listener,
+                stop_rx.clone(),
+                open_tx.clone(),
+            ));
+        }
+        drop(open_tx);
+        self.ready.store(true, Ordering::SeqCst);
+
+        shutdown.await;
+        self.ready.store(false, Ordering::SeqCst);
+        let _ = stop_tx.send(true);
+        // The accept loops end at once and drop their listeners: no new connections from here on.
+        while loops.join_next().await.is_some() {}
+        // Every connection task holds a sender; `recv` yields `None` once the last one is gone.
+        match tokio::time::timeout(self.shutdown_grace, open_rx.recv()).await {
+            Ok(_) => tracing::info!("all connections drained"),
+            Err(_) => tracing::warn!(
+                grace = %humantime::format_duration(self.shutdown_grace),
+                "shutdown grace elapsed with connections still open; closing them"
+            ),
+        }
+    }
+}
