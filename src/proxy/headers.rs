@@ -163,6 +163,7 @@ impl Sanitizer {
 }
 
 /// Removes the hop-by-hop headers and every header a `Connection` header names (all copies).
+/// `Host` is end-to-end by definition: naming it in `Connection` does not remove it.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -170,6 +171,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .filter(|name| name != header::HOST)
         .collect();
     for name in named {
         headers.remove(&name);

@@ -1,1 +1,11 @@
-fn main() {}
+//! Integration tests: gatehouse's real server on 127.0.0.1:0 beside a real upstream.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod harness;
+
+mod config;
+mod hygiene;
+mod limits;
+mod paths;
+mod proxy;
+mod shutdown;

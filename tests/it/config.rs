@@ -1,0 +1,130 @@
+//! Configuration as the binary sees it: files, environment overrides, errors.
+
+use std::process::Stdio;
+
+use crate::harness::*;
+
+fn run(args: &[&str], env: &[(&str, &str)], dir: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(binary())
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn invalid_values_fail_start_with_every_key_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        "[server]\nshutdown_grace = \"soon\"\n[upstream]\nurl = \"ftp://app\"\n[listen]\nadmin = \"nowhere\"\n",
+    )
+    .unwrap();
+    let out = run(
+        &["--config", file.to_str().unwrap(), "serve"],
+        &[],
+        dir.path(),
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for key in ["server.shutdown_grace", "upstream.url", "listen.admin"] {
+        assert!(stderr.contains(key), "{key} not named in:\n{stderr}");
+    }
+}
+
+#[test]
+fn unknown_keys_fail_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("typo.toml");
+    std::fs::write(&file, "[upstream]\nulr = \"http://127.0.0.1:1\"\n").unwrap();
+    let out = run(
+        &["--config", file.to_str().unwrap(), "check-config"],
+        &[],
+        dir.path(),
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ulr"));
+}
+
+#[test]
+fn invalid_environment_value_is_reported_under_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(
+        &["check-config"],
+        &[("GATEHOUSE_PROXY__DEFAULT", "everyone")],
+        dir.path(),
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("proxy.default"));
+}
+
+#[test]
+fn missing_explicit_config_file_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&["--config", "nope.toml", "check-config"], &[], dir.path());
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope.toml"));
+}
+
+#[test]
+fn check_config_prints_the_effective_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(
+        &["check-config"],
+        &[
+            (
+                "GATEHOUSE_UPSTREAM__URL",
+                "http://svc:s3cr3t@127.0.0.1:4999",
+            ),
+            ("GATEHOUSE_SERVER__SHUTDOWN_GRACE", "3s"),
+        ],
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("http://***@127.0.0.1:4999"), "{stdout}");
+    assert!(stdout.contains("shutdown_grace = \"3s\""), "{stdout}");
+    assert!(!stdout.contains("s3cr3t"), "{stdout}");
+}
+
+#[test]
+fn shipped_development_config_is_valid() {
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gatehouse.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(
+        &["--config", shipped.to_str().unwrap(), "check-config"],
+        &[],
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn environment_overrides_the_file() {
+    let upstream = Upstream::start().await;
+    let dead = closed_port().await;
+    // The file points at nothing; the environment points at the real upstream.
+    let gh = Process::start(
+        &process_config(&format!("http://{dead}"), ""),
+        &[("GATEHOUSE_UPSTREAM__URL", &upstream.url())],
+    )
+    .await;
+    let response = http1_client()
+        .get(gh.http_url("/public/env"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(upstream.hits(), 1);
+}

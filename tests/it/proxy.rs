@@ -1,0 +1,290 @@
+//! Forwarding: protocols, path and query, forwarding headers, errors from the upstream.
+
+use std::time::Duration;
+
+use http::Version;
+
+use crate::harness::*;
+
+#[tokio::test]
+async fn public_route_is_forwarded_with_path_and_query_over_http1() {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start(&upstream).await;
+    let response = http1_client()
+        .get(gh.http_url("/public/a/b?x=1&y=%20z&next=/private/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.version(), Version::HTTP_11);
+    let request_id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(response.text().await.unwrap(), "upstream ok");
+    let seen = upstream.last();
+    assert_eq!(seen.target, "/public/a/b?x=1&y=%20z&next=/private/");
+    assert_eq!(seen.version, Version::HTTP_11);
+    assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen.headers["x-forwarded-proto"], "http");
+    assert_eq!(seen.headers["x-forwarded-host"], gh.http_addr().to_string());
+    assert_eq!(seen.headers["x-request-id"], request_id.as_str());
+}
+
+#[tokio::test]
+async fn public_route_is_forwarded_over_h2c() {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start(&upstream).await;
+    let response = h2c_client()
+        .get(gh.http_url("/public/h2c?q=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.version(), Version::HTTP_2);
+    let seen = upstream.last();
+    assert_eq!(seen.target, "/public/h2c?q=1");
+    // The upstream speaks HTTP/1.1 and still learns the host the client asked for.
+    assert_eq!(seen.version, Version::HTTP_11);
+    assert_eq!(seen.headers["host"], gh.http_addr().to_string());
+}
+
+#[tokio::test]
+async fn public_route_is_forwarded_over_tls_with_http2() {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start(&upstream).await;
+    let response = gh
+        .tls_client(true)
+        .get(gh.https_url("/public/tls?q=%2F"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.version(), Version::HTTP_2);
+    let seen = upstream.last();
+    assert_eq!(seen.target, "/public/tls?q=%2F");
+    assert_eq!(seen.headers["x-forwarded-proto"], "https");
+}
+
+#[tokio::test]
+async fn tls_listener_serves_http1_when_alpn_asks_for_it() {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start(&upstream).await;
+    let response = gh
+        .tls_client(false)
+        .get(gh.https_url("/public/one"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.version(), Version::HTTP_11);
+}
+
+#[tokio::test]
+async fn request_and_response_bodies_stream_through_unchanged() {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start(&upstream).await;
+    let body: Vec<u8> = (0..3 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let response = h2c_client()
+        .post(gh.http_url("/public/upload"))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.bytes().await.unwrap(), body);
+    let seen = upstream.last();
+    assert_eq!(seen.method, "POST");
+    assert_eq!(seen.body.len(), body.len());
+}
+
+#[tokio::test]
+async fn protected_routes_without_credentials_get_401_and_never_reach_upstream() {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start(&upstream).await;
+    for path in ["/private/x", "/secure/x", "/unmatched", "/", "/public"] {
+        let response = http1_client().get(gh.http_url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 401, "{path}");
+        let challenges: Vec<_> = response
+            .headers()
+            .get_all("www-authenticate")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect();
+        assert!(
+            challenges.iter().any(|c| c.starts_with("Bearer ")),
+            "{challenges:?}"
+        );
+        assert!(
+            challenges.iter().any(|c| c.starts_with("Basic ")),
+            "{challenges:?}"
+        );
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let body = response.text().await.unwrap();
+        assert_problem(401, Some(&content_type), &body, "unauthenticated");
+    }
+    assert_eq!(upstream.hits(), 0);
+}
+
+#[tokio::test]
+async fn client_request_id_is_kept_when_valid_and_replaced_when_not() {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start(&upstream).await;
+    let client = http1_client();
+    let response = client
+        .get(gh.http_url("/public/id"))
+        .header("x-request-id", "trace-42.a:b")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "trace-42.a:b");
+    assert_eq!(upstream.last().headers["x-request-id"], "trace-42.a:b");
+
+    client
+        .get(gh.http_url("/public/id"))
+        .header("x-request-id", "<script>alert(1)</script>")
+        .send()
+        .await
+        .unwrap();
+    let forwarded = upstream.last().headers["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(uuid::Uuid::parse_str(&forwarded).is_ok(), "{forwarded}");
+}
+
+#[tokio::test]
+async fn upstream_down_answers_502_problem() {
+    let dead = closed_port().await;
+    let gh = Gatehouse::start_url(&format!("http://{dead}"), |_| {}).await;
+    let response = http1_client()
+        .get(gh.http_url("/public/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_problem(
+        502,
+        Some(&content_type),
+        &response.text().await.unwrap(),
+        "upstream-unavailable",
+    );
+}
+
+#[tokio::test]
+async fn slow_upstream_answers_504_problem() {
+    let upstream = Upstream::start().await;
+    upstream.set_delay(Duration::from_secs(5));
+    let gh = Gatehouse::start_with(&upstream, |c| {
+        c.upstream.response_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let response = http1_client()
+        .get(gh.http_url("/public/slow"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 504);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_problem(
+        504,
+        Some(&content_type),
+        &response.text().await.unwrap(),
+        "upstream-timeout",
+    );
+}
+
+#[tokio::test]
+async fn upstream_hop_by_hop_response_headers_are_not_passed_to_the_client() {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start(&upstream).await;
+    let response = http1_client()
+        .get(gh.http_url("/public/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-upstream"], "1");
+    assert!(response.headers().get("x-upstream-private").is_none());
+}
+
+#[tokio::test]
+async fn forwarded_headers_from_an_untrusted_peer_are_replaced() {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start_with(&upstream, |c| c.server.trusted_proxies.clear()).await;
+    raw_get(
+        gh.http_addr(),
+        "/public/x",
+        &[
+            "X-Forwarded-For: 203.0.113.7",
+            "X-Forwarded-Proto: https",
+            "X-Forwarded-Host: evil.example",
+            "X-Original-URL: /private/x",
+            "Forwarded: for=203.0.113.7",
+            "X-Real-IP: 203.0.113.7",
+        ],
+    )
+    .await;
+    let seen = upstream.last();
+    assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen.headers["x-forwarded-proto"], "http");
+    assert_eq!(seen.headers["x-forwarded-host"], "app.test");
+    for name in ["x-original-url", "forwarded", "x-real-ip"] {
+        assert!(
+            !seen.headers.contains_key(name),
+            "{name} reached the upstream"
+        );
+    }
+}
+
+#[tokio::test]
+async fn forwarded_headers_from_a_trusted_proxy_are_kept_and_extended() {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start(&upstream).await;
+    raw_get(
+        gh.http_addr(),
+        "/public/x",
+        &[
+            "X-Forwarded-For: 203.0.113.7",
+            "X-Forwarded-Proto: https",
+            "X-Forwarded-Host: app.example",
+        ],
+    )
+    .await;
+    let seen = upstream.last();
+    assert_eq!(seen.headers["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    assert_eq!(seen.headers["x-forwarded-proto"], "https");
+    assert_eq!(seen.headers["x-forwarded-host"], "app.example");
+}
+
+#[tokio::test]
+async fn admin_listener_answers_health_and_readiness() {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start(&upstream).await;
+    let client = http1_client();
+    let admin = gh.addrs.admin;
+    for path in ["/healthz", "/readyz"] {
+        let response = client
+            .get(format!("http://{admin}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+    }
+    let response = client
+        .get(format!("http://{admin}/nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    gh.stop().await;
+}
