@@ -43,8 +43,23 @@ enum Rejection {
     MfaRequired,
     MissingScope(String),
     BodyTooLarge(u64),
-    UpstreamUnavailable,
+    UpstreamUnavailable(String),
     UpstreamTimeout,
+}
+
+impl std::fmt::Display for Rejection {
+    /// The operator's view, for the access log: more precise than the client's problem detail.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rejection::BadPath(e) => write!(f, "invalid path: {e}"),
+            Rejection::Unauthenticated => f.write_str("no valid credential"),
+            Rejection::MfaRequired => f.write_str("second factor required"),
+            Rejection::MissingScope(scope) => write!(f, "missing scope {scope}"),
+            Rejection::BodyTooLarge(limit) => write!(f, "body over {limit} bytes"),
+            Rejection::UpstreamUnavailable(reason) => write!(f, "upstream unavailable: {reason}"),
+            Rejection::UpstreamTimeout => f.write_str("upstream response timeout"),
+        }
+    }
 }
 
 impl Rejection {
@@ -80,7 +95,7 @@ impl Rejection {
                 "Request body too large",
                 format!("Request bodies on this route are limited to {limit} bytes."),
             ),
-            Rejection::UpstreamUnavailable => Problem::new(
+            Rejection::UpstreamUnavailable(_) => Problem::new(
                 StatusCode::BAD_GATEWAY,
                 "upstream-unavailable",
                 "Upstream unavailable",
@@ -145,9 +160,12 @@ impl Gateway {
         let method = parts.method.clone();
         let query = parts.uri.query().map(str::to_owned);
         let outcome = self.route(parts, body, conn, trusted, &request_id).await;
-        let mut response = match outcome.response {
-            Ok(response) => response,
-            Err(rejection) => render(&rejection, &outcome.path, &request_id),
+        let (mut response, error) = match outcome.response {
+            Ok(response) => (response, None),
+            Err(rejection) => (
+                render(&rejection, &outcome.path, &request_id),
+                Some(rejection.to_string()),
+            ),
         };
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert(X_REQUEST_ID, v);
@@ -161,6 +179,7 @@ impl Gateway {
             upstream_latency: outcome.upstream_latency,
             request_id: &request_id,
             user_id: outcome.principal.as_ref().map(|p| p.user_id.as_str()),
+            error: error.as_deref(),
         });
         response
     }
@@ -258,7 +277,7 @@ impl Gateway {
         outcome.upstream_latency = Some(sent.elapsed());
         outcome.response = result.map_err(|e| match e {
             ForwardError::Timeout => Rejection::UpstreamTimeout,
-            ForwardError::Unavailable(_) => Rejection::UpstreamUnavailable,
+            ForwardError::Unavailable(e) => Rejection::UpstreamUnavailable(error_chain(&e)),
         });
         outcome
     }
@@ -282,6 +301,18 @@ const CHALLENGES: [&str; 2] = [
     "Bearer realm=\"gatehouse\"",
     "Basic realm=\"gatehouse\", charset=\"UTF-8\"",
 ];
+
+/// An error and its sources on one line (hyper's outer errors say little on their own).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
 
 fn content_length(headers: &http::HeaderMap) -> Option<u64> {
     headers
@@ -341,7 +372,7 @@ mod tests {
             (Rejection::MfaRequired, 403),
             (Rejection::MissingScope("x".into()), 403),
             (Rejection::BodyTooLarge(1), 413),
-            (Rejection::UpstreamUnavailable, 502),
+            (Rejection::UpstreamUnavailable("refused".into()), 502),
             (Rejection::UpstreamTimeout, 504),
         ];
         for (rejection, status) in cases {

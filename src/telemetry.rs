@@ -18,6 +18,7 @@ pub fn init(config: &LogConfig) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_writer(std::io::stdout);
     let result = match config.format {
         LogFormat::Json => builder
@@ -42,6 +43,8 @@ pub struct AccessRecord<'a> {
     pub upstream_latency: Option<Duration>,
     pub request_id: &'a str,
     pub user_id: Option<&'a str>,
+    /// Why gatehouse refused or failed the request, for operators (never a credential).
+    pub error: Option<&'a str>,
 }
 
 /// Writes the access-log line for one request, with credentials redacted from the query.
@@ -56,6 +59,7 @@ pub fn access(r: &AccessRecord<'_>) {
         upstream_ms = r.upstream_latency.map(|d| d.as_secs_f64() * 1e3),
         request_id = r.request_id,
         user_id = r.user_id,
+        error = r.error,
         "request"
     );
 }

@@ -40,6 +40,25 @@ struct UpstreamState {
     hits: AtomicUsize,
     seen: Mutex<Vec<Seen>>,
     delay: Mutex<Duration>,
+    /// Lets a `/stream` response send its second chunk.
+    release: tokio::sync::Notify,
+}
+
+/// A response body fed chunk by chunk from a channel.
+struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = gatehouse::body::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
 }
 
 /// A real HTTP/1.1 application: answers 200, echoes POST bodies, records every request.
@@ -94,6 +113,11 @@ impl Upstream {
             .expect("upstream saw no request")
     }
 
+    /// Lets the pending `/stream` response finish.
+    pub fn release(&self) {
+        self.state.release.notify_one();
+    }
+
     /// Makes the upstream wait this long before answering.
     pub fn set_delay(&self, delay: Duration) {
         *self.state.delay.lock().unwrap() = delay;
@@ -106,7 +130,7 @@ impl Drop for Upstream {
     }
 }
 
-async fn answer(state: &UpstreamState, req: Request<Incoming>) -> Response<Body> {
+async fn answer(state: &Arc<UpstreamState>, req: Request<Incoming>) -> Response<Body> {
     let (parts, body) = req.into_parts();
     let body = body
         .collect()
@@ -128,6 +152,17 @@ async fn answer(state: &UpstreamState, req: Request<Incoming>) -> Response<Body>
     let delay = *state.delay.lock().unwrap();
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
+    }
+    if parts.uri.path().ends_with("/stream") {
+        // "first" now, "second" only once the test calls `release`.
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let state = state.clone();
+        tokio::spawn(async move {
+            let _ = tx.send(Bytes::from_static(b"first")).await;
+            state.release.notified().await;
+            let _ = tx.send(Bytes::from_static(b"second")).await;
+        });
+        return Response::new(ChannelBody(rx).boxed_unsync());
     }
     let reply = if parts.method == http::Method::POST {
         body

@@ -95,3 +95,22 @@ async fn proxied_body_over_proxy_max_body_is_413() {
         .unwrap();
     assert_eq!(response.status(), 200);
 }
+
+#[tokio::test]
+async fn stalled_tls_handshake_is_closed() {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start_with(&upstream, |c| {
+        c.server.tls_handshake_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let mut stream = TcpStream::connect(gh.addrs.https.unwrap()).await.unwrap();
+    let started = Instant::now();
+    // Half a ClientHello record header, then nothing.
+    stream.write_all(&[0x16, 0x03, 0x01]).await.unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .expect("the stalled handshake was not closed within 5 s");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+}

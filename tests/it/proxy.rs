@@ -99,6 +99,30 @@ async fn request_and_response_bodies_stream_through_unchanged() {
 }
 
 #[tokio::test]
+async fn response_body_reaches_the_client_before_the_upstream_finishes_it() {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start(&upstream).await;
+    for client in [http1_client(), h2c_client()] {
+        let mut response = client
+            .get(gh.http_url("/public/stream"))
+            .send()
+            .await
+            .unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(5), response.chunk())
+            .await
+            .expect("the first chunk was held back until the body ended")
+            .unwrap();
+        assert_eq!(first.as_deref(), Some(&b"first"[..]));
+        upstream.release();
+        let mut rest = Vec::new();
+        while let Some(chunk) = response.chunk().await.unwrap() {
+            rest.extend_from_slice(&chunk);
+        }
+        assert_eq!(rest, b"second");
+    }
+}
+
+#[tokio::test]
 async fn protected_routes_without_credentials_get_401_and_never_reach_upstream() {
     let upstream = Upstream::start().await;
     let gh = Gatehouse::start(&upstream).await;
@@ -176,6 +200,45 @@ async fn upstream_down_answers_502_problem() {
         &response.text().await.unwrap(),
         "upstream-unavailable",
     );
+}
+
+#[tokio::test]
+async fn upstream_that_does_not_accept_in_time_answers_502() {
+    // A listener with a full accept queue that never accepts: the kernel drops further SYNs,
+    // so connecting hangs as it does for a host that does not answer.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut queued = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(s)) = tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            queued.push(s);
+        }
+    }
+    let gh = Gatehouse::start_url(&format!("http://{addr}"), |c| {
+        c.upstream.connect_timeout = Duration::from_millis(300);
+        c.upstream.response_timeout = Duration::from_secs(20);
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let response = http1_client()
+        .get(gh.http_url("/public/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    drop((listener, queued));
 }
 
 #[tokio::test]

@@ -86,6 +86,7 @@ async fn each_request_leaves_one_access_log_line_without_credentials() {
     assert!(first["latency_ms"].as_f64().is_some());
     assert!(first["upstream_ms"].as_f64().is_some());
     assert_eq!(access[1]["status"], 401);
+    assert_eq!(access[1]["error"], "no valid credential");
     assert!(access[1]["upstream_ms"].is_null());
     assert!(!logs.iter().any(|l| l.contains("supersecret")));
 }
