@@ -33,6 +33,97 @@ pub struct Config {
     pub routes: Vec<Route>,
     pub identity_headers: IdentityHeaderNames,
     pub log: LogConfig,
+    pub store: StoreConfig,
+    pub admin: AdminConfig,
+    pub auth: AuthConfig,
+    pub tokens: TokensConfig,
+    pub bootstrap: BootstrapConfig,
+}
+
+/// A value that must never be printed: it serialises and debugs as `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("***")
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StoreConfig {
+    /// Only `sled`, the embedded store, so far.
+    pub backend: String,
+    /// Directory of the sled store.
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AdminConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// From `admin.token_file` or `GATEHOUSE_ADMIN_TOKEN`; without one the admin API answers 503.
+    pub token: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AuthConfig {
+    /// Proxied routes demand a valid ApplicationToken besides the user's credential.
+    pub require_application_token: bool,
+    /// Header carrying the ApplicationToken.
+    pub application_token_header: String,
+    /// How long a successful Basic verification is remembered.
+    #[serde(serialize_with = "duration")]
+    pub basic_cache_ttl: Duration,
+    /// How often at most an issuer's JWKS is fetched again because of an unknown `kid`.
+    #[serde(serialize_with = "duration")]
+    pub jwks_min_refresh: Duration,
+    pub trusted_issuers: Vec<TrustedIssuer>,
+}
+
+/// An external identity provider whose access tokens gatehouse accepts.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrustedIssuer {
+    pub issuer: String,
+    #[serde(serialize_with = "masked_uri")]
+    pub jwks_url: Uri,
+    pub audience: String,
+    pub algorithms: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TokensConfig {
+    /// `iss` of the tokens gatehouse issues (default `server.public_url`).
+    pub issuer: String,
+    /// `aud` of the access tokens gatehouse issues.
+    pub audience: String,
+    #[serde(serialize_with = "duration")]
+    pub access_ttl: Duration,
+    /// A PKCS#8 PEM Ed25519 key to sign with instead of the generated one kept in the store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signing_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BootstrapConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -84,6 +175,8 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
     #[serde(serialize_with = "duration")]
     pub response_timeout: Duration,
+    /// `aud` of the `X-Auth-Assertion` JWT.
+    pub audience: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -162,12 +255,19 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         Some(p) => p.to_path_buf(),
         None => PathBuf::from(DEFAULT_PATH),
     };
-    from_figment(Figment::new().merge(Toml::file(file)).merge(env()))
+    let admin_token = std::env::var("GATEHOUSE_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+        .map(Secret::new);
+    from_figment(
+        Figment::new().merge(Toml::file(file)).merge(env()),
+        admin_token,
+    )
 }
 
 /// Parses a configuration from TOML text alone (no environment), as tests and tools need.
 pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
-    from_figment(Figment::new().merge(Toml::string(text)))
+    from_figment(Figment::new().merge(Toml::string(text)), None)
 }
 
 /// `GATEHOUSE_SERVER__PUBLIC_URL` → `server.public_url`. Variables without a `__` (such as
@@ -178,11 +278,11 @@ fn env() -> Env {
         .split("__")
 }
 
-fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
+fn from_figment(figment: Figment, admin_token: Option<Secret>) -> Result<Config, ConfigError> {
     let raw: RawConfig = figment.extract().map_err(|e| ConfigError {
         problems: e.into_iter().map(|e| e.to_string()).collect(),
     })?;
-    validate(raw)
+    validate(raw, admin_token)
 }
 
 /// A leaf value as written: `Err` holds why it could not be read as `T`.
@@ -209,6 +309,58 @@ struct RawConfig {
     routes: Vec<RawRoute>,
     identity_headers: RawIdentityHeaders,
     log: RawLog,
+    store: RawStore,
+    admin: RawAdmin,
+    auth: RawAuth,
+    tokens: RawTokens,
+    bootstrap: RawBootstrap,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawStore {
+    backend: Field<String>,
+    path: Field<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAdmin {
+    token_file: Field<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAuth {
+    require_application_token: Field<bool>,
+    application_token_header: Field<String>,
+    basic_cache_ttl: Field<String>,
+    jwks_min_refresh: Field<String>,
+    trusted_issuers: Vec<RawTrustedIssuer>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTrustedIssuer {
+    issuer: Field<String>,
+    jwks_url: Field<String>,
+    audience: Field<String>,
+    algorithms: Field<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTokens {
+    issuer: Field<String>,
+    audience: Field<String>,
+    access_ttl: Field<String>,
+    signing_key_file: Field<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawBootstrap {
+    file: Field<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -246,6 +398,7 @@ struct RawUpstream {
     url: Field<String>,
     connect_timeout: Field<String>,
     response_timeout: Field<String>,
+    audience: Field<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -407,7 +560,34 @@ fn parse_header_name(s: String) -> Result<String, String> {
     }
 }
 
-fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+/// Asymmetric JWT algorithms a trusted issuer may use; HMAC is never accepted from outside.
+const ISSUER_ALGORITHMS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
+
+fn non_empty(s: String) -> Result<String, String> {
+    if s.trim().is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(s)
+    }
+}
+
+fn optional_path(s: String) -> Result<Option<PathBuf>, String> {
+    Ok(Some(s).filter(|s| !s.trim().is_empty()).map(PathBuf::from))
+}
+
+fn parse_jwks_url(s: String) -> Result<Uri, String> {
+    let uri: Uri = s
+        .parse()
+        .map_err(|_| format!("expected an http(s) URL, got `{s}`"))?;
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("https" | "http"), Some(_)) => Ok(uri),
+        _ => Err(format!("expected an http(s) URL, got `{s}`")),
+    }
+}
+
+fn validate(raw: RawConfig, env_admin_token: Option<Secret>) -> Result<Config, ConfigError> {
     let mut c = Checker::default();
     let s = raw.server;
     let server = ServerConfig {
@@ -531,6 +711,12 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             Duration::from_secs(30),
             parse_duration,
         ),
+        audience: c.get(
+            "upstream.audience",
+            u.audience,
+            "upstream".into(),
+            non_empty,
+        ),
     };
 
     let p = raw.proxy;
@@ -650,8 +836,161 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         }),
     };
 
+    let st = raw.store;
+    let store = StoreConfig {
+        backend: c.get("store.backend", st.backend, "sled".into(), |s: String| {
+            if s == "sled" {
+                Ok(s)
+            } else {
+                Err(format!("expected `sled`, got `{s}`"))
+            }
+        }),
+        path: c.get("store.path", st.path, "data".into(), |s: String| {
+            non_empty(s).map(PathBuf::from)
+        }),
+    };
+
+    let ad = raw.admin;
+    let token_file = c.get("admin.token_file", ad.token_file, None, optional_path);
+    let file_token = token_file
+        .as_ref()
+        .and_then(|path| match std::fs::read_to_string(path) {
+            Ok(text) if !text.trim().is_empty() => Some(Secret::new(text.trim())),
+            Ok(_) => {
+                c.problem("admin.token_file", format!("{} is empty", path.display()));
+                None
+            }
+            Err(e) => {
+                c.problem(
+                    "admin.token_file",
+                    format!("cannot read {}: {e}", path.display()),
+                );
+                None
+            }
+        });
+    let admin = AdminConfig {
+        token: file_token.or(env_admin_token),
+        token_file,
+    };
+
+    let a = raw.auth;
+    let mut trusted_issuers = Vec::new();
+    for (i, t) in a.trusted_issuers.into_iter().enumerate() {
+        let key = |k: &str| format!("auth.trusted_issuers[{i}].{k}");
+        for (k, missing) in [
+            ("issuer", t.issuer.is_none()),
+            ("jwks_url", t.jwks_url.is_none()),
+            ("audience", t.audience.is_none()),
+        ] {
+            if missing {
+                c.problem(&key(k), "is required");
+            }
+        }
+        let issuer = c.get(&key("issuer"), t.issuer, String::new(), non_empty);
+        let jwks_url = c.get(
+            &key("jwks_url"),
+            t.jwks_url,
+            Uri::from_static("http://invalid/"),
+            parse_jwks_url,
+        );
+        let audience = c.get(&key("audience"), t.audience, String::new(), non_empty);
+        let algorithms = c.get(
+            &key("algorithms"),
+            t.algorithms,
+            vec!["RS256".into(), "ES256".into(), "EdDSA".into()],
+            |list: Vec<String>| {
+                if list.is_empty() {
+                    return Err("must name at least one algorithm".into());
+                }
+                match list
+                    .iter()
+                    .find(|a| !ISSUER_ALGORITHMS.contains(&a.as_str()))
+                {
+                    Some(bad) => Err(format!(
+                        "`{bad}` is not accepted; use asymmetric algorithms: {}",
+                        ISSUER_ALGORITHMS.join(", ")
+                    )),
+                    None => Ok(list),
+                }
+            },
+        );
+        trusted_issuers.push(TrustedIssuer {
+            issuer,
+            jwks_url,
+            audience,
+            algorithms,
+        });
+    }
+    let auth = AuthConfig {
+        require_application_token: c.get(
+            "auth.require_application_token",
+            a.require_application_token,
+            false,
+            ok,
+        ),
+        application_token_header: c.get(
+            "auth.application_token_header",
+            a.application_token_header,
+            "applicationtoken".into(),
+            parse_header_name,
+        ),
+        basic_cache_ttl: c.get(
+            "auth.basic_cache_ttl",
+            a.basic_cache_ttl,
+            Duration::from_secs(60),
+            parse_duration,
+        ),
+        jwks_min_refresh: c.get(
+            "auth.jwks_min_refresh",
+            a.jwks_min_refresh,
+            Duration::from_secs(30),
+            parse_duration,
+        ),
+        trusted_issuers,
+    };
+
+    let tk = raw.tokens;
+    let tokens = TokensConfig {
+        issuer: c.get(
+            "tokens.issuer",
+            tk.issuer,
+            server.public_url.clone(),
+            non_empty,
+        ),
+        audience: c.get(
+            "tokens.audience",
+            tk.audience,
+            "gatehouse".into(),
+            non_empty,
+        ),
+        access_ttl: c.get(
+            "tokens.access_ttl",
+            tk.access_ttl,
+            Duration::from_secs(3600),
+            parse_duration,
+        ),
+        signing_key_file: c.get(
+            "tokens.signing_key_file",
+            tk.signing_key_file,
+            None,
+            optional_path,
+        ),
+    };
+    if tokens.access_ttl.is_zero() {
+        c.problem("tokens.access_ttl", "must be longer than zero");
+    }
+
+    let bootstrap = BootstrapConfig {
+        file: c.get("bootstrap.file", raw.bootstrap.file, None, optional_path),
+    };
+
     if c.problems.is_empty() {
         Ok(Config {
+            store,
+            admin,
+            auth,
+            tokens,
+            bootstrap,
             server,
             listen,
             tls,

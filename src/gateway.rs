@@ -14,16 +14,20 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use ipnet::IpNet;
 
+use std::sync::Arc;
+
+use crate::app::App;
 use crate::auth::policy::{self, Decision};
-use crate::auth::{self, Principal};
-use crate::body::{Body, BoxError};
-use crate::config::Config;
+use crate::auth::{AuthError, Authenticator, Principal};
+use crate::body::{Body, BoxError, full};
 use crate::path::{self, PathError};
 use crate::problem::Problem;
 use crate::proxy::forward::{self, ForwardError, Origin, Upstream};
 use crate::proxy::headers::Sanitizer;
+use crate::proxy::headers::{self, IdentityHeaderNames};
 use crate::routes::RouteTable;
 use crate::telemetry::{self, AccessRecord};
+use crate::tokens::Tokens;
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -39,7 +43,11 @@ pub struct ConnInfo {
 #[derive(Debug)]
 enum Rejection {
     BadPath(PathError),
-    Unauthenticated,
+    BadCredentials(&'static str),
+    /// The reason is for the log; the client sees one body for every reason.
+    Unauthenticated(Option<String>),
+    AuthUnavailable(String),
+    Internal(String),
     MfaRequired,
     MissingScope(String),
     BodyTooLarge(u64),
@@ -52,7 +60,11 @@ impl std::fmt::Display for Rejection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Rejection::BadPath(e) => write!(f, "invalid path: {e}"),
-            Rejection::Unauthenticated => f.write_str("no valid credential"),
+            Rejection::BadCredentials(why) => write!(f, "malformed credentials: {why}"),
+            Rejection::Unauthenticated(None) => f.write_str("no credential"),
+            Rejection::Unauthenticated(Some(why)) => write!(f, "invalid credential: {why}"),
+            Rejection::AuthUnavailable(why) => write!(f, "cannot verify credentials: {why}"),
+            Rejection::Internal(why) => write!(f, "internal error: {why}"),
             Rejection::MfaRequired => f.write_str("second factor required"),
             Rejection::MissingScope(scope) => write!(f, "missing scope {scope}"),
             Rejection::BodyTooLarge(limit) => write!(f, "body over {limit} bytes"),
@@ -71,11 +83,29 @@ impl Rejection {
                 "Invalid request path",
                 e.to_string(),
             ),
-            Rejection::Unauthenticated => Problem::new(
+            Rejection::BadCredentials(why) => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-credentials",
+                "Malformed credentials",
+                format!("The request's credentials cannot be read: {why}."),
+            ),
+            Rejection::Unauthenticated(_) => Problem::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthenticated",
                 "Authentication required",
                 "This route needs valid credentials.",
+            ),
+            Rejection::AuthUnavailable(_) => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "auth-unavailable",
+                "Credentials cannot be verified",
+                "Gatehouse cannot verify credentials right now; try again shortly.",
+            ),
+            Rejection::Internal(_) => Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+                "Gatehouse failed to handle the request.",
             ),
             Rejection::MfaRequired => Problem::new(
                 StatusCode::FORBIDDEN,
@@ -126,16 +156,27 @@ pub struct Gateway {
     upstream: Upstream,
     trusted_proxies: Vec<IpNet>,
     max_body: Option<u64>,
+    auth: Arc<Authenticator>,
+    tokens: Arc<Tokens>,
+    identity_names: IdentityHeaderNames,
+    require_app: bool,
+    assertion_audience: String,
 }
 
 impl Gateway {
-    pub fn new(config: &Config) -> Gateway {
+    pub fn new(app: &App) -> Gateway {
+        let config = &app.config;
         Gateway {
             routes: RouteTable::new(&config.routes, config.proxy.default),
             sanitizer: Sanitizer::new(&config.identity_headers),
             upstream: Upstream::new(&config.upstream),
             trusted_proxies: config.server.trusted_proxies.clone(),
             max_body: config.proxy.max_body,
+            auth: app.auth.clone(),
+            tokens: app.tokens.clone(),
+            identity_names: config.identity_headers.clone(),
+            require_app: config.auth.require_application_token,
+            assertion_audience: config.upstream.audience.clone(),
         }
     }
 
@@ -194,7 +235,7 @@ impl Gateway {
     ) -> Outcome {
         let raw_path = parts.uri.path().to_owned();
         let mut outcome = Outcome {
-            response: Err(Rejection::Unauthenticated),
+            response: Err(Rejection::Unauthenticated(None)),
             path: raw_path.clone(),
             upstream_latency: None,
             principal: None,
@@ -208,18 +249,32 @@ impl Gateway {
         };
         outcome.path = path.clone();
 
+        if path == JWKS_PATH && matches!(parts.method, http::Method::GET | http::Method::HEAD) {
+            outcome.response = Ok(self.jwks());
+            return outcome;
+        }
+
         let rule = self.routes.rule_for(&path);
-        let principal = match auth::authenticate(&parts).await {
-            Ok(principal) => principal,
-            Err(_) => {
-                outcome.response = Err(Rejection::Unauthenticated);
-                return outcome;
+        // Public routes are forwarded without identity: credentials are not even looked at.
+        let principal = if rule.access == crate::config::Access::Public {
+            None
+        } else {
+            match self.auth.authenticate(&parts.headers).await {
+                Ok(principal) => principal,
+                Err(e) => {
+                    outcome.response = Err(match e {
+                        AuthError::Malformed(why) => Rejection::BadCredentials(why),
+                        AuthError::Invalid(why) => Rejection::Unauthenticated(Some(why)),
+                        AuthError::Unavailable(why) => Rejection::AuthUnavailable(why),
+                    });
+                    return outcome;
+                }
             }
         };
-        match policy::decide_route(rule, principal.as_ref()) {
+        match policy::decide_route(rule, principal.as_ref(), self.require_app) {
             Decision::Allow => {}
             Decision::Unauthenticated => {
-                outcome.response = Err(Rejection::Unauthenticated);
+                outcome.response = Err(Rejection::Unauthenticated(None));
                 return outcome;
             }
             Decision::MfaRequired => {
@@ -230,6 +285,26 @@ impl Gateway {
                 outcome.response = Err(Rejection::MissingScope(scope));
                 return outcome;
             }
+        }
+        if let Some(principal) = &principal {
+            // Credentials gatehouse consumed do not travel on: the upstream gets the assertion.
+            parts.headers.remove(header::AUTHORIZATION);
+            parts.headers.remove(self.auth.application_header());
+            let assertion = match self.tokens.assertion(principal, &self.assertion_audience) {
+                Ok(assertion) => assertion,
+                Err(e) => {
+                    outcome.response = Err(Rejection::Internal(format!(
+                        "cannot sign the assertion: {e}"
+                    )));
+                    return outcome;
+                }
+            };
+            headers::set_identity(
+                &mut parts.headers,
+                &self.identity_names,
+                principal,
+                &assertion,
+            );
         }
         outcome.principal = principal;
 
@@ -261,9 +336,9 @@ impl Gateway {
             parts.headers.insert(X_REQUEST_ID, v);
         }
 
-        let target = match parts.uri.query() {
-            Some(q) => format!("{path}?{q}"),
-            None => path.clone(),
+        let target = match parts.uri.query().map(without_access_keys) {
+            Some(q) if !q.is_empty() => format!("{path}?{q}"),
+            _ => path.clone(),
         };
         let Ok(target) = PathAndQuery::try_from(target) else {
             outcome.response = Err(Rejection::BadPath(PathError::BadEscape));
@@ -283,9 +358,41 @@ impl Gateway {
     }
 }
 
+/// Where gatehouse publishes the public keys of its tokens.
+pub const JWKS_PATH: &str = "/.well-known/jwks.json";
+
+impl Gateway {
+    fn jwks(&self) -> Response<Body> {
+        let bytes = serde_json::to_vec(&self.tokens.jwks()).unwrap_or_default();
+        let mut response = Response::new(full(bytes));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/jwk-set+json"),
+        );
+        response.headers_mut().insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("max-age=300"),
+        );
+        response
+    }
+}
+
+/// The query without `WsAccessKey` parameters (any letter case): a legacy credential that the
+/// upstream must never see.
+fn without_access_keys(query: &str) -> String {
+    query
+        .split('&')
+        .filter(|pair| {
+            let name = pair.split('=').next().unwrap_or_default();
+            !name.eq_ignore_ascii_case("wsaccesskey")
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
 fn render(rejection: &Rejection, path: &str, request_id: &str) -> Response<Body> {
     let mut response = rejection.problem().render(path, request_id);
-    if matches!(rejection, Rejection::Unauthenticated) {
+    if matches!(rejection, Rejection::Unauthenticated(_)) {
         for challenge in CHALLENGES {
             response.headers_mut().append(
                 header::WWW_AUTHENTICATE,
@@ -351,6 +458,16 @@ mod tests {
     }
 
     #[test]
+    fn ws_access_keys_are_removed_from_forwarded_queries() {
+        assert_eq!(
+            without_access_keys("FileId=1&wsaccesskey=k&x=2"),
+            "FileId=1&x=2"
+        );
+        assert_eq!(without_access_keys("WsAccessKey=k"), "");
+        assert_eq!(without_access_keys("a=1"), "a=1");
+    }
+
+    #[test]
     fn valid_request_id_is_kept() {
         assert_eq!(request_id(&with_id("abc-123_x.y:z")), "abc-123_x.y:z");
     }
@@ -368,7 +485,10 @@ mod tests {
     fn rejections_map_to_their_statuses() {
         let cases = [
             (Rejection::BadPath(PathError::EncodedSlash), 400),
-            (Rejection::Unauthenticated, 401),
+            (Rejection::BadCredentials("two"), 400),
+            (Rejection::Unauthenticated(None), 401),
+            (Rejection::AuthUnavailable("down".into()), 503),
+            (Rejection::Internal("x".into()), 500),
             (Rejection::MfaRequired, 403),
             (Rejection::MissingScope("x".into()), 403),
             (Rejection::BodyTooLarge(1), 413),

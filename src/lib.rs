@@ -2,8 +2,11 @@
 //! its own MFA/OTP APIs, and forwards everything else with identity headers the application can trust.
 
 pub mod api;
+pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod body;
+pub mod clock;
 pub mod config;
 pub mod gateway;
 pub mod path;
@@ -11,4 +14,6 @@ pub mod problem;
 pub mod proxy;
 pub mod routes;
 pub mod server;
+pub mod store;
 pub mod telemetry;
+pub mod tokens;

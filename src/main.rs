@@ -3,6 +3,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use gatehouse::app::App;
 use gatehouse::config;
 use gatehouse::server::{Server, shutdown};
 
@@ -62,7 +63,15 @@ fn serve(config: config::Config) -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let server = match Server::bind(&config).await {
+        let app = match App::open(config).await {
+            Ok(app) => app,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start");
+                eprintln!("cannot start: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let server = match Server::bind(&app).await {
             Ok(server) => server,
             Err(e) => {
                 tracing::error!(error = %e, "cannot start");
@@ -71,6 +80,10 @@ fn serve(config: config::Config) -> ExitCode {
             }
         };
         server.run(shutdown::signal()).await;
+        if let Err(e) = app.store.flush().await {
+            tracing::error!(error = %e, "cannot flush the store");
+            return ExitCode::FAILURE;
+        }
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })

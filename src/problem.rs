@@ -1,11 +1,10 @@
 //! RFC 9457 problem documents: the error format of proxied routes, the Nexus family and the admin API.
 //! <https://www.rfc-editor.org/rfc/rfc9457>
 
-use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use serde::Serialize;
 
-use crate::body::{Body, full};
+use crate::body::Body;
 
 /// Prefix of every problem `type`; the last segment is the stable code clients match on.
 pub const TYPE_BASE: &str = "https://gatehouse.dev/problems/";
@@ -58,15 +57,6 @@ impl Problem {
             request_id,
         };
         let bytes = serde_json::to_vec(&doc).unwrap_or_default();
-        let mut response = Response::new(full(bytes));
-        *response.status_mut() = self.status;
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
-        response
-            .headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        response
+        crate::api::with_type(self.status, "application/problem+json", bytes)
     }
 }

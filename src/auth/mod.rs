@@ -1,8 +1,26 @@
 //! Credentials → [`Principal`]. Route decisions live in [`policy`].
+//!
+//! Schemes (SPEC §3): `Authorization: Bearer` (gatehouse's own JWTs or a trusted issuer's),
+//! `Authorization: Basic` (argon2id, with a short cache of successful verifications), and the
+//! ApplicationToken header, which adds the `app` method to whatever else authenticated.
 
+pub mod issuers;
 pub mod policy;
+pub mod secret;
 
-use http::request::Parts;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use http::HeaderMap;
+use http::header::{self, HeaderName};
+
+use crate::clock::{self, Clock};
+use crate::config::AuthConfig;
+use crate::store::{ExternalId, Membership, NewUser, Store, StoreError, User};
+use crate::tokens::{self, Tokens};
+use issuers::Issuers;
 
 /// How a principal proved who it is (the JWT `amr` values, RFC 8176).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -43,19 +61,360 @@ pub struct Principal {
     pub user_name: String,
     pub email: Option<String>,
     pub scopes: Vec<String>,
-    pub organizations: Vec<String>,
+    pub organizations: Vec<Membership>,
     pub methods: Vec<Method>,
 }
 
-/// Why credentials were refused; every variant answers 401 with the same body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthError {
-    Invalid,
+impl Principal {
+    fn of(user: &User, scopes: Vec<String>, methods: Vec<Method>) -> Principal {
+        Principal {
+            user_id: user.id.to_string(),
+            user_name: user.user_name.clone(),
+            email: user.email.clone(),
+            scopes,
+            organizations: user.memberships.clone(),
+            methods,
+        }
+    }
 }
 
-/// Verifies whatever credential the request carries. No credential is `Ok(None)`.
-///
-/// No credential scheme is configured yet, so every request is anonymous.
-pub async fn authenticate(_parts: &Parts) -> Result<Option<Principal>, AuthError> {
-    Ok(None)
+/// Why credentials were refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthError {
+    /// 400: two `Authorization` headers, or one that is not a single well-formed credential.
+    Malformed(&'static str),
+    /// 401, with the same body whatever the reason; the reason is for the log only.
+    Invalid(String),
+    /// The store could not be asked: fail closed.
+    Unavailable(String),
+}
+
+impl From<StoreError> for AuthError {
+    fn from(e: StoreError) -> AuthError {
+        AuthError::Unavailable(e.to_string())
+    }
+}
+
+/// A credential as sent, before verification.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Credential {
+    Basic { user_name: String, password: String },
+    Bearer(String),
+}
+
+/// Characters of a JWT (base64url segments separated by dots).
+fn is_token_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'+' | b'/' | b'=')
+}
+
+/// Reads the `Authorization` header: `Ok(None)` when absent; 400 for two headers, an empty
+/// credential, or a value that carries more than one credential (`Bearer x, Basic y`).
+pub fn credential(headers: &HeaderMap) -> Result<Option<Credential>, AuthError> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(AuthError::Malformed("more than one Authorization header"));
+    }
+    let value = value
+        .to_str()
+        .map_err(|_| AuthError::Malformed("Authorization is not ASCII"))?;
+    let (scheme, rest) = value.trim().split_once(' ').unwrap_or((value.trim(), ""));
+    let rest = rest.trim();
+    if rest.is_empty() || !rest.bytes().all(is_token_char) {
+        return Err(AuthError::Malformed(
+            "Authorization must carry exactly one credential",
+        ));
+    }
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Ok(Some(Credential::Bearer(rest.to_owned())));
+    }
+    if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = STANDARD
+            .decode(rest)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or(AuthError::Malformed(
+                "Basic credential is not base64 of UTF-8",
+            ))?;
+        let (user_name, password) = decoded
+            .split_once(':')
+            .ok_or(AuthError::Malformed("Basic credential has no `:`"))?;
+        return Ok(Some(Credential::Basic {
+            user_name: user_name.to_owned(),
+            password: password.to_owned(),
+        }));
+    }
+    Err(AuthError::Invalid(format!("unsupported scheme {scheme}")))
+}
+
+/// Reads `iss` from a JWT without verifying it, to choose who verifies it.
+fn unverified_issuer(token: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Iss {
+        iss: String,
+    }
+    let payload = token.split('.').nth(1)?;
+    let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
+    serde_json::from_slice::<Iss>(&bytes).ok().map(|i| i.iss)
+}
+
+/// Verifies credentials against the store, gatehouse's keys and the trusted issuers.
+pub struct Authenticator {
+    store: Arc<dyn Store>,
+    tokens: Arc<Tokens>,
+    issuers: Issuers,
+    app_header: HeaderName,
+    /// Successful Basic verifications: keyed hash of the credential → the password hash it
+    /// matched. A changed password no longer equals the cached hash, so the entry stops counting.
+    basic_cache: moka::sync::Cache<[u8; 32], Arc<str>>,
+    cache_key: ring::hmac::Key,
+    clock: Arc<dyn Clock>,
+}
+
+impl Authenticator {
+    pub fn new(
+        config: &AuthConfig,
+        store: Arc<dyn Store>,
+        tokens: Arc<Tokens>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Authenticator, String> {
+        let rng = ring::rand::SystemRandom::new();
+        let cache_key = ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng)
+            .map_err(|_| "the system random source failed".to_owned())?;
+        Ok(Authenticator {
+            store,
+            tokens,
+            issuers: Issuers::new(
+                &config.trusted_issuers,
+                config.jwks_min_refresh,
+                clock.clone(),
+            )?,
+            app_header: HeaderName::from_bytes(config.application_token_header.as_bytes())
+                .map_err(|e| format!("auth.application_token_header: {e}"))?,
+            basic_cache: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(config.basic_cache_ttl.max(Duration::from_millis(1)))
+                .build(),
+            cache_key,
+            clock,
+        })
+    }
+
+    /// The header that carries the ApplicationToken.
+    pub fn application_header(&self) -> &HeaderName {
+        &self.app_header
+    }
+
+    /// The principal the request's credentials prove, `None` when it carries none.
+    /// A valid ApplicationToken adds [`Method::App`]; an invalid one refuses the request.
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Option<Principal>, AuthError> {
+        let mut principal = match credential(headers)? {
+            None => None,
+            Some(Credential::Basic {
+                user_name,
+                password,
+            }) => Some(self.basic(&user_name, password).await?),
+            Some(Credential::Bearer(token)) => Some(self.bearer(&token).await?),
+        };
+        if let Some(value) = headers.get(&self.app_header) {
+            let token = value
+                .to_str()
+                .map_err(|_| AuthError::Invalid("ApplicationToken is not ASCII".into()))?;
+            let hash = secret::hash_token(token.trim());
+            if self.store.application_by_token_hash(&hash).await?.is_none() {
+                return Err(AuthError::Invalid("unknown application token".into()));
+            }
+            if let Some(p) = principal.as_mut()
+                && !p.methods.contains(&Method::App)
+            {
+                p.methods.push(Method::App);
+            }
+        }
+        Ok(principal)
+    }
+
+    async fn basic(&self, user_name: &str, password: String) -> Result<Principal, AuthError> {
+        let user = self.store.user_by_name(user_name).await?;
+        let Some((user, hash)) = user.and_then(|u| u.password_hash.clone().map(|h| (u, h))) else {
+            tokio::task::spawn_blocking(move || secret::verify_nothing(&password))
+                .await
+                .ok();
+            return Err(AuthError::Invalid("unknown user or no password".into()));
+        };
+        let key = self.cache_key_for(&user.user_name, &password);
+        let cached = self.basic_cache.get(&key).is_some_and(|h| *h == *hash);
+        if !cached {
+            let check = hash.clone();
+            let ok =
+                tokio::task::spawn_blocking(move || secret::verify_password(&password, &check))
+                    .await
+                    .unwrap_or(false);
+            if !ok {
+                return Err(AuthError::Invalid("wrong password".into()));
+            }
+            self.basic_cache.insert(key, hash.into());
+        }
+        if !user.is_valid {
+            return Err(AuthError::Invalid("user disabled".into()));
+        }
+        Ok(Principal::of(&user, user.scopes.clone(), vec![Method::Pwd]))
+    }
+
+    fn cache_key_for(&self, user_name: &str, password: &str) -> [u8; 32] {
+        let mut ctx = ring::hmac::Context::with_key(&self.cache_key);
+        ctx.update(user_name.to_lowercase().as_bytes());
+        ctx.update(&[0]);
+        ctx.update(password.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.sign().as_ref());
+        out
+    }
+
+    async fn bearer(&self, token: &str) -> Result<Principal, AuthError> {
+        let iss =
+            unverified_issuer(token).ok_or_else(|| AuthError::Invalid("malformed token".into()))?;
+        if iss == self.tokens.issuer() {
+            let claims = self
+                .tokens
+                .verify_access(token)
+                .map_err(|e| AuthError::Invalid(e.to_string()))?;
+            let user = match claims.sub.parse::<u64>() {
+                Ok(id) => self.store.user_by_id(id).await?,
+                Err(_) => None,
+            };
+            let user =
+                user.ok_or_else(|| AuthError::Invalid("token for an unknown user".into()))?;
+            let scopes = claims.scope.split_whitespace().map(str::to_owned).collect();
+            return Ok(Principal::of(
+                &user,
+                scopes,
+                tokens::methods_from_amr(&claims.amr),
+            ));
+        }
+        if self.issuers.trusts(&iss) {
+            let claims = self
+                .issuers
+                .verify(&iss, token)
+                .await
+                .map_err(|e| AuthError::Invalid(e.to_string()))?;
+            let user = self.external_user(&claims).await?;
+            return Ok(Principal::of(
+                &user,
+                claims.scopes(),
+                tokens::methods_from_amr(&claims.amr),
+            ));
+        }
+        Err(AuthError::Invalid("token from an untrusted issuer".into()))
+    }
+
+    /// The user a trusted issuer's subject maps to, created on first sight.
+    async fn external_user(&self, claims: &issuers::ExternalClaims) -> Result<User, AuthError> {
+        if let Some(user) = self
+            .store
+            .user_by_external(&claims.iss, &claims.sub)
+            .await?
+        {
+            return Ok(user);
+        }
+        let preferred = claims
+            .preferred_username
+            .clone()
+            .or_else(|| claims.email.clone())
+            .unwrap_or_else(|| claims.sub.clone());
+        let now = clock::rfc3339(self.clock.now());
+        let mut new = NewUser {
+            user_name: preferred.clone(),
+            email: claims.email.clone(),
+            nick_name: claims.name.clone(),
+            external: Some(ExternalId {
+                issuer: claims.iss.clone(),
+                subject: claims.sub.clone(),
+            }),
+            ..NewUser::default()
+        };
+        match self.store.create_user(new.clone(), &now).await {
+            Ok(user) => return Ok(user),
+            Err(StoreError::Conflict(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        // Created meanwhile by a concurrent request, or the name belongs to someone else.
+        if let Some(user) = self
+            .store
+            .user_by_external(&claims.iss, &claims.sub)
+            .await?
+        {
+            return Ok(user);
+        }
+        let digest = ring::digest::digest(
+            &ring::digest::SHA256,
+            format!("{}\0{}", claims.iss, claims.sub).as_bytes(),
+        );
+        new.user_name = format!(
+            "{preferred}#{}",
+            &URL_SAFE_NO_PAD.encode(digest.as_ref())[..8]
+        );
+        match self.store.create_user(new, &now).await {
+            Ok(user) => Ok(user),
+            Err(StoreError::Conflict(_)) => self
+                .store
+                .user_by_external(&claims.iss, &claims.sub)
+                .await?
+                .ok_or_else(|| AuthError::Unavailable("cannot create the external user".into())),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use http::HeaderValue;
+
+    fn with_auth(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(header::AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn two_authorization_headers_are_malformed() {
+        let h = with_auth(&["Bearer a.b.c", "Basic YTpi"]);
+        assert!(matches!(credential(&h), Err(AuthError::Malformed(_))));
+    }
+
+    #[test]
+    fn mixed_schemes_in_one_header_are_malformed() {
+        for v in [
+            "Bearer a.b.c, Basic YTpi",
+            "Basic YTpi Bearer",
+            "Bearer",
+            "Basic !!",
+        ] {
+            assert!(
+                matches!(credential(&with_auth(&[v])), Err(AuthError::Malformed(_))),
+                "{v}"
+            );
+        }
+    }
+
+    #[test]
+    fn basic_and_bearer_are_read() {
+        assert_eq!(
+            credential(&with_auth(&["Basic YWRhOnM6M2NyZXQ="])).unwrap(),
+            Some(Credential::Basic {
+                user_name: "ada".into(),
+                password: "s:3cret".into()
+            })
+        );
+        assert_eq!(
+            credential(&with_auth(&["bearer x.y.z"])).unwrap(),
+            Some(Credential::Bearer("x.y.z".into()))
+        );
+        assert_eq!(credential(&HeaderMap::new()).unwrap(), None);
+    }
 }

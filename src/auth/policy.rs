@@ -1,6 +1,6 @@
 //! Route rules applied to a principal: the one place that decides whether a request may pass.
 
-use super::Principal;
+use super::{Method, Principal};
 use crate::config::{Access, Route};
 
 /// The outcome of applying a route rule.
@@ -17,13 +17,22 @@ pub enum Decision {
 }
 
 /// The rule's verdict for `principal` (`None` when the request carries no credential).
-pub fn decide(access: Access, scopes: &[String], principal: Option<&Principal>) -> Decision {
+/// With `require_app`, only a principal that also presented a valid ApplicationToken counts.
+pub fn decide(
+    access: Access,
+    scopes: &[String],
+    principal: Option<&Principal>,
+    require_app: bool,
+) -> Decision {
     if access == Access::Public {
         return Decision::Allow;
     }
     let Some(principal) = principal else {
         return Decision::Unauthenticated;
     };
+    if require_app && !principal.methods.contains(&Method::App) {
+        return Decision::Unauthenticated;
+    }
     if access == Access::Mfa && !principal.methods.iter().any(|m| m.is_second_factor()) {
         return Decision::MfaRequired;
     }
@@ -34,14 +43,13 @@ pub fn decide(access: Access, scopes: &[String], principal: Option<&Principal>) 
 }
 
 /// Convenience for a matched [`Route`].
-pub fn decide_route(route: &Route, principal: Option<&Principal>) -> Decision {
-    decide(route.access, &route.scopes, principal)
+pub fn decide_route(route: &Route, principal: Option<&Principal>, require_app: bool) -> Decision {
+    decide(route.access, &route.scopes, principal, require_app)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::Method;
 
     fn principal(methods: &[Method], scopes: &[&str]) -> Principal {
         Principal {
@@ -56,26 +64,49 @@ mod tests {
 
     #[test]
     fn public_routes_pass_without_credentials() {
-        assert_eq!(decide(Access::Public, &[], None), Decision::Allow);
+        assert_eq!(decide(Access::Public, &[], None, false), Decision::Allow);
     }
 
     #[test]
     fn protected_routes_need_a_principal() {
         assert_eq!(
-            decide(Access::Authenticated, &[], None),
+            decide(Access::Authenticated, &[], None, false),
             Decision::Unauthenticated
         );
-        assert_eq!(decide(Access::Mfa, &[], None), Decision::Unauthenticated);
+        assert_eq!(
+            decide(Access::Mfa, &[], None, false),
+            Decision::Unauthenticated
+        );
     }
 
     #[test]
     fn mfa_routes_need_a_second_factor() {
         let pwd = principal(&[Method::Pwd], &[]);
-        assert_eq!(decide(Access::Mfa, &[], Some(&pwd)), Decision::MfaRequired);
+        assert_eq!(
+            decide(Access::Mfa, &[], Some(&pwd), false),
+            Decision::MfaRequired
+        );
         let app = principal(&[Method::Pwd, Method::App], &[]);
-        assert_eq!(decide(Access::Mfa, &[], Some(&app)), Decision::MfaRequired);
+        assert_eq!(
+            decide(Access::Mfa, &[], Some(&app), false),
+            Decision::MfaRequired
+        );
         let otp = principal(&[Method::Pwd, Method::Otp], &[]);
-        assert_eq!(decide(Access::Mfa, &[], Some(&otp)), Decision::Allow);
+        assert_eq!(decide(Access::Mfa, &[], Some(&otp), false), Decision::Allow);
+    }
+
+    #[test]
+    fn required_application_token_must_have_been_presented() {
+        let pwd = principal(&[Method::Pwd], &[]);
+        assert_eq!(
+            decide(Access::Authenticated, &[], Some(&pwd), true),
+            Decision::Unauthenticated
+        );
+        let app = principal(&[Method::Pwd, Method::App], &[]);
+        assert_eq!(
+            decide(Access::Authenticated, &[], Some(&app), true),
+            Decision::Allow
+        );
     }
 
     #[test]
@@ -83,7 +114,7 @@ mod tests {
         let p = principal(&[Method::Pwd], &["read"]);
         let need = vec!["read".to_string(), "admin".to_string()];
         assert_eq!(
-            decide(Access::Authenticated, &need, Some(&p)),
+            decide(Access::Authenticated, &need, Some(&p), false),
             Decision::MissingScope("admin".into())
         );
     }

@@ -4,7 +4,9 @@
 use std::collections::HashSet;
 
 use http::HeaderMap;
-use http::header::{self, HeaderName};
+use http::header::{self, HeaderName, HeaderValue};
+
+use crate::auth::Principal;
 use serde::Serialize;
 
 /// Hop-by-hop headers of RFC 9110 §7.6.1, plus the proxy-only ones that must not travel on.
@@ -162,6 +164,38 @@ impl Sanitizer {
     }
 }
 
+/// Sets the identity headers for `principal` (SPEC §6). Called after [`Sanitizer::clean_request`],
+/// so each header is inserted over nothing: there is exactly one copy of each, gatehouse's.
+pub fn set_identity(
+    headers: &mut HeaderMap,
+    names: &IdentityHeaderNames,
+    principal: &Principal,
+    assertion: &str,
+) {
+    let methods: Vec<&str> = principal.methods.iter().map(|m| m.as_str()).collect();
+    let values = [
+        (&names.user, Some(principal.user_name.as_str())),
+        (&names.user_id, Some(principal.user_id.as_str())),
+        (&names.email, principal.email.as_deref()),
+        (&names.scopes, Some(&*principal.scopes.join(" "))),
+        (&names.methods, Some(&*methods.join(","))),
+        (&names.assertion, Some(assertion)),
+    ];
+    for (name, value) in values {
+        let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
+            continue;
+        };
+        match value.and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok()) {
+            Some(v) => {
+                headers.insert(name, v);
+            }
+            None => {
+                headers.remove(name);
+            }
+        }
+    }
+}
+
 /// Removes the hop-by-hop headers and every header a `Connection` header names (all copies).
 /// `Host` is end-to-end by definition: naming it in `Connection` does not remove it.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -185,7 +219,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use http::HeaderValue;
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -243,5 +276,32 @@ mod tests {
         let mut trusted = headers(&sent);
         s.clean_request(&mut trusted, true);
         assert_eq!(trusted.len(), 4);
+    }
+}
+
+#[cfg(test)]
+mod identity_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::auth::Method;
+
+    #[test]
+    fn identity_headers_carry_the_principal_under_the_preset_names() {
+        let principal = Principal {
+            user_id: "7".into(),
+            user_name: "ada".into(),
+            email: None,
+            scopes: vec!["read".into(), "write".into()],
+            organizations: vec![],
+            methods: vec![Method::Pwd, Method::Otp],
+        };
+        let mut h = HeaderMap::new();
+        h.insert("remote-email", HeaderValue::from_static("stale"));
+        set_identity(&mut h, &Preset::Authelia.names(), &principal, "jwt");
+        assert_eq!(h["remote-user"], "ada");
+        assert_eq!(h["remote-groups"], "read write");
+        assert_eq!(h["remote-methods"], "pwd,otp");
+        assert_eq!(h["remote-assertion"], "jwt");
+        assert!(!h.contains_key("remote-email"));
     }
 }

@@ -19,8 +19,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::api::admin::Admin;
+use crate::app::App;
 use crate::body::Body;
-use crate::config::Config;
 use crate::gateway::{ConnInfo, Gateway};
 use listener::{Listener, Protocols};
 
@@ -73,14 +73,15 @@ pub struct Server {
 
 impl Server {
     /// Loads TLS material and binds every configured listener.
-    pub async fn bind(config: &Config) -> Result<Server, StartError> {
-        let gateway = Arc::new(Gateway::new(config));
+    pub async fn bind(app: &App) -> Result<Server, StartError> {
+        let config = &app.config;
+        let gateway = Arc::new(Gateway::new(app));
         let public: Handler = Arc::new(move |req, conn| {
             let gateway = gateway.clone();
             Box::pin(async move { gateway.handle(req, conn).await })
         });
         let ready = Arc::new(AtomicBool::new(false));
-        let admin = Arc::new(Admin::new(ready.clone()));
+        let admin = Arc::new(Admin::new(app, ready.clone()));
         let admin: Handler = Arc::new(move |req, _conn| {
             let admin = admin.clone();
             Box::pin(async move { admin.handle(req).await })

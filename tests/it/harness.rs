@@ -11,8 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use gatehouse::app::App;
 use gatehouse::body::{Body, full};
-use gatehouse::config::{self, Config};
+use gatehouse::config::{self, Config, Secret};
 use gatehouse::server::{BoundAddrs, Server};
 use http::{HeaderMap, Request, Response, Version};
 use http_body_util::BodyExt;
@@ -194,6 +195,8 @@ key = "{dir}/gh.key"
 self_signed = true
 [upstream]
 url = "{upstream}"
+[store]
+path = "{dir}/data"
 [proxy]
 default = "authenticated"
 [[routes]]
@@ -210,9 +213,13 @@ access = "mfa"
     )
 }
 
+/// The admin token the in-process server is configured with.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
 /// Gatehouse's real server, running in this test's runtime.
 pub struct Gatehouse {
     pub addrs: BoundAddrs,
+    pub app: Arc<App>,
     pub dir: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
@@ -232,8 +239,10 @@ impl Gatehouse {
     pub async fn start_url(upstream: &str, adjust: impl FnOnce(&mut Config)) -> Gatehouse {
         let dir = tempfile::tempdir().unwrap();
         let mut config = config::from_toml_str(&base_config(dir.path(), upstream)).unwrap();
+        config.admin.token = Some(Secret::new(ADMIN_TOKEN));
         adjust(&mut config);
-        let server = Server::bind(&config).await.unwrap();
+        let app = Arc::new(App::open(config).await.unwrap());
+        let server = Server::bind(&app).await.unwrap();
         let addrs = server.addrs();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async {
@@ -241,6 +250,7 @@ impl Gatehouse {
         }));
         Gatehouse {
             addrs,
+            app,
             dir,
             stop: Some(stop),
             task: Some(task),
@@ -260,6 +270,42 @@ impl Gatehouse {
 
     pub fn http_addr(&self) -> SocketAddr {
         self.addrs.http.unwrap()
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addrs.admin)
+    }
+
+    /// Calls the admin API with the admin token; returns status and JSON body (Null when empty).
+    pub async fn admin(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let method = http::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut request = http1_client()
+            .request(method, self.admin_url(path))
+            .bearer_auth(ADMIN_TOKEN);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        let json = if text.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap()
+        };
+        (status, json)
+    }
+
+    /// Creates a user through the admin API.
+    pub async fn create_user(&self, body: serde_json::Value) -> serde_json::Value {
+        let (status, user) = self.admin("POST", "/admin/v1/users", Some(body)).await;
+        assert_eq!(status, 201, "{user}");
+        user
     }
 
     /// A client that trusts this instance's generated certificate; `h2` selects HTTP/2 by ALPN.
@@ -393,8 +439,8 @@ pub struct Process {
     pub child: tokio::process::Child,
     pub addrs: HashMap<String, SocketAddr>,
     pub logs: Arc<Mutex<Vec<String>>>,
-    /// Holds the config file for as long as the process runs.
-    _dir: tempfile::TempDir,
+    /// Working directory: the config file and the store (`data/`).
+    pub dir: tempfile::TempDir,
 }
 
 pub fn binary() -> PathBuf {
@@ -453,7 +499,7 @@ impl Process {
             child,
             addrs,
             logs,
-            _dir: dir,
+            dir,
         }
     }
 

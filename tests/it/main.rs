@@ -2,9 +2,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod harness;
+mod keys;
 
+mod admin;
 mod config;
 mod hygiene;
+mod identity;
 mod limits;
 mod paths;
 mod proxy;

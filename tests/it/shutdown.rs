@@ -86,7 +86,101 @@ async fn each_request_leaves_one_access_log_line_without_credentials() {
     assert!(first["latency_ms"].as_f64().is_some());
     assert!(first["upstream_ms"].as_f64().is_some());
     assert_eq!(access[1]["status"], 401);
-    assert_eq!(access[1]["error"], "no valid credential");
+    assert_eq!(access[1]["error"], "no credential");
     assert!(access[1]["upstream_ms"].is_null());
     assert!(!logs.iter().any(|l| l.contains("supersecret")));
+}
+
+#[tokio::test]
+async fn no_secret_is_stored_or_logged_in_clear() {
+    let upstream = Upstream::start().await;
+    let admin_token = "secret-admin-token-for-this-test";
+    let mut gh = Process::start(
+        &process_config(
+            &upstream.url(),
+            "[[routes]]\npath_prefix = \"/private/\"\naccess = \"authenticated\"\n",
+        ),
+        &[("GATEHOUSE_ADMIN_TOKEN", admin_token)],
+    )
+    .await;
+    let admin = format!("http://{}", gh.addrs["listen.admin"]);
+    let client = http1_client();
+    let password = "Sup3r-Secret-Passw0rd";
+    let post = |path: &str, body: serde_json::Value| {
+        client
+            .post(format!("{admin}{path}"))
+            .bearer_auth(admin_token)
+            .json(&body)
+            .send()
+    };
+    let created = post(
+        "/admin/v1/users",
+        serde_json::json!({"userName": "ada", "password": password}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(created.status(), 201);
+    let app: serde_json::Value = post("/admin/v1/applications", serde_json::json!({"name": "web"}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key: serde_json::Value = post(
+        "/admin/v1/ws-keys",
+        serde_json::json!({"userName": "ada", "fileId": 3}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let app_token = app["token"].as_str().unwrap().to_owned();
+    let ws_key = key["key"].as_str().unwrap().to_owned();
+    for (user, pass) in [("ada", password), ("ada", "Wr0ng-Passw0rd-Guess")] {
+        client
+            .get(gh.http_url(&format!("/private/x?WsAccessKey={ws_key}")))
+            .basic_auth(user, Some(pass))
+            .header("applicationtoken", &app_token)
+            .send()
+            .await
+            .unwrap();
+    }
+    assert_eq!(upstream.hits(), 1);
+    assert!(
+        !upstream.last().target.contains(&ws_key),
+        "the WsAccessKey reached the upstream"
+    );
+    gh.signal("TERM");
+    gh.child.wait().await.unwrap();
+
+    let secrets = [
+        password,
+        "Wr0ng-Passw0rd-Guess",
+        app_token.as_str(),
+        ws_key.as_str(),
+        admin_token,
+    ];
+    let logs = gh.logs().join("\n");
+    for secret in secrets {
+        assert!(!logs.contains(secret), "a secret is in the log");
+    }
+    let mut files = vec![gh.dir.path().join("data")];
+    let mut scanned = 0;
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        scanned += bytes.len();
+        for secret in secrets {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "a secret is stored in clear in {}",
+                path.display()
+            );
+        }
+    }
+    assert!(scanned > 0, "the store wrote nothing");
 }

@@ -1,0 +1,324 @@
+//! `/admin/v1/users…`: create, read, change, delete users; reset their MFA.
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde::{Deserialize, Serialize};
+
+use super::{Admin, AdminError, AdminResult};
+use crate::api;
+use crate::audit;
+use crate::auth::secret;
+use crate::store::{Membership, NewUser, User, UserPatch};
+
+/// The body of `POST /admin/v1/users` and `PATCH /admin/v1/users/{userName}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UserBody {
+    pub user_name: Option<String>,
+    pub password: Option<String>,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub nick_name: Option<String>,
+    pub scopes: Option<Vec<String>>,
+}
+
+/// A user as the admin API shows it: the Manage seed's fields, ids, scopes and grants; never a
+/// password hash.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserView<'a> {
+    id: u64,
+    uuid: &'a str,
+    user_name: &'a str,
+    first_name: Option<&'a str>,
+    last_name: Option<&'a str>,
+    nick_name: Option<&'a str>,
+    email: Option<&'a str>,
+    phone: Option<&'a str>,
+    text_number: Option<&'a str>,
+    password_expires: Option<&'a str>,
+    force_password_change: bool,
+    latest_invite_status: Option<&'a str>,
+    latest_invite_date: Option<&'a str>,
+    #[serde(rename = "latestInviteUUID")]
+    latest_invite_uuid: Option<&'a str>,
+    is_valid: bool,
+    last_login_timestamp: Option<&'a str>,
+    user_rollout_stage: Option<&'a str>,
+    has_password: bool,
+    scopes: &'a [String],
+    organizations: Vec<MembershipView>,
+    files: &'a [i64],
+    created: &'a str,
+    modified: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MembershipView {
+    organization_id: i64,
+    role: crate::store::Role,
+}
+
+impl<'a> From<&'a User> for UserView<'a> {
+    fn from(u: &'a User) -> UserView<'a> {
+        UserView {
+            id: u.id,
+            uuid: &u.uuid,
+            user_name: &u.user_name,
+            first_name: u.first_name.as_deref(),
+            last_name: u.last_name.as_deref(),
+            nick_name: u.nick_name.as_deref(),
+            email: u.email.as_deref(),
+            phone: u.phone.as_deref(),
+            text_number: u.text_number.as_deref(),
+            password_expires: u.password_expires.as_deref(),
+            force_password_change: u.force_password_change,
+            latest_invite_status: u.latest_invite_status.as_deref(),
+            latest_invite_date: u.latest_invite_date.as_deref(),
+            latest_invite_uuid: u.latest_invite_uuid.as_deref(),
+            is_valid: u.is_valid,
+            last_login_timestamp: u.last_login_timestamp.as_deref(),
+            user_rollout_stage: u.user_rollout_stage.as_deref(),
+            has_password: u.password_hash.is_some(),
+            scopes: &u.scopes,
+            organizations: u
+                .memberships
+                .iter()
+                .map(|m: &Membership| MembershipView {
+                    organization_id: m.organization_id,
+                    role: m.role,
+                })
+                .collect(),
+            files: &u.files,
+            created: &u.created,
+            modified: &u.modified,
+        }
+    }
+}
+
+pub fn user_response(status: StatusCode, user: &User) -> Response<crate::body::Body> {
+    api::json(status, &UserView::from(user))
+}
+
+/// Checks field values; the message names the field.
+pub fn validate(body: &UserBody) -> Result<(), AdminError> {
+    let invalid = |msg: &str| Err(AdminError::Invalid(msg.to_owned()));
+    if let Some(name) = &body.user_name
+        && !valid_user_name(name)
+    {
+        return invalid(
+            "userName must be 1 to 128 characters without `/`, spaces or control characters",
+        );
+    }
+    if let Some(password) = &body.password
+        && !(8..=1024).contains(&password.chars().count())
+    {
+        return invalid("password must be 8 to 1024 characters");
+    }
+    if let Some(email) = &body.email
+        && !valid_email(email)
+    {
+        return invalid("email must be an address such as ada@example.com");
+    }
+    if let Some(phone) = &body.phone
+        && !valid_e164(phone)
+    {
+        return invalid("phone must be an E.164 number such as +14155550123");
+    }
+    if let Some(scopes) = &body.scopes
+        && scopes.iter().any(|s| {
+            s.is_empty() || s.len() > 128 || s.chars().any(|c| c.is_whitespace() || c.is_control())
+        })
+    {
+        return invalid("scopes must be non-empty strings without whitespace");
+    }
+    for (field, value) in [
+        ("firstName", &body.first_name),
+        ("lastName", &body.last_name),
+        ("nickName", &body.nick_name),
+    ] {
+        if let Some(v) = value
+            && (v.chars().count() > 256 || v.chars().any(char::is_control))
+        {
+            return Err(AdminError::Invalid(format!(
+                "{field} must be at most 256 characters without control characters"
+            )));
+        }
+    }
+    Ok(())
+}
+
+pub fn valid_user_name(name: &str) -> bool {
+    (1..=128).contains(&name.chars().count())
+        && !name
+            .chars()
+            .any(|c| c == '/' || c.is_whitespace() || c.is_control())
+}
+
+fn valid_email(email: &str) -> bool {
+    let Some((local, domain)) = email.rsplit_once('@') else {
+        return false;
+    };
+    !local.is_empty()
+        && domain.contains('.')
+        && email.len() <= 254
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+/// E.164: `+`, then 8 to 15 digits, the first not 0.
+pub fn valid_e164(phone: &str) -> bool {
+    let Some(digits) = phone.strip_prefix('+') else {
+        return false;
+    };
+    (8..=15).contains(&digits.len())
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && !digits.starts_with('0')
+}
+
+/// Hashes a password off the async threads (argon2 takes tens of milliseconds).
+async fn hash(password: String) -> Result<String, AdminError> {
+    tokio::task::spawn_blocking(move || secret::hash_password(&password))
+        .await
+        .map_err(|e| AdminError::Store(e.to_string()))?
+        .map_err(AdminError::Store)
+}
+
+impl Admin {
+    pub(super) async fn create_user(&self, req: Request<Incoming>) -> AdminResult {
+        let body: UserBody = api::read_json(req.into_body()).await?;
+        validate(&body)?;
+        let Some(user_name) = body.user_name else {
+            return Err(AdminError::Invalid("userName is required".into()));
+        };
+        let password_hash = match body.password {
+            Some(p) => Some(hash(p).await?),
+            None => None,
+        };
+        let user = self
+            .store
+            .create_user(
+                NewUser {
+                    user_name,
+                    password_hash,
+                    email: body.email,
+                    phone: body.phone,
+                    first_name: body.first_name,
+                    last_name: body.last_name,
+                    nick_name: body.nick_name,
+                    scopes: body.scopes.unwrap_or_default(),
+                    external: None,
+                },
+                &self.now(),
+            )
+            .await?;
+        audit::record(
+            self.store.as_ref(),
+            self.clock.as_ref(),
+            "user.created",
+            Some(&user.user_name),
+            None,
+        )
+        .await;
+        Ok(user_response(StatusCode::CREATED, &user))
+    }
+
+    pub(super) async fn get_user(&self, name: &str) -> AdminResult {
+        match self.store.user_by_name(name).await? {
+            Some(user) => Ok(user_response(StatusCode::OK, &user)),
+            None => Err(AdminError::NotFound(format!("user {name}"))),
+        }
+    }
+
+    pub(super) async fn patch_user(&self, name: &str, req: Request<Incoming>) -> AdminResult {
+        let body: UserBody = api::read_json(req.into_body()).await?;
+        validate(&body)?;
+        let password_changed = body.password.is_some();
+        let password_hash = match body.password {
+            Some(p) => Some(hash(p).await?),
+            None => None,
+        };
+        let patch = UserPatch {
+            user_name: body.user_name,
+            password_hash,
+            email: body.email,
+            phone: body.phone,
+            first_name: body.first_name,
+            last_name: body.last_name,
+            nick_name: body.nick_name,
+            scopes: body.scopes,
+            last_login_timestamp: None,
+        };
+        let user = self.store.update_user(name, patch, &self.now()).await?;
+        let detail = password_changed.then(|| "password changed".to_owned());
+        audit::record(
+            self.store.as_ref(),
+            self.clock.as_ref(),
+            "user.updated",
+            Some(&user.user_name),
+            detail,
+        )
+        .await;
+        Ok(user_response(StatusCode::OK, &user))
+    }
+
+    pub(super) async fn delete_user(&self, name: &str) -> AdminResult {
+        if !self.store.delete_user(name).await? {
+            return Err(AdminError::NotFound(format!("user {name}")));
+        }
+        audit::record(
+            self.store.as_ref(),
+            self.clock.as_ref(),
+            "user.deleted",
+            Some(name),
+            None,
+        )
+        .await;
+        Ok(api::no_content())
+    }
+
+    pub(super) async fn reset_mfa(&self, name: &str) -> AdminResult {
+        let Some(user) = self.store.user_by_name(name).await? else {
+            return Err(AdminError::NotFound(format!("user {name}")));
+        };
+        self.store.reset_mfa(user.id).await?;
+        audit::record(
+            self.store.as_ref(),
+            self.clock.as_ref(),
+            "mfa.reset",
+            Some(&user.user_name),
+            None,
+        )
+        .await;
+        Ok(api::no_content())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn e164_numbers_are_recognised() {
+        assert!(valid_e164("+14155550123"));
+        for bad in [
+            "14155550123",
+            "+0123456789",
+            "+1 415 555",
+            "+12",
+            "+1234567890123456",
+        ] {
+            assert!(!valid_e164(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn user_names_exclude_separators_and_controls() {
+        assert!(valid_user_name("ada@example.com"));
+        for bad in ["", "a/b", "a b", "a\nb", &"x".repeat(129)] {
+            assert!(!valid_user_name(bad), "{bad:?}");
+        }
+    }
+}

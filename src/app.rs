@@ -1,0 +1,53 @@
+//! Everything a running gatehouse shares between listeners: configuration, store, keys, clock.
+
+use std::sync::Arc;
+
+use crate::auth::Authenticator;
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::store::Store;
+use crate::store::sled::SledStore;
+use crate::tokens::Tokens;
+
+pub struct App {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    pub tokens: Arc<Tokens>,
+    pub auth: Arc<Authenticator>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl App {
+    /// Opens the configured store and loads keys, with the system clock.
+    pub async fn open(config: Config) -> Result<App, String> {
+        let store = SledStore::open(&config.store.path).map_err(|e| {
+            format!(
+                "store.path: cannot open {}: {e}",
+                config.store.path.display()
+            )
+        })?;
+        App::with_store(config, Arc::new(store), Arc::new(SystemClock)).await
+    }
+
+    /// Builds the shared state around a store and a clock of the caller's choosing.
+    pub async fn with_store(
+        config: Config,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<App, String> {
+        let tokens = Arc::new(Tokens::load(&config.tokens, store.as_ref(), clock.clone()).await?);
+        let auth = Arc::new(Authenticator::new(
+            &config.auth,
+            store.clone(),
+            tokens.clone(),
+            clock.clone(),
+        )?);
+        Ok(App {
+            config,
+            store,
+            tokens,
+            auth,
+            clock,
+        })
+    }
+}

@@ -1,0 +1,219 @@
+//! Persistence behind a narrow trait of use cases. Each backend lives in a sibling file.
+//!
+//! Every record carries a schema version (`v`) so that later releases can migrate old records.
+//! Operations that security depends on (unique names, consumed secrets) are atomic in the backend,
+//! and every write a response acknowledges is durable before the call returns.
+
+pub mod sled;
+
+use std::fmt;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+/// Schema version written into every record of this release.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Why a store operation failed.
+#[derive(Debug)]
+pub enum StoreError {
+    /// A unique name or id is already taken.
+    Conflict(String),
+    /// A record the operation refers to does not exist.
+    NotFound(String),
+    /// The backend failed (I/O, corruption, unreachable).
+    Backend(String),
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Conflict(what) => write!(f, "{what} already exists"),
+            StoreError::NotFound(what) => write!(f, "{what} not found"),
+            StoreError::Backend(e) => write!(f, "store failure: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A user: every field of the Manage seed's user object, plus credentials and grants.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub v: u32,
+    /// Stable numeric id.
+    pub id: u64,
+    pub uuid: String,
+    pub user_name: String,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub nick_name: Option<String>,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub text_number: Option<String>,
+    /// argon2id PHC string; `None` for users who cannot log in with a password.
+    pub password_hash: Option<String>,
+    pub password_expires: Option<String>,
+    pub force_password_change: bool,
+    pub latest_invite_status: Option<String>,
+    pub latest_invite_date: Option<String>,
+    pub latest_invite_uuid: Option<String>,
+    pub is_valid: bool,
+    pub last_login_timestamp: Option<String>,
+    pub user_rollout_stage: Option<String>,
+    pub scopes: Vec<String>,
+    pub memberships: Vec<Membership>,
+    /// WS family FileIds this user may use.
+    pub files: Vec<i64>,
+    /// `(iss, sub)` for users created from a trusted issuer's token.
+    pub external: Option<ExternalId>,
+    pub created: String,
+    pub modified: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExternalId {
+    pub issuer: String,
+    pub subject: String,
+}
+
+/// Membership of an organisation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    pub organization_id: i64,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    Member,
+}
+
+/// The fields a new user is created with (the admin API's POST body, password already hashed).
+#[derive(Debug, Clone, Default)]
+pub struct NewUser {
+    pub user_name: String,
+    pub password_hash: Option<String>,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub nick_name: Option<String>,
+    pub scopes: Vec<String>,
+    pub external: Option<ExternalId>,
+}
+
+/// A change to a user; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct UserPatch {
+    pub user_name: Option<String>,
+    pub password_hash: Option<String>,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub nick_name: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    pub last_login_timestamp: Option<String>,
+}
+
+/// A registered application; its ApplicationToken is kept only as a hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Application {
+    pub v: u32,
+    pub name: String,
+    pub token_hash: String,
+    pub created: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Organization {
+    pub v: u32,
+    pub id: i64,
+    pub name: String,
+    pub created: String,
+}
+
+/// A legacy WS access key, bound to one user and one FileId; kept only as a hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WsKey {
+    pub v: u32,
+    pub key_hash: String,
+    pub user_id: u64,
+    pub file_id: i64,
+    pub created: String,
+}
+
+/// A token signing key (PKCS#8 DER, Ed25519).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SigningKey {
+    pub v: u32,
+    pub kid: String,
+    pub pkcs8: Vec<u8>,
+    pub created: String,
+}
+
+/// A security event, kept for `audit.retention` and readable through the admin API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEvent {
+    pub time: String,
+    pub event: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// Use-case operations on gatehouse's state.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Whether the store can be read and written (for `/readyz`).
+    async fn check(&self) -> StoreResult<()>;
+
+    /// Creates a user; `Conflict` when the name (case-insensitive) or external id is taken.
+    async fn create_user(&self, new: NewUser, now: &str) -> StoreResult<User>;
+    async fn user_by_name(&self, user_name: &str) -> StoreResult<Option<User>>;
+    async fn user_by_id(&self, id: u64) -> StoreResult<Option<User>>;
+    async fn user_by_external(&self, issuer: &str, subject: &str) -> StoreResult<Option<User>>;
+    /// Applies `patch`; `NotFound` for an unknown user, `Conflict` for a taken new name.
+    async fn update_user(&self, user_name: &str, patch: UserPatch, now: &str) -> StoreResult<User>;
+    /// Deletes a user and everything bound to it; `false` when there was no such user.
+    async fn delete_user(&self, user_name: &str) -> StoreResult<bool>;
+    /// Removes every MFA factor, pending enrollment and recovery code of the user.
+    async fn reset_mfa(&self, user_id: u64) -> StoreResult<()>;
+
+    async fn create_application(&self, app: Application) -> StoreResult<()>;
+    async fn application_by_token_hash(&self, token_hash: &str)
+    -> StoreResult<Option<Application>>;
+
+    async fn create_organization(&self, org: Organization) -> StoreResult<()>;
+    async fn organization(&self, id: i64) -> StoreResult<Option<Organization>>;
+    /// Adds the user to the organisation, or changes their role.
+    async fn set_membership(
+        &self,
+        user_name: &str,
+        membership: Membership,
+        now: &str,
+    ) -> StoreResult<User>;
+    /// Grants the user a WS FileId (idempotent).
+    async fn grant_file(&self, user_name: &str, file_id: i64, now: &str) -> StoreResult<User>;
+
+    async fn create_ws_key(&self, key: WsKey) -> StoreResult<()>;
+    async fn ws_key(&self, key_hash: &str) -> StoreResult<Option<WsKey>>;
+
+    /// Signing keys, oldest first.
+    async fn signing_keys(&self) -> StoreResult<Vec<SigningKey>>;
+    async fn add_signing_key(&self, key: SigningKey) -> StoreResult<()>;
+
+    async fn append_audit(&self, event: AuditEvent) -> StoreResult<()>;
+    /// The newest `limit` events, newest first.
+    async fn audit(&self, limit: usize) -> StoreResult<Vec<AuditEvent>>;
+
+    /// Makes every write so far durable.
+    async fn flush(&self) -> StoreResult<()>;
+}

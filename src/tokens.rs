@@ -1,0 +1,400 @@
+//! Gatehouse's own JWTs: access tokens, identity assertions for the upstream, and the JWKS.
+//!
+//! Keys are Ed25519 (EdDSA, RFC 8037), generated at first start and kept in the store, or loaded from
+//! `tokens.signing_key_file`. The newest key signs; every stored key verifies, so tokens signed by a
+//! previous key stay valid until they expire.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use ring::signature::{Ed25519KeyPair, KeyPair};
+use serde::{Deserialize, Serialize};
+
+use crate::auth::{Method, Principal};
+use crate::clock::{self, Clock};
+use crate::config::TokensConfig;
+use crate::store::{SCHEMA_VERSION, SigningKey, Store};
+
+/// Clock skew tolerated on `exp` and `nbf`, in seconds.
+pub const LEEWAY: i64 = 60;
+/// Lifetime of an `X-Auth-Assertion`.
+pub const ASSERTION_TTL: i64 = 60;
+
+/// Claims of the tokens gatehouse issues.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    pub iss: String,
+    pub sub: String,
+    pub aud: String,
+    pub iat: i64,
+    pub nbf: i64,
+    pub exp: i64,
+    pub jti: String,
+    /// Space-separated scopes.
+    pub scope: String,
+    pub amr: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+}
+
+/// Why a token was refused. Every variant answers 401; the distinction is for logs and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenError {
+    Malformed,
+    UnknownKey,
+    BadSignature,
+    Expired,
+    NotYetValid,
+    WrongClaims(String),
+}
+
+impl std::fmt::Display for TokenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenError::Malformed => f.write_str("malformed token"),
+            TokenError::UnknownKey => f.write_str("unknown signing key"),
+            TokenError::BadSignature => f.write_str("bad signature or algorithm"),
+            TokenError::Expired => f.write_str("token expired"),
+            TokenError::NotYetValid => f.write_str("token not yet valid"),
+            TokenError::WrongClaims(why) => write!(f, "wrong claims: {why}"),
+        }
+    }
+}
+
+struct Key {
+    kid: String,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    public: Vec<u8>,
+}
+
+impl Key {
+    fn from_pkcs8(pkcs8: &[u8]) -> Result<Key, String> {
+        let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(pkcs8)
+            .map_err(|e| format!("not an Ed25519 PKCS#8 key: {e}"))?;
+        let public = pair.public_key().as_ref().to_vec();
+        let digest = ring::digest::digest(&ring::digest::SHA256, &public);
+        Ok(Key {
+            kid: URL_SAFE_NO_PAD.encode(&digest.as_ref()[..12]),
+            encoding: EncodingKey::from_ed_der(pkcs8),
+            decoding: DecodingKey::from_ed_der(&public),
+            public,
+        })
+    }
+}
+
+/// Issues and verifies gatehouse's tokens.
+pub struct Tokens {
+    /// Oldest first; the last one signs.
+    keys: Vec<Key>,
+    issuer: String,
+    audience: String,
+    access_ttl: i64,
+    clock: Arc<dyn Clock>,
+    /// Signed assertions by principal, reused for half their lifetime.
+    assertions: moka::sync::Cache<String, Arc<str>>,
+}
+
+/// A `kid` as gatehouse writes them: base64url, nothing that could be a path or a query.
+fn plausible_kid(kid: &str) -> bool {
+    (1..=64).contains(&kid.len())
+        && kid
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl Tokens {
+    /// Loads the signing keys (generating the first one when the store has none).
+    pub async fn load(
+        config: &TokensConfig,
+        store: &dyn Store,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Tokens, String> {
+        let mut pkcs8s: Vec<Vec<u8>> = Vec::new();
+        if let Some(path) = &config.signing_key_file {
+            let pem = std::fs::read(path).map_err(|e| {
+                format!(
+                    "tokens.signing_key_file: cannot read {}: {e}",
+                    path.display()
+                )
+            })?;
+            use rustls_pki_types::pem::PemObject;
+            let der = rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(&pem)
+                .map_err(|e| format!("tokens.signing_key_file: not a PKCS#8 PEM key: {e}"))?;
+            pkcs8s.push(der.secret_pkcs8_der().to_vec());
+        } else {
+            let stored = store.signing_keys().await.map_err(|e| e.to_string())?;
+            if stored.is_empty() {
+                let rng = ring::rand::SystemRandom::new();
+                let doc = Ed25519KeyPair::generate_pkcs8(&rng)
+                    .map_err(|_| "cannot generate a signing key".to_owned())?;
+                let key = Key::from_pkcs8(doc.as_ref())?;
+                store
+                    .add_signing_key(SigningKey {
+                        v: SCHEMA_VERSION,
+                        kid: key.kid.clone(),
+                        pkcs8: doc.as_ref().to_vec(),
+                        created: clock::rfc3339(clock.now()),
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tracing::info!(kid = %key.kid, "generated a token signing key");
+                pkcs8s.push(doc.as_ref().to_vec());
+            } else {
+                pkcs8s.extend(stored.into_iter().map(|k| k.pkcs8));
+            }
+        }
+        let keys = pkcs8s
+            .iter()
+            .map(|p| Key::from_pkcs8(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Tokens {
+            keys,
+            issuer: config.issuer.clone(),
+            audience: config.audience.clone(),
+            access_ttl: i64::try_from(config.access_ttl.as_secs()).unwrap_or(3600),
+            clock,
+            assertions: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_secs((ASSERTION_TTL / 2) as u64))
+                .build(),
+        })
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// Lifetime of access tokens in seconds.
+    pub fn access_ttl(&self) -> i64 {
+        self.access_ttl
+    }
+
+    fn sign(&self, claims: &Claims) -> Result<String, TokenError> {
+        let key = self.keys.last().ok_or(TokenError::UnknownKey)?;
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(key.kid.clone());
+        jsonwebtoken::encode(&header, claims, &key.encoding).map_err(|_| TokenError::Malformed)
+    }
+
+    fn claims(&self, principal: &Principal, audience: &str, ttl: i64) -> Claims {
+        let now = self.clock.unix();
+        Claims {
+            iss: self.issuer.clone(),
+            sub: principal.user_id.clone(),
+            aud: audience.to_owned(),
+            iat: now,
+            nbf: now,
+            exp: now + ttl,
+            jti: uuid::Uuid::new_v4().to_string(),
+            scope: principal.scopes.join(" "),
+            amr: principal
+                .methods
+                .iter()
+                .map(|m| m.as_str().to_owned())
+                .collect(),
+            name: Some(principal.user_name.clone()),
+            email: principal.email.clone(),
+        }
+    }
+
+    /// An access token for `principal` (its scopes and methods become `scope` and `amr`).
+    pub fn issue_access(&self, principal: &Principal) -> Result<String, TokenError> {
+        self.sign(&self.claims(principal, &self.audience, self.access_ttl))
+    }
+
+    /// A short-lived JWT for the upstream carrying the same facts as the identity headers.
+    /// One is signed per principal per half-lifetime, not per request.
+    pub fn assertion(&self, principal: &Principal, audience: &str) -> Result<Arc<str>, TokenError> {
+        let methods: Vec<&str> = principal.methods.iter().map(|m| m.as_str()).collect();
+        let cache_key = format!(
+            "{}\0{}\0{}\0{audience}",
+            principal.user_id,
+            principal.scopes.join(" "),
+            methods.join(",")
+        );
+        if let Some(token) = self.assertions.get(&cache_key) {
+            return Ok(token);
+        }
+        let token: Arc<str> = self
+            .sign(&self.claims(principal, audience, ASSERTION_TTL))?
+            .into();
+        self.assertions.insert(cache_key, token.clone());
+        Ok(token)
+    }
+
+    /// Verifies an access token gatehouse issued: EdDSA only, a known `kid`, `iss`, `aud`,
+    /// `exp` and `nbf` (with [`LEEWAY`]) all present and right.
+    pub fn verify_access(&self, token: &str) -> Result<Claims, TokenError> {
+        self.verify(token, &self.audience)
+    }
+
+    /// Verifies a gatehouse token for the given audience (access tokens, assertions).
+    pub fn verify(&self, token: &str, audience: &str) -> Result<Claims, TokenError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(TokenError::BadSignature);
+        }
+        let kid = header
+            .kid
+            .as_deref()
+            .filter(|k| plausible_kid(k))
+            .ok_or(TokenError::UnknownKey)?;
+        let key = self
+            .keys
+            .iter()
+            .find(|k| k.kid == kid)
+            .ok_or(TokenError::UnknownKey)?;
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_audience(&[audience]);
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &key.decoding, &validation).map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind;
+                match e.kind() {
+                    ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm => {
+                        TokenError::BadSignature
+                    }
+                    ErrorKind::InvalidIssuer => TokenError::WrongClaims("iss".into()),
+                    ErrorKind::InvalidAudience => TokenError::WrongClaims("aud".into()),
+                    ErrorKind::MissingRequiredClaim(c) => {
+                        TokenError::WrongClaims(format!("missing {c}"))
+                    }
+                    _ => TokenError::Malformed,
+                }
+            })?;
+        check_times(data.claims.exp, Some(data.claims.nbf), self.clock.unix())?;
+        Ok(data.claims)
+    }
+
+    /// The public keys as a JWK Set (RFC 7517), for `GET /.well-known/jwks.json`.
+    pub fn jwks(&self) -> serde_json::Value {
+        let keys: Vec<serde_json::Value> = self
+            .keys
+            .iter()
+            .map(|k| {
+                serde_json::json!({
+                    "kty": "OKP",
+                    "crv": "Ed25519",
+                    "alg": "EdDSA",
+                    "use": "sig",
+                    "kid": k.kid,
+                    "x": URL_SAFE_NO_PAD.encode(&k.public),
+                })
+            })
+            .collect();
+        serde_json::json!({ "keys": keys })
+    }
+}
+
+/// `exp` and `nbf` against `now`, with [`LEEWAY`].
+pub fn check_times(exp: i64, nbf: Option<i64>, now: i64) -> Result<(), TokenError> {
+    if exp + LEEWAY < now {
+        return Err(TokenError::Expired);
+    }
+    if nbf.is_some_and(|nbf| nbf - LEEWAY > now) {
+        return Err(TokenError::NotYetValid);
+    }
+    Ok(())
+}
+
+/// The authentication methods named in an `amr` claim that gatehouse knows.
+pub fn methods_from_amr(amr: &[String]) -> Vec<Method> {
+    amr.iter()
+        .filter_map(|m| match m.as_str() {
+            "pwd" => Some(Method::Pwd),
+            "otp" => Some(Method::Otp),
+            "sms" => Some(Method::Sms),
+            "email" => Some(Method::Email),
+            "app" => Some(Method::App),
+            _ => None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::clock::FixedClock;
+    use crate::store::sled::SledStore;
+
+    fn config() -> TokensConfig {
+        TokensConfig {
+            issuer: "https://gh.test".into(),
+            audience: "gatehouse".into(),
+            access_ttl: Duration::from_secs(3600),
+            signing_key_file: None,
+        }
+    }
+
+    fn principal() -> Principal {
+        Principal {
+            user_id: "42".into(),
+            user_name: "ada".into(),
+            email: Some("ada@example.com".into()),
+            scopes: vec!["read".into()],
+            organizations: vec![],
+            methods: vec![Method::Pwd, Method::Otp],
+        }
+    }
+
+    #[tokio::test]
+    async fn issued_token_verifies_until_it_expires() {
+        let store = SledStore::temporary().unwrap();
+        let clock = FixedClock::at(1_800_000_000);
+        let tokens = Tokens::load(&config(), &store, clock.clone())
+            .await
+            .unwrap();
+        let token = tokens.issue_access(&principal()).unwrap();
+        let claims = tokens.verify_access(&token).unwrap();
+        assert_eq!(claims.sub, "42");
+        assert_eq!(claims.amr, vec!["pwd", "otp"]);
+        clock.advance(3600 + LEEWAY);
+        assert!(tokens.verify_access(&token).is_ok());
+        clock.advance(1);
+        assert_eq!(tokens.verify_access(&token), Err(TokenError::Expired));
+    }
+
+    #[tokio::test]
+    async fn signing_key_is_generated_once_and_kept() {
+        let store = SledStore::temporary().unwrap();
+        let clock = FixedClock::at(1_800_000_000);
+        let first = Tokens::load(&config(), &store, clock.clone())
+            .await
+            .unwrap();
+        let token = first.issue_access(&principal()).unwrap();
+        let second = Tokens::load(&config(), &store, clock).await.unwrap();
+        assert!(second.verify_access(&token).is_ok());
+        assert_eq!(first.jwks(), second.jwks());
+    }
+
+    #[tokio::test]
+    async fn assertions_are_reused_within_half_their_lifetime() {
+        let store = SledStore::temporary().unwrap();
+        let tokens = Tokens::load(&config(), &store, FixedClock::at(1_800_000_000))
+            .await
+            .unwrap();
+        let a = tokens.assertion(&principal(), "upstream").unwrap();
+        let b = tokens.assertion(&principal(), "upstream").unwrap();
+        assert_eq!(a, b);
+        let claims = tokens.verify(&a, "upstream").unwrap();
+        assert_eq!(claims.exp - claims.iat, ASSERTION_TTL);
+    }
+
+    #[test]
+    fn path_like_kids_are_implausible() {
+        assert!(plausible_kid("abc_DEF-123"));
+        for bad in ["", "../../etc/passwd", "a/b", "a b", "%2e"] {
+            assert!(!plausible_kid(bad), "{bad}");
+        }
+    }
+}

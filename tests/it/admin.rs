@@ -1,0 +1,300 @@
+//! The admin API of SPEC §7, on the admin listener.
+
+use serde_json::json;
+
+use crate::harness::*;
+
+#[tokio::test]
+async fn admin_api_needs_the_admin_token() {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start(&upstream).await;
+    let client = http1_client();
+    let none = client
+        .get(gh.admin_url("/admin/v1/audit"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(none.status(), 401);
+    let wrong = client
+        .get(gh.admin_url("/admin/v1/audit"))
+        .bearer_auth("not-the-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let content_type = wrong.headers()["content-type"].to_str().unwrap().to_owned();
+    assert_problem(
+        401,
+        Some(&content_type),
+        &wrong.text().await.unwrap(),
+        "unauthenticated",
+    );
+    let created = client
+        .post(gh.admin_url("/admin/v1/users"))
+        .bearer_auth("not-the-token")
+        .json(&json!({"userName": "mallory"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 401);
+    assert!(
+        gh.app
+            .store
+            .user_by_name("mallory")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn admin_api_without_a_configured_token_answers_503() {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start_with(&upstream, |c| c.admin.token = None).await;
+    let response = http1_client()
+        .get(gh.admin_url("/admin/v1/audit"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    // Probes do not need a token.
+    let ready = http1_client()
+        .get(gh.admin_url("/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+}
+
+#[tokio::test]
+async fn users_are_created_read_changed_and_deleted() {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start(&upstream).await;
+    let user = gh
+        .create_user(json!({
+            "userName": "ada", "password": "correct horse battery", "email": "ada@example.com",
+            "phone": "+14155550123", "firstName": "Ada", "lastName": "Lovelace",
+            "nickName": "countess", "scopes": ["read", "ops"]
+        }))
+        .await;
+    assert!(user["id"].is_u64(), "{user}");
+    assert!(uuid::Uuid::parse_str(user["uuid"].as_str().unwrap()).is_ok());
+    assert_eq!(user["userName"], "ada");
+    assert_eq!(user["email"], "ada@example.com");
+    assert_eq!(user["scopes"], json!(["read", "ops"]));
+    assert_eq!(user["isValid"], true);
+    assert!(user.get("password").is_none() && user.get("passwordHash").is_none());
+
+    let (status, body) = gh
+        .admin("POST", "/admin/v1/users", Some(json!({"userName": "ADA"})))
+        .await;
+    assert_eq!(status, 409, "{body}");
+
+    let (status, got) = gh.admin("GET", "/admin/v1/users/ada", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(got["id"], user["id"]);
+
+    let (status, patched) = gh
+        .admin(
+            "PATCH",
+            "/admin/v1/users/ada",
+            Some(json!({"email": "ada@lovelace.org", "scopes": ["read"]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{patched}");
+    assert_eq!(patched["email"], "ada@lovelace.org");
+    assert_eq!(patched["scopes"], json!(["read"]));
+    assert_eq!(patched["phone"], "+14155550123");
+
+    assert_eq!(
+        gh.admin("POST", "/admin/v1/users/ada/mfa/reset", None)
+            .await
+            .0,
+        204
+    );
+    assert_eq!(gh.admin("DELETE", "/admin/v1/users/ada", None).await.0, 204);
+    assert_eq!(gh.admin("GET", "/admin/v1/users/ada", None).await.0, 404);
+    assert_eq!(gh.admin("DELETE", "/admin/v1/users/ada", None).await.0, 404);
+    assert_eq!(
+        gh.admin("POST", "/admin/v1/users/ada/mfa/reset", None)
+            .await
+            .0,
+        404
+    );
+}
+
+#[tokio::test]
+async fn invalid_user_bodies_are_400_and_change_nothing() {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start(&upstream).await;
+    for body in [
+        json!({}),
+        json!({"userName": ""}),
+        json!({"userName": "a/b"}),
+        json!({"userName": "bob", "password": "short"}),
+        json!({"userName": "bob", "email": "not-an-address"}),
+        json!({"userName": "bob", "phone": "555-0123"}),
+        json!({"userName": "bob", "scopes": ["has space"]}),
+        json!({"userName": "bob", "unknownField": 1}),
+        json!({"userName": 42}),
+    ] {
+        let (status, problem) = gh
+            .admin("POST", "/admin/v1/users", Some(body.clone()))
+            .await;
+        assert_eq!(status, 400, "{body} → {problem}");
+        assert_eq!(problem["status"], 400);
+    }
+    assert!(gh.app.store.user_by_name("bob").await.unwrap().is_none());
+    let response = http1_client()
+        .post(gh.admin_url("/admin/v1/users"))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("content-type", "application/json")
+        .body(vec![b' '; 2 * 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+}
+
+#[tokio::test]
+async fn applications_organizations_members_files_and_keys_are_granted() {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start(&upstream).await;
+    gh.create_user(json!({"userName": "ada"})).await;
+
+    let (status, app) = gh
+        .admin(
+            "POST",
+            "/admin/v1/applications",
+            Some(json!({"name": "billing"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{app}");
+    assert_eq!(app["name"], "billing");
+    assert!(app["token"].as_str().unwrap().len() >= 40);
+    assert_eq!(
+        gh.admin(
+            "POST",
+            "/admin/v1/applications",
+            Some(json!({"name": "billing"}))
+        )
+        .await
+        .0,
+        409
+    );
+
+    let (status, org) = gh
+        .admin(
+            "POST",
+            "/admin/v1/organizations",
+            Some(json!({"id": 7, "name": "Acme"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{org}");
+    assert_eq!(org["id"], 7);
+    assert_eq!(
+        gh.admin(
+            "POST",
+            "/admin/v1/organizations",
+            Some(json!({"id": 7, "name": "Acme 2"}))
+        )
+        .await
+        .0,
+        409
+    );
+    let (status, member) = gh
+        .admin(
+            "POST",
+            "/admin/v1/organizations/7/members",
+            Some(json!({"userName": "ada", "role": "admin"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{member}");
+    for (path, body, expected) in [
+        (
+            "/admin/v1/organizations/7/members",
+            json!({"userName": "ada", "role": "owner"}),
+            400,
+        ),
+        (
+            "/admin/v1/organizations/8/members",
+            json!({"userName": "ada", "role": "admin"}),
+            404,
+        ),
+        (
+            "/admin/v1/organizations/x/members",
+            json!({"userName": "ada", "role": "admin"}),
+            400,
+        ),
+        (
+            "/admin/v1/organizations/7/members",
+            json!({"userName": "nobody", "role": "admin"}),
+            404,
+        ),
+        ("/admin/v1/files/x/members", json!({"userName": "ada"}), 400),
+        (
+            "/admin/v1/files/12/members",
+            json!({"userName": "nobody"}),
+            404,
+        ),
+        (
+            "/admin/v1/ws-keys",
+            json!({"userName": "nobody", "fileId": 12}),
+            404,
+        ),
+    ] {
+        let (status, problem) = gh.admin("POST", path, Some(body)).await;
+        assert_eq!(status, expected, "{path}: {problem}");
+    }
+
+    let (status, file) = gh
+        .admin(
+            "POST",
+            "/admin/v1/files/12/members",
+            Some(json!({"userName": "ada"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{file}");
+    let (status, key) = gh
+        .admin(
+            "POST",
+            "/admin/v1/ws-keys",
+            Some(json!({"userName": "ada", "fileId": 12})),
+        )
+        .await;
+    assert_eq!(status, 201, "{key}");
+    assert!(key["key"].as_str().unwrap().len() >= 40);
+
+    let (_, user) = gh.admin("GET", "/admin/v1/users/ada", None).await;
+    assert_eq!(
+        user["organizations"],
+        json!([{"organizationId": 7, "role": "admin"}])
+    );
+    assert_eq!(user["files"], json!([12]));
+
+    let (status, events) = gh.admin("GET", "/admin/v1/audit?limit=3", None).await;
+    assert_eq!(status, 200);
+    let names: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["wskey.created", "file.granted", "membership.set"]);
+    assert_eq!(
+        gh.admin("GET", "/admin/v1/audit?limit=0", None).await.0,
+        400
+    );
+}
+
+#[tokio::test]
+async fn probes_answer_get_and_refuse_other_methods() {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start(&upstream).await;
+    let client = http1_client();
+    let ready = client.get(gh.admin_url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let wrong_method = client.post(gh.admin_url("/readyz")).send().await.unwrap();
+    assert_eq!(wrong_method.status(), 405);
+}

@@ -1,0 +1,618 @@
+//! Credentials, route decisions and identity headers (SECURITY.md promises 1, 2, 6, 10).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{DecodingKey, Validation};
+use serde_json::json;
+
+use crate::harness::*;
+use crate::keys::{self, TestKey};
+
+const PASSWORD: &str = "correct horse battery";
+
+/// A gatehouse whose signing key the test knows, with `/ops/` needing the `ops` scope.
+async fn start(
+    upstream: &Upstream,
+    key: &TestKey,
+    adjust: impl FnOnce(&mut gatehouse::config::Config),
+) -> Gatehouse {
+    let pem = key.pem();
+    Gatehouse::start_with(upstream, |c| {
+        // Beside the store, in the instance's own temporary directory.
+        let key_file = c.store.path.with_file_name("signing.pem");
+        std::fs::write(&key_file, &pem).unwrap();
+        c.tokens.signing_key_file = Some(key_file);
+        c.routes.push(gatehouse::config::Route {
+            path_prefix: "/ops/".into(),
+            access: gatehouse::config::Access::Authenticated,
+            scopes: vec!["ops".into()],
+        });
+        adjust(c);
+    })
+    .await
+}
+
+/// The `kid` gatehouse publishes for its signing key.
+async fn published_kid(gh: &Gatehouse) -> String {
+    let jwks: JwkSet = http1_client()
+        .get(gh.http_url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    jwks.keys[0].common.key_id.clone().unwrap()
+}
+
+fn claims(gh: &Gatehouse, sub: &str, amr: &[&str], scope: &str) -> serde_json::Value {
+    let now = keys::now();
+    json!({
+        "iss": gh.app.config.tokens.issuer, "aud": "gatehouse", "sub": sub,
+        "iat": now, "nbf": now, "exp": now + 300, "jti": "t1", "scope": scope, "amr": amr,
+    })
+}
+
+async fn get(gh: &Gatehouse, path: &str, headers: &[(&str, String)]) -> (u16, String) {
+    let mut request = http1_client().get(gh.http_url(path));
+    for (name, value) in headers {
+        request = request.header(*name, value);
+    }
+    let response = request.send().await.unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+#[tokio::test]
+async fn basic_credentials_are_forwarded_as_identity_headers() {
+    let upstream = Upstream::start().await;
+    let gh = start(&upstream, &TestKey::generate(), |_| {}).await;
+    let user = gh
+        .create_user(json!({"userName": "ada", "password": PASSWORD, "email": "ada@example.com", "scopes": ["read"]}))
+        .await;
+    for _ in 0..2 {
+        let (status, _) = get(
+            &gh,
+            "/private/x",
+            &[
+                ("authorization", basic("ada", PASSWORD)),
+                ("x-auth-user", "root".into()),
+            ],
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    let seen = upstream.last();
+    assert_eq!(seen.headers["x-auth-user"], "ada");
+    assert_eq!(
+        seen.headers["x-auth-user-id"],
+        user["id"].to_string().as_str()
+    );
+    assert_eq!(seen.headers["x-auth-email"], "ada@example.com");
+    assert_eq!(seen.headers["x-auth-scopes"], "read");
+    assert_eq!(seen.headers["x-auth-methods"], "pwd");
+    assert_eq!(seen.headers.get_all("x-auth-user").iter().count(), 1);
+    assert!(
+        !seen.headers.contains_key("authorization"),
+        "the password travelled upstream"
+    );
+}
+
+#[tokio::test]
+async fn wrong_password_and_unknown_user_get_identical_401_bodies() {
+    let upstream = Upstream::start().await;
+    let gh = start(&upstream, &TestKey::generate(), |_| {}).await;
+    gh.create_user(json!({"userName": "ada", "password": PASSWORD}))
+        .await;
+    let same_id = ("x-request-id", "same-id".to_owned());
+    let (s1, wrong) = get(
+        &gh,
+        "/private/x",
+        &[
+            ("authorization", basic("ada", "wrong password")),
+            same_id.clone(),
+        ],
+    )
+    .await;
+    let (s2, unknown) = get(
+        &gh,
+        "/private/x",
+        &[("authorization", basic("nobody", PASSWORD)), same_id],
+    )
+    .await;
+    assert_eq!((s1, s2), (401, 401));
+    assert_eq!(wrong, unknown);
+    assert_eq!(upstream.hits(), 0);
+}
+
+#[tokio::test]
+async fn changed_password_stops_working_at_once() {
+    let upstream = Upstream::start().await;
+    let gh = start(&upstream, &TestKey::generate(), |_| {}).await;
+    gh.create_user(json!({"userName": "ada", "password": PASSWORD}))
+        .await;
+    let old = ("authorization", basic("ada", PASSWORD));
+    assert_eq!(
+        get(&gh, "/private/x", std::slice::from_ref(&old)).await.0,
+        200
+    );
+    let (status, _) = gh
+        .admin(
+            "PATCH",
+            "/admin/v1/users/ada",
+            Some(json!({"password": "a new long password"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(get(&gh, "/private/x", &[old]).await.0, 401);
+    let new = ("authorization", basic("ada", "a new long password"));
+    assert_eq!(get(&gh, "/private/x", &[new]).await.0, 200);
+}
+
+#[tokio::test]
+async fn gatehouse_issued_token_is_accepted() {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start(&upstream).await;
+    let user = gh
+        .create_user(json!({"userName": "ada", "scopes": ["read"]}))
+        .await;
+    let principal = gatehouse::auth::Principal {
+        user_id: user["id"].to_string(),
+        user_name: "ada".into(),
+        email: None,
+        scopes: vec!["read".into()],
+        organizations: vec![],
+        methods: vec![gatehouse::auth::Method::Pwd, gatehouse::auth::Method::Otp],
+    };
+    let token = gh.app.tokens.issue_access(&principal).unwrap();
+    let (status, _) = get(
+        &gh,
+        "/secure/x",
+        &[("authorization", format!("Bearer {token}"))],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(upstream.last().headers["x-auth-methods"], "pwd,otp");
+}
+
+#[tokio::test]
+async fn forged_and_invalid_bearer_tokens_are_refused() {
+    let upstream = Upstream::start().await;
+    let key = TestKey::generate();
+    let gh = start(&upstream, &key, |_| {}).await;
+    let user = gh.create_user(json!({"userName": "ada"})).await;
+    let sub = user["id"].to_string();
+    let kid = published_kid(&gh).await;
+    let good = claims(&gh, &sub, &["pwd"], "");
+    // The test's key is gatehouse's: a correctly signed token passes, so each refusal below is
+    // down to the one thing that is wrong with it.
+    let (status, _) = get(
+        &gh,
+        "/private/x",
+        &[("authorization", format!("Bearer {}", key.sign(&kid, &good)))],
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    let other = TestKey::generate();
+    let with = |change: &dyn Fn(&mut serde_json::Value)| {
+        let mut c = good.clone();
+        change(&mut c);
+        key.sign(&kid, &c)
+    };
+    let now = keys::now();
+    let corpus = [
+        (
+            "alg none",
+            keys::unsigned(&json!({"alg": "none", "kid": kid}), &good),
+        ),
+        (
+            "alg none without kid",
+            keys::unsigned(&json!({"alg": "none"}), &good),
+        ),
+        (
+            "HS256 with the public key",
+            keys::hs256(&kid, &key.public, &good),
+        ),
+        ("unknown kid", other.sign("unknown-kid", &good)),
+        ("another key under our kid", other.sign(&kid, &good)),
+        (
+            "kid with path characters",
+            key.sign("../../../dev/null", &good),
+        ),
+        ("expired", with(&|c| c["exp"] = json!(now - 120))),
+        ("future nbf", with(&|c| c["nbf"] = json!(now + 600))),
+        ("wrong aud", with(&|c| c["aud"] = json!("someone-else"))),
+        (
+            "wrong iss",
+            with(&|c| c["iss"] = json!("https://evil.example")),
+        ),
+        (
+            "missing exp",
+            with(&|c| {
+                c.as_object_mut().unwrap().remove("exp");
+            }),
+        ),
+        (
+            "missing nbf",
+            with(&|c| {
+                c.as_object_mut().unwrap().remove("nbf");
+            }),
+        ),
+        ("unknown user", with(&|c| c["sub"] = json!("999999"))),
+        ("truncated signature", {
+            let t = key.sign(&kid, &good);
+            t[..t.len() - 4].to_owned()
+        }),
+        ("not a JWT", "abc".to_owned()),
+    ];
+    for (name, token) in corpus {
+        let (status, body) = get(
+            &gh,
+            "/private/x",
+            &[("authorization", format!("Bearer {token}"))],
+        )
+        .await;
+        assert_eq!(status, 401, "{name}: {body}");
+    }
+    assert_eq!(upstream.hits(), 1);
+}
+
+#[tokio::test]
+async fn malformed_authorization_is_400() {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start(&upstream).await;
+    let (status, _) = get(
+        &gh,
+        "/private/x",
+        &[("authorization", "Bearer a.b.c, Basic YTpi".into())],
+    )
+    .await;
+    assert_eq!(status, 400);
+    let response = raw_get(
+        gh.http_addr(),
+        "/private/x",
+        &["Authorization: Bearer a.b.c", "Authorization: Basic YTpi"],
+    )
+    .await;
+    assert_eq!(response.status, 400);
+    assert_problem(
+        400,
+        response.header("content-type"),
+        &response.body,
+        "invalid-credentials",
+    );
+    assert_eq!(upstream.hits(), 0);
+}
+
+#[tokio::test]
+async fn missing_scope_or_second_factor_is_403() {
+    let upstream = Upstream::start().await;
+    let key = TestKey::generate();
+    let gh = start(&upstream, &key, |_| {}).await;
+    let user = gh
+        .create_user(json!({"userName": "ada", "password": PASSWORD, "scopes": ["read"]}))
+        .await;
+    let pwd = ("authorization", basic("ada", PASSWORD));
+    let response = http1_client()
+        .get(gh.http_url("/secure/x"))
+        .header("authorization", basic("ada", PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_problem(
+        403,
+        Some(&content_type),
+        &response.text().await.unwrap(),
+        "mfa-required",
+    );
+    let (status, body) = get(&gh, "/ops/x", std::slice::from_ref(&pwd)).await;
+    assert_eq!(status, 403);
+    assert!(body.contains("insufficient-scope"), "{body}");
+    assert_eq!(upstream.hits(), 0);
+
+    // With the scope and with a second factor, both pass.
+    gh.admin(
+        "PATCH",
+        "/admin/v1/users/ada",
+        Some(json!({"scopes": ["read", "ops"]})),
+    )
+    .await;
+    assert_eq!(get(&gh, "/ops/x", &[pwd]).await.0, 200);
+    let kid = published_kid(&gh).await;
+    let mfa = key.sign(
+        &kid,
+        &claims(&gh, &user["id"].to_string(), &["pwd", "otp"], "read"),
+    );
+    assert_eq!(
+        get(
+            &gh,
+            "/secure/x",
+            &[("authorization", format!("Bearer {mfa}"))]
+        )
+        .await
+        .0,
+        200
+    );
+}
+
+#[tokio::test]
+async fn required_application_token_must_accompany_the_credential() {
+    let upstream = Upstream::start().await;
+    let gh = start(&upstream, &TestKey::generate(), |c| {
+        c.auth.require_application_token = true
+    })
+    .await;
+    gh.create_user(json!({"userName": "ada", "password": PASSWORD}))
+        .await;
+    let (_, app) = gh
+        .admin(
+            "POST",
+            "/admin/v1/applications",
+            Some(json!({"name": "web"})),
+        )
+        .await;
+    let token = app["token"].as_str().unwrap().to_owned();
+    let auth = ("authorization", basic("ada", PASSWORD));
+    assert_eq!(
+        get(&gh, "/private/x", std::slice::from_ref(&auth)).await.0,
+        401
+    );
+    assert_eq!(
+        get(
+            &gh,
+            "/private/x",
+            &[auth.clone(), ("applicationtoken", "gha_wrong".into())]
+        )
+        .await
+        .0,
+        401
+    );
+    assert_eq!(
+        get(&gh, "/private/x", &[("applicationtoken", token.clone())])
+            .await
+            .0,
+        401
+    );
+    assert_eq!(upstream.hits(), 0);
+    assert_eq!(
+        get(&gh, "/private/x", &[auth, ("ApplicationToken", token)])
+            .await
+            .0,
+        200
+    );
+    let seen = upstream.last();
+    assert_eq!(seen.headers["x-auth-methods"], "pwd,app");
+    assert!(!seen.headers.contains_key("applicationtoken"));
+}
+
+#[tokio::test]
+async fn every_preset_names_the_identity_headers_and_the_assertion_verifies() {
+    let upstream = Upstream::start().await;
+    for (preset, user_header, assertion_header) in [
+        ("gatehouse", "x-auth-user", "x-auth-assertion"),
+        (
+            "oauth2-proxy",
+            "x-forwarded-preferred-username",
+            "x-forwarded-access-token",
+        ),
+        ("authelia", "remote-user", "remote-assertion"),
+    ] {
+        let gh = start(&upstream, &TestKey::generate(), |c| {
+            c.identity_headers = gatehouse::proxy::headers::Preset::from_name(preset)
+                .unwrap()
+                .names();
+            c.upstream.audience = "billing-app".into();
+        })
+        .await;
+        let user = gh
+            .create_user(
+                json!({"userName": "ada", "password": PASSWORD, "email": "ada@example.com"}),
+            )
+            .await;
+        let (status, _) = get(
+            &gh,
+            "/private/x",
+            &[("authorization", basic("ada", PASSWORD))],
+        )
+        .await;
+        assert_eq!(status, 200, "{preset}");
+        let seen = upstream.last();
+        assert_eq!(
+            seen.headers[user_header], "ada",
+            "{preset}: {:?}",
+            seen.headers
+        );
+
+        // The assertion verifies against the JWKS gatehouse publishes.
+        let assertion = seen.headers[assertion_header].to_str().unwrap().to_owned();
+        let jwks: JwkSet = http1_client()
+            .get(gh.http_url("/.well-known/jwks.json"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let header = jsonwebtoken::decode_header(&assertion).unwrap();
+        let jwk = jwks.find(header.kid.as_deref().unwrap()).unwrap();
+        let mut validation = Validation::new(jsonwebtoken::Algorithm::EdDSA);
+        validation.set_audience(&["billing-app"]);
+        validation.set_issuer(&[gh.app.config.tokens.issuer.as_str()]);
+        let data = jsonwebtoken::decode::<serde_json::Value>(
+            &assertion,
+            &DecodingKey::from_jwk(jwk).unwrap(),
+            &validation,
+        )
+        .unwrap();
+        assert_eq!(
+            data.claims["sub"],
+            user["id"].to_string().as_str(),
+            "{preset}"
+        );
+        assert_eq!(data.claims["email"], "ada@example.com");
+        assert_eq!(data.claims["amr"], json!(["pwd"]));
+        let lifetime = data.claims["exp"].as_i64().unwrap() - data.claims["iat"].as_i64().unwrap();
+        assert!(lifetime <= 60, "{lifetime}");
+        gh.stop().await;
+    }
+}
+
+/// A trusted issuer's JWKS endpoint whose keys the test can replace; counts fetches.
+struct Idp {
+    addr: std::net::SocketAddr,
+    jwks: Arc<std::sync::Mutex<serde_json::Value>>,
+    fetches: Arc<AtomicUsize>,
+}
+
+impl Idp {
+    async fn start(jwks: serde_json::Value) -> Idp {
+        use hyper::service::service_fn;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let jwks = Arc::new(std::sync::Mutex::new(jwks));
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let (served, counted) = (jwks.clone(), fetches.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (served, counted) = (served.clone(), counted.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |_req| {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        let body = served.lock().unwrap().to_string();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(http::Response::new(
+                                gatehouse::body::full(body),
+                            ))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Idp {
+            addr,
+            jwks,
+            fetches,
+        }
+    }
+}
+
+fn external_claims(sub: &str) -> serde_json::Value {
+    let now = keys::now();
+    json!({
+        "iss": "https://idp.test", "aud": "gatehouse-app", "sub": sub, "exp": now + 300,
+        "preferred_username": "erin", "email": "erin@example.com", "scope": "read write",
+    })
+}
+
+#[tokio::test]
+async fn trusted_issuer_tokens_map_to_users_and_rotation_is_picked_up() {
+    let upstream = Upstream::start().await;
+    let k1 = TestKey::generate();
+    let idp = Idp::start(json!({"keys": [k1.jwk("k1")]})).await;
+    let jwks_url = format!("http://{}/jwks", idp.addr);
+    let gh = Gatehouse::start_with(&upstream, |c| {
+        c.auth.jwks_min_refresh = Duration::from_secs(2);
+        c.auth
+            .trusted_issuers
+            .push(gatehouse::config::TrustedIssuer {
+                issuer: "https://idp.test".into(),
+                jwks_url: jwks_url.parse().unwrap(),
+                audience: "gatehouse-app".into(),
+                algorithms: vec!["EdDSA".into()],
+            });
+    })
+    .await;
+    let bearer = |t: String| ("authorization", format!("Bearer {t}"));
+
+    let (status, body) = get(
+        &gh,
+        "/private/x",
+        &[bearer(k1.sign("k1", &external_claims("ext-1")))],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let seen = upstream.last();
+    assert_eq!(seen.headers["x-auth-user"], "erin");
+    assert_eq!(seen.headers["x-auth-scopes"], "read write");
+    let user = gh
+        .app
+        .store
+        .user_by_external("https://idp.test", "ext-1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(user.email.as_deref(), Some("erin@example.com"));
+
+    // Wrong audience, and an algorithm the issuer is not allowed: refused.
+    let mut wrong_aud = external_claims("ext-1");
+    wrong_aud["aud"] = json!("other");
+    assert_eq!(
+        get(&gh, "/private/x", &[bearer(k1.sign("k1", &wrong_aud))])
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        get(
+            &gh,
+            "/private/x",
+            &[bearer(keys::hs256(
+                "k1",
+                &k1.public,
+                &external_claims("ext-1")
+            ))]
+        )
+        .await
+        .0,
+        401
+    );
+
+    // The issuer rotates to k2: the unknown kid triggers one new fetch, and the token passes.
+    let k2 = TestKey::generate();
+    *idp.jwks.lock().unwrap() = json!({"keys": [k2.jwk("k2")]});
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (status, body) = get(
+        &gh,
+        "/private/x",
+        &[bearer(k2.sign("k2", &external_claims("ext-1")))],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // Same subject, same user: no second account.
+    assert_eq!(
+        upstream.last().headers["x-auth-user-id"],
+        user.id.to_string().as_str()
+    );
+
+    // A burst of unknown kids right after a fetch costs no more than one further fetch.
+    let before = idp.fetches.load(Ordering::SeqCst);
+    for i in 0..20 {
+        let token = k2.sign(&format!("forged-{i}"), &external_claims("ext-1"));
+        assert_eq!(get(&gh, "/private/x", &[bearer(token)]).await.0, 401);
+    }
+    let after = idp.fetches.load(Ordering::SeqCst);
+    assert!(
+        after - before <= 1,
+        "{} fetches for 20 unknown kids",
+        after - before
+    );
+}
