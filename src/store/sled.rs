@@ -552,8 +552,16 @@ mod tests {
             let store = SledStore::open(dir.path()).unwrap();
             store.create_user(new_user("ada"), NOW).await.unwrap();
         }
-        let store = SledStore::open(dir.path()).unwrap();
-        let user = store.user_by_name("ada").await.unwrap().unwrap();
+        // sled's flusher thread lets go of the directory lock shortly after the drop.
+        let mut reopened = SledStore::open(dir.path());
+        for _ in 0..50 {
+            if reopened.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            reopened = SledStore::open(dir.path());
+        }
+        let user = reopened.unwrap().user_by_name("ada").await.unwrap().unwrap();
         assert_eq!(user.v, SCHEMA_VERSION);
     }
 }
