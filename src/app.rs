@@ -35,6 +35,14 @@ impl App {
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
     ) -> Result<App, String> {
+        if let Some(path) = &config.bootstrap.file {
+            let applied = crate::bootstrap::apply(path, store.as_ref(), clock.as_ref()).await?;
+            tracing::info!(
+                created = applied.created,
+                unchanged = applied.unchanged,
+                "applied the bootstrap file"
+            );
+        }
         let tokens = Arc::new(Tokens::load(&config.tokens, store.as_ref(), clock.clone()).await?);
         let auth = Arc::new(Authenticator::new(
             &config.auth,

@@ -6,6 +6,8 @@ pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod body;
+pub mod bootstrap;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod gateway;

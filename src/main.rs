@@ -24,29 +24,52 @@ enum Command {
     Serve,
     /// Validate the configuration and print it, secrets masked.
     CheckConfig,
+    /// Manage users, applications, organisations and keys through the admin API.
+    Admin(Box<gatehouse::cli::AdminArgs>),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match config::load(cli.config.as_deref()) {
-        Ok(config) => config,
-        Err(e) => {
-            eprint!("{e}");
-            return ExitCode::from(2);
-        }
-    };
     match cli.command.unwrap_or(Command::Serve) {
-        Command::CheckConfig => match config.to_toml() {
-            Ok(text) => {
-                println!("# configuration is valid\n{text}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("cannot print the configuration: {e}");
-                ExitCode::FAILURE
-            }
+        Command::Admin(args) => admin(*args),
+        Command::CheckConfig => match load(cli.config.as_deref()) {
+            Ok(config) => match config.to_toml() {
+                Ok(text) => {
+                    println!("# configuration is valid\n{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("cannot print the configuration: {e}");
+                    ExitCode::FAILURE
+                }
+            },
+            Err(code) => code,
         },
-        Command::Serve => serve(config),
+        Command::Serve => match load(cli.config.as_deref()) {
+            Ok(config) => serve(config),
+            Err(code) => code,
+        },
+    }
+}
+
+/// The configuration, or exit code 2 after printing every problem.
+fn load(path: Option<&std::path::Path>) -> Result<config::Config, ExitCode> {
+    config::load(path).map_err(|e| {
+        eprint!("{e}");
+        ExitCode::from(2)
+    })
+}
+
+fn admin(args: gatehouse::cli::AdminArgs) -> ExitCode {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(gatehouse::cli::run(args)),
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

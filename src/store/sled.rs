@@ -561,7 +561,12 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             reopened = SledStore::open(dir.path());
         }
-        let user = reopened.unwrap().user_by_name("ada").await.unwrap().unwrap();
+        let user = reopened
+            .unwrap()
+            .user_by_name("ada")
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(user.v, SCHEMA_VERSION);
     }
 }

@@ -298,3 +298,114 @@ async fn probes_answer_get_and_refuse_other_methods() {
     let wrong_method = client.post(gh.admin_url("/readyz")).send().await.unwrap();
     assert_eq!(wrong_method.status(), 405);
 }
+
+/// Runs `gatehouse admin …` against the test server; returns exit success, stdout, stderr.
+async fn cli(
+    gh: &Gatehouse,
+    token: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> (bool, String, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(binary())
+        .arg("admin")
+        .arg("--url")
+        .arg(gh.admin_url(""))
+        .args(args)
+        .env("GATEHOUSE_ADMIN_TOKEN", token)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input
+        .write_all(stdin.unwrap_or_default().as_bytes())
+        .await
+        .unwrap();
+    drop(input);
+    let out = child.wait_with_output().await.unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn admin_cli_drives_the_admin_api() {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start(&upstream).await;
+    let (ok, out, err) = cli(
+        &gh,
+        ADMIN_TOKEN,
+        &[
+            "user",
+            "create",
+            "ada",
+            "--email",
+            "ada@example.com",
+            "--scope",
+            "read",
+            "--scope",
+            "ops",
+            "--password-stdin",
+        ],
+        Some("correct horse battery\n"),
+    )
+    .await;
+    assert!(ok, "{err}");
+    let user: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(user["scopes"], json!(["read", "ops"]));
+    assert_eq!(user["hasPassword"], true);
+    // The password given on stdin works, without its newline.
+    let response = http1_client()
+        .get(gh.http_url("/private/x"))
+        .basic_auth("ada", Some("correct horse battery"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    for args in [
+        &["org", "create", "7", "Acme"][..],
+        &["org", "add-member", "7", "ada", "--role", "admin"],
+        &["file-grant", "12", "ada"],
+        &["user", "update", "ada", "--nick-name", "countess"],
+    ] {
+        let (ok, _, err) = cli(&gh, ADMIN_TOKEN, args, None).await;
+        assert!(ok, "{args:?}: {err}");
+    }
+    let (ok, out, _) = cli(&gh, ADMIN_TOKEN, &["app", "create", "web"], None).await;
+    assert!(ok);
+    assert!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["token"].is_string());
+    let (ok, out, _) = cli(&gh, ADMIN_TOKEN, &["ws-key", "ada", "12"], None).await;
+    assert!(ok);
+    assert!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["key"].is_string());
+    let (ok, out, _) = cli(&gh, ADMIN_TOKEN, &["user", "get", "ada"], None).await;
+    assert!(ok);
+    let user: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(user["nickName"], "countess");
+    assert_eq!(user["files"], json!([12]));
+    let (ok, out, _) = cli(&gh, ADMIN_TOKEN, &["audit", "--limit", "2"], None).await;
+    assert!(ok);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    // Failures exit non-zero with the problem's detail.
+    let (ok, _, err) = cli(&gh, ADMIN_TOKEN, &["user", "create", "ada"], None).await;
+    assert!(!ok);
+    assert!(err.starts_with("409"), "{err}");
+    let (ok, _, err) = cli(&gh, "wrong", &["user", "get", "ada"], None).await;
+    assert!(!ok);
+    assert!(err.starts_with("401"), "{err}");
+    let (ok, _, _) = cli(&gh, ADMIN_TOKEN, &["user", "delete", "ada"], None).await;
+    assert!(ok);
+    assert!(gh.app.store.user_by_name("ada").await.unwrap().is_none());
+}

@@ -128,3 +128,83 @@ async fn environment_overrides_the_file() {
     assert_eq!(response.status(), 200);
     assert_eq!(upstream.hits(), 1);
 }
+
+#[tokio::test]
+async fn bootstrap_file_is_applied_at_every_start_without_duplicates() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bootstrap = dir.path().join("bootstrap.toml");
+    std::fs::write(
+        &bootstrap,
+        "[[users]]\nuser_name = \"ada\"\npassword = \"correct horse battery\"\n\
+         [[organizations]]\nid = 7\nname = \"Acme\"\nmembers = [{ user_name = \"ada\", role = \"admin\" }]\n",
+    )
+    .unwrap();
+    let store = dir.path().join("data");
+    let extra = format!(
+        "[bootstrap]\nfile = \"{}\"\n[store]\npath = \"{}\"\n[[routes]]\npath_prefix = \"/private/\"\naccess = \"authenticated\"\n",
+        bootstrap.display(),
+        store.display()
+    );
+    for _ in 0..2 {
+        let mut gh = Process::start(
+            &process_config(&upstream.url(), &extra),
+            &[("GATEHOUSE_ADMIN_TOKEN", "bootstrap-test-token")],
+        )
+        .await;
+        let client = http1_client();
+        let response = client
+            .get(gh.http_url("/private/x"))
+            .basic_auth("ada", Some("correct horse battery"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let user: serde_json::Value = client
+            .get(format!(
+                "http://{}/admin/v1/users/ada",
+                gh.addrs["listen.admin"]
+            ))
+            .bearer_auth("bootstrap-test-token")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            user["organizations"],
+            serde_json::json!([{"organizationId": 7, "role": "admin"}])
+        );
+        gh.signal("TERM");
+        assert!(gh.child.wait().await.unwrap().success());
+    }
+    assert_eq!(upstream.hits(), 2);
+}
+
+#[test]
+fn broken_bootstrap_file_fails_start_naming_the_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let bootstrap = dir.path().join("bootstrap.toml");
+    std::fs::write(&bootstrap, "[[files]]\nid = 3\nmembers = [\"ghost\"]\n").unwrap();
+    let file = dir.path().join("gatehouse.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[listen]\nhttps = \"\"\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[bootstrap]\nfile = \"{}\"\n",
+            bootstrap.display()
+        ),
+    )
+    .unwrap();
+    let out = run(
+        &["--config", file.to_str().unwrap(), "serve"],
+        &[],
+        dir.path(),
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("files[0]") && stderr.contains("ghost"),
+        "{stderr}"
+    );
+}

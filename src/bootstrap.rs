@@ -1,0 +1,325 @@
+//! The declarative bootstrap file (`bootstrap.file`, TOML), applied at every start.
+//!
+//! It creates what is missing and leaves what exists alone: a user, application or organisation
+//! that is already there keeps its current state (changes made through the admin API stand);
+//! memberships and file grants are ensured. Applying it twice changes nothing the second time.
+//!
+//! ```toml
+//! [[users]]
+//! user_name = "ada"
+//! password_hash = "$argon2id$v=19$m=19456,t=2,p=1$..."   # or password = "..." (development)
+//! email = "ada@example.com"
+//! scopes = ["read"]
+//!
+//! [[applications]]
+//! name = "web"
+//! token = "gha_..."            # or token_hash = base64url(SHA-256(token))
+//!
+//! [[organizations]]
+//! id = 7
+//! name = "Acme"
+//! members = [{ user_name = "ada", role = "admin" }]
+//!
+//! [[files]]
+//! id = 12
+//! members = ["ada"]
+//! ```
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::auth::secret;
+use crate::clock::{self, Clock};
+use crate::store::{
+    Application, Membership, NewUser, Organization, Role, SCHEMA_VERSION, Store, StoreError,
+};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct File {
+    users: Vec<UserEntry>,
+    applications: Vec<ApplicationEntry>,
+    organizations: Vec<OrganizationEntry>,
+    files: Vec<FileEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserEntry {
+    user_name: String,
+    password: Option<String>,
+    password_hash: Option<String>,
+    email: Option<String>,
+    phone: Option<String>,
+    first_name: Option<String>,
+    last_name: Option<String>,
+    nick_name: Option<String>,
+    #[serde(default)]
+    scopes: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApplicationEntry {
+    name: String,
+    token: Option<String>,
+    token_hash: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OrganizationEntry {
+    id: i64,
+    name: String,
+    #[serde(default)]
+    members: Vec<MemberEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MemberEntry {
+    user_name: String,
+    role: Role,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileEntry {
+    id: i64,
+    #[serde(default)]
+    members: Vec<String>,
+}
+
+/// What applying the file did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub created: usize,
+    pub unchanged: usize,
+}
+
+/// Reads the file and applies it. Errors name the entry at fault.
+pub async fn apply(path: &Path, store: &dyn Store, clock: &dyn Clock) -> Result<Applied, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("bootstrap.file: cannot read {}: {e}", path.display()))?;
+    let file: File =
+        toml::from_str(&text).map_err(|e| format!("bootstrap.file: {}: {e}", path.display()))?;
+    let now = clock::rfc3339(clock.now());
+    let mut applied = Applied::default();
+    let mut count = |created: bool| {
+        if created {
+            applied.created += 1;
+        } else {
+            applied.unchanged += 1;
+        }
+    };
+
+    for (i, u) in file.users.into_iter().enumerate() {
+        let at = format!("bootstrap users[{i}] ({})", u.user_name);
+        if store
+            .user_by_name(&u.user_name)
+            .await
+            .map_err(|e| format!("{at}: {e}"))?
+            .is_some()
+        {
+            count(false);
+            continue;
+        }
+        let password_hash = match (u.password, u.password_hash) {
+            (Some(_), Some(_)) => {
+                return Err(format!(
+                    "{at}: give `password` or `password_hash`, not both"
+                ));
+            }
+            (Some(p), None) => Some(secret::hash_password(&p).map_err(|e| format!("{at}: {e}"))?),
+            (None, Some(h)) if h.starts_with("$argon2") => Some(h),
+            (None, Some(_)) => {
+                return Err(format!("{at}: password_hash must be an argon2 PHC string"));
+            }
+            (None, None) => None,
+        };
+        let new = NewUser {
+            user_name: u.user_name,
+            password_hash,
+            email: u.email,
+            phone: u.phone,
+            first_name: u.first_name,
+            last_name: u.last_name,
+            nick_name: u.nick_name,
+            scopes: u.scopes,
+            external: None,
+        };
+        store
+            .create_user(new, &now)
+            .await
+            .map_err(|e| format!("{at}: {e}"))?;
+        count(true);
+    }
+
+    for (i, a) in file.applications.into_iter().enumerate() {
+        let at = format!("bootstrap applications[{i}] ({})", a.name);
+        let token_hash = match (a.token, a.token_hash) {
+            (Some(t), None) if t.len() >= 32 => secret::hash_token(&t),
+            (Some(_), None) => return Err(format!("{at}: token must be at least 32 characters")),
+            (None, Some(h)) => h,
+            _ => return Err(format!("{at}: give exactly one of `token` or `token_hash`")),
+        };
+        let app = Application {
+            v: SCHEMA_VERSION,
+            name: a.name,
+            token_hash,
+            created: now.clone(),
+        };
+        match store.create_application(app).await {
+            Ok(()) => count(true),
+            Err(StoreError::Conflict(_)) => count(false),
+            Err(e) => return Err(format!("{at}: {e}")),
+        }
+    }
+
+    for (i, o) in file.organizations.into_iter().enumerate() {
+        let at = format!("bootstrap organizations[{i}] ({})", o.id);
+        let org = Organization {
+            v: SCHEMA_VERSION,
+            id: o.id,
+            name: o.name,
+            created: now.clone(),
+        };
+        match store.create_organization(org).await {
+            Ok(()) => count(true),
+            Err(StoreError::Conflict(_)) => count(false),
+            Err(e) => return Err(format!("{at}: {e}")),
+        }
+        for m in o.members {
+            let membership = Membership {
+                organization_id: o.id,
+                role: m.role,
+            };
+            let user = store
+                .user_by_name(&m.user_name)
+                .await
+                .map_err(|e| format!("{at}: {e}"))?;
+            if user.is_some_and(|u| u.memberships.contains(&membership)) {
+                continue;
+            }
+            store
+                .set_membership(&m.user_name, membership, &now)
+                .await
+                .map_err(|e| format!("{at}: member {}: {e}", m.user_name))?;
+        }
+    }
+
+    for (i, f) in file.files.into_iter().enumerate() {
+        let at = format!("bootstrap files[{i}] ({})", f.id);
+        for user_name in f.members {
+            let user = store
+                .user_by_name(&user_name)
+                .await
+                .map_err(|e| format!("{at}: {e}"))?;
+            if user.is_some_and(|u| u.files.contains(&f.id)) {
+                continue;
+            }
+            store
+                .grant_file(&user_name, f.id, &now)
+                .await
+                .map_err(|e| format!("{at}: member {user_name}: {e}"))?;
+        }
+    }
+    Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::clock::FixedClock;
+    use crate::store::sled::SledStore;
+
+    const FILE: &str = r#"
+[[users]]
+user_name = "ada"
+password = "correct horse battery"
+scopes = ["read"]
+
+[[users]]
+user_name = "bob"
+
+[[applications]]
+name = "web"
+token = "gha_0123456789abcdef0123456789abcdef"
+
+[[organizations]]
+id = 7
+name = "Acme"
+members = [{ user_name = "ada", role = "admin" }, { user_name = "bob", role = "member" }]
+
+[[files]]
+id = 12
+members = ["ada"]
+"#;
+
+    #[tokio::test]
+    async fn applying_twice_creates_once_and_keeps_admin_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bootstrap.toml");
+        std::fs::write(&path, FILE).unwrap();
+        let store = SledStore::temporary().unwrap();
+        let clock = FixedClock::at(1_800_000_000);
+
+        let first = apply(&path, &store, clock.as_ref()).await.unwrap();
+        assert_eq!(
+            first,
+            Applied {
+                created: 4,
+                unchanged: 0
+            }
+        );
+        let ada = store.user_by_name("ada").await.unwrap().unwrap();
+        assert!(secret::verify_password(
+            "correct horse battery",
+            ada.password_hash.as_deref().unwrap()
+        ));
+        assert_eq!(ada.files, vec![12]);
+        assert_eq!(ada.memberships.len(), 1);
+        let token_hash = secret::hash_token("gha_0123456789abcdef0123456789abcdef");
+        assert!(
+            store
+                .application_by_token_hash(&token_hash)
+                .await
+                .unwrap()
+                .is_some()
+        );
+
+        let patch = crate::store::UserPatch {
+            scopes: Some(vec!["read".into(), "ops".into()]),
+            ..Default::default()
+        };
+        store.update_user("ada", patch, "later").await.unwrap();
+        let second = apply(&path, &store, clock.as_ref()).await.unwrap();
+        assert_eq!(
+            second,
+            Applied {
+                created: 0,
+                unchanged: 4
+            }
+        );
+        let ada_again = store.user_by_name("ada").await.unwrap().unwrap();
+        assert_eq!(ada_again.scopes, vec!["read", "ops"]);
+        assert_eq!(ada_again.modified, "later");
+    }
+
+    #[tokio::test]
+    async fn errors_name_the_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bootstrap.toml");
+        std::fs::write(&path, "[[organizations]]\nid = 1\nname = \"x\"\nmembers = [{ user_name = \"ghost\", role = \"admin\" }]\n").unwrap();
+        let store = SledStore::temporary().unwrap();
+        let err = apply(&path, &store, FixedClock::at(0).as_ref())
+            .await
+            .unwrap_err();
+        assert!(
+            err.contains("organizations[0]") && err.contains("ghost"),
+            "{err}"
+        );
+    }
+}

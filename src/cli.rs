@@ -1,0 +1,286 @@
+//! `gatehouse admin …`: a command-line client of the admin API (SPEC §7).
+
+use std::io::Read;
+use std::process::ExitCode;
+
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use http::{Method, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+
+/// Options of `gatehouse admin`.
+#[derive(Args, Debug)]
+pub struct AdminArgs {
+    /// Base URL of the admin listener.
+    #[arg(
+        long,
+        env = "GATEHOUSE_ADMIN_URL",
+        default_value = "http://127.0.0.1:9090"
+    )]
+    url: String,
+    /// The admin token (or set GATEHOUSE_ADMIN_TOKEN, or use --token-file).
+    #[arg(long, env = "GATEHOUSE_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// A file holding the admin token.
+    #[arg(long)]
+    token_file: Option<std::path::PathBuf>,
+    #[command(subcommand)]
+    command: AdminCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum AdminCommand {
+    /// Users: create, get, update, delete, mfa-reset.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Register an application; prints its ApplicationToken once.
+    App {
+        #[command(subcommand)]
+        command: AppCommand,
+    },
+    /// Organisations and their members.
+    #[command(subcommand)]
+    Org(OrgCommand),
+    /// Grant a user a WS FileId.
+    FileGrant { file_id: i64, user_name: String },
+    /// Create a WsAccessKey for a user and FileId; prints it once.
+    WsKey { user_name: String, file_id: i64 },
+    /// Newest audit events first.
+    Audit {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AppCommand {
+    Create { name: String },
+}
+
+#[derive(Args, Debug, Default)]
+struct UserFields {
+    #[arg(long)]
+    email: Option<String>,
+    #[arg(long)]
+    phone: Option<String>,
+    #[arg(long)]
+    first_name: Option<String>,
+    #[arg(long)]
+    last_name: Option<String>,
+    #[arg(long)]
+    nick_name: Option<String>,
+    /// A scope; repeat for several (replaces the list on update).
+    #[arg(long = "scope")]
+    scopes: Vec<String>,
+    /// Read the password from standard input (never from the command line).
+    #[arg(long)]
+    password_stdin: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum UserCommand {
+    Create {
+        user_name: String,
+        #[command(flatten)]
+        fields: UserFields,
+    },
+    Get {
+        user_name: String,
+    },
+    Update {
+        user_name: String,
+        /// A new user name.
+        #[arg(long)]
+        rename: Option<String>,
+        #[command(flatten)]
+        fields: UserFields,
+    },
+    Delete {
+        user_name: String,
+    },
+    /// Remove every MFA factor and pending enrollment of the user.
+    MfaReset {
+        user_name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum OrgCommand {
+    Create {
+        id: i64,
+        name: String,
+    },
+    AddMember {
+        id: i64,
+        user_name: String,
+        #[arg(long, value_parser = ["admin", "member"])]
+        role: String,
+    },
+}
+
+fn segment(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+impl UserFields {
+    fn body(self, user_name: Option<String>) -> Result<Value, String> {
+        let mut body = serde_json::Map::new();
+        let mut put = |k: &str, v: Option<String>| {
+            if let Some(v) = v {
+                body.insert(k.into(), Value::String(v));
+            }
+        };
+        put("userName", user_name);
+        put("email", self.email);
+        put("phone", self.phone);
+        put("firstName", self.first_name);
+        put("lastName", self.last_name);
+        put("nickName", self.nick_name);
+        if self.password_stdin {
+            let mut password = String::new();
+            std::io::stdin()
+                .read_to_string(&mut password)
+                .map_err(|e| format!("cannot read the password: {e}"))?;
+            let password = password.trim_end_matches(['\r', '\n']).to_owned();
+            body.insert("password".into(), Value::String(password));
+        }
+        if !self.scopes.is_empty() {
+            body.insert("scopes".into(), json!(self.scopes));
+        }
+        Ok(Value::Object(body))
+    }
+}
+
+/// The request a command makes: method, path under the admin URL, optional JSON body.
+fn request(command: AdminCommand) -> Result<(Method, String, Option<Value>), String> {
+    Ok(match command {
+        AdminCommand::User(UserCommand::Create { user_name, fields }) => (
+            Method::POST,
+            "/admin/v1/users".into(),
+            Some(fields.body(Some(user_name))?),
+        ),
+        AdminCommand::User(UserCommand::Get { user_name }) => (
+            Method::GET,
+            format!("/admin/v1/users/{}", segment(&user_name)),
+            None,
+        ),
+        AdminCommand::User(UserCommand::Update {
+            user_name,
+            rename,
+            fields,
+        }) => (
+            Method::PATCH,
+            format!("/admin/v1/users/{}", segment(&user_name)),
+            Some(fields.body(rename)?),
+        ),
+        AdminCommand::User(UserCommand::Delete { user_name }) => (
+            Method::DELETE,
+            format!("/admin/v1/users/{}", segment(&user_name)),
+            None,
+        ),
+        AdminCommand::User(UserCommand::MfaReset { user_name }) => (
+            Method::POST,
+            format!("/admin/v1/users/{}/mfa/reset", segment(&user_name)),
+            None,
+        ),
+        AdminCommand::App {
+            command: AppCommand::Create { name },
+        } => (
+            Method::POST,
+            "/admin/v1/applications".into(),
+            Some(json!({ "name": name })),
+        ),
+        AdminCommand::Org(OrgCommand::Create { id, name }) => (
+            Method::POST,
+            "/admin/v1/organizations".into(),
+            Some(json!({ "id": id, "name": name })),
+        ),
+        AdminCommand::Org(OrgCommand::AddMember {
+            id,
+            user_name,
+            role,
+        }) => (
+            Method::POST,
+            format!("/admin/v1/organizations/{id}/members"),
+            Some(json!({ "userName": user_name, "role": role })),
+        ),
+        AdminCommand::FileGrant { file_id, user_name } => (
+            Method::POST,
+            format!("/admin/v1/files/{file_id}/members"),
+            Some(json!({ "userName": user_name })),
+        ),
+        AdminCommand::WsKey { user_name, file_id } => (
+            Method::POST,
+            "/admin/v1/ws-keys".into(),
+            Some(json!({ "userName": user_name, "fileId": file_id })),
+        ),
+        AdminCommand::Audit { limit } => {
+            (Method::GET, format!("/admin/v1/audit?limit={limit}"), None)
+        }
+    })
+}
+
+/// Runs one admin command; prints the answer's JSON on success, the problem's detail on failure.
+pub async fn run(args: AdminArgs) -> ExitCode {
+    match call(args).await {
+        Ok(text) => {
+            if !text.is_empty() {
+                println!("{text}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn call(args: AdminArgs) -> Result<String, String> {
+    let token = match (&args.token_file, args.token) {
+        (Some(path), _) => std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+            .trim()
+            .to_owned(),
+        (None, Some(token)) => token,
+        (None, None) => {
+            return Err("no admin token: use --token-file or GATEHOUSE_ADMIN_TOKEN".into());
+        }
+    };
+    let (method, path, body) = request(args.command)?;
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let uri = format!("{}{path}", args.url.trim_end_matches('/'));
+    let request = Request::builder()
+        .method(method)
+        .uri(&uri)
+        .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| format!("invalid request to {uri}: {e}"))?;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let response = client
+        .request(request)
+        .await
+        .map_err(|e| format!("cannot reach {uri}: {e}"))?;
+    let status = response.status();
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("cannot read the answer: {e}"))?
+        .to_bytes();
+    let value: Option<Value> = serde_json::from_slice(&bytes).ok();
+    if status.is_success() {
+        return Ok(value
+            .and_then(|v| serde_json::to_string_pretty(&v).ok())
+            .unwrap_or_default());
+    }
+    let detail = value
+        .as_ref()
+        .and_then(|v| v["detail"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+    Err(format!("{status}: {detail}"))
+}
