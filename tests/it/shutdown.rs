@@ -95,11 +95,16 @@ async fn each_request_leaves_one_access_log_line_without_credentials() {
 async fn no_secret_is_stored_or_logged_in_clear() {
     let upstream = Upstream::start().await;
     let admin_token = "secret-admin-token-for-this-test";
+    let signing = crate::keys::TestKey::generate();
+    let key_dir = tempfile::tempdir().unwrap();
+    let key_file = key_dir.path().join("signing.pem");
+    std::fs::write(&key_file, signing.pem()).unwrap();
+    let extra = format!(
+        "[tokens]\nsigning_key_file = \"{}\"\n[[routes]]\npath_prefix = \"/private/\"\naccess = \"authenticated\"\n",
+        key_file.display()
+    );
     let mut gh = Process::start(
-        &process_config(
-            &upstream.url(),
-            "[[routes]]\npath_prefix = \"/private/\"\naccess = \"authenticated\"\n",
-        ),
+        &process_config(&upstream.url(), &extra),
         &[("GATEHOUSE_ADMIN_TOKEN", admin_token)],
     )
     .await;
@@ -120,6 +125,7 @@ async fn no_secret_is_stored_or_logged_in_clear() {
     .await
     .unwrap();
     assert_eq!(created.status(), 201);
+    let user: serde_json::Value = created.json().await.unwrap();
     let app: serde_json::Value = post("/admin/v1/applications", serde_json::json!({"name": "web"}))
         .await
         .unwrap()
@@ -146,10 +152,35 @@ async fn no_secret_is_stored_or_logged_in_clear() {
             .await
             .unwrap();
     }
-    assert_eq!(upstream.hits(), 1);
+    let jwks: serde_json::Value = client
+        .get(gh.http_url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let now = crate::keys::now();
+    let bearer = signing.sign(
+        jwks["keys"][0]["kid"].as_str().unwrap(),
+        &serde_json::json!({
+            "iss": "https://localhost:8443", "aud": "gatehouse", "sub": user["id"].to_string(),
+            "iat": now, "nbf": now, "exp": now + 300, "jti": "j", "scope": "", "amr": ["pwd"],
+        }),
+    );
+    let response = client
+        .get(gh.http_url("/private/y"))
+        .bearer_auth(&bearer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(upstream.hits(), 2);
+    assert!(!upstream.last().headers.contains_key("authorization"));
+    let forwarded = upstream.last().target;
     assert!(
-        !upstream.last().target.contains(&ws_key),
-        "the WsAccessKey reached the upstream"
+        !forwarded.contains("WsAccessKey"),
+        "the WsAccessKey reached the upstream: {forwarded}"
     );
     gh.signal("TERM");
     gh.child.wait().await.unwrap();
@@ -160,6 +191,7 @@ async fn no_secret_is_stored_or_logged_in_clear() {
         app_token.as_str(),
         ws_key.as_str(),
         admin_token,
+        bearer.as_str(),
     ];
     let logs = gh.logs().join("\n");
     for secret in secrets {
