@@ -114,6 +114,11 @@ impl Upstream {
             .expect("upstream saw no request")
     }
 
+    /// Every request received, oldest first.
+    pub fn all(&self) -> Vec<Seen> {
+        self.state.seen.lock().unwrap().clone()
+    }
+
     /// Lets the pending `/stream` response finish.
     pub fn release(&self) {
         self.state.release.notify_one();

@@ -177,11 +177,13 @@ async fn no_secret_is_stored_or_logged_in_clear() {
     assert_eq!(response.status(), 200);
     assert_eq!(upstream.hits(), 2);
     assert!(!upstream.last().headers.contains_key("authorization"));
-    let forwarded = upstream.last().target;
-    assert!(
-        !forwarded.contains("WsAccessKey"),
-        "the WsAccessKey reached the upstream: {forwarded}"
-    );
+    for seen in upstream.all() {
+        assert!(
+            !seen.target.contains("WsAccessKey"),
+            "the WsAccessKey reached the upstream: {}",
+            seen.target
+        );
+    }
     gh.signal("TERM");
     gh.child.wait().await.unwrap();
 
