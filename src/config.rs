@@ -38,6 +38,11 @@ pub struct Config {
     pub auth: AuthConfig,
     pub tokens: TokensConfig,
     pub bootstrap: BootstrapConfig,
+    pub mfa: MfaConfig,
+    pub secrets: SecretsConfig,
+    pub smtp: SmtpConfig,
+    pub sms: SmsConfig,
+    pub apis: ApisConfig,
 }
 
 /// A value that must never be printed: it serialises and debugs as `***`.
@@ -118,6 +123,88 @@ pub struct TokensConfig {
     /// A PKCS#8 PEM Ed25519 key to sign with instead of the generated one kept in the store.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signing_key_file: Option<PathBuf>,
+}
+
+/// MFA settings (SPEC §4.1, §5).
+#[derive(Debug, Clone, Serialize)]
+pub struct MfaConfig {
+    /// Factor of an enrollment that names none: `otp`, `sms` or `email`.
+    pub default_factor: String,
+    #[serde(serialize_with = "duration")]
+    pub ticket_ttl: Duration,
+    /// Lifetime of SMS and email codes.
+    #[serde(serialize_with = "duration")]
+    pub code_ttl: Duration,
+    pub totp: TotpConfig,
+    pub lockout: LockoutConfig,
+    /// Codes sent per user (and per destination) within `send_window`.
+    pub send_limit: u32,
+    #[serde(serialize_with = "duration")]
+    pub send_window: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TotpConfig {
+    /// The issuer shown by authenticator apps.
+    pub issuer: String,
+    /// `SHA1` (what every app supports), `SHA256` or `SHA512`.
+    pub algorithm: String,
+    pub digits: u8,
+    pub period: u64,
+    /// Steps accepted before and after the current one.
+    pub skew: u8,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LockoutConfig {
+    pub max_failures: u32,
+    #[serde(serialize_with = "duration")]
+    pub window: Duration,
+    #[serde(serialize_with = "duration")]
+    pub duration: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SecretsConfig {
+    /// A file with the 32-byte master key in base64; or `GATEHOUSE_MASTER_KEY`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub master_key_file: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub master_key: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SmtpConfig {
+    /// `smtp://host:port` (STARTTLS when offered), `smtps://host:port` (implicit TLS), or
+    /// `smtp://host:port?tls=none` for a local relay; credentials as `user:password@`.
+    #[serde(serialize_with = "optional_masked")]
+    pub url: Option<Secret>,
+    pub from: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SmsConfig {
+    /// `log` (development), `webhook` or `twilio`.
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account_sid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_token: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ApisConfig {
+    pub nexus: ApiFamily,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ApiFamily {
+    pub enabled: bool,
+    pub base_path: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -255,19 +342,32 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         Some(p) => p.to_path_buf(),
         None => PathBuf::from(DEFAULT_PATH),
     };
-    let admin_token = std::env::var("GATEHOUSE_ADMIN_TOKEN")
-        .ok()
-        .filter(|t| !t.trim().is_empty())
-        .map(Secret::new);
-    from_figment(
-        Figment::new().merge(Toml::file(file)).merge(env()),
-        admin_token,
-    )
+    let from_env = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .filter(|t| !t.trim().is_empty())
+            .map(|t| Secret::new(t.trim()))
+    };
+    let secrets = EnvSecrets {
+        admin_token: from_env("GATEHOUSE_ADMIN_TOKEN"),
+        master_key: from_env("GATEHOUSE_MASTER_KEY"),
+    };
+    from_figment(Figment::new().merge(Toml::file(file)).merge(env()), secrets)
+}
+
+/// Secrets that come from the environment rather than from configuration keys.
+#[derive(Default)]
+struct EnvSecrets {
+    admin_token: Option<Secret>,
+    master_key: Option<Secret>,
 }
 
 /// Parses a configuration from TOML text alone (no environment), as tests and tools need.
 pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
-    from_figment(Figment::new().merge(Toml::string(text)), None)
+    from_figment(
+        Figment::new().merge(Toml::string(text)),
+        EnvSecrets::default(),
+    )
 }
 
 /// `GATEHOUSE_SERVER__PUBLIC_URL` → `server.public_url`. Variables without a `__` (such as
@@ -278,11 +378,11 @@ fn env() -> Env {
         .split("__")
 }
 
-fn from_figment(figment: Figment, admin_token: Option<Secret>) -> Result<Config, ConfigError> {
+fn from_figment(figment: Figment, env_secrets: EnvSecrets) -> Result<Config, ConfigError> {
     let raw: RawConfig = figment.extract().map_err(|e| ConfigError {
         problems: e.into_iter().map(|e| e.to_string()).collect(),
     })?;
-    validate(raw, admin_token)
+    validate(raw, env_secrets)
 }
 
 /// A leaf value as written: `Err` holds why it could not be read as `T`.
@@ -314,6 +414,78 @@ struct RawConfig {
     auth: RawAuth,
     tokens: RawTokens,
     bootstrap: RawBootstrap,
+    mfa: RawMfa,
+    secrets: RawSecrets,
+    smtp: RawSmtp,
+    sms: RawSms,
+    apis: RawApis,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawMfa {
+    default_factor: Field<String>,
+    ticket_ttl: Field<String>,
+    code_ttl: Field<String>,
+    send_limit: Field<u64>,
+    send_window: Field<String>,
+    totp: RawTotp,
+    lockout: RawLockout,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTotp {
+    issuer: Field<String>,
+    algorithm: Field<String>,
+    digits: Field<u64>,
+    period: Field<u64>,
+    skew: Field<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLockout {
+    max_failures: Field<u64>,
+    window: Field<String>,
+    duration: Field<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSecrets {
+    master_key_file: Field<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSmtp {
+    url: Field<String>,
+    from: Field<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSms {
+    kind: Field<String>,
+    url: Field<String>,
+    from: Field<String>,
+    account_sid: Field<String>,
+    auth_token: Field<String>,
+    auth_token_file: Field<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawApis {
+    nexus: RawFamily,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawFamily {
+    enabled: Field<bool>,
+    base_path: Field<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -587,7 +759,33 @@ fn parse_jwks_url(s: String) -> Result<Uri, String> {
     }
 }
 
-fn validate(raw: RawConfig, env_admin_token: Option<Secret>) -> Result<Config, ConfigError> {
+/// Reads a secret from a file named by a configuration key (trimmed; empty is a problem).
+fn read_secret_file(c: &mut Checker, key: &str, path: &Path) -> Option<Secret> {
+    match std::fs::read_to_string(path) {
+        Ok(text) if !text.trim().is_empty() => Some(Secret::new(text.trim())),
+        Ok(_) => {
+            c.problem(key, format!("{} is empty", path.display()));
+            None
+        }
+        Err(e) => {
+            c.problem(key, format!("cannot read {}: {e}", path.display()));
+            None
+        }
+    }
+}
+
+fn one_of(allowed: &'static [&'static str]) -> impl FnOnce(String) -> Result<String, String> {
+    move |s| {
+        if allowed.contains(&s.as_str()) {
+            Ok(s)
+        } else {
+            Err(format!("expected one of {}, got `{s}`", allowed.join(", ")))
+        }
+    }
+}
+
+fn validate(raw: RawConfig, env_secrets: EnvSecrets) -> Result<Config, ConfigError> {
+    let env_admin_token = env_secrets.admin_token;
     let mut c = Checker::default();
     let s = raw.server;
     let server = ServerConfig {
@@ -984,8 +1182,200 @@ fn validate(raw: RawConfig, env_admin_token: Option<Secret>) -> Result<Config, C
         file: c.get("bootstrap.file", raw.bootstrap.file, None, optional_path),
     };
 
+    let m = raw.mfa;
+    let mfa = MfaConfig {
+        default_factor: c.get(
+            "mfa.default_factor",
+            m.default_factor,
+            "otp".into(),
+            one_of(&["otp", "sms", "email"]),
+        ),
+        ticket_ttl: c.get(
+            "mfa.ticket_ttl",
+            m.ticket_ttl,
+            Duration::from_secs(24 * 3600),
+            parse_duration,
+        ),
+        code_ttl: c.get("mfa.code_ttl", m.code_ttl, Duration::from_secs(300), |s| {
+            let d = parse_duration(s)?;
+            if d.is_zero() || d > Duration::from_secs(600) {
+                Err("must be between 1s and 10m (NIST SP 800-63B)".into())
+            } else {
+                Ok(d)
+            }
+        }),
+        send_limit: c.get("mfa.send_limit", m.send_limit, 5, |v| {
+            in_range(1, 100)(v).map(|v| v as u32)
+        }),
+        send_window: c.get(
+            "mfa.send_window",
+            m.send_window,
+            Duration::from_secs(900),
+            parse_duration,
+        ),
+        totp: TotpConfig {
+            issuer: c.get(
+                "mfa.totp.issuer",
+                m.totp.issuer,
+                "Gatehouse".into(),
+                |s: String| {
+                    if s.is_empty() || s.contains(':') {
+                        Err("must be non-empty and contain no `:`".into())
+                    } else {
+                        Ok(s)
+                    }
+                },
+            ),
+            algorithm: c.get(
+                "mfa.totp.algorithm",
+                m.totp.algorithm,
+                "SHA1".into(),
+                one_of(&["SHA1", "SHA256", "SHA512"]),
+            ),
+            digits: c.get("mfa.totp.digits", m.totp.digits, 6, |v| {
+                in_range(6, 8)(v).map(|v| v as u8)
+            }),
+            period: c.get("mfa.totp.period", m.totp.period, 30, in_range(15, 120)),
+            skew: c.get("mfa.totp.skew", m.totp.skew, 1, |v| {
+                in_range(0, 2)(v).map(|v| v as u8)
+            }),
+        },
+        lockout: LockoutConfig {
+            max_failures: c.get("mfa.lockout.max_failures", m.lockout.max_failures, 5, |v| {
+                in_range(1, 100)(v).map(|v| v as u32)
+            }),
+            window: c.get(
+                "mfa.lockout.window",
+                m.lockout.window,
+                Duration::from_secs(300),
+                parse_duration,
+            ),
+            duration: c.get(
+                "mfa.lockout.duration",
+                m.lockout.duration,
+                Duration::from_secs(900),
+                parse_duration,
+            ),
+        },
+    };
+
+    let master_key_file = c.get(
+        "secrets.master_key_file",
+        raw.secrets.master_key_file,
+        None,
+        optional_path,
+    );
+    let file_key = master_key_file
+        .as_ref()
+        .and_then(|path| read_secret_file(&mut c, "secrets.master_key_file", path));
+    let secrets = SecretsConfig {
+        master_key: file_key.or(env_secrets.master_key),
+        master_key_file,
+    };
+
+    let sm = raw.smtp;
+    let smtp = SmtpConfig {
+        url: c.get("smtp.url", sm.url, None, |s: String| {
+            if s.trim().is_empty() {
+                return Ok(None);
+            }
+            let uri: Uri = s
+                .parse()
+                .map_err(|_| "expected a URL such as `smtp://127.0.0.1:25`".to_owned())?;
+            match uri.scheme_str() {
+                Some("smtp" | "smtps") if uri.authority().is_some() => Ok(Some(Secret::new(s))),
+                _ => Err("expected an smtp:// or smtps:// URL".to_owned()),
+            }
+        }),
+        from: c.get(
+            "smtp.from",
+            sm.from,
+            "Gatehouse <gatehouse@localhost>".into(),
+            non_empty,
+        ),
+    };
+
+    let sg = raw.sms;
+    let auth_token_file = c.get(
+        "sms.auth_token_file",
+        sg.auth_token_file,
+        None,
+        optional_path,
+    );
+    let sms = SmsConfig {
+        kind: c.get(
+            "sms.kind",
+            sg.kind,
+            "log".into(),
+            one_of(&["log", "webhook", "twilio"]),
+        ),
+        url: c.get("sms.url", sg.url, None, |s: String| {
+            parse_jwks_url(s.clone())
+                .map(|_| Some(s))
+                .map_err(|_| "expected an http(s) URL".to_owned())
+        }),
+        from: c.get("sms.from", sg.from, None, |s| ok(Some(s))),
+        account_sid: c.get("sms.account_sid", sg.account_sid, None, |s| ok(Some(s))),
+        auth_token: c
+            .get("sms.auth_token", sg.auth_token, None, |s| {
+                ok(Some(Secret::new(s)))
+            })
+            .or_else(|| {
+                auth_token_file
+                    .as_ref()
+                    .and_then(|p| read_secret_file(&mut c, "sms.auth_token_file", p))
+            }),
+    };
+    match sms.kind.as_str() {
+        "webhook" if sms.url.is_none() => {
+            c.problem("sms.url", "is required when sms.kind = \"webhook\"")
+        }
+        "twilio" => {
+            for (key, missing) in [
+                ("sms.url", sms.url.is_none()),
+                ("sms.from", sms.from.is_none()),
+                ("sms.account_sid", sms.account_sid.is_none()),
+                ("sms.auth_token", sms.auth_token.is_none()),
+            ] {
+                if missing {
+                    c.problem(key, "is required when sms.kind = \"twilio\"");
+                }
+            }
+        }
+        _ => {}
+    }
+
+    let nx = raw.apis.nexus;
+    let apis = ApisConfig {
+        nexus: ApiFamily {
+            enabled: c.get("apis.nexus.enabled", nx.enabled, true, ok),
+            base_path: c.get(
+                "apis.nexus.base_path",
+                nx.base_path,
+                String::new(),
+                |s: String| {
+                    let trimmed = s.trim_end_matches('/').to_owned();
+                    if trimmed.is_empty() {
+                        return Ok(trimmed);
+                    }
+                    match path::normalize(&trimmed) {
+                        Ok(n) if n == trimmed => Ok(trimmed),
+                        _ => Err(format!(
+                            "expected a normalised path such as `/nexus`, got `{s}`"
+                        )),
+                    }
+                },
+            ),
+        },
+    };
+
     if c.problems.is_empty() {
         Ok(Config {
+            mfa,
+            secrets,
+            smtp,
+            sms,
+            apis,
             store,
             admin,
             auth,
@@ -1027,6 +1417,16 @@ fn duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
 
 fn display_list<S: Serializer, T: fmt::Display>(v: &[T], s: S) -> Result<S::Ok, S::Error> {
     s.collect_seq(v.iter().map(|x| x.to_string()))
+}
+
+fn optional_masked<S: Serializer>(v: &Option<Secret>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(secret) => match secret.expose().parse::<Uri>() {
+            Ok(uri) => masked_uri(&uri, s),
+            Err(_) => s.serialize_str("***"),
+        },
+        None => s.serialize_str(""),
+    }
 }
 
 fn optional_addr<S: Serializer>(a: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {

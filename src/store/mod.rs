@@ -11,6 +11,8 @@ use std::fmt;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use crate::mfa::lockout::{LockoutState, Policy};
+
 /// Schema version written into every record of this release.
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -169,6 +171,85 @@ pub struct AuditEvent {
     pub detail: Option<String>,
 }
 
+/// A kind of second factor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FactorKind {
+    /// A TOTP authenticator app.
+    Otp,
+    Sms,
+    Email,
+}
+
+impl FactorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FactorKind::Otp => "otp",
+            FactorKind::Sms => "sms",
+            FactorKind::Email => "email",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<FactorKind> {
+        match s {
+            "otp" => Some(FactorKind::Otp),
+            "sms" => Some(FactorKind::Sms),
+            "email" => Some(FactorKind::Email),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn tag(self) -> u8 {
+        match self {
+            FactorKind::Otp => b'o',
+            FactorKind::Sms => b's',
+            FactorKind::Email => b'e',
+        }
+    }
+}
+
+/// A confirmed second factor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Factor {
+    pub v: u32,
+    pub user_id: u64,
+    pub kind: FactorKind,
+    /// The TOTP secret, sealed with the master key (never stored in clear).
+    pub sealed_secret: Option<Vec<u8>>,
+    /// Phone number or email address codes go to.
+    pub destination: Option<String>,
+    /// The last accepted TOTP time step (replay guard).
+    pub last_step: Option<u64>,
+    pub created: String,
+}
+
+/// A pending enrollment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ticket {
+    pub v: u32,
+    pub id: String,
+    pub user_id: u64,
+    pub kind: FactorKind,
+    pub sealed_secret: Option<Vec<u8>>,
+    pub destination: Option<String>,
+    /// Unix time.
+    pub created_at: i64,
+    /// Unix time.
+    pub expires_at: i64,
+    pub used: bool,
+}
+
+/// A one-time code sent out of band, kept as a keyed hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OobCode {
+    pub v: u32,
+    pub user_id: u64,
+    /// What the code is for, e.g. `enroll:sms` or `verify:email`.
+    pub purpose: String,
+    pub code_hash: String,
+    pub expires_at: i64,
+}
+
 /// Use-case operations on gatehouse's state.
 #[async_trait]
 pub trait Store: Send + Sync {
@@ -209,6 +290,53 @@ pub trait Store: Send + Sync {
     /// Signing keys, oldest first.
     async fn signing_keys(&self) -> StoreResult<Vec<SigningKey>>;
     async fn add_signing_key(&self, key: SigningKey) -> StoreResult<()>;
+
+    async fn create_ticket(&self, ticket: Ticket) -> StoreResult<()>;
+    async fn ticket(&self, id: &str) -> StoreResult<Option<Ticket>>;
+    /// The user's most recent unused, unexpired ticket.
+    async fn newest_pending_ticket(&self, user_id: u64, now: i64) -> StoreResult<Option<Ticket>>;
+    /// Atomically: marks the ticket used and stores `factor` as confirmed (replacing one of the
+    /// same kind), and sets `recovery_hashes` when given. `false` (nothing changed) when the ticket
+    /// is unknown, used or expired.
+    async fn confirm_ticket(
+        &self,
+        ticket_id: &str,
+        factor: Factor,
+        recovery_hashes: Option<Vec<String>>,
+        now: i64,
+    ) -> StoreResult<bool>;
+    async fn factors(&self, user_id: u64) -> StoreResult<Vec<Factor>>;
+    /// Records `step` as the TOTP factor's last accepted step if it is later than the stored one;
+    /// `false` when it is not (a replay, possibly a concurrent one).
+    async fn accept_totp_step(&self, user_id: u64, step: u64) -> StoreResult<bool>;
+
+    /// Stores a code, replacing any earlier one for the same user and purpose.
+    async fn put_code(&self, code: OobCode) -> StoreResult<()>;
+    /// Removes and returns the user's code for `purpose` if its hash matches and it has not expired.
+    async fn consume_code(
+        &self,
+        user_id: u64,
+        purpose: &str,
+        code_hash: &str,
+        now: i64,
+    ) -> StoreResult<bool>;
+
+    async fn replace_recovery_codes(&self, user_id: u64, hashes: Vec<String>) -> StoreResult<()>;
+    /// Removes the recovery code if the user has it.
+    async fn consume_recovery_code(&self, user_id: u64, hash: &str) -> StoreResult<bool>;
+
+    async fn lockout(&self, user_id: u64) -> StoreResult<LockoutState>;
+    /// Counts a failure atomically (concurrent failures are all counted) and returns the new state.
+    async fn record_failure(
+        &self,
+        user_id: u64,
+        now: i64,
+        policy: Policy,
+    ) -> StoreResult<LockoutState>;
+    async fn clear_failures(&self, user_id: u64) -> StoreResult<()>;
+    /// Counts one send under `key`; `false` (and nothing counted) when `limit` sends already
+    /// happened within `window` seconds.
+    async fn count_send(&self, key: &str, now: i64, window: i64, limit: u32) -> StoreResult<bool>;
 
     async fn append_audit(&self, event: AuditEvent) -> StoreResult<()>;
     /// The newest `limit` events, newest first.

@@ -10,9 +10,10 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use sled::{Db, Transactional, Tree};
 
 use super::{
-    Application, AuditEvent, Membership, NewUser, Organization, SCHEMA_VERSION, SigningKey, Store,
-    StoreError, StoreResult, User, UserPatch, WsKey,
+    Application, AuditEvent, Factor, FactorKind, Membership, NewUser, OobCode, Organization,
+    SCHEMA_VERSION, SigningKey, Store, StoreError, StoreResult, Ticket, User, UserPatch, WsKey,
 };
+use crate::mfa::lockout::{LockoutState, Policy};
 
 /// sled trees, one per record kind, plus indexes.
 pub struct SledStore {
@@ -26,7 +27,18 @@ pub struct SledStore {
     ws_keys: Tree,
     signing_keys: Tree,
     audit: Tree,
+    /// Per-user MFA state under the user id's 8 bytes: `f`+kind factors, `t`+id ticket index,
+    /// `c`+purpose codes, `r` recovery codes, `l` lockout.
     mfa: Tree,
+    tickets: Tree,
+    sends: Tree,
+}
+
+fn mfa_key(user_id: u64, tag: u8, rest: &[u8]) -> Vec<u8> {
+    let mut key = user_id.to_be_bytes().to_vec();
+    key.push(tag);
+    key.extend_from_slice(rest);
+    key
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -117,12 +129,54 @@ impl SledStore {
             signing_keys: tree("signing_keys")?,
             audit: tree("audit")?,
             mfa: tree("mfa")?,
+            tickets: tree("tickets")?,
+            sends: tree("sends")?,
             db,
         })
     }
 
+    /// Read-modify-write of one JSON record with compare-and-swap, retried on contention, so
+    /// concurrent updates are never lost. `change` returns the new value (`None` deletes) and
+    /// a result for the caller.
+    fn cas<T, R>(
+        &self,
+        tree: &Tree,
+        key: &[u8],
+        change: impl Fn(Option<T>) -> StoreResult<(Option<T>, R)>,
+    ) -> StoreResult<R>
+    where
+        T: Serialize + DeserializeOwned,
+    {
+        loop {
+            let current = tree.get(key).map_err(backend)?;
+            let value = match &current {
+                Some(bytes) => Some(decode::<T>(bytes)?),
+                None => None,
+            };
+            let (new, result) = change(value)?;
+            let new_bytes = match &new {
+                Some(v) => Some(encode(v)?),
+                None => None,
+            };
+            match tree
+                .compare_and_swap(key, current.as_deref(), new_bytes)
+                .map_err(backend)?
+            {
+                Ok(()) => return Ok(result),
+                Err(_) => continue,
+            }
+        }
+    }
+
+    /// Flushes to disk. sled 0.34's `flush_async` can deadlock when several flushes are in flight
+    /// (sled issue #1308), so the blocking flush runs on the blocking pool instead.
     async fn durable(&self) -> StoreResult<()> {
-        self.db.flush_async().await.map(|_| ()).map_err(backend)
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(backend)?
+            .map(|_| ())
+            .map_err(backend)
     }
 
     /// Read-modify-write of one user, by name, in a transaction with the name index.
@@ -312,9 +366,201 @@ impl Store for SledStore {
 
     async fn reset_mfa(&self, user_id: u64) -> StoreResult<()> {
         for key in self.mfa.scan_prefix(user_id.to_be_bytes()).keys() {
-            self.mfa.remove(key.map_err(backend)?).map_err(backend)?;
+            let key = key.map_err(backend)?;
+            if key.get(8) == Some(&b't') {
+                self.tickets.remove(&key[9..]).map_err(backend)?;
+            }
+            self.mfa.remove(key).map_err(backend)?;
         }
         self.durable().await
+    }
+
+    async fn create_ticket(&self, ticket: Ticket) -> StoreResult<()> {
+        let result = (&self.tickets, &self.mfa).transaction(|(tickets, mfa)| {
+            tickets.insert(ticket.id.as_bytes(), tx_encode(&ticket)?)?;
+            mfa.insert(
+                mfa_key(ticket.user_id, b't', ticket.id.as_bytes()),
+                &ticket.created_at.to_be_bytes(),
+            )?;
+            Ok(())
+        });
+        unwrap_tx(result)?;
+        self.durable().await
+    }
+
+    async fn ticket(&self, id: &str) -> StoreResult<Option<Ticket>> {
+        match self.tickets.get(id).map_err(backend)? {
+            Some(bytes) => decode(&bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn newest_pending_ticket(&self, user_id: u64, now: i64) -> StoreResult<Option<Ticket>> {
+        let mut newest: Option<Ticket> = None;
+        for key in self.mfa.scan_prefix(mfa_key(user_id, b't', &[])).keys() {
+            let key = key.map_err(backend)?;
+            let Some(bytes) = self.tickets.get(&key[9..]).map_err(backend)? else {
+                continue;
+            };
+            let ticket: Ticket = decode(&bytes)?;
+            if ticket.used || ticket.expires_at <= now {
+                continue;
+            }
+            if newest
+                .as_ref()
+                .is_none_or(|n| ticket.created_at >= n.created_at)
+            {
+                newest = Some(ticket);
+            }
+        }
+        Ok(newest)
+    }
+
+    async fn confirm_ticket(
+        &self,
+        ticket_id: &str,
+        factor: Factor,
+        recovery_hashes: Option<Vec<String>>,
+        now: i64,
+    ) -> StoreResult<bool> {
+        let result = (&self.tickets, &self.mfa).transaction(|(tickets, mfa)| {
+            let Some(bytes) = tickets.get(ticket_id.as_bytes())? else {
+                return Ok(false);
+            };
+            let mut ticket: Ticket = tx_decode(&bytes)?;
+            if ticket.used || ticket.expires_at <= now || ticket.user_id != factor.user_id {
+                return Ok(false);
+            }
+            ticket.used = true;
+            tickets.insert(ticket_id.as_bytes(), tx_encode(&ticket)?)?;
+            mfa.insert(
+                mfa_key(factor.user_id, b'f', &[factor.kind.tag()]),
+                tx_encode(&factor)?,
+            )?;
+            if let Some(hashes) = &recovery_hashes {
+                mfa.insert(mfa_key(factor.user_id, b'r', &[]), tx_encode(hashes)?)?;
+            }
+            Ok(true)
+        });
+        let confirmed = unwrap_tx(result)?;
+        self.durable().await?;
+        Ok(confirmed)
+    }
+
+    async fn factors(&self, user_id: u64) -> StoreResult<Vec<Factor>> {
+        self.mfa
+            .scan_prefix(mfa_key(user_id, b'f', &[]))
+            .values()
+            .map(|v| decode(&v.map_err(backend)?))
+            .collect()
+    }
+
+    async fn accept_totp_step(&self, user_id: u64, step: u64) -> StoreResult<bool> {
+        let key = mfa_key(user_id, b'f', &[FactorKind::Otp.tag()]);
+        let accepted = self.cas(&self.mfa, &key, |factor: Option<Factor>| match factor {
+            Some(mut f) if f.last_step.is_none_or(|last| step > last) => {
+                f.last_step = Some(step);
+                Ok((Some(f), true))
+            }
+            other => Ok((other, false)),
+        })?;
+        self.durable().await?;
+        Ok(accepted)
+    }
+
+    async fn put_code(&self, code: OobCode) -> StoreResult<()> {
+        self.mfa
+            .insert(
+                mfa_key(code.user_id, b'c', code.purpose.as_bytes()),
+                encode(&code)?,
+            )
+            .map_err(backend)?;
+        self.durable().await
+    }
+
+    async fn consume_code(
+        &self,
+        user_id: u64,
+        purpose: &str,
+        code_hash: &str,
+        now: i64,
+    ) -> StoreResult<bool> {
+        let key = mfa_key(user_id, b'c', purpose.as_bytes());
+        let consumed = self.cas(&self.mfa, &key, |code: Option<OobCode>| match code {
+            Some(c) if c.expires_at > now && crate::secrets::same(&c.code_hash, code_hash) => {
+                Ok((None, true))
+            }
+            other => Ok((other, false)),
+        })?;
+        self.durable().await?;
+        Ok(consumed)
+    }
+
+    async fn replace_recovery_codes(&self, user_id: u64, hashes: Vec<String>) -> StoreResult<()> {
+        self.mfa
+            .insert(mfa_key(user_id, b'r', &[]), encode(&hashes)?)
+            .map_err(backend)?;
+        self.durable().await
+    }
+
+    async fn consume_recovery_code(&self, user_id: u64, hash: &str) -> StoreResult<bool> {
+        let key = mfa_key(user_id, b'r', &[]);
+        let consumed = self.cas(&self.mfa, &key, |codes: Option<Vec<String>>| {
+            let mut codes = codes.unwrap_or_default();
+            match codes.iter().position(|c| crate::secrets::same(c, hash)) {
+                Some(i) => {
+                    codes.remove(i);
+                    Ok((Some(codes), true))
+                }
+                None => Ok((Some(codes), false)),
+            }
+        })?;
+        self.durable().await?;
+        Ok(consumed)
+    }
+
+    async fn lockout(&self, user_id: u64) -> StoreResult<LockoutState> {
+        match self.mfa.get(mfa_key(user_id, b'l', &[])).map_err(backend)? {
+            Some(bytes) => decode(&bytes),
+            None => Ok(LockoutState::default()),
+        }
+    }
+
+    async fn record_failure(
+        &self,
+        user_id: u64,
+        now: i64,
+        policy: Policy,
+    ) -> StoreResult<LockoutState> {
+        let key = mfa_key(user_id, b'l', &[]);
+        let state = self.cas(&self.mfa, &key, |state: Option<LockoutState>| {
+            let mut state = state.unwrap_or_default();
+            state.record_failure(now, policy);
+            Ok((Some(state.clone()), state))
+        })?;
+        self.durable().await?;
+        Ok(state)
+    }
+
+    async fn clear_failures(&self, user_id: u64) -> StoreResult<()> {
+        self.mfa
+            .remove(mfa_key(user_id, b'l', &[]))
+            .map_err(backend)?;
+        self.durable().await
+    }
+
+    async fn count_send(&self, key: &str, now: i64, window: i64, limit: u32) -> StoreResult<bool> {
+        let allowed = self.cas(&self.sends, key.as_bytes(), |sent: Option<Vec<i64>>| {
+            let mut sent = sent.unwrap_or_default();
+            sent.retain(|t| now - t < window);
+            if sent.len() >= limit as usize {
+                return Ok((Some(sent), false));
+            }
+            sent.push(now);
+            Ok((Some(sent), true))
+        })?;
+        self.durable().await?;
+        Ok(allowed)
     }
 
     async fn create_application(&self, app: Application) -> StoreResult<()> {
@@ -568,5 +814,181 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(user.v, SCHEMA_VERSION);
+    }
+
+    fn factor(user_id: u64) -> Factor {
+        Factor {
+            v: SCHEMA_VERSION,
+            user_id,
+            kind: FactorKind::Otp,
+            sealed_secret: Some(vec![1, 2, 3]),
+            destination: None,
+            last_step: None,
+            created: NOW.into(),
+        }
+    }
+
+    fn ticket(id: &str, user_id: u64, created_at: i64) -> Ticket {
+        Ticket {
+            v: SCHEMA_VERSION,
+            id: id.into(),
+            user_id,
+            kind: FactorKind::Otp,
+            sealed_secret: None,
+            destination: None,
+            created_at,
+            expires_at: created_at + 100,
+            used: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_ticket_confirms_once_and_not_after_expiry() {
+        let store = SledStore::temporary().unwrap();
+        store.create_ticket(ticket("t1", 1, 1000)).await.unwrap();
+        store.create_ticket(ticket("t2", 1, 1001)).await.unwrap();
+        assert_eq!(
+            store
+                .newest_pending_ticket(1, 1050)
+                .await
+                .unwrap()
+                .unwrap()
+                .id,
+            "t2"
+        );
+        assert!(
+            store
+                .confirm_ticket("t2", factor(1), Some(vec!["h".into()]), 1050)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .confirm_ticket("t2", factor(1), None, 1050)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .confirm_ticket("t1", factor(1), None, 1100)
+                .await
+                .unwrap(),
+            "expired"
+        );
+        assert!(
+            !store
+                .confirm_ticket("t1", factor(2), None, 1050)
+                .await
+                .unwrap(),
+            "other user"
+        );
+        assert_eq!(
+            store
+                .newest_pending_ticket(1, 1050)
+                .await
+                .unwrap()
+                .unwrap()
+                .id,
+            "t1"
+        );
+        assert_eq!(store.factors(1).await.unwrap().len(), 1);
+        assert!(store.consume_recovery_code(1, "h").await.unwrap());
+        assert!(!store.consume_recovery_code(1, "h").await.unwrap());
+        store.reset_mfa(1).await.unwrap();
+        assert!(store.factors(1).await.unwrap().is_empty());
+        assert!(store.ticket("t1").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_totp_step_is_accepted_once_even_concurrently() {
+        let store = std::sync::Arc::new(SledStore::temporary().unwrap());
+        store.create_ticket(ticket("t", 1, 1000)).await.unwrap();
+        store
+            .confirm_ticket("t", factor(1), None, 1000)
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for _ in 0..16 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                store.accept_totp_step(1, 42).await.unwrap()
+            }));
+        }
+        let mut accepted = 0;
+        for t in tasks {
+            accepted += usize::from(t.await.unwrap());
+        }
+        assert_eq!(accepted, 1);
+        assert!(!store.accept_totp_step(1, 41).await.unwrap());
+        assert!(store.accept_totp_step(1, 43).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn concurrent_failures_are_all_counted() {
+        let store = std::sync::Arc::new(SledStore::temporary().unwrap());
+        let policy = Policy {
+            max_failures: 100,
+            window: 300,
+            duration: 900,
+        };
+        let mut tasks = Vec::new();
+        for _ in 0..40 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                store.record_failure(1, 1000, policy).await.unwrap()
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(store.lockout(1).await.unwrap().failures.len(), 40);
+    }
+
+    #[tokio::test]
+    async fn a_code_is_consumed_once_and_only_before_expiry() {
+        let store = SledStore::temporary().unwrap();
+        let code = OobCode {
+            v: SCHEMA_VERSION,
+            user_id: 1,
+            purpose: "verify:sms".into(),
+            code_hash: "abc".into(),
+            expires_at: 2000,
+        };
+        store.put_code(code.clone()).await.unwrap();
+        assert!(
+            !store
+                .consume_code(1, "verify:sms", "abd", 1000)
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .consume_code(1, "verify:sms", "abc", 1000)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .consume_code(1, "verify:sms", "abc", 1000)
+                .await
+                .unwrap()
+        );
+        store.put_code(code).await.unwrap();
+        assert!(
+            !store
+                .consume_code(1, "verify:sms", "abc", 2000)
+                .await
+                .unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn sends_are_limited_within_the_window() {
+        let store = SledStore::temporary().unwrap();
+        for _ in 0..3 {
+            assert!(store.count_send("u1", 1000, 60, 3).await.unwrap());
+        }
+        assert!(!store.count_send("u1", 1030, 60, 3).await.unwrap());
+        assert!(store.count_send("u1", 1061, 60, 3).await.unwrap());
     }
 }

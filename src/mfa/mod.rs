@@ -1,0 +1,6 @@
+//! Second factors: TOTP, one-time codes by SMS or email, enrollment tickets, recovery codes and
+//! lockout. Domain logic only: no HTTP here.
+
+pub mod codes;
+pub mod lockout;
+pub mod totp;
