@@ -5,6 +5,9 @@ use std::sync::Arc;
 use crate::auth::Authenticator;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
+use crate::mfa::service::Mfa;
+use crate::notify::Notifier;
+use crate::secrets::Vault;
 use crate::store::Store;
 use crate::store::sled::SledStore;
 use crate::tokens::Tokens;
@@ -14,6 +17,7 @@ pub struct App {
     pub store: Arc<dyn Store>,
     pub tokens: Arc<Tokens>,
     pub auth: Arc<Authenticator>,
+    pub mfa: Arc<Mfa>,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -50,11 +54,27 @@ impl App {
             tokens.clone(),
             clock.clone(),
         )?);
+        let vault = Arc::new(Vault::load(&config.secrets, &config.store.path)?);
+        let notifier = Arc::new(Notifier::new(
+            &config.smtp,
+            &config.sms,
+            &config.store.path,
+        )?);
+        let mfa = Arc::new(Mfa::new(
+            store.clone(),
+            vault,
+            tokens.clone(),
+            notifier,
+            clock.clone(),
+            &config.mfa,
+            &config.server.public_url,
+        ));
         Ok(App {
             config,
             store,
             tokens,
             auth,
+            mfa,
             clock,
         })
     }

@@ -16,6 +16,8 @@ use ipnet::IpNet;
 
 use std::sync::Arc;
 
+use crate::api::enroll::EnrollPage;
+use crate::api::nexus::Nexus;
 use crate::app::App;
 use crate::auth::policy::{self, Decision};
 use crate::auth::{AuthError, Authenticator, Principal};
@@ -161,6 +163,8 @@ pub struct Gateway {
     identity_names: IdentityHeaderNames,
     require_app: bool,
     assertion_audience: String,
+    nexus: Option<Nexus>,
+    enroll: EnrollPage,
 }
 
 impl Gateway {
@@ -177,6 +181,14 @@ impl Gateway {
             identity_names: config.identity_headers.clone(),
             require_app: config.auth.require_application_token,
             assertion_audience: config.upstream.audience.clone(),
+            enroll: EnrollPage::new(app.mfa.clone(), config.mfa.totp.digits),
+            nexus: config.apis.nexus.enabled.then(|| {
+                Nexus::new(
+                    &config.apis.nexus.base_path,
+                    app.auth.clone(),
+                    app.mfa.clone(),
+                )
+            }),
         }
     }
 
@@ -251,6 +263,18 @@ impl Gateway {
 
         if path == JWKS_PATH && matches!(parts.method, http::Method::GET | http::Method::HEAD) {
             outcome.response = Ok(self.jwks());
+            return outcome;
+        }
+        if let Some(ticket_id) = EnrollPage::ticket_id(&path) {
+            outcome.response = Ok(self.enroll.handle(&parts, body, ticket_id).await);
+            return outcome;
+        }
+        if let Some(nexus) = &self.nexus
+            && let Some(endpoint) = nexus.endpoint(&path)
+        {
+            outcome.response = Ok(nexus
+                .handle(endpoint, &parts, body, &path, request_id)
+                .await);
             return outcome;
         }
 

@@ -12,6 +12,8 @@ pub mod clock;
 pub mod config;
 pub mod gateway;
 pub mod mfa;
+pub mod notify;
+pub mod outbound;
 pub mod path;
 pub mod problem;
 pub mod proxy;

@@ -75,6 +75,8 @@ fn admin(args: gatehouse::cli::AdminArgs) -> ExitCode {
 
 fn serve(config: config::Config) -> ExitCode {
     gatehouse::telemetry::init(&config.log);
+    // One process-wide TLS provider for every client library (SMTP, JWKS, SMS).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

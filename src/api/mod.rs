@@ -1,6 +1,8 @@
 //! Endpoints gatehouse answers itself, and what their handlers share.
 
 pub mod admin;
+pub mod enroll;
+pub mod nexus;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};

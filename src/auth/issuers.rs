@@ -8,17 +8,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::Request;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::Full;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use tokio::sync::{Mutex, RwLock};
 
 use crate::config::TrustedIssuer;
+use crate::outbound::Outbound;
 use crate::tokens::{TokenError, check_times};
 
 /// The claims gatehouse reads from an external token.
@@ -66,7 +63,7 @@ struct Issuer {
 /// All trusted issuers and the client that fetches their keys.
 pub struct Issuers {
     issuers: Vec<Issuer>,
-    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    client: Outbound,
     min_refresh: Duration,
     clock: Arc<dyn crate::clock::Clock>,
 }
@@ -86,25 +83,7 @@ impl Issuers {
         min_refresh: Duration,
         clock: Arc<dyn crate::clock::Clock>,
     ) -> Result<Issuers, String> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = match hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_native_roots(provider.clone())
-        {
-            Ok(builder) => builder,
-            Err(e) => {
-                if !configs.is_empty() {
-                    tracing::warn!(error = %e, "no system CA certificates; JWKS can only be fetched over http://");
-                }
-                let config = rustls::ClientConfig::builder_with_provider(provider)
-                    .with_safe_default_protocol_versions()
-                    .map_err(|e| format!("TLS client: {e}"))?
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth();
-                hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config)
-            }
-        };
-        let connector = builder.https_or_http().enable_http1().build();
-        let client = Client::builder(TokioExecutor::new()).build(connector);
+        let client = Outbound::new(Duration::from_secs(5), !configs.is_empty())?;
         let issuers = configs
             .iter()
             .map(|c| Issuer {
@@ -214,20 +193,12 @@ impl Issuers {
     async fn fetch(&self, config: &TrustedIssuer) -> Result<JwkSet, String> {
         let request = Request::get(config.jwks_url.clone())
             .header(http::header::ACCEPT, "application/json")
-            .body(Empty::new())
+            .body(Full::new(Bytes::new()))
             .map_err(|e| e.to_string())?;
-        let response = tokio::time::timeout(Duration::from_secs(5), self.client.request(request))
-            .await
-            .map_err(|_| "timed out".to_owned())?
-            .map_err(|e| e.to_string())?;
-        if !response.status().is_success() {
-            return Err(format!("status {}", response.status()));
+        let (status, body) = self.client.send(request).await?;
+        if !status.is_success() {
+            return Err(format!("status {status}"));
         }
-        let body = Limited::new(response.into_body(), 1024 * 1024)
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
         serde_json::from_slice(&body).map_err(|e| format!("not a JWK Set: {e}"))
     }
 }

@@ -3,4 +3,5 @@
 
 pub mod codes;
 pub mod lockout;
+pub mod service;
 pub mod totp;

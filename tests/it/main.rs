@@ -9,6 +9,8 @@ mod config;
 mod hygiene;
 mod identity;
 mod limits;
+mod mfa;
 mod paths;
 mod proxy;
 mod shutdown;
+mod smtp;

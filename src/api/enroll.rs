@@ -1,0 +1,364 @@
+//! `GET|POST /enroll/{ticketId}`: the enrollment page `ticketUrl` points at (SPEC §4.1).
+//!
+//! Self-contained HTML: no scripts at all, no external fonts or images, one inline stylesheet
+//! allowed by its hash in a strict Content-Security-Policy. Works without JavaScript: the code is
+//! submitted with a plain form post. The ticket id in the URL is the only credential, so the page
+//! is never cached and never sends a referrer.
+
+use std::sync::{Arc, OnceLock};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::{Method, Response, StatusCode};
+use hyper::body::Incoming;
+use qrcode::QrCode;
+use qrcode::render::svg;
+
+use crate::api;
+use crate::api::nexus::mfa_problem;
+use crate::body::{Body, full};
+use crate::mfa::service::{Mfa, MfaError, TicketView};
+use crate::store::FactorKind;
+
+const PREFIX: &str = "/enroll/";
+
+const STYLE: &str = "body{font:16px/1.5 system-ui,sans-serif;margin:0;background:#f4f5f7;color:#1d2330}\
+main{max-width:28rem;margin:0 auto;padding:1.5rem}\
+section{background:#fff;border-radius:12px;padding:1.5rem;box-shadow:0 1px 3px #0002}\
+h1{font-size:1.4rem;margin:0 0 1rem}\
+.qr{display:block;width:100%;max-width:16rem;height:auto;margin:1rem auto}\
+code{font-size:1.05rem;word-break:break-all;background:#eef0f4;padding:.2rem .4rem;border-radius:4px}\
+label{display:block;font-weight:600;margin-top:1rem}\
+input{font-size:1.4rem;letter-spacing:.2em;width:100%;box-sizing:border-box;padding:.6rem;margin:.4rem 0 1rem;border:1px solid #99a;border-radius:8px}\
+button{font-size:1rem;width:100%;padding:.8rem;border:0;border-radius:8px;background:#2451c7;color:#fff;cursor:pointer}\
+button.secondary{background:#e3e7f0;color:#1d2330;margin-top:.5rem}\
+.error{background:#fde8e8;color:#8a1c1c;padding:.75rem;border-radius:8px}\
+.ok{background:#e6f6ea;color:#1b5e2b;padding:.75rem;border-radius:8px}\
+ol{columns:2;font-family:monospace;font-size:1.05rem}";
+
+/// The page's Content-Security-Policy: nothing but the one stylesheet, forms to itself.
+fn csp() -> &'static str {
+    static CSP: OnceLock<String> = OnceLock::new();
+    CSP.get_or_init(|| {
+        let hash = STANDARD.encode(ring::digest::digest(
+            &ring::digest::SHA256,
+            STYLE.as_bytes(),
+        ));
+        format!(
+            "default-src 'none'; style-src 'sha256-{hash}'; img-src data:; form-action 'self'; \
+             frame-ancestors 'none'; base-uri 'none'"
+        )
+    })
+}
+
+/// Escapes text for HTML element content and attribute values.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn page(status: StatusCode, title: &str, content: &str) -> Response<Body> {
+    let html = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
+         <meta name=\"referrer\" content=\"no-referrer\">\
+         <title>{title} · Gatehouse</title><style>{STYLE}</style></head>\
+         <body><main><section><h1>{title}</h1>{content}</section></main></body></html>",
+        title = escape(title)
+    );
+    let mut response = Response::new(full(html));
+    *response.status_mut() = status;
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    if let Ok(v) = HeaderValue::from_str(csp()) {
+        h.insert(header::CONTENT_SECURITY_POLICY, v);
+    }
+    response
+}
+
+fn qr_svg(uri: &str) -> String {
+    match QrCode::new(uri.as_bytes()) {
+        Ok(code) => code
+            .render::<svg::Color>()
+            .min_dimensions(200, 200)
+            .quiet_zone(true)
+            .build()
+            .replacen(
+                "<svg ",
+                "<svg class=\"qr\" role=\"img\" aria-label=\"QR code for your authenticator app\" ",
+                1,
+            )
+            .replace("<?xml version=\"1.0\" standalone=\"yes\"?>", ""),
+        Err(_) => String::new(),
+    }
+}
+
+fn code_form(action: &str, digits: usize) -> String {
+    format!(
+        "<form method=\"post\" action=\"{action}\">\
+         <label for=\"code\">Enter the {digits}-digit code</label>\
+         <input id=\"code\" name=\"code\" type=\"text\" inputmode=\"numeric\" pattern=\"[0-9]*\" \
+         autocomplete=\"one-time-code\" maxlength=\"8\" required autofocus>\
+         <button type=\"submit\">Verify</button></form>"
+    )
+}
+
+/// The enrollment page's handler.
+pub struct EnrollPage {
+    mfa: Arc<Mfa>,
+    digits: usize,
+}
+
+impl EnrollPage {
+    pub fn new(mfa: Arc<Mfa>, digits: u8) -> EnrollPage {
+        EnrollPage {
+            mfa,
+            digits: usize::from(digits),
+        }
+    }
+
+    /// The ticket id when `path` is an enrollment page path.
+    pub fn ticket_id(path: &str) -> Option<&str> {
+        path.strip_prefix(PREFIX).filter(|id| {
+            !id.is_empty()
+                && id.len() <= 64
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+    }
+
+    pub async fn handle(&self, parts: &Parts, body: Incoming, ticket_id: &str) -> Response<Body> {
+        let action = format!("{PREFIX}{ticket_id}");
+        match parts.method {
+            Method::GET | Method::HEAD => self.show(ticket_id, &action, None).await,
+            Method::POST => {
+                let form = match api::read_body(body).await {
+                    Ok(bytes) => bytes,
+                    Err(_) => {
+                        return page(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "Request too large",
+                            "<p class=\"error\">The form was too large.</p>",
+                        );
+                    }
+                };
+                let field = |name: &str| {
+                    form_urlencoded::parse(&form)
+                        .find(|(k, _)| k == name)
+                        .map(|(_, v)| v.into_owned())
+                };
+                if field("action").as_deref() == Some("send") {
+                    return match self.mfa.send_enrollment_code(ticket_id).await {
+                        Ok(()) => {
+                            self.show(ticket_id, &action, Some(("ok", "We sent you a code.")))
+                                .await
+                        }
+                        Err(e) => self.failure(ticket_id, &action, &e).await,
+                    };
+                }
+                let code = field("code").unwrap_or_default();
+                match self.mfa.confirm_ticket(ticket_id, &code).await {
+                    Ok(confirmed) => {
+                        let mut content = String::from(
+                            "<p class=\"ok\">Two-step verification is set up. You can close this page.</p>",
+                        );
+                        if let Some(codes) = confirmed.recovery_codes {
+                            content.push_str(
+                                "<h2>Recovery codes</h2><p>Keep these somewhere safe. Each works once if you lose \
+                                 your device. They are shown only now.</p><ol id=\"recovery-codes\">",
+                            );
+                            for c in codes {
+                                content.push_str(&format!("<li>{}</li>", escape(&c)));
+                            }
+                            content.push_str("</ol>");
+                        }
+                        page(StatusCode::OK, "You're all set", &content)
+                    }
+                    Err(e) => self.failure(ticket_id, &action, &e).await,
+                }
+            }
+            _ => {
+                let mut response = page(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "Not allowed",
+                    "<p>Open the link in a browser.</p>",
+                );
+                response
+                    .headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST"));
+                response
+            }
+        }
+    }
+
+    async fn show(
+        &self,
+        ticket_id: &str,
+        action: &str,
+        notice: Option<(&str, &str)>,
+    ) -> Response<Body> {
+        match self.mfa.ticket_view(ticket_id).await {
+            Ok(view) => page(
+                StatusCode::OK,
+                "Set up two-step verification",
+                &self.body(&view, action, notice),
+            ),
+            Err(e) => gone_or_unknown(&e),
+        }
+    }
+
+    fn body(&self, view: &TicketView, action: &str, notice: Option<(&str, &str)>) -> String {
+        let mut content = String::new();
+        if let Some((class, text)) = notice {
+            content.push_str(&format!(
+                "<p class=\"{class}\" role=\"status\">{}</p>",
+                escape(text)
+            ));
+        }
+        match (view.kind, &view.secret) {
+            (FactorKind::Otp, Some((secret, uri))) => {
+                content.push_str(&format!(
+                    "<p>Scan this code with your authenticator app for <strong>{}</strong>.</p>{}\
+                     <p>Can't scan? Enter this key instead:<br><code id=\"secret\">{}</code></p>",
+                    escape(&view.account),
+                    qr_svg(uri),
+                    escape(secret)
+                ));
+                content.push_str(&code_form(action, self.digits));
+            }
+            _ => {
+                let to = view.destination.clone().unwrap_or_default();
+                content.push_str(&format!(
+                    "<form method=\"post\" action=\"{action}\"><input type=\"hidden\" name=\"action\" value=\"send\">\
+                     <button type=\"submit\" class=\"secondary\">Send a code to {}</button></form>",
+                    escape(&to)
+                ));
+                content.push_str(&code_form(action, 6));
+            }
+        }
+        content
+    }
+
+    async fn failure(&self, ticket_id: &str, action: &str, e: &MfaError) -> Response<Body> {
+        match e {
+            MfaError::WrongCode => {
+                let mut response = self
+                    .show(
+                        ticket_id,
+                        action,
+                        Some(("error", "That code is not right. Check it and try again.")),
+                    )
+                    .await;
+                if response.status() == StatusCode::OK {
+                    *response.status_mut() = StatusCode::FORBIDDEN;
+                }
+                response
+            }
+            MfaError::Locked(retry) | MfaError::SendLimited(retry) => {
+                let minutes = (retry + 59) / 60;
+                let mut response = page(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "Please wait",
+                    &format!(
+                        "<p class=\"error\">Too many attempts. Try again in about {minutes} min.</p>"
+                    ),
+                );
+                if let Ok(v) = HeaderValue::from_str(&retry.to_string()) {
+                    response.headers_mut().insert(header::RETRY_AFTER, v);
+                }
+                response
+            }
+            MfaError::TicketGone | MfaError::TicketUnknown => gone_or_unknown(e),
+            other => {
+                let (problem, _) = mfa_problem(other);
+                tracing::warn!(error = ?other, "enrollment page failure");
+                page(
+                    problem.status,
+                    problem.title,
+                    &format!("<p class=\"error\">{}</p>", escape(&problem.detail)),
+                )
+            }
+        }
+    }
+}
+
+fn gone_or_unknown(e: &MfaError) -> Response<Body> {
+    match e {
+        MfaError::TicketGone => page(
+            StatusCode::GONE,
+            "This link has expired",
+            "<p class=\"error\">This setup link was already used or has expired. Ask for a new one.</p>",
+        ),
+        MfaError::TicketUnknown => page(
+            StatusCode::NOT_FOUND,
+            "Link not found",
+            "<p class=\"error\">This setup link is not valid. Check that you copied all of it.</p>",
+        ),
+        other => {
+            let (problem, _) = mfa_problem(other);
+            page(
+                problem.status,
+                problem.title,
+                &format!("<p class=\"error\">{}</p>", escape(&problem.detail)),
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_is_escaped() {
+        assert_eq!(
+            escape("<a href=\"x\">'&'</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
+    }
+
+    #[test]
+    fn only_plausible_ticket_ids_are_routed() {
+        assert_eq!(
+            EnrollPage::ticket_id("/enroll/abc_DEF-1"),
+            Some("abc_DEF-1")
+        );
+        assert_eq!(EnrollPage::ticket_id("/enroll/"), None);
+        assert_eq!(EnrollPage::ticket_id("/enroll/a/b"), None);
+        assert_eq!(EnrollPage::ticket_id("/enrollx"), None);
+    }
+
+    #[test]
+    fn policy_allows_no_script_and_pins_the_stylesheet() {
+        let policy = csp();
+        assert!(policy.starts_with("default-src 'none'"));
+        assert!(!policy.contains("script-src"));
+        assert!(policy.contains("style-src 'sha256-"));
+    }
+}

@@ -1,0 +1,489 @@
+//! The Nexus family (seeds 000, 001 and their companions, SPEC §4.1): MFA enrollment and
+//! verification under `apis.nexus.base_path`. Errors are problem documents.
+
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::{Method, Response, StatusCode};
+use hyper::body::Incoming;
+use serde::{Deserialize, Serialize};
+
+use crate::api::{self, BodyError};
+use crate::auth::{self, AuthError, Authenticator, Credential, Method as AuthMethod, Principal};
+use crate::body::Body;
+use crate::mfa::service::{Codes, Granted, Mfa, MfaError};
+use crate::problem::Problem;
+use crate::store::FactorKind;
+
+/// The Nexus endpoints gatehouse serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    MfaEnrollment,
+    VerifyEnrollmentOtp,
+    VerifyOtp,
+    MfaChallenge,
+    RecoveryCodes,
+}
+
+const ENDPOINTS: [(&str, Endpoint); 5] = [
+    ("/v1/me/mfa-enrollment", Endpoint::MfaEnrollment),
+    (
+        "/v1/me/verify-enrollment-otp",
+        Endpoint::VerifyEnrollmentOtp,
+    ),
+    ("/v1/me/verify-otp", Endpoint::VerifyOtp),
+    ("/v1/me/mfa-challenge", Endpoint::MfaChallenge),
+    ("/v1/me/recovery-codes", Endpoint::RecoveryCodes),
+];
+
+/// Everything a Nexus request can fail with, before it is rendered.
+#[derive(Debug)]
+enum NexusError {
+    Auth(AuthError),
+    NoCredential,
+    Body(BodyError),
+    Query(String),
+    Mfa(MfaError),
+}
+
+impl NexusError {
+    fn problem(&self) -> (Problem, Option<i64>) {
+        let p = |status, code, title, detail: &str| Problem::new(status, code, title, detail);
+        match self {
+            NexusError::Auth(AuthError::Malformed(why)) => (
+                p(
+                    StatusCode::BAD_REQUEST,
+                    "invalid-credentials",
+                    "Malformed credentials",
+                    why,
+                ),
+                None,
+            ),
+            NexusError::Auth(AuthError::Invalid(_)) | NexusError::NoCredential => (
+                p(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthenticated",
+                    "Authentication required",
+                    "Send Bearer and ApplicationToken, or Basic credentials.",
+                ),
+                None,
+            ),
+            NexusError::Auth(AuthError::Unavailable(_)) | NexusError::Mfa(MfaError::Store(_)) => (
+                p(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store-unavailable",
+                    "Store unavailable",
+                    "Try again shortly; nothing was changed.",
+                ),
+                None,
+            ),
+            NexusError::Body(BodyError::TooLarge) => (
+                p(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body-too-large",
+                    "Request body too large",
+                    "Request bodies are limited to 1 MiB.",
+                ),
+                None,
+            ),
+            NexusError::Body(BodyError::Unreadable) => (
+                p(
+                    StatusCode::BAD_REQUEST,
+                    "invalid-request",
+                    "Invalid request",
+                    "The body could not be read.",
+                ),
+                None,
+            ),
+            NexusError::Body(BodyError::Invalid(why)) => (
+                Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid-request",
+                    "Invalid request",
+                    format!("The body is not the JSON expected: {why}"),
+                ),
+                None,
+            ),
+            NexusError::Query(why) => (
+                Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid-request",
+                    "Invalid request",
+                    why.clone(),
+                ),
+                None,
+            ),
+            NexusError::Mfa(e) => mfa_problem(e),
+        }
+    }
+}
+
+/// One mapping from MFA outcomes to problems, shared with the enrollment page.
+pub fn mfa_problem(e: &MfaError) -> (Problem, Option<i64>) {
+    let p = |status, code, title, detail: String| Problem::new(status, code, title, detail);
+    match e {
+        MfaError::UnknownUser => (
+            p(
+                StatusCode::NOT_FOUND,
+                "user-not-found",
+                "User not found",
+                "The credential's user no longer exists.".into(),
+            ),
+            None,
+        ),
+        MfaError::Invalid(why) => (
+            p(
+                StatusCode::BAD_REQUEST,
+                "invalid-request",
+                "Invalid request",
+                why.clone(),
+            ),
+            None,
+        ),
+        MfaError::AlreadyEnrolled => (
+            p(
+                StatusCode::BAD_REQUEST,
+                "factor-already-enrolled",
+                "A factor is already enrolled",
+                "Adding another factor needs a credential that already includes a second factor."
+                    .into(),
+            ),
+            None,
+        ),
+        MfaError::NoPendingEnrollment => (
+            p(
+                StatusCode::NOT_FOUND,
+                "no-pending-enrollment",
+                "No pending enrollment",
+                "There is no unexpired enrollment to confirm; start one with mfa-enrollment."
+                    .into(),
+            ),
+            None,
+        ),
+        MfaError::NoFactor(why) => (
+            p(
+                StatusCode::NOT_FOUND,
+                "no-factor",
+                "No such factor",
+                (*why).into(),
+            ),
+            None,
+        ),
+        MfaError::TicketUnknown => (
+            p(
+                StatusCode::NOT_FOUND,
+                "ticket-not-found",
+                "Enrollment not found",
+                "This enrollment link is not valid.".into(),
+            ),
+            None,
+        ),
+        MfaError::TicketGone => (
+            p(
+                StatusCode::GONE,
+                "ticket-gone",
+                "Enrollment link used or expired",
+                "This enrollment link has been used or has expired; ask for a new one.".into(),
+            ),
+            None,
+        ),
+        MfaError::WrongCode => (
+            p(
+                StatusCode::FORBIDDEN,
+                "invalid-code",
+                "Invalid code",
+                "The code is wrong, expired or already used.".into(),
+            ),
+            None,
+        ),
+        MfaError::Locked(retry) => (
+            p(
+                StatusCode::TOO_MANY_REQUESTS,
+                "locked",
+                "Too many failed attempts",
+                format!("Verification is locked; try again in {retry} seconds."),
+            ),
+            Some(*retry),
+        ),
+        MfaError::SendLimited(retry) => (
+            p(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-codes",
+                "Too many codes sent",
+                "Wait before asking for another code.".into(),
+            ),
+            Some(*retry),
+        ),
+        MfaError::InvalidAccessToken => (
+            p(
+                StatusCode::BAD_REQUEST,
+                "invalid-access-token",
+                "Invalid access token",
+                "`accessToken` must be a valid access token of the same user.".into(),
+            ),
+            None,
+        ),
+        MfaError::NeedsMfa => (
+            p(
+                StatusCode::FORBIDDEN,
+                "mfa-required",
+                "Second factor required",
+                "This needs a credential that includes a second factor.".into(),
+            ),
+            None,
+        ),
+        MfaError::Delivery(_) => (
+            p(
+                StatusCode::BAD_GATEWAY,
+                "delivery-failed",
+                "Delivery failed",
+                "The code could not be sent; try again.".into(),
+            ),
+            None,
+        ),
+        MfaError::Store(_) => (
+            p(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store-unavailable",
+                "Store unavailable",
+                "Try again shortly.".into(),
+            ),
+            None,
+        ),
+        MfaError::Internal(_) => (
+            p(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+                "The request failed.".into(),
+            ),
+            None,
+        ),
+    }
+}
+
+/// The body of verify-enrollment-otp and verify-otp (seed 000): every field nullable.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct VerifyBody {
+    oob: Option<String>,
+    otp: Option<String>,
+    access_token: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TokenResponse<'a> {
+    scope: &'a str,
+    expires_in: i32,
+    token_type: &'static str,
+    access_token: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EnrollmentResponse<'a> {
+    ticket_id: &'a str,
+    email_sent: bool,
+    ticket_url: &'a str,
+}
+
+pub struct Nexus {
+    base: String,
+    auth: Arc<Authenticator>,
+    mfa: Arc<Mfa>,
+}
+
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+impl Nexus {
+    pub fn new(base: &str, auth: Arc<Authenticator>, mfa: Arc<Mfa>) -> Nexus {
+        Nexus {
+            base: base.to_owned(),
+            auth,
+            mfa,
+        }
+    }
+
+    /// The endpoint a normalised path names, if any.
+    pub fn endpoint(&self, path: &str) -> Option<Endpoint> {
+        let rest = path.strip_prefix(&self.base)?;
+        ENDPOINTS.iter().find(|(p, _)| *p == rest).map(|(_, e)| *e)
+    }
+
+    /// Handles a request for `endpoint`; never fails (errors become problem documents).
+    pub async fn handle(
+        &self,
+        endpoint: Endpoint,
+        parts: &Parts,
+        body: Incoming,
+        path: &str,
+        request_id: &str,
+    ) -> Response<Body> {
+        if parts.method != Method::POST {
+            let mut response = Problem::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+                "This endpoint answers POST.",
+            )
+            .render(path, request_id);
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+            return response;
+        }
+        match self.dispatch(endpoint, parts, body).await {
+            Ok(response) => response,
+            Err(e) => {
+                let (problem, retry_after) = e.problem();
+                if let NexusError::Mfa(
+                    MfaError::Internal(why) | MfaError::Store(why) | MfaError::Delivery(why),
+                ) = &e
+                {
+                    tracing::error!(error = %why, path, "nexus request failed");
+                }
+                let mut response = problem.render(path, request_id);
+                if let Some(seconds) = retry_after
+                    && let Ok(v) = HeaderValue::from_str(&seconds.to_string())
+                {
+                    response.headers_mut().insert(header::RETRY_AFTER, v);
+                }
+                if problem.status == StatusCode::UNAUTHORIZED {
+                    for challenge in [
+                        "Bearer realm=\"gatehouse\"",
+                        "Basic realm=\"gatehouse\", charset=\"UTF-8\"",
+                    ] {
+                        response.headers_mut().append(
+                            header::WWW_AUTHENTICATE,
+                            HeaderValue::from_static(challenge),
+                        );
+                    }
+                }
+                response
+            }
+        }
+    }
+
+    /// "Bearer and ApplicationToken, or Basic" (SPEC §4.1).
+    async fn principal(&self, parts: &Parts) -> Result<Principal, NexusError> {
+        let credential = auth::credential(&parts.headers).map_err(NexusError::Auth)?;
+        let principal = self
+            .auth
+            .authenticate(&parts.headers)
+            .await
+            .map_err(NexusError::Auth)?
+            .ok_or(NexusError::NoCredential)?;
+        if matches!(credential, Some(Credential::Bearer(_)))
+            && !principal.methods.contains(&AuthMethod::App)
+        {
+            return Err(NexusError::Auth(AuthError::Invalid(
+                "a Bearer token needs an ApplicationToken beside it".into(),
+            )));
+        }
+        Ok(principal)
+    }
+
+    async fn dispatch(
+        &self,
+        endpoint: Endpoint,
+        parts: &Parts,
+        body: Incoming,
+    ) -> Result<Response<Body>, NexusError> {
+        let principal = self.principal(parts).await?;
+        let query = parts.uri.query();
+        match endpoint {
+            Endpoint::MfaEnrollment => {
+                let kind = match query_param(query, "factor") {
+                    None => self.mfa.default_factor(),
+                    Some(f) => FactorKind::parse(&f).ok_or_else(|| {
+                        NexusError::Query(format!("`factor` must be otp, sms or email, not `{f}`"))
+                    })?,
+                };
+                let interactive = match query_param(query, "isInteractive") {
+                    None => false,
+                    Some(v) if v.eq_ignore_ascii_case("true") => true,
+                    Some(v) if v.eq_ignore_ascii_case("false") => false,
+                    Some(v) => {
+                        return Err(NexusError::Query(format!(
+                            "`isInteractive` must be true or false, not `{v}`"
+                        )));
+                    }
+                };
+                let enrollment = self
+                    .mfa
+                    .enroll(&principal, kind, interactive)
+                    .await
+                    .map_err(NexusError::Mfa)?;
+                Ok(api::json(
+                    StatusCode::OK,
+                    &EnrollmentResponse {
+                        ticket_id: &enrollment.ticket_id,
+                        email_sent: enrollment.email_sent,
+                        ticket_url: &enrollment.ticket_url,
+                    },
+                ))
+            }
+            Endpoint::VerifyEnrollmentOtp | Endpoint::VerifyOtp => {
+                let body: VerifyBody = api::read_json(body).await.map_err(NexusError::Body)?;
+                let codes = Codes {
+                    otp: body.otp,
+                    oob: body.oob,
+                    access_token: body.access_token,
+                };
+                let granted = if endpoint == Endpoint::VerifyOtp {
+                    self.mfa.verify(&principal, &codes).await
+                } else {
+                    self.mfa.verify_enrollment(&principal, &codes).await
+                }
+                .map_err(NexusError::Mfa)?;
+                Ok(token_response(&granted))
+            }
+            Endpoint::MfaChallenge => {
+                let kind = match query_param(query, "factor")
+                    .as_deref()
+                    .and_then(FactorKind::parse)
+                {
+                    Some(kind @ (FactorKind::Sms | FactorKind::Email)) => kind,
+                    _ => return Err(NexusError::Query("`factor` must be sms or email".into())),
+                };
+                self.mfa
+                    .challenge(&principal, kind)
+                    .await
+                    .map_err(NexusError::Mfa)?;
+                Ok(api::json(
+                    StatusCode::ACCEPTED,
+                    &serde_json::json!({ "sent": true }),
+                ))
+            }
+            Endpoint::RecoveryCodes => {
+                let codes = self
+                    .mfa
+                    .replace_recovery_codes(&principal)
+                    .await
+                    .map_err(NexusError::Mfa)?;
+                Ok(api::json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "recoveryCodes": codes }),
+                ))
+            }
+        }
+    }
+}
+
+fn token_response(granted: &Granted) -> Response<Body> {
+    api::json(
+        StatusCode::OK,
+        &TokenResponse {
+            scope: &granted.scope,
+            expires_in: i32::try_from(granted.expires_in).unwrap_or(i32::MAX),
+            token_type: "Bearer",
+            access_token: &granted.access_token,
+        },
+    )
+}

@@ -1,0 +1,716 @@
+//! The MFA use cases behind the Nexus endpoints and the enrollment page.
+
+use std::sync::Arc;
+
+use crate::audit;
+use crate::auth::{Method, Principal};
+use crate::clock::{self, Clock};
+use crate::config::MfaConfig;
+use crate::notify::{self, Email, Notifier};
+use crate::secrets::Vault;
+use crate::store::{Factor, FactorKind, OobCode, SCHEMA_VERSION, Store, StoreError, Ticket, User};
+use crate::tokens::Tokens;
+
+use super::codes;
+use super::lockout::Policy;
+use super::totp::{self, Check, TotpParams};
+
+/// Why an MFA operation did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MfaError {
+    /// The principal's user no longer exists.
+    UnknownUser,
+    /// A request that cannot be served as asked (the message says why).
+    Invalid(String),
+    /// A confirmed factor exists and the credential holds no second factor.
+    AlreadyEnrolled,
+    NoPendingEnrollment,
+    NoFactor(&'static str),
+    TicketUnknown,
+    /// Used or expired.
+    TicketGone,
+    WrongCode,
+    /// Locked out for this many more seconds.
+    Locked(i64),
+    /// Too many codes sent; retry after this many seconds.
+    SendLimited(i64),
+    InvalidAccessToken,
+    /// The operation needs a credential with a second factor.
+    NeedsMfa,
+    Delivery(String),
+    Store(String),
+    Internal(String),
+}
+
+impl From<StoreError> for MfaError {
+    fn from(e: StoreError) -> MfaError {
+        MfaError::Store(e.to_string())
+    }
+}
+
+/// What an enrollment request produced.
+#[derive(Debug, Clone)]
+pub struct Enrollment {
+    pub ticket_id: String,
+    pub ticket_url: String,
+    pub email_sent: bool,
+}
+
+/// The token response of verify-enrollment-otp and verify-otp.
+#[derive(Debug, Clone)]
+pub struct Granted {
+    pub scope: String,
+    pub expires_in: i64,
+    pub access_token: String,
+}
+
+/// What the enrollment page shows for a ticket.
+#[derive(Debug, Clone)]
+pub struct TicketView {
+    pub kind: FactorKind,
+    pub account: String,
+    /// For TOTP: base32 secret and otpauth URI.
+    pub secret: Option<(String, String)>,
+    /// Masked phone or email for SMS/email tickets.
+    pub destination: Option<String>,
+}
+
+/// A confirmed enrollment; recovery codes when it was the user's first factor.
+#[derive(Debug, Clone)]
+pub struct Confirmed {
+    pub kind: FactorKind,
+    pub recovery_codes: Option<Vec<String>>,
+}
+
+/// The codes a verification request carries (seed 000's body).
+#[derive(Debug, Clone, Default)]
+pub struct Codes {
+    pub otp: Option<String>,
+    pub oob: Option<String>,
+    pub access_token: Option<String>,
+}
+
+pub struct Mfa {
+    store: Arc<dyn Store>,
+    vault: Arc<Vault>,
+    tokens: Arc<Tokens>,
+    notifier: Arc<Notifier>,
+    clock: Arc<dyn Clock>,
+    config: MfaConfig,
+    totp: TotpParams,
+    policy: Policy,
+    public_url: String,
+}
+
+fn method(kind: FactorKind) -> Method {
+    match kind {
+        FactorKind::Otp => Method::Otp,
+        FactorKind::Sms => Method::Sms,
+        FactorKind::Email => Method::Email,
+    }
+}
+
+/// Binds a sealed TOTP secret to its user.
+fn context(user_id: u64) -> Vec<u8> {
+    format!("totp:{user_id}").into_bytes()
+}
+
+fn secs(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+impl Mfa {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: Arc<dyn Store>,
+        vault: Arc<Vault>,
+        tokens: Arc<Tokens>,
+        notifier: Arc<Notifier>,
+        clock: Arc<dyn Clock>,
+        config: &MfaConfig,
+        public_url: &str,
+    ) -> Mfa {
+        Mfa {
+            store,
+            vault,
+            tokens,
+            notifier,
+            clock,
+            totp: TotpParams::from_config(&config.totp),
+            policy: Policy::from_config(&config.lockout),
+            config: config.clone(),
+            public_url: public_url.to_owned(),
+        }
+    }
+
+    pub fn default_factor(&self) -> FactorKind {
+        FactorKind::parse(&self.config.default_factor).unwrap_or(FactorKind::Otp)
+    }
+
+    async fn audit(&self, event: &str, user: &User, detail: Option<String>) {
+        audit::record(
+            self.store.as_ref(),
+            self.clock.as_ref(),
+            event,
+            Some(&user.user_name),
+            detail,
+        )
+        .await;
+    }
+
+    async fn user(&self, principal: &Principal) -> Result<User, MfaError> {
+        let id = principal
+            .user_id
+            .parse::<u64>()
+            .map_err(|_| MfaError::UnknownUser)?;
+        self.store
+            .user_by_id(id)
+            .await?
+            .ok_or(MfaError::UnknownUser)
+    }
+
+    /// `POST /v1/me/mfa-enrollment`: creates a ticket, and emails its link unless interactive.
+    pub async fn enroll(
+        &self,
+        principal: &Principal,
+        kind: FactorKind,
+        interactive: bool,
+    ) -> Result<Enrollment, MfaError> {
+        let user = self.user(principal).await?;
+        let destination = match kind {
+            FactorKind::Otp => None,
+            FactorKind::Sms => Some(user.phone.clone().ok_or_else(|| {
+                MfaError::Invalid("the user has no phone number for an SMS factor".into())
+            })?),
+            FactorKind::Email => Some(user.email.clone().ok_or_else(|| {
+                MfaError::Invalid("the user has no email address for an email factor".into())
+            })?),
+        };
+        if !interactive && user.email.is_none() {
+            return Err(MfaError::Invalid(
+                "the user has no email address to send the enrollment link to".into(),
+            ));
+        }
+        let has_factor = !self.store.factors(user.id).await?.is_empty();
+        if has_factor && !principal.methods.iter().any(|m| m.is_second_factor()) {
+            return Err(MfaError::AlreadyEnrolled);
+        }
+        let sealed_secret = match kind {
+            FactorKind::Otp => {
+                let secret = codes::totp_secret().map_err(MfaError::Internal)?;
+                Some(
+                    self.vault
+                        .seal(&secret, &context(user.id))
+                        .map_err(MfaError::Internal)?,
+                )
+            }
+            _ => None,
+        };
+        let now = self.clock.unix();
+        let id = codes::ticket_id().map_err(MfaError::Internal)?;
+        let ticket = Ticket {
+            v: SCHEMA_VERSION,
+            id: id.clone(),
+            user_id: user.id,
+            kind,
+            sealed_secret,
+            destination,
+            created_at: now,
+            expires_at: now + secs(self.config.ticket_ttl),
+            used: false,
+        };
+        self.store.create_ticket(ticket).await?;
+        let ticket_url = format!("{}/enroll/{id}", self.public_url);
+        let mut email_sent = false;
+        if !interactive && let Some(address) = &user.email {
+            let email = enrollment_email(address, &ticket_url, kind);
+            match self.notifier.email.send(&email).await {
+                Ok(()) => email_sent = true,
+                Err(e) => {
+                    tracing::warn!(error = %e, user = %user.user_name, "enrollment email not sent")
+                }
+            }
+        }
+        self.audit(
+            "mfa.enrollment.created",
+            &user,
+            Some(format!("factor {}", kind.as_str())),
+        )
+        .await;
+        Ok(Enrollment {
+            ticket_id: id,
+            ticket_url,
+            email_sent,
+        })
+    }
+
+    /// A ticket that can still be used.
+    async fn live_ticket(&self, ticket_id: &str) -> Result<Ticket, MfaError> {
+        let ticket = self
+            .store
+            .ticket(ticket_id)
+            .await?
+            .ok_or(MfaError::TicketUnknown)?;
+        if ticket.used || ticket.expires_at <= self.clock.unix() {
+            return Err(MfaError::TicketGone);
+        }
+        Ok(ticket)
+    }
+
+    /// What the enrollment page shows.
+    pub async fn ticket_view(&self, ticket_id: &str) -> Result<TicketView, MfaError> {
+        let ticket = self.live_ticket(ticket_id).await?;
+        let user = self
+            .store
+            .user_by_id(ticket.user_id)
+            .await?
+            .ok_or(MfaError::TicketUnknown)?;
+        let account = user.email.clone().unwrap_or_else(|| user.user_name.clone());
+        let secret = match &ticket.sealed_secret {
+            Some(sealed) => {
+                let secret = self
+                    .vault
+                    .open(sealed, &context(user.id))
+                    .map_err(MfaError::Internal)?;
+                let uri = self
+                    .totp
+                    .uri(&secret, &account)
+                    .map_err(MfaError::Internal)?;
+                Some((totp::base32(&secret), uri))
+            }
+            None => None,
+        };
+        Ok(TicketView {
+            kind: ticket.kind,
+            account,
+            secret,
+            destination: ticket.destination.as_deref().map(notify::mask),
+        })
+    }
+
+    /// Sends a code for an SMS or email enrollment ticket (the page's "send" button).
+    pub async fn send_enrollment_code(&self, ticket_id: &str) -> Result<(), MfaError> {
+        let ticket = self.live_ticket(ticket_id).await?;
+        let destination = ticket
+            .destination
+            .clone()
+            .ok_or_else(|| MfaError::Invalid("this enrollment uses an authenticator app".into()))?;
+        self.send_code(
+            ticket.user_id,
+            ticket.kind,
+            &destination,
+            &format!("enroll:{}", ticket.kind.as_str()),
+        )
+        .await
+    }
+
+    /// Generates, stores and delivers a code, within the send limits.
+    async fn send_code(
+        &self,
+        user_id: u64,
+        kind: FactorKind,
+        destination: &str,
+        purpose: &str,
+    ) -> Result<(), MfaError> {
+        let now = self.clock.unix();
+        let window = secs(self.config.send_window);
+        for key in [format!("user:{user_id}"), format!("to:{destination}")] {
+            if !self
+                .store
+                .count_send(&key, now, window, self.config.send_limit)
+                .await?
+            {
+                return Err(MfaError::SendLimited(window));
+            }
+        }
+        let code = codes::one_time_code().map_err(MfaError::Internal)?;
+        self.store
+            .put_code(OobCode {
+                v: SCHEMA_VERSION,
+                user_id,
+                purpose: purpose.to_owned(),
+                code_hash: self.vault.code_hash(purpose, &code),
+                expires_at: now + secs(self.config.code_ttl),
+            })
+            .await?;
+        let minutes = self.config.code_ttl.as_secs().div_ceil(60);
+        let text =
+            format!("Your Gatehouse code is {code}. It expires in {minutes} min. Do not share it.");
+        let result = match kind {
+            FactorKind::Sms => self.notifier.sms.send(destination, &text).await,
+            FactorKind::Email => {
+                let email = Email {
+                    to: destination.to_owned(),
+                    subject: "Your verification code".into(),
+                    html: format!(
+                        "<p>Your Gatehouse code is <strong>{code}</strong>. It expires in {minutes} min.</p><p>Do not share it.</p>"
+                    ),
+                    text,
+                };
+                self.notifier.email.send(&email).await
+            }
+            FactorKind::Otp => {
+                return Err(MfaError::Invalid(
+                    "authenticator apps need no code sent".into(),
+                ));
+            }
+        };
+        result.map_err(|e| MfaError::Delivery(e.to_string()))
+    }
+
+    /// Refuses when locked, before any code is even looked at.
+    async fn check_lock(&self, user: &User) -> Result<(), MfaError> {
+        match self
+            .store
+            .lockout(user.id)
+            .await?
+            .retry_after(self.clock.unix())
+        {
+            Some(retry) => Err(MfaError::Locked(retry)),
+            None => Ok(()),
+        }
+    }
+
+    /// Counts a failure; the answer is 429 when it locked the user, else 403.
+    async fn fail(&self, user: &User) -> MfaError {
+        let now = self.clock.unix();
+        match self.store.record_failure(user.id, now, self.policy).await {
+            Ok(state) => match state.retry_after(now) {
+                Some(retry) => {
+                    self.audit("mfa.lockout", user, Some(format!("locked for {retry} s")))
+                        .await;
+                    MfaError::Locked(retry)
+                }
+                None => {
+                    self.audit("mfa.code.failed", user, None).await;
+                    MfaError::WrongCode
+                }
+            },
+            Err(e) => e.into(),
+        }
+    }
+
+    /// Confirms a ticket with a code (the page, and verify-enrollment-otp).
+    pub async fn confirm(&self, ticket: &Ticket, code: &str) -> Result<Confirmed, MfaError> {
+        let user = self
+            .store
+            .user_by_id(ticket.user_id)
+            .await?
+            .ok_or(MfaError::UnknownUser)?;
+        self.check_lock(&user).await?;
+        let now = self.clock.unix();
+        let last_step = match (&ticket.kind, &ticket.sealed_secret) {
+            (FactorKind::Otp, Some(sealed)) => {
+                let secret = self
+                    .vault
+                    .open(sealed, &context(user.id))
+                    .map_err(MfaError::Internal)?;
+                match self
+                    .totp
+                    .check(&secret, code, u64::try_from(now).unwrap_or(0), None)
+                {
+                    Check::Accepted(step) => Some(step),
+                    Check::Replayed | Check::Wrong => return Err(self.fail(&user).await),
+                }
+            }
+            (kind, _) => {
+                let purpose = format!("enroll:{}", kind.as_str());
+                let hash = self.vault.code_hash(&purpose, code.trim());
+                if !self
+                    .store
+                    .consume_code(user.id, &purpose, &hash, now)
+                    .await?
+                {
+                    return Err(self.fail(&user).await);
+                }
+                None
+            }
+        };
+        let first = self.store.factors(user.id).await?.is_empty();
+        let recovery = if first {
+            Some(self.new_recovery_codes()?)
+        } else {
+            None
+        };
+        let factor = Factor {
+            v: SCHEMA_VERSION,
+            user_id: user.id,
+            kind: ticket.kind,
+            sealed_secret: ticket.sealed_secret.clone(),
+            destination: ticket.destination.clone(),
+            last_step,
+            created: clock::rfc3339(self.clock.now()),
+        };
+        let hashes = recovery.as_ref().map(|codes| self.recovery_hashes(codes));
+        if !self
+            .store
+            .confirm_ticket(&ticket.id, factor, hashes, now)
+            .await?
+        {
+            return Err(MfaError::TicketGone);
+        }
+        self.store.clear_failures(user.id).await?;
+        self.audit(
+            "mfa.factor.confirmed",
+            &user,
+            Some(format!("factor {}", ticket.kind.as_str())),
+        )
+        .await;
+        Ok(Confirmed {
+            kind: ticket.kind,
+            recovery_codes: recovery,
+        })
+    }
+
+    /// Confirms a ticket from the enrollment page.
+    pub async fn confirm_ticket(&self, ticket_id: &str, code: &str) -> Result<Confirmed, MfaError> {
+        let ticket = self.live_ticket(ticket_id).await?;
+        self.confirm(&ticket, code).await
+    }
+
+    fn new_recovery_codes(&self) -> Result<Vec<String>, MfaError> {
+        (0..10)
+            .map(|_| codes::recovery_code().map_err(MfaError::Internal))
+            .collect()
+    }
+
+    fn recovery_hashes(&self, codes: &[String]) -> Vec<String> {
+        codes
+            .iter()
+            .map(|c| self.vault.code_hash("recovery", c))
+            .collect()
+    }
+
+    /// Validates `accessToken` of a verification body: a gatehouse token of the same user.
+    fn session(
+        &self,
+        principal: &Principal,
+        access_token: Option<&str>,
+    ) -> Result<Principal, MfaError> {
+        let Some(token) = access_token.filter(|t| !t.is_empty()) else {
+            return Ok(principal.clone());
+        };
+        let claims = self
+            .tokens
+            .verify_access(token)
+            .map_err(|_| MfaError::InvalidAccessToken)?;
+        if claims.sub != principal.user_id {
+            return Err(MfaError::InvalidAccessToken);
+        }
+        Ok(Principal {
+            scopes: claims.scope.split_whitespace().map(str::to_owned).collect(),
+            methods: crate::tokens::methods_from_amr(&claims.amr),
+            ..principal.clone()
+        })
+    }
+
+    /// A token for `session` stepped up with `kind`: `scope` gains `mfa`, `amr` the factor.
+    async fn grant(
+        &self,
+        session: Principal,
+        kind: FactorKind,
+        user: &User,
+    ) -> Result<Granted, MfaError> {
+        let mut stepped = session;
+        if !stepped.scopes.iter().any(|s| s == "mfa") {
+            stepped.scopes.push("mfa".into());
+        }
+        let m = method(kind);
+        if !stepped.methods.contains(&m) {
+            stepped.methods.push(m);
+        }
+        let access_token = self
+            .tokens
+            .issue_access(&stepped)
+            .map_err(|e| MfaError::Internal(e.to_string()))?;
+        self.audit(
+            "token.issued",
+            user,
+            Some(format!(
+                "amr {}",
+                stepped
+                    .methods
+                    .iter()
+                    .map(|m| m.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )),
+        )
+        .await;
+        Ok(Granted {
+            scope: stepped.scopes.join(" "),
+            expires_in: self.tokens.access_ttl(),
+            access_token,
+        })
+    }
+
+    fn one_code(codes: &Codes) -> Result<(Option<&str>, Option<&str>), MfaError> {
+        let otp = codes.otp.as_deref().filter(|c| !c.is_empty());
+        let oob = codes.oob.as_deref().filter(|c| !c.is_empty());
+        match (otp, oob) {
+            (Some(_), Some(_)) | (None, None) => Err(MfaError::Invalid(
+                "give exactly one of `otp` and `oob`".into(),
+            )),
+            pair => Ok(pair),
+        }
+    }
+
+    /// `POST /v1/me/verify-enrollment-otp`.
+    pub async fn verify_enrollment(
+        &self,
+        principal: &Principal,
+        codes: &Codes,
+    ) -> Result<Granted, MfaError> {
+        let (otp, oob) = Mfa::one_code(codes)?;
+        let session = self.session(principal, codes.access_token.as_deref())?;
+        let user = self.user(principal).await?;
+        let ticket = self
+            .store
+            .newest_pending_ticket(user.id, self.clock.unix())
+            .await?
+            .ok_or(MfaError::NoPendingEnrollment)?;
+        let code = match (ticket.kind, otp, oob) {
+            (FactorKind::Otp, Some(code), None) => code,
+            (FactorKind::Sms | FactorKind::Email, None, Some(code)) => code,
+            (FactorKind::Otp, _, _) => {
+                return Err(MfaError::Invalid("this enrollment expects `otp`".into()));
+            }
+            _ => return Err(MfaError::Invalid("this enrollment expects `oob`".into())),
+        };
+        let confirmed = self.confirm(&ticket, code).await?;
+        self.grant(session, confirmed.kind, &user).await
+    }
+
+    /// `POST /v1/me/verify-otp`: a code of a confirmed factor, or a recovery code in `otp`.
+    pub async fn verify(&self, principal: &Principal, codes: &Codes) -> Result<Granted, MfaError> {
+        let (otp, oob) = Mfa::one_code(codes)?;
+        let session = self.session(principal, codes.access_token.as_deref())?;
+        let user = self.user(principal).await?;
+        let factors = self.store.factors(user.id).await?;
+        if factors.is_empty() {
+            return Err(MfaError::NoFactor("the user has no confirmed factor"));
+        }
+        self.check_lock(&user).await?;
+        let now = self.clock.unix();
+        if let Some(code) = otp {
+            if let Some(Factor {
+                sealed_secret: Some(sealed),
+                last_step,
+                ..
+            }) = factors.iter().find(|f| f.kind == FactorKind::Otp)
+            {
+                let secret = self
+                    .vault
+                    .open(sealed, &context(user.id))
+                    .map_err(MfaError::Internal)?;
+                if let Check::Accepted(step) =
+                    self.totp
+                        .check(&secret, code, u64::try_from(now).unwrap_or(0), *last_step)
+                    && self.store.accept_totp_step(user.id, step).await?
+                {
+                    self.store.clear_failures(user.id).await?;
+                    self.audit("mfa.verified", &user, Some("factor otp".into()))
+                        .await;
+                    return self.grant(session, FactorKind::Otp, &user).await;
+                }
+            }
+            let recovery = self
+                .vault
+                .code_hash("recovery", &codes::normalise_recovery_code(code));
+            if self.store.consume_recovery_code(user.id, &recovery).await? {
+                self.store.clear_failures(user.id).await?;
+                self.audit("mfa.recovery_code.used", &user, None).await;
+                return self.grant(session, FactorKind::Otp, &user).await;
+            }
+            return Err(self.fail(&user).await);
+        }
+        let code = oob.unwrap_or_default().trim();
+        for factor in factors.iter().filter(|f| f.kind != FactorKind::Otp) {
+            let purpose = format!("verify:{}", factor.kind.as_str());
+            let hash = self.vault.code_hash(&purpose, code);
+            if self
+                .store
+                .consume_code(user.id, &purpose, &hash, now)
+                .await?
+            {
+                self.store.clear_failures(user.id).await?;
+                self.audit(
+                    "mfa.verified",
+                    &user,
+                    Some(format!("factor {}", factor.kind.as_str())),
+                )
+                .await;
+                return self.grant(session, factor.kind, &user).await;
+            }
+        }
+        Err(self.fail(&user).await)
+    }
+
+    /// `POST /v1/me/mfa-challenge?factor=sms|email`: sends a code to the confirmed factor.
+    pub async fn challenge(&self, principal: &Principal, kind: FactorKind) -> Result<(), MfaError> {
+        let user = self.user(principal).await?;
+        let factor = self
+            .store
+            .factors(user.id)
+            .await?
+            .into_iter()
+            .find(|f| f.kind == kind)
+            .ok_or(MfaError::NoFactor(
+                "the user has no confirmed factor of that kind",
+            ))?;
+        self.check_lock(&user).await?;
+        let destination = factor.destination.unwrap_or_default();
+        self.send_code(
+            user.id,
+            kind,
+            &destination,
+            &format!("verify:{}", kind.as_str()),
+        )
+        .await?;
+        self.audit(
+            "mfa.challenge.sent",
+            &user,
+            Some(format!("factor {}", kind.as_str())),
+        )
+        .await;
+        Ok(())
+    }
+
+    /// `POST /v1/me/recovery-codes`: replaces the user's recovery codes (needs an MFA credential).
+    pub async fn replace_recovery_codes(
+        &self,
+        principal: &Principal,
+    ) -> Result<Vec<String>, MfaError> {
+        if !principal.methods.iter().any(|m| m.is_second_factor()) {
+            return Err(MfaError::NeedsMfa);
+        }
+        let user = self.user(principal).await?;
+        if self.store.factors(user.id).await?.is_empty() {
+            return Err(MfaError::NoFactor("the user has no confirmed factor"));
+        }
+        let codes = self.new_recovery_codes()?;
+        self.store
+            .replace_recovery_codes(user.id, self.recovery_hashes(&codes))
+            .await?;
+        self.audit("mfa.recovery_codes.replaced", &user, None).await;
+        Ok(codes)
+    }
+}
+
+fn enrollment_email(to: &str, url: &str, kind: FactorKind) -> Email {
+    let what = match kind {
+        FactorKind::Otp => "an authenticator app",
+        FactorKind::Sms => "text-message codes",
+        FactorKind::Email => "email codes",
+    };
+    Email {
+        to: to.to_owned(),
+        subject: "Set up two-step verification".into(),
+        text: format!(
+            "You were asked to set up two-step verification with {what}.\n\nOpen this link on any device to continue:\n{url}\n\nThe link works once and expires. If you did not expect this, ignore this message."
+        ),
+        html: format!(
+            "<p>You were asked to set up two-step verification with {what}.</p><p><a href=\"{url}\">Set up two-step verification</a></p><p>Or open this link on any device: {url}</p><p>The link works once and expires. If you did not expect this, ignore this message.</p>"
+        ),
+    }
+}

@@ -1,0 +1,731 @@
+//! Nexus MFA: enrollment, the enrollment page, TOTP/SMS/email verification, lockout (SECURITY.md
+//! promises 5, 7, 9).
+
+use std::time::Duration;
+
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{DecodingKey, Validation};
+use serde_json::{Value, json};
+
+use crate::harness::*;
+use crate::smtp::Smtp;
+
+const PASSWORD: &str = "correct horse battery";
+
+fn basic() -> (String, String) {
+    use base64::Engine;
+    (
+        "authorization".into(),
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("ada:{PASSWORD}"))
+        ),
+    )
+}
+
+async fn post(
+    gh: &Gatehouse,
+    path: &str,
+    headers: &[(String, String)],
+    body: Option<Value>,
+) -> (u16, Value, reqwest::header::HeaderMap) {
+    let mut request = gh.tls_client(true).post(gh.https_url(path));
+    for (k, v) in headers {
+        request = request.header(k.as_str(), v.as_str());
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::Null),
+        headers,
+    )
+}
+
+/// Starts gatehouse with a user `ada` (password, email, phone).
+async fn start(
+    upstream: &Upstream,
+    adjust: impl FnOnce(&mut gatehouse::config::Config),
+) -> (Gatehouse, u64) {
+    let gh = Gatehouse::start_with(upstream, adjust).await;
+    let user = gh
+        .create_user(json!({"userName": "ada", "password": PASSWORD, "email": "ada@example.com", "phone": "+14155550123"}))
+        .await;
+    (gh, user["id"].as_u64().unwrap())
+}
+
+/// The path of a ticket URL (`https://localhost/enroll/…` → `/enroll/…`).
+fn ticket_path(url: &str) -> String {
+    let path = url.split_once("://").unwrap().1;
+    format!("/{}", path.split_once('/').unwrap().1)
+}
+
+async fn page(gh: &Gatehouse, path: &str) -> (u16, String, reqwest::header::HeaderMap) {
+    let response = gh
+        .tls_client(true)
+        .get(gh.https_url(path))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (status, response.text().await.unwrap(), headers)
+}
+
+fn secret_from(html: &str) -> Vec<u8> {
+    let start = html
+        .find("<code id=\"secret\">")
+        .expect("the page shows the secret")
+        + 18;
+    let end = start + html[start..].find("</code>").unwrap();
+    totp_rs::Secret::try_from_base32(&html[start..end])
+        .unwrap()
+        .as_ref()
+        .to_vec()
+}
+
+/// The TOTP code for `secret` at `offset` steps from now, computed independently of gatehouse.
+fn totp(secret: &[u8], offset: i64) -> String {
+    let totp = totp_rs::Builder::new()
+        .with_secret(secret.to_vec())
+        .build()
+        .unwrap();
+    let time = (crate::keys::now() + offset * 30) as u64;
+    totp.generate(time).to_string()
+}
+
+/// Enrolls an authenticator app through the API and the page; returns the secret.
+async fn enroll_otp(gh: &Gatehouse) -> Vec<u8> {
+    let (status, enrollment, _) = post(
+        gh,
+        "/v1/me/mfa-enrollment?factor=otp&isInteractive=true",
+        &[basic()],
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{enrollment}");
+    let (status, html, _) = page(gh, &ticket_path(enrollment["ticketUrl"].as_str().unwrap())).await;
+    assert_eq!(status, 200, "{html}");
+    secret_from(&html)
+}
+
+#[tokio::test]
+async fn totp_enrollment_yields_a_token_that_opens_mfa_routes() {
+    let upstream = Upstream::start().await;
+    let (gh, user_id) = start(&upstream, |_| {}).await;
+    let (status, enrollment, _) = post(
+        &gh,
+        "/v1/me/mfa-enrollment?factor=otp&isInteractive=TRUE",
+        &[basic()],
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{enrollment}");
+    assert_eq!(enrollment["emailSent"], false);
+    let ticket_url = enrollment["ticketUrl"].as_str().unwrap();
+    assert_eq!(
+        ticket_url,
+        format!(
+            "https://localhost/enroll/{}",
+            enrollment["ticketId"].as_str().unwrap()
+        )
+    );
+    assert!(enrollment["ticketId"].as_str().unwrap().len() >= 22);
+
+    let (status, html, headers) = page(&gh, &ticket_path(ticket_url)).await;
+    assert_eq!(status, 200);
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.starts_with("default-src 'none'") && !csp.contains("script"),
+        "{csp}"
+    );
+    assert!(!html.contains("<script"), "the page needs no script");
+    assert!(
+        html.contains("<svg")
+            && html.contains("autocomplete=\"one-time-code\"")
+            && html.contains("inputmode=\"numeric\"")
+    );
+    let secret = secret_from(&html);
+    assert_eq!(secret.len(), 20, "160-bit secret");
+
+    let (status, granted, _) = post(
+        &gh,
+        "/v1/me/verify-enrollment-otp",
+        &[basic()],
+        Some(json!({"otp": totp(&secret, 0), "oob": null})),
+    )
+    .await;
+    assert_eq!(status, 200, "{granted}");
+    assert_eq!(granted["tokenType"], "Bearer");
+    assert_eq!(granted["expiresIn"], 3600);
+    assert!(
+        granted["scope"]
+            .as_str()
+            .unwrap()
+            .split(' ')
+            .any(|s| s == "mfa"),
+        "{granted}"
+    );
+    let token = granted["accessToken"].as_str().unwrap();
+
+    // The token verifies against the published JWKS and carries the factor.
+    let jwks: JwkSet = gh
+        .tls_client(true)
+        .get(gh.https_url("/.well-known/jwks.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let kid = jsonwebtoken::decode_header(token).unwrap().kid.unwrap();
+    let mut validation = Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    validation.set_audience(&["gatehouse"]);
+    let claims = jsonwebtoken::decode::<Value>(
+        token,
+        &DecodingKey::from_jwk(jwks.find(&kid).unwrap()).unwrap(),
+        &validation,
+    )
+    .unwrap()
+    .claims;
+    assert_eq!(claims["sub"], user_id.to_string().as_str());
+    assert_eq!(claims["amr"], json!(["pwd", "otp"]));
+
+    let response = http1_client()
+        .get(gh.http_url("/secure/x"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(upstream.last().headers["x-auth-methods"], "pwd,otp");
+
+    // The ticket is single use.
+    let (status, html, _) = page(&gh, &ticket_path(ticket_url)).await;
+    assert_eq!(status, 410, "{html}");
+}
+
+#[tokio::test]
+async fn replayed_totp_code_is_rejected() {
+    let upstream = Upstream::start().await;
+    let (gh, _) = start(&upstream, |_| {}).await;
+    let secret = enroll_otp(&gh).await;
+    let code = totp(&secret, 0);
+    let (status, _, _) = post(
+        &gh,
+        "/v1/me/verify-enrollment-otp",
+        &[basic()],
+        Some(json!({"otp": code})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    // The step used to enroll cannot be used again to verify.
+    let (status, problem, _) = post(
+        &gh,
+        "/v1/me/verify-otp",
+        &[basic()],
+        Some(json!({"otp": code})),
+    )
+    .await;
+    assert_eq!(status, 403, "{problem}");
+    assert_eq!(
+        problem["type"],
+        "https://gatehouse.dev/problems/invalid-code"
+    );
+    // The next step works once.
+    let next = totp(&secret, 1);
+    assert_eq!(
+        post(
+            &gh,
+            "/v1/me/verify-otp",
+            &[basic()],
+            Some(json!({"otp": next}))
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        post(
+            &gh,
+            "/v1/me/verify-otp",
+            &[basic()],
+            Some(json!({"otp": next}))
+        )
+        .await
+        .0,
+        403
+    );
+}
+
+#[tokio::test]
+async fn five_failures_lock_out_even_the_right_code() {
+    let upstream = Upstream::start().await;
+    let (gh, _) = start(&upstream, |_| {}).await;
+    let secret = enroll_otp(&gh).await;
+    assert_eq!(
+        post(
+            &gh,
+            "/v1/me/verify-enrollment-otp",
+            &[basic()],
+            Some(json!({"otp": totp(&secret, 0)}))
+        )
+        .await
+        .0,
+        200
+    );
+    let right = totp(&secret, 1);
+    let wrong = if right == "000000" {
+        "111111"
+    } else {
+        "000000"
+    };
+    for i in 0..5 {
+        let (status, _, _) = post(
+            &gh,
+            "/v1/me/verify-otp",
+            &[basic()],
+            Some(json!({"otp": wrong})),
+        )
+        .await;
+        assert_eq!(status, if i < 4 { 403 } else { 429 }, "attempt {i}");
+    }
+    let (status, problem, headers) = post(
+        &gh,
+        "/v1/me/verify-otp",
+        &[basic()],
+        Some(json!({"otp": right})),
+    )
+    .await;
+    assert_eq!(status, 429, "{problem}");
+    let retry: i64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((800..=900).contains(&retry), "{retry}");
+}
+
+#[tokio::test]
+async fn concurrent_wrong_guesses_are_all_counted() {
+    let upstream = Upstream::start().await;
+    let (gh, user_id) = start(&upstream, |c| c.mfa.lockout.max_failures = 100).await;
+    let secret = enroll_otp(&gh).await;
+    assert_eq!(
+        post(
+            &gh,
+            "/v1/me/verify-enrollment-otp",
+            &[basic()],
+            Some(json!({"otp": totp(&secret, 0)}))
+        )
+        .await
+        .0,
+        200
+    );
+    let right = totp(&secret, 1);
+    let wrong = if right == "000000" {
+        "111111"
+    } else {
+        "000000"
+    };
+    let gh = std::sync::Arc::new(gh);
+    let mut tasks = Vec::new();
+    for _ in 0..30 {
+        let gh = gh.clone();
+        tasks.push(tokio::spawn(async move {
+            post(
+                &gh,
+                "/v1/me/verify-otp",
+                &[basic()],
+                Some(json!({"otp": wrong})),
+            )
+            .await
+            .0
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 403);
+    }
+    let state = gh.app.store.lockout(user_id).await.unwrap();
+    assert_eq!(state.failures.len(), 30);
+}
+
+#[tokio::test]
+async fn enrollment_page_works_by_plain_form_post_and_shows_recovery_codes_once() {
+    let upstream = Upstream::start().await;
+    let (gh, _) = start(&upstream, |_| {}).await;
+    let (_, enrollment, _) = post(
+        &gh,
+        "/v1/me/mfa-enrollment?isInteractive=true",
+        &[basic()],
+        None,
+    )
+    .await;
+    let path = ticket_path(enrollment["ticketUrl"].as_str().unwrap());
+    let (_, html, _) = page(&gh, &path).await;
+    let secret = secret_from(&html);
+    let client = gh.tls_client(false);
+    let wrong = client
+        .post(gh.https_url(&path))
+        .form(&[("code", "12345x")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 403);
+    assert!(wrong.text().await.unwrap().contains("not right"));
+    let done = client
+        .post(gh.https_url(&path))
+        .form(&[("code", totp(&secret, 0))])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 200);
+    let html = done.text().await.unwrap();
+    assert!(html.contains("all set"), "{html}");
+    let start = html.find("<ol id=\"recovery-codes\">").unwrap();
+    let codes: Vec<String> = html[start..]
+        .split("<li>")
+        .skip(1)
+        .map(|s| s.split("</li>").next().unwrap().to_owned())
+        .collect();
+    assert_eq!(codes.len(), 10);
+    // A recovery code works once, typed sloppily.
+    let sloppy = codes[3].to_uppercase().replace('-', " ");
+    assert_eq!(
+        post(
+            &gh,
+            "/v1/me/verify-otp",
+            &[basic()],
+            Some(json!({"otp": sloppy}))
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        post(
+            &gh,
+            "/v1/me/verify-otp",
+            &[basic()],
+            Some(json!({"otp": codes[3]}))
+        )
+        .await
+        .0,
+        403
+    );
+    // The page is gone now.
+    assert_eq!(page(&gh, &path).await.0, 410);
+}
+
+#[tokio::test]
+async fn unknown_and_expired_tickets_get_clear_pages() {
+    let upstream = Upstream::start().await;
+    let (gh, _) = start(&upstream, |c| c.mfa.ticket_ttl = Duration::from_secs(1)).await;
+    let (status, html, _) = page(&gh, "/enroll/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").await;
+    assert_eq!(status, 404);
+    assert!(html.contains("not valid"));
+    let (_, enrollment, _) = post(
+        &gh,
+        "/v1/me/mfa-enrollment?isInteractive=true",
+        &[basic()],
+        None,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let (status, html, _) =
+        page(&gh, &ticket_path(enrollment["ticketUrl"].as_str().unwrap())).await;
+    assert_eq!(status, 410);
+    assert!(html.contains("expired"));
+    let (status, _, _) = post(
+        &gh,
+        "/v1/me/verify-enrollment-otp",
+        &[basic()],
+        Some(json!({"otp": "123456"})),
+    )
+    .await;
+    assert_eq!(status, 404, "an expired ticket is no pending enrollment");
+}
+
+#[tokio::test]
+async fn non_interactive_enrollment_emails_the_link_over_smtp() {
+    let upstream = Upstream::start().await;
+    let smtp = Smtp::start().await;
+    let url = smtp.url();
+    let (gh, _) = start(&upstream, |c| {
+        c.smtp.url = Some(gatehouse::config::Secret::new(url))
+    })
+    .await;
+    let (status, enrollment, _) = post(&gh, "/v1/me/mfa-enrollment", &[basic()], None).await;
+    assert_eq!(status, 200, "{enrollment}");
+    assert_eq!(enrollment["emailSent"], true);
+    let messages = smtp.wait_for(1).await;
+    let mail = &messages[0];
+    assert!(mail.contains("ada@example.com"), "{mail}");
+    assert!(
+        mail.contains(enrollment["ticketUrl"].as_str().unwrap()),
+        "the link is in the mail: {mail}"
+    );
+    assert!(mail.contains("text/plain") && mail.contains("text/html"));
+    // The link opens with no cookie or session.
+    assert_eq!(
+        page(&gh, &ticket_path(enrollment["ticketUrl"].as_str().unwrap()))
+            .await
+            .0,
+        200
+    );
+}
+
+#[tokio::test]
+async fn smtp_down_still_answers_200_with_email_not_sent() {
+    let upstream = Upstream::start().await;
+    let dead = closed_port().await;
+    let (gh, _) = start(&upstream, |c| {
+        c.smtp.url = Some(gatehouse::config::Secret::new(format!("smtp://{dead}")));
+    })
+    .await;
+    let (status, enrollment, _) = post(
+        &gh,
+        "/v1/me/mfa-enrollment?isInteractive=false",
+        &[basic()],
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{enrollment}");
+    assert_eq!(enrollment["emailSent"], false);
+    assert!(enrollment["ticketUrl"].is_string());
+}
+
+#[tokio::test]
+async fn sms_factor_is_enrolled_and_verified_with_codes_sent_to_the_webhook() {
+    let upstream = Upstream::start().await;
+    let provider = Upstream::start().await;
+    let sms_url = format!("{}/sms", provider.url());
+    let (gh, _) = start(&upstream, |c| {
+        c.sms.kind = "webhook".into();
+        c.sms.url = Some(sms_url);
+    })
+    .await;
+    let (_, enrollment, _) = post(
+        &gh,
+        "/v1/me/mfa-enrollment?factor=sms&isInteractive=true",
+        &[basic()],
+        None,
+    )
+    .await;
+    let path = ticket_path(enrollment["ticketUrl"].as_str().unwrap());
+    let (_, html, _) = page(&gh, &path).await;
+    assert!(html.contains("+1••••••0123"), "{html}");
+    let client = gh.tls_client(false);
+    let sent = client
+        .post(gh.https_url(&path))
+        .form(&[("action", "send")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 200);
+    let code = sms_code(&provider);
+    assert_eq!(
+        client
+            .post(gh.https_url(&path))
+            .form(&[("code", code.as_str())])
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // Later: a challenge sends a fresh code; it verifies once.
+    let (status, _, _) = post(&gh, "/v1/me/mfa-challenge?factor=sms", &[basic()], None).await;
+    assert_eq!(status, 202);
+    let code = sms_code(&provider);
+    let (status, granted, _) = post(
+        &gh,
+        "/v1/me/verify-otp",
+        &[basic()],
+        Some(json!({"oob": code})),
+    )
+    .await;
+    assert_eq!(status, 200, "{granted}");
+    assert_eq!(
+        post(
+            &gh,
+            "/v1/me/verify-otp",
+            &[basic()],
+            Some(json!({"oob": code}))
+        )
+        .await
+        .0,
+        403
+    );
+    assert_eq!(
+        post(&gh, "/v1/me/mfa-challenge?factor=email", &[basic()], None)
+            .await
+            .0,
+        404
+    );
+}
+
+/// The 6-digit code in the last SMS the webhook received.
+fn sms_code(provider: &Upstream) -> String {
+    let sms: Value = serde_json::from_slice(&provider.last().body).unwrap();
+    assert_eq!(sms["to"], "+14155550123");
+    let body = sms["body"].as_str().unwrap();
+    body.split(|c: char| !c.is_ascii_digit())
+        .find(|w| w.len() == 6)
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_second_factor_needs_a_credential_with_a_second_factor() {
+    let upstream = Upstream::start().await;
+    let (gh, _) = start(&upstream, |_| {}).await;
+    let secret = enroll_otp(&gh).await;
+    let (_, granted, _) = post(
+        &gh,
+        "/v1/me/verify-enrollment-otp",
+        &[basic()],
+        Some(json!({"otp": totp(&secret, 0)})),
+    )
+    .await;
+    let (status, problem, _) = post(
+        &gh,
+        "/v1/me/mfa-enrollment?factor=email&isInteractive=true",
+        &[basic()],
+        None,
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        problem["type"]
+            .as_str()
+            .unwrap()
+            .ends_with("factor-already-enrolled")
+    );
+    // With the MFA token (and the ApplicationToken a Bearer needs here), it is allowed.
+    let (_, app) = gh
+        .admin(
+            "POST",
+            "/admin/v1/applications",
+            Some(json!({"name": "portal"})),
+        )
+        .await;
+    let headers = [
+        (
+            "authorization".to_owned(),
+            format!("Bearer {}", granted["accessToken"].as_str().unwrap()),
+        ),
+        (
+            "applicationtoken".to_owned(),
+            app["token"].as_str().unwrap().to_owned(),
+        ),
+    ];
+    let (status, body, _) = post(
+        &gh,
+        "/v1/me/mfa-enrollment?factor=email&isInteractive=true",
+        &headers,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // A Bearer token alone is not enough for the Nexus family.
+    let (status, _, _) = post(
+        &gh,
+        "/v1/me/mfa-enrollment?factor=email&isInteractive=true",
+        &headers[..1],
+        None,
+    )
+    .await;
+    assert_eq!(status, 401);
+    // Recovery codes can be replaced with the MFA token, not with a password alone.
+    let (status, codes, _) = post(&gh, "/v1/me/recovery-codes", &headers, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(codes["recoveryCodes"].as_array().unwrap().len(), 10);
+    assert_eq!(
+        post(&gh, "/v1/me/recovery-codes", &[basic()], None).await.0,
+        403
+    );
+}
+
+#[tokio::test]
+async fn bad_inputs_get_the_right_4xx_and_change_nothing() {
+    let upstream = Upstream::start().await;
+    let (gh, user_id) = start(&upstream, |_| {}).await;
+    for (path, body, expected) in [
+        ("/v1/me/mfa-enrollment?factor=voice", None, 400),
+        ("/v1/me/mfa-enrollment?isInteractive=yes", None, 400),
+        (
+            "/v1/me/verify-enrollment-otp",
+            Some(json!({"otp": "123456", "oob": "123456"})),
+            400,
+        ),
+        (
+            "/v1/me/verify-enrollment-otp",
+            Some(json!({"otp": null, "oob": null})),
+            400,
+        ),
+        ("/v1/me/verify-enrollment-otp", Some(json!({})), 400),
+        ("/v1/me/verify-otp", Some(json!({"otp": 123456})), 400),
+        (
+            "/v1/me/verify-enrollment-otp",
+            Some(json!({"otp": "123456", "accessToken": "not-a-token"})),
+            400,
+        ),
+        ("/v1/me/mfa-challenge?factor=otp", None, 400),
+    ] {
+        let (status, problem, headers) = post(&gh, path, &[basic()], body).await;
+        assert_eq!(status, expected, "{path}: {problem}");
+        assert_eq!(headers["content-type"], "application/problem+json");
+    }
+    let client = gh.tls_client(true);
+    let malformed = client
+        .post(gh.https_url("/v1/me/verify-otp"))
+        .header("authorization", basic().1)
+        .body("{\"otp\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(malformed.status(), 400);
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let nested = client
+        .post(gh.https_url("/v1/me/verify-otp"))
+        .header("authorization", basic().1)
+        .body(deep)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(nested.status(), 400);
+    let huge = client
+        .post(gh.https_url("/v1/me/verify-otp"))
+        .header("authorization", basic().1)
+        .body(vec![b' '; 2 * 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(huge.status(), 413);
+    let wrong_method = client
+        .get(gh.https_url("/v1/me/verify-otp"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_method.status(), 405);
+    let anonymous = client
+        .post(gh.https_url("/v1/me/mfa-enrollment"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+
+    assert!(
+        gh.app
+            .store
+            .newest_pending_ticket(user_id, crate::keys::now())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(gh.app.store.factors(user_id).await.unwrap().is_empty());
+    assert_eq!(upstream.hits(), 0, "local endpoints are never forwarded");
+}
