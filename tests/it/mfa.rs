@@ -729,3 +729,144 @@ async fn bad_inputs_get_the_right_4xx_and_change_nothing() {
     assert!(gh.app.store.factors(user_id).await.unwrap().is_empty());
     assert_eq!(upstream.hits(), 0, "local endpoints are never forwarded");
 }
+
+#[tokio::test]
+async fn confirmed_factor_survives_kill_9_right_after_the_200() {
+    let upstream = Upstream::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "[store]\npath = \"{}\"\n[[routes]]\npath_prefix = \"/secure/\"\naccess = \"mfa\"\n",
+        data.path().display()
+    );
+    let config = process_config(&upstream.url(), &extra);
+    let env = [("GATEHOUSE_ADMIN_TOKEN", "kill-test-admin-token")];
+    let mut gh = Process::start(&config, &env).await;
+    let client = http1_client();
+    let admin = format!("http://{}", gh.addrs["listen.admin"]);
+    let created = client
+        .post(format!("{admin}/admin/v1/users"))
+        .bearer_auth("kill-test-admin-token")
+        .json(&json!({"userName": "ada", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let enrollment: Value = client
+        .post(gh.http_url("/v1/me/mfa-enrollment?isInteractive=true"))
+        .basic_auth("ada", Some(PASSWORD))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let html = client
+        .get(gh.http_url(&ticket_path(enrollment["ticketUrl"].as_str().unwrap())))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let code = totp(&secret_from(&html), 0);
+    let confirmed = client
+        .post(gh.http_url("/v1/me/verify-enrollment-otp"))
+        .basic_auth("ada", Some(PASSWORD))
+        .json(&json!({"otp": code}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(confirmed.status(), 200);
+    gh.signal("KILL");
+    gh.child.wait().await.unwrap();
+
+    let gh = Process::start(&config, &env).await;
+    // The factor is confirmed: a password alone may not add another, and the used step stays used.
+    let again = client
+        .post(gh.http_url("/v1/me/mfa-enrollment?isInteractive=true"))
+        .basic_auth("ada", Some(PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 400);
+    let replay = client
+        .post(gh.http_url("/v1/me/verify-otp"))
+        .basic_auth("ada", Some(PASSWORD))
+        .json(&json!({"otp": code}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), 403);
+}
+
+#[tokio::test]
+async fn mfa_flows_leave_audit_events_and_no_secret_in_the_store() {
+    let upstream = Upstream::start().await;
+    let (gh, _) = start(&upstream, |_| {}).await;
+    let secret = enroll_otp(&gh).await;
+    let code = totp(&secret, 0);
+    let (_, granted, _) = post(
+        &gh,
+        "/v1/me/verify-enrollment-otp",
+        &[basic()],
+        Some(json!({"otp": code})),
+    )
+    .await;
+    let wrong = if totp(&secret, 1) == "000000" {
+        "111111"
+    } else {
+        "000000"
+    };
+    assert_eq!(
+        post(
+            &gh,
+            "/v1/me/verify-otp",
+            &[basic()],
+            Some(json!({"otp": wrong}))
+        )
+        .await
+        .0,
+        403
+    );
+    let (_, events) = gh.admin("GET", "/admin/v1/audit?limit=50", None).await;
+    let names: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    for expected in [
+        "mfa.enrollment.created",
+        "mfa.factor.confirmed",
+        "token.issued",
+        "mfa.code.failed",
+    ] {
+        assert!(
+            names.contains(&expected),
+            "{expected} missing from {names:?}"
+        );
+    }
+    gh.app.store.flush().await.unwrap();
+    let b32 = totp_rs::Secret::from(secret.clone()).to_base32();
+    let token = granted["accessToken"].as_str().unwrap().to_owned();
+    let mut files = vec![gh.dir.path().join("data")];
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        for needle in [
+            &secret[..],
+            b32.as_bytes(),
+            token.as_bytes(),
+            PASSWORD.as_bytes(),
+        ] {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle),
+                "a secret is stored in clear in {}",
+                path.display()
+            );
+        }
+    }
+}
