@@ -5,6 +5,7 @@ mod harness;
 mod keys;
 
 mod admin;
+mod browser;
 mod config;
 mod hygiene;
 mod identity;
