@@ -870,3 +870,139 @@ async fn mfa_flows_leave_audit_events_and_no_secret_in_the_store() {
         }
     }
 }
+
+#[tokio::test]
+async fn asking_for_a_new_code_does_not_reset_the_failure_count() {
+    let upstream = Upstream::start().await;
+    let provider = Upstream::start().await;
+    let sms_url = format!("{}/sms", provider.url());
+    let (gh, _) = start(&upstream, |c| {
+        c.sms.kind = "webhook".into();
+        c.sms.url = Some(sms_url);
+        c.mfa.send_limit = 3;
+    })
+    .await;
+    let (_, enrollment, _) = post(
+        &gh,
+        "/v1/me/mfa-enrollment?factor=sms&isInteractive=true",
+        &[basic()],
+        None,
+    )
+    .await;
+    let path = ticket_path(enrollment["ticketUrl"].as_str().unwrap());
+    let client = gh.tls_client(false);
+    client
+        .post(gh.https_url(&path))
+        .form(&[("action", "send")])
+        .send()
+        .await
+        .unwrap();
+    let code = sms_code(&provider);
+    assert_eq!(
+        client
+            .post(gh.https_url(&path))
+            .form(&[("code", code.as_str())])
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // Four failures, then a fresh code: the count stands, and the fifth failure locks.
+    assert_eq!(
+        post(&gh, "/v1/me/mfa-challenge?factor=sms", &[basic()], None)
+            .await
+            .0,
+        202
+    );
+    let code = sms_code(&provider);
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    for _ in 0..4 {
+        assert_eq!(
+            post(
+                &gh,
+                "/v1/me/verify-otp",
+                &[basic()],
+                Some(json!({"oob": wrong}))
+            )
+            .await
+            .0,
+            403
+        );
+    }
+    assert_eq!(
+        post(&gh, "/v1/me/mfa-challenge?factor=sms", &[basic()], None)
+            .await
+            .0,
+        202
+    );
+    let fresh = sms_code(&provider);
+    let wrong = if fresh == "000000" {
+        "111111"
+    } else {
+        "000000"
+    };
+    assert_eq!(
+        post(
+            &gh,
+            "/v1/me/verify-otp",
+            &[basic()],
+            Some(json!({"oob": wrong}))
+        )
+        .await
+        .0,
+        429
+    );
+    assert_eq!(
+        post(
+            &gh,
+            "/v1/me/verify-otp",
+            &[basic()],
+            Some(json!({"oob": fresh}))
+        )
+        .await
+        .0,
+        429
+    );
+}
+
+#[tokio::test]
+async fn codes_are_sent_at_most_send_limit_times_per_window() {
+    let upstream = Upstream::start().await;
+    let provider = Upstream::start().await;
+    let sms_url = format!("{}/sms", provider.url());
+    let (gh, _) = start(&upstream, |c| {
+        c.sms.kind = "webhook".into();
+        c.sms.url = Some(sms_url);
+        c.mfa.send_limit = 3;
+    })
+    .await;
+    let (_, enrollment, _) = post(
+        &gh,
+        "/v1/me/mfa-enrollment?factor=sms&isInteractive=true",
+        &[basic()],
+        None,
+    )
+    .await;
+    let path = ticket_path(enrollment["ticketUrl"].as_str().unwrap());
+    let client = gh.tls_client(false);
+    for _ in 0..3 {
+        let sent = client
+            .post(gh.https_url(&path))
+            .form(&[("action", "send")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(sent.status(), 200);
+    }
+    let limited = client
+        .post(gh.https_url(&path))
+        .form(&[("action", "send")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(limited.status(), 429);
+    assert!(limited.headers().contains_key("retry-after"));
+    assert_eq!(provider.hits(), 3);
+}
