@@ -123,6 +123,39 @@ pub struct UserPatch {
     pub last_login_timestamp: Option<String>,
 }
 
+impl UserPatch {
+    /// Applies the change to a user record (every backend uses this one definition).
+    pub fn apply(self, user: &mut User) {
+        if let Some(v) = self.user_name {
+            user.user_name = v;
+        }
+        if let Some(v) = self.password_hash {
+            user.password_hash = Some(v);
+        }
+        if let Some(v) = self.email {
+            user.email = Some(v);
+        }
+        if let Some(v) = self.phone {
+            user.phone = Some(v);
+        }
+        if let Some(v) = self.first_name {
+            user.first_name = Some(v);
+        }
+        if let Some(v) = self.last_name {
+            user.last_name = Some(v);
+        }
+        if let Some(v) = self.nick_name {
+            user.nick_name = Some(v);
+        }
+        if let Some(v) = self.scopes {
+            user.scopes = v;
+        }
+        if let Some(v) = self.last_login_timestamp {
+            user.last_login_timestamp = Some(v);
+        }
+    }
+}
+
 /// A registered application; its ApplicationToken is kept only as a hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Application {

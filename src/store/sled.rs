@@ -302,34 +302,7 @@ impl Store for SledStore {
 
     async fn update_user(&self, user_name: &str, patch: UserPatch, now: &str) -> StoreResult<User> {
         self.modify_user(user_name, now, |user| {
-            let p = patch.clone();
-            if let Some(v) = p.user_name {
-                user.user_name = v;
-            }
-            if let Some(v) = p.password_hash {
-                user.password_hash = Some(v);
-            }
-            if let Some(v) = p.email {
-                user.email = Some(v);
-            }
-            if let Some(v) = p.phone {
-                user.phone = Some(v);
-            }
-            if let Some(v) = p.first_name {
-                user.first_name = Some(v);
-            }
-            if let Some(v) = p.last_name {
-                user.last_name = Some(v);
-            }
-            if let Some(v) = p.nick_name {
-                user.nick_name = Some(v);
-            }
-            if let Some(v) = p.scopes {
-                user.scopes = v;
-            }
-            if let Some(v) = p.last_login_timestamp {
-                user.last_login_timestamp = Some(v);
-            }
+            patch.clone().apply(user);
             Ok(())
         })
         .await

@@ -499,21 +499,7 @@ async fn smtp_down_still_answers_200_with_email_not_sent() {
 #[tokio::test]
 async fn sms_factor_is_enrolled_and_verified_with_codes_sent_to_the_webhook() {
     let upstream = Upstream::start().await;
-    let provider = Upstream::start().await;
-    let sms_url = format!("{}/sms", provider.url());
-    let (gh, _) = start(&upstream, |c| {
-        c.sms.kind = "webhook".into();
-        c.sms.url = Some(sms_url);
-    })
-    .await;
-    let (_, enrollment, _) = post(
-        &gh,
-        "/v1/me/mfa-enrollment?factor=sms&isInteractive=true",
-        &[basic()],
-        None,
-    )
-    .await;
-    let path = ticket_path(enrollment["ticketUrl"].as_str().unwrap());
+    let (gh, provider, path) = start_sms_enrollment(&upstream, 5).await;
     let (_, html, _) = page(&gh, &path).await;
     assert!(html.contains("+1••••••0123"), "{html}");
     let client = gh.tls_client(false);
@@ -565,6 +551,31 @@ async fn sms_factor_is_enrolled_and_verified_with_codes_sent_to_the_webhook() {
             .0,
         404
     );
+}
+
+/// Gatehouse with SMS delivered to a webhook the test reads (the returned provider), and an SMS
+/// enrollment started for `ada`; returns the enrollment page's path.
+async fn start_sms_enrollment(
+    upstream: &Upstream,
+    send_limit: u32,
+) -> (Gatehouse, Upstream, String) {
+    let provider = Upstream::start().await;
+    let sms_url = format!("{}/sms", provider.url());
+    let (gh, _) = start(upstream, |c| {
+        c.sms.kind = "webhook".into();
+        c.sms.url = Some(sms_url);
+        c.mfa.send_limit = send_limit;
+    })
+    .await;
+    let (_, enrollment, _) = post(
+        &gh,
+        "/v1/me/mfa-enrollment?factor=sms&isInteractive=true",
+        &[basic()],
+        None,
+    )
+    .await;
+    let path = ticket_path(enrollment["ticketUrl"].as_str().unwrap());
+    (gh, provider, path)
 }
 
 /// The 6-digit code in the last SMS the webhook received.
@@ -874,22 +885,7 @@ async fn mfa_flows_leave_audit_events_and_no_secret_in_the_store() {
 #[tokio::test]
 async fn asking_for_a_new_code_does_not_reset_the_failure_count() {
     let upstream = Upstream::start().await;
-    let provider = Upstream::start().await;
-    let sms_url = format!("{}/sms", provider.url());
-    let (gh, _) = start(&upstream, |c| {
-        c.sms.kind = "webhook".into();
-        c.sms.url = Some(sms_url);
-        c.mfa.send_limit = 3;
-    })
-    .await;
-    let (_, enrollment, _) = post(
-        &gh,
-        "/v1/me/mfa-enrollment?factor=sms&isInteractive=true",
-        &[basic()],
-        None,
-    )
-    .await;
-    let path = ticket_path(enrollment["ticketUrl"].as_str().unwrap());
+    let (gh, provider, path) = start_sms_enrollment(&upstream, 3).await;
     let client = gh.tls_client(false);
     client
         .post(gh.https_url(&path))
@@ -970,22 +966,7 @@ async fn asking_for_a_new_code_does_not_reset_the_failure_count() {
 #[tokio::test]
 async fn codes_are_sent_at_most_send_limit_times_per_window() {
     let upstream = Upstream::start().await;
-    let provider = Upstream::start().await;
-    let sms_url = format!("{}/sms", provider.url());
-    let (gh, _) = start(&upstream, |c| {
-        c.sms.kind = "webhook".into();
-        c.sms.url = Some(sms_url);
-        c.mfa.send_limit = 3;
-    })
-    .await;
-    let (_, enrollment, _) = post(
-        &gh,
-        "/v1/me/mfa-enrollment?factor=sms&isInteractive=true",
-        &[basic()],
-        None,
-    )
-    .await;
-    let path = ticket_path(enrollment["ticketUrl"].as_str().unwrap());
+    let (gh, provider, path) = start_sms_enrollment(&upstream, 3).await;
     let client = gh.tls_client(false);
     for _ in 0..3 {
         let sent = client

@@ -6,7 +6,6 @@ use serde::Deserialize;
 
 use super::{Admin, AdminError, AdminResult};
 use crate::api;
-use crate::audit;
 use crate::auth::secret;
 use crate::store::{Application, Membership, Organization, Role, SCHEMA_VERSION, WsKey};
 
@@ -75,9 +74,7 @@ impl Admin {
                 created: self.now(),
             })
             .await?;
-        audit::record(
-            self.store.as_ref(),
-            self.clock.as_ref(),
+        self.record(
             "application.created",
             None,
             Some(format!("application {}", body.name)),
@@ -105,9 +102,7 @@ impl Admin {
                 created: created.clone(),
             })
             .await?;
-        audit::record(
-            self.store.as_ref(),
-            self.clock.as_ref(),
+        self.record(
             "organization.created",
             None,
             Some(format!("organization {}", body.id)),
@@ -139,9 +134,7 @@ impl Admin {
             .store
             .set_membership(&body.user_name, membership, &self.now())
             .await?;
-        audit::record(
-            self.store.as_ref(),
-            self.clock.as_ref(),
+        self.record(
             "membership.set",
             Some(&user.user_name),
             Some(format!("organization {organization_id} as {}", body.role)),
@@ -164,9 +157,7 @@ impl Admin {
             .store
             .grant_file(&body.user_name, file_id, &self.now())
             .await?;
-        audit::record(
-            self.store.as_ref(),
-            self.clock.as_ref(),
+        self.record(
             "file.granted",
             Some(&user.user_name),
             Some(format!("file {file_id}")),
@@ -193,9 +184,7 @@ impl Admin {
                 created: self.now(),
             })
             .await?;
-        audit::record(
-            self.store.as_ref(),
-            self.clock.as_ref(),
+        self.record(
             "wskey.created",
             Some(&user.user_name),
             Some(format!("file {}", body.file_id)),

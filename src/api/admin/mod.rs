@@ -138,6 +138,17 @@ impl Admin {
         clock::rfc3339(self.clock.now())
     }
 
+    async fn record(&self, event: &str, user_name: Option<&str>, detail: Option<String>) {
+        crate::audit::record(
+            self.store.as_ref(),
+            self.clock.as_ref(),
+            event,
+            user_name,
+            detail,
+        )
+        .await;
+    }
+
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let path = req.uri().path().to_owned();
         let method = req.method().clone();
@@ -243,7 +254,7 @@ impl Admin {
             (["organizations", id, "members"], Method::POST) => self.add_member(id, req).await,
             (["files", id, "members"], Method::POST) => self.grant_file(id, req).await,
             (["ws-keys"], Method::POST) => self.create_ws_key(req).await,
-            (["audit"], Method::GET) => self.audit(req.uri().query()).await,
+            (["audit"], Method::GET) => self.list_audit(req.uri().query()).await,
             (
                 ["users", _, "mfa", "reset"]
                 | ["applications"]
@@ -258,7 +269,7 @@ impl Admin {
         }
     }
 
-    async fn audit(&self, query: Option<&str>) -> AdminResult {
+    async fn list_audit(&self, query: Option<&str>) -> AdminResult {
         let limit = match query
             .unwrap_or_default()
             .split('&')

@@ -6,7 +6,6 @@ use serde::{Deserialize, Serialize};
 
 use super::{Admin, AdminError, AdminResult};
 use crate::api;
-use crate::audit;
 use crate::auth::secret;
 use crate::store::{Membership, NewUser, User, UserPatch};
 
@@ -214,14 +213,8 @@ impl Admin {
                 &self.now(),
             )
             .await?;
-        audit::record(
-            self.store.as_ref(),
-            self.clock.as_ref(),
-            "user.created",
-            Some(&user.user_name),
-            None,
-        )
-        .await;
+        self.record("user.created", Some(&user.user_name), None)
+            .await;
         Ok(user_response(StatusCode::CREATED, &user))
     }
 
@@ -253,14 +246,8 @@ impl Admin {
         };
         let user = self.store.update_user(name, patch, &self.now()).await?;
         let detail = password_changed.then(|| "password changed".to_owned());
-        audit::record(
-            self.store.as_ref(),
-            self.clock.as_ref(),
-            "user.updated",
-            Some(&user.user_name),
-            detail,
-        )
-        .await;
+        self.record("user.updated", Some(&user.user_name), detail)
+            .await;
         Ok(user_response(StatusCode::OK, &user))
     }
 
@@ -268,14 +255,7 @@ impl Admin {
         if !self.store.delete_user(name).await? {
             return Err(AdminError::NotFound(format!("user {name}")));
         }
-        audit::record(
-            self.store.as_ref(),
-            self.clock.as_ref(),
-            "user.deleted",
-            Some(name),
-            None,
-        )
-        .await;
+        self.record("user.deleted", Some(name), None).await;
         Ok(api::no_content())
     }
 
@@ -284,14 +264,7 @@ impl Admin {
             return Err(AdminError::NotFound(format!("user {name}")));
         };
         self.store.reset_mfa(user.id).await?;
-        audit::record(
-            self.store.as_ref(),
-            self.clock.as_ref(),
-            "mfa.reset",
-            Some(&user.user_name),
-            None,
-        )
-        .await;
+        self.record("mfa.reset", Some(&user.user_name), None).await;
         Ok(api::no_content())
     }
 }
