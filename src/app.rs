@@ -5,6 +5,7 @@ use std::sync::Arc;
 use crate::auth::Authenticator;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
+use crate::domains::Domains;
 use crate::mfa::service::Mfa;
 use crate::notify::Notifier;
 use crate::secrets::Vault;
@@ -18,6 +19,7 @@ pub struct App {
     pub tokens: Arc<Tokens>,
     pub auth: Arc<Authenticator>,
     pub mfa: Arc<Mfa>,
+    pub domains: Arc<Domains>,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -69,12 +71,14 @@ impl App {
             &config.mfa,
             &config.server.public_url,
         ));
+        let domains = Arc::new(Domains::new(&config.domains, store.clone(), clock.clone())?);
         Ok(App {
             config,
             store,
             tokens,
             auth,
             mfa,
+            domains,
             clock,
         })
     }

@@ -43,6 +43,7 @@ pub struct Config {
     pub smtp: SmtpConfig,
     pub sms: SmsConfig,
     pub apis: ApisConfig,
+    pub domains: DomainsConfig,
 }
 
 /// A value that must never be printed: it serialises and debugs as `***`.
@@ -194,6 +195,19 @@ pub struct SmsConfig {
     pub account_sid: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_token: Option<Secret>,
+}
+
+/// Domain verification (SPEC §4.1).
+#[derive(Debug, Clone, Serialize)]
+pub struct DomainsConfig {
+    pub code_prefix: String,
+    #[serde(serialize_with = "duration")]
+    pub code_ttl: Duration,
+    /// TXT records are looked up at `{record_name}.{domain}`.
+    pub record_name: String,
+    /// A DNS server such as `127.0.0.1:5353`; `None` uses the system resolver.
+    #[serde(serialize_with = "optional_addr")]
+    pub resolver: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -419,6 +433,16 @@ struct RawConfig {
     smtp: RawSmtp,
     sms: RawSms,
     apis: RawApis,
+    domains: RawDomains,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDomains {
+    code_prefix: Field<String>,
+    code_ttl: Field<String>,
+    record_name: Field<String>,
+    resolver: Field<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1369,8 +1393,50 @@ fn validate(raw: RawConfig, env_secrets: EnvSecrets) -> Result<Config, ConfigErr
         },
     };
 
+    let d = raw.domains;
+    let domains = DomainsConfig {
+        code_prefix: c.get(
+            "domains.code_prefix",
+            d.code_prefix,
+            "gatehouse-verification=".into(),
+            |s: String| {
+                if s.len() > 64 || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    Err("must be at most 64 characters without whitespace".into())
+                } else {
+                    Ok(s)
+                }
+            },
+        ),
+        code_ttl: c.get(
+            "domains.code_ttl",
+            d.code_ttl,
+            Duration::from_secs(7 * 86400),
+            parse_duration,
+        ),
+        record_name: c.get(
+            "domains.record_name",
+            d.record_name,
+            "_gatehouse-challenge".into(),
+            |s: String| {
+                let ok = !s.is_empty()
+                    && s.len() <= 63
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+                if ok {
+                    Ok(s)
+                } else {
+                    Err(format!(
+                        "expected one DNS label such as `_gatehouse-challenge`, got `{s}`"
+                    ))
+                }
+            },
+        ),
+        resolver: c.get("domains.resolver", d.resolver, None, parse_optional_addr),
+    };
+
     if c.problems.is_empty() {
         Ok(Config {
+            domains,
             mfa,
             secrets,
             smtp,

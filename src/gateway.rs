@@ -187,6 +187,7 @@ impl Gateway {
                     &config.apis.nexus.base_path,
                     app.auth.clone(),
                     app.mfa.clone(),
+                    app.domains.clone(),
                 )
             }),
         }

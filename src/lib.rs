@@ -10,6 +10,7 @@ pub mod bootstrap;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod domains;
 pub mod gateway;
 pub mod mfa;
 pub mod notify;

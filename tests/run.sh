@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
 # Runs every test. First installs, when missing, the real components the tests start themselves:
-# an SMTP server (aiosmtpd, from PyPI) and a headless browser (Debian's chromium and chromedriver).
+# an SMTP server (aiosmtpd, from PyPI), a DNS server (Debian's dnsmasq-base: the binary only, no
+# service) and a headless browser (Debian's chromium and chromedriver).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/sbin"
 
 if ! python3 -c 'import aiosmtpd' 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore aiosmtpd
 fi
 
-if ! command -v chromedriver >/dev/null || ! command -v chromium >/dev/null; then
+missing=()
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
+command -v dnsmasq >/dev/null || missing+=(dnsmasq-base)
+if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq chromium chromium-driver >/dev/null
+    apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 cargo test --locked "$@"

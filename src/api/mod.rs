@@ -1,6 +1,7 @@
 //! Endpoints gatehouse answers itself, and what their handlers share.
 
 pub mod admin;
+pub mod domains;
 pub mod enroll;
 pub mod nexus;
 

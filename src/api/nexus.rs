@@ -9,21 +9,24 @@ use http::{Method, Response, StatusCode};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
+use crate::api::domains::{self as domains_api, DomainRoute, domain_problem};
 use crate::api::{self, BodyError};
 use crate::auth::{self, AuthError, Authenticator, Credential, Method as AuthMethod, Principal};
 use crate::body::Body;
+use crate::domains::{DomainError, Domains};
 use crate::mfa::service::{Codes, Granted, Mfa, MfaError};
 use crate::problem::Problem;
 use crate::store::FactorKind;
 
 /// The Nexus endpoints gatehouse serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
     MfaEnrollment,
     VerifyEnrollmentOtp,
     VerifyOtp,
     MfaChallenge,
     RecoveryCodes,
+    Domains(DomainRoute),
 }
 
 const ENDPOINTS: [(&str, Endpoint); 5] = [
@@ -45,6 +48,8 @@ enum NexusError {
     Body(BodyError),
     Query(String),
     Mfa(MfaError),
+    Domain(DomainError),
+    Problem(Problem),
 }
 
 impl NexusError {
@@ -115,6 +120,8 @@ impl NexusError {
                 None,
             ),
             NexusError::Mfa(e) => mfa_problem(e),
+            NexusError::Domain(e) => (domain_problem(e), None),
+            NexusError::Problem(p) => (p.clone(), None),
         }
     }
 }
@@ -293,6 +300,7 @@ pub struct Nexus {
     base: String,
     auth: Arc<Authenticator>,
     mfa: Arc<Mfa>,
+    domains: Arc<Domains>,
 }
 
 fn query_param(query: Option<&str>, name: &str) -> Option<String> {
@@ -302,18 +310,28 @@ fn query_param(query: Option<&str>, name: &str) -> Option<String> {
 }
 
 impl Nexus {
-    pub fn new(base: &str, auth: Arc<Authenticator>, mfa: Arc<Mfa>) -> Nexus {
+    pub fn new(
+        base: &str,
+        auth: Arc<Authenticator>,
+        mfa: Arc<Mfa>,
+        domains: Arc<Domains>,
+    ) -> Nexus {
         Nexus {
             base: base.to_owned(),
             auth,
             mfa,
+            domains,
         }
     }
 
     /// The endpoint a normalised path names, if any.
     pub fn endpoint(&self, path: &str) -> Option<Endpoint> {
         let rest = path.strip_prefix(&self.base)?;
-        ENDPOINTS.iter().find(|(p, _)| *p == rest).map(|(_, e)| *e)
+        ENDPOINTS
+            .iter()
+            .find(|(p, _)| *p == rest)
+            .map(|(_, e)| e.clone())
+            .or_else(|| DomainRoute::parse(rest).map(Endpoint::Domains))
     }
 
     /// Handles a request for `endpoint`; never fails (errors become problem documents).
@@ -325,17 +343,22 @@ impl Nexus {
         path: &str,
         request_id: &str,
     ) -> Response<Body> {
-        if parts.method != Method::POST {
+        let allowed = match &endpoint {
+            Endpoint::Domains(route) => route.allows(&parts.method),
+            _ if parts.method == Method::POST => Ok(()),
+            _ => Err("POST"),
+        };
+        if let Err(allow) = allowed {
             let mut response = Problem::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method-not-allowed",
                 "Method not allowed",
-                "This endpoint answers POST.",
+                format!("This endpoint answers {allow}."),
             )
             .render(path, request_id);
             response
                 .headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
             return response;
         }
         match self.dispatch(endpoint, parts, body).await {
@@ -344,6 +367,11 @@ impl Nexus {
                 let (problem, retry_after) = e.problem();
                 if let NexusError::Mfa(
                     MfaError::Internal(why) | MfaError::Store(why) | MfaError::Delivery(why),
+                )
+                | NexusError::Domain(
+                    DomainError::Internal(why)
+                    | DomainError::Store(why)
+                    | DomainError::DnsFailed(why),
                 ) = &e
                 {
                     tracing::error!(error = %why, path, "nexus request failed");
@@ -461,6 +489,7 @@ impl Nexus {
                     &serde_json::json!({ "sent": true }),
                 ))
             }
+            Endpoint::Domains(route) => self.domain(route, &principal, parts, body).await,
             Endpoint::RecoveryCodes => {
                 let codes = self
                     .mfa
@@ -471,6 +500,84 @@ impl Nexus {
                     StatusCode::OK,
                     &serde_json::json!({ "recoveryCodes": codes }),
                 ))
+            }
+        }
+    }
+}
+
+impl Nexus {
+    async fn domain(
+        &self,
+        route: DomainRoute,
+        principal: &Principal,
+        parts: &Parts,
+        body: Incoming,
+    ) -> Result<Response<Body>, NexusError> {
+        let ids = |org: &str, domain: Option<&str>| -> Result<(i64, i64), NexusError> {
+            let org = domains_api::id(org, "organizationId").map_err(NexusError::Problem)?;
+            let domain = match domain {
+                Some(d) => domains_api::id(d, "domainId").map_err(NexusError::Problem)?,
+                None => 0,
+            };
+            Ok((org, domain))
+        };
+        let d = &self.domains;
+        match route {
+            DomainRoute::Collection { organization } => {
+                let (org, _) = ids(&organization, None)?;
+                if parts.method == Method::GET {
+                    let list = d.list(principal, org).await.map_err(NexusError::Domain)?;
+                    return Ok(domains_api::list_response(&list));
+                }
+                let body: domains_api::CreateBody =
+                    api::read_json(body).await.map_err(NexusError::Body)?;
+                let name = body
+                    .domain
+                    .ok_or_else(|| NexusError::Query("`domain` is required".into()))?;
+                let created = d
+                    .create(principal, org, &name, body.authentication_method)
+                    .await
+                    .map_err(NexusError::Domain)?;
+                Ok(domains_api::domain_response(StatusCode::CREATED, &created))
+            }
+            DomainRoute::Item {
+                organization,
+                domain,
+            } => {
+                let (org, id) = ids(&organization, Some(&domain))?;
+                if parts.method == Method::DELETE {
+                    d.delete(principal, org, id)
+                        .await
+                        .map_err(NexusError::Domain)?;
+                    return Ok(api::no_content());
+                }
+                let found = d
+                    .read(principal, org, id)
+                    .await
+                    .map_err(NexusError::Domain)?;
+                Ok(domains_api::domain_response(StatusCode::OK, &found))
+            }
+            DomainRoute::GenerateCode {
+                organization,
+                domain,
+            } => {
+                let (org, id) = ids(&organization, Some(&domain))?;
+                let updated = d
+                    .generate_code(principal, org, id)
+                    .await
+                    .map_err(NexusError::Domain)?;
+                Ok(domains_api::domain_response(StatusCode::CREATED, &updated))
+            }
+            DomainRoute::Verify {
+                organization,
+                domain,
+            } => {
+                let (org, id) = ids(&organization, Some(&domain))?;
+                let verified = d
+                    .verify(principal, org, id)
+                    .await
+                    .map_err(NexusError::Domain)?;
+                Ok(domains_api::domain_response(StatusCode::OK, &verified))
             }
         }
     }

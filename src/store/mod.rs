@@ -283,6 +283,28 @@ pub struct OobCode {
     pub expires_at: i64,
 }
 
+/// An organisation's domain (seed 002's domain object).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Domain {
+    pub v: u32,
+    pub organization_id: i64,
+    pub domain_id: i64,
+    /// Normalised: IDNA ASCII, lower case, no trailing dot.
+    pub domain: String,
+    pub authentication_method: Option<String>,
+    pub created: String,
+    pub created_by: String,
+    pub modified: String,
+    pub modified_by: String,
+    pub is_verified: bool,
+    pub verification_code: Option<String>,
+    /// RFC 3339, and the same instant as Unix seconds for comparisons.
+    pub verification_code_expires: Option<String>,
+    pub verification_code_expires_at: Option<i64>,
+    pub verification_method: Option<String>,
+    pub owner_organization_id: i64,
+}
+
 /// Use-case operations on gatehouse's state.
 #[async_trait]
 pub trait Store: Send + Sync {
@@ -370,6 +392,16 @@ pub trait Store: Send + Sync {
     /// Counts one send under `key`; `false` (and nothing counted) when `limit` sends already
     /// happened within `window` seconds.
     async fn count_send(&self, key: &str, now: i64, window: i64, limit: u32) -> StoreResult<bool>;
+
+    /// Adds a domain with a fresh id; `Conflict` when the organisation already has the name or
+    /// another organisation has verified it.
+    async fn create_domain(&self, domain: Domain) -> StoreResult<Domain>;
+    async fn domains(&self, organization_id: i64) -> StoreResult<Vec<Domain>>;
+    async fn domain(&self, organization_id: i64, domain_id: i64) -> StoreResult<Option<Domain>>;
+    /// Stores a changed domain (same ids). Marking it verified is atomic with claiming the name:
+    /// `Conflict` when another organisation verified it first.
+    async fn save_domain(&self, domain: Domain) -> StoreResult<()>;
+    async fn delete_domain(&self, organization_id: i64, domain_id: i64) -> StoreResult<bool>;
 
     async fn append_audit(&self, event: AuditEvent) -> StoreResult<()>;
     /// The newest `limit` events, newest first.

@@ -10,8 +10,9 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use sled::{Db, Transactional, Tree};
 
 use super::{
-    Application, AuditEvent, Factor, FactorKind, Membership, NewUser, OobCode, Organization,
-    SCHEMA_VERSION, SigningKey, Store, StoreError, StoreResult, Ticket, User, UserPatch, WsKey,
+    Application, AuditEvent, Domain, Factor, FactorKind, Membership, NewUser, OobCode,
+    Organization, SCHEMA_VERSION, SigningKey, Store, StoreError, StoreResult, Ticket, User,
+    UserPatch, WsKey,
 };
 use crate::mfa::lockout::{LockoutState, Policy};
 
@@ -32,6 +33,24 @@ pub struct SledStore {
     mfa: Tree,
     tickets: Tree,
     sends: Tree,
+    /// Organisation id ‖ domain id → domain.
+    domains: Tree,
+    /// Organisation id ‖ name → domain id (a name once per organisation).
+    domain_names: Tree,
+    /// Verified domain name → the organisation that verified it.
+    verified_domains: Tree,
+}
+
+fn domain_name_key(organization_id: i64, name: &str) -> Vec<u8> {
+    let mut key = organization_id.to_be_bytes().to_vec();
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+fn domain_key(organization_id: i64, domain_id: i64) -> Vec<u8> {
+    let mut key = organization_id.to_be_bytes().to_vec();
+    key.extend_from_slice(&domain_id.to_be_bytes());
+    key
 }
 
 fn mfa_key(user_id: u64, tag: u8, rest: &[u8]) -> Vec<u8> {
@@ -131,6 +150,9 @@ impl SledStore {
             mfa: tree("mfa")?,
             tickets: tree("tickets")?,
             sends: tree("sends")?,
+            domains: tree("domains")?,
+            domain_names: tree("domain_names")?,
+            verified_domains: tree("verified_domains")?,
             db,
         })
     }
@@ -649,6 +671,103 @@ impl Store for SledStore {
             .insert(id.to_be_bytes(), encode(&key)?)
             .map_err(backend)?;
         self.durable().await
+    }
+
+    async fn create_domain(&self, mut domain: Domain) -> StoreResult<Domain> {
+        // Domain ids are int32 on the wire (seed 002).
+        let id = self.db.generate_id().map_err(backend)? % u64::from(i32::MAX as u32) + 1;
+        domain.domain_id = i64::try_from(id).map_err(backend)?;
+        let result = (&self.domains, &self.domain_names, &self.verified_domains).transaction(
+            |(domains, names, verified)| {
+                if let Some(owner) = verified.get(domain.domain.as_bytes())?
+                    && owner.as_ref() != domain.organization_id.to_be_bytes()
+                {
+                    return abort(StoreError::Conflict(format!(
+                        "domain {} (verified by another organization)",
+                        domain.domain
+                    )));
+                }
+                let name = domain_name_key(domain.organization_id, &domain.domain);
+                if names.get(&name)?.is_some() {
+                    return abort(StoreError::Conflict(format!("domain {}", domain.domain)));
+                }
+                names.insert(name, &domain.domain_id.to_be_bytes())?;
+                domains.insert(
+                    domain_key(domain.organization_id, domain.domain_id),
+                    tx_encode(&domain)?,
+                )?;
+                Ok(())
+            },
+        );
+        unwrap_tx(result)?;
+        self.durable().await?;
+        Ok(domain)
+    }
+
+    async fn domains(&self, organization_id: i64) -> StoreResult<Vec<Domain>> {
+        self.domains
+            .scan_prefix(organization_id.to_be_bytes())
+            .values()
+            .map(|v| decode(&v.map_err(backend)?))
+            .collect()
+    }
+
+    async fn domain(&self, organization_id: i64, domain_id: i64) -> StoreResult<Option<Domain>> {
+        match self
+            .domains
+            .get(domain_key(organization_id, domain_id))
+            .map_err(backend)?
+        {
+            Some(bytes) => decode(&bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn save_domain(&self, domain: Domain) -> StoreResult<()> {
+        let result = (&self.domains, &self.verified_domains).transaction(|(domains, verified)| {
+            let key = domain_key(domain.organization_id, domain.domain_id);
+            if domains.get(&key)?.is_none() {
+                return abort(StoreError::NotFound(format!("domain {}", domain.domain_id)));
+            }
+            if domain.is_verified {
+                let org = domain.organization_id.to_be_bytes();
+                match verified.get(domain.domain.as_bytes())? {
+                    Some(owner) if owner.as_ref() != org => {
+                        return abort(StoreError::Conflict(format!(
+                            "domain {} (verified by another organization)",
+                            domain.domain
+                        )));
+                    }
+                    _ => {
+                        verified.insert(domain.domain.as_bytes(), &org)?;
+                    }
+                }
+            }
+            domains.insert(key, tx_encode(&domain)?)?;
+            Ok(())
+        });
+        unwrap_tx(result)?;
+        self.durable().await
+    }
+
+    async fn delete_domain(&self, organization_id: i64, domain_id: i64) -> StoreResult<bool> {
+        let result = (&self.domains, &self.domain_names, &self.verified_domains).transaction(
+            |(domains, names, verified)| {
+                let Some(bytes) = domains.remove(domain_key(organization_id, domain_id))? else {
+                    return Ok(false);
+                };
+                let domain: Domain = tx_decode(&bytes)?;
+                names.remove(domain_name_key(organization_id, &domain.domain))?;
+                let org = organization_id.to_be_bytes();
+                if verified.get(domain.domain.as_bytes())?.as_deref() == Some(&org[..]) {
+                    verified.remove(domain.domain.as_bytes())?;
+                }
+                Ok(true)
+            },
+        );
+        let deleted = unwrap_tx(result)?;
+        self.durable().await?;
+        Ok(deleted)
     }
 
     async fn append_audit(&self, event: AuditEvent) -> StoreResult<()> {

@@ -7,6 +7,8 @@ mod keys;
 mod admin;
 mod browser;
 mod config;
+mod dns;
+mod domains;
 mod hygiene;
 mod identity;
 mod limits;
