@@ -23,6 +23,12 @@
 //! [[files]]
 //! id = 12
 //! members = ["ada"]
+//!
+//! [[domains]]
+//! organization_id = 7
+//! domain = "acme.example"
+//! authentication_method = "sso"   # optional
+//! verified = true                  # optional: declared verified, without a DNS check
 //! ```
 
 use std::path::Path;
@@ -32,7 +38,7 @@ use serde::Deserialize;
 use crate::auth::secret;
 use crate::clock::{self, Clock};
 use crate::store::{
-    Application, Membership, NewUser, Organization, Role, SCHEMA_VERSION, Store, StoreError,
+    Application, Domain, Membership, NewUser, Organization, Role, SCHEMA_VERSION, Store, StoreError,
 };
 
 #[derive(Debug, Default, Deserialize)]
@@ -42,6 +48,17 @@ struct File {
     applications: Vec<ApplicationEntry>,
     organizations: Vec<OrganizationEntry>,
     files: Vec<FileEntry>,
+    domains: Vec<DomainEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DomainEntry {
+    organization_id: i64,
+    domain: String,
+    authentication_method: Option<String>,
+    #[serde(default)]
+    verified: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -225,6 +242,59 @@ pub async fn apply(path: &Path, store: &dyn Store, clock: &dyn Clock) -> Result<
                 .map_err(|e| format!("{at}: member {user_name}: {e}"))?;
         }
     }
+    for (i, d) in file.domains.into_iter().enumerate() {
+        let at = format!("bootstrap domains[{i}] ({})", d.domain);
+        let name = crate::domains::name::normalise(&d.domain).map_err(|e| format!("{at}: {e}"))?;
+        let existing = store
+            .domains(d.organization_id)
+            .await
+            .map_err(|e| format!("{at}: {e}"))?;
+        if existing.iter().any(|x| x.domain == name) {
+            count(false);
+            continue;
+        }
+        let domain = Domain {
+            v: SCHEMA_VERSION,
+            organization_id: d.organization_id,
+            domain_id: 0,
+            domain: name,
+            authentication_method: d.authentication_method,
+            created: now.clone(),
+            created_by: "bootstrap".into(),
+            modified: now.clone(),
+            modified_by: "bootstrap".into(),
+            is_verified: false,
+            verification_code: None,
+            verification_code_expires: None,
+            verification_code_expires_at: None,
+            verification_method: None,
+            owner_organization_id: d.organization_id,
+        };
+        if store
+            .organization(d.organization_id)
+            .await
+            .map_err(|e| format!("{at}: {e}"))?
+            .is_none()
+        {
+            return Err(format!(
+                "{at}: organization {} does not exist",
+                d.organization_id
+            ));
+        }
+        let mut created = store
+            .create_domain(domain)
+            .await
+            .map_err(|e| format!("{at}: {e}"))?;
+        if d.verified {
+            created.is_verified = true;
+            created.verification_method = Some("bootstrap".into());
+            store
+                .save_domain(created)
+                .await
+                .map_err(|e| format!("{at}: {e}"))?;
+        }
+        count(true);
+    }
     Ok(applied)
 }
 
@@ -256,6 +326,11 @@ members = [{ user_name = "ada", role = "admin" }, { user_name = "bob", role = "m
 [[files]]
 id = 12
 members = ["ada"]
+
+[[domains]]
+organization_id = 7
+domain = "Acme.Example"
+verified = true
 "#;
 
     #[tokio::test]
@@ -270,10 +345,14 @@ members = ["ada"]
         assert_eq!(
             first,
             Applied {
-                created: 4,
+                created: 5,
                 unchanged: 0
             }
         );
+        let domains = store.domains(7).await.unwrap();
+        assert_eq!(domains.len(), 1);
+        assert_eq!(domains[0].domain, "acme.example");
+        assert!(domains[0].is_verified);
         let ada = store.user_by_name("ada").await.unwrap().unwrap();
         assert!(secret::verify_password(
             "correct horse battery",
@@ -300,9 +379,10 @@ members = ["ada"]
             second,
             Applied {
                 created: 0,
-                unchanged: 4
+                unchanged: 5
             }
         );
+        assert_eq!(store.domains(7).await.unwrap().len(), 1);
         let ada_again = store.user_by_name("ada").await.unwrap().unwrap();
         assert_eq!(ada_again.scopes, vec!["read", "ops"]);
         assert_eq!(ada_again.modified, "later");
