@@ -99,6 +99,25 @@ fn totp(secret: &[u8], offset: i64) -> String {
     totp.generate(time).to_string()
 }
 
+/// A 6-digit code that is not `right`.
+fn wrong_code(right: &str) -> &'static str {
+    if right == "000000" {
+        "111111"
+    } else {
+        "000000"
+    }
+}
+
+/// Enrolls an authenticator app and confirms it with the current code; returns the secret.
+async fn enroll_and_confirm_otp(gh: &Gatehouse) -> Vec<u8> {
+    let secret = enroll_otp(gh).await;
+    let body = json!({"otp": totp(&secret, 0)});
+    let (status, granted, _) =
+        post(gh, "/v1/me/verify-enrollment-otp", &[basic()], Some(body)).await;
+    assert_eq!(status, 200, "{granted}");
+    secret
+}
+
 /// Enrolls an authenticator app through the API and the page; returns the secret.
 async fn enroll_otp(gh: &Gatehouse) -> Vec<u8> {
     let (status, enrollment, _) = post(
@@ -267,24 +286,9 @@ async fn replayed_totp_code_is_rejected() {
 async fn five_failures_lock_out_even_the_right_code() {
     let upstream = Upstream::start().await;
     let (gh, _) = start(&upstream, |_| {}).await;
-    let secret = enroll_otp(&gh).await;
-    assert_eq!(
-        post(
-            &gh,
-            "/v1/me/verify-enrollment-otp",
-            &[basic()],
-            Some(json!({"otp": totp(&secret, 0)}))
-        )
-        .await
-        .0,
-        200
-    );
+    let secret = enroll_and_confirm_otp(&gh).await;
     let right = totp(&secret, 1);
-    let wrong = if right == "000000" {
-        "111111"
-    } else {
-        "000000"
-    };
+    let wrong = wrong_code(&right);
     for i in 0..5 {
         let (status, _, _) = post(
             &gh,
@@ -311,24 +315,9 @@ async fn five_failures_lock_out_even_the_right_code() {
 async fn concurrent_wrong_guesses_are_all_counted() {
     let upstream = Upstream::start().await;
     let (gh, user_id) = start(&upstream, |c| c.mfa.lockout.max_failures = 100).await;
-    let secret = enroll_otp(&gh).await;
-    assert_eq!(
-        post(
-            &gh,
-            "/v1/me/verify-enrollment-otp",
-            &[basic()],
-            Some(json!({"otp": totp(&secret, 0)}))
-        )
-        .await
-        .0,
-        200
-    );
+    let secret = enroll_and_confirm_otp(&gh).await;
     let right = totp(&secret, 1);
-    let wrong = if right == "000000" {
-        "111111"
-    } else {
-        "000000"
-    };
+    let wrong = wrong_code(&right);
     let gh = std::sync::Arc::new(gh);
     let mut tasks = Vec::new();
     for _ in 0..30 {
@@ -823,11 +812,7 @@ async fn mfa_flows_leave_audit_events_and_no_secret_in_the_store() {
         Some(json!({"otp": code})),
     )
     .await;
-    let wrong = if totp(&secret, 1) == "000000" {
-        "111111"
-    } else {
-        "000000"
-    };
+    let wrong = wrong_code(&totp(&secret, 1));
     assert_eq!(
         post(
             &gh,
@@ -913,7 +898,7 @@ async fn asking_for_a_new_code_does_not_reset_the_failure_count() {
         202
     );
     let code = sms_code(&provider);
-    let wrong = if code == "000000" { "111111" } else { "000000" };
+    let wrong = wrong_code(&code);
     for _ in 0..4 {
         assert_eq!(
             post(
@@ -934,11 +919,7 @@ async fn asking_for_a_new_code_does_not_reset_the_failure_count() {
         202
     );
     let fresh = sms_code(&provider);
-    let wrong = if fresh == "000000" {
-        "111111"
-    } else {
-        "000000"
-    };
+    let wrong = wrong_code(&fresh);
     assert_eq!(
         post(
             &gh,
