@@ -49,14 +49,15 @@ impl App {
                 "applied the bootstrap file"
             );
         }
-        let tokens = Arc::new(Tokens::load(&config.tokens, store.as_ref(), clock.clone()).await?);
+        let vault = Arc::new(Vault::load(&config.secrets, &config.store.path)?);
+        let tokens =
+            Arc::new(Tokens::load(&config.tokens, store.as_ref(), &vault, clock.clone()).await?);
         let auth = Arc::new(Authenticator::new(
             &config.auth,
             store.clone(),
             tokens.clone(),
             clock.clone(),
         )?);
-        let vault = Arc::new(Vault::load(&config.secrets, &config.store.path)?);
         let notifier = Arc::new(Notifier::new(
             &config.smtp,
             &config.sms,

@@ -16,7 +16,11 @@ use serde::{Deserialize, Serialize};
 use crate::auth::{Method, Principal};
 use crate::clock::{self, Clock};
 use crate::config::TokensConfig;
+use crate::secrets::Vault;
 use crate::store::{SCHEMA_VERSION, SigningKey, Store};
+
+/// What stored signing keys are sealed for.
+const SIGNING_KEY_CONTEXT: &[u8] = b"token-signing-key";
 
 /// Clock skew tolerated on `exp` and `nbf`, in seconds.
 pub const LEEWAY: i64 = 60;
@@ -110,9 +114,11 @@ fn plausible_kid(kid: &str) -> bool {
 
 impl Tokens {
     /// Loads the signing keys (generating the first one when the store has none).
+    /// Keys kept in the store are sealed with the master key (`vault`).
     pub async fn load(
         config: &TokensConfig,
         store: &dyn Store,
+        vault: &Vault,
         clock: Arc<dyn Clock>,
     ) -> Result<Tokens, String> {
         let mut pkcs8s: Vec<Vec<u8>> = Vec::new();
@@ -138,7 +144,7 @@ impl Tokens {
                     .add_signing_key(SigningKey {
                         v: SCHEMA_VERSION,
                         kid: key.kid.clone(),
-                        pkcs8: doc.as_ref().to_vec(),
+                        pkcs8: vault.seal(doc.as_ref(), SIGNING_KEY_CONTEXT)?,
                         created: clock::rfc3339(clock.now()),
                     })
                     .await
@@ -146,7 +152,13 @@ impl Tokens {
                 tracing::info!(kid = %key.kid, "generated a token signing key");
                 pkcs8s.push(doc.as_ref().to_vec());
             } else {
-                pkcs8s.extend(stored.into_iter().map(|k| k.pkcs8));
+                for key in stored {
+                    pkcs8s.push(
+                        vault
+                            .open(&key.pkcs8, SIGNING_KEY_CONTEXT)
+                            .map_err(|e| format!("signing key {}: {e}", key.kid))?,
+                    );
+                }
             }
         }
         let keys = pkcs8s
@@ -327,6 +339,10 @@ mod tests {
     use crate::clock::FixedClock;
     use crate::store::sled::SledStore;
 
+    fn vault() -> Vault {
+        Vault::from_master(&[5u8; 32]).unwrap()
+    }
+
     fn config() -> TokensConfig {
         TokensConfig {
             issuer: "https://gh.test".into(),
@@ -351,7 +367,7 @@ mod tests {
     async fn issued_token_verifies_until_it_expires() {
         let store = SledStore::temporary().unwrap();
         let clock = FixedClock::at(1_800_000_000);
-        let tokens = Tokens::load(&config(), &store, clock.clone())
+        let tokens = Tokens::load(&config(), &store, &vault(), clock.clone())
             .await
             .unwrap();
         let token = tokens.issue_access(&principal()).unwrap();
@@ -368,19 +384,39 @@ mod tests {
     async fn signing_key_is_generated_once_and_kept() {
         let store = SledStore::temporary().unwrap();
         let clock = FixedClock::at(1_800_000_000);
-        let first = Tokens::load(&config(), &store, clock.clone())
+        let first = Tokens::load(&config(), &store, &vault(), clock.clone())
             .await
             .unwrap();
         let token = first.issue_access(&principal()).unwrap();
-        let second = Tokens::load(&config(), &store, clock).await.unwrap();
+        let second = Tokens::load(&config(), &store, &vault(), clock)
+            .await
+            .unwrap();
         assert!(second.verify_access(&token).is_ok());
         assert_eq!(first.jwks(), second.jwks());
     }
 
     #[tokio::test]
+    async fn signing_key_is_sealed_at_rest_and_needs_the_master_key() {
+        let store = SledStore::temporary().unwrap();
+        let clock = FixedClock::at(1_800_000_000);
+        let tokens = Tokens::load(&config(), &store, &vault(), clock.clone())
+            .await
+            .unwrap();
+        let stored = store.signing_keys().await.unwrap().remove(0);
+        assert!(Ed25519KeyPair::from_pkcs8_maybe_unchecked(&stored.pkcs8).is_err());
+        let other = Vault::from_master(&[6u8; 32]).unwrap();
+        assert!(
+            Tokens::load(&config(), &store, &other, clock)
+                .await
+                .is_err()
+        );
+        drop(tokens);
+    }
+
+    #[tokio::test]
     async fn assertions_are_reused_within_half_their_lifetime() {
         let store = SledStore::temporary().unwrap();
-        let tokens = Tokens::load(&config(), &store, FixedClock::at(1_800_000_000))
+        let tokens = Tokens::load(&config(), &store, &vault(), FixedClock::at(1_800_000_000))
             .await
             .unwrap();
         let a = tokens.assertion(&principal(), "upstream").unwrap();

@@ -183,7 +183,7 @@ pub struct WsKey {
     pub created: String,
 }
 
-/// A token signing key (PKCS#8 DER, Ed25519).
+/// A token signing key: Ed25519 PKCS#8 DER, sealed with the master key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SigningKey {
     pub v: u32,
