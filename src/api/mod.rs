@@ -4,6 +4,7 @@ pub mod admin;
 pub mod domains;
 pub mod enroll;
 pub mod nexus;
+pub mod ws;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
