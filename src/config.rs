@@ -213,6 +213,7 @@ pub struct DomainsConfig {
 #[derive(Debug, Clone, Serialize)]
 pub struct ApisConfig {
     pub nexus: ApiFamily,
+    pub ws: ApiFamily,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -503,6 +504,7 @@ struct RawSms {
 #[serde(deny_unknown_fields, default)]
 struct RawApis {
     nexus: RawFamily,
+    ws: RawFamily,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1369,28 +1371,29 @@ fn validate(raw: RawConfig, env_secrets: EnvSecrets) -> Result<Config, ConfigErr
         _ => {}
     }
 
-    let nx = raw.apis.nexus;
+    let family = |c: &mut Checker, name: &str, raw: RawFamily| ApiFamily {
+        enabled: c.get(&format!("apis.{name}.enabled"), raw.enabled, true, ok),
+        base_path: c.get(
+            &format!("apis.{name}.base_path"),
+            raw.base_path,
+            String::new(),
+            |s: String| {
+                let trimmed = s.trim_end_matches('/').to_owned();
+                if trimmed.is_empty() {
+                    return Ok(trimmed);
+                }
+                match path::normalize(&trimmed) {
+                    Ok(n) if n == trimmed => Ok(trimmed),
+                    _ => Err(format!(
+                        "expected a normalised path such as `/nexus`, got `{s}`"
+                    )),
+                }
+            },
+        ),
+    };
     let apis = ApisConfig {
-        nexus: ApiFamily {
-            enabled: c.get("apis.nexus.enabled", nx.enabled, true, ok),
-            base_path: c.get(
-                "apis.nexus.base_path",
-                nx.base_path,
-                String::new(),
-                |s: String| {
-                    let trimmed = s.trim_end_matches('/').to_owned();
-                    if trimmed.is_empty() {
-                        return Ok(trimmed);
-                    }
-                    match path::normalize(&trimmed) {
-                        Ok(n) if n == trimmed => Ok(trimmed),
-                        _ => Err(format!(
-                            "expected a normalised path such as `/nexus`, got `{s}`"
-                        )),
-                    }
-                },
-            ),
-        },
+        nexus: family(&mut c, "nexus", raw.apis.nexus),
+        ws: family(&mut c, "ws", raw.apis.ws),
     };
 
     let d = raw.domains;

@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use crate::api::enroll::EnrollPage;
 use crate::api::nexus::Nexus;
+use crate::api::ws::endpoints::Ws;
 use crate::app::App;
 use crate::auth::policy::{self, Decision};
 use crate::auth::{AuthError, Authenticator, Principal};
@@ -164,6 +165,7 @@ pub struct Gateway {
     require_app: bool,
     assertion_audience: String,
     nexus: Option<Nexus>,
+    ws: Option<Ws>,
     enroll: EnrollPage,
 }
 
@@ -182,6 +184,14 @@ impl Gateway {
             require_app: config.auth.require_application_token,
             assertion_audience: config.upstream.audience.clone(),
             enroll: EnrollPage::new(app.mfa.clone(), config.mfa.totp.digits),
+            ws: config.apis.ws.enabled.then(|| {
+                Ws::new(
+                    &config.apis.ws.base_path,
+                    app.auth.clone(),
+                    app.mfa.clone(),
+                    app.store.clone(),
+                )
+            }),
             nexus: config.apis.nexus.enabled.then(|| {
                 Nexus::new(
                     &config.apis.nexus.base_path,
@@ -268,6 +278,12 @@ impl Gateway {
         }
         if let Some(ticket_id) = EnrollPage::ticket_id(&path) {
             outcome.response = Ok(self.enroll.handle(&parts, body, ticket_id).await);
+            return outcome;
+        }
+        if let Some(ws) = &self.ws
+            && let Some(endpoint) = ws.endpoint(&path)
+        {
+            outcome.response = Ok(ws.handle(endpoint, &parts, body).await);
             return outcome;
         }
         if let Some(nexus) = &self.nexus

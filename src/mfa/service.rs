@@ -676,6 +676,62 @@ impl Mfa {
         Ok(())
     }
 
+    /// WS `User/2fa-opt-in`: registers `number` as the user's pending SMS factor and texts it a
+    /// code. Returns the `ProviderUserId` that identifies the registration.
+    pub async fn sms_opt_in(&self, user: &User, number: &str) -> Result<i64, MfaError> {
+        let provider_user_id = loop {
+            let mut bytes = [0u8; 4];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+                .map_err(|_| MfaError::Internal("the system random source failed".into()))?;
+            let id = i64::from(u32::from_be_bytes(bytes) & 0x7fff_ffff).max(1);
+            if self.store.ticket(&opt_in_ticket(id)).await?.is_none() {
+                break id;
+            }
+        };
+        let now = self.clock.unix();
+        self.store
+            .create_ticket(Ticket {
+                v: SCHEMA_VERSION,
+                id: opt_in_ticket(provider_user_id),
+                user_id: user.id,
+                kind: FactorKind::Sms,
+                sealed_secret: None,
+                destination: Some(number.to_owned()),
+                created_at: now,
+                expires_at: now + secs(self.config.ticket_ttl),
+                used: false,
+            })
+            .await?;
+        self.send_code(user.id, FactorKind::Sms, number, "enroll:sms")
+            .await?;
+        self.audit(
+            "mfa.enrollment.created",
+            user,
+            Some("factor sms (ws opt-in)".into()),
+        )
+        .await;
+        Ok(provider_user_id)
+    }
+
+    /// WS `User/verify-2fa-opt-in`: confirms the registration with the texted code.
+    pub async fn sms_opt_in_verify(
+        &self,
+        user: &User,
+        provider_user_id: i64,
+        otp: &str,
+    ) -> Result<(), MfaError> {
+        let ticket = self
+            .store
+            .ticket(&opt_in_ticket(provider_user_id))
+            .await?
+            .filter(|t| t.user_id == user.id)
+            .ok_or(MfaError::TicketUnknown)?;
+        if ticket.used || ticket.expires_at <= self.clock.unix() {
+            return Err(MfaError::TicketGone);
+        }
+        self.confirm(&ticket, otp).await.map(|_| ())
+    }
+
     /// `POST /v1/me/recovery-codes`: replaces the user's recovery codes (needs an MFA credential).
     pub async fn replace_recovery_codes(
         &self,
@@ -695,6 +751,11 @@ impl Mfa {
         self.audit("mfa.recovery_codes.replaced", &user, None).await;
         Ok(codes)
     }
+}
+
+/// The ticket behind a WS opt-in's `ProviderUserId`.
+fn opt_in_ticket(provider_user_id: i64) -> String {
+    format!("ws-optin-{provider_user_id}")
 }
 
 fn enrollment_email(to: &str, url: &str, kind: FactorKind) -> Email {

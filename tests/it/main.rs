@@ -17,3 +17,4 @@ mod paths;
 mod proxy;
 mod shutdown;
 mod smtp;
+mod ws;

@@ -4,6 +4,8 @@
 mod grants;
 mod users;
 
+pub use users::valid_e164;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 

@@ -1,0 +1,399 @@
+//! `POST User/2fa-opt-in` and `POST User/verify-2fa-opt-in` (seed 003 and its companion).
+//! Every answer, errors included, is a `BaseResponseModel` in the negotiated format.
+
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::{Method, Response, StatusCode};
+use hyper::body::Incoming;
+
+use super::negotiate::{self, Format};
+use super::xml::{self, Link};
+use crate::api::{self, BodyError};
+use crate::auth::{self, Authenticator, Credential, secret};
+use crate::body::{Body, full};
+use crate::mfa::service::{Mfa, MfaError};
+use crate::store::{Store, User};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    OptIn,
+    VerifyOptIn,
+}
+
+/// An answer before encoding.
+struct Answer {
+    status: StatusCode,
+    message: String,
+    links: Vec<Link>,
+    provider_user_id: Option<i64>,
+    retry_after: Option<i64>,
+}
+
+impl Answer {
+    fn new(status: StatusCode, message: impl Into<String>) -> Answer {
+        Answer {
+            status,
+            message: message.into(),
+            links: Vec::new(),
+            provider_user_id: None,
+            retry_after: None,
+        }
+    }
+
+    fn link(mut self, rel: &str, href: &str, title: &str) -> Answer {
+        self.links.push(Link {
+            rel: rel.into(),
+            href: href.into(),
+            method: "POST".into(),
+            title: title.into(),
+        });
+        self
+    }
+}
+
+pub struct Ws {
+    /// Lower-cased base path (paths match case-insensitively).
+    base: String,
+    auth: Arc<Authenticator>,
+    mfa: Arc<Mfa>,
+    store: Arc<dyn Store>,
+}
+
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.into_owned())
+}
+
+impl Ws {
+    pub fn new(base: &str, auth: Arc<Authenticator>, mfa: Arc<Mfa>, store: Arc<dyn Store>) -> Ws {
+        Ws {
+            base: base.to_ascii_lowercase(),
+            auth,
+            mfa,
+            store,
+        }
+    }
+
+    pub fn endpoint(&self, path: &str) -> Option<Endpoint> {
+        let lower = path.to_ascii_lowercase();
+        match lower.strip_prefix(&self.base)? {
+            "/user/2fa-opt-in" => Some(Endpoint::OptIn),
+            "/user/verify-2fa-opt-in" => Some(Endpoint::VerifyOptIn),
+            _ => None,
+        }
+    }
+
+    pub async fn handle(
+        &self,
+        endpoint: Endpoint,
+        parts: &Parts,
+        body: Incoming,
+    ) -> Response<Body> {
+        let accept = parts
+            .headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok());
+        let Some(format) = negotiate::response_format(accept) else {
+            let answer = Answer::new(
+                StatusCode::NOT_ACCEPTABLE,
+                "Acceptable formats: application/json, text/json, application/xml, text/xml.",
+            );
+            return encode(answer, Format::Json("application/json"));
+        };
+        let answer = match self.answer(endpoint, parts, body).await {
+            Ok(answer) | Err(answer) => answer,
+        };
+        encode(answer, format)
+    }
+
+    fn links(&self, file_id: i64) -> (String, String) {
+        (
+            format!("{}/User/verify-2fa-opt-in?FileId={file_id}", self.base),
+            format!("{}/User/2fa-opt-in?FileId={file_id}", self.base),
+        )
+    }
+
+    async fn answer(
+        &self,
+        endpoint: Endpoint,
+        parts: &Parts,
+        body: Incoming,
+    ) -> Result<Answer, Answer> {
+        if parts.method != Method::POST {
+            return Err(Answer::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "This endpoint answers POST.",
+            ));
+        }
+        let query = parts.uri.query();
+        let file_id = match query_param(query, "FileId") {
+            None => return Err(Answer::new(StatusCode::BAD_REQUEST, "FileId is required.")),
+            Some(v) => v
+                .trim()
+                .parse::<i64>()
+                .map_err(|_| Answer::new(StatusCode::BAD_REQUEST, "FileId must be an integer."))?,
+        };
+        let user = self.caller(parts, file_id).await?;
+        let content_type = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        let Some(format) = negotiate::request_format(content_type) else {
+            return Err(Answer::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "Send application/json, text/json, application/xml or text/xml.",
+            ));
+        };
+        let bytes = api::read_body(body).await.map_err(|e| match e {
+            BodyError::TooLarge => Answer::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "The body is larger than 1 MiB.",
+            ),
+            _ => Answer::new(StatusCode::BAD_REQUEST, "The body could not be read."),
+        })?;
+        let root = match endpoint {
+            Endpoint::OptIn => "OptIn2FARequest",
+            Endpoint::VerifyOptIn => "Verify2FAOptInRequest",
+        };
+        let fields = read_fields(&bytes, format, root)?;
+        let (verify, resend) = self.links(file_id);
+        let self_link = match endpoint {
+            Endpoint::OptIn => resend.clone(),
+            Endpoint::VerifyOptIn => verify.clone(),
+        };
+        match endpoint {
+            Endpoint::OptIn => {
+                let number = fields
+                    .get("MobileNumber")
+                    .and_then(|v| v.as_str())
+                    .filter(|n| crate::api::admin::valid_e164(n))
+                    .ok_or_else(|| {
+                        Answer::new(
+                            StatusCode::BAD_REQUEST,
+                            "MobileNumber must be an E.164 number such as +14155550123.",
+                        )
+                        .link("self", &self_link, "Try again")
+                    })?
+                    .to_owned();
+                let provider_user_id = self
+                    .mfa
+                    .sms_opt_in(&user, &number)
+                    .await
+                    .map_err(|e| mfa_answer(&e, &resend, &self_link))?;
+                let mut answer =
+                    Answer::new(StatusCode::OK, "A code was sent to the mobile number.")
+                        .link("verify", &verify, "Verify the code")
+                        .link("resend", &resend, "Send a new code")
+                        .link("self", &self_link, "This request");
+                answer.provider_user_id = Some(provider_user_id);
+                Ok(answer)
+            }
+            Endpoint::VerifyOptIn => {
+                let provider_user_id = fields.get("ProviderUserId").and_then(integer);
+                let otp = fields
+                    .get("Otp")
+                    .and_then(|v| v.as_str())
+                    .filter(|o| !o.is_empty());
+                let (Some(provider_user_id), Some(otp)) = (provider_user_id, otp) else {
+                    return Err(Answer::new(
+                        StatusCode::BAD_REQUEST,
+                        "ProviderUserId (an integer) and Otp are required.",
+                    )
+                    .link("resend", &resend, "Send a new code"));
+                };
+                self.mfa
+                    .sms_opt_in_verify(&user, provider_user_id, otp)
+                    .await
+                    .map_err(|e| mfa_answer(&e, &resend, &self_link))?;
+                Ok(Answer::new(
+                    StatusCode::OK,
+                    "Two-factor authentication by SMS is now enabled.",
+                )
+                .link("self", &self_link, "This request"))
+            }
+        }
+    }
+
+    /// Bearer (preferred) or the legacy `WsAccessKey`, which must belong to `file_id`.
+    async fn caller(&self, parts: &Parts, file_id: i64) -> Result<User, Answer> {
+        let unauthorized = || {
+            Answer::new(
+                StatusCode::UNAUTHORIZED,
+                "Send a Bearer token or a WsAccessKey.",
+            )
+        };
+        let forbidden = || Answer::new(StatusCode::FORBIDDEN, "No access to this FileId.");
+        let unavailable = || Answer::new(StatusCode::SERVICE_UNAVAILABLE, "Try again shortly.");
+        match auth::credential(&parts.headers) {
+            Ok(Some(Credential::Bearer(_))) => {
+                let principal = match self.auth.authenticate(&parts.headers).await {
+                    Ok(Some(p)) => p,
+                    Ok(None) | Err(auth::AuthError::Invalid(_)) => return Err(unauthorized()),
+                    Err(auth::AuthError::Malformed(_)) => {
+                        return Err(Answer::new(
+                            StatusCode::BAD_REQUEST,
+                            "Malformed Authorization header.",
+                        ));
+                    }
+                    Err(auth::AuthError::Unavailable(_)) => return Err(unavailable()),
+                };
+                let id = principal
+                    .user_id
+                    .parse::<u64>()
+                    .map_err(|_| unauthorized())?;
+                let user = self
+                    .store
+                    .user_by_id(id)
+                    .await
+                    .map_err(|_| unavailable())?
+                    .ok_or_else(unauthorized)?;
+                if user.files.contains(&file_id) {
+                    Ok(user)
+                } else {
+                    Err(forbidden())
+                }
+            }
+            Ok(Some(Credential::Basic { .. })) => Err(unauthorized()),
+            Err(_) => Err(Answer::new(
+                StatusCode::BAD_REQUEST,
+                "Malformed Authorization header.",
+            )),
+            Ok(None) => {
+                let key = query_param(parts.uri.query(), "WsAccessKey").ok_or_else(unauthorized)?;
+                let record = self
+                    .store
+                    .ws_key(&secret::hash_token(key.trim()))
+                    .await
+                    .map_err(|_| unavailable())?
+                    .ok_or_else(unauthorized)?;
+                if record.file_id != file_id {
+                    return Err(forbidden());
+                }
+                self.store
+                    .user_by_id(record.user_id)
+                    .await
+                    .map_err(|_| unavailable())?
+                    .ok_or_else(unauthorized)
+            }
+        }
+    }
+}
+
+/// Field values from a JSON object or a flat XML element, as JSON values.
+fn read_fields(
+    bytes: &[u8],
+    format: Format,
+    root: &str,
+) -> Result<serde_json::Map<String, serde_json::Value>, Answer> {
+    match format {
+        Format::Json(_) => match serde_json::from_slice::<serde_json::Value>(bytes) {
+            Ok(serde_json::Value::Object(map)) => Ok(map),
+            Ok(_) => Err(Answer::new(
+                StatusCode::BAD_REQUEST,
+                "The body must be a JSON object.",
+            )),
+            Err(e) => Err(Answer::new(
+                StatusCode::BAD_REQUEST,
+                format!("The body is not valid JSON: {e}"),
+            )),
+        },
+        Format::Xml(_) => xml::read_flat(bytes, root)
+            .map(|fields| {
+                fields
+                    .into_iter()
+                    .map(|(k, v)| (k, serde_json::Value::String(v)))
+                    .collect()
+            })
+            .map_err(|e| {
+                Answer::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("The body is not acceptable XML: {e}"),
+                )
+            }),
+    }
+}
+
+/// An integer given as a JSON number or as text (XML has no numbers).
+fn integer(value: &serde_json::Value) -> Option<i64> {
+    match value {
+        serde_json::Value::Number(n) => n.as_i64(),
+        serde_json::Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn mfa_answer(e: &MfaError, resend: &str, self_link: &str) -> Answer {
+    match e {
+        MfaError::WrongCode | MfaError::TicketGone | MfaError::TicketUnknown => Answer::new(
+            StatusCode::BAD_REQUEST,
+            "The code is wrong, expired or already used.",
+        )
+        .link("resend", resend, "Send a new code"),
+        MfaError::Locked(retry) | MfaError::SendLimited(retry) => {
+            let mut answer = Answer::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many attempts; try again later.",
+            );
+            answer.retry_after = Some(*retry);
+            answer
+        }
+        MfaError::Delivery(_) => Answer::new(
+            StatusCode::BAD_GATEWAY,
+            "The text message could not be sent.",
+        )
+        .link("resend", resend, "Send a new code"),
+        MfaError::Invalid(why) => {
+            Answer::new(StatusCode::BAD_REQUEST, why.clone()).link("self", self_link, "Try again")
+        }
+        MfaError::Store(_) => Answer::new(StatusCode::SERVICE_UNAVAILABLE, "Try again shortly."),
+        MfaError::UnknownUser
+        | MfaError::AlreadyEnrolled
+        | MfaError::NoPendingEnrollment
+        | MfaError::NoFactor(_)
+        | MfaError::InvalidAccessToken
+        | MfaError::NeedsMfa
+        | MfaError::Internal(_) => {
+            Answer::new(StatusCode::INTERNAL_SERVER_ERROR, "The request failed.")
+        }
+    }
+}
+
+fn encode(answer: Answer, format: Format) -> Response<Body> {
+    let bytes = match format {
+        Format::Json(_) => {
+            let mut object =
+                serde_json::json!({ "StatusMessage": answer.message, "_links": answer.links });
+            if let Some(id) = answer.provider_user_id {
+                object["ProviderUserId"] = serde_json::json!(id);
+            }
+            serde_json::to_vec(&object).unwrap_or_default()
+        }
+        Format::Xml(_) => {
+            let extra: Vec<(&str, String)> = answer
+                .provider_user_id
+                .map(|id| vec![("ProviderUserId", id.to_string())])
+                .unwrap_or_default();
+            xml::write_base_response(&answer.message, &answer.links, &extra)
+        }
+    };
+    let mut response = Response::new(full(bytes));
+    *response.status_mut() = answer.status;
+    let headers = response.headers_mut();
+    let content_type = format!("{}; charset=utf-8", format.media_type());
+    if let Ok(v) = HeaderValue::from_str(&content_type) {
+        headers.insert(header::CONTENT_TYPE, v);
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(retry) = answer.retry_after
+        && let Ok(v) = HeaderValue::from_str(&retry.to_string())
+    {
+        headers.insert(header::RETRY_AFTER, v);
+    }
+    if answer.status == StatusCode::METHOD_NOT_ALLOWED {
+        headers.insert(header::ALLOW, HeaderValue::from_static("POST"));
+    }
+    response
+}
