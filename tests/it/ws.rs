@@ -285,8 +285,13 @@ async fn file_ids_and_keys_are_checked() {
         let (status, _, answer) = call(&gh, &path, "application/json", None, body()).await;
         assert_eq!(status, expected, "{path}: {answer}");
         let answer: Value = serde_json::from_str(&answer).unwrap();
+        assert!(answer["StatusMessage"].is_string(), "{answer}");
+        let links = answer["_links"].as_array().unwrap();
+        assert!(!links.is_empty(), "{answer}");
         assert!(
-            answer["StatusMessage"].is_string() && answer["_links"].is_array(),
+            links
+                .iter()
+                .all(|l| !l["href"].as_str().unwrap().contains("WsAccessKey")),
             "{answer}"
         );
     }

@@ -103,9 +103,13 @@ impl Ws {
             );
             return encode(answer, Format::Json("application/json"));
         };
-        let answer = match self.answer(endpoint, parts, body).await {
+        let mut answer = match self.answer(endpoint, parts, body).await {
             Ok(answer) | Err(answer) => answer,
         };
+        if answer.links.is_empty() {
+            // Every answer links somewhere; the query is left out (it may carry a WsAccessKey).
+            answer = answer.link("self", parts.uri.path(), "This endpoint");
+        }
         encode(answer, format)
     }
 
