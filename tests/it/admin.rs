@@ -273,14 +273,7 @@ async fn applications_organizations_members_files_and_keys_are_granted() {
     );
     assert_eq!(user["files"], json!([12]));
 
-    let (status, events) = gh.admin("GET", "/admin/v1/audit?limit=3", None).await;
-    assert_eq!(status, 200);
-    let names: Vec<&str> = events
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["event"].as_str().unwrap())
-        .collect();
+    let names = gh.audit_events(3).await;
     assert_eq!(names, ["wskey.created", "file.granted", "membership.set"]);
     assert_eq!(
         gh.admin("GET", "/admin/v1/audit?limit=0", None).await.0,

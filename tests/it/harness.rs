@@ -306,6 +306,20 @@ impl Gatehouse {
         (status, json)
     }
 
+    /// The names of the newest `limit` audit events, newest first, read through the admin API.
+    pub async fn audit_events(&self, limit: usize) -> Vec<String> {
+        let (status, events) = self
+            .admin("GET", &format!("/admin/v1/audit?limit={limit}"), None)
+            .await;
+        assert_eq!(status, 200, "{events}");
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
     /// Creates a user through the admin API.
     pub async fn create_user(&self, body: serde_json::Value) -> serde_json::Value {
         let (status, user) = self.admin("POST", "/admin/v1/users", Some(body)).await;
