@@ -214,6 +214,18 @@ pub struct DomainsConfig {
 pub struct ApisConfig {
     pub nexus: ApiFamily,
     pub ws: ApiFamily,
+    pub manage: ManageApi,
+}
+
+/// The Manage family: a family plus its per-client-IP request limit.
+#[derive(Debug, Clone, Serialize)]
+pub struct ManageApi {
+    #[serde(flatten)]
+    pub family: ApiFamily,
+    /// Requests allowed per `clientIp` within `client_ip_window` (0: no limit).
+    pub client_ip_limit: u32,
+    #[serde(serialize_with = "duration")]
+    pub client_ip_window: Duration,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -505,6 +517,16 @@ struct RawSms {
 struct RawApis {
     nexus: RawFamily,
     ws: RawFamily,
+    manage: RawManage,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawManage {
+    enabled: Field<bool>,
+    base_path: Field<String>,
+    client_ip_limit: Field<u64>,
+    client_ip_window: Field<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1371,12 +1393,12 @@ fn validate(raw: RawConfig, env_secrets: EnvSecrets) -> Result<Config, ConfigErr
         _ => {}
     }
 
-    let family = |c: &mut Checker, name: &str, raw: RawFamily| ApiFamily {
+    let family = |c: &mut Checker, name: &str, raw: RawFamily, base: &str| ApiFamily {
         enabled: c.get(&format!("apis.{name}.enabled"), raw.enabled, true, ok),
         base_path: c.get(
             &format!("apis.{name}.base_path"),
             raw.base_path,
-            String::new(),
+            base.to_owned(),
             |s: String| {
                 let trimmed = s.trim_end_matches('/').to_owned();
                 if trimmed.is_empty() {
@@ -1391,9 +1413,29 @@ fn validate(raw: RawConfig, env_secrets: EnvSecrets) -> Result<Config, ConfigErr
             },
         ),
     };
+    let rm = raw.apis.manage;
+    let manage_family = RawFamily {
+        enabled: rm.enabled,
+        base_path: rm.base_path,
+    };
     let apis = ApisConfig {
-        nexus: family(&mut c, "nexus", raw.apis.nexus),
-        ws: family(&mut c, "ws", raw.apis.ws),
+        nexus: family(&mut c, "nexus", raw.apis.nexus, ""),
+        ws: family(&mut c, "ws", raw.apis.ws, ""),
+        manage: ManageApi {
+            family: family(&mut c, "manage", manage_family, "/manage"),
+            client_ip_limit: c.get(
+                "apis.manage.client_ip_limit",
+                rm.client_ip_limit,
+                600,
+                |v| in_range(0, 1_000_000)(v).map(|v| v as u32),
+            ),
+            client_ip_window: c.get(
+                "apis.manage.client_ip_window",
+                rm.client_ip_window,
+                Duration::from_secs(60),
+                parse_duration,
+            ),
+        },
     };
 
     let d = raw.domains;

@@ -17,6 +17,7 @@ use ipnet::IpNet;
 use std::sync::Arc;
 
 use crate::api::enroll::EnrollPage;
+use crate::api::manage::Manage;
 use crate::api::nexus::Nexus;
 use crate::api::ws::endpoints::Ws;
 use crate::app::App;
@@ -150,6 +151,8 @@ struct Outcome {
     path: String,
     upstream_latency: Option<Duration>,
     principal: Option<Principal>,
+    /// A request id of the endpoint's own, replacing the client's (the Manage family's).
+    request_id: Option<String>,
 }
 
 /// The public listeners' request handler.
@@ -166,6 +169,7 @@ pub struct Gateway {
     assertion_audience: String,
     nexus: Option<Nexus>,
     ws: Option<Ws>,
+    manage: Option<Manage>,
     enroll: EnrollPage,
 }
 
@@ -190,6 +194,15 @@ impl Gateway {
                     app.auth.clone(),
                     app.mfa.clone(),
                     app.store.clone(),
+                )
+            }),
+            manage: config.apis.manage.family.enabled.then(|| {
+                Manage::new(
+                    &config.apis.manage,
+                    app.auth.clone(),
+                    app.mfa.clone(),
+                    app.store.clone(),
+                    app.clock.clone(),
                 )
             }),
             nexus: config.apis.nexus.enabled.then(|| {
@@ -223,7 +236,8 @@ impl Gateway {
 
         let method = parts.method.clone();
         let query = parts.uri.query().map(str::to_owned);
-        let outcome = self.route(parts, body, conn, trusted, &request_id).await;
+        let mut outcome = self.route(parts, body, conn, trusted, &request_id).await;
+        let request_id = outcome.request_id.take().unwrap_or(request_id);
         let (mut response, error) = match outcome.response {
             Ok(response) => (response, None),
             Err(rejection) => (
@@ -262,6 +276,7 @@ impl Gateway {
             path: raw_path.clone(),
             upstream_latency: None,
             principal: None,
+            request_id: None,
         };
         let path = match path::normalize(&raw_path) {
             Ok(path) => path,
@@ -284,6 +299,15 @@ impl Gateway {
             && let Some(endpoint) = ws.endpoint(&path)
         {
             outcome.response = Ok(ws.handle(endpoint, &parts, body).await);
+            return outcome;
+        }
+        if let Some(manage) = &self.manage
+            && let Some(endpoint) = manage.endpoint(&path)
+        {
+            // Every Manage answer carries a fresh `apiRequestId`, also the request's id.
+            let id = uuid::Uuid::new_v4().to_string();
+            outcome.response = Ok(manage.handle(endpoint, &parts, body, &id).await);
+            outcome.request_id = Some(id);
             return outcome;
         }
         if let Some(nexus) = &self.nexus

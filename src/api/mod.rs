@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod domains;
 pub mod enroll;
+pub mod manage;
 pub mod nexus;
 pub mod ws;
 

@@ -195,7 +195,7 @@ pub fn mfa_problem(e: &MfaError) -> (Problem, Option<i64>) {
             ),
             None,
         ),
-        MfaError::WrongCode => (
+        MfaError::WrongCode | MfaError::CodeExpired => (
             p(
                 StatusCode::FORBIDDEN,
                 "invalid-code",
@@ -221,6 +221,15 @@ pub fn mfa_problem(e: &MfaError) -> (Problem, Option<i64>) {
                 "Wait before asking for another code.".into(),
             ),
             Some(*retry),
+        ),
+        MfaError::NoSuchPhone => (
+            p(
+                StatusCode::BAD_REQUEST,
+                "no-such-phone",
+                "Unknown user or number",
+                "No user of that name has that phone number.".into(),
+            ),
+            None,
         ),
         MfaError::InvalidAccessToken => (
             p(

@@ -3,5 +3,6 @@
 
 pub mod codes;
 pub mod lockout;
+pub mod phone;
 pub mod service;
 pub mod totp;

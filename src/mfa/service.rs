@@ -30,6 +30,10 @@ pub enum MfaError {
     /// Used or expired.
     TicketGone,
     WrongCode,
+    /// The code was right but has expired.
+    CodeExpired,
+    /// No user of that name has that phone number.
+    NoSuchPhone,
     /// Locked out for this many more seconds.
     Locked(i64),
     /// Too many codes sent; retry after this many seconds.
@@ -91,11 +95,11 @@ pub struct Codes {
 }
 
 pub struct Mfa {
-    store: Arc<dyn Store>,
-    vault: Arc<Vault>,
+    pub(super) store: Arc<dyn Store>,
+    pub(super) vault: Arc<Vault>,
     tokens: Arc<Tokens>,
     notifier: Arc<Notifier>,
-    clock: Arc<dyn Clock>,
+    pub(super) clock: Arc<dyn Clock>,
     config: MfaConfig,
     totp: TotpParams,
     policy: Policy,
@@ -147,7 +151,7 @@ impl Mfa {
         FactorKind::parse(&self.config.default_factor).unwrap_or(FactorKind::Otp)
     }
 
-    async fn audit(&self, event: &str, user: &User, detail: Option<String>) {
+    pub(super) async fn audit(&self, event: &str, user: &User, detail: Option<String>) {
         audit::record(
             self.store.as_ref(),
             self.clock.as_ref(),
@@ -305,7 +309,7 @@ impl Mfa {
     }
 
     /// Generates, stores and delivers a code, within the send limits.
-    async fn send_code(
+    pub(super) async fn send_code(
         &self,
         user_id: u64,
         kind: FactorKind,
@@ -359,7 +363,7 @@ impl Mfa {
     }
 
     /// Refuses when locked, before any code is even looked at.
-    async fn check_lock(&self, user: &User) -> Result<(), MfaError> {
+    pub(super) async fn check_lock(&self, user: &User) -> Result<(), MfaError> {
         match self
             .store
             .lockout(user.id)
@@ -373,16 +377,30 @@ impl Mfa {
 
     /// Counts a failure; the answer is 429 when it locked the user, else 403.
     async fn fail(&self, user: &User) -> MfaError {
+        self.fail_with(user, None).await
+    }
+
+    /// [`Mfa::fail`], with a detail (who asked) for the audit events.
+    pub(super) async fn fail_with(&self, user: &User, detail: Option<&str>) -> MfaError {
         let now = self.clock.unix();
+        let with = |what: String| match detail {
+            Some(d) => format!("{what}; {d}"),
+            None => what,
+        };
         match self.store.record_failure(user.id, now, self.policy).await {
             Ok(state) => match state.retry_after(now) {
                 Some(retry) => {
-                    self.audit("mfa.lockout", user, Some(format!("locked for {retry} s")))
-                        .await;
+                    self.audit(
+                        "mfa.lockout",
+                        user,
+                        Some(with(format!("locked for {retry} s"))),
+                    )
+                    .await;
                     MfaError::Locked(retry)
                 }
                 None => {
-                    self.audit("mfa.code.failed", user, None).await;
+                    self.audit("mfa.code.failed", user, detail.map(str::to_owned))
+                        .await;
                     MfaError::WrongCode
                 }
             },

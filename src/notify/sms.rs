@@ -18,6 +18,27 @@ use super::DeliveryError;
 use crate::config::SmsConfig;
 use crate::outbound::Outbound;
 
+/// E.164: `+`, then 8 to 15 digits, the first not 0.
+pub fn valid_e164(phone: &str) -> bool {
+    let Some(digits) = phone.strip_prefix('+') else {
+        return false;
+    };
+    (8..=15).contains(&digits.len())
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && !digits.starts_with('0')
+}
+
+/// A number as people write it (`+1 (415) 555-0123`, `+1.415.555.0123`) in E.164 form, for
+/// comparing numbers; `None` when it is not an E.164 number once the separators are gone.
+pub fn normalise_number(number: &str) -> Option<String> {
+    let compact: String = number
+        .trim()
+        .chars()
+        .filter(|c| !matches!(c, ' ' | '-' | '(' | ')' | '.'))
+        .collect();
+    valid_e164(&compact).then_some(compact)
+}
+
 enum Kind {
     Outbox(PathBuf),
     Webhook {
@@ -133,4 +154,37 @@ fn append(path: &Path, to: &str, body: &str) -> Result<(), DeliveryError> {
         .map_err(|e| DeliveryError::Failed(format!("cannot write {}: {e}", path.display())))?;
     writeln!(file, "to={to} body={body}")
         .map_err(|e| DeliveryError::Failed(format!("cannot write {}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn e164_numbers_are_recognised() {
+        assert!(valid_e164("+14155550123"));
+        for bad in [
+            "14155550123",
+            "+0123456789",
+            "+1 415 555",
+            "+12",
+            "+1234567890123456",
+        ] {
+            assert!(!valid_e164(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn written_numbers_normalise_to_e164() {
+        for written in ["+1 (415) 555-0123", " +1.415.555.0123", "+14155550123"] {
+            assert_eq!(
+                normalise_number(written).as_deref(),
+                Some("+14155550123"),
+                "{written}"
+            );
+        }
+        for bad in ["415 555 0123", "+1 415 555 O123", "", "+"] {
+            assert_eq!(normalise_number(bad), None, "{bad}");
+        }
+    }
 }

@@ -283,6 +283,17 @@ pub struct OobCode {
     pub expires_at: i64,
 }
 
+/// What presenting a one-time code to [`Store::login_with_code`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CodeLogin {
+    /// The code matched and was consumed; the user as now stored.
+    Accepted(Box<User>),
+    /// The code matched but had expired.
+    Expired,
+    /// No code of that purpose matched (never sent, already used, or wrong).
+    Wrong,
+}
+
 /// An organisation's domain (seed 002's domain object).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Domain {
@@ -375,6 +386,18 @@ pub trait Store: Send + Sync {
         code_hash: &str,
         now: i64,
     ) -> StoreResult<bool>;
+
+    /// Atomically: consumes the user's code for `purpose` if its hash matches and it has not
+    /// expired, clears the user's failure count, and records `login_time` as the user's last
+    /// login. Nothing changes unless the answer is [`CodeLogin::Accepted`].
+    async fn login_with_code(
+        &self,
+        user_id: u64,
+        purpose: &str,
+        code_hash: &str,
+        now: i64,
+        login_time: &str,
+    ) -> StoreResult<CodeLogin>;
 
     async fn replace_recovery_codes(&self, user_id: u64, hashes: Vec<String>) -> StoreResult<()>;
     /// Removes the recovery code if the user has it.

@@ -10,7 +10,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use sled::{Db, Transactional, Tree};
 
 use super::{
-    Application, AuditEvent, Domain, Factor, FactorKind, Membership, NewUser, OobCode,
+    Application, AuditEvent, CodeLogin, Domain, Factor, FactorKind, Membership, NewUser, OobCode,
     Organization, SCHEMA_VERSION, SigningKey, Store, StoreError, StoreResult, Ticket, User,
     UserPatch, WsKey,
 };
@@ -491,6 +491,44 @@ impl Store for SledStore {
         Ok(consumed)
     }
 
+    async fn login_with_code(
+        &self,
+        user_id: u64,
+        purpose: &str,
+        code_hash: &str,
+        now: i64,
+        login_time: &str,
+    ) -> StoreResult<CodeLogin> {
+        let code_key = mfa_key(user_id, b'c', purpose.as_bytes());
+        let result = (&self.users, &self.mfa).transaction(|(users, mfa)| {
+            let code: OobCode = match mfa.get(&code_key)? {
+                Some(bytes) => tx_decode(&bytes)?,
+                None => return Ok(CodeLogin::Wrong),
+            };
+            if !crate::secrets::same(&code.code_hash, code_hash) {
+                return Ok(CodeLogin::Wrong);
+            }
+            if code.expires_at <= now {
+                return Ok(CodeLogin::Expired);
+            }
+            let Some(bytes) = users.get(user_id.to_be_bytes())? else {
+                return abort(StoreError::NotFound(format!("user {user_id}")));
+            };
+            let mut user: User = tx_decode(&bytes)?;
+            user.last_login_timestamp = Some(login_time.to_owned());
+            user.modified = login_time.to_owned();
+            users.insert(&user_id.to_be_bytes(), tx_encode(&user)?)?;
+            mfa.remove(code_key.as_slice())?;
+            mfa.remove(mfa_key(user_id, b'l', &[]))?;
+            Ok(CodeLogin::Accepted(Box::new(user)))
+        });
+        let outcome = unwrap_tx(result)?;
+        if matches!(outcome, CodeLogin::Accepted(_)) {
+            self.durable().await?;
+        }
+        Ok(outcome)
+    }
+
     async fn replace_recovery_codes(&self, user_id: u64, hashes: Vec<String>) -> StoreResult<()> {
         self.mfa
             .insert(mfa_key(user_id, b'r', &[]), encode(&hashes)?)
@@ -795,7 +833,7 @@ impl Store for SledStore {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
     use crate::store::Role;
 
@@ -1072,6 +1110,57 @@ mod tests {
                 .await
                 .unwrap()
         );
+    }
+
+    #[tokio::test]
+    async fn a_code_login_consumes_the_code_clears_failures_and_records_the_login_at_once() {
+        let store = SledStore::temporary().unwrap();
+        let user = store.create_user(new_user("ada"), NOW).await.unwrap();
+        let code = OobCode {
+            v: SCHEMA_VERSION,
+            user_id: user.id,
+            purpose: "manage:sms".into(),
+            code_hash: "abc".into(),
+            expires_at: 2000,
+        };
+        let policy = Policy {
+            max_failures: 5,
+            window: 300,
+            duration: 900,
+        };
+        store.put_code(code.clone()).await.unwrap();
+        store.record_failure(user.id, 1000, policy).await.unwrap();
+        let login = "2026-01-02T00:00:00Z";
+
+        let wrong = store
+            .login_with_code(user.id, "manage:sms", "abd", 1000, login)
+            .await
+            .unwrap();
+        assert_eq!(wrong, CodeLogin::Wrong);
+        let expired = store
+            .login_with_code(user.id, "manage:sms", "abc", 2000, login)
+            .await
+            .unwrap();
+        assert_eq!(expired, CodeLogin::Expired);
+        let unchanged = store.user_by_id(user.id).await.unwrap().unwrap();
+        assert_eq!(unchanged.last_login_timestamp, None);
+        assert_eq!(store.lockout(user.id).await.unwrap().failures.len(), 1);
+
+        let CodeLogin::Accepted(after) = store
+            .login_with_code(user.id, "manage:sms", "abc", 1000, login)
+            .await
+            .unwrap()
+        else {
+            panic!("the right code was refused");
+        };
+        assert_eq!(after.last_login_timestamp.as_deref(), Some(login));
+        assert_eq!(store.user_by_id(user.id).await.unwrap().unwrap(), *after);
+        assert!(store.lockout(user.id).await.unwrap().failures.is_empty());
+        let again = store
+            .login_with_code(user.id, "manage:sms", "abc", 1000, login)
+            .await
+            .unwrap();
+        assert_eq!(again, CodeLogin::Wrong, "a code is single use");
     }
 
     #[tokio::test]

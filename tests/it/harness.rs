@@ -13,8 +13,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use gatehouse::app::App;
 use gatehouse::body::{Body, full};
+use gatehouse::clock::SystemClock;
 use gatehouse::config::{self, Config, Secret};
 use gatehouse::server::{BoundAddrs, Server};
+use gatehouse::store::Store;
+use gatehouse::store::sled::SledStore;
 use http::{HeaderMap, Request, Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -242,11 +245,28 @@ impl Gatehouse {
     }
 
     pub async fn start_url(upstream: &str, adjust: impl FnOnce(&mut Config)) -> Gatehouse {
+        Gatehouse::start_store(upstream, adjust, |config| {
+            Arc::new(SledStore::open(&config.store.path).unwrap())
+        })
+        .await
+    }
+
+    /// Starts with the store `open` makes from the final configuration.
+    pub async fn start_store(
+        upstream: &str,
+        adjust: impl FnOnce(&mut Config),
+        open: impl FnOnce(&Config) -> Arc<dyn Store>,
+    ) -> Gatehouse {
         let dir = tempfile::tempdir().unwrap();
         let mut config = config::from_toml_str(&base_config(dir.path(), upstream)).unwrap();
         config.admin.token = Some(Secret::new(ADMIN_TOKEN));
         adjust(&mut config);
-        let app = Arc::new(App::open(config).await.unwrap());
+        let store = open(&config);
+        let app = Arc::new(
+            App::with_store(config, store, Arc::new(SystemClock))
+                .await
+                .unwrap(),
+        );
         let server = Server::bind(&app).await.unwrap();
         let addrs = server.addrs();
         let (stop, stopped) = oneshot::channel::<()>();

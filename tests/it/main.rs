@@ -9,6 +9,7 @@ mod browser;
 mod config;
 mod dns;
 mod domains;
+mod faulty;
 mod hygiene;
 mod identity;
 mod limits;

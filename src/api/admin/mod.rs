@@ -4,8 +4,6 @@
 mod grants;
 mod users;
 
-pub use users::valid_e164;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 

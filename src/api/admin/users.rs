@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::{Admin, AdminError, AdminResult};
 use crate::api;
 use crate::auth::secret;
+use crate::notify::sms::valid_e164;
 use crate::store::{Membership, NewUser, User, UserPatch};
 
 /// The body of `POST /admin/v1/users` and `PATCH /admin/v1/users/{userName}`.
@@ -167,16 +168,6 @@ fn valid_email(email: &str) -> bool {
         && !email.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
-/// E.164: `+`, then 8 to 15 digits, the first not 0.
-pub fn valid_e164(phone: &str) -> bool {
-    let Some(digits) = phone.strip_prefix('+') else {
-        return false;
-    };
-    (8..=15).contains(&digits.len())
-        && digits.bytes().all(|b| b.is_ascii_digit())
-        && !digits.starts_with('0')
-}
-
 /// Hashes a password off the async threads (argon2 takes tens of milliseconds).
 async fn hash(password: String) -> Result<String, AdminError> {
     tokio::task::spawn_blocking(move || secret::hash_password(&password))
@@ -272,20 +263,6 @@ impl Admin {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn e164_numbers_are_recognised() {
-        assert!(valid_e164("+14155550123"));
-        for bad in [
-            "14155550123",
-            "+0123456789",
-            "+1 415 555",
-            "+12",
-            "+1234567890123456",
-        ] {
-            assert!(!valid_e164(bad), "{bad}");
-        }
-    }
 
     #[test]
     fn user_names_exclude_separators_and_controls() {

@@ -173,7 +173,7 @@ impl Ws {
                 let number = fields
                     .get("MobileNumber")
                     .and_then(|v| v.as_str())
-                    .filter(|n| crate::api::admin::valid_e164(n))
+                    .filter(|n| crate::notify::sms::valid_e164(n))
                     .ok_or_else(|| {
                         Answer::new(
                             StatusCode::BAD_REQUEST,
@@ -331,7 +331,10 @@ fn integer(value: &serde_json::Value) -> Option<i64> {
 
 fn mfa_answer(e: &MfaError, resend: &str, self_link: &str) -> Answer {
     match e {
-        MfaError::WrongCode | MfaError::TicketGone | MfaError::TicketUnknown => Answer::new(
+        MfaError::WrongCode
+        | MfaError::CodeExpired
+        | MfaError::TicketGone
+        | MfaError::TicketUnknown => Answer::new(
             StatusCode::BAD_REQUEST,
             "The code is wrong, expired or already used.",
         )
@@ -357,6 +360,7 @@ fn mfa_answer(e: &MfaError, resend: &str, self_link: &str) -> Answer {
         | MfaError::AlreadyEnrolled
         | MfaError::NoPendingEnrollment
         | MfaError::NoFactor(_)
+        | MfaError::NoSuchPhone
         | MfaError::InvalidAccessToken
         | MfaError::NeedsMfa
         | MfaError::Internal(_) => {

@@ -1,0 +1,289 @@
+//! A store that fails the operations a test names, around the real sled store: for the promise
+//! that a store failure answers 500 and leaves nothing half-written.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use gatehouse::mfa::lockout::{LockoutState, Policy};
+use gatehouse::store::sled::SledStore;
+use gatehouse::store::*;
+
+pub struct FaultyStore {
+    inner: SledStore,
+    failing: Mutex<HashSet<&'static str>>,
+}
+
+impl FaultyStore {
+    pub fn new(path: &std::path::Path) -> Arc<FaultyStore> {
+        Arc::new(FaultyStore {
+            inner: SledStore::open(path).unwrap(),
+            failing: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// From now on, the named operations fail as a broken backend would.
+    pub fn fail(&self, operations: &[&'static str]) {
+        self.failing.lock().unwrap().extend(operations);
+    }
+
+    /// Every operation works again.
+    pub fn recover(&self) {
+        self.failing.lock().unwrap().clear();
+    }
+
+    fn gate(&self, operation: &str) -> StoreResult<()> {
+        if self.failing.lock().unwrap().contains(operation) {
+            return Err(StoreError::Backend(format!(
+                "{operation}: injected failure"
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for FaultyStore {
+    async fn check(&self) -> StoreResult<()> {
+        self.gate("check")?;
+        self.inner.check().await
+    }
+
+    async fn create_user(&self, new: NewUser, now: &str) -> StoreResult<User> {
+        self.gate("create_user")?;
+        self.inner.create_user(new, now).await
+    }
+
+    async fn user_by_name(&self, user_name: &str) -> StoreResult<Option<User>> {
+        self.gate("user_by_name")?;
+        self.inner.user_by_name(user_name).await
+    }
+
+    async fn user_by_id(&self, id: u64) -> StoreResult<Option<User>> {
+        self.gate("user_by_id")?;
+        self.inner.user_by_id(id).await
+    }
+
+    async fn user_by_external(&self, issuer: &str, subject: &str) -> StoreResult<Option<User>> {
+        self.gate("user_by_external")?;
+        self.inner.user_by_external(issuer, subject).await
+    }
+
+    async fn update_user(&self, user_name: &str, patch: UserPatch, now: &str) -> StoreResult<User> {
+        self.gate("update_user")?;
+        self.inner.update_user(user_name, patch, now).await
+    }
+
+    async fn delete_user(&self, user_name: &str) -> StoreResult<bool> {
+        self.gate("delete_user")?;
+        self.inner.delete_user(user_name).await
+    }
+
+    async fn reset_mfa(&self, user_id: u64) -> StoreResult<()> {
+        self.gate("reset_mfa")?;
+        self.inner.reset_mfa(user_id).await
+    }
+
+    async fn create_application(&self, app: Application) -> StoreResult<()> {
+        self.gate("create_application")?;
+        self.inner.create_application(app).await
+    }
+
+    async fn application_by_token_hash(
+        &self,
+        token_hash: &str,
+    ) -> StoreResult<Option<Application>> {
+        self.gate("application_by_token_hash")?;
+        self.inner.application_by_token_hash(token_hash).await
+    }
+
+    async fn create_organization(&self, org: Organization) -> StoreResult<()> {
+        self.gate("create_organization")?;
+        self.inner.create_organization(org).await
+    }
+
+    async fn organization(&self, id: i64) -> StoreResult<Option<Organization>> {
+        self.gate("organization")?;
+        self.inner.organization(id).await
+    }
+
+    async fn set_membership(
+        &self,
+        user_name: &str,
+        membership: Membership,
+        now: &str,
+    ) -> StoreResult<User> {
+        self.gate("set_membership")?;
+        self.inner.set_membership(user_name, membership, now).await
+    }
+
+    async fn grant_file(&self, user_name: &str, file_id: i64, now: &str) -> StoreResult<User> {
+        self.gate("grant_file")?;
+        self.inner.grant_file(user_name, file_id, now).await
+    }
+
+    async fn create_ws_key(&self, key: WsKey) -> StoreResult<()> {
+        self.gate("create_ws_key")?;
+        self.inner.create_ws_key(key).await
+    }
+
+    async fn ws_key(&self, key_hash: &str) -> StoreResult<Option<WsKey>> {
+        self.gate("ws_key")?;
+        self.inner.ws_key(key_hash).await
+    }
+
+    async fn signing_keys(&self) -> StoreResult<Vec<SigningKey>> {
+        self.gate("signing_keys")?;
+        self.inner.signing_keys().await
+    }
+
+    async fn add_signing_key(&self, key: SigningKey) -> StoreResult<()> {
+        self.gate("add_signing_key")?;
+        self.inner.add_signing_key(key).await
+    }
+
+    async fn create_ticket(&self, ticket: Ticket) -> StoreResult<()> {
+        self.gate("create_ticket")?;
+        self.inner.create_ticket(ticket).await
+    }
+
+    async fn ticket(&self, id: &str) -> StoreResult<Option<Ticket>> {
+        self.gate("ticket")?;
+        self.inner.ticket(id).await
+    }
+
+    async fn newest_pending_ticket(&self, user_id: u64, now: i64) -> StoreResult<Option<Ticket>> {
+        self.gate("newest_pending_ticket")?;
+        self.inner.newest_pending_ticket(user_id, now).await
+    }
+
+    async fn confirm_ticket(
+        &self,
+        ticket_id: &str,
+        factor: Factor,
+        recovery_hashes: Option<Vec<String>>,
+        now: i64,
+    ) -> StoreResult<bool> {
+        self.gate("confirm_ticket")?;
+        self.inner
+            .confirm_ticket(ticket_id, factor, recovery_hashes, now)
+            .await
+    }
+
+    async fn factors(&self, user_id: u64) -> StoreResult<Vec<Factor>> {
+        self.gate("factors")?;
+        self.inner.factors(user_id).await
+    }
+
+    async fn accept_totp_step(&self, user_id: u64, step: u64) -> StoreResult<bool> {
+        self.gate("accept_totp_step")?;
+        self.inner.accept_totp_step(user_id, step).await
+    }
+
+    async fn put_code(&self, code: OobCode) -> StoreResult<()> {
+        self.gate("put_code")?;
+        self.inner.put_code(code).await
+    }
+
+    async fn consume_code(
+        &self,
+        user_id: u64,
+        purpose: &str,
+        code_hash: &str,
+        now: i64,
+    ) -> StoreResult<bool> {
+        self.gate("consume_code")?;
+        self.inner
+            .consume_code(user_id, purpose, code_hash, now)
+            .await
+    }
+
+    async fn login_with_code(
+        &self,
+        user_id: u64,
+        purpose: &str,
+        code_hash: &str,
+        now: i64,
+        login_time: &str,
+    ) -> StoreResult<CodeLogin> {
+        self.gate("login_with_code")?;
+        self.inner
+            .login_with_code(user_id, purpose, code_hash, now, login_time)
+            .await
+    }
+
+    async fn replace_recovery_codes(&self, user_id: u64, hashes: Vec<String>) -> StoreResult<()> {
+        self.gate("replace_recovery_codes")?;
+        self.inner.replace_recovery_codes(user_id, hashes).await
+    }
+
+    async fn consume_recovery_code(&self, user_id: u64, hash: &str) -> StoreResult<bool> {
+        self.gate("consume_recovery_code")?;
+        self.inner.consume_recovery_code(user_id, hash).await
+    }
+
+    async fn lockout(&self, user_id: u64) -> StoreResult<LockoutState> {
+        self.gate("lockout")?;
+        self.inner.lockout(user_id).await
+    }
+
+    async fn record_failure(
+        &self,
+        user_id: u64,
+        now: i64,
+        policy: Policy,
+    ) -> StoreResult<LockoutState> {
+        self.gate("record_failure")?;
+        self.inner.record_failure(user_id, now, policy).await
+    }
+
+    async fn clear_failures(&self, user_id: u64) -> StoreResult<()> {
+        self.gate("clear_failures")?;
+        self.inner.clear_failures(user_id).await
+    }
+
+    async fn count_send(&self, key: &str, now: i64, window: i64, limit: u32) -> StoreResult<bool> {
+        self.gate("count_send")?;
+        self.inner.count_send(key, now, window, limit).await
+    }
+
+    async fn create_domain(&self, domain: Domain) -> StoreResult<Domain> {
+        self.gate("create_domain")?;
+        self.inner.create_domain(domain).await
+    }
+
+    async fn domains(&self, organization_id: i64) -> StoreResult<Vec<Domain>> {
+        self.gate("domains")?;
+        self.inner.domains(organization_id).await
+    }
+
+    async fn domain(&self, organization_id: i64, domain_id: i64) -> StoreResult<Option<Domain>> {
+        self.gate("domain")?;
+        self.inner.domain(organization_id, domain_id).await
+    }
+
+    async fn save_domain(&self, domain: Domain) -> StoreResult<()> {
+        self.gate("save_domain")?;
+        self.inner.save_domain(domain).await
+    }
+
+    async fn delete_domain(&self, organization_id: i64, domain_id: i64) -> StoreResult<bool> {
+        self.gate("delete_domain")?;
+        self.inner.delete_domain(organization_id, domain_id).await
+    }
+
+    async fn append_audit(&self, event: AuditEvent) -> StoreResult<()> {
+        self.gate("append_audit")?;
+        self.inner.append_audit(event).await
+    }
+
+    async fn audit(&self, limit: usize) -> StoreResult<Vec<AuditEvent>> {
+        self.gate("audit")?;
+        self.inner.audit(limit).await
+    }
+
+    async fn flush(&self) -> StoreResult<()> {
+        self.gate("flush")?;
+        self.inner.flush().await
+    }
+}
