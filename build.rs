@@ -21,10 +21,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ".gatehouse.manage.v2.SendOtpRequest",
         ".gatehouse.manage.v2.ValidateOtpRequest",
     ] {
-        // Every field is required in JSON: a missing one is a 400, not an empty string.
+        // Every field is required in JSON (a missing one is a 400, not an empty string), and
+        // nothing else is accepted (a misspelt field is a 400, not an ignored one).
         config.type_attribute(
             message,
-            "#[derive(serde::Deserialize)] #[serde(rename_all = \"camelCase\")]",
+            "#[derive(serde::Deserialize)] #[serde(rename_all = \"camelCase\", deny_unknown_fields)]",
         );
     }
     config.field_attribute(

@@ -13,6 +13,7 @@ mod faulty;
 mod hygiene;
 mod identity;
 mod limits;
+mod manage;
 mod mfa;
 mod paths;
 mod proxy;
