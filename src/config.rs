@@ -1569,6 +1569,29 @@ mod tests {
         assert_eq!(c.upstream.connect_timeout, Duration::from_secs(2));
         assert_eq!(c.server.header_read_timeout, Duration::from_secs(10));
         assert_eq!(c.proxy.default, Access::Authenticated);
+        assert_eq!(c.apis.manage.family.base_path, "/manage");
+        assert_eq!(c.apis.nexus.base_path, "");
+        assert_eq!(c.apis.manage.client_ip_window, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn manage_settings_are_checked() {
+        let err = from_toml_str(
+            "[apis.manage]\nbase_path = \"/a/../m\"\nclient_ip_limit = -1\nclient_ip_window = \"often\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for key in [
+            "apis.manage.base_path",
+            "apis.manage.client_ip_limit",
+            "apis.manage.client_ip_window",
+        ] {
+            assert!(err.contains(key), "{key} missing from:\n{err}");
+        }
+        let c =
+            from_toml_str("[apis.manage]\nbase_path = \"/otp/\"\nclient_ip_limit = 0\n").unwrap();
+        assert_eq!(c.apis.manage.family.base_path, "/otp");
+        assert_eq!(c.apis.manage.client_ip_limit, 0);
     }
 
     #[test]

@@ -645,3 +645,110 @@ async fn the_family_moves_with_its_base_path_and_is_proxied_when_disabled() {
         "a disabled family's paths are forwarded"
     );
 }
+
+#[tokio::test]
+async fn concurrent_wrong_codes_are_all_counted() {
+    let upstream = Upstream::start().await;
+    let (gh, provider) = start(&upstream, |c| c.mfa.lockout.max_failures = 20).await;
+    assert_eq!(send(&gh, PHONE).await.status, 200);
+    let code = texted_code(&provider);
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    let gh = Arc::new(gh);
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let gh = gh.clone();
+        tasks.push(tokio::spawn(async move {
+            validate(&gh, PHONE, wrong).await.status
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    statuses.sort_unstable();
+    let expected: Vec<u16> = [vec![400; 19], vec![429]].concat();
+    assert_eq!(
+        statuses, expected,
+        "the 20th failure locks, whichever it is"
+    );
+    assert_error(&validate(&gh, PHONE, &code).await, 429, 4290);
+}
+
+#[tokio::test]
+async fn a_validated_code_stays_used_after_kill_9_and_no_secret_is_logged() {
+    let upstream = Upstream::start().await;
+    let provider = Upstream::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "[store]\npath = \"{}\"\n[sms]\nkind = \"webhook\"\nurl = \"{}/sms\"\n",
+        data.path().display(),
+        provider.url()
+    );
+    let config = process_config(&upstream.url(), &extra);
+    let token = "kill-test-admin-token";
+    let env = [("GATEHOUSE_ADMIN_TOKEN", token)];
+    let mut gh = Process::start(&config, &env).await;
+    let client = http1_client();
+    let admin = format!("http://{}/admin/v1/users", gh.addrs["listen.admin"]);
+    for body in [
+        json!({"userName": "ada", "password": "ada's own password", "phone": PHONE}),
+        json!({"userName": "billing", "password": SERVICE_PASSWORD, "scopes": ["manage.otp.verify"]}),
+    ] {
+        let created = client
+            .post(&admin)
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 201);
+    }
+    let call = |gh: &Process, path: &str, body: Value| {
+        client
+            .post(gh.http_url(path))
+            .basic_auth("billing", Some(SERVICE_PASSWORD))
+            .header("clientip", "198.51.100.4")
+            .json(&body)
+            .send()
+    };
+    let sent = call(&gh, SEND, json!({"userName": "ada", "phoneNumber": PHONE}))
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 200);
+    let code = texted_code(&provider);
+    let body = json!({"userName": "ada", "phoneNumber": PHONE, "otp": code});
+    let validated = call(&gh, VALIDATE, body.clone()).await.unwrap();
+    assert_eq!(validated.status(), 200);
+    let request_id = validated.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let login = validated.json::<Value>().await.unwrap()["user"]["lastLoginTimestamp"].clone();
+    gh.signal("KILL");
+    gh.child.wait().await.unwrap();
+    let logs = gh.logs().join("\n");
+    assert!(
+        logs.contains(&request_id),
+        "the apiRequestId is in the access log"
+    );
+    for secret in [code.as_str(), SERVICE_PASSWORD, "ada's own password"] {
+        assert!(!logs.contains(secret), "{secret:?} was logged");
+    }
+
+    let gh = Process::start(&config, &env).await;
+    let replay = call(&gh, VALIDATE, body).await.unwrap();
+    assert_eq!(replay.status(), 400, "the code stays used");
+    let ada: Value = client
+        .get(format!(
+            "http://{}/admin/v1/users/ada",
+            gh.addrs["listen.admin"]
+        ))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ada["lastLoginTimestamp"], login, "the login stays recorded");
+}
