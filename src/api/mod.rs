@@ -39,6 +39,34 @@ pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
     )
 }
 
+/// A header's value as text, when present and visible ASCII.
+pub fn header_str(headers: &http::HeaderMap, name: header::HeaderName) -> Option<&str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The media type of a `Content-Type` value: lower case, without parameters such as `charset`.
+pub fn essence(content_type: &str) -> String {
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// The media ranges of an `Accept` value, lower case, each with its quality (1 when not given).
+pub fn media_ranges(accept: &str) -> impl Iterator<Item = (String, f32)> + '_ {
+    accept.split(',').map(|range| {
+        let mut parts = range.split(';');
+        let media = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+        let quality = parts
+            .filter_map(|p| p.trim().strip_prefix("q="))
+            .find_map(|q| q.trim().parse::<f32>().ok())
+            .unwrap_or(1.0);
+        (media, quality)
+    })
+}
+
 /// Why a request body could not be read.
 #[derive(Debug)]
 pub enum BodyError {

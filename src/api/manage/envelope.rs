@@ -136,13 +136,7 @@ impl Encoding {
     pub fn for_accept(accept: Option<&str>) -> Encoding {
         let mut protobuf = 0.0_f32;
         let mut json = 0.0_f32;
-        for range in accept.unwrap_or_default().split(',') {
-            let mut parts = range.split(';');
-            let media = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
-            let quality = parts
-                .filter_map(|p| p.trim().strip_prefix("q="))
-                .find_map(|q| q.trim().parse::<f32>().ok())
-                .unwrap_or(1.0);
+        for (media, quality) in api::media_ranges(accept.unwrap_or_default()) {
             if PROTOBUF_TYPES.contains(&media.as_str()) {
                 protobuf = protobuf.max(quality);
             } else if matches!(media.as_str(), "application/json" | "application/*" | "*/*") {
@@ -162,12 +156,7 @@ impl Encoding {
         let Some(value) = content_type else {
             return Some(Encoding::Json);
         };
-        let essence = value
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase();
+        let essence = api::essence(value);
         if essence == "application/json" {
             Some(Encoding::Json)
         } else if PROTOBUF_TYPES.contains(&essence.as_str()) {

@@ -107,12 +107,7 @@ impl Manage {
         body: Incoming,
         request_id: &str,
     ) -> Response<Body> {
-        let encoding = Encoding::for_accept(
-            parts
-                .headers
-                .get(header::ACCEPT)
-                .and_then(|v| v.to_str().ok()),
-        );
+        let encoding = Encoding::for_accept(api::header_str(&parts.headers, header::ACCEPT));
         let shape = match endpoint {
             Endpoint::SendOtp => Shape::Plain,
             Endpoint::ValidateOtp => Shape::WithUser,
@@ -247,10 +242,7 @@ fn client_ip(headers: &http::HeaderMap) -> Result<Option<IpAddr>, Failure> {
 }
 
 async fn read_fields(endpoint: Endpoint, parts: &Parts, body: Incoming) -> Result<Fields, Failure> {
-    let content_type = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok());
+    let content_type = api::header_str(&parts.headers, header::CONTENT_TYPE);
     let Some(encoding) = Encoding::for_content_type(content_type) else {
         return Err(Failure::new(
             ErrorCode::UnsupportedMediaType,

@@ -92,10 +92,7 @@ impl Ws {
         parts: &Parts,
         body: Incoming,
     ) -> Response<Body> {
-        let accept = parts
-            .headers
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok());
+        let accept = api::header_str(&parts.headers, header::ACCEPT);
         let Some(format) = negotiate::response_format(accept) else {
             let answer = Answer::new(
                 StatusCode::NOT_ACCEPTABLE,
@@ -141,10 +138,7 @@ impl Ws {
                 .map_err(|_| Answer::new(StatusCode::BAD_REQUEST, "FileId must be an integer."))?,
         };
         let user = self.caller(parts, file_id).await?;
-        let content_type = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok());
+        let content_type = api::header_str(&parts.headers, header::CONTENT_TYPE);
         let Some(format) = negotiate::request_format(content_type) else {
             return Err(Answer::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,

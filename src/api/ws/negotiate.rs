@@ -30,12 +30,7 @@ pub fn request_format(content_type: Option<&str>) -> Option<Format> {
     let Some(value) = content_type else {
         return Some(Format::Json("application/json"));
     };
-    let essence = value
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
+    let essence = crate::api::essence(value);
     TYPES.iter().find(|(t, _)| *t == essence).map(|(_, f)| *f)
 }
 
@@ -46,13 +41,7 @@ pub fn response_format(accept: Option<&str>) -> Option<Format> {
         return Some(Format::Json("application/json"));
     };
     let mut best: Option<(f32, Format)> = None;
-    for range in accept.split(',') {
-        let mut parts = range.split(';');
-        let media = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
-        let quality = parts
-            .filter_map(|p| p.trim().strip_prefix("q="))
-            .find_map(|q| q.trim().parse::<f32>().ok())
-            .unwrap_or(1.0);
+    for (media, quality) in crate::api::media_ranges(accept) {
         if quality <= 0.0 {
             continue;
         }
