@@ -6,6 +6,7 @@ use crate::auth::Authenticator;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::domains::Domains;
+use crate::meter::Meter;
 use crate::mfa::service::Mfa;
 use crate::notify::Notifier;
 use crate::secrets::Vault;
@@ -21,6 +22,7 @@ pub struct App {
     pub mfa: Arc<Mfa>,
     pub domains: Arc<Domains>,
     pub clock: Arc<dyn Clock>,
+    pub meter: Arc<Meter>,
 }
 
 impl App {
@@ -63,12 +65,14 @@ impl App {
             &config.sms,
             &config.store.path,
         )?);
+        let meter = Arc::new(Meter::new());
         let mfa = Arc::new(Mfa::new(
             store.clone(),
             vault,
             tokens.clone(),
             notifier,
             clock.clone(),
+            meter.clone(),
             &config.mfa,
             &config.server.public_url,
         ));
@@ -81,6 +85,7 @@ impl App {
             mfa,
             domains,
             clock,
+            meter,
         })
     }
 }

@@ -314,6 +314,16 @@ pub enum Access {
     Mfa,
 }
 
+impl Access {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::Public => "public",
+            Access::Authenticated => "authenticated",
+            Access::Mfa => "mfa",
+        }
+    }
+}
+
 /// One `[[routes]]` entry.
 #[derive(Debug, Clone, Serialize)]
 pub struct Route {

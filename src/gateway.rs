@@ -24,6 +24,7 @@ use crate::app::App;
 use crate::auth::policy::{self, Decision};
 use crate::auth::{AuthError, Authenticator, Principal};
 use crate::body::{Body, BoxError, full};
+use crate::meter::Meter;
 use crate::path::{self, PathError};
 use crate::problem::Problem;
 use crate::proxy::forward::{self, ForwardError, Origin, Upstream};
@@ -57,6 +58,25 @@ enum Rejection {
     BodyTooLarge(u64),
     UpstreamUnavailable(String),
     UpstreamTimeout,
+    /// A forward-auth request from a peer outside `server.trusted_proxies`.
+    UntrustedForwardAuth,
+    /// A forward-auth request that describes no request.
+    NoForwardedRequest,
+}
+
+impl Rejection {
+    /// The `reason` label of an authentication or policy refusal.
+    fn auth_failure(&self) -> Option<&'static str> {
+        match self {
+            Rejection::BadCredentials(_) => Some("malformed"),
+            Rejection::Unauthenticated(None) => Some("missing"),
+            Rejection::Unauthenticated(Some(_)) => Some("invalid"),
+            Rejection::AuthUnavailable(_) => Some("unavailable"),
+            Rejection::MfaRequired => Some("mfa_required"),
+            Rejection::MissingScope(_) => Some("missing_scope"),
+            _ => None,
+        }
+    }
 }
 
 impl std::fmt::Display for Rejection {
@@ -74,6 +94,10 @@ impl std::fmt::Display for Rejection {
             Rejection::BodyTooLarge(limit) => write!(f, "body over {limit} bytes"),
             Rejection::UpstreamUnavailable(reason) => write!(f, "upstream unavailable: {reason}"),
             Rejection::UpstreamTimeout => f.write_str("upstream response timeout"),
+            Rejection::UntrustedForwardAuth => f.write_str("forward-auth from an untrusted peer"),
+            Rejection::NoForwardedRequest => {
+                f.write_str("forward-auth without X-Forwarded-Uri or X-Original-URL")
+            }
         }
     }
 }
@@ -141,6 +165,18 @@ impl Rejection {
                 "Upstream timed out",
                 "The application did not answer in time.",
             ),
+            Rejection::UntrustedForwardAuth => Problem::new(
+                StatusCode::FORBIDDEN,
+                "untrusted-forward-auth",
+                "Not a trusted proxy",
+                "Forward-auth answers only peers listed in server.trusted_proxies.",
+            ),
+            Rejection::NoForwardedRequest => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "no-forwarded-request",
+                "No request to decide",
+                "Send the request to decide in X-Forwarded-Uri (with X-Forwarded-Method) or X-Original-URL.",
+            ),
         }
     }
 }
@@ -153,6 +189,8 @@ struct Outcome {
     principal: Option<Principal>,
     /// A request id of the endpoint's own, replacing the client's (the Manage family's).
     request_id: Option<String>,
+    /// The route's access, or what answered instead (metrics label).
+    class: &'static str,
 }
 
 /// The public listeners' request handler.
@@ -171,6 +209,7 @@ pub struct Gateway {
     ws: Option<Ws>,
     manage: Option<Manage>,
     enroll: EnrollPage,
+    meter: Arc<Meter>,
 }
 
 impl Gateway {
@@ -188,6 +227,7 @@ impl Gateway {
             require_app: config.auth.require_application_token,
             assertion_audience: config.upstream.audience.clone(),
             enroll: EnrollPage::new(app.mfa.clone(), config.mfa.totp.digits),
+            meter: app.meter.clone(),
             ws: config.apis.ws.enabled.then(|| {
                 Ws::new(
                     &config.apis.ws.base_path,
@@ -216,6 +256,89 @@ impl Gateway {
         }
     }
 
+    /// Authenticates the request (except on public routes, where credentials are not even looked
+    /// at) and applies `rule`: the principal whose identity goes upstream, if any.
+    async fn authorise(
+        &self,
+        rule: &crate::config::Route,
+        headers: &http::HeaderMap,
+    ) -> Result<Option<Principal>, Rejection> {
+        let principal = if rule.access == crate::config::Access::Public {
+            None
+        } else {
+            self.auth.authenticate(headers).await.map_err(|e| match e {
+                AuthError::Malformed(why) => Rejection::BadCredentials(why),
+                AuthError::Invalid(why) => Rejection::Unauthenticated(Some(why)),
+                AuthError::Unavailable(why) => Rejection::AuthUnavailable(why),
+            })?
+        };
+        match policy::decide_route(rule, principal.as_ref(), self.require_app) {
+            Decision::Allow => Ok(principal),
+            Decision::Unauthenticated => Err(Rejection::Unauthenticated(None)),
+            Decision::MfaRequired => Err(Rejection::MfaRequired),
+            Decision::MissingScope(scope) => Err(Rejection::MissingScope(scope)),
+        }
+    }
+
+    /// Writes the principal's identity headers, with a fresh assertion, into `headers`.
+    fn set_identity(
+        &self,
+        headers: &mut http::HeaderMap,
+        principal: &Principal,
+    ) -> Result<(), Rejection> {
+        let assertion = self
+            .tokens
+            .assertion(principal, &self.assertion_audience)
+            .map_err(|e| Rejection::Internal(format!("cannot sign the assertion: {e}")))?;
+        headers::set_identity(headers, &self.identity_names, principal, &assertion);
+        Ok(())
+    }
+
+    /// Forward-auth (SPEC §6): the decision for the request a trusted proxy describes, as 200 with
+    /// identity headers, or the inline proxy's 401/403. The described request comes from
+    /// `X-Forwarded-Uri` (with `X-Forwarded-Method`), else `X-Original-URL`, else the path after
+    /// `/auth/verify` (Envoy's `ext_authz` with a path prefix).
+    async fn forward_auth(
+        &self,
+        parts: &http::request::Parts,
+        path: &str,
+        trusted: bool,
+        outcome: &mut Outcome,
+    ) {
+        outcome.class = "forward_auth";
+        if !trusted {
+            outcome.response = Err(Rejection::UntrustedForwardAuth);
+            return;
+        }
+        let described = match forward::described_path(&parts.headers, path) {
+            Ok(described) => described,
+            Err(e) => {
+                outcome.response = Err(e.map_or(Rejection::NoForwardedRequest, Rejection::BadPath));
+                return;
+            }
+        };
+        let rule = self.routes.rule_for(&described);
+        let principal = match self.authorise(rule, &parts.headers).await {
+            Ok(principal) => principal,
+            Err(rejection) => {
+                outcome.response = Err(rejection);
+                return;
+            }
+        };
+        let mut response = Response::new(crate::body::empty());
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(principal) = &principal
+            && let Err(rejection) = self.set_identity(response.headers_mut(), principal)
+        {
+            outcome.response = Err(rejection);
+            return;
+        }
+        outcome.principal = principal;
+        outcome.response = Ok(response);
+    }
+
     fn is_trusted(&self, peer: SocketAddr) -> bool {
         let ip = match peer.ip() {
             std::net::IpAddr::V6(v6) => v6
@@ -238,6 +361,14 @@ impl Gateway {
         let query = parts.uri.query().map(str::to_owned);
         let mut outcome = self.route(parts, body, conn, trusted, &request_id).await;
         let request_id = outcome.request_id.take().unwrap_or(request_id);
+        if let Err(rejection) = &outcome.response
+            && let Some(reason) = rejection.auth_failure()
+        {
+            self.meter.auth_failure(reason);
+        }
+        if let Some(latency) = outcome.upstream_latency {
+            self.meter.upstream_latency(latency);
+        }
         let (mut response, error) = match outcome.response {
             Ok(response) => (response, None),
             Err(rejection) => (
@@ -248,6 +379,8 @@ impl Gateway {
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert(X_REQUEST_ID, v);
         }
+        self.meter
+            .request(outcome.class, response.status().as_u16());
         telemetry::access(&AccessRecord {
             method: method.as_str(),
             path: &outcome.path,
@@ -277,16 +410,27 @@ impl Gateway {
             upstream_latency: None,
             principal: None,
             request_id: None,
+            class: "local",
         };
         let path = match path::normalize(&raw_path) {
             Ok(path) => path,
             Err(e) => {
                 outcome.response = Err(Rejection::BadPath(e));
+                outcome.class = "invalid";
                 return outcome;
             }
         };
         outcome.path = path.clone();
 
+        if path == FORWARD_AUTH_PATH
+            || path
+                .strip_prefix(FORWARD_AUTH_PATH)
+                .is_some_and(|rest| rest.starts_with('/'))
+        {
+            self.forward_auth(&parts, &path, trusted, &mut outcome)
+                .await;
+            return outcome;
+        }
         if path == JWKS_PATH && matches!(parts.method, http::Method::GET | http::Method::HEAD) {
             outcome.response = Ok(self.jwks());
             return outcome;
@@ -320,56 +464,22 @@ impl Gateway {
         }
 
         let rule = self.routes.rule_for(&path);
-        // Public routes are forwarded without identity: credentials are not even looked at.
-        let principal = if rule.access == crate::config::Access::Public {
-            None
-        } else {
-            match self.auth.authenticate(&parts.headers).await {
-                Ok(principal) => principal,
-                Err(e) => {
-                    outcome.response = Err(match e {
-                        AuthError::Malformed(why) => Rejection::BadCredentials(why),
-                        AuthError::Invalid(why) => Rejection::Unauthenticated(Some(why)),
-                        AuthError::Unavailable(why) => Rejection::AuthUnavailable(why),
-                    });
-                    return outcome;
-                }
+        outcome.class = rule.access.as_str();
+        let principal = match self.authorise(rule, &parts.headers).await {
+            Ok(principal) => principal,
+            Err(rejection) => {
+                outcome.response = Err(rejection);
+                return outcome;
             }
         };
-        match policy::decide_route(rule, principal.as_ref(), self.require_app) {
-            Decision::Allow => {}
-            Decision::Unauthenticated => {
-                outcome.response = Err(Rejection::Unauthenticated(None));
-                return outcome;
-            }
-            Decision::MfaRequired => {
-                outcome.response = Err(Rejection::MfaRequired);
-                return outcome;
-            }
-            Decision::MissingScope(scope) => {
-                outcome.response = Err(Rejection::MissingScope(scope));
-                return outcome;
-            }
-        }
         if let Some(principal) = &principal {
             // Credentials gatehouse consumed do not travel on: the upstream gets the assertion.
             parts.headers.remove(header::AUTHORIZATION);
             parts.headers.remove(self.auth.application_header());
-            let assertion = match self.tokens.assertion(principal, &self.assertion_audience) {
-                Ok(assertion) => assertion,
-                Err(e) => {
-                    outcome.response = Err(Rejection::Internal(format!(
-                        "cannot sign the assertion: {e}"
-                    )));
-                    return outcome;
-                }
-            };
-            headers::set_identity(
-                &mut parts.headers,
-                &self.identity_names,
-                principal,
-                &assertion,
-            );
+            if let Err(rejection) = self.set_identity(&mut parts.headers, principal) {
+                outcome.response = Err(rejection);
+                return outcome;
+            }
         }
         outcome.principal = principal;
 
@@ -425,6 +535,9 @@ impl Gateway {
 
 /// Where gatehouse publishes the public keys of its tokens.
 pub const JWKS_PATH: &str = "/.well-known/jwks.json";
+
+/// Forward-auth's endpoint (and, for Envoy, the prefix of the path it describes).
+pub const FORWARD_AUTH_PATH: &str = "/auth/verify";
 
 impl Gateway {
     fn jwks(&self) -> Response<Body> {

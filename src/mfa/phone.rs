@@ -5,6 +5,7 @@
 use std::net::IpAddr;
 
 use crate::clock;
+use crate::meter::OtpResult;
 use crate::notify::sms::normalise_number;
 use crate::store::{CodeLogin, FactorKind, User};
 
@@ -88,6 +89,7 @@ impl Mfa {
             .await?
         {
             CodeLogin::Accepted(user) => {
+                self.meter.otp(OtpResult::Accepted);
                 self.audit("manage.otp.validated", &user, Some(detail))
                     .await;
                 Ok(*user)

@@ -6,6 +6,7 @@ use crate::audit;
 use crate::auth::{Method, Principal};
 use crate::clock::{self, Clock};
 use crate::config::MfaConfig;
+use crate::meter::{Meter, OtpResult};
 use crate::notify::{self, Email, Notifier};
 use crate::secrets::Vault;
 use crate::store::{Factor, FactorKind, OobCode, SCHEMA_VERSION, Store, StoreError, Ticket, User};
@@ -100,6 +101,7 @@ pub struct Mfa {
     tokens: Arc<Tokens>,
     notifier: Arc<Notifier>,
     pub(super) clock: Arc<dyn Clock>,
+    pub(super) meter: Arc<Meter>,
     config: MfaConfig,
     totp: TotpParams,
     policy: Policy,
@@ -131,6 +133,7 @@ impl Mfa {
         tokens: Arc<Tokens>,
         notifier: Arc<Notifier>,
         clock: Arc<dyn Clock>,
+        meter: Arc<Meter>,
         config: &MfaConfig,
         public_url: &str,
     ) -> Mfa {
@@ -140,6 +143,7 @@ impl Mfa {
             tokens,
             notifier,
             clock,
+            meter,
             totp: TotpParams::from_config(&config.totp),
             policy: Policy::from_config(&config.lockout),
             config: config.clone(),
@@ -224,6 +228,7 @@ impl Mfa {
             used: false,
         };
         self.store.create_ticket(ticket).await?;
+        self.meter.ticket(kind.as_str());
         let ticket_url = format!("{}/enroll/{id}", self.public_url);
         let mut email_sent = false;
         if !interactive && let Some(address) = &user.email {
@@ -370,7 +375,10 @@ impl Mfa {
             .await?
             .retry_after(self.clock.unix())
         {
-            Some(retry) => Err(MfaError::Locked(retry)),
+            Some(retry) => {
+                self.meter.otp(OtpResult::Locked);
+                Err(MfaError::Locked(retry))
+            }
             None => Ok(()),
         }
     }
@@ -390,6 +398,8 @@ impl Mfa {
         match self.store.record_failure(user.id, now, self.policy).await {
             Ok(state) => match state.retry_after(now) {
                 Some(retry) => {
+                    self.meter.otp(OtpResult::Rejected);
+                    self.meter.lockout();
                     self.audit(
                         "mfa.lockout",
                         user,
@@ -399,6 +409,7 @@ impl Mfa {
                     MfaError::Locked(retry)
                 }
                 None => {
+                    self.meter.otp(OtpResult::Rejected);
                     self.audit("mfa.code.failed", user, detail.map(str::to_owned))
                         .await;
                     MfaError::WrongCode
@@ -468,6 +479,7 @@ impl Mfa {
             return Err(MfaError::TicketGone);
         }
         self.store.clear_failures(user.id).await?;
+        self.meter.otp(OtpResult::Accepted);
         self.audit(
             "mfa.factor.confirmed",
             &user,
@@ -627,6 +639,7 @@ impl Mfa {
                     && self.store.accept_totp_step(user.id, step).await?
                 {
                     self.store.clear_failures(user.id).await?;
+                    self.meter.otp(OtpResult::Accepted);
                     self.audit("mfa.verified", &user, Some("factor otp".into()))
                         .await;
                     return self.grant(session, FactorKind::Otp, &user).await;
@@ -637,6 +650,7 @@ impl Mfa {
                 .code_hash("recovery", &codes::normalise_recovery_code(code));
             if self.store.consume_recovery_code(user.id, &recovery).await? {
                 self.store.clear_failures(user.id).await?;
+                self.meter.otp(OtpResult::Accepted);
                 self.audit("mfa.recovery_code.used", &user, None).await;
                 return self.grant(session, FactorKind::Otp, &user).await;
             }
@@ -652,6 +666,7 @@ impl Mfa {
                 .await?
             {
                 self.store.clear_failures(user.id).await?;
+                self.meter.otp(OtpResult::Accepted);
                 self.audit(
                     "mfa.verified",
                     &user,
@@ -720,6 +735,7 @@ impl Mfa {
                 used: false,
             })
             .await?;
+        self.meter.ticket(FactorKind::Sms.as_str());
         self.send_code(user.id, FactorKind::Sms, number, "enroll:sms")
             .await?;
         self.audit(

@@ -16,6 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use super::headers::strip_hop_by_hop;
 use crate::body::{Body, BoxError};
 use crate::config::UpstreamConfig;
+use crate::path::PathError;
 
 /// Why the upstream gave no response.
 #[derive(Debug)]
@@ -138,6 +139,36 @@ pub fn requested_host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a st
         .or_else(|| uri.authority().map(|a| a.as_str()))
 }
 
+/// The normalised path of the request a forward-auth call describes (from a trusted proxy):
+/// `X-Forwarded-Uri`, else `X-Original-URL` (a path or an absolute URL), else what follows
+/// `/auth/verify` in `path` (Envoy's `ext_authz` with a path prefix). The query never counts.
+/// `Err(None)` when nothing describes a request; `Err(Some(_))` for a path that cannot be used.
+pub fn described_path(headers: &HeaderMap, path: &str) -> Result<String, Option<PathError>> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let target = if let Some(uri) = header(X_FORWARDED_URI) {
+        uri.to_owned()
+    } else if let Some(url) = header(X_ORIGINAL_URL) {
+        if url.starts_with('/') {
+            url.to_owned()
+        } else {
+            let uri: Uri = url.parse().map_err(|_| Some(PathError::BadEscape))?;
+            uri.path().to_owned()
+        }
+    } else {
+        match path.strip_prefix(crate::gateway::FORWARD_AUTH_PATH) {
+            Some(rest) if rest.starts_with('/') => rest.to_owned(),
+            _ => return Err(None),
+        }
+    };
+    let raw = target.split(['?', '#']).next().unwrap_or_default();
+    if !raw.starts_with('/') {
+        return Err(Some(PathError::NotAbsolute));
+    }
+    crate::path::normalize(raw).map_err(Some)
+}
+
+pub const X_FORWARDED_URI: &str = "x-forwarded-uri";
+pub const X_ORIGINAL_URL: &str = "x-original-url";
 pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
 pub const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 pub const X_FORWARDED_HOST: &str = "x-forwarded-host";
@@ -172,5 +203,52 @@ mod tests {
         set_forwarding_headers(&mut h, origin(false), Some("app.example"));
         assert_eq!(h[X_FORWARDED_FOR], "10.1.2.3");
         assert_eq!(h[X_FORWARDED_PROTO], "https");
+    }
+
+    fn described(pairs: &[(&str, &str)], path: &str) -> Result<String, Option<PathError>> {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        described_path(&h, path)
+    }
+
+    #[test]
+    fn forward_auth_describes_the_request_by_uri_header_url_or_path_suffix() {
+        let verify = crate::gateway::FORWARD_AUTH_PATH;
+        assert_eq!(
+            described(
+                &[("x-forwarded-uri", "/admin/../private/x?next=/public/")],
+                verify
+            ),
+            Ok("/private/x".into())
+        );
+        assert_eq!(
+            described(
+                &[("x-original-url", "https://app.example/private/?a=b")],
+                verify
+            ),
+            Ok("/private/".into())
+        );
+        assert_eq!(
+            described(&[("x-original-url", "/public/%2e%2e/private/")], verify),
+            Ok("/private/".into())
+        );
+        assert_eq!(
+            described(&[], "/auth/verify/private/y"),
+            Ok("/private/y".into())
+        );
+        assert_eq!(described(&[], verify), Err(None));
+        assert_eq!(
+            described(&[("x-forwarded-uri", "/a%2Fb")], verify),
+            Err(Some(PathError::EncodedSlash))
+        );
+        assert_eq!(
+            described(&[("x-forwarded-uri", "private")], verify),
+            Err(Some(PathError::NotAbsolute))
+        );
     }
 }

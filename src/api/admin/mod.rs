@@ -1,4 +1,4 @@
-//! The admin listener: probes (`/healthz`, `/readyz`) and the admin API (SPEC §7) under
+//! The admin listener: probes (`/healthz`, `/readyz`), `/metrics`, and the admin API (SPEC §7) under
 //! `/admin/v1/`, authorised by `Authorization: Bearer <admin token>`.
 
 mod grants;
@@ -26,6 +26,7 @@ pub struct Admin {
     token: Option<Secret>,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
+    meter: Arc<crate::meter::Meter>,
 }
 
 /// Errors of the admin API, each rendered as a problem document.
@@ -131,6 +132,7 @@ impl Admin {
             token: app.config.admin.token.clone(),
             store: app.store.clone(),
             clock: app.clock.clone(),
+            meter: app.meter.clone(),
         }
     }
 
@@ -154,6 +156,7 @@ impl Admin {
         let method = req.method().clone();
         let result = match path.as_str() {
             "/healthz" | "/readyz" => self.probe(&method, &path).await,
+            "/metrics" => self.metrics(&method),
             p if p.starts_with("/admin/v1/") => match self.authorise(&req) {
                 Ok(()) => self.route(req).await,
                 Err(e) => Err(e),
@@ -181,6 +184,18 @@ impl Admin {
                 response
             }
         }
+    }
+
+    /// Prometheus text exposition (no token: it carries counts, never identities or secrets).
+    fn metrics(&self, method: &Method) -> AdminResult {
+        if !matches!(*method, Method::GET | Method::HEAD) {
+            return Err(AdminError::MethodNotAllowed("GET, HEAD"));
+        }
+        Ok(api::with_type(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            self.meter.render().into_bytes(),
+        ))
     }
 
     async fn probe(&self, method: &Method, path: &str) -> AdminResult {

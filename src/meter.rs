@@ -1,0 +1,204 @@
+//! Prometheus metrics (SPEC §9), served at `/metrics` on the admin listener. Each [`App`] owns
+//! its registry (no process-wide recorder), so that several instances in one process keep apart.
+//!
+//! [`App`]: crate::app::App
+
+use std::time::Duration;
+
+use metrics::{Key, KeyName, Label, Level, Metadata, Recorder, SharedString, Unit};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+static METADATA: Metadata<'static> =
+    Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
+
+/// Upstream latency buckets, in seconds: 1 ms to 30 s (the response timeout's default).
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+const REQUESTS: &str = "gatehouse_requests_total";
+const UPSTREAM_LATENCY: &str = "gatehouse_upstream_latency_seconds";
+const AUTH_FAILURES: &str = "gatehouse_auth_failures_total";
+const OTP_VERIFICATIONS: &str = "gatehouse_otp_verifications_total";
+const LOCKOUTS: &str = "gatehouse_lockouts_total";
+const TICKETS: &str = "gatehouse_tickets_issued_total";
+const RELOADS: &str = "gatehouse_config_reloads_total";
+
+/// What an OTP verification came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtpResult {
+    Accepted,
+    /// Wrong, used or expired.
+    Rejected,
+    /// Refused because the user is locked out.
+    Locked,
+}
+
+impl OtpResult {
+    fn as_str(self) -> &'static str {
+        match self {
+            OtpResult::Accepted => "accepted",
+            OtpResult::Rejected => "rejected",
+            OtpResult::Locked => "locked",
+        }
+    }
+}
+
+pub struct Meter {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+}
+
+impl Default for Meter {
+    fn default() -> Meter {
+        Meter::new()
+    }
+}
+
+impl Meter {
+    pub fn new() -> Meter {
+        let builder = PrometheusBuilder::new()
+            .set_buckets(&LATENCY_BUCKETS)
+            .unwrap_or_else(|_| PrometheusBuilder::new());
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        let describe = |name: &'static str, unit: Option<Unit>, text: &'static str| {
+            let name = KeyName::from_const_str(name);
+            let text = SharedString::const_str(text);
+            match unit {
+                Some(Unit::Seconds) => recorder.describe_histogram(name, unit, text),
+                _ => recorder.describe_counter(name, unit, text),
+            }
+        };
+        describe(
+            REQUESTS,
+            None,
+            "Requests answered on the public listeners, by route class and status.",
+        );
+        describe(
+            UPSTREAM_LATENCY,
+            Some(Unit::Seconds),
+            "Time from forwarding a request to the upstream's response head.",
+        );
+        describe(
+            AUTH_FAILURES,
+            None,
+            "Requests refused by authentication or route policy, by reason.",
+        );
+        describe(
+            OTP_VERIFICATIONS,
+            None,
+            "One-time code verifications (TOTP, SMS, email, recovery), by result.",
+        );
+        describe(
+            LOCKOUTS,
+            None,
+            "Users locked out after too many failed codes.",
+        );
+        describe(TICKETS, None, "Enrollment tickets issued, by factor.");
+        describe(
+            RELOADS,
+            None,
+            "Configuration reloads, by result (applied or rejected).",
+        );
+        Meter { recorder, handle }
+    }
+
+    fn count(&self, name: &'static str, labels: Vec<Label>) {
+        self.recorder
+            .register_counter(&Key::from_parts(name, labels), &METADATA)
+            .increment(1);
+    }
+
+    /// One answered request; `class` is the route's access or the local endpoint family.
+    pub fn request(&self, class: &'static str, status: u16) {
+        self.count(
+            REQUESTS,
+            vec![
+                Label::from_static_parts("class", class),
+                Label::new("status", status.to_string()),
+            ],
+        );
+    }
+
+    pub fn upstream_latency(&self, latency: Duration) {
+        self.recorder
+            .register_histogram(&Key::from_static_name(UPSTREAM_LATENCY), &METADATA)
+            .record(latency.as_secs_f64());
+    }
+
+    pub fn auth_failure(&self, reason: &'static str) {
+        self.count(
+            AUTH_FAILURES,
+            vec![Label::from_static_parts("reason", reason)],
+        );
+    }
+
+    pub fn otp(&self, result: OtpResult) {
+        self.count(
+            OTP_VERIFICATIONS,
+            vec![Label::from_static_parts("result", result.as_str())],
+        );
+    }
+
+    pub fn lockout(&self) {
+        self.count(LOCKOUTS, Vec::new());
+    }
+
+    pub fn ticket(&self, factor: &'static str) {
+        self.count(TICKETS, vec![Label::from_static_parts("factor", factor)]);
+    }
+
+    pub fn reload(&self, applied: bool) {
+        let result = if applied { "applied" } else { "rejected" };
+        self.count(RELOADS, vec![Label::from_static_parts("result", result)]);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        self.handle.run_upkeep();
+        self.handle.render()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_and_the_latency_histogram_render_in_prometheus_text() {
+        let meter = Meter::new();
+        meter.request("authenticated", 401);
+        meter.request("authenticated", 401);
+        meter.auth_failure("unauthenticated");
+        meter.otp(OtpResult::Accepted);
+        meter.upstream_latency(Duration::from_millis(3));
+        let text = meter.render();
+        assert!(
+            text.contains("gatehouse_requests_total{class=\"authenticated\",status=\"401\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("# HELP gatehouse_requests_total"), "{text}");
+        assert!(
+            text.contains("gatehouse_otp_verifications_total{result=\"accepted\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gatehouse_upstream_latency_seconds_bucket{le=\"0.005\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gatehouse_upstream_latency_seconds_bucket{le=\"0.0025\"} 0"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn separate_meters_do_not_share_counts() {
+        let a = Meter::new();
+        let b = Meter::new();
+        a.lockout();
+        assert!(a.render().contains("gatehouse_lockouts_total 1"));
+        assert!(!b.render().contains("gatehouse_lockouts_total 1"));
+    }
+}
