@@ -15,6 +15,7 @@ mod identity;
 mod limits;
 mod manage;
 mod mfa;
+mod ops;
 mod paths;
 mod proxy;
 mod shutdown;

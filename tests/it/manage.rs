@@ -272,6 +272,14 @@ async fn five_wrong_codes_lock_the_user_out_even_for_the_right_code() {
     assert!((1..=900).contains(&retry), "{retry}");
     assert_error(&validate(&gh, PHONE, &code).await, 429, 4290);
     assert!(gh.audit_events(3).await.contains(&"mfa.lockout".to_owned()));
+    let metrics = gh.app.meter.render();
+    for series in [
+        "gatehouse_lockouts_total 1",
+        "gatehouse_otp_verifications_total{result=\"rejected\"} 5",
+        "gatehouse_otp_verifications_total{result=\"locked\"} 1",
+    ] {
+        assert!(metrics.contains(series), "{series} in\n{metrics}");
+    }
 }
 
 #[tokio::test]
