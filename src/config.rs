@@ -376,8 +376,7 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
                 problems: vec![format!("config file {} does not exist", p.display())],
             });
         }
-        Some(p) => p.to_path_buf(),
-        None => PathBuf::from(DEFAULT_PATH),
+        _ => file_path(path),
     };
     let from_env = |name: &str| {
         std::env::var(name)
@@ -390,6 +389,11 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         master_key: from_env("GATEHOUSE_MASTER_KEY"),
     };
     from_figment(Figment::new().merge(Toml::file(file)).merge(env()), secrets)
+}
+
+/// The file [`load`] reads: the one given, else the default path (which may not exist).
+pub fn file_path(path: Option<&Path>) -> PathBuf {
+    path.map_or_else(|| PathBuf::from(DEFAULT_PATH), Path::to_path_buf)
 }
 
 /// Secrets that come from the environment rather than from configuration keys.

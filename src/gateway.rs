@@ -213,8 +213,8 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(app: &App) -> Gateway {
-        let config = &app.config;
+    /// The pipeline for `config` (the app's own, or a reloaded one) around the app's state.
+    pub fn new(app: &App, config: &crate::config::Config) -> Gateway {
         Gateway {
             routes: RouteTable::new(&config.routes, config.proxy.default),
             sanitizer: Sanitizer::new(&config.identity_headers),

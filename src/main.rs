@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 
 use gatehouse::app::App;
 use gatehouse::config;
-use gatehouse::server::{Server, shutdown};
+use gatehouse::server::{Server, reload, shutdown};
 
 /// An authentication sidecar: TLS, MFA/OTP APIs and trusted identity headers for the app behind it.
 #[derive(Parser)]
@@ -46,7 +46,7 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Serve => match load(cli.config.as_deref()) {
-            Ok(config) => serve(config),
+            Ok(config) => serve(config, config::file_path(cli.config.as_deref())),
             Err(code) => code,
         },
     }
@@ -73,7 +73,7 @@ fn admin(args: gatehouse::cli::AdminArgs) -> ExitCode {
     }
 }
 
-fn serve(config: config::Config) -> ExitCode {
+fn serve(config: config::Config, config_file: std::path::PathBuf) -> ExitCode {
     gatehouse::telemetry::init(&config.log);
     // One process-wide TLS provider for every client library (SMTP, JWKS, SMS).
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -89,7 +89,7 @@ fn serve(config: config::Config) -> ExitCode {
     };
     runtime.block_on(async {
         let app = match App::open(config).await {
-            Ok(app) => app,
+            Ok(app) => std::sync::Arc::new(app),
             Err(e) => {
                 tracing::error!(error = %e, "cannot start");
                 eprintln!("cannot start: {e}");
@@ -104,7 +104,22 @@ fn serve(config: config::Config) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let reloads = match reload::watch(
+            app.clone(),
+            server.reloadable(),
+            config_file,
+            reload::POLL_INTERVAL,
+        ) {
+            Ok(task) => Some(task),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch for SIGHUP; configuration reload is off");
+                None
+            }
+        };
         server.run(shutdown::signal()).await;
+        if let Some(task) = reloads {
+            task.abort();
+        }
         if let Err(e) = app.store.flush().await {
             tracing::error!(error = %e, "cannot flush the store");
             return ExitCode::FAILURE;

@@ -164,7 +164,8 @@ fn unverified_issuer(token: &str) -> Option<String> {
 pub struct Authenticator {
     store: Arc<dyn Store>,
     tokens: Arc<Tokens>,
-    issuers: Issuers,
+    /// Replaced whole when a reload changes `auth.trusted_issuers`.
+    issuers: arc_swap::ArcSwap<Issuers>,
     app_header: HeaderName,
     /// Successful Basic verifications: keyed hash of the credential → the password hash it
     /// matched. A changed password no longer equals the cached hash, so the entry stops counting.
@@ -186,11 +187,11 @@ impl Authenticator {
         Ok(Authenticator {
             store,
             tokens,
-            issuers: Issuers::new(
+            issuers: arc_swap::ArcSwap::from_pointee(Issuers::new(
                 &config.trusted_issuers,
                 config.jwks_min_refresh,
                 clock.clone(),
-            )?,
+            )?),
             app_header: HeaderName::from_bytes(config.application_token_header.as_bytes())
                 .map_err(|e| format!("auth.application_token_header: {e}"))?,
             basic_cache: moka::sync::Cache::builder()
@@ -200,6 +201,20 @@ impl Authenticator {
             cache_key,
             clock,
         })
+    }
+
+    /// The trusted issuers of a reloaded configuration, for [`Authenticator::trust`].
+    pub fn issuers_for(&self, config: &AuthConfig) -> Result<Issuers, String> {
+        Issuers::new(
+            &config.trusted_issuers,
+            config.jwks_min_refresh,
+            self.clock.clone(),
+        )
+    }
+
+    /// Trusts `issuers` from now on instead of the current ones (their keys are fetched anew).
+    pub fn trust(&self, issuers: Issuers) {
+        self.issuers.store(Arc::new(issuers));
     }
 
     /// The header that carries the ApplicationToken.
@@ -293,9 +308,9 @@ impl Authenticator {
                 tokens::methods_from_amr(&claims.amr),
             ));
         }
-        if self.issuers.trusts(&iss) {
-            let claims = self
-                .issuers
+        let issuers = self.issuers.load_full();
+        if issuers.trusts(&iss) {
+            let claims = issuers
                 .verify(&iss, token)
                 .await
                 .map_err(|e| AuthError::Invalid(e.to_string()))?;

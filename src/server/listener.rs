@@ -59,10 +59,13 @@ impl Protocols {
     }
 }
 
+/// The TLS configuration of a listener, replaced on reload; each handshake takes the current one.
+pub type SharedTls = Arc<arc_swap::ArcSwap<rustls::ServerConfig>>;
+
 /// Everything an accept loop needs.
 pub struct Listener {
     pub tcp: TcpListener,
-    pub tls: Option<TlsAcceptor>,
+    pub tls: Option<SharedTls>,
     pub handler: Handler,
     pub protocols: Arc<Protocols>,
 }
@@ -89,7 +92,10 @@ pub async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let tls = listener.tls.clone();
+        let tls = listener
+            .tls
+            .as_ref()
+            .map(|tls| TlsAcceptor::from(tls.load_full()));
         let handler = listener.handler.clone();
         let protocols = listener.protocols.clone();
         let stop = stop.clone();

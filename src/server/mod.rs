@@ -1,6 +1,7 @@
 //! Listeners, TLS and shutdown. This module moves bytes; it decides no auth outcome.
 
 pub mod listener;
+pub mod reload;
 pub mod shutdown;
 pub mod tls;
 
@@ -12,17 +13,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tokio_rustls::TlsAcceptor;
 
 use crate::api::admin::Admin;
 use crate::app::App;
 use crate::body::Body;
 use crate::gateway::{ConnInfo, Gateway};
-use listener::{Listener, Protocols};
+use listener::{Listener, Protocols, SharedTls};
+pub use reload::Reloadable;
 
 /// A request handler as the transport sees it: any request in, a response out, never an error.
 pub type Handler = Arc<
@@ -69,15 +71,19 @@ pub struct Server {
     addrs: BoundAddrs,
     ready: Arc<AtomicBool>,
     shutdown_grace: Duration,
+    reloadable: Reloadable,
 }
 
 impl Server {
     /// Loads TLS material and binds every configured listener.
     pub async fn bind(app: &App) -> Result<Server, StartError> {
         let config = &app.config;
-        let gateway = Arc::new(Gateway::new(app));
+        let gateway = Arc::new(ArcSwap::from_pointee(Gateway::new(app, config)));
+        let current = gateway.clone();
         let public: Handler = Arc::new(move |req, conn| {
-            let gateway = gateway.clone();
+            // Each request takes the pipeline current when it arrives: a reload applies to the
+            // next request of every open connection.
+            let gateway = current.load_full();
             Box::pin(async move { gateway.handle(req, conn).await })
         });
         let ready = Arc::new(AtomicBool::new(false));
@@ -90,7 +96,7 @@ impl Server {
 
         let mut listeners = Vec::new();
         let mut bind =
-            |key: &'static str, addr: SocketAddr, tls: Option<TlsAcceptor>, handler: &Handler| {
+            |key: &'static str, addr: SocketAddr, tls: Option<SharedTls>, handler: &Handler| {
                 let std_listener = std::net::TcpListener::bind(addr)
                     .and_then(|l| l.set_nonblocking(true).map(|()| l))
                     .and_then(TcpListener::from_std)
@@ -110,16 +116,14 @@ impl Server {
                 Ok::<SocketAddr, StartError>(local)
             };
 
+        let mut shared_tls = None;
         let https = match config.listen.https {
             Some(addr) => {
                 let tls = tls::server_config(&config.tls, &config.server.public_url)
                     .map_err(StartError::Tls)?;
-                Some(bind(
-                    "listen.https",
-                    addr,
-                    Some(TlsAcceptor::from(tls)),
-                    &public,
-                )?)
+                let tls: SharedTls = Arc::new(ArcSwap::new(tls));
+                shared_tls = Some(tls.clone());
+                Some(bind("listen.https", addr, Some(tls), &public)?)
             }
             None => None,
         };
@@ -137,11 +141,17 @@ impl Server {
             },
             ready,
             shutdown_grace: config.server.shutdown_grace,
+            reloadable: Reloadable::new(gateway, shared_tls),
         })
     }
 
     pub fn addrs(&self) -> BoundAddrs {
         self.addrs
+    }
+
+    /// What a configuration reload replaces in this server.
+    pub fn reloadable(&self) -> Reloadable {
+        self.reloadable.clone()
     }
 
     /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish for

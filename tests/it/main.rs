@@ -18,6 +18,7 @@ mod mfa;
 mod ops;
 mod paths;
 mod proxy;
+mod reload;
 mod shutdown;
 mod smtp;
 mod ws;

@@ -1,0 +1,208 @@
+//! Configuration reload (SPEC §8): SIGHUP and file changes apply new routes and certificates
+//! without dropping connections; an invalid file is refused and the old configuration stays.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+use crate::harness::*;
+
+/// One HTTP/1.1 connection kept open across requests.
+struct KeepAlive {
+    stream: BufReader<TcpStream>,
+}
+
+impl KeepAlive {
+    async fn open(addr: SocketAddr) -> KeepAlive {
+        KeepAlive {
+            stream: BufReader::new(TcpStream::connect(addr).await.unwrap()),
+        }
+    }
+
+    /// GETs `path` on this connection and returns the status (the body is read and dropped).
+    async fn get(&mut self, path: &str) -> u16 {
+        let head = format!("GET {path} HTTP/1.1\r\nHost: app.test\r\n\r\n");
+        self.stream
+            .get_mut()
+            .write_all(head.as_bytes())
+            .await
+            .unwrap();
+        let mut status_line = String::new();
+        self.stream.read_line(&mut status_line).await.unwrap();
+        let status = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no status line: {status_line:?} (connection closed?)"));
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            self.stream.read_line(&mut line).await.unwrap();
+            if line.trim().is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; length];
+        self.stream.read_exact(&mut body).await.unwrap();
+        status
+    }
+}
+
+/// Waits until the process has logged `message` at least `count` times.
+async fn wait_for_log(gh: &Process, message: &str, count: usize) {
+    for _ in 0..100 {
+        let seen = gh
+            .logs()
+            .iter()
+            .filter(|line| line.contains(message))
+            .count();
+        if seen >= count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "{message:?} was not logged {count} time(s):\n{}",
+        gh.logs().join("\n")
+    );
+}
+
+fn config(upstream: &str, private_access: &str) -> String {
+    process_config(
+        upstream,
+        &format!("[[routes]]\npath_prefix = \"/private/\"\naccess = \"{private_access}\"\n"),
+    )
+}
+
+#[tokio::test]
+async fn sighup_applies_new_routes_to_open_connections_and_refuses_an_invalid_file() {
+    let upstream = Upstream::start().await;
+    let gh = Process::start(&config(&upstream.url(), "authenticated"), &[]).await;
+    let file = gh.dir.path().join("gatehouse.toml");
+    let mut connection = KeepAlive::open(gh.addrs["listen.http"]).await;
+    assert_eq!(connection.get("/private/").await, 401);
+
+    std::fs::write(&file, config(&upstream.url(), "public")).unwrap();
+    gh.signal("HUP");
+    wait_for_log(&gh, "configuration reloaded", 1).await;
+    assert_eq!(
+        connection.get("/private/").await,
+        200,
+        "the same connection sees the new rule"
+    );
+    assert_eq!(upstream.hits(), 1);
+
+    std::fs::write(&file, config(&upstream.url(), "everyone")).unwrap();
+    gh.signal("HUP");
+    wait_for_log(&gh, "configuration reload rejected", 1).await;
+    let rejected = gh
+        .logs()
+        .into_iter()
+        .find(|l| l.contains("configuration reload rejected"))
+        .unwrap();
+    assert!(rejected.contains("routes[1].access"), "{rejected}");
+    assert_eq!(connection.get("/private/").await, 200, "the old rules stay");
+    assert_eq!(connection.get("/public/").await, 200);
+
+    let metrics = http1_client()
+        .get(format!("http://{}/metrics", gh.addrs["listen.admin"]))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("gatehouse_config_reloads_total{result=\"rejected\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_changed_config_file_is_reloaded_without_a_signal() {
+    let upstream = Upstream::start().await;
+    let gh = Process::start(&config(&upstream.url(), "public"), &[]).await;
+    let file = gh.dir.path().join("gatehouse.toml");
+    let client = http1_client();
+    let url = gh.http_url("/private/");
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+
+    std::fs::write(&file, config(&upstream.url(), "authenticated")).unwrap();
+    wait_for_log(&gh, "configuration reloaded", 1).await;
+    let line = gh
+        .logs()
+        .into_iter()
+        .find(|l| l.contains("configuration reloaded"))
+        .unwrap();
+    assert!(line.contains("file changed"), "{line}");
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 401);
+}
+
+/// A certificate for `localhost` and the PEM of both halves, written to `dir`.
+fn write_certificate(dir: &std::path::Path) -> String {
+    let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    std::fs::write(dir.join("tls.crt"), generated.cert.pem()).unwrap();
+    std::fs::write(dir.join("tls.key"), generated.signing_key.serialize_pem()).unwrap();
+    generated.cert.pem()
+}
+
+/// A client that trusts only `pem`, on a fresh connection each time.
+async fn status_trusting(pem: &str, url: &str) -> Result<u16, String> {
+    install_crypto();
+    let client = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(pem.as_bytes()).unwrap()])
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    client
+        .get(url)
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .map_err(|e| format!("{e:?}"))
+}
+
+#[tokio::test]
+async fn a_renewed_certificate_is_served_after_sighup() {
+    let upstream = Upstream::start().await;
+    let certs = tempfile::tempdir().unwrap();
+    let first = write_certificate(certs.path());
+    let text = format!(
+        r#"
+[listen]
+https = "127.0.0.1:0"
+http = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+[tls]
+cert = "{dir}/tls.crt"
+key = "{dir}/tls.key"
+[upstream]
+url = "{upstream}"
+[proxy]
+default = "public"
+[log]
+format = "json"
+"#,
+        dir = certs.path().display(),
+        upstream = upstream.url()
+    );
+    let gh = Process::start(&text, &[]).await;
+    let url = format!("https://localhost:{}/page", gh.addrs["listen.https"].port());
+    assert_eq!(status_trusting(&first, &url).await, Ok(200));
+
+    let second = write_certificate(certs.path());
+    gh.signal("HUP");
+    wait_for_log(&gh, "configuration reloaded", 1).await;
+    assert_eq!(status_trusting(&second, &url).await, Ok(200));
+    assert!(
+        status_trusting(&first, &url).await.is_err(),
+        "new connections get the new certificate"
+    );
+}
