@@ -12,6 +12,7 @@ pub mod clock;
 pub mod config;
 pub mod domains;
 pub mod gateway;
+pub mod inject;
 pub mod meter;
 pub mod mfa;
 pub mod notify;

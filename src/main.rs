@@ -26,12 +26,31 @@ enum Command {
     CheckConfig,
     /// Manage users, applications, organisations and keys through the admin API.
     Admin(Box<gatehouse::cli::AdminArgs>),
+    /// Serve the Kubernetes mutating admission webhook that injects the gatehouse sidecar.
+    InjectWebhook(InjectArgs),
+}
+
+#[derive(clap::Args)]
+struct InjectArgs {
+    /// Address to serve HTTPS on (`POST /mutate`, `GET /healthz`).
+    #[arg(long, env = "GATEHOUSE_INJECT_LISTEN", default_value = "0.0.0.0:8443")]
+    listen: std::net::SocketAddr,
+    /// PEM certificate the API server trusts for the webhook's Service.
+    #[arg(long, env = "GATEHOUSE_INJECT_TLS_CERT")]
+    tls_cert: PathBuf,
+    /// PEM private key of that certificate.
+    #[arg(long, env = "GATEHOUSE_INJECT_TLS_KEY")]
+    tls_key: PathBuf,
+    /// The gatehouse image injected sidecars run.
+    #[arg(long, env = "GATEHOUSE_INJECT_IMAGE")]
+    image: String,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
         Command::Admin(args) => admin(*args),
+        Command::InjectWebhook(args) => inject_webhook(args),
         Command::CheckConfig => match load(cli.config.as_deref()) {
             Ok(config) => match config.to_toml() {
                 Ok(text) => {
@@ -71,6 +90,58 @@ fn admin(args: gatehouse::cli::AdminArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn inject_webhook(args: InjectArgs) -> ExitCode {
+    gatehouse::telemetry::init(&config::LogConfig {
+        format: config::LogFormat::Json,
+        level: "info".into(),
+    });
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let tls_config = config::TlsConfig {
+            cert: args.tls_cert,
+            key: args.tls_key,
+            self_signed: false,
+        };
+        let tls = match gatehouse::server::tls::server_config(&tls_config, "") {
+            Ok(tls) => std::sync::Arc::new(arc_swap::ArcSwap::new(tls)),
+            Err(e) => {
+                eprintln!("cannot start: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let listener = match tokio::net::TcpListener::bind(args.listen).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                eprintln!("cannot start: cannot listen on {}: {e}", args.listen);
+                return ExitCode::FAILURE;
+            }
+        };
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(listener = "inject-webhook", addr = %addr, image = %args.image, "listening");
+        }
+        let watcher = gatehouse::inject::watch_certificate(
+            tls_config,
+            tls.clone(),
+            std::time::Duration::from_secs(60),
+        );
+        let settings = gatehouse::inject::Settings { image: args.image };
+        gatehouse::inject::serve(listener, tls, settings, shutdown::signal()).await;
+        watcher.abort();
+        tracing::info!("stopped");
+        ExitCode::SUCCESS
+    })
 }
 
 fn serve(config: config::Config, config_file: std::path::PathBuf) -> ExitCode {

@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
 # Runs every test. First installs, when missing, the real components the tests start themselves:
 # an SMTP server (aiosmtpd, from PyPI), a DNS server (Debian's dnsmasq-base: the binary only, no
-# service) and a headless browser (Debian's chromium and chromedriver).
+# service), a headless browser (Debian's chromium and chromedriver), nginx for forward-auth
+# (Debian's nginx-light) and the offline Kubernetes schema validator (kubernetes-validate, PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin"
 
-if ! python3 -c 'import aiosmtpd' 2>/dev/null; then
-    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore aiosmtpd
+pip_missing=()
+python3 -c 'import aiosmtpd' 2>/dev/null || pip_missing+=(aiosmtpd)
+command -v kubernetes-validate >/dev/null || pip_missing+=(kubernetes-validate)
+if [ ${#pip_missing[@]} -gt 0 ]; then
+    python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "${pip_missing[@]}"
 fi
 
 missing=()
 command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
 command -v dnsmasq >/dev/null || missing+=(dnsmasq-base)
+command -v nginx >/dev/null || missing+=(nginx-light)
 if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq

@@ -165,3 +165,138 @@ async fn forward_auth_refuses_peers_that_are_not_trusted_proxies() {
     let body = response.text().await.unwrap();
     assert!(body.contains("untrusted-forward-auth"), "{body}");
 }
+
+/// A real nginx (Debian's, installed by tests/run.sh) running `deploy/forward-auth`'s template in
+/// front of `app`, asking `gatehouse` with `auth_request`.
+struct Nginx {
+    child: tokio::process::Child,
+    port: u16,
+    _prefix: tempfile::TempDir,
+}
+
+impl Nginx {
+    async fn start(gatehouse: std::net::SocketAddr, app: &str) -> Nginx {
+        let prefix = tempfile::tempdir().unwrap();
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap().port()
+        };
+        let template = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("deploy/forward-auth/nginx.conf.template"),
+        )
+        .unwrap();
+        let conf = template
+            .replace("@LISTEN_PORT@", &port.to_string())
+            .replace("@GATEHOUSE_ADDR@", &gatehouse.to_string())
+            .replace("@APP_ADDR@", app.trim_start_matches("http://"))
+            .replace("@PREFIX@", &prefix.path().display().to_string());
+        let file = prefix.path().join("nginx.conf");
+        std::fs::write(&file, conf).unwrap();
+        let binary = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("nginx is installed (tests/run.sh installs nginx-light)");
+        let error_log = prefix.path().join("error.log");
+        // One process, so that killing it leaves no orphaned workers behind.
+        let child = tokio::process::Command::new(binary)
+            .arg("-p")
+            .arg(prefix.path())
+            .arg("-c")
+            .arg(&file)
+            .arg("-e")
+            .arg(&error_log)
+            .args(["-g", "master_process off;"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return Nginx {
+                    child,
+                    port,
+                    _prefix: prefix,
+                };
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!(
+            "nginx did not start: {}",
+            std::fs::read_to_string(&error_log).unwrap_or_default()
+        );
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+#[tokio::test]
+async fn nginx_auth_request_in_front_of_an_app_uses_gatehouse_forward_auth() {
+    let app = Upstream::start().await;
+    // Gatehouse's own upstream is never used in forward-auth mode.
+    let gh = Gatehouse::start_url("http://127.0.0.1:9", |_| {}).await;
+    gh.create_user(json!({"userName": "ada", "password": PASSWORD, "email": "ada@example.com"}))
+        .await;
+    let nginx = Nginx::start(gh.http_addr(), &app.url()).await;
+    let client = http1_client();
+
+    let anonymous = client
+        .get(nginx.url("/private/orders"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    assert!(anonymous.headers().get("www-authenticate").is_some());
+    assert_eq!(app.hits(), 0, "nothing reaches the app unauthenticated");
+
+    let allowed = client
+        .get(nginx.url("/private/orders?id=7"))
+        .basic_auth("ada", Some(PASSWORD))
+        .header("x-auth-user", "mallory")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(allowed.status(), 200);
+    let seen = app.last();
+    assert_eq!(seen.target, "/private/orders?id=7");
+    assert_eq!(seen.headers["x-auth-user"], "ada");
+    assert_eq!(seen.headers["x-auth-email"], "ada@example.com");
+    assert!(seen.headers["x-auth-assertion"].len() > 20);
+    assert!(seen.headers.get("authorization").is_none());
+
+    let mfa = client
+        .get(nginx.url("/secure/panel"))
+        .basic_auth("ada", Some(PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(mfa.status(), 403);
+
+    let public = client
+        .get(nginx.url("/public/page"))
+        .header("x-auth-user", "mallory")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(public.status(), 200);
+    let seen = app.last();
+    assert!(
+        seen.headers.get("x-auth-user").is_none_or(|v| v.is_empty()),
+        "a client's identity header never reaches the app: {:?}",
+        seen.headers.get("x-auth-user")
+    );
+    assert_eq!(app.hits(), 2);
+}
