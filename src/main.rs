@@ -92,21 +92,27 @@ fn admin(args: gatehouse::cli::AdminArgs) -> ExitCode {
     }
 }
 
+/// The multi-threaded runtime a server runs on, with one process-wide TLS provider for every
+/// client library (SMTP, JWKS, SMS).
+fn server_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
+
 fn inject_webhook(args: InjectArgs) -> ExitCode {
     gatehouse::telemetry::init(&config::LogConfig {
         format: config::LogFormat::Json,
         level: "info".into(),
     });
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match server_runtime() {
         Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async {
         let tls_config = config::TlsConfig {
@@ -146,17 +152,9 @@ fn inject_webhook(args: InjectArgs) -> ExitCode {
 
 fn serve(config: config::Config, config_file: std::path::PathBuf) -> ExitCode {
     gatehouse::telemetry::init(&config.log);
-    // One process-wide TLS provider for every client library (SMTP, JWKS, SMS).
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match server_runtime() {
         Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async {
         let app = match App::open(config).await {
