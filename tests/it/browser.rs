@@ -140,6 +140,20 @@ impl Browser {
             .unwrap()
             .to_owned()
     }
+
+    /// The page source once it contains `needle` (a form post may still be loading when a click
+    /// returns), or the last source seen after 10 s.
+    async fn source_containing(&self, needle: &str) -> String {
+        let mut source = self.source().await;
+        for _ in 0..100 {
+            if source.contains(needle) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            source = self.source().await;
+        }
+        source
+    }
 }
 
 impl Drop for Browser {
@@ -182,14 +196,14 @@ async fn enroll_in_browser(javascript: bool) {
     // A wrong code first: the page says so and offers the form again.
     browser.type_into("#code", "000000").await;
     browser.click("button[type=submit]").await;
-    let retry = browser.source().await;
     let right = totp.generate(crate::keys::now() as u64).to_string();
     if right != "000000" {
+        let retry = browser.source_containing("not right").await;
         assert!(retry.contains("not right"), "{retry}");
     }
     browser.type_into("#code", &right).await;
     browser.click("button[type=submit]").await;
-    let done = browser.source().await;
+    let done = browser.source_containing("all set").await;
     assert!(done.contains("all set"), "{done}");
     assert_eq!(browser.text("#recovery-codes").await.lines().count(), 10);
     browser.call(reqwest::Method::DELETE, "", None).await;
