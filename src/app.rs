@@ -4,15 +4,34 @@ use std::sync::Arc;
 
 use crate::auth::Authenticator;
 use crate::clock::{Clock, SystemClock};
-use crate::config::Config;
+use crate::config::{Config, StoreConfig};
 use crate::domains::Domains;
 use crate::meter::Meter;
 use crate::mfa::service::Mfa;
 use crate::notify::Notifier;
 use crate::secrets::Vault;
 use crate::store::Store;
+use crate::store::postgres::PgStore;
 use crate::store::sled::SledStore;
 use crate::tokens::Tokens;
+
+/// The configured backend: sled in `store.path`, or PostgreSQL at `store.url` (migrated on open).
+pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn Store>, String> {
+    match (config.backend.as_str(), &config.url) {
+        ("postgres", Some(url)) => {
+            let store = PgStore::connect(url.expose(), config.max_connections as usize)
+                .await
+                .map_err(|e| format!("store.url: {e}"))?;
+            Ok(Arc::new(store))
+        }
+        ("postgres", None) => Err("store.url: is required for the postgres backend".into()),
+        _ => {
+            let store = SledStore::open(&config.path)
+                .map_err(|e| format!("store.path: cannot open {}: {e}", config.path.display()))?;
+            Ok(Arc::new(store))
+        }
+    }
+}
 
 pub struct App {
     pub config: Config,
@@ -28,13 +47,8 @@ pub struct App {
 impl App {
     /// Opens the configured store and loads keys, with the system clock.
     pub async fn open(config: Config) -> Result<App, String> {
-        let store = SledStore::open(&config.store.path).map_err(|e| {
-            format!(
-                "store.path: cannot open {}: {e}",
-                config.store.path.display()
-            )
-        })?;
-        App::with_store(config, Arc::new(store), Arc::new(SystemClock)).await
+        let store = open_store(&config.store).await?;
+        App::with_store(config, store, Arc::new(SystemClock)).await
     }
 
     /// Builds the shared state around a store and a clock of the caller's choosing.

@@ -74,10 +74,17 @@ impl Serialize for Secret {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct StoreConfig {
-    /// Only `sled`, the embedded store, so far.
+    /// `sled` (embedded, one replica) or `postgres` (shared by several replicas).
     pub backend: String,
-    /// Directory of the sled store.
+    /// Directory of the sled store; also where development keys and the SMS outbox go.
     pub path: PathBuf,
+    /// The PostgreSQL URL (`store.url`, or read from `store.url_file`): it may hold a password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<Secret>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url_file: Option<PathBuf>,
+    /// Connections the PostgreSQL pool keeps at most.
+    pub max_connections: u32,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -555,6 +562,9 @@ struct RawFamily {
 struct RawStore {
     backend: Field<String>,
     path: Field<String>,
+    url: Field<String>,
+    url_file: Field<String>,
+    max_connections: Field<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1097,16 +1107,62 @@ fn validate(raw: RawConfig, env_secrets: EnvSecrets) -> Result<Config, ConfigErr
     };
 
     let st = raw.store;
-    let store = StoreConfig {
-        backend: c.get("store.backend", st.backend, "sled".into(), |s: String| {
-            if s == "sled" {
-                Ok(s)
-            } else {
-                Err(format!("expected `sled`, got `{s}`"))
+    let backend = c.get("store.backend", st.backend, "sled".into(), |s: String| {
+        if s == "sled" || s == "postgres" {
+            Ok(s)
+        } else {
+            Err(format!("expected `sled` or `postgres`, got `{s}`"))
+        }
+    });
+    let url_file = c.get("store.url_file", st.url_file, None, optional_path);
+    let inline_url = c.get("store.url", st.url, None, |s: String| {
+        Ok(Some(s).filter(|s| !s.trim().is_empty()))
+    });
+    let file_url = url_file
+        .as_ref()
+        .and_then(|path| match std::fs::read_to_string(path) {
+            Ok(text) if !text.trim().is_empty() => Some(text.trim().to_owned()),
+            Ok(_) => {
+                c.problem("store.url_file", format!("{} is empty", path.display()));
+                None
             }
-        }),
+            Err(e) => {
+                c.problem(
+                    "store.url_file",
+                    format!("cannot read {}: {e}", path.display()),
+                );
+                None
+            }
+        });
+    let url = file_url.or(inline_url);
+    if let Some(url) = &url
+        && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+    {
+        // The value itself may hold a password: only its shape is named.
+        c.problem(
+            if url_file.is_some() {
+                "store.url_file"
+            } else {
+                "store.url"
+            },
+            "expected a URL such as postgres://user@host:5432/db",
+        );
+    }
+    if backend == "postgres" && url.is_none() {
+        c.problem(
+            "store.url",
+            "is required when store.backend = \"postgres\" (or give store.url_file)",
+        );
+    }
+    let store = StoreConfig {
+        backend,
         path: c.get("store.path", st.path, "data".into(), |s: String| {
             non_empty(s).map(PathBuf::from)
+        }),
+        url: url.map(Secret::new),
+        url_file,
+        max_connections: c.get("store.max_connections", st.max_connections, 16, |v| {
+            in_range(1, 1000)(v).map(|v| v as u32)
         }),
     };
 
@@ -1586,6 +1642,34 @@ mod tests {
         assert_eq!(c.apis.manage.family.base_path, "/manage");
         assert_eq!(c.apis.nexus.base_path, "");
         assert_eq!(c.apis.manage.client_ip_window, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn a_postgres_store_needs_a_url_that_is_never_printed() {
+        let err = from_toml_str("[store]\nbackend = \"postgres\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("store.url: is required"), "{err}");
+        let err =
+            from_toml_str("[store]\nbackend = \"postgres\"\nurl = \"mysql://u:hunter2@db/x\"\n")
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("store.url: expected a URL"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+        let c = from_toml_str(
+            "[store]\nbackend = \"postgres\"\nurl = \"postgres://gh:hunter2@db:5432/gh\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.store.url.as_ref().map(Secret::expose),
+            Some("postgres://gh:hunter2@db:5432/gh")
+        );
+        let text = c.to_toml().unwrap();
+        assert!(!text.contains("hunter2"), "{text}");
+        let err = from_toml_str("[store]\nbackend = \"mongo\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("expected `sled` or `postgres`"), "{err}");
     }
 
     #[test]

@@ -28,6 +28,18 @@ enum Command {
     Admin(Box<gatehouse::cli::AdminArgs>),
     /// Serve the Kubernetes mutating admission webhook that injects the gatehouse sidecar.
     InjectWebhook(InjectArgs),
+    /// Copy a sled store into an empty PostgreSQL database (moving from one replica to several).
+    Migrate(MigrateArgs),
+}
+
+#[derive(clap::Args)]
+struct MigrateArgs {
+    /// The sled store's directory (no gatehouse may be running on it); default: `store.path`.
+    #[arg(long)]
+    from: Option<PathBuf>,
+    /// The PostgreSQL URL to copy into; its schema is created first.
+    #[arg(long, env = "GATEHOUSE_MIGRATE_TO", hide_env_values = true)]
+    to: String,
 }
 
 #[derive(clap::Args)]
@@ -51,6 +63,16 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Admin(args) => admin(*args),
         Command::InjectWebhook(args) => inject_webhook(args),
+        Command::Migrate(args) => {
+            let from = match args.from {
+                Some(dir) => dir,
+                None => match load(cli.config.as_deref()) {
+                    Ok(config) => config.store.path,
+                    Err(code) => return code,
+                },
+            };
+            migrate(&from, &args.to)
+        }
         Command::CheckConfig => match load(cli.config.as_deref()) {
             Ok(config) => match config.to_toml() {
                 Ok(text) => {
@@ -90,6 +112,50 @@ fn admin(args: gatehouse::cli::AdminArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn migrate(from: &std::path::Path, to: &str) -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let source = match gatehouse::store::sled::SledStore::open(from) {
+            Ok(store) => store,
+            Err(e) => {
+                eprintln!("cannot open the sled store in {}: {e}", from.display());
+                return ExitCode::FAILURE;
+            }
+        };
+        let target = match gatehouse::store::postgres::PgStore::connect(to, 2).await {
+            Ok(store) => store,
+            Err(e) => {
+                eprintln!("cannot open the PostgreSQL store: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match gatehouse::store::copy(&source, &target).await {
+            Ok(copied) => {
+                println!("copied {} from {}", copied.summary(), from.display());
+                ExitCode::SUCCESS
+            }
+            Err(gatehouse::store::StoreError::Conflict(_)) => {
+                eprintln!("the PostgreSQL store is not empty; nothing was copied");
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("copy failed (nothing was committed): {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
 }
 
 /// The multi-threaded runtime a server runs on, with one process-wide TLS provider for every

@@ -134,14 +134,14 @@ impl Tokens {
                 .map_err(|e| format!("tokens.signing_key_file: not a PKCS#8 PEM key: {e}"))?;
             pkcs8s.push(der.secret_pkcs8_der().to_vec());
         } else {
-            let stored = store.signing_keys().await.map_err(|e| e.to_string())?;
+            let mut stored = store.signing_keys().await.map_err(|e| e.to_string())?;
             if stored.is_empty() {
                 let rng = ring::rand::SystemRandom::new();
                 let doc = Ed25519KeyPair::generate_pkcs8(&rng)
                     .map_err(|_| "cannot generate a signing key".to_owned())?;
                 let key = Key::from_pkcs8(doc.as_ref())?;
-                store
-                    .add_signing_key(SigningKey {
+                stored = store
+                    .init_signing_key(SigningKey {
                         v: SCHEMA_VERSION,
                         kid: key.kid.clone(),
                         pkcs8: vault.seal(doc.as_ref(), SIGNING_KEY_CONTEXT)?,
@@ -149,16 +149,16 @@ impl Tokens {
                     })
                     .await
                     .map_err(|e| e.to_string())?;
-                tracing::info!(kid = %key.kid, "generated a token signing key");
-                pkcs8s.push(doc.as_ref().to_vec());
-            } else {
-                for key in stored {
-                    pkcs8s.push(
-                        vault
-                            .open(&key.pkcs8, SIGNING_KEY_CONTEXT)
-                            .map_err(|e| format!("signing key {}: {e}", key.kid))?,
-                    );
+                if stored.iter().any(|k| k.kid == key.kid) {
+                    tracing::info!(kid = %key.kid, "generated a token signing key");
                 }
+            }
+            for key in stored {
+                pkcs8s.push(
+                    vault
+                        .open(&key.pkcs8, SIGNING_KEY_CONTEXT)
+                        .map_err(|e| format!("signing key {}: {e}", key.kid))?,
+                );
             }
         }
         let keys = pkcs8s

@@ -4,6 +4,7 @@
 //! Operations that security depends on (unique names, consumed secrets) are atomic in the backend,
 //! and every write a response acknowledges is durable before the call returns.
 
+pub mod postgres;
 pub mod sled;
 
 use std::fmt;
@@ -316,6 +317,53 @@ pub struct Domain {
     pub owner_organization_id: i64,
 }
 
+/// Everything a store holds that outlives a request, for moving a store to another backend
+/// (`gatehouse migrate`). Send counters (rate-limit windows) are transient and left out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub users: Vec<User>,
+    pub applications: Vec<Application>,
+    pub organizations: Vec<Organization>,
+    pub ws_keys: Vec<WsKey>,
+    /// Oldest first.
+    pub signing_keys: Vec<SigningKey>,
+    pub tickets: Vec<Ticket>,
+    pub factors: Vec<Factor>,
+    pub codes: Vec<OobCode>,
+    /// Per user id, the hashes of the unused recovery codes.
+    pub recovery_codes: Vec<(u64, Vec<String>)>,
+    pub lockouts: Vec<(u64, LockoutState)>,
+    pub domains: Vec<Domain>,
+    /// Oldest first.
+    pub audit: Vec<AuditEvent>,
+}
+
+impl Snapshot {
+    /// A one-line account of what the snapshot holds.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} users, {} factors, {} pending enrollments, {} domains, {} organisations, {} applications, {} WS keys, {} signing keys, {} audit events",
+            self.users.len(),
+            self.factors.len(),
+            self.tickets.len(),
+            self.domains.len(),
+            self.organizations.len(),
+            self.applications.len(),
+            self.ws_keys.len(),
+            self.signing_keys.len(),
+            self.audit.len()
+        )
+    }
+}
+
+/// Copies everything `from` holds into the empty store `to` (`gatehouse migrate`).
+pub async fn copy(from: &dyn Store, to: &dyn Store) -> StoreResult<Snapshot> {
+    let snapshot = from.export().await?;
+    to.import(snapshot.clone()).await?;
+    to.flush().await?;
+    Ok(snapshot)
+}
+
 /// Use-case operations on gatehouse's state.
 #[async_trait]
 pub trait Store: Send + Sync {
@@ -356,6 +404,16 @@ pub trait Store: Send + Sync {
     /// Signing keys, oldest first.
     async fn signing_keys(&self) -> StoreResult<Vec<SigningKey>>;
     async fn add_signing_key(&self, key: SigningKey) -> StoreResult<()>;
+    /// Stores `key` if the store holds no signing key yet, and returns the stored keys (oldest
+    /// first). Replicas starting at once on an empty shared store must end up with one key, or
+    /// each would sign with a key the others do not know; backends shared by several processes
+    /// make this atomic. For a single process the default (check, then add) suffices.
+    async fn init_signing_key(&self, key: SigningKey) -> StoreResult<Vec<SigningKey>> {
+        if self.signing_keys().await?.is_empty() {
+            self.add_signing_key(key).await?;
+        }
+        self.signing_keys().await
+    }
 
     async fn create_ticket(&self, ticket: Ticket) -> StoreResult<()>;
     async fn ticket(&self, id: &str) -> StoreResult<Option<Ticket>>;
@@ -432,4 +490,19 @@ pub trait Store: Send + Sync {
 
     /// Makes every write so far durable.
     async fn flush(&self) -> StoreResult<()>;
+
+    /// Everything in the store (for `gatehouse migrate`).
+    async fn export(&self) -> StoreResult<Snapshot> {
+        Err(StoreError::Backend(
+            "this backend cannot be exported".into(),
+        ))
+    }
+
+    /// Loads `snapshot` into an empty store keeping every id; `Conflict` (and nothing written)
+    /// when the store already holds users.
+    async fn import(&self, _snapshot: Snapshot) -> StoreResult<()> {
+        Err(StoreError::Backend(
+            "this backend cannot be imported into".into(),
+        ))
+    }
 }

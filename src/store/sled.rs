@@ -11,8 +11,8 @@ use sled::{Db, Transactional, Tree};
 
 use super::{
     Application, AuditEvent, CodeLogin, Domain, Factor, FactorKind, Membership, NewUser, OobCode,
-    Organization, SCHEMA_VERSION, SigningKey, Store, StoreError, StoreResult, Ticket, User,
-    UserPatch, WsKey,
+    Organization, SCHEMA_VERSION, SigningKey, Snapshot, Store, StoreError, StoreResult, Ticket,
+    User, UserPatch, WsKey,
 };
 use crate::mfa::lockout::{LockoutState, Policy};
 
@@ -828,6 +828,44 @@ impl Store for SledStore {
 
     async fn flush(&self) -> StoreResult<()> {
         self.durable().await
+    }
+
+    async fn export(&self) -> StoreResult<Snapshot> {
+        fn all<T: DeserializeOwned>(tree: &Tree) -> StoreResult<Vec<T>> {
+            tree.iter()
+                .values()
+                .map(|v| decode(&v.map_err(backend)?))
+                .collect()
+        }
+        let mut snapshot = Snapshot {
+            users: all(&self.users)?,
+            applications: all(&self.applications)?,
+            organizations: all(&self.organizations)?,
+            ws_keys: all(&self.ws_keys)?,
+            signing_keys: all(&self.signing_keys)?,
+            tickets: all(&self.tickets)?,
+            domains: all(&self.domains)?,
+            audit: all(&self.audit)?,
+            ..Snapshot::default()
+        };
+        for entry in self.mfa.iter() {
+            let (key, value) = entry.map_err(backend)?;
+            let (Some(id), Some(tag)) = (key.get(..8), key.get(8)) else {
+                continue;
+            };
+            let mut raw = [0u8; 8];
+            raw.copy_from_slice(id);
+            let user_id = u64::from_be_bytes(raw);
+            match tag {
+                b'f' => snapshot.factors.push(decode(&value)?),
+                b'c' => snapshot.codes.push(decode(&value)?),
+                b'r' => snapshot.recovery_codes.push((user_id, decode(&value)?)),
+                b'l' => snapshot.lockouts.push((user_id, decode(&value)?)),
+                // `t`: the ticket index, rebuilt from the tickets themselves.
+                _ => {}
+            }
+        }
+        Ok(snapshot)
     }
 }
 

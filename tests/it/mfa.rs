@@ -60,7 +60,7 @@ async fn start(
 }
 
 /// The path of a ticket URL (`https://localhost/enroll/…` → `/enroll/…`).
-fn ticket_path(url: &str) -> String {
+pub fn ticket_path(url: &str) -> String {
     let path = url.split_once("://").unwrap().1;
     format!("/{}", path.split_once('/').unwrap().1)
 }
@@ -77,7 +77,7 @@ async fn page(gh: &Gatehouse, path: &str) -> (u16, String, reqwest::header::Head
     (status, response.text().await.unwrap(), headers)
 }
 
-fn secret_from(html: &str) -> Vec<u8> {
+pub fn secret_from(html: &str) -> Vec<u8> {
     let start = html
         .find("<code id=\"secret\">")
         .expect("the page shows the secret")
@@ -90,7 +90,7 @@ fn secret_from(html: &str) -> Vec<u8> {
 }
 
 /// The TOTP code for `secret` at `offset` steps from now, computed independently of gatehouse.
-fn totp(secret: &[u8], offset: i64) -> String {
+pub fn totp(secret: &[u8], offset: i64) -> String {
     let totp = totp_rs::Builder::new()
         .with_secret(secret.to_vec())
         .build()
@@ -100,7 +100,7 @@ fn totp(secret: &[u8], offset: i64) -> String {
 }
 
 /// A 6-digit code that is not `right`.
-fn wrong_code(right: &str) -> &'static str {
+pub fn wrong_code(right: &str) -> &'static str {
     if right == "000000" {
         "111111"
     } else {

@@ -1,0 +1,443 @@
+//! One suite of the store's guarantees, run against both backends: sled in a temporary directory
+//! and PostgreSQL (a fresh database on the machine's server for every test).
+
+use std::sync::Arc;
+
+use gatehouse::mfa::lockout::Policy;
+use gatehouse::store::postgres::PgStore;
+use gatehouse::store::sled::SledStore;
+use gatehouse::store::*;
+
+use crate::pg::{Database, SHARED_SERVER};
+
+const NOW: &str = "2026-01-01T00:00:00Z";
+
+/// A store to test, and what keeps it alive (a temporary directory or database).
+struct Subject {
+    store: Arc<dyn Store>,
+    /// A second handle on the same state: for PostgreSQL another pool, as another replica has.
+    twin: Arc<dyn Store>,
+    _keep: Box<dyn std::any::Any + Send>,
+}
+
+async fn sled() -> Subject {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+    Subject {
+        twin: store.clone(),
+        store,
+        _keep: Box::new(dir),
+    }
+}
+
+async fn postgres() -> Subject {
+    let db = Database::create(SHARED_SERVER).await;
+    let store: Arc<dyn Store> = Arc::new(PgStore::connect(&db.url(), 8).await.unwrap());
+    let twin: Arc<dyn Store> = Arc::new(PgStore::connect(&db.url(), 8).await.unwrap());
+    Subject {
+        store,
+        twin,
+        _keep: Box::new(db),
+    }
+}
+
+/// Runs the suite function `$name` once per backend.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test]
+                async fn sled() {
+                    super::$name(super::sled().await).await;
+                }
+
+                #[tokio::test]
+                async fn postgres() {
+                    super::$name(super::postgres().await).await;
+                }
+            }
+        )*
+    };
+}
+
+on_both_backends!(
+    user_names_are_unique_regardless_of_case,
+    a_ticket_is_confirmed_once_under_concurrency,
+    a_totp_step_is_accepted_once_under_concurrency,
+    concurrent_failures_through_two_handles_are_all_counted,
+    a_code_logs_in_once_and_not_after_expiry,
+    sends_are_limited_within_the_window,
+    a_verified_domain_belongs_to_one_organization,
+    audit_is_newest_first_and_signing_keys_oldest_first,
+);
+
+fn new_user(name: &str) -> NewUser {
+    NewUser {
+        user_name: name.into(),
+        ..NewUser::default()
+    }
+}
+
+async fn user_names_are_unique_regardless_of_case(s: Subject) {
+    let ada = s.store.create_user(new_user("Ada"), NOW).await.unwrap();
+    assert!(matches!(
+        s.twin.create_user(new_user("ada"), NOW).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let bob = s.store.create_user(new_user("bob"), NOW).await.unwrap();
+    assert_ne!(ada.id, bob.id);
+    assert_eq!(
+        s.twin.user_by_name("ADA").await.unwrap().map(|u| u.id),
+        Some(ada.id)
+    );
+    let renamed = UserPatch {
+        user_name: Some("BOB".into()),
+        ..UserPatch::default()
+    };
+    assert!(matches!(
+        s.store.update_user("ada", renamed, NOW).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(s.store.delete_user("ada").await.unwrap());
+    assert_eq!(s.twin.user_by_id(ada.id).await.unwrap(), None);
+}
+
+fn ticket(id: &str, user_id: u64, expires_at: i64) -> Ticket {
+    Ticket {
+        v: SCHEMA_VERSION,
+        id: id.into(),
+        user_id,
+        kind: FactorKind::Otp,
+        sealed_secret: Some(vec![1, 2, 3]),
+        destination: None,
+        created_at: 1000,
+        expires_at,
+        used: false,
+    }
+}
+
+fn factor(user_id: u64) -> Factor {
+    Factor {
+        v: SCHEMA_VERSION,
+        user_id,
+        kind: FactorKind::Otp,
+        sealed_secret: Some(vec![1, 2, 3]),
+        destination: None,
+        last_step: None,
+        created: NOW.into(),
+    }
+}
+
+async fn a_ticket_is_confirmed_once_under_concurrency(s: Subject) {
+    let user = s.store.create_user(new_user("ada"), NOW).await.unwrap();
+    s.store
+        .create_ticket(ticket("t1", user.id, 2000))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.twin
+            .newest_pending_ticket(user.id, 1500)
+            .await
+            .unwrap()
+            .map(|t| t.id),
+        Some("t1".to_owned())
+    );
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let store = if i % 2 == 0 {
+            s.store.clone()
+        } else {
+            s.twin.clone()
+        };
+        let user_id = user.id;
+        tasks.push(tokio::spawn(async move {
+            store
+                .confirm_ticket("t1", factor(user_id), Some(vec!["r".into()]), 1500)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut confirmed = 0;
+    for t in tasks {
+        confirmed += usize::from(t.await.unwrap());
+    }
+    assert_eq!(confirmed, 1, "exactly one confirmation wins");
+    assert_eq!(s.twin.factors(user.id).await.unwrap().len(), 1);
+    assert!(s.twin.consume_recovery_code(user.id, "r").await.unwrap());
+    assert!(!s.store.consume_recovery_code(user.id, "r").await.unwrap());
+
+    s.store
+        .create_ticket(ticket("t2", user.id, 2000))
+        .await
+        .unwrap();
+    assert!(
+        !s.store
+            .confirm_ticket("t2", factor(user.id), None, 2000)
+            .await
+            .unwrap(),
+        "an expired ticket confirms nothing"
+    );
+}
+
+async fn a_totp_step_is_accepted_once_under_concurrency(s: Subject) {
+    let user = s.store.create_user(new_user("ada"), NOW).await.unwrap();
+    s.store
+        .create_ticket(ticket("t1", user.id, 2000))
+        .await
+        .unwrap();
+    assert!(
+        s.store
+            .confirm_ticket("t1", factor(user.id), None, 1500)
+            .await
+            .unwrap()
+    );
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let store = if i % 2 == 0 {
+            s.store.clone()
+        } else {
+            s.twin.clone()
+        };
+        let user_id = user.id;
+        tasks.push(tokio::spawn(async move {
+            store.accept_totp_step(user_id, 50).await.unwrap()
+        }));
+    }
+    let mut accepted = 0;
+    for t in tasks {
+        accepted += usize::from(t.await.unwrap());
+    }
+    assert_eq!(accepted, 1);
+    assert!(!s.twin.accept_totp_step(user.id, 49).await.unwrap());
+    assert!(s.twin.accept_totp_step(user.id, 51).await.unwrap());
+    assert_eq!(
+        s.store.factors(user.id).await.unwrap()[0].last_step,
+        Some(51)
+    );
+}
+
+async fn concurrent_failures_through_two_handles_are_all_counted(s: Subject) {
+    let user = s.store.create_user(new_user("ada"), NOW).await.unwrap();
+    let policy = Policy {
+        max_failures: 100,
+        window: 300,
+        duration: 900,
+    };
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let store = if i % 2 == 0 {
+            s.store.clone()
+        } else {
+            s.twin.clone()
+        };
+        let user_id = user.id;
+        tasks.push(tokio::spawn(async move {
+            store.record_failure(user_id, 1000, policy).await.unwrap()
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(s.store.lockout(user.id).await.unwrap().failures.len(), 50);
+    s.twin.clear_failures(user.id).await.unwrap();
+    assert!(s.store.lockout(user.id).await.unwrap().failures.is_empty());
+}
+
+async fn a_code_logs_in_once_and_not_after_expiry(s: Subject) {
+    let user = s.store.create_user(new_user("ada"), NOW).await.unwrap();
+    let code = OobCode {
+        v: SCHEMA_VERSION,
+        user_id: user.id,
+        purpose: "manage:sms".into(),
+        code_hash: "h".into(),
+        expires_at: 2000,
+    };
+    s.store.put_code(code.clone()).await.unwrap();
+    let login = "2026-01-02T00:00:00Z";
+    assert_eq!(
+        s.twin
+            .login_with_code(user.id, "manage:sms", "x", 1000, login)
+            .await
+            .unwrap(),
+        CodeLogin::Wrong
+    );
+    assert_eq!(
+        s.twin
+            .login_with_code(user.id, "manage:sms", "h", 2000, login)
+            .await
+            .unwrap(),
+        CodeLogin::Expired
+    );
+    let CodeLogin::Accepted(after) = s
+        .twin
+        .login_with_code(user.id, "manage:sms", "h", 1000, login)
+        .await
+        .unwrap()
+    else {
+        panic!("the right code was refused");
+    };
+    assert_eq!(after.last_login_timestamp.as_deref(), Some(login));
+    assert_eq!(
+        s.store
+            .user_by_id(user.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_login_timestamp
+            .as_deref(),
+        Some(login)
+    );
+    assert_eq!(
+        s.store
+            .login_with_code(user.id, "manage:sms", "h", 1000, login)
+            .await
+            .unwrap(),
+        CodeLogin::Wrong
+    );
+    s.store.put_code(code).await.unwrap();
+    assert!(
+        s.twin
+            .consume_code(user.id, "manage:sms", "h", 1000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.store
+            .consume_code(user.id, "manage:sms", "h", 1000)
+            .await
+            .unwrap()
+    );
+}
+
+async fn sends_are_limited_within_the_window(s: Subject) {
+    for i in 0..3 {
+        let store = if i % 2 == 0 { &s.store } else { &s.twin };
+        assert!(store.count_send("to:+1", 1000 + i, 60, 3).await.unwrap());
+    }
+    assert!(!s.store.count_send("to:+1", 1010, 60, 3).await.unwrap());
+    assert!(s.twin.count_send("to:+2", 1010, 60, 3).await.unwrap());
+    assert!(
+        s.store.count_send("to:+1", 1061, 60, 3).await.unwrap(),
+        "the window moves"
+    );
+}
+
+fn domain(organization_id: i64, name: &str) -> Domain {
+    Domain {
+        v: SCHEMA_VERSION,
+        organization_id,
+        domain_id: 0,
+        domain: name.into(),
+        authentication_method: None,
+        created: NOW.into(),
+        created_by: "ada".into(),
+        modified: NOW.into(),
+        modified_by: "ada".into(),
+        is_verified: false,
+        verification_code: None,
+        verification_code_expires: None,
+        verification_code_expires_at: None,
+        verification_method: None,
+        owner_organization_id: organization_id,
+    }
+}
+
+async fn a_verified_domain_belongs_to_one_organization(s: Subject) {
+    for id in [1, 2] {
+        s.store
+            .create_organization(Organization {
+                v: SCHEMA_VERSION,
+                id,
+                name: format!("org {id}"),
+                created: NOW.into(),
+            })
+            .await
+            .unwrap();
+    }
+    let a = s
+        .store
+        .create_domain(domain(1, "example.com"))
+        .await
+        .unwrap();
+    let b = s
+        .twin
+        .create_domain(domain(2, "example.com"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.store.create_domain(domain(1, "example.com")).await,
+        Err(StoreError::Conflict(_))
+    ));
+    s.store
+        .save_domain(Domain {
+            is_verified: true,
+            ..a.clone()
+        })
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.twin
+            .save_domain(Domain {
+                is_verified: true,
+                ..b.clone()
+            })
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        s.twin
+            .create_domain(domain(2, "EXAMPLE.com".to_lowercase().as_str()))
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(s.twin.domains(1).await.unwrap().len(), 1);
+    assert!(s.twin.delete_domain(1, a.domain_id).await.unwrap());
+    s.store
+        .save_domain(Domain {
+            is_verified: true,
+            ..b
+        })
+        .await
+        .unwrap();
+}
+
+async fn audit_is_newest_first_and_signing_keys_oldest_first(s: Subject) {
+    for i in 0..3 {
+        s.store
+            .append_audit(AuditEvent {
+                time: NOW.into(),
+                event: format!("e{i}"),
+                user_name: None,
+                detail: None,
+            })
+            .await
+            .unwrap();
+        s.twin
+            .add_signing_key(SigningKey {
+                v: SCHEMA_VERSION,
+                kid: format!("k{i}"),
+                pkcs8: vec![i],
+                created: NOW.into(),
+            })
+            .await
+            .unwrap();
+    }
+    let events: Vec<String> = s
+        .twin
+        .audit(2)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event)
+        .collect();
+    assert_eq!(events, ["e2", "e1"]);
+    let kids: Vec<String> = s
+        .store
+        .signing_keys()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| k.kid)
+        .collect();
+    assert_eq!(kids, ["k0", "k1", "k2"]);
+}
