@@ -266,6 +266,8 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// Concurrent HTTP/2 streams per connection.
     pub h2_max_concurrent_streams: u32,
+    /// Threads serving requests; 0 means one per CPU core.
+    pub worker_threads: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -618,6 +620,7 @@ struct RawServer {
     max_headers: Field<u64>,
     max_header_bytes: Field<u64>,
     h2_max_concurrent_streams: Field<u64>,
+    worker_threads: Field<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -905,6 +908,12 @@ fn validate(raw: RawConfig, env_secrets: EnvSecrets) -> Result<Config, ConfigErr
             s.h2_max_concurrent_streams,
             100,
             |v| in_range(1, 1000)(v).map(|v| v as u32),
+        ),
+        worker_threads: c.get(
+            "server.worker_threads",
+            s.worker_threads,
+            0,
+            |v| in_range(0, 1024)(v).map(|v| v as usize),
         ),
     };
     for (key, d) in [

@@ -160,9 +160,13 @@ fn migrate(from: &std::path::Path, to: &str) -> ExitCode {
 
 /// The multi-threaded runtime a server runs on, with one process-wide TLS provider for every
 /// client library (SMTP, JWKS, SMS).
-fn server_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+fn server_runtime(worker_threads: usize) -> Result<tokio::runtime::Runtime, ExitCode> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if worker_threads > 0 {
+        builder.worker_threads(worker_threads);
+    }
+    builder
         .enable_all()
         .build()
         .map_err(|e| {
@@ -176,7 +180,7 @@ fn inject_webhook(args: InjectArgs) -> ExitCode {
         format: config::LogFormat::Json,
         level: "info".into(),
     });
-    let runtime = match server_runtime() {
+    let runtime = match server_runtime(0) {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
@@ -218,7 +222,7 @@ fn inject_webhook(args: InjectArgs) -> ExitCode {
 
 fn serve(config: config::Config, config_file: std::path::PathBuf) -> ExitCode {
     gatehouse::telemetry::init(&config.log);
-    let runtime = match server_runtime() {
+    let runtime = match server_runtime(config.server.worker_threads) {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
