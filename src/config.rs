@@ -909,12 +909,9 @@ fn validate(raw: RawConfig, env_secrets: EnvSecrets) -> Result<Config, ConfigErr
             100,
             |v| in_range(1, 1000)(v).map(|v| v as u32),
         ),
-        worker_threads: c.get(
-            "server.worker_threads",
-            s.worker_threads,
-            0,
-            |v| in_range(0, 1024)(v).map(|v| v as usize),
-        ),
+        worker_threads: c.get("server.worker_threads", s.worker_threads, 0, |v| {
+            in_range(0, 1024)(v).map(|v| v as usize)
+        }),
     };
     for (key, d) in [
         ("server.header_read_timeout", server.header_read_timeout),

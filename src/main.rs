@@ -166,13 +166,10 @@ fn server_runtime(worker_threads: usize) -> Result<tokio::runtime::Runtime, Exit
     if worker_threads > 0 {
         builder.worker_threads(worker_threads);
     }
-    builder
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            eprintln!("cannot start the runtime: {e}");
-            ExitCode::FAILURE
-        })
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("cannot start the runtime: {e}");
+        ExitCode::FAILURE
+    })
 }
 
 fn inject_webhook(args: InjectArgs) -> ExitCode {

@@ -102,7 +102,13 @@ pub struct Tokens {
     clock: Arc<dyn Clock>,
     /// Signed assertions by principal, reused for half their lifetime.
     assertions: moka::sync::Cache<String, Arc<str>>,
+    /// Access tokens whose signature and claims were verified, by SHA-256 of the token. A hit
+    /// skips the signature check only: the token's times are checked again on every use.
+    verified: moka::sync::Cache<[u8; 32], Arc<Claims>>,
 }
+
+/// How long a verified access token is remembered (its own `exp` still applies on every use).
+const VERIFIED_TTL: Duration = Duration::from_secs(300);
 
 /// A `kid` as gatehouse writes them: base64url, nothing that could be a path or a query.
 fn plausible_kid(kid: &str) -> bool {
@@ -175,6 +181,10 @@ impl Tokens {
                 .max_capacity(10_000)
                 .time_to_live(Duration::from_secs((ASSERTION_TTL / 2) as u64))
                 .build(),
+            verified: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(VERIFIED_TTL)
+                .build(),
         })
     }
 
@@ -241,9 +251,20 @@ impl Tokens {
     }
 
     /// Verifies an access token gatehouse issued: EdDSA only, a known `kid`, `iss`, `aud`,
-    /// `exp` and `nbf` (with [`LEEWAY`]) all present and right.
-    pub fn verify_access(&self, token: &str) -> Result<Claims, TokenError> {
-        self.verify(token, &self.audience)
+    /// `exp` and `nbf` (with [`LEEWAY`]) all present and right. A token verified before is
+    /// recognised by its hash, so its signature is checked once, not on every request.
+    pub fn verify_access(&self, token: &str) -> Result<Arc<Claims>, TokenError> {
+        let mut digest = [0u8; 32];
+        digest.copy_from_slice(
+            ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref(),
+        );
+        if let Some(claims) = self.verified.get(&digest) {
+            check_times(claims.exp, Some(claims.nbf), self.clock.unix())?;
+            return Ok(claims);
+        }
+        let claims = Arc::new(self.verify(token, &self.audience)?);
+        self.verified.insert(digest, claims.clone());
+        Ok(claims)
     }
 
     /// Verifies a gatehouse token for the given audience (access tokens, assertions).
@@ -378,6 +399,26 @@ mod tests {
         assert!(tokens.verify_access(&token).is_ok());
         clock.advance(1);
         assert_eq!(tokens.verify_access(&token), Err(TokenError::Expired));
+    }
+
+    #[tokio::test]
+    async fn a_remembered_token_does_not_vouch_for_a_forged_twin() {
+        let store = SledStore::temporary().unwrap();
+        let tokens = Tokens::load(&config(), &store, &vault(), FixedClock::at(1_800_000_000))
+            .await
+            .unwrap();
+        let token = tokens.issue_access(&principal()).unwrap();
+        assert!(tokens.verify_access(&token).is_ok());
+        // Same header and claims, another signature: verified on its own, and refused.
+        let (signed, signature) = token.rsplit_once('.').unwrap();
+        let mut forged_signature = signature.as_bytes().to_vec();
+        forged_signature[0] = if forged_signature[0] == b'A' {
+            b'B'
+        } else {
+            b'A'
+        };
+        let forged = format!("{signed}.{}", String::from_utf8(forged_signature).unwrap());
+        assert_eq!(tokens.verify_access(&forged), Err(TokenError::BadSignature));
     }
 
     #[tokio::test]
