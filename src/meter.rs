@@ -5,7 +5,10 @@
 
 use std::time::Duration;
 
-use metrics::{Key, KeyName, Label, Level, Metadata, Recorder, SharedString, Unit};
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use metrics::{Counter, Key, KeyName, Label, Level, Metadata, Recorder, SharedString, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 static METADATA: Metadata<'static> =
@@ -47,6 +50,8 @@ impl OtpResult {
 pub struct Meter {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
+    /// The request counters by class and status, so the per-request path builds no key.
+    requests: RwLock<HashMap<(&'static str, u16), Counter>>,
 }
 
 impl Default for Meter {
@@ -101,7 +106,11 @@ impl Meter {
             None,
             "Configuration reloads, by result (applied or rejected).",
         );
-        Meter { recorder, handle }
+        Meter {
+            recorder,
+            handle,
+            requests: RwLock::new(HashMap::new()),
+        }
     }
 
     fn count(&self, name: &'static str, labels: Vec<Label>) {
@@ -112,13 +121,26 @@ impl Meter {
 
     /// One answered request; `class` is the route's access or the local endpoint family.
     pub fn request(&self, class: &'static str, status: u16) {
-        self.count(
-            REQUESTS,
-            vec![
-                Label::from_static_parts("class", class),
-                Label::new("status", status.to_string()),
-            ],
+        if let Ok(known) = self.requests.read()
+            && let Some(counter) = known.get(&(class, status))
+        {
+            counter.increment(1);
+            return;
+        }
+        let counter = self.recorder.register_counter(
+            &Key::from_parts(
+                REQUESTS,
+                vec![
+                    Label::from_static_parts("class", class),
+                    Label::new("status", status.to_string()),
+                ],
+            ),
+            &METADATA,
         );
+        counter.increment(1);
+        if let Ok(mut known) = self.requests.write() {
+            known.insert((class, status), counter);
+        }
     }
 
     pub fn upstream_latency(&self, latency: Duration) {
