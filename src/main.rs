@@ -162,8 +162,14 @@ fn migrate(from: &std::path::Path, to: &str) -> ExitCode {
 /// client library (SMTP, JWKS, SMS).
 fn server_runtime(worker_threads: usize) -> Result<tokio::runtime::Runtime, ExitCode> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if worker_threads > 0 {
+    // One worker: a current-thread runtime, whose I/O driver runs on that thread, so that a
+    // ready socket wakes no other thread.
+    let mut builder = if worker_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    if worker_threads > 1 {
         builder.worker_threads(worker_threads);
     }
     builder.enable_all().build().map_err(|e| {

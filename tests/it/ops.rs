@@ -300,3 +300,50 @@ async fn nginx_auth_request_in_front_of_an_app_uses_gatehouse_forward_auth() {
     );
     assert_eq!(app.hits(), 2);
 }
+
+#[tokio::test]
+async fn one_worker_thread_serves_proxies_and_reloads() {
+    let upstream = Upstream::start().await;
+    let config = |access: &str| {
+        process_config(
+            &upstream.url(),
+            &format!(
+                "[server]\nworker_threads = 1\n[[routes]]\npath_prefix = \"/private/\"\naccess = \"{access}\"\n"
+            ),
+        )
+    };
+    let gh = Process::start(&config("authenticated"), &[]).await;
+    let client = http1_client();
+    let mut statuses = Vec::new();
+    for path in ["/public/a", "/private/b"] {
+        statuses.push(
+            client
+                .get(gh.http_url(path))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(statuses, [200, 401]);
+    std::fs::write(gh.dir.path().join("gatehouse.toml"), config("public")).unwrap();
+    gh.signal("HUP");
+    let mut reloaded = false;
+    for _ in 0..100 {
+        if client
+            .get(gh.http_url("/private/b"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 200
+        {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(reloaded, "{}", gh.logs().join("\n"));
+    assert_eq!(upstream.hits(), 2);
+}
