@@ -107,6 +107,12 @@ pub struct Tokens {
     verified: moka::sync::Cache<[u8; 32], Arc<Claims>>,
 }
 
+fn token_digest(token: &str) -> [u8; 32] {
+    let mut digest = [0u8; 32];
+    digest.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref());
+    digest
+}
+
 /// How long a verified access token is remembered (its own `exp` still applies on every use).
 const VERIFIED_TTL: Duration = Duration::from_secs(300);
 
@@ -254,10 +260,7 @@ impl Tokens {
     /// `exp` and `nbf` (with [`LEEWAY`]) all present and right. A token verified before is
     /// recognised by its hash, so its signature is checked once, not on every request.
     pub fn verify_access(&self, token: &str) -> Result<Arc<Claims>, TokenError> {
-        let mut digest = [0u8; 32];
-        digest.copy_from_slice(
-            ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref(),
-        );
+        let digest = token_digest(token);
         if let Some(claims) = self.verified.get(&digest) {
             check_times(claims.exp, Some(claims.nbf), self.clock.unix())?;
             return Ok(claims);
@@ -265,6 +268,13 @@ impl Tokens {
         let claims = Arc::new(self.verify(token, &self.audience)?);
         self.verified.insert(digest, claims.clone());
         Ok(claims)
+    }
+
+    /// An access token verified before: its claims if it is still within its times, `None` when
+    /// it was never seen (then [`Tokens::verify_access`] decides).
+    pub fn remembered(&self, token: &str) -> Option<Result<Arc<Claims>, TokenError>> {
+        let claims = self.verified.get(&token_digest(token))?;
+        Some(check_times(claims.exp, Some(claims.nbf), self.clock.unix()).map(|()| claims))
     }
 
     /// Verifies a gatehouse token for the given audience (access tokens, assertions).
