@@ -769,41 +769,66 @@ impl PgStore {
         Ok(true)
     }
 
-    /// Counts a failure with the user's lockout row locked, so concurrent failures queue up and
-    /// each sees the one before. The no-op `DO UPDATE` both creates a missing row and takes the
-    /// lock of an existing one, returning its current state.
+    /// Read-modify-write of one JSON document with its row locked, so concurrent changes queue
+    /// up and each sees the one before. The no-op `DO UPDATE` both creates a missing row (with the
+    /// default document) and takes the lock of an existing one, returning its current state.
+    /// `table` and `column` are this module's constants, never input.
+    async fn locked_change<T, R>(
+        &self,
+        table: &str,
+        column: &str,
+        key: &(dyn ToSql + Sync),
+        change: impl FnOnce(&mut T) -> R,
+    ) -> Result<R, Fail>
+    where
+        T: serde::Serialize + DeserializeOwned + Default + Sync + std::fmt::Debug,
+    {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let locked = row(
+            &tx,
+            &format!(
+                "INSERT INTO {table} ({column}, doc) VALUES ($1, $2)
+                 ON CONFLICT ({column}) DO UPDATE SET doc = {table}.doc RETURNING doc"
+            ),
+            &[key, &Json(T::default())],
+        )
+        .await?;
+        let mut value: T = match locked {
+            Some(r) => doc(&r)?,
+            None => T::default(),
+        };
+        let result = change(&mut value);
+        exec(
+            &tx,
+            &format!("UPDATE {table} SET doc = $2 WHERE {column} = $1"),
+            &[key, &Json(&value)],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(result)
+    }
+
+    /// Counts a failure with the user's lockout row locked (concurrent failures all count).
     async fn record_failure_once(
         &self,
         user_id: u64,
         now: i64,
         policy: Policy,
     ) -> Result<LockoutState, Fail> {
-        let id = key(user_id);
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        let locked = row(
-            &tx,
-            "INSERT INTO gatehouse_lockouts (user_id, doc) VALUES ($1, $2)
-             ON CONFLICT (user_id) DO UPDATE SET doc = gatehouse_lockouts.doc RETURNING doc",
-            &[&id, &Json(LockoutState::default())],
+        self.locked_change(
+            "gatehouse_lockouts",
+            "user_id",
+            &key(user_id),
+            |state: &mut LockoutState| {
+                state.record_failure(now, policy);
+                state.clone()
+            },
         )
-        .await?;
-        let mut state: LockoutState = match locked {
-            Some(r) => doc(&r)?,
-            None => LockoutState::default(),
-        };
-        state.record_failure(now, policy);
-        exec(
-            &tx,
-            "UPDATE gatehouse_lockouts SET doc = $2 WHERE user_id = $1",
-            &[&id, &Json(&state)],
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(state)
+        .await
     }
 
-    /// The same locked read-modify-write as [`PgStore::record_failure_once`].
+    /// Counts a send with its row locked: `false` (and nothing counted) at the limit.
     async fn count_send_once(
         &self,
         send_key: &str,
@@ -811,32 +836,20 @@ impl PgStore {
         window: i64,
         limit: u32,
     ) -> Result<bool, Fail> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        let locked = row(
-            &tx,
-            "INSERT INTO gatehouse_sends (send_key, doc) VALUES ($1, '[]'::JSONB)
-             ON CONFLICT (send_key) DO UPDATE SET doc = gatehouse_sends.doc RETURNING doc",
-            &[&send_key],
+        self.locked_change(
+            "gatehouse_sends",
+            "send_key",
+            &send_key,
+            |sent: &mut Vec<i64>| {
+                sent.retain(|t| now - t < window);
+                let allowed = sent.len() < limit as usize;
+                if allowed {
+                    sent.push(now);
+                }
+                allowed
+            },
         )
-        .await?;
-        let mut sent: Vec<i64> = match locked {
-            Some(r) => doc(&r)?,
-            None => Vec::new(),
-        };
-        sent.retain(|t| now - t < window);
-        let allowed = sent.len() < limit as usize;
-        if allowed {
-            sent.push(now);
-        }
-        exec(
-            &tx,
-            "UPDATE gatehouse_sends SET doc = $2 WHERE send_key = $1",
-            &[&send_key, &Json(&sent)],
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(allowed)
+        .await
     }
 
     async fn create_domain_once(&self, template: &Domain) -> Result<Domain, Fail> {
