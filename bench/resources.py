@@ -15,13 +15,12 @@ import os
 import resource
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from startup import free_port, one_run, ready  # noqa: E402
+from startup import one_run, ready, spawn  # noqa: E402
 
 
 def rss_kib(pid):
@@ -40,32 +39,7 @@ def main():
     if soft < wanted:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
     with tempfile.TemporaryDirectory() as tmp:
-        admin, plain = free_port(), free_port()
-        config = os.path.join(tmp, "gatehouse.toml")
-        with open(config, "w") as f:
-            f.write(
-                f"""
-[listen]
-https = ""
-http = "127.0.0.1:{plain}"
-admin = "127.0.0.1:{admin}"
-[upstream]
-url = "http://127.0.0.1:9"
-[proxy]
-default = "public"
-[store]
-path = "{tmp}/data"
-[log]
-level = "warn"
-"""
-            )
-        env = dict(os.environ, GATEHOUSE_MASTER_KEY="AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=")
-        child = subprocess.Popen(
-            [binary, "--config", config, "serve"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        child, admin, plain, _ = spawn(binary, tmp)
         sockets = []
         try:
             deadline = time.time() + 30

@@ -34,13 +34,13 @@ def ready(port):
         return False
 
 
-def one_run(binary):
-    with tempfile.TemporaryDirectory() as tmp:
-        admin, plain = free_port(), free_port()
-        config = os.path.join(tmp, "gatehouse.toml")
-        with open(config, "w") as f:
-            f.write(
-                f"""
+def spawn(binary, tmp):
+    """Starts gatehouse on a fresh store in `tmp`: (process, admin port, plain port, start time)."""
+    admin, plain = free_port(), free_port()
+    config = os.path.join(tmp, "gatehouse.toml")
+    with open(config, "w") as f:
+        f.write(
+            f"""
 [listen]
 https = ""
 http = "127.0.0.1:{plain}"
@@ -52,15 +52,21 @@ path = "{tmp}/data"
 [log]
 level = "warn"
 """
-            )
-        env = dict(os.environ, GATEHOUSE_MASTER_KEY="AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=")
-        started = time.perf_counter()
-        child = subprocess.Popen(
-            [binary, "--config", config, "serve"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
         )
+    env = dict(os.environ, GATEHOUSE_MASTER_KEY="AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=")
+    started = time.perf_counter()
+    child = subprocess.Popen(
+        [binary, "--config", config, "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return child, admin, plain, started
+
+
+def one_run(binary):
+    with tempfile.TemporaryDirectory() as tmp:
+        child, admin, _, started = spawn(binary, tmp)
         try:
             while not ready(admin):
                 if child.poll() is not None:
