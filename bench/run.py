@@ -586,16 +586,24 @@ class Gatehouse:
         self.service = None
 
     def start(self, services, https):
-        config = render("gatehouse.toml", os.path.join(self.tmp, "gatehouse.toml"), tmp=self.tmp,
-                        port=self.port, admin_port=self.admin_port, tls_port=self.tls_port,
-                        upstream_port=self.upstream_port,
-                        https=f"127.0.0.1:{self.tls_port}" if https else "")
-        # An inherited RUST_LOG or GATEHOUSE_* would silently change what is measured.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GATEHOUSE_") and k != "RUST_LOG"}
-        env.update(GATEHOUSE_ADMIN_TOKEN=self.admin_token, GATEHOUSE_MASTER_KEY=self.master_key)
-        self.service = services.start("gatehouse", [self.binary, "--config", config, "serve"], env=env)
-        wait_ready(self.service, f"http://127.0.0.1:{self.admin_port}/readyz")
-        return self.service
+        # A port found free earlier can be taken since (load generators' outgoing connections use
+        # the same range): fresh ports, and a few tries when one is already in use.
+        for attempt in range(3):
+            self.port, self.admin_port, self.tls_port = free_port(), free_port(), free_port()
+            config = render("gatehouse.toml", os.path.join(self.tmp, "gatehouse.toml"), tmp=self.tmp,
+                            port=self.port, admin_port=self.admin_port, tls_port=self.tls_port,
+                            upstream_port=self.upstream_port,
+                            https=f"127.0.0.1:{self.tls_port}" if https else "")
+            # An inherited RUST_LOG or GATEHOUSE_* would silently change what is measured.
+            env = {k: v for k, v in os.environ.items() if not k.startswith("GATEHOUSE_") and k != "RUST_LOG"}
+            env.update(GATEHOUSE_ADMIN_TOKEN=self.admin_token, GATEHOUSE_MASTER_KEY=self.master_key)
+            self.service = services.start("gatehouse", [self.binary, "--config", config, "serve"], env=env)
+            try:
+                wait_ready(self.service, f"http://127.0.0.1:{self.admin_port}/readyz")
+                return self.service
+            except RuntimeError as e:
+                if attempt == 2 or "Address already in use" not in str(e):
+                    raise
 
     def plain(self, path):
         return f"http://127.0.0.1:{self.port}{path}"
