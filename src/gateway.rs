@@ -28,8 +28,8 @@ use crate::meter::Meter;
 use crate::path::{self, PathError};
 use crate::problem::Problem;
 use crate::proxy::forward::{self, ForwardError, Origin, Upstream};
+use crate::proxy::headers::IdentityHeaders;
 use crate::proxy::headers::Sanitizer;
-use crate::proxy::headers::{self, IdentityHeaderNames};
 use crate::routes::RouteTable;
 use crate::telemetry::{self, AccessRecord};
 use crate::tokens::Tokens;
@@ -202,7 +202,7 @@ pub struct Gateway {
     max_body: Option<u64>,
     auth: Arc<Authenticator>,
     tokens: Arc<Tokens>,
-    identity_names: IdentityHeaderNames,
+    identity: IdentityHeaders,
     require_app: bool,
     assertion_audience: String,
     nexus: Option<Nexus>,
@@ -223,7 +223,7 @@ impl Gateway {
             max_body: config.proxy.max_body,
             auth: app.auth.clone(),
             tokens: app.tokens.clone(),
-            identity_names: config.identity_headers.clone(),
+            identity: IdentityHeaders::new(&config.identity_headers),
             require_app: config.auth.require_application_token,
             assertion_audience: config.upstream.audience.clone(),
             enroll: EnrollPage::new(app.mfa.clone(), config.mfa.totp.digits),
@@ -290,7 +290,7 @@ impl Gateway {
             .tokens
             .assertion(principal, &self.assertion_audience)
             .map_err(|e| Rejection::Internal(format!("cannot sign the assertion: {e}")))?;
-        headers::set_identity(headers, &self.identity_names, principal, &assertion);
+        self.identity.set(headers, principal, &assertion);
         Ok(())
     }
 

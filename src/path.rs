@@ -99,6 +99,14 @@ pub fn normalize(raw: &str) -> Result<String, PathError> {
     if !raw.starts_with('/') {
         return Err(PathError::NotAbsolute);
     }
+    if is_normal(raw) {
+        return Ok(raw.to_owned());
+    }
+    resolve(raw)
+}
+
+/// [`normalize`] the long way: decode, then resolve the segments.
+fn resolve(raw: &str) -> Result<String, PathError> {
     let decoded = decode_unreserved(raw)?;
     let mut segments: Vec<&str> = Vec::new();
     let mut trailing_slash = false;
@@ -126,10 +134,58 @@ pub fn normalize(raw: &str) -> Result<String, PathError> {
     Ok(out)
 }
 
+/// Whether `raw` (absolute) is already what [`normalize`] would make of it: nothing to decode or
+/// refuse, no empty segment but a trailing one, no `.` or `..` segment. Most paths are.
+fn is_normal(raw: &str) -> bool {
+    let bytes = raw.as_bytes();
+    if bytes.iter().any(|b| matches!(b, b'%' | b'\\' | 0)) {
+        return false;
+    }
+    let mut segments = raw.split('/').skip(1).peekable();
+    while let Some(segment) = segments.next() {
+        let last = segments.peek().is_none();
+        if matches!(segment, "." | "..") || (segment.is_empty() && !last) {
+            return false;
+        }
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn paths_taken_as_already_normal_are_what_resolving_gives() {
+        let paths = [
+            "/",
+            "/a",
+            "/a/",
+            "/a/b/c",
+            "/a//b",
+            "//",
+            "/a/.",
+            "/a/..",
+            "/./a",
+            "/a/../b/",
+            "/a/.b",
+            "/a/..b/",
+            "/..",
+            "/.well-known/jwks.json",
+            "/a%2e",
+            "/a/b//",
+            "/é/ü",
+        ];
+        for p in paths {
+            if is_normal(p) {
+                assert_eq!(resolve(p).unwrap(), p, "{p}");
+            }
+            assert_eq!(normalize(p), resolve(p), "{p}");
+        }
+        assert!(is_normal("/public/a/b.txt"));
+        assert!(!is_normal("/a//b"));
+    }
 
     #[test]
     fn dot_segments_resolve_and_never_climb_above_root() {

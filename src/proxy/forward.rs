@@ -4,7 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, Request, Response, Uri, Version};
 use http_body_util::BodyExt;
@@ -102,17 +102,18 @@ fn box_incoming(body: Incoming) -> Body {
 /// set from the socket. `host` is the authority the client asked for.
 pub fn set_forwarding_headers(headers: &mut HeaderMap, origin: Origin, host: Option<&str>) {
     let peer_ip = match origin.peer.ip() {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map_or(IpAddr::V6(v6), IpAddr::V4)
-            .to_string(),
-        v4 => v4.to_string(),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
     };
-    let chain = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) if origin.trusted && !prior.trim().is_empty() => format!("{prior}, {peer_ip}"),
-        _ => peer_ip,
+    let prior = headers
+        .get(X_FORWARDED_FOR)
+        .and_then(|v| v.to_str().ok())
+        .filter(|prior| origin.trusted && !prior.trim().is_empty());
+    let chain = match prior {
+        Some(prior) => format!("{prior}, {peer_ip}"),
+        None => peer_ip.to_string(),
     };
-    if let Ok(v) = HeaderValue::from_str(&chain) {
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(chain)) {
         headers.insert(X_FORWARDED_FOR, v);
     }
     if !(origin.trusted && headers.contains_key(X_FORWARDED_PROTO)) {
@@ -144,7 +145,7 @@ pub fn requested_host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a st
 /// `/auth/verify` in `path` (Envoy's `ext_authz` with a path prefix). The query never counts.
 /// `Err(None)` when nothing describes a request; `Err(Some(_))` for a path that cannot be used.
 pub fn described_path(headers: &HeaderMap, path: &str) -> Result<String, Option<PathError>> {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let header = |name: HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
     let target = if let Some(uri) = header(X_FORWARDED_URI) {
         uri.to_owned()
     } else if let Some(url) = header(X_ORIGINAL_URL) {
@@ -167,11 +168,11 @@ pub fn described_path(headers: &HeaderMap, path: &str) -> Result<String, Option<
     crate::path::normalize(raw).map_err(Some)
 }
 
-pub const X_FORWARDED_URI: &str = "x-forwarded-uri";
-pub const X_ORIGINAL_URL: &str = "x-original-url";
-pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
-pub const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
-pub const X_FORWARDED_HOST: &str = "x-forwarded-host";
+pub const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
+pub const X_ORIGINAL_URL: HeaderName = HeaderName::from_static("x-original-url");
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 #[cfg(test)]
 mod tests {

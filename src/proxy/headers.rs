@@ -1,8 +1,6 @@
 //! Header hygiene: hop-by-hop headers, client-sent identity headers and untrusted forwarding
 //! headers are removed here, before anything is added, and identity headers are set in one place.
 
-use std::collections::HashSet;
-
 use http::HeaderMap;
 use http::header::{self, HeaderName, HeaderValue};
 
@@ -10,20 +8,21 @@ use crate::auth::Principal;
 use serde::Serialize;
 
 /// Hop-by-hop headers of RFC 9110 §7.6.1, plus the proxy-only ones that must not travel on.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "proxy-connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authorization",
-    "proxy-authenticate",
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
 ];
 
 /// Headers through which a client could claim an address, scheme, host or path. They are believed
 /// only from `server.trusted_proxies`; from anyone else they are dropped and rebuilt from the socket.
+/// Compared folded (see [`folded_eq`]), like every `x-forwarded-*` header.
 const FORWARDING: &[&str] = &[
     "forwarded",
     "x-real-ip",
@@ -31,6 +30,8 @@ const FORWARDING: &[&str] = &[
     "x-original-uri",
     "x-rewrite-url",
 ];
+
+const X_FORWARDED_PREFIX: &str = "x-forwarded-";
 
 /// The names gatehouse uses for the identity it sends upstream (SPEC §6).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -116,13 +117,26 @@ impl IdentityHeaderNames {
 
 /// Folds the spellings a server or framework may treat as the same header: letter case (already
 /// lower in `http`), and `_` or `.` written for `-` (CGI-style and some frameworks map them all to `_`).
+fn fold_byte(b: u8) -> u8 {
+    match b {
+        b'_' | b'.' => b'-',
+        b => b.to_ascii_lowercase(),
+    }
+}
+
 fn fold(name: &str) -> String {
-    name.chars()
-        .map(|c| match c {
-            '_' | '.' => '-',
-            c => c.to_ascii_lowercase(),
-        })
-        .collect()
+    name.bytes().map(|b| char::from(fold_byte(b))).collect()
+}
+
+/// Whether `name` folds to `folded` (which is already folded).
+fn folded_eq(name: &[u8], folded: &[u8]) -> bool {
+    name.len() == folded.len() && name.iter().zip(folded).all(|(&a, &b)| fold_byte(a) == b)
+}
+
+/// Whether `name`, folded, starts with `folded`.
+fn folded_starts_with(name: &[u8], folded: &[u8]) -> bool {
+    name.get(..folded.len())
+        .is_some_and(|head| folded_eq(head, folded))
 }
 
 /// Decides which request headers a client may not send.
@@ -130,32 +144,43 @@ fn fold(name: &str) -> String {
 pub struct Sanitizer {
     /// Folded identity header names: the configured ones and every preset's, so that switching
     /// presets never leaves a door open for an app that still reads the old names.
-    identity: HashSet<String>,
+    identity: Vec<String>,
 }
 
 impl Sanitizer {
     pub fn new(configured: &IdentityHeaderNames) -> Sanitizer {
-        let identity = Preset::ALL
+        let mut identity: Vec<String> = Preset::ALL
             .iter()
             .map(|p| p.names())
             .chain(std::iter::once(configured.clone()))
             .flat_map(|names| names.all().map(fold))
             .collect();
+        identity.sort();
+        identity.dedup();
         Sanitizer { identity }
+    }
+
+    fn doomed(&self, name: &HeaderName, trusted_peer: bool) -> bool {
+        let name = name.as_str().as_bytes();
+        self.identity
+            .iter()
+            .any(|id| folded_eq(name, id.as_bytes()))
+            || (!trusted_peer
+                && (folded_starts_with(name, X_FORWARDED_PREFIX.as_bytes())
+                    || FORWARDING.iter().any(|f| folded_eq(name, f.as_bytes()))))
     }
 
     /// Removes hop-by-hop headers (and those `Connection` names), every identity header in any
     /// spelling, and — unless the peer is a trusted proxy — every forwarding header.
     pub fn clean_request(&self, headers: &mut HeaderMap, trusted_peer: bool) {
         strip_hop_by_hop(headers);
+        // Most requests carry none of these: look before allocating anything.
+        if !headers.keys().any(|name| self.doomed(name, trusted_peer)) {
+            return;
+        }
         let doomed: Vec<HeaderName> = headers
             .keys()
-            .filter(|name| {
-                let folded = fold(name.as_str());
-                self.identity.contains(&folded)
-                    || (!trusted_peer
-                        && (folded.starts_with("x-forwarded-") || FORWARDING.contains(&&*folded)))
-            })
+            .filter(|name| self.doomed(name, trusted_peer))
             .cloned()
             .collect();
         for name in doomed {
@@ -164,33 +189,53 @@ impl Sanitizer {
     }
 }
 
-/// Sets the identity headers for `principal` (SPEC §6). Called after [`Sanitizer::clean_request`],
-/// so each header is inserted over nothing: there is exactly one copy of each, gatehouse's.
-pub fn set_identity(
-    headers: &mut HeaderMap,
-    names: &IdentityHeaderNames,
-    principal: &Principal,
-    assertion: &str,
-) {
-    let methods: Vec<&str> = principal.methods.iter().map(|m| m.as_str()).collect();
-    let values = [
-        (&names.user, Some(principal.user_name.as_str())),
-        (&names.user_id, Some(principal.user_id.as_str())),
-        (&names.email, principal.email.as_deref()),
-        (&names.scopes, Some(&*principal.scopes.join(" "))),
-        (&names.methods, Some(&*methods.join(","))),
-        (&names.assertion, Some(assertion)),
-    ];
-    for (name, value) in values {
-        let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
-            continue;
-        };
-        match value.and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok()) {
-            Some(v) => {
-                headers.insert(name, v);
+/// The identity header names, parsed once (SPEC §6).
+#[derive(Debug, Clone)]
+pub struct IdentityHeaders {
+    /// user, user id, email, scopes, methods, assertion; `None` for a name `http` cannot carry
+    /// (configuration validation rejects those, so this is only a guard).
+    names: [Option<HeaderName>; 6],
+}
+
+impl IdentityHeaders {
+    pub fn new(names: &IdentityHeaderNames) -> IdentityHeaders {
+        IdentityHeaders {
+            names: names
+                .all()
+                .map(|name| HeaderName::from_bytes(name.as_bytes()).ok()),
+        }
+    }
+
+    /// Sets the identity headers for `principal`. Called after [`Sanitizer::clean_request`], so
+    /// each header is inserted over nothing: there is exactly one copy of each, gatehouse's.
+    pub fn set(&self, headers: &mut HeaderMap, principal: &Principal, assertion: &str) {
+        let scopes = principal.scopes.join(" ");
+        let mut methods = String::new();
+        for (i, m) in principal.methods.iter().enumerate() {
+            if i > 0 {
+                methods.push(',');
             }
-            None => {
-                headers.remove(name);
+            methods.push_str(m.as_str());
+        }
+        let values = [
+            Some(principal.user_name.as_str()),
+            Some(principal.user_id.as_str()),
+            principal.email.as_deref(),
+            Some(scopes.as_str()),
+            Some(methods.as_str()),
+            Some(assertion),
+        ];
+        for (name, value) in self.names.iter().zip(values) {
+            let Some(name) = name else {
+                continue;
+            };
+            match value.and_then(|v| HeaderValue::from_str(v).ok()) {
+                Some(v) => {
+                    headers.insert(name.clone(), v);
+                }
+                None => {
+                    headers.remove(name);
+                }
             }
         }
     }
@@ -199,6 +244,9 @@ pub fn set_identity(
 /// Removes the hop-by-hop headers and every header a `Connection` header names (all copies).
 /// `Host` is end-to-end by definition: naming it in `Connection` does not remove it.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -210,8 +258,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(&name);
     }
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
     }
 }
 
@@ -297,7 +345,7 @@ mod identity_tests {
         };
         let mut h = HeaderMap::new();
         h.insert("remote-email", HeaderValue::from_static("stale"));
-        set_identity(&mut h, &Preset::Authelia.names(), &principal, "jwt");
+        IdentityHeaders::new(&Preset::Authelia.names()).set(&mut h, &principal, "jwt");
         assert_eq!(h["remote-user"], "ada");
         assert_eq!(h["remote-groups"], "read write");
         assert_eq!(h["remote-methods"], "pwd,otp");
