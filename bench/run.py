@@ -662,6 +662,11 @@ def versions(peers, binaries):
     return found
 
 
+ALL_PEERS = ["auth_request", "haproxy", "envoy", "traefik", "caddy"]
+# Peers also measured over HTTP/2 with TLS (nginx always is).
+H2_PEERS = ["haproxy", "envoy"]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
@@ -670,13 +675,21 @@ def main():
     parser.add_argument("--duration", type=int, default=5, help="measured seconds per run")
     parser.add_argument("--out", help="write the raw numbers to this JSON file")
     parser.add_argument("--binary", help="gatehouse binary to use as it is (default: target/release, rebuilt when stale)")
+    parser.add_argument("--peers", default=",".join(ALL_PEERS),
+                        help="comma-separated peers besides direct and nginx proxy_pass "
+                             f"(default: {','.join(ALL_PEERS)}; empty for none)")
+    parser.add_argument("--no-h2", action="store_true", help="measure HTTP/1.1 only")
     args = parser.parse_args()
+    chosen = [p for p in args.peers.split(",") if p]
+    unknown = sorted(set(chosen) - set(ALL_PEERS))
+    if unknown:
+        parser.error(f"unknown peer(s) {', '.join(unknown)}; choose from {', '.join(ALL_PEERS)}")
     if args.quick:
         args.repeats, args.duration = 1, 1
     retries = 0 if args.quick else NOISE_RETRIES
     min_clean = 1 if args.quick else min(MIN_CLEAN, args.repeats)
-    peers = [] if args.quick else ["auth_request", "haproxy", "envoy", "traefik", "caddy"]
-    h2_peers = [] if args.quick else ["haproxy", "envoy"]
+    peers = [] if args.quick else chosen
+    h2_peers = [p for p in peers if p in H2_PEERS]
 
     if os.cpu_count() < 2 or not os.path.exists("/proc/stat"):
         sys.exit("needs Linux with two CPUs: cpu0 for the servers, cpu1 for the load generator")
@@ -780,19 +793,22 @@ def main():
         log(f"HTTP/1.1: {len(h1)} targets × {args.repeats} repeats × ({WARMUP_S} s warm-up + {args.duration} s)")
         h1_runs = measure(services, h1, args.repeats, args.duration, retries, exclude)
 
-        # The plaintext part runs without a TLS listener, as an in-pod sidecar would.
-        services.stop(gh_service)
-        gh_service = gh.start(services, https=True)
-        gh_tls = f"https://127.0.0.1:{gh.tls_port}"
-        h2.append(Target("gatehouse-public-h2", "gatehouse public", "h2", gh_tls + "/public/", [gh_service]))
-        if not args.quick:
-            h2.append(Target("gatehouse-bearer-h2", "gatehouse Bearer", "h2", gh_tls + "/private/", [gh_service],
-                             {"Authorization": bearer}, needs_auth=True))
-        for t in h2:
-            check(t)
-        log(f"HTTP/2 over TLS: {len(h2)} targets × {args.repeats} repeats × "
-            f"({WARMUP_S} s warm-up + {args.duration} s)")
-        h2_runs = measure(services, h2, args.repeats, args.duration, retries, exclude)
+        if args.no_h2:
+            h2, h2_runs = [], {}
+        else:
+            # The plaintext part runs without a TLS listener, as an in-pod sidecar would.
+            services.stop(gh_service)
+            gh_service = gh.start(services, https=True)
+            gh_tls = f"https://127.0.0.1:{gh.tls_port}"
+            h2.append(Target("gatehouse-public-h2", "gatehouse public", "h2", gh_tls + "/public/", [gh_service]))
+            if not args.quick:
+                h2.append(Target("gatehouse-bearer-h2", "gatehouse Bearer", "h2", gh_tls + "/private/",
+                                 [gh_service], {"Authorization": bearer}, needs_auth=True))
+            for t in h2:
+                check(t)
+            log(f"HTTP/2 over TLS: {len(h2)} targets × {args.repeats} repeats × "
+                f"({WARMUP_S} s warm-up + {args.duration} s)")
+            h2_runs = measure(services, h2, args.repeats, args.duration, retries, exclude)
         peer_versions = versions(peers, binaries)
     finally:
         # A second Ctrl-C must not cut the cleanup short.
