@@ -21,12 +21,16 @@ use crate::config::Secret;
 use crate::problem::Problem;
 use crate::store::{Store, StoreError};
 
+/// The OpenAPI document of every local endpoint, served at `GET /openapi.json`.
+pub const OPENAPI: &str = include_str!("../../../openapi/openapi.json");
+
 /// What an admin listener operation does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
     Healthz,
     Readyz,
     Metrics,
+    OpenApi,
     CreateUser,
     GetUser,
     PatchUser,
@@ -41,13 +45,15 @@ enum Op {
 }
 
 /// Every operation of the admin listener; any other path is 404, another method on a listed path 405.
-const ROUTES: [(Route, Op); 17] = [
+const ROUTES: [(Route, Op); 19] = [
     (Route::new("GET", "/healthz"), Op::Healthz),
     (Route::new("HEAD", "/healthz"), Op::Healthz),
     (Route::new("GET", "/readyz"), Op::Readyz),
     (Route::new("HEAD", "/readyz"), Op::Readyz),
     (Route::new("GET", "/metrics"), Op::Metrics),
     (Route::new("HEAD", "/metrics"), Op::Metrics),
+    (Route::new("GET", "/openapi.json"), Op::OpenApi),
+    (Route::new("HEAD", "/openapi.json"), Op::OpenApi),
     (Route::new("POST", "/admin/v1/users"), Op::CreateUser),
     (Route::new("GET", "/admin/v1/users/{userName}"), Op::GetUser),
     (
@@ -247,7 +253,7 @@ impl Admin {
 
     /// Finds the request's operation in [`ROUTES`] and runs it. Everything under `/admin/v1/`
     /// needs the admin token, even a path that names nothing (so the API's shape is not shown to
-    /// strangers); the probes and `/metrics` need none.
+    /// strangers); the probes, `/metrics` and `/openapi.json` need none.
     async fn dispatch(&self, req: Request<Incoming>) -> AdminResult {
         let path = req.uri().path().to_owned();
         if path.starts_with("/admin/v1/") {
@@ -290,6 +296,11 @@ impl Admin {
             Op::Healthz => Ok(self.probe(false).await),
             Op::Readyz => Ok(self.probe(true).await),
             Op::Metrics => Ok(self.metrics()),
+            Op::OpenApi => Ok(api::with_type(
+                StatusCode::OK,
+                "application/json",
+                OPENAPI.as_bytes().to_vec(),
+            )),
             Op::CreateUser => self.create_user(req).await,
             Op::GetUser => self.get_user(value(0)).await,
             Op::PatchUser => self.patch_user(value(0), req).await,
