@@ -87,7 +87,8 @@ struct ApplicationEntry {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct OrganizationEntry {
-    id: i64,
+    /// An int32, as seed 002's `organizationId`: larger ids could never reach the domain API.
+    id: i32,
     name: String,
     #[serde(default)]
     members: Vec<MemberEntry>,
@@ -198,7 +199,7 @@ pub async fn apply(path: &Path, store: &dyn Store, clock: &dyn Clock) -> Result<
         let at = format!("bootstrap organizations[{i}] ({})", o.id);
         let org = Organization {
             v: SCHEMA_VERSION,
-            id: o.id,
+            id: i64::from(o.id),
             name: o.name,
             created: now.clone(),
         };
@@ -209,7 +210,7 @@ pub async fn apply(path: &Path, store: &dyn Store, clock: &dyn Clock) -> Result<
         }
         for m in o.members {
             let membership = Membership {
-                organization_id: o.id,
+                organization_id: i64::from(o.id),
                 role: m.role,
             };
             let user = store
@@ -401,5 +402,18 @@ verified = true
             err.contains("organizations[0]") && err.contains("ghost"),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn organization_ids_beyond_int32_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bootstrap.toml");
+        std::fs::write(&path, "[[organizations]]\nid = 2147483648\nname = \"x\"\n").unwrap();
+        let store = SledStore::temporary().unwrap();
+        let err = apply(&path, &store, FixedClock::at(0).as_ref())
+            .await
+            .unwrap_err();
+        assert!(err.contains("bootstrap.file"), "{err}");
+        assert!(store.organization(2_147_483_648).await.unwrap().is_none());
     }
 }

@@ -109,12 +109,13 @@ enum UserCommand {
 
 #[derive(Subcommand, Debug)]
 enum OrgCommand {
+    // Organisation ids are int32, as the domain API's `organizationId`.
     Create {
-        id: i64,
+        id: i32,
         name: String,
     },
     AddMember {
-        id: i64,
+        id: i32,
         user_name: String,
         #[arg(long, value_parser = ["admin", "member"])]
         role: String,

@@ -2,7 +2,8 @@
 # Runs every test. First installs, when missing, the real components the tests start themselves:
 # an SMTP server (aiosmtpd, from PyPI), a DNS server (Debian's dnsmasq-base: the binary only, no
 # service), a headless browser (Debian's chromium and chromedriver), nginx for forward-auth
-# (Debian's nginx-light) and the offline Kubernetes schema validator (kubernetes-validate, PyPI).
+# (Debian's nginx-light), the offline Kubernetes schema validator (kubernetes-validate, PyPI) and
+# the OpenAPI validator (openapi-spec-validator, PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin"
@@ -10,6 +11,7 @@ export PATH="$PATH:/usr/sbin"
 pip_missing=()
 python3 -c 'import aiosmtpd' 2>/dev/null || pip_missing+=(aiosmtpd)
 command -v kubernetes-validate >/dev/null || pip_missing+=(kubernetes-validate)
+python3 -c 'import openapi_spec_validator' 2>/dev/null || pip_missing+=(openapi-spec-validator)
 if [ ${#pip_missing[@]} -gt 0 ]; then
     python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "${pip_missing[@]}"
 fi

@@ -5,6 +5,7 @@ use http::{Method, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use crate::api;
+use crate::api::route::{self, Route};
 use crate::body::Body;
 use crate::domains::DomainError;
 use crate::problem::Problem;
@@ -30,51 +31,63 @@ pub enum DomainRoute {
     },
 }
 
+const COLLECTION: &str = "/v1/organizations/{organizationId}/domains";
+const ITEM: &str = "/v1/organizations/{organizationId}/domains/{domainId}";
+const GENERATE_CODE: &str = "/v1/organizations/{organizationId}/domains/{domainId}/generate-code";
+const VERIFY: &str = "/v1/organizations/{organizationId}/domains/{domainId}/verify";
+
+/// What the domain endpoints answer, below the Nexus base path.
+pub const ROUTES: [Route; 6] = [
+    Route::new("GET", COLLECTION),
+    Route::new("POST", COLLECTION),
+    Route::new("GET", ITEM),
+    Route::new("DELETE", ITEM),
+    Route::new("POST", GENERATE_CODE),
+    Route::new("POST", VERIFY),
+];
+
 impl DomainRoute {
     /// Parses the part of a path after the family's base path.
     pub fn parse(rest: &str) -> Option<DomainRoute> {
-        let segments: Vec<&str> = rest
-            .strip_prefix("/v1/organizations/")?
-            .split('/')
-            .collect();
         let own = |s: &str| s.to_owned();
-        match segments.as_slice() {
-            [org, "domains"] => Some(DomainRoute::Collection {
-                organization: own(org),
-            }),
-            [org, "domains", id] => Some(DomainRoute::Item {
-                organization: own(org),
-                domain: own(id),
-            }),
-            [org, "domains", id, "generate-code"] => Some(DomainRoute::GenerateCode {
-                organization: own(org),
-                domain: own(id),
-            }),
-            [org, "domains", id, "verify"] => Some(DomainRoute::Verify {
-                organization: own(org),
-                domain: own(id),
-            }),
-            _ => None,
+        [COLLECTION, ITEM, GENERATE_CODE, VERIFY]
+            .into_iter()
+            .find_map(|template| {
+                let values = route::captures(template, rest)?;
+                Some(match (template, values.as_slice()) {
+                    (COLLECTION, [org]) => DomainRoute::Collection {
+                        organization: own(org),
+                    },
+                    (ITEM, [org, id]) => DomainRoute::Item {
+                        organization: own(org),
+                        domain: own(id),
+                    },
+                    (GENERATE_CODE, [org, id]) => DomainRoute::GenerateCode {
+                        organization: own(org),
+                        domain: own(id),
+                    },
+                    (VERIFY, [org, id]) => DomainRoute::Verify {
+                        organization: own(org),
+                        domain: own(id),
+                    },
+                    _ => return None,
+                })
+            })
+    }
+
+    /// The path template the route matched.
+    pub fn template(&self) -> &'static str {
+        match self {
+            DomainRoute::Collection { .. } => COLLECTION,
+            DomainRoute::Item { .. } => ITEM,
+            DomainRoute::GenerateCode { .. } => GENERATE_CODE,
+            DomainRoute::Verify { .. } => VERIFY,
         }
     }
 
-    /// The methods the route answers (for 405 and `Allow`).
-    pub fn allows(&self, method: &Method) -> Result<(), &'static str> {
-        let ok = match self {
-            DomainRoute::Collection { .. } => matches!(*method, Method::GET | Method::POST),
-            DomainRoute::Item { .. } => matches!(*method, Method::GET | Method::DELETE),
-            DomainRoute::GenerateCode { .. } | DomainRoute::Verify { .. } => {
-                *method == Method::POST
-            }
-        };
-        if ok {
-            return Ok(());
-        }
-        Err(match self {
-            DomainRoute::Collection { .. } => "GET, POST",
-            DomainRoute::Item { .. } => "GET, DELETE",
-            DomainRoute::GenerateCode { .. } | DomainRoute::Verify { .. } => "POST",
-        })
+    /// `Ok` when the route answers `method`, else `Err` with the `Allow` value for a 405.
+    pub fn allows(&self, method: &Method) -> Result<(), String> {
+        route::check_method(&ROUTES, self.template(), method)
     }
 }
 
@@ -229,6 +242,22 @@ mod tests {
             None
         );
         assert_eq!(DomainRoute::parse("/v1/organizations/7"), None);
+    }
+
+    #[test]
+    fn every_parsed_route_answers_a_method_of_the_table() {
+        for path in [
+            "/v1/organizations/7/domains",
+            "/v1/organizations/7/domains/3",
+            "/v1/organizations/7/domains/3/generate-code",
+            "/v1/organizations/7/domains/3/verify",
+        ] {
+            let parsed = DomainRoute::parse(path).unwrap();
+            assert!(ROUTES.iter().any(|r| r.path == parsed.template()), "{path}");
+        }
+        let item = DomainRoute::parse("/v1/organizations/7/domains/3").unwrap();
+        assert_eq!(item.allows(&Method::PUT), Err("GET, DELETE".to_owned()));
+        assert_eq!(item.allows(&Method::DELETE), Ok(()));
     }
 
     #[test]

@@ -18,11 +18,20 @@ use qrcode::render::svg;
 
 use crate::api;
 use crate::api::nexus::mfa_problem;
+use crate::api::route::{self, Route};
 use crate::body::{Body, full};
 use crate::mfa::service::{Mfa, MfaError, TicketView};
 use crate::store::FactorKind;
 
 const PREFIX: &str = "/enroll/";
+const PAGE: &str = "/enroll/{ticketId}";
+
+/// What the page answers: the page itself, and its forms' posts.
+pub const ROUTES: [Route; 3] = [
+    Route::new("GET", PAGE),
+    Route::new("HEAD", PAGE),
+    Route::new("POST", PAGE),
+];
 
 const STYLE: &str = "body{font:16px/1.5 system-ui,sans-serif;margin:0;background:#f4f5f7;color:#1d2330}\
 main{max-width:28rem;margin:0 auto;padding:1.5rem}\
@@ -144,7 +153,10 @@ impl EnrollPage {
 
     /// The ticket id when `path` is an enrollment page path.
     pub fn ticket_id(path: &str) -> Option<&str> {
-        path.strip_prefix(PREFIX).filter(|id| {
+        let [id] = route::captures(PAGE, path)?[..] else {
+            return None;
+        };
+        Some(id).filter(|id| {
             !id.is_empty()
                 && id.len() <= 64
                 && id
@@ -209,9 +221,11 @@ impl EnrollPage {
                     "Not allowed",
                     "<p>Open the link in a browser.</p>",
                 );
-                response
-                    .headers_mut()
-                    .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, POST"));
+                if let Err(allow) = route::check_method(&ROUTES, PAGE, &parts.method)
+                    && let Ok(v) = HeaderValue::from_str(&allow)
+                {
+                    response.headers_mut().insert(header::ALLOW, v);
+                }
                 response
             }
         }

@@ -10,6 +10,7 @@ use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
 use crate::api::domains::{self as domains_api, DomainRoute, domain_problem};
+use crate::api::route::{self, Route};
 use crate::api::{self, BodyError};
 use crate::auth::{self, AuthError, Authenticator, Credential, Method as AuthMethod, Principal};
 use crate::body::Body;
@@ -29,16 +30,35 @@ pub enum Endpoint {
     Domains(DomainRoute),
 }
 
-const ENDPOINTS: [(&str, Endpoint); 5] = [
-    ("/v1/me/mfa-enrollment", Endpoint::MfaEnrollment),
+/// The `/v1/me/…` endpoints and what they answer, below the family's base path.
+const ENDPOINTS: [(Route, Endpoint); 5] = [
     (
-        "/v1/me/verify-enrollment-otp",
+        Route::new("POST", "/v1/me/mfa-enrollment"),
+        Endpoint::MfaEnrollment,
+    ),
+    (
+        Route::new("POST", "/v1/me/verify-enrollment-otp"),
         Endpoint::VerifyEnrollmentOtp,
     ),
-    ("/v1/me/verify-otp", Endpoint::VerifyOtp),
-    ("/v1/me/mfa-challenge", Endpoint::MfaChallenge),
-    ("/v1/me/recovery-codes", Endpoint::RecoveryCodes),
+    (Route::new("POST", "/v1/me/verify-otp"), Endpoint::VerifyOtp),
+    (
+        Route::new("POST", "/v1/me/mfa-challenge"),
+        Endpoint::MfaChallenge,
+    ),
+    (
+        Route::new("POST", "/v1/me/recovery-codes"),
+        Endpoint::RecoveryCodes,
+    ),
 ];
+
+/// Every operation of the family (the `/v1/me/…` endpoints and the domains), below its base path.
+pub fn routes() -> Vec<Route> {
+    ENDPOINTS
+        .iter()
+        .map(|(r, _)| *r)
+        .chain(domains_api::ROUTES)
+        .collect()
+}
 
 /// Everything a Nexus request can fail with, before it is rendered.
 #[derive(Debug)]
@@ -338,7 +358,7 @@ impl Nexus {
         let rest = path.strip_prefix(&self.base)?;
         ENDPOINTS
             .iter()
-            .find(|(p, _)| *p == rest)
+            .find(|(r, _)| r.path == rest)
             .map(|(_, e)| e.clone())
             .or_else(|| DomainRoute::parse(rest).map(Endpoint::Domains))
     }
@@ -354,8 +374,13 @@ impl Nexus {
     ) -> Response<Body> {
         let allowed = match &endpoint {
             Endpoint::Domains(route) => route.allows(&parts.method),
-            _ if parts.method == Method::POST => Ok(()),
-            _ => Err("POST"),
+            other => {
+                let template = ENDPOINTS
+                    .iter()
+                    .find(|(_, e)| e == other)
+                    .map_or("", |(r, _)| r.path);
+                route::check_method(&routes(), template, &parts.method)
+            }
         };
         if let Err(allow) = allowed {
             let mut response = Problem::new(
@@ -365,9 +390,9 @@ impl Nexus {
                 format!("This endpoint answers {allow}."),
             )
             .render(path, request_id);
-            response
-                .headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static(allow));
+            if let Ok(v) = HeaderValue::from_str(&allow) {
+                response.headers_mut().insert(header::ALLOW, v);
+            }
             return response;
         }
         match self.dispatch(endpoint, parts, body).await {

@@ -402,3 +402,29 @@ async fn admin_cli_drives_the_admin_api() {
     assert!(ok);
     assert!(gh.app.store.user_by_name("ada").await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn organization_ids_are_int32_so_the_domain_api_can_name_them() {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start(&upstream).await;
+    let (status, problem) = gh
+        .admin(
+            "POST",
+            "/admin/v1/organizations",
+            Some(json!({"id": 2_147_483_648_i64, "name": "Too big"})),
+        )
+        .await;
+    assert_eq!(status, 400, "{problem}");
+    assert_eq!(
+        problem["type"],
+        "https://gatehouse.dev/problems/invalid-request"
+    );
+    let (status, org) = gh
+        .admin(
+            "POST",
+            "/admin/v1/organizations",
+            Some(json!({"id": 2_147_483_647, "name": "Largest"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{org}");
+}

@@ -17,6 +17,7 @@ mod inject;
 mod limits;
 mod manage;
 mod mfa;
+mod openapi;
 mod ops;
 mod paths;
 mod pg;

@@ -18,7 +18,8 @@ struct ApplicationBody {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct OrganizationBody {
-    id: i64,
+    /// An int32, as seed 002's `organizationId`: larger ids could never reach the domain API.
+    id: i32,
     name: String,
 }
 
@@ -97,7 +98,7 @@ impl Admin {
         self.store
             .create_organization(Organization {
                 v: SCHEMA_VERSION,
-                id: body.id,
+                id: i64::from(body.id),
                 name: body.name.clone(),
                 created: created.clone(),
             })

@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use subtle::ConstantTimeEq;
 
+use crate::api::route::{self, Route};
 use crate::api::{self, BodyError};
 use crate::app::App;
 use crate::body::Body;
@@ -19,6 +20,78 @@ use crate::clock::{self, Clock};
 use crate::config::Secret;
 use crate::problem::Problem;
 use crate::store::{Store, StoreError};
+
+/// The OpenAPI document of every local endpoint, served at `GET /openapi.json`.
+pub const OPENAPI: &str = include_str!("../../../openapi/openapi.json");
+
+/// What an admin listener operation does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Healthz,
+    Readyz,
+    Metrics,
+    OpenApi,
+    CreateUser,
+    GetUser,
+    PatchUser,
+    DeleteUser,
+    ResetMfa,
+    CreateApplication,
+    CreateOrganization,
+    AddMember,
+    GrantFile,
+    CreateWsKey,
+    Audit,
+}
+
+/// Every operation of the admin listener; any other path is 404, another method on a listed path 405.
+const ROUTES: [(Route, Op); 19] = [
+    (Route::new("GET", "/healthz"), Op::Healthz),
+    (Route::new("HEAD", "/healthz"), Op::Healthz),
+    (Route::new("GET", "/readyz"), Op::Readyz),
+    (Route::new("HEAD", "/readyz"), Op::Readyz),
+    (Route::new("GET", "/metrics"), Op::Metrics),
+    (Route::new("HEAD", "/metrics"), Op::Metrics),
+    (Route::new("GET", "/openapi.json"), Op::OpenApi),
+    (Route::new("HEAD", "/openapi.json"), Op::OpenApi),
+    (Route::new("POST", "/admin/v1/users"), Op::CreateUser),
+    (Route::new("GET", "/admin/v1/users/{userName}"), Op::GetUser),
+    (
+        Route::new("PATCH", "/admin/v1/users/{userName}"),
+        Op::PatchUser,
+    ),
+    (
+        Route::new("DELETE", "/admin/v1/users/{userName}"),
+        Op::DeleteUser,
+    ),
+    (
+        Route::new("POST", "/admin/v1/users/{userName}/mfa/reset"),
+        Op::ResetMfa,
+    ),
+    (
+        Route::new("POST", "/admin/v1/applications"),
+        Op::CreateApplication,
+    ),
+    (
+        Route::new("POST", "/admin/v1/organizations"),
+        Op::CreateOrganization,
+    ),
+    (
+        Route::new("POST", "/admin/v1/organizations/{organizationId}/members"),
+        Op::AddMember,
+    ),
+    (
+        Route::new("POST", "/admin/v1/files/{fileId}/members"),
+        Op::GrantFile,
+    ),
+    (Route::new("POST", "/admin/v1/ws-keys"), Op::CreateWsKey),
+    (Route::new("GET", "/admin/v1/audit"), Op::Audit),
+];
+
+/// Every operation the admin listener answers.
+pub fn routes() -> Vec<Route> {
+    ROUTES.iter().map(|(r, _)| *r).collect()
+}
 
 /// Everything the admin handlers need.
 pub struct Admin {
@@ -35,7 +108,8 @@ pub enum AdminError {
     NoToken,
     BadToken,
     NotFound(String),
-    MethodNotAllowed(&'static str),
+    /// The methods the path answers, for `Allow`.
+    MethodNotAllowed(String),
     Invalid(String),
     Conflict(String),
     TooLarge,
@@ -153,16 +227,7 @@ impl Admin {
 
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let path = req.uri().path().to_owned();
-        let method = req.method().clone();
-        let result = match path.as_str() {
-            "/healthz" | "/readyz" => self.probe(&method, &path).await,
-            "/metrics" => self.metrics(&method),
-            p if p.starts_with("/admin/v1/") => match self.authorise(&req) {
-                Ok(()) => self.route(req).await,
-                Err(e) => Err(e),
-            },
-            _ => Err(AdminError::NotFound("endpoint".into())),
-        };
+        let result = self.dispatch(req).await;
         match result {
             Ok(response) => response,
             Err(e) => {
@@ -170,10 +235,10 @@ impl Admin {
                     tracing::error!(error = %why, path = %path, "admin API store failure");
                 }
                 let mut response = e.problem().render(&path, "");
-                if let AdminError::MethodNotAllowed(allow) = e {
-                    response
-                        .headers_mut()
-                        .insert(header::ALLOW, HeaderValue::from_static(allow));
+                if let AdminError::MethodNotAllowed(allow) = &e
+                    && let Ok(v) = HeaderValue::from_str(allow)
+                {
+                    response.headers_mut().insert(header::ALLOW, v);
                 }
                 if let AdminError::BadToken = e {
                     response.headers_mut().insert(
@@ -186,34 +251,91 @@ impl Admin {
         }
     }
 
-    /// Prometheus text exposition (no token: it carries counts, never identities or secrets).
-    fn metrics(&self, method: &Method) -> AdminResult {
-        if !matches!(*method, Method::GET | Method::HEAD) {
-            return Err(AdminError::MethodNotAllowed("GET, HEAD"));
+    /// Finds the request's operation in [`ROUTES`] and runs it. Everything under `/admin/v1/`
+    /// needs the admin token, even a path that names nothing (so the API's shape is not shown to
+    /// strangers); the probes, `/metrics` and `/openapi.json` need none.
+    async fn dispatch(&self, req: Request<Incoming>) -> AdminResult {
+        let path = req.uri().path().to_owned();
+        if path.starts_with("/admin/v1/") {
+            self.authorise(&req)?;
         }
-        Ok(api::with_type(
+        // Segments are matched percent-decoded, so `/admin/v1/users/a%40b` names the user `a@b`.
+        let decoded: Vec<String> = path
+            .split('/')
+            .map(|s| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
+            .collect();
+        let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
+        let mut template = None;
+        for (candidate, op) in ROUTES {
+            let Some(values) = route::matches(candidate.path, &segments, false) else {
+                continue;
+            };
+            if candidate.method == req.method().as_str() {
+                let values: Vec<String> = values.into_iter().map(str::to_owned).collect();
+                return self.run(op, &values, req).await;
+            }
+            template = Some(candidate.path);
+        }
+        match template {
+            Some(template) => Err(AdminError::MethodNotAllowed(
+                route::check_method(&routes(), template, req.method())
+                    .err()
+                    .unwrap_or_default(),
+            )),
+            None => Err(AdminError::NotFound("endpoint".into())),
+        }
+    }
+
+    async fn run(&self, op: Op, values: &[String], req: Request<Incoming>) -> AdminResult {
+        let value = |i: usize| values.get(i).map_or("", String::as_str);
+        match op {
+            Op::Healthz => Ok(self.probe(false).await),
+            Op::Readyz => Ok(self.probe(true).await),
+            Op::Metrics => Ok(self.metrics()),
+            Op::OpenApi => Ok(api::with_type(
+                StatusCode::OK,
+                "application/json",
+                OPENAPI.as_bytes().to_vec(),
+            )),
+            Op::CreateUser => self.create_user(req).await,
+            Op::GetUser => self.get_user(value(0)).await,
+            Op::PatchUser => self.patch_user(value(0), req).await,
+            Op::DeleteUser => self.delete_user(value(0)).await,
+            Op::ResetMfa => self.reset_mfa(value(0)).await,
+            Op::CreateApplication => self.create_application(req).await,
+            Op::CreateOrganization => self.create_organization(req).await,
+            Op::AddMember => self.add_member(value(0), req).await,
+            Op::GrantFile => self.grant_file(value(0), req).await,
+            Op::CreateWsKey => self.create_ws_key(req).await,
+            Op::Audit => self.list_audit(req.uri().query()).await,
+        }
+    }
+
+    /// Prometheus text exposition (no token: it carries counts, never identities or secrets).
+    fn metrics(&self) -> Response<Body> {
+        api::with_type(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
             self.meter.render().into_bytes(),
-        ))
+        )
     }
 
-    async fn probe(&self, method: &Method, path: &str) -> AdminResult {
-        if !matches!(*method, Method::GET | Method::HEAD) {
-            return Err(AdminError::MethodNotAllowed("GET, HEAD"));
-        }
-        let ready = path == "/healthz"
-            || (self.ready.load(Ordering::SeqCst) && self.store.check().await.is_ok());
-        Ok(if path == "/healthz" {
+    /// `/healthz` (the process is up) or, with `readiness`, `/readyz` (accepting traffic, store usable).
+    async fn probe(&self, readiness: bool) -> Response<Body> {
+        if !readiness {
             api::json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
-        } else if ready {
+        } else if self.ready.load(Ordering::SeqCst) && self.store.check().await.is_ok() {
             api::json(StatusCode::OK, &serde_json::json!({"status": "ready"}))
         } else {
             api::json(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &serde_json::json!({"status": "not ready"}),
             )
-        })
+        }
     }
 
     /// Compares the bearer token with the configured one in constant time.
@@ -240,47 +362,6 @@ impl Admin {
             Ok(())
         } else {
             Err(AdminError::BadToken)
-        }
-    }
-
-    async fn route(&self, req: Request<Incoming>) -> AdminResult {
-        let path = req.uri().path().to_owned();
-        let segments: Vec<String> = path
-            .trim_start_matches("/admin/v1/")
-            .split('/')
-            .map(|s| {
-                percent_encoding::percent_decode_str(s)
-                    .decode_utf8_lossy()
-                    .into_owned()
-            })
-            .collect();
-        let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
-        let method = req.method().clone();
-        match (segments.as_slice(), method) {
-            (["users"], Method::POST) => self.create_user(req).await,
-            (["users"], _) => Err(AdminError::MethodNotAllowed("POST")),
-            (["users", name], Method::GET) => self.get_user(name).await,
-            (["users", name], Method::PATCH) => self.patch_user(name, req).await,
-            (["users", name], Method::DELETE) => self.delete_user(name).await,
-            (["users", _], _) => Err(AdminError::MethodNotAllowed("GET, PATCH, DELETE")),
-            (["users", name, "mfa", "reset"], Method::POST) => self.reset_mfa(name).await,
-            (["applications"], Method::POST) => self.create_application(req).await,
-            (["organizations"], Method::POST) => self.create_organization(req).await,
-            (["organizations", id, "members"], Method::POST) => self.add_member(id, req).await,
-            (["files", id, "members"], Method::POST) => self.grant_file(id, req).await,
-            (["ws-keys"], Method::POST) => self.create_ws_key(req).await,
-            (["audit"], Method::GET) => self.list_audit(req.uri().query()).await,
-            (
-                ["users", _, "mfa", "reset"]
-                | ["applications"]
-                | ["organizations"]
-                | ["organizations", _, "members"]
-                | ["files", _, "members"]
-                | ["ws-keys"],
-                _,
-            ) => Err(AdminError::MethodNotAllowed("POST")),
-            (["audit"], _) => Err(AdminError::MethodNotAllowed("GET")),
-            _ => Err(AdminError::NotFound("endpoint".into())),
         }
     }
 

@@ -226,17 +226,11 @@ pub fn encode(
     if let Some(seconds) = retry_after {
         headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
     }
-    match status {
-        StatusCode::UNAUTHORIZED => {
-            headers.insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Basic realm=\"gatehouse\", charset=\"UTF-8\""),
-            );
-        }
-        StatusCode::METHOD_NOT_ALLOWED => {
-            headers.insert(header::ALLOW, HeaderValue::from_static("POST"));
-        }
-        _ => {}
+    if status == StatusCode::UNAUTHORIZED {
+        headers.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"gatehouse\", charset=\"UTF-8\""),
+        );
     }
     response
 }

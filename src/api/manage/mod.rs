@@ -14,12 +14,13 @@ use std::time::Duration;
 
 use http::header;
 use http::request::Parts;
-use http::{HeaderName, Method, Response};
+use http::{HeaderName, Response};
 use hyper::body::Incoming;
 use prost::Message;
 use serde::de::DeserializeOwned;
 
 use self::envelope::{Encoding, ErrorCode, Failure, Shape};
+use crate::api::route::{self, Route};
 use crate::api::{self, BodyError};
 use crate::auth::{self, AuthError, Authenticator, Credential, Principal};
 use crate::body::Body;
@@ -42,6 +43,29 @@ const MAX_OTP: usize = 64;
 pub enum Endpoint {
     SendOtp,
     ValidateOtp,
+}
+
+/// The endpoints and what they answer, below the family's base path.
+const ENDPOINTS: [(Route, Endpoint); 2] = [
+    (Route::new("POST", "/v2/user/send/otp"), Endpoint::SendOtp),
+    (
+        Route::new("POST", "/v2/user/validate/otp"),
+        Endpoint::ValidateOtp,
+    ),
+];
+
+/// Every operation of the family, below its base path.
+pub fn routes() -> Vec<Route> {
+    ENDPOINTS.iter().map(|(r, _)| *r).collect()
+}
+
+impl Endpoint {
+    fn template(self) -> &'static str {
+        ENDPOINTS
+            .iter()
+            .find(|(_, e)| *e == self)
+            .map_or("", |(r, _)| r.path)
+    }
 }
 
 pub struct Manage {
@@ -92,11 +116,11 @@ impl Manage {
     }
 
     pub fn endpoint(&self, path: &str) -> Option<Endpoint> {
-        match path.strip_prefix(&self.base)? {
-            "/v2/user/send/otp" => Some(Endpoint::SendOtp),
-            "/v2/user/validate/otp" => Some(Endpoint::ValidateOtp),
-            _ => None,
-        }
+        let rest = path.strip_prefix(&self.base)?;
+        ENDPOINTS
+            .iter()
+            .find(|(r, _)| r.path == rest)
+            .map(|(_, e)| *e)
     }
 
     /// Answers one request; `request_id` becomes its `apiRequestId`.
@@ -112,8 +136,21 @@ impl Manage {
             Endpoint::SendOtp => Shape::Plain,
             Endpoint::ValidateOtp => Shape::WithUser,
         };
-        let result = self.answer(endpoint, parts, body).await;
-        envelope::encode(result, shape, encoding, request_id)
+        let allowed = route::check_method(&routes(), endpoint.template(), &parts.method);
+        let result = match &allowed {
+            Ok(()) => self.answer(endpoint, parts, body).await,
+            Err(allow) => Err(Failure::new(
+                ErrorCode::MethodNotAllowed,
+                format!("This endpoint answers {allow}."),
+            )),
+        };
+        let mut response = envelope::encode(result, shape, encoding, request_id);
+        if let Err(allow) = allowed
+            && let Ok(v) = header::HeaderValue::from_str(&allow)
+        {
+            response.headers_mut().insert(header::ALLOW, v);
+        }
+        response
     }
 
     async fn answer(
@@ -122,12 +159,6 @@ impl Manage {
         parts: &Parts,
         body: Incoming,
     ) -> Result<Option<proto::User>, Failure> {
-        if parts.method != Method::POST {
-            return Err(Failure::new(
-                ErrorCode::MethodNotAllowed,
-                "This endpoint answers POST.",
-            ));
-        }
         let principal = self.service_account(parts).await?;
         let client_ip = client_ip(&parts.headers)?;
         if let Some(ip) = client_ip {

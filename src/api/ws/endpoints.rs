@@ -5,11 +5,12 @@ use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
 use http::request::Parts;
-use http::{Method, Response, StatusCode};
+use http::{Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::negotiate::{self, Format};
 use super::xml::{self, Link};
+use crate::api::route::{self, Route};
 use crate::api::{self, BodyError};
 use crate::auth::{self, Authenticator, Credential, secret};
 use crate::body::{Body, full};
@@ -20,6 +21,30 @@ use crate::store::{Store, User};
 pub enum Endpoint {
     OptIn,
     VerifyOptIn,
+}
+
+/// The endpoints and what they answer, below the family's base path; paths match in any letter
+/// case (the seed's service is ASP.NET's).
+const ENDPOINTS: [(Route, Endpoint); 2] = [
+    (Route::new("POST", "/User/2fa-opt-in"), Endpoint::OptIn),
+    (
+        Route::new("POST", "/User/verify-2fa-opt-in"),
+        Endpoint::VerifyOptIn,
+    ),
+];
+
+/// Every operation of the family, below its base path.
+pub fn routes() -> Vec<Route> {
+    ENDPOINTS.iter().map(|(r, _)| *r).collect()
+}
+
+impl Endpoint {
+    fn template(self) -> &'static str {
+        ENDPOINTS
+            .iter()
+            .find(|(_, e)| *e == self)
+            .map_or("", |(r, _)| r.path)
+    }
 }
 
 /// An answer before encoding.
@@ -79,11 +104,11 @@ impl Ws {
 
     pub fn endpoint(&self, path: &str) -> Option<Endpoint> {
         let lower = path.to_ascii_lowercase();
-        match lower.strip_prefix(&self.base)? {
-            "/user/2fa-opt-in" => Some(Endpoint::OptIn),
-            "/user/verify-2fa-opt-in" => Some(Endpoint::VerifyOptIn),
-            _ => None,
-        }
+        let rest = lower.strip_prefix(&self.base)?;
+        ENDPOINTS
+            .iter()
+            .find(|(r, _)| r.path.eq_ignore_ascii_case(rest))
+            .map(|(_, e)| *e)
     }
 
     pub async fn handle(
@@ -100,14 +125,27 @@ impl Ws {
             );
             return encode(answer, Format::Json("application/json"));
         };
-        let mut answer = match self.answer(endpoint, parts, body).await {
-            Ok(answer) | Err(answer) => answer,
+        let allowed = route::check_method(&routes(), endpoint.template(), &parts.method);
+        let mut answer = match allowed {
+            Ok(()) => match self.answer(endpoint, parts, body).await {
+                Ok(answer) | Err(answer) => answer,
+            },
+            Err(ref allow) => Answer::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("This endpoint answers {allow}."),
+            ),
         };
         if answer.links.is_empty() {
             // Every answer links somewhere; the query is left out (it may carry a WsAccessKey).
             answer = answer.link("self", parts.uri.path(), "This endpoint");
         }
-        encode(answer, format)
+        let mut response = encode(answer, format);
+        if let Err(allow) = allowed
+            && let Ok(v) = HeaderValue::from_str(&allow)
+        {
+            response.headers_mut().insert(header::ALLOW, v);
+        }
+        response
     }
 
     fn links(&self, file_id: i64) -> (String, String) {
@@ -123,12 +161,6 @@ impl Ws {
         parts: &Parts,
         body: Incoming,
     ) -> Result<Answer, Answer> {
-        if parts.method != Method::POST {
-            return Err(Answer::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "This endpoint answers POST.",
-            ));
-        }
         let query = parts.uri.query();
         let file_id = match query_param(query, "FileId") {
             None => return Err(Answer::new(StatusCode::BAD_REQUEST, "FileId is required.")),
@@ -393,9 +425,6 @@ fn encode(answer: Answer, format: Format) -> Response<Body> {
         && let Ok(v) = HeaderValue::from_str(&retry.to_string())
     {
         headers.insert(header::RETRY_AFTER, v);
-    }
-    if answer.status == StatusCode::METHOD_NOT_ALLOWED {
-        headers.insert(header::ALLOW, HeaderValue::from_static("POST"));
     }
     response
 }

@@ -1,0 +1,164 @@
+//! The operations the local endpoints answer, as (method, path template) tables.
+//!
+//! Each family keeps its own table beside its handler and matches requests with it, so the table is
+//! what the code answers; [`public`] and [`crate::api::admin::routes`] collect them, and the test
+//! suite checks them against `openapi/openapi.json` in both directions.
+
+use crate::config::ApisConfig;
+use crate::gateway::{FORWARD_AUTH_PATH, JWKS_PATH};
+
+/// One operation: an HTTP method and a path template in which a `{name}` segment stands for any
+/// one segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Route {
+    pub method: &'static str,
+    pub path: &'static str,
+}
+
+impl Route {
+    pub const fn new(method: &'static str, path: &'static str) -> Route {
+        Route { method, path }
+    }
+}
+
+/// The methods OpenAPI can name. Forward-auth answers every method (Envoy's `ext_authz` sends the
+/// original request's), so its table lists all of these.
+const EVERY_METHOD: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE",
+];
+
+/// The JWK Set of gatehouse's token keys; other methods on the path are proxied.
+pub const JWKS: [Route; 2] = [Route::new("GET", JWKS_PATH), Route::new("HEAD", JWKS_PATH)];
+
+/// Forward-auth with the described request in headers, and Envoy's variant that appends the
+/// described path (one or more segments) to [`FORWARD_AUTH_PATH`].
+const FORWARD_AUTH_PATHS: [&str; 2] = [FORWARD_AUTH_PATH, "/auth/verify/{describedPath}"];
+
+/// Every forward-auth operation.
+pub fn forward_auth() -> Vec<Route> {
+    FORWARD_AUTH_PATHS
+        .iter()
+        .flat_map(|path| EVERY_METHOD.iter().map(|method| Route::new(method, path)))
+        .collect()
+}
+
+/// The values of the template's `{…}` segments when the path's segments match it; literal
+/// segments compare exactly, or in any letter case with `ignore_case`.
+pub fn matches<'s>(
+    template: &str,
+    segments: &[&'s str],
+    ignore_case: bool,
+) -> Option<Vec<&'s str>> {
+    let parts: Vec<&str> = template.split('/').collect();
+    if parts.len() != segments.len() {
+        return None;
+    }
+    let mut values = Vec::new();
+    for (part, segment) in parts.iter().zip(segments) {
+        if part.starts_with('{') && part.ends_with('}') {
+            values.push(*segment);
+        } else if !(*part == *segment || ignore_case && part.eq_ignore_ascii_case(segment)) {
+            return None;
+        }
+    }
+    Some(values)
+}
+
+/// [`matches`] for a whole path (split at every `/`), exact.
+pub fn captures<'p>(template: &str, path: &'p str) -> Option<Vec<&'p str>> {
+    let segments: Vec<&str> = path.split('/').collect();
+    matches(template, &segments, false)
+}
+
+/// `Ok` when `routes` answer `method` on `template`; else `Err` with the methods they answer there,
+/// as a 405's `Allow` value.
+pub fn check_method(routes: &[Route], template: &str, method: &http::Method) -> Result<(), String> {
+    let on_path = || routes.iter().filter(|r| r.path == template);
+    if on_path().any(|r| r.method == method.as_str()) {
+        return Ok(());
+    }
+    Err(on_path().map(|r| r.method).collect::<Vec<_>>().join(", "))
+}
+
+/// One operation of the public listeners, its path with the family's configured base path.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Operation {
+    pub method: &'static str,
+    pub path: String,
+}
+
+/// Every operation the public listeners answer themselves with `apis`, in the order the gateway
+/// tries them; everything else is proxied. A disabled family contributes nothing.
+pub fn public(apis: &ApisConfig) -> Vec<Operation> {
+    let plain = |routes: &[Route]| -> Vec<Operation> { based("", routes) };
+    let mut all = plain(&forward_auth());
+    all.extend(plain(&JWKS));
+    all.extend(plain(&crate::api::enroll::ROUTES));
+    if apis.ws.enabled {
+        all.extend(based(
+            &apis.ws.base_path,
+            &crate::api::ws::endpoints::routes(),
+        ));
+    }
+    if apis.manage.family.enabled {
+        all.extend(based(
+            &apis.manage.family.base_path,
+            &crate::api::manage::routes(),
+        ));
+    }
+    if apis.nexus.enabled {
+        all.extend(based(&apis.nexus.base_path, &crate::api::nexus::routes()));
+    }
+    all
+}
+
+fn based(base: &str, routes: &[Route]) -> Vec<Operation> {
+    routes
+        .iter()
+        .map(|r| Operation {
+            method: r.method,
+            path: format!("{base}{}", r.path),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn placeholders_match_one_segment_and_literals_match_exactly() {
+        let t = "/v1/organizations/{organizationId}/domains/{domainId}";
+        assert_eq!(
+            captures(t, "/v1/organizations/7/domains/3"),
+            Some(vec!["7", "3"])
+        );
+        assert_eq!(captures(t, "/v1/organizations/7/domains/3/x"), None);
+        assert_eq!(captures(t, "/v1/organizations/7/Domains/3"), None);
+        assert_eq!(
+            matches("/User/x", &["", "user", "X"], true),
+            Some(Vec::new())
+        );
+        assert_eq!(matches("/User/x", &["", "user", "X"], false), None);
+    }
+
+    #[test]
+    fn a_wrong_method_names_the_ones_answered() {
+        let routes = [
+            Route::new("GET", "/a"),
+            Route::new("POST", "/a"),
+            Route::new("PUT", "/b"),
+        ];
+        assert_eq!(check_method(&routes, "/a", &http::Method::POST), Ok(()));
+        assert_eq!(
+            check_method(&routes, "/a", &http::Method::DELETE),
+            Err("GET, POST".to_owned())
+        );
+    }
+
+    #[test]
+    fn forward_auth_variant_lies_below_the_endpoint() {
+        assert!(FORWARD_AUTH_PATHS[1].starts_with(&format!("{FORWARD_AUTH_PATH}/")));
+    }
+}
