@@ -153,6 +153,10 @@ impl EnrollPage {
 
     /// The ticket id when `path` is an enrollment page path.
     pub fn ticket_id(path: &str) -> Option<&str> {
+        // Most paths are not: the prefix decides before anything is split.
+        if !path.starts_with(PREFIX) {
+            return None;
+        }
         let [id] = route::captures(PAGE, path)?[..] else {
             return None;
         };

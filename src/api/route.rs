@@ -49,25 +49,41 @@ pub fn matches<'s>(
     segments: &[&'s str],
     ignore_case: bool,
 ) -> Option<Vec<&'s str>> {
-    let parts: Vec<&str> = template.split('/').collect();
-    if parts.len() != segments.len() {
-        return None;
-    }
-    let mut values = Vec::new();
-    for (part, segment) in parts.iter().zip(segments) {
-        if part.starts_with('{') && part.ends_with('}') {
-            values.push(*segment);
-        } else if !(*part == *segment || ignore_case && part.eq_ignore_ascii_case(segment)) {
-            return None;
-        }
-    }
-    Some(values)
+    match_segments(template, segments.iter().copied(), ignore_case)
 }
 
 /// [`matches`] for a whole path (split at every `/`), exact.
 pub fn captures<'p>(template: &str, path: &'p str) -> Option<Vec<&'p str>> {
-    let segments: Vec<&str> = path.split('/').collect();
-    matches(template, &segments, false)
+    // The literal text before the first `{…}` settles most mismatches without splitting anything.
+    let literal = template.split_once('{').map_or(template, |(head, _)| head);
+    if !path.starts_with(literal) {
+        return None;
+    }
+    match_segments(template, path.split('/'), false)
+}
+
+/// Walks template and path together; every proxied request is tried against some templates, so
+/// a mismatch costs no allocation.
+fn match_segments<'s>(
+    template: &str,
+    mut segments: impl Iterator<Item = &'s str>,
+    ignore_case: bool,
+) -> Option<Vec<&'s str>> {
+    let mut parts = template.split('/');
+    let mut values = Vec::new();
+    loop {
+        match (parts.next(), segments.next()) {
+            (None, None) => return Some(values),
+            (Some(part), Some(segment)) => {
+                if part.starts_with('{') && part.ends_with('}') {
+                    values.push(segment);
+                } else if !(part == segment || ignore_case && part.eq_ignore_ascii_case(segment)) {
+                    return None;
+                }
+            }
+            _ => return None,
+        }
+    }
 }
 
 /// `Ok` when `routes` answer `method` on `template`; else `Err` with the methods they answer there,

@@ -103,8 +103,12 @@ impl Ws {
     }
 
     pub fn endpoint(&self, path: &str) -> Option<Endpoint> {
-        let lower = path.to_ascii_lowercase();
-        let rest = lower.strip_prefix(&self.base)?;
+        // Compared in place: every proxied request passes through here.
+        let head = path.get(..self.base.len())?;
+        if !head.eq_ignore_ascii_case(&self.base) {
+            return None;
+        }
+        let rest = &path[self.base.len()..];
         ENDPOINTS
             .iter()
             .find(|(r, _)| r.path.eq_ignore_ascii_case(rest))
