@@ -39,6 +39,21 @@ pub struct SledStore {
     domain_names: Tree,
     /// Verified domain name → the organisation that verified it.
     verified_domains: Tree,
+    /// Group commit: see [`SledStore::durable`].
+    commits: Commits,
+}
+
+/// Writes that asked to be durable, and the flush that made them so. Requests that arrive while a
+/// flush runs share the next one, so a burst of writes costs one `fsync`, not one each.
+#[derive(Default)]
+struct Commits {
+    /// Tickets handed out: a write takes one after it is applied, then waits for a flush that
+    /// covers it.
+    requested: std::sync::atomic::AtomicU64,
+    /// Held while flushing; holds the highest ticket known to be on disk.
+    flushed: tokio::sync::Mutex<u64>,
+    /// Flushes run so far.
+    flushes: std::sync::atomic::AtomicU64,
 }
 
 fn domain_name_key(organization_id: i64, name: &str) -> Vec<u8> {
@@ -153,6 +168,7 @@ impl SledStore {
             domains: tree("domains")?,
             domain_names: tree("domain_names")?,
             verified_domains: tree("verified_domains")?,
+            commits: Commits::default(),
             db,
         })
     }
@@ -190,15 +206,27 @@ impl SledStore {
         }
     }
 
-    /// Flushes to disk. sled 0.34's `flush_async` can deadlock when several flushes are in flight
-    /// (sled issue #1308), so the blocking flush runs on the blocking pool instead.
+    /// Makes every write applied before this call durable. A flush that starts after the write
+    /// covers it; when one has already done so while this call waited its turn, nothing more is
+    /// flushed. sled 0.34's `flush_async` can deadlock when several flushes are in flight (sled
+    /// issue #1308), so one blocking flush at a time runs on the blocking pool instead.
     async fn durable(&self) -> StoreResult<()> {
+        use std::sync::atomic::Ordering;
+        let ticket = self.commits.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut flushed = self.commits.flushed.lock().await;
+        if *flushed >= ticket {
+            return Ok(());
+        }
+        // Every ticket up to here belongs to a write already applied: this flush covers them all.
+        let covers = self.commits.requested.load(Ordering::SeqCst);
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || db.flush())
             .await
             .map_err(backend)?
-            .map(|_| ())
-            .map_err(backend)
+            .map_err(backend)?;
+        *flushed = covers;
+        self.commits.flushes.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Read-modify-write of one user, by name, in a transaction with the name index.
@@ -876,6 +904,39 @@ mod tests {
     use crate::store::Role;
 
     const NOW: &str = "2026-01-01T00:00:00Z";
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_durable_writes_share_flushes_and_all_reach_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(SledStore::open(dir.path()).unwrap());
+        let writes = 64;
+        let tasks: Vec<_> = (0..writes)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .append_audit(AuditEvent {
+                            time: NOW.into(),
+                            event: format!("e{i}"),
+                            user_name: None,
+                            detail: None,
+                        })
+                        .await
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+        let flushes = store.commits.flushes.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            (1..writes).contains(&flushes),
+            "{flushes} flushes for {writes} concurrent writes"
+        );
+        drop(store);
+        let reopened = SledStore::open(dir.path()).unwrap();
+        assert_eq!(reopened.audit(1000).await.unwrap().len(), writes as usize);
+    }
 
     fn new_user(name: &str) -> NewUser {
         NewUser {
