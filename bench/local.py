@@ -268,19 +268,19 @@ def run_wrk(services, tmp, port, path, lines, seconds, name, app_token=None):
     return loadgen, result
 
 
-def measure(services, tmp, gh, path, lines, seconds, name, app_token=None):
+def measure(services, tmp, gh, path, lines, seconds, label, app_token=None):
     """A warm-up on the first share of `lines`, then a run of at most `seconds` on the rest, shortened
     so that the list (at the warm-up's rate) lasts. `gh` is the Gatehouse."""
     pgid = gh.pgid
     warm = max(1, int(len(lines) * WARMUP_SHARE))
-    _, warmup = run_wrk(services, tmp, gh.port, path, lines[:warm], bench.WARMUP_S, f"{name}-warmup",
+    _, warmup = run_wrk(services, tmp, gh.port, path, lines[:warm], bench.WARMUP_S, "warmup",
                         app_token)
     rest = lines[warm:]
     rate = max(warmup["ok"] / bench.WARMUP_S, 1.0)
     planned = max(1, min(seconds, int(0.8 * len(rest) / rate)))
     before = bench.process_table()
     started = time.monotonic()
-    loadgen, result = run_wrk(services, tmp, gh.port, path, rest, planned, name, app_token)
+    loadgen, result = run_wrk(services, tmp, gh.port, path, rest, planned, "measured", app_token)
     wall = time.monotonic() - started
     after = bench.process_table()
     cpu = bench.cpu_delta(before, after, {pgid})
@@ -398,33 +398,28 @@ def main():
         enrolled = enrol_users(client, issuer, app_token, args.users)
         log(f"  prepared in {time.monotonic() - began:.0f} s")
 
-        offset = 0
-        for repeat in range(args.repeats):
+        def repeat_once(repeat, label, runs, make_lines, path, token=None):
             for attempt in range(bench.NOISE_RETRIES + 1):
-                lines, offset = validate_lines(client, service, args.users, gh.outbox, offset)
-                result = measure(services, tmp, gh, "/manage/v2/user/validate/otp", lines,
-                                 args.duration, "validate")
+                result = measure(services, tmp, gh, path, make_lines(), args.duration, label, token)
                 if result["clean"] or attempt == bench.NOISE_RETRIES:
                     break
-                log(f"  redo validate/otp: {describe(result)}")
+                log(f"  redo {label}: {describe(result)}")
                 bench.wait_quiet({"gatehouse": gh.pgid})
             result.update(repeat=repeat, attempt=attempt)
-            validate_runs.append(result)
-            log(f"  {repeat + 1}/{args.repeats} validate/otp {result['rps']:>8.0f} req/s "
+            runs.append(result)
+            log(f"  {repeat + 1}/{args.repeats} {label:<12} {result['rps']:>8.0f} req/s "
                 f"{result['cpu_us_per_req']:6.1f} µs/req ({result['seconds']} s){describe(result, ' ')}")
 
-            for attempt in range(bench.NOISE_RETRIES + 1):
-                lines = verify_lines(enrolled)
-                result = measure(services, tmp, gh, "/v1/me/verify-otp", lines, args.duration, "verify",
-                                 app_token)
-                if result["clean"] or attempt == bench.NOISE_RETRIES:
-                    break
-                log(f"  redo verify-otp: {describe(result)}")
-                bench.wait_quiet({"gatehouse": gh.pgid})
-            result.update(repeat=repeat, attempt=attempt)
-            verify_runs.append(result)
-            log(f"  {repeat + 1}/{args.repeats} verify-otp   {result['rps']:>8.0f} req/s "
-                f"{result['cpu_us_per_req']:6.1f} µs/req ({result['seconds']} s){describe(result, ' ')}")
+        outbox = {"offset": 0}
+
+        def texted():
+            lines, outbox["offset"] = validate_lines(client, service, args.users, gh.outbox, outbox["offset"])
+            return lines
+
+        for repeat in range(args.repeats):
+            repeat_once(repeat, "validate/otp", validate_runs, texted, "/manage/v2/user/validate/otp")
+            repeat_once(repeat, "verify-otp", verify_runs, lambda: verify_lines(enrolled), "/v1/me/verify-otp",
+                        app_token)
     except Exception:
         if gh.service is not None:
             log(f"gatehouse's log ends with:\n{gh.service.tail()}")

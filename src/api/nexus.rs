@@ -53,11 +53,9 @@ const ENDPOINTS: [(Route, Endpoint); 5] = [
 
 /// Every operation of the family (the `/v1/me/…` endpoints and the domains), below its base path.
 pub fn routes() -> Vec<Route> {
-    ENDPOINTS
-        .iter()
-        .map(|(r, _)| *r)
-        .chain(domains_api::ROUTES)
-        .collect()
+    let mut all = route::routes_of(&ENDPOINTS);
+    all.extend(domains_api::ROUTES);
+    all
 }
 
 /// Everything a Nexus request can fail with, before it is rendered.
@@ -375,10 +373,7 @@ impl Nexus {
         let allowed = match &endpoint {
             Endpoint::Domains(route) => route.allows(&parts.method),
             other => {
-                let template = ENDPOINTS
-                    .iter()
-                    .find(|(_, e)| e == other)
-                    .map_or("", |(r, _)| r.path);
+                let template = route::template_of(&ENDPOINTS, other);
                 route::check_method(&routes(), template, &parts.method)
             }
         };

@@ -86,6 +86,19 @@ fn match_segments<'s>(
     }
 }
 
+/// The routes of a family's `(route, endpoint)` table.
+pub fn routes_of<E>(table: &[(Route, E)]) -> Vec<Route> {
+    table.iter().map(|(r, _)| *r).collect()
+}
+
+/// The path template under which `endpoint` sits in a family's table (`""` if it is absent).
+pub fn template_of<E: PartialEq>(table: &[(Route, E)], endpoint: &E) -> &'static str {
+    table
+        .iter()
+        .find(|(_, e)| e == endpoint)
+        .map_or("", |(r, _)| r.path)
+}
+
 /// `Ok` when `routes` answer `method` on `template`; else `Err` with the methods they answer there,
 /// as a 405's `Allow` value.
 pub fn check_method(routes: &[Route], template: &str, method: &http::Method) -> Result<(), String> {

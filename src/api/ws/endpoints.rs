@@ -35,15 +35,12 @@ const ENDPOINTS: [(Route, Endpoint); 2] = [
 
 /// Every operation of the family, below its base path.
 pub fn routes() -> Vec<Route> {
-    ENDPOINTS.iter().map(|(r, _)| *r).collect()
+    route::routes_of(&ENDPOINTS)
 }
 
 impl Endpoint {
     fn template(self) -> &'static str {
-        ENDPOINTS
-            .iter()
-            .find(|(_, e)| *e == self)
-            .map_or("", |(r, _)| r.path)
+        route::template_of(&ENDPOINTS, &self)
     }
 }
 
