@@ -309,7 +309,7 @@ def main():
     args = parser.parse_args()
     if shutil.which("schemathesis") is None:
         sys.exit("contract: schemathesis is not installed (python3 -m pip install schemathesis pyotp)")
-    binary = binary_path(args.binary)
+    binary = os.path.abspath(binary_path(args.binary))
 
     started = time.monotonic()
     tmp = tempfile.mkdtemp(prefix="gatehouse-contract-")
