@@ -312,7 +312,7 @@ parameters = {{ userName = "{TARGET}" }}
 
 def schemathesis(config, url, paths, args, report_dir, exclude=False):
     argv = ["schemathesis", "--config-file", config, "--no-color", "run", DOCUMENT, "--url", url,
-            "--checks", CHECKS, "--phases", PHASES, "--max-examples", str(args.max_examples),
+            "--checks", args.checks, "--phases", PHASES, "--max-examples", str(args.max_examples),
             "--seed", str(args.seed), "--workers", str(args.workers), "--request-timeout", "10",
             "--generation-database", "none", "--report", "junit", "--report-dir", report_dir,
             "--exclude-path-regex" if exclude else "--include-path-regex", paths]
@@ -334,8 +334,9 @@ def binary_path(explicit):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--binary", help="gatehouse binary (default: target/debug/gatehouse, built when missing)")
-    parser.add_argument("--max-examples", type=int, default=25, help="test cases per operation and phase")
+    parser.add_argument("--max-examples", type=int, default=50, help="test cases per operation and phase")
     parser.add_argument("--seed", type=int, default=20261202)
+    parser.add_argument("--checks", default=CHECKS, help=f"schemathesis checks (default: {CHECKS})")
     # One worker: Hypothesis describes strategies with `ast`, which is not safe across the threads
     # of several workers on Python 3.11 (a sporadic "AST constructor recursion depth mismatch").
     parser.add_argument("--workers", type=int, default=1)
