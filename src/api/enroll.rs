@@ -151,7 +151,8 @@ impl EnrollPage {
         }
     }
 
-    /// The ticket id when `path` is an enrollment page path.
+    /// The ticket id when `path` is an enrollment page path: every `/enroll/{segment}` is, so a
+    /// malformed id is answered as an unknown ticket rather than forwarded to the application.
     pub fn ticket_id(path: &str) -> Option<&str> {
         // Most paths are not: the prefix decides before anything is split.
         if !path.starts_with(PREFIX) {
@@ -160,16 +161,23 @@ impl EnrollPage {
         let [id] = route::captures(PAGE, path)?[..] else {
             return None;
         };
-        Some(id).filter(|id| {
-            !id.is_empty()
-                && id.len() <= 64
-                && id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
+        Some(id).filter(|id| !id.is_empty())
+    }
+
+    /// Whether `id` can be a ticket id at all (URL-safe base64, as tickets are issued).
+    fn plausible(id: &str) -> bool {
+        id.len() <= 64
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     }
 
     pub async fn handle(&self, parts: &Parts, body: Incoming, ticket_id: &str) -> Response<Body> {
+        if !Self::plausible(ticket_id)
+            && matches!(parts.method, Method::GET | Method::HEAD | Method::POST)
+        {
+            return gone_or_unknown(&MfaError::TicketUnknown);
+        }
         let action = format!("{PREFIX}{ticket_id}");
         match parts.method {
             Method::GET | Method::HEAD => self.show(ticket_id, &action, None).await,
@@ -362,11 +370,15 @@ mod tests {
     }
 
     #[test]
-    fn only_plausible_ticket_ids_are_routed() {
+    fn every_single_segment_under_enroll_is_the_page() {
         assert_eq!(
             EnrollPage::ticket_id("/enroll/abc_DEF-1"),
             Some("abc_DEF-1")
         );
+        assert_eq!(EnrollPage::ticket_id("/enroll/%C2%84"), Some("%C2%84"));
+        assert!(EnrollPage::plausible("abc_DEF-1"));
+        assert!(!EnrollPage::plausible("%C2%84"));
+        assert!(!EnrollPage::plausible(&"A".repeat(65)));
         assert_eq!(EnrollPage::ticket_id("/enroll/"), None);
         assert_eq!(EnrollPage::ticket_id("/enroll/a/b"), None);
         assert_eq!(EnrollPage::ticket_id("/enrollx"), None);

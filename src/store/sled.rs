@@ -928,7 +928,10 @@ mod tests {
         for task in tasks {
             task.await.unwrap().unwrap();
         }
-        let flushes = store.commits.flushes.load(std::sync::atomic::Ordering::Relaxed);
+        let flushes = store
+            .commits
+            .flushes
+            .load(std::sync::atomic::Ordering::Relaxed);
         assert!(
             (1..writes).contains(&flushes),
             "{flushes} flushes for {writes} concurrent writes"

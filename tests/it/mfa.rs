@@ -437,6 +437,35 @@ async fn unknown_and_expired_tickets_get_clear_pages() {
 }
 
 #[tokio::test]
+async fn a_malformed_ticket_id_is_an_unknown_ticket_never_forwarded() {
+    let upstream = Upstream::start().await;
+    let (gh, _) = start(&upstream, |_| {}).await;
+    let long = format!("/enroll/{}", "A".repeat(65));
+    for path in ["/enroll/%C2%84", "/enroll/a.b~c", long.as_str()] {
+        let (status, html, headers) = page(&gh, path).await;
+        assert_eq!(status, 404, "{path}");
+        assert!(html.contains("not valid"), "{path}: {html}");
+        assert!(
+            headers["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html"),
+            "{path}"
+        );
+        let response = gh
+            .tls_client(true)
+            .post(gh.https_url(path))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("code=123456")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 404, "POST {path}");
+    }
+    assert_eq!(upstream.hits(), 0);
+}
+
+#[tokio::test]
 async fn non_interactive_enrollment_emails_the_link_over_smtp() {
     let upstream = Upstream::start().await;
     let smtp = Smtp::start().await;
