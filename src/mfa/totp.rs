@@ -319,6 +319,27 @@ mod tests {
         }
     }
 
+    /// Under this secret steps 62131182 and 62131183 share the code 273915 (found by search).
+    /// The earliest matching step of the window decides, so the code is accepted once, not once
+    /// for each step that shares it.
+    #[test]
+    fn a_code_shared_by_two_steps_of_the_window_is_accepted_only_once() {
+        let p = params(Algorithm::SHA1, 6);
+        let secret = [9u8; SECRET_LEN];
+        let (first, second) = (62_131_182u64, 62_131_183u64);
+        assert_eq!(p.code_at(&secret, first * 30).unwrap(), "273915");
+        assert_eq!(p.code_at(&secret, second * 30).unwrap(), "273915");
+        let now = second * 30 + 5;
+        assert_eq!(
+            p.check(&secret, "273915", now, Some(first - 1)),
+            Check::Accepted(first)
+        );
+        assert_eq!(
+            p.check(&secret, "273915", now, Some(first)),
+            Check::Replayed
+        );
+    }
+
     #[test]
     fn uri_names_issuer_account_and_secret() {
         let p = params(Algorithm::SHA1, 6);
