@@ -243,6 +243,7 @@ mod properties {
     /// Pieces of a path with what each decodes to: plain and encoded dot segments, unreserved
     /// and reserved escapes, non-ASCII, and every escape that must be refused.
     const ATOMS: &[(&str, Result<&str, PathError>)] = &[
+        // Plain: the first PLAIN atoms need no decoding.
         ("", Ok("")),
         ("a", Ok("a")),
         ("public", Ok("public")),
@@ -251,6 +252,8 @@ mod properties {
         ("..", Ok("..")),
         ("...", Ok("...")),
         (".a", Ok(".a")),
+        ("\u{e9}", Ok("\u{e9}")),
+        // Escaped.
         ("%2e", Ok(".")),
         ("%2E%2e", Ok("..")),
         (".%2E", Ok("..")),
@@ -261,7 +264,7 @@ mod properties {
         ("%25", Ok("%25")),
         ("%252e", Ok("%252e")),
         ("%e2%82%ac", Ok("%E2%82%AC")),
-        ("\u{e9}", Ok("\u{e9}")),
+        // Refused.
         ("%2F", Err(PathError::EncodedSlash)),
         ("%2f", Err(PathError::EncodedSlash)),
         ("%5C", Err(PathError::Backslash)),
@@ -272,6 +275,7 @@ mod properties {
         ("%4", Err(PathError::BadEscape)),
         ("%", Err(PathError::BadEscape)),
     ];
+    const PLAIN: usize = 9;
 
     /// RFC 3986 §5.2.4 on the decoded segments, written the simple way: a stack.
     fn model(atoms: &[usize]) -> Result<String, PathError> {
@@ -296,7 +300,9 @@ mod properties {
     }
 
     fn atom_path() -> impl Strategy<Value = (String, Vec<usize>)> {
-        prop::collection::vec(0..ATOMS.len(), 0..12).prop_map(|atoms| {
+        // Mostly plain atoms, so that many paths take the shortcut for already normal ones.
+        let atom = prop_oneof![3 => 0..PLAIN, 2 => 0..ATOMS.len()];
+        prop::collection::vec(atom, 0..12).prop_map(|atoms| {
             let path: String = atoms.iter().map(|&i| format!("/{}", ATOMS[i].0)).collect();
             (
                 if path.is_empty() {
