@@ -117,7 +117,7 @@ fn token_digest(token: &str) -> [u8; 32] {
 const VERIFIED_TTL: Duration = Duration::from_secs(300);
 
 /// A `kid` as gatehouse writes them: base64url, nothing that could be a path or a query.
-fn plausible_kid(kid: &str) -> bool {
+pub(crate) fn plausible_kid(kid: &str) -> bool {
     (1..=64).contains(&kid.len())
         && kid
             .bytes()
