@@ -103,14 +103,16 @@ pub async fn read_json<T: DeserializeOwned>(body: Incoming) -> Result<T, BodyErr
 pub const MAX_JSON_DEPTH: usize = 32;
 
 /// Decodes a JSON request body, refusing one nested deeper than [`MAX_JSON_DEPTH`] (SECURITY.md
-/// promise 8), wherever the nesting is.
+/// promise 8), wherever the nesting is, and one that is not UTF-8 (RFC 8259 §8.1): serde_json
+/// checks the strings it keeps, not those it skips.
 pub fn decode_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     if !json_depth_within(bytes, MAX_JSON_DEPTH) {
         return Err(format!(
             "the body nests arrays or objects deeper than {MAX_JSON_DEPTH} levels"
         ));
     }
-    serde_json::from_slice(bytes).map_err(|e| e.to_string())
+    let text = std::str::from_utf8(bytes).map_err(|e| format!("the body is not UTF-8: {e}"))?;
+    serde_json::from_str(text).map_err(|e| e.to_string())
 }
 
 /// Whether the brackets of `bytes` (outside strings) nest at most `max` deep. Malformed JSON
@@ -225,6 +227,16 @@ mod tests {
             // A type that ignores unknown fields still refuses them when they nest too deep.
             assert!(decode_json::<serde::de::IgnoredAny>(body.as_bytes()).is_err());
         }
+    }
+
+    /// Found by fuzzing (`nexus_json`): invalid UTF-8 in a string of a field the body type
+    /// ignores was skipped unchecked, so a body that is not JSON decoded.
+    #[test]
+    fn json_bodies_that_are_not_utf8_are_refused_even_in_ignored_fields() {
+        let body = b"{\"otp\":\"123456\",\"oob\":null,\"accessToken\":\"eyJhbGciOi\xcaFZERTQSJ9.e30.c2ln\"}";
+        assert!(serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok());
+        assert!(decode_json::<serde::de::IgnoredAny>(body).is_err());
+        assert!(decode_json::<Value>(body).is_err());
     }
 
     proptest! {
