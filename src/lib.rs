@@ -11,6 +11,8 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod domains;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod inject;
 pub mod meter;

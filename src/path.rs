@@ -106,7 +106,7 @@ pub fn normalize(raw: &str) -> Result<String, PathError> {
 }
 
 /// [`normalize`] the long way: decode, then resolve the segments.
-fn resolve(raw: &str) -> Result<String, PathError> {
+pub(crate) fn resolve(raw: &str) -> Result<String, PathError> {
     let decoded = decode_unreserved(raw)?;
     let mut segments: Vec<&str> = Vec::new();
     let mut trailing_slash = false;
@@ -230,6 +230,168 @@ mod tests {
         for p in ["/a/../b/./c//d/", "/%7euser/x", "/x/%2e", "/a%20b"] {
             let once = normalize(p).unwrap();
             assert_eq!(normalize(&once).unwrap(), once, "{p}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Pieces of a path with what each decodes to: plain and encoded dot segments, unreserved
+    /// and reserved escapes, non-ASCII, and every escape that must be refused.
+    const ATOMS: &[(&str, Result<&str, PathError>)] = &[
+        // Plain: the first PLAIN atoms need no decoding.
+        ("", Ok("")),
+        ("a", Ok("a")),
+        ("public", Ok("public")),
+        ("B~c_d-e", Ok("B~c_d-e")),
+        (".", Ok(".")),
+        ("..", Ok("..")),
+        ("...", Ok("...")),
+        (".a", Ok(".a")),
+        ("\u{e9}", Ok("\u{e9}")),
+        // Escaped.
+        ("%2e", Ok(".")),
+        ("%2E%2e", Ok("..")),
+        (".%2E", Ok("..")),
+        ("%2e.", Ok("..")),
+        ("%41%7e%5F", Ok("A~_")),
+        ("%20", Ok("%20")),
+        ("a%3fb", Ok("a%3Fb")),
+        ("%25", Ok("%25")),
+        ("%252e", Ok("%252e")),
+        ("%e2%82%ac", Ok("%E2%82%AC")),
+        // Refused.
+        ("%2F", Err(PathError::EncodedSlash)),
+        ("%2f", Err(PathError::EncodedSlash)),
+        ("%5C", Err(PathError::Backslash)),
+        ("\\", Err(PathError::Backslash)),
+        ("%00", Err(PathError::Nul)),
+        ("\0", Err(PathError::Nul)),
+        ("%zz", Err(PathError::BadEscape)),
+        ("%4", Err(PathError::BadEscape)),
+        ("%", Err(PathError::BadEscape)),
+    ];
+    const PLAIN: usize = 9;
+
+    /// RFC 3986 §5.2.4 on the decoded segments, written the simple way: a stack.
+    fn model(atoms: &[usize]) -> Result<String, PathError> {
+        let mut stack: Vec<&str> = Vec::new();
+        let mut trailing_slash = atoms.is_empty();
+        for &i in atoms {
+            let decoded = ATOMS[i].1?;
+            trailing_slash = matches!(decoded, "" | "." | "..");
+            match decoded {
+                "" | "." => {}
+                ".." => {
+                    stack.pop();
+                }
+                s => stack.push(s),
+            }
+        }
+        let mut out: String = stack.iter().map(|s| format!("/{s}")).collect();
+        if trailing_slash || stack.is_empty() {
+            out.push('/');
+        }
+        Ok(out)
+    }
+
+    fn atom_path() -> impl Strategy<Value = (String, Vec<usize>)> {
+        // Mostly plain atoms, so that many paths take the shortcut for already normal ones.
+        let atom = prop_oneof![3 => 0..PLAIN, 2 => 0..ATOMS.len()];
+        prop::collection::vec(atom, 0..12).prop_map(|atoms| {
+            let path: String = atoms.iter().map(|&i| format!("/{}", ATOMS[i].0)).collect();
+            (
+                if path.is_empty() {
+                    "/".to_owned()
+                } else {
+                    path
+                },
+                atoms,
+            )
+        })
+    }
+
+    /// Any text that starts with `/`, biased towards the characters that matter here.
+    fn any_path() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "/[a-zA-Z0-9./%_~\\\\-]{0,40}",
+            "/(%[0-9a-fA-FgG]{0,2}|[./]|\\PC){0,30}",
+            atom_path().prop_map(|(p, _)| p),
+        ]
+    }
+
+    fn assert_normal(path: &str) -> Result<(), TestCaseError> {
+        prop_assert!(path.starts_with('/'), "{}", path);
+        let segments: Vec<&str> = path.split('/').skip(1).collect();
+        for (i, segment) in segments.iter().enumerate() {
+            prop_assert!(!matches!(*segment, "." | ".."), "dot segment in {}", path);
+            prop_assert!(
+                !segment.is_empty() || i + 1 == segments.len(),
+                "empty segment in {}",
+                path
+            );
+        }
+        prop_assert!(!path.contains('\\') && !path.contains('\0'), "{}", path);
+        let upper = path.to_ascii_uppercase();
+        prop_assert!(
+            !upper.contains("%2F") && !upper.contains("%5C") && !upper.contains("%00"),
+            "{}",
+            path
+        );
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn normalising_is_idempotent(path in any_path()) {
+            if let Ok(once) = normalize(&path) {
+                prop_assert_eq!(normalize(&once), Ok(once.clone()));
+            }
+        }
+
+        #[test]
+        fn a_normalised_path_has_no_dot_or_empty_inner_segment(path in any_path()) {
+            if let Ok(normal) = normalize(&path) {
+                assert_normal(&normal)?;
+            }
+        }
+
+        #[test]
+        fn dot_segments_resolve_like_a_stack_that_never_climbs_above_the_root(
+            (path, atoms) in atom_path(),
+        ) {
+            prop_assert_eq!(normalize(&path), model(&atoms), "{}", path);
+        }
+
+        #[test]
+        fn a_path_that_is_already_normal_is_returned_unchanged(
+            segments in prop::collection::vec("[a-zA-Z0-9_~-]{1,8}|\\.[a-z.]{1,4}|[a-z]{1,4}\\.|\\PC{1,3}", 0..8),
+            trailing_slash in any::<bool>(),
+        ) {
+            let segments: Vec<String> = segments
+                .into_iter()
+                .filter(|s| !matches!(s.as_str(), "." | "..") && !s.contains(['/', '%', '\\', '\0']))
+                .collect();
+            let mut path: String = segments.iter().map(|s| format!("/{s}")).collect();
+            if trailing_slash || path.is_empty() {
+                path.push('/');
+            }
+            prop_assert!(is_normal(&path), "{}", path);
+            prop_assert_eq!(normalize(&path), Ok(path.clone()));
+        }
+
+        #[test]
+        fn the_fast_path_agrees_with_resolving(path in any_path()) {
+            prop_assert_eq!(normalize(&path), resolve(&path));
+        }
+
+        #[test]
+        fn a_path_not_starting_with_a_slash_is_refused(path in "[^/]\\PC{0,20}|") {
+            prop_assert_eq!(normalize(&path), Err(PathError::NotAbsolute));
         }
     }
 }

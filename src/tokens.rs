@@ -117,7 +117,7 @@ fn token_digest(token: &str) -> [u8; 32] {
 const VERIFIED_TTL: Duration = Duration::from_secs(300);
 
 /// A `kid` as gatehouse writes them: base64url, nothing that could be a path or a query.
-fn plausible_kid(kid: &str) -> bool {
+pub(crate) fn plausible_kid(kid: &str) -> bool {
     (1..=64).contains(&kid.len())
         && kid
             .bytes()
@@ -338,12 +338,13 @@ impl Tokens {
     }
 }
 
-/// `exp` and `nbf` against `now`, with [`LEEWAY`].
+/// `exp` and `nbf` against `now`, with [`LEEWAY`]. Both come from signed tokens, but a signer
+/// may still write any `i64`: the leeway saturates rather than overflow.
 pub fn check_times(exp: i64, nbf: Option<i64>, now: i64) -> Result<(), TokenError> {
-    if exp + LEEWAY < now {
+    if exp.saturating_add(LEEWAY) < now {
         return Err(TokenError::Expired);
     }
-    if nbf.is_some_and(|nbf| nbf - LEEWAY > now) {
+    if nbf.is_some_and(|nbf| nbf.saturating_sub(LEEWAY) > now) {
         return Err(TokenError::NotYetValid);
     }
     Ok(())
@@ -475,6 +476,35 @@ mod tests {
         assert_eq!(a, b);
         let claims = tokens.verify(&a, "upstream").unwrap();
         assert_eq!(claims.exp - claims.iat, ASSERTION_TTL);
+    }
+
+    /// A validly signed token whose `exp` is `i64::MAX` made the leeway overflow: a panic in
+    /// debug builds, a wrapped "expired" in release ones (input replayed through the
+    /// `jwt_header` fuzz target's signed form).
+    #[tokio::test]
+    async fn signed_times_at_the_ends_of_the_range_are_judged_without_overflow() {
+        let store = SledStore::temporary().unwrap();
+        let now = 1_800_000_000;
+        let tokens = Tokens::load(&config(), &store, &vault(), FixedClock::at(now))
+            .await
+            .unwrap();
+        let signed = |exp: i64, nbf: i64| {
+            let mut claims = tokens.claims(&principal(), "gatehouse", 0);
+            (claims.exp, claims.nbf) = (exp, nbf);
+            tokens.sign(&claims).unwrap()
+        };
+        assert!(tokens.verify(&signed(i64::MAX, now), "gatehouse").is_ok());
+        assert_eq!(
+            tokens.verify(&signed(i64::MAX, i64::MAX), "gatehouse"),
+            Err(TokenError::NotYetValid)
+        );
+        // jsonwebtoken reads a negative `exp` or `nbf` as missing; a trusted issuer's optional
+        // `nbf` still reaches `check_times` as it is.
+        assert_eq!(check_times(i64::MAX, Some(i64::MIN), i64::MIN), Ok(()));
+        assert_eq!(
+            check_times(i64::MIN, None, i64::MAX),
+            Err(TokenError::Expired)
+        );
     }
 
     #[test]

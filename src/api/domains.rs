@@ -268,3 +268,33 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod body_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::api::tests::json_like_bytes;
+    use proptest::prelude::*;
+
+    #[test]
+    fn deeply_nested_create_bodies_are_refused() {
+        let deep = "[".repeat(100_000) + &"]".repeat(100_000);
+        for body in [
+            "[".repeat(100_000),
+            format!(r#"{{"domain":"example.com","ignored":{deep}}}"#),
+        ] {
+            assert!(api::decode_json::<CreateBody>(body.as_bytes()).is_err());
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn create_bodies_decode_or_fail_without_panicking(bytes in json_like_bytes()) {
+            if let Ok(body) = api::decode_json::<CreateBody>(&bytes)
+                && let Some(domain) = body.domain
+            {
+                let _ = crate::domains::name::normalise(&domain);
+            }
+        }
+    }
+}

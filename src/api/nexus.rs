@@ -300,10 +300,10 @@ pub fn mfa_problem(e: &MfaError) -> (Problem, Option<i64>) {
 /// The body of verify-enrollment-otp and verify-otp (seed 000): every field nullable.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct VerifyBody {
-    oob: Option<String>,
-    otp: Option<String>,
-    access_token: Option<String>,
+pub(crate) struct VerifyBody {
+    pub(crate) oob: Option<String>,
+    pub(crate) otp: Option<String>,
+    pub(crate) access_token: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -622,4 +622,49 @@ fn token_response(granted: &Granted) -> Response<Body> {
             access_token: &granted.access_token,
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::api::tests::json_like_bytes;
+    use proptest::prelude::*;
+
+    #[test]
+    fn deeply_nested_verify_bodies_are_refused() {
+        let deep = "[".repeat(100_000) + &"]".repeat(100_000);
+        for body in [
+            "[".repeat(100_000),
+            deep.clone(),
+            format!(r#"{{"otp":"123456","ignored":{deep}}}"#),
+            format!(r#"{{"otp":{}}}"#, "{\"a\":".repeat(100_000)),
+        ] {
+            assert!(api::decode_json::<VerifyBody>(body.as_bytes()).is_err());
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn verify_bodies_decode_or_fail_without_panicking(bytes in json_like_bytes()) {
+            let _ = api::decode_json::<VerifyBody>(&bytes);
+        }
+
+        #[test]
+        fn verify_body_fields_read_back_as_sent(
+            otp in proptest::option::of("\\PC{0,12}"),
+            oob in proptest::option::of("\\PC{0,12}"),
+            access_token in proptest::option::of("[A-Za-z0-9._-]{0,40}"),
+            extra in proptest::option::of("\\PC{0,12}"),
+        ) {
+            let mut body = serde_json::json!({ "otp": otp, "oob": oob, "accessToken": access_token });
+            if let Some(extra) = extra {
+                body["someFutureField"] = serde_json::json!([{ "x": extra }]);
+            }
+            let decoded: VerifyBody = api::decode_json(&serde_json::to_vec(&body).unwrap()).unwrap();
+            prop_assert_eq!(decoded.otp, otp);
+            prop_assert_eq!(decoded.oob, oob);
+            prop_assert_eq!(decoded.access_token, access_token);
+        }
+    }
 }

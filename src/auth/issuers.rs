@@ -69,7 +69,7 @@ pub struct Issuers {
 }
 
 /// An external `kid`: printable, and nothing that could walk a path.
-fn plausible_kid(kid: &str) -> bool {
+pub(crate) fn plausible_kid(kid: &str) -> bool {
     (1..=128).contains(&kid.len())
         && !kid.contains("..")
         && kid.bytes().all(|b| {

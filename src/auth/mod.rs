@@ -150,7 +150,7 @@ pub fn credential(headers: &HeaderMap) -> Result<Option<Credential>, AuthError> 
 }
 
 /// Reads `iss` from a JWT without verifying it, to choose who verifies it.
-fn unverified_issuer(token: &str) -> Option<String> {
+pub(crate) fn unverified_issuer(token: &str) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct Iss {
         iss: String,

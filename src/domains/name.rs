@@ -83,3 +83,31 @@ mod tests {
         assert!(normalise(&format!("{}com", "abcdefghi.".repeat(26))).is_err());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn a_normalised_name_is_a_lower_case_ascii_hostname_and_a_fixed_point(
+            input in prop_oneof![
+                "\\PC{0,40}",
+                "([a-zA-Z0-9-]{0,10}\\.){0,4}[a-zA-Z0-9-]{0,10}\\.?",
+                "(xn--[a-z0-9-]{0,12}\\.)?[a-zA-Z\u{e0}-\u{ff}\u{3b1}-\u{3c9}]{1,8}\\.[a-z]{2,4}",
+            ],
+        ) {
+            if let Ok(name) = normalise(&input) {
+                prop_assert!(name.len() <= 253, "{}", name);
+                prop_assert!(name.split('.').count() >= 2, "{}", name);
+                prop_assert!(
+                    name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'),
+                    "{}", name
+                );
+                prop_assert_eq!(normalise(&name), Ok(name.clone()));
+            }
+        }
+    }
+}

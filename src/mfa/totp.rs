@@ -100,6 +100,7 @@ pub fn base32(secret: &[u8]) -> String {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use proptest::prelude::*;
 
     fn params(algorithm: Algorithm, digits: u8) -> TotpParams {
         TotpParams {
@@ -202,6 +203,141 @@ mod tests {
         }
         assert_eq!(p.check(&secret, "12345", now, None), Check::Wrong);
         assert_eq!(p.check(&secret, "abcdef", now, None), Check::Wrong);
+    }
+
+    /// What `check` must answer, from `code_at` alone: the earliest step of the window
+    /// `[now/period - skew, now/period + skew]` whose code is `code` decides; a step at or
+    /// before `last` is a replay.
+    fn expected(p: &TotpParams, secret: &[u8], code: &str, now: u64, last: Option<u64>) -> Check {
+        let origin = now / p.period;
+        let skew = u64::from(p.skew);
+        let step = (origin.saturating_sub(skew)..=origin + skew)
+            .find(|s| p.code_at(secret, s * p.period).unwrap() == code);
+        match step {
+            None => Check::Wrong,
+            Some(s) if last.is_some_and(|l| s <= l) => Check::Replayed,
+            Some(s) => Check::Accepted(s),
+        }
+    }
+
+    fn any_params() -> impl Strategy<Value = TotpParams> {
+        (
+            prop::sample::select(vec![Algorithm::SHA1, Algorithm::SHA256, Algorithm::SHA512]),
+            6u8..=8,
+            15u64..=120,
+            0u8..=2,
+        )
+            .prop_map(|(algorithm, digits, period, skew)| TotpParams {
+                issuer: "Gatehouse".into(),
+                algorithm,
+                digits,
+                period,
+                skew,
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn a_code_is_accepted_iff_its_step_is_within_skew_of_now_and_after_the_last(
+            p in any_params(),
+            secret in prop::collection::vec(any::<u8>(), SECRET_LEN..=64),
+            now in 0u64..4_000_000_000,
+            offset in -4i64..=4,
+            last_offset in proptest::option::of(-4i64..=4),
+        ) {
+            let origin = now / p.period;
+            let Some(step) = origin.checked_add_signed(offset) else {
+                return Ok(());
+            };
+            let code = p.code_at(&secret, step * p.period).unwrap();
+            let last = last_offset.and_then(|o| step.checked_add_signed(o));
+            let got = p.check(&secret, &code, now, last);
+            prop_assert_eq!(got, expected(&p, &secret, &code, now, last));
+            // Unless another step of the window happens to share the code, the code's own step
+            // alone decides.
+            let skew = i64::from(p.skew);
+            let shared = (origin.saturating_sub(u64::from(p.skew))..=origin + u64::from(p.skew))
+                .any(|s| s != step && p.code_at(&secret, s * p.period).unwrap() == code);
+            if !shared {
+                let in_window = offset.abs() <= skew;
+                let after_last = last.is_none_or(|l| step > l);
+                let want = match (in_window, after_last) {
+                    (false, _) => Check::Wrong,
+                    (true, false) => Check::Replayed,
+                    (true, true) => Check::Accepted(step),
+                };
+                prop_assert_eq!(got, want);
+            }
+        }
+
+        #[test]
+        fn the_window_is_the_same_from_the_first_to_the_last_second_of_a_step(
+            p in any_params(),
+            secret in prop::collection::vec(any::<u8>(), SECRET_LEN..=SECRET_LEN),
+            origin in 10u64..100_000_000,
+        ) {
+            let skew = u64::from(p.skew);
+            let first = origin * p.period;
+            let last_second = first + p.period - 1;
+            for now in [first, last_second] {
+                for step in origin - skew - 1..=origin + skew + 1 {
+                    let code = p.code_at(&secret, step * p.period).unwrap();
+                    let got = p.check(&secret, &code, now, None);
+                    prop_assert_eq!(got, expected(&p, &secret, &code, now, None));
+                    if step.abs_diff(origin) <= skew {
+                        prop_assert!(matches!(got, Check::Accepted(s) if s <= step), "{:?}", got);
+                    }
+                }
+                // One second either side of the step moves the window by one step.
+                let before = p.code_at(&secret, (origin - skew - 1) * p.period).unwrap();
+                prop_assert_eq!(
+                    p.check(&secret, &before, first - 1, None),
+                    expected(&p, &secret, &before, first - 1, None)
+                );
+                prop_assert!(matches!(p.check(&secret, &before, first - 1, None), Check::Accepted(_)));
+                let after = p.code_at(&secret, (origin + skew + 1) * p.period).unwrap();
+                prop_assert_eq!(
+                    p.check(&secret, &after, last_second + 1, None),
+                    expected(&p, &secret, &after, last_second + 1, None)
+                );
+                prop_assert!(matches!(p.check(&secret, &after, last_second + 1, None), Check::Accepted(_)));
+            }
+        }
+
+        #[test]
+        fn codes_of_the_wrong_shape_are_wrong(
+            p in any_params(),
+            secret in prop::collection::vec(any::<u8>(), SECRET_LEN..=SECRET_LEN),
+            now in 0u64..4_000_000_000,
+            code in "[0-9a-z +-]{0,10}",
+        ) {
+            let digits = usize::from(p.digits);
+            let trimmed = code.trim();
+            if trimmed.len() != digits || !trimmed.bytes().all(|b| b.is_ascii_digit()) {
+                prop_assert_eq!(p.check(&secret, &code, now, None), Check::Wrong);
+            }
+        }
+    }
+
+    /// Under this secret steps 62131182 and 62131183 share the code 273915 (found by search).
+    /// The earliest matching step of the window decides, so the code is accepted once, not once
+    /// for each step that shares it.
+    #[test]
+    fn a_code_shared_by_two_steps_of_the_window_is_accepted_only_once() {
+        let p = params(Algorithm::SHA1, 6);
+        let secret = [9u8; SECRET_LEN];
+        let (first, second) = (62_131_182u64, 62_131_183u64);
+        assert_eq!(p.code_at(&secret, first * 30).unwrap(), "273915");
+        assert_eq!(p.code_at(&secret, second * 30).unwrap(), "273915");
+        let now = second * 30 + 5;
+        assert_eq!(
+            p.check(&secret, "273915", now, Some(first - 1)),
+            Check::Accepted(first)
+        );
+        assert_eq!(
+            p.check(&secret, "273915", now, Some(first)),
+            Check::Replayed
+        );
     }
 
     #[test]

@@ -353,3 +353,231 @@ mod identity_tests {
         assert!(!h.contains_key("remote-email"));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Forwarding headers, written out here rather than taken from the code under test.
+    const FORWARDING_NAMES: [&str; 9] = [
+        "forwarded",
+        "x-real-ip",
+        "x-original-url",
+        "x-original-uri",
+        "x-rewrite-url",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-forwarded-uri",
+    ];
+
+    const HOP_BY_HOP_NAMES: [&str; 9] = [
+        "connection",
+        "proxy-connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authorization",
+        "proxy-authenticate",
+    ];
+
+    /// `name` as a client might spell it: any letter case, `_` or `.` for any `-`.
+    fn spelling(name: String) -> impl Strategy<Value = String> {
+        let n = name.len();
+        prop::collection::vec((any::<bool>(), 0..3u8), n).prop_map(move |choices| {
+            name.chars()
+                .zip(&choices)
+                .map(|(c, &(upper, dash))| match c {
+                    '-' => ['-', '_', '.'][usize::from(dash)],
+                    c if upper => c.to_ascii_uppercase(),
+                    c => c,
+                })
+                .collect()
+        })
+    }
+
+    fn folded(name: &str) -> String {
+        name.to_ascii_lowercase().replace(['_', '.'], "-")
+    }
+
+    fn configured_names() -> impl Strategy<Value = IdentityHeaderNames> {
+        prop::collection::vec("x-[a-z]{1,6}(-[a-z]{1,6}){0,2}", 6).prop_map(|n| {
+            IdentityHeaderNames {
+                user: n[0].clone(),
+                user_id: n[1].clone(),
+                email: n[2].clone(),
+                scopes: n[3].clone(),
+                methods: n[4].clone(),
+                assertion: n[5].clone(),
+            }
+        })
+    }
+
+    fn identity_names(configured: &IdentityHeaderNames) -> Vec<String> {
+        Preset::ALL
+            .iter()
+            .map(|p| p.names())
+            .chain(std::iter::once(configured.clone()))
+            .flat_map(|names| names.all().map(str::to_owned))
+            .collect()
+    }
+
+    /// Whether nothing gatehouse strips could be meant by `name`.
+    fn unrelated(name: &str, configured: &IdentityHeaderNames) -> bool {
+        let name = folded(name);
+        !identity_names(configured).iter().any(|n| folded(n) == name)
+            && !name.starts_with("x-forwarded-")
+            && !FORWARDING_NAMES.contains(&name.as_str())
+            && !HOP_BY_HOP_NAMES.contains(&name.as_str())
+    }
+
+    type Pairs = Vec<(String, String)>;
+
+    /// A request's headers: copies of identity headers in random spellings, forwarding headers
+    /// in random spellings, and unrelated headers, shuffled.
+    fn request() -> impl Strategy<Value = (IdentityHeaderNames, Pairs, Pairs, Pairs)> {
+        configured_names().prop_flat_map(|configured| {
+            let identity =
+                prop::sample::select(identity_names(&configured)).prop_flat_map(spelling);
+            let forwarding = prop_oneof![
+                prop::sample::select(FORWARDING_NAMES.to_vec()).prop_map(str::to_owned),
+                "x-forwarded-[a-z]{1,8}",
+            ]
+            .prop_flat_map(spelling);
+            let other = "[a-zA-Z][a-zA-Z0-9_.-]{0,16}";
+            let value = "[ -~]{0,20}";
+            let keep = configured.clone();
+            (
+                Just(configured),
+                prop::collection::vec((identity, value), 0..8),
+                prop::collection::vec((forwarding, value), 0..4),
+                prop::collection::vec((other, value), 0..8).prop_map(move |others| {
+                    others
+                        .into_iter()
+                        .filter(|(n, _)| unrelated(n, &keep))
+                        .collect::<Pairs>()
+                }),
+            )
+        })
+    }
+
+    fn header_map(groups: &[&[(String, String)]], order: &[usize]) -> HeaderMap {
+        let all: Vec<&(String, String)> = groups.iter().flat_map(|g| g.iter()).collect();
+        let mut headers = HeaderMap::new();
+        for i in order
+            .iter()
+            .map(|&i| i % all.len().max(1))
+            .chain(0..all.len())
+        {
+            if let Some((name, value)) = all.get(i) {
+                headers.append(
+                    HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    HeaderValue::from_str(value).unwrap(),
+                );
+            }
+        }
+        headers
+    }
+
+    fn values<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a [u8]> {
+        headers
+            .get_all(name.to_ascii_lowercase().as_str())
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect()
+    }
+
+    proptest! {
+        #[test]
+        fn no_identity_header_survives_in_any_spelling_or_number_of_copies(
+            (configured, identity, forwarding, others) in request(),
+            order in prop::collection::vec(any::<usize>(), 0..8),
+            trusted_peer in any::<bool>(),
+        ) {
+            let mut headers = header_map(&[&identity, &forwarding, &others], &order);
+            let before = headers.clone();
+            Sanitizer::new(&configured).clean_request(&mut headers, trusted_peer);
+            let identity_folded: Vec<String> =
+                identity_names(&configured).iter().map(|n| folded(n)).collect();
+            for name in headers.keys() {
+                prop_assert!(!identity_folded.contains(&folded(name.as_str())), "{} survived", name);
+            }
+            // Unrelated headers survive untouched: every copy, in order.
+            for (name, _) in &others {
+                prop_assert_eq!(values(&headers, name), values(&before, name), "{}", name);
+            }
+        }
+
+        #[test]
+        fn untrusted_peers_lose_every_forwarding_header_and_trusted_ones_keep_them(
+            (configured, identity, forwarding, others) in request(),
+            trusted_peer in any::<bool>(),
+        ) {
+            let mut headers = header_map(&[&identity, &forwarding, &others], &[]);
+            let before = headers.clone();
+            Sanitizer::new(&configured).clean_request(&mut headers, trusted_peer);
+            let identity_folded: Vec<String> =
+                identity_names(&configured).iter().map(|n| folded(n)).collect();
+            for (name, _) in &forwarding {
+                let is_identity = identity_folded.contains(&folded(name));
+                if trusted_peer && !is_identity {
+                    prop_assert_eq!(values(&headers, name), values(&before, name), "{}", name);
+                } else {
+                    prop_assert!(!headers.contains_key(name.to_ascii_lowercase().as_str()), "{} survived", name);
+                }
+            }
+        }
+
+        #[test]
+        fn hop_by_hop_headers_and_those_connection_names_are_removed_and_nothing_else(
+            others in prop::collection::vec(("[a-z][a-z0-9-]{0,12}", "[ -~]{0,12}"), 0..8),
+            named in prop::collection::vec(("[a-z][a-z0-9-]{0,12}", any::<bool>()), 0..4),
+            hop in prop::collection::vec(prop::sample::select(HOP_BY_HOP_NAMES.to_vec()), 0..4),
+            name_host in any::<bool>(),
+        ) {
+            let configured = Preset::Gatehouse.names();
+            let others: Vec<(String, String)> = others
+                .into_iter()
+                .filter(|(n, _)| unrelated(n, &configured) && n != "host")
+                .collect();
+            let named: Vec<(String, bool)> = named.into_iter().filter(|(n, _)| n != "host").collect();
+            let mut tokens: Vec<String> = named
+                .iter()
+                .map(|(n, upper)| if *upper { n.to_ascii_uppercase() } else { n.clone() })
+                .collect();
+            if name_host {
+                tokens.push("Host".into());
+            }
+            let mut headers = HeaderMap::new();
+            headers.insert(header::HOST, HeaderValue::from_static("app.test"));
+            for (name, value) in &others {
+                headers.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_str(value).unwrap());
+            }
+            for &name in &hop {
+                headers.append(HeaderName::from_static(name), HeaderValue::from_static("x"));
+            }
+            for (name, _) in &named {
+                headers.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_static("named"));
+            }
+            headers.append(header::CONNECTION, HeaderValue::from_str(&tokens.join(" , ")).unwrap());
+            let before = headers.clone();
+            strip_hop_by_hop(&mut headers);
+            for name in HOP_BY_HOP_NAMES {
+                prop_assert!(!headers.contains_key(name), "{}", name);
+            }
+            for (name, _) in &named {
+                prop_assert!(!headers.contains_key(name.as_str()), "{}", name);
+            }
+            prop_assert_eq!(&headers[header::HOST], "app.test");
+            for (name, _) in &others {
+                if !named.iter().any(|(n, _)| n == name) {
+                    prop_assert_eq!(values(&headers, name), values(&before, name), "{}", name);
+                }
+            }
+        }
+    }
+}

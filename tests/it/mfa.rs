@@ -726,6 +726,20 @@ async fn bad_inputs_get_the_right_4xx_and_change_nothing() {
         .await
         .unwrap();
     assert_eq!(nested.status(), 400);
+    // Deep nesting in a field the body type ignores is refused as well.
+    let ignored = format!(
+        r#"{{"otp":"123456","extra":{}{}}}"#,
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
+    let nested_ignored = client
+        .post(gh.https_url("/v1/me/verify-otp"))
+        .header("authorization", basic().1)
+        .body(ignored)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(nested_ignored.status(), 400);
     let huge = client
         .post(gh.https_url("/v1/me/verify-otp"))
         .header("authorization", basic().1)

@@ -76,10 +76,10 @@ pub struct Manage {
 }
 
 /// The fields both endpoints read, whichever encoding they came in.
-struct Fields {
-    user_name: String,
-    phone_number: String,
-    otp: Option<String>,
+pub(crate) struct Fields {
+    pub(crate) user_name: String,
+    pub(crate) phone_number: String,
+    pub(crate) otp: Option<String>,
 }
 
 fn invalid(message: impl Into<String>) -> Failure {
@@ -281,9 +281,18 @@ async fn read_fields(endpoint: Endpoint, parts: &Parts, body: Incoming) -> Resul
         BodyError::TooLarge => Failure::new(ErrorCode::TooLarge, "The body is larger than 1 MiB."),
         _ => invalid("The body could not be read."),
     })?;
+    parse_fields(endpoint, encoding, &bytes)
+}
+
+/// Decodes and checks the body of `endpoint`.
+pub(crate) fn parse_fields(
+    endpoint: Endpoint,
+    encoding: Encoding,
+    bytes: &[u8],
+) -> Result<Fields, Failure> {
     let fields = match endpoint {
         Endpoint::SendOtp => {
-            let r: proto::SendOtpRequest = decode(encoding, &bytes)?;
+            let r: proto::SendOtpRequest = decode(encoding, bytes)?;
             Fields {
                 user_name: r.user_name,
                 phone_number: r.phone_number,
@@ -291,7 +300,7 @@ async fn read_fields(endpoint: Endpoint, parts: &Parts, body: Incoming) -> Resul
             }
         }
         Endpoint::ValidateOtp => {
-            let r: proto::ValidateOtpRequest = decode(encoding, &bytes)?;
+            let r: proto::ValidateOtpRequest = decode(encoding, bytes)?;
             Fields {
                 user_name: r.user_name,
                 phone_number: r.phone_number,
@@ -320,7 +329,7 @@ fn decode<T: DeserializeOwned + Message + Default>(
     bytes: &[u8],
 ) -> Result<T, Failure> {
     match encoding {
-        Encoding::Json => serde_json::from_slice(bytes)
+        Encoding::Json => api::decode_json(bytes)
             .map_err(|e| invalid(format!("The body is not the JSON expected: {e}."))),
         Encoding::Protobuf => T::decode(bytes).map_err(|e| {
             invalid(format!(
@@ -365,6 +374,93 @@ fn failure(e: &MfaError) -> Failure {
         other => {
             tracing::error!(error = ?other, "manage: request failed");
             internal()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::api::tests::json_like_bytes;
+    use proptest::prelude::*;
+
+    const BOTH: [Endpoint; 2] = [Endpoint::SendOtp, Endpoint::ValidateOtp];
+
+    /// What `parse_fields` promises to accept: names and codes of sensible length.
+    fn acceptable(user_name: &str, phone_number: &str, otp: Option<&str>) -> bool {
+        !user_name.trim().is_empty()
+            && user_name.len() <= MAX_USER_NAME
+            && !phone_number.trim().is_empty()
+            && otp.is_none_or(|o| !o.trim().is_empty() && o.len() <= MAX_OTP)
+    }
+
+    #[test]
+    fn deeply_nested_manage_bodies_are_refused() {
+        let deep = "[".repeat(100_000) + &"]".repeat(100_000);
+        for json in [
+            "[".repeat(100_000),
+            deep.clone(),
+            format!(r#"{{"userName":{deep},"phoneNumber":"1"}}"#),
+        ] {
+            for endpoint in BOTH {
+                let refused = parse_fields(endpoint, Encoding::Json, json.as_bytes());
+                assert_eq!(refused.err().map(|f| f.code), Some(ErrorCode::InvalidInput));
+            }
+        }
+        // Unknown field 9 as a start-group tag, 100 000 times: groups nested that deep.
+        let groups = vec![(9 << 3) | 3; 100_000];
+        for endpoint in BOTH {
+            let refused = parse_fields(endpoint, Encoding::Protobuf, &groups);
+            assert_eq!(refused.err().map(|f| f.code), Some(ErrorCode::InvalidInput));
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn manage_bodies_decode_or_fail_without_panicking(
+            json in json_like_bytes(),
+            protobuf in prop::collection::vec(any::<u8>(), 0..256),
+        ) {
+            for endpoint in BOTH {
+                let _ = parse_fields(endpoint, Encoding::Json, &json);
+                let _ = parse_fields(endpoint, Encoding::Protobuf, &protobuf);
+            }
+        }
+
+        #[test]
+        fn requests_read_back_as_sent_in_both_encodings_or_are_refused_as_invalid(
+            user_name in "\\PC{0,300}",
+            phone_number in "[ +0-9]{0,16}",
+            otp in "[ 0-9a-z]{0,70}",
+        ) {
+            let request = proto::ValidateOtpRequest {
+                user_name: user_name.clone(),
+                phone_number: phone_number.clone(),
+                otp: otp.clone(),
+            };
+            let json = serde_json::json!({
+                "userName": user_name,
+                "phoneNumber": phone_number,
+                "otp": otp,
+            });
+            for (encoding, bytes) in [
+                (Encoding::Protobuf, request.encode_to_vec()),
+                (Encoding::Json, serde_json::to_vec(&json).unwrap()),
+            ] {
+                match parse_fields(Endpoint::ValidateOtp, encoding, &bytes) {
+                    Ok(fields) => {
+                        prop_assert!(acceptable(&user_name, &phone_number, Some(otp.as_str())));
+                        prop_assert_eq!(&fields.user_name, &user_name);
+                        prop_assert_eq!(&fields.phone_number, &phone_number);
+                        prop_assert_eq!(fields.otp.as_deref(), Some(otp.as_str()));
+                    }
+                    Err(failure) => {
+                        prop_assert!(!acceptable(&user_name, &phone_number, Some(otp.as_str())));
+                        prop_assert_eq!(failure.code, ErrorCode::InvalidInput);
+                    }
+                }
+            }
         }
     }
 }

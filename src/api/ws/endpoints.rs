@@ -45,8 +45,8 @@ impl Endpoint {
 }
 
 /// An answer before encoding.
-struct Answer {
-    status: StatusCode,
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
     message: String,
     links: Vec<Link>,
     provider_user_id: Option<i64>,
@@ -314,13 +314,13 @@ impl Ws {
 }
 
 /// Field values from a JSON object or a flat XML element, as JSON values.
-fn read_fields(
+pub(crate) fn read_fields(
     bytes: &[u8],
     format: Format,
     root: &str,
 ) -> Result<serde_json::Map<String, serde_json::Value>, Answer> {
     match format {
-        Format::Json(_) => match serde_json::from_slice::<serde_json::Value>(bytes) {
+        Format::Json(_) => match api::decode_json::<serde_json::Value>(bytes) {
             Ok(serde_json::Value::Object(map)) => Ok(map),
             Ok(_) => Err(Answer::new(
                 StatusCode::BAD_REQUEST,
@@ -428,4 +428,71 @@ fn encode(answer: Answer, format: Format) -> Response<Body> {
         headers.insert(header::RETRY_AFTER, v);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::api::tests::json_like_bytes;
+    use crate::api::ws::xml::tests::xml_like_bytes;
+    use proptest::prelude::*;
+
+    const JSON: Format = Format::Json("application/json");
+    const XML: Format = Format::Xml("application/xml");
+    const ROOT: &str = "Verify2FAOptInRequest";
+
+    #[test]
+    fn deeply_nested_ws_bodies_are_refused_with_400() {
+        let json_deep = "[".repeat(100_000) + &"]".repeat(100_000);
+        for body in [
+            "[".repeat(100_000),
+            format!(r#"{{"Otp":"1","ignored":{json_deep}}}"#),
+        ] {
+            let refused = read_fields(body.as_bytes(), JSON, ROOT).err().unwrap();
+            assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+        }
+        let xml_deep = format!(
+            "<{ROOT}>{}{}</{ROOT}>",
+            "<a>".repeat(100_000),
+            "</a>".repeat(100_000)
+        );
+        let xml_open = format!("<{ROOT}>{}", "<a>".repeat(100_000));
+        for body in [xml_deep, xml_open] {
+            let refused = read_fields(body.as_bytes(), XML, ROOT).err().unwrap();
+            assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn ws_bodies_decode_or_fail_with_400_without_panicking(
+            json in json_like_bytes(),
+            xml in xml_like_bytes(),
+        ) {
+            for (bytes, format) in [(&json, JSON), (&xml, XML), (&xml, JSON), (&json, XML)] {
+                if let Err(answer) = read_fields(bytes, format, ROOT) {
+                    prop_assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+                }
+            }
+        }
+
+        #[test]
+        fn the_same_fields_read_alike_from_json_and_xml(
+            provider_user_id in any::<i64>(),
+            otp in "[!-~]{1,12}",
+        ) {
+            let json = serde_json::json!({ "ProviderUserId": provider_user_id, "Otp": otp });
+            let xml = format!(
+                "<{ROOT}><ProviderUserId> {provider_user_id} </ProviderUserId><Otp>{}</Otp></{ROOT}>",
+                otp.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+            );
+            let from_json = read_fields(&serde_json::to_vec(&json).unwrap(), JSON, ROOT).ok().unwrap();
+            let from_xml = read_fields(xml.as_bytes(), XML, ROOT).ok().unwrap();
+            for fields in [&from_json, &from_xml] {
+                prop_assert_eq!(fields.get("ProviderUserId").and_then(integer), Some(provider_user_id));
+                prop_assert_eq!(fields.get("Otp").and_then(|v| v.as_str()), Some(otp.as_str()));
+            }
+        }
+    }
 }

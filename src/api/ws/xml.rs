@@ -189,9 +189,103 @@ fn element(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use proptest::prelude::*;
+
+    /// Bytes that are often nearly XML: tags, references, declarations and the seed's names.
+    pub(crate) fn xml_like_bytes() -> impl Strategy<Value = Vec<u8>> {
+        let fragment = prop::sample::select(vec![
+            "<",
+            ">",
+            "</",
+            "/>",
+            "R",
+            "A",
+            "Verify2FAOptInRequest",
+            "Otp",
+            "ProviderUserId",
+            "&amp;",
+            "&lt;",
+            "&#65;",
+            "&#x42;",
+            "&#0;",
+            "&#xD800;",
+            "&#x110000;",
+            "&#;",
+            "&x;",
+            "&",
+            "<![CDATA[",
+            "]]>",
+            "<!DOCTYPE r>",
+            "<!ENTITY x \"y\">",
+            "<?xml version=\"1.0\"?>",
+            "<!--",
+            "-->",
+            "<?pi x?>",
+            " xmlns:a=\"urn:a\"",
+            "a:",
+            "=",
+            "\"",
+            "'",
+            " ",
+            "\r\n",
+            "\u{e9}",
+            "\u{0}",
+        ]);
+        prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..128),
+            prop::collection::vec(fragment, 0..48).prop_map(|f| f.concat().into_bytes()),
+        ]
+    }
+
+    #[test]
+    fn nesting_is_refused_exactly_beyond_the_limit() {
+        for depth in 1..=3 * MAX_DEPTH {
+            let inner = depth - 1;
+            let doc = format!("<R>{}x{}</R>", "<a>".repeat(inner), "</a>".repeat(inner));
+            let read = read_flat(doc.as_bytes(), "R");
+            if depth <= MAX_DEPTH {
+                assert!(read.is_ok(), "{depth}: {read:?}");
+            } else {
+                assert_eq!(read, Err(XmlError::TooDeep), "{depth}");
+            }
+        }
+        for doc in [
+            format!("<R>{}{}</R>", "<a>".repeat(100_000), "</a>".repeat(100_000)),
+            format!("<R>{}", "<a>".repeat(100_000)),
+            format!("<R>{}", "<a:b x='1'>".repeat(100_000)),
+        ] {
+            assert_eq!(read_flat(doc.as_bytes(), "R"), Err(XmlError::TooDeep));
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn the_xml_reader_never_panics(bytes in xml_like_bytes()) {
+            let _ = read_flat(&bytes, "R");
+            let _ = read_flat(&bytes, "Verify2FAOptInRequest");
+        }
+
+        #[test]
+        fn what_the_writer_writes_the_reader_reads_back(
+            message in "\\PC{0,30}",
+            extra in prop::collection::btree_map("[A-Z][A-Za-z0-9]{0,10}", "\\PC{0,30}", 0..5),
+        ) {
+            let extra: Vec<(&str, String)> = extra
+                .iter()
+                .filter(|(name, _)| name.as_str() != "StatusMessage")
+                .map(|(name, value)| (name.as_str(), value.clone()))
+                .collect();
+            let xml = write_base_response(&message, &[], &extra);
+            let fields = read_flat(&xml, "BaseResponseModel").unwrap();
+            prop_assert_eq!(fields["StatusMessage"].as_str(), message.trim());
+            for (name, value) in &extra {
+                prop_assert_eq!(fields[*name].as_str(), value.trim());
+            }
+        }
+    }
 
     const SEED_REQUEST: &str = r#"<Verify2FAOptInRequest xmlns:xsd="http://www.w3.org/2001/XMLSchema" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
   <ProviderUserId>1</ProviderUserId>

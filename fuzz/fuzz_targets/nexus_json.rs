@@ -1,0 +1,47 @@
+//! The Nexus family's JSON bodies: verify-otp / verify-enrollment-otp, and domain creation with
+//! the name it carries.
+#![no_main]
+
+use gatehouse::api::domains::CreateBody;
+use gatehouse::api::{MAX_JSON_DEPTH, decode_json};
+use gatehouse::domains::name::normalise;
+use gatehouse::fuzzing::nexus_verify_body;
+use libfuzzer_sys::fuzz_target;
+use serde_json::Value;
+
+fn depth(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let value = serde_json::from_slice::<Value>(data);
+    let verify = nexus_verify_body(data);
+    let create = decode_json::<CreateBody>(data);
+    if verify.is_ok() || create.is_ok() {
+        let value = value.as_ref().expect("a decoded body is JSON");
+        assert!(depth(value) <= MAX_JSON_DEPTH, "too deep, yet decoded");
+    }
+    if let (Ok([otp, oob, access_token]), Ok(Value::Object(map))) = (&verify, &value) {
+        for (field, name) in [(otp, "otp"), (oob, "oob"), (access_token, "accessToken")] {
+            assert_eq!(field.as_deref(), map.get(name).and_then(Value::as_str), "{name}");
+        }
+    }
+    if let Ok(CreateBody {
+        domain: Some(domain),
+        ..
+    }) = create
+        && let Ok(name) = normalise(&domain)
+    {
+        assert!(name.len() <= 253, "{name}");
+        assert!(
+            name.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'),
+            "{name}"
+        );
+        assert_eq!(normalise(&name).as_deref(), Ok(name.as_str()), "not a fixed point");
+    }
+});
