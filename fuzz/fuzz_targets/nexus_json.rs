@@ -10,13 +10,8 @@ use libfuzzer_sys::fuzz_target;
 use serde::de::IgnoredAny;
 use serde_json::Value;
 
-fn depth(value: &Value) -> usize {
-    match value {
-        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
-        Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
-        _ => 0,
-    }
-}
+mod common;
+use common::depth;
 
 fuzz_target!(|data: &[u8]| {
     let value = serde_json::from_slice::<Value>(data);

@@ -6,13 +6,8 @@ use gatehouse::fuzzing::ws_fields;
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 
-fn depth(value: &Value) -> usize {
-    match value {
-        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
-        Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
-        _ => 0,
-    }
-}
+mod common;
+use common::depth;
 
 fuzz_target!(|data: &[u8]| {
     match ws_fields(data, false, "Verify2FAOptInRequest") {
