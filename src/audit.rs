@@ -12,14 +12,25 @@ pub async fn record(
     user_name: Option<&str>,
     detail: Option<String>,
 ) {
-    tracing::info!(target: "audit", event, user = user_name, detail = detail.as_deref(), "audit");
     let entry = AuditEvent {
         time: clock::rfc3339(clock.now()),
         event: event.to_owned(),
         user_name: user_name.map(str::to_owned),
         detail,
     };
+    log(&entry);
     if let Err(e) = store.append_audit(entry).await {
         tracing::error!(target: "audit", error = %e, event, "cannot store audit event");
     }
+}
+
+/// The log line of an event, for one the store keeps together with the change it records.
+pub fn log(entry: &AuditEvent) {
+    tracing::info!(
+        target: "audit",
+        event = entry.event.as_str(),
+        user = entry.user_name.as_deref(),
+        detail = entry.detail.as_deref(),
+        "audit"
+    );
 }

@@ -4,10 +4,11 @@
 
 use std::net::IpAddr;
 
+use crate::audit;
 use crate::clock;
 use crate::meter::OtpResult;
 use crate::notify::sms::normalise_number;
-use crate::store::{CodeLogin, FactorKind, User};
+use crate::store::{AuditEvent, CodeLogin, FactorKind, User};
 
 use super::service::{Mfa, MfaError};
 
@@ -83,15 +84,28 @@ impl Mfa {
         let hash = self.vault.code_hash(PURPOSE, otp.trim());
         let login_time = clock::rfc3339(self.clock.now());
         let detail = caller.detail();
+        // Stored with the login itself: one durable write for both.
+        let event = AuditEvent {
+            time: login_time.clone(),
+            event: "manage.otp.validated".to_owned(),
+            user_name: Some(user.user_name.clone()),
+            detail: Some(detail.clone()),
+        };
         match self
             .store
-            .login_with_code(user.id, PURPOSE, &hash, self.clock.unix(), &login_time)
+            .login_with_code(
+                user.id,
+                PURPOSE,
+                &hash,
+                self.clock.unix(),
+                &login_time,
+                &event,
+            )
             .await?
         {
             CodeLogin::Accepted(user) => {
                 self.meter.otp(OtpResult::Accepted);
-                self.audit("manage.otp.validated", &user, Some(detail))
-                    .await;
+                audit::log(&event);
                 Ok(*user)
             }
             CodeLogin::Expired => match self.fail_with(&user, Some(&detail)).await {

@@ -445,9 +445,10 @@ pub trait Store: Send + Sync {
         now: i64,
     ) -> StoreResult<bool>;
 
-    /// Atomically: consumes the user's code for `purpose` if its hash matches and it has not
-    /// expired, clears the user's failure count, and records `login_time` as the user's last
-    /// login. Nothing changes unless the answer is [`CodeLogin::Accepted`].
+    /// Consumes the user's code for `purpose` if its hash matches and it has not expired, clears
+    /// the user's failure count, records `login_time` as the user's last login and stores `event`
+    /// in the audit log, all made durable together before it returns. Nothing changes unless the
+    /// answer is [`CodeLogin::Accepted`]; of two concurrent logins with one code, one is accepted.
     async fn login_with_code(
         &self,
         user_id: u64,
@@ -455,6 +456,7 @@ pub trait Store: Send + Sync {
         code_hash: &str,
         now: i64,
         login_time: &str,
+        event: &AuditEvent,
     ) -> StoreResult<CodeLogin>;
 
     async fn replace_recovery_codes(&self, user_id: u64, hashes: Vec<String>) -> StoreResult<()>;

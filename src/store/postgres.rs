@@ -325,6 +325,21 @@ async fn row(
     Ok(c.query_opt(&statement, params).await?)
 }
 
+/// Appends an audit event, numbered by the `audit` counter.
+async fn insert_audit(c: &impl GenericClient, event: AuditEvent) -> Result<u64, Fail> {
+    exec(
+        c,
+        "WITH next AS (
+            INSERT INTO gatehouse_counters (name, value) VALUES ('audit', 1)
+            ON CONFLICT (name) DO UPDATE SET value = gatehouse_counters.value + 1
+            RETURNING value
+        )
+        INSERT INTO gatehouse_audit (seq, doc) SELECT value, $1 FROM next",
+        &[&Json(&storable_event(event))],
+    )
+    .await
+}
+
 async fn exec(
     c: &impl GenericClient,
     sql: &str,
@@ -684,6 +699,7 @@ impl PgStore {
         code_hash: &str,
         now: i64,
         login_time: &str,
+        event: &AuditEvent,
     ) -> Result<CodeLogin, Fail> {
         let id = key(user_id);
         let mut client = self.client().await?;
@@ -737,6 +753,7 @@ impl PgStore {
             &[&id],
         )
         .await?;
+        insert_audit(&tx, event.clone()).await?;
         tx.commit().await?;
         Ok(CodeLogin::Accepted(Box::new(user)))
     }
@@ -1605,13 +1622,16 @@ impl Store for PgStore {
         code_hash: &str,
         now: i64,
         login_time: &str,
+        event: &AuditEvent,
     ) -> StoreResult<CodeLogin> {
         if !storable(purpose) {
             return Ok(CodeLogin::Wrong);
         }
         Ok(
-            retry(|| self.login_with_code_once(user_id, purpose, code_hash, now, login_time))
-                .await?,
+            retry(|| {
+                self.login_with_code_once(user_id, purpose, code_hash, now, login_time, event)
+            })
+            .await?,
         )
     }
 
@@ -1693,17 +1713,8 @@ impl Store for PgStore {
     }
 
     async fn append_audit(&self, event: AuditEvent) -> StoreResult<()> {
-        let event = storable_event(event);
-        self.execute(
-            "WITH next AS (
-                INSERT INTO gatehouse_counters (name, value) VALUES ('audit', 1)
-                ON CONFLICT (name) DO UPDATE SET value = gatehouse_counters.value + 1
-                RETURNING value
-            )
-            INSERT INTO gatehouse_audit (seq, doc) SELECT value, $1 FROM next",
-            &[&Json(&event)],
-        )
-        .await?;
+        let client = self.client().await?;
+        insert_audit(&client, event).await?;
         Ok(())
     }
 

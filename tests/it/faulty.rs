@@ -205,10 +205,11 @@ impl Store for FaultyStore {
         code_hash: &str,
         now: i64,
         login_time: &str,
+        event: &AuditEvent,
     ) -> StoreResult<CodeLogin> {
         self.gate("login_with_code")?;
         self.inner
-            .login_with_code(user_id, purpose, code_hash, now, login_time)
+            .login_with_code(user_id, purpose, code_hash, now, login_time, event)
             .await
     }
 

@@ -66,6 +66,7 @@ on_both_backends!(
     a_totp_step_is_accepted_once_under_concurrency,
     concurrent_failures_through_two_handles_are_all_counted,
     a_code_logs_in_once_and_not_after_expiry,
+    a_code_logs_in_once_under_concurrency,
     sends_are_limited_within_the_window,
     a_verified_domain_belongs_to_one_organization,
     audit_is_newest_first_and_signing_keys_oldest_first,
@@ -243,6 +244,25 @@ async fn concurrent_failures_through_two_handles_are_all_counted(s: Subject) {
     assert!(s.store.lockout(user.id).await.unwrap().failures.is_empty());
 }
 
+fn login_event(detail: &str) -> AuditEvent {
+    AuditEvent {
+        time: NOW.into(),
+        event: "manage.otp.validated".into(),
+        user_name: Some("ada".into()),
+        detail: Some(detail.into()),
+    }
+}
+
+async fn stored_events(s: &Subject) -> Vec<String> {
+    s.twin
+        .audit(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| e.detail)
+        .collect()
+}
+
 async fn a_code_logs_in_once_and_not_after_expiry(s: Subject) {
     let user = s.store.create_user(new_user("ada"), NOW).await.unwrap();
     let code = OobCode {
@@ -253,24 +273,49 @@ async fn a_code_logs_in_once_and_not_after_expiry(s: Subject) {
         expires_at: 2000,
     };
     s.store.put_code(code.clone()).await.unwrap();
+    let policy = Policy {
+        max_failures: 5,
+        window: 300,
+        duration: 900,
+    };
+    s.store.record_failure(user.id, 900, policy).await.unwrap();
+    assert_eq!(s.store.lockout(user.id).await.unwrap().failures.len(), 1);
     let login = "2026-01-02T00:00:00Z";
     assert_eq!(
         s.twin
-            .login_with_code(user.id, "manage:sms", "x", 1000, login)
+            .login_with_code(
+                user.id,
+                "manage:sms",
+                "x",
+                1000,
+                login,
+                &login_event("wrong")
+            )
             .await
             .unwrap(),
         CodeLogin::Wrong
     );
     assert_eq!(
         s.twin
-            .login_with_code(user.id, "manage:sms", "h", 2000, login)
+            .login_with_code(
+                user.id,
+                "manage:sms",
+                "h",
+                2000,
+                login,
+                &login_event("late")
+            )
             .await
             .unwrap(),
         CodeLogin::Expired
     );
+    assert!(
+        stored_events(&s).await.is_empty(),
+        "a refused code records no login event"
+    );
     let CodeLogin::Accepted(after) = s
         .twin
-        .login_with_code(user.id, "manage:sms", "h", 1000, login)
+        .login_with_code(user.id, "manage:sms", "h", 1000, login, &login_event("ok"))
         .await
         .unwrap()
     else {
@@ -287,13 +332,26 @@ async fn a_code_logs_in_once_and_not_after_expiry(s: Subject) {
             .as_deref(),
         Some(login)
     );
+    assert!(
+        s.store.lockout(user.id).await.unwrap().failures.is_empty(),
+        "a login clears the failure count"
+    );
+    assert_eq!(stored_events(&s).await, ["ok"]);
     assert_eq!(
         s.store
-            .login_with_code(user.id, "manage:sms", "h", 1000, login)
+            .login_with_code(
+                user.id,
+                "manage:sms",
+                "h",
+                1000,
+                login,
+                &login_event("again")
+            )
             .await
             .unwrap(),
         CodeLogin::Wrong
     );
+    assert_eq!(stored_events(&s).await, ["ok"]);
     s.store.put_code(code).await.unwrap();
     assert!(
         s.twin
@@ -307,6 +365,42 @@ async fn a_code_logs_in_once_and_not_after_expiry(s: Subject) {
             .await
             .unwrap()
     );
+}
+
+async fn a_code_logs_in_once_under_concurrency(s: Subject) {
+    let user = s.store.create_user(new_user("ada"), NOW).await.unwrap();
+    s.store
+        .put_code(OobCode {
+            v: SCHEMA_VERSION,
+            user_id: user.id,
+            purpose: "manage:sms".into(),
+            code_hash: "h".into(),
+            expires_at: 2000,
+        })
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let store = if i % 2 == 0 {
+            s.store.clone()
+        } else {
+            s.twin.clone()
+        };
+        let user_id = user.id;
+        tasks.push(tokio::spawn(async move {
+            let event = login_event(&format!("attempt {i}"));
+            store
+                .login_with_code(user_id, "manage:sms", "h", 1000, NOW, &event)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut accepted = 0;
+    for t in tasks {
+        accepted += usize::from(matches!(t.await.unwrap(), CodeLogin::Accepted(_)));
+    }
+    assert_eq!(accepted, 1);
+    assert_eq!(stored_events(&s).await.len(), 1, "one login, one event");
 }
 
 async fn sends_are_limited_within_the_window(s: Subject) {
