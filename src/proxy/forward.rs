@@ -1,28 +1,26 @@
-//! Forwarding to the upstream application: a pooled hyper-util client, `X-Forwarded-*`, timeouts.
+//! Forwarding to the upstream application: pooled connections, `X-Forwarded-*`, timeouts.
 //! Bodies stream both ways; nothing here buffers them.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderName, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, Request, Response, Uri, Version};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::headers::strip_hop_by_hop;
-use crate::body::{Body, BoxError};
+use super::pool::{Pool, PoolError};
+use crate::body::Body;
 use crate::config::UpstreamConfig;
 use crate::path::PathError;
 
 /// Why the upstream gave no response.
 #[derive(Debug)]
 pub enum ForwardError {
-    /// Refused, unreachable, or not connected within `upstream.connect_timeout`.
-    Unavailable(hyper_util::client::legacy::Error),
+    /// Refused, unreachable, not connected within `upstream.connect_timeout`, or the exchange
+    /// failed before a response head.
+    Unavailable(PoolError),
     /// No response head within `upstream.response_timeout`.
     Timeout,
 }
@@ -36,33 +34,31 @@ pub struct Origin {
     pub trusted: bool,
 }
 
-/// The client gatehouse uses to reach its application.
+/// How gatehouse reaches its application: kept-alive HTTP/1.1 connections to `upstream.url`.
 #[derive(Clone)]
 pub struct Upstream {
-    client: Client<HttpConnector, Body>,
-    scheme: Scheme,
-    authority: Authority,
+    pool: Arc<Pool>,
+    host: HeaderValue,
     response_timeout: Duration,
 }
 
 impl Upstream {
     pub fn new(config: &UpstreamConfig) -> Upstream {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
+        let authority = config
+            .url
+            .authority()
+            .cloned()
+            .unwrap_or_else(|| Authority::from_static("127.0.0.1"));
+        let pool = Pool::new(
+            authority.host(),
+            authority.port_u16().unwrap_or(80),
+            config.connect_timeout,
+            IDLE_TIMEOUT,
+        );
         Upstream {
-            client,
-            scheme: config.url.scheme().cloned().unwrap_or(Scheme::HTTP),
-            authority: config
-                .url
-                .authority()
-                .cloned()
-                .unwrap_or_else(|| Authority::from_static("127.0.0.1")),
+            pool: Arc::new(pool),
+            host: HeaderValue::from_str(authority.as_str())
+                .unwrap_or_else(|_| HeaderValue::from_static("127.0.0.1")),
             response_timeout: config.response_timeout,
         }
     }
@@ -74,28 +70,25 @@ impl Upstream {
         mut req: Request<Body>,
         path_and_query: PathAndQuery,
     ) -> Result<Response<Body>, ForwardError> {
-        let mut uri = Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(path_and_query);
-        if let Ok(built) = std::mem::take(&mut uri).build() {
-            *req.uri_mut() = built;
-        }
-        // The upstream speaks HTTP/1.1 whatever the client spoke.
+        *req.uri_mut() = Uri::from(path_and_query);
+        // The upstream speaks HTTP/1.1 whatever the client spoke; an HTTP/2 request names its
+        // host in the URI, which HTTP/1.1 carries in `Host`.
         *req.version_mut() = Version::HTTP_11;
-        let response = tokio::time::timeout(self.response_timeout, self.client.request(req))
+        req.headers_mut()
+            .entry(header::HOST)
+            .or_insert_with(|| self.host.clone());
+        let response = tokio::time::timeout(self.response_timeout, self.pool.send(req))
             .await
             .map_err(|_| ForwardError::Timeout)?
             .map_err(ForwardError::Unavailable)?;
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(parts, box_incoming(body)))
+        Ok(Response::from_parts(parts, body))
     }
 }
 
-fn box_incoming(body: Incoming) -> Body {
-    body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync()
-}
+/// How long a kept-alive upstream connection may stay unused and still be reused.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Sets `X-Forwarded-For`, `-Proto` and `-Host`. From a trusted proxy its values are kept (the
 /// peer is appended to `X-Forwarded-For`); from anyone else they were already removed and are

@@ -42,6 +42,7 @@ pub struct Seen {
 #[derive(Default)]
 struct UpstreamState {
     hits: AtomicUsize,
+    connections: AtomicUsize,
     seen: Mutex<Vec<Seen>>,
     delay: Mutex<Duration>,
     /// Lets a `/stream` response send its second chunk.
@@ -83,6 +84,7 @@ impl Upstream {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                shared.connections.fetch_add(1, Ordering::SeqCst);
                 let state = shared.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
@@ -104,6 +106,11 @@ impl Upstream {
 
     pub fn hits(&self) -> usize {
         self.state.hits.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(Ordering::SeqCst)
     }
 
     /// The most recent request received.

@@ -351,3 +351,101 @@ async fn admin_listener_answers_health_and_readiness() {
     assert_eq!(response.status(), 404);
     gh.stop().await;
 }
+
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_and_reused() {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start(&upstream).await;
+    let client = http1_client();
+    for i in 0..10 {
+        let response = client
+            .get(gh.http_url(&format!("/public/{i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text().await.unwrap(), "upstream ok");
+    }
+    assert_eq!(upstream.hits(), 10);
+    assert_eq!(upstream.connections(), 1, "one kept-alive connection");
+}
+
+#[tokio::test]
+async fn a_response_still_streaming_does_not_hold_up_other_requests() {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start(&upstream).await;
+    let client = http1_client();
+    let mut streaming = client
+        .get(gh.http_url("/public/stream"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(streaming.chunk().await.unwrap().unwrap(), "first");
+    // The streaming response's connection is busy: this request takes another.
+    let other = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.get(gh.http_url("/public/meanwhile")).send(),
+    )
+    .await
+    .expect("a request waited for another's response body")
+    .unwrap();
+    assert_eq!(other.text().await.unwrap(), "upstream ok");
+    upstream.release();
+    assert_eq!(streaming.chunk().await.unwrap().unwrap(), "second");
+    assert!(streaming.chunk().await.unwrap().is_none());
+    assert_eq!(upstream.connections(), 2);
+    // Both connections are back in the pool once their responses ended.
+    for _ in 0..4 {
+        let response = client
+            .get(gh.http_url("/public/again"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.text().await.unwrap(), "upstream ok");
+    }
+    assert_eq!(upstream.connections(), 2);
+}
+
+#[tokio::test]
+async fn an_upstream_that_closes_idle_connections_costs_no_request() {
+    // Answers one request per connection as if it kept it alive, and closes it soon after.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    let server = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            });
+        }
+    });
+    let gh = Gatehouse::start_url(&format!("http://{addr}"), |_| {}).await;
+    let client = http1_client();
+    for i in 0..5 {
+        let response = client
+            .get(gh.http_url(&format!("/public/{i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "request {i}");
+        assert_eq!(response.text().await.unwrap(), "ok");
+        // By the next request, the connection this one used has been closed while idle.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 5);
+    server.abort();
+}

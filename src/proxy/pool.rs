@@ -1,0 +1,228 @@
+//! Kept-alive HTTP/1.1 connections to the upstream application. There is one upstream address,
+//! so the idle connections are a plain stack (newest on top): no per-host map, and no key to
+//! hash for every request. A connection goes back on the stack when the response it carried has
+//! been read to its end, or dropped; one that closed meanwhile is discarded when it is next
+//! taken.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::body::{Body, BoxError};
+
+/// Idle connections kept at most; more are closed when their response ends.
+const MAX_IDLE: usize = 1024;
+
+/// Why no response head arrived from the upstream.
+#[derive(Debug)]
+pub enum PoolError {
+    /// Not connected within the connect timeout.
+    ConnectTimeout,
+    Connect(std::io::Error),
+    /// The HTTP exchange failed (the connection closed or sent something that is not HTTP).
+    Http(hyper::Error),
+}
+
+impl fmt::Display for PoolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PoolError::ConnectTimeout => f.write_str("connecting to the upstream timed out"),
+            PoolError::Connect(_) => f.write_str("cannot connect to the upstream"),
+            PoolError::Http(_) => f.write_str("the upstream exchange failed"),
+        }
+    }
+}
+
+impl StdError for PoolError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            PoolError::ConnectTimeout => None,
+            PoolError::Connect(e) => Some(e),
+            PoolError::Http(e) => Some(e),
+        }
+    }
+}
+
+/// Connections to one `host:port`.
+pub struct Pool {
+    host: String,
+    port: u16,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    idle: Mutex<Vec<Idle>>,
+}
+
+struct Idle {
+    sender: SendRequest<Body>,
+    since: Instant,
+}
+
+impl Pool {
+    pub fn new(host: &str, port: u16, connect_timeout: Duration, idle_timeout: Duration) -> Pool {
+        // `[::1]` in a URL is `::1` to connect to.
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        Pool {
+            host,
+            port,
+            connect_timeout,
+            idle_timeout,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Sends `req` (origin-form URI, `Host` set) on an idle connection when one is ready, else
+    /// on a new one. A request that a kept-alive connection closed under before sending it is
+    /// sent on the next connection; once sent, it is never sent again.
+    pub async fn send(
+        self: &Arc<Self>,
+        mut req: Request<Body>,
+    ) -> Result<Response<Body>, PoolError> {
+        while let Some(mut sender) = self.take_idle() {
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(response) => return Ok(self.lend(sender, response)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(PoolError::Http(e.into_error())),
+                },
+            }
+        }
+        let mut sender = self.connect().await?;
+        let response = sender.send_request(req).await.map_err(PoolError::Http)?;
+        Ok(self.lend(sender, response))
+    }
+
+    fn take_idle(&self) -> Option<SendRequest<Body>> {
+        let mut idle = self.idle.lock().ok()?;
+        let now = Instant::now();
+        while let Some(Idle { sender, since }) = idle.pop() {
+            if !sender.is_closed() && now.duration_since(since) < self.idle_timeout {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    fn put_idle(&self, sender: SendRequest<Body>) {
+        if sender.is_closed() {
+            return;
+        }
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < MAX_IDLE
+        {
+            idle.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Body>, PoolError> {
+        let stream = tokio::time::timeout(
+            self.connect_timeout,
+            TcpStream::connect((self.host.as_str(), self.port)),
+        )
+        .await
+        .map_err(|_| PoolError::ConnectTimeout)?
+        .map_err(PoolError::Connect)?;
+        stream.set_nodelay(true).map_err(PoolError::Connect)?;
+        let (sender, connection) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(PoolError::Http)?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "upstream connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// The response, with a body that returns `sender` to the pool when it ends.
+    fn lend(
+        self: &Arc<Self>,
+        sender: SendRequest<Body>,
+        response: Response<Incoming>,
+    ) -> Response<Body> {
+        response.map(|inner| {
+            Returning {
+                inner,
+                lent: Some(Lent {
+                    pool: self.clone(),
+                    sender,
+                }),
+            }
+            .boxed_unsync()
+        })
+    }
+}
+
+/// A connection out of the pool while its response body is read.
+struct Lent {
+    pool: Arc<Pool>,
+    sender: SendRequest<Body>,
+}
+
+/// A response body that gives its connection back when it ends or is dropped.
+struct Returning {
+    inner: Incoming,
+    lent: Option<Lent>,
+}
+
+impl Returning {
+    fn give_back(&mut self) {
+        if let Some(Lent { pool, sender }) = self.lent.take() {
+            pool.put_idle(sender);
+        }
+    }
+}
+
+impl Drop for Returning {
+    fn drop(&mut self) {
+        self.give_back();
+    }
+}
+
+impl HttpBody for Returning {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.give_back(),
+            Poll::Ready(Some(Err(_))) => {
+                // A connection that failed mid-body is not reused.
+                self.lent = None;
+            }
+            _ => {}
+        }
+        polled.map_err(|e| -> BoxError { Box::new(e) })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
