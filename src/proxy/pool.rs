@@ -1,8 +1,7 @@
 //! Kept-alive HTTP/1.1 connections to the upstream application. There is one upstream address,
 //! so the idle connections are a plain stack (newest on top): no per-host map, and no key to
 //! hash for every request. A connection goes back on the stack when the response it carried has
-//! been read to its end, or dropped; one that closed meanwhile is discarded when it is next
-//! taken.
+//! been read to its end; one that closed meanwhile is discarded when it is next taken.
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -178,7 +177,7 @@ struct Lent {
     sender: SendRequest<Body>,
 }
 
-/// A response body that gives its connection back when it ends or is dropped.
+/// A response body that gives its connection back when it ends.
 struct Returning {
     inner: Incoming,
     lent: Option<Lent>,
@@ -194,7 +193,11 @@ impl Returning {
 
 impl Drop for Returning {
     fn drop(&mut self) {
-        self.give_back();
+        // A body dropped before its end (the client went away) leaves the rest unread on the
+        // connection: it is closed rather than drained while another request waits for it.
+        if self.inner.is_end_stream() {
+            self.give_back();
+        }
     }
 }
 
