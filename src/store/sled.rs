@@ -41,7 +41,13 @@ pub struct SledStore {
     verified_domains: Tree,
     /// Group commit: see [`SledStore::durable`].
     commits: Commits,
+    /// Users as last decoded, by id, with the bytes they were decoded from: see
+    /// [`SledStore::user_at`].
+    decoded_users: std::sync::Mutex<std::collections::HashMap<[u8; 8], (sled::IVec, User)>>,
 }
+
+/// Decoded users kept at most; the set starts over when full.
+const DECODED_USERS: usize = 4096;
 
 /// How many times a flush lets other tasks run while they keep adding writes to it.
 const GATHER_ROUNDS: usize = 8;
@@ -172,6 +178,7 @@ impl SledStore {
             domain_names: tree("domain_names")?,
             verified_domains: tree("verified_domains")?,
             commits: Commits::default(),
+            decoded_users: std::sync::Mutex::default(),
             db,
         })
     }
@@ -241,6 +248,32 @@ impl SledStore {
         *flushed = covers;
         self.commits.flushes.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// The user stored under `key` (its id's bytes). Every call reads the store; decoding, the
+    /// costly part of an authenticated request, is skipped when the stored bytes are those
+    /// decoded last time.
+    fn user_at(&self, key: &[u8]) -> StoreResult<Option<User>> {
+        let Some(bytes) = self.users.get(key).map_err(backend)? else {
+            return Ok(None);
+        };
+        let Ok(id) = <[u8; 8]>::try_from(key) else {
+            return decode(&bytes).map(Some);
+        };
+        if let Ok(decoded) = self.decoded_users.lock()
+            && let Some((seen, user)) = decoded.get(&id)
+            && *seen == bytes
+        {
+            return Ok(Some(user.clone()));
+        }
+        let user: User = decode(&bytes)?;
+        if let Ok(mut decoded) = self.decoded_users.lock() {
+            if decoded.len() >= DECODED_USERS {
+                decoded.clear();
+            }
+            decoded.insert(id, (bytes, user.clone()));
+        }
+        Ok(Some(user))
     }
 
     /// Adds an audit event; durable with the next flush.
@@ -344,19 +377,13 @@ impl Store for SledStore {
 
     async fn user_by_name(&self, user_name: &str) -> StoreResult<Option<User>> {
         match self.user_names.get(name_key(user_name)).map_err(backend)? {
-            Some(id) => match self.users.get(id).map_err(backend)? {
-                Some(bytes) => decode(&bytes).map(Some),
-                None => Ok(None),
-            },
+            Some(id) => self.user_at(&id),
             None => Ok(None),
         }
     }
 
     async fn user_by_id(&self, id: u64) -> StoreResult<Option<User>> {
-        match self.users.get(id.to_be_bytes()).map_err(backend)? {
-            Some(bytes) => decode(&bytes).map(Some),
-            None => Ok(None),
-        }
+        self.user_at(&id.to_be_bytes())
     }
 
     async fn user_by_external(&self, issuer: &str, subject: &str) -> StoreResult<Option<User>> {
@@ -365,10 +392,7 @@ impl Store for SledStore {
             .get(external_key(issuer, subject))
             .map_err(backend)?
         {
-            Some(id) => match self.users.get(id).map_err(backend)? {
-                Some(bytes) => decode(&bytes).map(Some),
-                None => Ok(None),
-            },
+            Some(id) => self.user_at(&id),
             None => Ok(None),
         }
     }
@@ -989,6 +1013,28 @@ mod tests {
         let err = store.create_user(new_user("ada"), NOW).await.unwrap_err();
         assert!(matches!(err, StoreError::Conflict(_)), "{err}");
         assert!(store.user_by_name("ADA").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_user_read_again_after_a_change_is_the_changed_user() {
+        let store = SledStore::temporary().unwrap();
+        let ada = store.create_user(new_user("ada"), NOW).await.unwrap();
+        for _ in 0..2 {
+            assert_eq!(store.user_by_id(ada.id).await.unwrap(), Some(ada.clone()));
+        }
+        let patch = UserPatch {
+            scopes: Some(vec!["reports".into()]),
+            ..UserPatch::default()
+        };
+        let changed = store.update_user("ada", patch, NOW).await.unwrap();
+        assert_eq!(changed.scopes, ["reports"]);
+        assert_eq!(
+            store.user_by_id(ada.id).await.unwrap(),
+            Some(changed.clone())
+        );
+        assert_eq!(store.user_by_name("ADA").await.unwrap(), Some(changed));
+        assert!(store.delete_user("ada").await.unwrap());
+        assert_eq!(store.user_by_id(ada.id).await.unwrap(), None);
     }
 
     #[tokio::test]
