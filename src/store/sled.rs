@@ -46,6 +46,9 @@ pub struct SledStore {
     decoded_users: std::sync::Mutex<std::collections::HashMap<[u8; 8], (sled::IVec, User)>>,
 }
 
+/// Attempts at opening a store whose lock is held, 100 ms apart.
+const LOCK_TRIES: u32 = 20;
+
 /// Decoded users kept at most; the set starts over when full.
 const DECODED_USERS: usize = 4096;
 
@@ -144,9 +147,25 @@ fn tx_user_by_name(
 }
 
 impl SledStore {
-    /// Opens (or creates) the store in `path`.
+    /// Opens (or creates) the store in `path`. A store whose lock is still held is tried again
+    /// for up to two seconds: sled releases its file lock when its last I/O task ends, which can
+    /// be a moment after the process or handle that used it has let go.
     pub fn open(path: &Path) -> StoreResult<SledStore> {
-        SledStore::from_db(sled::Config::new().path(path).open().map_err(backend)?)
+        let mut tries = 0;
+        loop {
+            match sled::Config::new().path(path).open() {
+                Ok(db) => return SledStore::from_db(db),
+                // sled reports a held lock as an `Other` I/O error with this message.
+                Err(sled::Error::Io(e))
+                    if e.to_string().starts_with("could not acquire lock")
+                        && tries < LOCK_TRIES =>
+                {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(e) => return Err(backend(e)),
+            }
+        }
     }
 
     /// A store that lives in a temporary directory and is removed when dropped (tests).
@@ -1013,6 +1032,19 @@ mod tests {
         let err = store.create_user(new_user("ada"), NOW).await.unwrap_err();
         assert!(matches!(err, StoreError::Conflict(_)), "{err}");
         assert!(store.user_by_name("ADA").await.unwrap().is_some());
+    }
+
+    #[test]
+    fn a_store_released_a_moment_later_is_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = SledStore::open(dir.path()).unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(first);
+        });
+        let second = SledStore::open(dir.path());
+        release.join().unwrap();
+        assert!(second.is_ok(), "{:?}", second.err());
     }
 
     #[tokio::test]
