@@ -100,21 +100,23 @@ pub struct Tokens {
     audience: String,
     access_ttl: i64,
     clock: Arc<dyn Clock>,
-    /// Signed assertions by principal, reused for half their lifetime.
-    assertions: moka::sync::Cache<String, Arc<str>>,
-    /// Access tokens whose signature and claims were verified, by SHA-256 of the token. A hit
-    /// skips the signature check only: the token's times are checked again on every use.
-    verified: moka::sync::Cache<[u8; 32], Arc<Claims>>,
-}
-
-fn token_digest(token: &str) -> [u8; 32] {
-    let mut digest = [0u8; 32];
-    digest.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, token.as_bytes()).as_ref());
-    digest
+    /// Signed assertions by principal, as header values ready to send, reused for half their
+    /// lifetime.
+    assertions: moka::sync::Cache<String, http::HeaderValue, foldhash::fast::RandomState>,
+    /// Access tokens whose signature and claims were verified, keyed by the token itself: a hit
+    /// is an exact match of every byte, so no other string can stand for a verified token. A hit
+    /// skips the signature check only: the token's times are checked again on every use. Only
+    /// verified tokens are ever inserted, so the fast seeded hash cannot be flooded from outside.
+    verified: moka::sync::Cache<Arc<str>, Arc<Claims>, foldhash::fast::RandomState>,
 }
 
 /// How long a verified access token is remembered (its own `exp` still applies on every use).
 const VERIFIED_TTL: Duration = Duration::from_secs(300);
+
+/// The memory remembered tokens may take: a token counts with its length plus
+/// [`CLAIMS_WEIGHT`] (about 25 000 tokens of 1 KiB).
+const VERIFIED_BYTES: u64 = 32 << 20;
+const CLAIMS_WEIGHT: u32 = 256;
 
 /// A `kid` as gatehouse writes them: base64url, nothing that could be a path or a query.
 pub(crate) fn plausible_kid(kid: &str) -> bool {
@@ -186,11 +188,16 @@ impl Tokens {
             assertions: moka::sync::Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(Duration::from_secs((ASSERTION_TTL / 2) as u64))
-                .build(),
+                .build_with_hasher(foldhash::fast::RandomState::default()),
             verified: moka::sync::Cache::builder()
-                .max_capacity(100_000)
+                .weigher(|token: &Arc<str>, _| {
+                    u32::try_from(token.len())
+                        .unwrap_or(u32::MAX)
+                        .saturating_add(CLAIMS_WEIGHT)
+                })
+                .max_capacity(VERIFIED_BYTES)
                 .time_to_live(VERIFIED_TTL)
-                .build(),
+                .build_with_hasher(foldhash::fast::RandomState::default()),
         })
     }
 
@@ -236,22 +243,33 @@ impl Tokens {
         self.sign(&self.claims(principal, &self.audience, self.access_ttl))
     }
 
-    /// A short-lived JWT for the upstream carrying the same facts as the identity headers.
-    /// One is signed per principal per half-lifetime, not per request.
-    pub fn assertion(&self, principal: &Principal, audience: &str) -> Result<Arc<str>, TokenError> {
-        let methods: Vec<&str> = principal.methods.iter().map(|m| m.as_str()).collect();
-        let cache_key = format!(
-            "{}\0{}\0{}\0{audience}",
-            principal.user_id,
-            principal.scopes.join(" "),
-            methods.join(",")
-        );
+    /// A short-lived JWT for the upstream carrying the same facts as the identity headers, as
+    /// the value of its header. One is signed per principal per half-lifetime, not per request.
+    pub fn assertion(
+        &self,
+        principal: &Principal,
+        audience: &str,
+    ) -> Result<http::HeaderValue, TokenError> {
+        let mut cache_key = String::with_capacity(64);
+        cache_key.push_str(&principal.user_id);
+        for (i, scope) in principal.scopes.iter().enumerate() {
+            cache_key.push(if i == 0 { '\0' } else { ' ' });
+            cache_key.push_str(scope);
+        }
+        cache_key.push('\0');
+        for (i, method) in principal.methods.iter().enumerate() {
+            if i > 0 {
+                cache_key.push(',');
+            }
+            cache_key.push_str(method.as_str());
+        }
+        cache_key.push('\0');
+        cache_key.push_str(audience);
         if let Some(token) = self.assertions.get(&cache_key) {
             return Ok(token);
         }
-        let token: Arc<str> = self
-            .sign(&self.claims(principal, audience, ASSERTION_TTL))?
-            .into();
+        let token = self.sign(&self.claims(principal, audience, ASSERTION_TTL))?;
+        let token = http::HeaderValue::from_str(&token).map_err(|_| TokenError::Malformed)?;
         self.assertions.insert(cache_key, token.clone());
         Ok(token)
     }
@@ -260,20 +278,19 @@ impl Tokens {
     /// `exp` and `nbf` (with [`LEEWAY`]) all present and right. A token verified before is
     /// recognised by its hash, so its signature is checked once, not on every request.
     pub fn verify_access(&self, token: &str) -> Result<Arc<Claims>, TokenError> {
-        let digest = token_digest(token);
-        if let Some(claims) = self.verified.get(&digest) {
+        if let Some(claims) = self.verified.get(token) {
             check_times(claims.exp, Some(claims.nbf), self.clock.unix())?;
             return Ok(claims);
         }
         let claims = Arc::new(self.verify(token, &self.audience)?);
-        self.verified.insert(digest, claims.clone());
+        self.verified.insert(token.into(), claims.clone());
         Ok(claims)
     }
 
     /// An access token verified before: its claims if it is still within its times, `None` when
     /// it was never seen (then [`Tokens::verify_access`] decides).
     pub fn remembered(&self, token: &str) -> Option<Result<Arc<Claims>, TokenError>> {
-        let claims = self.verified.get(&token_digest(token))?;
+        let claims = self.verified.get(token)?;
         Some(check_times(claims.exp, Some(claims.nbf), self.clock.unix()).map(|()| claims))
     }
 
@@ -474,7 +491,7 @@ mod tests {
         let a = tokens.assertion(&principal(), "upstream").unwrap();
         let b = tokens.assertion(&principal(), "upstream").unwrap();
         assert_eq!(a, b);
-        let claims = tokens.verify(&a, "upstream").unwrap();
+        let claims = tokens.verify(a.to_str().unwrap(), "upstream").unwrap();
         assert_eq!(claims.exp - claims.iat, ASSERTION_TTL);
     }
 

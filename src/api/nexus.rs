@@ -51,6 +51,9 @@ const ENDPOINTS: [(Route, Endpoint); 5] = [
     ),
 ];
 
+/// What every path of the family starts with, below its base path.
+const VERSION_PREFIX: &str = "/v1/";
+
 /// Every operation of the family (the `/v1/me/…` endpoints and the domains), below its base path.
 pub fn routes() -> Vec<Route> {
     let mut all = route::routes_of(&ENDPOINTS);
@@ -354,6 +357,10 @@ impl Nexus {
     /// The endpoint a normalised path names, if any.
     pub fn endpoint(&self, path: &str) -> Option<Endpoint> {
         let rest = path.strip_prefix(&self.base)?;
+        // Every proxied request is asked this: most are turned away by one comparison.
+        if !rest.starts_with(VERSION_PREFIX) {
+            return None;
+        }
         ENDPOINTS
             .iter()
             .find(|(r, _)| r.path == rest)
@@ -630,6 +637,13 @@ mod tests {
     use super::*;
     use crate::api::tests::json_like_bytes;
     use proptest::prelude::*;
+
+    #[test]
+    fn every_operation_is_under_the_version_prefix() {
+        for route in routes() {
+            assert!(route.path.starts_with(VERSION_PREFIX), "{}", route.path);
+        }
+    }
 
     #[test]
     fn deeply_nested_verify_bodies_are_refused() {

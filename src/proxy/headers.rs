@@ -208,7 +208,7 @@ impl IdentityHeaders {
 
     /// Sets the identity headers for `principal`. Called after [`Sanitizer::clean_request`], so
     /// each header is inserted over nothing: there is exactly one copy of each, gatehouse's.
-    pub fn set(&self, headers: &mut HeaderMap, principal: &Principal, assertion: &str) {
+    pub fn set(&self, headers: &mut HeaderMap, principal: &Principal, assertion: &HeaderValue) {
         let scopes = principal.scopes.join(" ");
         let mut methods = String::new();
         for (i, m) in principal.methods.iter().enumerate() {
@@ -223,13 +223,16 @@ impl IdentityHeaders {
             principal.email.as_deref(),
             Some(scopes.as_str()),
             Some(methods.as_str()),
-            Some(assertion),
         ];
+        let values = values
+            .map(|value| value.and_then(|v| HeaderValue::from_str(v).ok()))
+            .into_iter()
+            .chain(std::iter::once(Some(assertion.clone())));
         for (name, value) in self.names.iter().zip(values) {
             let Some(name) = name else {
                 continue;
             };
-            match value.and_then(|v| HeaderValue::from_str(v).ok()) {
+            match value {
                 Some(v) => {
                     headers.insert(name.clone(), v);
                 }
@@ -345,7 +348,11 @@ mod identity_tests {
         };
         let mut h = HeaderMap::new();
         h.insert("remote-email", HeaderValue::from_static("stale"));
-        IdentityHeaders::new(&Preset::Authelia.names()).set(&mut h, &principal, "jwt");
+        IdentityHeaders::new(&Preset::Authelia.names()).set(
+            &mut h,
+            &principal,
+            &HeaderValue::from_static("jwt"),
+        );
         assert_eq!(h["remote-user"], "ada");
         assert_eq!(h["remote-groups"], "read write");
         assert_eq!(h["remote-methods"], "pwd,otp");
