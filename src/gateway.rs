@@ -403,19 +403,19 @@ impl Gateway {
         trusted: bool,
         request_id: &str,
     ) -> Outcome {
-        let raw_path = parts.uri.path().to_owned();
         let mut outcome = Outcome {
             response: Err(Rejection::Unauthenticated(None)),
-            path: raw_path.clone(),
+            path: String::new(),
             upstream_latency: None,
             principal: None,
             request_id: None,
             class: "local",
         };
-        let path = match path::normalize(&raw_path) {
+        let path = match path::normalize(parts.uri.path()) {
             Ok(path) => path,
             Err(e) => {
                 outcome.response = Err(Rejection::BadPath(e));
+                outcome.path = parts.uri.path().to_owned();
                 outcome.class = "invalid";
                 return outcome;
             }
@@ -495,27 +495,35 @@ impl Gateway {
             None => body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync(),
         };
 
-        let host = forward::requested_host(&parts.uri, &parts.headers).map(str::to_owned);
+        let host = forward::requested_host(&parts.uri, &parts.headers);
         if !parts.headers.contains_key(header::HOST)
-            && let Some(v) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok())
+            && let Some(v) = &host
         {
-            parts.headers.insert(header::HOST, v);
+            parts.headers.insert(header::HOST, v.clone());
         }
         let origin = Origin {
             peer: conn.peer,
             tls: conn.tls,
             trusted,
         };
-        forward::set_forwarding_headers(&mut parts.headers, origin, host.as_deref());
+        forward::set_forwarding_headers(&mut parts.headers, origin, host);
         if let Ok(v) = HeaderValue::from_str(request_id) {
             parts.headers.insert(X_REQUEST_ID, v);
         }
 
-        let target = match parts.uri.query().map(without_access_keys) {
-            Some(q) if !q.is_empty() => format!("{path}?{q}"),
-            _ => path.clone(),
+        // The request's own path and query, shared rather than copied, when gatehouse changes
+        // neither (the usual case).
+        let query = parts.uri.query();
+        let target = if path == parts.uri.path() && !query.is_some_and(has_access_key) {
+            parts.uri.path_and_query().cloned()
+        } else {
+            let target = match query.map(without_access_keys) {
+                Some(q) if !q.is_empty() => format!("{path}?{q}"),
+                _ => path.clone(),
+            };
+            PathAndQuery::try_from(target).ok()
         };
-        let Ok(target) = PathAndQuery::try_from(target) else {
+        let Some(target) = target else {
             outcome.response = Err(Rejection::BadPath(PathError::BadEscape));
             return outcome;
         };
@@ -553,6 +561,14 @@ impl Gateway {
         );
         response
     }
+}
+
+/// Whether the query has a `WsAccessKey` parameter (any letter case).
+fn has_access_key(query: &str) -> bool {
+    query.split('&').any(|pair| {
+        let name = pair.split('=').next().unwrap_or_default();
+        name.eq_ignore_ascii_case("wsaccesskey")
+    })
 }
 
 /// The query without `WsAccessKey` parameters (any letter case): a legacy credential that the
@@ -643,6 +659,8 @@ mod tests {
         );
         assert_eq!(without_access_keys("WsAccessKey=k"), "");
         assert_eq!(without_access_keys("a=1"), "a=1");
+        assert!(has_access_key("a=1&WSACCESSKEY=k"));
+        assert!(!has_access_key("a=1&wsaccesskeys=k"));
     }
 
     #[test]

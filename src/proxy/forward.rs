@@ -93,7 +93,7 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Sets `X-Forwarded-For`, `-Proto` and `-Host`. From a trusted proxy its values are kept (the
 /// peer is appended to `X-Forwarded-For`); from anyone else they were already removed and are
 /// set from the socket. `host` is the authority the client asked for.
-pub fn set_forwarding_headers(headers: &mut HeaderMap, origin: Origin, host: Option<&str>) {
+pub fn set_forwarding_headers(headers: &mut HeaderMap, origin: Origin, host: Option<HeaderValue>) {
     let peer_ip = match origin.peer.ip() {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
@@ -119,7 +119,7 @@ pub fn set_forwarding_headers(headers: &mut HeaderMap, origin: Origin, host: Opt
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     }
     if !(origin.trusted && headers.contains_key(X_FORWARDED_HOST)) {
-        match host.and_then(|h| HeaderValue::from_str(h).ok()) {
+        match host {
             Some(v) => {
                 headers.insert(X_FORWARDED_HOST, v);
             }
@@ -170,11 +170,15 @@ impl DottedQuad {
 }
 
 /// The authority the client asked for: `Host` (HTTP/1.1) or `:authority` (HTTP/2).
-pub fn requested_host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a str> {
+pub fn requested_host(uri: &Uri, headers: &HeaderMap) -> Option<HeaderValue> {
     headers
         .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| uri.authority().map(|a| a.as_str()))
+        .filter(|v| v.to_str().is_ok())
+        .cloned()
+        .or_else(|| {
+            uri.authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        })
 }
 
 /// The normalised path of the request a forward-auth call describes (from a trusted proxy):
@@ -229,7 +233,11 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.9"));
         h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-        set_forwarding_headers(&mut h, origin(true), Some("app.example"));
+        set_forwarding_headers(
+            &mut h,
+            origin(true),
+            Some(HeaderValue::from_static("app.example")),
+        );
         assert_eq!(h[X_FORWARDED_FOR], "203.0.113.9, 10.1.2.3");
         assert_eq!(h[X_FORWARDED_PROTO], "http");
         assert_eq!(h[X_FORWARDED_HOST], "app.example");
@@ -252,7 +260,11 @@ mod tests {
     #[test]
     fn untrusted_peer_gets_socket_values() {
         let mut h = HeaderMap::new();
-        set_forwarding_headers(&mut h, origin(false), Some("app.example"));
+        set_forwarding_headers(
+            &mut h,
+            origin(false),
+            Some(HeaderValue::from_static("app.example")),
+        );
         assert_eq!(h[X_FORWARDED_FOR], "10.1.2.3");
         assert_eq!(h[X_FORWARDED_PROTO], "https");
     }
