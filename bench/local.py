@@ -356,7 +356,7 @@ def table(rows):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--users", type=int, default=30000,
+    parser.add_argument("--users", type=int, default=80000,
                         help="users prepared for each endpoint; each measured run spends one code of each")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--duration", type=int, default=5, help="longest measured run, in seconds")
