@@ -563,23 +563,23 @@ impl Gateway {
     }
 }
 
-/// Whether the query has a `WsAccessKey` parameter (any letter case).
-fn has_access_key(query: &str) -> bool {
-    query.split('&').any(|pair| {
-        let name = pair.split('=').next().unwrap_or_default();
-        name.eq_ignore_ascii_case("wsaccesskey")
-    })
+/// Whether a query parameter (`name=value` or `name`) is a `WsAccessKey` (any letter case): a
+/// legacy credential that the upstream must never see.
+fn is_access_key(pair: &str) -> bool {
+    let name = pair.split('=').next().unwrap_or_default();
+    name.eq_ignore_ascii_case("wsaccesskey")
 }
 
-/// The query without `WsAccessKey` parameters (any letter case): a legacy credential that the
-/// upstream must never see.
+/// Whether the query has a `WsAccessKey` parameter.
+fn has_access_key(query: &str) -> bool {
+    query.split('&').any(is_access_key)
+}
+
+/// The query without `WsAccessKey` parameters.
 fn without_access_keys(query: &str) -> String {
     query
         .split('&')
-        .filter(|pair| {
-            let name = pair.split('=').next().unwrap_or_default();
-            !name.eq_ignore_ascii_case("wsaccesskey")
-        })
+        .filter(|pair| !is_access_key(pair))
         .collect::<Vec<_>>()
         .join("&")
 }
