@@ -11,7 +11,7 @@ use gatehouse::auth::{Method, Principal};
 use gatehouse::clock::FixedClock;
 use gatehouse::config::{TokensConfig, TotpConfig};
 use gatehouse::mfa::totp::TotpParams;
-use gatehouse::proxy::headers::{Preset, Sanitizer};
+use gatehouse::proxy::headers::{IdentityHeaders, Preset, Sanitizer};
 use gatehouse::secrets::Vault;
 use gatehouse::store::sled::SledStore;
 use gatehouse::tokens::Tokens;
@@ -74,9 +74,24 @@ fn tokens(c: &mut Criterion) {
             criterion::BatchSize::SmallInput,
         )
     });
-    c.bench_function("jwt: identity assertion (cached per principal)", |b| {
+    c.bench_function("jwt: sign an identity assertion", |b| {
         b.iter(|| tokens.assertion(black_box(&principal), "app").unwrap())
     });
+    let identity = IdentityHeaders::new(&Preset::Gatehouse.names());
+    c.bench_function(
+        "headers: identity headers and assertion of a principal seen before",
+        |b| {
+            b.iter(|| {
+                let mut headers = HeaderMap::new();
+                identity
+                    .set(&mut headers, black_box(&principal), || {
+                        tokens.assertion(&principal, "app")
+                    })
+                    .unwrap();
+                headers
+            })
+        },
+    );
 }
 
 fn totp(c: &mut Criterion) {

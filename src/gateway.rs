@@ -280,18 +280,17 @@ impl Gateway {
         }
     }
 
-    /// Writes the principal's identity headers, with a fresh assertion, into `headers`.
+    /// Writes the principal's identity headers, with an assertion, into `headers`.
     fn set_identity(
         &self,
         headers: &mut http::HeaderMap,
         principal: &Principal,
     ) -> Result<(), Rejection> {
-        let assertion = self
-            .tokens
-            .assertion(principal, &self.assertion_audience)
-            .map_err(|e| Rejection::Internal(format!("cannot sign the assertion: {e}")))?;
-        self.identity.set(headers, principal, &assertion);
-        Ok(())
+        self.identity
+            .set(headers, principal, || {
+                self.tokens.assertion(principal, &self.assertion_audience)
+            })
+            .map_err(|e| Rejection::Internal(format!("cannot sign the assertion: {e}")))
     }
 
     /// Forward-auth (SPEC §6): the decision for the request a trusted proxy describes, as 200 with
@@ -360,7 +359,12 @@ impl Gateway {
         let method = parts.method.clone();
         let query = parts.uri.query().map(str::to_owned);
         let mut outcome = self.route(parts, body, conn, trusted, &request_id).await;
-        let request_id = outcome.request_id.take().unwrap_or(request_id);
+        let request_id = outcome
+            .request_id
+            .take()
+            .and_then(|id| HeaderValue::from_str(&id).ok())
+            .unwrap_or(request_id);
+        let id = request_id.to_str().unwrap_or_default();
         if let Err(rejection) = &outcome.response
             && let Some(reason) = rejection.auth_failure()
         {
@@ -372,13 +376,13 @@ impl Gateway {
         let (mut response, error) = match outcome.response {
             Ok(response) => (response, None),
             Err(rejection) => (
-                render(&rejection, &outcome.path, &request_id),
+                render(&rejection, &outcome.path, id),
                 Some(rejection.to_string()),
             ),
         };
-        if let Ok(v) = HeaderValue::from_str(&request_id) {
-            response.headers_mut().insert(X_REQUEST_ID, v);
-        }
+        response
+            .headers_mut()
+            .insert(X_REQUEST_ID, request_id.clone());
         self.meter
             .request(outcome.class, response.status().as_u16());
         telemetry::access(&AccessRecord {
@@ -388,7 +392,7 @@ impl Gateway {
             status: response.status().as_u16(),
             latency: started.elapsed(),
             upstream_latency: outcome.upstream_latency,
-            request_id: &request_id,
+            request_id: id,
             user_id: outcome.principal.as_ref().map(|p| p.user_id.as_str()),
             error: error.as_deref(),
         });
@@ -401,7 +405,7 @@ impl Gateway {
         body: Incoming,
         conn: ConnInfo,
         trusted: bool,
-        request_id: &str,
+        request_id: &HeaderValue,
     ) -> Outcome {
         let mut outcome = Outcome {
             response: Err(Rejection::Unauthenticated(None)),
@@ -458,7 +462,13 @@ impl Gateway {
             && let Some(endpoint) = nexus.endpoint(&path)
         {
             outcome.response = Ok(nexus
-                .handle(endpoint, &parts, body, &path, request_id)
+                .handle(
+                    endpoint,
+                    &parts,
+                    body,
+                    &path,
+                    request_id.to_str().unwrap_or_default(),
+                )
                 .await);
             return outcome;
         }
@@ -507,9 +517,7 @@ impl Gateway {
             trusted,
         };
         forward::set_forwarding_headers(&mut parts.headers, origin, host);
-        if let Ok(v) = HeaderValue::from_str(request_id) {
-            parts.headers.insert(X_REQUEST_ID, v);
-        }
+        parts.headers.insert(X_REQUEST_ID, request_id.clone());
 
         // The request's own path and query, shared rather than copied, when gatehouse changes
         // neither (the usual case).
@@ -625,18 +633,20 @@ fn content_length(headers: &http::HeaderMap) -> Option<u64> {
 }
 
 /// The client's `X-Request-Id` when it is a plausible id (1–128 of `A-Z a-z 0-9 . _ : -`),
-/// else a new UUID.
-fn request_id(headers: &http::HeaderMap) -> String {
-    headers
-        .get(X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|id| {
-            (1..=128).contains(&id.len())
-                && id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
-        })
-        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+/// else a new UUID: one value, sent upstream and back to the client as it is.
+fn request_id(headers: &http::HeaderMap) -> HeaderValue {
+    if let Some(id) = headers.get(X_REQUEST_ID).filter(|id| {
+        (1..=128).contains(&id.len())
+            && id
+                .as_bytes()
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+    }) {
+        return id.clone();
+    }
+    let mut text = [0; uuid::fmt::Hyphenated::LENGTH];
+    let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
+    HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 #[cfg(test)]
@@ -673,8 +683,14 @@ mod tests {
         for bad in ["", "a b", "<script>", &"x".repeat(129)] {
             let id = request_id(&with_id(bad));
             assert_ne!(id, bad);
-            assert!(uuid::Uuid::parse_str(&id).is_ok());
+            assert!(uuid::Uuid::parse_str(id.to_str().unwrap_or_default()).is_ok());
         }
+    }
+
+    #[test]
+    fn requests_without_an_id_get_different_ones() {
+        let (a, b) = (request_id(&with_id("")), request_id(&with_id("")));
+        assert_ne!(a, b);
     }
 
     #[test]

@@ -100,9 +100,6 @@ pub struct Tokens {
     audience: String,
     access_ttl: i64,
     clock: Arc<dyn Clock>,
-    /// Signed assertions by principal, as header values ready to send, reused for half their
-    /// lifetime.
-    assertions: moka::sync::Cache<String, http::HeaderValue, foldhash::fast::RandomState>,
     /// Access tokens whose signature and claims were verified, keyed by the token itself: a hit
     /// is an exact match of every byte, so no other string can stand for a verified token. A hit
     /// skips the signature check only: the token's times are checked again on every use. Only
@@ -185,10 +182,6 @@ impl Tokens {
             audience: config.audience.clone(),
             access_ttl: i64::try_from(config.access_ttl.as_secs()).unwrap_or(3600),
             clock,
-            assertions: moka::sync::Cache::builder()
-                .max_capacity(10_000)
-                .time_to_live(Duration::from_secs((ASSERTION_TTL / 2) as u64))
-                .build_with_hasher(foldhash::fast::RandomState::default()),
             verified: moka::sync::Cache::builder()
                 .weigher(|token: &Arc<str>, _| {
                     u32::try_from(token.len())
@@ -244,34 +237,15 @@ impl Tokens {
     }
 
     /// A short-lived JWT for the upstream carrying the same facts as the identity headers, as
-    /// the value of its header. One is signed per principal per half-lifetime, not per request.
+    /// the value of its header. Signed afresh each call: the gateway keeps one per principal
+    /// for half its lifetime ([`crate::proxy::headers::IdentityHeaders`]).
     pub fn assertion(
         &self,
         principal: &Principal,
         audience: &str,
     ) -> Result<http::HeaderValue, TokenError> {
-        let mut cache_key = String::with_capacity(64);
-        cache_key.push_str(&principal.user_id);
-        for (i, scope) in principal.scopes.iter().enumerate() {
-            cache_key.push(if i == 0 { '\0' } else { ' ' });
-            cache_key.push_str(scope);
-        }
-        cache_key.push('\0');
-        for (i, method) in principal.methods.iter().enumerate() {
-            if i > 0 {
-                cache_key.push(',');
-            }
-            cache_key.push_str(method.as_str());
-        }
-        cache_key.push('\0');
-        cache_key.push_str(audience);
-        if let Some(token) = self.assertions.get(&cache_key) {
-            return Ok(token);
-        }
         let token = self.sign(&self.claims(principal, audience, ASSERTION_TTL))?;
-        let token = http::HeaderValue::from_str(&token).map_err(|_| TokenError::Malformed)?;
-        self.assertions.insert(cache_key, token.clone());
-        Ok(token)
+        http::HeaderValue::from_str(&token).map_err(|_| TokenError::Malformed)
     }
 
     /// Verifies an access token gatehouse issued: EdDSA only, a known `kid`, `iss`, `aud`,
@@ -482,16 +456,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn assertions_are_reused_within_half_their_lifetime() {
+    async fn assertions_name_the_principal_for_their_audience_for_a_minute() {
         let store = SledStore::temporary().unwrap();
         let tokens = Tokens::load(&config(), &store, &vault(), FixedClock::at(1_800_000_000))
             .await
             .unwrap();
         let a = tokens.assertion(&principal(), "upstream").unwrap();
-        let b = tokens.assertion(&principal(), "upstream").unwrap();
-        assert_eq!(a, b);
         let claims = tokens.verify(a.to_str().unwrap(), "upstream").unwrap();
         assert_eq!(claims.exp - claims.iat, ASSERTION_TTL);
+        assert_eq!(claims.sub, principal().user_id);
+        assert_eq!(claims.name, Some(principal().user_name));
+        assert!(tokens.verify(a.to_str().unwrap(), "elsewhere").is_err());
     }
 
     /// A validly signed token whose `exp` is `i64::MAX` made the leeway overflow: a panic in

@@ -616,3 +616,49 @@ async fn trusted_issuer_tokens_map_to_users_and_rotation_is_picked_up() {
         after - before
     );
 }
+
+#[tokio::test]
+async fn a_changed_email_reaches_the_upstream_in_headers_and_assertion_at_once() {
+    let upstream = Upstream::start().await;
+    let gh = start(&upstream, &TestKey::generate(), |_| {}).await;
+    gh.create_user(json!({"userName": "ada", "password": PASSWORD, "email": "ada@example.com"}))
+        .await;
+    let credentials = [("authorization", basic("ada", PASSWORD))];
+    let sent = || {
+        let seen = upstream.last();
+        let assertion = seen.headers["x-auth-assertion"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let audience = &gh.app.config.upstream.audience;
+        let claims = gh.app.tokens.verify(&assertion, audience).unwrap();
+        (seen.headers["x-auth-email"].clone(), claims.email)
+    };
+    assert_eq!(get(&gh, "/private/x", &credentials).await.0, 200);
+    assert_eq!(
+        sent(),
+        (
+            "ada@example.com".parse().unwrap(),
+            Some("ada@example.com".into())
+        )
+    );
+
+    let (status, _) = gh
+        .admin(
+            "PATCH",
+            "/admin/v1/users/ada",
+            Some(json!({"email": "ada@example.org"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    // The next request, well within the assertion's reuse window, carries the new address in
+    // both places: a header and an assertion that disagree would leave the app to pick one.
+    assert_eq!(get(&gh, "/private/x", &credentials).await.0, 200);
+    assert_eq!(
+        sent(),
+        (
+            "ada@example.org".parse().unwrap(),
+            Some("ada@example.org".into())
+        )
+    );
+}
