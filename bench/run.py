@@ -137,6 +137,16 @@ def ensure_gatehouse(binary):
     return binary
 
 
+def ensure_bare_proxy():
+    """examples/bare_proxy.rs: gatehouse's HTTP stack passing requests through, doing nothing else."""
+    binary = os.path.join(ROOT, "target", "release", "examples", "bare_proxy")
+    source = os.path.join(ROOT, "examples", "bare_proxy.rs")
+    if not os.path.exists(binary) or os.path.getmtime(binary) < os.path.getmtime(source):
+        log("building target/release/examples/bare_proxy (cargo build --release --locked --example bare_proxy)")
+        quiet(["cargo", "build", "--release", "--locked", "--example", "bare_proxy"], cwd=ROOT)
+    return binary
+
+
 # --- processes ------------------------------------------------------------------------------------
 
 
@@ -659,10 +669,14 @@ def versions(peers, binaries):
         found["traefik"] = " ".join(first_line([binaries["traefik"], "version"]).split()[1:])
     if "caddy" in peers:
         found["caddy"] = first_line([binaries["caddy"], "version"]).split()[0]
+    if "hyper" in peers:
+        with open(os.path.join(ROOT, "Cargo.lock")) as f:
+            locked = re.search(r'name = "hyper"\nversion = "([^"]+)"', f.read())
+        found["hyper"] = locked.group(1) if locked else "?"
     return found
 
 
-ALL_PEERS = ["auth_request", "haproxy", "envoy", "traefik", "caddy"]
+ALL_PEERS = ["auth_request", "haproxy", "envoy", "traefik", "caddy", "hyper"]
 # Peers also measured over HTTP/2 with TLS (nginx always is).
 H2_PEERS = ["haproxy", "envoy"]
 
@@ -697,6 +711,8 @@ def main():
     ensure_tools(peers)
     binary = ensure_gatehouse(args.binary)
     binaries = {"envoy": envoy_binary(), "traefik": find_binary("traefik"), "caddy": find_binary("caddy")}
+    if "hyper" in peers:
+        binaries["hyper"] = ensure_bare_proxy()
 
     tmp = tempfile.mkdtemp(prefix="gatehouse-bench-")
     services = Services(tmp)
@@ -776,6 +792,13 @@ def main():
             h1.append(Target("caddy", "Caddy", "h1", f"http://127.0.0.1:{port}/public/", [caddy]))
             if "caddy" in h2_peers:
                 h2.append(Target("caddy-h2", "Caddy", "h2", f"https://127.0.0.1:{tls_port}/public/", [caddy]))
+
+        if "hyper" in peers:
+            port = free_port()
+            bare = services.start("bare-proxy", [binaries["hyper"], f"127.0.0.1:{port}", f"127.0.0.1:{up_port}"])
+            wait_ready(bare, f"http://127.0.0.1:{port}/")
+            h1.append(Target("hyper", "bare hyper proxy (gatehouse's stack, no work)", "h1",
+                             f"http://127.0.0.1:{port}/public/", [bare]))
 
         gh = Gatehouse(binary, tmp, up_port)
         gh_service = gh.start(services, https=False)
