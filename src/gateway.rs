@@ -415,7 +415,7 @@ impl Gateway {
             request_id: None,
             class: "local",
         };
-        let path = match path::normalize(parts.uri.path()) {
+        outcome.path = match path::normalize(parts.uri.path()) {
             Ok(path) => path,
             Err(e) => {
                 outcome.response = Err(Rejection::BadPath(e));
@@ -424,13 +424,14 @@ impl Gateway {
                 return outcome;
             }
         };
-        outcome.path = path.clone();
+        let path = outcome.path.as_str();
 
         if path == FORWARD_AUTH_PATH
             || path
                 .strip_prefix(FORWARD_AUTH_PATH)
                 .is_some_and(|rest| rest.starts_with('/'))
         {
+            let path = path.to_owned();
             self.forward_auth(&parts, &path, trusted, &mut outcome)
                 .await;
             return outcome;
@@ -439,18 +440,18 @@ impl Gateway {
             outcome.response = Ok(self.jwks());
             return outcome;
         }
-        if let Some(ticket_id) = EnrollPage::ticket_id(&path) {
+        if let Some(ticket_id) = EnrollPage::ticket_id(path) {
             outcome.response = Ok(self.enroll.handle(&parts, body, ticket_id).await);
             return outcome;
         }
         if let Some(ws) = &self.ws
-            && let Some(endpoint) = ws.endpoint(&path)
+            && let Some(endpoint) = ws.endpoint(path)
         {
             outcome.response = Ok(ws.handle(endpoint, &parts, body).await);
             return outcome;
         }
         if let Some(manage) = &self.manage
-            && let Some(endpoint) = manage.endpoint(&path)
+            && let Some(endpoint) = manage.endpoint(path)
         {
             // Every Manage answer carries a fresh `apiRequestId`, also the request's id.
             let id = uuid::Uuid::new_v4().to_string();
@@ -459,21 +460,21 @@ impl Gateway {
             return outcome;
         }
         if let Some(nexus) = &self.nexus
-            && let Some(endpoint) = nexus.endpoint(&path)
+            && let Some(endpoint) = nexus.endpoint(path)
         {
             outcome.response = Ok(nexus
                 .handle(
                     endpoint,
                     &parts,
                     body,
-                    &path,
+                    path,
                     request_id.to_str().unwrap_or_default(),
                 )
                 .await);
             return outcome;
         }
 
-        let rule = self.routes.rule_for(&path);
+        let rule = self.routes.rule_for(path);
         outcome.class = rule.access.as_str();
         let principal = match self.authorise(rule, &parts.headers).await {
             Ok(principal) => principal,
@@ -527,7 +528,7 @@ impl Gateway {
         } else {
             let target = match query.map(without_access_keys) {
                 Some(q) if !q.is_empty() => format!("{path}?{q}"),
-                _ => path.clone(),
+                _ => path.to_owned(),
             };
             PathAndQuery::try_from(target).ok()
         };

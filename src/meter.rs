@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use std::collections::HashMap;
 use std::sync::RwLock;
 
 use metrics::{
@@ -53,7 +52,9 @@ pub struct Meter {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     /// The request counters by class and status, so the per-request path builds no key.
-    requests: RwLock<HashMap<(&'static str, u16), Counter>>,
+    /// The request counters registered so far, by class and status: a few dozen at most, so a
+    /// scan finds one sooner than hashing its key would.
+    requests: RwLock<Vec<(&'static str, u16, Counter)>>,
     /// Registered once: looking it up by name cost more than recording into it.
     upstream_latency: Histogram,
 }
@@ -115,7 +116,7 @@ impl Meter {
         Meter {
             recorder,
             handle,
-            requests: RwLock::new(HashMap::new()),
+            requests: RwLock::new(Vec::new()),
             upstream_latency,
         }
     }
@@ -129,7 +130,8 @@ impl Meter {
     /// One answered request; `class` is the route's access or the local endpoint family.
     pub fn request(&self, class: &'static str, status: u16) {
         if let Ok(known) = self.requests.read()
-            && let Some(counter) = known.get(&(class, status))
+            && let Some((_, _, counter)) =
+                known.iter().find(|(c, s, _)| *s == status && *c == class)
         {
             counter.increment(1);
             return;
@@ -145,8 +147,10 @@ impl Meter {
             &METADATA,
         );
         counter.increment(1);
-        if let Ok(mut known) = self.requests.write() {
-            known.insert((class, status), counter);
+        if let Ok(mut known) = self.requests.write()
+            && !known.iter().any(|(c, s, _)| *s == status && *c == class)
+        {
+            known.push((class, status, counter));
         }
     }
 

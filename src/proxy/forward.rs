@@ -98,10 +98,12 @@ pub fn set_forwarding_headers(headers: &mut HeaderMap, origin: Origin, host: Opt
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
     };
-    let prior = headers
-        .get(X_FORWARDED_FOR)
+    let prior = origin
+        .trusted
+        .then(|| headers.get(X_FORWARDED_FOR))
+        .flatten()
         .and_then(|v| v.to_str().ok())
-        .filter(|prior| origin.trusted && !prior.trim().is_empty());
+        .filter(|prior| !prior.trim().is_empty());
     let value = match prior {
         Some(prior) => {
             HeaderValue::from_maybe_shared(bytes::Bytes::from(format!("{prior}, {peer_ip}")))
