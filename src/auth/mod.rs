@@ -315,7 +315,7 @@ impl Authenticator {
                 .unwrap_or_else(|| self.tokens.verify_access(token))
                 .map_err(|e| AuthError::Invalid(e.to_string()))?;
             let user = match claims.sub.parse::<u64>() {
-                Ok(id) => self.store.user_by_id(id).await?,
+                Ok(id) => self.store.shared_user_by_id(id).await?,
                 Err(_) => None,
             };
             let user =

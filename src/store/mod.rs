@@ -8,6 +8,7 @@ pub mod postgres;
 pub mod sled;
 
 use std::fmt;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -374,6 +375,11 @@ pub trait Store: Send + Sync {
     async fn create_user(&self, new: NewUser, now: &str) -> StoreResult<User>;
     async fn user_by_name(&self, user_name: &str) -> StoreResult<Option<User>>;
     async fn user_by_id(&self, id: u64) -> StoreResult<Option<User>>;
+    /// [`Store::user_by_id`] for a caller that only reads the record (every authenticated
+    /// request): a backend that keeps decoded users shares its copy instead of cloning it.
+    async fn shared_user_by_id(&self, id: u64) -> StoreResult<Option<Arc<User>>> {
+        Ok(self.user_by_id(id).await?.map(Arc::new))
+    }
     async fn user_by_external(&self, issuer: &str, subject: &str) -> StoreResult<Option<User>>;
     /// Applies `patch`; `NotFound` for an unknown user, `Conflict` for a taken new name.
     async fn update_user(&self, user_name: &str, patch: UserPatch, now: &str) -> StoreResult<User>;

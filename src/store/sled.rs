@@ -2,6 +2,7 @@
 //! every write is flushed to disk before the call returns.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde::Serialize;
@@ -15,6 +16,9 @@ use super::{
     User, UserPatch, WsKey,
 };
 use crate::mfa::lockout::{LockoutState, Policy};
+
+/// A user record as last decoded, with the stored bytes it was decoded from.
+type Decoded = (sled::IVec, Arc<User>);
 
 /// sled trees, one per record kind, plus indexes.
 pub struct SledStore {
@@ -43,7 +47,7 @@ pub struct SledStore {
     commits: Commits,
     /// Users as last decoded, by id, with the bytes they were decoded from: see
     /// [`SledStore::user_at`].
-    decoded_users: std::sync::Mutex<std::collections::HashMap<[u8; 8], (sled::IVec, User)>>,
+    decoded_users: std::sync::Mutex<std::collections::HashMap<[u8; 8], Decoded>>,
 }
 
 /// Attempts at opening a store whose lock is held, 100 ms apart.
@@ -273,11 +277,17 @@ impl SledStore {
     /// costly part of an authenticated request, is skipped when the stored bytes are those
     /// decoded last time.
     fn user_at(&self, key: &[u8]) -> StoreResult<Option<User>> {
+        Ok(self.shared_user_at(key)?.map(Arc::unwrap_or_clone))
+    }
+
+    /// The user stored under `key`, decoded again only when its stored bytes changed since
+    /// the last time; the decoded record is shared, not copied.
+    fn shared_user_at(&self, key: &[u8]) -> StoreResult<Option<Arc<User>>> {
         let Some(bytes) = self.users.get(key).map_err(backend)? else {
             return Ok(None);
         };
         let Ok(id) = <[u8; 8]>::try_from(key) else {
-            return decode(&bytes).map(Some);
+            return decode(&bytes).map(|user| Some(Arc::new(user)));
         };
         if let Ok(decoded) = self.decoded_users.lock()
             && let Some((seen, user)) = decoded.get(&id)
@@ -285,7 +295,7 @@ impl SledStore {
         {
             return Ok(Some(user.clone()));
         }
-        let user: User = decode(&bytes)?;
+        let user: Arc<User> = Arc::new(decode(&bytes)?);
         if let Ok(mut decoded) = self.decoded_users.lock() {
             if decoded.len() >= DECODED_USERS {
                 decoded.clear();
@@ -403,6 +413,10 @@ impl Store for SledStore {
 
     async fn user_by_id(&self, id: u64) -> StoreResult<Option<User>> {
         self.user_at(&id.to_be_bytes())
+    }
+
+    async fn shared_user_by_id(&self, id: u64) -> StoreResult<Option<Arc<User>>> {
+        self.shared_user_at(&id.to_be_bytes())
     }
 
     async fn user_by_external(&self, issuer: &str, subject: &str) -> StoreResult<Option<User>> {
