@@ -6,7 +6,8 @@ Usage: python3 bench/plot.py RESULTS.json [OUT.png]   (default: bench/latency.pn
 
 Bars are the medians of clean runs; dots are the clean runs themselves, so that the spread is
 visible next to the figure the table quotes. "Best other peer" is the one with the highest req/s
-among those neither nginx proxy_pass nor gatehouse nor the bare upstream.
+among those neither nginx proxy_pass nor gatehouse nor the bare upstream nor the bare hyper proxy
+(references, not products a user would run).
 """
 
 import importlib.util
@@ -34,7 +35,7 @@ def pick(summary, runs, protocol):
         if key in by_key:
             chosen.append(by_key[key])
     others = [r for k, r in by_key.items()
-              if r.get("reliable") and k not in ("direct", "nginx") and not k.startswith("gatehouse")]
+              if r.get("reliable") and k not in ("direct", "nginx", "hyper") and not k.startswith("gatehouse")]
     if others:
         chosen.append(max(others, key=lambda r: r["rps"]))
     return [(r, [x for x in runs[r["key"]]["runs"] if x["clean"]]) for r in chosen]
