@@ -51,9 +51,8 @@ impl OtpResult {
 pub struct Meter {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
-    /// The request counters by class and status, so the per-request path builds no key.
-    /// The request counters registered so far, by class and status: a few dozen at most, so a
-    /// scan finds one sooner than hashing its key would.
+    /// The request counters registered so far, by class and status, so the per-request path
+    /// builds no key: a few dozen at most, so a scan finds one sooner than hashing would.
     requests: RwLock<Vec<(&'static str, u16, Counter)>>,
     /// Registered once: looking it up by name cost more than recording into it.
     upstream_latency: Histogram,

@@ -212,7 +212,8 @@ pub struct IdentityHeaders {
     /// (configuration validation rejects those, so this is only a guard).
     names: [Option<HeaderName>; 6],
     /// By [`prepared_key`]: a principal's requests within [`PREPARED_TTL`] send the same values
-    /// without building, validating or signing any of them again.
+    /// without building, validating or signing any of them again. The assertion's audience is
+    /// not in the key: each gateway (rebuilt on reload) has one audience and its own cache.
     prepared: moka::sync::Cache<Vec<u8>, Arc<Values>, foldhash::fast::RandomState>,
 }
 
