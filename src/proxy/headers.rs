@@ -310,18 +310,21 @@ fn values(principal: &Principal, assertion: HeaderValue) -> Values {
     ]
 }
 
-/// Whether a `Connection` header names a present header that is not hop-by-hop (those go
-/// anyway). Usually it says only `keep-alive` or `close`, naming nothing that is there.
-fn names_other_headers(headers: &HeaderMap) -> bool {
+/// The options the `Connection` headers list, beyond the hop-by-hop names (which go anyway).
+fn connection_options(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
     headers
         .get_all(header::CONNECTION)
         .iter()
         .flat_map(|v| v.as_bytes().split(|&b| b == b','))
         .map(<[u8]>::trim_ascii)
-        .any(|token| {
-            !is_hop_by_hop(token)
-                && std::str::from_utf8(token).is_ok_and(|name| headers.contains_key(name))
-        })
+        .filter(|token| !is_hop_by_hop(token))
+}
+
+/// Whether a `Connection` option names a header that is present. Usually the only option is
+/// `keep-alive` or `close`, naming nothing that is there.
+fn names_other_headers(headers: &HeaderMap) -> bool {
+    connection_options(headers)
+        .any(|token| std::str::from_utf8(token).is_ok_and(|name| headers.contains_key(name)))
 }
 
 fn is_hop_by_hop(token: &[u8]) -> bool {
@@ -361,12 +364,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         return;
     }
     if present & 1 != 0 && names_other_headers(headers) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-            .map(<[u8]>::trim_ascii)
-            .filter(|token| !is_hop_by_hop(token))
+        let named: Vec<HeaderName> = connection_options(headers)
             .filter_map(|token| HeaderName::from_bytes(token).ok())
             .filter(|name| name != header::HOST && headers.contains_key(name))
             .collect();
