@@ -6,7 +6,6 @@ use std::net::IpAddr;
 
 use crate::audit;
 use crate::clock;
-use crate::meter::OtpResult;
 use crate::notify::sms::normalise_number;
 use crate::store::{AuditEvent, CodeLogin, FactorKind, User};
 
@@ -80,7 +79,7 @@ impl Mfa {
         caller: Caller<'_>,
     ) -> Result<User, MfaError> {
         let (user, _) = self.phone_user(user_name, number).await?;
-        self.check_lock(&user).await?;
+        let attempt = self.reserve(&user).await?;
         let hash = self.vault.code_hash(PURPOSE, otp.trim());
         let login_time = clock::rfc3339(self.clock.now());
         let detail = caller.detail();
@@ -104,15 +103,16 @@ impl Mfa {
             .await?
         {
             CodeLogin::Accepted(user) => {
-                self.meter.otp(OtpResult::Accepted);
+                // The login reset the count in the same durable write.
+                self.passed_reset(attempt);
                 audit::log(&event);
                 Ok(*user)
             }
-            CodeLogin::Expired => match self.fail_with(&user, Some(&detail)).await {
+            CodeLogin::Expired => match self.failed(&user, attempt, Some(&detail)).await {
                 MfaError::WrongCode => Err(MfaError::CodeExpired),
                 other => Err(other),
             },
-            CodeLogin::Wrong => Err(self.fail_with(&user, Some(&detail)).await),
+            CodeLogin::Wrong => Err(self.failed(&user, attempt, Some(&detail)).await),
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::store::{Factor, FactorKind, OobCode, SCHEMA_VERSION, Store, StoreErro
 use crate::tokens::Tokens;
 
 use super::codes;
-use super::lockout::Policy;
+use super::lockout::{Policy, Reservation};
 use super::totp::{self, Check, TotpParams};
 
 /// Why an MFA operation did not succeed.
@@ -93,6 +93,13 @@ pub struct Codes {
     pub otp: Option<String>,
     pub oob: Option<String>,
     pub access_token: Option<String>,
+}
+
+/// An attempt at a code whose failure is already counted (see [`Mfa::reserve`]).
+#[must_use = "an attempt ends with `passed` or `failed`"]
+pub(super) struct Attempt {
+    /// The lock's length in seconds when this attempt's failure is the one that locks the user.
+    locks: Option<i64>,
 }
 
 pub struct Mfa {
@@ -367,7 +374,8 @@ impl Mfa {
         result.map_err(|e| MfaError::Delivery(e.to_string()))
     }
 
-    /// Refuses when locked, before any code is even looked at.
+    /// Refuses when locked: sending a code to a locked user is pointless, and sending one never
+    /// resets the count.
     pub(super) async fn check_lock(&self, user: &User) -> Result<(), MfaError> {
         match self
             .store
@@ -383,39 +391,67 @@ impl Mfa {
         }
     }
 
-    /// Counts a failure; the answer is 429 when it locked the user, else 403.
-    async fn fail(&self, user: &User) -> MfaError {
-        self.fail_with(user, None).await
+    /// Reserves one attempt at a code before it is compared (SPEC §10): the failure is counted
+    /// in the store first, so of any number of attempts at once (on every replica) at most
+    /// `mfa.lockout.max_failures` are compared. Refused while locked, whether the code would have
+    /// been right or not. Every path that compares a code goes through here, and ends the attempt
+    /// with [`Mfa::passed`] (or [`Mfa::passed_reset`]) or [`Mfa::failed`].
+    pub(super) async fn reserve(&self, user: &User) -> Result<Attempt, MfaError> {
+        let now = self.clock.unix();
+        match self
+            .store
+            .reserve_attempt(user.id, now, self.policy)
+            .await?
+        {
+            Reservation::Granted { locks } => Ok(Attempt { locks }),
+            Reservation::Refused { retry_after } => {
+                self.meter.otp(OtpResult::Locked);
+                Err(MfaError::Locked(retry_after))
+            }
+        }
     }
 
-    /// [`Mfa::fail`], with a detail (who asked) for the audit events.
-    pub(super) async fn fail_with(&self, user: &User, detail: Option<&str>) -> MfaError {
-        let now = self.clock.unix();
-        let with = |what: String| match detail {
-            Some(d) => format!("{what}; {d}"),
-            None => what,
-        };
-        match self.store.record_failure(user.id, now, self.policy).await {
-            Ok(state) => match state.retry_after(now) {
-                Some(retry) => {
-                    self.meter.otp(OtpResult::Rejected);
-                    self.meter.lockout();
-                    self.audit(
-                        "mfa.lockout",
-                        user,
-                        Some(with(format!("locked for {retry} s"))),
-                    )
+    /// The code of `attempt` was right: releases the reservation and resets the count.
+    async fn passed(&self, user: &User, attempt: Attempt) -> Result<(), MfaError> {
+        self.store.clear_failures(user.id).await?;
+        self.passed_reset(attempt);
+        Ok(())
+    }
+
+    /// [`Mfa::passed`], when the store operation that accepted the code also reset the count.
+    pub(super) fn passed_reset(&self, attempt: Attempt) {
+        let Attempt { .. } = attempt;
+        self.meter.otp(OtpResult::Accepted);
+    }
+
+    /// The code of `attempt` was wrong: its reserved failure stays counted (made durable before
+    /// the answer). The answer is 429 when this failure locked the user, else a wrong code.
+    pub(super) async fn failed(
+        &self,
+        user: &User,
+        attempt: Attempt,
+        detail: Option<&str>,
+    ) -> MfaError {
+        if let Err(e) = self.store.flush().await {
+            return e.into();
+        }
+        self.meter.otp(OtpResult::Rejected);
+        match attempt.locks {
+            Some(retry) => {
+                self.meter.lockout();
+                let what = format!("locked for {retry} s");
+                let detail = match detail {
+                    Some(d) => format!("{what}; {d}"),
+                    None => what,
+                };
+                self.audit("mfa.lockout", user, Some(detail)).await;
+                MfaError::Locked(retry)
+            }
+            None => {
+                self.audit("mfa.code.failed", user, detail.map(str::to_owned))
                     .await;
-                    MfaError::Locked(retry)
-                }
-                None => {
-                    self.meter.otp(OtpResult::Rejected);
-                    self.audit("mfa.code.failed", user, detail.map(str::to_owned))
-                        .await;
-                    MfaError::WrongCode
-                }
-            },
-            Err(e) => e.into(),
+                MfaError::WrongCode
+            }
         }
     }
 
@@ -426,7 +462,7 @@ impl Mfa {
             .user_by_id(ticket.user_id)
             .await?
             .ok_or(MfaError::UnknownUser)?;
-        self.check_lock(&user).await?;
+        let attempt = self.reserve(&user).await?;
         let now = self.clock.unix();
         let last_step = match (&ticket.kind, &ticket.sealed_secret) {
             (FactorKind::Otp, Some(sealed)) => {
@@ -439,7 +475,9 @@ impl Mfa {
                     .check(&secret, code, u64::try_from(now).unwrap_or(0), None)
                 {
                     Check::Accepted(step) => Some(step),
-                    Check::Replayed | Check::Wrong => return Err(self.fail(&user).await),
+                    Check::Replayed | Check::Wrong => {
+                        return Err(self.failed(&user, attempt, None).await);
+                    }
                 }
             }
             (kind, _) => {
@@ -450,7 +488,7 @@ impl Mfa {
                     .consume_code(user.id, &purpose, &hash, now)
                     .await?
                 {
-                    return Err(self.fail(&user).await);
+                    return Err(self.failed(&user, attempt, None).await);
                 }
                 None
             }
@@ -478,8 +516,7 @@ impl Mfa {
         {
             return Err(MfaError::TicketGone);
         }
-        self.store.clear_failures(user.id).await?;
-        self.meter.otp(OtpResult::Accepted);
+        self.passed(&user, attempt).await?;
         self.audit(
             "mfa.factor.confirmed",
             &user,
@@ -620,7 +657,7 @@ impl Mfa {
         if factors.is_empty() {
             return Err(MfaError::NoFactor("the user has no confirmed factor"));
         }
-        self.check_lock(&user).await?;
+        let attempt = self.reserve(&user).await?;
         let now = self.clock.unix();
         if let Some(code) = otp {
             if let Some(Factor {
@@ -638,8 +675,7 @@ impl Mfa {
                         .check(&secret, code, u64::try_from(now).unwrap_or(0), *last_step)
                     && self.store.accept_totp_step(user.id, step).await?
                 {
-                    self.store.clear_failures(user.id).await?;
-                    self.meter.otp(OtpResult::Accepted);
+                    self.passed(&user, attempt).await?;
                     self.audit("mfa.verified", &user, Some("factor otp".into()))
                         .await;
                     return self.grant(session, FactorKind::Otp, &user).await;
@@ -649,12 +685,11 @@ impl Mfa {
                 .vault
                 .code_hash("recovery", &codes::normalise_recovery_code(code));
             if self.store.consume_recovery_code(user.id, &recovery).await? {
-                self.store.clear_failures(user.id).await?;
-                self.meter.otp(OtpResult::Accepted);
+                self.passed(&user, attempt).await?;
                 self.audit("mfa.recovery_code.used", &user, None).await;
                 return self.grant(session, FactorKind::Otp, &user).await;
             }
-            return Err(self.fail(&user).await);
+            return Err(self.failed(&user, attempt, None).await);
         }
         let code = oob.unwrap_or_default().trim();
         for factor in factors.iter().filter(|f| f.kind != FactorKind::Otp) {
@@ -665,8 +700,7 @@ impl Mfa {
                 .consume_code(user.id, &purpose, &hash, now)
                 .await?
             {
-                self.store.clear_failures(user.id).await?;
-                self.meter.otp(OtpResult::Accepted);
+                self.passed(&user, attempt).await?;
                 self.audit(
                     "mfa.verified",
                     &user,
@@ -676,7 +710,7 @@ impl Mfa {
                 return self.grant(session, factor.kind, &user).await;
             }
         }
-        Err(self.fail(&user).await)
+        Err(self.failed(&user, attempt, None).await)
     }
 
     /// `POST /v1/me/mfa-challenge?factor=sms|email`: sends a code to the confirmed factor.

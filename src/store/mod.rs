@@ -13,7 +13,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::mfa::lockout::{LockoutState, Policy};
+use crate::mfa::lockout::{LockoutState, Policy, Reservation};
 
 /// Schema version written into every record of this release.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -470,13 +470,19 @@ pub trait Store: Send + Sync {
     async fn consume_recovery_code(&self, user_id: u64, hash: &str) -> StoreResult<bool>;
 
     async fn lockout(&self, user_id: u64) -> StoreResult<LockoutState>;
-    /// Counts a failure atomically (concurrent failures are all counted) and returns the new state.
-    async fn record_failure(
+    /// Reserves one attempt at a code (SPEC §10) with [`LockoutState::reserve`], atomically
+    /// across concurrent callers and replicas: of any number of attempts at once, at most
+    /// `policy.max_failures` are granted per window. A granted attempt's failure is counted
+    /// already; a success releases it with [`Store::clear_failures`]. The write need not be
+    /// durable on return: the caller flushes before answering a failure, and a success's own
+    /// write makes it durable.
+    async fn reserve_attempt(
         &self,
         user_id: u64,
         now: i64,
         policy: Policy,
-    ) -> StoreResult<LockoutState>;
+    ) -> StoreResult<Reservation>;
+    /// Releases the user's reserved attempts and resets the failure count and the lock.
     async fn clear_failures(&self, user_id: u64) -> StoreResult<()>;
     /// Counts one send under `key`; `false` (and nothing counted) when `limit` sends already
     /// happened within `window` seconds.

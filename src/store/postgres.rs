@@ -25,7 +25,7 @@ use super::{
     Organization, SCHEMA_VERSION, SigningKey, Snapshot, Store, StoreError, StoreResult, Ticket,
     User, UserPatch, WsKey,
 };
-use crate::mfa::lockout::{LockoutState, Policy};
+use crate::mfa::lockout::{LockoutState, Policy, Reservation};
 
 /// Connecting, waiting for a pooled connection and recycling one each give up after this, so an
 /// outage answers errors quickly instead of piling up requests.
@@ -826,21 +826,19 @@ impl PgStore {
         Ok(result)
     }
 
-    /// Counts a failure with the user's lockout row locked (concurrent failures all count).
-    async fn record_failure_once(
+    /// Reserves an attempt with the user's lockout row locked: concurrent reservations, from any
+    /// replica, queue on the row and each sees the failures counted before it.
+    async fn reserve_attempt_once(
         &self,
         user_id: u64,
         now: i64,
         policy: Policy,
-    ) -> Result<LockoutState, Fail> {
+    ) -> Result<Reservation, Fail> {
         self.locked_change(
             "gatehouse_lockouts",
             "user_id",
             &key(user_id),
-            |state: &mut LockoutState| {
-                state.record_failure(now, policy);
-                state.clone()
-            },
+            |state: &mut LockoutState| state.reserve(now, policy),
         )
         .await
     }
@@ -1659,13 +1657,13 @@ impl Store for PgStore {
             .unwrap_or_default())
     }
 
-    async fn record_failure(
+    async fn reserve_attempt(
         &self,
         user_id: u64,
         now: i64,
         policy: Policy,
-    ) -> StoreResult<LockoutState> {
-        Ok(retry(|| self.record_failure_once(user_id, now, policy)).await?)
+    ) -> StoreResult<Reservation> {
+        Ok(retry(|| self.reserve_attempt_once(user_id, now, policy)).await?)
     }
 
     async fn clear_failures(&self, user_id: u64) -> StoreResult<()> {
@@ -2361,7 +2359,7 @@ mod tests {
             window: 300,
             duration: 900,
         };
-        sled.record_failure(grace.id, 1000, policy).await.unwrap();
+        sled.reserve_attempt(grace.id, 1000, policy).await.unwrap();
         let verified = sled.create_domain(domain(7, "example.org")).await.unwrap();
         sled.save_domain(Domain {
             is_verified: true,

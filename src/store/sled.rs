@@ -15,7 +15,7 @@ use super::{
     Organization, SCHEMA_VERSION, SigningKey, Snapshot, Store, StoreError, StoreResult, Ticket,
     User, UserPatch, WsKey,
 };
-use crate::mfa::lockout::{LockoutState, Policy};
+use crate::mfa::lockout::{LockoutState, Policy, Reservation};
 
 /// A user record as last decoded, with the stored bytes it was decoded from.
 type Decoded = (sled::IVec, Arc<User>);
@@ -681,20 +681,20 @@ impl Store for SledStore {
         }
     }
 
-    async fn record_failure(
+    async fn reserve_attempt(
         &self,
         user_id: u64,
         now: i64,
         policy: Policy,
-    ) -> StoreResult<LockoutState> {
+    ) -> StoreResult<Reservation> {
+        // Not flushed here (see the trait): a success clears the record and flushes, a failure
+        // is flushed before it is answered.
         let key = mfa_key(user_id, b'l', &[]);
-        let state = self.cas(&self.mfa, &key, |state: Option<LockoutState>| {
+        self.cas(&self.mfa, &key, |state: Option<LockoutState>| {
             let mut state = state.unwrap_or_default();
-            state.record_failure(now, policy);
-            Ok((Some(state.clone()), state))
-        })?;
-        self.durable().await?;
-        Ok(state)
+            let reservation = state.reserve(now, policy);
+            Ok((Some(state), reservation))
+        })
     }
 
     async fn clear_failures(&self, user_id: u64) -> StoreResult<()> {
@@ -1282,10 +1282,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn concurrent_failures_are_all_counted() {
+    async fn concurrent_reservations_grant_at_most_max_failures() {
         let store = std::sync::Arc::new(SledStore::temporary().unwrap());
         let policy = Policy {
-            max_failures: 100,
+            max_failures: 5,
             window: 300,
             duration: 900,
         };
@@ -1293,13 +1293,17 @@ mod tests {
         for _ in 0..40 {
             let store = store.clone();
             tasks.push(tokio::spawn(async move {
-                store.record_failure(1, 1000, policy).await.unwrap()
+                store.reserve_attempt(1, 1000, policy).await.unwrap()
             }));
         }
+        let mut granted = 0;
         for t in tasks {
-            t.await.unwrap();
+            granted += usize::from(matches!(t.await.unwrap(), Reservation::Granted { .. }));
         }
-        assert_eq!(store.lockout(1).await.unwrap().failures.len(), 40);
+        assert_eq!(granted, 5);
+        let state = store.lockout(1).await.unwrap();
+        assert_eq!(state.failures.len(), 5);
+        assert_eq!(state.retry_after(1000), Some(900));
     }
 
     #[tokio::test]

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use gatehouse::mfa::lockout::{LockoutState, Policy};
+use gatehouse::mfa::lockout::{LockoutState, Policy, Reservation};
 use gatehouse::store::sled::SledStore;
 use gatehouse::store::*;
 
@@ -228,14 +228,14 @@ impl Store for FaultyStore {
         self.inner.lockout(user_id).await
     }
 
-    async fn record_failure(
+    async fn reserve_attempt(
         &self,
         user_id: u64,
         now: i64,
         policy: Policy,
-    ) -> StoreResult<LockoutState> {
-        self.gate("record_failure")?;
-        self.inner.record_failure(user_id, now, policy).await
+    ) -> StoreResult<Reservation> {
+        self.gate("reserve_attempt")?;
+        self.inner.reserve_attempt(user_id, now, policy).await
     }
 
     async fn clear_failures(&self, user_id: u64) -> StoreResult<()> {

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use gatehouse::mfa::lockout::Policy;
+use gatehouse::mfa::lockout::{Policy, Reservation};
 use gatehouse::store::postgres::PgStore;
 use gatehouse::store::sled::SledStore;
 use gatehouse::store::*;
@@ -65,6 +65,8 @@ on_both_backends!(
     a_ticket_is_confirmed_once_under_concurrency,
     a_totp_step_is_accepted_once_under_concurrency,
     concurrent_failures_through_two_handles_are_all_counted,
+    concurrent_reservations_through_two_handles_grant_at_most_max_failures,
+    a_lock_refuses_reservations_until_cleared,
     a_code_logs_in_once_and_not_after_expiry,
     a_code_logs_in_once_under_concurrency,
     sends_are_limited_within_the_window,
@@ -217,6 +219,36 @@ async fn a_totp_step_is_accepted_once_under_concurrency(s: Subject) {
     );
 }
 
+/// Reserves `n` attempts at once for `user_id`, half through each handle; the grants.
+async fn reserve_at_once(s: &Subject, user_id: u64, n: usize, policy: Policy) -> Vec<Reservation> {
+    let barrier = Arc::new(tokio::sync::Barrier::new(n));
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let store = if i % 2 == 0 {
+            s.store.clone()
+        } else {
+            s.twin.clone()
+        };
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            store.reserve_attempt(user_id, 1000, policy).await.unwrap()
+        }));
+    }
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.push(t.await.unwrap());
+    }
+    outcomes
+}
+
+fn granted(outcomes: &[Reservation]) -> usize {
+    outcomes
+        .iter()
+        .filter(|r| matches!(r, Reservation::Granted { .. }))
+        .count()
+}
+
 async fn concurrent_failures_through_two_handles_are_all_counted(s: Subject) {
     let user = s.store.create_user(new_user("ada"), NOW).await.unwrap();
     let policy = Policy {
@@ -224,24 +256,77 @@ async fn concurrent_failures_through_two_handles_are_all_counted(s: Subject) {
         window: 300,
         duration: 900,
     };
-    let mut tasks = Vec::new();
-    for i in 0..50 {
-        let store = if i % 2 == 0 {
-            s.store.clone()
-        } else {
-            s.twin.clone()
-        };
-        let user_id = user.id;
-        tasks.push(tokio::spawn(async move {
-            store.record_failure(user_id, 1000, policy).await.unwrap()
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
+    let outcomes = reserve_at_once(&s, user.id, 50, policy).await;
+    assert_eq!(granted(&outcomes), 50);
+    s.store.flush().await.unwrap();
     assert_eq!(s.store.lockout(user.id).await.unwrap().failures.len(), 50);
     s.twin.clear_failures(user.id).await.unwrap();
     assert!(s.store.lockout(user.id).await.unwrap().failures.is_empty());
+}
+
+async fn concurrent_reservations_through_two_handles_grant_at_most_max_failures(s: Subject) {
+    let user = s.store.create_user(new_user("ada"), NOW).await.unwrap();
+    let policy = Policy {
+        max_failures: 5,
+        window: 300,
+        duration: 900,
+    };
+    let outcomes = reserve_at_once(&s, user.id, 50, policy).await;
+    assert_eq!(granted(&outcomes), 5, "{outcomes:?}");
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|r| **r == Reservation::Granted { locks: Some(900) })
+            .count(),
+        1,
+        "exactly one grant is the one that locks: {outcomes:?}"
+    );
+    assert!(
+        outcomes.iter().all(|r| matches!(
+            r,
+            Reservation::Granted { .. } | Reservation::Refused { retry_after: 900 }
+        )),
+        "{outcomes:?}"
+    );
+    let state = s.twin.lockout(user.id).await.unwrap();
+    assert_eq!(state.failures.len(), 5);
+    assert_eq!(state.retry_after(1000), Some(900));
+}
+
+async fn a_lock_refuses_reservations_until_cleared(s: Subject) {
+    let user = s.store.create_user(new_user("ada"), NOW).await.unwrap();
+    let policy = Policy {
+        max_failures: 2,
+        window: 300,
+        duration: 900,
+    };
+    assert_eq!(
+        s.store
+            .reserve_attempt(user.id, 1000, policy)
+            .await
+            .unwrap(),
+        Reservation::Granted { locks: None }
+    );
+    assert_eq!(
+        s.twin.reserve_attempt(user.id, 1001, policy).await.unwrap(),
+        Reservation::Granted { locks: Some(900) }
+    );
+    assert_eq!(
+        s.store
+            .reserve_attempt(user.id, 1002, policy)
+            .await
+            .unwrap(),
+        Reservation::Refused { retry_after: 899 }
+    );
+    // A success releases the reservations and the lock.
+    s.twin.clear_failures(user.id).await.unwrap();
+    assert_eq!(
+        s.store
+            .reserve_attempt(user.id, 1003, policy)
+            .await
+            .unwrap(),
+        Reservation::Granted { locks: None }
+    );
 }
 
 fn login_event(detail: &str) -> AuditEvent {
@@ -278,7 +363,7 @@ async fn a_code_logs_in_once_and_not_after_expiry(s: Subject) {
         window: 300,
         duration: 900,
     };
-    s.store.record_failure(user.id, 900, policy).await.unwrap();
+    let _ = s.store.reserve_attempt(user.id, 900, policy).await.unwrap();
     assert_eq!(s.store.lockout(user.id).await.unwrap().failures.len(), 1);
     let login = "2026-01-02T00:00:00Z";
     assert_eq!(
