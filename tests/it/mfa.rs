@@ -1005,3 +1005,275 @@ async fn codes_are_sent_at_most_send_limit_times_per_window() {
     assert!(limited.headers().contains_key("retry-after"));
     assert_eq!(provider.hits(), 3);
 }
+
+/// The store a test runs gatehouse on.
+#[derive(Debug, Clone, Copy)]
+pub enum Backend {
+    Sled,
+    Postgres,
+}
+
+/// Gatehouse on `backend`. For PostgreSQL, a fresh database that lives as long as the returned
+/// guard (bind it to a named variable: `_` would drop it at once).
+pub async fn start_on(
+    upstream: &Upstream,
+    backend: Backend,
+    adjust: impl FnOnce(&mut gatehouse::config::Config),
+) -> (Gatehouse, Option<crate::pg::Database>) {
+    match backend {
+        Backend::Sled => (Gatehouse::start_with(upstream, adjust).await, None),
+        Backend::Postgres => {
+            let db = crate::pg::Database::create(crate::pg::SHARED_SERVER).await;
+            let store: std::sync::Arc<dyn gatehouse::store::Store> = std::sync::Arc::new(
+                gatehouse::store::postgres::PgStore::connect(&db.url(), 16)
+                    .await
+                    .unwrap(),
+            );
+            let gh = Gatehouse::start_store(&upstream.url(), adjust, move |_| store).await;
+            (gh, Some(db))
+        }
+    }
+}
+
+/// Runs every request at once: each waits at one barrier until all have started.
+pub async fn at_once<T, F>(requests: Vec<F>) -> Vec<T>
+where
+    F: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(requests.len()));
+    let tasks: Vec<_> = requests
+        .into_iter()
+        .map(|request| {
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                request.await
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.unwrap());
+    }
+    answers
+}
+
+/// `gatehouse_otp_verifications_total{result}` in a Prometheus exposition (0 when absent).
+pub fn otp_count(metrics: &str, result: &str) -> u64 {
+    let prefix = format!("gatehouse_otp_verifications_total{{result=\"{result}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+/// How many codes were accepted, compared and refused unread so far: (accepted, rejected, locked).
+pub fn otp_counts(metrics: &str) -> (u64, u64, u64) {
+    (
+        otp_count(metrics, "accepted"),
+        otp_count(metrics, "rejected"),
+        otp_count(metrics, "locked"),
+    )
+}
+
+fn counts(gh: &Gatehouse) -> (u64, u64, u64) {
+    otp_counts(&gh.app.meter.render())
+}
+
+/// Statuses sorted, as `(status, how many)`.
+pub fn tally(statuses: &[u16]) -> Vec<(u16, usize)> {
+    let mut tally: Vec<(u16, usize)> = Vec::new();
+    for s in statuses {
+        match tally.iter_mut().find(|(t, _)| t == s) {
+            Some((_, n)) => *n += 1,
+            None => tally.push((*s, 1)),
+        }
+    }
+    tally.sort_unstable();
+    tally
+}
+
+/// `n` posts of `body` to `path` as ada at once; their statuses.
+async fn posts_at_once(gh: &std::sync::Arc<Gatehouse>, path: &str, bodies: Vec<Value>) -> Vec<u16> {
+    let requests = bodies
+        .into_iter()
+        .map(|body| {
+            let gh = gh.clone();
+            let path = path.to_owned();
+            async move { post(&gh, &path, &[basic()], Some(body)).await.0 }
+        })
+        .collect();
+    at_once(requests).await
+}
+
+/// A hundred wrong codes at once against verify-otp: five are compared (the fifth locks), the
+/// other ninety-five are refused unread, and then the right code is refused like a wrong one.
+async fn a_hundred_concurrent_wrong_codes_compare_at_most_max_failures(backend: Backend) {
+    let upstream = Upstream::start().await;
+    let (gh, _db) = start_on(&upstream, backend, |_| {}).await;
+    gh.create_user(json!({"userName": "ada", "password": PASSWORD, "email": "ada@example.com"}))
+        .await;
+    let secret = enroll_and_confirm_otp(&gh).await;
+    let right = totp(&secret, 1);
+    let wrong = wrong_code(&right);
+    let gh = std::sync::Arc::new(gh);
+    let (accepted, rejected, locked) = counts(&gh);
+
+    let statuses = posts_at_once(&gh, "/v1/me/verify-otp", vec![json!({"otp": wrong}); 100]).await;
+    assert_eq!(tally(&statuses), [(403, 4), (429, 96)]);
+    assert_eq!(
+        counts(&gh),
+        (accepted, rejected + 5, locked + 95),
+        "only max_failures codes were compared"
+    );
+
+    let (status, problem, headers) = post(
+        &gh,
+        "/v1/me/verify-otp",
+        &[basic()],
+        Some(json!({"otp": right})),
+    )
+    .await;
+    assert_eq!(status, 429, "{problem}");
+    let retry: i64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((800..=900).contains(&retry), "{retry}");
+    assert_eq!(counts(&gh), (accepted, rejected + 5, locked + 96));
+}
+
+/// The right code among ninety-nine wrong ones, all at once: it is accepted only if it was among
+/// the attempts compared; otherwise it is refused like the rest. Either way no more than
+/// max_failures wrong codes are compared per count (a success starts a new one).
+async fn the_right_code_among_a_hundred_is_no_way_past_the_limit(backend: Backend) {
+    let upstream = Upstream::start().await;
+    let (gh, _db) = start_on(&upstream, backend, |_| {}).await;
+    gh.create_user(json!({"userName": "ada", "password": PASSWORD, "email": "ada@example.com"}))
+        .await;
+    let secret = enroll_and_confirm_otp(&gh).await;
+    let right = totp(&secret, 1);
+    let wrong = wrong_code(&right);
+    let gh = std::sync::Arc::new(gh);
+    let (accepted, rejected, _) = counts(&gh);
+
+    let mut bodies = vec![json!({"otp": wrong}); 99];
+    bodies.insert(50, json!({"otp": right}));
+    let statuses = posts_at_once(&gh, "/v1/me/verify-otp", bodies).await;
+    let (now_accepted, now_rejected, _) = counts(&gh);
+    let successes = now_accepted - accepted;
+    assert!(successes <= 1, "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count() as u64,
+        successes
+    );
+    assert!(
+        now_rejected - rejected <= 5 * (1 + successes),
+        "{} wrong codes compared",
+        now_rejected - rejected
+    );
+    assert!(
+        [200, 429].contains(&statuses[50]),
+        "the right code: {}",
+        statuses[50]
+    );
+}
+
+/// Enrollment confirmation, by the page and by verify-enrollment-otp at once, shares the limit.
+async fn concurrent_wrong_enrollment_codes_compare_at_most_max_failures(backend: Backend) {
+    let upstream = Upstream::start().await;
+    let (gh, _db) = start_on(&upstream, backend, |_| {}).await;
+    gh.create_user(json!({"userName": "ada", "password": PASSWORD, "email": "ada@example.com"}))
+        .await;
+    let (status, enrollment, _) = post(
+        &gh,
+        "/v1/me/mfa-enrollment?factor=otp&isInteractive=true",
+        &[basic()],
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{enrollment}");
+    let path = ticket_path(enrollment["ticketUrl"].as_str().unwrap());
+    let (_, html, _) = page(&gh, &path).await;
+    let secret = secret_from(&html);
+    let right = totp(&secret, 0);
+    let wrong = wrong_code(&right).to_owned();
+    let gh = std::sync::Arc::new(gh);
+    let (accepted, rejected, locked) = counts(&gh);
+
+    let client = gh.tls_client(false);
+    let mut requests: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = u16> + Send>>> =
+        Vec::new();
+    for i in 0..100 {
+        let gh = gh.clone();
+        let wrong = wrong.clone();
+        if i % 2 == 0 {
+            requests.push(Box::pin(async move {
+                post(
+                    &gh,
+                    "/v1/me/verify-enrollment-otp",
+                    &[basic()],
+                    Some(json!({"otp": wrong})),
+                )
+                .await
+                .0
+            }));
+        } else {
+            let (client, url) = (client.clone(), gh.https_url(&path));
+            requests.push(Box::pin(async move {
+                let response = client
+                    .post(url)
+                    .form(&[("code", wrong.as_str())])
+                    .send()
+                    .await
+                    .unwrap();
+                response.status().as_u16()
+            }));
+        }
+    }
+    let statuses = at_once(requests).await;
+    assert_eq!(tally(&statuses), [(403, 4), (429, 96)]);
+    assert_eq!(counts(&gh), (accepted, rejected + 5, locked + 95));
+
+    let (status, _, headers) = post(
+        &gh,
+        "/v1/me/verify-enrollment-otp",
+        &[basic()],
+        Some(json!({"otp": right})),
+    )
+    .await;
+    assert_eq!(status, 429);
+    assert!(headers.contains_key("retry-after"));
+    let response = client
+        .post(gh.https_url(&path))
+        .form(&[("code", right.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    assert!(response.headers().contains_key("retry-after"));
+    assert_eq!(counts(&gh).0, accepted, "nothing was confirmed");
+}
+
+/// Each scenario above, once per backend.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn sled() {
+                    super::$name(super::Backend::Sled).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn postgres() {
+                    super::$name(super::Backend::Postgres).await;
+                }
+            }
+        )*
+    };
+}
+
+on_both_backends!(
+    a_hundred_concurrent_wrong_codes_compare_at_most_max_failures,
+    the_right_code_among_a_hundred_is_no_way_past_the_limit,
+    concurrent_wrong_enrollment_codes_compare_at_most_max_failures,
+);
