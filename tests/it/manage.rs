@@ -760,3 +760,99 @@ async fn a_validated_code_stays_used_after_kill_9_and_no_secret_is_logged() {
         .unwrap();
     assert_eq!(ada["lastLoginTimestamp"], login, "the login stays recorded");
 }
+
+/// [`start`] on `backend`.
+async fn start_on(
+    upstream: &Upstream,
+    backend: crate::mfa::Backend,
+) -> (Gatehouse, Upstream, Option<crate::pg::Database>) {
+    let provider = Upstream::start().await;
+    let sms_url = format!("{}/sms", provider.url());
+    let (gh, db) = crate::mfa::start_on(upstream, backend, |c| {
+        c.sms.kind = "webhook".into();
+        c.sms.url = Some(sms_url);
+    })
+    .await;
+    accounts(&gh).await;
+    (gh, provider, db)
+}
+
+fn otp_counts(gh: &Gatehouse) -> (u64, u64, u64) {
+    crate::mfa::otp_counts(&gh.app.meter.render())
+}
+
+/// A hundred wrong codes at once: five are compared, ninety-five refused unread, and then the
+/// right code gets the locked answer too.
+async fn a_hundred_concurrent_wrong_codes_compare_at_most_max_failures(
+    backend: crate::mfa::Backend,
+) {
+    let upstream = Upstream::start().await;
+    let (gh, provider, _db) = start_on(&upstream, backend).await;
+    assert_eq!(send(&gh, PHONE).await.status, 200);
+    let code = texted_code(&provider);
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    let gh = Arc::new(gh);
+    let before = otp_counts(&gh);
+
+    let requests = (0..100)
+        .map(|_| {
+            let gh = gh.clone();
+            async move { validate(&gh, PHONE, wrong).await.status }
+        })
+        .collect();
+    let statuses = crate::mfa::at_once(requests).await;
+    assert_eq!(crate::mfa::tally(&statuses), [(400, 4), (429, 96)]);
+    assert_eq!(
+        otp_counts(&gh),
+        (before.0, before.1 + 5, before.2 + 95),
+        "only max_failures codes were compared"
+    );
+    let locked = validate(&gh, PHONE, &code).await;
+    assert_error(&locked, 429, 4290);
+    assert!(locked.header("retry-after").is_some());
+}
+
+mod a_hundred_concurrent_wrong_codes_compare_at_most_max_failures {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn sled() {
+        super::a_hundred_concurrent_wrong_codes_compare_at_most_max_failures(
+            crate::mfa::Backend::Sled,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn postgres() {
+        super::a_hundred_concurrent_wrong_codes_compare_at_most_max_failures(
+            crate::mfa::Backend::Postgres,
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_new_code_does_not_reset_the_count_and_a_success_does() {
+    let upstream = Upstream::start().await;
+    let (gh, provider) = start(&upstream, |_| {}).await;
+    assert_eq!(send(&gh, PHONE).await.status, 200);
+    let first = texted_code(&provider);
+    let wrong = |code: &str| if code == "000000" { "111111" } else { "000000" };
+    for _ in 0..3 {
+        assert_error(&validate(&gh, PHONE, wrong(&first)).await, 400, 4001);
+    }
+    // A new code keeps the three failures: two more lock.
+    assert_eq!(send(&gh, PHONE).await.status, 200);
+    let second = texted_code(&provider);
+    assert_error(&validate(&gh, PHONE, wrong(&second)).await, 400, 4001);
+    assert_eq!(validate(&gh, PHONE, &second).await.status, 200);
+    // The success reset the count: four failures in a row are not a lockout, the fifth is.
+    assert_eq!(send(&gh, PHONE).await.status, 200);
+    let third = texted_code(&provider);
+    for _ in 0..4 {
+        assert_error(&validate(&gh, PHONE, wrong(&third)).await, 400, 4001);
+    }
+    assert_eq!(send(&gh, PHONE).await.status, 200);
+    let fourth = texted_code(&provider);
+    assert_error(&validate(&gh, PHONE, wrong(&fourth)).await, 429, 4290);
+    assert_error(&validate(&gh, PHONE, &fourth).await, 429, 4290);
+}

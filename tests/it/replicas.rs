@@ -447,3 +447,68 @@ async fn gatehouse_migrate_copies_a_sled_store_into_postgres() {
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
 }
+
+/// Both replicas' `gatehouse_otp_verifications_total`, summed: (accepted, rejected, locked).
+async fn otp_counts(replicas: &[&Process]) -> (u64, u64, u64) {
+    let mut sum = (0, 0, 0);
+    for gh in replicas {
+        let metrics = http1_client()
+            .get(format!("http://{}/metrics", gh.addrs["listen.admin"]))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let (a, r, l) = crate::mfa::otp_counts(&metrics);
+        sum = (sum.0 + a, sum.1 + r, sum.2 + l);
+    }
+    sum
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hundred_concurrent_wrong_codes_across_replicas_compare_at_most_max_failures() {
+    let upstream = Upstream::start().await;
+    let db = Database::create(SHARED_SERVER).await;
+    let a = replica(&upstream, &db.url(), 5).await;
+    let b = replica(&upstream, &db.url(), 5).await;
+    create_user(&a, "cy").await;
+    // Through both, so that each has checked the password once before the burst.
+    let secret = enroll_across(&a, &b, "cy").await;
+    let right = totp(&secret, 1);
+    let wrong = wrong_code(&right);
+    let before = otp_counts(&[&a, &b]).await;
+
+    let urls = [
+        a.http_url("/v1/me/verify-otp"),
+        b.http_url("/v1/me/verify-otp"),
+    ];
+    let requests = (0..100)
+        .map(|i| {
+            let url = urls[i % 2].clone();
+            async move {
+                http1_client()
+                    .post(url)
+                    .basic_auth("cy", Some(PASSWORD))
+                    .json(&json!({"otp": wrong}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            }
+        })
+        .collect();
+    let statuses = crate::mfa::at_once(requests).await;
+    assert_eq!(crate::mfa::tally(&statuses), [(403, 4), (429, 96)]);
+    assert_eq!(
+        otp_counts(&[&a, &b]).await,
+        (before.0, before.1 + 5, before.2 + 95),
+        "only max_failures codes were compared, on both replicas together"
+    );
+    for gh in [&a, &b] {
+        let (status, _) = post(gh, "/v1/me/verify-otp", "cy", Some(json!({"otp": right}))).await;
+        assert_eq!(status, 429, "the right code is refused on every replica");
+    }
+}
