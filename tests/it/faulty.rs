@@ -1,5 +1,7 @@
 //! A store that fails the operations a test names, around the real sled store: for the promise
-//! that a store failure answers 500 and leaves nothing half-written.
+//! that a store failure answers 500 and leaves nothing half-written. It can also take a moment
+//! for every operation, as a loaded disk or a database does, so that concurrent requests overlap
+//! between their reads and writes as they would in production.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -12,6 +14,7 @@ use gatehouse::store::*;
 pub struct FaultyStore {
     inner: SledStore,
     failing: Mutex<HashSet<&'static str>>,
+    latency: Mutex<Option<std::time::Duration>>,
 }
 
 impl FaultyStore {
@@ -19,7 +22,13 @@ impl FaultyStore {
         Arc::new(FaultyStore {
             inner: SledStore::open(path).unwrap(),
             failing: Mutex::new(HashSet::new()),
+            latency: Mutex::new(None),
         })
+    }
+
+    /// From now on, every operation first waits `latency`.
+    pub fn slow(&self, latency: std::time::Duration) {
+        *self.latency.lock().unwrap() = Some(latency);
     }
 
     /// From now on, the named operations fail as a broken backend would.
@@ -32,7 +41,11 @@ impl FaultyStore {
         self.failing.lock().unwrap().clear();
     }
 
-    fn gate(&self, operation: &str) -> StoreResult<()> {
+    async fn gate(&self, operation: &str) -> StoreResult<()> {
+        let latency = *self.latency.lock().unwrap();
+        if let Some(latency) = latency {
+            tokio::time::sleep(latency).await;
+        }
         if self.failing.lock().unwrap().contains(operation) {
             return Err(StoreError::Backend(format!(
                 "{operation}: injected failure"
@@ -45,47 +58,47 @@ impl FaultyStore {
 #[async_trait]
 impl Store for FaultyStore {
     async fn check(&self) -> StoreResult<()> {
-        self.gate("check")?;
+        self.gate("check").await?;
         self.inner.check().await
     }
 
     async fn create_user(&self, new: NewUser, now: &str) -> StoreResult<User> {
-        self.gate("create_user")?;
+        self.gate("create_user").await?;
         self.inner.create_user(new, now).await
     }
 
     async fn user_by_name(&self, user_name: &str) -> StoreResult<Option<User>> {
-        self.gate("user_by_name")?;
+        self.gate("user_by_name").await?;
         self.inner.user_by_name(user_name).await
     }
 
     async fn user_by_id(&self, id: u64) -> StoreResult<Option<User>> {
-        self.gate("user_by_id")?;
+        self.gate("user_by_id").await?;
         self.inner.user_by_id(id).await
     }
 
     async fn user_by_external(&self, issuer: &str, subject: &str) -> StoreResult<Option<User>> {
-        self.gate("user_by_external")?;
+        self.gate("user_by_external").await?;
         self.inner.user_by_external(issuer, subject).await
     }
 
     async fn update_user(&self, user_name: &str, patch: UserPatch, now: &str) -> StoreResult<User> {
-        self.gate("update_user")?;
+        self.gate("update_user").await?;
         self.inner.update_user(user_name, patch, now).await
     }
 
     async fn delete_user(&self, user_name: &str) -> StoreResult<bool> {
-        self.gate("delete_user")?;
+        self.gate("delete_user").await?;
         self.inner.delete_user(user_name).await
     }
 
     async fn reset_mfa(&self, user_id: u64) -> StoreResult<()> {
-        self.gate("reset_mfa")?;
+        self.gate("reset_mfa").await?;
         self.inner.reset_mfa(user_id).await
     }
 
     async fn create_application(&self, app: Application) -> StoreResult<()> {
-        self.gate("create_application")?;
+        self.gate("create_application").await?;
         self.inner.create_application(app).await
     }
 
@@ -93,17 +106,17 @@ impl Store for FaultyStore {
         &self,
         token_hash: &str,
     ) -> StoreResult<Option<Application>> {
-        self.gate("application_by_token_hash")?;
+        self.gate("application_by_token_hash").await?;
         self.inner.application_by_token_hash(token_hash).await
     }
 
     async fn create_organization(&self, org: Organization) -> StoreResult<()> {
-        self.gate("create_organization")?;
+        self.gate("create_organization").await?;
         self.inner.create_organization(org).await
     }
 
     async fn organization(&self, id: i64) -> StoreResult<Option<Organization>> {
-        self.gate("organization")?;
+        self.gate("organization").await?;
         self.inner.organization(id).await
     }
 
@@ -113,47 +126,47 @@ impl Store for FaultyStore {
         membership: Membership,
         now: &str,
     ) -> StoreResult<User> {
-        self.gate("set_membership")?;
+        self.gate("set_membership").await?;
         self.inner.set_membership(user_name, membership, now).await
     }
 
     async fn grant_file(&self, user_name: &str, file_id: i64, now: &str) -> StoreResult<User> {
-        self.gate("grant_file")?;
+        self.gate("grant_file").await?;
         self.inner.grant_file(user_name, file_id, now).await
     }
 
     async fn create_ws_key(&self, key: WsKey) -> StoreResult<()> {
-        self.gate("create_ws_key")?;
+        self.gate("create_ws_key").await?;
         self.inner.create_ws_key(key).await
     }
 
     async fn ws_key(&self, key_hash: &str) -> StoreResult<Option<WsKey>> {
-        self.gate("ws_key")?;
+        self.gate("ws_key").await?;
         self.inner.ws_key(key_hash).await
     }
 
     async fn signing_keys(&self) -> StoreResult<Vec<SigningKey>> {
-        self.gate("signing_keys")?;
+        self.gate("signing_keys").await?;
         self.inner.signing_keys().await
     }
 
     async fn add_signing_key(&self, key: SigningKey) -> StoreResult<()> {
-        self.gate("add_signing_key")?;
+        self.gate("add_signing_key").await?;
         self.inner.add_signing_key(key).await
     }
 
     async fn create_ticket(&self, ticket: Ticket) -> StoreResult<()> {
-        self.gate("create_ticket")?;
+        self.gate("create_ticket").await?;
         self.inner.create_ticket(ticket).await
     }
 
     async fn ticket(&self, id: &str) -> StoreResult<Option<Ticket>> {
-        self.gate("ticket")?;
+        self.gate("ticket").await?;
         self.inner.ticket(id).await
     }
 
     async fn newest_pending_ticket(&self, user_id: u64, now: i64) -> StoreResult<Option<Ticket>> {
-        self.gate("newest_pending_ticket")?;
+        self.gate("newest_pending_ticket").await?;
         self.inner.newest_pending_ticket(user_id, now).await
     }
 
@@ -164,24 +177,24 @@ impl Store for FaultyStore {
         recovery_hashes: Option<Vec<String>>,
         now: i64,
     ) -> StoreResult<bool> {
-        self.gate("confirm_ticket")?;
+        self.gate("confirm_ticket").await?;
         self.inner
             .confirm_ticket(ticket_id, factor, recovery_hashes, now)
             .await
     }
 
     async fn factors(&self, user_id: u64) -> StoreResult<Vec<Factor>> {
-        self.gate("factors")?;
+        self.gate("factors").await?;
         self.inner.factors(user_id).await
     }
 
     async fn accept_totp_step(&self, user_id: u64, step: u64) -> StoreResult<bool> {
-        self.gate("accept_totp_step")?;
+        self.gate("accept_totp_step").await?;
         self.inner.accept_totp_step(user_id, step).await
     }
 
     async fn put_code(&self, code: OobCode) -> StoreResult<()> {
-        self.gate("put_code")?;
+        self.gate("put_code").await?;
         self.inner.put_code(code).await
     }
 
@@ -192,7 +205,7 @@ impl Store for FaultyStore {
         code_hash: &str,
         now: i64,
     ) -> StoreResult<bool> {
-        self.gate("consume_code")?;
+        self.gate("consume_code").await?;
         self.inner
             .consume_code(user_id, purpose, code_hash, now)
             .await
@@ -207,24 +220,24 @@ impl Store for FaultyStore {
         login_time: &str,
         event: &AuditEvent,
     ) -> StoreResult<CodeLogin> {
-        self.gate("login_with_code")?;
+        self.gate("login_with_code").await?;
         self.inner
             .login_with_code(user_id, purpose, code_hash, now, login_time, event)
             .await
     }
 
     async fn replace_recovery_codes(&self, user_id: u64, hashes: Vec<String>) -> StoreResult<()> {
-        self.gate("replace_recovery_codes")?;
+        self.gate("replace_recovery_codes").await?;
         self.inner.replace_recovery_codes(user_id, hashes).await
     }
 
     async fn consume_recovery_code(&self, user_id: u64, hash: &str) -> StoreResult<bool> {
-        self.gate("consume_recovery_code")?;
+        self.gate("consume_recovery_code").await?;
         self.inner.consume_recovery_code(user_id, hash).await
     }
 
     async fn lockout(&self, user_id: u64) -> StoreResult<LockoutState> {
-        self.gate("lockout")?;
+        self.gate("lockout").await?;
         self.inner.lockout(user_id).await
     }
 
@@ -234,57 +247,57 @@ impl Store for FaultyStore {
         now: i64,
         policy: Policy,
     ) -> StoreResult<Reservation> {
-        self.gate("reserve_attempt")?;
+        self.gate("reserve_attempt").await?;
         self.inner.reserve_attempt(user_id, now, policy).await
     }
 
     async fn clear_failures(&self, user_id: u64) -> StoreResult<()> {
-        self.gate("clear_failures")?;
+        self.gate("clear_failures").await?;
         self.inner.clear_failures(user_id).await
     }
 
     async fn count_send(&self, key: &str, now: i64, window: i64, limit: u32) -> StoreResult<bool> {
-        self.gate("count_send")?;
+        self.gate("count_send").await?;
         self.inner.count_send(key, now, window, limit).await
     }
 
     async fn create_domain(&self, domain: Domain) -> StoreResult<Domain> {
-        self.gate("create_domain")?;
+        self.gate("create_domain").await?;
         self.inner.create_domain(domain).await
     }
 
     async fn domains(&self, organization_id: i64) -> StoreResult<Vec<Domain>> {
-        self.gate("domains")?;
+        self.gate("domains").await?;
         self.inner.domains(organization_id).await
     }
 
     async fn domain(&self, organization_id: i64, domain_id: i64) -> StoreResult<Option<Domain>> {
-        self.gate("domain")?;
+        self.gate("domain").await?;
         self.inner.domain(organization_id, domain_id).await
     }
 
     async fn save_domain(&self, domain: Domain) -> StoreResult<()> {
-        self.gate("save_domain")?;
+        self.gate("save_domain").await?;
         self.inner.save_domain(domain).await
     }
 
     async fn delete_domain(&self, organization_id: i64, domain_id: i64) -> StoreResult<bool> {
-        self.gate("delete_domain")?;
+        self.gate("delete_domain").await?;
         self.inner.delete_domain(organization_id, domain_id).await
     }
 
     async fn append_audit(&self, event: AuditEvent) -> StoreResult<()> {
-        self.gate("append_audit")?;
+        self.gate("append_audit").await?;
         self.inner.append_audit(event).await
     }
 
     async fn audit(&self, limit: usize) -> StoreResult<Vec<AuditEvent>> {
-        self.gate("audit")?;
+        self.gate("audit").await?;
         self.inner.audit(limit).await
     }
 
     async fn flush(&self) -> StoreResult<()> {
-        self.gate("flush")?;
+        self.gate("flush").await?;
         self.inner.flush().await
     }
 }

@@ -1009,6 +1009,7 @@ async fn codes_are_sent_at_most_send_limit_times_per_window() {
 /// The store a test runs gatehouse on.
 #[derive(Debug, Clone, Copy)]
 pub enum Backend {
+    /// sled, each operation delayed a little.
     Sled,
     Postgres,
 }
@@ -1021,7 +1022,17 @@ pub async fn start_on(
     adjust: impl FnOnce(&mut gatehouse::config::Config),
 ) -> (Gatehouse, Option<crate::pg::Database>) {
     match backend {
-        Backend::Sled => (Gatehouse::start_with(upstream, adjust).await, None),
+        // Every operation takes a moment, as on a loaded disk, so that concurrent requests
+        // overlap between their reads and writes as they can in production.
+        Backend::Sled => {
+            let gh = Gatehouse::start_store(&upstream.url(), adjust, |c| {
+                let store = crate::faulty::FaultyStore::new(&c.store.path);
+                store.slow(Duration::from_millis(2));
+                store
+            })
+            .await;
+            (gh, None)
+        }
         Backend::Postgres => {
             let db = crate::pg::Database::create(crate::pg::SHARED_SERVER).await;
             let store: std::sync::Arc<dyn gatehouse::store::Store> = std::sync::Arc::new(
