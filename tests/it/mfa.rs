@@ -1264,6 +1264,55 @@ async fn concurrent_wrong_enrollment_codes_compare_at_most_max_failures(backend:
     assert_eq!(counts(&gh).0, accepted, "nothing was confirmed");
 }
 
+/// Texted codes against verify-otp (`oob`) share the limit the same way.
+async fn concurrent_wrong_sms_codes_compare_at_most_max_failures(backend: Backend) {
+    let upstream = Upstream::start().await;
+    let provider = Upstream::start().await;
+    let sms_url = format!("{}/sms", provider.url());
+    let (gh, _db) = start_on(&upstream, backend, |c| {
+        c.sms.kind = "webhook".into();
+        c.sms.url = Some(sms_url);
+    })
+    .await;
+    gh.create_user(json!({"userName": "ada", "password": PASSWORD, "phone": "+14155550123"}))
+        .await;
+    let (_, enrollment, _) = post(
+        &gh,
+        "/v1/me/mfa-enrollment?factor=sms&isInteractive=true",
+        &[basic()],
+        None,
+    )
+    .await;
+    let path = ticket_path(enrollment["ticketUrl"].as_str().unwrap());
+    let client = gh.tls_client(false);
+    let send = client.post(gh.https_url(&path)).form(&[("action", "send")]);
+    assert_eq!(send.send().await.unwrap().status(), 200);
+    let code = sms_code(&provider);
+    let confirm = client
+        .post(gh.https_url(&path))
+        .form(&[("code", code.as_str())]);
+    assert_eq!(confirm.send().await.unwrap().status(), 200);
+    let (status, _, _) = post(&gh, "/v1/me/mfa-challenge?factor=sms", &[basic()], None).await;
+    assert_eq!(status, 202);
+    let right = sms_code(&provider);
+    let wrong = wrong_code(&right);
+    let gh = std::sync::Arc::new(gh);
+    let (accepted, rejected, locked) = counts(&gh);
+
+    let statuses = posts_at_once(&gh, "/v1/me/verify-otp", vec![json!({"oob": wrong}); 100]).await;
+    assert_eq!(tally(&statuses), [(403, 4), (429, 96)]);
+    assert_eq!(counts(&gh), (accepted, rejected + 5, locked + 95));
+    let (status, _, headers) = post(
+        &gh,
+        "/v1/me/verify-otp",
+        &[basic()],
+        Some(json!({"oob": right})),
+    )
+    .await;
+    assert_eq!(status, 429);
+    assert!(headers.contains_key("retry-after"));
+}
+
 /// Each scenario above, once per backend.
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
@@ -1287,4 +1336,5 @@ on_both_backends!(
     a_hundred_concurrent_wrong_codes_compare_at_most_max_failures,
     the_right_code_among_a_hundred_is_no_way_past_the_limit,
     concurrent_wrong_enrollment_codes_compare_at_most_max_failures,
+    concurrent_wrong_sms_codes_compare_at_most_max_failures,
 );
