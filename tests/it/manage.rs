@@ -609,6 +609,10 @@ async fn a_store_failure_answers_500_and_leaves_the_code_usable() {
         "store details stay in the log: {body}"
     );
     store.recover();
+    // Without a reserved attempt no code is compared: 500, and the code stays usable.
+    store.fail(&["reserve_attempt"]);
+    assert_error(&validate(&gh, PHONE, &code).await, 500, 5000);
+    store.recover();
     let user = gh.admin("GET", "/admin/v1/users/ada", None).await.1;
     assert_eq!(
         user["lastLoginTimestamp"],
