@@ -512,3 +512,71 @@ async fn a_hundred_concurrent_wrong_codes_across_replicas_compare_at_most_max_fa
         assert_eq!(status, 429, "the right code is refused on every replica");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_wrong_enrollment_codes_across_replicas_compare_at_most_max_failures() {
+    let upstream = Upstream::start().await;
+    let db = Database::create(SHARED_SERVER).await;
+    let a = replica(&upstream, &db.url(), 5).await;
+    let b = replica(&upstream, &db.url(), 5).await;
+    create_user(&a, "di").await;
+    let (status, enrollment) =
+        post(&a, "/v1/me/mfa-enrollment?isInteractive=true", "di", None).await;
+    assert_eq!(status, 200, "{enrollment}");
+    let path = ticket_path(enrollment["ticketUrl"].as_str().unwrap());
+    let html = http1_client()
+        .get(b.http_url(&path))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let right = totp(&secret_from(&html), 0);
+    let wrong = wrong_code(&right);
+    // B checks di's password once before the burst, as A did.
+    assert_eq!(
+        post(&b, "/v1/me/verify-enrollment-otp", "di", Some(json!({})))
+            .await
+            .0,
+        400
+    );
+    let before = otp_counts(&[&a, &b]).await;
+
+    let urls = [
+        a.http_url("/v1/me/verify-enrollment-otp"),
+        b.http_url("/v1/me/verify-enrollment-otp"),
+    ];
+    let requests = (0..100)
+        .map(|i| {
+            let url = urls[i % 2].clone();
+            async move {
+                http1_client()
+                    .post(url)
+                    .basic_auth("di", Some(PASSWORD))
+                    .json(&json!({"otp": wrong}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            }
+        })
+        .collect();
+    let statuses = crate::mfa::at_once(requests).await;
+    assert_eq!(crate::mfa::tally(&statuses), [(403, 4), (429, 96)]);
+    assert_eq!(
+        otp_counts(&[&a, &b]).await,
+        (before.0, before.1 + 5, before.2 + 95)
+    );
+    for gh in [&a, &b] {
+        let (status, _) = post(
+            gh,
+            "/v1/me/verify-enrollment-otp",
+            "di",
+            Some(json!({"otp": right})),
+        )
+        .await;
+        assert_eq!(status, 429, "the right code is refused on every replica");
+    }
+}
