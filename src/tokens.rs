@@ -231,9 +231,12 @@ impl Tokens {
         }
     }
 
-    /// An access token for `principal` (its scopes and methods become `scope` and `amr`).
+    /// An access token for `principal` (its scopes and methods become `scope` and `amr`). An
+    /// ApplicationToken counts only on the request that carries it, so `app` is never written.
     pub fn issue_access(&self, principal: &Principal) -> Result<String, TokenError> {
-        self.sign(&self.claims(principal, &self.audience, self.access_ttl))
+        let mut claims = self.claims(principal, &self.audience, self.access_ttl);
+        claims.amr.retain(|m| m != Method::App.as_str());
+        self.sign(&claims)
     }
 
     /// A short-lived JWT for the upstream carrying the same facts as the identity headers, as
@@ -348,7 +351,8 @@ pub fn methods_from_amr(amr: &[String]) -> Vec<Method> {
             "otp" => Some(Method::Otp),
             "sms" => Some(Method::Sms),
             "email" => Some(Method::Email),
-            "app" => Some(Method::App),
+            // "Bearer and ApplicationToken" is decided on the header of the request itself
+            // (SPEC §10): a token saying `app` proves nothing.
             _ => None,
         })
         .collect()

@@ -660,17 +660,36 @@ impl PgStore {
         let last_step = factor.last_step.map(step_column).transpose()?;
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
+        // Confirmations of one user's tickets take turns on the user's row, so the factors the
+        // next one reads include those the previous one stored.
+        exec(
+            &tx,
+            "SELECT 1 FROM gatehouse_users WHERE id = $1 FOR UPDATE",
+            &[&user_id],
+        )
+        .await?;
         let marked = exec(
             &tx,
             "UPDATE gatehouse_tickets
              SET used = true, doc = jsonb_set(doc, ARRAY['used'], 'true'::JSONB)
-             WHERE id = $1 AND user_id = $2 AND NOT used AND expires_at > $3",
+             WHERE id = $1 AND user_id = $2 AND NOT used AND expires_at > $3
+               AND (COALESCE((doc->>'second_factor')::BOOL, false)
+                    OR NOT EXISTS (SELECT 1 FROM gatehouse_factors WHERE user_id = $2))",
             &[&ticket_id, &user_id, &now],
         )
         .await?;
         if marked == 0 {
             return Ok(false);
         }
+        // The user's other pending tickets were made against the factors before this one.
+        exec(
+            &tx,
+            "UPDATE gatehouse_tickets
+             SET used = true, doc = jsonb_set(doc, ARRAY['used'], 'true'::JSONB)
+             WHERE user_id = $1 AND NOT used",
+            &[&user_id],
+        )
+        .await?;
         exec(
             &tx,
             "INSERT INTO gatehouse_factors (user_id, kind, last_step, doc) VALUES ($1, $2, $3, $4)
@@ -1830,6 +1849,7 @@ mod tests {
             created_at,
             expires_at: created_at + 100,
             used: false,
+            second_factor: false,
         }
     }
 
@@ -2164,8 +2184,15 @@ mod tests {
                 .await
                 .unwrap()
         );
-        let newest = store.newest_pending_ticket(1, 1050).await.unwrap().unwrap();
-        assert_eq!(newest.id, "t1");
+        // Confirming t2 voided t1: it was made against the factors before.
+        assert!(
+            store
+                .newest_pending_ticket(1, 1050)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(store.ticket("t1").await.unwrap().unwrap().used);
         assert_eq!(store.factors(1).await.unwrap(), vec![factor(1)]);
         assert!(store.consume_recovery_code(1, "h").await.unwrap());
         assert!(!store.consume_recovery_code(1, "h").await.unwrap());

@@ -91,6 +91,9 @@ fn mfa_key(user_id: u64, tag: u8, rest: &[u8]) -> Vec<u8> {
     key
 }
 
+/// Every kind of factor: the keys a transaction names when it must see all of a user's factors.
+const FACTOR_KINDS: [FactorKind; 3] = [FactorKind::Otp, FactorKind::Sms, FactorKind::Email];
+
 fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
 }
@@ -468,13 +471,27 @@ impl Store for SledStore {
     }
 
     async fn reset_mfa(&self, user_id: u64) -> StoreResult<()> {
-        for key in self.mfa.scan_prefix(user_id.to_be_bytes()).keys() {
-            let key = key.map_err(backend)?;
-            if key.get(8) == Some(&b't') {
-                self.tickets.remove(&key[9..]).map_err(backend)?;
+        let keys = self
+            .mfa
+            .scan_prefix(user_id.to_be_bytes())
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(backend)?;
+        // One transaction, which also names every factor key: a confirmation running meanwhile
+        // either lands before the reset (and is removed) or finds its ticket gone.
+        let result = (&self.tickets, &self.mfa).transaction(|(tickets, mfa)| {
+            for key in &keys {
+                if key.get(8) == Some(&b't') {
+                    tickets.remove(&key[9..])?;
+                }
+                mfa.remove(key)?;
             }
-            self.mfa.remove(key).map_err(backend)?;
-        }
+            for kind in FACTOR_KINDS {
+                mfa.remove(mfa_key(user_id, b'f', &[kind.tag()]))?;
+            }
+            Ok(())
+        });
+        unwrap_tx(result)?;
         self.durable().await
     }
 
@@ -526,6 +543,15 @@ impl Store for SledStore {
         recovery_hashes: Option<Vec<String>>,
         now: i64,
     ) -> StoreResult<bool> {
+        // The user's other tickets, voided below. One made after this scan was made against the
+        // factors before this confirmation, so the rule checked at its own confirmation holds.
+        let others = self
+            .mfa
+            .scan_prefix(mfa_key(factor.user_id, b't', &[]))
+            .keys()
+            .map(|key| key.map(|k| k[9..].to_vec()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(backend)?;
         let result = (&self.tickets, &self.mfa).transaction(|(tickets, mfa)| {
             let Some(bytes) = tickets.get(ticket_id.as_bytes())? else {
                 return Ok(false);
@@ -533,6 +559,26 @@ impl Store for SledStore {
             let mut ticket: Ticket = tx_decode(&bytes)?;
             if ticket.used || ticket.expires_at <= now || ticket.user_id != factor.user_id {
                 return Ok(false);
+            }
+            if !ticket.second_factor {
+                for kind in FACTOR_KINDS {
+                    if mfa
+                        .get(mfa_key(factor.user_id, b'f', &[kind.tag()]))?
+                        .is_some()
+                    {
+                        return Ok(false);
+                    }
+                }
+            }
+            for id in &others {
+                let Some(bytes) = tickets.get(id)? else {
+                    continue;
+                };
+                let mut other: Ticket = tx_decode(&bytes)?;
+                if !other.used {
+                    other.used = true;
+                    tickets.insert(id.as_slice(), tx_encode(&other)?)?;
+                }
             }
             ticket.used = true;
             tickets.insert(ticket_id.as_bytes(), tx_encode(&ticket)?)?;
@@ -1197,6 +1243,7 @@ mod tests {
             created_at,
             expires_at: created_at + 100,
             used: false,
+            second_factor: false,
         }
     }
 
@@ -1240,15 +1287,15 @@ mod tests {
                 .unwrap(),
             "other user"
         );
-        assert_eq!(
+        // Confirming t2 voided t1: it was made against the factors before.
+        assert!(
             store
                 .newest_pending_ticket(1, 1050)
                 .await
                 .unwrap()
-                .unwrap()
-                .id,
-            "t1"
+                .is_none()
         );
+        assert!(store.ticket("t1").await.unwrap().unwrap().used);
         assert_eq!(store.factors(1).await.unwrap().len(), 1);
         assert!(store.consume_recovery_code(1, "h").await.unwrap());
         assert!(!store.consume_recovery_code(1, "h").await.unwrap());
