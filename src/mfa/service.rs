@@ -9,7 +9,9 @@ use crate::config::MfaConfig;
 use crate::meter::{Meter, OtpResult};
 use crate::notify::{self, Email, Notifier};
 use crate::secrets::Vault;
-use crate::store::{Factor, FactorKind, OobCode, SCHEMA_VERSION, Store, StoreError, Ticket, User};
+use crate::store::{
+    Factor, FactorKind, OPT_IN_PREFIX, OobCode, SCHEMA_VERSION, Store, StoreError, Ticket, User,
+};
 use crate::tokens::Tokens;
 
 use super::codes;
@@ -826,7 +828,7 @@ impl Mfa {
 
 /// The ticket behind a WS opt-in's `ProviderUserId`.
 fn opt_in_ticket(provider_user_id: i64) -> String {
-    format!("ws-optin-{provider_user_id}")
+    format!("{OPT_IN_PREFIX}{provider_user_id}")
 }
 
 fn enrollment_email(to: &str, url: &str, kind: FactorKind) -> Email {

@@ -15,6 +15,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::mfa::lockout::{LockoutState, Policy};
 
+/// How the ids of WS opt-in registrations begin (`ws-optin-{ProviderUserId}`). They are kept
+/// beside enrollment tickets but are not tickets (SPEC §10): no enrollment link or
+/// verify-enrollment-otp reaches them.
+pub const OPT_IN_PREFIX: &str = "ws-optin-";
+
 /// Schema version written into every record of this release.
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -123,6 +128,8 @@ pub struct UserPatch {
     pub nick_name: Option<String>,
     pub scopes: Option<Vec<String>>,
     pub last_login_timestamp: Option<String>,
+    /// `false` refuses every credential of the user ([`crate::auth::Principal::admit`]).
+    pub is_valid: Option<bool>,
 }
 
 impl UserPatch {
@@ -154,6 +161,9 @@ impl UserPatch {
         }
         if let Some(v) = self.last_login_timestamp {
             user.last_login_timestamp = Some(v);
+        }
+        if let Some(v) = self.is_valid {
+            user.is_valid = v;
         }
     }
 }
@@ -429,7 +439,7 @@ pub trait Store: Send + Sync {
 
     async fn create_ticket(&self, ticket: Ticket) -> StoreResult<()>;
     async fn ticket(&self, id: &str) -> StoreResult<Option<Ticket>>;
-    /// The user's most recent unused, unexpired ticket.
+    /// The user's most recent unused, unexpired enrollment ticket (not a WS registration).
     async fn newest_pending_ticket(&self, user_id: u64, now: i64) -> StoreResult<Option<Ticket>>;
     /// Atomically: marks the ticket used, stores `factor` as confirmed (replacing one of the
     /// same kind), sets `recovery_hashes` when given, and voids every other pending ticket of the

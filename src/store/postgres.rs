@@ -21,9 +21,9 @@ use tokio_postgres::types::{Json, ToSql};
 use tokio_postgres::{IsolationLevel, NoTls, Row};
 
 use super::{
-    Application, AuditEvent, CodeLogin, Domain, Factor, FactorKind, Membership, NewUser, OobCode,
-    Organization, SCHEMA_VERSION, SigningKey, Snapshot, Store, StoreError, StoreResult, Ticket,
-    User, UserPatch, WsKey,
+    Application, AuditEvent, CodeLogin, Domain, Factor, FactorKind, Membership, NewUser,
+    OPT_IN_PREFIX, OobCode, Organization, SCHEMA_VERSION, SigningKey, Snapshot, Store, StoreError,
+    StoreResult, Ticket, User, UserPatch, WsKey,
 };
 use crate::mfa::lockout::{LockoutState, Policy};
 
@@ -1542,8 +1542,9 @@ impl Store for PgStore {
         let pending: Vec<Ticket> = self
             .find_all(
                 "SELECT doc FROM gatehouse_tickets
-                 WHERE user_id = $1 AND NOT used AND expires_at > $2",
-                &[&key(user_id), &now],
+                 WHERE user_id = $1 AND NOT used AND expires_at > $2
+                   AND left(id, length($3)) <> $3",
+                &[&key(user_id), &now, &OPT_IN_PREFIX],
             )
             .await?;
         // Ties go to the greatest id in byte order, which is the one sled's scan meets last.

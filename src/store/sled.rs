@@ -11,9 +11,9 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use sled::{Db, Transactional, Tree};
 
 use super::{
-    Application, AuditEvent, CodeLogin, Domain, Factor, FactorKind, Membership, NewUser, OobCode,
-    Organization, SCHEMA_VERSION, SigningKey, Snapshot, Store, StoreError, StoreResult, Ticket,
-    User, UserPatch, WsKey,
+    Application, AuditEvent, CodeLogin, Domain, Factor, FactorKind, Membership, NewUser,
+    OPT_IN_PREFIX, OobCode, Organization, SCHEMA_VERSION, SigningKey, Snapshot, Store, StoreError,
+    StoreResult, Ticket, User, UserPatch, WsKey,
 };
 use crate::mfa::lockout::{LockoutState, Policy};
 
@@ -523,7 +523,7 @@ impl Store for SledStore {
                 continue;
             };
             let ticket: Ticket = decode(&bytes)?;
-            if ticket.used || ticket.expires_at <= now {
+            if ticket.used || ticket.expires_at <= now || ticket.id.starts_with(OPT_IN_PREFIX) {
                 continue;
             }
             if newest
