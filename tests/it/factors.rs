@@ -45,9 +45,29 @@ on_both_backends!(
 );
 
 #[derive(Clone, Copy)]
-enum Backend {
+pub enum Backend {
     Sled,
     Postgres,
+}
+
+impl Backend {
+    /// Gatehouse in front of `upstream` on this backend (a fresh PostgreSQL database, kept
+    /// alive by the second value).
+    pub async fn start(
+        self,
+        upstream: &Upstream,
+        adjust: impl FnOnce(&mut gatehouse::config::Config),
+    ) -> (Gatehouse, Option<Database>) {
+        match self {
+            Backend::Sled => (Gatehouse::start_with(upstream, adjust).await, None),
+            Backend::Postgres => {
+                let db = Database::create(SHARED_SERVER).await;
+                let store: Arc<dyn Store> = Arc::new(PgStore::connect(&db.url(), 4).await.unwrap());
+                let gh = Gatehouse::start_store(&upstream.url(), adjust, move |_| store).await;
+                (gh, Some(db))
+            }
+        }
+    }
 }
 
 /// Gatehouse on `backend`, SMS to a webhook (`sms`), a user `ada` (password, email, phone,
@@ -68,15 +88,7 @@ async fn setup(backend: Backend) -> Setup {
         c.sms.kind = "webhook".into();
         c.sms.url = Some(sms_url);
     };
-    let (gh, db) = match backend {
-        Backend::Sled => (Gatehouse::start_with(&upstream, adjust).await, None),
-        Backend::Postgres => {
-            let db = Database::create(SHARED_SERVER).await;
-            let store: Arc<dyn Store> = Arc::new(PgStore::connect(&db.url(), 4).await.unwrap());
-            let gh = Gatehouse::start_store(&upstream.url(), adjust, move |_| store).await;
-            (gh, Some(db))
-        }
-    };
+    let (gh, db) = backend.start(&upstream, adjust).await;
     gh.create_user(json!({"userName": "ada", "password": PASSWORD, "email": "ada@example.com", "phone": VICTIM_PHONE}))
         .await;
     let (status, _) = gh
