@@ -789,7 +789,10 @@ async fn removed_scope_is_refused_on_the_next_request_and_step_up_does_not_resto
     let kid = published_kid(&gh).await;
     let token = key.sign(&kid, &claims(&gh, &sub, &["pwd"], "read ops"));
     let bearer = ("authorization", format!("Bearer {token}"));
-    assert_eq!(get(&gh, "/ops/x", &[bearer.clone()]).await.0, 200);
+    assert_eq!(
+        get(&gh, "/ops/x", std::slice::from_ref(&bearer)).await.0,
+        200
+    );
     assert_eq!(upstream.last().headers["x-auth-scopes"], "read ops");
 
     let (secret, granted) = enroll_totp(&gh, &[]).await;
@@ -806,7 +809,7 @@ async fn removed_scope_is_refused_on_the_next_request_and_step_up_does_not_resto
     assert_eq!(status, 200);
     for token in [&token, &stepped] {
         let bearer = ("authorization", format!("Bearer {token}"));
-        let (status, body) = get(&gh, "/ops/x", &[bearer.clone()]).await;
+        let (status, body) = get(&gh, "/ops/x", std::slice::from_ref(&bearer)).await;
         assert_eq!(status, 403, "{body}");
         let (status, _) = get(&gh, "/private/x", &[bearer]).await;
         assert_eq!(status, 200);
@@ -835,7 +838,10 @@ async fn removed_scope_is_refused_on_the_next_request_and_step_up_does_not_resto
         "authorization",
         format!("Bearer {}", granted["accessToken"].as_str().unwrap()),
     );
-    assert_eq!(get(&gh, "/ops/x", &[bearer.clone()]).await.0, 403);
+    assert_eq!(
+        get(&gh, "/ops/x", std::slice::from_ref(&bearer)).await.0,
+        403
+    );
     assert_eq!(get(&gh, "/secure/x", &[bearer]).await.0, 200);
     assert_eq!(upstream.last().headers["x-auth-scopes"], "read mfa");
 }
@@ -894,8 +900,18 @@ async fn disabled_user_is_refused_on_every_credential(backend: crate::factors::B
     };
 
     // Every credential works while the user is valid.
-    assert_eq!(get(&gh, "/private/x", &[bearer.clone()]).await.0, 200);
-    assert_eq!(get(&gh, "/private/x", &[password.clone()]).await.0, 200);
+    assert_eq!(
+        get(&gh, "/private/x", std::slice::from_ref(&bearer))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        get(&gh, "/private/x", std::slice::from_ref(&password))
+            .await
+            .0,
+        200
+    );
     assert_eq!(ws_status(&gh).await, 400, "the key is accepted");
     assert_ne!(manage_status(&gh).await, 401);
 
@@ -909,7 +925,12 @@ async fn disabled_user_is_refused_on_every_credential(backend: crate::factors::B
         .await
         .unwrap();
     assert_eq!(get(&gh, "/private/x", &[bearer]).await.0, 401);
-    assert_eq!(get(&gh, "/private/x", &[password.clone()]).await.0, 401);
+    assert_eq!(
+        get(&gh, "/private/x", std::slice::from_ref(&password))
+            .await
+            .0,
+        401
+    );
     assert_eq!(ws_status(&gh).await, 401);
     assert_eq!(manage_status(&gh).await, 401);
     let response = http1_client()
@@ -955,7 +976,7 @@ async fn amr_app_in_a_token_does_not_stand_for_the_application_token_header() {
     );
 
     // A token issued to a call that carried the ApplicationToken does not carry `app`.
-    let (_, granted) = enroll_totp(&gh, &[app_header.clone()]).await;
+    let (_, granted) = enroll_totp(&gh, std::slice::from_ref(&app_header)).await;
     let issued = granted["accessToken"].as_str().unwrap().to_owned();
     let payload = issued.split('.').nth(1).unwrap();
     let claims_of_issued: serde_json::Value = serde_json::from_slice(
@@ -981,7 +1002,7 @@ async fn amr_app_in_a_token_does_not_stand_for_the_application_token_header() {
     );
     for token in [&issued, &own, &external] {
         let bearer = ("authorization", format!("Bearer {token}"));
-        let (status, body) = get(&gh, "/private/x", &[bearer.clone()]).await;
+        let (status, body) = get(&gh, "/private/x", std::slice::from_ref(&bearer)).await;
         assert_eq!(status, 401, "{body}");
         let (status, body) = get(&gh, "/private/x", &[bearer, app_header.clone()]).await;
         assert_eq!(status, 200, "{body}");
