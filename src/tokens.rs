@@ -502,6 +502,27 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn app_is_neither_read_from_amr_nor_issued() {
+        let amr: Vec<String> = ["pwd", "app", "otp"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(methods_from_amr(&amr), vec![Method::Pwd, Method::Otp]);
+        let store = SledStore::temporary().unwrap();
+        let clock = FixedClock::at(1_800_000_000);
+        let tokens = Tokens::load(&config(), &store, &vault(), clock)
+            .await
+            .unwrap();
+        let mut with_app = principal();
+        with_app.methods.push(Method::App);
+        let token = tokens.issue_access(&with_app).unwrap();
+        assert_eq!(
+            tokens.verify_access(&token).unwrap().amr,
+            vec!["pwd", "otp"]
+        );
+    }
+
     #[test]
     fn path_like_kids_are_implausible() {
         assert!(plausible_kid("abc_DEF-123"));

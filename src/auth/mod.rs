@@ -90,12 +90,12 @@ impl Principal {
 /// The scopes a token's `scope` is worth now (SPEC §10): only those the user still holds, so that
 /// removing a scope takes effect on the next request. `mfa` is not granted but earned: it stays
 /// when the token's own methods hold a second factor.
-pub fn current_scopes(user: &User, token_scopes: &[String], methods: &[Method]) -> Vec<String> {
+pub fn current_scopes(held: &[String], token_scopes: &[String], methods: &[Method]) -> Vec<String> {
     let earned = methods.iter().any(|m| m.is_second_factor());
     let mut scopes: Vec<String> = Vec::with_capacity(token_scopes.len());
     for scope in token_scopes {
-        let held = user.scopes.contains(scope) || (earned && scope == "mfa");
-        if held && !scopes.contains(scope) {
+        let counts = held.contains(scope) || (earned && scope == "mfa");
+        if counts && !scopes.contains(scope) {
             scopes.push(scope.clone());
         }
     }
@@ -356,7 +356,7 @@ impl Authenticator {
                 user.ok_or_else(|| AuthError::Invalid("token for an unknown user".into()))?;
             let methods = tokens::methods_from_amr(&claims.amr);
             let asked: Vec<String> = claims.scope.split_whitespace().map(str::to_owned).collect();
-            let scopes = current_scopes(&user, &asked, &methods);
+            let scopes = current_scopes(&user.scopes, &asked, &methods);
             return Principal::admit(&user, scopes, methods);
         }
         let issuers = self.issuers.load_full();
@@ -367,7 +367,7 @@ impl Authenticator {
                 .map_err(|e| AuthError::Invalid(e.to_string()))?;
             let user = self.external_user(&claims).await?;
             let methods = tokens::methods_from_amr(&claims.amr);
-            let scopes = current_scopes(&user, &claims.scopes(), &methods);
+            let scopes = current_scopes(&user.scopes, &claims.scopes(), &methods);
             return Principal::admit(&user, scopes, methods);
         }
         Err(AuthError::Invalid("token from an untrusted issuer".into()))
@@ -473,6 +473,26 @@ mod tests {
             assert_eq!(all_token_chars(&[b'a', b, b'z']), expected, "byte {b}");
         }
         assert!(all_token_chars(&[b'A'; 1000]));
+    }
+
+    #[test]
+    fn a_token_is_worth_only_the_scopes_the_user_still_holds() {
+        let v = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let held = v(&["read", "ops"]);
+        assert_eq!(
+            current_scopes(&held, &v(&["read", "admin", "read"]), &[Method::Pwd]),
+            v(&["read"])
+        );
+        // `mfa` is earned by the token's own second factor, not granted.
+        assert_eq!(
+            current_scopes(&held, &v(&["ops", "mfa"]), &[Method::Pwd]),
+            v(&["ops"])
+        );
+        assert_eq!(
+            current_scopes(&held, &v(&["ops", "mfa"]), &[Method::Pwd, Method::Otp]),
+            v(&["ops", "mfa"])
+        );
+        assert!(current_scopes(&[], &v(&["read"]), &[Method::Otp]).is_empty());
     }
 
     #[test]
