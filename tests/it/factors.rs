@@ -41,6 +41,7 @@ on_both_backends!(
     ws_registration_made_before_enrollment_cannot_be_confirmed_after_it,
     stale_enrollment_ticket_cannot_replace_the_victims_totp,
     mfa_reset_voids_pending_tickets,
+    ticket_made_without_a_second_factor_is_refused_once_the_user_has_one,
     ws_opt_in_registration_is_not_served_by_the_enrollment_page,
 );
 
@@ -453,4 +454,51 @@ async fn ws_opt_in_registration_is_not_served_by_the_enrollment_page(backend: Ba
     .await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(factor_kinds(&s.gh).await, [format!("sms:{VICTIM_PHONE}")]);
+}
+
+async fn ticket_made_without_a_second_factor_is_refused_once_the_user_has_one(backend: Backend) {
+    use gatehouse::store::{FactorKind, SCHEMA_VERSION, Ticket};
+    let s = setup(backend).await;
+    enroll_totp(&s.gh).await;
+    // A ticket that escaped voiding (a record from before the rule, say), made with the password.
+    let ada = s.gh.app.store.user_by_name("ada").await.unwrap().unwrap();
+    let now = crate::keys::now();
+    let id = "S".repeat(43);
+    s.gh.app
+        .store
+        .create_ticket(Ticket {
+            v: SCHEMA_VERSION,
+            id: id.clone(),
+            user_id: ada.id,
+            kind: FactorKind::Sms,
+            sealed_secret: None,
+            destination: Some(ATTACKER_PHONE.into()),
+            created_at: now,
+            expires_at: now + 3600,
+            used: false,
+            second_factor: false,
+        })
+        .await
+        .unwrap();
+    let path = format!("/enroll/{id}");
+    let (status, html) = page(&s.gh, &path, None).await;
+    assert_eq!(status, 410, "{html}");
+    let (status, _) = page(&s.gh, &path, Some(&[("action", "send")])).await;
+    assert_eq!(status, 410);
+    assert!(texts_to(&s.sms, ATTACKER_PHONE).is_empty(), "no code sent");
+    let (status, problem) = post(
+        &s.gh,
+        "/v1/me/verify-enrollment-otp",
+        &basic(),
+        Some(json!({"oob": "123456"})),
+    )
+    .await;
+    assert_eq!(status, 400, "{problem}");
+    assert!(
+        problem["type"]
+            .as_str()
+            .unwrap()
+            .ends_with("factor-already-enrolled")
+    );
+    assert_eq!(factor_kinds(&s.gh).await, ["otp:"]);
 }
