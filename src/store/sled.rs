@@ -477,8 +477,9 @@ impl Store for SledStore {
             .keys()
             .collect::<Result<Vec<_>, _>>()
             .map_err(backend)?;
-        // One transaction, which also names every factor key: a confirmation running meanwhile
-        // either lands before the reset (and is removed) or finds its ticket gone.
+        // One transaction, which also names every key a confirmation writes (factors, recovery
+        // codes): a confirmation running meanwhile either lands before the reset (and is
+        // removed) or finds its ticket gone.
         let result = (&self.tickets, &self.mfa).transaction(|(tickets, mfa)| {
             for key in &keys {
                 if key.get(8) == Some(&b't') {
@@ -489,6 +490,7 @@ impl Store for SledStore {
             for kind in FACTOR_KINDS {
                 mfa.remove(mfa_key(user_id, b'f', &[kind.tag()]))?;
             }
+            mfa.remove(mfa_key(user_id, b'r', &[]))?;
             Ok(())
         });
         unwrap_tx(result)?;
