@@ -767,6 +767,23 @@ async fn enroll_totp(gh: &Gatehouse, extra: &[(&str, String)]) -> (Vec<u8>, serd
     (secret, response.json().await.unwrap())
 }
 
+/// Forward-auth's decision for `GET {uri}` with `headers`: the status and `X-Auth-Scopes`.
+async fn verify(gh: &Gatehouse, uri: &str, headers: &[(&str, String)]) -> (u16, Option<String>) {
+    let mut request = http1_client()
+        .get(gh.http_url("/auth/verify"))
+        .header("x-forwarded-method", "GET")
+        .header("x-forwarded-uri", uri);
+    for (name, value) in headers {
+        request = request.header(*name, value);
+    }
+    let response = request.send().await.unwrap();
+    let scopes = response
+        .headers()
+        .get("x-auth-scopes")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (response.status().as_u16(), scopes)
+}
+
 fn scopes_of(granted: &serde_json::Value) -> Vec<String> {
     granted["scope"]
         .as_str()
@@ -811,6 +828,11 @@ async fn removed_scope_is_refused_on_the_next_request_and_step_up_does_not_resto
         let bearer = ("authorization", format!("Bearer {token}"));
         let (status, body) = get(&gh, "/ops/x", std::slice::from_ref(&bearer)).await;
         assert_eq!(status, 403, "{body}");
+        let (status, _) = verify(&gh, "/ops/x", std::slice::from_ref(&bearer)).await;
+        assert_eq!(status, 403, "forward-auth");
+        let (status, scopes) = verify(&gh, "/private/x", std::slice::from_ref(&bearer)).await;
+        assert_eq!(status, 200);
+        assert!(!scopes.unwrap().split(' ').any(|s| s == "ops"));
         let (status, _) = get(&gh, "/private/x", &[bearer]).await;
         assert_eq!(status, 200);
         let scopes = upstream.last().headers["x-auth-scopes"]
@@ -924,6 +946,12 @@ async fn disabled_user_is_refused_on_every_credential(backend: crate::factors::B
         .update_user("ada", patch, "2026-01-01T00:00:00Z")
         .await
         .unwrap();
+    assert_eq!(
+        verify(&gh, "/private/x", std::slice::from_ref(&bearer))
+            .await
+            .0,
+        401
+    );
     assert_eq!(get(&gh, "/private/x", &[bearer]).await.0, 401);
     assert_eq!(
         get(&gh, "/private/x", std::slice::from_ref(&password))
@@ -1004,7 +1032,11 @@ async fn amr_app_in_a_token_does_not_stand_for_the_application_token_header() {
         let bearer = ("authorization", format!("Bearer {token}"));
         let (status, body) = get(&gh, "/private/x", std::slice::from_ref(&bearer)).await;
         assert_eq!(status, 401, "{body}");
-        let (status, body) = get(&gh, "/private/x", &[bearer, app_header.clone()]).await;
+        let (status, _) = verify(&gh, "/private/x", std::slice::from_ref(&bearer)).await;
+        assert_eq!(status, 401, "forward-auth");
+        let with_header = [bearer, app_header.clone()];
+        assert_eq!(verify(&gh, "/private/x", &with_header).await.0, 200);
+        let (status, body) = get(&gh, "/private/x", &with_header).await;
         assert_eq!(status, 200, "{body}");
     }
 
