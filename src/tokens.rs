@@ -231,9 +231,12 @@ impl Tokens {
         }
     }
 
-    /// An access token for `principal` (its scopes and methods become `scope` and `amr`).
+    /// An access token for `principal` (its scopes and methods become `scope` and `amr`). An
+    /// ApplicationToken counts only on the request that carries it, so `app` is never written.
     pub fn issue_access(&self, principal: &Principal) -> Result<String, TokenError> {
-        self.sign(&self.claims(principal, &self.audience, self.access_ttl))
+        let mut claims = self.claims(principal, &self.audience, self.access_ttl);
+        claims.amr.retain(|m| m != Method::App.as_str());
+        self.sign(&claims)
     }
 
     /// A short-lived JWT for the upstream carrying the same facts as the identity headers, as
@@ -348,7 +351,8 @@ pub fn methods_from_amr(amr: &[String]) -> Vec<Method> {
             "otp" => Some(Method::Otp),
             "sms" => Some(Method::Sms),
             "email" => Some(Method::Email),
-            "app" => Some(Method::App),
+            // "Bearer and ApplicationToken" is decided on the header of the request itself
+            // (SPEC §10): a token saying `app` proves nothing.
             _ => None,
         })
         .collect()
@@ -495,6 +499,27 @@ mod tests {
         assert_eq!(
             check_times(i64::MIN, None, i64::MAX),
             Err(TokenError::Expired)
+        );
+    }
+
+    #[tokio::test]
+    async fn app_is_neither_read_from_amr_nor_issued() {
+        let amr: Vec<String> = ["pwd", "app", "otp"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(methods_from_amr(&amr), vec![Method::Pwd, Method::Otp]);
+        let store = SledStore::temporary().unwrap();
+        let clock = FixedClock::at(1_800_000_000);
+        let tokens = Tokens::load(&config(), &store, &vault(), clock)
+            .await
+            .unwrap();
+        let mut with_app = principal();
+        with_app.methods.push(Method::App);
+        let token = tokens.issue_access(&with_app).unwrap();
+        assert_eq!(
+            tokens.verify_access(&token).unwrap().amr,
+            vec!["pwd", "otp"]
         );
     }
 

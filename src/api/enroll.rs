@@ -164,12 +164,10 @@ impl EnrollPage {
         Some(id).filter(|id| !id.is_empty())
     }
 
-    /// Whether `id` can be a ticket id at all (URL-safe base64, as tickets are issued).
+    /// Whether `id` can be a ticket id at all: 256 bits in URL-safe base64, as tickets are
+    /// issued. Nothing else (a WS opt-in registration's guessable number above all) is served.
     fn plausible(id: &str) -> bool {
-        id.len() <= 64
-            && id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        crate::mfa::codes::is_ticket_id(id)
     }
 
     pub async fn handle(&self, parts: &Parts, body: Incoming, ticket_id: &str) -> Response<Body> {
@@ -320,7 +318,9 @@ impl EnrollPage {
                 }
                 response
             }
-            MfaError::TicketGone | MfaError::TicketUnknown => gone_or_unknown(e),
+            MfaError::TicketGone | MfaError::TicketUnknown | MfaError::AlreadyEnrolled => {
+                gone_or_unknown(e)
+            }
             other => {
                 let (problem, _) = mfa_problem(other);
                 tracing::warn!(error = ?other, "enrollment page failure");
@@ -345,6 +345,13 @@ fn gone_or_unknown(e: &MfaError) -> Response<Body> {
             StatusCode::NOT_FOUND,
             "Link not found",
             "<p class=\"error\">This setup link is not valid. Check that you copied all of it.</p>",
+        ),
+        MfaError::AlreadyEnrolled => page(
+            StatusCode::GONE,
+            "This link can no longer be used",
+            "<p class=\"error\">Two-step verification was set up on this account after this link \
+             was made. To add another method, sign in with your second factor and ask for a new \
+             link.</p>",
         ),
         other => {
             let (problem, _) = mfa_problem(other);
@@ -376,7 +383,12 @@ mod tests {
             Some("abc_DEF-1")
         );
         assert_eq!(EnrollPage::ticket_id("/enroll/%C2%84"), Some("%C2%84"));
-        assert!(EnrollPage::plausible("abc_DEF-1"));
+        assert!(EnrollPage::plausible(&format!(
+            "abc_DEF-1{}",
+            "A".repeat(34)
+        )));
+        assert!(!EnrollPage::plausible("abc_DEF-1"));
+        assert!(!EnrollPage::plausible("ws-optin-123456"));
         assert!(!EnrollPage::plausible("%C2%84"));
         assert!(!EnrollPage::plausible(&"A".repeat(65)));
         assert_eq!(EnrollPage::ticket_id("/enroll/"), None);

@@ -66,16 +66,40 @@ pub struct Principal {
 }
 
 impl Principal {
-    fn of(user: &User, scopes: Vec<String>, methods: Vec<Method>) -> Principal {
-        Principal {
+    /// The one way from a stored user to a principal: every credential (Basic, Bearer of either
+    /// kind, WsAccessKey) ends here, so a user who may not sign in is refused whatever they sent.
+    pub fn admit(
+        user: &User,
+        scopes: Vec<String>,
+        methods: Vec<Method>,
+    ) -> Result<Principal, AuthError> {
+        if !user.is_valid {
+            return Err(AuthError::Invalid("user disabled".into()));
+        }
+        Ok(Principal {
             user_id: user.id.to_string(),
             user_name: user.user_name.clone(),
             email: user.email.clone(),
             scopes,
             organizations: user.memberships.clone(),
             methods,
+        })
+    }
+}
+
+/// The scopes a token's `scope` is worth now (SPEC §10): only those the user still holds, so that
+/// removing a scope takes effect on the next request. `mfa` is not granted but earned: it stays
+/// when the token's own methods hold a second factor.
+pub fn current_scopes(held: &[String], token_scopes: &[String], methods: &[Method]) -> Vec<String> {
+    let earned = methods.iter().any(|m| m.is_second_factor());
+    let mut scopes: Vec<String> = Vec::with_capacity(token_scopes.len());
+    for scope in token_scopes {
+        let counts = held.contains(scope) || (earned && scope == "mfa");
+        if counts && !scopes.contains(scope) {
+            scopes.push(scope.clone());
         }
     }
+    scopes
 }
 
 /// Why credentials were refused.
@@ -265,6 +289,19 @@ impl Authenticator {
         Ok(principal)
     }
 
+    /// A WS family `WsAccessKey`: the principal of the user it is bound to (no second factor:
+    /// the key is a single secret) and the FileId it is bound to; `None` for an unknown key.
+    pub async fn ws_access_key(&self, key: &str) -> Result<Option<(Principal, i64)>, AuthError> {
+        let Some(record) = self.store.ws_key(&secret::hash_token(key.trim())).await? else {
+            return Ok(None);
+        };
+        let Some(user) = self.store.shared_user_by_id(record.user_id).await? else {
+            return Ok(None);
+        };
+        let principal = Principal::admit(&user, user.scopes.clone(), Vec::new())?;
+        Ok(Some((principal, record.file_id)))
+    }
+
     async fn basic(&self, user_name: &str, password: String) -> Result<Principal, AuthError> {
         let user = self.store.user_by_name(user_name).await?;
         let Some((user, hash)) = user.and_then(|u| u.password_hash.clone().map(|h| (u, h))) else {
@@ -286,10 +323,7 @@ impl Authenticator {
             }
             self.basic_cache.insert(key, hash.into());
         }
-        if !user.is_valid {
-            return Err(AuthError::Invalid("user disabled".into()));
-        }
-        Ok(Principal::of(&user, user.scopes.clone(), vec![Method::Pwd]))
+        Principal::admit(&user, user.scopes.clone(), vec![Method::Pwd])
     }
 
     fn cache_key_for(&self, user_name: &str, password: &str) -> [u8; 32] {
@@ -320,12 +354,10 @@ impl Authenticator {
             };
             let user =
                 user.ok_or_else(|| AuthError::Invalid("token for an unknown user".into()))?;
-            let scopes = claims.scope.split_whitespace().map(str::to_owned).collect();
-            return Ok(Principal::of(
-                &user,
-                scopes,
-                tokens::methods_from_amr(&claims.amr),
-            ));
+            let methods = tokens::methods_from_amr(&claims.amr);
+            let asked: Vec<String> = claims.scope.split_whitespace().map(str::to_owned).collect();
+            let scopes = current_scopes(&user.scopes, &asked, &methods);
+            return Principal::admit(&user, scopes, methods);
         }
         let issuers = self.issuers.load_full();
         if issuers.trusts(&iss) {
@@ -334,11 +366,9 @@ impl Authenticator {
                 .await
                 .map_err(|e| AuthError::Invalid(e.to_string()))?;
             let user = self.external_user(&claims).await?;
-            return Ok(Principal::of(
-                &user,
-                claims.scopes(),
-                tokens::methods_from_amr(&claims.amr),
-            ));
+            let methods = tokens::methods_from_amr(&claims.amr);
+            let scopes = current_scopes(&user.scopes, &claims.scopes(), &methods);
+            return Principal::admit(&user, scopes, methods);
         }
         Err(AuthError::Invalid("token from an untrusted issuer".into()))
     }
@@ -443,6 +473,26 @@ mod tests {
             assert_eq!(all_token_chars(&[b'a', b, b'z']), expected, "byte {b}");
         }
         assert!(all_token_chars(&[b'A'; 1000]));
+    }
+
+    #[test]
+    fn a_token_is_worth_only_the_scopes_the_user_still_holds() {
+        let v = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let held = v(&["read", "ops"]);
+        assert_eq!(
+            current_scopes(&held, &v(&["read", "admin", "read"]), &[Method::Pwd]),
+            v(&["read"])
+        );
+        // `mfa` is earned by the token's own second factor, not granted.
+        assert_eq!(
+            current_scopes(&held, &v(&["ops", "mfa"]), &[Method::Pwd]),
+            v(&["ops"])
+        );
+        assert_eq!(
+            current_scopes(&held, &v(&["ops", "mfa"]), &[Method::Pwd, Method::Otp]),
+            v(&["ops", "mfa"])
+        );
+        assert!(current_scopes(&[], &v(&["read"]), &[Method::Otp]).is_empty());
     }
 
     #[test]

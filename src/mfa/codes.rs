@@ -53,6 +53,15 @@ pub fn ticket_id() -> Result<String, String> {
     Ok(URL_SAFE_NO_PAD.encode(random::<32>()?))
 }
 
+/// Whether `id` has the form [`ticket_id`] gives: 43 base64url characters (256 bits). Anything
+/// else (a WS opt-in registration, a guess) is no ticket the enrollment page serves.
+pub fn is_ticket_id(id: &str) -> bool {
+    id.len() == 43
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// A fresh TOTP secret.
 pub fn totp_secret() -> Result<[u8; super::totp::SECRET_LEN], String> {
     random()
@@ -86,6 +95,10 @@ mod tests {
     fn ticket_ids_carry_256_bits() {
         let id = ticket_id().unwrap();
         assert_eq!(id.len(), 43);
+        assert!(is_ticket_id(&id));
         assert_ne!(id, ticket_id().unwrap());
+        assert!(!is_ticket_id("ws-optin-12345"));
+        assert!(!is_ticket_id(&format!("{id}A")));
+        assert!(!is_ticket_id(&format!("{}.", &id[..42])));
     }
 }

@@ -9,7 +9,9 @@ use crate::config::MfaConfig;
 use crate::meter::{Meter, OtpResult};
 use crate::notify::{self, Email, Notifier};
 use crate::secrets::Vault;
-use crate::store::{Factor, FactorKind, OobCode, SCHEMA_VERSION, Store, StoreError, Ticket, User};
+use crate::store::{
+    Factor, FactorKind, OPT_IN_PREFIX, OobCode, SCHEMA_VERSION, Store, StoreError, Ticket, User,
+};
 use crate::tokens::Tokens;
 
 use super::codes;
@@ -206,10 +208,7 @@ impl Mfa {
                 "the user has no email address to send the enrollment link to".into(),
             ));
         }
-        let has_factor = !self.store.factors(user.id).await?.is_empty();
-        if has_factor && !principal.methods.iter().any(|m| m.is_second_factor()) {
-            return Err(MfaError::AlreadyEnrolled);
-        }
+        let second_factor = self.may_add_factor(user.id, &principal.methods).await?;
         let sealed_secret = match kind {
             FactorKind::Otp => {
                 let secret = codes::totp_secret().map_err(MfaError::Internal)?;
@@ -233,6 +232,7 @@ impl Mfa {
             created_at: now,
             expires_at: now + secs(self.config.ticket_ttl),
             used: false,
+            second_factor,
         };
         self.store.create_ticket(ticket).await?;
         self.meter.ticket(kind.as_str());
@@ -260,8 +260,35 @@ impl Mfa {
         })
     }
 
-    /// A ticket that can still be used.
+    /// The one rule for every way a factor is added (SPEC §4.1, §10): beside a confirmed factor,
+    /// only a credential that holds a second factor may add one, or a password alone would let
+    /// an attacker add their own authenticator. The answer (whether the credential holds one) is
+    /// recorded in the ticket, and confirmation checks the rule again against the factors the
+    /// user has by then ([`Mfa::may_confirm`], and atomically in the store).
+    async fn may_add_factor(&self, user_id: u64, methods: &[Method]) -> Result<bool, MfaError> {
+        let second_factor = methods.iter().any(|m| m.is_second_factor());
+        if !second_factor && !self.store.factors(user_id).await?.is_empty() {
+            return Err(MfaError::AlreadyEnrolled);
+        }
+        Ok(second_factor)
+    }
+
+    /// [`Mfa::may_add_factor`] at confirmation: a ticket made without a second factor is only
+    /// good while the user has no confirmed factor (it may predate the user's enrollment).
+    async fn may_confirm(&self, ticket: &Ticket) -> Result<(), MfaError> {
+        if !ticket.second_factor && !self.store.factors(ticket.user_id).await?.is_empty() {
+            return Err(MfaError::AlreadyEnrolled);
+        }
+        Ok(())
+    }
+
+    /// A ticket of the enrollment page that can still be used. Only the 256-bit ids
+    /// [`codes::ticket_id`] makes are looked up: a WS opt-in registration is not a link anyone
+    /// may open (its number is guessable), and it is refused before the store is asked.
     async fn live_ticket(&self, ticket_id: &str) -> Result<Ticket, MfaError> {
+        if !codes::is_ticket_id(ticket_id) {
+            return Err(MfaError::TicketUnknown);
+        }
         let ticket = self
             .store
             .ticket(ticket_id)
@@ -270,6 +297,7 @@ impl Mfa {
         if ticket.used || ticket.expires_at <= self.clock.unix() {
             return Err(MfaError::TicketGone);
         }
+        self.may_confirm(&ticket).await?;
         Ok(ticket)
     }
 
@@ -462,6 +490,7 @@ impl Mfa {
             .user_by_id(ticket.user_id)
             .await?
             .ok_or(MfaError::UnknownUser)?;
+        self.may_confirm(ticket).await?;
         let attempt = self.reserve(&user).await?;
         let now = self.clock.unix();
         let last_step = match (&ticket.kind, &ticket.sealed_secret) {
@@ -509,11 +538,14 @@ impl Mfa {
             created: clock::rfc3339(self.clock.now()),
         };
         let hashes = recovery.as_ref().map(|codes| self.recovery_hashes(codes));
+        // The store checks the rule again, atomically with the confirmation, and voids the
+        // user's other pending tickets: a factor confirmed meanwhile makes this one fail.
         if !self
             .store
             .confirm_ticket(&ticket.id, factor, hashes, now)
             .await?
         {
+            self.may_confirm(ticket).await?;
             return Err(MfaError::TicketGone);
         }
         self.passed(&user, attempt).await?;
@@ -579,6 +611,9 @@ impl Mfa {
         user: &User,
     ) -> Result<Granted, MfaError> {
         let mut stepped = session;
+        // Issued with the scopes the user holds now (SPEC §10), never those of the session
+        // being stepped up: a removed scope must not come back through a step-up.
+        stepped.scopes = user.scopes.clone();
         if !stepped.scopes.iter().any(|s| s == "mfa") {
             stepped.scopes.push("mfa".into());
         }
@@ -745,7 +780,9 @@ impl Mfa {
 
     /// WS `User/2fa-opt-in`: registers `number` as the user's pending SMS factor and texts it a
     /// code. Returns the `ProviderUserId` that identifies the registration.
-    pub async fn sms_opt_in(&self, user: &User, number: &str) -> Result<i64, MfaError> {
+    pub async fn sms_opt_in(&self, principal: &Principal, number: &str) -> Result<i64, MfaError> {
+        let user = &self.user(principal).await?;
+        let second_factor = self.may_add_factor(user.id, &principal.methods).await?;
         let provider_user_id = loop {
             let mut bytes = [0u8; 4];
             ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
@@ -767,6 +804,7 @@ impl Mfa {
                 created_at: now,
                 expires_at: now + secs(self.config.ticket_ttl),
                 used: false,
+                second_factor,
             })
             .await?;
         self.meter.ticket(FactorKind::Sms.as_str());
@@ -784,10 +822,11 @@ impl Mfa {
     /// WS `User/verify-2fa-opt-in`: confirms the registration with the texted code.
     pub async fn sms_opt_in_verify(
         &self,
-        user: &User,
+        principal: &Principal,
         provider_user_id: i64,
         otp: &str,
     ) -> Result<(), MfaError> {
+        let user = self.user(principal).await?;
         let ticket = self
             .store
             .ticket(&opt_in_ticket(provider_user_id))
@@ -823,7 +862,7 @@ impl Mfa {
 
 /// The ticket behind a WS opt-in's `ProviderUserId`.
 fn opt_in_ticket(provider_user_id: i64) -> String {
-    format!("ws-optin-{provider_user_id}")
+    format!("{OPT_IN_PREFIX}{provider_user_id}")
 }
 
 fn enrollment_email(to: &str, url: &str, kind: FactorKind) -> Email {

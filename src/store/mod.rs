@@ -15,6 +15,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::mfa::lockout::{LockoutState, Policy, Reservation};
 
+/// How the ids of WS opt-in registrations begin (`ws-optin-{ProviderUserId}`). They are kept
+/// beside enrollment tickets but are not tickets (SPEC §10): no enrollment link or
+/// verify-enrollment-otp reaches them.
+pub const OPT_IN_PREFIX: &str = "ws-optin-";
+
 /// Schema version written into every record of this release.
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -123,6 +128,8 @@ pub struct UserPatch {
     pub nick_name: Option<String>,
     pub scopes: Option<Vec<String>>,
     pub last_login_timestamp: Option<String>,
+    /// `false` refuses every credential of the user ([`crate::auth::Principal::admit`]).
+    pub is_valid: Option<bool>,
 }
 
 impl UserPatch {
@@ -154,6 +161,9 @@ impl UserPatch {
         }
         if let Some(v) = self.last_login_timestamp {
             user.last_login_timestamp = Some(v);
+        }
+        if let Some(v) = self.is_valid {
+            user.is_valid = v;
         }
     }
 }
@@ -272,6 +282,11 @@ pub struct Ticket {
     /// Unix time.
     pub expires_at: i64,
     pub used: bool,
+    /// Whether the credential that made the ticket held a second factor. Only such a ticket may
+    /// be confirmed beside a factor the user already has (SPEC §10); older records lack the
+    /// field and count as made without one.
+    #[serde(default)]
+    pub second_factor: bool,
 }
 
 /// A one-time code sent out of band, kept as a keyed hash.
@@ -385,7 +400,8 @@ pub trait Store: Send + Sync {
     async fn update_user(&self, user_name: &str, patch: UserPatch, now: &str) -> StoreResult<User>;
     /// Deletes a user and everything bound to it; `false` when there was no such user.
     async fn delete_user(&self, user_name: &str) -> StoreResult<bool>;
-    /// Removes every MFA factor, pending enrollment and recovery code of the user.
+    /// Removes every MFA factor, pending enrollment (WS opt-in registrations included) and
+    /// recovery code of the user, atomically.
     async fn reset_mfa(&self, user_id: u64) -> StoreResult<()>;
 
     async fn create_application(&self, app: Application) -> StoreResult<()>;
@@ -423,11 +439,13 @@ pub trait Store: Send + Sync {
 
     async fn create_ticket(&self, ticket: Ticket) -> StoreResult<()>;
     async fn ticket(&self, id: &str) -> StoreResult<Option<Ticket>>;
-    /// The user's most recent unused, unexpired ticket.
+    /// The user's most recent unused, unexpired enrollment ticket (not a WS registration).
     async fn newest_pending_ticket(&self, user_id: u64, now: i64) -> StoreResult<Option<Ticket>>;
-    /// Atomically: marks the ticket used and stores `factor` as confirmed (replacing one of the
-    /// same kind), and sets `recovery_hashes` when given. `false` (nothing changed) when the ticket
-    /// is unknown, used or expired.
+    /// Atomically: marks the ticket used, stores `factor` as confirmed (replacing one of the
+    /// same kind), sets `recovery_hashes` when given, and voids every other pending ticket of the
+    /// user (they were made against the factors the user had before). `false` (nothing changed)
+    /// when the ticket is unknown, used or expired, or was made without a second factor while
+    /// the user now has a confirmed factor.
     async fn confirm_ticket(
         &self,
         ticket_id: &str,

@@ -21,9 +21,9 @@ use tokio_postgres::types::{Json, ToSql};
 use tokio_postgres::{IsolationLevel, NoTls, Row};
 
 use super::{
-    Application, AuditEvent, CodeLogin, Domain, Factor, FactorKind, Membership, NewUser, OobCode,
-    Organization, SCHEMA_VERSION, SigningKey, Snapshot, Store, StoreError, StoreResult, Ticket,
-    User, UserPatch, WsKey,
+    Application, AuditEvent, CodeLogin, Domain, Factor, FactorKind, Membership, NewUser,
+    OPT_IN_PREFIX, OobCode, Organization, SCHEMA_VERSION, SigningKey, Snapshot, Store, StoreError,
+    StoreResult, Ticket, User, UserPatch, WsKey,
 };
 use crate::mfa::lockout::{LockoutState, Policy, Reservation};
 
@@ -660,17 +660,36 @@ impl PgStore {
         let last_step = factor.last_step.map(step_column).transpose()?;
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
+        // Confirmations of one user's tickets take turns on the user's row, so the factors the
+        // next one reads include those the previous one stored.
+        exec(
+            &tx,
+            "SELECT 1 FROM gatehouse_users WHERE id = $1 FOR UPDATE",
+            &[&user_id],
+        )
+        .await?;
         let marked = exec(
             &tx,
             "UPDATE gatehouse_tickets
              SET used = true, doc = jsonb_set(doc, ARRAY['used'], 'true'::JSONB)
-             WHERE id = $1 AND user_id = $2 AND NOT used AND expires_at > $3",
+             WHERE id = $1 AND user_id = $2 AND NOT used AND expires_at > $3
+               AND (COALESCE((doc->>'second_factor')::BOOL, false)
+                    OR NOT EXISTS (SELECT 1 FROM gatehouse_factors WHERE user_id = $2))",
             &[&ticket_id, &user_id, &now],
         )
         .await?;
         if marked == 0 {
             return Ok(false);
         }
+        // The user's other pending tickets were made against the factors before this one.
+        exec(
+            &tx,
+            "UPDATE gatehouse_tickets
+             SET used = true, doc = jsonb_set(doc, ARRAY['used'], 'true'::JSONB)
+             WHERE user_id = $1 AND NOT used",
+            &[&user_id],
+        )
+        .await?;
         exec(
             &tx,
             "INSERT INTO gatehouse_factors (user_id, kind, last_step, doc) VALUES ($1, $2, $3, $4)
@@ -1521,8 +1540,9 @@ impl Store for PgStore {
         let pending: Vec<Ticket> = self
             .find_all(
                 "SELECT doc FROM gatehouse_tickets
-                 WHERE user_id = $1 AND NOT used AND expires_at > $2",
-                &[&key(user_id), &now],
+                 WHERE user_id = $1 AND NOT used AND expires_at > $2
+                   AND left(id, length($3)) <> $3",
+                &[&key(user_id), &now, &OPT_IN_PREFIX],
             )
             .await?;
         // Ties go to the greatest id in byte order, which is the one sled's scan meets last.
@@ -1828,6 +1848,7 @@ mod tests {
             created_at,
             expires_at: created_at + 100,
             used: false,
+            second_factor: false,
         }
     }
 
@@ -2162,8 +2183,15 @@ mod tests {
                 .await
                 .unwrap()
         );
-        let newest = store.newest_pending_ticket(1, 1050).await.unwrap().unwrap();
-        assert_eq!(newest.id, "t1");
+        // Confirming t2 voided t1: it was made against the factors before.
+        assert!(
+            store
+                .newest_pending_ticket(1, 1050)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(store.ticket("t1").await.unwrap().unwrap().used);
         assert_eq!(store.factors(1).await.unwrap(), vec![factor(1)]);
         assert!(store.consume_recovery_code(1, "h").await.unwrap());
         assert!(!store.consume_recovery_code(1, "h").await.unwrap());

@@ -11,9 +11,9 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use sled::{Db, Transactional, Tree};
 
 use super::{
-    Application, AuditEvent, CodeLogin, Domain, Factor, FactorKind, Membership, NewUser, OobCode,
-    Organization, SCHEMA_VERSION, SigningKey, Snapshot, Store, StoreError, StoreResult, Ticket,
-    User, UserPatch, WsKey,
+    Application, AuditEvent, CodeLogin, Domain, Factor, FactorKind, Membership, NewUser,
+    OPT_IN_PREFIX, OobCode, Organization, SCHEMA_VERSION, SigningKey, Snapshot, Store, StoreError,
+    StoreResult, Ticket, User, UserPatch, WsKey,
 };
 use crate::mfa::lockout::{LockoutState, Policy, Reservation};
 
@@ -90,6 +90,9 @@ fn mfa_key(user_id: u64, tag: u8, rest: &[u8]) -> Vec<u8> {
     key.extend_from_slice(rest);
     key
 }
+
+/// Every kind of factor: the keys a transaction names when it must see all of a user's factors.
+const FACTOR_KINDS: [FactorKind; 3] = [FactorKind::Otp, FactorKind::Sms, FactorKind::Email];
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
@@ -468,13 +471,29 @@ impl Store for SledStore {
     }
 
     async fn reset_mfa(&self, user_id: u64) -> StoreResult<()> {
-        for key in self.mfa.scan_prefix(user_id.to_be_bytes()).keys() {
-            let key = key.map_err(backend)?;
-            if key.get(8) == Some(&b't') {
-                self.tickets.remove(&key[9..]).map_err(backend)?;
+        let keys = self
+            .mfa
+            .scan_prefix(user_id.to_be_bytes())
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(backend)?;
+        // One transaction, which also names every key a confirmation writes (factors, recovery
+        // codes): a confirmation running meanwhile either lands before the reset (and is
+        // removed) or finds its ticket gone.
+        let result = (&self.tickets, &self.mfa).transaction(|(tickets, mfa)| {
+            for key in &keys {
+                if key.get(8) == Some(&b't') {
+                    tickets.remove(&key[9..])?;
+                }
+                mfa.remove(key)?;
             }
-            self.mfa.remove(key).map_err(backend)?;
-        }
+            for kind in FACTOR_KINDS {
+                mfa.remove(mfa_key(user_id, b'f', &[kind.tag()]))?;
+            }
+            mfa.remove(mfa_key(user_id, b'r', &[]))?;
+            Ok(())
+        });
+        unwrap_tx(result)?;
         self.durable().await
     }
 
@@ -506,7 +525,7 @@ impl Store for SledStore {
                 continue;
             };
             let ticket: Ticket = decode(&bytes)?;
-            if ticket.used || ticket.expires_at <= now {
+            if ticket.used || ticket.expires_at <= now || ticket.id.starts_with(OPT_IN_PREFIX) {
                 continue;
             }
             if newest
@@ -526,6 +545,15 @@ impl Store for SledStore {
         recovery_hashes: Option<Vec<String>>,
         now: i64,
     ) -> StoreResult<bool> {
+        // The user's other tickets, voided below. One made after this scan was made against the
+        // factors before this confirmation, so the rule checked at its own confirmation holds.
+        let others = self
+            .mfa
+            .scan_prefix(mfa_key(factor.user_id, b't', &[]))
+            .keys()
+            .map(|key| key.map(|k| k[9..].to_vec()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(backend)?;
         let result = (&self.tickets, &self.mfa).transaction(|(tickets, mfa)| {
             let Some(bytes) = tickets.get(ticket_id.as_bytes())? else {
                 return Ok(false);
@@ -533,6 +561,26 @@ impl Store for SledStore {
             let mut ticket: Ticket = tx_decode(&bytes)?;
             if ticket.used || ticket.expires_at <= now || ticket.user_id != factor.user_id {
                 return Ok(false);
+            }
+            if !ticket.second_factor {
+                for kind in FACTOR_KINDS {
+                    if mfa
+                        .get(mfa_key(factor.user_id, b'f', &[kind.tag()]))?
+                        .is_some()
+                    {
+                        return Ok(false);
+                    }
+                }
+            }
+            for id in &others {
+                let Some(bytes) = tickets.get(id)? else {
+                    continue;
+                };
+                let mut other: Ticket = tx_decode(&bytes)?;
+                if !other.used {
+                    other.used = true;
+                    tickets.insert(id.as_slice(), tx_encode(&other)?)?;
+                }
             }
             ticket.used = true;
             tickets.insert(ticket_id.as_bytes(), tx_encode(&ticket)?)?;
@@ -1197,6 +1245,7 @@ mod tests {
             created_at,
             expires_at: created_at + 100,
             used: false,
+            second_factor: false,
         }
     }
 
@@ -1240,15 +1289,15 @@ mod tests {
                 .unwrap(),
             "other user"
         );
-        assert_eq!(
+        // Confirming t2 voided t1: it was made against the factors before.
+        assert!(
             store
                 .newest_pending_ticket(1, 1050)
                 .await
                 .unwrap()
-                .unwrap()
-                .id,
-            "t1"
+                .is_none()
         );
+        assert!(store.ticket("t1").await.unwrap().unwrap().used);
         assert_eq!(store.factors(1).await.unwrap().len(), 1);
         assert!(store.consume_recovery_code(1, "h").await.unwrap());
         assert!(!store.consume_recovery_code(1, "h").await.unwrap());

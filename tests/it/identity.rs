@@ -552,7 +552,31 @@ async fn trusted_issuer_tokens_map_to_users_and_rotation_is_picked_up() {
     assert_eq!(status, 200, "{body}");
     let seen = upstream.last();
     assert_eq!(seen.headers["x-auth-user"], "erin");
-    assert_eq!(seen.headers["x-auth-scopes"], "read write");
+    // The token asks for `read write`; the new user holds no scope yet (SPEC §10)...
+    assert_eq!(
+        seen.headers
+            .get("x-auth-scopes")
+            .map(|v| v.to_str().unwrap())
+            .unwrap_or(""),
+        ""
+    );
+    // ...and once granted `read`, that is what the same token is worth.
+    let (status, _) = gh
+        .admin(
+            "PATCH",
+            "/admin/v1/users/erin",
+            Some(json!({"scopes": ["read", "admin"]})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = get(
+        &gh,
+        "/private/x",
+        &[bearer(k1.sign("k1", &external_claims("ext-1")))],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(upstream.last().headers["x-auth-scopes"], "read");
     let user = gh
         .app
         .store
@@ -661,4 +685,375 @@ async fn a_changed_email_reaches_the_upstream_in_headers_and_assertion_at_once()
             Some("ada@example.org".into())
         )
     );
+}
+
+/// Runs the test function `$name` once per store backend.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test]
+                async fn sled() {
+                    super::$name(crate::factors::Backend::Sled).await;
+                }
+
+                #[tokio::test]
+                async fn postgres() {
+                    super::$name(crate::factors::Backend::Postgres).await;
+                }
+            }
+        )*
+    };
+}
+
+on_both_backends!(
+    removed_scope_is_refused_on_the_next_request_and_step_up_does_not_restore_it,
+    disabled_user_is_refused_on_every_credential,
+);
+
+/// [`start`] on `backend`: the test's key signs, `/ops/` needs `ops`, SMS goes nowhere useful.
+async fn start_on(
+    backend: crate::factors::Backend,
+    upstream: &Upstream,
+    key: &TestKey,
+    adjust: impl FnOnce(&mut gatehouse::config::Config),
+) -> (Gatehouse, Option<crate::pg::Database>) {
+    let pem = key.pem();
+    backend
+        .start(upstream, |c| {
+            let key_file = c.store.path.with_file_name("signing.pem");
+            std::fs::write(&key_file, &pem).unwrap();
+            c.tokens.signing_key_file = Some(key_file);
+            c.routes.push(gatehouse::config::Route {
+                path_prefix: "/ops/".into(),
+                access: gatehouse::config::Access::Authenticated,
+                scopes: vec!["ops".into()],
+            });
+            adjust(c);
+        })
+        .await
+}
+
+/// Enrolls `ada` in an authenticator app (Basic, the page); returns the secret.
+async fn enroll_totp(gh: &Gatehouse, extra: &[(&str, String)]) -> (Vec<u8>, serde_json::Value) {
+    use crate::mfa::{secret_from, ticket_path, totp};
+    let client = http1_client();
+    let mut request = client
+        .post(gh.http_url("/v1/me/mfa-enrollment?factor=otp&isInteractive=true"))
+        .header("authorization", basic("ada", PASSWORD));
+    for (name, value) in extra {
+        request = request.header(*name, value);
+    }
+    let enrollment: serde_json::Value = request.send().await.unwrap().json().await.unwrap();
+    let path = ticket_path(enrollment["ticketUrl"].as_str().unwrap());
+    let html = client
+        .get(gh.http_url(&path))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let secret = secret_from(&html);
+    let mut request = client
+        .post(gh.http_url("/v1/me/verify-enrollment-otp"))
+        .header("authorization", basic("ada", PASSWORD))
+        .json(&json!({"otp": totp(&secret, 0)}));
+    for (name, value) in extra {
+        request = request.header(*name, value);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    (secret, response.json().await.unwrap())
+}
+
+/// Forward-auth's decision for `GET {uri}` with `headers`: the status and `X-Auth-Scopes`.
+async fn verify(gh: &Gatehouse, uri: &str, headers: &[(&str, String)]) -> (u16, Option<String>) {
+    let mut request = http1_client()
+        .get(gh.http_url("/auth/verify"))
+        .header("x-forwarded-method", "GET")
+        .header("x-forwarded-uri", uri);
+    for (name, value) in headers {
+        request = request.header(*name, value);
+    }
+    let response = request.send().await.unwrap();
+    let scopes = response
+        .headers()
+        .get("x-auth-scopes")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (response.status().as_u16(), scopes)
+}
+
+fn scopes_of(granted: &serde_json::Value) -> Vec<String> {
+    granted["scope"]
+        .as_str()
+        .unwrap()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+async fn removed_scope_is_refused_on_the_next_request_and_step_up_does_not_restore_it(
+    backend: crate::factors::Backend,
+) {
+    let upstream = Upstream::start().await;
+    let key = TestKey::generate();
+    let (gh, _db) = start_on(backend, &upstream, &key, |_| {}).await;
+    let user = gh
+        .create_user(json!({"userName": "ada", "password": PASSWORD, "scopes": ["read", "ops"]}))
+        .await;
+    let sub = user["id"].to_string();
+    let kid = published_kid(&gh).await;
+    let token = key.sign(&kid, &claims(&gh, &sub, &["pwd"], "read ops"));
+    let bearer = ("authorization", format!("Bearer {token}"));
+    assert_eq!(
+        get(&gh, "/ops/x", std::slice::from_ref(&bearer)).await.0,
+        200
+    );
+    assert_eq!(upstream.last().headers["x-auth-scopes"], "read ops");
+
+    let (secret, granted) = enroll_totp(&gh, &[]).await;
+    assert!(scopes_of(&granted).contains(&"ops".to_owned()));
+    let stepped = granted["accessToken"].as_str().unwrap().to_owned();
+
+    let (status, _) = gh
+        .admin(
+            "PATCH",
+            "/admin/v1/users/ada",
+            Some(json!({"scopes": ["read"]})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    for token in [&token, &stepped] {
+        let bearer = ("authorization", format!("Bearer {token}"));
+        let (status, body) = get(&gh, "/ops/x", std::slice::from_ref(&bearer)).await;
+        assert_eq!(status, 403, "{body}");
+        let (status, _) = verify(&gh, "/ops/x", std::slice::from_ref(&bearer)).await;
+        assert_eq!(status, 403, "forward-auth");
+        let (status, scopes) = verify(&gh, "/private/x", std::slice::from_ref(&bearer)).await;
+        assert_eq!(status, 200);
+        assert!(!scopes.unwrap().split(' ').any(|s| s == "ops"));
+        let (status, _) = get(&gh, "/private/x", &[bearer]).await;
+        assert_eq!(status, 200);
+        let scopes = upstream.last().headers["x-auth-scopes"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(!scopes.split(' ').any(|s| s == "ops"), "{scopes}");
+    }
+
+    // Stepping the old session up issues the scopes the user holds now.
+    let response = http1_client()
+        .post(gh.http_url("/v1/me/verify-otp"))
+        .header("authorization", basic("ada", PASSWORD))
+        .json(&json!({"otp": crate::mfa::totp(&secret, 1), "accessToken": token}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let granted: serde_json::Value = response.json().await.unwrap();
+    assert!(
+        !scopes_of(&granted).contains(&"ops".to_owned()),
+        "{granted}"
+    );
+    let bearer = (
+        "authorization",
+        format!("Bearer {}", granted["accessToken"].as_str().unwrap()),
+    );
+    assert_eq!(
+        get(&gh, "/ops/x", std::slice::from_ref(&bearer)).await.0,
+        403
+    );
+    assert_eq!(get(&gh, "/secure/x", &[bearer]).await.0, 200);
+    assert_eq!(upstream.last().headers["x-auth-scopes"], "read mfa");
+}
+
+async fn disabled_user_is_refused_on_every_credential(backend: crate::factors::Backend) {
+    let upstream = Upstream::start().await;
+    let key = TestKey::generate();
+    let (gh, _db) = start_on(backend, &upstream, &key, |_| {}).await;
+    let user = gh
+        .create_user(
+            json!({"userName": "ada", "password": PASSWORD, "scopes": ["manage.otp.verify"]}),
+        )
+        .await;
+    gh.admin(
+        "POST",
+        "/admin/v1/files/12/members",
+        Some(json!({"userName": "ada"})),
+    )
+    .await;
+    let (_, ws_key) = gh
+        .admin(
+            "POST",
+            "/admin/v1/ws-keys",
+            Some(json!({"userName": "ada", "fileId": 12})),
+        )
+        .await;
+    let ws_key = ws_key["key"].as_str().unwrap().to_owned();
+    let kid = published_kid(&gh).await;
+    let token = key.sign(
+        &kid,
+        &claims(&gh, &user["id"].to_string(), &["pwd"], "manage.otp.verify"),
+    );
+    let bearer = ("authorization", format!("Bearer {token}"));
+    let password = ("authorization", basic("ada", PASSWORD));
+    let ws_status = |gh: &Gatehouse| {
+        let url = gh.http_url(&format!(
+            "/User/verify-2fa-opt-in?FileId=12&WsAccessKey={ws_key}"
+        ));
+        async move {
+            http1_client()
+                .post(url)
+                .json(&json!({"ProviderUserId": 1, "Otp": "123456"}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    let manage_status = |gh: &Gatehouse| {
+        let request = http1_client()
+            .post(gh.http_url("/manage/v2/user/send/otp"))
+            .header("authorization", basic("ada", PASSWORD))
+            .json(&json!({"userName": "nobody", "phoneNumber": "+14155550123"}));
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+
+    // Every credential works while the user is valid.
+    assert_eq!(
+        get(&gh, "/private/x", std::slice::from_ref(&bearer))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        get(&gh, "/private/x", std::slice::from_ref(&password))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(ws_status(&gh).await, 400, "the key is accepted");
+    assert_ne!(manage_status(&gh).await, 401);
+
+    let patch = gatehouse::store::UserPatch {
+        is_valid: Some(false),
+        ..Default::default()
+    };
+    gh.app
+        .store
+        .update_user("ada", patch, "2026-01-01T00:00:00Z")
+        .await
+        .unwrap();
+    assert_eq!(
+        verify(&gh, "/private/x", std::slice::from_ref(&bearer))
+            .await
+            .0,
+        401
+    );
+    assert_eq!(get(&gh, "/private/x", &[bearer]).await.0, 401);
+    assert_eq!(
+        get(&gh, "/private/x", std::slice::from_ref(&password))
+            .await
+            .0,
+        401
+    );
+    assert_eq!(ws_status(&gh).await, 401);
+    assert_eq!(manage_status(&gh).await, 401);
+    let response = http1_client()
+        .post(gh.http_url("/v1/me/mfa-enrollment?isInteractive=true"))
+        .header("authorization", basic("ada", PASSWORD))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+}
+
+#[tokio::test]
+async fn amr_app_in_a_token_does_not_stand_for_the_application_token_header() {
+    let upstream = Upstream::start().await;
+    let key = TestKey::generate();
+    let k1 = TestKey::generate();
+    let idp = Idp::start(json!({"keys": [k1.jwk("k1")]})).await;
+    let jwks_url = format!("http://{}/jwks", idp.addr);
+    let gh = start(&upstream, &key, |c| {
+        c.auth.require_application_token = true;
+        c.auth
+            .trusted_issuers
+            .push(gatehouse::config::TrustedIssuer {
+                issuer: "https://idp.test".into(),
+                jwks_url: jwks_url.parse().unwrap(),
+                audience: "gatehouse-app".into(),
+                algorithms: vec!["EdDSA".into()],
+            });
+    })
+    .await;
+    gh.create_user(json!({"userName": "ada", "password": PASSWORD, "email": "ada@example.com"}))
+        .await;
+    let (_, app) = gh
+        .admin(
+            "POST",
+            "/admin/v1/applications",
+            Some(json!({"name": "web"})),
+        )
+        .await;
+    let app_header = (
+        "applicationtoken",
+        app["token"].as_str().unwrap().to_owned(),
+    );
+
+    // A token issued to a call that carried the ApplicationToken does not carry `app`.
+    let (_, granted) = enroll_totp(&gh, std::slice::from_ref(&app_header)).await;
+    let issued = granted["accessToken"].as_str().unwrap().to_owned();
+    let payload = issued.split('.').nth(1).unwrap();
+    let claims_of_issued: serde_json::Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims_of_issued["amr"], json!(["pwd", "otp"]));
+
+    // Tokens claiming `app` (gatehouse's own key, and a trusted issuer) count for nothing.
+    let ada = gh.app.store.user_by_name("ada").await.unwrap().unwrap();
+    let kid = published_kid(&gh).await;
+    let own = key.sign(
+        &kid,
+        &claims(&gh, &ada.id.to_string(), &["pwd", "otp", "app"], ""),
+    );
+    let external = k1.sign(
+        "k1",
+        &json!({
+            "iss": "https://idp.test", "aud": "gatehouse-app", "sub": "ext-app",
+            "exp": keys::now() + 300, "preferred_username": "erin", "amr": ["app"],
+        }),
+    );
+    for token in [&issued, &own, &external] {
+        let bearer = ("authorization", format!("Bearer {token}"));
+        let (status, body) = get(&gh, "/private/x", std::slice::from_ref(&bearer)).await;
+        assert_eq!(status, 401, "{body}");
+        let (status, _) = verify(&gh, "/private/x", std::slice::from_ref(&bearer)).await;
+        assert_eq!(status, 401, "forward-auth");
+        let with_header = [bearer, app_header.clone()];
+        assert_eq!(verify(&gh, "/private/x", &with_header).await.0, 200);
+        let (status, body) = get(&gh, "/private/x", &with_header).await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    // The Nexus family's "Bearer and ApplicationToken" alike.
+    let response = http1_client()
+        .post(gh.http_url("/v1/me/recovery-codes"))
+        .bearer_auth(&own)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let response = http1_client()
+        .post(gh.http_url("/v1/me/recovery-codes"))
+        .bearer_auth(&own)
+        .header(app_header.0, &app_header.1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
 }

@@ -10,6 +10,7 @@ mod config;
 mod deploy;
 mod dns;
 mod domains;
+mod factors;
 mod faulty;
 mod hygiene;
 mod identity;

@@ -303,6 +303,7 @@ async fn gatehouse_migrate_copies_a_sled_store_into_postgres() {
             created_at: 1000,
             expires_at: 4_000_000_000,
             used: false,
+            second_factor: false,
         };
         sled.create_ticket(ticket.clone()).await.unwrap();
         let factor = Factor {

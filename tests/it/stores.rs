@@ -64,6 +64,9 @@ on_both_backends!(
     user_names_are_unique_regardless_of_case,
     a_ticket_is_confirmed_once_under_concurrency,
     a_totp_step_is_accepted_once_under_concurrency,
+    a_confirmed_factor_voids_pending_tickets_and_refuses_password_only_ones,
+    of_two_password_only_tickets_confirmed_at_once_one_wins,
+    an_mfa_reset_removes_every_pending_ticket,
     concurrent_failures_through_two_handles_are_all_counted,
     concurrent_reservations_through_two_handles_grant_at_most_max_failures,
     a_lock_refuses_reservations_until_cleared,
@@ -116,6 +119,7 @@ fn ticket(id: &str, user_id: u64, expires_at: i64) -> Ticket {
         created_at: 1000,
         expires_at,
         used: false,
+        second_factor: false,
     }
 }
 
@@ -179,6 +183,132 @@ async fn a_ticket_is_confirmed_once_under_concurrency(s: Subject) {
             .await
             .unwrap(),
         "an expired ticket confirms nothing"
+    );
+}
+
+fn stepped_up(mut ticket: Ticket) -> Ticket {
+    ticket.second_factor = true;
+    ticket
+}
+
+async fn a_confirmed_factor_voids_pending_tickets_and_refuses_password_only_ones(s: Subject) {
+    let user = s.store.create_user(new_user("ada"), NOW).await.unwrap();
+    // An attacker's ticket made with the password alone, before the user enrolled.
+    s.store
+        .create_ticket(ticket("stale", user.id, 2000))
+        .await
+        .unwrap();
+    s.store
+        .create_ticket(ticket("own", user.id, 2000))
+        .await
+        .unwrap();
+    assert!(
+        s.twin
+            .confirm_ticket("own", factor(user.id), None, 1500)
+            .await
+            .unwrap()
+    );
+    let stale = s.store.ticket("stale").await.unwrap().unwrap();
+    assert!(stale.used, "confirming a factor voids the other tickets");
+    assert!(
+        !s.store
+            .confirm_ticket("stale", factor(user.id), None, 1500)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        s.twin.newest_pending_ticket(user.id, 1500).await.unwrap(),
+        None
+    );
+
+    // A ticket made without a second factor beside a confirmed one is refused by the store itself.
+    s.store
+        .create_ticket(ticket("late", user.id, 2000))
+        .await
+        .unwrap();
+    let mut sms = factor(user.id);
+    sms.kind = FactorKind::Sms;
+    sms.sealed_secret = None;
+    sms.destination = Some("+14155550100".into());
+    assert!(
+        !s.twin
+            .confirm_ticket("late", sms.clone(), None, 1500)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        s.store.factors(user.id).await.unwrap(),
+        vec![factor(user.id)]
+    );
+
+    // One made with a second factor may add a factor beside it.
+    s.store
+        .create_ticket(stepped_up(ticket("mfa", user.id, 2000)))
+        .await
+        .unwrap();
+    assert!(s.twin.confirm_ticket("mfa", sms, None, 1500).await.unwrap());
+    assert_eq!(s.store.factors(user.id).await.unwrap().len(), 2);
+    assert!(s.store.ticket("late").await.unwrap().unwrap().used);
+}
+
+async fn of_two_password_only_tickets_confirmed_at_once_one_wins(s: Subject) {
+    for round in 0..5 {
+        let user = s
+            .store
+            .create_user(new_user(&format!("ada{round}")), NOW)
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for (i, kind) in [FactorKind::Otp, FactorKind::Sms].into_iter().enumerate() {
+            let id = format!("t{round}-{i}");
+            s.store
+                .create_ticket(ticket(&id, user.id, 2000))
+                .await
+                .unwrap();
+            let store = if i == 0 {
+                s.store.clone()
+            } else {
+                s.twin.clone()
+            };
+            let mut f = factor(user.id);
+            f.kind = kind;
+            tasks.push(tokio::spawn(async move {
+                store.confirm_ticket(&id, f, None, 1500).await.unwrap()
+            }));
+        }
+        let mut confirmed = 0;
+        for t in tasks {
+            confirmed += usize::from(t.await.unwrap());
+        }
+        assert_eq!(confirmed, 1, "round {round}");
+        assert_eq!(s.twin.factors(user.id).await.unwrap().len(), 1);
+    }
+}
+
+async fn an_mfa_reset_removes_every_pending_ticket(s: Subject) {
+    let user = s.store.create_user(new_user("ada"), NOW).await.unwrap();
+    s.store
+        .create_ticket(ticket("own", user.id, 2000))
+        .await
+        .unwrap();
+    assert!(
+        s.store
+            .confirm_ticket("own", factor(user.id), None, 1500)
+            .await
+            .unwrap()
+    );
+    s.store
+        .create_ticket(stepped_up(ticket("pending", user.id, 2000)))
+        .await
+        .unwrap();
+    s.twin.reset_mfa(user.id).await.unwrap();
+    assert!(s.store.factors(user.id).await.unwrap().is_empty());
+    assert_eq!(s.store.ticket("pending").await.unwrap(), None);
+    assert!(
+        !s.store
+            .confirm_ticket("pending", factor(user.id), None, 1500)
+            .await
+            .unwrap()
     );
 }
 

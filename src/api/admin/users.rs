@@ -234,6 +234,7 @@ impl Admin {
             nick_name: body.nick_name,
             scopes: body.scopes,
             last_login_timestamp: None,
+            is_valid: None,
         };
         let user = self.store.update_user(name, patch, &self.now()).await?;
         let detail = password_changed.then(|| "password changed".to_owned());

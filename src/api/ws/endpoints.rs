@@ -12,10 +12,10 @@ use super::negotiate::{self, Format};
 use super::xml::{self, Link};
 use crate::api::route::{self, Route};
 use crate::api::{self, BodyError};
-use crate::auth::{self, Authenticator, Credential, secret};
+use crate::auth::{self, Authenticator, Credential, Principal};
 use crate::body::{Body, full};
 use crate::mfa::service::{Mfa, MfaError};
-use crate::store::{Store, User};
+use crate::store::Store;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
@@ -170,7 +170,7 @@ impl Ws {
                 .parse::<i64>()
                 .map_err(|_| Answer::new(StatusCode::BAD_REQUEST, "FileId must be an integer."))?,
         };
-        let user = self.caller(parts, file_id).await?;
+        let principal = self.caller(parts, file_id).await?;
         let content_type = api::header_str(&parts.headers, header::CONTENT_TYPE);
         let Some(format) = negotiate::request_format(content_type) else {
             return Err(Answer::new(
@@ -211,7 +211,7 @@ impl Ws {
                     .to_owned();
                 let provider_user_id = self
                     .mfa
-                    .sms_opt_in(&user, &number)
+                    .sms_opt_in(&principal, &number)
                     .await
                     .map_err(|e| mfa_answer(&e, &resend, &self_link))?;
                 let mut answer =
@@ -236,7 +236,7 @@ impl Ws {
                     .link("resend", &resend, "Send a new code"));
                 };
                 self.mfa
-                    .sms_opt_in_verify(&user, provider_user_id, otp)
+                    .sms_opt_in_verify(&principal, provider_user_id, otp)
                     .await
                     .map_err(|e| mfa_answer(&e, &resend, &self_link))?;
                 Ok(Answer::new(
@@ -249,7 +249,7 @@ impl Ws {
     }
 
     /// Bearer (preferred) or the legacy `WsAccessKey`, which must belong to `file_id`.
-    async fn caller(&self, parts: &Parts, file_id: i64) -> Result<User, Answer> {
+    async fn caller(&self, parts: &Parts, file_id: i64) -> Result<Principal, Answer> {
         let unauthorized = || {
             Answer::new(
                 StatusCode::UNAUTHORIZED,
@@ -277,12 +277,12 @@ impl Ws {
                     .map_err(|_| unauthorized())?;
                 let user = self
                     .store
-                    .user_by_id(id)
+                    .shared_user_by_id(id)
                     .await
                     .map_err(|_| unavailable())?
                     .ok_or_else(unauthorized)?;
                 if user.files.contains(&file_id) {
-                    Ok(user)
+                    Ok(principal)
                 } else {
                     Err(forbidden())
                 }
@@ -294,20 +294,17 @@ impl Ws {
             )),
             Ok(None) => {
                 let key = query_param(parts.uri.query(), "WsAccessKey").ok_or_else(unauthorized)?;
-                let record = self
-                    .store
-                    .ws_key(&secret::hash_token(key.trim()))
-                    .await
-                    .map_err(|_| unavailable())?
-                    .ok_or_else(unauthorized)?;
-                if record.file_id != file_id {
+                let (principal, key_file) = match self.auth.ws_access_key(&key).await {
+                    Ok(Some(found)) => found,
+                    Ok(None) | Err(auth::AuthError::Invalid(_) | auth::AuthError::Malformed(_)) => {
+                        return Err(unauthorized());
+                    }
+                    Err(auth::AuthError::Unavailable(_)) => return Err(unavailable()),
+                };
+                if key_file != file_id {
                     return Err(forbidden());
                 }
-                self.store
-                    .user_by_id(record.user_id)
-                    .await
-                    .map_err(|_| unavailable())?
-                    .ok_or_else(unauthorized)
+                Ok(principal)
             }
         }
     }
@@ -383,8 +380,12 @@ fn mfa_answer(e: &MfaError, resend: &str, self_link: &str) -> Answer {
             Answer::new(StatusCode::BAD_REQUEST, why.clone()).link("self", self_link, "Try again")
         }
         MfaError::Store(_) => Answer::new(StatusCode::SERVICE_UNAVAILABLE, "Try again shortly."),
+        MfaError::AlreadyEnrolled => Answer::new(
+            StatusCode::FORBIDDEN,
+            "A second factor is already enrolled: adding another needs a Bearer token that \
+             includes it (verify-otp gives one).",
+        ),
         MfaError::UnknownUser
-        | MfaError::AlreadyEnrolled
         | MfaError::NoPendingEnrollment
         | MfaError::NoFactor(_)
         | MfaError::NoSuchPhone
