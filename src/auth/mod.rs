@@ -18,6 +18,7 @@ use http::header::{self, HeaderName};
 
 use crate::clock::{self, Clock};
 use crate::config::AuthConfig;
+use crate::names;
 use crate::store::{ExternalId, Membership, NewUser, Store, StoreError, User};
 use crate::tokens::{self, Tokens};
 use issuers::Issuers;
@@ -357,6 +358,18 @@ impl Authenticator {
             .clone()
             .or_else(|| claims.email.clone())
             .unwrap_or_else(|| claims.sub.clone());
+        // The admin API's rules (SPEC §10): a name, email or display name that breaks them is
+        // refused with the token, never stored, never repaired.
+        let refused = |what: &str, e: names::NameError| {
+            AuthError::Invalid(format!("the issuer's {what} is refused: {e}"))
+        };
+        names::check_user_name(&preferred).map_err(|e| refused("user name", e))?;
+        if let Some(email) = &claims.email {
+            names::check_email(email).map_err(|e| refused("email", e))?;
+        }
+        if let Some(name) = &claims.name {
+            names::check_display_name(name).map_err(|e| refused("name", e))?;
+        }
         let now = clock::rfc3339(self.clock.now());
         let mut new = NewUser {
             user_name: preferred.clone(),
@@ -385,10 +398,11 @@ impl Authenticator {
             &ring::digest::SHA256,
             format!("{}\0{}", claims.iss, claims.sub).as_bytes(),
         );
-        new.user_name = format!(
-            "{preferred}#{}",
-            &URL_SAFE_NO_PAD.encode(digest.as_ref())[..8]
-        );
+        // Shortened to leave room for the suffix within the length rule; a prefix of an NFC
+        // name cut at a character is still checked again below.
+        let stem: String = preferred.chars().take(names::USER_NAME_MAX - 9).collect();
+        new.user_name = format!("{stem}#{}", &URL_SAFE_NO_PAD.encode(digest.as_ref())[..8]);
+        names::check_user_name(&new.user_name).map_err(|e| refused("user name", e))?;
         match self.store.create_user(new, &now).await {
             Ok(user) => Ok(user),
             Err(StoreError::Conflict(_)) => self
