@@ -217,6 +217,15 @@ impl Sanitizer {
     }
 }
 
+/// Whether gatehouse removes a client header named `name` from some request whatever the
+/// configuration (identity prefixes and names, every preset's, path claims and forwarding
+/// headers): such a name cannot carry anything a client sends to gatehouse, such as the
+/// ApplicationToken.
+pub fn removed_from_clients(name: &str) -> bool {
+    let sanitizer = Sanitizer::new(&Preset::Gatehouse.names());
+    HeaderName::from_bytes(name.as_bytes()).is_ok_and(|name| sanitizer.doomed(&name, false))
+}
+
 /// Removes every header (all copies) whose name `doomed` picks.
 fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
     // Most requests carry none of these: look before allocating anything.
@@ -503,6 +512,21 @@ mod tests {
         let mut kept: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         kept.sort_unstable();
         assert_eq!(kept, ["remoteuser", "x-authorization", "x-forwarded-for"]);
+    }
+
+    #[test]
+    fn names_clients_cannot_use_are_known_to_configuration() {
+        for name in [
+            "X-Auth-App",
+            "remote_token",
+            "x-forwarded-key",
+            "x-original-url",
+        ] {
+            assert!(removed_from_clients(name), "{name}");
+        }
+        for name in ["ApplicationToken", "x-app-token"] {
+            assert!(!removed_from_clients(name), "{name}");
+        }
     }
 
     #[test]
