@@ -37,6 +37,7 @@ use serde::Deserialize;
 
 use crate::auth::secret;
 use crate::clock::{self, Clock};
+use crate::names;
 use crate::store::{
     Application, Domain, Membership, NewUser, Organization, Role, SCHEMA_VERSION, Store, StoreError,
 };
@@ -133,7 +134,18 @@ pub async fn apply(path: &Path, store: &dyn Store, clock: &dyn Clock) -> Result<
     };
 
     for (i, u) in file.users.into_iter().enumerate() {
-        let at = format!("bootstrap users[{i}] ({})", u.user_name);
+        let at = format!("bootstrap users[{i}] ({})", u.user_name.escape_debug());
+        // The admin API's rules: a name the API would refuse is not created behind its back.
+        names::check_user_name(&u.user_name).map_err(|e| format!("{at}: {e}"))?;
+        if let Some(email) = &u.email {
+            names::check_email(email).map_err(|e| format!("{at}: {e}"))?;
+        }
+        for name in [&u.first_name, &u.last_name, &u.nick_name]
+            .into_iter()
+            .flatten()
+        {
+            names::check_display_name(name).map_err(|e| format!("{at}: {e}"))?;
+        }
         if store
             .user_by_name(&u.user_name)
             .await
@@ -415,5 +427,29 @@ verified = true
             .unwrap_err();
         assert!(err.contains("bootstrap.file"), "{err}");
         assert!(store.organization(2_147_483_648).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn users_breaking_the_admin_name_rules_are_refused_and_not_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bootstrap.toml");
+        for entry in [
+            "user_name = \"hank \"",
+            "user_name = \"hank\\n\"",
+            "user_name = \"zoe\\u0308\"",
+            "user_name = \"hank\"\nemail = \"hank@example.com\\r\\nX: y\"",
+            "user_name = \"hank\"\nnick_name = \"Hank\\u001b[2J\"",
+        ] {
+            std::fs::write(&path, format!("[[users]]\n{entry}\n")).unwrap();
+            let store = SledStore::temporary().unwrap();
+            let err = apply(&path, &store, FixedClock::at(0).as_ref())
+                .await
+                .unwrap_err();
+            assert!(err.contains("users[0]"), "{entry}: {err}");
+            assert!(!err.contains('\n') && !err.contains('\u{1b}'), "{err:?}");
+            for name in ["hank", "hank ", "hank\n", "zoe\u{308}"] {
+                assert!(store.user_by_name(name).await.unwrap().is_none(), "{entry}");
+            }
+        }
     }
 }

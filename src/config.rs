@@ -1254,7 +1254,16 @@ fn validate(raw: RawConfig, env_secrets: EnvSecrets) -> Result<Config, ConfigErr
             "auth.application_token_header",
             a.application_token_header,
             "applicationtoken".into(),
-            parse_header_name,
+            |s| {
+                let name = parse_header_name(s)?;
+                // Removed from every request before authentication could read it.
+                match crate::proxy::headers::removed_from_clients(&name) {
+                    true => Err(format!(
+                        "`{name}` is removed from client requests (SPEC §6)"
+                    )),
+                    false => Ok(name),
+                }
+            },
         ),
         basic_cache_ttl: c.get(
             "auth.basic_cache_ttl",
@@ -1648,6 +1657,14 @@ mod tests {
         assert_eq!(c.apis.manage.family.base_path, "/manage");
         assert_eq!(c.apis.nexus.base_path, "");
         assert_eq!(c.apis.manage.client_ip_window, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn an_application_token_header_that_clients_cannot_send_is_refused() {
+        let err = from_toml_str("[auth]\napplication_token_header = \"X-Auth-App-Token\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("auth.application_token_header"), "{err}");
     }
 
     #[test]

@@ -517,6 +517,7 @@ impl Gateway {
             tls: conn.tls,
             trusted,
         };
+        self.sanitizer.clean_upstream(&mut parts.headers, trusted);
         forward::set_forwarding_headers(&mut parts.headers, origin, host);
         parts.headers.insert(X_REQUEST_ID, request_id.clone());
 

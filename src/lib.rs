@@ -17,6 +17,7 @@ pub mod gateway;
 pub mod inject;
 pub mod meter;
 pub mod mfa;
+pub mod names;
 pub mod notify;
 pub mod outbound;
 pub mod path;

@@ -1,9 +1,13 @@
 //! Logging: the subscriber set-up and the one access-log line per request.
 
 use std::borrow::Cow;
+use std::fmt::{self, Write as _};
 use std::time::Duration;
 
+use tracing::field::Field;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::field::MakeExt;
+use tracing_subscriber::fmt::format::{FormatFields, Writer};
 
 use crate::config::{LogConfig, LogFormat};
 
@@ -22,14 +26,105 @@ pub fn init(config: &LogConfig) {
         .with_writer(std::io::stdout);
     let result = match config.format {
         LogFormat::Json => builder
+            .with_writer(|| JsonEscaped(std::io::stdout()))
             .json()
             .flatten_event(true)
             .with_current_span(false)
             .try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Text => builder.fmt_fields(escaped_fields()).try_init(),
     };
     // A subscriber already installed (tests start several servers) is fine.
     drop(result);
+}
+
+/// The text format's fields, `name=value` separated by spaces like the default, with every
+/// control character of every value escaped, so that no value — a path, a name, an error that
+/// quotes a client — can end the line or start a forged one, whichever way a call site logs it
+/// (`%` fields are written with `Display`, which escapes nothing). The JSON format needs no
+/// such care: serde escapes control characters in strings.
+pub fn escaped_fields() -> impl for<'w> FormatFields<'w> + Send + Sync + 'static {
+    tracing_subscriber::fmt::format::debug_fn(
+        |writer: &mut Writer<'_>, field: &Field, value: &dyn fmt::Debug| {
+            if field.name() != "message" {
+                write!(writer, "{}=", field.name())?;
+            }
+            write!(Escaped(writer), "{value:?}")
+        },
+    )
+    .delimited(" ")
+}
+
+/// Whether `c` could break or disguise a log line: control characters (C0, DEL, C1) and the
+/// Unicode line and paragraph separators.
+fn unprintable(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')
+}
+
+/// Writes through to `W` with [`unprintable`] characters escaped as Rust escapes them.
+struct Escaped<W>(W);
+
+impl<W: fmt::Write> fmt::Write for Escaped<W> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let mut rest = s;
+        while let Some(at) = rest.find(unprintable) {
+            self.0.write_str(&rest[..at])?;
+            let mut chars = rest[at..].chars();
+            if let Some(c) = chars.next() {
+                match c {
+                    '\n' => self.0.write_str("\\n")?,
+                    '\r' => self.0.write_str("\\r")?,
+                    '\t' => self.0.write_str("\\t")?,
+                    c => write!(self.0, "\\u{{{:x}}}", u32::from(c))?,
+                }
+            }
+            rest = chars.as_str();
+        }
+        self.0.write_str(rest)
+    }
+}
+
+/// Writes JSON log lines with the characters serde leaves raw in strings escaped: DEL, the C1
+/// controls (NEL among them) and the Unicode line and paragraph separators, which some log
+/// readers take for line ends. They can only occur inside JSON strings, where `\uXXXX` means
+/// the same character, so the line stays the same JSON.
+struct JsonEscaped<W>(W);
+
+impl<W: std::io::Write> std::io::Write for JsonEscaped<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // Most lines are ASCII without DEL: written as they are.
+        if !buf.iter().any(|&b| b >= 0x7f) {
+            return self.0.write(buf);
+        }
+        let mut out = Vec::with_capacity(buf.len() + 16);
+        let mut i = 0;
+        while let Some(&b) = buf.get(i) {
+            let escaped = match (b, buf.get(i + 1), buf.get(i + 2)) {
+                (0x7f, _, _) => Some((0x7f, 1)),
+                (0xc2, Some(&c), _) if (0x80..=0x9f).contains(&c) => Some((u32::from(c), 2)),
+                (0xe2, Some(0x80), Some(&c)) if c == 0xa8 || c == 0xa9 => {
+                    Some((0x2000 | u32::from(c & 0x2f), 3))
+                }
+                _ => None,
+            };
+            match escaped {
+                Some((code, len)) => {
+                    out.extend_from_slice(format!("\\u{code:04x}").as_bytes());
+                    i += len;
+                }
+                None => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        }
+        self.0.write_all(&out)?;
+        // The whole buffer was consumed, whatever its escaped length.
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
 }
 
 /// What one access-log line records.
@@ -52,7 +147,7 @@ pub fn access(r: &AccessRecord<'_>) {
     tracing::info!(
         target: ACCESS_TARGET,
         method = r.method,
-        path = r.path,
+        path = redact_path(r.path).as_ref(),
         query = r.query.map(redact_query).as_deref(),
         status = r.status,
         latency_ms = r.latency.as_secs_f64() * 1e3,
@@ -83,26 +178,96 @@ const SECRET_PARAMS: &[&str] = &[
     "ticket",
 ];
 
-/// Replaces the value of every credential-like query parameter with `REDACTED`.
+/// Whether a query parameter's name, as a form decoder reads it (`%4B` is `K`, `+` a space),
+/// names a credential.
+fn is_secret_param(name: &str) -> bool {
+    let decoded = percent_encoding::percent_decode_str(name)
+        .decode_utf8_lossy()
+        .to_lowercase();
+    SECRET_PARAMS.iter().any(|s| decoded.contains(s))
+}
+
+/// Replaces the value of every credential-like query parameter with `REDACTED`. Pairs are split
+/// at `;` too, as some frameworks do.
 pub fn redact_query(query: &str) -> Cow<'_, str> {
-    let is_secret = |name: &str| {
-        let name = name.to_ascii_lowercase();
-        SECRET_PARAMS.iter().any(|s| name.contains(s))
-    };
-    if !query
-        .split('&')
-        .any(|pair| is_secret(pair.split('=').next().unwrap_or_default()))
-    {
+    let pairs = || query.split(['&', ';']);
+    if !pairs().any(|pair| is_secret_param(pair.split('=').next().unwrap_or_default())) {
         return Cow::Borrowed(query);
     }
-    let redacted: Vec<String> = query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((name, _)) if is_secret(name) => format!("{name}=REDACTED"),
-            _ => pair.to_owned(),
-        })
-        .collect();
-    Cow::Owned(redacted.join("&"))
+    let mut redacted = String::with_capacity(query.len());
+    let mut rest = query;
+    loop {
+        let end = rest.find(['&', ';']).unwrap_or(rest.len());
+        let pair = &rest[..end];
+        match pair.split_once('=') {
+            Some((name, _)) if is_secret_param(name) => {
+                redacted.push_str(name);
+                redacted.push_str("=REDACTED");
+            }
+            _ => redacted.push_str(pair),
+        }
+        let Some(separator) = rest[end..].chars().next() else {
+            break;
+        };
+        redacted.push(separator);
+        rest = &rest[end + 1..];
+    }
+    Cow::Owned(redacted)
+}
+
+/// Path segments whose next segment is a secret: `/enroll/{ticketId}` opens a TOTP seed.
+/// (Session ids in paths belong here too.)
+const SECRET_SEGMENTS: &[&str] = &["enroll"];
+
+/// Whether `segment` reads as one of [`SECRET_SEGMENTS`] to some router: in any letter case,
+/// with escapes decoded and `;` parameters dropped.
+fn names_secret(segment: &str) -> bool {
+    let segment = segment.split(';').next().unwrap_or_default();
+    if !segment.contains('%') {
+        return SECRET_SEGMENTS
+            .iter()
+            .any(|s| segment.eq_ignore_ascii_case(s));
+    }
+    let decoded = percent_encoding::percent_decode_str(segment).collect::<Vec<u8>>();
+    let decoded = decoded.split(|&b| b == b';').next().unwrap_or_default();
+    SECRET_SEGMENTS
+        .iter()
+        .any(|s| decoded.eq_ignore_ascii_case(s.as_bytes()))
+}
+
+/// The path as the logs may hold it (SPEC §10): the segment after `enroll` — the enrollment
+/// ticket id — becomes `REDACTED`, whatever spelling led there (letter case, escapes, `;`
+/// parameters, empty or `.` segments, which a raw path that could not be normalised may hold).
+/// Segments after the ticket are kept: they name the page's action, not a secret.
+pub fn redact_path(path: &str) -> Cow<'_, str> {
+    // Most paths hold neither an escape nor the word: nothing to look at segment by segment.
+    let suspicious = path.contains('%')
+        || SECRET_SEGMENTS.iter().any(|s| {
+            path.as_bytes()
+                .windows(s.len())
+                .any(|w| w.eq_ignore_ascii_case(s.as_bytes()))
+        });
+    if !suspicious {
+        return Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len());
+    let mut secret_next = false;
+    for (i, segment) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        let filler = segment.is_empty() || segment == "." || segment.eq_ignore_ascii_case("%2e");
+        if secret_next && !filler {
+            out.push_str("REDACTED");
+            secret_next = false;
+            continue;
+        }
+        out.push_str(segment);
+        if names_secret(segment) {
+            secret_next = true;
+        }
+    }
+    Cow::Owned(out)
 }
 
 #[cfg(test)]
@@ -116,5 +281,95 @@ mod tests {
             "FileId=7&WsAccessKey=REDACTED&access_token=REDACTED&q=x"
         );
         assert_eq!(redact_query("page=2&sort=asc"), "page=2&sort=asc");
+        assert_eq!(
+            redact_query("WsAccess%4Bey=s3cret;ticket=t&x=1"),
+            "WsAccess%4Bey=REDACTED;ticket=REDACTED&x=1"
+        );
+    }
+
+    #[test]
+    fn enrollment_ticket_ids_are_redacted_in_every_spelling() {
+        for (path, logged) in [
+            ("/enroll/AbC123", "/enroll/REDACTED"),
+            ("/enroll/AbC123/qr.svg", "/enroll/REDACTED/qr.svg"),
+            ("/ENROLL/AbC123", "/ENROLL/REDACTED"),
+            ("/%65nroll/AbC123", "/%65nroll/REDACTED"),
+            ("/enroll;v=1/AbC123", "/enroll;v=1/REDACTED"),
+            ("//enroll//AbC123", "//enroll//REDACTED"),
+            ("/enroll/./AbC123/%00", "/enroll/./REDACTED/%00"),
+            ("/public/../enroll/AbC123", "/public/../enroll/REDACTED"),
+        ] {
+            assert_eq!(redact_path(path), logged, "{path}");
+        }
+        for kept in [
+            "/public/x",
+            "/enroll",
+            "/enrollment/x",
+            "/enroll/",
+            "/a%20b/c",
+        ] {
+            assert_eq!(redact_path(kept), kept);
+        }
+    }
+
+    /// Formats one event with [`escaped_fields`] into a string.
+    fn text_line(log: impl FnOnce()) -> String {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                if let Ok(mut b) = self.0.lock() {
+                    b.extend_from_slice(bytes);
+                }
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let written = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || buffer.clone())
+            .fmt_fields(escaped_fields())
+            .finish();
+        tracing::subscriber::with_default(subscriber, log);
+        let bytes = written.0.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    #[test]
+    fn json_lines_escape_what_serde_leaves_raw() {
+        let line =
+            serde_json::json!({"path": "/a\u{85}b\u{2028}c\u{2029}\u{7f}é\u{a0}\n"}).to_string();
+        let mut out = JsonEscaped(Vec::new());
+        std::io::Write::write_all(&mut out, line.as_bytes()).unwrap_or_default();
+        let written = String::from_utf8(out.0).unwrap_or_default();
+        assert_eq!(
+            written, "{\"path\":\"/a\\u0085b\\u2028c\\u2029\\u007fé\u{a0}\\n\"}",
+            "a no-break space is printable and stays as it is"
+        );
+        let back: serde_json::Value = serde_json::from_str(&written).unwrap_or_default();
+        assert_eq!(back["path"], "/a\u{85}b\u{2028}c\u{2029}\u{7f}é\u{a0}\n");
+    }
+
+    #[test]
+    fn text_fields_escape_control_characters_however_they_are_logged() {
+        let name = "ada\n2026-01-01T00:00:00Z  INFO forged\r\u{1b}[2J\u{85}\u{2028}";
+        let error = std::io::Error::other(name);
+        let line = text_line(|| {
+            tracing::info!(user = %name, plain = name, debug = ?name, error = &error as &dyn std::error::Error, "seen {name}");
+        });
+        assert_eq!(line.matches('\n').count(), 1, "{line:?}");
+        assert!(line.ends_with('\n'));
+        assert!(
+            !line.contains(['\r', '\u{1b}', '\u{85}', '\u{2028}']),
+            "{line:?}"
+        );
+        assert!(line.contains("user=ada\\n2026"), "{line:?}");
+        assert!(line.contains("seen ada\\n"), "{line:?}");
+        assert!(line.contains(r"\u{1b}"), "{line:?}");
     }
 }

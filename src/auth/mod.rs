@@ -18,6 +18,7 @@ use http::header::{self, HeaderName};
 
 use crate::clock::{self, Clock};
 use crate::config::AuthConfig;
+use crate::names;
 use crate::store::{ExternalId, Membership, NewUser, Store, StoreError, User};
 use crate::tokens::{self, Tokens};
 use issuers::Issuers;
@@ -85,6 +86,30 @@ impl Principal {
             methods,
         })
     }
+}
+
+/// The most scopes a user created from a trusted issuer's token starts with.
+const MAX_FIRST_SIGHT_SCOPES: usize = 64;
+
+/// The scopes a user created from a trusted issuer's token holds: the token's, as far as they are
+/// RFC 6749 §3.3 scope tokens of a sane length, without `mfa` (earned by a second factor, never
+/// held), and no more than [`MAX_FIRST_SIGHT_SCOPES`] of them, so that a token cannot make the store
+/// keep an unbounded record.
+fn first_sight_scopes(asked: &[String]) -> Vec<String> {
+    let mut scopes: Vec<String> = Vec::new();
+    for scope in asked {
+        let well_formed = (1..=128).contains(&scope.len())
+            && scope
+                .bytes()
+                .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b));
+        if well_formed && scope != "mfa" && !scopes.contains(scope) {
+            scopes.push(scope.clone());
+            if scopes.len() == MAX_FIRST_SIGHT_SCOPES {
+                break;
+            }
+        }
+    }
+    scopes
 }
 
 /// The scopes a token's `scope` is worth now (SPEC §10): only those the user still holds, so that
@@ -387,11 +412,24 @@ impl Authenticator {
             .clone()
             .or_else(|| claims.email.clone())
             .unwrap_or_else(|| claims.sub.clone());
+        // The admin API's rules (SPEC §10): a name, email or display name that breaks them is
+        // refused with the token, never stored, never repaired.
+        let refused = |what: &str, e: names::NameError| {
+            AuthError::Invalid(format!("the issuer's {what} is refused: {e}"))
+        };
+        names::check_user_name(&preferred).map_err(|e| refused("user name", e))?;
+        if let Some(email) = &claims.email {
+            names::check_email(email).map_err(|e| refused("email", e))?;
+        }
+        if let Some(name) = &claims.name {
+            names::check_display_name(name).map_err(|e| refused("name", e))?;
+        }
         let now = clock::rfc3339(self.clock.now());
         let mut new = NewUser {
             user_name: preferred.clone(),
             email: claims.email.clone(),
             nick_name: claims.name.clone(),
+            scopes: first_sight_scopes(&claims.scopes()),
             external: Some(ExternalId {
                 issuer: claims.iss.clone(),
                 subject: claims.sub.clone(),
@@ -415,10 +453,11 @@ impl Authenticator {
             &ring::digest::SHA256,
             format!("{}\0{}", claims.iss, claims.sub).as_bytes(),
         );
-        new.user_name = format!(
-            "{preferred}#{}",
-            &URL_SAFE_NO_PAD.encode(digest.as_ref())[..8]
-        );
+        // Shortened to leave room for the suffix within the length rule; a prefix of an NFC
+        // name cut at a character is still checked again below.
+        let stem: String = preferred.chars().take(names::USER_NAME_MAX - 9).collect();
+        new.user_name = format!("{stem}#{}", &URL_SAFE_NO_PAD.encode(digest.as_ref())[..8]);
+        names::check_user_name(&new.user_name).map_err(|e| refused("user name", e))?;
         match self.store.create_user(new, &now).await {
             Ok(user) => Ok(user),
             Err(StoreError::Conflict(_)) => self
@@ -473,6 +512,17 @@ mod tests {
             assert_eq!(all_token_chars(&[b'a', b, b'z']), expected, "byte {b}");
         }
         assert!(all_token_chars(&[b'A'; 1000]));
+    }
+
+    #[test]
+    fn a_user_first_seen_holds_the_tokens_well_formed_scopes_but_never_mfa() {
+        let v = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            first_sight_scopes(&v(&["read", "mfa", "read", "bad\"scope", "", "write"])),
+            v(&["read", "write"])
+        );
+        let many: Vec<String> = (0..500).map(|i| format!("s{i}")).collect();
+        assert_eq!(first_sight_scopes(&many).len(), MAX_FIRST_SIGHT_SCOPES);
     }
 
     #[test]

@@ -35,7 +35,26 @@ const FORWARDING: &[&str] = &[
     "x-rewrite-url",
 ];
 
-const X_FORWARDED_PREFIX: &str = "x-forwarded-";
+const X_FORWARDED_PREFIX: &[u8] = b"x-forwarded-";
+
+/// Prefixes of identity headers in any product's spelling (gatehouse's `X-Auth-*`, oauth2-proxy's
+/// `X-Auth-Request-*`, Authelia's `Remote-*`): no client header starting so reaches the upstream,
+/// whichever preset is active (SPEC §6).
+const IDENTITY_PREFIXES: [&[u8]; 2] = [b"x-auth-", b"remote-"];
+
+/// Identity names of SPEC §6 outside those prefixes, beyond whatever the presets name.
+const IDENTITY_NAMES: [&str; 5] = [
+    "x-forwarded-user",
+    "x-forwarded-email",
+    "x-forwarded-groups",
+    "x-forwarded-preferred-username",
+    "x-forwarded-access-token",
+];
+
+/// Headers naming another path than the request's. Forward-auth reads them from trusted peers;
+/// an upstream never sees them, since IIS, Symfony and others would serve the path they name
+/// instead of the one gatehouse authorised.
+const PATH_CLAIMS: [&[u8]; 3] = [b"x-original-url", b"x-rewrite-url", b"x-original-uri"];
 
 /// The names gatehouse uses for the identity it sends upstream (SPEC §6).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -146,8 +165,8 @@ fn folded_starts_with(name: &[u8], folded: &[u8]) -> bool {
 /// Decides which request headers a client may not send.
 #[derive(Debug, Clone)]
 pub struct Sanitizer {
-    /// Folded identity header names: the configured ones and every preset's, so that switching
-    /// presets never leaves a door open for an app that still reads the old names.
+    /// Folded identity header names: the configured ones, every preset's and SPEC §6's, so that
+    /// switching presets never leaves a door open for an app that still reads the old names.
     identity: Vec<String>,
 }
 
@@ -158,6 +177,7 @@ impl Sanitizer {
             .map(|p| p.names())
             .chain(std::iter::once(configured.clone()))
             .flat_map(|names| names.all().map(fold))
+            .chain(IDENTITY_NAMES.iter().map(|n| fold(n)))
             .collect();
         identity.sort();
         identity.dedup();
@@ -166,11 +186,15 @@ impl Sanitizer {
 
     fn doomed(&self, name: &HeaderName, trusted_peer: bool) -> bool {
         let name = name.as_str().as_bytes();
-        self.identity
+        IDENTITY_PREFIXES
             .iter()
-            .any(|id| folded_eq(name, id.as_bytes()))
+            .any(|prefix| folded_starts_with(name, prefix))
+            || self
+                .identity
+                .iter()
+                .any(|id| folded_eq(name, id.as_bytes()))
             || (!trusted_peer
-                && (folded_starts_with(name, X_FORWARDED_PREFIX.as_bytes())
+                && (folded_starts_with(name, X_FORWARDED_PREFIX)
                     || FORWARDING.iter().any(|f| folded_eq(name, f.as_bytes()))))
     }
 
@@ -178,18 +202,39 @@ impl Sanitizer {
     /// spelling, and — unless the peer is a trusted proxy — every forwarding header.
     pub fn clean_request(&self, headers: &mut HeaderMap, trusted_peer: bool) {
         strip_hop_by_hop(headers);
-        // Most requests carry none of these: look before allocating anything.
-        if !headers.keys().any(|name| self.doomed(name, trusted_peer)) {
-            return;
+        remove_where(headers, |name| self.doomed(name, trusted_peer));
+    }
+
+    /// Removes, before a request goes upstream, the path claims a trusted peer may send for
+    /// forward-auth ([`Sanitizer::clean_request`] already removed those of anyone else).
+    pub fn clean_upstream(&self, headers: &mut HeaderMap, trusted_peer: bool) {
+        if trusted_peer {
+            remove_where(headers, |name| {
+                let name = name.as_str().as_bytes();
+                PATH_CLAIMS.iter().any(|claim| folded_eq(name, claim))
+            });
         }
-        let doomed: Vec<HeaderName> = headers
-            .keys()
-            .filter(|name| self.doomed(name, trusted_peer))
-            .cloned()
-            .collect();
-        for name in doomed {
-            headers.remove(&name);
-        }
+    }
+}
+
+/// Whether gatehouse removes a client header named `name` from some request whatever the
+/// configuration (identity prefixes and names, every preset's, path claims and forwarding
+/// headers): such a name cannot carry anything a client sends to gatehouse, such as the
+/// ApplicationToken.
+pub fn removed_from_clients(name: &str) -> bool {
+    let sanitizer = Sanitizer::new(&Preset::Gatehouse.names());
+    HeaderName::from_bytes(name.as_bytes()).is_ok_and(|name| sanitizer.doomed(&name, false))
+}
+
+/// Removes every header (all copies) whose name `doomed` picks.
+fn remove_where(headers: &mut HeaderMap, doomed: impl Fn(&HeaderName) -> bool) {
+    // Most requests carry none of these: look before allocating anything.
+    if !headers.keys().any(&doomed) {
+        return;
+    }
+    let doomed: Vec<HeaderName> = headers.keys().filter(|n| doomed(n)).cloned().collect();
+    for name in doomed {
+        headers.remove(&name);
     }
 }
 
@@ -449,6 +494,60 @@ mod tests {
     }
 
     #[test]
+    fn identity_prefixes_and_spec_names_are_removed_from_trusted_peers_too() {
+        let s = Sanitizer::new(&Preset::Gatehouse.names());
+        let mut h = headers(&[
+            ("X-Auth-Groups", "admins"),
+            ("x_auth_roles", "admin"),
+            ("X-Auth-Request-User", "root"),
+            ("x.auth.request.email", "root@example.com"),
+            ("Remote-Name", "root"),
+            ("X_Forwarded_User", "root"),
+            ("x-forwarded-access-token", "t"),
+            ("x-authorization", "kept"),
+            ("remoteuser", "kept"),
+            ("x-forwarded-for", "1.2.3.4"),
+        ]);
+        s.clean_request(&mut h, true);
+        let mut kept: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        kept.sort_unstable();
+        assert_eq!(kept, ["remoteuser", "x-authorization", "x-forwarded-for"]);
+    }
+
+    #[test]
+    fn names_clients_cannot_use_are_known_to_configuration() {
+        for name in [
+            "X-Auth-App",
+            "remote_token",
+            "x-forwarded-key",
+            "x-original-url",
+        ] {
+            assert!(removed_from_clients(name), "{name}");
+        }
+        for name in ["ApplicationToken", "x-app-token"] {
+            assert!(!removed_from_clients(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn path_claims_of_trusted_peers_never_go_upstream() {
+        let s = Sanitizer::new(&Preset::Gatehouse.names());
+        let mut h = headers(&[
+            ("X-Original-URL", "/admin/"),
+            ("x_rewrite_url", "/admin/"),
+            ("X.Original.Uri", "/admin/"),
+            ("x-forwarded-uri", "/public/"),
+        ]);
+        s.clean_request(&mut h, true);
+        assert_eq!(h.len(), 4, "forward-auth still reads them");
+        s.clean_upstream(&mut h, true);
+        assert_eq!(
+            h.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            ["x-forwarded-uri"]
+        );
+    }
+
+    #[test]
     fn forwarding_headers_survive_only_from_trusted_peers() {
         let s = Sanitizer::new(&Preset::Gatehouse.names());
         let sent = [
@@ -641,6 +740,8 @@ mod properties {
     fn unrelated(name: &str, configured: &IdentityHeaderNames) -> bool {
         let name = folded(name);
         !identity_names(configured).iter().any(|n| folded(n) == name)
+            && !name.starts_with("x-auth-")
+            && !name.starts_with("remote-")
             && !name.starts_with("x-forwarded-")
             && !FORWARDING_NAMES.contains(&name.as_str())
             && !HOP_BY_HOP_NAMES.contains(&name.as_str())
@@ -715,7 +816,9 @@ mod properties {
             let identity_folded: Vec<String> =
                 identity_names(&configured).iter().map(|n| folded(n)).collect();
             for name in headers.keys() {
-                prop_assert!(!identity_folded.contains(&folded(name.as_str())), "{} survived", name);
+                let name = folded(name.as_str());
+                prop_assert!(!identity_folded.contains(&name), "{} survived", name);
+                prop_assert!(!name.starts_with("x-auth-") && !name.starts_with("remote-"), "{} survived", name);
             }
             // Unrelated headers survive untouched: every copy, in order.
             for (name, _) in &others {

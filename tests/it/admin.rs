@@ -428,3 +428,40 @@ async fn organization_ids_are_int32_so_the_domain_api_can_name_them() {
         .await;
     assert_eq!(status, 201, "{org}");
 }
+
+#[tokio::test]
+async fn names_a_trusted_issuer_may_not_use_are_refused_by_the_admin_api_too() {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start(&upstream).await;
+    gh.create_user(json!({"userName": "ada"})).await;
+    for name in crate::identity::names_breaking_the_rules() {
+        let (status, problem) = gh
+            .admin("POST", "/admin/v1/users", Some(json!({"userName": name})))
+            .await;
+        assert_eq!(status, 400, "{name:?} → {problem}");
+        let (status, problem) = gh
+            .admin(
+                "PATCH",
+                "/admin/v1/users/ada",
+                Some(json!({"userName": name})),
+            )
+            .await;
+        assert_eq!(status, 400, "rename to {name:?} → {problem}");
+        let (status, _) = gh
+            .admin("GET", &crate::identity::admin_path(&name), None)
+            .await;
+        assert_eq!(status, 404, "{name:?} was stored");
+    }
+    for body in [
+        json!({"userName": "bob", "email": "bob@example.com\r\nX-Auth-User: root"}),
+        json!({"userName": "bob", "email": "bob\t@example.com"}),
+        json!({"userName": "bob", "nickName": "Bob\nforged"}),
+        json!({"userName": "bob", "firstName": "Zoe\u{308}"}),
+    ] {
+        let (status, problem) = gh
+            .admin("POST", "/admin/v1/users", Some(body.clone()))
+            .await;
+        assert_eq!(status, 400, "{body} → {problem}");
+    }
+    assert_eq!(gh.admin("GET", "/admin/v1/users/ada", None).await.0, 200);
+}

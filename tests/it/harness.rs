@@ -480,7 +480,7 @@ pub async fn closed_port() -> SocketAddr {
     addr
 }
 
-/// The real `gatehouse` binary, started as a child process with JSON logs.
+/// The real `gatehouse` binary, started as a child process (JSON or text logs).
 pub struct Process {
     pub child: tokio::process::Child,
     pub addrs: HashMap<String, SocketAddr>,
@@ -521,11 +521,7 @@ impl Process {
             let mut addrs = HashMap::new();
             let mut found_tx = Some(found_tx);
             while let Ok(Some(line)) = lines.next_line().await {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                    && v["message"] == "listening"
-                {
-                    let key = v["listener"].as_str().unwrap_or_default().to_owned();
-                    let addr = v["addr"].as_str().unwrap_or_default().parse().unwrap();
+                if let Some((key, addr)) = listening(&line) {
                     addrs.insert(key, addr);
                     if addrs.contains_key("listen.admin")
                         && addrs.contains_key("listen.http")
@@ -566,6 +562,22 @@ impl Process {
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().unwrap().clone()
     }
+}
+
+/// The listener and address a "listening" line reports, in the JSON or the text format
+/// (`… listening listener="listen.http" addr=127.0.0.1:8080`).
+fn listening(line: &str) -> Option<(String, SocketAddr)> {
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+        if v["message"] != "listening" {
+            return None;
+        }
+        let key = v["listener"].as_str()?.to_owned();
+        return Some((key, v["addr"].as_str()?.parse().ok()?));
+    }
+    let fields = line.split_once(" listening ")?.1;
+    let key = fields.split_once("listener=\"")?.1.split('"').next()?;
+    let addr = fields.split_once("addr=")?.1.split(' ').next()?;
+    Some((key.to_owned(), addr.parse().ok()?))
 }
 
 /// A configuration for [`Process`]: plaintext and admin listeners only, JSON logs.

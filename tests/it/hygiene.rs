@@ -149,3 +149,141 @@ async fn configured_header_names_are_stripped_too() {
     raw_get(gh.http_addr(), "/public/x", &["X_WebAuth_User: admin"]).await;
     assert!(!upstream.last().headers.contains_key("x-webauth-user"));
 }
+
+/// SPEC §6's list of headers no client may send upstream, folded, with names of no preset among
+/// them (`X-Auth-Groups`, `Remote-Name`, oauth2-proxy's `X-Auth-Request-*`) and the path claims.
+const NEVER_FORWARDED: &[&str] = &[
+    "x-auth-user",
+    "x-auth-user-id",
+    "x-auth-email",
+    "x-auth-scopes",
+    "x-auth-methods",
+    "x-auth-assertion",
+    "x-auth-groups",
+    "x-auth-roles",
+    "x-auth-request-user",
+    "x-auth-request-email",
+    "x-auth-request-methods",
+    "x-auth-anything-else",
+    "x-forwarded-user",
+    "x-forwarded-email",
+    "x-forwarded-groups",
+    "x-forwarded-preferred-username",
+    "x-forwarded-access-token",
+    "remote-user",
+    "remote-user-id",
+    "remote-email",
+    "remote-groups",
+    "remote-name",
+    "remote-methods",
+    "remote-assertion",
+    "x-original-url",
+    "x-rewrite-url",
+];
+
+/// `name` as a client may spell it so that some server or framework reads it as `name`.
+fn spellings(name: &str) -> [String; 6] {
+    let title: String = name
+        .split('-')
+        .map(|w| {
+            let mut w = w.to_owned();
+            w[..1].make_ascii_uppercase();
+            w
+        })
+        .collect::<Vec<_>>()
+        .join("-");
+    [
+        name.to_owned(),
+        name.to_ascii_uppercase(),
+        title.clone(),
+        title.replace('-', "_"),
+        name.replace('-', "."),
+        // Mixed separators.
+        name.replacen('-', "_", 1).replacen('-', ".", 1),
+    ]
+}
+
+#[tokio::test]
+async fn no_header_of_the_spec_list_reaches_the_upstream_in_any_spelling_preset_or_route() {
+    const PASSWORD: &str = "correct horse battery";
+    let upstream = Upstream::start().await;
+    for preset in ["gatehouse", "oauth2-proxy", "authelia"] {
+        for trusted in [true, false] {
+            let gh = Gatehouse::start_with(&upstream, |c| {
+                c.identity_headers = gatehouse::proxy::headers::Preset::from_name(preset)
+                    .unwrap()
+                    .names();
+                if !trusted {
+                    c.server.trusted_proxies.clear();
+                }
+            })
+            .await;
+            gh.create_user(serde_json::json!({"userName": "ada", "password": PASSWORD}))
+                .await;
+            let basic = format!(
+                "Authorization: Basic {}",
+                base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    format!("ada:{PASSWORD}")
+                )
+            );
+            for path in ["/public/x", "/private/x"] {
+                for spelling in 0..6 {
+                    // Every name twice: each copy must go.
+                    let mut lines: Vec<String> = NEVER_FORWARDED
+                        .iter()
+                        .flat_map(|n| {
+                            let s = &spellings(n)[spelling];
+                            [format!("{s}: spoofed-1"), format!("{s}: spoofed-2")]
+                        })
+                        .collect();
+                    lines.push(basic.clone());
+                    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+                    let at = format!("{preset}, trusted {trusted}, {path}, spelling {spelling}");
+                    let response = raw_get(gh.http_addr(), path, &lines).await;
+                    assert_eq!(response.status, 200, "{at}: {}", response.body);
+                    let seen = upstream.last();
+                    for (name, value) in &seen.headers {
+                        assert!(
+                            !value.as_bytes().starts_with(b"spoofed"),
+                            "{at}: {name} reached the upstream"
+                        );
+                        let name = folded(name.as_str());
+                        assert!(
+                            name != "x-original-url" && name != "x-rewrite-url",
+                            "{at}: {name} reached the upstream"
+                        );
+                    }
+                }
+            }
+            gh.stop().await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn forward_auth_still_reads_path_claims_that_inline_routes_never_forward() {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start(&upstream).await;
+    for (claim, path, status) in [
+        ("X-Original-URL", "/private/x", 401),
+        ("X-Original-URL", "/public/x", 200),
+    ] {
+        let line = format!("{claim}: {path}");
+        let response = raw_get(gh.http_addr(), "/auth/verify", &[&line]).await;
+        assert_eq!(response.status, status, "{line}");
+    }
+    assert_eq!(upstream.hits(), 0);
+    // Inline, from the same trusted peer: the claim is not believed and not forwarded.
+    let response = raw_get(
+        gh.http_addr(),
+        "/public/x",
+        &["X-Original-URL: /private/x", "X-Rewrite-URL: /private/x"],
+    )
+    .await;
+    assert_eq!(response.status, 200);
+    let seen = upstream.last();
+    assert_eq!(seen.target, "/public/x");
+    assert!(!seen.headers.contains_key("x-original-url"));
+    assert!(!seen.headers.contains_key("x-rewrite-url"));
+}

@@ -552,15 +552,9 @@ async fn trusted_issuer_tokens_map_to_users_and_rotation_is_picked_up() {
     assert_eq!(status, 200, "{body}");
     let seen = upstream.last();
     assert_eq!(seen.headers["x-auth-user"], "erin");
-    // The token asks for `read write`; the new user holds no scope yet (SPEC §10)...
-    assert_eq!(
-        seen.headers
-            .get("x-auth-scopes")
-            .map(|v| v.to_str().unwrap())
-            .unwrap_or(""),
-        ""
-    );
-    // ...and once granted `read`, that is what the same token is worth.
+    // The user is created holding the scopes of the token that created it...
+    assert_eq!(seen.headers["x-auth-scopes"], "read write");
+    // ...and once an administrator takes `write` away, the same token is worth only `read`.
     let (status, _) = gh
         .admin(
             "PATCH",
@@ -1056,4 +1050,116 @@ async fn amr_app_in_a_token_does_not_stand_for_the_application_token_header() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
+}
+
+/// Names an issuer might send that break the admin API's rules: surrounding or inner
+/// whitespace, control characters, an invisible character, a decomposed (non-NFC) form, `/`,
+/// and one character too many.
+pub(crate) fn names_breaking_the_rules() -> Vec<String> {
+    vec![
+        "hank ".into(),
+        " hank".into(),
+        "hank\t".into(),
+        "hank\u{a0}".into(),
+        "hank\nX-Auth-User: root".into(),
+        "hank\r".into(),
+        "hank\u{1b}[31m".into(),
+        "hank\u{0}".into(),
+        "hank\u{200b}".into(),
+        "zoe\u{308}".into(),
+        "a/b".into(),
+        "h".repeat(129),
+    ]
+}
+
+pub(crate) fn admin_path(name: &str) -> String {
+    let encoded =
+        percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC).to_string();
+    format!("/admin/v1/users/{encoded}")
+}
+
+#[tokio::test]
+async fn names_from_a_trusted_issuer_that_break_the_admin_rules_are_refused_and_never_stored() {
+    let upstream = Upstream::start().await;
+    let key = TestKey::generate();
+    let idp = Idp::start(json!({"keys": [key.jwk("k1")]})).await;
+    let jwks_url = format!("http://{}/jwks", idp.addr);
+    let gh = Gatehouse::start_with(&upstream, |c| {
+        c.auth
+            .trusted_issuers
+            .push(gatehouse::config::TrustedIssuer {
+                issuer: "https://idp.test".into(),
+                jwks_url: jwks_url.parse().unwrap(),
+                audience: "gatehouse-app".into(),
+                algorithms: vec!["EdDSA".into()],
+            });
+    })
+    .await;
+    let bearer = |claims: &serde_json::Value| {
+        (
+            "authorization",
+            format!("Bearer {}", key.sign("k1", claims)),
+        )
+    };
+
+    let mut cases: Vec<(String, serde_json::Value)> = Vec::new();
+    for (i, name) in names_breaking_the_rules().into_iter().enumerate() {
+        // As preferred_username; and, with neither preferred_username nor email, as the subject.
+        let mut claims = external_claims(&format!("bad-{i}"));
+        claims["preferred_username"] = json!(name);
+        cases.push((format!("preferred_username {name:?}"), claims));
+        let mut claims = external_claims(&name);
+        claims.as_object_mut().unwrap().remove("preferred_username");
+        claims.as_object_mut().unwrap().remove("email");
+        cases.push((format!("sub {name:?}"), claims));
+    }
+    for (i, email) in [
+        "erin@example.com\r\nX-Auth-User: root",
+        "erin\t@example.com",
+        "erin@example.com ",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut claims = external_claims(&format!("bad-email-{i}"));
+        claims["preferred_username"] = json!(format!("erin{i}"));
+        claims["email"] = json!(email);
+        cases.push((format!("email {email:?}"), claims));
+    }
+    let mut claims = external_claims("bad-display-name");
+    claims["preferred_username"] = json!("erin-display");
+    claims["name"] = json!("Erin\nforged");
+    cases.push(("name with a newline".into(), claims));
+
+    for (what, claims) in &cases {
+        let (status, body) = get(&gh, "/private/x", &[bearer(claims)]).await;
+        assert_eq!(status, 401, "{what}: {body}");
+        let sub = claims["sub"].as_str().unwrap();
+        assert!(
+            gh.app
+                .store
+                .user_by_external("https://idp.test", sub)
+                .await
+                .unwrap()
+                .is_none(),
+            "{what}: stored"
+        );
+        if let Some(name) = claims["preferred_username"].as_str() {
+            let (status, user) = gh.admin("GET", &admin_path(name), None).await;
+            assert_eq!(status, 404, "{what}: {user}");
+        }
+    }
+    assert_eq!(upstream.hits(), 0);
+    // Nor under the name the upstream would have read once the header lost its whitespace.
+    assert_eq!(gh.admin("GET", "/admin/v1/users/hank", None).await.0, 404);
+
+    // A name within the rules is stored exactly as the upstream reads it.
+    let mut claims = external_claims("good");
+    claims["preferred_username"] = json!("hank");
+    let (status, body) = get(&gh, "/private/x", &[bearer(&claims)]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(upstream.last().headers["x-auth-user"], "hank");
+    let (status, user) = gh.admin("GET", "/admin/v1/users/hank", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(user["userName"], "hank");
 }

@@ -347,3 +347,105 @@ async fn one_worker_thread_serves_proxies_and_reloads() {
     assert!(reloaded, "{}", gh.logs().join("\n"));
     assert_eq!(upstream.hits(), 2);
 }
+
+/// Waits until a log line contains `needle` (the reader of the child's stdout may lag behind).
+async fn logged(gh: &Process, needle: &str) -> Vec<String> {
+    for _ in 0..200 {
+        let logs = gh.logs();
+        if logs.iter().any(|l| l.contains(needle)) {
+            return logs;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{needle} never logged: {}", gh.logs().join("\n"));
+}
+
+#[tokio::test]
+async fn client_values_neither_forge_log_lines_nor_leak_enrollment_tickets_in_either_format() {
+    const TOKEN: &str = "hygiene-test-admin-token-0123456789";
+    const TICKET: &str = "Zm9yZ2VkLXRpY2tldC1zZWNyZXQtMDEyMzQ1Njc4OWFi";
+    let upstream = Upstream::start().await;
+    for format in ["text", "json"] {
+        let config = process_config(&upstream.url(), "")
+            .replace("format = \"json\"", &format!("format = \"{format}\""));
+        let gh = Process::start(&config, &[("GATEHOUSE_ADMIN_TOKEN", TOKEN)]).await;
+        let addr = gh.addrs["listen.http"];
+        let forged = "\n2026-01-01T00:00:00.000000Z  INFO gatehouse::access: FORGED\r\u{1b}[2K";
+        let client = http1_client();
+
+        // Through the admin API, a trusted-issuer-free way to hand gatehouse a name.
+        let created = client
+            .post(format!(
+                "http://{}/admin/v1/users",
+                gh.addrs["listen.admin"]
+            ))
+            .bearer_auth(TOKEN)
+            .json(&json!({"userName": format!("ada{forged}"), "password": "correct horse battery"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 400);
+        // A Basic user name may hold any byte once decoded.
+        let basic = base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("ada{forged}:pw"),
+        );
+        let refused = client
+            .get(gh.http_url("/private/x"))
+            .header("authorization", format!("Basic {basic}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 401);
+        // Paths and queries with encoded and raw (non-ASCII) control characters.
+        for target in [
+            "/public/a%0AFORGED%0D%1B",
+            "/public/a?q=%0AFORGED&token=s3cret",
+            "/public/a?q=\u{85}FORGED\u{2028}FORGED",
+            "/public/\u{85}FORGED",
+        ] {
+            raw(
+                addr,
+                &format!("GET {target} HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n"),
+            )
+            .await;
+        }
+        // Every spelling that reaches the enrollment page.
+        for path in [
+            format!("/enroll/{TICKET}"),
+            format!("/enroll/{TICKET}/qr.svg"),
+            format!("/ENROLL/{TICKET}"),
+            format!("/%65nroll/{TICKET}"),
+            format!("//enroll/./{TICKET}"),
+        ] {
+            client.get(gh.http_url(&path)).send().await.unwrap();
+        }
+        let sentinel = format!("/public/sentinel-{format}");
+        client.get(gh.http_url(&sentinel)).send().await.unwrap();
+        let logs = logged(&gh, &sentinel).await;
+
+        for line in &logs {
+            assert!(!line.contains(TICKET), "{format}: ticket logged: {line}");
+            assert!(!line.contains("s3cret"), "{format}: token logged: {line}");
+            assert!(
+                !line.contains(['\r', '\u{1b}', '\u{7f}', '\u{85}', '\u{2028}']),
+                "{format}: raw control character: {line:?}"
+            );
+            match format {
+                "json" => {
+                    serde_json::from_str::<serde_json::Value>(line)
+                        .unwrap_or_else(|e| panic!("not one JSON line ({e}): {line:?}"));
+                }
+                _ => assert!(
+                    line.starts_with(|c: char| c.is_ascii_digit()) && line.contains("Z "),
+                    "not a log line of its own: {line:?}"
+                ),
+            }
+        }
+        let redacted = logs
+            .iter()
+            .filter(|l| l.contains("/enroll/REDACTED") || l.contains("/ENROLL/REDACTED"))
+            .count();
+        assert!(redacted >= 4, "{format}: {}", logs.join("\n"));
+    }
+}
