@@ -30,7 +30,7 @@ use crate::problem::Problem;
 use crate::proxy::forward::{self, ForwardError, Origin, Upstream};
 use crate::proxy::headers::IdentityHeaders;
 use crate::proxy::headers::Sanitizer;
-use crate::routes::RouteTable;
+use crate::routes::{self, RouteTable};
 use crate::telemetry::{self, AccessRecord};
 use crate::tokens::Tokens;
 
@@ -316,7 +316,7 @@ impl Gateway {
                 return;
             }
         };
-        let rule = self.routes.rule_for(&described);
+        let rule = self.routes.rule_for(&path::match_key(&described));
         let principal = match self.authorise(rule, &parts.headers).await {
             Ok(principal) => principal,
             Err(rejection) => {
@@ -425,33 +425,36 @@ impl Gateway {
             }
         };
         let path = outcome.path.as_str();
+        // Local endpoints and route rules see the path without `;` parameters, in any letter
+        // case (SPEC §2); the upstream gets `path` itself.
+        let key = path::match_key(path);
+        let key = key.as_ref();
 
-        if path == FORWARD_AUTH_PATH
-            || path
-                .strip_prefix(FORWARD_AUTH_PATH)
-                .is_some_and(|rest| rest.starts_with('/'))
+        if routes::strip_prefix_ignore_case(key, FORWARD_AUTH_PATH)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
         {
-            let path = path.to_owned();
-            self.forward_auth(&parts, &path, trusted, &mut outcome)
-                .await;
+            let key = key.to_owned();
+            self.forward_auth(&parts, &key, trusted, &mut outcome).await;
             return outcome;
         }
-        if path == JWKS_PATH && matches!(parts.method, http::Method::GET | http::Method::HEAD) {
+        if key.eq_ignore_ascii_case(JWKS_PATH)
+            && matches!(parts.method, http::Method::GET | http::Method::HEAD)
+        {
             outcome.response = Ok(self.jwks());
             return outcome;
         }
-        if let Some(ticket_id) = EnrollPage::ticket_id(path) {
+        if let Some(ticket_id) = EnrollPage::ticket_id(key) {
             outcome.response = Ok(self.enroll.handle(&parts, body, ticket_id).await);
             return outcome;
         }
         if let Some(ws) = &self.ws
-            && let Some(endpoint) = ws.endpoint(path)
+            && let Some(endpoint) = ws.endpoint(key)
         {
             outcome.response = Ok(ws.handle(endpoint, &parts, body).await);
             return outcome;
         }
         if let Some(manage) = &self.manage
-            && let Some(endpoint) = manage.endpoint(path)
+            && let Some(endpoint) = manage.endpoint(key)
         {
             // Every Manage answer carries a fresh `apiRequestId`, also the request's id.
             let id = uuid::Uuid::new_v4().to_string();
@@ -460,21 +463,21 @@ impl Gateway {
             return outcome;
         }
         if let Some(nexus) = &self.nexus
-            && let Some(endpoint) = nexus.endpoint(path)
+            && let Some(endpoint) = nexus.endpoint(key)
         {
             outcome.response = Ok(nexus
                 .handle(
                     endpoint,
                     &parts,
                     body,
-                    path,
+                    key,
                     request_id.to_str().unwrap_or_default(),
                 )
                 .await);
             return outcome;
         }
 
-        let rule = self.routes.rule_for(path);
+        let rule = self.routes.rule_for(key);
         outcome.class = rule.access.as_str();
         let principal = match self.authorise(rule, &parts.headers).await {
             Ok(principal) => principal,

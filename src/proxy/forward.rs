@@ -199,7 +199,7 @@ pub fn described_path(headers: &HeaderMap, path: &str) -> Result<String, Option<
             uri.path().to_owned()
         }
     } else {
-        match path.strip_prefix(crate::gateway::FORWARD_AUTH_PATH) {
+        match crate::routes::strip_prefix_ignore_case(path, crate::gateway::FORWARD_AUTH_PATH) {
             Some(rest) if rest.starts_with('/') => rest.to_owned(),
             _ => return Err(None),
         }

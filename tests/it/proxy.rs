@@ -126,7 +126,7 @@ async fn response_body_reaches_the_client_before_the_upstream_finishes_it() {
 async fn protected_routes_without_credentials_get_401_and_never_reach_upstream() {
     let upstream = Upstream::start().await;
     let gh = Gatehouse::start(&upstream).await;
-    for path in ["/private/x", "/secure/x", "/unmatched", "/", "/public"] {
+    for path in ["/private/x", "/secure/x", "/unmatched", "/", "/publicx"] {
         let response = http1_client().get(gh.http_url(path)).send().await.unwrap();
         assert_eq!(response.status(), 401, "{path}");
         let challenges: Vec<_> = response
@@ -343,8 +343,16 @@ async fn admin_listener_answers_health_and_readiness() {
             .unwrap();
         assert_eq!(response.status(), 200, "{path}");
     }
+    // Any other path needs the admin token before it is even looked up.
     let response = client
         .get(format!("http://{admin}/nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let response = client
+        .get(format!("http://{admin}/nope"))
+        .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
         .unwrap();
