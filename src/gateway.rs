@@ -48,6 +48,9 @@ pub struct ConnInfo {
 #[derive(Debug)]
 enum Rejection {
     BadPath(PathError),
+    /// More than one `Host`, or a `Host` that names another authority than the request target
+    /// (absolute form) or `:authority`: the upstream could read another host than gatehouse did.
+    AmbiguousHost,
     BadCredentials(&'static str),
     /// The reason is for the log; the client sees one body for every reason.
     Unauthenticated(Option<String>),
@@ -84,6 +87,7 @@ impl std::fmt::Display for Rejection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Rejection::BadPath(e) => write!(f, "invalid path: {e}"),
+            Rejection::AmbiguousHost => f.write_str("several or conflicting Host values"),
             Rejection::BadCredentials(why) => write!(f, "malformed credentials: {why}"),
             Rejection::Unauthenticated(None) => f.write_str("no credential"),
             Rejection::Unauthenticated(Some(why)) => write!(f, "invalid credential: {why}"),
@@ -110,6 +114,13 @@ impl Rejection {
                 "invalid-path",
                 "Invalid request path",
                 e.to_string(),
+            ),
+            Rejection::AmbiguousHost => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-host",
+                "Ambiguous host",
+                "The request must name one host: one Host header, agreeing with the request \
+                 target or :authority.",
             ),
             Rejection::BadCredentials(why) => Problem::new(
                 StatusCode::BAD_REQUEST,
@@ -424,6 +435,11 @@ impl Gateway {
                 return outcome;
             }
         };
+        if ambiguous_host(&parts) {
+            outcome.response = Err(Rejection::AmbiguousHost);
+            outcome.class = "invalid";
+            return outcome;
+        }
         let path = outcome.path.as_str();
         // Local endpoints and route rules see the path without `;` parameters, in any letter
         // case (SPEC §2); the upstream gets `path` itself.
@@ -575,6 +591,25 @@ impl Gateway {
     }
 }
 
+/// Whether the request names its host more than once, or in two ways that disagree (RFC 9112
+/// §3.2, RFC 9113 §8.3.1): several `Host` fields, a `Host` that is not an authority, or one that
+/// differs from an absolute-form target's or HTTP/2's `:authority`.
+fn ambiguous_host(parts: &http::request::Parts) -> bool {
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let Some(host) = hosts.next() else {
+        return false;
+    };
+    if hosts.next().is_some() || http::uri::Authority::try_from(host.as_bytes()).is_err() {
+        return true;
+    }
+    parts.uri.authority().is_some_and(|authority| {
+        !authority
+            .as_str()
+            .as_bytes()
+            .eq_ignore_ascii_case(host.as_bytes())
+    })
+}
+
 /// Whether a query parameter (`name=value` or `name`) is a `WsAccessKey` (any letter case): a
 /// legacy credential that the upstream must never see.
 fn is_access_key(pair: &str) -> bool {
@@ -701,6 +736,7 @@ mod tests {
     fn rejections_map_to_their_statuses() {
         let cases = [
             (Rejection::BadPath(PathError::EncodedSlash), 400),
+            (Rejection::AmbiguousHost, 400),
             (Rejection::BadCredentials("two"), 400),
             (Rejection::Unauthenticated(None), 401),
             (Rejection::AuthUnavailable("down".into()), 503),

@@ -315,9 +315,17 @@ pub async fn serve(
                 tracing::debug!(%peer, "TLS handshake failed");
                 return;
             };
-            let service = hyper::service::service_fn(move |req| {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let settings = settings.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(req, settings).await) }
+                let head = req.method() == Method::HEAD;
+                async move {
+                    let response = handle(req, settings).await;
+                    Ok::<_, std::convert::Infallible>(if head {
+                        crate::server::listener::without_body(response)
+                    } else {
+                        response
+                    })
+                }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
             if let Err(e) = builder.serve_connection(io, service).await {
