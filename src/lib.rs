@@ -20,6 +20,7 @@ pub mod mfa;
 pub mod notify;
 pub mod outbound;
 pub mod path;
+pub mod probe;
 pub mod problem;
 pub mod proxy;
 pub mod routes;
