@@ -1733,6 +1733,20 @@ mod tests {
     }
 
     #[test]
+    fn rule_prefixes_with_parameters_or_differing_only_in_case_are_refused() {
+        let err = from_toml_str(
+            "[[routes]]\npath_prefix = \"/admin;x/\"\naccess = \"mfa\"\n\
+             [[routes]]\npath_prefix = \"/api/\"\naccess = \"public\"\n\
+             [[routes]]\npath_prefix = \"/API/\"\naccess = \"mfa\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("routes[0].path_prefix"), "{err}");
+        assert!(err.contains("routes[2].path_prefix"), "{err}");
+        assert!(!err.contains("routes[1].path_prefix"), "{err}");
+    }
+
+    #[test]
     fn unknown_keys_are_rejected() {
         let err = from_toml_str("[server]\npublic_ulr = \"https://x\"\n").unwrap_err();
         assert!(err.to_string().contains("public_ulr"), "{err}");
