@@ -449,8 +449,15 @@ impl Gateway {
         if routes::strip_prefix_ignore_case(key, FORWARD_AUTH_PATH)
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
         {
-            let key = key.to_owned();
-            self.forward_auth(&parts, &key, trusted, &mut outcome).await;
+            // Envoy's described path is what follows the endpoint's two segments, taken from the
+            // normalised path so that its escapes reach the normaliser again undecoded.
+            let described = path
+                .match_indices('/')
+                .nth(2)
+                .map_or("", |(i, _)| &path[i..]);
+            let path = format!("{FORWARD_AUTH_PATH}{described}");
+            self.forward_auth(&parts, &path, trusted, &mut outcome)
+                .await;
             return outcome;
         }
         if key.eq_ignore_ascii_case(JWKS_PATH)

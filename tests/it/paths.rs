@@ -320,6 +320,14 @@ async fn forward_auth_applies_the_same_matching_rules() {
     )
     .await;
     assert_eq!(refused.status, 400);
+    // Envoy's variant keeps the described path's escapes for its own normalisation.
+    for target in [
+        "/auth/verify/public/100%25",
+        "/Auth;x/verify/public/a%20b;c",
+    ] {
+        let public = raw_get(gh.http_addr(), target, &[]).await;
+        assert_eq!(public.status, 200, "{target}");
+    }
     // A public path stays public through forward-auth.
     let public = raw_get(
         gh.http_addr(),
