@@ -606,7 +606,9 @@ fn ambiguous_host(parts: &http::request::Parts) -> bool {
     let Some(host) = hosts.next() else {
         return false;
     };
-    if hosts.next().is_some() || http::uri::Authority::try_from(host.as_bytes()).is_err() {
+    // An empty `Host` is allowed for a target without an authority (RFC 9112 §3.2).
+    let malformed = !host.is_empty() && http::uri::Authority::try_from(host.as_bytes()).is_err();
+    if hosts.next().is_some() || malformed {
         return true;
     }
     parts.uri.authority().is_some_and(|authority| {
