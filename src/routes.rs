@@ -134,14 +134,13 @@ mod properties {
 
     /// How the most lenient upstream (Tomcat, Jetty, Spring, IIS, Express) reads a path: every
     /// escape decoded, `;` parameters dropped, dot segments resolved, empty segments collapsed,
-    /// letter case folded.
+    /// letter case folded, and a trailing slash ignored (Spring's trailing-slash match, Express
+    /// without `strict`).
     fn lenient(path: &str) -> String {
         let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
         let mut stack: Vec<String> = Vec::new();
-        let mut trailing_slash = false;
         for segment in decoded.split('/').skip(1) {
             let name = segment.split(';').next().unwrap_or_default();
-            trailing_slash = matches!(name, "" | "." | "..");
             match name {
                 "" | "." => {}
                 ".." => {
@@ -150,11 +149,8 @@ mod properties {
                 name => stack.push(name.to_ascii_lowercase()),
             }
         }
-        let mut out: String = stack.iter().map(|s| format!("/{s}")).collect();
-        if trailing_slash || stack.is_empty() {
-            out.push('/');
-        }
-        out
+        let out: String = stack.iter().map(|s| format!("/{s}")).collect();
+        if out.is_empty() { "/".to_owned() } else { out }
     }
 
     const PREFIXES: &[&str] = &[
