@@ -1015,6 +1015,9 @@ fn validate(raw: RawConfig, env_secrets: EnvSecrets) -> Result<Config, ConfigErr
         };
         let path_prefix = c.get(&key("path_prefix"), Some(prefix), None, |s: String| {
             match path::normalize(&s) {
+                Ok(_) if s.contains(';') => Err(format!(
+                    "`{s}` has a `;`: parameters are ignored for matching, so no path would match it"
+                )),
                 Ok(n) if n == s => Ok(Some(s)),
                 Ok(n) => Err(format!(
                     "`{s}` is not a normalised path; write `{n}` (rules match normalised paths only)"
@@ -1033,7 +1036,11 @@ fn validate(raw: RawConfig, env_secrets: EnvSecrets) -> Result<Config, ConfigErr
         });
         let scopes = c.get(&key("scopes"), r.scopes, Vec::new(), ok);
         if let (Some(path_prefix), Some(access)) = (path_prefix, access) {
-            if routes.iter().any(|other| other.path_prefix == path_prefix) {
+            // Prefixes match in any letter case, so `/Admin/` and `/admin/` are one rule.
+            if routes
+                .iter()
+                .any(|other| other.path_prefix.eq_ignore_ascii_case(&path_prefix))
+            {
                 c.problem(
                     &key("path_prefix"),
                     format!("`{path_prefix}` is already used by another route"),
@@ -1740,6 +1747,20 @@ mod tests {
         ] {
             assert!(text.contains(key), "{key} missing from:\n{text}");
         }
+    }
+
+    #[test]
+    fn rule_prefixes_with_parameters_or_differing_only_in_case_are_refused() {
+        let err = from_toml_str(
+            "[[routes]]\npath_prefix = \"/admin;x/\"\naccess = \"mfa\"\n\
+             [[routes]]\npath_prefix = \"/api/\"\naccess = \"public\"\n\
+             [[routes]]\npath_prefix = \"/API/\"\naccess = \"mfa\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("routes[0].path_prefix"), "{err}");
+        assert!(err.contains("routes[2].path_prefix"), "{err}");
+        assert!(!err.contains("routes[1].path_prefix"), "{err}");
     }
 
     #[test]

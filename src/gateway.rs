@@ -30,7 +30,7 @@ use crate::problem::Problem;
 use crate::proxy::forward::{self, ForwardError, Origin, Upstream};
 use crate::proxy::headers::IdentityHeaders;
 use crate::proxy::headers::Sanitizer;
-use crate::routes::RouteTable;
+use crate::routes::{self, RouteTable};
 use crate::telemetry::{self, AccessRecord};
 use crate::tokens::Tokens;
 
@@ -48,6 +48,9 @@ pub struct ConnInfo {
 #[derive(Debug)]
 enum Rejection {
     BadPath(PathError),
+    /// More than one `Host`, or a `Host` that names another authority than the request target
+    /// (absolute form) or `:authority`: the upstream could read another host than gatehouse did.
+    AmbiguousHost,
     BadCredentials(&'static str),
     /// The reason is for the log; the client sees one body for every reason.
     Unauthenticated(Option<String>),
@@ -84,6 +87,7 @@ impl std::fmt::Display for Rejection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Rejection::BadPath(e) => write!(f, "invalid path: {e}"),
+            Rejection::AmbiguousHost => f.write_str("several or conflicting Host values"),
             Rejection::BadCredentials(why) => write!(f, "malformed credentials: {why}"),
             Rejection::Unauthenticated(None) => f.write_str("no credential"),
             Rejection::Unauthenticated(Some(why)) => write!(f, "invalid credential: {why}"),
@@ -110,6 +114,13 @@ impl Rejection {
                 "invalid-path",
                 "Invalid request path",
                 e.to_string(),
+            ),
+            Rejection::AmbiguousHost => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-host",
+                "Ambiguous host",
+                "The request must name one host: one Host header, agreeing with the request \
+                 target or :authority.",
             ),
             Rejection::BadCredentials(why) => Problem::new(
                 StatusCode::BAD_REQUEST,
@@ -316,7 +327,7 @@ impl Gateway {
                 return;
             }
         };
-        let rule = self.routes.rule_for(&described);
+        let rule = self.routes.rule_for(&path::match_key(&described));
         let principal = match self.authorise(rule, &parts.headers).await {
             Ok(principal) => principal,
             Err(rejection) => {
@@ -424,34 +435,49 @@ impl Gateway {
                 return outcome;
             }
         };
+        if ambiguous_host(&parts) {
+            outcome.response = Err(Rejection::AmbiguousHost);
+            outcome.class = "invalid";
+            return outcome;
+        }
         let path = outcome.path.as_str();
+        // Local endpoints and route rules see the path without `;` parameters, in any letter
+        // case (SPEC §2); the upstream gets `path` itself.
+        let key = path::match_key(path);
+        let key = key.as_ref();
 
-        if path == FORWARD_AUTH_PATH
-            || path
-                .strip_prefix(FORWARD_AUTH_PATH)
-                .is_some_and(|rest| rest.starts_with('/'))
+        if routes::strip_prefix_ignore_case(key, FORWARD_AUTH_PATH)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
         {
-            let path = path.to_owned();
+            // Envoy's described path is what follows the endpoint's two segments, taken from the
+            // normalised path so that its escapes reach the normaliser again undecoded.
+            let described = path
+                .match_indices('/')
+                .nth(2)
+                .map_or("", |(i, _)| &path[i..]);
+            let path = format!("{FORWARD_AUTH_PATH}{described}");
             self.forward_auth(&parts, &path, trusted, &mut outcome)
                 .await;
             return outcome;
         }
-        if path == JWKS_PATH && matches!(parts.method, http::Method::GET | http::Method::HEAD) {
+        if key.eq_ignore_ascii_case(JWKS_PATH)
+            && matches!(parts.method, http::Method::GET | http::Method::HEAD)
+        {
             outcome.response = Ok(self.jwks());
             return outcome;
         }
-        if let Some(ticket_id) = EnrollPage::ticket_id(path) {
+        if let Some(ticket_id) = EnrollPage::ticket_id(key) {
             outcome.response = Ok(self.enroll.handle(&parts, body, ticket_id).await);
             return outcome;
         }
         if let Some(ws) = &self.ws
-            && let Some(endpoint) = ws.endpoint(path)
+            && let Some(endpoint) = ws.endpoint(key)
         {
             outcome.response = Ok(ws.handle(endpoint, &parts, body).await);
             return outcome;
         }
         if let Some(manage) = &self.manage
-            && let Some(endpoint) = manage.endpoint(path)
+            && let Some(endpoint) = manage.endpoint(key)
         {
             // Every Manage answer carries a fresh `apiRequestId`, also the request's id.
             let id = uuid::Uuid::new_v4().to_string();
@@ -460,21 +486,21 @@ impl Gateway {
             return outcome;
         }
         if let Some(nexus) = &self.nexus
-            && let Some(endpoint) = nexus.endpoint(path)
+            && let Some(endpoint) = nexus.endpoint(key)
         {
             outcome.response = Ok(nexus
                 .handle(
                     endpoint,
                     &parts,
                     body,
-                    path,
+                    key,
                     request_id.to_str().unwrap_or_default(),
                 )
                 .await);
             return outcome;
         }
 
-        let rule = self.routes.rule_for(path);
+        let rule = self.routes.rule_for(key);
         outcome.class = rule.access.as_str();
         let principal = match self.authorise(rule, &parts.headers).await {
             Ok(principal) => principal,
@@ -571,6 +597,27 @@ impl Gateway {
         );
         response
     }
+}
+
+/// Whether the request names its host more than once, or in two ways that disagree (RFC 9112
+/// §3.2, RFC 9113 §8.3.1): several `Host` fields, a `Host` that is not an authority, or one that
+/// differs from an absolute-form target's or HTTP/2's `:authority`.
+fn ambiguous_host(parts: &http::request::Parts) -> bool {
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let Some(host) = hosts.next() else {
+        return false;
+    };
+    // An empty `Host` is allowed for a target without an authority (RFC 9112 §3.2).
+    let malformed = !host.is_empty() && http::uri::Authority::try_from(host.as_bytes()).is_err();
+    if hosts.next().is_some() || malformed {
+        return true;
+    }
+    parts.uri.authority().is_some_and(|authority| {
+        !authority
+            .as_str()
+            .as_bytes()
+            .eq_ignore_ascii_case(host.as_bytes())
+    })
 }
 
 /// Whether a query parameter (`name=value` or `name`) is a `WsAccessKey` (any letter case): a
@@ -699,6 +746,7 @@ mod tests {
     fn rejections_map_to_their_statuses() {
         let cases = [
             (Rejection::BadPath(PathError::EncodedSlash), 400),
+            (Rejection::AmbiguousHost, 400),
             (Rejection::BadCredentials("two"), 400),
             (Rejection::Unauthenticated(None), 401),
             (Rejection::AuthUnavailable("down".into()), 503),

@@ -188,10 +188,12 @@ fn dns_label(name: &str) -> bool {
 /// The sidecar, as `deploy/kubernetes/base/deployment.yaml` runs it.
 fn sidecar(a: &Annotations, settings: &Settings) -> Value {
     let secret = |key: &str| json!({"secretKeyRef": {"name": a.secret, "key": key}});
+    // `exec`, because the admin listener is pod-local and the kubelet connects from the node.
     let probe = |path: &str, period: u32, failures: u32| {
         json!({
-            "httpGet": {"path": path, "port": a.admin_port},
+            "exec": {"command": ["/usr/local/bin/gatehouse", "probe", path]},
             "periodSeconds": period,
+            "timeoutSeconds": 3,
             "failureThreshold": failures,
         })
     };
@@ -205,13 +207,13 @@ fn sidecar(a: &Annotations, settings: &Settings) -> Value {
             {"name": "GATEHOUSE_MASTER_KEY", "valueFrom": secret("master-key")},
             {"name": "GATEHOUSE_UPSTREAM__URL", "value": format!("http://127.0.0.1:{}", a.upstream_port)},
             {"name": "GATEHOUSE_LISTEN__HTTP", "value": format!("0.0.0.0:{}", a.listen_port)},
-            {"name": "GATEHOUSE_LISTEN__ADMIN", "value": format!("0.0.0.0:{}", a.admin_port)},
+            // Pod-local: nothing outside the pod reaches the admin API or /metrics.
+            {"name": "GATEHOUSE_LISTEN__ADMIN", "value": format!("127.0.0.1:{}", a.admin_port)},
             {"name": "GATEHOUSE_STORE__PATH", "value": "/var/lib/gatehouse"},
         ],
         // Port names are unique per pod, so these avoid the app's usual `http`.
         "ports": [
             {"name": "gatehouse", "containerPort": a.listen_port, "protocol": "TCP"},
-            {"name": "gatehouse-admin", "containerPort": a.admin_port, "protocol": "TCP"},
         ],
         "startupProbe": probe("/readyz", 1, 30),
         "readinessProbe": probe("/readyz", 5, 2),
@@ -315,9 +317,17 @@ pub async fn serve(
                 tracing::debug!(%peer, "TLS handshake failed");
                 return;
             };
-            let service = hyper::service::service_fn(move |req| {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let settings = settings.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(req, settings).await) }
+                let head = req.method() == Method::HEAD;
+                async move {
+                    let response = handle(req, settings).await;
+                    Ok::<_, std::convert::Infallible>(if head {
+                        crate::server::listener::without_body(response)
+                    } else {
+                        response
+                    })
+                }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
             if let Err(e) = builder.serve_connection(io, service).await {

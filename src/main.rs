@@ -30,6 +30,8 @@ enum Command {
     InjectWebhook(InjectArgs),
     /// Copy a sled store into an empty PostgreSQL database (moving from one replica to several).
     Migrate(MigrateArgs),
+    /// Ask the admin listener's `/readyz` or `/healthz` (a Kubernetes exec probe): exit 0 if ready.
+    Probe(gatehouse::probe::ProbeArgs),
 }
 
 #[derive(clap::Args)]
@@ -62,6 +64,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
         Command::Admin(args) => admin(*args),
+        Command::Probe(args) => probe(args),
         Command::InjectWebhook(args) => inject_webhook(args),
         Command::Migrate(args) => {
             let from = match args.from {
@@ -107,6 +110,19 @@ fn admin(args: gatehouse::cli::AdminArgs) -> ExitCode {
         .build()
     {
         Ok(runtime) => runtime.block_on(gatehouse::cli::run(args)),
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn probe(args: gatehouse::probe::ProbeArgs) -> ExitCode {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(gatehouse::probe::run(args)),
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
             ExitCode::FAILURE

@@ -2,8 +2,17 @@
 //!
 //! Percent-encoded unreserved characters are decoded (RFC 3986 §6.2.2.2), other escapes are kept
 //! with upper-case hex, `.` and `..` segments are resolved (RFC 3986 §5.2.4, never above the root)
-//! and empty segments collapsed. An encoded `/` or `\`, a `\` or a NUL would let the application
-//! see a different path than the one authorised, so they are refused instead of guessed at.
+//! and empty segments collapsed. An encoded `/`, `\` or `;`, a `\` or a NUL would let the
+//! application see a different path than the one authorised, so they are refused instead of
+//! guessed at.
+//!
+//! Matching must agree with the most lenient server an upstream could be (SPEC §2). Tomcat, Jetty
+//! and Spring read `;` as the start of a segment's parameters (`/admin;a=b/x` is `/admin/x` to
+//! them) and resolve `..;` as `..`, so here too a segment whose name (before its first `;`) is
+//! empty, `.` or `..` is an empty or dot segment, whatever parameters follow. Parameters of
+//! ordinary segments are kept in the path that is forwarded (Java applications carry
+//! `;jsessionid=` there) and ignored for matching: [`match_key`] is what rules and local endpoints
+//! compare, ASCII-case-insensitively, against.
 
 use std::fmt;
 
@@ -16,6 +25,9 @@ pub enum PathError {
     EncodedSlash,
     /// `\` or `%5C`: some servers treat it as a separator.
     Backslash,
+    /// `%3B`: an application that decodes before it splits parameters off would read a `;` that
+    /// matching did not see.
+    EncodedSemicolon,
     /// A NUL byte, raw or as `%00`.
     Nul,
     /// `%` not followed by two hex digits.
@@ -28,6 +40,7 @@ impl fmt::Display for PathError {
             PathError::NotAbsolute => "the path must start with `/`",
             PathError::EncodedSlash => "the path contains an encoded `/` (%2F)",
             PathError::Backslash => "the path contains a backslash",
+            PathError::EncodedSemicolon => "the path contains an encoded `;` (%3B)",
             PathError::Nul => "the path contains a NUL byte",
             PathError::BadEscape => "the path contains a malformed percent escape",
         })
@@ -68,6 +81,7 @@ fn decode_unreserved(raw: &str) -> Result<String, PathError> {
                 match v {
                     b'/' => return Err(PathError::EncodedSlash),
                     b'\\' => return Err(PathError::Backslash),
+                    b';' => return Err(PathError::EncodedSemicolon),
                     0 => return Err(PathError::Nul),
                     v if is_unreserved(v) => out.push(char::from(v)),
                     v => {
@@ -112,13 +126,13 @@ pub(crate) fn resolve(raw: &str) -> Result<String, PathError> {
     let mut trailing_slash = false;
     for segment in decoded.split('/').skip(1) {
         trailing_slash = true;
-        match segment {
+        match segment_name(segment) {
             "" | "." => {}
             ".." => {
                 segments.pop();
             }
-            s => {
-                segments.push(s);
+            _ => {
+                segments.push(segment);
                 trailing_slash = false;
             }
         }
@@ -134,8 +148,35 @@ pub(crate) fn resolve(raw: &str) -> Result<String, PathError> {
     Ok(out)
 }
 
+/// A segment's name: what precedes its first `;` (its parameters).
+fn segment_name(segment: &str) -> &str {
+    segment.split_once(';').map_or(segment, |(name, _)| name)
+}
+
+/// What route rules and local endpoints compare a normalised path with: the path without each
+/// segment's `;` parameters (`/admin;a=b/x` is `/admin/x`), its remaining escapes decoded as an
+/// application decodes them (`/caf%C3%A9` is `/café`). Decoding cannot split or join segments
+/// here: the escapes that would (`%2F`, `%3B`, `%5C`, `%00`) were refused. Borrowed when there is
+/// nothing to remove or decode, as for most paths.
+pub fn match_key(normal: &str) -> std::borrow::Cow<'_, str> {
+    if !normal.contains([';', '%']) {
+        return std::borrow::Cow::Borrowed(normal);
+    }
+    let mut key = String::with_capacity(normal.len());
+    for segment in normal.split('/').skip(1) {
+        key.push('/');
+        key.push_str(segment_name(segment));
+    }
+    std::borrow::Cow::Owned(
+        percent_encoding::percent_decode_str(&key)
+            .decode_utf8_lossy()
+            .into_owned(),
+    )
+}
+
 /// Whether `raw` (absolute) is already what [`normalize`] would make of it: nothing to decode or
-/// refuse, no empty segment but a trailing one, no `.` or `..` segment. Most paths are.
+/// refuse, no empty segment but a trailing one, no `.` or `..` segment (parameters or not). Most
+/// paths are.
 fn is_normal(raw: &str) -> bool {
     let bytes = raw.as_bytes();
     if bytes.iter().any(|b| matches!(b, b'%' | b'\\' | 0)) {
@@ -144,7 +185,8 @@ fn is_normal(raw: &str) -> bool {
     let mut segments = raw.split('/').skip(1).peekable();
     while let Some(segment) = segments.next() {
         let last = segments.peek().is_none();
-        if matches!(segment, "." | "..") || (segment.is_empty() && !last) {
+        let name = segment_name(segment);
+        if matches!(name, "." | "..") || (name.is_empty() && !(last && segment.is_empty())) {
             return false;
         }
     }
@@ -223,6 +265,32 @@ mod tests {
         assert_eq!(normalize("/a%zz"), Err(PathError::BadEscape));
         assert_eq!(normalize("/a%2"), Err(PathError::BadEscape));
         assert_eq!(normalize("*"), Err(PathError::NotAbsolute));
+        assert_eq!(normalize("/a%3Bb"), Err(PathError::EncodedSemicolon));
+        assert_eq!(normalize("/a%3b/x"), Err(PathError::EncodedSemicolon));
+    }
+
+    #[test]
+    fn a_segment_named_dot_or_dot_dot_before_its_parameters_is_a_dot_segment() {
+        assert_eq!(normalize("/public/..;/admin/x").unwrap(), "/admin/x");
+        assert_eq!(normalize("/public/..;a=b/admin/x").unwrap(), "/admin/x");
+        assert_eq!(normalize("/public/%2e%2e;/admin/x").unwrap(), "/admin/x");
+        assert_eq!(normalize("/public/.;x/a").unwrap(), "/public/a");
+        assert_eq!(normalize("/;x/admin/;y").unwrap(), "/admin/");
+        assert_eq!(normalize("/a/..;").unwrap(), "/");
+    }
+
+    #[test]
+    fn parameters_of_ordinary_segments_are_kept_and_left_out_of_the_match_key() {
+        assert_eq!(normalize("/admin;a=b/x").unwrap(), "/admin;a=b/x");
+        assert_eq!(match_key("/admin;a=b/x"), "/admin/x");
+        assert_eq!(match_key("/a/b;jsessionid=1"), "/a/b");
+        assert_eq!(match_key("/a;/"), "/a/");
+        assert_eq!(match_key("/caf%C3%A9/a%20b;x"), "/caf\u{e9}/a b");
+        assert_eq!(match_key("/%252e%252e/"), "/%2e%2e/");
+        assert!(matches!(
+            match_key("/a/b"),
+            std::borrow::Cow::Borrowed("/a/b")
+        ));
     }
 
     #[test]
@@ -264,6 +332,12 @@ mod properties {
         ("%25", Ok("%25")),
         ("%252e", Ok("%252e")),
         ("%e2%82%ac", Ok("%E2%82%AC")),
+        // Parameters: ignored for matching, and a dot segment stays one whatever follows its `;`.
+        ("a;b=c", Ok("a;b=c")),
+        (";x", Ok(";x")),
+        ("..;", Ok("..;")),
+        (".;x", Ok(".;x")),
+        ("%2e%2e;a", Ok("..;a")),
         // Refused.
         ("%2F", Err(PathError::EncodedSlash)),
         ("%2f", Err(PathError::EncodedSlash)),
@@ -271,6 +345,8 @@ mod properties {
         ("\\", Err(PathError::Backslash)),
         ("%00", Err(PathError::Nul)),
         ("\0", Err(PathError::Nul)),
+        ("%3B", Err(PathError::EncodedSemicolon)),
+        ("a%3bb", Err(PathError::EncodedSemicolon)),
         ("%zz", Err(PathError::BadEscape)),
         ("%4", Err(PathError::BadEscape)),
         ("%", Err(PathError::BadEscape)),
@@ -283,13 +359,14 @@ mod properties {
         let mut trailing_slash = atoms.is_empty();
         for &i in atoms {
             let decoded = ATOMS[i].1?;
-            trailing_slash = matches!(decoded, "" | "." | "..");
-            match decoded {
+            let name = decoded.split(';').next().unwrap_or_default();
+            trailing_slash = matches!(name, "" | "." | "..");
+            match name {
                 "" | "." => {}
                 ".." => {
                     stack.pop();
                 }
-                s => stack.push(s),
+                _ => stack.push(decoded),
             }
         }
         let mut out: String = stack.iter().map(|s| format!("/{s}")).collect();
@@ -318,8 +395,8 @@ mod properties {
     /// Any text that starts with `/`, biased towards the characters that matter here.
     fn any_path() -> impl Strategy<Value = String> {
         prop_oneof![
-            "/[a-zA-Z0-9./%_~\\\\-]{0,40}",
-            "/(%[0-9a-fA-FgG]{0,2}|[./]|\\PC){0,30}",
+            "/[a-zA-Z0-9./%_~;=\\\\-]{0,40}",
+            "/(%[0-9a-fA-FgG]{0,2}|[./;]|\\PC){0,30}",
             atom_path().prop_map(|(p, _)| p),
         ]
     }
@@ -328,9 +405,10 @@ mod properties {
         prop_assert!(path.starts_with('/'), "{}", path);
         let segments: Vec<&str> = path.split('/').skip(1).collect();
         for (i, segment) in segments.iter().enumerate() {
-            prop_assert!(!matches!(*segment, "." | ".."), "dot segment in {}", path);
+            let name = segment_name(segment);
+            prop_assert!(!matches!(name, "." | ".."), "dot segment in {}", path);
             prop_assert!(
-                !segment.is_empty() || i + 1 == segments.len(),
+                !name.is_empty() || (i + 1 == segments.len() && segment.is_empty()),
                 "empty segment in {}",
                 path
             );
@@ -338,7 +416,10 @@ mod properties {
         prop_assert!(!path.contains('\\') && !path.contains('\0'), "{}", path);
         let upper = path.to_ascii_uppercase();
         prop_assert!(
-            !upper.contains("%2F") && !upper.contains("%5C") && !upper.contains("%00"),
+            !upper.contains("%2F")
+                && !upper.contains("%5C")
+                && !upper.contains("%00")
+                && !upper.contains("%3B"),
             "{}",
             path
         );
@@ -374,7 +455,9 @@ mod properties {
         ) {
             let segments: Vec<String> = segments
                 .into_iter()
-                .filter(|s| !matches!(s.as_str(), "." | "..") && !s.contains(['/', '%', '\\', '\0']))
+                .filter(|s| {
+                    !matches!(segment_name(s), "" | "." | "..") && !s.contains(['/', '%', '\\', '\0'])
+                })
                 .collect();
             let mut path: String = segments.iter().map(|s| format!("/{s}")).collect();
             if trailing_slash || path.is_empty() {
@@ -382,6 +465,27 @@ mod properties {
             }
             prop_assert!(is_normal(&path), "{}", path);
             prop_assert_eq!(normalize(&path), Ok(path.clone()));
+        }
+
+        #[test]
+        fn the_match_key_has_the_segments_of_the_normalised_path_without_parameters(
+            path in any_path(),
+        ) {
+            if let Ok(normal) = normalize(&path) {
+                let key = match_key(&normal);
+                prop_assert!(!key.contains(['\\', '\0']), "{}", key);
+                let segments: Vec<&str> = normal.split('/').collect();
+                let key_segments: Vec<&str> = key.split('/').collect();
+                prop_assert_eq!(segments.len(), key_segments.len(), "{} {}", normal, key);
+                for (segment, key_segment) in segments.iter().zip(&key_segments) {
+                    let name = segment_name(segment);
+                    prop_assert!(!matches!(*key_segment, "." | ".."), "{}", key);
+                    prop_assert_eq!(
+                        key_segment.to_string(),
+                        percent_encoding::percent_decode_str(name).decode_utf8_lossy().into_owned()
+                    );
+                }
+            }
         }
 
         #[test]

@@ -1,8 +1,11 @@
 //! The route table: which rule applies to a normalised path.
 //!
 //! Prefixes match whole segments: `/api` matches `/api` and `/api/x` but not `/apix`; a prefix
-//! ending in `/` matches everything below it. The longest matching prefix wins; the query never
-//! takes part. A path no rule matches gets `proxy.default`.
+//! ending in `/` matches everything below it and also the bare path without the slash (`/admin/`
+//! covers `/admin`, so a stricter rule is never escaped by dropping the slash). Letter case does
+//! not count (`/ADMIN/x` is under `/admin/`): an upstream such as IIS, or Spring with
+//! case-insensitive mappings, serves `/ADMIN/x` as `/admin/x` (SPEC §2). The longest matching
+//! prefix wins; the query never takes part. A path no rule matches gets `proxy.default`.
 
 use crate::config::{Access, Route};
 
@@ -17,6 +20,10 @@ pub struct RouteTable {
 impl RouteTable {
     pub fn new(routes: &[Route], default: Access) -> RouteTable {
         let mut routes = routes.to_vec();
+        // Compared with match keys, so in the same decoded form (`/caf%C3%A9/` is `/café/`).
+        for route in &mut routes {
+            route.path_prefix = crate::path::match_key(&route.path_prefix).into_owned();
+        }
         routes.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.len()));
         RouteTable {
             routes,
@@ -28,7 +35,7 @@ impl RouteTable {
         }
     }
 
-    /// The rule for a path that [`crate::path::normalize`] produced.
+    /// The rule for the [`crate::path::match_key`] of a normalised path.
     pub fn rule_for(&self, path: &str) -> &Route {
         self.routes
             .iter()
@@ -38,14 +45,28 @@ impl RouteTable {
 }
 
 fn prefix_matches(prefix: &str, path: &str) -> bool {
-    match path.strip_prefix(prefix) {
+    match strip_prefix_ignore_case(path, prefix) {
         Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
-        None => false,
+        // `/x/` also covers `/x`.
+        None => prefix
+            .strip_suffix('/')
+            .is_some_and(|bare| !bare.is_empty() && path.eq_ignore_ascii_case(bare)),
     }
+}
+
+/// `path` after `prefix`, when it starts with it in any ASCII letter case.
+pub fn strip_prefix_ignore_case<'p>(path: &'p str, prefix: &str) -> Option<&'p str> {
+    let head = path.as_bytes().get(..prefix.len())?;
+    if !head.eq_ignore_ascii_case(prefix.as_bytes()) {
+        return None;
+    }
+    // Only ASCII letters may differ, so the split falls where it falls in `prefix`: on a boundary.
+    path.get(prefix.len()..)
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn table() -> RouteTable {
@@ -78,11 +99,144 @@ mod tests {
         assert_eq!(t.rule_for("/api").access, Access::Public);
         assert_eq!(t.rule_for("/api/v1").access, Access::Public);
         assert_eq!(t.rule_for("/apix").access, Access::Authenticated);
-        assert_eq!(t.rule_for("/public").access, Access::Authenticated);
+        assert_eq!(t.rule_for("/publicx").access, Access::Authenticated);
+    }
+
+    #[test]
+    fn a_prefix_with_a_slash_also_covers_the_bare_path() {
+        let t = table();
+        assert_eq!(t.rule_for("/public").access, Access::Public);
+        assert_eq!(t.rule_for("/public/private").access, Access::Mfa);
+        assert_eq!(t.rule_for("/PUBLIC/Private").access, Access::Mfa);
+    }
+
+    #[test]
+    fn prefixes_match_in_any_letter_case() {
+        let t = table();
+        assert_eq!(t.rule_for("/PUBLIC/a").access, Access::Public);
+        assert_eq!(t.rule_for("/Public/PRIVATE/a").access, Access::Mfa);
+        assert_eq!(t.rule_for("/API/v1").access, Access::Public);
+        assert_eq!(t.rule_for("/\u{e9}/x").access, Access::Authenticated);
     }
 
     #[test]
     fn unmatched_paths_get_the_default() {
         assert_eq!(table().rule_for("/").access, Access::Authenticated);
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::path::{match_key, normalize};
+    use proptest::prelude::*;
+
+    /// How the most lenient upstream (Tomcat, Jetty, Spring, IIS, Express) reads a path: every
+    /// escape decoded, `;` parameters dropped, dot segments resolved, empty segments collapsed,
+    /// letter case folded, and a trailing slash ignored (Spring's trailing-slash match, Express
+    /// without `strict`).
+    fn lenient(path: &str) -> String {
+        let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+        let mut stack: Vec<String> = Vec::new();
+        for segment in decoded.split('/').skip(1) {
+            let name = segment.split(';').next().unwrap_or_default();
+            match name {
+                "" | "." => {}
+                ".." => {
+                    stack.pop();
+                }
+                name => stack.push(name.to_ascii_lowercase()),
+            }
+        }
+        let out: String = stack.iter().map(|s| format!("/{s}")).collect();
+        if out.is_empty() { "/".to_owned() } else { out }
+    }
+
+    const PREFIXES: &[&str] = &[
+        "/admin/",
+        "/admin/x/",
+        "/public/",
+        "/api",
+        "/Api/v1",
+        "/a b/",
+        "/caf%C3%A9/",
+    ];
+
+    fn table(prefixes: &[&str]) -> RouteTable {
+        let routes: Vec<Route> = prefixes
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Route {
+                path_prefix: (*p).to_owned(),
+                access: Access::Public,
+                // The scope names the rule, so equal rules are the same rule.
+                scopes: vec![i.to_string()],
+            })
+            .collect();
+        RouteTable::new(&routes, Access::Authenticated)
+    }
+
+    fn any_path() -> impl Strategy<Value = String> {
+        let atom = prop::sample::select(vec![
+            "admin",
+            "ADMIN",
+            "Admin",
+            "x",
+            "X",
+            "public",
+            "api",
+            "API",
+            "v1",
+            "a%20b",
+            "a b",
+            ".",
+            "..",
+            "",
+            "%2e",
+            "%2E%2e",
+            "..;",
+            "..;x=1",
+            "%2e%2e;",
+            ".;",
+            ";p",
+            "admin;a=b",
+            "admin;",
+            "Api;v=1",
+            "%61dmin",
+            "%41PI",
+            "%78",
+            "%25",
+            "%3B",
+            "%2F",
+            "y",
+            "caf%c3%a9",
+            "caf\u{e9}",
+        ]);
+        prop::collection::vec(atom, 0..7).prop_map(|atoms| format!("/{}", atoms.join("/")))
+    }
+
+    proptest! {
+        /// The rule chosen for a request is the rule the upstream's own reading of the forwarded
+        /// path falls under, and the rule the upstream would have applied to the path as sent.
+        #[test]
+        fn the_rule_chosen_is_the_rule_of_the_lenient_reading_of_the_forwarded_path(
+            path in any_path(),
+            rules in prop::sample::subsequence(PREFIXES.to_vec(), 0..=PREFIXES.len()),
+        ) {
+            let table = table(&rules);
+            let Ok(forwarded) = normalize(&path) else {
+                return Ok(());
+            };
+            let chosen = table.rule_for(&match_key(&forwarded));
+            let rule = |p: &str| table.rule_for(p).path_prefix.clone();
+            prop_assert_eq!(&chosen.path_prefix, &rule(&lenient(&forwarded)), "{}", forwarded);
+            prop_assert_eq!(&chosen.path_prefix, &rule(&lenient(&path)), "{}", path);
+            // The forwarded path, normalised again, is decided the same way.
+            prop_assert_eq!(
+                &chosen.path_prefix,
+                &rule(&match_key(&normalize(&forwarded).unwrap()))
+            );
+        }
     }
 }

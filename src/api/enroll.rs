@@ -155,9 +155,7 @@ impl EnrollPage {
     /// malformed id is answered as an unknown ticket rather than forwarded to the application.
     pub fn ticket_id(path: &str) -> Option<&str> {
         // Most paths are not: the prefix decides before anything is split.
-        if !path.starts_with(PREFIX) {
-            return None;
-        }
+        crate::routes::strip_prefix_ignore_case(path, PREFIX)?;
         let [id] = route::captures(PAGE, path)?[..] else {
             return None;
         };

@@ -356,14 +356,12 @@ impl Nexus {
 
     /// The endpoint a normalised path names, if any.
     pub fn endpoint(&self, path: &str) -> Option<Endpoint> {
-        let rest = path.strip_prefix(&self.base)?;
+        let rest = crate::routes::strip_prefix_ignore_case(path, &self.base)?;
         // Every proxied request is asked this: most are turned away by one comparison.
-        if !rest.starts_with(VERSION_PREFIX) {
-            return None;
-        }
+        crate::routes::strip_prefix_ignore_case(rest, VERSION_PREFIX)?;
         ENDPOINTS
             .iter()
-            .find(|(r, _)| r.path == rest)
+            .find(|(r, _)| r.path.eq_ignore_ascii_case(rest))
             .map(|(_, e)| e.clone())
             .or_else(|| DomainRoute::parse(rest).map(Endpoint::Domains))
     }

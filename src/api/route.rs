@@ -52,14 +52,13 @@ pub fn matches<'s>(
     match_segments(template, segments.iter().copied(), ignore_case)
 }
 
-/// [`matches`] for a whole path (split at every `/`), exact.
+/// [`matches`] for a whole path (split at every `/`), literals in any letter case (SPEC §2: local
+/// endpoints match as leniently as an upstream would).
 pub fn captures<'p>(template: &str, path: &'p str) -> Option<Vec<&'p str>> {
     // The literal text before the first `{…}` settles most mismatches without splitting anything.
     let literal = template.split_once('{').map_or(template, |(head, _)| head);
-    if !path.starts_with(literal) {
-        return None;
-    }
-    match_segments(template, path.split('/'), false)
+    crate::routes::strip_prefix_ignore_case(path, literal)?;
+    match_segments(template, path.split('/'), true)
 }
 
 /// Walks template and path together; every proxied request is tried against some templates, so
@@ -157,14 +156,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn placeholders_match_one_segment_and_literals_match_exactly() {
+    fn placeholders_match_one_segment_and_literals_match_in_any_case() {
         let t = "/v1/organizations/{organizationId}/domains/{domainId}";
         assert_eq!(
             captures(t, "/v1/organizations/7/domains/3"),
             Some(vec!["7", "3"])
         );
         assert_eq!(captures(t, "/v1/organizations/7/domains/3/x"), None);
-        assert_eq!(captures(t, "/v1/organizations/7/Domains/3"), None);
+        assert_eq!(
+            captures(t, "/V1/Organizations/7/DOMAINS/Ab"),
+            Some(vec!["7", "Ab"])
+        );
         assert_eq!(
             matches("/User/x", &["", "user", "X"], true),
             Some(Vec::new())

@@ -73,6 +73,7 @@ impl Upstream {
         *req.uri_mut() = Uri::from(path_and_query);
         // The upstream speaks HTTP/1.1 whatever the client spoke; an HTTP/2 request names its
         // host in the URI, which HTTP/1.1 carries in `Host`.
+        let client_version = req.version();
         *req.version_mut() = Version::HTTP_11;
         req.headers_mut()
             .entry(header::HOST)
@@ -83,6 +84,9 @@ impl Upstream {
             .map_err(ForwardError::Unavailable)?;
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        // The client is answered in its own version (SPEC §2): an HTTP/1.0 upstream must not
+        // turn an HTTP/1.1 client's answer into `HTTP/1.0` and close its connection.
+        parts.version = client_version;
         Ok(Response::from_parts(parts, body))
     }
 }
@@ -199,7 +203,7 @@ pub fn described_path(headers: &HeaderMap, path: &str) -> Result<String, Option<
             uri.path().to_owned()
         }
     } else {
-        match path.strip_prefix(crate::gateway::FORWARD_AUTH_PATH) {
+        match crate::routes::strip_prefix_ignore_case(path, crate::gateway::FORWARD_AUTH_PATH) {
             Some(rest) if rest.starts_with('/') => rest.to_owned(),
             _ => return Err(None),
         }

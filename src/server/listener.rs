@@ -16,8 +16,10 @@ use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
 use super::Handler;
+use crate::body::Body;
 use crate::config::ServerConfig;
 use crate::gateway::ConnInfo;
+use hyper::body::Body as _;
 
 /// Per-connection protocol settings, built once per listener.
 pub struct Protocols {
@@ -153,8 +155,16 @@ async fn serve<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = service_fn(move |req: hyper::Request<Incoming>| {
+        let head = req.method() == http::Method::HEAD;
         let response = handler(req, info);
-        async move { Ok::<_, Infallible>(response.await) }
+        async move {
+            let response = response.await;
+            Ok::<_, Infallible>(if head {
+                without_body(response)
+            } else {
+                response
+            })
+        }
     });
     // Owned, so the connection future does not borrow the builder across the spawn.
     let conn = builder.serve_connection(io, service).into_owned();
@@ -170,6 +180,24 @@ async fn serve<I>(
     if let Err(e) = result {
         tracing::debug!(error = %e, "connection ended with an error");
     }
+}
+
+/// The answer to a `HEAD`: the same head, no body (RFC 9110 §9.3.2). HTTP/1.1 would drop the body
+/// itself, but over HTTP/2 a DATA frame on a HEAD stream is a protocol error for the client, and
+/// every answer gatehouse writes itself (pages, JWKS, problems) has one. `Content-Length` keeps the
+/// length the body had. A proxied answer to a HEAD arrives without a body and is left as it is.
+pub fn without_body(response: http::Response<Body>) -> http::Response<Body> {
+    if response.body().is_end_stream() {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    if let Some(len) = body.size_hint().exact() {
+        parts
+            .headers
+            .entry(http::header::CONTENT_LENGTH)
+            .or_insert_with(|| http::HeaderValue::from(len));
+    }
+    http::Response::from_parts(parts, crate::body::empty())
 }
 
 /// Resolves once `stop` is (or already was) true; also when the sender is gone.

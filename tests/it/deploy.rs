@@ -109,12 +109,134 @@ fn the_injected_sidecar_matches_the_one_in_the_kustomize_base() {
         "GATEHOUSE_LISTEN__ADMIN",
         "readOnlyRootFilesystem: true",
         "mountPath: /var/lib/gatehouse",
-        "path: /readyz",
-        "path: /healthz",
+        "\"probe\", \"/readyz\"",
+        "\"probe\", \"/healthz\"",
+        "value: 127.0.0.1:9090",
     ] {
         assert!(
             base.contains(needle),
             "{needle} missing from the base deployment"
         );
     }
+}
+
+/// The documents of a YAML file as JSON, read with PyYAML (which kubernetes-validate brings).
+pub fn yaml_documents(file: &Path) -> Vec<serde_json::Value> {
+    let output = Command::new("python3")
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d]))",
+        ])
+        .arg(file)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// Whether `addr` (`ip:port`) is on loopback only.
+fn is_loopback(addr: &str) -> bool {
+    addr.parse::<std::net::SocketAddr>()
+        .is_ok_and(|a| a.ip().is_loopback())
+}
+
+/// The gatehouse container of a pod spec (a native sidecar) keeps its admin listener pod-local:
+/// bound to loopback, no container port for it, probes that run inside the container.
+pub fn assert_admin_is_pod_local(sidecar: &serde_json::Value, admin_port: u64) {
+    let env = sidecar["env"].as_array().unwrap();
+    let admin = env
+        .iter()
+        .find(|e| e["name"] == "GATEHOUSE_LISTEN__ADMIN")
+        .and_then(|e| e["value"].as_str())
+        .expect("GATEHOUSE_LISTEN__ADMIN is set");
+    assert!(is_loopback(admin), "admin listener on {admin}");
+    for port in sidecar["ports"].as_array().into_iter().flatten() {
+        assert_ne!(port["containerPort"], admin_port, "{port}");
+    }
+    for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+        let probe = &sidecar[probe];
+        assert!(probe.get("httpGet").is_none(), "{probe}");
+        let command = probe["exec"]["command"].as_array().unwrap();
+        assert_eq!(command[1], "probe", "{probe}");
+    }
+}
+
+#[test]
+fn the_admin_listener_is_pod_local_in_the_shipped_manifests() {
+    let base = deploy_dir().join("kubernetes/base");
+    let deployment = &yaml_documents(&base.join("deployment.yaml"))[0];
+    let sidecars = deployment["spec"]["template"]["spec"]["initContainers"]
+        .as_array()
+        .unwrap();
+    let sidecar = sidecars.iter().find(|c| c["name"] == "gatehouse").unwrap();
+    assert_admin_is_pod_local(sidecar, 9090);
+
+    // The configuration file agrees, so the address holds without the environment too.
+    let configmap = &yaml_documents(&base.join("configmap.yaml"))[0];
+    let file: toml::Value =
+        toml::from_str(configmap["data"]["gatehouse.toml"].as_str().unwrap()).unwrap();
+    let admin = file["listen"]["admin"].as_str().unwrap();
+    assert!(is_loopback(admin), "configmap admin = {admin}");
+
+    // No NetworkPolicy rule admits the admin port: not by number, not by admitting every port.
+    for file in yaml_files(&deploy_dir().join("kubernetes")) {
+        for doc in yaml_documents(&file) {
+            if doc["kind"] != "NetworkPolicy" {
+                continue;
+            }
+            for rule in doc["spec"]["ingress"].as_array().into_iter().flatten() {
+                let ports = rule["ports"].as_array();
+                assert!(
+                    ports.is_some(),
+                    "{}: a rule admits every port",
+                    file.display()
+                );
+                for port in ports.into_iter().flatten() {
+                    assert!(
+                        port["port"] != 9090 && port["port"] != "admin",
+                        "{}: {port}",
+                        file.display()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_exec_probe_succeeds_only_when_the_admin_listener_answers_2xx() {
+    use crate::harness::{Gatehouse, Upstream, binary, closed_port};
+    let probe = |path: &'static str, admin: std::net::SocketAddr| async move {
+        tokio::process::Command::new(binary())
+            .args(["probe", path])
+            .env("GATEHOUSE_LISTEN__ADMIN", admin.to_string())
+            .output()
+            .await
+            .unwrap()
+    };
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start(&upstream).await;
+    for path in ["/readyz", "/healthz"] {
+        let output = probe(path, gh.addrs.admin).await;
+        assert!(
+            output.status.success(),
+            "{path}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    // A wildcard bind is probed on loopback.
+    let wildcard = std::net::SocketAddr::from(([0, 0, 0, 0], gh.addrs.admin.port()));
+    assert!(probe("/readyz", wildcard).await.status.success());
+    let nothing = probe("/readyz", closed_port().await).await;
+    assert!(!nothing.status.success());
+    assert!(!nothing.stderr.is_empty());
+    // An answer that is not 2xx (here the public listener's 401) fails the probe.
+    let refused = probe("/readyz", gh.http_addr()).await;
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("401"));
+    gh.stop().await;
 }

@@ -155,6 +155,7 @@ async fn annotated_pod_gets_the_native_sidecar_and_stays_a_valid_pod() {
         .collect();
     assert!(env.contains(&("GATEHOUSE_UPSTREAM__URL", "http://127.0.0.1:3000")));
     assert!(env.contains(&("GATEHOUSE_LISTEN__HTTP", "0.0.0.0:4180")));
+    crate::deploy::assert_admin_is_pod_local(sidecar, 9090);
     let volumes = pod["spec"]["volumes"].as_array().unwrap();
     assert!(volumes.iter().any(|v| v["name"] == "tmp"));
     assert!(

@@ -1,7 +1,7 @@
 //! The path that is authorised is the path that is forwarded (SECURITY.md promise 4).
 
 use gatehouse::config::Access;
-use gatehouse::path::normalize;
+use gatehouse::path::{match_key, normalize};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
 
@@ -106,9 +106,10 @@ async fn path_headers_from_untrusted_peers_do_not_change_the_decision() {
     assert_eq!(upstream.hits(), 0);
 }
 
-/// For generated paths (dot segments plain and encoded, `//`, escapes of every kind) the upstream
-/// receives exactly `normalize(p)`, gatehouse answers 400 exactly when `normalize` refuses `p`,
-/// and the rule that decides is the normalised path's.
+/// For generated paths (dot segments plain and encoded, `//`, escapes of every kind, `;`
+/// parameters, letter case) the upstream receives exactly `normalize(p)`, gatehouse answers 400
+/// exactly when `normalize` refuses `p`, and the rule that decides is the one for the normalised
+/// path without its parameters, in any letter case, `/private/` covering `/private`.
 #[test]
 fn generated_paths_reach_the_upstream_exactly_as_normalised() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -126,6 +127,15 @@ fn generated_paths_reach_the_upstream_exactly_as_normalised() {
         "a",
         "public",
         "private",
+        "PRIVATE",
+        "Private",
+        "private;a=b",
+        ";x",
+        "..;",
+        "%2e%2e;x",
+        ".;",
+        "%3B",
+        "a%3bb",
         ".",
         "..",
         "",
@@ -156,8 +166,12 @@ fn generated_paths_reach_the_upstream_exactly_as_normalised() {
         .run(&paths, |path| {
             let hits = upstream.hits();
             let response = runtime.block_on(raw_get(gh.http_addr(), &path, &[]));
+            let protected = |normal: &str| {
+                let key = match_key(normal).to_ascii_lowercase();
+                key == "/private" || key.starts_with("/private/")
+            };
             match normalize(&path) {
-                Ok(normal) if normal.starts_with("/private/") => {
+                Ok(normal) if protected(&normal) => {
                     prop_assert_eq!(response.status, 401, "{}", path);
                     prop_assert_eq!(upstream.hits(), hits, "{}", path);
                 }
@@ -175,4 +189,177 @@ fn generated_paths_reach_the_upstream_exactly_as_normalised() {
         })
         .unwrap();
     runtime.block_on(gh.stop());
+}
+
+/// Gatehouse with `/admin/` (mfa, scope `admin`) beside the base rules, a user `plain` (password,
+/// no second factor, no scope) and a user `boss` with a token carrying `otp` and `admin`.
+async fn with_admin_rule(upstream: &Upstream) -> (Gatehouse, String, String) {
+    let gh = Gatehouse::start_with(upstream, |c| {
+        c.routes.push(gatehouse::config::Route {
+            path_prefix: "/admin/".into(),
+            access: Access::Mfa,
+            scopes: vec!["admin".into()],
+        });
+    })
+    .await;
+    gh.create_user(serde_json::json!({"userName": "plain", "password": "correct horse battery"}))
+        .await;
+    let boss = gh
+        .create_user(serde_json::json!({"userName": "boss", "scopes": ["admin"]}))
+        .await;
+    let principal = gatehouse::auth::Principal {
+        user_id: boss["id"].to_string(),
+        user_name: "boss".into(),
+        email: None,
+        scopes: vec!["admin".into()],
+        organizations: vec![],
+        methods: vec![gatehouse::auth::Method::Pwd, gatehouse::auth::Method::Otp],
+    };
+    let token = gh.app.tokens.issue_access(&principal).unwrap();
+    let basic = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode("plain:correct horse battery")
+    };
+    (
+        gh,
+        format!("Authorization: Basic {basic}"),
+        format!("Authorization: Bearer {token}"),
+    )
+}
+
+/// Spellings of paths under `/admin/` that a lenient upstream serves as `/admin/…`.
+const ADMIN_SPELLINGS: &[&str] = &[
+    "/admin/x",
+    "/ADMIN/x",
+    "/Admin/x",
+    "/admin",
+    "/Admin",
+    "/ADMIN",
+    "/admin/",
+    "/admin;a=b/x",
+    "/admin;/x",
+    "/Admin;jsessionid=1",
+    "/%61dmin/x",
+    "/%41DMIN/x",
+    "//admin//x",
+    "/public/../admin/x",
+    "/public/..;/admin/x",
+    "/public/..;a=b/admin/x",
+    "/public/%2e%2e;/admin/x",
+    "/public/%2E%2E;x/ADMIN;y/x",
+    "/public/.;/..;/admin",
+    "/;x/admin/x",
+];
+
+#[tokio::test]
+async fn admin_rule_cannot_be_sidestepped_by_case_slash_or_parameters() {
+    let upstream = Upstream::start().await;
+    let (gh, plain, boss) = with_admin_rule(&upstream).await;
+    for target in ADMIN_SPELLINGS {
+        let anonymous = raw_get(gh.http_addr(), target, &[]).await;
+        assert_eq!(anonymous.status, 401, "anonymous {target}");
+        let user = raw_get(gh.http_addr(), target, &[&plain]).await;
+        assert_eq!(user.status, 403, "plain user {target}: {}", user.body);
+        assert_problem(403, user.header("content-type"), &user.body, "mfa-required");
+    }
+    assert_eq!(upstream.hits(), 0);
+
+    // Authorised, the upstream gets the resolved path: never `..;`, never an escape of `;`.
+    for (target, forwarded) in [
+        ("/public/..;/admin/x", "/admin/x"),
+        ("/public/%2e%2e;/admin/x", "/admin/x"),
+        ("/ADMIN/x", "/ADMIN/x"),
+        ("/admin;a=b/x", "/admin;a=b/x"),
+        ("/admin", "/admin"),
+    ] {
+        let response = raw_get(gh.http_addr(), target, &[&boss]).await;
+        assert_eq!(response.status, 200, "{target}: {}", response.body);
+        assert_eq!(upstream.last().target, forwarded, "{target}");
+    }
+}
+
+#[tokio::test]
+async fn encoded_semicolon_is_refused_with_400() {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start(&upstream).await;
+    for target in ["/public/a%3Bb", "/public/..%3b/private/x", "/private%3B/x"] {
+        let response = raw_get(gh.http_addr(), target, &[]).await;
+        assert_eq!(response.status, 400, "{target}");
+        assert_problem(
+            400,
+            response.header("content-type"),
+            &response.body,
+            "invalid-path",
+        );
+    }
+    assert_eq!(upstream.hits(), 0);
+}
+
+#[tokio::test]
+async fn forward_auth_applies_the_same_matching_rules() {
+    let upstream = Upstream::start().await;
+    let (gh, plain, boss) = with_admin_rule(&upstream).await;
+    for target in ADMIN_SPELLINGS {
+        for header in ["X-Forwarded-Uri", "X-Original-URL"] {
+            let described = format!("{header}: {target}");
+            let anonymous = raw_get(gh.http_addr(), "/auth/verify", &[&described]).await;
+            assert_eq!(anonymous.status, 401, "anonymous {described}");
+            let user = raw_get(gh.http_addr(), "/auth/verify", &[&described, &plain]).await;
+            assert_eq!(user.status, 403, "plain user {described}");
+            let allowed = raw_get(gh.http_addr(), "/auth/verify", &[&described, &boss]).await;
+            assert_eq!(allowed.status, 200, "boss {described}");
+        }
+        // Envoy's variant, the described path after the endpoint's own.
+        let envoy = raw_get(gh.http_addr(), &format!("/AUTH/verify{target}"), &[&plain]).await;
+        assert_eq!(envoy.status, 403, "/AUTH/verify{target}");
+    }
+    let refused = raw_get(
+        gh.http_addr(),
+        "/auth/verify",
+        &["X-Forwarded-Uri: /public/..%3B/admin/x"],
+    )
+    .await;
+    assert_eq!(refused.status, 400);
+    // Envoy's variant keeps the described path's escapes for its own normalisation.
+    for target in [
+        "/auth/verify/public/100%25",
+        "/Auth;x/verify/public/a%20b;c",
+    ] {
+        let public = raw_get(gh.http_addr(), target, &[]).await;
+        assert_eq!(public.status, 200, "{target}");
+    }
+    // A public path stays public through forward-auth.
+    let public = raw_get(
+        gh.http_addr(),
+        "/auth/verify",
+        &["X-Forwarded-Uri: /PUBLIC;x/a"],
+    )
+    .await;
+    assert_eq!(public.status, 200);
+    assert_eq!(upstream.hits(), 0);
+}
+
+#[tokio::test]
+async fn local_endpoints_match_in_any_letter_case_and_with_parameters() {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start(&upstream).await;
+    for target in [
+        "/.well-known/jwks.json",
+        "/.WELL-KNOWN/JWKS.json",
+        "/.well-known;x/jwks.json",
+    ] {
+        let response = raw_get(gh.http_addr(), target, &[]).await;
+        assert_eq!(response.status, 200, "{target}");
+        assert!(response.body.contains("\"keys\""), "{target}");
+    }
+    // The enrollment page answers unknown tickets itself in every spelling.
+    for target in [
+        "/enroll/unknown-ticket",
+        "/ENROLL/unknown-ticket",
+        "/Enroll;x/unknown-ticket",
+    ] {
+        let response = raw_get(gh.http_addr(), target, &[]).await;
+        assert_eq!(response.status, 404, "{target}");
+    }
+    assert_eq!(upstream.hits(), 0);
 }

@@ -126,7 +126,7 @@ async fn response_body_reaches_the_client_before_the_upstream_finishes_it() {
 async fn protected_routes_without_credentials_get_401_and_never_reach_upstream() {
     let upstream = Upstream::start().await;
     let gh = Gatehouse::start(&upstream).await;
-    for path in ["/private/x", "/secure/x", "/unmatched", "/", "/public"] {
+    for path in ["/private/x", "/secure/x", "/unmatched", "/", "/publicx"] {
         let response = http1_client().get(gh.http_url(path)).send().await.unwrap();
         assert_eq!(response.status(), 401, "{path}");
         let challenges: Vec<_> = response
@@ -343,8 +343,16 @@ async fn admin_listener_answers_health_and_readiness() {
             .unwrap();
         assert_eq!(response.status(), 200, "{path}");
     }
+    // Any other path needs the admin token before it is even looked up.
     let response = client
         .get(format!("http://{admin}/nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let response = client
+        .get(format!("http://{admin}/nope"))
+        .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
         .unwrap();
@@ -448,4 +456,220 @@ async fn an_upstream_that_closes_idle_connections_costs_no_request() {
     }
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 5);
     server.abort();
+}
+
+#[tokio::test]
+async fn two_host_headers_or_a_conflicting_host_are_400_and_never_forwarded() {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start(&upstream).await;
+    let addr = gh.http_addr();
+    for head in [
+        "GET /public/x HTTP/1.1\r\nHost: app.test\r\nHost: evil.test\r\nConnection: close\r\n\r\n",
+        "GET /public/x HTTP/1.1\r\nHost: app.test\r\nhost: app.test\r\nConnection: close\r\n\r\n",
+        "GET http://app.test/public/x HTTP/1.1\r\nHost: evil.test\r\nConnection: close\r\n\r\n",
+        "GET /public/x HTTP/1.1\r\nHost: app.test, evil.test\r\nConnection: close\r\n\r\n",
+        "GET /private/x HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n",
+        "GET /auth/verify HTTP/1.1\r\nHost: a\r\nHost: b\r\nX-Forwarded-Uri: /public/\r\n\
+         Connection: close\r\n\r\n",
+    ] {
+        let response = raw(addr, head).await;
+        assert_eq!(response.status, 400, "{head}");
+        assert_problem(
+            400,
+            response.header("content-type"),
+            &response.body,
+            "invalid-host",
+        );
+    }
+    // One host, named the same way twice (absolute form and Host), is fine.
+    let response = raw(
+        addr,
+        "GET http://app.test/public/x HTTP/1.1\r\nHost: APP.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(response.status, 200);
+    assert_eq!(upstream.hits(), 1);
+
+    // HTTP/2: `Host` must agree with `:authority`, over h2c and over TLS.
+    let h2c = h2c_client()
+        .get(gh.http_url("/public/x"))
+        .header("host", "evil.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(h2c.status(), 400);
+    let tls = gh.tls_client(true);
+    let response = tls
+        .get(gh.https_url("/public/x"))
+        .header("host", "evil.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), Version::HTTP_2);
+    assert_eq!(response.status(), 400);
+    let agreeing = format!("localhost:{}", gh.addrs.https.unwrap().port());
+    let response = tls
+        .get(gh.https_url("/public/x"))
+        .header("host", agreeing)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // HTTP/1.1 over TLS with two Host fields.
+    let response = gh
+        .tls_client(false)
+        .get(gh.https_url("/public/x"))
+        .header("host", "a.test")
+        .header("host", "b.test")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(upstream.hits(), 2);
+}
+
+/// A raw TCP application that answers every request `HTTP/1.0 200 OK` and closes.
+async fn http10_upstream() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nold app")
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// Reads one response with a `Content-Length` or chunked body off `stream`: head and body.
+async fn read_response(stream: &mut tokio::net::TcpStream) -> (String, String) {
+    use tokio::io::AsyncReadExt;
+    let mut data = Vec::new();
+    let mut buf = [0; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&data).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let lower = head.to_ascii_lowercase();
+            let length = lower
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse::<usize>().unwrap());
+            match length {
+                Some(n) if body.len() >= n => return (head.to_owned(), body[..n].to_owned()),
+                None if body.ends_with("0\r\n\r\n") => {
+                    return (head.to_owned(), body.to_owned());
+                }
+                _ => {}
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("a response within 10 s")
+            .unwrap();
+        assert!(n > 0, "connection closed after {:?}", text);
+        data.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[tokio::test]
+async fn http11_clients_are_answered_http11_when_the_upstream_speaks_http10() {
+    use tokio::io::AsyncWriteExt;
+    let upstream = http10_upstream().await;
+    let gh = Gatehouse::start_url(&format!("http://{upstream}"), |_| {}).await;
+    let mut stream = tokio::net::TcpStream::connect(gh.http_addr())
+        .await
+        .unwrap();
+    // Two requests on one connection: the first answer must not close it.
+    for _ in 0..2 {
+        stream
+            .write_all(b"GET /public/x HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            .await
+            .unwrap();
+        let (head, body) = read_response(&mut stream).await;
+        assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+        assert!(body.contains("old app"), "{body}");
+    }
+    let response = http1_client()
+        .get(gh.http_url("/public/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), Version::HTTP_11);
+    assert_eq!(response.text().await.unwrap(), "old app");
+}
+
+#[tokio::test]
+async fn head_on_answers_gatehouse_writes_itself_has_no_body_over_every_protocol() {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start(&upstream).await;
+    let clients = [
+        ("h1", http1_client(), gh.http_url("")),
+        ("h2c", h2c_client(), gh.http_url("")),
+        ("h2 TLS", gh.tls_client(true), gh.https_url("")),
+        ("h1 TLS", gh.tls_client(false), gh.https_url("")),
+    ];
+    for (protocol, client, base) in &clients {
+        for (path, headers, status) in [
+            ("/.well-known/jwks.json", vec![], 200),
+            ("/enroll/no-such-ticket", vec![], 404),
+            ("/private/x", vec![], 401),
+            ("/public/a%2Fb", vec![], 400),
+            ("/auth/verify", vec![("x-forwarded-uri", "/private/x")], 401),
+            ("/auth/verify", vec![], 400),
+            ("/v1/me/mfa-enrollment", vec![], 405),
+        ] {
+            let mut request = client.head(format!("{base}{path}"));
+            for (name, value) in &headers {
+                request = request.header(*name, *value);
+            }
+            let what = format!("{protocol} HEAD {path}");
+            let response = request
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(response.status(), status, "{what}");
+            let length = response
+                .headers()
+                .get("content-length")
+                .map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
+            let body = response
+                .bytes()
+                .await
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert!(body.is_empty(), "{what}");
+            assert!(length.is_some_and(|n| n > 0), "{what}: {length:?}");
+        }
+    }
+    // The admin listener (HTTP/1.1 and h2c) too.
+    for client in [http1_client(), h2c_client()] {
+        for (path, status) in [
+            ("/healthz", 200),
+            ("/metrics", 200),
+            ("/admin/v1/audit", 401),
+        ] {
+            let response = client.head(gh.admin_url(path)).send().await.unwrap();
+            assert_eq!(response.status(), status, "{path}");
+            assert!(response.bytes().await.unwrap().is_empty(), "{path}");
+        }
+    }
+    // A proxied HEAD keeps the application's answer.
+    let response = h2c_client()
+        .head(gh.http_url("/public/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(upstream.last().method, "HEAD");
 }

@@ -1,5 +1,10 @@
 //! The admin listener: probes (`/healthz`, `/readyz`), `/metrics`, and the admin API (SPEC §7) under
 //! `/admin/v1/`, authorised by `Authorization: Bearer <admin token>`.
+//!
+//! The path goes through the public listeners' normaliser ([`crate::path`]) first, and the token is
+//! checked on that normalised path before anything is routed: every path but the probes, `/metrics`
+//! and `/openapi.json` needs it, so no spelling (`/%61dmin/v1/…`, `/ADMIN/…`, `/admin;x/…`, `//admin/…`)
+//! reaches a handler without the check meant for it, and an unknown path without the token is 401.
 
 mod grants;
 mod users;
@@ -43,6 +48,9 @@ enum Op {
     CreateWsKey,
     Audit,
 }
+
+/// The paths answered without the token: they carry no identity and no secret.
+const OPEN_PATHS: [&str; 4] = ["/healthz", "/readyz", "/metrics", "/openapi.json"];
 
 /// Every operation of the admin listener; any other path is 404, another method on a listed path 405.
 const ROUTES: [(Route, Op); 19] = [
@@ -105,6 +113,8 @@ pub struct Admin {
 /// Errors of the admin API, each rendered as a problem document.
 #[derive(Debug)]
 pub enum AdminError {
+    /// A path the normaliser refuses (`%2F`, `%3B`, a backslash, NUL…).
+    BadPath(crate::path::PathError),
     NoToken,
     BadToken,
     NotFound(String),
@@ -119,6 +129,12 @@ pub enum AdminError {
 impl AdminError {
     fn problem(&self) -> Problem {
         match self {
+            AdminError::BadPath(e) => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-path",
+                "Invalid request path",
+                e.to_string(),
+            ),
             AdminError::NoToken => Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "admin-disabled",
@@ -251,27 +267,24 @@ impl Admin {
         }
     }
 
-    /// Finds the request's operation in [`ROUTES`] and runs it. Everything under `/admin/v1/`
-    /// needs the admin token, even a path that names nothing (so the API's shape is not shown to
-    /// strangers); the probes, `/metrics` and `/openapi.json` need none.
+    /// Normalises the path, checks the token, then finds the request's operation in [`ROUTES`]
+    /// and runs it. Every path needs the admin token, even one that names nothing (so the API's
+    /// shape is not shown to strangers), except the probes, `/metrics` and `/openapi.json`.
     async fn dispatch(&self, req: Request<Incoming>) -> AdminResult {
-        let path = req.uri().path().to_owned();
-        if path.starts_with("/admin/v1/") {
+        let normal = crate::path::normalize(req.uri().path()).map_err(AdminError::BadPath)?;
+        // Without `;` parameters and with escapes decoded, so `/admin/v1/users/a%40b` names the
+        // user `a@b`; literals match in any letter case, as on the public listeners.
+        let key = crate::path::match_key(&normal);
+        if !OPEN_PATHS
+            .iter()
+            .any(|open| open.eq_ignore_ascii_case(&key))
+        {
             self.authorise(&req)?;
         }
-        // Segments are matched percent-decoded, so `/admin/v1/users/a%40b` names the user `a@b`.
-        let decoded: Vec<String> = path
-            .split('/')
-            .map(|s| {
-                percent_encoding::percent_decode_str(s)
-                    .decode_utf8_lossy()
-                    .into_owned()
-            })
-            .collect();
-        let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
+        let segments: Vec<&str> = key.split('/').collect();
         let mut template = None;
         for (candidate, op) in ROUTES {
-            let Some(values) = route::matches(candidate.path, &segments, false) else {
+            let Some(values) = route::matches(candidate.path, &segments, true) else {
                 continue;
             };
             if candidate.method == req.method().as_str() {

@@ -113,10 +113,10 @@ impl Manage {
     }
 
     pub fn endpoint(&self, path: &str) -> Option<Endpoint> {
-        let rest = path.strip_prefix(&self.base)?;
+        let rest = crate::routes::strip_prefix_ignore_case(path, &self.base)?;
         ENDPOINTS
             .iter()
-            .find(|(r, _)| r.path == rest)
+            .find(|(r, _)| r.path.eq_ignore_ascii_case(rest))
             .map(|(_, e)| *e)
     }
 
