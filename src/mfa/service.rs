@@ -297,6 +297,12 @@ impl Mfa {
         if ticket.used || ticket.expires_at <= self.clock.unix() {
             return Err(MfaError::TicketGone);
         }
+        // The link is the only credential on the page: like every other credential, it is worth
+        // nothing for a user who may not sign in (the same check as `Principal::admit`).
+        let user = self.store.user_by_id(ticket.user_id).await?;
+        if !user.is_some_and(|u| u.is_valid) {
+            return Err(MfaError::TicketUnknown);
+        }
         self.may_confirm(&ticket).await?;
         Ok(ticket)
     }

@@ -43,6 +43,7 @@ on_both_backends!(
     mfa_reset_voids_pending_tickets,
     ticket_made_without_a_second_factor_is_refused_once_the_user_has_one,
     ws_opt_in_registration_is_not_served_by_the_enrollment_page,
+    enrollment_link_of_a_disabled_user_shows_no_secret_and_adds_no_factor,
 );
 
 #[derive(Clone, Copy)]
@@ -501,4 +502,59 @@ async fn ticket_made_without_a_second_factor_is_refused_once_the_user_has_one(ba
             .ends_with("factor-already-enrolled")
     );
     assert_eq!(factor_kinds(&s.gh).await, ["otp:"]);
+}
+
+async fn enrollment_link_of_a_disabled_user_shows_no_secret_and_adds_no_factor(backend: Backend) {
+    let s = setup(backend).await;
+    let (status, enrollment) = post(
+        &s.gh,
+        "/v1/me/mfa-enrollment?factor=otp&isInteractive=true",
+        &basic(),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{enrollment}");
+    let path = ticket_path(enrollment["ticketUrl"].as_str().unwrap());
+    let (status, html) = page(&s.gh, &path, None).await;
+    assert_eq!(status, 200, "{html}");
+    let secret = secret_from(&html);
+    let (status, _) = post(
+        &s.gh,
+        "/v1/me/mfa-enrollment?factor=sms&isInteractive=true",
+        &basic(),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let sms_ticket = s.gh.app.store.user_by_name("ada").await.unwrap().unwrap();
+    let sms_ticket =
+        s.gh.app
+            .store
+            .newest_pending_ticket(sms_ticket.id, crate::keys::now())
+            .await
+            .unwrap()
+            .unwrap()
+            .id;
+
+    let patch = gatehouse::store::UserPatch {
+        is_valid: Some(false),
+        ..Default::default()
+    };
+    s.gh.app
+        .store
+        .update_user("ada", patch, "2026-01-01T00:00:00Z")
+        .await
+        .unwrap();
+    // The link is a credential like any other: a user who may not sign in is refused by it too.
+    let (status, html) = page(&s.gh, &path, None).await;
+    assert!(matches!(status, 404 | 410), "{status}: {html}");
+    assert!(!html.contains("id=\"secret\""), "{html}");
+    let code = totp(&secret, 0);
+    let (status, html) = page(&s.gh, &path, Some(&[("code", code.as_str())])).await;
+    assert!(matches!(status, 404 | 410), "{status}: {html}");
+    let sms_path = format!("/enroll/{sms_ticket}");
+    let (status, _) = page(&s.gh, &sms_path, Some(&[("action", "send")])).await;
+    assert!(matches!(status, 404 | 410), "{status}");
+    assert!(texts_to(&s.sms, VICTIM_PHONE).is_empty(), "no code sent");
+    assert!(factor_kinds(&s.gh).await.is_empty());
 }
