@@ -1317,6 +1317,14 @@ fn validate(raw: RawConfig, env_secrets: EnvSecrets) -> Result<Config, ConfigErr
     if tokens.access_ttl.is_zero() {
         c.problem("tokens.access_ttl", "must be longer than zero");
     }
+    // Assertions and access tokens are signed by the same key: with one audience, every
+    // X-Auth-Assertion the application receives would be accepted back as an access token.
+    if tokens.audience == upstream.audience {
+        c.problem(
+            "upstream.audience",
+            "must differ from tokens.audience, or X-Auth-Assertion would be an access token",
+        );
+    }
 
     let bootstrap = BootstrapConfig {
         file: c.get("bootstrap.file", raw.bootstrap.file, None, optional_path),
@@ -1672,6 +1680,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("auth.application_token_header"), "{err}");
+    }
+
+    #[test]
+    fn an_upstream_audience_equal_to_the_token_audience_is_refused() {
+        let err = from_toml_str("[upstream]\naudience = \"gatehouse\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("upstream.audience"), "{err}");
+        let err = from_toml_str("[tokens]\naudience = \"app\"\n[upstream]\naudience = \"app\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("upstream.audience"), "{err}");
     }
 
     #[test]

@@ -451,7 +451,10 @@ async fn names_a_trusted_issuer_may_not_use_are_refused_by_the_admin_api_too() {
             .admin("GET", &crate::identity::admin_path(&name), None)
             .await;
         // 404, or 400 where the name cannot even be spelled in a path (`/`, NUL).
-        assert!(matches!(status, 400 | 404), "{name:?} was stored ({status})");
+        assert!(
+            matches!(status, 400 | 404),
+            "{name:?} was stored ({status})"
+        );
     }
     for body in [
         json!({"userName": "bob", "email": "bob@example.com\r\nX-Auth-User: root"}),
