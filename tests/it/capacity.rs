@@ -516,3 +516,64 @@ async fn histogram_samples_are_freed_without_a_metrics_scrape() {
         waited += 1;
     }
 }
+
+/// A request body that sends one chunk and then never ends.
+struct Endless(bool);
+
+impl hyper::body::Body for Endless {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        if self.0 {
+            return std::task::Poll::Pending;
+        }
+        self.0 = true;
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(bytes::Bytes::from(
+            vec![b'a'; 16 * 1024],
+        )))))
+    }
+}
+
+#[tokio::test]
+async fn http2_streams_posting_to_unknown_enrollment_tickets_are_answered_without_their_bodies() {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start(&upstream).await;
+    let stream = TcpStream::connect(gh.http_addr()).await.unwrap();
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let mut streams = Vec::new();
+    for i in 0..60 {
+        let mut sender = sender.clone();
+        let request = http::Request::post(format!("http://app.test/enroll/guess{i}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("content-length", 1024 * 1024)
+            .body(Endless(false))
+            .unwrap();
+        streams.push(tokio::spawn(async move {
+            sender.ready().await.unwrap();
+            sender
+                .send_request(request)
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
+    }
+    for stream in streams {
+        let status = tokio::time::timeout(Duration::from_secs(10), stream)
+            .await
+            .expect("a stream waited for its body")
+            .unwrap();
+        assert_eq!(status, 404);
+    }
+    assert_eq!(gh.app.bodies.buffered(), 0);
+}
