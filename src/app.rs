@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::api::Bodies;
 use crate::auth::Authenticator;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, StoreConfig};
@@ -42,6 +43,8 @@ pub struct App {
     pub domains: Arc<Domains>,
     pub clock: Arc<dyn Clock>,
     pub meter: Arc<Meter>,
+    /// The one reader of local endpoints' bodies, with its budget shared by every listener.
+    pub bodies: Arc<Bodies>,
 }
 
 impl App {
@@ -91,6 +94,10 @@ impl App {
             &config.server.public_url,
         ));
         let domains = Arc::new(Domains::new(&config.domains, store.clone(), clock.clone())?);
+        let bodies = Arc::new(Bodies::new(
+            config.server.body_read_timeout,
+            config.server.max_buffered_bytes,
+        ));
         Ok(App {
             config,
             store,
@@ -100,6 +107,7 @@ impl App {
             domains,
             clock,
             meter,
+            bodies,
         })
     }
 }

@@ -108,6 +108,14 @@ pub struct AuthConfig {
     #[serde(serialize_with = "duration")]
     pub jwks_min_refresh: Duration,
     pub trusted_issuers: Vec<TrustedIssuer>,
+    /// Passwords hashed or verified at once (argon2 takes 19 MiB each); default one per core.
+    pub max_concurrent_hashes: usize,
+    /// Passwords waiting for a hashing thread; beyond, 503 with `Retry-After`.
+    pub max_queued_hashes: usize,
+    /// Wrong passwords one client address may send per window before it gets 429; 0: no limit.
+    pub failed_password_limit: u32,
+    #[serde(serialize_with = "duration")]
+    pub failed_password_window: Duration,
 }
 
 /// An external identity provider whose access tokens gatehouse accepts.
@@ -268,6 +276,11 @@ pub struct ServerConfig {
     pub h2_max_concurrent_streams: u32,
     /// Threads serving requests; 0 means one per CPU core.
     pub worker_threads: usize,
+    /// A local endpoint's request body must arrive within this time (SPEC §10).
+    #[serde(serialize_with = "duration")]
+    pub body_read_timeout: Duration,
+    /// Request body bytes local endpoints hold at once, across all requests; 503 beyond.
+    pub max_buffered_bytes: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -583,6 +596,10 @@ struct RawAuth {
     basic_cache_ttl: Field<String>,
     jwks_min_refresh: Field<String>,
     trusted_issuers: Vec<RawTrustedIssuer>,
+    max_concurrent_hashes: Field<u64>,
+    max_queued_hashes: Field<u64>,
+    failed_password_limit: Field<u64>,
+    failed_password_window: Field<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -621,6 +638,8 @@ struct RawServer {
     max_header_bytes: Field<u64>,
     h2_max_concurrent_streams: Field<u64>,
     worker_threads: Field<u64>,
+    body_read_timeout: Field<String>,
+    max_buffered_bytes: Field<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -912,10 +931,23 @@ fn validate(raw: RawConfig, env_secrets: EnvSecrets) -> Result<Config, ConfigErr
         worker_threads: c.get("server.worker_threads", s.worker_threads, 0, |v| {
             in_range(0, 1024)(v).map(|v| v as usize)
         }),
+        body_read_timeout: c.get(
+            "server.body_read_timeout",
+            s.body_read_timeout,
+            Duration::from_secs(10),
+            parse_duration,
+        ),
+        max_buffered_bytes: c.get(
+            "server.max_buffered_bytes",
+            s.max_buffered_bytes,
+            64 * 1024 * 1024,
+            |v| in_range(64 * 1024, 1 << 40)(v).map(|v| v as usize),
+        ),
     };
     for (key, d) in [
         ("server.header_read_timeout", server.header_read_timeout),
         ("server.tls_handshake_timeout", server.tls_handshake_timeout),
+        ("server.body_read_timeout", server.body_read_timeout),
     ] {
         if d.is_zero() {
             c.problem(key, "must be longer than zero");
@@ -1285,7 +1317,31 @@ fn validate(raw: RawConfig, env_secrets: EnvSecrets) -> Result<Config, ConfigErr
             parse_duration,
         ),
         trusted_issuers,
+        max_concurrent_hashes: c.get(
+            "auth.max_concurrent_hashes",
+            a.max_concurrent_hashes,
+            std::thread::available_parallelism().map_or(1, usize::from),
+            |v| in_range(1, 256)(v).map(|v| v as usize),
+        ),
+        max_queued_hashes: c.get("auth.max_queued_hashes", a.max_queued_hashes, 16, |v| {
+            in_range(1, 4096)(v).map(|v| v as usize)
+        }),
+        failed_password_limit: c.get(
+            "auth.failed_password_limit",
+            a.failed_password_limit,
+            10,
+            |v| in_range(0, 1_000_000)(v).map(|v| v as u32),
+        ),
+        failed_password_window: c.get(
+            "auth.failed_password_window",
+            a.failed_password_window,
+            Duration::from_secs(300),
+            parse_duration,
+        ),
     };
+    if auth.failed_password_window < Duration::from_secs(1) {
+        c.problem("auth.failed_password_window", "must be at least 1s");
+    }
 
     let tk = raw.tokens;
     let tokens = TokensConfig {

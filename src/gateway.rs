@@ -4,7 +4,7 @@
 //! [`Gateway::handle`] never fails: every refusal becomes a problem document, and every request
 //! leaves one access-log line.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderName, HeaderValue};
@@ -55,6 +55,10 @@ enum Rejection {
     /// The reason is for the log; the client sees one body for every reason.
     Unauthenticated(Option<String>),
     AuthUnavailable(String),
+    /// Too many passwords are being hashed (SPEC §10).
+    HashingBusy,
+    /// Too many wrong passwords from the client's address; retry after this many seconds.
+    TooManyFailures(u64),
     Internal(String),
     MfaRequired,
     MissingScope(String),
@@ -75,6 +79,8 @@ impl Rejection {
             Rejection::Unauthenticated(None) => Some("missing"),
             Rejection::Unauthenticated(Some(_)) => Some("invalid"),
             Rejection::AuthUnavailable(_) => Some("unavailable"),
+            Rejection::HashingBusy => Some("busy"),
+            Rejection::TooManyFailures(_) => Some("throttled"),
             Rejection::MfaRequired => Some("mfa_required"),
             Rejection::MissingScope(_) => Some("missing_scope"),
             _ => None,
@@ -92,6 +98,10 @@ impl std::fmt::Display for Rejection {
             Rejection::Unauthenticated(None) => f.write_str("no credential"),
             Rejection::Unauthenticated(Some(why)) => write!(f, "invalid credential: {why}"),
             Rejection::AuthUnavailable(why) => write!(f, "cannot verify credentials: {why}"),
+            Rejection::HashingBusy => f.write_str("password hashing at capacity"),
+            Rejection::TooManyFailures(_) => {
+                f.write_str("too many wrong passwords from this address")
+            }
             Rejection::Internal(why) => write!(f, "internal error: {why}"),
             Rejection::MfaRequired => f.write_str("second factor required"),
             Rejection::MissingScope(scope) => write!(f, "missing scope {scope}"),
@@ -139,6 +149,18 @@ impl Rejection {
                 "auth-unavailable",
                 "Credentials cannot be verified",
                 "Gatehouse cannot verify credentials right now; try again shortly.",
+            ),
+            Rejection::HashingBusy => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "Too busy",
+                "Gatehouse is checking too many passwords right now; try again shortly.",
+            ),
+            Rejection::TooManyFailures(_) => Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-failures",
+                "Too many failed sign-ins",
+                "Too many wrong passwords came from this address; try again later.",
             ),
             Rejection::Internal(_) => Problem::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -221,6 +243,7 @@ pub struct Gateway {
     manage: Option<Manage>,
     enroll: EnrollPage,
     meter: Arc<Meter>,
+    bodies: Arc<crate::api::Bodies>,
 }
 
 impl Gateway {
@@ -239,6 +262,7 @@ impl Gateway {
             assertion_audience: config.upstream.audience.clone(),
             enroll: EnrollPage::new(app.mfa.clone(), config.mfa.totp.digits),
             meter: app.meter.clone(),
+            bodies: app.bodies.clone(),
             ws: config.apis.ws.enabled.then(|| {
                 Ws::new(
                     &config.apis.ws.base_path,
@@ -273,15 +297,21 @@ impl Gateway {
         &self,
         rule: &crate::config::Route,
         headers: &http::HeaderMap,
+        client: IpAddr,
     ) -> Result<Option<Principal>, Rejection> {
         let principal = if rule.access == crate::config::Access::Public {
             None
         } else {
-            self.auth.authenticate(headers).await.map_err(|e| match e {
-                AuthError::Malformed(why) => Rejection::BadCredentials(why),
-                AuthError::Invalid(why) => Rejection::Unauthenticated(Some(why)),
-                AuthError::Unavailable(why) => Rejection::AuthUnavailable(why),
-            })?
+            self.auth
+                .authenticate(headers, client)
+                .await
+                .map_err(|e| match e {
+                    AuthError::Malformed(why) => Rejection::BadCredentials(why),
+                    AuthError::Invalid(why) => Rejection::Unauthenticated(Some(why)),
+                    AuthError::Unavailable(why) => Rejection::AuthUnavailable(why),
+                    AuthError::Busy => Rejection::HashingBusy,
+                    AuthError::Throttled(seconds) => Rejection::TooManyFailures(seconds),
+                })?
         };
         match policy::decide_route(rule, principal.as_ref(), self.require_app) {
             Decision::Allow => Ok(principal),
@@ -312,6 +342,7 @@ impl Gateway {
         &self,
         parts: &http::request::Parts,
         path: &str,
+        conn: ConnInfo,
         trusted: bool,
         outcome: &mut Outcome,
     ) {
@@ -328,7 +359,8 @@ impl Gateway {
             }
         };
         let rule = self.routes.rule_for(&path::match_key(&described));
-        let principal = match self.authorise(rule, &parts.headers).await {
+        let client = self.client(conn, &parts.headers, trusted);
+        let principal = match self.authorise(rule, &parts.headers, client).await {
             Ok(principal) => principal,
             Err(rejection) => {
                 outcome.response = Err(rejection);
@@ -347,6 +379,26 @@ impl Gateway {
         }
         outcome.principal = principal;
         outcome.response = Ok(response);
+    }
+
+    /// The client's address as gatehouse believes it: the socket peer, or from a trusted proxy
+    /// the nearest untrusted address it names in `X-Forwarded-For`.
+    fn client(&self, conn: ConnInfo, headers: &http::HeaderMap, trusted: bool) -> IpAddr {
+        let peer = conn.peer.ip().to_canonical();
+        if trusted {
+            forward::forwarded_client(peer, headers, &self.trusted_proxies)
+        } else {
+            peer
+        }
+    }
+
+    /// What local endpoints learn of the request: its client and the body reader.
+    fn local(&self, parts: &mut http::request::Parts, conn: ConnInfo, trusted: bool) {
+        let client = self.client(conn, &parts.headers, trusted);
+        parts.extensions.insert(crate::api::Context {
+            client,
+            bodies: self.bodies.clone(),
+        });
     }
 
     fn is_trusted(&self, peer: SocketAddr) -> bool {
@@ -456,7 +508,7 @@ impl Gateway {
                 .nth(2)
                 .map_or("", |(i, _)| &path[i..]);
             let path = format!("{FORWARD_AUTH_PATH}{described}");
-            self.forward_auth(&parts, &path, trusted, &mut outcome)
+            self.forward_auth(&parts, &path, conn, trusted, &mut outcome)
                 .await;
             return outcome;
         }
@@ -467,18 +519,21 @@ impl Gateway {
             return outcome;
         }
         if let Some(ticket_id) = EnrollPage::ticket_id(key) {
+            self.local(&mut parts, conn, trusted);
             outcome.response = Ok(self.enroll.handle(&parts, body, ticket_id).await);
             return outcome;
         }
         if let Some(ws) = &self.ws
             && let Some(endpoint) = ws.endpoint(key)
         {
+            self.local(&mut parts, conn, trusted);
             outcome.response = Ok(ws.handle(endpoint, &parts, body).await);
             return outcome;
         }
         if let Some(manage) = &self.manage
             && let Some(endpoint) = manage.endpoint(key)
         {
+            self.local(&mut parts, conn, trusted);
             // Every Manage answer carries a fresh `apiRequestId`, also the request's id.
             let id = uuid::Uuid::new_v4().to_string();
             outcome.response = Ok(manage.handle(endpoint, &parts, body, &id).await);
@@ -488,6 +543,7 @@ impl Gateway {
         if let Some(nexus) = &self.nexus
             && let Some(endpoint) = nexus.endpoint(key)
         {
+            self.local(&mut parts, conn, trusted);
             outcome.response = Ok(nexus
                 .handle(
                     endpoint,
@@ -502,7 +558,8 @@ impl Gateway {
 
         let rule = self.routes.rule_for(key);
         outcome.class = rule.access.as_str();
-        let principal = match self.authorise(rule, &parts.headers).await {
+        let client = self.client(conn, &parts.headers, trusted);
+        let principal = match self.authorise(rule, &parts.headers, client).await {
             Ok(principal) => principal,
             Err(rejection) => {
                 outcome.response = Err(rejection);
@@ -643,6 +700,16 @@ fn without_access_keys(query: &str) -> String {
 
 fn render(rejection: &Rejection, path: &str, request_id: &str) -> Response<Body> {
     let mut response = rejection.problem().render(path, request_id);
+    let retry_after = match rejection {
+        Rejection::HashingBusy => Some(crate::auth::BUSY_RETRY_AFTER),
+        Rejection::TooManyFailures(seconds) => Some(*seconds),
+        _ => None,
+    };
+    if let Some(seconds) = retry_after {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
     if matches!(rejection, Rejection::Unauthenticated(_)) {
         for challenge in CHALLENGES {
             response.headers_mut().append(

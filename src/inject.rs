@@ -244,7 +244,8 @@ pub async fn handle(req: Request<Incoming>, settings: Arc<Settings>) -> Response
     match (req.method().clone(), path.as_str()) {
         (Method::GET, "/healthz") => api::json(StatusCode::OK, &json!({"status": "ok"})),
         (Method::POST, "/mutate") => {
-            let body = match api::read_body(req.into_body()).await {
+            let (parts, body) = req.into_parts();
+            let body = match api::read_body(&parts, body).await {
                 Ok(body) => body,
                 Err(_) => {
                     return error(

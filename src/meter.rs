@@ -3,9 +3,9 @@
 //!
 //! [`App`]: crate::app::App
 
-use std::time::Duration;
-
 use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use metrics::{
     Counter, Histogram, Key, KeyName, Label, Level, Metadata, Recorder, SharedString, Unit,
@@ -27,6 +27,10 @@ const OTP_VERIFICATIONS: &str = "gatehouse_otp_verifications_total";
 const LOCKOUTS: &str = "gatehouse_lockouts_total";
 const TICKETS: &str = "gatehouse_tickets_issued_total";
 const RELOADS: &str = "gatehouse_config_reloads_total";
+
+/// How often the exporter's histogram samples are folded into their buckets when nobody scrapes:
+/// until then each sample is held in memory (SPEC §10, memory is flat).
+pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// What an OTP verification came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +60,8 @@ pub struct Meter {
     requests: RwLock<Vec<(&'static str, u16, Counter)>>,
     /// Registered once: looking it up by name cost more than recording into it.
     upstream_latency: Histogram,
+    /// Histogram samples recorded since the last upkeep: what upkeep has yet to drain.
+    pending: AtomicU64,
 }
 
 impl Default for Meter {
@@ -117,6 +123,7 @@ impl Meter {
             handle,
             requests: RwLock::new(Vec::new()),
             upstream_latency,
+            pending: AtomicU64::new(0),
         }
     }
 
@@ -155,6 +162,7 @@ impl Meter {
 
     pub fn upstream_latency(&self, latency: Duration) {
         self.upstream_latency.record(latency.as_secs_f64());
+        self.pending.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn auth_failure(&self, reason: &'static str) {
@@ -184,9 +192,36 @@ impl Meter {
         self.count(RELOADS, vec![Label::from_static_parts("result", result)]);
     }
 
+    /// Folds the histogram samples recorded so far into their buckets, freeing them.
+    pub fn upkeep(&self) {
+        self.pending.store(0, Ordering::Relaxed);
+        self.handle.run_upkeep();
+    }
+
+    /// Histogram samples held in memory until the next upkeep.
+    pub fn pending_samples(&self) -> u64 {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    /// Runs [`Meter::upkeep`] every `every` until `stop` turns true (or its sender is gone).
+    pub async fn run_upkeep(&self, every: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => self.upkeep(),
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        self.handle.run_upkeep();
+        self.upkeep();
         self.handle.render()
     }
 }
@@ -221,6 +256,37 @@ mod tests {
             text.contains("gatehouse_upstream_latency_seconds_bucket{le=\"0.0025\"} 0"),
             "{text}"
         );
+    }
+
+    #[tokio::test]
+    async fn histogram_samples_are_drained_by_the_timer_without_a_scrape() {
+        let meter = std::sync::Arc::new(Meter::new());
+        for _ in 0..1000 {
+            meter.upstream_latency(Duration::from_millis(2));
+        }
+        assert_eq!(meter.pending_samples(), 1000);
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let timer = tokio::spawn({
+            let meter = meter.clone();
+            async move { meter.run_upkeep(Duration::from_millis(10), stopped).await }
+        });
+        // Waits for the timer; the test fails if it never drains.
+        for _ in 0..500 {
+            if meter.pending_samples() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(meter.pending_samples(), 0);
+        // The drained samples are in the buckets, not lost.
+        assert!(
+            meter
+                .handle
+                .render()
+                .contains("gatehouse_upstream_latency_seconds_count 1000")
+        );
+        let _ = stop.send(true);
+        assert!(timer.await.is_ok());
     }
 
     #[test]

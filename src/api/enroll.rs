@@ -16,9 +16,9 @@ use hyper::body::Incoming;
 use qrcode::QrCode;
 use qrcode::render::svg;
 
-use crate::api;
 use crate::api::nexus::mfa_problem;
 use crate::api::route::{self, Route};
+use crate::api::{self, BodyError};
 use crate::body::{Body, full};
 use crate::mfa::service::{Mfa, MfaError, TicketView};
 use crate::store::FactorKind;
@@ -178,15 +178,13 @@ impl EnrollPage {
         match parts.method {
             Method::GET | Method::HEAD => self.show(ticket_id, &action, None).await,
             Method::POST => {
-                let form = match api::read_body(body).await {
+                // A form for a ticket that cannot be used is not worth reading (SPEC §10).
+                if let Err(e) = self.mfa.check_ticket(ticket_id).await {
+                    return gone_or_unknown(&e);
+                }
+                let form = match api::read_body(parts, body).await {
                     Ok(bytes) => bytes,
-                    Err(_) => {
-                        return page(
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            "Request too large",
-                            "<p class=\"error\">The form was too large.</p>",
-                        );
-                    }
+                    Err(e) => return body_failure(&e),
                 };
                 let field = |name: &str| {
                     form_urlencoded::parse(&form)
@@ -330,6 +328,40 @@ impl EnrollPage {
             }
         }
     }
+}
+
+/// The page for a form that could not be read.
+fn body_failure(e: &BodyError) -> Response<Body> {
+    let (status, title, text) = match e {
+        BodyError::TooLarge => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Request too large",
+            "The form was too large.",
+        ),
+        BodyError::TimedOut => (
+            StatusCode::REQUEST_TIMEOUT,
+            "Request too slow",
+            "The form did not arrive in time. Try again.",
+        ),
+        BodyError::Busy => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Please try again",
+            "The service is busy. Try again in a moment.",
+        ),
+        BodyError::Unreadable | BodyError::Invalid(_) => (
+            StatusCode::BAD_REQUEST,
+            "Request not readable",
+            "The form could not be read.",
+        ),
+    };
+    let mut response = page(status, title, &format!("<p class=\"error\">{text}</p>"));
+    if matches!(e, BodyError::Busy) {
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(crate::auth::BUSY_RETRY_AFTER),
+        );
+    }
+    response
 }
 
 fn gone_or_unknown(e: &MfaError) -> Response<Body> {

@@ -8,13 +8,19 @@ pub mod nexus;
 pub mod route;
 pub mod ws;
 
-use bytes::Bytes;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderValue};
-use http::{Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http::request::Parts;
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::body::{Body, full};
 
@@ -71,29 +77,148 @@ pub fn media_ranges(accept: &str) -> impl Iterator<Item = (String, f32)> + '_ {
 /// Why a request body could not be read.
 #[derive(Debug)]
 pub enum BodyError {
+    /// 413: over [`MAX_LOCAL_BODY`].
     TooLarge,
     Unreadable,
+    /// 408: the body did not arrive within `server.body_read_timeout`.
+    TimedOut,
+    /// 503: the bodies held across all requests reached `server.max_buffered_bytes`.
+    Busy,
     /// Not the JSON expected; the message names what was wrong.
     Invalid(String),
 }
 
-/// Reads a body of at most [`MAX_LOCAL_BODY`] bytes.
-pub async fn read_body(body: Incoming) -> Result<Bytes, BodyError> {
-    match Limited::new(body, MAX_LOCAL_BODY).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(BodyError::TooLarge)
+/// What a listener tells the local endpoints about a request, as a request extension: who sent
+/// it (as far as gatehouse believes) and the reader its body must go through.
+#[derive(Clone)]
+pub struct Context {
+    pub client: IpAddr,
+    pub bodies: Arc<Bodies>,
+}
+
+/// The client address of a request; unknown addresses share one (so they share one limit).
+pub fn client(parts: &Parts) -> IpAddr {
+    parts
+        .extensions
+        .get::<Context>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.client)
+}
+
+/// The one reader of local endpoints' request bodies (SPEC §10): at most [`MAX_LOCAL_BODY`] per
+/// request, the whole body within a timeout, and at most a budget of bytes held across every
+/// request at once. Bytes are counted against the budget as they arrive and given back when the
+/// [`Buffered`] body is dropped.
+pub struct Bodies {
+    timeout: Duration,
+    budget: Arc<Semaphore>,
+    limit: usize,
+}
+
+/// A request body read by [`Bodies`]; its bytes count against the budget until it is dropped.
+pub struct Buffered {
+    bytes: Bytes,
+    _held: Option<OwnedSemaphorePermit>,
+}
+
+impl std::ops::Deref for Buffered {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Bodies {
+    pub fn new(timeout: Duration, max_buffered: usize) -> Bodies {
+        let limit = max_buffered.min(Semaphore::MAX_PERMITS);
+        Bodies {
+            timeout,
+            budget: Arc::new(Semaphore::new(limit)),
+            limit,
         }
-        Err(_) => Err(BodyError::Unreadable),
+    }
+
+    /// Bytes held by bodies read so far and not yet dropped.
+    pub fn buffered(&self) -> usize {
+        self.limit - self.budget.available_permits()
+    }
+
+    /// Reads `body`, refusing at once one whose `Content-Length` is over [`MAX_LOCAL_BODY`].
+    pub async fn read(
+        &self,
+        headers: &http::HeaderMap,
+        body: Incoming,
+    ) -> Result<Buffered, BodyError> {
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|len| len > MAX_LOCAL_BODY as u64) {
+            return Err(BodyError::TooLarge);
+        }
+        tokio::time::timeout(self.timeout, self.collect(body))
+            .await
+            .unwrap_or(Err(BodyError::TimedOut))
+    }
+
+    async fn collect(&self, mut body: Incoming) -> Result<Buffered, BodyError> {
+        let mut bytes = BytesMut::new();
+        let mut held: Option<OwnedSemaphorePermit> = None;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| BodyError::Unreadable)?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if bytes.len() + data.len() > MAX_LOCAL_BODY {
+                return Err(BodyError::TooLarge);
+            }
+            // Within MAX_LOCAL_BODY, so it fits in u32.
+            let n = u32::try_from(data.len()).map_err(|_| BodyError::TooLarge)?;
+            let permit = self
+                .budget
+                .clone()
+                .try_acquire_many_owned(n)
+                .map_err(|_| BodyError::Busy)?;
+            match held.as_mut() {
+                Some(h) => h.merge(permit),
+                None => held = Some(permit),
+            }
+            bytes.extend_from_slice(&data);
+        }
+        Ok(Buffered {
+            bytes: bytes.freeze(),
+            _held: held,
+        })
+    }
+
+    /// Reads a whole request's JSON body (the admin API's handlers take the request).
+    pub async fn read_json<T: DeserializeOwned>(
+        &self,
+        req: Request<Incoming>,
+    ) -> Result<T, BodyError> {
+        let (parts, body) = req.into_parts();
+        let bytes = self.read(&parts.headers, body).await?;
+        decode_json(&bytes).map_err(BodyError::Invalid)
+    }
+}
+
+/// The reader of requests that reach a handler without a [`Context`] (the admission webhook,
+/// which serves on a listener of its own): the defaults of `server.*`.
+fn standalone() -> &'static Bodies {
+    static BODIES: OnceLock<Bodies> = OnceLock::new();
+    BODIES.get_or_init(|| Bodies::new(Duration::from_secs(10), 64 * 1024 * 1024))
+}
+
+/// Reads a local endpoint's request body through the request's [`Bodies`].
+pub async fn read_body(parts: &Parts, body: Incoming) -> Result<Buffered, BodyError> {
+    match parts.extensions.get::<Context>() {
+        Some(context) => context.bodies.read(&parts.headers, body).await,
+        None => standalone().read(&parts.headers, body).await,
     }
 }
 
 /// Reads and decodes a JSON body.
-pub async fn read_json<T: DeserializeOwned>(body: Incoming) -> Result<T, BodyError> {
-    let bytes = read_body(body).await?;
+pub async fn read_json<T: DeserializeOwned>(parts: &Parts, body: Incoming) -> Result<T, BodyError> {
+    let bytes = read_body(parts, body).await?;
     decode_json(&bytes).map_err(BodyError::Invalid)
 }
 

@@ -104,6 +104,33 @@ impl NexusError {
                 ),
                 None,
             ),
+            NexusError::Auth(AuthError::Busy) | NexusError::Body(BodyError::Busy) => (
+                p(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "busy",
+                    "Too busy",
+                    "Gatehouse is at capacity; try again shortly.",
+                ),
+                Some(auth::BUSY_RETRY_AFTER as i64),
+            ),
+            NexusError::Auth(AuthError::Throttled(seconds)) => (
+                p(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too-many-failures",
+                    "Too many failed sign-ins",
+                    "Too many wrong passwords came from this address; try again later.",
+                ),
+                Some(i64::try_from(*seconds).unwrap_or(i64::MAX)),
+            ),
+            NexusError::Body(BodyError::TimedOut) => (
+                p(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body-timeout",
+                    "Request body too slow",
+                    "The request body did not arrive in time.",
+                ),
+                None,
+            ),
             NexusError::Body(BodyError::TooLarge) => (
                 p(
                     StatusCode::PAYLOAD_TOO_LARGE,
@@ -437,7 +464,7 @@ impl Nexus {
         let credential = auth::credential(&parts.headers).map_err(NexusError::Auth)?;
         let principal = self
             .auth
-            .authenticate(&parts.headers)
+            .authenticate(&parts.headers, api::client(parts))
             .await
             .map_err(NexusError::Auth)?
             .ok_or(NexusError::NoCredential)?;
@@ -492,7 +519,9 @@ impl Nexus {
                 ))
             }
             Endpoint::VerifyEnrollmentOtp | Endpoint::VerifyOtp => {
-                let body: VerifyBody = api::read_json(body).await.map_err(NexusError::Body)?;
+                let body: VerifyBody = api::read_json(parts, body)
+                    .await
+                    .map_err(NexusError::Body)?;
                 let codes = Codes {
                     otp: body.otp,
                     oob: body.oob,
@@ -563,8 +592,9 @@ impl Nexus {
                     let list = d.list(principal, org).await.map_err(NexusError::Domain)?;
                     return Ok(domains_api::list_response(&list));
                 }
-                let body: domains_api::CreateBody =
-                    api::read_json(body).await.map_err(NexusError::Body)?;
+                let body: domains_api::CreateBody = api::read_json(parts, body)
+                    .await
+                    .map_err(NexusError::Body)?;
                 let name = body
                     .domain
                     .ok_or_else(|| NexusError::Query("`domain` is required".into()))?;

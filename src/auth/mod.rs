@@ -4,10 +4,13 @@
 //! `Authorization: Basic` (argon2id, with a short cache of successful verifications), and the
 //! ApplicationToken header, which adds the `app` method to whatever else authenticated.
 
+pub mod hashing;
 pub mod issuers;
 pub mod policy;
 pub mod secret;
+pub mod throttle;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -136,7 +139,14 @@ pub enum AuthError {
     Invalid(String),
     /// The store could not be asked: fail closed.
     Unavailable(String),
+    /// 503 with `Retry-After`: too many passwords are being hashed (SPEC §10).
+    Busy,
+    /// 429 with `Retry-After` (seconds): too many wrong passwords from this client address.
+    Throttled(u64),
 }
+
+/// How long a client refused with [`AuthError::Busy`] is told to wait, in seconds.
+pub const BUSY_RETRY_AFTER: u64 = 1;
 
 impl From<StoreError> for AuthError {
     fn from(e: StoreError) -> AuthError {
@@ -236,6 +246,9 @@ pub struct Authenticator {
     basic_cache: moka::sync::Cache<[u8; 32], Arc<str>>,
     cache_key: ring::hmac::Key,
     clock: Arc<dyn Clock>,
+    /// Every password hash and verification runs here, within `auth.max_concurrent_hashes`.
+    hashes: hashing::Hashes,
+    failures: throttle::Throttle,
 }
 
 impl Authenticator {
@@ -264,6 +277,11 @@ impl Authenticator {
                 .build(),
             cache_key,
             clock,
+            hashes: hashing::Hashes::new(config.max_concurrent_hashes, config.max_queued_hashes)?,
+            failures: throttle::Throttle::new(
+                config.failed_password_limit,
+                config.failed_password_window,
+            ),
         })
     }
 
@@ -286,15 +304,34 @@ impl Authenticator {
         &self.app_header
     }
 
+    /// The password hashing threads (tests and the admin API's own hashing use them too).
+    pub fn hashes(&self) -> &hashing::Hashes {
+        &self.hashes
+    }
+
+    /// Hashes a new password within the same bound as verifications.
+    pub async fn hash_password(&self, password: String) -> Result<String, AuthError> {
+        self.hashes
+            .run(move || secret::hash_password(&password))
+            .await
+            .map_err(|hashing::Busy| AuthError::Busy)?
+            .map_err(AuthError::Unavailable)
+    }
+
     /// The principal the request's credentials prove, `None` when it carries none.
     /// A valid ApplicationToken adds [`Method::App`]; an invalid one refuses the request.
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Option<Principal>, AuthError> {
+    /// `client` is the address failed passwords are counted against.
+    pub async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        client: IpAddr,
+    ) -> Result<Option<Principal>, AuthError> {
         let mut principal = match credential(headers)? {
             None => None,
             Some(Credential::Basic {
                 user_name,
                 password,
-            }) => Some(self.basic(&user_name, password).await?),
+            }) => Some(self.basic(&user_name, password, client).await?),
             Some(Credential::Bearer(token)) => Some(self.bearer(token).await?),
         };
         if let Some(value) = headers.get(&self.app_header) {
@@ -327,22 +364,46 @@ impl Authenticator {
         Ok(Some((principal, record.file_id)))
     }
 
-    async fn basic(&self, user_name: &str, password: String) -> Result<Principal, AuthError> {
+    /// Verifies a password. The attempt first reserves a failure for `client` (SPEC §10), which
+    /// a right password, or one never compared, gives back.
+    async fn basic(
+        &self,
+        user_name: &str,
+        password: String,
+        client: IpAddr,
+    ) -> Result<Principal, AuthError> {
+        self.failures
+            .reserve(client, self.clock.unix())
+            .map_err(|throttle::Throttled(seconds)| AuthError::Throttled(seconds))?;
+        let result = self.verify_basic(user_name, password).await;
+        if !matches!(result, Err(AuthError::Invalid(_))) {
+            self.failures.release(client);
+        }
+        result
+    }
+
+    async fn verify_basic(
+        &self,
+        user_name: &str,
+        password: String,
+    ) -> Result<Principal, AuthError> {
         let user = self.store.user_by_name(user_name).await?;
         let Some((user, hash)) = user.and_then(|u| u.password_hash.clone().map(|h| (u, h))) else {
-            tokio::task::spawn_blocking(move || secret::verify_nothing(&password))
+            self.hashes
+                .run(move || secret::verify_nothing(&password))
                 .await
-                .ok();
+                .map_err(|hashing::Busy| AuthError::Busy)?;
             return Err(AuthError::Invalid("unknown user or no password".into()));
         };
         let key = self.cache_key_for(&user.user_name, &password);
         let cached = self.basic_cache.get(&key).is_some_and(|h| *h == *hash);
         if !cached {
             let check = hash.clone();
-            let ok =
-                tokio::task::spawn_blocking(move || secret::verify_password(&password, &check))
-                    .await
-                    .unwrap_or(false);
+            let ok = self
+                .hashes
+                .run(move || secret::verify_password(&password, &check))
+                .await
+                .map_err(|hashing::Busy| AuthError::Busy)?;
             if !ok {
                 return Err(AuthError::Invalid("wrong password".into()));
             }

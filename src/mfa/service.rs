@@ -307,6 +307,12 @@ impl Mfa {
         Ok(ticket)
     }
 
+    /// Whether `ticket_id` names a ticket that can still be used (the page checks before it
+    /// reads a form).
+    pub async fn check_ticket(&self, ticket_id: &str) -> Result<(), MfaError> {
+        self.live_ticket(ticket_id).await.map(drop)
+    }
+
     /// What the enrollment page shows.
     pub async fn ticket_view(&self, ticket_id: &str) -> Result<TicketView, MfaError> {
         let ticket = self.live_ticket(ticket_id).await?;

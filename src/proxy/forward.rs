@@ -221,6 +221,33 @@ pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+/// The client behind a trusted `peer`: walking `X-Forwarded-For` from the right, the first
+/// address outside `trusted` (the ones to its left could be written by anyone). All trusted: the
+/// leftmost. An entry that is not an address stops the walk at the last address believed.
+pub fn forwarded_client(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
+    let mut client = peer;
+    let values: Vec<&str> = headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    for entry in values.iter().rev().flat_map(|v| v.rsplit(',')) {
+        let entry = entry.trim();
+        let Some(ip) = entry
+            .parse::<IpAddr>()
+            .ok()
+            .or_else(|| entry.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        else {
+            return client;
+        };
+        client = ip.to_canonical();
+        if !trusted.iter().any(|net| net.contains(&client)) {
+            return client;
+        }
+    }
+    client
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -232,6 +259,28 @@ mod tests {
             tls: true,
             trusted,
         }
+    }
+
+    #[test]
+    fn the_client_is_the_nearest_untrusted_forwarded_address() {
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let peer: IpAddr = "10.1.2.3".parse().unwrap();
+        let client = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(X_FORWARDED_FOR, HeaderValue::from_str(v).unwrap());
+            }
+            forwarded_client(peer, &h, &trusted).to_string()
+        };
+        assert_eq!(client(&[]), "10.1.2.3");
+        assert_eq!(
+            client(&["198.51.100.7, 203.0.113.9, 10.9.9.9"]),
+            "203.0.113.9"
+        );
+        assert_eq!(client(&["198.51.100.7", "203.0.113.9:4711"]), "203.0.113.9");
+        assert_eq!(client(&["10.5.5.5, 10.6.6.6"]), "10.5.5.5");
+        assert_eq!(client(&["203.0.113.9, garbage, 10.6.6.6"]), "10.6.6.6");
+        assert_eq!(client(&["::ffff:203.0.113.9"]), "203.0.113.9");
     }
 
     #[test]

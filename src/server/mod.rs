@@ -23,6 +23,7 @@ use crate::api::admin::Admin;
 use crate::app::App;
 use crate::body::Body;
 use crate::gateway::{ConnInfo, Gateway};
+use crate::meter::{self, Meter};
 use listener::{Listener, Protocols, SharedTls};
 pub use reload::Reloadable;
 
@@ -72,6 +73,7 @@ pub struct Server {
     ready: Arc<AtomicBool>,
     shutdown_grace: Duration,
     reloadable: Reloadable,
+    meter: Arc<Meter>,
 }
 
 impl Server {
@@ -142,6 +144,7 @@ impl Server {
             ready,
             shutdown_grace: config.server.shutdown_grace,
             reloadable: Reloadable::new(gateway, shared_tls),
+            meter: app.meter.clone(),
         })
     }
 
@@ -171,6 +174,11 @@ impl Server {
             ));
         }
         drop(open_tx);
+        // Histogram samples are freed by upkeep; a scrape is not guaranteed to come.
+        let meter = self.meter.clone();
+        let upkeep_stop = stop_rx.clone();
+        let upkeep =
+            tokio::spawn(async move { meter.run_upkeep(meter::UPKEEP_EVERY, upkeep_stop).await });
         self.ready.store(true, Ordering::SeqCst);
 
         shutdown.await;
@@ -178,6 +186,7 @@ impl Server {
         let _ = stop_tx.send(true);
         // The accept loops end at once and drop their listeners: no new connections from here on.
         while loops.join_next().await.is_some() {}
+        let _ = upkeep.await;
         // Every connection task holds a sender; `recv` yields `None` once the last one is gone.
         match tokio::time::timeout(self.shutdown_grace, open_rx.recv()).await {
             Ok(_) => tracing::info!("all connections drained"),

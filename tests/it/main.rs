@@ -6,6 +6,7 @@ mod keys;
 
 mod admin;
 mod browser;
+mod capacity;
 mod config;
 mod deploy;
 mod dns;

@@ -60,7 +60,7 @@ fn generate(prefix: &str) -> Result<String, AdminError> {
 
 impl Admin {
     pub(super) async fn create_application(&self, req: Request<Incoming>) -> AdminResult {
-        let body: ApplicationBody = api::read_json(req.into_body()).await?;
+        let body: ApplicationBody = self.bodies.read_json(req).await?;
         if !valid_name(&body.name) {
             return Err(AdminError::Invalid(
                 "name must be 1 to 128 characters".into(),
@@ -88,7 +88,7 @@ impl Admin {
     }
 
     pub(super) async fn create_organization(&self, req: Request<Incoming>) -> AdminResult {
-        let body: OrganizationBody = api::read_json(req.into_body()).await?;
+        let body: OrganizationBody = self.bodies.read_json(req).await?;
         if !valid_name(&body.name) {
             return Err(AdminError::Invalid(
                 "name must be 1 to 128 characters".into(),
@@ -117,7 +117,7 @@ impl Admin {
 
     pub(super) async fn add_member(&self, id: &str, req: Request<Incoming>) -> AdminResult {
         let organization_id = integer(id, "the organization id")?;
-        let body: MemberBody = api::read_json(req.into_body()).await?;
+        let body: MemberBody = self.bodies.read_json(req).await?;
         let role = match body.role.as_str() {
             "admin" => Role::Admin,
             "member" => Role::Member,
@@ -153,7 +153,7 @@ impl Admin {
 
     pub(super) async fn grant_file(&self, id: &str, req: Request<Incoming>) -> AdminResult {
         let file_id = integer(id, "the file id")?;
-        let body: FileMemberBody = api::read_json(req.into_body()).await?;
+        let body: FileMemberBody = self.bodies.read_json(req).await?;
         let user = self
             .store
             .grant_file(&body.user_name, file_id, &self.now())
@@ -171,7 +171,7 @@ impl Admin {
     }
 
     pub(super) async fn create_ws_key(&self, req: Request<Incoming>) -> AdminResult {
-        let body: WsKeyBody = api::read_json(req.into_body()).await?;
+        let body: WsKeyBody = self.bodies.read_json(req).await?;
         let Some(user) = self.store.user_by_name(&body.user_name).await? else {
             return Err(AdminError::NotFound(format!("user {}", body.user_name)));
         };

@@ -108,6 +108,8 @@ pub struct Admin {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     meter: Arc<crate::meter::Meter>,
+    bodies: Arc<api::Bodies>,
+    auth: Arc<crate::auth::Authenticator>,
 }
 
 /// Errors of the admin API, each rendered as a problem document.
@@ -124,6 +126,10 @@ pub enum AdminError {
     Conflict(String),
     TooLarge,
     Store(String),
+    /// 408: the body did not arrive in time.
+    BodyTimedOut,
+    /// 503 with `Retry-After`: the body budget or the password hashing threads are full.
+    Busy,
 }
 
 impl AdminError {
@@ -186,6 +192,18 @@ impl AdminError {
                 "Store unavailable",
                 "The store failed; nothing was changed.",
             ),
+            AdminError::BodyTimedOut => Problem::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body-timeout",
+                "Request body too slow",
+                "The request body did not arrive in time.",
+            ),
+            AdminError::Busy => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "Too busy",
+                "Gatehouse is at capacity; nothing was changed. Try again shortly.",
+            ),
         }
     }
 }
@@ -208,6 +226,8 @@ impl From<BodyError> for AdminError {
                 AdminError::Invalid("the request body could not be read".into())
             }
             BodyError::Invalid(why) => AdminError::Invalid(format!("invalid JSON body: {why}")),
+            BodyError::TimedOut => AdminError::BodyTimedOut,
+            BodyError::Busy => AdminError::Busy,
         }
     }
 }
@@ -223,6 +243,8 @@ impl Admin {
             store: app.store.clone(),
             clock: app.clock.clone(),
             meter: app.meter.clone(),
+            bodies: app.bodies.clone(),
+            auth: app.auth.clone(),
         }
     }
 
@@ -255,6 +277,12 @@ impl Admin {
                     && let Ok(v) = HeaderValue::from_str(allow)
                 {
                     response.headers_mut().insert(header::ALLOW, v);
+                }
+                if let AdminError::Busy = e {
+                    response.headers_mut().insert(
+                        header::RETRY_AFTER,
+                        HeaderValue::from(crate::auth::BUSY_RETRY_AFTER),
+                    );
                 }
                 if let AdminError::BadToken = e {
                     response.headers_mut().insert(

@@ -6,7 +6,6 @@ use serde::{Deserialize, Serialize};
 
 use super::{Admin, AdminError, AdminResult};
 use crate::api;
-use crate::auth::secret;
 use crate::names;
 use crate::notify::sms::valid_e164;
 use crate::store::{Membership, NewUser, User, UserPatch};
@@ -147,23 +146,27 @@ pub fn validate(body: &UserBody) -> Result<(), AdminError> {
     Ok(())
 }
 
-/// Hashes a password off the async threads (argon2 takes tens of milliseconds).
-async fn hash(password: String) -> Result<String, AdminError> {
-    tokio::task::spawn_blocking(move || secret::hash_password(&password))
-        .await
-        .map_err(|e| AdminError::Store(e.to_string()))?
-        .map_err(AdminError::Store)
-}
-
 impl Admin {
+    /// Hashes a password on the bounded hashing threads (argon2 takes 19 MiB and tens of
+    /// milliseconds).
+    async fn hash(&self, password: String) -> Result<String, AdminError> {
+        self.auth
+            .hash_password(password)
+            .await
+            .map_err(|e| match e {
+                crate::auth::AuthError::Busy => AdminError::Busy,
+                other => AdminError::Store(format!("{other:?}")),
+            })
+    }
+
     pub(super) async fn create_user(&self, req: Request<Incoming>) -> AdminResult {
-        let body: UserBody = api::read_json(req.into_body()).await?;
+        let body: UserBody = self.bodies.read_json(req).await?;
         validate(&body)?;
         let Some(user_name) = body.user_name else {
             return Err(AdminError::Invalid("userName is required".into()));
         };
         let password_hash = match body.password {
-            Some(p) => Some(hash(p).await?),
+            Some(p) => Some(self.hash(p).await?),
             None => None,
         };
         let user = self
@@ -196,11 +199,11 @@ impl Admin {
     }
 
     pub(super) async fn patch_user(&self, name: &str, req: Request<Incoming>) -> AdminResult {
-        let body: UserBody = api::read_json(req.into_body()).await?;
+        let body: UserBody = self.bodies.read_json(req).await?;
         validate(&body)?;
         let password_changed = body.password.is_some();
         let password_hash = match body.password {
-            Some(p) => Some(hash(p).await?),
+            Some(p) => Some(self.hash(p).await?),
             None => None,
         };
         let patch = UserPatch {

@@ -24,6 +24,8 @@ pub enum ErrorCode {
     Unauthorized,
     Forbidden,
     MethodNotAllowed,
+    /// The body did not arrive within `server.body_read_timeout`.
+    BodyTimeout,
     TooLarge,
     UnsupportedMediaType,
     /// Too many failed codes: the user is locked out for a while.
@@ -34,6 +36,8 @@ pub enum ErrorCode {
     Internal,
     /// The SMS provider did not take the message.
     DeliveryFailed,
+    /// Gatehouse is at capacity (password hashing or buffered bodies); nothing was changed.
+    Busy,
 }
 
 impl ErrorCode {
@@ -46,12 +50,14 @@ impl ErrorCode {
             ErrorCode::Unauthorized => 4010,
             ErrorCode::Forbidden => 4030,
             ErrorCode::MethodNotAllowed => 4050,
+            ErrorCode::BodyTimeout => 4080,
             ErrorCode::TooLarge => 4130,
             ErrorCode::UnsupportedMediaType => 4150,
             ErrorCode::Locked => 4290,
             ErrorCode::RateLimited => 4291,
             ErrorCode::Internal => 5000,
             ErrorCode::DeliveryFailed => 5020,
+            ErrorCode::Busy => 5030,
         }
     }
 
@@ -64,11 +70,13 @@ impl ErrorCode {
             ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::Locked | ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::DeliveryFailed => StatusCode::BAD_GATEWAY,
+            ErrorCode::Busy => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -81,12 +89,14 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "Unauthorized",
             ErrorCode::Forbidden => "Forbidden",
             ErrorCode::MethodNotAllowed => "Method not allowed",
+            ErrorCode::BodyTimeout => "Request body too slow",
             ErrorCode::TooLarge => "Request too large",
             ErrorCode::UnsupportedMediaType => "Unsupported media type",
             ErrorCode::Locked => "Locked out",
             ErrorCode::RateLimited => "Too many requests",
             ErrorCode::Internal => "Internal error",
             ErrorCode::DeliveryFailed => "SMS not delivered",
+            ErrorCode::Busy => "Too busy",
         }
     }
 }

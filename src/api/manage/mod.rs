@@ -93,6 +93,15 @@ fn internal() -> Failure {
     )
 }
 
+/// 503: password hashing or the body budget is at capacity (SPEC §10).
+fn busy() -> Failure {
+    Failure::new(
+        ErrorCode::Busy,
+        "Gatehouse is at capacity; nothing was changed. Try again shortly.",
+    )
+    .retry_after(crate::auth::BUSY_RETRY_AFTER as i64)
+}
+
 impl Manage {
     pub fn new(
         config: &ManageApi,
@@ -203,10 +212,22 @@ impl Manage {
             }
             Err(_) => return Err(unauthorized("The Authorization header is malformed.")),
         }
-        let principal = match self.auth.authenticate(&parts.headers).await {
+        let principal = match self
+            .auth
+            .authenticate(&parts.headers, api::client(parts))
+            .await
+        {
             Ok(Some(principal)) => principal,
             Ok(None) | Err(AuthError::Invalid(_)) | Err(AuthError::Malformed(_)) => {
                 return Err(unauthorized("The user name or password is wrong."));
+            }
+            Err(AuthError::Busy) => return Err(busy()),
+            Err(AuthError::Throttled(seconds)) => {
+                return Err(Failure::new(
+                    ErrorCode::RateLimited,
+                    "Too many wrong passwords from this address; try again later.",
+                )
+                .retry_after(i64::try_from(seconds).unwrap_or(i64::MAX)));
             }
             Err(AuthError::Unavailable(why)) => {
                 tracing::error!(error = %why, "manage: credentials could not be checked");
@@ -277,8 +298,12 @@ async fn read_fields(endpoint: Endpoint, parts: &Parts, body: Incoming) -> Resul
             "Send application/json or application/x-protobuf.",
         ));
     };
-    let bytes = api::read_body(body).await.map_err(|e| match e {
+    let bytes = api::read_body(parts, body).await.map_err(|e| match e {
         BodyError::TooLarge => Failure::new(ErrorCode::TooLarge, "The body is larger than 1 MiB."),
+        BodyError::TimedOut => {
+            Failure::new(ErrorCode::BodyTimeout, "The body did not arrive in time.")
+        }
+        BodyError::Busy => busy(),
         _ => invalid("The body could not be read."),
     })?;
     parse_fields(endpoint, encoding, &bytes)

@@ -64,6 +64,21 @@ impl Answer {
         }
     }
 
+    /// Asks the caller to wait this many seconds (429, 503).
+    fn retry_after(mut self, seconds: u64) -> Answer {
+        self.retry_after = Some(i64::try_from(seconds).unwrap_or(i64::MAX));
+        self
+    }
+
+    /// 503: gatehouse is at capacity (password hashing or buffered bodies, SPEC §10).
+    fn busy() -> Answer {
+        Answer::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Gatehouse is at capacity; try again shortly.",
+        )
+        .retry_after(auth::BUSY_RETRY_AFTER)
+    }
+
     fn link(mut self, rel: &str, href: &str, title: &str) -> Answer {
         self.links.push(Link {
             rel: rel.into(),
@@ -178,12 +193,19 @@ impl Ws {
                 "Send application/json, text/json, application/xml or text/xml.",
             ));
         };
-        let bytes = api::read_body(body).await.map_err(|e| match e {
+        let bytes = api::read_body(parts, body).await.map_err(|e| match e {
             BodyError::TooLarge => Answer::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "The body is larger than 1 MiB.",
             ),
-            _ => Answer::new(StatusCode::BAD_REQUEST, "The body could not be read."),
+            BodyError::TimedOut => Answer::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "The body did not arrive in time.",
+            ),
+            BodyError::Busy => Answer::busy(),
+            BodyError::Unreadable | BodyError::Invalid(_) => {
+                Answer::new(StatusCode::BAD_REQUEST, "The body could not be read.")
+            }
         })?;
         let root = match endpoint {
             Endpoint::OptIn => "OptIn2FARequest",
@@ -260,7 +282,8 @@ impl Ws {
         let unavailable = || Answer::new(StatusCode::SERVICE_UNAVAILABLE, "Try again shortly.");
         match auth::credential(&parts.headers) {
             Ok(Some(Credential::Bearer(_))) => {
-                let principal = match self.auth.authenticate(&parts.headers).await {
+                let client = api::client(parts);
+                let principal = match self.auth.authenticate(&parts.headers, client).await {
                     Ok(Some(p)) => p,
                     Ok(None) | Err(auth::AuthError::Invalid(_)) => return Err(unauthorized()),
                     Err(auth::AuthError::Malformed(_)) => {
@@ -270,6 +293,14 @@ impl Ws {
                         ));
                     }
                     Err(auth::AuthError::Unavailable(_)) => return Err(unavailable()),
+                    Err(auth::AuthError::Busy) => return Err(Answer::busy()),
+                    Err(auth::AuthError::Throttled(seconds)) => {
+                        return Err(Answer::new(
+                            StatusCode::TOO_MANY_REQUESTS,
+                            "Too many failed sign-ins; try again later.",
+                        )
+                        .retry_after(seconds));
+                    }
                 };
                 let id = principal
                     .user_id
@@ -299,7 +330,13 @@ impl Ws {
                     Ok(None) | Err(auth::AuthError::Invalid(_) | auth::AuthError::Malformed(_)) => {
                         return Err(unauthorized());
                     }
-                    Err(auth::AuthError::Unavailable(_)) => return Err(unavailable()),
+                    // A key is a hash lookup: neither the hashing bound nor the password
+                    // throttle applies, but an answer for them would be this one.
+                    Err(
+                        auth::AuthError::Unavailable(_)
+                        | auth::AuthError::Busy
+                        | auth::AuthError::Throttled(_),
+                    ) => return Err(unavailable()),
                 };
                 if key_file != file_id {
                     return Err(forbidden());
