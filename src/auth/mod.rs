@@ -10,6 +10,7 @@ pub mod policy;
 pub mod secret;
 pub mod throttle;
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -249,6 +250,10 @@ pub struct Authenticator {
     /// Every password hash and verification runs here, within `auth.max_concurrent_hashes`.
     hashes: hashing::Hashes,
     failures: throttle::Throttle,
+    /// Password verifications running now, by credential, shared by every request that
+    /// presents the same one meanwhile. Entries leave when their verification ends, so the map
+    /// holds no more than the requests in flight.
+    inflight: std::sync::Mutex<HashMap<[u8; 32], Arc<tokio::sync::OnceCell<bool>>>>,
 }
 
 impl Authenticator {
@@ -282,6 +287,7 @@ impl Authenticator {
                 config.failed_password_limit,
                 config.failed_password_window,
             ),
+            inflight: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -366,6 +372,11 @@ impl Authenticator {
 
     /// Verifies a password. The attempt first reserves a failure for `client` (SPEC §10), which
     /// a right password, or one never compared, gives back.
+    /// Verifies a password. A credential verified recently is recognised without a hash. Any
+    /// other attempt first reserves a failure for `client` (SPEC §10), which a right password
+    /// gives back; concurrent attempts with the same credential share one hash and one
+    /// reservation, so a burst of identical requests costs one argon2 run, whether the password
+    /// is right or wrong.
     async fn basic(
         &self,
         user_name: &str,
@@ -373,43 +384,72 @@ impl Authenticator {
         client: IpAddr,
     ) -> Result<Principal, AuthError> {
         self.failures
-            .reserve(client, self.clock.unix())
+            .check(client, self.clock.unix())
             .map_err(|throttle::Throttled(seconds)| AuthError::Throttled(seconds))?;
-        let result = self.verify_basic(user_name, password).await;
-        if !matches!(result, Err(AuthError::Invalid(_))) {
-            self.failures.release(client);
-        }
-        result
-    }
-
-    async fn verify_basic(
-        &self,
-        user_name: &str,
-        password: String,
-    ) -> Result<Principal, AuthError> {
         let user = self.store.user_by_name(user_name).await?;
-        let Some((user, hash)) = user.and_then(|u| u.password_hash.clone().map(|h| (u, h))) else {
-            self.hashes
-                .run(move || secret::verify_nothing(&password))
-                .await
-                .map_err(|hashing::Busy| AuthError::Busy)?;
+        let key = self.cache_key_for(user_name, &password);
+        let stored = user.as_ref().and_then(|u| u.password_hash.clone());
+        let (Some(user), Some(hash)) = (user, stored) else {
+            self.verify_once(key, client, move || {
+                secret::verify_nothing(&password);
+                false
+            })
+            .await?;
             return Err(AuthError::Invalid("unknown user or no password".into()));
         };
-        let key = self.cache_key_for(&user.user_name, &password);
         let cached = self.basic_cache.get(&key).is_some_and(|h| *h == *hash);
         if !cached {
             let check = hash.clone();
             let ok = self
-                .hashes
-                .run(move || secret::verify_password(&password, &check))
-                .await
-                .map_err(|hashing::Busy| AuthError::Busy)?;
+                .verify_once(key, client, move || {
+                    secret::verify_password(&password, &check)
+                })
+                .await?;
             if !ok {
                 return Err(AuthError::Invalid("wrong password".into()));
             }
             self.basic_cache.insert(key, hash.into());
         }
         Principal::admit(&user, user.scopes.clone(), vec![Method::Pwd])
+    }
+
+    /// Runs `verify` for the credential `key` on the hashing threads, once for every caller
+    /// that asks while it runs. The one that runs it reserves a failure for `client` first and
+    /// gives it back when the password was right.
+    async fn verify_once(
+        &self,
+        key: [u8; 32],
+        client: IpAddr,
+        verify: impl FnOnce() -> bool + Send + 'static,
+    ) -> Result<bool, AuthError> {
+        let cell = {
+            let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+            inflight.entry(key).or_default().clone()
+        };
+        let result = cell
+            .get_or_try_init(|| async {
+                self.failures
+                    .reserve(client, self.clock.unix())
+                    .map_err(|throttle::Throttled(seconds)| AuthError::Throttled(seconds))?;
+                let ok = match self.hashes.run(verify).await {
+                    Ok(ok) => ok,
+                    Err(hashing::Busy) => {
+                        self.failures.release(client);
+                        return Err(AuthError::Busy);
+                    }
+                };
+                if ok {
+                    self.failures.release(client);
+                }
+                Ok(ok)
+            })
+            .await
+            .copied();
+        let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        if inflight.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            inflight.remove(&key);
+        }
+        result
     }
 
     fn cache_key_for(&self, user_name: &str, password: &str) -> [u8; 32] {

@@ -71,6 +71,22 @@ impl Throttle {
         Ok(())
     }
 
+    /// Refuses `client` at `now` when its window is used up, reserving nothing: for attempts that
+    /// need no hash (a credential verified recently), which must not tell a throttled address
+    /// that its guess was right.
+    pub fn check(&self, client: IpAddr, now: i64) -> Result<(), Throttled> {
+        if self.limit == 0 {
+            return Ok(());
+        }
+        match self.windows.get(&key(client)) {
+            Some(w) if now - w.start < self.window && w.failures >= self.limit => {
+                let left = (w.start + self.window - now).max(1);
+                Err(Throttled(u64::try_from(left).unwrap_or(1)))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Gives back a failure reserved by [`Throttle::reserve`]: the password was right, or it was
     /// never checked.
     pub fn release(&self, client: IpAddr) {
@@ -119,6 +135,18 @@ mod tests {
         assert_eq!(t.reserve(a, 1010), Err(Throttled(50)));
         assert_eq!(t.reserve(b, 1010), Ok(()));
         assert_eq!(t.reserve(a, 1060), Ok(()));
+    }
+
+    #[test]
+    fn a_used_up_address_is_refused_by_the_check_too() {
+        let t = Throttle::new(2, Duration::from_secs(60));
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!(t.check(a, 1000), Ok(()));
+        t.reserve(a, 1000).unwrap();
+        assert_eq!(t.check(a, 1000), Ok(()));
+        t.reserve(a, 1000).unwrap();
+        assert_eq!(t.check(a, 1010), Err(Throttled(50)));
+        assert_eq!(t.check(a, 1060), Ok(()));
     }
 
     #[test]

@@ -146,9 +146,16 @@ async fn wrong_passwords_beyond_the_hashing_queue_get_503_with_retry_after_in_ev
     .await;
     let client = http1_client();
     for target in basic_targets() {
-        let wrong = basic("ada", "not the password");
-        let answers =
-            concurrently((0..24).map(|_| request(&client, &gh, &target, &wrong, None))).await;
+        // Different guesses: the same credential sent at once is verified once for all.
+        let wrong: Vec<String> = (0..24)
+            .map(|i| basic("ada", &format!("guess {i}")))
+            .collect();
+        let answers = concurrently(
+            wrong
+                .iter()
+                .map(|w| request(&client, &gh, &target, w, None)),
+        )
+        .await;
         let busy: Vec<&Answer> = answers.iter().filter(|a| a.status == 503).collect();
         assert!(
             !busy.is_empty(),
@@ -286,13 +293,13 @@ async fn many_concurrent_wrong_passwords_keep_the_real_binary_well_under_128_mib
         assert_eq!(response.status(), 200);
     }
     let baseline = peak_rss_kib(pid);
-    let wrong = basic("nobody", "not the password");
     let mut statuses = Vec::new();
-    for _ in 0..3 {
-        let answers = concurrently((0..64).map(|_| {
-            client
-                .get(gh.http_url("/private/x"))
-                .header("authorization", &wrong)
+    for round in 0..3 {
+        let answers = concurrently((0..64).map(|i| {
+            client.get(gh.http_url("/private/x")).header(
+                "authorization",
+                basic("nobody", &format!("guess {round}.{i}")),
+            )
         }))
         .await;
         statuses.extend(answers.into_iter().map(|a| a.status));
@@ -576,4 +583,30 @@ async fn http2_streams_posting_to_unknown_enrollment_tickets_are_answered_withou
         assert_eq!(status, 404);
     }
     assert_eq!(gh.app.bodies.buffered(), 0);
+}
+
+/// A client that opens many connections at once with one right password (a job's first burst)
+/// is neither queued out nor throttled: the credential is verified once for all of them.
+#[tokio::test]
+async fn a_burst_of_one_right_password_is_verified_once_and_signs_every_request_in() {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start_with(&upstream, |c| {
+        c.auth.max_concurrent_hashes = 1;
+        c.auth.max_queued_hashes = 1;
+        c.auth.failed_password_limit = 2;
+    })
+    .await;
+    gh.create_user(json!({"userName": "ada", "password": PASSWORD}))
+        .await;
+    let client = http1_client();
+    let right = basic("ada", PASSWORD);
+    let answers = concurrently((0..40).map(|_| {
+        client
+            .get(gh.http_url("/private/x"))
+            .header("authorization", &right)
+    }))
+    .await;
+    let statuses: Vec<u16> = answers.iter().map(|a| a.status).collect();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(upstream.hits(), 40);
 }
