@@ -65,6 +65,8 @@ enum Rejection {
     UntrustedForwardAuth,
     /// A forward-auth request that describes no request.
     NoForwardedRequest,
+    /// A forward-auth request whose headers (or Envoy's path) describe different paths.
+    ConflictingForwardedRequest,
 }
 
 impl Rejection {
@@ -101,6 +103,9 @@ impl std::fmt::Display for Rejection {
             Rejection::UntrustedForwardAuth => f.write_str("forward-auth from an untrusted peer"),
             Rejection::NoForwardedRequest => {
                 f.write_str("forward-auth without X-Forwarded-Uri or X-Original-URL")
+            }
+            Rejection::ConflictingForwardedRequest => {
+                f.write_str("forward-auth describing different paths")
             }
         }
     }
@@ -187,6 +192,12 @@ impl Rejection {
                 "no-forwarded-request",
                 "No request to decide",
                 "Send the request to decide in X-Forwarded-Uri (with X-Forwarded-Method) or X-Original-URL.",
+            ),
+            Rejection::ConflictingForwardedRequest => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "conflicting-forwarded-request",
+                "Conflicting request descriptions",
+                "X-Forwarded-Uri, X-Original-URL and the path after /auth/verify must name one path.",
             ),
         }
     }
@@ -323,7 +334,11 @@ impl Gateway {
         let described = match forward::described_path(&parts.headers, path) {
             Ok(described) => described,
             Err(e) => {
-                outcome.response = Err(e.map_or(Rejection::NoForwardedRequest, Rejection::BadPath));
+                outcome.response = Err(match e {
+                    forward::DescribeError::Missing => Rejection::NoForwardedRequest,
+                    forward::DescribeError::Conflicting => Rejection::ConflictingForwardedRequest,
+                    forward::DescribeError::Path(e) => Rejection::BadPath(e),
+                });
                 return;
             }
         };

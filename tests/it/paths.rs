@@ -363,3 +363,49 @@ async fn local_endpoints_match_in_any_letter_case_and_with_parameters() {
     }
     assert_eq!(upstream.hits(), 0);
 }
+
+/// ingress-nginx describes the request in `X-Original-URL` and passes the client's own headers on
+/// to the auth service, so a client's `X-Forwarded-Uri` arrives beside it; Traefik sets
+/// `X-Forwarded-Uri` and passes a client's `X-Original-URL` on. Whichever one gatehouse preferred,
+/// the client could pick the path that is decided: two descriptions that disagree are refused.
+#[tokio::test]
+async fn forward_auth_refuses_descriptions_that_disagree() {
+    let upstream = Upstream::start().await;
+    let (gh, plain, _boss) = with_admin_rule(&upstream).await;
+    for headers in [
+        vec![
+            "X-Original-URL: https://app.test/admin/x",
+            "X-Forwarded-Uri: /public/x",
+        ],
+        vec!["X-Forwarded-Uri: /admin/x", "X-Original-URL: /public/x"],
+        vec!["X-Forwarded-Uri: /public/x", "X-Forwarded-Uri: /admin/x"],
+        vec!["X-Original-URL: /public/x", "X-Original-URL: /admin/x"],
+    ] {
+        for credentials in [None, Some(plain.as_str())] {
+            let mut extra = headers.clone();
+            extra.extend(credentials);
+            let response = raw_get(gh.http_addr(), "/auth/verify", &extra).await;
+            assert_eq!(response.status, 400, "{extra:?}: {}", response.body);
+        }
+    }
+    // Envoy's described path beside a header that names another.
+    let response = raw_get(
+        gh.http_addr(),
+        "/auth/verify/admin/x",
+        &["X-Forwarded-Uri: /public/x"],
+    )
+    .await;
+    assert_eq!(response.status, 400, "{}", response.body);
+    // Descriptions that agree once normalised are one description.
+    let response = raw_get(
+        gh.http_addr(),
+        "/auth/verify",
+        &[
+            "X-Original-URL: https://app.test/public/./x?a=b",
+            "X-Forwarded-Uri: /PUBLIC/../public/x",
+        ],
+    )
+    .await;
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert_eq!(upstream.hits(), 0);
+}
