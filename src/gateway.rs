@@ -475,7 +475,7 @@ impl Gateway {
                 .await;
             return outcome;
         }
-        if key.eq_ignore_ascii_case(JWKS_PATH)
+        if routes::eq_ignore_case(key, JWKS_PATH)
             && matches!(parts.method, http::Method::GET | http::Method::HEAD)
         {
             outcome.response = Ok(self.jwks());

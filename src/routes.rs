@@ -4,7 +4,8 @@
 //! ending in `/` matches everything below it and also the bare path without the slash (`/admin/`
 //! covers `/admin`, so a stricter rule is never escaped by dropping the slash). Letter case does
 //! not count (`/ADMIN/x` is under `/admin/`): an upstream such as IIS, or Spring with
-//! case-insensitive mappings, serves `/ADMIN/x` as `/admin/x` (SPEC §2). The longest matching
+//! case-insensitive mappings, serves `/ADMIN/x` as `/admin/x` (SPEC §2). Nor do the non-ASCII
+//! letters that such an upstream folds into ASCII ones (see [`fold`]). The longest matching
 //! prefix wins; the query never takes part. A path no rule matches gets `proxy.default`.
 
 use crate::config::{Access, Route};
@@ -50,18 +51,47 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
         // `/x/` also covers `/x`.
         None => prefix
             .strip_suffix('/')
-            .is_some_and(|bare| !bare.is_empty() && path.eq_ignore_ascii_case(bare)),
+            .is_some_and(|bare| !bare.is_empty() && eq_ignore_case(path, bare)),
     }
 }
 
-/// `path` after `prefix`, when it starts with it in any ASCII letter case.
+/// A character as paths are compared in any letter case: ASCII letters in lower case, and the
+/// non-ASCII letters whose simple case mapping is an ASCII letter as that letter. Java's
+/// `equalsIgnoreCase` and `Character.toLowerCase`, behind Spring's case-insensitive path
+/// matching, read `İ` (U+0130) and `ı` (U+0131) as `i`, `ſ` (U+017F) as `s` and the Kelvin sign
+/// (U+212A) as `k`, so such an upstream serves `/adm%C4%B0n/x` as `/admin/x`.
+fn fold(c: char) -> char {
+    match c {
+        '\u{130}' | '\u{131}' => 'i',
+        '\u{17f}' => 's',
+        '\u{212a}' => 'k',
+        c => c.to_ascii_lowercase(),
+    }
+}
+
+/// `path` after `prefix`, when it starts with it in any letter case ([`fold`]).
 pub fn strip_prefix_ignore_case<'p>(path: &'p str, prefix: &str) -> Option<&'p str> {
-    let head = path.as_bytes().get(..prefix.len())?;
-    if !head.eq_ignore_ascii_case(prefix.as_bytes()) {
+    if let Some(head) = path.as_bytes().get(..prefix.len())
+        && head.eq_ignore_ascii_case(prefix.as_bytes())
+    {
+        // Only ASCII letters differ, so the split falls where it falls in `prefix`: on a boundary.
+        return path.get(prefix.len()..);
+    }
+    if path.is_ascii() && prefix.is_ascii() {
         return None;
     }
-    // Only ASCII letters may differ, so the split falls where it falls in `prefix`: on a boundary.
-    path.get(prefix.len()..)
+    let mut rest = path.chars();
+    for p in prefix.chars() {
+        if fold(rest.next()?) != fold(p) {
+            return None;
+        }
+    }
+    Some(rest.as_str())
+}
+
+/// Whether `a` and `b` are equal in any letter case ([`fold`]).
+pub fn eq_ignore_case(a: &str, b: &str) -> bool {
+    strip_prefix_ignore_case(a, b).is_some_and(str::is_empty)
 }
 
 #[cfg(test)]
@@ -120,6 +150,22 @@ mod tests {
     }
 
     #[test]
+    fn letters_an_upstream_folds_into_ascii_match_their_ascii_letter() {
+        let t = table();
+        assert_eq!(t.rule_for("/publ\u{130}c/private/x").access, Access::Mfa);
+        assert_eq!(t.rule_for("/PUBL\u{131}C/private").access, Access::Mfa);
+        assert_eq!(t.rule_for("/publ\u{131}c/").access, Access::Public);
+        assert_eq!(t.rule_for("/publ\u{131}cx").access, Access::Authenticated);
+        assert_eq!(
+            strip_prefix_ignore_case("/\u{17f}\u{212a}y/a", "/sky/"),
+            Some("a")
+        );
+        assert!(eq_ignore_case("/\u{212a}", "/k"));
+        assert!(!eq_ignore_case("/\u{e9}", "/e"));
+        assert!(!eq_ignore_case("/\u{212a}x", "/k"));
+    }
+
+    #[test]
     fn unmatched_paths_get_the_default() {
         assert_eq!(table().rule_for("/").access, Access::Authenticated);
     }
@@ -146,7 +192,7 @@ mod properties {
                 ".." => {
                     stack.pop();
                 }
-                name => stack.push(name.to_ascii_lowercase()),
+                name => stack.push(name.chars().map(fold).collect()),
             }
         }
         let out: String = stack.iter().map(|s| format!("/{s}")).collect();
@@ -212,6 +258,9 @@ mod properties {
             "y",
             "caf%c3%a9",
             "caf\u{e9}",
+            "adm\u{130}n",
+            "adm%C4%B1n",
+            "%E2%84%AApi",
         ]);
         prop::collection::vec(atom, 0..7).prop_map(|atoms| format!("/{}", atoms.join("/")))
     }

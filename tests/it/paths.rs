@@ -409,3 +409,30 @@ async fn forward_auth_refuses_descriptions_that_disagree() {
     assert_eq!(response.status, 200, "{}", response.body);
     assert_eq!(upstream.hits(), 0);
 }
+
+/// Java's `equalsIgnoreCase` and `Character.toLowerCase`, which Spring's case-insensitive path
+/// matching uses, read `İ` (U+0130) and `ı` (U+0131) as `i`, `ſ` (U+017F) as `s` and the Kelvin
+/// sign (U+212A) as `k`: such an upstream serves `/adm%C4%B0n/x` as `/admin/x`.
+#[tokio::test]
+async fn admin_rule_cannot_be_sidestepped_by_letters_that_fold_to_ascii() {
+    let upstream = Upstream::start().await;
+    let (gh, plain, boss) = with_admin_rule(&upstream).await;
+    for target in [
+        "/adm%C4%B0n/x",
+        "/ADM%C4%B1N/x",
+        "/adm%c4%b1n",
+        "/public/../adm%C4%B0n;a=b/x",
+    ] {
+        let anonymous = raw_get(gh.http_addr(), target, &[]).await;
+        assert_eq!(anonymous.status, 401, "anonymous {target}");
+        let user = raw_get(gh.http_addr(), target, &[&plain]).await;
+        assert_eq!(user.status, 403, "plain user {target}: {}", user.body);
+        let described = format!("X-Forwarded-Uri: {target}");
+        let user = raw_get(gh.http_addr(), "/auth/verify", &[&described, &plain]).await;
+        assert_eq!(user.status, 403, "forward-auth {target}: {}", user.body);
+    }
+    assert_eq!(upstream.hits(), 0);
+    let response = raw_get(gh.http_addr(), "/adm%C4%B0n/x", &[&boss]).await;
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert_eq!(upstream.last().target, "/adm%C4%B0n/x");
+}
