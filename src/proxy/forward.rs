@@ -231,9 +231,14 @@ pub fn described_path(headers: &HeaderMap, path: &str) -> Result<String, Describ
     }
     let mut described: Option<String> = None;
     for target in targets {
-        let raw = target.split(['?', '#']).next().unwrap_or_default();
+        let raw = target.split('?').next().unwrap_or_default();
         if !raw.starts_with('/') {
             return Err(DescribeError::Path(PathError::NotAbsolute));
+        }
+        // A request target has no fragment; a proxy that copies one into the header may also
+        // pass it on to an application that reads the path beyond the `#`, so it is not cut off.
+        if raw.contains('#') {
+            return Err(DescribeError::Path(PathError::Fragment));
         }
         let normal = crate::path::normalize(raw).map_err(DescribeError::Path)?;
         match &described {

@@ -436,3 +436,25 @@ async fn admin_rule_cannot_be_sidestepped_by_letters_that_fold_to_ascii() {
     assert_eq!(response.status, 200, "{}", response.body);
     assert_eq!(upstream.last().target, "/adm%C4%B0n/x");
 }
+
+/// nginx decides on the path before a raw `#` and passes the whole target on; an application that
+/// reads past it (Go's router cleans `/public/x#/../../admin/x` to `/admin/x`) would serve another
+/// path than the one decided, so a described path holding `#` is refused.
+#[tokio::test]
+async fn forward_auth_refuses_a_described_path_with_a_fragment() {
+    let upstream = Upstream::start().await;
+    let (gh, _plain, _boss) = with_admin_rule(&upstream).await;
+    for header in ["X-Forwarded-Uri", "X-Original-URL"] {
+        let described = format!("{header}: /public/x#/../../admin/x");
+        let response = raw_get(gh.http_addr(), "/auth/verify", &[&described]).await;
+        assert_eq!(response.status, 400, "{described}: {}", response.body);
+    }
+    // A `#` in the query is the query's business.
+    let response = raw_get(
+        gh.http_addr(),
+        "/auth/verify",
+        &["X-Forwarded-Uri: /public/x?a=#/../../admin/x"],
+    )
+    .await;
+    assert_eq!(response.status, 200, "{}", response.body);
+}
