@@ -5,7 +5,8 @@
 //! covers `/admin`, so a stricter rule is never escaped by dropping the slash). Letter case does
 //! not count (`/ADMIN/x` is under `/admin/`): an upstream such as IIS, or Spring with
 //! case-insensitive mappings, serves `/ADMIN/x` as `/admin/x` (SPEC §2). Nor do the non-ASCII
-//! letters that such an upstream folds into ASCII ones (see [`fold`]). The longest matching
+//! letters that such an upstream folds into ASCII ones (see [`fold`]), nor ASP.NET's cookieless
+//! session segments (`/(S(x))/admin/x` is under `/admin/`). The longest matching
 //! prefix wins; the query never takes part. A path no rule matches gets `proxy.default`.
 
 use crate::config::{Access, Route};
@@ -38,11 +39,58 @@ impl RouteTable {
 
     /// The rule for the [`crate::path::match_key`] of a normalised path.
     pub fn rule_for(&self, path: &str) -> &Route {
+        let path = without_session_segments(path);
         self.routes
             .iter()
-            .find(|r| prefix_matches(&r.path_prefix, path))
+            .find(|r| prefix_matches(&r.path_prefix, &path))
             .unwrap_or(&self.default)
     }
+}
+
+/// `path` without ASP.NET's cookieless session segments (`/(S(…))/`, `/(A(…)F(…))/`): ASP.NET on
+/// IIS removes such a segment wherever it stands before routing, so `/(S(x))/admin/x` is served as
+/// `/admin/x` and must be decided as it.
+fn without_session_segments(path: &str) -> std::borrow::Cow<'_, str> {
+    if !path.contains('(') {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len());
+    for segment in path.split('/').skip(1) {
+        if !is_session_segment(segment) {
+            out.push('/');
+            out.push_str(segment);
+        }
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// `(` then one or more `X(…)` (a letter, then anything but `)`) then `)`, as ASP.NET reads it.
+fn is_session_segment(segment: &str) -> bool {
+    let Some(mut rest) = segment
+        .strip_prefix('(')
+        .and_then(|s| s.strip_suffix(')'))
+        .filter(|s| !s.is_empty())
+    else {
+        return false;
+    };
+    while !rest.is_empty() {
+        let mut chars = rest.chars();
+        let (Some(letter), Some('(')) = (chars.next(), chars.next()) else {
+            return false;
+        };
+        if !letter.is_ascii_alphabetic() {
+            return false;
+        }
+        let value = chars.as_str();
+        let Some(end) = value.find(')') else {
+            return false;
+        };
+        rest = &value[end + 1..];
+    }
+    true
 }
 
 fn prefix_matches(prefix: &str, path: &str) -> bool {
@@ -166,6 +214,22 @@ mod tests {
     }
 
     #[test]
+    fn asp_net_session_segments_do_not_hide_a_prefix() {
+        let t = table();
+        assert_eq!(t.rule_for("/(S(abc))/public/private/x").access, Access::Mfa);
+        assert_eq!(t.rule_for("/public/(A(1)F(2))/private").access, Access::Mfa);
+        assert_eq!(t.rule_for("/(S(x))").access, Access::Authenticated);
+        for kept in [
+            "/(x)/public/a",
+            "/(S(x)/public/a",
+            "/()/public/a",
+            "/(S(x)y)/public/a",
+        ] {
+            assert_eq!(t.rule_for(kept).access, Access::Authenticated, "{kept}");
+        }
+    }
+
+    #[test]
     fn unmatched_paths_get_the_default() {
         assert_eq!(table().rule_for("/").access, Access::Authenticated);
     }
@@ -195,7 +259,12 @@ mod properties {
                 name => stack.push(name.chars().map(fold).collect()),
             }
         }
-        let out: String = stack.iter().map(|s| format!("/{s}")).collect();
+        // ASP.NET drops a session segment after the dot segments are resolved.
+        let out: String = stack
+            .iter()
+            .filter(|s| !is_session_segment(s))
+            .map(|s| format!("/{s}"))
+            .collect();
         if out.is_empty() { "/".to_owned() } else { out }
     }
 
@@ -261,6 +330,8 @@ mod properties {
             "adm\u{130}n",
             "adm%C4%B1n",
             "%E2%84%AApi",
+            "(S(x))",
+            "%28S%28a%29F%28b%29%29",
         ]);
         prop::collection::vec(atom, 0..7).prop_map(|atoms| format!("/{}", atoms.join("/")))
     }

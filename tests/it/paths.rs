@@ -458,3 +458,27 @@ async fn forward_auth_refuses_a_described_path_with_a_fragment() {
     .await;
     assert_eq!(response.status, 200, "{}", response.body);
 }
+
+/// ASP.NET on IIS removes a cookieless session segment (`/(S(…))/`) from the path before routing,
+/// so `/(S(x))/admin/x` is its `/admin/x`.
+#[tokio::test]
+async fn admin_rule_cannot_be_sidestepped_by_an_asp_net_session_segment() {
+    let upstream = Upstream::start().await;
+    let (gh, plain, boss) = with_admin_rule(&upstream).await;
+    for target in [
+        "/(S(x))/admin/x",
+        "/(A(1)F(2))/Admin",
+        "/%28S%28x%29%29/admin/x",
+        "/public/../(S(x));a/admin/x",
+    ] {
+        let user = raw_get(gh.http_addr(), target, &[&plain]).await;
+        assert_eq!(user.status, 403, "plain user {target}: {}", user.body);
+        let described = format!("X-Forwarded-Uri: {target}");
+        let user = raw_get(gh.http_addr(), "/auth/verify", &[&described, &plain]).await;
+        assert_eq!(user.status, 403, "forward-auth {target}: {}", user.body);
+    }
+    assert_eq!(upstream.hits(), 0);
+    let response = raw_get(gh.http_addr(), "/(S(x))/admin/x", &[&boss]).await;
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert_eq!(upstream.last().target, "/(S(x))/admin/x");
+}
