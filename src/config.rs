@@ -1071,7 +1071,7 @@ fn validate(raw: RawConfig, env_secrets: EnvSecrets) -> Result<Config, ConfigErr
             // Prefixes match in any letter case, so `/Admin/` and `/admin/` are one rule.
             if routes
                 .iter()
-                .any(|other| other.path_prefix.eq_ignore_ascii_case(&path_prefix))
+                .any(|other| crate::routes::eq_ignore_case(&other.path_prefix, &path_prefix))
             {
                 c.problem(
                     &key("path_prefix"),

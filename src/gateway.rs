@@ -69,6 +69,8 @@ enum Rejection {
     UntrustedForwardAuth,
     /// A forward-auth request that describes no request.
     NoForwardedRequest,
+    /// A forward-auth request whose headers (or Envoy's path) describe different paths.
+    ConflictingForwardedRequest,
 }
 
 impl Rejection {
@@ -111,6 +113,9 @@ impl std::fmt::Display for Rejection {
             Rejection::UntrustedForwardAuth => f.write_str("forward-auth from an untrusted peer"),
             Rejection::NoForwardedRequest => {
                 f.write_str("forward-auth without X-Forwarded-Uri or X-Original-URL")
+            }
+            Rejection::ConflictingForwardedRequest => {
+                f.write_str("forward-auth describing different paths")
             }
         }
     }
@@ -209,6 +214,12 @@ impl Rejection {
                 "no-forwarded-request",
                 "No request to decide",
                 "Send the request to decide in X-Forwarded-Uri (with X-Forwarded-Method) or X-Original-URL.",
+            ),
+            Rejection::ConflictingForwardedRequest => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "conflicting-forwarded-request",
+                "Conflicting request descriptions",
+                "X-Forwarded-Uri, X-Original-URL and the path after /auth/verify must name one path.",
             ),
         }
     }
@@ -354,7 +365,11 @@ impl Gateway {
         let described = match forward::described_path(&parts.headers, path) {
             Ok(described) => described,
             Err(e) => {
-                outcome.response = Err(e.map_or(Rejection::NoForwardedRequest, Rejection::BadPath));
+                outcome.response = Err(match e {
+                    forward::DescribeError::Missing => Rejection::NoForwardedRequest,
+                    forward::DescribeError::Conflicting => Rejection::ConflictingForwardedRequest,
+                    forward::DescribeError::Path(e) => Rejection::BadPath(e),
+                });
                 return;
             }
         };
@@ -512,7 +527,7 @@ impl Gateway {
                 .await;
             return outcome;
         }
-        if key.eq_ignore_ascii_case(JWKS_PATH)
+        if routes::eq_ignore_case(key, JWKS_PATH)
             && matches!(parts.method, http::Method::GET | http::Method::HEAD)
         {
             outcome.response = Ok(self.jwks());

@@ -32,6 +32,8 @@ pub enum PathError {
     Nul,
     /// `%` not followed by two hex digits.
     BadEscape,
+    /// A raw `#` in a described request's path (forward-auth): a request target has no fragment.
+    Fragment,
 }
 
 impl fmt::Display for PathError {
@@ -43,6 +45,7 @@ impl fmt::Display for PathError {
             PathError::EncodedSemicolon => "the path contains an encoded `;` (%3B)",
             PathError::Nul => "the path contains a NUL byte",
             PathError::BadEscape => "the path contains a malformed percent escape",
+            PathError::Fragment => "the path contains a `#`",
         })
     }
 }

@@ -4,7 +4,9 @@
 //! ending in `/` matches everything below it and also the bare path without the slash (`/admin/`
 //! covers `/admin`, so a stricter rule is never escaped by dropping the slash). Letter case does
 //! not count (`/ADMIN/x` is under `/admin/`): an upstream such as IIS, or Spring with
-//! case-insensitive mappings, serves `/ADMIN/x` as `/admin/x` (SPEC §2). The longest matching
+//! case-insensitive mappings, serves `/ADMIN/x` as `/admin/x` (SPEC §2). Nor do the non-ASCII
+//! letters that such an upstream folds into ASCII ones (see [`fold`]), nor ASP.NET's cookieless
+//! session segments (`/(S(x))/admin/x` is under `/admin/`). The longest matching
 //! prefix wins; the query never takes part. A path no rule matches gets `proxy.default`.
 
 use crate::config::{Access, Route};
@@ -37,11 +39,58 @@ impl RouteTable {
 
     /// The rule for the [`crate::path::match_key`] of a normalised path.
     pub fn rule_for(&self, path: &str) -> &Route {
+        let path = without_session_segments(path);
         self.routes
             .iter()
-            .find(|r| prefix_matches(&r.path_prefix, path))
+            .find(|r| prefix_matches(&r.path_prefix, &path))
             .unwrap_or(&self.default)
     }
+}
+
+/// `path` without ASP.NET's cookieless session segments (`/(S(…))/`, `/(A(…)F(…))/`): ASP.NET on
+/// IIS removes such a segment wherever it stands before routing, so `/(S(x))/admin/x` is served as
+/// `/admin/x` and must be decided as it.
+fn without_session_segments(path: &str) -> std::borrow::Cow<'_, str> {
+    if !path.contains('(') {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len());
+    for segment in path.split('/').skip(1) {
+        if !is_session_segment(segment) {
+            out.push('/');
+            out.push_str(segment);
+        }
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// `(` then one or more `X(…)` (a letter, then anything but `)`) then `)`, as ASP.NET reads it.
+fn is_session_segment(segment: &str) -> bool {
+    let Some(mut rest) = segment
+        .strip_prefix('(')
+        .and_then(|s| s.strip_suffix(')'))
+        .filter(|s| !s.is_empty())
+    else {
+        return false;
+    };
+    while !rest.is_empty() {
+        let mut chars = rest.chars();
+        let (Some(letter), Some('(')) = (chars.next(), chars.next()) else {
+            return false;
+        };
+        if !letter.is_ascii_alphabetic() {
+            return false;
+        }
+        let value = chars.as_str();
+        let Some(end) = value.find(')') else {
+            return false;
+        };
+        rest = &value[end + 1..];
+    }
+    true
 }
 
 fn prefix_matches(prefix: &str, path: &str) -> bool {
@@ -50,18 +99,47 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
         // `/x/` also covers `/x`.
         None => prefix
             .strip_suffix('/')
-            .is_some_and(|bare| !bare.is_empty() && path.eq_ignore_ascii_case(bare)),
+            .is_some_and(|bare| !bare.is_empty() && eq_ignore_case(path, bare)),
     }
 }
 
-/// `path` after `prefix`, when it starts with it in any ASCII letter case.
+/// A character as paths are compared in any letter case: ASCII letters in lower case, and the
+/// non-ASCII letters whose simple case mapping is an ASCII letter as that letter. Java's
+/// `equalsIgnoreCase` and `Character.toLowerCase`, behind Spring's case-insensitive path
+/// matching, read `İ` (U+0130) and `ı` (U+0131) as `i`, `ſ` (U+017F) as `s` and the Kelvin sign
+/// (U+212A) as `k`, so such an upstream serves `/adm%C4%B0n/x` as `/admin/x`.
+fn fold(c: char) -> char {
+    match c {
+        '\u{130}' | '\u{131}' => 'i',
+        '\u{17f}' => 's',
+        '\u{212a}' => 'k',
+        c => c.to_ascii_lowercase(),
+    }
+}
+
+/// `path` after `prefix`, when it starts with it in any letter case ([`fold`]).
 pub fn strip_prefix_ignore_case<'p>(path: &'p str, prefix: &str) -> Option<&'p str> {
-    let head = path.as_bytes().get(..prefix.len())?;
-    if !head.eq_ignore_ascii_case(prefix.as_bytes()) {
+    if let Some(head) = path.as_bytes().get(..prefix.len())
+        && head.eq_ignore_ascii_case(prefix.as_bytes())
+    {
+        // Only ASCII letters differ, so the split falls where it falls in `prefix`: on a boundary.
+        return path.get(prefix.len()..);
+    }
+    if path.is_ascii() && prefix.is_ascii() {
         return None;
     }
-    // Only ASCII letters may differ, so the split falls where it falls in `prefix`: on a boundary.
-    path.get(prefix.len()..)
+    let mut rest = path.chars();
+    for p in prefix.chars() {
+        if fold(rest.next()?) != fold(p) {
+            return None;
+        }
+    }
+    Some(rest.as_str())
+}
+
+/// Whether `a` and `b` are equal in any letter case ([`fold`]).
+pub fn eq_ignore_case(a: &str, b: &str) -> bool {
+    strip_prefix_ignore_case(a, b).is_some_and(str::is_empty)
 }
 
 #[cfg(test)]
@@ -120,6 +198,38 @@ mod tests {
     }
 
     #[test]
+    fn letters_an_upstream_folds_into_ascii_match_their_ascii_letter() {
+        let t = table();
+        assert_eq!(t.rule_for("/publ\u{130}c/private/x").access, Access::Mfa);
+        assert_eq!(t.rule_for("/PUBL\u{131}C/private").access, Access::Mfa);
+        assert_eq!(t.rule_for("/publ\u{131}c/").access, Access::Public);
+        assert_eq!(t.rule_for("/publ\u{131}cx").access, Access::Authenticated);
+        assert_eq!(
+            strip_prefix_ignore_case("/\u{17f}\u{212a}y/a", "/sky/"),
+            Some("a")
+        );
+        assert!(eq_ignore_case("/\u{212a}", "/k"));
+        assert!(!eq_ignore_case("/\u{e9}", "/e"));
+        assert!(!eq_ignore_case("/\u{212a}x", "/k"));
+    }
+
+    #[test]
+    fn asp_net_session_segments_do_not_hide_a_prefix() {
+        let t = table();
+        assert_eq!(t.rule_for("/(S(abc))/public/private/x").access, Access::Mfa);
+        assert_eq!(t.rule_for("/public/(A(1)F(2))/private").access, Access::Mfa);
+        assert_eq!(t.rule_for("/(S(x))").access, Access::Authenticated);
+        for kept in [
+            "/(x)/public/a",
+            "/(S(x)/public/a",
+            "/()/public/a",
+            "/(S(x)y)/public/a",
+        ] {
+            assert_eq!(t.rule_for(kept).access, Access::Authenticated, "{kept}");
+        }
+    }
+
+    #[test]
     fn unmatched_paths_get_the_default() {
         assert_eq!(table().rule_for("/").access, Access::Authenticated);
     }
@@ -146,10 +256,15 @@ mod properties {
                 ".." => {
                     stack.pop();
                 }
-                name => stack.push(name.to_ascii_lowercase()),
+                name => stack.push(name.chars().map(fold).collect()),
             }
         }
-        let out: String = stack.iter().map(|s| format!("/{s}")).collect();
+        // ASP.NET drops a session segment after the dot segments are resolved.
+        let out: String = stack
+            .iter()
+            .filter(|s| !is_session_segment(s))
+            .map(|s| format!("/{s}"))
+            .collect();
         if out.is_empty() { "/".to_owned() } else { out }
     }
 
@@ -212,6 +327,11 @@ mod properties {
             "y",
             "caf%c3%a9",
             "caf\u{e9}",
+            "adm\u{130}n",
+            "adm%C4%B1n",
+            "%E2%84%AApi",
+            "(S(x))",
+            "%28S%28a%29F%28b%29%29",
         ]);
         prop::collection::vec(atom, 0..7).prop_map(|atoms| format!("/{}", atoms.join("/")))
     }

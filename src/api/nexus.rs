@@ -388,7 +388,7 @@ impl Nexus {
         crate::routes::strip_prefix_ignore_case(rest, VERSION_PREFIX)?;
         ENDPOINTS
             .iter()
-            .find(|(r, _)| r.path.eq_ignore_ascii_case(rest))
+            .find(|(r, _)| crate::routes::eq_ignore_case(rest, r.path))
             .map(|(_, e)| e.clone())
             .or_else(|| DomainRoute::parse(rest).map(Endpoint::Domains))
     }

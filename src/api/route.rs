@@ -76,7 +76,9 @@ fn match_segments<'s>(
             (Some(part), Some(segment)) => {
                 if part.starts_with('{') && part.ends_with('}') {
                     values.push(segment);
-                } else if !(part == segment || ignore_case && part.eq_ignore_ascii_case(segment)) {
+                } else if !(part == segment
+                    || ignore_case && crate::routes::eq_ignore_case(part, segment))
+                {
                     return None;
                 }
             }

@@ -187,32 +187,72 @@ pub fn requested_host(uri: &Uri, headers: &HeaderMap) -> Option<HeaderValue> {
         })
 }
 
+/// Why a forward-auth call describes no usable request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DescribeError {
+    /// Nothing describes a request.
+    Missing,
+    /// Two descriptions name different paths: a proxy passes its clients' own headers on beside
+    /// the one it sets (ingress-nginx sets `X-Original-URL` and forwards a client's
+    /// `X-Forwarded-Uri`; Traefik the reverse), so preferring either would let the client pick
+    /// the path that is decided.
+    Conflicting,
+    /// A description whose path cannot be used.
+    Path(PathError),
+}
+
 /// The normalised path of the request a forward-auth call describes (from a trusted proxy):
-/// `X-Forwarded-Uri`, else `X-Original-URL` (a path or an absolute URL), else what follows
-/// `/auth/verify` in `path` (Envoy's `ext_authz` with a path prefix). The query never counts.
-/// `Err(None)` when nothing describes a request; `Err(Some(_))` for a path that cannot be used.
-pub fn described_path(headers: &HeaderMap, path: &str) -> Result<String, Option<PathError>> {
-    let header = |name: HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
-    let target = if let Some(uri) = header(X_FORWARDED_URI) {
-        uri.to_owned()
-    } else if let Some(url) = header(X_ORIGINAL_URL) {
-        if url.starts_with('/') {
-            url.to_owned()
-        } else {
-            let uri: Uri = url.parse().map_err(|_| Some(PathError::BadEscape))?;
-            uri.path().to_owned()
-        }
-    } else {
-        match crate::routes::strip_prefix_ignore_case(path, crate::gateway::FORWARD_AUTH_PATH) {
-            Some(rest) if rest.starts_with('/') => rest.to_owned(),
-            _ => return Err(None),
-        }
-    };
-    let raw = target.split(['?', '#']).next().unwrap_or_default();
-    if !raw.starts_with('/') {
-        return Err(Some(PathError::NotAbsolute));
+/// every `X-Forwarded-Uri` and `X-Original-URL` (a path or an absolute URL) and what follows
+/// `/auth/verify` in `path` (Envoy's `ext_authz` with a path prefix) must name the same path once
+/// normalised. The query never counts.
+pub fn described_path(headers: &HeaderMap, path: &str) -> Result<String, DescribeError> {
+    let mut targets: Vec<String> = Vec::new();
+    // An empty value describes nothing (nginx's `proxy_set_header X-Original-URL ""` sends none).
+    let values = |name| headers.get_all(name).into_iter().filter(|v| !v.is_empty());
+    for value in values(X_FORWARDED_URI) {
+        targets.push(text(value)?.to_owned());
     }
-    crate::path::normalize(raw).map_err(Some)
+    for value in values(X_ORIGINAL_URL) {
+        let url = text(value)?;
+        if url.starts_with('/') {
+            targets.push(url.to_owned());
+        } else {
+            let uri: Uri = url
+                .parse()
+                .map_err(|_| DescribeError::Path(PathError::BadEscape))?;
+            targets.push(uri.path().to_owned());
+        }
+    }
+    if let Some(rest) =
+        crate::routes::strip_prefix_ignore_case(path, crate::gateway::FORWARD_AUTH_PATH)
+        && rest.starts_with('/')
+    {
+        targets.push(rest.to_owned());
+    }
+    let mut described: Option<String> = None;
+    for target in targets {
+        let raw = target.split('?').next().unwrap_or_default();
+        if !raw.starts_with('/') {
+            return Err(DescribeError::Path(PathError::NotAbsolute));
+        }
+        // A request target has no fragment; a proxy that copies one into the header may also
+        // pass it on to an application that reads the path beyond the `#`, so it is not cut off.
+        if raw.contains('#') {
+            return Err(DescribeError::Path(PathError::Fragment));
+        }
+        let normal = crate::path::normalize(raw).map_err(DescribeError::Path)?;
+        match &described {
+            Some(first) if *first != normal => return Err(DescribeError::Conflicting),
+            Some(_) => {}
+            None => described = Some(normal),
+        }
+    }
+    described.ok_or(DescribeError::Missing)
+}
+
+/// A describing header's text (UTF-8, as a proxy copies a request target with non-ASCII bytes).
+fn text(value: &HeaderValue) -> Result<&str, DescribeError> {
+    std::str::from_utf8(value.as_bytes()).map_err(|_| DescribeError::Path(PathError::BadEscape))
 }
 
 pub const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
@@ -324,10 +364,10 @@ mod tests {
         assert_eq!(h[X_FORWARDED_PROTO], "https");
     }
 
-    fn described(pairs: &[(&str, &str)], path: &str) -> Result<String, Option<PathError>> {
+    fn described(pairs: &[(&str, &str)], path: &str) -> Result<String, DescribeError> {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.insert(
+            h.append(
                 http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
                 HeaderValue::from_str(v).unwrap(),
             );
@@ -360,14 +400,51 @@ mod tests {
             described(&[], "/auth/verify/private/y"),
             Ok("/private/y".into())
         );
-        assert_eq!(described(&[], verify), Err(None));
+        assert_eq!(described(&[], verify), Err(DescribeError::Missing));
         assert_eq!(
             described(&[("x-forwarded-uri", "/a%2Fb")], verify),
-            Err(Some(PathError::EncodedSlash))
+            Err(DescribeError::Path(PathError::EncodedSlash))
         );
         assert_eq!(
             described(&[("x-forwarded-uri", "private")], verify),
-            Err(Some(PathError::NotAbsolute))
+            Err(DescribeError::Path(PathError::NotAbsolute))
+        );
+        assert_eq!(
+            described(
+                &[
+                    ("x-original-url", "https://app.example/private/x"),
+                    ("x-forwarded-uri", "/public/x")
+                ],
+                verify
+            ),
+            Err(DescribeError::Conflicting)
+        );
+        assert_eq!(
+            described(
+                &[
+                    ("x-forwarded-uri", "/public/x"),
+                    ("x-forwarded-uri", "/private/x")
+                ],
+                verify
+            ),
+            Err(DescribeError::Conflicting)
+        );
+        assert_eq!(
+            described(
+                &[("x-forwarded-uri", "/public/x")],
+                "/auth/verify/private/x"
+            ),
+            Err(DescribeError::Conflicting)
+        );
+        assert_eq!(
+            described(
+                &[
+                    ("x-original-url", "https://app.example/public/x?a"),
+                    ("x-forwarded-uri", "/public/./x")
+                ],
+                "/auth/verify/public/x"
+            ),
+            Ok("/public/x".into())
         );
     }
 }

@@ -363,3 +363,122 @@ async fn local_endpoints_match_in_any_letter_case_and_with_parameters() {
     }
     assert_eq!(upstream.hits(), 0);
 }
+
+/// ingress-nginx describes the request in `X-Original-URL` and passes the client's own headers on
+/// to the auth service, so a client's `X-Forwarded-Uri` arrives beside it; Traefik sets
+/// `X-Forwarded-Uri` and passes a client's `X-Original-URL` on. Whichever one gatehouse preferred,
+/// the client could pick the path that is decided: two descriptions that disagree are refused.
+#[tokio::test]
+async fn forward_auth_refuses_descriptions_that_disagree() {
+    let upstream = Upstream::start().await;
+    let (gh, plain, _boss) = with_admin_rule(&upstream).await;
+    for headers in [
+        vec![
+            "X-Original-URL: https://app.test/admin/x",
+            "X-Forwarded-Uri: /public/x",
+        ],
+        vec!["X-Forwarded-Uri: /admin/x", "X-Original-URL: /public/x"],
+        vec!["X-Forwarded-Uri: /public/x", "X-Forwarded-Uri: /admin/x"],
+        vec!["X-Original-URL: /public/x", "X-Original-URL: /admin/x"],
+    ] {
+        for credentials in [None, Some(plain.as_str())] {
+            let mut extra = headers.clone();
+            extra.extend(credentials);
+            let response = raw_get(gh.http_addr(), "/auth/verify", &extra).await;
+            assert_eq!(response.status, 400, "{extra:?}: {}", response.body);
+        }
+    }
+    // Envoy's described path beside a header that names another.
+    let response = raw_get(
+        gh.http_addr(),
+        "/auth/verify/admin/x",
+        &["X-Forwarded-Uri: /public/x"],
+    )
+    .await;
+    assert_eq!(response.status, 400, "{}", response.body);
+    // Descriptions that agree once normalised are one description.
+    let response = raw_get(
+        gh.http_addr(),
+        "/auth/verify",
+        &[
+            "X-Original-URL: https://app.test/public/./x?a=b",
+            "X-Forwarded-Uri: /PUBLIC/../public/x",
+        ],
+    )
+    .await;
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert_eq!(upstream.hits(), 0);
+}
+
+/// Java's `equalsIgnoreCase` and `Character.toLowerCase`, which Spring's case-insensitive path
+/// matching uses, read `İ` (U+0130) and `ı` (U+0131) as `i`, `ſ` (U+017F) as `s` and the Kelvin
+/// sign (U+212A) as `k`: such an upstream serves `/adm%C4%B0n/x` as `/admin/x`.
+#[tokio::test]
+async fn admin_rule_cannot_be_sidestepped_by_letters_that_fold_to_ascii() {
+    let upstream = Upstream::start().await;
+    let (gh, plain, boss) = with_admin_rule(&upstream).await;
+    for target in [
+        "/adm%C4%B0n/x",
+        "/ADM%C4%B1N/x",
+        "/adm%c4%b1n",
+        "/public/../adm%C4%B0n;a=b/x",
+    ] {
+        let anonymous = raw_get(gh.http_addr(), target, &[]).await;
+        assert_eq!(anonymous.status, 401, "anonymous {target}");
+        let user = raw_get(gh.http_addr(), target, &[&plain]).await;
+        assert_eq!(user.status, 403, "plain user {target}: {}", user.body);
+        let described = format!("X-Forwarded-Uri: {target}");
+        let user = raw_get(gh.http_addr(), "/auth/verify", &[&described, &plain]).await;
+        assert_eq!(user.status, 403, "forward-auth {target}: {}", user.body);
+    }
+    assert_eq!(upstream.hits(), 0);
+    let response = raw_get(gh.http_addr(), "/adm%C4%B0n/x", &[&boss]).await;
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert_eq!(upstream.last().target, "/adm%C4%B0n/x");
+}
+
+/// nginx decides on the path before a raw `#` and passes the whole target on; an application that
+/// reads past it (Go's router cleans `/public/x#/../../admin/x` to `/admin/x`) would serve another
+/// path than the one decided, so a described path holding `#` is refused.
+#[tokio::test]
+async fn forward_auth_refuses_a_described_path_with_a_fragment() {
+    let upstream = Upstream::start().await;
+    let (gh, _plain, _boss) = with_admin_rule(&upstream).await;
+    for header in ["X-Forwarded-Uri", "X-Original-URL"] {
+        let described = format!("{header}: /public/x#/../../admin/x");
+        let response = raw_get(gh.http_addr(), "/auth/verify", &[&described]).await;
+        assert_eq!(response.status, 400, "{described}: {}", response.body);
+    }
+    // A `#` in the query is the query's business.
+    let response = raw_get(
+        gh.http_addr(),
+        "/auth/verify",
+        &["X-Forwarded-Uri: /public/x?a=#/../../admin/x"],
+    )
+    .await;
+    assert_eq!(response.status, 200, "{}", response.body);
+}
+
+/// ASP.NET on IIS removes a cookieless session segment (`/(S(…))/`) from the path before routing,
+/// so `/(S(x))/admin/x` is its `/admin/x`.
+#[tokio::test]
+async fn admin_rule_cannot_be_sidestepped_by_an_asp_net_session_segment() {
+    let upstream = Upstream::start().await;
+    let (gh, plain, boss) = with_admin_rule(&upstream).await;
+    for target in [
+        "/(S(x))/admin/x",
+        "/(A(1)F(2))/Admin",
+        "/%28S%28x%29%29/admin/x",
+        "/public/../(S(x));a/admin/x",
+    ] {
+        let user = raw_get(gh.http_addr(), target, &[&plain]).await;
+        assert_eq!(user.status, 403, "plain user {target}: {}", user.body);
+        let described = format!("X-Forwarded-Uri: {target}");
+        let user = raw_get(gh.http_addr(), "/auth/verify", &[&described, &plain]).await;
+        assert_eq!(user.status, 403, "forward-auth {target}: {}", user.body);
+    }
+    assert_eq!(upstream.hits(), 0);
+    let response = raw_get(gh.http_addr(), "/(S(x))/admin/x", &[&boss]).await;
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert_eq!(upstream.last().target, "/(S(x))/admin/x");
+}

@@ -305,7 +305,7 @@ impl Admin {
         let key = crate::path::match_key(&normal);
         if !OPEN_PATHS
             .iter()
-            .any(|open| open.eq_ignore_ascii_case(&key))
+            .any(|open| crate::routes::eq_ignore_case(&key, open))
         {
             self.authorise(&req)?;
         }

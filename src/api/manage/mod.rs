@@ -125,7 +125,7 @@ impl Manage {
         let rest = crate::routes::strip_prefix_ignore_case(path, &self.base)?;
         ENDPOINTS
             .iter()
-            .find(|(r, _)| r.path.eq_ignore_ascii_case(rest))
+            .find(|(r, _)| crate::routes::eq_ignore_case(rest, r.path))
             .map(|(_, e)| *e)
     }
 

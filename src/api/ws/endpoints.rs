@@ -115,15 +115,10 @@ impl Ws {
     }
 
     pub fn endpoint(&self, path: &str) -> Option<Endpoint> {
-        // Compared in place: every proxied request passes through here.
-        let head = path.get(..self.base.len())?;
-        if !head.eq_ignore_ascii_case(&self.base) {
-            return None;
-        }
-        let rest = &path[self.base.len()..];
+        let rest = crate::routes::strip_prefix_ignore_case(path, &self.base)?;
         ENDPOINTS
             .iter()
-            .find(|(r, _)| r.path.eq_ignore_ascii_case(rest))
+            .find(|(r, _)| crate::routes::eq_ignore_case(rest, r.path))
             .map(|(_, e)| *e)
     }
 
