@@ -739,6 +739,9 @@ fn ok<T>(v: T) -> Result<T, String> {
     Ok(v)
 }
 
+/// The longest expiry of an in-memory cache set from the configuration.
+const MAX_CACHE_EXPIRY: Duration = Duration::from_secs(30 * 24 * 3600);
+
 fn parse_duration(s: String) -> Result<Duration, String> {
     humantime::parse_duration(s.trim())
         .map_err(|_| format!("expected a duration such as `10s`, `5m` or `24h`, got `{s}`"))
@@ -1342,6 +1345,16 @@ fn validate(raw: RawConfig, env_secrets: EnvSecrets) -> Result<Config, ConfigErr
     if auth.failed_password_window < Duration::from_secs(1) {
         c.problem("auth.failed_password_window", "must be at least 1s");
     }
+    // Both size in-memory caches whose expiry cannot exceed 1000 years (the cache would refuse to
+    // start); no sensible setting comes near the bound.
+    for (key, d) in [
+        ("auth.basic_cache_ttl", auth.basic_cache_ttl),
+        ("auth.failed_password_window", auth.failed_password_window),
+    ] {
+        if d > MAX_CACHE_EXPIRY {
+            c.problem(key, "must be at most 30d");
+        }
+    }
 
     let tk = raw.tokens;
     let tokens = TokensConfig {
@@ -1728,6 +1741,20 @@ mod tests {
         assert_eq!(c.apis.manage.family.base_path, "/manage");
         assert_eq!(c.apis.nexus.base_path, "");
         assert_eq!(c.apis.manage.client_ip_window, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn cache_expiries_beyond_what_the_caches_accept_are_refused_not_a_crash() {
+        for key in ["basic_cache_ttl", "failed_password_window"] {
+            let err = from_toml_str(&format!("[auth]\n{key} = \"1001y\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("auth.{key}: must be at most 30d")),
+                "{err}"
+            );
+            assert!(from_toml_str(&format!("[auth]\n{key} = \"30d\"\n")).is_ok());
+        }
     }
 
     #[test]

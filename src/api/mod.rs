@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response, StatusCode};
@@ -155,39 +155,62 @@ impl Bodies {
         if declared.is_some_and(|len| len > MAX_LOCAL_BODY as u64) {
             return Err(BodyError::TooLarge);
         }
-        tokio::time::timeout(self.timeout, self.collect(body))
+        tokio::time::timeout(self.timeout, self.collect(body, declared))
             .await
             .unwrap_or(Err(BodyError::TimedOut))
     }
 
-    async fn collect(&self, mut body: Incoming) -> Result<Buffered, BodyError> {
-        let mut bytes = BytesMut::new();
+    /// Collects the body's data. What counts against the budget is the memory held, the buffer's
+    /// capacity, not only the bytes in it: a growing buffer holds up to twice what it has read.
+    async fn collect<B>(&self, mut body: B, declared: Option<u64>) -> Result<Buffered, BodyError>
+    where
+        B: hyper::body::Body<Data = Bytes> + Unpin,
+    {
+        let mut bytes: Vec<u8> = Vec::new();
         let mut held: Option<OwnedSemaphorePermit> = None;
+        // The buffer grows no larger than the declared length. It is not allocated up front:
+        // a client that declares a megabyte and sends a byte must not hold a megabyte of budget.
+        let ceiling = declared
+            .and_then(|len| usize::try_from(len).ok())
+            .map_or(MAX_LOCAL_BODY, |len| len.min(MAX_LOCAL_BODY));
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|_| BodyError::Unreadable)?;
             let Ok(data) = frame.into_data() else {
                 continue;
             };
-            if bytes.len() + data.len() > MAX_LOCAL_BODY {
+            let needed = bytes.len() + data.len();
+            if needed > MAX_LOCAL_BODY {
                 return Err(BodyError::TooLarge);
             }
-            // Within MAX_LOCAL_BODY, so it fits in u32.
-            let n = u32::try_from(data.len()).map_err(|_| BodyError::TooLarge)?;
-            let permit = self
-                .budget
-                .clone()
-                .try_acquire_many_owned(n)
-                .map_err(|_| BodyError::Busy)?;
-            match held.as_mut() {
-                Some(h) => h.merge(permit),
-                None => held = Some(permit),
+            if needed > bytes.capacity() {
+                let target = bytes.capacity().saturating_mul(2).min(ceiling).max(needed);
+                // Counted before it is allocated; a larger allocation than asked is counted too.
+                self.hold(&mut held, target - bytes.capacity())?;
+                bytes.reserve_exact(target - bytes.len());
+                self.hold(&mut held, bytes.capacity().saturating_sub(target))?;
             }
             bytes.extend_from_slice(&data);
         }
         Ok(Buffered {
-            bytes: bytes.freeze(),
+            bytes: Bytes::from(bytes),
             _held: held,
         })
+    }
+
+    /// Counts `n` more bytes against the budget, or refuses when it is spent.
+    fn hold(&self, held: &mut Option<OwnedSemaphorePermit>, n: usize) -> Result<(), BodyError> {
+        // At most MAX_LOCAL_BODY, so it fits in u32.
+        let n = u32::try_from(n).map_err(|_| BodyError::TooLarge)?;
+        let permit = self
+            .budget
+            .clone()
+            .try_acquire_many_owned(n)
+            .map_err(|_| BodyError::Busy)?;
+        match held.as_mut() {
+            Some(h) => h.merge(permit),
+            None => *held = Some(permit),
+        }
+        Ok(())
     }
 
     /// Reads a whole request's JSON body (the admin API's handlers take the request).
@@ -284,6 +307,63 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::Value;
+
+    /// A body that yields its chunks one frame at a time.
+    struct Chunks(std::collections::VecDeque<Bytes>);
+
+    impl hyper::body::Body for Chunks {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+            std::task::Poll::Ready(self.0.pop_front().map(|c| Ok(hyper::body::Frame::data(c))))
+        }
+    }
+
+    /// 528 KiB in 16 KiB frames: a growing buffer for it ends at 1 MiB.
+    fn just_over_half_a_mib() -> Chunks {
+        Chunks(
+            (0..33)
+                .map(|_| Bytes::from(vec![b'a'; 16 * 1024]))
+                .collect(),
+        )
+    }
+
+    #[tokio::test]
+    async fn the_body_budget_counts_the_memory_held_not_only_the_bytes_read() {
+        let bodies = Bodies::new(Duration::from_secs(10), 1536 * 1024);
+        let first = bodies.collect(just_over_half_a_mib(), None).await.unwrap();
+        assert_eq!(first.len(), 528 * 1024);
+        // The first body's buffer holds 1 MiB: a second one no longer fits in 1.5 MiB.
+        assert!(bodies.buffered() >= MAX_LOCAL_BODY);
+        assert!(matches!(
+            bodies.collect(just_over_half_a_mib(), None).await,
+            Err(BodyError::Busy)
+        ));
+        drop(first);
+        assert_eq!(bodies.buffered(), 0);
+        // With the length declared, the buffer grows no larger than it and both fit.
+        let declared = Some(528 * 1024);
+        let a = bodies
+            .collect(just_over_half_a_mib(), declared)
+            .await
+            .unwrap();
+        let b = bodies
+            .collect(just_over_half_a_mib(), declared)
+            .await
+            .unwrap();
+        assert_eq!((a.len(), b.len()), (528 * 1024, 528 * 1024));
+        assert_eq!(bodies.buffered(), 2 * 528 * 1024);
+        drop((a, b));
+        assert_eq!(bodies.buffered(), 0);
+        // A declared length is not held before its bytes arrive.
+        let one = Chunks([Bytes::from(vec![b'a'; 1024])].into());
+        let small = bodies.collect(one, Some(1024 * 1024)).await.unwrap();
+        assert_eq!(bodies.buffered(), 1024);
+        drop(small);
+    }
 
     /// Bytes that are often nearly JSON: brackets, escapes and the families' field names.
     pub(crate) fn json_like_bytes() -> impl Strategy<Value = Vec<u8>> {

@@ -68,6 +68,7 @@ impl Hashes {
 }
 
 fn work(rx: &Mutex<mpsc::Receiver<Job>>, counts: &Counts) {
+    super::secret::keep_working_memory();
     loop {
         // One idle thread waits on the queue at a time; the others wait for the lock.
         let job = match rx.lock() {

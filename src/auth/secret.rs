@@ -1,7 +1,7 @@
 //! Secrets gatehouse makes and checks: random tokens (stored as SHA-256 hashes) and argon2id
 //! password hashes.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use argon2::password_hash::phc::{Output, ParamsString, Salt};
 use argon2::{Algorithm, Argon2, Block, Params, PasswordHash, Version};
@@ -43,6 +43,14 @@ thread_local! {
     /// This thread's argon2 working memory, reused by every hash it computes: allocating and
     /// freeing 19 MiB per hash made the allocator's heaps grow with each burst of passwords.
     static BLOCKS: RefCell<Vec<Block>> = const { RefCell::new(Vec::new()) };
+    /// Only the bounded hashing threads keep it; any other thread that hashes (the bootstrap
+    /// file's passwords at start) would otherwise hold 19 MiB for as long as it lives.
+    static KEEP: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Makes this thread keep its argon2 working memory between hashes (the hashing threads).
+pub(crate) fn keep_working_memory() {
+    KEEP.with(|keep| keep.set(true));
 }
 
 /// Computes the raw argon2 output of `password` and `salt` into `out`.
@@ -53,7 +61,7 @@ fn compute(argon: &Argon2<'_>, password: &[u8], salt: &[u8], out: &mut [u8]) -> 
             .hash_password_into_with_memory(password, salt, out, blocks)
             .is_ok()
     };
-    if count <= KEPT_BLOCKS {
+    if count <= KEPT_BLOCKS && KEEP.with(Cell::get) {
         let kept = BLOCKS.with(|kept| {
             let mut blocks = kept.try_borrow_mut().ok()?;
             if blocks.len() < count {
@@ -166,6 +174,21 @@ mod tests {
         .to_string();
         assert!(verify_password("pw", &old));
         assert!(!verify_password("px", &old));
+    }
+
+    #[test]
+    fn only_the_hashing_threads_keep_argon2_memory_between_hashes() {
+        std::thread::spawn(|| {
+            let hash = hash_password("correct horse").unwrap();
+            assert!(verify_password("correct horse", &hash));
+            assert_eq!(BLOCKS.with(|b| b.borrow().capacity()), 0);
+            keep_working_memory();
+            assert!(verify_password("correct horse", &hash));
+            assert_eq!(BLOCKS.with(|b| b.borrow().len()), KEPT_BLOCKS);
+            assert!(!verify_password("wrong horse", &hash));
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]
