@@ -871,6 +871,77 @@ fn read_secret_file(c: &mut Checker, key: &str, path: &Path) -> Option<Secret> {
     }
 }
 
+/// Shortest admin token accepted: 22 characters of a base64 alphabet carry 132 bits (SPEC §10).
+const ADMIN_TOKEN_MIN_CHARS: usize = 22;
+
+/// Words that mark a token as a placeholder copied from an example rather than generated. Each is
+/// long enough (6+ characters) that a random token contains one with negligible probability.
+const ADMIN_TOKEN_PLACEHOLDERS: &[&str] = &[
+    "changeme",
+    "replaceme",
+    "placeholder",
+    "example",
+    "password",
+    "passw0rd",
+    "secret",
+    "admintoken",
+    "yourtoken",
+    "testtoken",
+    "tokenhere",
+    "insecure",
+    "donotuse",
+    "letmein",
+    "qwerty",
+];
+
+/// Why `token` cannot be the admin token, if it cannot (SPEC §10): it must have at least 128 bits
+/// in form and must not be a known placeholder. The reason never repeats the token.
+fn weak_admin_token(token: &str) -> Option<String> {
+    let body = token.trim_end_matches('=');
+    let expected = format!(
+        "must be at least {ADMIN_TOKEN_MIN_CHARS} characters of a base64 alphabet \
+         (A-Z a-z 0-9 + / - _, `=` padding), generated at random, \
+         e.g. `head -c 32 /dev/urandom | base64`"
+    );
+    if body.is_empty()
+        || !body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'-' | b'_'))
+    {
+        return Some(format!(
+            "has characters outside the base64 alphabet: it {expected}"
+        ));
+    }
+    let chars = body.chars().count();
+    if chars < ADMIN_TOKEN_MIN_CHARS {
+        return Some(format!("is {chars} characters long: it {expected}"));
+    }
+    let letters: String = body
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    if ADMIN_TOKEN_PLACEHOLDERS.iter().any(|w| letters.contains(w)) {
+        return Some(format!(
+            "is a placeholder, not a generated token: it {expected}"
+        ));
+    }
+    // Repetitions and runs ("aaaa…", "abcabc…", "0123456789…") have the form but not the entropy;
+    // random tokens of the minimum length never come near these bounds.
+    let bytes = body.as_bytes();
+    let distinct = bytes.iter().collect::<std::collections::HashSet<_>>().len();
+    let steps = bytes
+        .windows(2)
+        .filter(|w| w[0].abs_diff(w[1]) <= 1)
+        .count();
+    if distinct < 6 || steps * 4 >= (bytes.len() - 1) * 3 {
+        return Some(format!(
+            "is a pattern, not a generated token: it {expected}"
+        ));
+    }
+    None
+}
+
 fn one_of(allowed: &'static [&'static str]) -> impl FnOnce(String) -> Result<String, String> {
     move |s| {
         if allowed.contains(&s.as_str()) {
@@ -1232,10 +1303,15 @@ fn validate(raw: RawConfig, env_secrets: EnvSecrets) -> Result<Config, ConfigErr
                 None
             }
         });
-    let admin = AdminConfig {
-        token: file_token.or(env_admin_token),
-        token_file,
+    // The file wins over the environment, so only the token in use is judged.
+    let (token, token_key) = match file_token {
+        Some(token) => (Some(token), "admin.token_file"),
+        None => (env_admin_token, "GATEHOUSE_ADMIN_TOKEN"),
     };
+    if let Some(problem) = token.as_ref().and_then(|t| weak_admin_token(t.expose())) {
+        c.problem(token_key, format!("the admin token {problem}"));
+    }
+    let admin = AdminConfig { token, token_file };
 
     let a = raw.auth;
     let mut trusted_issuers = Vec::new();
@@ -1741,6 +1817,65 @@ mod tests {
         assert_eq!(c.apis.manage.family.base_path, "/manage");
         assert_eq!(c.apis.nexus.base_path, "");
         assert_eq!(c.apis.manage.client_ip_window, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn weak_admin_tokens_are_refused_and_generated_ones_accepted() {
+        for weak in [
+            "x",
+            "changeme",
+            "c2hvcnQtYnV0LWJhc2U2N",
+            "KpSImazd7ffx1EnVv70SKY9TBgK8 0Yni",
+            "KpSImazd7ffx1EnVv70SKY9TBgK8.0Yni",
+            "KpSImazd7ffx1EnVv70SKY9TBgK8\u{e9}0Yni",
+            "your-admin-token-goes-right-here",
+            "REPLACE-ME-admin-token-from-head-c-32-dev-urandom-base64",
+            "Change-Me-Change-Me-Change-Me-42",
+            "my-very-long-secret-for-the-admin-api",
+            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "abcabcabcabcabcabcabcabcabcabc",
+            "abcdefghijklmnopqrstuvwxyz",
+            "01234567890123456789012345",
+            "======================",
+        ] {
+            let problem = weak_admin_token(weak);
+            assert!(problem.is_some(), "{weak} accepted");
+            assert!(!problem.unwrap().contains(weak), "{weak} repeated");
+        }
+        for strong in [
+            "KpSImazd7ffx1EnVv70SKY9TBgK80Yni",
+            "dS7BWKPPj6qMfyOLPBlJKv",
+            "Q6L3n-D8u1CQbPo0ADeOB19-YlLKkm4L",
+            "t8u+Rk1/Nq0ZxYv3Lw9eMg==",
+            "3f9c1a7e5b2d48c6a0e1f7b9d3c5a8e2",
+        ] {
+            assert_eq!(weak_admin_token(strong), None, "{strong}");
+        }
+    }
+
+    #[test]
+    fn a_weak_admin_token_is_refused_under_the_key_it_came_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "changeme\n").unwrap();
+        let text = format!("[admin]\ntoken_file = \"{}\"\n", file.display());
+        let err = from_toml_str(&text).unwrap_err().to_string();
+        assert!(err.contains("admin.token_file: the admin token"), "{err}");
+        assert!(!err.contains("changeme"), "{err}");
+        let env = || EnvSecrets {
+            admin_token: Some(Secret::new("x")),
+            master_key: None,
+        };
+        let err = from_figment(Figment::from(Toml::string("")), env())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("GATEHOUSE_ADMIN_TOKEN: the admin token"),
+            "{err}"
+        );
+        // The file is the token in use, so a weak variable beside it does not matter.
+        std::fs::write(&file, "KpSImazd7ffx1EnVv70SKY9TBgK80Yni").unwrap();
+        assert!(from_figment(Figment::from(Toml::string(&text)), env()).is_ok());
     }
 
     #[test]

@@ -95,6 +95,59 @@ fn check_config_prints_the_effective_configuration() {
 }
 
 #[test]
+fn weak_admin_tokens_are_refused_by_check_config_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    // Short, outside the base64 alphabet, and the shipped Secret's placeholder.
+    for weak in [
+        "x",
+        "KpSImazd7ffx1EnVv70SKY9TBgK8!0Yni",
+        "REPLACE-ME-admin-token-from-head-c-32-dev-urandom-base64",
+    ] {
+        let out = run(
+            &["check-config"],
+            &[("GATEHOUSE_ADMIN_TOKEN", weak)],
+            dir.path(),
+        );
+        assert!(!out.status.success(), "{weak} accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("GATEHOUSE_ADMIN_TOKEN"), "{stderr}");
+        assert!(!stderr.contains(weak), "{stderr}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(!stdout.contains(weak), "{stdout}");
+    }
+    let file = dir.path().join("admin-token");
+    std::fs::write(&file, "changeme\n").unwrap();
+    let config = dir.path().join("gatehouse.toml");
+    std::fs::write(
+        &config,
+        format!("[admin]\ntoken_file = \"{}\"\n", file.display()),
+    )
+    .unwrap();
+    for command in ["check-config", "serve"] {
+        let out = run(
+            &["--config", config.to_str().unwrap(), command],
+            &[],
+            dir.path(),
+        );
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("admin.token_file"), "{stderr}");
+        assert!(!stderr.contains("changeme"), "{stderr}");
+    }
+    std::fs::write(&file, "KpSImazd7ffx1EnVv70SKY9TBgK80Yni\n").unwrap();
+    let out = run(
+        &["--config", config.to_str().unwrap(), "check-config"],
+        &[],
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn shipped_development_config_is_valid() {
     let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gatehouse.toml");
     let dir = tempfile::tempdir().unwrap();
@@ -149,7 +202,7 @@ async fn bootstrap_file_is_applied_at_every_start_without_duplicates() {
     for _ in 0..2 {
         let mut gh = Process::start(
             &process_config(&upstream.url(), &extra),
-            &[("GATEHOUSE_ADMIN_TOKEN", "bootstrap-test-token")],
+            &[("GATEHOUSE_ADMIN_TOKEN", "1QGdFOeG4Hvr6s1K7F9Yoripj7rWEdYC")],
         )
         .await;
         let client = http1_client();
@@ -165,7 +218,7 @@ async fn bootstrap_file_is_applied_at_every_start_without_duplicates() {
                 "http://{}/admin/v1/users/ada",
                 gh.addrs["listen.admin"]
             ))
-            .bearer_auth("bootstrap-test-token")
+            .bearer_auth("1QGdFOeG4Hvr6s1K7F9Yoripj7rWEdYC")
             .send()
             .await
             .unwrap()

@@ -229,7 +229,7 @@ access = "mfa"
 }
 
 /// The admin token the in-process server is configured with.
-pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+pub const ADMIN_TOKEN: &str = "KpSImazd7ffx1EnVv70SKY9TBgK80Yni";
 
 /// Gatehouse's real server, running in this test's runtime.
 pub struct Gatehouse {

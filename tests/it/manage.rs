@@ -697,7 +697,7 @@ async fn a_validated_code_stays_used_after_kill_9_and_no_secret_is_logged() {
         provider.url()
     );
     let config = process_config(&upstream.url(), &extra);
-    let token = "kill-test-admin-token";
+    let token = "dS7BWKPPj6qMfyOLPBlJKv2zfGFyrlX6";
     let env = [("GATEHOUSE_ADMIN_TOKEN", token)];
     let mut gh = Process::start(&config, &env).await;
     let client = http1_client();

@@ -782,13 +782,13 @@ async fn confirmed_factor_survives_kill_9_right_after_the_200() {
         data.path().display()
     );
     let config = process_config(&upstream.url(), &extra);
-    let env = [("GATEHOUSE_ADMIN_TOKEN", "kill-test-admin-token")];
+    let env = [("GATEHOUSE_ADMIN_TOKEN", "dS7BWKPPj6qMfyOLPBlJKv2zfGFyrlX6")];
     let mut gh = Process::start(&config, &env).await;
     let client = http1_client();
     let admin = format!("http://{}", gh.addrs["listen.admin"]);
     let created = client
         .post(format!("{admin}/admin/v1/users"))
-        .bearer_auth("kill-test-admin-token")
+        .bearer_auth("dS7BWKPPj6qMfyOLPBlJKv2zfGFyrlX6")
         .json(&json!({"userName": "ada", "password": PASSWORD}))
         .send()
         .await

@@ -362,7 +362,7 @@ async fn logged(gh: &Process, needle: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn client_values_neither_forge_log_lines_nor_leak_enrollment_tickets_in_either_format() {
-    const TOKEN: &str = "hygiene-test-admin-token-0123456789";
+    const TOKEN: &str = "PTlaNrTUkwWzrmiBMKG-gReMXJdCja47";
     const TICKET: &str = "Zm9yZ2VkLXRpY2tldC1zZWNyZXQtMDEyMzQ1Njc4OWFi";
     let upstream = Upstream::start().await;
     for format in ["text", "json"] {

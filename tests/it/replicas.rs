@@ -11,7 +11,7 @@ use crate::mfa::{secret_from, ticket_path, totp, wrong_code};
 use crate::pg::{Database, PrivateServer, SHARED_SERVER, eventually};
 
 const PASSWORD: &str = "correct horse battery";
-const ADMIN_TOKEN: &str = "replica-test-admin-token";
+const ADMIN_TOKEN: &str = "Q6L3n-D8u1CQbPo0ADeOB19-YlLKkm4L";
 const MASTER_KEY: &str = "bWFzdGVyIGtleSBzaGFyZWQgYnkgdGhlIHJlcGxpY2E=";
 
 /// A gatehouse process on the shared store, with its own data directory for local files.

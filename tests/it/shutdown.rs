@@ -94,7 +94,7 @@ async fn each_request_leaves_one_access_log_line_without_credentials() {
 #[tokio::test]
 async fn no_secret_is_stored_or_logged_in_clear() {
     let upstream = Upstream::start().await;
-    let admin_token = "secret-admin-token-for-this-test";
+    let admin_token = "ddfbzLGrnJCeFnFLpFcXy9dwiOK_7n90";
     let signing = crate::keys::TestKey::generate();
     let key_dir = tempfile::tempdir().unwrap();
     let key_file = key_dir.path().join("signing.pem");
