@@ -856,6 +856,27 @@ fn parse_jwks_url(s: String) -> Result<Uri, String> {
     }
 }
 
+/// A trusted issuer's JWKS: the keys it serves decide who is signed in, so they are fetched over
+/// TLS; plain HTTP only to this host, where nothing on the network can change them.
+fn parse_issuer_jwks_url(s: String) -> Result<Uri, String> {
+    let uri = parse_jwks_url(s)?;
+    if uri.scheme_str() == Some("https") || uri.host().is_some_and(is_loopback_host) {
+        Ok(uri)
+    } else {
+        Err(format!(
+            "must be an https URL (http only for 127.0.0.0/8, ::1 or localhost), got `{uri}`"
+        ))
+    }
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Reads a secret from a file named by a configuration key (trimmed; empty is a problem).
 fn read_secret_file(c: &mut Checker, key: &str, path: &Path) -> Option<Secret> {
     match std::fs::read_to_string(path) {
@@ -1331,7 +1352,7 @@ fn validate(raw: RawConfig, env_secrets: EnvSecrets) -> Result<Config, ConfigErr
             &key("jwks_url"),
             t.jwks_url,
             Uri::from_static("http://invalid/"),
-            parse_jwks_url,
+            parse_issuer_jwks_url,
         );
         let audience = c.get(&key("audience"), t.audience, String::new(), non_empty);
         let algorithms = c.get(
@@ -1876,6 +1897,48 @@ mod tests {
         // The file is the token in use, so a weak variable beside it does not matter.
         std::fs::write(&file, "KpSImazd7ffx1EnVv70SKY9TBgK80Yni").unwrap();
         assert!(from_figment(Figment::from(Toml::string(&text)), env()).is_ok());
+    }
+
+    #[test]
+    fn trusted_issuer_jwks_must_be_https_except_on_loopback() {
+        let issuers = |urls: &[&str]| {
+            let mut text = String::new();
+            for url in urls {
+                text.push_str(&format!(
+                    "[[auth.trusted_issuers]]\nissuer = \"https://idp\"\naudience = \"a\"\njwks_url = \"{url}\"\n"
+                ));
+            }
+            from_toml_str(&text)
+        };
+        let err = issuers(&[
+            "https://idp.example/jwks",
+            "http://idp.example/jwks",
+            "http://10.0.0.1/jwks",
+            "http://[::2]:8080/jwks",
+            "http://localhost.evil.example/jwks",
+            "http://127.0.0.1.nip.io/jwks",
+        ])
+        .unwrap_err()
+        .to_string();
+        for i in 1..6 {
+            assert!(
+                err.contains(&format!(
+                    "auth.trusted_issuers[{i}].jwks_url: must be an https URL"
+                )),
+                "{i}: {err}"
+            );
+        }
+        assert!(!err.contains("trusted_issuers[0]"), "{err}");
+        let c = issuers(&[
+            "https://idp.example/jwks",
+            "http://127.0.0.1:8080/jwks",
+            "http://127.9.9.9/jwks",
+            "http://[::1]:8080/jwks",
+            "http://localhost:8080/jwks",
+            "http://LocalHost/jwks",
+        ])
+        .unwrap();
+        assert_eq!(c.auth.trusted_issuers.len(), 6);
     }
 
     #[test]
