@@ -355,7 +355,7 @@ impl Mfa {
             ticket.user_id,
             ticket.kind,
             &destination,
-            &format!("enroll:{}", ticket.kind.as_str()),
+            &enroll_purpose(&ticket.id, ticket.kind),
         )
         .await
     }
@@ -522,7 +522,7 @@ impl Mfa {
                 }
             }
             (kind, _) => {
-                let purpose = format!("enroll:{}", kind.as_str());
+                let purpose = enroll_purpose(&ticket.id, *kind);
                 let hash = self.vault.code_hash(&purpose, code.trim());
                 if !self
                     .store
@@ -820,7 +820,8 @@ impl Mfa {
             })
             .await?;
         self.meter.ticket(FactorKind::Sms.as_str());
-        self.send_code(user.id, FactorKind::Sms, number, "enroll:sms")
+        let purpose = enroll_purpose(&opt_in_ticket(provider_user_id), FactorKind::Sms);
+        self.send_code(user.id, FactorKind::Sms, number, &purpose)
             .await?;
         self.audit(
             "mfa.enrollment.created",
@@ -870,6 +871,12 @@ impl Mfa {
         self.audit("mfa.recovery_codes.replaced", &user, None).await;
         Ok(codes)
     }
+}
+
+/// The purpose an enrollment code is stored under: the ticket's own, so that a code sent for one
+/// registration (to its number or address) never confirms another of the same user.
+fn enroll_purpose(ticket_id: &str, kind: FactorKind) -> String {
+    format!("enroll:{}:{ticket_id}", kind.as_str())
 }
 
 /// The ticket behind a WS opt-in's `ProviderUserId`.

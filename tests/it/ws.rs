@@ -425,3 +425,58 @@ async fn wrong_codes_lock_out_with_429() {
         "{names:?}"
     );
 }
+
+#[tokio::test]
+async fn an_opt_in_code_confirms_only_the_registration_it_was_sent_for() {
+    let (upstream, provider) = (Upstream::start().await, Upstream::start().await);
+    let (gh, key) = start(&upstream, &provider, false).await;
+    let register = |number: &'static str| {
+        let (gh, key) = (&gh, &key);
+        async move {
+            let (status, _, body) = call(
+                gh,
+                &format!("/User/2fa-opt-in?FileId=12&WsAccessKey={key}"),
+                "application/json",
+                None,
+                json!({"MobileNumber": number}).to_string(),
+            )
+            .await;
+            assert_eq!(status, 200, "{body}");
+            serde_json::from_str::<Value>(&body).unwrap()["ProviderUserId"]
+                .as_i64()
+                .unwrap()
+        }
+    };
+    let sent_to = |number: &str| {
+        let sms: Value = serde_json::from_slice(&provider.last().body).unwrap();
+        assert_eq!(sms["to"], number);
+        code_from(sms["body"].as_str().unwrap())
+    };
+    // A registration for a number the caller does not hold, then one for a number it does.
+    let theirs = register("+14155550199").await;
+    let their_code = sent_to("+14155550199");
+    register("+14155550123").await;
+    let my_code = sent_to("+14155550123");
+    let path = format!("/User/verify-2fa-opt-in?FileId=12&WsAccessKey={key}");
+    let verify = |id: i64, code: &str| {
+        call(
+            &gh,
+            &path,
+            "application/json",
+            None,
+            fixture("ws_verify_request.json", id, code),
+        )
+    };
+    // The code texted to the first number does not confirm the second number's registration.
+    let (status, _, answer) = verify(theirs, &my_code).await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(gh.audit_events(1).await, ["mfa.code.failed"]);
+    let ada = gh.app.store.user_by_name("ada").await.unwrap().unwrap().id;
+    assert!(gh.app.store.factors(ada).await.unwrap().is_empty());
+    // Its own code does, and the factor is the number that code was texted to.
+    let (status, _, answer) = verify(theirs, &their_code).await;
+    assert_eq!(status, 200, "{answer}");
+    let factors = gh.app.store.factors(ada).await.unwrap();
+    assert_eq!(factors.len(), 1);
+    assert_eq!(factors[0].destination.as_deref(), Some("+14155550199"));
+}
