@@ -400,17 +400,32 @@ pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         }
         _ => file_path(path),
     };
+    from_figment(
+        Figment::new().merge(Toml::file(file)).merge(env()),
+        env_secrets(),
+    )
+}
+
+/// Like [`load`], from the text of a configuration file already read (a reload parses exactly
+/// the bytes it checked, not the file again).
+pub fn load_text(text: &str) -> Result<Config, ConfigError> {
+    from_figment(
+        Figment::new().merge(Toml::string(text)).merge(env()),
+        env_secrets(),
+    )
+}
+
+fn env_secrets() -> EnvSecrets {
     let from_env = |name: &str| {
         std::env::var(name)
             .ok()
             .filter(|t| !t.trim().is_empty())
             .map(|t| Secret::new(t.trim()))
     };
-    let secrets = EnvSecrets {
+    EnvSecrets {
         admin_token: from_env("GATEHOUSE_ADMIN_TOKEN"),
         master_key: from_env("GATEHOUSE_MASTER_KEY"),
-    };
-    from_figment(Figment::new().merge(Toml::file(file)).merge(env()), secrets)
+    }
 }
 
 /// The file [`load`] reads: the one given, else the default path (which may not exist).

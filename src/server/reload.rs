@@ -4,9 +4,14 @@
 //! the TLS certificate; open connections stay open and use it from their next request. An invalid
 //! one is refused with a log line and the running configuration stays. Settings read only at start
 //! (listeners, store, secrets, …) are reported as needing a restart.
+//!
+//! A reload never weakens the running configuration by accident (SPEC §10): a file caught while
+//! being written (empty, cut short, or reading differently twice [`SETTLE`] apart) is refused, and
+//! a change that loosens access is named in a `warn` line.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -17,22 +22,41 @@ use tokio::task::JoinHandle;
 use super::listener::SharedTls;
 use super::tls;
 use crate::app::App;
-use crate::config::{self, Config};
+use crate::config::{self, Access, Config};
 use crate::gateway::Gateway;
+use crate::routes::RouteTable;
 
 /// How often the configuration file is checked for a change.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The file must read the same twice this far apart before it is applied: an editor's
+/// non-atomic save or a copy in progress reads differently, and is taken at a later check.
+pub const SETTLE: Duration = Duration::from_millis(200);
 
 /// The parts of a running server a reload replaces.
 #[derive(Clone)]
 pub struct Reloadable {
     gateway: Arc<ArcSwap<Gateway>>,
     tls: Option<SharedTls>,
+    /// The configuration last applied by a reload; `None` until then (the start-up one runs).
+    running: Arc<Mutex<Option<Arc<Config>>>>,
 }
 
 impl Reloadable {
     pub(super) fn new(gateway: Arc<ArcSwap<Gateway>>, tls: Option<SharedTls>) -> Reloadable {
-        Reloadable { gateway, tls }
+        Reloadable {
+            gateway,
+            tls,
+            running: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// The configuration in force: the last one applied, else the one the server started with.
+    fn running(&self, app: &App) -> Arc<Config> {
+        let running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        running
+            .clone()
+            .unwrap_or_else(|| Arc::new(app.config.clone()))
     }
 
     /// Puts `new` in force, all or nothing: everything that can fail is built before anything
@@ -49,8 +73,124 @@ impl Reloadable {
         }
         app.auth.trust(issuers);
         self.gateway.store(Arc::new(gateway));
+        *self.running.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(new.clone()));
         Ok(())
     }
+}
+
+fn strength(access: Access) -> u8 {
+    match access {
+        Access::Public => 0,
+        Access::Authenticated => 1,
+        Access::Mfa => 2,
+    }
+}
+
+/// What `new` lets through that `old` did not: a weaker `proxy.default`, a route removed, a
+/// route's access weakened or scopes dropped, a new route weaker than the rule that governed its
+/// prefix (or public), `auth.require_application_token` turned off, trusted issuers or trusted
+/// proxies added. Each entry names the setting.
+pub fn loosened(old: &Config, new: &Config) -> Vec<String> {
+    let mut changes = Vec::new();
+    if strength(new.proxy.default) < strength(old.proxy.default) {
+        changes.push(format!(
+            "proxy.default {} -> {}",
+            old.proxy.default.as_str(),
+            new.proxy.default.as_str()
+        ));
+    }
+    let old_table = RouteTable::new(&old.routes, old.proxy.default);
+    for route in &old.routes {
+        let prefix = &route.path_prefix;
+        let Some(now) = new.routes.iter().find(|r| &r.path_prefix == prefix) else {
+            changes.push(format!("route {prefix} removed"));
+            continue;
+        };
+        if strength(now.access) < strength(route.access) {
+            changes.push(format!(
+                "route {prefix} access {} -> {}",
+                route.access.as_str(),
+                now.access.as_str()
+            ));
+        }
+        let dropped: Vec<&str> = route
+            .scopes
+            .iter()
+            .filter(|s| !now.scopes.contains(s))
+            .map(String::as_str)
+            .collect();
+        if !dropped.is_empty() {
+            changes.push(format!(
+                "route {prefix} no longer requires scopes {}",
+                dropped.join(", ")
+            ));
+        }
+    }
+    for route in &new.routes {
+        let prefix = &route.path_prefix;
+        if old.routes.iter().any(|r| &r.path_prefix == prefix) {
+            continue;
+        }
+        let before = old_table.rule_for(&crate::path::match_key(prefix));
+        let missing = before.scopes.iter().any(|s| !route.scopes.contains(s));
+        if route.access == Access::Public
+            || strength(route.access) < strength(before.access)
+            || missing
+        {
+            changes.push(format!(
+                "new route {prefix} is {} (was under {}: {})",
+                route.access.as_str(),
+                before.path_prefix,
+                before.access.as_str()
+            ));
+        }
+    }
+    if old.auth.require_application_token && !new.auth.require_application_token {
+        changes.push("auth.require_application_token turned off".into());
+    }
+    for issuer in &new.auth.trusted_issuers {
+        let before = old
+            .auth
+            .trusted_issuers
+            .iter()
+            .find(|i| i.issuer == issuer.issuer);
+        match before {
+            None => changes.push(format!("trusted issuer {} added", issuer.issuer)),
+            Some(before) => {
+                let added: Vec<&str> = issuer
+                    .algorithms
+                    .iter()
+                    .filter(|a| !before.algorithms.contains(a))
+                    .map(String::as_str)
+                    .collect();
+                if before.jwks_url != issuer.jwks_url || before.audience != issuer.audience {
+                    changes.push(format!(
+                        "trusted issuer {} changed its keys or audience",
+                        issuer.issuer
+                    ));
+                }
+                if !added.is_empty() {
+                    changes.push(format!(
+                        "trusted issuer {} accepts algorithms {}",
+                        issuer.issuer,
+                        added.join(", ")
+                    ));
+                }
+            }
+        }
+    }
+    let old_proxies: BTreeSet<_> = old.server.trusted_proxies.iter().collect();
+    let added: Vec<String> = new
+        .server
+        .trusted_proxies
+        .iter()
+        .filter(|p| !old_proxies.contains(p))
+        .map(ToString::to_string)
+        .collect();
+    if !added.is_empty() {
+        changes.push(format!("server.trusted_proxies added {}", added.join(", ")));
+    }
+    changes
 }
 
 /// Settings that differ between `old` and `new` but take effect only after a restart.
@@ -94,11 +234,69 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
     changed
 }
 
-/// Loads the configuration again and applies it; logs and counts what happened.
-pub fn reload(app: &App, reloadable: &Reloadable, path: &Path, trigger: &str) -> bool {
-    let result = config::load(Some(path))
-        .map_err(|e| e.to_string())
-        .and_then(|new| reloadable.apply(app, &new).map(|()| new));
+/// Why the file's content could not be taken.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadError {
+    Unreadable(String),
+    /// Two reads [`SETTLE`] apart differed: the file is being written.
+    Changing,
+}
+
+/// The file's content once it reads the same twice `settle` apart.
+pub async fn read_settled(path: &Path, settle: Duration) -> Result<Vec<u8>, ReadError> {
+    let read = || async {
+        tokio::fs::read(path)
+            .await
+            .map_err(|e| ReadError::Unreadable(format!("cannot read the file: {e}")))
+    };
+    let first = read().await?;
+    tokio::time::sleep(settle).await;
+    let second = read().await?;
+    if first == second {
+        Ok(second)
+    } else {
+        Err(ReadError::Changing)
+    }
+}
+
+/// Parses the content of a configuration file for a reload. Unlike at start, a file with no
+/// setting at all is refused: it is far more likely a file caught while being written than a
+/// wish to put every default (and so every route's removal) in force.
+pub fn parse(content: &[u8]) -> Result<Config, String> {
+    let text = std::str::from_utf8(content).map_err(|_| "the file is not UTF-8".to_string())?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| format!("the file is not valid TOML: {}", e.message()))?;
+    if table.is_empty() {
+        return Err(
+            "the file is empty (no setting at all); a reload never replaces the \
+                    configuration with the built-in defaults"
+                .into(),
+        );
+    }
+    config::load_text(text).map_err(|e| e.to_string())
+}
+
+/// Applies the configuration file's `content` (as read by [`read_settled`]); logs and counts
+/// what happened.
+pub fn reload(
+    app: &App,
+    reloadable: &Reloadable,
+    path: &Path,
+    trigger: &str,
+    content: Result<&[u8], &ReadError>,
+) -> bool {
+    let running = reloadable.running(app);
+    let result = match content {
+        Ok(content) => parse(content),
+        Err(ReadError::Unreadable(e)) => Err(e.clone()),
+        Err(ReadError::Changing) => Err(format!(
+            "the file is still changing (it read differently {} ms apart); it is read again at \
+             the next check",
+            SETTLE.as_millis()
+        )),
+    }
+    .and_then(|new| reloadable.apply(app, &new).map(|()| new));
     match result {
         Ok(new) => {
             let restart = needs_restart(&app.config, &new);
@@ -106,6 +304,15 @@ pub fn reload(app: &App, reloadable: &Reloadable, path: &Path, trigger: &str) ->
                 tracing::warn!(
                     settings = %restart.join(", "),
                     "these changed settings take effect after a restart"
+                );
+            }
+            let loosened = loosened(&running, &new);
+            if !loosened.is_empty() {
+                tracing::warn!(
+                    trigger,
+                    file = %path.display(),
+                    changes = %loosened.join("; "),
+                    "the reloaded configuration loosens access"
                 );
             }
             tracing::info!(trigger, file = %path.display(), "configuration reloaded");
@@ -145,18 +352,21 @@ pub fn watch(
                     None => return,
                 },
                 _ = ticks.tick() => {
-                    let content = std::fs::read(&path).ok();
-                    if content == seen {
+                    if tokio::fs::read(&path).await.ok() == seen {
                         continue;
                     }
-                    seen = content;
                     "file changed"
                 }
             };
-            if trigger == "SIGHUP" {
-                seen = std::fs::read(&path).ok();
+            let content = read_settled(&path, SETTLE).await;
+            // A file still being written is not remembered as seen, so the next check takes it
+            // up again once it has settled.
+            match &content {
+                Ok(content) => seen = Some(content.clone()),
+                Err(ReadError::Unreadable(_)) => seen = None,
+                Err(ReadError::Changing) => {}
             }
-            reload(&app, &reloadable, &path, trigger);
+            reload(&app, &reloadable, &path, trigger, content.as_deref());
         }
     }))
 }
@@ -187,5 +397,129 @@ mod tests {
         .unwrap();
         assert_eq!(needs_restart(&old, &new), ["listen.admin", "mfa.code_ttl"]);
         assert!(needs_restart(&old, &old).is_empty());
+    }
+
+    const BASE: &str = r#"
+        [proxy]
+        default = "mfa"
+        [auth]
+        require_application_token = true
+        [server]
+        trusted_proxies = ["10.0.0.0/8"]
+        [[routes]]
+        path_prefix = "/admin/"
+        access = "mfa"
+        scopes = ["admin", "ops"]
+        [[routes]]
+        path_prefix = "/app/"
+        access = "authenticated"
+        "#;
+
+    fn with(extra: &str) -> Config {
+        config::from_toml_str(&format!("{BASE}{extra}")).unwrap()
+    }
+
+    #[test]
+    fn tightening_or_an_unchanged_file_loosens_nothing() {
+        let old = with("");
+        assert!(loosened(&old, &old).is_empty());
+        let tighter =
+            config::from_toml_str(&BASE.replace("access = \"authenticated\"", "access = \"mfa\""))
+                .unwrap();
+        assert!(loosened(&old, &tighter).is_empty());
+        let new_stricter_route = with(
+            "[[routes]]\npath_prefix = \"/admin/x/\"\naccess = \"mfa\"\nscopes = [\"admin\", \"ops\", \"x\"]\n",
+        );
+        assert!(loosened(&old, &new_stricter_route).is_empty());
+        assert!(
+            !loosened(&new_stricter_route, &old).is_empty(),
+            "a route removed"
+        );
+    }
+
+    #[test]
+    fn every_loosening_is_named() {
+        let old = with("");
+        let empty = config::from_toml_str("").unwrap();
+        let all = loosened(&old, &empty);
+        for expected in [
+            "proxy.default mfa -> authenticated",
+            "route /admin/ removed",
+            "route /app/ removed",
+            "auth.require_application_token turned off",
+        ] {
+            assert!(all.iter().any(|c| c == expected), "{expected}: {all:?}");
+        }
+        let text = BASE
+            .replace("access = \"authenticated\"", "access = \"public\"")
+            .replace("[\"admin\", \"ops\"]", "[\"admin\"]")
+            .replace("[\"10.0.0.0/8\"]", "[\"10.0.0.0/8\", \"0.0.0.0/0\"]");
+        let changes = loosened(&old, &config::from_toml_str(&text).unwrap());
+        assert_eq!(
+            changes,
+            [
+                "route /admin/ no longer requires scopes ops",
+                "route /app/ access authenticated -> public",
+                "server.trusted_proxies added 0.0.0.0/0",
+            ]
+        );
+        let changes = loosened(
+            &old,
+            &with("[[routes]]\npath_prefix = \"/admin/open/\"\naccess = \"mfa\"\n"),
+        );
+        assert_eq!(
+            changes,
+            ["new route /admin/open/ is mfa (was under /admin/: mfa)"]
+        );
+        let changes = loosened(
+            &old,
+            &with("[[routes]]\npath_prefix = \"/other/\"\naccess = \"public\"\n"),
+        );
+        assert_eq!(changes, ["new route /other/ is public (was under /: mfa)"]);
+        let issuer = r#"
+            [[auth.trusted_issuers]]
+            issuer = "https://idp.example"
+            jwks_url = "https://idp.example/jwks"
+            audience = "app"
+            "#;
+        let changes = loosened(&old, &with(issuer));
+        assert_eq!(changes, ["trusted issuer https://idp.example added"]);
+    }
+
+    #[test]
+    fn a_file_caught_while_being_written_is_refused() {
+        for content in ["", " \n\t\n", "# only a comment\n"] {
+            let e = parse(content.as_bytes()).unwrap_err();
+            assert!(e.contains("empty"), "{content:?}: {e}");
+        }
+        let e = parse(b"[proxy]\ndefault = \"mf").unwrap_err();
+        assert!(e.contains("not valid TOML"), "{e}");
+        assert!(parse(b"\xff\xfe").is_err());
+        assert_eq!(parse(BASE.as_bytes()).unwrap().proxy.default, Access::Mfa);
+    }
+
+    #[tokio::test]
+    async fn a_file_must_read_the_same_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gatehouse.toml");
+        std::fs::write(&path, "a = 1\n").unwrap();
+        assert_eq!(
+            read_settled(&path, Duration::from_millis(1)).await.unwrap(),
+            b"a = 1\n"
+        );
+        let writer = {
+            let path = path.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                std::fs::write(&path, "a = 2\n").unwrap();
+            })
+        };
+        let read = read_settled(&path, Duration::from_millis(300)).await;
+        writer.await.unwrap();
+        assert_eq!(read, Err(ReadError::Changing));
+        assert!(matches!(
+            read_settled(&dir.path().join("missing"), Duration::ZERO).await,
+            Err(ReadError::Unreadable(_))
+        ));
     }
 }

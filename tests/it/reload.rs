@@ -206,3 +206,127 @@ format = "json"
         "new connections get the new certificate"
     );
 }
+
+/// `proxy.default = "public"` with an mfa route: an empty file would put `authenticated` in
+/// force everywhere, so a refused file is told from an applied one by `/other/` staying 200.
+fn open_by_default(upstream: &str, comment: &str) -> String {
+    config(upstream, "mfa") + &format!("[proxy]\ndefault = \"public\"\n# {comment}\n")
+}
+
+#[tokio::test]
+async fn an_empty_or_unparseable_config_file_is_refused_and_the_running_one_stays() {
+    let upstream = Upstream::start().await;
+    let gh = Process::start(&open_by_default(&upstream.url(), "start"), &[]).await;
+    let file = gh.dir.path().join("gatehouse.toml");
+    let mut connection = KeepAlive::open(gh.addrs["listen.http"]).await;
+    assert_eq!(connection.get("/other/").await, 200);
+    assert_eq!(connection.get("/private/").await, 401);
+
+    let refusals = [
+        ("", "empty"),
+        ("  \n\t\n", "empty"),
+        ("# nothing yet\n", "empty"),
+        (
+            "[listen]\nhttps = \"\"\nhttp = \"127.0.0.1:",
+            "not valid TOML",
+        ),
+    ];
+    for (count, (content, reason)) in refusals.iter().enumerate() {
+        std::fs::write(&file, content).unwrap();
+        wait_for_log(&gh, "configuration reload rejected", count + 1).await;
+        let line = gh
+            .logs()
+            .into_iter()
+            .filter(|l| l.contains("configuration reload rejected"))
+            .nth(count)
+            .unwrap();
+        assert!(line.contains(reason), "{content:?}: {line}");
+        assert_eq!(connection.get("/other/").await, 200, "{content:?}");
+        assert_eq!(connection.get("/private/").await, 401, "{content:?}");
+    }
+    gh.signal("HUP");
+    wait_for_log(&gh, "configuration reload rejected", refusals.len() + 1).await;
+    assert_eq!(connection.get("/other/").await, 200);
+    assert!(
+        !gh.logs()
+            .iter()
+            .any(|l| l.contains("configuration reloaded")),
+        "{}",
+        gh.logs().join("\n")
+    );
+}
+
+#[tokio::test]
+async fn a_config_file_still_being_written_is_applied_only_once_it_settles() {
+    let upstream = Upstream::start().await;
+    let gh = Process::start(&open_by_default(&upstream.url(), "start"), &[]).await;
+    let file = gh.dir.path().join("gatehouse.toml");
+    let client = http1_client();
+    let url = gh.http_url("/private/");
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 401);
+
+    // Each version is valid and opens /private/; it must not be taken while it keeps changing.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, file, upstream) = (stop.clone(), file.clone(), upstream.url());
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let text = config(&upstream, "public") + &format!("# version {n}\n");
+                std::fs::write(&file, text).unwrap();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    wait_for_log(&gh, "still changing", 2).await;
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 401);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    wait_for_log(&gh, "configuration reloaded", 1).await;
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn a_reload_that_loosens_access_is_applied_and_named_in_a_warning() {
+    let upstream = Upstream::start().await;
+    let gh = Process::start(&config(&upstream.url(), "authenticated"), &[]).await;
+    let file = gh.dir.path().join("gatehouse.toml");
+    let client = http1_client();
+    let url = gh.http_url("/private/");
+    let loosens = "loosens access";
+
+    // Tightening: applied without the warning.
+    let tighter = config(&upstream.url(), "mfa") + "[proxy]\ndefault = \"mfa\"\n";
+    std::fs::write(&file, &tighter).unwrap();
+    wait_for_log(&gh, "configuration reloaded", 1).await;
+    assert!(
+        !gh.logs().iter().any(|l| l.contains(loosens)),
+        "{}",
+        gh.logs().join("\n")
+    );
+
+    // Loosening: applied, and each loosened setting named at warn.
+    std::fs::write(
+        &file,
+        config(&upstream.url(), "public")
+            + "[server]\ntrusted_proxies = [\"127.0.0.1/32\", \"10.0.0.0/8\"]\n",
+    )
+    .unwrap();
+    wait_for_log(&gh, "configuration reloaded", 2).await;
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+    let line = gh
+        .logs()
+        .into_iter()
+        .find(|l| l.contains(loosens))
+        .unwrap_or_else(|| panic!("no warning:\n{}", gh.logs().join("\n")));
+    assert!(line.contains("WARN"), "{line}");
+    for named in [
+        "proxy.default mfa -> authenticated",
+        "route /private/ access mfa -> public",
+        "server.trusted_proxies added ",
+        "10.0.0.0/8",
+    ] {
+        assert!(line.contains(named), "{named}: {line}");
+    }
+}
