@@ -2,16 +2,27 @@
 //! so the idle connections are a plain stack (newest on top): no per-host map, and no key to
 //! hash for every request. A connection goes back on the stack when the response it carried has
 //! been read to its end; one that closed meanwhile is discarded when it is next taken.
+//!
+//! A connection carries one user's exchange after another's, so it is reused only when the last
+//! exchange is known to have ended on a message boundary: bytes the upstream sent beyond its
+//! response would be read as the next user's response. It is closed instead when the response
+//! has no body by rule (to `HEAD`, `204`, `304`: an upstream that writes one anyway may write it
+//! after the head, too late to be seen), when the upstream said it closes (`Connection: close`,
+//! HTTP/1.0), and when the request body was not completely sent by the time the response ended
+//! (the upstream answered early and would read the rest of the body as a request). Bytes that are
+//! already there when the connection is next taken (more than `Content-Length` announced, after
+//! the last chunk) make hyper's connection fail before it accepts another request.
 
 use std::error::Error as StdError;
 use std::fmt;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{Method, Request, Response, StatusCode, Version, header};
 use http_body_util::BodyExt;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
@@ -90,12 +101,26 @@ impl Pool {
         self: &Arc<Self>,
         mut req: Request<Body>,
     ) -> Result<Response<Body>, PoolError> {
+        let head = req.method() == Method::HEAD;
+        // Most requests have no body: only one that has is watched, so that the fast path
+        // allocates nothing more.
+        let written = if req.body().is_end_stream() {
+            None
+        } else {
+            let written = Arc::new(AtomicBool::new(false));
+            let watched = Watched {
+                inner: std::mem::take(req.body_mut()),
+                written: written.clone(),
+            };
+            *req.body_mut() = watched.boxed_unsync();
+            Some(written)
+        };
         while let Some(mut sender) = self.take_idle() {
             if sender.ready().await.is_err() {
                 continue;
             }
             match sender.try_send_request(req).await {
-                Ok(response) => return Ok(self.lend(sender, response)),
+                Ok(response) => return Ok(self.lend(sender, response, head, written)),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => req = unsent,
                     None => return Err(PoolError::Http(e.into_error())),
@@ -104,7 +129,7 @@ impl Pool {
         }
         let mut sender = self.connect().await?;
         let response = sender.send_request(req).await.map_err(PoolError::Http)?;
-        Ok(self.lend(sender, response))
+        Ok(self.lend(sender, response, head, written))
     }
 
     fn take_idle(&self) -> Option<SendRequest<Body>> {
@@ -152,22 +177,47 @@ impl Pool {
         Ok(sender)
     }
 
-    /// The response, with a body that returns `sender` to the pool when it ends.
+    /// The response, with a body that returns `sender` to the pool when it ends, if the
+    /// exchange can end on a message boundary at all; otherwise `sender` is dropped here, and
+    /// the connection closes once this response is read.
     fn lend(
         self: &Arc<Self>,
         sender: SendRequest<Body>,
         response: Response<Incoming>,
+        head: bool,
+        written: Option<Arc<AtomicBool>>,
     ) -> Response<Body> {
-        response.map(|inner| {
-            Returning {
-                inner,
-                lent: Some(Lent {
-                    pool: self.clone(),
-                    sender,
-                }),
-            }
-            .boxed_unsync()
+        let lent = reusable(head, &response).then(|| Lent {
+            pool: self.clone(),
+            sender,
+            written,
+        });
+        response.map(|inner| Returning { inner, lent }.boxed_unsync())
+    }
+}
+
+/// Whether the connection may carry another request after this response: not when the response
+/// has no body by rule (a body the upstream writes anyway cannot be told from the next response),
+/// nor when the upstream closes the connection after it.
+fn reusable(head: bool, response: &Response<Incoming>) -> bool {
+    let status = response.status();
+    if head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return false;
+    }
+    let connection = response.headers().get_all(header::CONNECTION);
+    let says = |token: &str| {
+        connection.iter().any(|value| {
+            value.to_str().map_or(true, |value| {
+                value
+                    .split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case(token))
+            })
         })
+    };
+    match response.version() {
+        Version::HTTP_11 => !says("close"),
+        Version::HTTP_10 => says("keep-alive") && !says("close"),
+        _ => false,
     }
 }
 
@@ -175,6 +225,45 @@ impl Pool {
 struct Lent {
     pool: Arc<Pool>,
     sender: SendRequest<Body>,
+    /// Set once the request body was sent to its end; `None` for a request without a body.
+    written: Option<Arc<AtomicBool>>,
+}
+
+/// A request body that records when it has been read to its end.
+struct Watched {
+    inner: Body,
+    written: Arc<AtomicBool>,
+}
+
+impl HttpBody for Watched {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        // hyper stops polling once `is_end_stream` says so, without a final `None`.
+        if matches!(polled, Poll::Ready(None))
+            || (matches!(polled, Poll::Ready(Some(Ok(_)))) && self.inner.is_end_stream())
+        {
+            self.written.store(true, Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let end = self.inner.is_end_stream();
+        if end {
+            self.written.store(true, Ordering::Release);
+        }
+        end
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// A response body that gives its connection back when it ends.
@@ -185,7 +274,15 @@ struct Returning {
 
 impl Returning {
     fn give_back(&mut self) {
-        if let Some(Lent { pool, sender }) = self.lent.take() {
+        if let Some(Lent {
+            pool,
+            sender,
+            written,
+        }) = self.lent.take()
+            // A request body still being sent when the response ended was answered early: the
+            // upstream would read its rest as another request.
+            && written.is_none_or(|written| written.load(Ordering::Acquire))
+        {
             pool.put_idle(sender);
         }
     }

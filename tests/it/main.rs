@@ -23,6 +23,7 @@ mod openapi;
 mod ops;
 mod paths;
 mod pg;
+mod pool;
 mod proxy;
 mod reload;
 mod replicas;
