@@ -436,6 +436,7 @@ impl Gateway {
 
         let method = parts.method.clone();
         let query = parts.uri.query().map(str::to_owned);
+        let client = self.client(conn, &parts.headers, trusted);
         let mut outcome = self.route(parts, body, conn, trusted, &request_id).await;
         let request_id = outcome
             .request_id
@@ -468,6 +469,7 @@ impl Gateway {
             path: &outcome.path,
             query: query.as_deref(),
             status: response.status().as_u16(),
+            client,
             latency: started.elapsed(),
             upstream_latency: outcome.upstream_latency,
             request_id: id,

@@ -134,6 +134,9 @@ pub struct AccessRecord<'a> {
     pub path: &'a str,
     pub query: Option<&'a str>,
     pub status: u16,
+    /// The client's address as gatehouse believes it: the socket peer's, or behind a trusted
+    /// proxy the nearest untrusted `X-Forwarded-For` entry.
+    pub client: std::net::IpAddr,
     pub latency: Duration,
     pub upstream_latency: Option<Duration>,
     pub request_id: &'a str,
@@ -150,13 +153,19 @@ pub fn access(r: &AccessRecord<'_>) {
         path = redact_path(r.path).as_ref(),
         query = r.query.map(redact_query).as_deref(),
         status = r.status,
-        latency_ms = r.latency.as_secs_f64() * 1e3,
-        upstream_ms = r.upstream_latency.map(|d| d.as_secs_f64() * 1e3),
+        client = %r.client,
+        latency_us = micros(r.latency),
+        upstream_us = r.upstream_latency.map(micros),
         request_id = r.request_id,
         user_id = r.user_id,
         error = r.error,
         "request"
     );
+}
+
+/// A duration in whole microseconds, as the access log writes latencies.
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// Query parameters whose values are credentials or codes. A name matches when, lower-cased,

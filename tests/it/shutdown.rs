@@ -83,12 +83,61 @@ async fn each_request_leaves_one_access_log_line_without_credentials() {
     assert_eq!(first["status"], 200);
     assert_eq!(first["request_id"], "log-test-1");
     assert_eq!(first["query"], "access_token=REDACTED&page=2");
-    assert!(first["latency_ms"].as_f64().is_some());
-    assert!(first["upstream_ms"].as_f64().is_some());
+    assert_eq!(first["client"], "127.0.0.1");
+    // Latencies are whole microseconds, never floats such as 6.4249279999999995.
+    assert!(first["latency_us"].is_u64(), "{first}");
+    assert!(first["upstream_us"].is_u64(), "{first}");
     assert_eq!(access[1]["status"], 401);
     assert_eq!(access[1]["error"], "no credential");
-    assert!(access[1]["upstream_ms"].is_null());
+    assert!(access[1]["upstream_us"].is_null());
     assert!(!logs.iter().any(|l| l.contains("supersecret")));
+}
+
+#[tokio::test]
+async fn the_text_access_log_names_the_client_and_whole_microsecond_latencies() {
+    let upstream = Upstream::start().await;
+    let config =
+        process_config(&upstream.url(), "").replace("format = \"json\"", "format = \"text\"");
+    let mut gh = Process::start(&config, &[]).await;
+    let client = http1_client();
+    client
+        .get(gh.http_url("/public/direct"))
+        .send()
+        .await
+        .unwrap();
+    // Loopback is a trusted proxy by default: the address it names is the client's.
+    client
+        .get(gh.http_url("/public/forwarded"))
+        .header("x-forwarded-for", "203.0.113.7")
+        .send()
+        .await
+        .unwrap();
+    gh.signal("TERM");
+    gh.child.wait().await.unwrap();
+    let logs = gh.logs();
+    let line = |path: &str| {
+        logs.iter()
+            .find(|l| l.contains("gatehouse::access") && l.contains(path))
+            .unwrap_or_else(|| panic!("no access line for {path}: {logs:#?}"))
+            .clone()
+    };
+    let field = |line: &str, name: &str| -> String {
+        line.split(' ')
+            .find_map(|f| f.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name} in {line}"))
+            .to_owned()
+    };
+    let direct = line("/public/direct");
+    assert_eq!(field(&direct, "client"), "127.0.0.1", "{direct}");
+    for name in ["latency_us", "upstream_us"] {
+        let value = field(&direct, name);
+        assert!(
+            value.parse::<u64>().is_ok(),
+            "{name}={value} is not a whole number: {direct}"
+        );
+    }
+    let forwarded = line("/public/forwarded");
+    assert_eq!(field(&forwarded, "client"), "203.0.113.7", "{forwarded}");
 }
 
 #[tokio::test]
