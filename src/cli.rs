@@ -24,7 +24,7 @@ pub struct AdminArgs {
     /// The admin token (or set GATEHOUSE_ADMIN_TOKEN, or use --token-file).
     #[arg(long, env = "GATEHOUSE_ADMIN_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// A file holding the admin token.
+    /// A file holding the admin token (read instead of --token).
     #[arg(long)]
     token_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
@@ -33,7 +33,7 @@ pub struct AdminArgs {
 
 #[derive(Subcommand, Debug)]
 enum AdminCommand {
-    /// Users: create, get, update, delete, mfa-reset.
+    /// Users: create, list, get, update, delete, mfa-reset.
     #[command(subcommand)]
     User(UserCommand),
     /// Register an application; prints its ApplicationToken once.
@@ -45,11 +45,22 @@ enum AdminCommand {
     #[command(subcommand)]
     Org(OrgCommand),
     /// Grant a user a WS FileId.
-    FileGrant { file_id: i64, user_name: String },
+    FileGrant {
+        /// The WS FileId.
+        file_id: i64,
+        /// The user granted it.
+        user_name: String,
+    },
     /// Create a WsAccessKey for a user and FileId; prints it once.
-    WsKey { user_name: String, file_id: i64 },
+    WsKey {
+        /// The user the key acts as.
+        user_name: String,
+        /// The WS FileId the key is bound to.
+        file_id: i64,
+    },
     /// Newest audit events first.
     Audit {
+        /// How many events to print (1 to 1000).
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
@@ -57,19 +68,28 @@ enum AdminCommand {
 
 #[derive(Subcommand, Debug)]
 enum AppCommand {
-    Create { name: String },
+    /// Register an application; prints its ApplicationToken once.
+    Create {
+        /// The application's name.
+        name: String,
+    },
 }
 
 #[derive(Args, Debug, Default)]
 struct UserFields {
+    /// Email address (codes of the email factor go there).
     #[arg(long)]
     email: Option<String>,
+    /// Phone number in E.164 form, such as +14155550123 (SMS codes go there).
     #[arg(long)]
     phone: Option<String>,
+    /// First name.
     #[arg(long)]
     first_name: Option<String>,
+    /// Last name.
     #[arg(long)]
     last_name: Option<String>,
+    /// Nickname.
     #[arg(long)]
     nick_name: Option<String>,
     /// A scope; repeat for several (replaces the list on update).
@@ -82,15 +102,30 @@ struct UserFields {
 
 #[derive(Subcommand, Debug)]
 enum UserCommand {
+    /// Create a user.
     Create {
+        /// The new user's name (unique in any letter case).
         user_name: String,
         #[command(flatten)]
         fields: UserFields,
     },
+    /// List users ordered by name, a page at a time.
+    List {
+        /// Users per page (1 to 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Start after this user name: the `next` value the previous page printed.
+        #[arg(long)]
+        after: Option<String>,
+    },
+    /// Show a user.
     Get {
+        /// The user's name.
         user_name: String,
     },
+    /// Change a user's fields; those not given stay as they are.
     Update {
+        /// The user's current name.
         user_name: String,
         /// A new user name.
         #[arg(long)]
@@ -98,11 +133,14 @@ enum UserCommand {
         #[command(flatten)]
         fields: UserFields,
     },
+    /// Delete a user and everything bound to it.
     Delete {
+        /// The user's name.
         user_name: String,
     },
     /// Remove every MFA factor and pending enrollment of the user.
     MfaReset {
+        /// The user's name.
         user_name: String,
     },
 }
@@ -110,13 +148,20 @@ enum UserCommand {
 #[derive(Subcommand, Debug)]
 enum OrgCommand {
     // Organisation ids are int32, as the domain API's `organizationId`.
+    /// Create an organisation.
     Create {
+        /// The organisation's id (an int32, as the domain API's organizationId).
         id: i32,
+        /// The organisation's name.
         name: String,
     },
+    /// Add a user to an organisation, or change their role.
     AddMember {
+        /// The organisation's id.
         id: i32,
+        /// The user's name.
         user_name: String,
+        /// The member's role: admins may manage the organisation's domains.
         #[arg(long, value_parser = ["admin", "member"])]
         role: String,
     },
@@ -163,6 +208,18 @@ fn request(command: AdminCommand) -> Result<(Method, String, Option<Value>), Str
             "/admin/v1/users".into(),
             Some(fields.body(Some(user_name))?),
         ),
+        AdminCommand::User(UserCommand::List { limit, after }) => {
+            let mut query = form_urlencoded::Serializer::new(String::new());
+            query.append_pair("limit", &limit.to_string());
+            if let Some(after) = &after {
+                query.append_pair("after", after);
+            }
+            (
+                Method::GET,
+                format!("/admin/v1/users?{}", query.finish()),
+                None,
+            )
+        }
         AdminCommand::User(UserCommand::Get { user_name }) => (
             Method::GET,
             format!("/admin/v1/users/{}", segment(&user_name)),

@@ -520,6 +520,11 @@ pub trait Store: Send + Sync {
     /// The newest `limit` events, newest first.
     async fn audit(&self, limit: usize) -> StoreResult<Vec<AuditEvent>>;
 
+    /// At most `limit` users ordered by name (compared as their lower-cased UTF-8 bytes, the
+    /// key that makes names unique regardless of letter case), beginning after the user named
+    /// `after` in that order (who need not exist); for listing users a page at a time.
+    async fn list_users(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<User>>;
+
     /// Makes every write so far durable.
     async fn flush(&self) -> StoreResult<()>;
 

@@ -1730,6 +1730,31 @@ impl Store for PgStore {
         Ok(retry(|| self.delete_domain_once(organization_id, domain_id)).await?)
     }
 
+    async fn list_users(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<User>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // `COLLATE "C"` orders by bytes, as sled orders its name index, whatever the
+        // database's own collation.
+        match after {
+            // A name holding NUL cannot be stored; every stored name sorts after its prefix.
+            Some(name) => {
+                let after = name_key(name.split('\0').next().unwrap_or_default());
+                self.find_all(
+                    "SELECT doc FROM gatehouse_users WHERE name_key COLLATE \"C\" > $1 \
+                     ORDER BY name_key COLLATE \"C\" LIMIT $2",
+                    &[&after, &limit],
+                )
+                .await
+            }
+            None => {
+                self.find_all(
+                    "SELECT doc FROM gatehouse_users ORDER BY name_key COLLATE \"C\" LIMIT $1",
+                    &[&limit],
+                )
+                .await
+            }
+        }
+    }
+
     async fn append_audit(&self, event: AuditEvent) -> StoreResult<()> {
         let client = self.client().await?;
         insert_audit(&client, event).await?;

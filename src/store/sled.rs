@@ -163,10 +163,15 @@ impl SledStore {
             match sled::Config::new().path(path).open() {
                 Ok(db) => return SledStore::from_db(db),
                 // sled reports a held lock as an `Other` I/O error with this message.
-                Err(sled::Error::Io(e))
-                    if e.to_string().starts_with("could not acquire lock")
-                        && tries < LOCK_TRIES =>
-                {
+                Err(sled::Error::Io(e)) if e.to_string().starts_with("could not acquire lock") => {
+                    if tries >= LOCK_TRIES {
+                        let shown = std::path::absolute(path).unwrap_or_else(|_| path.into());
+                        return Err(StoreError::Backend(format!(
+                            "the store in {} is in use: another gatehouse process holds its \
+                             lock; stop that one first, or give this one another store.path",
+                            shown.display()
+                        )));
+                    }
                     tries += 1;
                     std::thread::sleep(std::time::Duration::from_millis(100));
                 }
@@ -976,6 +981,29 @@ impl Store for SledStore {
         let deleted = unwrap_tx(result)?;
         self.durable().await?;
         Ok(deleted)
+    }
+
+    async fn list_users(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<User>> {
+        use std::ops::Bound;
+        let start = match after {
+            Some(name) => Bound::Excluded(name_key(name)),
+            None => Bound::Unbounded,
+        };
+        let mut users = Vec::new();
+        for entry in self
+            .user_names
+            .range::<Vec<u8>, _>((start, Bound::Unbounded))
+            .values()
+        {
+            if users.len() >= limit {
+                break;
+            }
+            // An index entry whose user is gone (never left by a committed change) is skipped.
+            if let Some(user) = self.user_at(&entry.map_err(backend)?)? {
+                users.push(user);
+            }
+        }
+        Ok(users)
     }
 
     async fn append_audit(&self, event: AuditEvent) -> StoreResult<()> {

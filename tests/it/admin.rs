@@ -58,6 +58,13 @@ async fn admin_api_without_a_configured_token_answers_503() {
         .await
         .unwrap();
     assert_eq!(response.status(), 503);
+    // The answer says how to turn the admin API on.
+    let problem: serde_json::Value = response.json().await.unwrap();
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("GATEHOUSE_ADMIN_TOKEN") && detail.contains("admin.token_file"),
+        "{detail}"
+    );
     // Probes do not need a token.
     let ready = http1_client()
         .get(gh.admin_url("/readyz"))
@@ -608,4 +615,100 @@ async fn probes_metrics_and_openapi_need_no_token_in_any_spelling() {
         let response = admin_raw(&gh, "GET", target, None).await;
         assert_eq!(response.status, 200, "{target}: {}", response.body);
     }
+}
+
+mod users_are_listed_by_name_a_page_at_a_time {
+    #[tokio::test]
+    async fn sled() {
+        super::users_are_listed_by_name_a_page_at_a_time(crate::factors::Backend::Sled).await;
+    }
+
+    #[tokio::test]
+    async fn postgres() {
+        super::users_are_listed_by_name_a_page_at_a_time(crate::factors::Backend::Postgres).await;
+    }
+}
+
+/// The names in a page of `GET /admin/v1/users`, and its `next`.
+fn page(answer: &serde_json::Value) -> (Vec<String>, serde_json::Value) {
+    let names = answer["users"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no users in {answer}"))
+        .iter()
+        .map(|u| u["userName"].as_str().unwrap().to_owned())
+        .collect();
+    (names, answer["next"].clone())
+}
+
+async fn users_are_listed_by_name_a_page_at_a_time(backend: crate::factors::Backend) {
+    let upstream = Upstream::start().await;
+    let (gh, _db) = backend.start(&upstream, |_| {}).await;
+    for name in ["carol", "Ada", "bob", "dave", "Émile"] {
+        gh.create_user(json!({"userName": name, "scopes": ["read"]}))
+            .await;
+    }
+    let (status, first) = gh.admin("GET", "/admin/v1/users?limit=2", None).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(
+        page(&first),
+        (vec!["Ada".into(), "bob".into()], json!("bob"))
+    );
+    // Users are shown as `GET /admin/v1/users/{userName}` shows them.
+    let (_, ada) = gh.admin("GET", "/admin/v1/users/ada", None).await;
+    assert_eq!(first["users"][0], ada);
+    let (_, second) = gh
+        .admin("GET", "/admin/v1/users?limit=2&after=bob", None)
+        .await;
+    assert_eq!(
+        page(&second),
+        (vec!["carol".into(), "dave".into()], json!("dave"))
+    );
+    // The cursor is a name in any letter case, escaped as a query value.
+    let (_, last) = gh
+        .admin("GET", "/admin/v1/users?limit=2&after=DAVE", None)
+        .await;
+    assert_eq!(page(&last), (vec!["Émile".into()], json!(null)));
+    let (_, escaped) = gh
+        .admin("GET", "/admin/v1/users?after=%C3%89mile", None)
+        .await;
+    assert_eq!(page(&escaped), (vec![], json!(null)));
+    // A page exactly as long as what is left is the last one.
+    let (_, all) = gh.admin("GET", "/admin/v1/users?limit=5", None).await;
+    assert_eq!(page(&all).0.len(), 5);
+    assert_eq!(all["next"], json!(null));
+    for bad in ["limit=0", "limit=1001", "limit=ten"] {
+        let (status, problem) = gh
+            .admin("GET", &format!("/admin/v1/users?{bad}"), None)
+            .await;
+        assert_eq!(status, 400, "{bad}: {problem}");
+        assert_eq!(
+            problem["type"],
+            "https://gatehouse.dev/problems/invalid-request"
+        );
+    }
+    // Without the token, nothing is listed.
+    let response = http1_client()
+        .get(gh.admin_url("/admin/v1/users"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+
+    // The command-line client pages the same way.
+    let (ok, out, err) = cli(
+        &gh,
+        ADMIN_TOKEN,
+        &["user", "list", "--limit", "3", "--after", "Ada"],
+        None,
+    )
+    .await;
+    assert!(ok, "{err}");
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        page(&listed),
+        (
+            vec!["bob".into(), "carol".into(), "dave".into()],
+            json!("dave")
+        )
+    );
 }

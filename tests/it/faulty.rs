@@ -286,6 +286,11 @@ impl Store for FaultyStore {
         self.inner.delete_domain(organization_id, domain_id).await
     }
 
+    async fn list_users(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<User>> {
+        self.gate("list_users").await?;
+        self.inner.list_users(after, limit).await
+    }
+
     async fn append_audit(&self, event: AuditEvent) -> StoreResult<()> {
         self.gate("append_audit").await?;
         self.inner.append_audit(event).await

@@ -75,6 +75,7 @@ on_both_backends!(
     sends_are_limited_within_the_window,
     a_verified_domain_belongs_to_one_organization,
     audit_is_newest_first_and_signing_keys_oldest_first,
+    users_are_listed_by_name_in_any_letter_case_a_page_at_a_time,
 );
 
 fn new_user(name: &str) -> NewUser {
@@ -749,4 +750,43 @@ async fn audit_is_newest_first_and_signing_keys_oldest_first(s: Subject) {
         .map(|k| k.kid)
         .collect();
     assert_eq!(kids, ["k0", "k1", "k2"]);
+}
+
+async fn names(store: &dyn Store, after: Option<&str>, limit: usize) -> Vec<String> {
+    store
+        .list_users(after, limit)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.user_name)
+        .collect()
+}
+
+async fn users_are_listed_by_name_in_any_letter_case_a_page_at_a_time(s: Subject) {
+    for name in ["carol", "Ada", "bob", "Émile", "dave", "zoe"] {
+        s.store.create_user(new_user(name), NOW).await.unwrap();
+    }
+    assert_eq!(names(s.twin.as_ref(), None, 2).await, ["Ada", "bob"]);
+    assert_eq!(
+        names(s.twin.as_ref(), Some("bob"), 2).await,
+        ["carol", "dave"]
+    );
+    // The cursor need not be a user, and is compared in any letter case.
+    assert_eq!(names(s.twin.as_ref(), Some("BOA"), 1).await, ["bob"]);
+    assert_eq!(
+        names(s.twin.as_ref(), Some("DAVE"), 10).await,
+        ["zoe", "Émile"]
+    );
+    assert!(names(s.twin.as_ref(), Some("émile"), 10).await.is_empty());
+    // A renamed user moves; a deleted one is gone.
+    let renamed = UserPatch {
+        user_name: Some("Bea".into()),
+        ..UserPatch::default()
+    };
+    s.store.update_user("zoe", renamed, NOW).await.unwrap();
+    assert!(s.store.delete_user("carol").await.unwrap());
+    assert_eq!(
+        names(s.twin.as_ref(), None, 10).await,
+        ["Ada", "Bea", "bob", "dave", "Émile"]
+    );
 }

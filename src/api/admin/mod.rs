@@ -37,6 +37,7 @@ enum Op {
     Metrics,
     OpenApi,
     CreateUser,
+    ListUsers,
     GetUser,
     PatchUser,
     DeleteUser,
@@ -53,7 +54,7 @@ enum Op {
 const OPEN_PATHS: [&str; 4] = ["/healthz", "/readyz", "/metrics", "/openapi.json"];
 
 /// Every operation of the admin listener; any other path is 404, another method on a listed path 405.
-const ROUTES: [(Route, Op); 19] = [
+const ROUTES: [(Route, Op); 20] = [
     (Route::new("GET", "/healthz"), Op::Healthz),
     (Route::new("HEAD", "/healthz"), Op::Healthz),
     (Route::new("GET", "/readyz"), Op::Readyz),
@@ -63,6 +64,7 @@ const ROUTES: [(Route, Op); 19] = [
     (Route::new("GET", "/openapi.json"), Op::OpenApi),
     (Route::new("HEAD", "/openapi.json"), Op::OpenApi),
     (Route::new("POST", "/admin/v1/users"), Op::CreateUser),
+    (Route::new("GET", "/admin/v1/users"), Op::ListUsers),
     (Route::new("GET", "/admin/v1/users/{userName}"), Op::GetUser),
     (
         Route::new("PATCH", "/admin/v1/users/{userName}"),
@@ -145,7 +147,9 @@ impl AdminError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "admin-disabled",
                 "Admin API disabled",
-                "No admin token is configured (admin.token_file or GATEHOUSE_ADMIN_TOKEN).",
+                "No admin token is configured. Start gatehouse with the environment variable \
+                 GATEHOUSE_ADMIN_TOKEN set, or admin.token_file naming a file that holds the \
+                 token (at least 22 base64 characters, e.g. `head -c 32 /dev/urandom | base64`).",
             ),
             AdminError::BadToken => Problem::new(
                 StatusCode::UNAUTHORIZED,
@@ -343,6 +347,7 @@ impl Admin {
                 OPENAPI.as_bytes().to_vec(),
             )),
             Op::CreateUser => self.create_user(req).await,
+            Op::ListUsers => self.list_users(req.uri().query()).await,
             Op::GetUser => self.get_user(value(0)).await,
             Op::PatchUser => self.patch_user(value(0), req).await,
             Op::DeleteUser => self.delete_user(value(0)).await,
@@ -407,21 +412,32 @@ impl Admin {
     }
 
     async fn list_audit(&self, query: Option<&str>) -> AdminResult {
-        let limit = match query
-            .unwrap_or_default()
-            .split('&')
-            .find_map(|pair| pair.strip_prefix("limit="))
-        {
-            None => 100,
-            Some(v) => v
-                .parse::<usize>()
-                .ok()
-                .filter(|n| (1..=1000).contains(n))
-                .ok_or_else(|| {
-                    AdminError::Invalid("limit must be an integer from 1 to 1000".into())
-                })?,
-        };
+        let limit = limit(query)?;
         let events = self.store.audit(limit).await?;
         Ok(api::json(StatusCode::OK, &events))
     }
+}
+
+/// The `limit` query parameter of the admin API's lists: 1 to [`MAX_LIMIT`], default 100.
+fn limit(query: Option<&str>) -> Result<usize, AdminError> {
+    match query_value(query, "limit") {
+        None => Ok(100),
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(|| {
+                AdminError::Invalid(format!("limit must be an integer from 1 to {MAX_LIMIT}"))
+            }),
+    }
+}
+
+/// The most entries one page of an admin API list holds.
+const MAX_LIMIT: usize = 1000;
+
+/// The first value of the query parameter `name`, form-decoded (`%40` is `@`, `+` a space).
+fn query_value(query: Option<&str>, name: &str) -> Option<String> {
+    form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.into_owned())
 }

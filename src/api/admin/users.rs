@@ -55,6 +55,13 @@ pub struct UserView<'a> {
     modified: &'a str,
 }
 
+/// A page of `GET /admin/v1/users`.
+#[derive(Debug, Serialize)]
+struct UserPage<'a> {
+    users: Vec<UserView<'a>>,
+    next: Option<&'a str>,
+}
+
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct MembershipView {
@@ -189,6 +196,29 @@ impl Admin {
         self.record("user.created", Some(&user.user_name), None)
             .await;
         Ok(user_response(StatusCode::CREATED, &user))
+    }
+
+    /// One page of users ordered by name (in any letter case): `limit` of them (1–1000,
+    /// default 100) after the user named `after`. `next` is the name to pass as `after` for the
+    /// following page, `null` on the last one.
+    pub(super) async fn list_users(&self, query: Option<&str>) -> AdminResult {
+        let limit = super::limit(query)?;
+        let after = super::query_value(query, "after");
+        // One more than asked shows whether another page follows.
+        let mut users = self
+            .store
+            .list_users(after.as_deref(), limit.saturating_add(1))
+            .await?;
+        let more = users.len() > limit;
+        users.truncate(limit);
+        let next = more
+            .then(|| users.last().map(|u| u.user_name.as_str()))
+            .flatten();
+        let page = UserPage {
+            users: users.iter().map(UserView::from).collect(),
+            next,
+        };
+        Ok(api::json(StatusCode::OK, &page))
     }
 
     pub(super) async fn get_user(&self, name: &str) -> AdminResult {
