@@ -10,6 +10,7 @@ pub mod bootstrap;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod demo;
 pub mod domains;
 #[doc(hidden)]
 pub mod fuzzing;

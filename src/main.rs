@@ -14,6 +14,7 @@ struct Cli {
     /// Configuration file (TOML). Defaults to config/gatehouse.toml when it exists.
     #[arg(long, global = true, env = "GATEHOUSE_CONFIG")]
     config: Option<PathBuf>,
+    /// What to do; `serve` when none is given.
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -32,6 +33,9 @@ enum Command {
     Migrate(MigrateArgs),
     /// Ask the admin listener's `/readyz` or `/healthz` (a Kubernetes exec probe): exit 0 if ready.
     Probe(gatehouse::probe::ProbeArgs),
+    /// Run a tiny application that answers every request with the headers it received, to put
+    /// behind gatehouse while trying it out.
+    DemoUpstream(gatehouse::demo::DemoArgs),
 }
 
 #[derive(clap::Args)]
@@ -65,6 +69,7 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Admin(args) => admin(*args),
         Command::Probe(args) => probe(args),
+        Command::DemoUpstream(args) => demo_upstream(args),
         Command::InjectWebhook(args) => inject_webhook(args),
         Command::Migrate(args) => {
             let from = match args.from {
@@ -127,6 +132,13 @@ fn probe(args: gatehouse::probe::ProbeArgs) -> ExitCode {
             eprintln!("cannot start the runtime: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn demo_upstream(args: gatehouse::demo::DemoArgs) -> ExitCode {
+    match server_runtime(0) {
+        Ok(runtime) => runtime.block_on(gatehouse::demo::run(args)),
+        Err(code) => code,
     }
 }
 
@@ -246,18 +258,24 @@ fn serve(config: config::Config, config_file: std::path::PathBuf) -> ExitCode {
         Err(code) => return code,
     };
     runtime.block_on(async {
+        // A fatal error is printed once, on stderr, whatever the log format.
         let app = match App::open(config).await {
             Ok(app) => std::sync::Arc::new(app),
             Err(e) => {
-                tracing::error!(error = %e, "cannot start");
                 eprintln!("cannot start: {e}");
                 return ExitCode::FAILURE;
             }
         };
+        if app.config.admin.token.is_none() {
+            tracing::warn!(
+                "the admin API is off: no admin token is configured; set GATEHOUSE_ADMIN_TOKEN \
+                 (or admin.token_file) to at least 22 base64 characters, e.g. \
+                 `head -c 32 /dev/urandom | base64`, and start again"
+            );
+        }
         let server = match Server::bind(&app).await {
             Ok(server) => server,
             Err(e) => {
-                tracing::error!(error = %e, "cannot start");
                 eprintln!("cannot start: {e}");
                 return ExitCode::FAILURE;
             }
@@ -285,4 +303,46 @@ fn serve(config: config::Config, config_file: std::path::PathBuf) -> ExitCode {
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every subcommand and every option or argument of `command` and below that has no help
+    /// text, by its path (`gatehouse admin user create --email`).
+    fn without_help(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for arg in command.get_arguments() {
+            if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                let name = arg
+                    .get_long()
+                    .map(|l| format!("--{l}"))
+                    .unwrap_or_else(|| format!("<{}>", arg.get_id()));
+                missing.push(format!("{path} {name}"));
+            }
+        }
+        for sub in command.get_subcommands() {
+            let sub_path = format!("{path} {}", sub.get_name());
+            if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                missing.push(sub_path.clone());
+            }
+            without_help(sub, &sub_path, missing);
+        }
+    }
+
+    #[test]
+    fn every_subcommand_and_option_has_help_text() {
+        let mut command = Cli::command();
+        command.build();
+        let mut missing = Vec::new();
+        without_help(&command, "gatehouse", &mut missing);
+        assert!(missing.is_empty(), "without help text: {missing:#?}");
+    }
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }

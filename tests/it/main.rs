@@ -7,6 +7,7 @@ mod keys;
 mod admin;
 mod browser;
 mod capacity;
+mod cli;
 mod config;
 mod deploy;
 mod dns;
