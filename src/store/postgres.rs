@@ -1733,7 +1733,8 @@ impl Store for PgStore {
     async fn list_users(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<User>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         // `COLLATE "C"` orders by bytes, as sled orders its name index, whatever the
-        // database's own collation.
+        // database's own collation (CockroachDB, which orders strings by bytes anyway, accepts
+        // it in expressions since 22.2).
         match after {
             // A name holding NUL cannot be stored; every stored name sorts after its prefix.
             Some(name) => {
