@@ -33,8 +33,10 @@ enum Command {
     Migrate(MigrateArgs),
     /// Ask the admin listener's `/readyz` or `/healthz` (a Kubernetes exec probe): exit 0 if ready.
     Probe(gatehouse::probe::ProbeArgs),
-    /// Run a tiny application that answers every request with the headers it received, to put
-    /// behind gatehouse while trying it out.
+    /// Run a tiny application that answers with the request it received (to try gatehouse out).
+    ///
+    /// Every request is answered 200 with its request line and every header that reached the
+    /// application, as text: put it behind gatehouse to see what gatehouse adds and removes.
     DemoUpstream(gatehouse::demo::DemoArgs),
 }
 
