@@ -146,8 +146,14 @@ fn urlencode(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
+/// Appends to the outbox, created 0600 (in a 0700 directory when that is missing too): it holds
+/// codes in clear.
 fn append(path: &Path, to: &str, body: &str) -> Result<(), DeliveryError> {
-    let mut file = std::fs::OpenOptions::new()
+    if let Some(dir) = path.parent() {
+        crate::private::create_dir(dir)
+            .map_err(|e| DeliveryError::Failed(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let mut file = crate::private::open_options()
         .create(true)
         .append(true)
         .open(path)
