@@ -95,7 +95,12 @@ impl App {
             &config.mfa,
             &config.server.public_url,
         ));
-        let domains = Arc::new(Domains::new(&config.domains, store.clone(), clock.clone())?);
+        let domains = Arc::new(Domains::new(
+            &config.domains,
+            store.clone(),
+            clock.clone(),
+            config.bootstrap.file.clone(),
+        )?);
         let bodies = Arc::new(Bodies::new(
             config.server.body_read_timeout,
             config.server.max_buffered_bytes,
