@@ -28,15 +28,32 @@ pub fn open_options() -> OpenOptions {
     options
 }
 
-/// Takes group and other permissions off what is inside `dir` (recursively, symbolic links
-/// left alone): for files that a library creates with its own modes (sled's `db`, `conf`,
-/// snapshots and blobs), and for those an older gatehouse created. What cannot be changed (not
-/// ours) is named in a warning; `dir` itself is not changed.
-pub fn tighten(dir: &Path) {
+/// What gatehouse and sled keep in a store directory (`store.path`): sled's `db`, `conf`,
+/// `snap.*` snapshots and `blobs/`, and gatehouse's `master.key` and `sms-outbox.log`. Nothing
+/// else there is touched, so a `store.path` shared with other files leaves them as they are.
+fn is_store_file(name: &str) -> bool {
+    matches!(
+        name,
+        "db" | "conf" | "blobs" | "master.key" | "sms-outbox.log"
+    ) || name.starts_with("snap.")
+}
+
+/// Takes group and other permissions off the store's files in `dir` (see [`is_store_file`]; the
+/// contents of `blobs/` too; symbolic links left alone): for the files sled creates with modes of
+/// its own choosing, and for those an older gatehouse created. What cannot be changed (not ours)
+/// is named in a warning; `dir` itself is not changed.
+pub fn tighten_store(dir: &Path) {
+    tighten(dir, &is_store_file);
+}
+
+fn tighten(dir: &Path, wanted: &dyn Fn(&str) -> bool) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
+        if !entry.file_name().to_str().is_some_and(wanted) {
+            continue;
+        }
         let path = entry.path();
         let Ok(meta) = std::fs::symlink_metadata(&path) else {
             continue;
@@ -54,7 +71,7 @@ pub fn tighten(dir: &Path) {
             }
         }
         if meta.is_dir() {
-            tighten(&path);
+            tighten(&path, &|_| true);
         }
     }
 }
@@ -69,7 +86,7 @@ mod tests {
     }
 
     #[test]
-    fn created_directories_and_files_are_private_and_others_are_tightened() {
+    fn created_directories_and_files_are_private_and_the_stores_are_tightened() {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("a/b");
         create_dir(&dir).unwrap();
@@ -79,14 +96,30 @@ mod tests {
         open_options().write(true).create(true).open(&file).unwrap();
         assert_eq!(mode(&file), 0o600);
 
-        let loose = dir.join("loose");
-        std::fs::create_dir(&loose).unwrap();
-        std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let inner = loose.join("g");
-        std::fs::write(&inner, "x").unwrap();
-        std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o664)).unwrap();
-        tighten(root.path());
-        assert_eq!(mode(&loose), 0o700);
-        assert_eq!(mode(&inner), 0o600);
+        // A store directory with sled's files and someone else's.
+        let store = root.path().join("store");
+        std::fs::create_dir(&store).unwrap();
+        let loose = |path: &Path, m: u32| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(m)).unwrap();
+        };
+        let blobs = store.join("blobs");
+        std::fs::create_dir(&blobs).unwrap();
+        loose(&blobs, 0o755);
+        for name in [
+            "db",
+            "conf",
+            "snap.0000000000001234",
+            "blobs/7",
+            "other.txt",
+        ] {
+            std::fs::write(store.join(name), "x").unwrap();
+            loose(&store.join(name), 0o644);
+        }
+        tighten_store(&store);
+        assert_eq!(mode(&blobs), 0o700);
+        for name in ["db", "conf", "snap.0000000000001234", "blobs/7"] {
+            assert_eq!(mode(&store.join(name)), 0o600, "{name}");
+        }
+        assert_eq!(mode(&store.join("other.txt")), 0o644, "not the store's");
     }
 }

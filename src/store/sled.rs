@@ -167,7 +167,7 @@ impl SledStore {
         loop {
             match sled::Config::new().path(path).open() {
                 Ok(db) => {
-                    crate::private::tighten(path);
+                    crate::private::tighten_store(path);
                     return SledStore::from_db(db);
                 }
                 // sled reports a held lock as an `Other` I/O error with this message.
