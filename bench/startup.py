@@ -49,6 +49,8 @@ admin = "127.0.0.1:{admin}"
 url = "http://127.0.0.1:9"
 [store]
 path = "{tmp}/data"
+[sms]
+kind = "none"
 [log]
 level = "warn"
 """

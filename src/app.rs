@@ -5,7 +5,7 @@ use std::sync::Arc;
 use crate::api::Bodies;
 use crate::auth::Authenticator;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, StoreConfig};
+use crate::config::{Config, Environment, StoreConfig};
 use crate::domains::Domains;
 use crate::meter::Meter;
 use crate::mfa::service::Mfa;
@@ -61,7 +61,9 @@ impl App {
         clock: Arc<dyn Clock>,
     ) -> Result<App, String> {
         if let Some(path) = &config.bootstrap.file {
-            let applied = crate::bootstrap::apply(path, store.as_ref(), clock.as_ref()).await?;
+            let development = config.server.environment == Environment::Development;
+            let applied =
+                crate::bootstrap::apply(path, store.as_ref(), clock.as_ref(), development).await?;
             tracing::info!(
                 created = applied.created,
                 unchanged = applied.unchanged,
@@ -93,7 +95,12 @@ impl App {
             &config.mfa,
             &config.server.public_url,
         ));
-        let domains = Arc::new(Domains::new(&config.domains, store.clone(), clock.clone())?);
+        let domains = Arc::new(Domains::new(
+            &config.domains,
+            store.clone(),
+            clock.clone(),
+            config.bootstrap.file.clone(),
+        )?);
         let bodies = Arc::new(Bodies::new(
             config.server.body_read_timeout,
             config.server.max_buffered_bytes,

@@ -3,17 +3,22 @@
 //! It creates what is missing and leaves what exists alone: a user, application or organisation
 //! that is already there keeps its current state (changes made through the admin API stand);
 //! memberships and file grants are ensured. Applying it twice changes nothing the second time.
+//! Because a declared user or domain would come back at the next start, deleting one through an API
+//! is refused (409) while the file declares it: remove it from the file first ([`declared`]).
+//!
+//! Secrets are given hashed. Their plaintext forms (`password`, `token`) are for development only:
+//! refused outside `server.environment = "development"` ([`plaintext_secrets`]), warned about in it.
 //!
 //! ```toml
 //! [[users]]
 //! user_name = "ada"
-//! password_hash = "$argon2id$v=19$m=19456,t=2,p=1$..."   # or password = "..." (development)
+//! password_hash = "$argon2id$v=19$m=19456,t=2,p=1$..."   # `gatehouse hash-password`
 //! email = "ada@example.com"
 //! scopes = ["read"]
 //!
 //! [[applications]]
 //! name = "web"
-//! token = "gha_..."            # or token_hash = base64url(SHA-256(token))
+//! token_hash = "..."           # base64url(SHA-256(token)): `gatehouse hash-token`
 //!
 //! [[organizations]]
 //! id = 7
@@ -117,12 +122,111 @@ pub struct Applied {
     pub unchanged: usize,
 }
 
-/// Reads the file and applies it. Errors name the entry at fault.
-pub async fn apply(path: &Path, store: &dyn Store, clock: &dyn Clock) -> Result<Applied, String> {
+fn read(path: &Path) -> Result<File, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("bootstrap.file: cannot read {}: {e}", path.display()))?;
-    let file: File =
-        toml::from_str(&text).map_err(|e| format!("bootstrap.file: {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("bootstrap.file: {}: {e}", path.display()))
+}
+
+/// The entries of the file at `path` that hold a secret in clear, each named with what to give
+/// instead (`users[0] (ada): plaintext `password`; give `password_hash` …`). Never the secret.
+pub fn plaintext_secrets(path: &Path) -> Result<Vec<String>, String> {
+    read(path).map(|file| plaintext(&file))
+}
+
+fn plaintext(file: &File) -> Vec<String> {
+    let users = file
+        .users
+        .iter()
+        .enumerate()
+        .filter(|(_, u)| u.password.is_some())
+        .map(|(i, u)| {
+            format!(
+                "users[{i}] ({}) has a plaintext `password`; give `password_hash` instead, an \
+                 argon2id PHC string (`gatehouse hash-password` prints one)",
+                u.user_name.escape_debug()
+            )
+        });
+    let applications = file
+        .applications
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| a.token.is_some())
+        .map(|(i, a)| {
+            format!(
+                "applications[{i}] ({}) has a plaintext `token`; give `token_hash` instead, \
+                 base64url(SHA-256(token)) (`gatehouse hash-token` prints it)",
+                a.name.escape_debug()
+            )
+        });
+    users.chain(applications).collect()
+}
+
+/// What a bootstrap file declares that an API could delete; see [`declared`].
+#[derive(Debug, Default)]
+pub struct Declared {
+    users: Vec<String>,
+    domains: Vec<(i64, String)>,
+}
+
+impl Declared {
+    /// Whether the file declares the user `name`, compared as the store compares user names
+    /// (regardless of letter case).
+    pub fn declares_user(&self, name: &str) -> bool {
+        let name = name.to_lowercase();
+        self.users.iter().any(|u| u.to_lowercase() == name)
+    }
+
+    /// Whether the file declares the (normalised) domain `name` for the organisation.
+    pub fn declares_domain(&self, organization_id: i64, name: &str) -> bool {
+        self.domains
+            .iter()
+            .any(|(org, d)| *org == organization_id && d == name)
+    }
+}
+
+/// What the file at `path` declares, read now: an entry taken out of the file stops being
+/// protected at once, without a restart.
+pub fn declared(path: &Path) -> Result<Declared, String> {
+    let file = read(path)?;
+    Ok(Declared {
+        users: file.users.into_iter().map(|u| u.user_name).collect(),
+        domains: file
+            .domains
+            .into_iter()
+            .filter_map(|d| {
+                let name = crate::domains::name::normalise(&d.domain).ok()?;
+                Some((d.organization_id, name))
+            })
+            .collect(),
+    })
+}
+
+/// Reads the file and applies it. Errors name the entry at fault. Plaintext secrets are refused
+/// unless `development`, where each is named in a warning.
+pub async fn apply(
+    path: &Path,
+    store: &dyn Store,
+    clock: &dyn Clock,
+    development: bool,
+) -> Result<Applied, String> {
+    let file = read(path)?;
+    let plain = plaintext(&file);
+    if !plain.is_empty() && !development {
+        return Err(format!(
+            "bootstrap.file: {}: {}; plaintext secrets are for development only \
+             (server.environment = \"development\")",
+            path.display(),
+            plain.join("; ")
+        ));
+    }
+    for entry in &plain {
+        tracing::warn!(
+            file = %path.display(),
+            entry = %entry,
+            "plaintext secret in the bootstrap file: for development only"
+        );
+    }
     let now = clock::rfc3339(clock.now());
     let mut applied = Applied::default();
     let mut count = |created: bool| {
@@ -162,9 +266,9 @@ pub async fn apply(path: &Path, store: &dyn Store, clock: &dyn Clock) -> Result<
                 ));
             }
             (Some(p), None) => Some(secret::hash_password(&p).map_err(|e| format!("{at}: {e}"))?),
-            (None, Some(h)) if h.starts_with("$argon2") => Some(h),
-            (None, Some(_)) => {
-                return Err(format!("{at}: password_hash must be an argon2 PHC string"));
+            (None, Some(h)) => {
+                secret::check_password_hash(&h).map_err(|e| format!("{at}: password_hash {e}"))?;
+                Some(h)
             }
             (None, None) => None,
         };
@@ -191,7 +295,12 @@ pub async fn apply(path: &Path, store: &dyn Store, clock: &dyn Clock) -> Result<
         let token_hash = match (a.token, a.token_hash) {
             (Some(t), None) if t.len() >= 32 => secret::hash_token(&t),
             (Some(_), None) => return Err(format!("{at}: token must be at least 32 characters")),
-            (None, Some(h)) => h,
+            (None, Some(h)) if secret::is_token_hash(&h) => h,
+            (None, Some(_)) => {
+                return Err(format!(
+                    "{at}: token_hash must be base64url(SHA-256(token)), 43 characters without `=`"
+                ));
+            }
             _ => return Err(format!("{at}: give exactly one of `token` or `token_hash`")),
         };
         let app = Application {
@@ -354,7 +463,7 @@ verified = true
         let store = SledStore::temporary().unwrap();
         let clock = FixedClock::at(1_800_000_000);
 
-        let first = apply(&path, &store, clock.as_ref()).await.unwrap();
+        let first = apply(&path, &store, clock.as_ref(), true).await.unwrap();
         assert_eq!(
             first,
             Applied {
@@ -387,7 +496,7 @@ verified = true
             ..Default::default()
         };
         store.update_user("ada", patch, "later").await.unwrap();
-        let second = apply(&path, &store, clock.as_ref()).await.unwrap();
+        let second = apply(&path, &store, clock.as_ref(), true).await.unwrap();
         assert_eq!(
             second,
             Applied {
@@ -402,12 +511,116 @@ verified = true
     }
 
     #[tokio::test]
+    async fn plaintext_secrets_are_refused_outside_development_naming_each_entry_never_the_secret()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bootstrap.toml");
+        std::fs::write(&path, FILE).unwrap();
+        let store = SledStore::temporary().unwrap();
+        let err = apply(&path, &store, FixedClock::at(0).as_ref(), false)
+            .await
+            .unwrap_err();
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert!(
+            err.contains("users[0] (ada) has a plaintext `password`"),
+            "{err}"
+        );
+        assert!(err.contains("give `password_hash`"), "{err}");
+        assert!(
+            err.contains("applications[0] (web) has a plaintext `token`"),
+            "{err}"
+        );
+        assert!(err.contains("give `token_hash`"), "{err}");
+        assert!(
+            !err.contains("correct horse") && !err.contains("gha_0123"),
+            "{err}"
+        );
+        assert!(store.user_by_name("ada").await.unwrap().is_none());
+        assert!(store.user_by_name("bob").await.unwrap().is_none());
+
+        // The hashed forms of the same entries are accepted anywhere.
+        let hashed = FILE
+            .replace(
+                "password = \"correct horse battery\"",
+                &format!(
+                    "password_hash = \"{}\"",
+                    secret::hash_password("correct horse battery").unwrap()
+                ),
+            )
+            .replace(
+                "token = \"gha_0123456789abcdef0123456789abcdef\"",
+                &format!(
+                    "token_hash = \"{}\"",
+                    secret::hash_token("gha_0123456789abcdef0123456789abcdef")
+                ),
+            );
+        std::fs::write(&path, hashed).unwrap();
+        assert!(plaintext_secrets(&path).unwrap().is_empty());
+        apply(&path, &store, FixedClock::at(0).as_ref(), false)
+            .await
+            .unwrap();
+        let ada = store.user_by_name("ada").await.unwrap().unwrap();
+        assert!(secret::verify_password(
+            "correct horse battery",
+            ada.password_hash.as_deref().unwrap()
+        ));
+        let token_hash = secret::hash_token("gha_0123456789abcdef0123456789abcdef");
+        assert!(
+            store
+                .application_by_token_hash(&token_hash)
+                .await
+                .unwrap()
+                .is_some()
+        );
+    }
+
+    #[tokio::test]
+    async fn hashes_that_could_never_match_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bootstrap.toml");
+        for (entry, at) in [
+            (
+                "[[users]]\nuser_name = \"ada\"\npassword_hash = \"$argon2id$nonsense\"",
+                "users[0]",
+            ),
+            (
+                "[[users]]\nuser_name = \"ada\"\npassword_hash = \"hunter2\"",
+                "users[0]",
+            ),
+            (
+                "[[applications]]\nname = \"web\"\ntoken_hash = \"not-a-sha256\"",
+                "applications[0]",
+            ),
+        ] {
+            std::fs::write(&path, entry).unwrap();
+            let store = SledStore::temporary().unwrap();
+            let err = apply(&path, &store, FixedClock::at(0).as_ref(), false)
+                .await
+                .unwrap_err();
+            assert!(err.contains(at), "{entry}: {err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+    }
+
+    #[test]
+    fn declared_users_match_in_any_letter_case_and_domains_once_normalised() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bootstrap.toml");
+        std::fs::write(&path, FILE).unwrap();
+        let declared = declared(&path).unwrap();
+        assert!(declared.declares_user("ada") && declared.declares_user("ADA"));
+        assert!(!declared.declares_user("carol"));
+        assert!(declared.declares_domain(7, "acme.example"));
+        assert!(!declared.declares_domain(8, "acme.example"));
+    }
+
+    #[tokio::test]
     async fn errors_name_the_entry() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bootstrap.toml");
         std::fs::write(&path, "[[organizations]]\nid = 1\nname = \"x\"\nmembers = [{ user_name = \"ghost\", role = \"admin\" }]\n").unwrap();
         let store = SledStore::temporary().unwrap();
-        let err = apply(&path, &store, FixedClock::at(0).as_ref())
+        let err = apply(&path, &store, FixedClock::at(0).as_ref(), true)
             .await
             .unwrap_err();
         assert!(
@@ -422,7 +635,7 @@ verified = true
         let path = dir.path().join("bootstrap.toml");
         std::fs::write(&path, "[[organizations]]\nid = 2147483648\nname = \"x\"\n").unwrap();
         let store = SledStore::temporary().unwrap();
-        let err = apply(&path, &store, FixedClock::at(0).as_ref())
+        let err = apply(&path, &store, FixedClock::at(0).as_ref(), true)
             .await
             .unwrap_err();
         assert!(err.contains("bootstrap.file"), "{err}");
@@ -442,7 +655,7 @@ verified = true
         ] {
             std::fs::write(&path, format!("[[users]]\n{entry}\n")).unwrap();
             let store = SledStore::temporary().unwrap();
-            let err = apply(&path, &store, FixedClock::at(0).as_ref())
+            let err = apply(&path, &store, FixedClock::at(0).as_ref(), true)
                 .await
                 .unwrap_err();
             assert!(err.contains("users[0]"), "{entry}: {err}");

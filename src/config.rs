@@ -255,8 +255,19 @@ pub struct BootstrapConfig {
     pub file: Option<PathBuf>,
 }
 
+/// Where gatehouse runs (`server.environment`): development-only settings are refused elsewhere
+/// (SPEC §10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    Development,
+    Production,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ServerConfig {
+    /// `production` (the default) refuses development-only settings; `development` allows them.
+    pub environment: Environment,
     /// The URL clients use to reach gatehouse; the default issuer and the base of links it sends.
     pub public_url: String,
     /// Peers whose `X-Forwarded-*` and `Forwarded` headers are believed.
@@ -444,6 +455,18 @@ struct EnvSecrets {
 pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
     from_figment(
         Figment::new().merge(Toml::string(text)),
+        EnvSecrets::default(),
+    )
+}
+
+/// Like [`from_toml_str`] with `server.environment = "development"`, whatever the text says, for
+/// unit tests whose settings (a generated master key, the SMS outbox) are development ones.
+#[cfg(test)]
+pub(crate) fn development_toml_str(text: &str) -> Result<Config, ConfigError> {
+    from_figment(
+        Figment::new()
+            .merge(Toml::string(text))
+            .merge(("server.environment", "development")),
         EnvSecrets::default(),
     )
 }
@@ -644,6 +667,7 @@ struct RawBootstrap {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawServer {
+    environment: Field<String>,
     public_url: Field<String>,
     trusted_proxies: Field<Vec<String>>,
     shutdown_grace: Field<String>,
@@ -993,6 +1017,16 @@ fn validate(raw: RawConfig, env_secrets: EnvSecrets) -> Result<Config, ConfigErr
     let mut c = Checker::default();
     let s = raw.server;
     let server = ServerConfig {
+        environment: c.get(
+            "server.environment",
+            s.environment,
+            Environment::Production,
+            |s: String| match s.as_str() {
+                "development" => Ok(Environment::Development),
+                "production" => Ok(Environment::Production),
+                _ => Err(format!("expected `development` or `production`, got `{s}`")),
+            },
+        ),
         public_url: c.get(
             "server.public_url",
             s.public_url,
@@ -1625,6 +1659,7 @@ fn validate(raw: RawConfig, env_secrets: EnvSecrets) -> Result<Config, ConfigErr
     };
 
     let sg = raw.sms;
+    let sms_kind_given = sg.kind.is_some();
     let auth_token_file = c.get(
         "sms.auth_token_file",
         sg.auth_token_file,
@@ -1636,7 +1671,7 @@ fn validate(raw: RawConfig, env_secrets: EnvSecrets) -> Result<Config, ConfigErr
             "sms.kind",
             sg.kind,
             "log".into(),
-            one_of(&["log", "webhook", "twilio"]),
+            one_of(&["log", "webhook", "twilio", "none"]),
         ),
         url: c.get("sms.url", sg.url, None, |s: String| {
             parse_jwks_url(s.clone())
@@ -1760,6 +1795,20 @@ fn validate(raw: RawConfig, env_secrets: EnvSecrets) -> Result<Config, ConfigErr
         resolver: c.get("domains.resolver", d.resolver, None, parse_optional_addr),
     };
 
+    if server.environment != Environment::Development {
+        refuse_development_settings(
+            &mut c,
+            DevelopmentSettings {
+                sms_kind: &sms.kind,
+                sms_kind_given,
+                master_key: secrets.master_key.is_some() || secrets.master_key_file.is_some(),
+                self_signed: tls.self_signed,
+                store_path: &store.path,
+                bootstrap: bootstrap.file.as_deref(),
+            },
+        );
+    }
+
     if c.problems.is_empty() {
         Ok(Config {
             domains,
@@ -1786,6 +1835,72 @@ fn validate(raw: RawConfig, env_secrets: EnvSecrets) -> Result<Config, ConfigErr
         Err(ConfigError {
             problems: c.problems,
         })
+    }
+}
+
+/// What [`refuse_development_settings`] looks at.
+struct DevelopmentSettings<'a> {
+    sms_kind: &'a str,
+    /// `sms.kind` was written (else `log` is the default).
+    sms_kind_given: bool,
+    /// A master key is configured (a file named, or `GATEHOUSE_MASTER_KEY`).
+    master_key: bool,
+    self_signed: bool,
+    store_path: &'a Path,
+    bootstrap: Option<&'a Path>,
+}
+
+/// Outside `server.environment = "development"`, every setting that is safe only on a developer's
+/// machine is a problem under its key (SPEC §10): each says what to use instead.
+fn refuse_development_settings(c: &mut Checker, s: DevelopmentSettings<'_>) {
+    const ONLY: &str = "is for development only (server.environment = \"development\")";
+    if s.sms_kind == "log" {
+        c.problem(
+            "sms.kind",
+            format!(
+                "`log`{} writes text messages, codes included, in clear to {}: it {ONLY}; \
+                 use `webhook` or `twilio` with sms.url, or `none` to send no text messages",
+                if s.sms_kind_given {
+                    ""
+                } else {
+                    " (the default)"
+                },
+                s.store_path.join("sms-outbox.log").display()
+            ),
+        );
+    }
+    if !s.master_key {
+        c.problem(
+            "secrets.master_key_file",
+            format!(
+                "no master key is configured, so one would be generated into {}: a generated key \
+                 {ONLY}; give secrets.master_key_file or GATEHOUSE_MASTER_KEY (32 random bytes in \
+                 base64, e.g. `head -c 32 /dev/urandom | base64`)",
+                s.store_path.join("master.key").display()
+            ),
+        );
+    }
+    if s.self_signed {
+        c.problem(
+            "tls.self_signed",
+            format!(
+                "a self-signed certificate {ONLY}; give a real certificate in tls.cert and tls.key \
+                 with tls.self_signed = false, or set listen.https = \"\" behind a TLS terminator"
+            ),
+        );
+    }
+    if let Some(path) = s.bootstrap {
+        match crate::bootstrap::plaintext_secrets(path) {
+            Ok(entries) => {
+                for entry in entries {
+                    c.problem(
+                        "bootstrap.file",
+                        format!("{}: {entry}; a plaintext secret {ONLY}", path.display()),
+                    );
+                }
+            }
+            Err(e) => c.problem("bootstrap.file", e),
+        }
     }
 }
 
@@ -1842,6 +1957,128 @@ fn masked_uri<S: Serializer>(u: &Uri, s: S) -> Result<S::Ok, S::Error> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
+
+    /// Most tests here are about other settings: they run in development, where the built-in
+    /// defaults (SMS outbox, generated master key) are allowed. `super::from_toml_str` is the
+    /// production default.
+    fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        development_toml_str(text)
+    }
+
+    fn production_problems(text: &str) -> Vec<String> {
+        super::from_toml_str(text).unwrap_err().problems
+    }
+
+    #[test]
+    fn the_environment_defaults_to_production_and_is_validated() {
+        assert_eq!(
+            from_toml_str("").unwrap().server.environment,
+            Environment::Development
+        );
+        // Without the key, the built-in defaults' development settings are refused.
+        let problems = production_problems("");
+        assert!(
+            problems.iter().any(|p| p.starts_with("sms.kind: ")),
+            "{problems:?}"
+        );
+        let problems = production_problems("[server]\nenvironment = \"staging\"\n");
+        assert!(
+            problems.iter().any(
+                |p| p.starts_with("server.environment: expected `development` or `production`")
+            ),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn development_only_settings_are_refused_in_production_all_at_once_each_under_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let bootstrap = dir.path().join("bootstrap.toml");
+        std::fs::write(
+            &bootstrap,
+            "[[users]]\nuser_name = \"ada\"\npassword = \"hunter2-horse\"\n\
+             [[applications]]\nname = \"web\"\ntoken = \"gha_0123456789abcdef0123456789abcdef\"\n",
+        )
+        .unwrap();
+        let text = format!(
+            "[sms]\nkind = \"log\"\n[tls]\nself_signed = true\n[bootstrap]\nfile = \"{}\"\n",
+            bootstrap.display()
+        );
+        let problems = production_problems(&text);
+        for (key, says) in [
+            ("sms.kind", "`log` writes text messages"),
+            ("secrets.master_key_file", "GATEHOUSE_MASTER_KEY"),
+            ("tls.self_signed", "tls.cert and tls.key"),
+            (
+                "bootstrap.file",
+                "users[0] (ada) has a plaintext `password`",
+            ),
+            (
+                "bootstrap.file",
+                "applications[0] (web) has a plaintext `token`",
+            ),
+        ] {
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.starts_with(&format!("{key}: ")) && p.contains(says)),
+                "{key} ({says}) missing from {problems:?}"
+            );
+        }
+        assert_eq!(problems.len(), 5, "{problems:?}");
+        let all = problems.join("\n");
+        assert!(
+            all.contains("server.environment = \"development\""),
+            "{all}"
+        );
+        assert!(
+            !all.contains("hunter2") && !all.contains("gha_0123"),
+            "{all}"
+        );
+
+        // The same file is accepted in development.
+        let dev = format!("[server]\nenvironment = \"development\"\n{text}");
+        assert!(super::from_toml_str(&dev).is_ok());
+    }
+
+    #[test]
+    fn production_accepts_a_configuration_without_development_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("master.key");
+        std::fs::write(&key, "bWFzdGVyIGtleSBzaGFyZWQgYnkgdGhlIHJlcGxpY2E=").unwrap();
+        let bootstrap = dir.path().join("bootstrap.toml");
+        std::fs::write(
+            &bootstrap,
+            format!(
+                "[[users]]\nuser_name = \"ada\"\npassword_hash = \"{}\"\n",
+                crate::auth::secret::hash_password("pw").unwrap()
+            ),
+        )
+        .unwrap();
+        for sms in [
+            "kind = \"none\"",
+            "kind = \"webhook\"\nurl = \"https://sms.invalid/send\"",
+        ] {
+            let text = format!(
+                "[listen]\nhttps = \"\"\n[secrets]\nmaster_key_file = \"{}\"\n[sms]\n{sms}\n\
+                 [bootstrap]\nfile = \"{}\"\n",
+                key.display(),
+                bootstrap.display()
+            );
+            let c = super::from_toml_str(&text).unwrap();
+            assert_eq!(c.server.environment, Environment::Production);
+        }
+        // The default `sms.kind` is the outbox: it must be chosen explicitly in production.
+        let problems = production_problems(&format!(
+            "[secrets]\nmaster_key_file = \"{}\"\n",
+            key.display()
+        ));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("sms.kind: `log` (the default)"),
+            "{problems:?}"
+        );
+    }
 
     #[test]
     fn built_in_defaults_are_valid() {
@@ -1911,7 +2148,8 @@ mod tests {
         );
         // The file is the token in use, so a weak variable beside it does not matter.
         std::fs::write(&file, "KpSImazd7ffx1EnVv70SKY9TBgK80Yni").unwrap();
-        assert!(from_figment(Figment::from(Toml::string(&text)), env()).is_ok());
+        let development = format!("[server]\nenvironment = \"development\"\n{text}");
+        assert!(from_figment(Figment::from(Toml::string(&development)), env()).is_ok());
     }
 
     #[test]

@@ -38,6 +38,12 @@ enum Command {
     /// Every request is answered 200 with its request line and every header that reached the
     /// application, as text: put it behind gatehouse to see what gatehouse adds and removes.
     DemoUpstream(gatehouse::demo::DemoArgs),
+    /// Read a password from standard input and print its argon2id hash (a bootstrap file's
+    /// `password_hash`).
+    HashPassword,
+    /// Read an ApplicationToken from standard input and print its hash (a bootstrap file's
+    /// `token_hash`).
+    HashToken,
 }
 
 #[derive(clap::Args)]
@@ -72,6 +78,8 @@ fn main() -> ExitCode {
         Command::Admin(args) => admin(*args),
         Command::Probe(args) => probe(args),
         Command::DemoUpstream(args) => demo_upstream(args),
+        Command::HashPassword => hash_stdin(false),
+        Command::HashToken => hash_stdin(true),
         Command::InjectWebhook(args) => inject_webhook(args),
         Command::Migrate(args) => {
             let from = match args.from {
@@ -109,6 +117,35 @@ fn load(path: Option<&std::path::Path>) -> Result<config::Config, ExitCode> {
         eprint!("{e}");
         ExitCode::from(2)
     })
+}
+
+/// Prints the hash of the first line of standard input, for a bootstrap file: never the input.
+fn hash_stdin(token: bool) -> ExitCode {
+    let mut line = String::new();
+    if let Err(e) = std::io::stdin().read_line(&mut line) {
+        eprintln!("cannot read standard input: {e}");
+        return ExitCode::FAILURE;
+    }
+    let value = line.trim_end_matches(['\n', '\r']);
+    let hashed = if value.is_empty() {
+        Err("nothing to hash: give the secret on standard input".to_owned())
+    } else if token && value.chars().count() < 32 {
+        Err("an ApplicationToken must be at least 32 characters".to_owned())
+    } else if token {
+        Ok(gatehouse::auth::secret::hash_token(value))
+    } else {
+        gatehouse::auth::secret::hash_password(value)
+    };
+    match hashed {
+        Ok(hash) => {
+            println!("{hash}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn admin(args: gatehouse::cli::AdminArgs) -> ExitCode {

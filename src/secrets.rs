@@ -2,7 +2,6 @@
 //! keyed hashes of short codes (a 6-digit code's plain hash would fall to a dictionary at once).
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use base64::Engine;
@@ -72,12 +71,11 @@ impl Vault {
                         SystemRandom::new()
                             .fill(&mut key)
                             .map_err(|_| "the system random source failed".to_owned())?;
-                        std::fs::create_dir_all(dir)
+                        crate::private::create_dir(dir)
                             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-                        let mut file = std::fs::OpenOptions::new()
+                        let mut file = crate::private::open_options()
                             .write(true)
                             .create_new(true)
-                            .mode(0o600)
                             .open(&path)
                             .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
                         file.write_all(STANDARD.encode(key).as_bytes())
@@ -171,15 +169,20 @@ mod tests {
     }
 
     #[test]
-    fn development_key_is_generated_once_and_reused() {
-        let dir = tempfile::tempdir().unwrap();
+    fn development_key_is_generated_once_private_and_reused() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("data");
         let config = SecretsConfig {
             master_key_file: None,
             master_key: None,
         };
-        let first = Vault::load(&config, dir.path()).unwrap();
+        let first = Vault::load(&config, &dir).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join("master.key")), 0o600);
         let sealed = first.seal(b"x", b"c").unwrap();
-        let second = Vault::load(&config, dir.path()).unwrap();
+        let second = Vault::load(&config, &dir).unwrap();
         assert_eq!(second.open(&sealed, b"c").unwrap(), b"x");
     }
 

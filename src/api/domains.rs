@@ -190,6 +190,12 @@ pub fn domain_problem(e: &DomainError) -> Problem {
             "Already claimed",
             format!("{what} already exists."),
         ),
+        DomainError::Declared(why) => Problem::new(
+            StatusCode::CONFLICT,
+            "declared-in-bootstrap",
+            "Declared in the bootstrap file",
+            why.clone(),
+        ),
         DomainError::NotVerified(why) => Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "domain-not-verified",

@@ -123,6 +123,30 @@ pub fn verify_password(password: &str, hash: &str) -> bool {
         && bool::from(subtle::ConstantTimeEq::ct_eq(&out[..], expected.as_bytes()))
 }
 
+/// Why `hash` cannot be a stored password hash, if it cannot: it must be an argon2id PHC string
+/// with its parameters, salt and hash (what [`hash_password`] makes). Never repeats the value.
+pub fn check_password_hash(hash: &str) -> Result<(), String> {
+    let expected =
+        "must be an argon2id PHC string such as `$argon2id$v=19$m=19456,t=2,p=1$<salt>$<hash>`";
+    let parsed = PasswordHash::new(hash).map_err(|_| expected.to_owned())?;
+    let complete = parsed.algorithm.as_str() == Algorithm::Argon2id.ident().as_str()
+        && parsed.salt.is_some()
+        && parsed.hash.is_some()
+        && Params::try_from(&parsed).is_ok();
+    if complete {
+        Ok(())
+    } else {
+        Err(expected.to_owned())
+    }
+}
+
+/// Whether `hash` has the form of [`hash_token`]'s output: 32 bytes in base64url, unpadded.
+pub fn is_token_hash(hash: &str) -> bool {
+    URL_SAFE_NO_PAD
+        .decode(hash)
+        .is_ok_and(|bytes| bytes.len() == 32)
+}
+
 /// Spends the time of a real verification, so that an unknown user answers no faster than a
 /// wrong password (SECURITY.md promise 10).
 pub fn verify_nothing(password: &str) {

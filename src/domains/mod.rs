@@ -3,6 +3,7 @@
 pub mod dns;
 pub mod name;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use ring::rand::SecureRandom;
@@ -23,6 +24,8 @@ pub enum DomainError {
     Forbidden,
     Invalid(String),
     Conflict(String),
+    /// 409: the bootstrap file declares it, so deleting it would not last; the detail says so.
+    Declared(String),
     /// Verification failed; the message names the record looked up.
     NotVerified(String),
     DnsFailed(String),
@@ -45,6 +48,8 @@ pub struct Domains {
     clock: Arc<dyn Clock>,
     resolver: TxtResolver,
     config: DomainsConfig,
+    /// `bootstrap.file`: a domain it declares is not deleted (it would be back at the next start).
+    bootstrap: Option<PathBuf>,
 }
 
 impl Domains {
@@ -52,12 +57,14 @@ impl Domains {
         config: &DomainsConfig,
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
+        bootstrap: Option<PathBuf>,
     ) -> Result<Domains, String> {
         Ok(Domains {
             resolver: TxtResolver::new(config.resolver)?,
             store,
             clock,
             config: config.clone(),
+            bootstrap,
         })
     }
 
@@ -162,6 +169,8 @@ impl Domains {
         self.get(organization_id, domain_id).await
     }
 
+    /// Deletes a domain, unless the bootstrap file declares it (409: it would be back at the next
+    /// start).
     pub async fn delete(
         &self,
         principal: &Principal,
@@ -170,6 +179,18 @@ impl Domains {
     ) -> Result<(), DomainError> {
         self.authorise(principal, organization_id).await?;
         let domain = self.get(organization_id, domain_id).await?;
+        if let Some(path) = &self.bootstrap {
+            // The file's path is the operator's business, not the organisation admin's: the
+            // detail names the file by its role only.
+            let declared = crate::bootstrap::declared(path).map_err(DomainError::Internal)?;
+            if declared.declares_domain(organization_id, &domain.domain) {
+                return Err(DomainError::Declared(format!(
+                    "The domain {} is declared in gatehouse's bootstrap file, which would add it \
+                     again at the next start; the operator must remove it from that file first.",
+                    domain.domain
+                )));
+            }
+        }
         if !self.store.delete_domain(organization_id, domain_id).await? {
             return Err(DomainError::DomainNotFound);
         }

@@ -2,7 +2,7 @@
 //! Twilio's Messages API (form-encoded `To`, `From`, `Body`, Basic auth with the account SID and
 //! token) against `sms.url` (e.g. `https://api.twilio.com`); `log` appends messages to
 //! `{store.path}/sms-outbox.log` for development — never to gatehouse's own log, which must not
-//! carry codes.
+//! carry codes; `none` sends nothing (every send fails as not configured).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -40,6 +40,8 @@ pub fn normalise_number(number: &str) -> Option<String> {
 }
 
 enum Kind {
+    /// `sms.kind = "none"`: no text messages at all.
+    Off,
     Outbox(PathBuf),
     Webhook {
         url: String,
@@ -60,6 +62,7 @@ pub struct SmsSender {
 impl SmsSender {
     pub fn new(config: &SmsConfig, outbox_dir: &Path) -> Result<SmsSender, String> {
         let kind = match config.kind.as_str() {
+            "none" => Kind::Off,
             "webhook" => Kind::Webhook {
                 url: config.url.clone().unwrap_or_default(),
             },
@@ -91,6 +94,7 @@ impl SmsSender {
     /// Sends `body` to the E.164 number `to`; `Ok` only when the provider accepted it.
     pub async fn send(&self, to: &str, body: &str) -> Result<(), DeliveryError> {
         let request = match &self.kind {
+            Kind::Off => return Err(DeliveryError::NotConfigured("SMS delivery (sms.kind)")),
             Kind::Outbox(path) => return append(path, to, body),
             Kind::Webhook { url } => Request::post(url.as_str())
                 .header(http::header::CONTENT_TYPE, "application/json")
@@ -146,8 +150,14 @@ fn urlencode(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
+/// Appends to the outbox, created 0600 (in a 0700 directory when that is missing too): it holds
+/// codes in clear.
 fn append(path: &Path, to: &str, body: &str) -> Result<(), DeliveryError> {
-    let mut file = std::fs::OpenOptions::new()
+    if let Some(dir) = path.parent() {
+        crate::private::create_dir(dir)
+            .map_err(|e| DeliveryError::Failed(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let mut file = crate::private::open_options()
         .create(true)
         .append(true)
         .open(path)

@@ -378,8 +378,8 @@ mod tests {
 
     #[test]
     fn only_settings_read_at_start_are_reported_as_needing_a_restart() {
-        let old = config::from_toml_str("").unwrap();
-        let new = config::from_toml_str(
+        let old = config::development_toml_str("").unwrap();
+        let new = config::development_toml_str(
             r#"
             [listen]
             admin = "127.0.0.1:9191"
@@ -416,16 +416,17 @@ mod tests {
         "#;
 
     fn with(extra: &str) -> Config {
-        config::from_toml_str(&format!("{BASE}{extra}")).unwrap()
+        config::development_toml_str(&format!("{BASE}{extra}")).unwrap()
     }
 
     #[test]
     fn tightening_or_an_unchanged_file_loosens_nothing() {
         let old = with("");
         assert!(loosened(&old, &old).is_empty());
-        let tighter =
-            config::from_toml_str(&BASE.replace("access = \"authenticated\"", "access = \"mfa\""))
-                .unwrap();
+        let tighter = config::development_toml_str(
+            &BASE.replace("access = \"authenticated\"", "access = \"mfa\""),
+        )
+        .unwrap();
         assert!(loosened(&old, &tighter).is_empty());
         let new_stricter_route = with(
             "[[routes]]\npath_prefix = \"/admin/x/\"\naccess = \"mfa\"\nscopes = [\"admin\", \"ops\", \"x\"]\n",
@@ -440,7 +441,7 @@ mod tests {
     #[test]
     fn every_loosening_is_named() {
         let old = with("");
-        let empty = config::from_toml_str("").unwrap();
+        let empty = config::development_toml_str("").unwrap();
         let all = loosened(&old, &empty);
         for expected in [
             "proxy.default mfa -> authenticated",
@@ -454,7 +455,7 @@ mod tests {
             .replace("access = \"authenticated\"", "access = \"public\"")
             .replace("[\"admin\", \"ops\"]", "[\"admin\"]")
             .replace("[\"10.0.0.0/8\"]", "[\"10.0.0.0/8\", \"0.0.0.0/0\"]");
-        let changes = loosened(&old, &config::from_toml_str(&text).unwrap());
+        let changes = loosened(&old, &config::development_toml_str(&text).unwrap());
         assert_eq!(
             changes,
             [
@@ -495,7 +496,8 @@ mod tests {
         let e = parse(b"[proxy]\ndefault = \"mf").unwrap_err();
         assert!(e.contains("not valid TOML"), "{e}");
         assert!(parse(b"\xff\xfe").is_err());
-        assert_eq!(parse(BASE.as_bytes()).unwrap().proxy.default, Access::Mfa);
+        let base = BASE.replace("[server]", "[server]\nenvironment = \"development\"");
+        assert_eq!(parse(base.as_bytes()).unwrap().proxy.default, Access::Mfa);
     }
 
     #[tokio::test]

@@ -1,9 +1,7 @@
 //! TLS for `listen.https`: rustls with TLS 1.2 and 1.3, ALPN `h2` then `http/1.1`, and a
 //! self-signed development certificate generated at first start when `tls.self_signed` is set.
 
-use std::fs;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -67,22 +65,22 @@ fn generate_self_signed(cert: &Path, key: &Path, public_url: &str) -> Result<(),
         .map_err(|e| format!("tls.self_signed: cannot generate a certificate: {e}"))?;
     for path in [cert, key] {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            fs::create_dir_all(dir)
+            crate::private::create_dir(dir)
                 .map_err(|e| format!("tls: cannot create {}: {e}", dir.display()))?;
         }
     }
-    write_file(key, generated.signing_key.serialize_pem().as_bytes(), 0o600)
+    write_file(key, generated.signing_key.serialize_pem().as_bytes())
         .map_err(|e| format!("tls.key: cannot write {}: {e}", key.display()))?;
-    write_file(cert, generated.cert.pem().as_bytes(), 0o644)
+    write_file(cert, generated.cert.pem().as_bytes())
         .map_err(|e| format!("tls.cert: cannot write {}: {e}", cert.display()))
 }
 
-fn write_file(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    let mut file = fs::OpenOptions::new()
+/// Writes a file gatehouse generated: 0600 like every file it creates (SPEC §10).
+fn write_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut file = crate::private::open_options()
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(mode)
         .open(path)?;
     file.write_all(bytes)?;
     file.sync_all()
@@ -94,7 +92,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn self_signed_certificate_is_generated_once_and_reused() {
+    fn self_signed_certificate_is_generated_once_and_reused_and_private() {
+        use std::fs;
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let config = TlsConfig {
             cert: dir.path().join("certs/gh.crt"),
@@ -103,11 +103,10 @@ mod tests {
         };
         server_config(&config, "https://app.example:8443").unwrap();
         let first = fs::read(&config.cert).unwrap();
-        let mode = fs::metadata(&config.key).unwrap().permissions();
-        assert_eq!(
-            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
-            0o600
-        );
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&config.key), 0o600);
+        assert_eq!(mode(&config.cert), 0o600);
+        assert_eq!(mode(&dir.path().join("certs")), 0o700);
         server_config(&config, "https://app.example:8443").unwrap();
         assert_eq!(fs::read(&config.cert).unwrap(), first);
     }

@@ -157,11 +157,19 @@ impl SledStore {
     /// Opens (or creates) the store in `path`. A store whose lock is still held is tried again
     /// for up to two seconds: sled releases its file lock when its last I/O task ends, which can
     /// be a moment after the process or handle that used it has let go.
+    ///
+    /// The directory is created 0700 before sled writes into it, and sled's own files (which it
+    /// creates 0666 less the umask) are made 0600 once open (SPEC §10).
     pub fn open(path: &Path) -> StoreResult<SledStore> {
+        crate::private::create_dir(path)
+            .map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", path.display())))?;
         let mut tries = 0;
         loop {
             match sled::Config::new().path(path).open() {
-                Ok(db) => return SledStore::from_db(db),
+                Ok(db) => {
+                    crate::private::tighten_store(path);
+                    return SledStore::from_db(db);
+                }
                 // sled reports a held lock as an `Other` I/O error with this message.
                 Err(sled::Error::Io(e)) if e.to_string().starts_with("could not acquire lock") => {
                     if tries >= LOCK_TRIES {

@@ -177,6 +177,7 @@ domain = "{DOMAIN}"
         with open(config, "w") as f:
             f.write(f"""
 [server]
+environment = "development"
 public_url = "http://localhost"
 trusted_proxies = ["127.0.0.1/32"]
 [listen]

@@ -711,3 +711,95 @@ async fn users_are_listed_by_name_a_page_at_a_time(backend: crate::factors::Back
         )
     );
 }
+
+/// A user the bootstrap file declares would be created again at the next start, so deleting or
+/// renaming it away is refused with 409 naming the file, and nothing changes; once the entry is
+/// taken out of the file, the same call succeeds without a restart.
+async fn declared_users_are_kept_until_removed_from_the_bootstrap_file(
+    backend: crate::mfa::Backend,
+) {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bootstrap.toml");
+    std::fs::write(
+        &file,
+        "[[users]]\nuser_name = \"ada\"\n[[users]]\nuser_name = \"bob\"\n",
+    )
+    .unwrap();
+    let (gh, _db) = crate::mfa::start_on(&upstream, backend, |c| {
+        c.bootstrap.file = Some(file.clone())
+    })
+    .await;
+    let (_, ada) = gh.admin("GET", "/admin/v1/users/ada", None).await;
+    for (method, path, body) in [
+        ("DELETE", "/admin/v1/users/ada", None),
+        ("DELETE", "/admin/v1/users/ADA", None),
+        ("DELETE", "/admin/v1/users/%61da", None),
+        (
+            "PATCH",
+            "/admin/v1/users/ada",
+            Some(json!({"userName": "ada2"})),
+        ),
+        (
+            "PATCH",
+            "/admin/v1/users/Ada",
+            Some(json!({"userName": "lovelace", "email": "ada@example.com"})),
+        ),
+    ] {
+        let (status, problem) = gh.admin(method, path, body).await;
+        assert_eq!(status, 409, "{method} {path}: {problem}");
+        assert!(
+            problem["type"]
+                .as_str()
+                .unwrap()
+                .ends_with("declared-in-bootstrap"),
+            "{problem}"
+        );
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(
+            detail.contains(&file.display().to_string()) && detail.contains("bootstrap.file"),
+            "{detail}"
+        );
+    }
+    let (status, unchanged) = gh.admin("GET", "/admin/v1/users/ada", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(unchanged, ada, "a refused call changed the user");
+    assert!(
+        !gh.audit_events(50)
+            .await
+            .iter()
+            .any(|e| e == "user.deleted")
+    );
+
+    // Other changes to a declared user stand, as the bootstrap file leaves existing users alone.
+    let (status, patched) = gh
+        .admin(
+            "PATCH",
+            "/admin/v1/users/ada",
+            Some(json!({"email": "ada@example.com"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{patched}");
+    // A user the file does not declare is deleted as before.
+    gh.create_user(json!({"userName": "carol"})).await;
+    assert_eq!(
+        gh.admin("DELETE", "/admin/v1/users/carol", None).await.0,
+        204
+    );
+
+    std::fs::write(&file, "[[users]]\nuser_name = \"bob\"\n").unwrap();
+    assert_eq!(gh.admin("DELETE", "/admin/v1/users/ada", None).await.0, 204);
+    assert_eq!(gh.admin("GET", "/admin/v1/users/ada", None).await.0, 404);
+    assert_eq!(gh.admin("DELETE", "/admin/v1/users/bob", None).await.0, 409);
+}
+
+#[tokio::test]
+async fn declared_users_are_kept_until_removed_from_the_bootstrap_file_on_sled() {
+    declared_users_are_kept_until_removed_from_the_bootstrap_file(crate::mfa::Backend::Sled).await;
+}
+
+#[tokio::test]
+async fn declared_users_are_kept_until_removed_from_the_bootstrap_file_on_postgres() {
+    declared_users_are_kept_until_removed_from_the_bootstrap_file(crate::mfa::Backend::Postgres)
+        .await;
+}

@@ -1,12 +1,16 @@
 //! Configuration as the binary sees it: files, environment overrides, errors.
 
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::process::Stdio;
 
 use crate::harness::*;
 
+/// Runs the binary in development (see [`DEVELOPMENT`]) unless `env` names another environment.
 fn run(args: &[&str], env: &[(&str, &str)], dir: &std::path::Path) -> std::process::Output {
     std::process::Command::new(binary())
         .args(args)
+        .env(DEVELOPMENT.0, DEVELOPMENT.1)
         .envs(env.iter().copied())
         .current_dir(dir)
         .stdin(Stdio::null())
@@ -147,11 +151,23 @@ fn weak_admin_tokens_are_refused_by_check_config_naming_the_key() {
     );
 }
 
+/// Runs the binary with no `GATEHOUSE_SERVER__ENVIRONMENT`: the file alone decides.
+fn run_as_configured(args: &[&str], env: &[(&str, &str)], dir: &Path) -> std::process::Output {
+    std::process::Command::new(binary())
+        .args(args)
+        .env_remove(DEVELOPMENT.0)
+        .envs(env.iter().copied())
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
 #[test]
-fn shipped_development_config_is_valid() {
-    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gatehouse.toml");
+fn shipped_development_config_is_valid_because_it_says_development() {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gatehouse.toml");
     let dir = tempfile::tempdir().unwrap();
-    let out = run(
+    let out = run_as_configured(
         &["--config", shipped.to_str().unwrap(), "check-config"],
         &[],
         dir.path(),
@@ -161,6 +177,204 @@ fn shipped_development_config_is_valid() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("environment = \"development\""));
+    // The same file told it is production refuses its development settings.
+    let out = run_as_configured(
+        &["--config", shipped.to_str().unwrap(), "check-config"],
+        &[("GATEHOUSE_SERVER__ENVIRONMENT", "production")],
+        dir.path(),
+    );
+    assert!(!out.status.success());
+}
+
+/// A configuration with every development-only setting: the SMS outbox, a generated master key,
+/// a self-signed certificate and a bootstrap file with a plaintext password and token.
+fn development_settings(dir: &Path) -> std::path::PathBuf {
+    let bootstrap = dir.join("bootstrap.toml");
+    std::fs::write(
+        &bootstrap,
+        "[[users]]\nuser_name = \"ada\"\npassword = \"correct horse battery\"\n\
+         [[applications]]\nname = \"web\"\ntoken = \"gha_0123456789abcdef0123456789abcdef\"\n",
+    )
+    .unwrap();
+    let file = dir.join("gatehouse.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[listen]\nhttps = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\
+             [tls]\nself_signed = true\n[sms]\nkind = \"log\"\n[bootstrap]\nfile = \"{}\"\n",
+            bootstrap.display()
+        ),
+    )
+    .unwrap();
+    file
+}
+
+#[test]
+fn development_only_settings_are_refused_outside_development_by_serve_and_check_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = development_settings(dir.path());
+    let bootstrap = dir.path().join("bootstrap.toml").display().to_string();
+    // Production by default, and by name.
+    for env in [
+        vec![],
+        vec![("GATEHOUSE_SERVER__ENVIRONMENT", "production")],
+    ] {
+        for command in ["check-config", "serve"] {
+            let out = run_as_configured(
+                &["--config", file.to_str().unwrap(), command],
+                &env,
+                dir.path(),
+            );
+            assert_eq!(out.status.code(), Some(2), "{command} {env:?}");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            for needle in [
+                "sms.kind: `log`",
+                "secrets.master_key_file: no master key",
+                "tls.self_signed: a self-signed certificate",
+                &format!("bootstrap.file: {bootstrap}: users[0] (ada) has a plaintext `password`"),
+                &format!(
+                    "bootstrap.file: {bootstrap}: applications[0] (web) has a plaintext `token`"
+                ),
+                "server.environment = \"development\"",
+            ] {
+                assert!(
+                    stderr.contains(needle),
+                    "{command}: {needle} not in:\n{stderr}"
+                );
+            }
+            assert!(
+                !stderr.contains("correct horse") && !stderr.contains("gha_0123"),
+                "{stderr}"
+            );
+            // Refused before anything is created.
+            for created in ["data", "certs"] {
+                assert!(
+                    !dir.path().join(created).exists(),
+                    "{command} created {created}"
+                );
+            }
+        }
+    }
+    // Each is accepted in development.
+    let out = run_as_configured(
+        &["--config", file.to_str().unwrap(), "check-config"],
+        &[("GATEHOUSE_SERVER__ENVIRONMENT", "development")],
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A master key from the environment is not a generated one.
+    let out = run_as_configured(
+        &["--config", file.to_str().unwrap(), "check-config"],
+        &[(
+            "GATEHOUSE_MASTER_KEY",
+            "bWFzdGVyIGtleSBzaGFyZWQgYnkgdGhlIHJlcGxpY2E=",
+        )],
+        dir.path(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("secrets.master_key_file") && stderr.contains("sms.kind"),
+        "{stderr}"
+    );
+    // An unknown environment is named too.
+    let out = run_as_configured(
+        &["--config", file.to_str().unwrap(), "check-config"],
+        &[("GATEHOUSE_SERVER__ENVIRONMENT", "dev")],
+        dir.path(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("server.environment: expected `development` or `production`, got `dev`"),
+        "{stderr}"
+    );
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// After a start with the development settings (and a text message sent to the outbox), every
+/// file gatehouse created is 0600 and every directory 0700, whatever the umask.
+#[tokio::test]
+async fn files_gatehouse_creates_are_private_to_its_user() {
+    let upstream = Upstream::start().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let config = std::fs::read_to_string(development_settings(scratch.path()))
+        .unwrap()
+        .replace(
+            "[listen]",
+            &format!("[upstream]\nurl = \"{}\"\n[listen]", upstream.url()),
+        );
+    let token = "dS7BWKPPj6qMfyOLPBlJKv2zfGFyrlX6";
+    let mut gh = Process::start(&config, &[("GATEHOUSE_ADMIN_TOKEN", token)]).await;
+    // A text message, so that the outbox exists.
+    let client = http1_client();
+    let admin = format!("http://{}/admin/v1/users", gh.addrs["listen.admin"]);
+    for body in [
+        serde_json::json!({"userName": "zoe", "phone": "+14155550123"}),
+        serde_json::json!({"userName": "billing", "password": "service secret", "scopes": ["manage.otp.verify"]}),
+    ] {
+        let created = client
+            .post(&admin)
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 201);
+    }
+    let sent = client
+        .post(gh.http_url("/manage/v2/user/send/otp"))
+        .basic_auth("billing", Some("service secret"))
+        .json(&serde_json::json!({"userName": "zoe", "phoneNumber": "+14155550123"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 200);
+    gh.signal("TERM");
+    assert!(gh.child.wait().await.unwrap().success());
+
+    // The defaults: store.path = "data", the certificate in "certs/", beside the config file.
+    let root = gh.dir.path();
+    let data = root.join("data");
+    for private in [
+        data.join("master.key"),
+        data.join("sms-outbox.log"),
+        data.join("db"),
+        data.join("conf"),
+        root.join("certs/gatehouse.crt"),
+        root.join("certs/gatehouse.key"),
+    ] {
+        assert_eq!(mode(&private), 0o600, "{}", private.display());
+    }
+    for dir in [data.clone(), root.join("certs")] {
+        assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+    }
+    // Everything sled keeps in the store directory, whatever its name.
+    let mut open = Vec::new();
+    let mut stack = vec![data];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let m = mode(&path);
+            if path.is_dir() {
+                stack.push(path.clone());
+            }
+            if m & 0o077 != 0 {
+                open.push(format!("{} {m:o}", path.display()));
+            }
+        }
+    }
+    assert!(open.is_empty(), "{open:?}");
 }
 
 #[tokio::test]
@@ -231,6 +445,14 @@ async fn bootstrap_file_is_applied_at_every_start_without_duplicates() {
         );
         gh.signal("TERM");
         assert!(gh.child.wait().await.unwrap().success());
+        // Development allows the plaintext password, and says so at every start.
+        let logs = gh.logs().join("\n");
+        assert!(
+            logs.contains("plaintext secret in the bootstrap file")
+                && logs.contains("users[0] (ada) has a plaintext `password`"),
+            "{logs}"
+        );
+        assert!(!logs.contains("correct horse battery"), "{logs}");
     }
     assert_eq!(upstream.hits(), 2);
 }

@@ -240,3 +240,145 @@ async fn the_exec_probe_succeeds_only_when_the_admin_listener_answers_2xx() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("401"));
     gh.stop().await;
 }
+
+/// The gatehouse sidecar of the base Deployment.
+fn base_sidecar() -> serde_json::Value {
+    let deployment = &yaml_documents(&deploy_dir().join("kubernetes/base/deployment.yaml"))[0];
+    deployment["spec"]["template"]["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "gatehouse")
+        .unwrap()
+        .clone()
+}
+
+/// The shipped ConfigMap is a production configuration: no development-only setting, and
+/// gatehouse's own `check-config` accepts it in production with the pod's environment (the
+/// Secret's values generated as an operator would).
+#[test]
+fn the_shipped_configmap_passes_check_config_in_production() {
+    let configmap = &yaml_documents(&deploy_dir().join("kubernetes/base/configmap.yaml"))[0];
+    let text = configmap["data"]["gatehouse.toml"].as_str().unwrap();
+    let file: toml::Value = toml::from_str(text).unwrap();
+    assert_eq!(file["server"]["environment"].as_str(), Some("production"));
+    assert_ne!(file["sms"]["kind"].as_str(), Some("log"));
+    assert_ne!(
+        file.get("tls").and_then(|t| t.get("self_signed")),
+        Some(&toml::Value::Boolean(true))
+    );
+    assert!(file.get("secrets").is_none() && file.get("bootstrap").is_none());
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gatehouse.toml");
+    std::fs::write(&path, text).unwrap();
+    let mut command = Command::new(crate::harness::binary());
+    command
+        .args(["--config", path.to_str().unwrap(), "check-config"])
+        .env_remove(crate::harness::DEVELOPMENT.0)
+        .current_dir(dir.path());
+    let mut secrets = 0;
+    for var in base_sidecar()["env"].as_array().unwrap() {
+        let name = var["name"].as_str().unwrap();
+        match (
+            var["value"].as_str(),
+            &var["valueFrom"]["secretKeyRef"]["key"],
+        ) {
+            (Some(value), _) => {
+                command.env(name, value);
+            }
+            (None, key) if key == "admin-token" => {
+                command.env(name, "Vq3hQ2u9cQm0YkqR7oT1bX8pZs4LwNe6AjFdKgHi");
+                secrets += 1;
+            }
+            (None, key) if key == "master-key" => {
+                command.env(name, "bWFzdGVyIGtleSBzaGFyZWQgYnkgdGhlIHJlcGxpY2E=");
+                secrets += 1;
+            }
+            (None, key) => panic!("{name} from {key}"),
+        }
+    }
+    assert_eq!(secrets, 2);
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("environment = \"production\""));
+}
+
+/// Every application put behind the sidecar in the manifests listens on loopback only: on every
+/// interface, any pod could reach it directly and skip gatehouse.
+#[test]
+fn applications_behind_the_sidecar_listen_on_loopback_only() {
+    let mut apps = 0;
+    for file in [
+        deploy_dir().join("kubernetes/base/deployment.yaml"),
+        deploy_dir().join("kubernetes/example-injected-pod.yaml"),
+    ] {
+        for doc in yaml_documents(&file) {
+            if doc["kind"] != "Deployment" {
+                continue;
+            }
+            for app in doc["spec"]["template"]["spec"]["containers"]
+                .as_array()
+                .unwrap()
+            {
+                let listen = app["args"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find_map(|a| a.as_str()?.strip_prefix("-listen="))
+                    .unwrap_or_else(|| {
+                        panic!("{}: {} sets no -listen", file.display(), app["name"])
+                    });
+                assert!(
+                    is_loopback(listen),
+                    "{}: {} listens on {listen}",
+                    file.display(),
+                    app["name"]
+                );
+                apps += 1;
+            }
+        }
+    }
+    assert_eq!(apps, 2);
+}
+
+/// The injection example ships its NetworkPolicy: the injected pods admit the sidecar's port
+/// and nothing else.
+#[test]
+fn the_injection_example_admits_only_the_sidecars_port() {
+    let docs = yaml_documents(&deploy_dir().join("kubernetes/example-injected-pod.yaml"));
+    let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    let policy = docs
+        .iter()
+        .find(|d| d["kind"] == "NetworkPolicy")
+        .expect("a NetworkPolicy in the example");
+    assert_eq!(
+        policy["metadata"]["namespace"],
+        deployment["metadata"]["namespace"]
+    );
+    let labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    let selector = policy["spec"]["podSelector"]["matchLabels"]
+        .as_object()
+        .unwrap();
+    assert!(!selector.is_empty());
+    for (key, value) in selector {
+        assert_eq!(&labels[key], value, "the policy selects the example's pods");
+    }
+    assert_eq!(
+        policy["spec"]["policyTypes"],
+        serde_json::json!(["Ingress"])
+    );
+    let rules = policy["spec"]["ingress"].as_array().unwrap();
+    assert!(!rules.is_empty());
+    for rule in rules {
+        assert_eq!(
+            rule["ports"],
+            serde_json::json!([{"port": 4180, "protocol": "TCP"}]),
+            "{rule}"
+        );
+    }
+}

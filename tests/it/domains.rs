@@ -522,3 +522,78 @@ async fn domain_names_are_validated_and_nothing_is_stored_for_bad_ones() {
     let (_, list) = call(&gh, "GET", "ada", "/v1/organizations/7/domains", None).await;
     assert_eq!(list.as_array().unwrap().len(), 1);
 }
+
+/// A domain the bootstrap file declares would be added again (verified, if declared so) at the
+/// next start: an organisation admin's DELETE is 409 and the domain stays, until the operator takes
+/// it out of the file. The file's path is not shown to the organisation admin.
+async fn declared_domains_are_kept_until_removed_from_the_bootstrap_file(
+    backend: crate::mfa::Backend,
+) {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bootstrap.toml");
+    let declare = |domains: &str| {
+        format!(
+            "[[users]]\nuser_name = \"ada\"\npassword_hash = \"{}\"\n\
+             [[organizations]]\nid = 7\nname = \"Acme\"\nmembers = [{{ user_name = \"ada\", role = \"admin\" }}]\n{domains}",
+            gatehouse::auth::secret::hash_password(PASSWORD).unwrap()
+        )
+    };
+    std::fs::write(
+        &file,
+        declare("[[domains]]\norganization_id = 7\ndomain = \"Acme.Example\"\nverified = true\n"),
+    )
+    .unwrap();
+    let (gh, _db) = crate::mfa::start_on(&upstream, backend, |c| {
+        c.bootstrap.file = Some(file.clone())
+    })
+    .await;
+    let (status, list) = call(&gh, "GET", "ada", "/v1/organizations/7/domains", None).await;
+    assert_eq!(status, 200, "{list}");
+    let declared = list[0]["domainId"].as_i64().unwrap();
+    let item = format!("/v1/organizations/7/domains/{declared}");
+
+    let (status, problem) = call(&gh, "DELETE", "ada", &item, None).await;
+    assert_eq!(status, 409, "{problem}");
+    assert!(
+        problem["type"]
+            .as_str()
+            .unwrap()
+            .ends_with("declared-in-bootstrap"),
+        "{problem}"
+    );
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("acme.example") && detail.contains("bootstrap file"),
+        "{detail}"
+    );
+    assert!(
+        !detail.contains(&dir.path().display().to_string()),
+        "{detail}"
+    );
+    let (status, kept) = call(&gh, "GET", "ada", &item, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(kept["isVerified"], true);
+
+    // A domain the file does not declare is deleted as before.
+    let (status, other) = create(&gh, "ada", 7, "other.example").await;
+    assert_eq!(status, 201, "{other}");
+    let other = format!("/v1/organizations/7/domains/{}", other["domainId"]);
+    assert_eq!(call(&gh, "DELETE", "ada", &other, None).await.0, 204);
+
+    std::fs::write(&file, declare("")).unwrap();
+    assert_eq!(call(&gh, "DELETE", "ada", &item, None).await.0, 204);
+    assert_eq!(call(&gh, "GET", "ada", &item, None).await.0, 404);
+}
+
+#[tokio::test]
+async fn declared_domains_are_kept_until_removed_from_the_bootstrap_file_on_sled() {
+    declared_domains_are_kept_until_removed_from_the_bootstrap_file(crate::mfa::Backend::Sled)
+        .await;
+}
+
+#[tokio::test]
+async fn declared_domains_are_kept_until_removed_from_the_bootstrap_file_on_postgres() {
+    declared_domains_are_kept_until_removed_from_the_bootstrap_file(crate::mfa::Backend::Postgres)
+        .await;
+}

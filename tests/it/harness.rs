@@ -194,11 +194,13 @@ async fn answer(state: &Arc<UpstreamState>, req: Request<Incoming>) -> Response<
 }
 
 /// The base test configuration: every listener on port 0, a self-signed certificate in `dir`,
-/// and three routes: `/public/` public, `/private/` authenticated, `/secure/` mfa.
+/// and three routes: `/public/` public, `/private/` authenticated, `/secure/` mfa. It is a
+/// development configuration (self-signed certificate, generated master key, SMS outbox).
 pub fn base_config(dir: &std::path::Path, upstream: &str) -> String {
     format!(
         r#"
 [server]
+environment = "development"
 public_url = "https://localhost"
 [listen]
 https = "127.0.0.1:0"
@@ -489,13 +491,18 @@ pub struct Process {
     pub dir: tempfile::TempDir,
 }
 
+/// The variable that lets a test's gatehouse use development-only settings (SPEC §10).
+pub const DEVELOPMENT: (&str, &str) = ("GATEHOUSE_SERVER__ENVIRONMENT", "development");
+
 pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_gatehouse"))
 }
 
 impl Process {
     /// Starts `gatehouse --config <file> serve` with `config` as the file and waits until the
-    /// public and admin listeners report their addresses.
+    /// public and admin listeners report their addresses. It runs with
+    /// `GATEHOUSE_SERVER__ENVIRONMENT=development` (test configurations use a generated master
+    /// key and the SMS outbox) unless `env` says otherwise.
     pub async fn start(config: &str, env: &[(&str, &str)]) -> Process {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("gatehouse.toml");
@@ -504,6 +511,7 @@ impl Process {
             .arg("--config")
             .arg(&file)
             .arg("serve")
+            .env(DEVELOPMENT.0, DEVELOPMENT.1)
             .envs(env.iter().copied())
             .env_remove("RUST_LOG")
             .current_dir(dir.path())

@@ -71,7 +71,8 @@ fn operations(doc: &Value) -> Vec<Documented<'_>> {
 /// (listener, method, path template) of every operation in the code's tables, with the default
 /// base paths the document uses.
 fn routed() -> BTreeSet<(String, String, String)> {
-    let config = gatehouse::config::from_toml_str("").unwrap();
+    let config =
+        gatehouse::config::from_toml_str("[server]\nenvironment = \"development\"\n").unwrap();
     let public = route::public(&config.apis)
         .into_iter()
         .map(|op| ("public".to_owned(), op.method.to_owned(), op.path));

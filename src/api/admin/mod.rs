@@ -112,6 +112,9 @@ pub struct Admin {
     meter: Arc<crate::meter::Meter>,
     bodies: Arc<api::Bodies>,
     auth: Arc<crate::auth::Authenticator>,
+    /// `bootstrap.file`: users it declares are not deleted or renamed away (see
+    /// [`crate::bootstrap::declared`]).
+    bootstrap: Option<std::path::PathBuf>,
 }
 
 /// Errors of the admin API, each rendered as a problem document.
@@ -126,6 +129,10 @@ pub enum AdminError {
     MethodNotAllowed(String),
     Invalid(String),
     Conflict(String),
+    /// 409: the bootstrap file declares it; the detail names the file and what to do.
+    Declared(String),
+    /// 500: something gatehouse needs could not be read; nothing was changed.
+    Internal(String),
     TooLarge,
     Store(String),
     /// 408: the body did not arrive in time.
@@ -180,6 +187,18 @@ impl AdminError {
                 "conflict",
                 "Already exists",
                 format!("{what} already exists."),
+            ),
+            AdminError::Declared(why) => Problem::new(
+                StatusCode::CONFLICT,
+                "declared-in-bootstrap",
+                "Declared in the bootstrap file",
+                why.clone(),
+            ),
+            AdminError::Internal(_) => Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+                "The request failed; nothing was changed.",
             ),
             AdminError::TooLarge => Problem::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -249,6 +268,7 @@ impl Admin {
             meter: app.meter.clone(),
             bodies: app.bodies.clone(),
             auth: app.auth.clone(),
+            bootstrap: app.config.bootstrap.file.clone(),
         }
     }
 
@@ -275,6 +295,9 @@ impl Admin {
             Err(e) => {
                 if let AdminError::Store(why) = &e {
                     tracing::error!(error = %why, path = %path, "admin API store failure");
+                }
+                if let AdminError::Internal(why) = &e {
+                    tracing::error!(error = %why, path = %path, "admin API failure");
                 }
                 let mut response = e.problem().render(&path, "");
                 if let AdminError::MethodNotAllowed(allow) = &e
@@ -409,6 +432,25 @@ impl Admin {
         } else {
             Err(AdminError::BadToken)
         }
+    }
+
+    /// 409 when the bootstrap file declares the user `name`: deleting it, or renaming it away,
+    /// would not last, since the next start creates it again. The file is read now, so taking the
+    /// entry out of it lifts the refusal at once.
+    fn refuse_declared_user(&self, name: &str, change: &str) -> Result<(), AdminError> {
+        let Some(path) = &self.bootstrap else {
+            return Ok(());
+        };
+        let declared = crate::bootstrap::declared(path).map_err(AdminError::Internal)?;
+        if declared.declares_user(name) {
+            return Err(AdminError::Declared(format!(
+                "The user {name} is declared in the bootstrap file {} (bootstrap.file), which \
+                 would create it again at the next start, so it cannot be {change}; remove it from \
+                 that file first.",
+                path.display()
+            )));
+        }
+        Ok(())
     }
 
     async fn list_audit(&self, query: Option<&str>) -> AdminResult {

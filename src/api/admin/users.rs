@@ -231,6 +231,13 @@ impl Admin {
     pub(super) async fn patch_user(&self, name: &str, req: Request<Incoming>) -> AdminResult {
         let body: UserBody = self.bodies.read_json(req).await?;
         validate(&body)?;
+        if body
+            .user_name
+            .as_deref()
+            .is_some_and(|new| new.to_lowercase() != name.to_lowercase())
+        {
+            self.refuse_declared_user(name, "renamed")?;
+        }
         let password_changed = body.password.is_some();
         let password_hash = match body.password {
             Some(p) => Some(self.hash(p).await?),
@@ -256,6 +263,7 @@ impl Admin {
     }
 
     pub(super) async fn delete_user(&self, name: &str) -> AdminResult {
+        self.refuse_declared_user(name, "deleted")?;
         if !self.store.delete_user(name).await? {
             return Err(AdminError::NotFound(format!("user {name}")));
         }
