@@ -8,6 +8,7 @@ mod admin;
 mod browser;
 mod capacity;
 mod config;
+mod connections;
 mod deploy;
 mod dns;
 mod domains;
