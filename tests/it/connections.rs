@@ -29,6 +29,17 @@ pub const DEADLINE: Duration = Duration::from_secs(6);
 /// A TLS connection to `addr` (certificate for `localhost`, trusted from `ca_pem`) that offers
 /// only `alpn` and has completed its handshake.
 pub async fn tls_connect(addr: SocketAddr, ca_pem: &[u8], alpn: &[u8]) -> TlsStream<TcpStream> {
+    let tls = try_tls_connect(addr, ca_pem, alpn).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn));
+    tls
+}
+
+/// Like [`tls_connect`], an error when the server closes the connection first.
+pub async fn try_tls_connect(
+    addr: SocketAddr,
+    ca_pem: &[u8],
+    alpn: &[u8],
+) -> std::io::Result<TlsStream<TcpStream>> {
     install_crypto();
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem) {
@@ -38,13 +49,10 @@ pub async fn tls_connect(addr: SocketAddr, ca_pem: &[u8], alpn: &[u8]) -> TlsStr
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![alpn.to_vec()];
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let tls = TlsConnector::from(Arc::new(config))
+    let tcp = TcpStream::connect(addr).await?;
+    TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
-        .unwrap();
-    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn));
-    tls
 }
 
 /// Whether the server closes `io` within `deadline`, whatever it writes first (an HTTP/2 SETTINGS
