@@ -16,6 +16,7 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use super::Handler;
@@ -187,16 +188,26 @@ async fn connection(
     protocols: Arc<Protocols>,
     stop: watch::Receiver<bool>,
 ) {
+    // The first request head is due this long after the connection was accepted, handshake
+    // included: a TLS client that says nothing is held no longer than a cleartext one.
+    let accepted = Instant::now();
+    let first_head_due = accepted + protocols.header_read_timeout;
     let Some(acceptor) = tls else {
         let info = ConnInfo { peer, tls: false };
-        return serve(&protocols, &protocols.any, stream, handler, info, stop).await;
+        let builder = &protocols.any;
+        return serve(
+            &protocols,
+            builder,
+            stream,
+            handler,
+            info,
+            first_head_due,
+            stop,
+        )
+        .await;
     };
-    let stream = match tokio::time::timeout(
-        protocols.tls_handshake_timeout,
-        acceptor.accept(stream),
-    )
-    .await
-    {
+    let handshake_due = first_head_due.min(accepted + protocols.tls_handshake_timeout);
+    let stream = match tokio::time::timeout_at(handshake_due, acceptor.accept(stream)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -212,7 +223,16 @@ async fn connection(
         _ => &protocols.http1,
     };
     let info = ConnInfo { peer, tls: true };
-    serve(&protocols, builder, stream, handler, info, stop).await;
+    serve(
+        &protocols,
+        builder,
+        stream,
+        handler,
+        info,
+        first_head_due,
+        stop,
+    )
+    .await;
 }
 
 async fn serve<I>(
@@ -221,6 +241,7 @@ async fn serve<I>(
     io: I,
     handler: Handler,
     info: ConnInfo,
+    first_head_due: Instant,
     mut stop: watch::Receiver<bool>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -250,7 +271,7 @@ async fn serve<I>(
         .serve_connection(TokioIo::new(io), service)
         .into_owned();
     tokio::pin!(conn);
-    let idle = idle_for(idle, protocols.header_read_timeout);
+    let idle = idle_for(idle, first_head_due, protocols.header_read_timeout);
     tokio::pin!(idle);
     let result = tokio::select! {
         result = conn.as_mut() => result,
@@ -281,11 +302,13 @@ async fn serve<I>(
     }
 }
 
-/// Resolves once no request has been in flight for `limit` (counting from now if none is).
-async fn idle_for(mut busy: watch::Receiver<usize>, limit: Duration) {
+/// Resolves at `first` if no request has come by then, and later once no request has been in
+/// flight for `limit`.
+async fn idle_for(mut busy: watch::Receiver<usize>, first: Instant, limit: Duration) {
+    let mut due = first;
     loop {
         let changed = if *busy.borrow_and_update() == 0 {
-            match tokio::time::timeout(limit, busy.changed()).await {
+            match tokio::time::timeout_at(due, busy.changed()).await {
                 Ok(changed) => changed,
                 Err(_) => return,
             }
@@ -296,6 +319,7 @@ async fn idle_for(mut busy: watch::Receiver<usize>, limit: Duration) {
             // The service is gone, so is the connection: nothing left to time.
             return std::future::pending().await;
         }
+        due = Instant::now() + limit;
     }
 }
 

@@ -171,6 +171,9 @@ async fn a_connection_that_sends_nothing_is_closed_after_the_header_read_timeout
         H2_PREFACE_AND_SETTINGS,
     ));
     kinds.spawn(plain("HTTP/1.1, half a request line", http, b"GET /pub"));
+    // The TLS handshake timeout is the default 10 s; the first request is due within 1 s anyway.
+    kinds.spawn(plain("TLS, no ClientHello", https, b""));
+    kinds.spawn(plain("TLS, half a ClientHello", https, &[0x16, 0x03, 0x01]));
     for (name, alpn, sent) in [
         ("TLS h2, silent", &b"h2"[..], &b""[..]),
         ("TLS http/1.1, silent", b"http/1.1", b""),
