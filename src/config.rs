@@ -292,6 +292,10 @@ pub struct ServerConfig {
     pub body_read_timeout: Duration,
     /// Request body bytes local endpoints hold at once, across all requests; 503 beyond.
     pub max_buffered_bytes: usize,
+    /// Open connections per listener; one more is closed as soon as it is accepted (SPEC §10).
+    pub max_connections: usize,
+    /// Open connections per listener from one client address (an IPv6 client: its /64).
+    pub max_connections_per_ip: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -679,6 +683,8 @@ struct RawServer {
     worker_threads: Field<u64>,
     body_read_timeout: Field<String>,
     max_buffered_bytes: Field<u64>,
+    max_connections: Field<u64>,
+    max_connections_per_ip: Field<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1087,7 +1093,25 @@ fn validate(raw: RawConfig, env_secrets: EnvSecrets) -> Result<Config, ConfigErr
             64 * 1024 * 1024,
             |v| in_range(64 * 1024, 1 << 40)(v).map(|v| v as usize),
         ),
+        max_connections: c.get("server.max_connections", s.max_connections, 10_000, |v| {
+            in_range(1, 10_000_000)(v).map(|v| v as usize)
+        }),
+        max_connections_per_ip: c.get(
+            "server.max_connections_per_ip",
+            s.max_connections_per_ip,
+            256,
+            |v| in_range(1, 10_000_000)(v).map(|v| v as usize),
+        ),
     };
+    if server.max_connections_per_ip > server.max_connections {
+        c.problem(
+            "server.max_connections_per_ip",
+            format_args!(
+                "must not exceed server.max_connections ({})",
+                server.max_connections
+            ),
+        );
+    }
     for (key, d) in [
         ("server.header_read_timeout", server.header_read_timeout),
         ("server.tls_handshake_timeout", server.tls_handshake_timeout),
@@ -2206,6 +2230,34 @@ mod tests {
             );
             assert!(from_toml_str(&format!("[auth]\n{key} = \"30d\"\n")).is_ok());
         }
+    }
+
+    #[test]
+    fn connection_caps_must_be_non_zero_and_the_per_address_cap_within_the_listener_cap() {
+        let c = from_toml_str("").unwrap();
+        assert_eq!(
+            (c.server.max_connections, c.server.max_connections_per_ip),
+            (10_000, 256)
+        );
+        for (text, key) in [
+            ("max_connections = 0", "server.max_connections:"),
+            (
+                "max_connections_per_ip = 0",
+                "server.max_connections_per_ip:",
+            ),
+            (
+                "max_connections = 100\nmax_connections_per_ip = 101",
+                "server.max_connections_per_ip: must not exceed server.max_connections (100)",
+            ),
+        ] {
+            let err = from_toml_str(&format!("[server]\n{text}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        let c = from_toml_str("[server]\nmax_connections = 100\nmax_connections_per_ip = 100\n")
+            .unwrap();
+        assert_eq!(c.server.max_connections_per_ip, 100);
     }
 
     #[test]

@@ -8,17 +8,21 @@
 //! that do not ask for injection are allowed without a patch; a pod whose annotations are invalid
 //! is refused rather than started without its sidecar.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
 
 use crate::api;
 use crate::body::Body;
+use crate::server::Handler;
+use crate::server::caps::CapSettings;
+use crate::server::listener::{Limits, Listener, SharedTls, accept_loop};
 
 /// What the injector is configured with.
 #[derive(Debug, Clone)]
@@ -31,6 +35,8 @@ const PREFIX: &str = "gatehouse.dev/";
 const CONTAINER: &str = "gatehouse";
 const CONFIG_VOLUME: &str = "gatehouse-config";
 const DATA_VOLUME: &str = "gatehouse-data";
+/// How long a stopping webhook waits for reviews in flight.
+const DRAIN: Duration = Duration::from_secs(5);
 
 /// The annotations a pod may set, with their defaults.
 struct Annotations {
@@ -284,65 +290,63 @@ fn log_decision(answer: &Value) {
     );
 }
 
-/// Serves the webhook over TLS on `listener` until `shutdown` resolves. Each handshake uses the
-/// certificate `tls` holds at that moment (see [`watch_certificate`]).
+/// How the webhook bounds its connections: the public listeners' timeouts, and caps sized for
+/// its 64 MiB container (an idle TLS connection costs about 20 KiB). The API server needs few.
+pub fn limits(max_connections: usize, max_connections_per_ip: usize) -> Limits {
+    Limits {
+        header_read_timeout: Duration::from_secs(10),
+        tls_handshake_timeout: Duration::from_secs(10),
+        max_headers: 100,
+        max_header_bytes: 64 * 1024,
+        h2_max_concurrent_streams: 100,
+        caps: CapSettings {
+            max_connections,
+            max_connections_per_ip,
+            names: ["--max-connections", "--max-connections-per-ip"],
+        },
+    }
+}
+
+/// Serves the webhook over TLS on `listener` until `shutdown` resolves, through the same accept
+/// loop and connection limits as the public listeners. Each handshake uses the certificate `tls`
+/// holds at that moment (see [`watch_certificate`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    tls: crate::server::listener::SharedTls,
+    tls: SharedTls,
     settings: Settings,
+    limits: Limits,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let settings = Arc::new(settings);
-    let builder =
-        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => return,
-        };
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls.load_full());
-        let settings = settings.clone();
-        let builder = builder.clone();
-        tokio::spawn(async move {
-            let handshake =
-                tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(stream));
-            let Ok(Ok(stream)) = handshake.await else {
-                tracing::debug!(%peer, "TLS handshake failed");
-                return;
-            };
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let settings = settings.clone();
-                let head = req.method() == Method::HEAD;
-                async move {
-                    let response = handle(req, settings).await;
-                    Ok::<_, std::convert::Infallible>(if head {
-                        crate::server::listener::without_body(response)
-                    } else {
-                        response
-                    })
-                }
-            });
-            let io = hyper_util::rt::TokioIo::new(stream);
-            if let Err(e) = builder.serve_connection(io, service).await {
-                tracing::debug!(%peer, error = %e, "webhook connection ended with an error");
-            }
-        });
+    let handler: Handler = Arc::new(move |req, _conn| Box::pin(handle(req, settings.clone())));
+    let listener = Listener::new(
+        "inject-webhook",
+        listener,
+        Some(tls),
+        handler,
+        &limits,
+        None,
+    );
+    let (stop, stopped) = watch::channel(false);
+    let (open, mut drained) = mpsc::channel::<()>(1);
+    let accepting = accept_loop(listener, stopped, open);
+    tokio::pin!(accepting);
+    tokio::select! {
+        () = &mut accepting => {}
+        () = shutdown => {
+            let _ = stop.send(true);
+            accepting.await;
+        }
     }
+    // In-flight reviews finish; idle connections close at once.
+    let _ = tokio::time::timeout(DRAIN, drained.recv()).await;
 }
 
 /// Loads the certificate again whenever its file changes (cert-manager renews it in place), so
 /// a renewed certificate is served without a restart.
 pub fn watch_certificate(
     config: crate::config::TlsConfig,
-    tls: crate::server::listener::SharedTls,
+    tls: SharedTls,
     every: std::time::Duration,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {

@@ -70,6 +70,14 @@ struct InjectArgs {
     /// The gatehouse image injected sidecars run.
     #[arg(long, env = "GATEHOUSE_INJECT_IMAGE")]
     image: String,
+    /// Open connections at most; one more is closed as soon as it is accepted.
+    #[arg(long, env = "GATEHOUSE_INJECT_MAX_CONNECTIONS", default_value_t = 512,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+    /// Open connections at most from one client address (an IPv6 client: its /64).
+    #[arg(long, env = "GATEHOUSE_INJECT_MAX_CONNECTIONS_PER_IP", default_value_t = 128,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections_per_ip: u32,
 }
 
 fn main() -> ExitCode {
@@ -254,6 +262,17 @@ fn inject_webhook(args: InjectArgs) -> ExitCode {
         Ok(runtime) => runtime,
         Err(code) => return code,
     };
+    if args.max_connections_per_ip > args.max_connections {
+        eprintln!(
+            "cannot start: --max-connections-per-ip ({}) must not exceed --max-connections ({})",
+            args.max_connections_per_ip, args.max_connections
+        );
+        return ExitCode::FAILURE;
+    }
+    let limits = gatehouse::inject::limits(
+        args.max_connections as usize,
+        args.max_connections_per_ip as usize,
+    );
     runtime.block_on(async {
         let tls_config = config::TlsConfig {
             cert: args.tls_cert,
@@ -283,7 +302,7 @@ fn inject_webhook(args: InjectArgs) -> ExitCode {
             std::time::Duration::from_secs(60),
         );
         let settings = gatehouse::inject::Settings { image: args.image };
-        gatehouse::inject::serve(listener, tls, settings, shutdown::signal()).await;
+        gatehouse::inject::serve(listener, tls, settings, limits, shutdown::signal()).await;
         watcher.abort();
         tracing::info!("stopped");
         ExitCode::SUCCESS

@@ -27,6 +27,7 @@ const OTP_VERIFICATIONS: &str = "gatehouse_otp_verifications_total";
 const LOCKOUTS: &str = "gatehouse_lockouts_total";
 const TICKETS: &str = "gatehouse_tickets_issued_total";
 const RELOADS: &str = "gatehouse_config_reloads_total";
+const CONNECTIONS_REFUSED: &str = "gatehouse_connections_refused_total";
 
 /// How often the exporter's histogram samples are folded into their buckets when nobody scrapes:
 /// until then each sample is held in memory (SPEC §10, memory is flat).
@@ -116,6 +117,11 @@ impl Meter {
             None,
             "Configuration reloads, by result (applied or rejected).",
         );
+        describe(
+            CONNECTIONS_REFUSED,
+            None,
+            "Connections closed at accept because a cap was reached, by listener and reason.",
+        );
         let upstream_latency =
             recorder.register_histogram(&Key::from_static_name(UPSTREAM_LATENCY), &METADATA);
         Meter {
@@ -190,6 +196,17 @@ impl Meter {
     pub fn reload(&self, applied: bool) {
         let result = if applied { "applied" } else { "rejected" };
         self.count(RELOADS, vec![Label::from_static_parts("result", result)]);
+    }
+
+    /// A connection closed at accept: `reason` names the cap (`max_connections`, ...).
+    pub fn connection_refused(&self, listener: &'static str, reason: &'static str) {
+        self.count(
+            CONNECTIONS_REFUSED,
+            vec![
+                Label::from_static_parts("listener", listener),
+                Label::from_static_parts("reason", reason),
+            ],
+        );
     }
 
     /// Folds the histogram samples recorded so far into their buckets, freeing them.

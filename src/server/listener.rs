@@ -1,25 +1,66 @@
 //! Accept loops and connections: HTTP/1.1 and HTTP/2 (ALPN over TLS, prior knowledge in the clear),
-//! header read and TLS handshake timeouts, and graceful draining on shutdown.
+//! connection caps, TLS handshake and header read timeouts, idle connections, and graceful
+//! draining on shutdown. The public, admin and inject webhook listeners all run through here.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use super::Handler;
+use super::caps::{CapSettings, Caps};
 use crate::body::Body;
 use crate::config::ServerConfig;
 use crate::gateway::ConnInfo;
+use crate::meter::Meter;
 use hyper::body::Body as _;
+
+/// After a connection's idle deadline it is asked to close (an HTTP/1.1 client mid-head gets its
+/// 408, an HTTP/2 client a GOAWAY); one that has not closed this much later is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// How a listener bounds its connections (SPEC §10).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// The longest a connection may go without a request in flight: until its first request head
+    /// (protocol detection, the HTTP/2 preface and SETTINGS, the head itself), and between requests.
+    pub header_read_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
+    pub max_headers: usize,
+    pub max_header_bytes: usize,
+    pub h2_max_concurrent_streams: u32,
+    pub caps: CapSettings,
+}
+
+impl Limits {
+    /// The limits `server.*` configures, shared by the public and admin listeners.
+    pub fn of(config: &ServerConfig) -> Limits {
+        Limits {
+            header_read_timeout: config.header_read_timeout,
+            tls_handshake_timeout: config.tls_handshake_timeout,
+            max_headers: config.max_headers,
+            max_header_bytes: config.max_header_bytes,
+            h2_max_concurrent_streams: config.h2_max_concurrent_streams,
+            caps: CapSettings {
+                max_connections: config.max_connections,
+                max_connections_per_ip: config.max_connections_per_ip,
+                names: ["server.max_connections", "server.max_connections_per_ip"],
+            },
+        }
+    }
+}
 
 /// Per-connection protocol settings, built once per listener.
 pub struct Protocols {
@@ -28,25 +69,27 @@ pub struct Protocols {
     http1: auto::Builder<TokioExecutor>,
     http2: auto::Builder<TokioExecutor>,
     tls_handshake_timeout: Duration,
+    header_read_timeout: Duration,
 }
 
 impl Protocols {
-    pub fn new(config: &ServerConfig) -> Protocols {
+    pub fn new(limits: &Limits) -> Protocols {
         let mut any = auto::Builder::new(TokioExecutor::new());
         {
             let mut h1 = any.http1();
-            // Without a timer hyper applies no header read timeout at all.
+            // Without a timer hyper applies no header read timeout at all. hyper restarts it
+            // whenever the connection goes idle, so it also bounds keep-alive between requests.
             h1.timer(TokioTimer::new())
-                .header_read_timeout(config.header_read_timeout)
-                .max_buf_size(config.max_header_bytes);
-            if config.max_headers != 100 {
-                h1.max_headers(config.max_headers);
+                .header_read_timeout(limits.header_read_timeout)
+                .max_buf_size(limits.max_header_bytes);
+            if limits.max_headers != 100 {
+                h1.max_headers(limits.max_headers);
             }
         }
         any.http2()
             .timer(TokioTimer::new())
-            .max_concurrent_streams(config.h2_max_concurrent_streams)
-            .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(limits.h2_max_concurrent_streams)
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
             // Bounds for rapid-reset style abuse (CVE-2023-44487).
             .max_pending_accept_reset_streams(50)
             .max_local_error_reset_streams(256)
@@ -56,7 +99,8 @@ impl Protocols {
             http1: any.clone().http1_only(),
             http2: any.clone().http2_only(),
             any,
-            tls_handshake_timeout: config.tls_handshake_timeout,
+            tls_handshake_timeout: limits.tls_handshake_timeout,
+            header_read_timeout: limits.header_read_timeout,
         }
     }
 }
@@ -70,6 +114,27 @@ pub struct Listener {
     pub tls: Option<SharedTls>,
     pub handler: Handler,
     pub protocols: Arc<Protocols>,
+    pub caps: Arc<Caps>,
+}
+
+impl Listener {
+    /// `name` is how logs and metrics call the listener (`listen.http`, `inject-webhook`).
+    pub fn new(
+        name: &'static str,
+        tcp: TcpListener,
+        tls: Option<SharedTls>,
+        handler: Handler,
+        limits: &Limits,
+        meter: Option<Arc<Meter>>,
+    ) -> Listener {
+        Listener {
+            tcp,
+            tls,
+            handler,
+            protocols: Arc::new(Protocols::new(limits)),
+            caps: Arc::new(Caps::new(name, limits.caps, meter)),
+        }
+    }
 }
 
 /// Accepts connections until `stop` turns true. Each connection task holds a clone of `open`,
@@ -93,6 +158,11 @@ pub async fn accept_loop(
                 continue;
             }
         };
+        // Over a cap: closed before any TLS or HTTP work (the refusal is logged and counted).
+        let Some(slot) = listener.caps.admit(peer.ip()) else {
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let tls = listener
             .tls
@@ -104,6 +174,7 @@ pub async fn accept_loop(
         let open = open.clone();
         tokio::spawn(async move {
             connection(stream, peer, tls, handler, protocols, stop).await;
+            drop(slot);
             drop(open);
         });
     }
@@ -117,16 +188,26 @@ async fn connection(
     protocols: Arc<Protocols>,
     stop: watch::Receiver<bool>,
 ) {
+    // The first request head is due this long after the connection was accepted, handshake
+    // included: a TLS client that says nothing is held no longer than a cleartext one.
+    let accepted = Instant::now();
+    let first_head_due = accepted + protocols.header_read_timeout;
     let Some(acceptor) = tls else {
         let info = ConnInfo { peer, tls: false };
-        return serve(&protocols.any, TokioIo::new(stream), handler, info, stop).await;
+        let builder = &protocols.any;
+        return serve(
+            &protocols,
+            builder,
+            stream,
+            handler,
+            info,
+            first_head_due,
+            stop,
+        )
+        .await;
     };
-    let stream = match tokio::time::timeout(
-        protocols.tls_handshake_timeout,
-        acceptor.accept(stream),
-    )
-    .await
-    {
+    let handshake_due = first_head_due.min(accepted + protocols.tls_handshake_timeout);
+    let stream = match tokio::time::timeout_at(handshake_due, acceptor.accept(stream)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -142,43 +223,145 @@ async fn connection(
         _ => &protocols.http1,
     };
     let info = ConnInfo { peer, tls: true };
-    serve(builder, TokioIo::new(stream), handler, info, stop).await;
+    serve(
+        &protocols,
+        builder,
+        stream,
+        handler,
+        info,
+        first_head_due,
+        stop,
+    )
+    .await;
 }
 
 async fn serve<I>(
+    protocols: &Protocols,
     builder: &auto::Builder<TokioExecutor>,
-    io: TokioIo<I>,
+    io: I,
     handler: Handler,
     info: ConnInfo,
+    first_head_due: Instant,
     mut stop: watch::Receiver<bool>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // Requests in flight: from the head's arrival until the response body is dropped.
+    let (busy, idle) = watch::channel(0usize);
+    let busy = Arc::new(busy);
     let service = service_fn(move |req: hyper::Request<Incoming>| {
+        let in_flight = InFlight::start(busy.clone());
         let head = req.method() == http::Method::HEAD;
         let response = handler(req, info);
         async move {
             let response = response.await;
-            Ok::<_, Infallible>(if head {
+            let response = if head {
                 without_body(response)
             } else {
                 response
-            })
+            };
+            Ok::<_, Infallible>(response.map(|body| Tracked {
+                body,
+                _in_flight: in_flight,
+            }))
         }
     });
     // Owned, so the connection future does not borrow the builder across the spawn.
-    let conn = builder.serve_connection(io, service).into_owned();
+    let conn = builder
+        .serve_connection(TokioIo::new(io), service)
+        .into_owned();
     tokio::pin!(conn);
-    // Once `stop` turns true, the connection finishes its in-flight requests and closes.
+    let idle = idle_for(idle, first_head_due, protocols.header_read_timeout);
+    tokio::pin!(idle);
     let result = tokio::select! {
         result = conn.as_mut() => result,
+        // Once `stop` turns true, the connection finishes its in-flight requests and closes.
         () = stopped(&mut stop) => {
             conn.as_mut().graceful_shutdown();
-            conn.await
+            tokio::select! {
+                result = conn.as_mut() => result,
+                // An idle or silent connection does not hold up the drain.
+                () = &mut idle => return,
+            }
+        }
+        // Silent from the start (no protocol preface, no HTTP/2 SETTINGS or HEADERS, no request
+        // line) or idle since its last response: hyper bounds none of the HTTP/2 cases itself.
+        () = &mut idle => {
+            conn.as_mut().graceful_shutdown();
+            match tokio::time::timeout(CLOSE_GRACE, conn.as_mut()).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::debug!(peer = %info.peer, "closed a connection that sent no request in time");
+                    return;
+                }
+            }
         }
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// Resolves at `first` if no request has come by then, and later once no request has been in
+/// flight for `limit`.
+async fn idle_for(mut busy: watch::Receiver<usize>, first: Instant, limit: Duration) {
+    let mut due = first;
+    loop {
+        let changed = if *busy.borrow_and_update() == 0 {
+            match tokio::time::timeout_at(due, busy.changed()).await {
+                Ok(changed) => changed,
+                Err(_) => return,
+            }
+        } else {
+            busy.changed().await
+        };
+        if changed.is_err() {
+            // The service is gone, so is the connection: nothing left to time.
+            return std::future::pending().await;
+        }
+        due = Instant::now() + limit;
+    }
+}
+
+/// One request in flight on a connection; dropping it (with the response body) ends it.
+struct InFlight(Arc<watch::Sender<usize>>);
+
+impl InFlight {
+    fn start(busy: Arc<watch::Sender<usize>>) -> InFlight {
+        busy.send_modify(|n| *n += 1);
+        InFlight(busy)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// A response body that keeps its request counted as in flight until hyper is done with it.
+struct Tracked {
+    body: Body,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = crate::body::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 

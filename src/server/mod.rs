@@ -1,5 +1,6 @@
 //! Listeners, TLS and shutdown. This module moves bytes; it decides no auth outcome.
 
+pub mod caps;
 pub mod listener;
 pub mod reload;
 pub mod shutdown;
@@ -24,7 +25,7 @@ use crate::app::App;
 use crate::body::Body;
 use crate::gateway::{ConnInfo, Gateway};
 use crate::meter::{self, Meter};
-use listener::{Listener, Protocols, SharedTls};
+use listener::{Limits, Listener, SharedTls};
 pub use reload::Reloadable;
 
 /// A request handler as the transport sees it: any request in, a response out, never an error.
@@ -94,7 +95,7 @@ impl Server {
             let admin = admin.clone();
             Box::pin(async move { admin.handle(req).await })
         });
-        let protocols = Arc::new(Protocols::new(&config.server));
+        let limits = Limits::of(&config.server);
 
         let mut listeners = Vec::new();
         let mut bind =
@@ -106,15 +107,10 @@ impl Server {
                 let local = std_listener
                     .local_addr()
                     .map_err(|source| StartError::Bind { key, addr, source })?;
-                listeners.push((
-                    key,
-                    Listener {
-                        tcp: std_listener,
-                        tls,
-                        handler: handler.clone(),
-                        protocols: protocols.clone(),
-                    },
-                ));
+                let meter = Some(app.meter.clone());
+                let listener =
+                    Listener::new(key, std_listener, tls, handler.clone(), &limits, meter);
+                listeners.push((key, listener));
                 Ok::<SocketAddr, StartError>(local)
             };
 

@@ -382,3 +382,58 @@ fn the_injection_example_admits_only_the_sidecars_port() {
         );
     }
 }
+
+#[test]
+fn the_webhook_network_policy_admits_only_the_webhook_port_of_the_webhook_pods() {
+    let webhook = deploy_dir().join("kubernetes/webhook");
+    let deployment = &yaml_documents(&webhook.join("deployment.yaml"))[0];
+    let policies: Vec<serde_json::Value> = yaml_files(&webhook)
+        .iter()
+        .flat_map(|file| yaml_documents(file))
+        .filter(|doc| doc["kind"] == "NetworkPolicy")
+        .collect();
+    assert_eq!(policies.len(), 1, "one NetworkPolicy for the injector");
+    let policy = &policies[0];
+    assert_eq!(
+        policy["metadata"]["namespace"],
+        deployment["metadata"]["namespace"]
+    );
+    // It selects the webhook's pods: every label it matches is on the pod template.
+    let selected = policy["spec"]["podSelector"]["matchLabels"]
+        .as_object()
+        .unwrap();
+    assert!(!selected.is_empty());
+    let labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    for (key, value) in selected {
+        assert_eq!(&labels[key], value, "podSelector {key}");
+    }
+    let types = policy["spec"]["policyTypes"].as_array().unwrap();
+    assert!(types.contains(&"Ingress".into()), "{types:?}");
+    assert!(types.contains(&"Egress".into()), "{types:?}");
+    assert!(
+        policy["spec"]["egress"]
+            .as_array()
+            .is_none_or(Vec::is_empty),
+        "the injector connects to nothing"
+    );
+    // Every rule admits the webhook's container port and nothing else.
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let port = &container["ports"][0]["containerPort"];
+    let args = container["args"].as_array().unwrap();
+    let listen = args.iter().position(|a| a == "--listen").unwrap();
+    assert!(
+        args[listen + 1]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!(":{port}"))
+    );
+    let rules = policy["spec"]["ingress"].as_array().unwrap();
+    assert!(!rules.is_empty());
+    for rule in rules {
+        let ports = rule["ports"].as_array().expect("a rule names its ports");
+        for admitted in ports {
+            assert_eq!(&admitted["port"], port, "{admitted}");
+            assert_eq!(admitted["protocol"], "TCP");
+        }
+    }
+}

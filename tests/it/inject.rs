@@ -3,12 +3,19 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine;
 use gatehouse::inject::{Settings, serve};
+use gatehouse::server::listener::Limits;
 use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
+use crate::connections::{
+    Conn, DEADLINE, H2_PREFACE_AND_SETTINGS, closed_within, tls_connect, try_tls_connect,
+};
 use crate::harness::install_crypto;
 
 const IMAGE: &str = "ghcr.io/gatehouse-dev/gatehouse:0.1.0";
@@ -27,11 +34,18 @@ fn read_fixture(name: &str) -> Value {
 struct Webhook {
     url: String,
     client: reqwest::Client,
+    addr: std::net::SocketAddr,
+    /// Its certificate, PEM.
+    pem: String,
     _stop: oneshot::Sender<()>,
 }
 
 impl Webhook {
     async fn start() -> Webhook {
+        Webhook::start_with(gatehouse::inject::limits(512, 128)).await
+    }
+
+    async fn start_with(limits: Limits) -> Webhook {
         install_crypto();
         let dir = tempfile::tempdir().unwrap();
         let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
@@ -44,7 +58,8 @@ impl Webhook {
         std::fs::write(&config.key, generated.signing_key.serialize_pem()).unwrap();
         let tls = gatehouse::server::tls::server_config(&config, "").unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
+        let addr = listener.local_addr().unwrap();
+        let port = addr.port();
         let (stop, stopped) = oneshot::channel::<()>();
         let settings = Settings {
             image: IMAGE.into(),
@@ -53,6 +68,7 @@ impl Webhook {
             listener,
             Arc::new(arc_swap::ArcSwap::new(tls)),
             settings,
+            limits,
             async {
                 let _ = stopped.await;
             },
@@ -66,6 +82,8 @@ impl Webhook {
         Webhook {
             url: format!("https://localhost:{port}"),
             client,
+            addr,
+            pem: generated.cert.pem(),
             _stop: stop,
         }
     }
@@ -256,4 +274,89 @@ async fn malformed_reviews_get_a_clear_error() {
         .await
         .unwrap();
     assert_eq!(health.status(), 200);
+}
+
+#[tokio::test]
+async fn a_silent_connection_to_the_webhook_is_closed() {
+    let mut limits = gatehouse::inject::limits(512, 128);
+    limits.header_read_timeout = Duration::from_secs(1);
+    limits.tls_handshake_timeout = Duration::from_secs(1);
+    let webhook = Webhook::start_with(limits).await;
+    let (addr, pem) = (webhook.addr, webhook.pem.clone());
+    let mut kinds = tokio::task::JoinSet::new();
+    kinds.spawn(async move {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        ("TCP, no bytes", closed_within(tcp, DEADLINE).await)
+    });
+    for (name, alpn, sent) in [
+        ("TLS h2, silent", &b"h2"[..], &b""[..]),
+        ("TLS http/1.1, silent", b"http/1.1", b""),
+        (
+            "TLS h2, preface and SETTINGS, no HEADERS",
+            b"h2",
+            H2_PREFACE_AND_SETTINGS,
+        ),
+        (
+            "TLS http/1.1, half a request line",
+            b"http/1.1",
+            b"POST /mu",
+        ),
+    ] {
+        let pem = pem.clone();
+        kinds.spawn(async move {
+            let mut tls = tls_connect(addr, pem.as_bytes(), alpn).await;
+            tls.write_all(sent).await.unwrap();
+            tls.flush().await.unwrap();
+            (name, closed_within(tls, DEADLINE).await)
+        });
+    }
+    let mut open = Vec::new();
+    while let Some(kind) = kinds.join_next().await {
+        let (name, closed) = kind.unwrap();
+        if !closed {
+            open.push(name);
+        }
+    }
+    assert!(open.is_empty(), "still open after {DEADLINE:?}: {open:?}");
+    // The webhook still answers.
+    let health = webhook
+        .client
+        .get(format!("{}/healthz", webhook.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+}
+
+#[tokio::test]
+async fn the_webhook_closes_a_connection_over_its_per_address_cap_and_admits_one_when_room_is_made()
+{
+    let webhook = Webhook::start_with(gatehouse::inject::limits(512, 3)).await;
+    let (addr, pem) = (webhook.addr, webhook.pem.as_bytes());
+    let mut kept = Vec::new();
+    for _ in 0..3 {
+        let mut conn = Conn::h2(tls_connect(addr, pem, b"h2").await).await;
+        assert_eq!(conn.get("/healthz").await.0, 200);
+        kept.push(conn);
+    }
+    // Closed before the handshake: no certificate, no memory spent on it.
+    let fourth = TcpStream::connect(addr).await.unwrap();
+    assert!(closed_within(fourth, Duration::from_secs(2)).await);
+    for conn in &mut kept {
+        assert_eq!(conn.get("/healthz").await.0, 200);
+    }
+    drop(kept.pop());
+    let started = tokio::time::Instant::now();
+    loop {
+        if let Ok(tls) = try_tls_connect(addr, pem, b"h2").await {
+            let mut conn = Conn::h2(tls).await;
+            assert_eq!(conn.get("/healthz").await.0, 200);
+            break;
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "no connection admitted after one closed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

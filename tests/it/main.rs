@@ -9,6 +9,7 @@ mod browser;
 mod capacity;
 mod cli;
 mod config;
+mod connections;
 mod deploy;
 mod dns;
 mod domains;
