@@ -1378,8 +1378,10 @@ async fn new_users_beyond_the_issuers_bound_are_refused_until_the_window_ends(
     let upstream = Upstream::start().await;
     let key = TestKey::generate();
     let idp = Idp::start(json!({"keys": [key.jwk("k1")]})).await;
+    // A window short enough to wait out, long enough that the first creations are still in it
+    // when the fourth subject comes, however slow the machine.
     let (replicas, _db) =
-        replicas_trusting(backend, &upstream, &idp, 3, Duration::from_secs(2)).await;
+        replicas_trusting(backend, &upstream, &idp, 3, Duration::from_secs(4)).await;
     let on = |i: usize| &replicas[i % replicas.len()];
     for i in 0..3 {
         let created = as_subject(on(i), &upstream, &key, &format!("n{i}"), &format!("n{i}")).await;
@@ -1438,7 +1440,7 @@ async fn new_users_beyond_the_issuers_bound_are_refused_until_the_window_ends(
     );
 
     // Once the window has passed, the subject gets its user.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
         let outcome = as_subject(on(1), &upstream, &key, "n3", "n3").await;
         if outcome.status == 200 {
