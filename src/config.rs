@@ -126,6 +126,11 @@ pub struct TrustedIssuer {
     pub jwks_url: Uri,
     pub audience: String,
     pub algorithms: Vec<String>,
+    /// Users created from this issuer's tokens at most per `new_users_window`; tokens of new
+    /// subjects beyond it are refused with 429 (existing users keep working).
+    pub max_new_users: u32,
+    #[serde(serialize_with = "duration")]
+    pub new_users_window: Duration,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -651,6 +656,8 @@ struct RawTrustedIssuer {
     jwks_url: Field<String>,
     audience: Field<String>,
     algorithms: Field<Vec<String>>,
+    max_new_users: Field<u64>,
+    new_users_window: Field<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -873,6 +880,10 @@ fn parse_header_name(s: String) -> Result<String, String> {
         Err(_) => Err(format!("expected a header name, got `{s}`")),
     }
 }
+
+/// The most users one trusted issuer may create per window: the window's count is one stored
+/// record of that many timestamps, read and written at every creation.
+const MAX_NEW_USERS: u64 = 10_000;
 
 /// Asymmetric JWT algorithms a trusted issuer may use; HMAC is never accepted from outside.
 const ISSUER_ALGORITHMS: &[&str] = &[
@@ -1448,11 +1459,25 @@ fn validate(raw: RawConfig, env_secrets: EnvSecrets) -> Result<Config, ConfigErr
                 }
             },
         );
+        let max_new_users = c.get(&key("max_new_users"), t.max_new_users, 100, |v| {
+            in_range(1, MAX_NEW_USERS)(v).map(|v| v as u32)
+        });
+        let new_users_window = c.get(
+            &key("new_users_window"),
+            t.new_users_window,
+            Duration::from_secs(3600),
+            parse_duration,
+        );
+        if !(Duration::from_secs(1)..=MAX_CACHE_EXPIRY).contains(&new_users_window) {
+            c.problem(&key("new_users_window"), "must be from 1s to 30d");
+        }
         trusted_issuers.push(TrustedIssuer {
             issuer,
             jwks_url,
             audience,
             algorithms,
+            max_new_users,
+            new_users_window,
         });
     }
     let auth = AuthConfig {
@@ -2216,6 +2241,52 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.auth.trusted_issuers.len(), 6);
+    }
+
+    #[test]
+    fn new_users_from_a_trusted_issuer_are_bounded_by_default_and_the_bound_is_checked() {
+        let issuer = |extra: &str| {
+            from_toml_str(&format!(
+                "[[auth.trusted_issuers]]\nissuer = \"https://idp\"\naudience = \"a\"\njwks_url = \"https://idp/jwks\"\n{extra}"
+            ))
+        };
+        let c = issuer("").unwrap();
+        assert_eq!(c.auth.trusted_issuers[0].max_new_users, 100);
+        assert_eq!(
+            c.auth.trusted_issuers[0].new_users_window,
+            Duration::from_secs(3600)
+        );
+        let c = issuer("max_new_users = 3\nnew_users_window = \"2s\"\n").unwrap();
+        assert_eq!(c.auth.trusted_issuers[0].max_new_users, 3);
+        assert_eq!(
+            c.auth.trusted_issuers[0].new_users_window,
+            Duration::from_secs(2)
+        );
+        for (extra, expected) in [
+            (
+                "max_new_users = 0\n",
+                "auth.trusted_issuers[0].max_new_users: expected a number from 1 to 10000",
+            ),
+            (
+                "max_new_users = 10001\n",
+                "auth.trusted_issuers[0].max_new_users: expected a number from 1 to 10000",
+            ),
+            (
+                "new_users_window = \"500ms\"\n",
+                "auth.trusted_issuers[0].new_users_window: must be from 1s to 30d",
+            ),
+            (
+                "new_users_window = \"31d\"\n",
+                "auth.trusted_issuers[0].new_users_window: must be from 1s to 30d",
+            ),
+            (
+                "new_users_window = \"soon\"\n",
+                "auth.trusted_issuers[0].new_users_window: expected a duration",
+            ),
+        ] {
+            let err = issuer(extra).unwrap_err().to_string();
+            assert!(err.contains(expected), "{extra}: {err}");
+        }
     }
 
     #[test]

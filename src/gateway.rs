@@ -59,6 +59,9 @@ enum Rejection {
     HashingBusy,
     /// Too many wrong passwords from the client's address; retry after this many seconds.
     TooManyFailures(u64),
+    /// A trusted issuer's token for a subject with no user yet, while the issuer is at its
+    /// `max_new_users`; retry after this many seconds.
+    NewUsersLimited(u64),
     Internal(String),
     MfaRequired,
     MissingScope(String),
@@ -83,6 +86,7 @@ impl Rejection {
             Rejection::AuthUnavailable(_) => Some("unavailable"),
             Rejection::HashingBusy => Some("busy"),
             Rejection::TooManyFailures(_) => Some("throttled"),
+            Rejection::NewUsersLimited(_) => Some("new_users_limited"),
             Rejection::MfaRequired => Some("mfa_required"),
             Rejection::MissingScope(_) => Some("missing_scope"),
             _ => None,
@@ -103,6 +107,9 @@ impl std::fmt::Display for Rejection {
             Rejection::HashingBusy => f.write_str("password hashing at capacity"),
             Rejection::TooManyFailures(_) => {
                 f.write_str("too many wrong passwords from this address")
+            }
+            Rejection::NewUsersLimited(_) => {
+                f.write_str("the token's issuer is at its bound on new users")
             }
             Rejection::Internal(why) => write!(f, "internal error: {why}"),
             Rejection::MfaRequired => f.write_str("second factor required"),
@@ -166,6 +173,13 @@ impl Rejection {
                 "too-many-failures",
                 "Too many failed sign-ins",
                 "Too many wrong passwords came from this address; try again later.",
+            ),
+            Rejection::NewUsersLimited(_) => Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-new-users",
+                "Too many new users",
+                "Too many accounts were created from this identity provider's tokens recently; \
+                 yours will be created when you try again later.",
             ),
             Rejection::Internal(_) => Problem::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -322,6 +336,7 @@ impl Gateway {
                     AuthError::Unavailable(why) => Rejection::AuthUnavailable(why),
                     AuthError::Busy => Rejection::HashingBusy,
                     AuthError::Throttled(seconds) => Rejection::TooManyFailures(seconds),
+                    AuthError::NewUsersLimited(seconds) => Rejection::NewUsersLimited(seconds),
                 })?
         };
         match policy::decide_route(rule, principal.as_ref(), self.require_app) {
@@ -719,7 +734,7 @@ fn render(rejection: &Rejection, path: &str, request_id: &str) -> Response<Body>
     let mut response = rejection.problem().render(path, request_id);
     let retry_after = match rejection {
         Rejection::HashingBusy => Some(crate::auth::BUSY_RETRY_AFTER),
-        Rejection::TooManyFailures(seconds) => Some(*seconds),
+        Rejection::TooManyFailures(seconds) | Rejection::NewUsersLimited(seconds) => Some(*seconds),
         _ => None,
     };
     if let Some(seconds) = retry_after {

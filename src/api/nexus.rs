@@ -122,6 +122,16 @@ impl NexusError {
                 ),
                 Some(i64::try_from(*seconds).unwrap_or(i64::MAX)),
             ),
+            NexusError::Auth(AuthError::NewUsersLimited(seconds)) => (
+                p(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too-many-new-users",
+                    "Too many new users",
+                    "Too many accounts were created from this identity provider's tokens \
+                     recently; yours will be created when you try again later.",
+                ),
+                Some(i64::try_from(*seconds).unwrap_or(i64::MAX)),
+            ),
             NexusError::Body(BodyError::TimedOut) => (
                 p(
                     StatusCode::REQUEST_TIMEOUT,

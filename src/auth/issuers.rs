@@ -106,6 +106,17 @@ impl Issuers {
         self.issuers.iter().any(|i| i.config.issuer == iss)
     }
 
+    /// How many users tokens of the trusted issuer `iss` may create, and per how long.
+    pub fn new_user_limit(&self, iss: &str) -> Option<super::external::NewUserLimit> {
+        self.issuers
+            .iter()
+            .find(|i| i.config.issuer == iss)
+            .map(|i| super::external::NewUserLimit {
+                max: i.config.max_new_users,
+                window: i.config.new_users_window,
+            })
+    }
+
     /// Verifies a token from the trusted issuer `iss`: an allowed algorithm, a known `kid`, the
     /// signature, `iss`, `aud`, `exp` and (when present) `nbf`.
     pub async fn verify(&self, iss: &str, token: &str) -> Result<ExternalClaims, TokenError> {

@@ -4,6 +4,7 @@
 //! `Authorization: Basic` (argon2id, with a short cache of successful verifications), and the
 //! ApplicationToken header, which adds the `app` method to whatever else authenticated.
 
+pub mod external;
 pub mod hashing;
 pub mod issuers;
 pub mod policy;
@@ -20,10 +21,9 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use http::HeaderMap;
 use http::header::{self, HeaderName};
 
-use crate::clock::{self, Clock};
+use crate::clock::Clock;
 use crate::config::AuthConfig;
-use crate::names;
-use crate::store::{ExternalId, Membership, NewUser, Store, StoreError, User};
+use crate::store::{Membership, Store, StoreError, User};
 use crate::tokens::{self, Tokens};
 use issuers::Issuers;
 
@@ -144,6 +144,9 @@ pub enum AuthError {
     Busy,
     /// 429 with `Retry-After` (seconds): too many wrong passwords from this client address.
     Throttled(u64),
+    /// 429 with `Retry-After` (seconds): the token's issuer created as many new users as its
+    /// `max_new_users` allows within the window, and this subject has no user yet.
+    NewUsersLimited(u64),
 }
 
 /// How long a client refused with [`AuthError::Busy`] is told to wait, in seconds.
@@ -254,6 +257,9 @@ pub struct Authenticator {
     /// presents the same one meanwhile. Entries leave when their verification ends, so the map
     /// holds no more than the requests in flight.
     inflight: std::sync::Mutex<HashMap<[u8; 32], Arc<tokio::sync::OnceCell<bool>>>>,
+    /// Users of trusted issuers, by `(iss, sub)`, created on first sight within each issuer's
+    /// bound.
+    external: external::ExternalUsers,
 }
 
 impl Authenticator {
@@ -267,6 +273,7 @@ impl Authenticator {
         let cache_key = ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng)
             .map_err(|_| "the system random source failed".to_owned())?;
         Ok(Authenticator {
+            external: external::ExternalUsers::new(store.clone(), clock.clone()),
             store,
             tokens,
             issuers: arc_swap::ArcSwap::from_pointee(Issuers::new(
@@ -491,7 +498,10 @@ impl Authenticator {
                 .verify(&iss, token)
                 .await
                 .map_err(|e| AuthError::Invalid(e.to_string()))?;
-            let user = self.external_user(&claims).await?;
+            let limit = issuers
+                .new_user_limit(&iss)
+                .ok_or_else(|| AuthError::Invalid("token from an untrusted issuer".into()))?;
+            let user = self.external_user(&claims, limit).await?;
             let methods = tokens::methods_from_amr(&claims.amr);
             let scopes = current_scopes(&user.scopes, &claims.scopes(), &methods);
             return Principal::admit(&user, scopes, methods);
@@ -499,75 +509,35 @@ impl Authenticator {
         Err(AuthError::Invalid("token from an untrusted issuer".into()))
     }
 
-    /// The user a trusted issuer's subject maps to, created on first sight.
-    async fn external_user(&self, claims: &issuers::ExternalClaims) -> Result<User, AuthError> {
-        if let Some(user) = self
-            .store
-            .user_by_external(&claims.iss, &claims.sub)
-            .await?
-        {
-            return Ok(user);
-        }
-        let preferred = claims
-            .preferred_username
-            .clone()
-            .or_else(|| claims.email.clone())
-            .unwrap_or_else(|| claims.sub.clone());
-        // The admin API's rules (SPEC §10): a name, email or display name that breaks them is
-        // refused with the token, never stored, never repaired.
-        let refused = |what: &str, e: names::NameError| {
-            AuthError::Invalid(format!("the issuer's {what} is refused: {e}"))
-        };
-        names::check_user_name(&preferred).map_err(|e| refused("user name", e))?;
-        if let Some(email) = &claims.email {
-            names::check_email(email).map_err(|e| refused("email", e))?;
-        }
-        if let Some(name) = &claims.name {
-            names::check_display_name(name).map_err(|e| refused("name", e))?;
-        }
-        let now = clock::rfc3339(self.clock.now());
-        let mut new = NewUser {
-            user_name: preferred.clone(),
+    /// The user a trusted issuer's subject maps to, created on first sight (SPEC §3): named
+    /// after `preferred_username`, else `email`, else `sub`.
+    async fn external_user(
+        &self,
+        claims: &issuers::ExternalClaims,
+        limit: external::NewUserLimit,
+    ) -> Result<User, AuthError> {
+        let profile = external::Profile {
+            issuer: claims.iss.clone(),
+            subject: claims.sub.clone(),
+            preferred_name: claims
+                .preferred_username
+                .clone()
+                .or_else(|| claims.email.clone())
+                .unwrap_or_else(|| claims.sub.clone()),
             email: claims.email.clone(),
-            nick_name: claims.name.clone(),
+            display_name: claims.name.clone(),
             scopes: first_sight_scopes(&claims.scopes()),
-            external: Some(ExternalId {
-                issuer: claims.iss.clone(),
-                subject: claims.sub.clone(),
-            }),
-            ..NewUser::default()
         };
-        match self.store.create_user(new.clone(), &now).await {
-            Ok(user) => return Ok(user),
-            Err(StoreError::Conflict(_)) => {}
-            Err(e) => return Err(e.into()),
-        }
-        // Created meanwhile by a concurrent request, or the name belongs to someone else.
-        if let Some(user) = self
-            .store
-            .user_by_external(&claims.iss, &claims.sub)
-            .await?
-        {
-            return Ok(user);
-        }
-        let digest = ring::digest::digest(
-            &ring::digest::SHA256,
-            format!("{}\0{}", claims.iss, claims.sub).as_bytes(),
-        );
-        // Shortened to leave room for the suffix within the length rule; a prefix of an NFC
-        // name cut at a character is still checked again below.
-        let stem: String = preferred.chars().take(names::USER_NAME_MAX - 9).collect();
-        new.user_name = format!("{stem}#{}", &URL_SAFE_NO_PAD.encode(digest.as_ref())[..8]);
-        names::check_user_name(&new.user_name).map_err(|e| refused("user name", e))?;
-        match self.store.create_user(new, &now).await {
-            Ok(user) => Ok(user),
-            Err(StoreError::Conflict(_)) => self
-                .store
-                .user_by_external(&claims.iss, &claims.sub)
-                .await?
-                .ok_or_else(|| AuthError::Unavailable("cannot create the external user".into())),
-            Err(e) => Err(e.into()),
-        }
+        self.external
+            .find_or_create(&profile, limit)
+            .await
+            .map_err(|e| match e {
+                external::LinkError::Refused(why) => {
+                    AuthError::Invalid(format!("the issuer's claims are refused: {why}"))
+                }
+                external::LinkError::Limited(seconds) => AuthError::NewUsersLimited(seconds),
+                external::LinkError::Store(e) => e.into(),
+            })
     }
 }
 

@@ -176,6 +176,16 @@ pub fn loosened(old: &Config, new: &Config) -> Vec<String> {
                         added.join(", ")
                     ));
                 }
+                if issuer.max_new_users > before.max_new_users
+                    || issuer.new_users_window < before.new_users_window
+                {
+                    changes.push(format!(
+                        "trusted issuer {} may create more new users ({} per {})",
+                        issuer.issuer,
+                        issuer.max_new_users,
+                        humantime::format_duration(issuer.new_users_window)
+                    ));
+                }
             }
         }
     }
@@ -485,6 +495,18 @@ mod tests {
             "#;
         let changes = loosened(&old, &with(issuer));
         assert_eq!(changes, ["trusted issuer https://idp.example added"]);
+        let bounded = |extra: &str| with(&format!("{issuer}{extra}"));
+        let (old, stricter) = (bounded(""), bounded("max_new_users = 50\n"));
+        assert!(loosened(&old, &stricter).is_empty());
+        for looser in ["max_new_users = 500\n", "new_users_window = \"1m\"\n"] {
+            let changes = loosened(&old, &bounded(looser));
+            assert_eq!(changes.len(), 1, "{looser}: {changes:?}");
+            assert!(
+                changes[0]
+                    .starts_with("trusted issuer https://idp.example may create more new users"),
+                "{changes:?}"
+            );
+        }
     }
 
     #[test]

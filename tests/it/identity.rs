@@ -515,6 +515,18 @@ impl Idp {
     }
 }
 
+/// `https://idp.test` trusted with the keys `idp` serves, with the default bound on new users.
+fn trusted_idp(idp: &Idp) -> gatehouse::config::TrustedIssuer {
+    gatehouse::config::TrustedIssuer {
+        issuer: "https://idp.test".into(),
+        jwks_url: format!("http://{}/jwks", idp.addr).parse().unwrap(),
+        audience: "gatehouse-app".into(),
+        algorithms: vec!["EdDSA".into()],
+        max_new_users: 100,
+        new_users_window: Duration::from_secs(3600),
+    }
+}
+
 fn external_claims(sub: &str) -> serde_json::Value {
     let now = keys::now();
     json!({
@@ -528,17 +540,9 @@ async fn trusted_issuer_tokens_map_to_users_and_rotation_is_picked_up() {
     let upstream = Upstream::start().await;
     let k1 = TestKey::generate();
     let idp = Idp::start(json!({"keys": [k1.jwk("k1")]})).await;
-    let jwks_url = format!("http://{}/jwks", idp.addr);
     let gh = Gatehouse::start_with(&upstream, |c| {
         c.auth.jwks_min_refresh = Duration::from_secs(2);
-        c.auth
-            .trusted_issuers
-            .push(gatehouse::config::TrustedIssuer {
-                issuer: "https://idp.test".into(),
-                jwks_url: jwks_url.parse().unwrap(),
-                audience: "gatehouse-app".into(),
-                algorithms: vec!["EdDSA".into()],
-            });
+        c.auth.trusted_issuers.push(trusted_idp(&idp));
     })
     .await;
     let bearer = |t: String| ("authorization", format!("Bearer {t}"));
@@ -970,17 +974,9 @@ async fn amr_app_in_a_token_does_not_stand_for_the_application_token_header() {
     let key = TestKey::generate();
     let k1 = TestKey::generate();
     let idp = Idp::start(json!({"keys": [k1.jwk("k1")]})).await;
-    let jwks_url = format!("http://{}/jwks", idp.addr);
     let gh = start(&upstream, &key, |c| {
         c.auth.require_application_token = true;
-        c.auth
-            .trusted_issuers
-            .push(gatehouse::config::TrustedIssuer {
-                issuer: "https://idp.test".into(),
-                jwks_url: jwks_url.parse().unwrap(),
-                audience: "gatehouse-app".into(),
-                algorithms: vec!["EdDSA".into()],
-            });
+        c.auth.trusted_issuers.push(trusted_idp(&idp));
     })
     .await;
     gh.create_user(json!({"userName": "ada", "password": PASSWORD, "email": "ada@example.com"}))
@@ -1083,16 +1079,8 @@ async fn names_from_a_trusted_issuer_that_break_the_admin_rules_are_refused_and_
     let upstream = Upstream::start().await;
     let key = TestKey::generate();
     let idp = Idp::start(json!({"keys": [key.jwk("k1")]})).await;
-    let jwks_url = format!("http://{}/jwks", idp.addr);
     let gh = Gatehouse::start_with(&upstream, |c| {
-        c.auth
-            .trusted_issuers
-            .push(gatehouse::config::TrustedIssuer {
-                issuer: "https://idp.test".into(),
-                jwks_url: jwks_url.parse().unwrap(),
-                audience: "gatehouse-app".into(),
-                algorithms: vec!["EdDSA".into()],
-            });
+        c.auth.trusted_issuers.push(trusted_idp(&idp));
     })
     .await;
     let bearer = |claims: &serde_json::Value| {
@@ -1164,4 +1152,356 @@ async fn names_from_a_trusted_issuer_that_break_the_admin_rules_are_refused_and_
     let (status, user) = gh.admin("GET", "/admin/v1/users/hank", None).await;
     assert_eq!(status, 200);
     assert_eq!(user["userName"], "hank");
+}
+
+on_both_backends!(
+    names_taken_first_never_stop_a_subject_from_getting_its_user,
+    two_subjects_with_one_preferred_name_get_two_users,
+    an_admin_taking_the_name_at_the_same_moment_never_fails_the_token,
+    new_users_beyond_the_issuers_bound_are_refused_until_the_window_ends,
+    concurrent_first_requests_of_one_subject_make_one_user,
+    a_subject_the_store_cannot_keep_is_refused_and_nothing_is_stored,
+);
+
+/// Gatehouse trusting `idp` with at most `max_new_users` per `window`: on PostgreSQL two
+/// replicas sharing one database, on sled the one instance. Requests are spread over them.
+async fn replicas_trusting(
+    backend: crate::factors::Backend,
+    upstream: &Upstream,
+    idp: &Idp,
+    max_new_users: u32,
+    window: Duration,
+) -> (Vec<Gatehouse>, Option<crate::pg::Database>) {
+    let adjust = |c: &mut gatehouse::config::Config| {
+        // One master key for the replicas, as they share the signing keys it seals.
+        c.secrets.master_key = Some(gatehouse::config::Secret::new(
+            "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+        ));
+        let mut issuer = trusted_idp(idp);
+        issuer.max_new_users = max_new_users;
+        issuer.new_users_window = window;
+        c.auth.trusted_issuers.push(issuer);
+    };
+    match backend {
+        crate::factors::Backend::Sled => {
+            (vec![Gatehouse::start_with(upstream, adjust).await], None)
+        }
+        crate::factors::Backend::Postgres => {
+            use gatehouse::store::Store;
+            let db = crate::pg::Database::create(crate::pg::SHARED_SERVER).await;
+            let mut replicas = Vec::new();
+            for _ in 0..2 {
+                let store: Arc<dyn Store> = Arc::new(
+                    gatehouse::store::postgres::PgStore::connect(&db.url(), 4)
+                        .await
+                        .unwrap(),
+                );
+                replicas
+                    .push(Gatehouse::start_store(&upstream.url(), adjust, move |_| store).await);
+            }
+            (replicas, Some(db))
+        }
+    }
+}
+
+/// What a request with a token of the test issuer came to.
+#[derive(Debug)]
+struct Outcome {
+    status: u16,
+    body: String,
+    /// The user id and name the upstream was told, when it was reached.
+    user: Option<(String, String)>,
+}
+
+/// A request with a token of the test issuer for `sub`, whose `preferred_username` is `name`, to
+/// a path of its own under `/private/` (so that the upstream's record of it can be found among
+/// concurrent ones): the request and its path.
+fn subject_request(
+    gh: &Gatehouse,
+    key: &TestKey,
+    sub: &str,
+    name: &str,
+) -> (reqwest::RequestBuilder, String) {
+    let mut claims = external_claims(sub);
+    claims["preferred_username"] = json!(name);
+    let path = format!("/private/{}", uuid::Uuid::new_v4().simple());
+    let request = http1_client().get(gh.http_url(&path)).header(
+        "authorization",
+        format!("Bearer {}", key.sign("k1", &claims)),
+    );
+    (request, path)
+}
+
+/// Sends a [`subject_request`] and reads what it came to. A 429 is checked to be the problem
+/// document with `Retry-After`.
+async fn outcome(upstream: &Upstream, request: reqwest::RequestBuilder, path: &str) -> Outcome {
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    let (retry_after, content_type) = (header("retry-after"), header("content-type"));
+    let body = response.text().await.unwrap();
+    if status == 429 {
+        assert_problem(429, content_type.as_deref(), &body, "too-many-new-users");
+        assert!(retry_after.is_some(), "429 without Retry-After: {body}");
+    }
+    Outcome {
+        status,
+        body,
+        user: seen_user(upstream, path),
+    }
+}
+
+/// The user id and name the upstream was told with the request for `path`.
+fn seen_user(upstream: &Upstream, path: &str) -> Option<(String, String)> {
+    upstream
+        .all()
+        .into_iter()
+        .find(|seen| seen.target == path)
+        .map(|seen| {
+            let header = |name: &str| seen.headers[name].to_str().unwrap().to_owned();
+            (header("x-auth-user-id"), header("x-auth-user"))
+        })
+}
+
+async fn as_subject(
+    gh: &Gatehouse,
+    upstream: &Upstream,
+    key: &TestKey,
+    sub: &str,
+    name: &str,
+) -> Outcome {
+    let (request, path) = subject_request(gh, key, sub, name);
+    outcome(upstream, request, &path).await
+}
+
+/// The users the store holds (read through the first replica), by `(iss, sub)` where linked.
+async fn stored_users(gh: &Gatehouse) -> Vec<gatehouse::store::User> {
+    gh.app.store.export().await.unwrap().users
+}
+
+/// The fallback name the first release gave a subject whose preferred name was taken: computable
+/// by anyone who knows the subject.
+fn predictable_name(preferred: &str, iss: &str, sub: &str) -> String {
+    use base64::Engine;
+    let digest = ring::digest::digest(&ring::digest::SHA256, format!("{iss}\0{sub}").as_bytes());
+    let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref());
+    format!("{preferred}#{}", &encoded[..8])
+}
+
+async fn names_taken_first_never_stop_a_subject_from_getting_its_user(
+    backend: crate::factors::Backend,
+) {
+    let upstream = Upstream::start().await;
+    let key = TestKey::generate();
+    let idp = Idp::start(json!({"keys": [key.jwk("k1")]})).await;
+    let (replicas, _db) =
+        replicas_trusting(backend, &upstream, &idp, 100, Duration::from_secs(3600)).await;
+    // Someone who knows the victim's `sub` registers both names the victim could have had.
+    let guessed = predictable_name("erin", "https://idp.test", "victim");
+    for name in ["erin", guessed.as_str()] {
+        replicas[0].create_user(json!({"userName": name})).await;
+    }
+
+    let first = as_subject(&replicas[0], &upstream, &key, "victim", "erin").await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let (id, name) = first.user.unwrap();
+    assert!(name.starts_with("erin#") && name != guessed, "{name}");
+    // The link is the identity: the same user on the next request, on every replica.
+    for gh in replicas.iter().chain(&replicas) {
+        let again = as_subject(gh, &upstream, &key, "victim", "erin").await;
+        assert_eq!(again.status, 200, "{}", again.body);
+        assert_eq!(again.user.unwrap(), (id.clone(), name.clone()));
+    }
+    // The names registered first still belong to those who registered them.
+    for taken in ["erin", guessed.as_str()] {
+        let (status, user) = replicas[0].admin("GET", &admin_path(taken), None).await;
+        assert_eq!(status, 200, "{user}");
+        assert_ne!(user["id"].to_string().trim_matches('"'), id, "{user}");
+    }
+    assert_eq!(stored_users(&replicas[0]).await.len(), 3);
+}
+
+async fn two_subjects_with_one_preferred_name_get_two_users(backend: crate::factors::Backend) {
+    let upstream = Upstream::start().await;
+    let key = TestKey::generate();
+    let idp = Idp::start(json!({"keys": [key.jwk("k1")]})).await;
+    let (replicas, _db) =
+        replicas_trusting(backend, &upstream, &idp, 100, Duration::from_secs(3600)).await;
+    let a = as_subject(&replicas[0], &upstream, &key, "sub-a", "erin").await;
+    let b = as_subject(replicas.last().unwrap(), &upstream, &key, "sub-b", "erin").await;
+    assert_eq!((a.status, b.status), (200, 200), "{} {}", a.body, b.body);
+    let (a, b) = (a.user.unwrap(), b.user.unwrap());
+    assert_ne!(a.0, b.0);
+    assert_eq!(a.1, "erin");
+    assert!(b.1.starts_with("erin#"), "{b:?}");
+    for (sub, user) in [("sub-a", &a), ("sub-b", &b)] {
+        let again = as_subject(&replicas[0], &upstream, &key, sub, "erin").await;
+        assert_eq!(again.user.as_ref(), Some(user), "{sub}");
+    }
+}
+
+async fn an_admin_taking_the_name_at_the_same_moment_never_fails_the_token(
+    backend: crate::factors::Backend,
+) {
+    let upstream = Upstream::start().await;
+    let key = TestKey::generate();
+    let idp = Idp::start(json!({"keys": [key.jwk("k1")]})).await;
+    let (replicas, _db) =
+        replicas_trusting(backend, &upstream, &idp, 100, Duration::from_secs(3600)).await;
+    for round in 0..8 {
+        let name = format!("zed{round}");
+        let gh = &replicas[round % replicas.len()];
+        let sub = format!("zed-sub-{round}");
+        let (token, (admin_status, admin_user)) = tokio::join!(
+            as_subject(gh, &upstream, &key, &sub, &name),
+            replicas[0].admin("POST", "/admin/v1/users", Some(json!({"userName": name}))),
+        );
+        assert_eq!(token.status, 200, "round {round}: {}", token.body);
+        let (_, token_name) = token.user.unwrap();
+        match admin_status {
+            // The administrator got the name: the subject's user has another.
+            201 => assert_ne!(token_name, name, "round {round}"),
+            409 => assert_eq!(token_name, name, "round {round}"),
+            other => panic!("round {round}: admin answered {other}: {admin_user}"),
+        }
+    }
+}
+
+async fn new_users_beyond_the_issuers_bound_are_refused_until_the_window_ends(
+    backend: crate::factors::Backend,
+) {
+    let upstream = Upstream::start().await;
+    let key = TestKey::generate();
+    let idp = Idp::start(json!({"keys": [key.jwk("k1")]})).await;
+    // A window short enough to wait out, long enough that the first creations are still in it
+    // when the fourth subject comes, however slow the machine.
+    let (replicas, _db) =
+        replicas_trusting(backend, &upstream, &idp, 3, Duration::from_secs(4)).await;
+    let on = |i: usize| &replicas[i % replicas.len()];
+    for i in 0..3 {
+        let created = as_subject(on(i), &upstream, &key, &format!("n{i}"), &format!("n{i}")).await;
+        assert_eq!(created.status, 200, "n{i}: {}", created.body);
+    }
+    let hits = upstream.hits();
+
+    // The fourth new subject, on any replica (the count is the store's): 429, nothing stored.
+    for i in 0..replicas.len() {
+        let refused = as_subject(on(i), &upstream, &key, "n3", "n3").await;
+        assert_eq!(refused.status, 429, "{}", refused.body);
+        let doc: serde_json::Value = serde_json::from_str(&refused.body).unwrap();
+        assert!(
+            doc["detail"].as_str().unwrap().contains("try again later"),
+            "{doc}"
+        );
+    }
+    assert_eq!(
+        upstream.hits(),
+        hits,
+        "a refused request reached the upstream"
+    );
+    assert_eq!(stored_users(&replicas[0]).await.len(), 3);
+    assert!(
+        replicas[0]
+            .app
+            .store
+            .user_by_external("https://idp.test", "n3")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        replicas[0].admin("GET", "/admin/v1/users/n3", None).await.0,
+        404
+    );
+    // Users the issuer already has keep working meanwhile, on every replica.
+    for i in 0..3 {
+        for gh in &replicas {
+            let known = as_subject(gh, &upstream, &key, &format!("n{i}"), "renamed").await;
+            assert_eq!(known.status, 200, "n{i}: {}", known.body);
+        }
+    }
+    // The refusal is counted where operators look.
+    let metrics = http1_client()
+        .get(replicas[0].admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("gatehouse_auth_failures_total{reason=\"new_users_limited\"}"),
+        "{metrics}"
+    );
+
+    // Once the window has passed, the subject gets its user.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let outcome = as_subject(on(1), &upstream, &key, "n3", "n3").await;
+        if outcome.status == 200 {
+            assert_eq!(outcome.user.unwrap().1, "n3");
+            break;
+        }
+        assert_eq!(outcome.status, 429, "{}", outcome.body);
+        assert!(tokio::time::Instant::now() < deadline, "still refused");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(stored_users(&replicas[0]).await.len(), 4);
+}
+
+async fn concurrent_first_requests_of_one_subject_make_one_user(backend: crate::factors::Backend) {
+    let upstream = Upstream::start().await;
+    let key = TestKey::generate();
+    let idp = Idp::start(json!({"keys": [key.jwk("k1")]})).await;
+    // A bound below the number of requests: a burst of one subject is one new user.
+    let (replicas, _db) =
+        replicas_trusting(backend, &upstream, &idp, 3, Duration::from_secs(3600)).await;
+    let mut burst = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let (request, path) = subject_request(&replicas[i % replicas.len()], &key, "burst", "erin");
+        burst.spawn(async move { (request.send().await.unwrap().status().as_u16(), path) });
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    while let Some(done) = burst.join_next().await {
+        let (status, path) = done.unwrap();
+        assert_eq!(status, 200);
+        ids.insert(seen_user(&upstream, &path).unwrap().0);
+    }
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let linked: Vec<_> = stored_users(&replicas[0])
+        .await
+        .into_iter()
+        .filter(|u| u.external.as_ref().is_some_and(|e| e.subject == "burst"))
+        .collect();
+    assert_eq!(linked.len(), 1, "{linked:?}");
+    assert_eq!(linked[0].id.to_string(), *ids.first().unwrap());
+    // The burst left room within the bound for another new subject.
+    let next = as_subject(&replicas[0], &upstream, &key, "after-burst", "erin").await;
+    assert_eq!(next.status, 200, "{}", next.body);
+}
+
+async fn a_subject_the_store_cannot_keep_is_refused_and_nothing_is_stored(
+    backend: crate::factors::Backend,
+) {
+    let upstream = Upstream::start().await;
+    let key = TestKey::generate();
+    let idp = Idp::start(json!({"keys": [key.jwk("k1")]})).await;
+    let (replicas, _db) =
+        replicas_trusting(backend, &upstream, &idp, 100, Duration::from_secs(3600)).await;
+    // A well-formed name, but a subject with a NUL (PostgreSQL cannot hold one), another control
+    // character, or longer than OpenID Connect's 255.
+    for sub in ["erin\u{0}x", "erin\u{7f}", "", &"s".repeat(256)] {
+        let refused = as_subject(&replicas[0], &upstream, &key, sub, "erin").await;
+        assert_eq!(refused.status, 401, "{sub:?}: {}", refused.body);
+    }
+    assert_eq!(upstream.hits(), 0);
+    assert!(stored_users(&replicas[0]).await.is_empty());
+    let longest = "s".repeat(255);
+    let accepted = as_subject(&replicas[0], &upstream, &key, &longest, "erin").await;
+    assert_eq!(accepted.status, 200, "{}", accepted.body);
 }

@@ -62,6 +62,7 @@ macro_rules! on_both_backends {
 
 on_both_backends!(
     user_names_are_unique_regardless_of_case,
+    an_external_identity_is_linked_to_one_user_under_concurrency,
     a_ticket_is_confirmed_once_under_concurrency,
     a_totp_step_is_accepted_once_under_concurrency,
     a_confirmed_factor_voids_pending_tickets_and_refuses_password_only_ones,
@@ -107,6 +108,57 @@ async fn user_names_are_unique_regardless_of_case(s: Subject) {
     ));
     assert!(s.store.delete_user("ada").await.unwrap());
     assert_eq!(s.twin.user_by_id(ada.id).await.unwrap(), None);
+}
+
+/// Replicas creating the user of one `(iss, sub)` at once, each under another name (the
+/// fallback names are random): one user results, and every handle finds it by the link.
+async fn an_external_identity_is_linked_to_one_user_under_concurrency(s: Subject) {
+    let mut creations = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let store = if i % 2 == 0 { &s.store } else { &s.twin }.clone();
+        creations.spawn(async move {
+            let new = NewUser {
+                user_name: format!("erin#{i}"),
+                external: Some(ExternalId {
+                    issuer: "https://idp".into(),
+                    subject: "42".into(),
+                }),
+                ..NewUser::default()
+            };
+            store.create_user(new, NOW).await
+        });
+    }
+    let mut created = Vec::new();
+    while let Some(result) = creations.join_next().await {
+        match result.unwrap() {
+            Ok(user) => created.push(user),
+            Err(StoreError::Conflict(_)) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(created.len(), 1, "{created:?}");
+    for store in [&s.store, &s.twin] {
+        let linked = store.user_by_external("https://idp", "42").await.unwrap();
+        assert_eq!(linked.map(|u| u.id), Some(created[0].id));
+    }
+    // Only the winner's name was taken.
+    let names: Vec<bool> = names_taken(&s, 20).await;
+    assert_eq!(names.iter().filter(|taken| **taken).count(), 1);
+}
+
+/// Whether each of `erin#0` … `erin#{n-1}` names a user.
+async fn names_taken(s: &Subject, n: usize) -> Vec<bool> {
+    let mut taken = Vec::with_capacity(n);
+    for i in 0..n {
+        taken.push(
+            s.store
+                .user_by_name(&format!("erin#{i}"))
+                .await
+                .unwrap()
+                .is_some(),
+        );
+    }
+    taken
 }
 
 fn ticket(id: &str, user_id: u64, expires_at: i64) -> Ticket {

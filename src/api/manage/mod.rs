@@ -229,6 +229,14 @@ impl Manage {
                 )
                 .retry_after(i64::try_from(seconds).unwrap_or(i64::MAX)));
             }
+            // Only Basic reaches here (checked above); a token's issuer never creates a user.
+            Err(AuthError::NewUsersLimited(seconds)) => {
+                return Err(Failure::new(
+                    ErrorCode::RateLimited,
+                    "Too many new users; try again later.",
+                )
+                .retry_after(i64::try_from(seconds).unwrap_or(i64::MAX)));
+            }
             Err(AuthError::Unavailable(why)) => {
                 tracing::error!(error = %why, "manage: credentials could not be checked");
                 return Err(internal());

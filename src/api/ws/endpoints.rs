@@ -296,6 +296,13 @@ impl Ws {
                         )
                         .retry_after(seconds));
                     }
+                    Err(auth::AuthError::NewUsersLimited(seconds)) => {
+                        return Err(Answer::new(
+                            StatusCode::TOO_MANY_REQUESTS,
+                            "Too many new users; try again later.",
+                        )
+                        .retry_after(seconds));
+                    }
                 };
                 let id = principal
                     .user_id
@@ -330,7 +337,8 @@ impl Ws {
                     Err(
                         auth::AuthError::Unavailable(_)
                         | auth::AuthError::Busy
-                        | auth::AuthError::Throttled(_),
+                        | auth::AuthError::Throttled(_)
+                        | auth::AuthError::NewUsersLimited(_),
                     ) => return Err(unavailable()),
                 };
                 if key_file != file_id {
