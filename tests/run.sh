@@ -5,7 +5,8 @@
 # (Debian's nginx-light), the offline Kubernetes schema validator (kubernetes-validate, PyPI) and
 # the OpenAPI validator (openapi-spec-validator, PyPI), for the contract test schemathesis and
 # pyotp (PyPI), and PostgreSQL's server binaries (Debian's postgresql; its own service is not used).
-# Then starts a throwaway PostgreSQL server unless GATEHOUSE_TEST_DATABASE_URL names one.
+# Then starts a throwaway PostgreSQL server unless GATEHOUSE_TEST_DATABASE_URL names one, and
+# checks that deploy/Dockerfile's build context compiles.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin"
@@ -99,6 +100,15 @@ if [ -z "${GATEHOUSE_TEST_DATABASE_URL:-}" ]; then
 fi
 
 cargo test --locked "$@"
+
+# The image's build context: deploy/Dockerfile's COPY instructions (and its .dockerignore) hold
+# everything its build needs. `cargo check` for the same command in the same context (a release
+# build takes minutes); its dependencies stay in target/build-context between runs.
+if ! context_check=$(python3 deploy/check-build-context.py --check \
+    --target-dir "${CARGO_TARGET_DIR:-target}/build-context" 2>&1); then
+    echo "$context_check" >&2
+    exit 1
+fi
 
 # The contract test: schemathesis against the binary the tests just built (tests/contract/run.py).
 python3 tests/contract/run.py
