@@ -3,8 +3,10 @@
 # an SMTP server (aiosmtpd, from PyPI), a DNS server (Debian's dnsmasq-base: the binary only, no
 # service), a headless browser (Debian's chromium and chromedriver), nginx for forward-auth
 # (Debian's nginx-light), the offline Kubernetes schema validator (kubernetes-validate, PyPI) and
-# the OpenAPI validator (openapi-spec-validator, PyPI), and for the contract test schemathesis and
-# pyotp (PyPI).
+# the OpenAPI validator (openapi-spec-validator, PyPI), for the contract test schemathesis and
+# pyotp (PyPI), and PostgreSQL's server binaries (Debian's postgresql; its own service is not used).
+# Then starts a throwaway PostgreSQL server unless GATEHOUSE_TEST_DATABASE_URL names one, and
+# checks that deploy/Dockerfile's build context compiles.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin"
@@ -24,13 +26,89 @@ command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
 command -v dnsmasq >/dev/null || missing+=(dnsmasq-base)
 command -v nginx >/dev/null || missing+=(nginx-light)
+# initdb and pg_ctl: on PATH, else Debian's newest /usr/lib/postgresql/<version>/bin.
+pg_bin() {
+    local tool dir
+    if tool=$(command -v initdb) && dir=$(dirname "$(readlink -f "$tool")") && [ -x "$dir/pg_ctl" ]; then
+        echo "$dir"
+        return
+    fi
+    for dir in $(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V -r); do
+        if [ -x "$dir/initdb" ] && [ -x "$dir/pg_ctl" ]; then
+            echo "$dir"
+            return
+        fi
+    done
+    return 1
+}
+[ -n "${GATEHOUSE_TEST_PG_BIN:-}" ] || pg_bin >/dev/null || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# PostgreSQL. The tests create their databases on the server GATEHOUSE_TEST_DATABASE_URL names (a
+# URL without a database, whose user may create databases); when it is unset, on a throwaway server
+# of this run's own: initdb into a temporary directory, trust authentication, a free loopback port,
+# its socket in that directory, stopped and removed on exit. The test that runs initdb itself finds
+# the binaries through GATEHOUSE_TEST_PG_BIN. PostgreSQL refuses to run as root: as root, the
+# servers run as the `postgres` user.
+if [ -z "${GATEHOUSE_TEST_PG_BIN:-}" ]; then
+    GATEHOUSE_TEST_PG_BIN=$(pg_bin) || { echo "tests/run.sh: no initdb and pg_ctl found" >&2; exit 1; }
+fi
+export GATEHOUSE_TEST_PG_BIN
+as_pg=()
+if [ "$(id -u)" = 0 ]; then
+    id -u postgres >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin postgres
+    as_pg=(runuser -u postgres --)
+fi
+if [ -z "${GATEHOUSE_TEST_DATABASE_URL:-}" ]; then
+    pg_dir=$(mktemp -d -t gatehouse-pg.XXXXXX)
+    stop_pg() {
+        "${as_pg[@]}" "$GATEHOUSE_TEST_PG_BIN/pg_ctl" -D "$pg_dir/data" -m immediate stop >/dev/null 2>&1 || true
+        rm -rf "$pg_dir"
+    }
+    trap stop_pg EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    [ ${#as_pg[@]} -eq 0 ] || chown postgres: "$pg_dir"
+    "${as_pg[@]}" "$GATEHOUSE_TEST_PG_BIN/initdb" -D "$pg_dir/data" -U postgres --auth=trust --no-sync >/dev/null
+    pg_options="-c listen_addresses=127.0.0.1 -k $pg_dir -c fsync=off -c max_connections=200"
+    # TLS with a self-signed certificate for localhost, as a real server has one (a test checks
+    # that gatehouse verifies it).
+    if command -v openssl >/dev/null; then
+        "${as_pg[@]}" openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+            -subj /CN=localhost -addext subjectAltName=DNS:localhost \
+            -keyout "$pg_dir/data/server.key" -out "$pg_dir/data/server.crt" 2>/dev/null
+        "${as_pg[@]}" chmod 600 "$pg_dir/data/server.key"
+        pg_options+=" -c ssl=on"
+    fi
+    # The port is free when chosen; another process may take it before the server does: retry.
+    for attempt in 1 2 3; do
+        pg_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+        if "${as_pg[@]}" "$GATEHOUSE_TEST_PG_BIN/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/server.log" -w \
+            -o "-p $pg_port $pg_options" start >/dev/null; then
+            break
+        fi
+        if [ "$attempt" = 3 ]; then
+            cat "$pg_dir/server.log" >&2
+            exit 1
+        fi
+    done
+    export GATEHOUSE_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port"
+fi
+
 cargo test --locked "$@"
+
+# The image's build context: deploy/Dockerfile's COPY instructions (and its .dockerignore) hold
+# everything its build needs. `cargo check` for the same command in the same context (a release
+# build takes minutes); its dependencies stay in target/build-context between runs.
+if ! context_check=$(python3 deploy/check-build-context.py --check \
+    --target-dir "${CARGO_TARGET_DIR:-target}/build-context" 2>&1); then
+    echo "$context_check" >&2
+    exit 1
+fi
 
 # The contract test: schemathesis against the binary the tests just built (tests/contract/run.py).
 python3 tests/contract/run.py

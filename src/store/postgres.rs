@@ -1791,11 +1791,27 @@ mod tests {
     use super::*;
     use crate::store::{ExternalId, Role};
 
-    const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable";
     const NOW: &str = "2026-01-01T00:00:00Z";
 
+    /// The server the tests create their databases on: `GATEHOUSE_TEST_DATABASE_URL`, a URL
+    /// without a database name (tests/run.sh starts a throwaway server and sets it).
+    fn server() -> String {
+        match std::env::var("GATEHOUSE_TEST_DATABASE_URL") {
+            Ok(url) if !url.trim().is_empty() => url.trim().trim_end_matches('/').to_owned(),
+            _ => panic!(
+                "this test needs a PostgreSQL server: run the tests with tests/run.sh, which \
+                 starts a throwaway one, or set GATEHOUSE_TEST_DATABASE_URL to a server URL \
+                 without a database (such as postgres://postgres@127.0.0.1:PORT) whose user may \
+                 create databases"
+            ),
+        }
+    }
+
     async fn admin() -> tokio_postgres::Client {
-        let (client, connection) = tokio_postgres::connect(ADMIN_URL, NoTls).await.unwrap();
+        let url = format!("{}/postgres?sslmode=disable", server());
+        let (client, connection) = tokio_postgres::connect(&url, NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL at {}: {e}", server()));
         tokio::spawn(connection);
         client
     }
@@ -1817,10 +1833,7 @@ mod tests {
         }
 
         fn url(&self) -> String {
-            format!(
-                "postgres://postgres@127.0.0.1:5432/{}?sslmode=disable",
-                self.name
-            )
+            format!("{}/{}?sslmode=disable", server(), self.name)
         }
 
         async fn store(&self) -> PgStore {
@@ -1948,8 +1961,9 @@ mod tests {
 
     #[tokio::test]
     async fn tls_verifies_the_server_certificate() {
-        // The local server's certificate is valid for `localhost` only: asked for by address,
-        // verified TLS must refuse it.
+        // The test server's certificate is not one the system trusts (tests/run.sh's throwaway
+        // server has a self-signed one for `localhost`): asked for by address, verified TLS must
+        // refuse it.
         let ssl: String = admin()
             .await
             .query_one("SHOW ssl", &[])
@@ -1959,8 +1973,8 @@ mod tests {
         if ssl != "on" {
             return;
         }
-        let url = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=require";
-        let Err(err) = PgStore::connect(url, 1).await else {
+        let url = format!("{}/postgres?sslmode=require", server());
+        let Err(err) = PgStore::connect(&url, 1).await else {
             panic!("sslmode=require accepted a certificate for another name");
         };
         assert!(err.to_string().contains("TLS"), "{err}");

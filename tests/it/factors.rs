@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::harness::*;
 use crate::mfa::{secret_from, ticket_path, totp};
-use crate::pg::{Database, SHARED_SERVER};
+use crate::pg::Database;
 
 const PASSWORD: &str = "correct horse battery";
 const VICTIM_PHONE: &str = "+14155550123";
@@ -63,7 +63,7 @@ impl Backend {
         match self {
             Backend::Sled => (Gatehouse::start_with(upstream, adjust).await, None),
             Backend::Postgres => {
-                let db = Database::create(SHARED_SERVER).await;
+                let db = Database::on_shared_server().await;
                 let store: Arc<dyn Store> = Arc::new(PgStore::connect(&db.url(), 4).await.unwrap());
                 let gh = Gatehouse::start_store(&upstream.url(), adjust, move |_| store).await;
                 (gh, Some(db))

@@ -1188,7 +1188,7 @@ async fn replicas_trusting(
         }
         crate::factors::Backend::Postgres => {
             use gatehouse::store::Store;
-            let db = crate::pg::Database::create(crate::pg::SHARED_SERVER).await;
+            let db = crate::pg::Database::on_shared_server().await;
             let mut replicas = Vec::new();
             for _ in 0..2 {
                 let store: Arc<dyn Store> = Arc::new(

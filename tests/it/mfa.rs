@@ -1034,7 +1034,7 @@ pub async fn start_on(
             (gh, None)
         }
         Backend::Postgres => {
-            let db = crate::pg::Database::create(crate::pg::SHARED_SERVER).await;
+            let db = crate::pg::Database::on_shared_server().await;
             let store: std::sync::Arc<dyn gatehouse::store::Store> = std::sync::Arc::new(
                 gatehouse::store::postgres::PgStore::connect(&db.url(), 16)
                     .await

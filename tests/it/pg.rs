@@ -1,12 +1,30 @@
-//! PostgreSQL for the tests: fresh databases on the server this machine runs (127.0.0.1:5432), and
-//! private servers (initdb in a temporary directory) that a test may stop and start again.
+//! PostgreSQL for the tests: fresh databases on the server that `GATEHOUSE_TEST_DATABASE_URL`
+//! names (tests/run.sh starts a throwaway one when the variable is unset), and private servers
+//! (initdb in a temporary directory) that a test may stop and start again.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-/// The machine's PostgreSQL (trust authentication for `postgres` on loopback).
-pub const SHARED_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+/// The variable naming the server the tests share: a URL without a database name, such as
+/// `postgres://postgres@127.0.0.1:PORT`, whose user may create and drop databases.
+pub const DATABASE_URL_VAR: &str = "GATEHOUSE_TEST_DATABASE_URL";
+
+/// The variable naming the directory of `initdb` and `pg_ctl`, for [`PrivateServer`]; without it,
+/// they are looked for on `PATH`, then in the newest `/usr/lib/postgresql/*/bin`.
+pub const PG_BIN_VAR: &str = "GATEHOUSE_TEST_PG_BIN";
+
+/// The URL of the server the tests share, from [`DATABASE_URL_VAR`].
+pub fn shared_server() -> String {
+    match std::env::var(DATABASE_URL_VAR) {
+        Ok(url) if !url.trim().is_empty() => url.trim().trim_end_matches('/').to_owned(),
+        _ => panic!(
+            "this test needs a PostgreSQL server: run the tests with tests/run.sh, which starts a \
+             throwaway one, or set {DATABASE_URL_VAR} to a server URL without a database (such as \
+             postgres://postgres@127.0.0.1:PORT) whose user may create databases"
+        ),
+    }
+}
 
 /// A database of its own on a server, dropped when this goes out of scope.
 pub struct Database {
@@ -15,6 +33,11 @@ pub struct Database {
 }
 
 impl Database {
+    /// A new, empty database on the server the tests share ([`shared_server`]).
+    pub async fn on_shared_server() -> Database {
+        Database::create(&shared_server()).await
+    }
+
     /// A new, empty database on the server at `server` (a URL without a database name).
     pub async fn create(server: &str) -> Database {
         let name = format!("gh_it_{}", uuid::Uuid::new_v4().simple());
@@ -26,7 +49,7 @@ impl Database {
         client
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .await
-            .unwrap();
+            .unwrap_or_else(|e| panic!("CREATE DATABASE on {server}: {e}"));
         Database {
             server: server.to_owned(),
             name,
@@ -40,28 +63,62 @@ impl Database {
 
 impl Drop for Database {
     fn drop(&mut self) {
-        // Best effort, outside the test's runtime (which may be shutting down).
-        let _ = Command::new("psql")
-            .arg(format!("{}/postgres", self.server))
-            .args(["-q", "-c"])
-            .arg(format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ))
-            .output();
+        // Best effort, on a runtime of its own (the test's may be shutting down).
+        let admin = format!("{}/postgres", self.server);
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let (client, connection) =
+                    tokio_postgres::connect(&admin, tokio_postgres::NoTls).await?;
+                tokio::spawn(connection);
+                client.batch_execute(&sql).await
+            })?;
+            Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+        })
+        .join();
     }
 }
 
+/// A PostgreSQL server tool: from [`PG_BIN_VAR`]'s directory, else `PATH`, else the newest
+/// `/usr/lib/postgresql/<version>/bin` (Debian's layout), as tests/run.sh looks for them.
 fn bin(name: &str) -> PathBuf {
-    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .expect("PostgreSQL's server binaries under /usr/lib/postgresql")
-        .filter_map(|e| e.ok().map(|e| e.path().join("bin").join(name)))
-        .filter(|p| p.exists())
+    if let Some(dir) = std::env::var_os(PG_BIN_VAR).filter(|d| !d.is_empty()) {
+        let tool = PathBuf::from(dir).join(name);
+        assert!(
+            tool.is_file(),
+            "{PG_BIN_VAR} names no directory with {name}: {}",
+            tool.display()
+        );
+        return tool;
+    }
+    let on_path = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .unwrap_or_default();
+    if let Some(tool) = on_path.iter().map(|d| d.join(name)).find(|t| t.is_file()) {
+        return tool;
+    }
+    let mut versions: Vec<(Vec<u32>, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let version: Result<Vec<u32>, _> =
+                e.file_name().to_str()?.split('.').map(str::parse).collect();
+            Some((version.ok()?, e.path().join("bin").join(name)))
+        })
+        .filter(|(_, tool)| tool.is_file())
         .collect();
     versions.sort();
-    versions
-        .pop()
-        .unwrap_or_else(|| panic!("no {name} under /usr/lib/postgresql"))
+    versions.pop().map(|(_, tool)| tool).unwrap_or_else(|| {
+        panic!(
+            "no {name} on PATH nor under /usr/lib/postgresql/*/bin: run the tests with \
+             tests/run.sh, which installs PostgreSQL, or set {PG_BIN_VAR} to the directory of \
+             initdb and pg_ctl"
+        )
+    })
 }
 
 /// Runs a PostgreSQL tool as the `postgres` user (the server refuses to run as root).

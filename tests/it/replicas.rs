@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::harness::*;
 use crate::mfa::{secret_from, ticket_path, totp, wrong_code};
-use crate::pg::{Database, PrivateServer, SHARED_SERVER, eventually};
+use crate::pg::{Database, PrivateServer, eventually};
 
 const PASSWORD: &str = "correct horse battery";
 const ADMIN_TOKEN: &str = "Q6L3n-D8u1CQbPo0ADeOB19-YlLKkm4L";
@@ -85,7 +85,7 @@ async fn enroll_across(start: &Process, finish: &Process, user: &str) -> Vec<u8>
 #[tokio::test]
 async fn two_replicas_share_enrollments_single_use_codes_and_one_lockout() {
     let upstream = Upstream::start().await;
-    let db = Database::create(SHARED_SERVER).await;
+    let db = Database::on_shared_server().await;
     let a = replica(&upstream, &db.url(), 5).await;
     let b = replica(&upstream, &db.url(), 5).await;
     create_user(&a, "ada").await;
@@ -153,7 +153,7 @@ async fn two_replicas_share_enrollments_single_use_codes_and_one_lockout() {
 #[tokio::test]
 async fn fifty_concurrent_wrong_guesses_split_across_replicas_are_all_counted() {
     let upstream = Upstream::start().await;
-    let db = Database::create(SHARED_SERVER).await;
+    let db = Database::on_shared_server().await;
     let a = replica(&upstream, &db.url(), 100).await;
     let b = replica(&upstream, &db.url(), 100).await;
     let user = create_user(&a, "bob").await;
@@ -379,7 +379,7 @@ async fn gatehouse_migrate_copies_a_sled_store_into_postgres() {
         .await
         .unwrap();
 
-    let db = Database::create(SHARED_SERVER).await;
+    let db = Database::on_shared_server().await;
     let output = tokio::process::Command::new(binary())
         .arg("migrate")
         .arg("--from")
@@ -471,7 +471,7 @@ async fn otp_counts(replicas: &[&Process]) -> (u64, u64, u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hundred_concurrent_wrong_codes_across_replicas_compare_at_most_max_failures() {
     let upstream = Upstream::start().await;
-    let db = Database::create(SHARED_SERVER).await;
+    let db = Database::on_shared_server().await;
     let a = replica(&upstream, &db.url(), 5).await;
     let b = replica(&upstream, &db.url(), 5).await;
     create_user(&a, "cy").await;
@@ -517,7 +517,7 @@ async fn a_hundred_concurrent_wrong_codes_across_replicas_compare_at_most_max_fa
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_wrong_enrollment_codes_across_replicas_compare_at_most_max_failures() {
     let upstream = Upstream::start().await;
-    let db = Database::create(SHARED_SERVER).await;
+    let db = Database::on_shared_server().await;
     let a = replica(&upstream, &db.url(), 5).await;
     let b = replica(&upstream, &db.url(), 5).await;
     create_user(&a, "di").await;

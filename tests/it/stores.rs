@@ -1,5 +1,5 @@
 //! One suite of the store's guarantees, run against both backends: sled in a temporary directory
-//! and PostgreSQL (a fresh database on the machine's server for every test).
+//! and PostgreSQL (a fresh database for every test on the server GATEHOUSE_TEST_DATABASE_URL names).
 
 use std::sync::Arc;
 
@@ -8,7 +8,7 @@ use gatehouse::store::postgres::PgStore;
 use gatehouse::store::sled::SledStore;
 use gatehouse::store::*;
 
-use crate::pg::{Database, SHARED_SERVER};
+use crate::pg::Database;
 
 const NOW: &str = "2026-01-01T00:00:00Z";
 
@@ -31,7 +31,7 @@ async fn sled() -> Subject {
 }
 
 async fn postgres() -> Subject {
-    let db = Database::create(SHARED_SERVER).await;
+    let db = Database::on_shared_server().await;
     let store: Arc<dyn Store> = Arc::new(PgStore::connect(&db.url(), 8).await.unwrap());
     let twin: Arc<dyn Store> = Arc::new(PgStore::connect(&db.url(), 8).await.unwrap());
     Subject {
