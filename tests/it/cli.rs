@@ -158,6 +158,7 @@ async fn a_second_gatehouse_on_the_same_store_says_which_store_and_why_once() {
     let second = tokio::process::Command::new(binary())
         .args(["--config", "gatehouse.toml", "serve"])
         .env("GATEHOUSE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env(crate::harness::DEVELOPMENT.0, crate::harness::DEVELOPMENT.1)
         .env_remove("RUST_LOG")
         .current_dir(first.dir.path())
         .stdin(Stdio::null())
