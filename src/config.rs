@@ -641,7 +641,11 @@ impl KnownKeys {
     fn variables(&self) -> impl Iterator<Item = (String, &str)> + '_ {
         self.keys
             .iter()
-            .filter(|key| !key.contains('[') && !self.sections.contains(key.as_str()))
+            .filter(|key| {
+                !key.contains('[')
+                    && !self.sections.contains(key.as_str())
+                    && !self.sections.contains(&format!("{key}[]"))
+            })
             .map(|key| (env_name(key), key.as_str()))
     }
 }
