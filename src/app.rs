@@ -16,8 +16,29 @@ use crate::store::postgres::PgStore;
 use crate::store::sled::SledStore;
 use crate::tokens::Tokens;
 
+/// What [`open_store`] would refuse before opening anything: a PostgreSQL URL it cannot parse, or
+/// a sled `store.path` that is not a directory.
+pub fn check_store(config: &StoreConfig) -> Result<(), String> {
+    match (config.backend.as_str(), &config.url) {
+        ("postgres", Some(url)) => crate::store::postgres::check_url(url.expose()).map_err(|e| {
+            let key = match config.url_file {
+                Some(_) => "store.url_file",
+                None => "store.url",
+            };
+            format!("{key}: {e}")
+        }),
+        ("postgres", None) => Err("store.url: is required for the postgres backend".into()),
+        _ if config.path.exists() && !config.path.is_dir() => Err(format!(
+            "store.path: cannot open {}: not a directory",
+            config.path.display()
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The configured backend: sled in `store.path`, or PostgreSQL at `store.url` (migrated on open).
 pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn Store>, String> {
+    check_store(config)?;
     match (config.backend.as_str(), &config.url) {
         ("postgres", Some(url)) => {
             let store = PgStore::connect(url.expose(), config.max_connections as usize)

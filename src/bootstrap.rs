@@ -202,8 +202,65 @@ pub fn declared(path: &Path) -> Result<Declared, String> {
     })
 }
 
-/// Reads the file and applies it. Errors name the entry at fault. Plaintext secrets are refused
-/// unless `development`, where each is named in a warning.
+/// What is wrong with the entries whatever the store holds, each naming its entry.
+fn entry_problems(file: &File) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (i, u) in file.users.iter().enumerate() {
+        let at = format!("bootstrap users[{i}] ({})", u.user_name.escape_debug());
+        let mut check = |result: Result<(), String>| {
+            if let Err(e) = result {
+                problems.push(format!("{at}: {e}"));
+            }
+        };
+        check(names::check_user_name(&u.user_name).map_err(|e| e.to_string()));
+        if let Some(email) = &u.email {
+            check(names::check_email(email).map_err(|e| e.to_string()));
+        }
+        for name in [&u.first_name, &u.last_name, &u.nick_name]
+            .into_iter()
+            .flatten()
+        {
+            check(names::check_display_name(name).map_err(|e| e.to_string()));
+        }
+        match (&u.password, &u.password_hash) {
+            (Some(_), Some(_)) => check(Err("give `password` or `password_hash`, not both".into())),
+            (None, Some(h)) if !h.starts_with("$argon2") => {
+                check(Err("password_hash must be an argon2 PHC string".into()))
+            }
+            _ => {}
+        }
+    }
+    for (i, a) in file.applications.iter().enumerate() {
+        let at = format!("bootstrap applications[{i}] ({})", a.name);
+        match (&a.token, &a.token_hash) {
+            (Some(t), None) if t.len() < 32 => {
+                problems.push(format!("{at}: token must be at least 32 characters"));
+            }
+            (Some(_), None) | (None, Some(_)) => {}
+            _ => problems.push(format!("{at}: give exactly one of `token` or `token_hash`")),
+        }
+    }
+    for (i, d) in file.domains.iter().enumerate() {
+        let at = format!("bootstrap domains[{i}] ({})", d.domain);
+        if let Err(e) = crate::domains::name::normalise(&d.domain) {
+            problems.push(format!("{at}: {e}"));
+        }
+    }
+    problems
+}
+
+/// What [`apply`] would refuse before touching the store: a file it cannot read or parse, or an
+/// entry that is invalid whatever the store holds.
+pub fn check(path: &Path) -> Vec<String> {
+    match read(path) {
+        Ok(file) => entry_problems(&file),
+        Err(e) => vec![e],
+    }
+}
+
+/// Reads the file and applies it. Errors name the entry at fault; an entry invalid whatever the
+/// store holds stops the file before anything is applied. Plaintext secrets are refused unless
+/// `development`, where each is named in a warning.
 pub async fn apply(
     path: &Path,
     store: &dyn Store,
@@ -211,6 +268,10 @@ pub async fn apply(
     development: bool,
 ) -> Result<Applied, String> {
     let file = read(path)?;
+    let problems = entry_problems(&file);
+    if !problems.is_empty() {
+        return Err(problems.join("; "));
+    }
     let plain = plaintext(&file);
     if !plain.is_empty() && !development {
         return Err(format!(
@@ -454,6 +515,37 @@ organization_id = 7
 domain = "Acme.Example"
 verified = true
 "#;
+
+    #[tokio::test]
+    async fn invalid_entries_are_all_named_and_stop_the_file_before_anything_is_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bootstrap.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "{FILE}\n[[applications]]\nname = \"short\"\ntoken = \"gha_short\"\n\
+                 [[domains]]\norganization_id = 7\ndomain = \"..\"\n"
+            ),
+        )
+        .unwrap();
+        let problems = check(&path);
+        assert_eq!(problems.len(), 2, "{problems:#?}");
+        assert!(problems[0].starts_with("bootstrap applications[1] (short)"));
+        assert!(problems[1].starts_with("bootstrap domains[1]"));
+        let store = SledStore::temporary().unwrap();
+        let err = apply(&path, &store, FixedClock::at(1_800_000_000).as_ref(), true)
+            .await
+            .unwrap_err();
+        assert!(
+            err.contains("applications[1]") && err.contains("domains[1]"),
+            "{err}"
+        );
+        assert!(store.user_by_name("ada").await.unwrap().is_none());
+        std::fs::write(&path, FILE).unwrap();
+        assert!(check(&path).is_empty());
+        std::fs::write(&path, "[[users]\n").unwrap();
+        assert!(check(&path)[0].starts_with("bootstrap.file:"));
+    }
 
     #[tokio::test]
     async fn applying_twice_creates_once_and_keeps_admin_changes() {

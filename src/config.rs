@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
+use figment::value::Value;
 use http::Uri;
 use ipnet::IpNet;
 use serde::de::DeserializeOwned;
@@ -408,31 +409,66 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// What [`load_report`] found: the configuration or every problem with it, where it was read from,
+/// and warnings about variables that set nothing.
+pub struct Loaded {
+    /// The path looked at: the one given, else [`DEFAULT_PATH`].
+    pub path: PathBuf,
+    /// The file read, as an absolute path; `None` when the default file does not exist.
+    pub file: Option<PathBuf>,
+    /// `GATEHOUSE_*` variables that set nothing, each with the variable probably meant.
+    pub warnings: Vec<String>,
+    pub config: Result<Config, ConfigError>,
+}
+
 /// Loads the configuration from `path` (or [`DEFAULT_PATH`]) and the process environment.
 ///
 /// An explicitly named file must exist; the default file may be absent.
 pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-    let file = match path {
-        Some(p) if !p.exists() => {
-            return Err(ConfigError {
-                problems: vec![format!("config file {} does not exist", p.display())],
-            });
-        }
-        _ => file_path(path),
-    };
-    from_figment(
-        Figment::new().merge(Toml::file(file)).merge(env()),
+    load_report(path).config
+}
+
+/// Like [`load`], also naming the file read and warning about `GATEHOUSE_*` variables that set
+/// nothing (such as `GATEHOUSE_UPSTREAM_URL` for `GATEHOUSE_UPSTREAM__URL`).
+pub fn load_report(path: Option<&Path>) -> Loaded {
+    let file = file_path(path);
+    if path.is_some() && !file.exists() {
+        return Loaded {
+            config: Err(ConfigError {
+                problems: vec![format!("config file {} does not exist", file.display())],
+            }),
+            path: file,
+            file: None,
+            warnings: Vec::new(),
+        };
+    }
+    let absolute = file.exists().then(|| {
+        file.canonicalize()
+            .or_else(|_| std::path::absolute(&file))
+            .unwrap_or_else(|_| file.clone())
+    });
+    let (config, warnings) = read(
+        Figment::new().merge(Toml::file(&file)),
+        &env_names(),
         env_secrets(),
-    )
+    );
+    Loaded {
+        path: file,
+        file: absolute,
+        warnings,
+        config,
+    }
 }
 
 /// Like [`load`], from the text of a configuration file already read (a reload parses exactly
 /// the bytes it checked, not the file again).
 pub fn load_text(text: &str) -> Result<Config, ConfigError> {
-    from_figment(
-        Figment::new().merge(Toml::string(text)).merge(env()),
+    read(
+        Figment::new().merge(Toml::string(text)),
+        &env_names(),
         env_secrets(),
     )
+    .0
 }
 
 fn env_secrets() -> EnvSecrets {
@@ -448,6 +484,21 @@ fn env_secrets() -> EnvSecrets {
     }
 }
 
+/// The names of the process's `GATEHOUSE_*` variables.
+fn env_names() -> Vec<String> {
+    std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .filter(|name| has_prefix(name))
+        .collect()
+}
+
+fn has_prefix(name: &str) -> bool {
+    name.get(..ENV_PREFIX.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(ENV_PREFIX))
+}
+
+const ENV_PREFIX: &str = "GATEHOUSE_";
+
 /// The file [`load`] reads: the one given, else the default path (which may not exist).
 pub fn file_path(path: Option<&Path>) -> PathBuf {
     path.map_or_else(|| PathBuf::from(DEFAULT_PATH), Path::to_path_buf)
@@ -462,10 +513,12 @@ struct EnvSecrets {
 
 /// Parses a configuration from TOML text alone (no environment), as tests and tools need.
 pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
-    from_figment(
+    read(
         Figment::new().merge(Toml::string(text)),
+        &[],
         EnvSecrets::default(),
     )
+    .0
 }
 
 /// Like [`from_toml_str`] with `server.environment = "development"`, whatever the text says, for
@@ -483,16 +536,474 @@ pub(crate) fn development_toml_str(text: &str) -> Result<Config, ConfigError> {
 /// `GATEHOUSE_SERVER__PUBLIC_URL` → `server.public_url`. Variables without a `__` (such as
 /// `GATEHOUSE_ADMIN_TOKEN`) are not configuration keys and are left to the code that reads them.
 fn env() -> Env {
-    Env::prefixed("GATEHOUSE_")
+    Env::prefixed(ENV_PREFIX)
         .filter(|key| key.as_str().contains("__"))
         .split("__")
 }
 
+#[cfg(test)]
 fn from_figment(figment: Figment, env_secrets: EnvSecrets) -> Result<Config, ConfigError> {
-    let raw: RawConfig = figment.extract().map_err(|e| ConfigError {
-        problems: e.into_iter().map(|e| e.to_string()).collect(),
-    })?;
-    validate(raw, env_secrets)
+    read(figment, &[], env_secrets).0
+}
+
+/// Reads the configuration in `file`, with the environment's `GATEHOUSE_<SECTION>__<KEY>`
+/// variables over it when `env_names` (the variables present) is not empty, and checks it.
+///
+/// Every problem is reported at once: unknown keys (in the file, each where it was written; in
+/// the environment, by variable) beside every invalid value. Also returns the warnings.
+fn read(
+    file: Figment,
+    env_names: &[String],
+    env_secrets: EnvSecrets,
+) -> (Result<Config, ConfigError>, Vec<String>) {
+    let known = KnownKeys::of_raw_config();
+    let (env_problems, warnings) = check_env_names(env_names, &known);
+    let refused = |problems| (Err(ConfigError { problems }), warnings.clone());
+    let mut file_problems = Vec::new();
+    match file.extract::<Value>() {
+        Ok(mut value) => tidy(&mut value, "", "", &known, &mut |p| file_problems.push(p)),
+        Err(e) => return refused(describe(e)),
+    }
+    let merged = if env_names.is_empty() {
+        file
+    } else {
+        file.merge(env())
+    };
+    let mut value = match merged.extract::<Value>() {
+        Ok(value) => value,
+        Err(e) => return refused(describe(e)),
+    };
+    // What the file's pass and the variables' pass reported is taken out, so the rest is read.
+    tidy(&mut value, "", "", &known, &mut |_| {});
+    let mut problems = match RawConfig::deserialize(&value) {
+        Ok(raw) => match validate(raw, env_secrets) {
+            Ok(config) if file_problems.is_empty() && env_problems.is_empty() => {
+                return (Ok(config), warnings);
+            }
+            Ok(_) => Vec::new(),
+            Err(e) => e.problems,
+        },
+        Err(e) => describe(e),
+    };
+    // A value set by a variable is named with it, since the file does not show it.
+    let variables: std::collections::HashMap<String, &String> = env_names
+        .iter()
+        .filter_map(|name| {
+            let rest = name.get(ENV_PREFIX.len()..)?;
+            let key: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+            (key.len() > 1).then(|| (key.join("."), name))
+        })
+        .collect();
+    for problem in &mut problems {
+        let variable = problem
+            .split_once(": ")
+            .and_then(|(key, _)| variables.get(key));
+        if let Some(variable) = variable {
+            *problem = format!("{problem} (set by {variable})");
+        }
+    }
+    problems.extend(file_problems);
+    problems.extend(env_problems);
+    refused(problems)
+}
+
+/// figment's errors as `key: what is wrong`, keys written as in this module's messages
+/// (`routes[1].access`, not figment's `default.routes.1.access`).
+fn describe(error: figment::Error) -> Vec<String> {
+    error
+        .into_iter()
+        .map(|e| {
+            if e.path.is_empty() {
+                e.to_string()
+            } else {
+                let mut key = String::new();
+                for segment in &e.path {
+                    if segment.bytes().all(|b| b.is_ascii_digit()) {
+                        key.push_str(&format!("[{segment}]"));
+                    } else {
+                        key = join(&key, segment);
+                    }
+                }
+                format!("{key}: {}", e.kind)
+            }
+        })
+        .collect()
+}
+
+fn join(parent: &str, key: &str) -> String {
+    if parent.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{parent}.{key}")
+    }
+}
+
+/// The keys [`RawConfig`] reads, learnt from serde's list of each struct's fields: `server`,
+/// `server.public_url`, `routes`, `routes[].access`… A list of tables is `routes[]`.
+#[derive(Default)]
+struct KnownKeys {
+    keys: std::collections::BTreeSet<String>,
+    /// The keys that are tables (`""` is the whole file).
+    sections: std::collections::BTreeSet<String>,
+}
+
+impl KnownKeys {
+    fn of_raw_config() -> KnownKeys {
+        let found = std::cell::RefCell::new(KnownKeys::default());
+        let _ = RawConfig::deserialize(Probe {
+            path: String::new(),
+            found: &found,
+        });
+        found.into_inner()
+    }
+
+    /// The keys directly in `section`, as written there.
+    fn children<'a>(&'a self, section: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.keys.iter().filter_map(move |key| {
+            let name = if section.is_empty() {
+                key.as_str()
+            } else {
+                key.strip_prefix(section)?.strip_prefix('.')?
+            };
+            (!name.contains(['.', '['])).then_some(name)
+        })
+    }
+
+    /// Keys that hold a value, as `GATEHOUSE_<SECTION>__<KEY>` variables.
+    fn variables(&self) -> impl Iterator<Item = (String, &str)> + '_ {
+        self.keys
+            .iter()
+            .filter(|key| {
+                !key.contains('[')
+                    && !self.sections.contains(key.as_str())
+                    && !self.sections.contains(&format!("{key}[]"))
+            })
+            .map(|key| (env_name(key), key.as_str()))
+    }
+}
+
+fn env_name(key: &str) -> String {
+    format!(
+        "{ENV_PREFIX}{}",
+        key.replace('.', "__").to_ascii_uppercase()
+    )
+}
+
+/// A deserializer that reads nothing but records every field of every struct it is asked for.
+struct Probe<'a> {
+    path: String,
+    found: &'a std::cell::RefCell<KnownKeys>,
+}
+
+type ProbeError = serde::de::value::Error;
+
+impl<'de> Deserializer<'de> for Probe<'_> {
+    type Error = ProbeError;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(self, v: V) -> Result<V::Value, ProbeError> {
+        v.visit_unit()
+    }
+
+    fn deserialize_option<V: serde::de::Visitor<'de>>(self, v: V) -> Result<V::Value, ProbeError> {
+        v.visit_some(self)
+    }
+
+    fn deserialize_newtype_struct<V: serde::de::Visitor<'de>>(
+        self,
+        _: &'static str,
+        v: V,
+    ) -> Result<V::Value, ProbeError> {
+        v.visit_newtype_struct(self)
+    }
+
+    fn deserialize_seq<V: serde::de::Visitor<'de>>(self, v: V) -> Result<V::Value, ProbeError> {
+        v.visit_seq(ProbeSeq {
+            next: Some(Probe {
+                path: format!("{}[]", self.path),
+                found: self.found,
+            }),
+        })
+    }
+
+    fn deserialize_struct<V: serde::de::Visitor<'de>>(
+        self,
+        _: &'static str,
+        fields: &'static [&'static str],
+        v: V,
+    ) -> Result<V::Value, ProbeError> {
+        {
+            let mut found = self.found.borrow_mut();
+            found.sections.insert(self.path.clone());
+            for field in fields {
+                found.keys.insert(join(&self.path, field));
+            }
+        }
+        v.visit_map(ProbeMap {
+            fields: fields.iter(),
+            current: "",
+            probe: self,
+        })
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        unit unit_struct tuple tuple_struct map enum identifier ignored_any
+    }
+}
+
+struct ProbeSeq<'a> {
+    next: Option<Probe<'a>>,
+}
+
+impl<'de> serde::de::SeqAccess<'de> for ProbeSeq<'_> {
+    type Error = ProbeError;
+
+    fn next_element_seed<T: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, ProbeError> {
+        self.next.take().map(|p| seed.deserialize(p)).transpose()
+    }
+}
+
+struct ProbeMap<'a> {
+    fields: std::slice::Iter<'static, &'static str>,
+    current: &'static str,
+    probe: Probe<'a>,
+}
+
+impl<'de> serde::de::MapAccess<'de> for ProbeMap<'_> {
+    type Error = ProbeError;
+
+    fn next_key_seed<K: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, ProbeError> {
+        use serde::de::IntoDeserializer;
+        let Some(field) = self.fields.next() else {
+            return Ok(None);
+        };
+        self.current = field;
+        seed.deserialize(IntoDeserializer::<ProbeError>::into_deserializer(*field))
+            .map(Some)
+    }
+
+    fn next_value_seed<V: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, ProbeError> {
+        seed.deserialize(Probe {
+            path: join(&self.probe.path, self.current),
+            found: self.probe.found,
+        })
+    }
+}
+
+/// Takes out of `value` (at `pattern` in the key set, shown as `shown`) every key gatehouse does
+/// not read, and empties a section that is not a table, reporting each; what is left can be read.
+fn tidy(
+    value: &mut Value,
+    pattern: &str,
+    shown: &str,
+    known: &KnownKeys,
+    report: &mut dyn FnMut(String),
+) {
+    let list = format!("{pattern}[]");
+    match value {
+        Value::Dict(_, map) if known.sections.contains(pattern) => {
+            map.retain(|key, child| {
+                let child_pattern = join(pattern, key);
+                let child_shown = join(shown, key);
+                if known.keys.contains(&child_pattern) {
+                    tidy(child, &child_pattern, &child_shown, known, report);
+                    return true;
+                }
+                let what = if pattern.is_empty() && matches!(child, Value::Dict(..)) {
+                    "unknown section"
+                } else {
+                    "unknown key"
+                };
+                let guess = closest(key, known.children(pattern))
+                    .map(|k| format!("; did you mean `{}`?", join(shown, k)))
+                    .unwrap_or_default();
+                report(format!("{child_shown}: {what}{guess}"));
+                false
+            });
+        }
+        Value::Array(_, items) if known.sections.contains(&list) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                tidy(item, &list, &format!("{shown}[{i}]"), known, report);
+            }
+        }
+        _ if known.sections.contains(pattern) => {
+            report(format!("{shown}: expected a table, got {}", kind_of(value)));
+            *value = Value::from(figment::value::Dict::new());
+        }
+        _ if known.sections.contains(&list) => {
+            report(format!(
+                "{shown}: expected a list of tables ([[{shown}]]), got {}",
+                kind_of(value)
+            ));
+            *value = Value::from(Vec::<Value>::new());
+        }
+        _ => {}
+    }
+}
+
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::String(..) | Value::Char(..) => "a string",
+        Value::Bool(..) => "a boolean",
+        Value::Num(..) => "a number",
+        Value::Empty(..) => "nothing",
+        Value::Dict(..) => "a table",
+        Value::Array(..) => "a list",
+    }
+}
+
+/// The candidate closest to `word` in spelling, if one is close enough to be what was meant.
+fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let word = word.to_ascii_lowercase();
+    candidates
+        .map(|c| (edit_distance(&word, &c.to_ascii_lowercase()), c))
+        .filter(|(d, c)| *d <= 2.min(c.len().max(word.len()) / 3).max(1))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// Edits (insertion, deletion, substitution, swap of neighbours) turning `a` into `b`.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut rows = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in rows.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in rows[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut d = (rows[i - 1][j] + 1)
+                .min(rows[i][j - 1] + 1)
+                .min(rows[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d = d.min(rows[i - 2][j - 2] + 1);
+            }
+            rows[i][j] = d;
+        }
+    }
+    rows[a.len()][b.len()]
+}
+
+/// `GATEHOUSE_*` variables read by name rather than as configuration keys: secrets, and the
+/// options of the subcommands.
+const OTHER_VARIABLES: &[&str] = &[
+    "GATEHOUSE_ADMIN_TOKEN",
+    "GATEHOUSE_MASTER_KEY",
+    "GATEHOUSE_CONFIG",
+    "GATEHOUSE_ADMIN_URL",
+    "GATEHOUSE_MIGRATE_TO",
+    "GATEHOUSE_INJECT_LISTEN",
+    "GATEHOUSE_INJECT_TLS_CERT",
+    "GATEHOUSE_INJECT_TLS_KEY",
+    "GATEHOUSE_INJECT_IMAGE",
+    "GATEHOUSE_INJECT_MAX_CONNECTIONS",
+    "GATEHOUSE_INJECT_MAX_CONNECTIONS_PER_IP",
+    "GATEHOUSE_DEMO_LISTEN",
+];
+
+/// Variables of gatehouse's own test suite (`GATEHOUSE_TEST_DATABASE_URL`…), which the processes
+/// it starts inherit.
+const TEST_VARIABLES_PREFIX: &str = "GATEHOUSE_TEST_";
+
+/// What Kubernetes sets for a Service named `gatehouse…` (`GATEHOUSE_SERVICE_HOST`,
+/// `GATEHOUSE_PORT_8443_TCP_ADDR`…): not meant for gatehouse.
+fn is_service_variable(name: &str) -> bool {
+    let name = name.to_ascii_uppercase();
+    name.contains("_SERVICE_HOST")
+        || name.contains("_SERVICE_PORT")
+        || name.ends_with("_PORT")
+        || name
+            .split("_PORT_")
+            .nth(1)
+            .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+}
+
+/// Problems with `GATEHOUSE_<SECTION>__<KEY>` variables that name no key, and warnings about other
+/// `GATEHOUSE_*` variables gatehouse does not read; each names the variable probably meant.
+fn check_env_names(names: &[String], known: &KnownKeys) -> (Vec<String>, Vec<String>) {
+    let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+    let guess = |name: &str| {
+        let collapsed = |n: &str| n.to_ascii_uppercase().replace("__", "_");
+        let variables: Vec<(String, &str)> = known.variables().collect();
+        let found = variables
+            .iter()
+            .find(|(v, _)| collapsed(v) == collapsed(name))
+            .map(|(v, k)| (v.clone(), *k))
+            .or_else(|| {
+                let best = closest(name, variables.iter().map(|(v, _)| v.as_str()))?;
+                variables
+                    .iter()
+                    .find(|(v, _)| v == best)
+                    .map(|(v, k)| (v.clone(), *k))
+            });
+        found
+            .map(|(v, k)| format!("; did you mean {v} (`{k}`)?"))
+            .unwrap_or_default()
+    };
+    let mut sorted: Vec<&String> = names.iter().collect();
+    sorted.sort();
+    for name in sorted {
+        let Some(rest) = name.get(ENV_PREFIX.len()..).filter(|_| has_prefix(name)) else {
+            continue;
+        };
+        if !rest.contains("__") {
+            if OTHER_VARIABLES.iter().any(|v| v.eq_ignore_ascii_case(name))
+                || is_service_variable(name)
+                || name.starts_with(TEST_VARIABLES_PREFIX)
+            {
+                continue;
+            }
+            warnings.push(format!(
+                "{name} is ignored: configuration variables are GATEHOUSE_<SECTION>__<KEY>, \
+                 with two underscores after the section{}",
+                guess(name)
+            ));
+            continue;
+        }
+        let mut path = String::new();
+        let segments: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+        for (i, segment) in segments.iter().enumerate() {
+            let next = join(&path, segment);
+            if !known.keys.contains(&next) {
+                let what = if i == 0 {
+                    format!("unknown section \"{segment}\"")
+                } else if known.sections.contains(&path) {
+                    format!("unknown key \"{next}\"")
+                } else {
+                    format!("\"{path}\" is a value, it has no key \"{segment}\"")
+                };
+                problems.push(format!("{name}: {what}{}", guess(name)));
+                break;
+            }
+            if i + 1 < segments.len() && !known.sections.contains(&next) {
+                let what = if known.sections.contains(&format!("{next}[]")) {
+                    format!("\"{next}\" is a list of tables: set it in the configuration file")
+                } else {
+                    format!(
+                        "\"{next}\" is a value, it has no key \"{}\"",
+                        segments[i + 1]
+                    )
+                };
+                problems.push(format!("{name}: {what}{}", guess(name)));
+                break;
+            }
+            path = next;
+        }
+    }
+    (problems, warnings)
 }
 
 /// A leaf value as written: `Err` holds why it could not be read as `T`.
@@ -1968,7 +2479,28 @@ impl Config {
 }
 
 fn duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&humantime::format_duration(*d).to_string())
+    s.serialize_str(&format_duration(*d))
+}
+
+/// A duration as people write it in the file, hours at most: `24h`, `1h30m`, `90s`→`1m30s`,
+/// `250ms`; it reads back as the same duration.
+pub fn format_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    let nanos = d.subsec_nanos();
+    let parts = [
+        (secs / 3600, "h"),
+        (secs / 60 % 60, "m"),
+        (secs % 60, "s"),
+        (u64::from(nanos / 1_000_000), "ms"),
+        (u64::from(nanos / 1_000 % 1_000), "us"),
+        (u64::from(nanos % 1_000), "ns"),
+    ];
+    let text: String = parts
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, unit)| format!("{n}{unit}"))
+        .collect();
+    if text.is_empty() { "0s".into() } else { text }
 }
 
 fn display_list<S: Serializer, T: fmt::Display>(v: &[T], s: S) -> Result<S::Ok, S::Error> {
@@ -2444,6 +2976,162 @@ mod tests {
     fn unknown_keys_are_rejected() {
         let err = from_toml_str("[server]\npublic_ulr = \"https://x\"\n").unwrap_err();
         assert!(err.to_string().contains("public_ulr"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_key_does_not_hide_the_invalid_values() {
+        let err = from_toml_str(
+            "[server]\npublic_ulr = \"https://x\"\nshutdown_grace = \"soon\"\n\
+             [upstrem]\nurl = \"http://127.0.0.1:1\"\n[upstream]\nurl = \"ftp://x\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for expected in [
+            "server.public_ulr: unknown key; did you mean `server.public_url`?",
+            "upstrem: unknown section; did you mean `upstream`?",
+            "server.shutdown_grace: expected a duration",
+            "upstream.url: expected an http:// URL",
+        ] {
+            assert!(err.contains(expected), "{expected} missing from:\n{err}");
+        }
+    }
+
+    #[test]
+    fn each_bad_list_element_is_reported_at_its_index() {
+        let err = from_toml_str(
+            "[[routes]]\npath_prefix = \"/a/\"\naccess = \"public\"\n\
+             [[routes]]\npath_prefix = \"/b/\"\nacess = \"mfa\"\n\
+             [[routes]]\npath_prefix = \"/c/\"\naccess = \"everyone\"\n\
+             [[auth.trusted_issuers]]\nissuer = \"https://idp\"\naudience = \"a\"\n\
+             jwks_url = \"https://idp/jwks\"\nalgorithm = [\"RS256\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for expected in [
+            "routes[1].acess: unknown key; did you mean `routes[1].access`?",
+            "routes[1].access: is required",
+            "routes[2].access: expected one of",
+            "auth.trusted_issuers[0].algorithm: unknown key; did you mean `auth.trusted_issuers[0].algorithms`?",
+        ] {
+            assert!(err.contains(expected), "{expected} missing from:\n{err}");
+        }
+        assert!(!err.contains("routes[0]"), "{err}");
+        assert!(!err.contains("default."), "{err}");
+    }
+
+    #[test]
+    fn a_section_of_the_wrong_shape_is_named_without_figment_paths() {
+        // Production: development mode would set `server.environment` over the `server = 5`.
+        let err =
+            super::from_toml_str("server = 5\nroutes = \"all\"\n[log]\nformat = [\"json\"]\n")
+                .unwrap_err()
+                .to_string();
+        for expected in [
+            "server: expected a table, got a number",
+            "routes: expected a list of tables ([[routes]]), got a string",
+            "log.format: invalid type",
+        ] {
+            assert!(err.contains(expected), "{expected} missing from:\n{err}");
+        }
+        assert!(!err.contains("default."), "{err}");
+    }
+
+    #[test]
+    fn misspelt_environment_variables_name_the_one_meant() {
+        let names = |list: &[&str]| list.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let known = KnownKeys::of_raw_config();
+        let (problems, warnings) = check_env_names(
+            &names(&[
+                "GATEHOUSE_UPSTREM__URL",
+                "GATEHOUSE_UPSTREAM__URLL",
+                "GATEHOUSE_UPSTREAM_URL",
+                "GATEHOUSE_SERVER_PUBLIC_URL",
+                "GATEHOUSE_UPSTREAM__URL",
+                "GATEHOUSE_MFA__TOTP__DIGITS",
+                "GATEHOUSE_ADMIN_TOKEN",
+                "GATEHOUSE_MASTER_KEY",
+                "GATEHOUSE_SERVICE_HOST",
+                "GATEHOUSE_PORT_8443_TCP_ADDR",
+            ]),
+            &known,
+        );
+        assert_eq!(
+            problems,
+            [
+                "GATEHOUSE_UPSTREAM__URLL: unknown key \"upstream.urll\"; did you mean \
+                 GATEHOUSE_UPSTREAM__URL (`upstream.url`)?",
+                "GATEHOUSE_UPSTREM__URL: unknown section \"upstrem\"; did you mean \
+                 GATEHOUSE_UPSTREAM__URL (`upstream.url`)?",
+            ]
+        );
+        assert_eq!(warnings.len(), 2, "{warnings:#?}");
+        assert!(
+            warnings[0].starts_with("GATEHOUSE_SERVER_PUBLIC_URL is ignored")
+                && warnings[0]
+                    .ends_with("did you mean GATEHOUSE_SERVER__PUBLIC_URL (`server.public_url`)?"),
+            "{warnings:#?}"
+        );
+        assert!(
+            warnings[1].starts_with("GATEHOUSE_UPSTREAM_URL is ignored")
+                && warnings[1].ends_with("did you mean GATEHOUSE_UPSTREAM__URL (`upstream.url`)?"),
+            "{warnings:#?}"
+        );
+        // Through the loader, beside the file's own problems.
+        let (config, _) = read(
+            Figment::new().merge(Toml::string("[proxy]\ndefault = \"everyone\"\n")),
+            &names(&["GATEHOUSE_UPSTREM__URL"]),
+            EnvSecrets::default(),
+        );
+        let err = config.unwrap_err().to_string();
+        assert!(err.contains("proxy.default: expected one of"), "{err}");
+        assert!(
+            err.contains("GATEHOUSE_UPSTREM__URL: unknown section \"upstrem\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn every_key_the_configuration_reads_is_known() {
+        let found = std::cell::RefCell::new(KnownKeys::default());
+        let probed = RawConfig::deserialize(Probe {
+            path: String::new(),
+            found: &found,
+        });
+        assert!(probed.is_ok(), "{:?}", probed.err());
+        let known = found.into_inner();
+        for key in [
+            "server.public_url",
+            "routes[].path_prefix",
+            "auth.trusted_issuers[].algorithms",
+            "mfa.totp.digits",
+            "apis.manage.client_ip_window",
+            "domains.resolver",
+        ] {
+            assert!(known.keys.contains(key), "{key}");
+        }
+        assert!(known.sections.contains("routes[]") && known.sections.contains("mfa.lockout"));
+    }
+
+    #[test]
+    fn durations_print_as_they_are_written() {
+        for (written, printed) in [
+            ("24h", "24h"),
+            ("30s", "30s"),
+            ("5m", "5m"),
+            ("90m", "1h30m"),
+            ("1h 30m", "1h30m"),
+            ("7d", "168h"),
+            ("1500ms", "1s500ms"),
+            ("0s", "0s"),
+        ] {
+            let d = parse_duration(written.into()).unwrap();
+            assert_eq!(format_duration(d), printed, "{written}");
+            assert_eq!(parse_duration(printed.into()).unwrap(), d, "{printed}");
+        }
+        let c = from_toml_str("[mfa]\nticket_ttl = \"24h\"\n").unwrap();
+        let text = c.to_toml().unwrap();
+        assert!(text.contains("ticket_ttl = \"24h\""), "{text}");
+        assert!(!text.contains("day"), "{text}");
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub mod names;
 pub mod notify;
 pub mod outbound;
 pub mod path;
+pub mod preflight;
 pub mod private;
 pub mod probe;
 pub mod problem;

@@ -99,23 +99,55 @@ fn main() -> ExitCode {
             };
             migrate(&from, &args.to)
         }
-        Command::CheckConfig => match load(cli.config.as_deref()) {
-            Ok(config) => match config.to_toml() {
-                Ok(text) => {
-                    println!("# configuration is valid\n{text}");
-                    ExitCode::SUCCESS
-                }
+        Command::CheckConfig => {
+            let loaded = config::load_report(cli.config.as_deref());
+            let source = loaded_from(&loaded);
+            for warning in &loaded.warnings {
+                eprintln!("warning: {warning}");
+            }
+            match checked(loaded.config) {
+                Ok(config) => match config.to_toml() {
+                    Ok(text) => {
+                        println!("# configuration is valid\n# {source}\n{text}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("cannot print the configuration: {e}");
+                        ExitCode::FAILURE
+                    }
+                },
+                Err(e) => refused(&e, &source),
+            }
+        }
+        Command::Serve => {
+            let loaded = config::load_report(cli.config.as_deref());
+            let source = loaded_from(&loaded);
+            match checked(loaded.config) {
+                Ok(config) => serve(
+                    config,
+                    config::file_path(cli.config.as_deref()),
+                    &source,
+                    &loaded.warnings,
+                ),
                 Err(e) => {
-                    eprintln!("cannot print the configuration: {e}");
-                    ExitCode::FAILURE
+                    for warning in &loaded.warnings {
+                        eprintln!("warning: {warning}");
+                    }
+                    refused(&e, &source)
                 }
-            },
-            Err(code) => code,
-        },
-        Command::Serve => match load(cli.config.as_deref()) {
-            Ok(config) => serve(config, config::file_path(cli.config.as_deref())),
-            Err(code) => code,
-        },
+            }
+        }
+    }
+}
+
+/// Where the configuration came from: the file read (absolute), or that there was none.
+fn loaded_from(loaded: &config::Loaded) -> String {
+    match &loaded.file {
+        Some(file) => format!("configuration file: {}", file.display()),
+        None => format!(
+            "no configuration file (none at {}): built-in defaults and GATEHOUSE_* variables",
+            loaded.path.display()
+        ),
     }
 }
 
@@ -154,6 +186,22 @@ fn hash_stdin(token: bool) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A configuration `serve` can start with: valid, and passing the checks start-up makes before
+/// opening the store or binding ports ([`gatehouse::preflight`]). `check-config` and `serve` both
+/// decide here, so they refuse the same configurations with the same problems.
+fn checked(
+    config: Result<config::Config, config::ConfigError>,
+) -> Result<config::Config, config::ConfigError> {
+    config.and_then(|config| gatehouse::preflight::check(&config).map(|()| config))
+}
+
+/// Exit code 2 after printing every problem and where the configuration came from.
+fn refused(error: &config::ConfigError, source: &str) -> ExitCode {
+    eprint!("{error}");
+    eprintln!("({source})");
+    ExitCode::from(2)
 }
 
 fn admin(args: gatehouse::cli::AdminArgs) -> ExitCode {
@@ -309,8 +357,17 @@ fn inject_webhook(args: InjectArgs) -> ExitCode {
     })
 }
 
-fn serve(config: config::Config, config_file: std::path::PathBuf) -> ExitCode {
+fn serve(
+    config: config::Config,
+    config_file: std::path::PathBuf,
+    loaded_from: &str,
+    warnings: &[String],
+) -> ExitCode {
     gatehouse::telemetry::init(&config.log);
+    tracing::info!("{loaded_from}");
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
     let runtime = match server_runtime(config.server.worker_threads) {
         Ok(runtime) => runtime,
         Err(code) => return code,

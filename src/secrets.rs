@@ -48,42 +48,64 @@ fn decode_key(text: &str) -> Result<[u8; 32], String> {
         .map_err(|_| "the master key must be 32 bytes".to_owned())
 }
 
+/// The configured master key (`secrets.master_key_file`, else `GATEHOUSE_MASTER_KEY`), or else
+/// the development key kept in `{dir}/master.key`; `None` when there is neither yet. Errors name
+/// where the key came from, never the key.
+fn existing_key(config: &SecretsConfig, dir: &Path) -> Result<Option<[u8; 32]>, String> {
+    if let Some(secret) = &config.master_key {
+        let source = match config.master_key_file {
+            Some(_) => "secrets.master_key_file",
+            None => "GATEHOUSE_MASTER_KEY",
+        };
+        return decode_key(secret.expose())
+            .map(Some)
+            .map_err(|e| format!("{source}: {e}"));
+    }
+    let path = dir.join("master.key");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => decode_key(&text)
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// What [`Vault::load`] would refuse, without generating anything.
+pub fn check(config: &SecretsConfig, dir: &Path) -> Result<(), String> {
+    existing_key(config, dir).map(drop)
+}
+
 impl Vault {
     /// The vault for the configured master key (`secrets.master_key_file` or
     /// `GATEHOUSE_MASTER_KEY`). Without one, a key is generated into `{dir}/master.key` once and
     /// reused, with a warning: fine for development, not for production.
     pub fn load(config: &SecretsConfig, dir: &Path) -> Result<Vault, String> {
-        let master = match &config.master_key {
-            Some(secret) => decode_key(secret.expose())
-                .map_err(|e| format!("secrets.master_key_file / GATEHOUSE_MASTER_KEY: {e}"))?,
+        let path = dir.join("master.key");
+        if config.master_key.is_none() {
+            tracing::warn!(
+                path = %path.display(),
+                "no master key configured (secrets.master_key_file or GATEHOUSE_MASTER_KEY); using a generated development key"
+            );
+        }
+        let master = match existing_key(config, dir)? {
+            Some(key) => key,
             None => {
-                let path = dir.join("master.key");
-                tracing::warn!(
-                    path = %path.display(),
-                    "no master key configured (secrets.master_key_file or GATEHOUSE_MASTER_KEY); using a generated development key"
-                );
-                match std::fs::read_to_string(&path) {
-                    Ok(text) => {
-                        decode_key(&text).map_err(|e| format!("{}: {e}", path.display()))?
-                    }
-                    Err(_) => {
-                        let mut key = [0u8; 32];
-                        SystemRandom::new()
-                            .fill(&mut key)
-                            .map_err(|_| "the system random source failed".to_owned())?;
-                        crate::private::create_dir(dir)
-                            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-                        let mut file = crate::private::open_options()
-                            .write(true)
-                            .create_new(true)
-                            .open(&path)
-                            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-                        file.write_all(STANDARD.encode(key).as_bytes())
-                            .and_then(|()| file.sync_all())
-                            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-                        key
-                    }
-                }
+                let mut key = [0u8; 32];
+                SystemRandom::new()
+                    .fill(&mut key)
+                    .map_err(|_| "the system random source failed".to_owned())?;
+                crate::private::create_dir(dir)
+                    .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                let mut file = crate::private::open_options()
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)
+                    .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                file.write_all(STANDARD.encode(key).as_bytes())
+                    .and_then(|()| file.sync_all())
+                    .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                key
             }
         };
         Vault::from_master(&master)

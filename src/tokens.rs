@@ -123,6 +123,22 @@ pub(crate) fn plausible_kid(kid: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// The PKCS#8 Ed25519 key in `tokens.signing_key_file`, or why it cannot sign.
+pub fn read_signing_key_file(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    use rustls_pki_types::pem::PemObject;
+    let pem = std::fs::read(path).map_err(|e| {
+        format!(
+            "tokens.signing_key_file: cannot read {}: {e}",
+            path.display()
+        )
+    })?;
+    let der = rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(&pem)
+        .map_err(|e| format!("tokens.signing_key_file: not a PKCS#8 PEM key: {e}"))?;
+    Key::from_pkcs8(der.secret_pkcs8_der())
+        .map_err(|e| format!("tokens.signing_key_file: {} is {e}", path.display()))?;
+    Ok(der.secret_pkcs8_der().to_vec())
+}
+
 impl Tokens {
     /// Loads the signing keys (generating the first one when the store has none).
     /// Keys kept in the store are sealed with the master key (`vault`).
@@ -134,16 +150,7 @@ impl Tokens {
     ) -> Result<Tokens, String> {
         let mut pkcs8s: Vec<Vec<u8>> = Vec::new();
         if let Some(path) = &config.signing_key_file {
-            let pem = std::fs::read(path).map_err(|e| {
-                format!(
-                    "tokens.signing_key_file: cannot read {}: {e}",
-                    path.display()
-                )
-            })?;
-            use rustls_pki_types::pem::PemObject;
-            let der = rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(&pem)
-                .map_err(|e| format!("tokens.signing_key_file: not a PKCS#8 PEM key: {e}"))?;
-            pkcs8s.push(der.secret_pkcs8_der().to_vec());
+            pkcs8s.push(read_signing_key_file(path)?);
         } else {
             let mut stored = store.signing_keys().await.map_err(|e| e.to_string())?;
             if stored.is_empty() {

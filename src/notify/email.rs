@@ -13,16 +13,32 @@ pub struct EmailSender {
     from: Mailbox,
 }
 
+fn sender(config: &SmtpConfig) -> Result<Mailbox, String> {
+    config
+        .from
+        .parse()
+        .map_err(|e| format!("smtp.from: not a mailbox: {e}"))
+}
+
+fn transport(url: &str) -> Result<lettre::transport::smtp::AsyncSmtpTransportBuilder, String> {
+    AsyncSmtpTransport::<Tokio1Executor>::from_url(url).map_err(|e| format!("smtp.url: {e}"))
+}
+
+/// What [`EmailSender::new`] would refuse: `smtp.from` must be a mailbox, `smtp.url` usable.
+pub fn check(config: &SmtpConfig) -> Result<(), String> {
+    sender(config)?;
+    if let Some(url) = &config.url {
+        transport(url.expose())?;
+    }
+    Ok(())
+}
+
 impl EmailSender {
     pub fn new(config: &SmtpConfig) -> Result<EmailSender, String> {
-        let from: Mailbox = config
-            .from
-            .parse()
-            .map_err(|e| format!("smtp.from: not a mailbox: {e}"))?;
+        let from = sender(config)?;
         let transport = match &config.url {
             Some(url) => Some(
-                AsyncSmtpTransport::<Tokio1Executor>::from_url(url.expose())
-                    .map_err(|e| format!("smtp.url: {e}"))?
+                transport(url.expose())?
                     .timeout(Some(std::time::Duration::from_secs(10)))
                     .build(),
             ),

@@ -21,6 +21,20 @@ pub fn server_config(config: &TlsConfig, public_url: &str) -> Result<Arc<ServerC
             "generated a self-signed TLS certificate (tls.self_signed); use a real one in production"
         );
     }
+    load(config)
+}
+
+/// What [`server_config`] would refuse, without generating anything: the certificate and key
+/// must be readable and match, unless `tls.self_signed` will generate missing ones.
+pub fn check(config: &TlsConfig) -> Result<(), String> {
+    if config.self_signed && !(config.cert.exists() && config.key.exists()) {
+        return Ok(());
+    }
+    load(config).map(drop)
+}
+
+/// The rustls configuration for the certificate and key as they are on disk.
+fn load(config: &TlsConfig) -> Result<Arc<ServerConfig>, String> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&config.cert)
         .and_then(|it| it.collect::<Result<_, _>>())
         .map_err(|e| format!("tls.cert: cannot read {}: {e}", config.cert.display()))?;

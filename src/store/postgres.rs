@@ -388,14 +388,22 @@ fn tls() -> StoreResult<tokio_postgres_rustls::MakeRustlsConnect> {
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
+fn parse_url(url: &str) -> StoreResult<tokio_postgres::Config> {
+    // The parser's message can quote part of a malformed URL, password included.
+    tokio_postgres::Config::from_str(url)
+        .map_err(|_| StoreError::Backend("the database URL is not a valid PostgreSQL URL".into()))
+}
+
+/// What [`PgStore::connect`] would refuse before connecting: a URL it cannot parse.
+pub fn check_url(url: &str) -> StoreResult<()> {
+    parse_url(url).map(drop)
+}
+
 impl PgStore {
     /// Opens a pool on the database at `url` and brings its schema up to date. Fails with
     /// [`StoreError::Backend`] when the database cannot be reached.
     pub async fn connect(url: &str, max_connections: usize) -> StoreResult<PgStore> {
-        // The parser's message can quote part of a malformed URL, password included.
-        let mut config = tokio_postgres::Config::from_str(url).map_err(|_| {
-            StoreError::Backend("the database URL is not a valid PostgreSQL URL".into())
-        })?;
+        let mut config = parse_url(url)?;
         config.connect_timeout(TIMEOUT);
         let manager_config = ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
