@@ -3,8 +3,8 @@
 # an SMTP server (aiosmtpd, from PyPI), a DNS server (Debian's dnsmasq-base: the binary only, no
 # service), a headless browser (Debian's chromium and chromedriver), nginx for forward-auth
 # (Debian's nginx-light), the offline Kubernetes schema validator (kubernetes-validate, PyPI) and
-# the OpenAPI validator (openapi-spec-validator, PyPI), and for the contract test schemathesis and
-# pyotp (PyPI).
+# the OpenAPI validator (openapi-spec-validator, PyPI), and for the contract test schemathesis,
+# pyotp and protobuf (PyPI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin"
@@ -15,6 +15,7 @@ command -v kubernetes-validate >/dev/null || pip_missing+=(kubernetes-validate)
 python3 -c 'import openapi_spec_validator' 2>/dev/null || pip_missing+=(openapi-spec-validator)
 command -v schemathesis >/dev/null || pip_missing+=(schemathesis)
 python3 -c 'import pyotp' 2>/dev/null || pip_missing+=(pyotp)
+python3 -c 'import google.protobuf' 2>/dev/null || pip_missing+=(protobuf)
 if [ ${#pip_missing[@]} -gt 0 ]; then
     python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "${pip_missing[@]}"
 fi
