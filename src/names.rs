@@ -65,10 +65,11 @@ pub fn check_user_name(name: &str) -> Result<(), NameError> {
 }
 
 /// An email address: `local@domain.tld`, at most [`EMAIL_MAX`] bytes, no whitespace and no
-/// control characters (it is sent upstream as a header value).
+/// control characters (it is sent upstream as a header value). The domain has at least two
+/// labels and none of them is empty (`ada@.example`, `ada@example..com` are not addresses).
 pub fn check_email(email: &str) -> Result<(), NameError> {
     let ok = email.rsplit_once('@').is_some_and(|(local, domain)| {
-        !local.is_empty() && domain.contains('.') && !domain.ends_with('.')
+        !local.is_empty() && domain.contains('.') && domain.split('.').all(|l| !l.is_empty())
     }) && email.len() <= EMAIL_MAX
         && !email
             .chars()
@@ -134,6 +135,9 @@ mod tests {
             "@example.com",
             "ada@localhost",
             "ada@example.com.",
+            "ada@.example",
+            "0@.0",
+            "ada@example..com",
             "ada @example.com",
             "ada@example.com\r\nX-Auth-User: root",
             "ada\t@example.com",

@@ -3,9 +3,9 @@
 # an SMTP server (aiosmtpd, from PyPI), a DNS server (Debian's dnsmasq-base: the binary only, no
 # service), a headless browser (Debian's chromium and chromedriver), nginx for forward-auth
 # (Debian's nginx-light), the offline Kubernetes schema validator (kubernetes-validate, PyPI) and
-# the OpenAPI validator (openapi-spec-validator, PyPI), for the contract test schemathesis and
-# pyotp (PyPI), and PostgreSQL's server binaries (Debian's postgresql; its own service is not used).
-# Then starts a throwaway PostgreSQL server unless GATEHOUSE_TEST_DATABASE_URL names one, and
+# the OpenAPI validator (openapi-spec-validator, PyPI), for the contract test schemathesis, pyotp
+# and protobuf (PyPI), and PostgreSQL's server binaries (Debian's postgresql; its own service is not
+# used). Then starts a throwaway PostgreSQL server unless GATEHOUSE_TEST_DATABASE_URL names one, and
 # checks that deploy/Dockerfile's build context compiles.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +17,7 @@ command -v kubernetes-validate >/dev/null || pip_missing+=(kubernetes-validate)
 python3 -c 'import openapi_spec_validator' 2>/dev/null || pip_missing+=(openapi-spec-validator)
 command -v schemathesis >/dev/null || pip_missing+=(schemathesis)
 python3 -c 'import pyotp' 2>/dev/null || pip_missing+=(pyotp)
+python3 -c 'import google.protobuf' 2>/dev/null || pip_missing+=(protobuf)
 if [ ${#pip_missing[@]} -gt 0 ]; then
     python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "${pip_missing[@]}"
 fi

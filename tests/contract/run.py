@@ -2,14 +2,19 @@
 """Contract test: schemathesis against a live gatehouse, driven by openapi/openapi.json.
 
 Starts target/debug/gatehouse (built when missing) on loopback ports chosen by the kernel, with a
-temporary store, a bootstrap file, a small upstream application and a DNS server that knows no
-names; seeds a user (password, phone, email, organisation admin, file grant), a Manage service
-account, an application and a domain;
+temporary store, a bootstrap file, a small upstream application and a DNS server that answers the
+domain verification records the test publishes (NXDOMAIN for everything else); seeds a user
+(password, phone, email, organisation admin, file grant), a second user with a pending SMS
+enrollment ticket, a Manage service account, an application and a domain;
 obtains real credentials for every security scheme of the document (Basic, a Bearer access token
-from a real TOTP enrollment, ApplicationToken, WsAccessKey, the admin token); then runs schemathesis
-twice: the public listener's operations, then the admin listener's (last, because they delete and
-reset users). Any failed check fails the run (exit status 1). Every process started here is stopped
-on the way out, also on error.
+from a real TOTP enrollment, ApplicationToken, WsAccessKey, the admin token) and confirms an SMS
+factor through the WS opt-in, so that every operation can reach its success path; then runs
+schemathesis twice: the public listener's operations, then the admin listener's (last, because they
+delete and reset users), with tests/contract/hooks.py (protobuf bodies, and the codes the success
+paths need). Any failed check fails the run (exit status 1), and so does any warning schemathesis
+reports (data the API mostly rejects, operations that mostly answer 429 or never get past 404,
+answers it could not check against their schema). Every process started here is stopped on the way
+out, also on error.
 
     python3 tests/contract/run.py [--max-examples N] [--seed N] [--binary PATH]
 """
@@ -35,6 +40,7 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DOCUMENT = os.path.join(ROOT, "openapi", "openapi.json")
+HOOKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hooks.py")
 CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
 PHASES = "examples,coverage,fuzzing,stateful"
 # Operations served by the admin listener (their path items carry its `servers` entry).
@@ -44,10 +50,13 @@ PASSWORD = "contract-Passw0rd!"
 USER = "ada"                 # Basic and Bearer; organisation admin, file member
 SERVICE = "manage-svc"       # the Manage family's service account
 TARGET = "carol"             # the admin run reads, patches, resets and deletes this one
+ENROLLING = "grace"          # holds a pending SMS enrollment ticket (the enrollment page's)
 PHONE = "+15551230001"
+ENROLLING_PHONE = "+15551230002"
 ORGANIZATION = 7
 FILE = 12
 DOMAIN = "acme.example"
+RECORD_NAME = "_gatehouse-challenge"
 
 
 def log(message):
@@ -77,15 +86,24 @@ class Upstream(http.server.BaseHTTPRequestHandler):
         pass
 
 
-class NxDomain(threading.Thread):
-    """A DNS server that answers every query NXDOMAIN, so domain verification gets its answer at
-    once (a 422 naming the record) instead of waiting for a resolver that is not there."""
+class Dns(threading.Thread):
+    """A DNS server that answers TXT queries for the names in the JSON file `records` (written by
+    the hooks: `{name: [text, ...]}`) and every other query NXDOMAIN, so domain verification gets
+    its answer at once instead of waiting for a resolver that is not there."""
 
-    def __init__(self):
+    def __init__(self, records):
         super().__init__(daemon=True)
+        self.records = records
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
+
+    def texts(self, name):
+        try:
+            with open(self.records) as f:
+                return json.load(f).get(name.lower().rstrip("."), [])
+        except (OSError, ValueError):
+            return []
 
     def run(self):
         while True:
@@ -96,12 +114,23 @@ class NxDomain(threading.Thread):
             if len(query) < 12:
                 continue
             end = 12
+            labels = []
             while end < len(query) and query[end] != 0:
+                labels.append(query[end + 1:end + 1 + query[end]].decode(errors="replace"))
                 end += query[end] + 1
             question = query[12:end + 5]
-            flags = 0x8183 | (struct.unpack(">H", query[2:4])[0] & 0x0100)
-            header = query[:2] + struct.pack(">HHHHH", flags, 1, 0, 0, 0)
-            self.sock.sendto(header + question, peer)
+            qtype = struct.unpack(">H", query[end + 1:end + 3])[0] if len(query) >= end + 3 else 0
+            texts = self.texts(".".join(labels)) if qtype == 16 else []
+            answers = b""
+            for text in texts:
+                data = text.encode()
+                rdata = b"".join(bytes([len(data[i:i + 255])]) + data[i:i + 255]
+                                 for i in range(0, len(data), 255))
+                answers += struct.pack(">HHHIH", 0xC00C, 16, 1, 0, len(rdata)) + rdata
+            rcode = 0 if texts else 3
+            flags = 0x8180 | rcode | (struct.unpack(">H", query[2:4])[0] & 0x0100)
+            header = query[:2] + struct.pack(">HHHHH", flags, 1, len(texts), 0, 0)
+            self.sock.sendto(header + question + answers, peer)
 
     def stop(self):
         self.sock.close()
@@ -156,6 +185,11 @@ user_name = "{TARGET}"
 password = {toml_str(PASSWORD)}
 email = "carol@example.com"
 
+[[users]]
+user_name = "{ENROLLING}"
+password = {toml_str(PASSWORD)}
+phone = "{ENROLLING_PHONE}"
+
 [[applications]]
 name = "contract"
 token = {toml_str(self.app_token)}
@@ -174,8 +208,7 @@ organization_id = {ORGANIZATION}
 domain = "{DOMAIN}"
 """)
         config = os.path.join(tmp, "gatehouse.toml")
-        with open(config, "w") as f:
-            f.write(f"""
+        settings = f"""
 [server]
 environment = "development"
 public_url = "http://localhost"
@@ -195,15 +228,32 @@ path = {toml_str(os.path.join(tmp, "data"))}
 kind = "log"
 [domains]
 resolver = "127.0.0.1:{dns_port}"
+record_name = "{RECORD_NAME}"
 [bootstrap]
 file = {toml_str(bootstrap)}
 [log]
 format = "json"
 level = "info"
-""")
+# Limits that would otherwise answer most of a run's requests with 429: the run sends far more
+# codes, wrong codes and wrong passwords per minute than a person could. The defaults stay as
+# they are; the hooks reach the success paths within these limits.
+[auth]
+failed_password_limit = 0
+[mfa]
+send_limit = 100
+send_window = "1s"
+[mfa.lockout]
+max_failures = 100
+window = "1s"
+duration = "1s"
+[apis.manage]
+client_ip_limit = 0
+"""
         env = {k: v for k, v in os.environ.items() if not k.startswith("GATEHOUSE_") and k != "RUST_LOG"}
         env.update(GATEHOUSE_ADMIN_TOKEN=self.admin_token,
                    GATEHOUSE_MASTER_KEY=base64.b64encode(os.urandom(32)).decode())
+        with open(config, "w") as f:
+            f.write(settings)
         self.log_path = os.path.join(tmp, "gatehouse.log")
         self.log_file = open(self.log_path, "wb")
         self.proc = subprocess.Popen([binary, "--config", config, "serve"], cwd=tmp, env=env,
@@ -267,9 +317,39 @@ level = "info"
             headers={"Authorization": basic}), 200)
         access_token = json.loads(answer)["accessToken"]
 
+        # An SMS factor (mfa-challenge and verify-otp send codes to it), confirmed through the WS
+        # opt-in with the code from the outbox.
+        outbox = os.path.join(self.tmp, "data", "sms-outbox.log")
+        since = os.path.getsize(outbox) if os.path.exists(outbox) else 0
+        bearer = {"Authorization": f"Bearer {access_token}", "Accept": "application/json"}
+        answer = expect("2fa-opt-in", *request(
+            f"{self.http}/User/2fa-opt-in?FileId={FILE}", "POST", {"MobileNumber": PHONE}, headers=bearer), 200)
+        provider_user_id = json.loads(answer)["ProviderUserId"]
+        with open(outbox, "rb") as f:
+            f.seek(since)
+            code = re.search(rb"code is (\d+)", f.read()).group(1).decode()
+        expect("verify-2fa-opt-in", *request(
+            f"{self.http}/User/verify-2fa-opt-in?FileId={FILE}", "POST",
+            {"ProviderUserId": provider_user_id, "Otp": code}, headers=bearer), 200)
+
+        # The enrollment page's ticket: another user's, so that no factor added to the first one
+        # voids it.
+        answer = expect("the SMS enrollment ticket", *request(
+            self.http + "/v1/me/mfa-enrollment?factor=sms&isInteractive=true", "POST",
+            headers={"Authorization": "Basic " + base64.b64encode(f"{ENROLLING}:{PASSWORD}".encode()).decode()}),
+            200)
+        ticket = json.loads(answer)["ticketId"]
+
         answer = expect("creating the WsAccessKey", *self.admin_call(
             "POST", "/admin/v1/ws-keys", {"userName": USER, "fileId": FILE}), 201)
         ws_key = json.loads(answer)["key"]
+        self.state = {
+            "http": self.http, "user": USER, "password": PASSWORD, "service": SERVICE,
+            "access_token": access_token, "app_token": self.app_token, "phone": PHONE,
+            "file": FILE, "organization": ORGANIZATION, "domain": DOMAIN, "record_name": RECORD_NAME,
+            "outbox": outbox, "dns_records": os.path.join(self.tmp, "dns.json"), "ticket": ticket,
+            "admin": self.admin, "admin_token": self.admin_token, "target": TARGET,
+        }
         return {
             "Bearer": {"bearer": access_token},
             "ApplicationToken": {"api_key": self.app_token},
@@ -287,12 +367,20 @@ def toml_table(name, values):
     return "\n".join(lines) + "\n"
 
 
-def write_config(tmp, credentials):
-    """schemathesis.toml: OpenAPI-aware auth for each scheme, and the seeded ids where an operation
+def write_config(tmp, credentials, state):
+    """schemathesis.toml: OpenAPI-aware auth for each scheme, the seeded ids where an operation
     only reaches its logic for them (the organisation the user administers, the file it may use, the
-    user the admin run works on)."""
+    enrollment ticket, the user the admin run works on), and every warning that says an operation's
+    logic went untested made fatal."""
     parts = [toml_table(f"auth.openapi.{scheme}", values) for scheme, values in credentials.items()]
     parts.append(f"""
+[warnings]
+fail-on = true
+
+[[operations]]
+include-path-regex = "^/enroll/"
+parameters = {{ ticketId = "{state['ticket']}" }}
+
 [[operations]]
 include-path-regex = "^/v1/organizations/"
 parameters = {{ organizationId = {ORGANIZATION} }}
@@ -318,7 +406,10 @@ def schemathesis(config, url, paths, args, report_dir, exclude=False):
             "--generation-database", "none", "--report", "junit", "--report-dir", report_dir,
             "--exclude-path-regex" if exclude else "--include-path-regex", paths]
     log(" ".join(argv[1:]))
-    return subprocess.run(argv, cwd=os.path.dirname(config)).returncode
+    env = dict(os.environ, SCHEMATHESIS_HOOKS="hooks",
+               PYTHONPATH=os.pathsep.join(filter(None, [os.path.dirname(HOOKS), os.environ.get("PYTHONPATH")])),
+               GATEHOUSE_CONTRACT_STATE=os.path.join(os.path.dirname(config), "state.json"))
+    return subprocess.run(argv, cwd=os.path.dirname(config), env=env).returncode
 
 
 def binary_path(explicit):
@@ -343,21 +434,28 @@ def main():
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, reports)")
     args = parser.parse_args()
+    try:
+        import google.protobuf  # noqa: F401 (the hooks' protobuf bodies)
+        import pyotp  # noqa: F401
+    except ImportError:
+        sys.exit("contract: pyotp or protobuf is not installed (python3 -m pip install schemathesis pyotp protobuf)")
     if shutil.which("schemathesis") is None:
-        sys.exit("contract: schemathesis is not installed (python3 -m pip install schemathesis pyotp)")
+        sys.exit("contract: schemathesis is not installed (python3 -m pip install schemathesis pyotp protobuf)")
     binary = os.path.abspath(binary_path(args.binary))
 
     started = time.monotonic()
     tmp = tempfile.mkdtemp(prefix="gatehouse-contract-")
     upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Upstream)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
-    dns = NxDomain()
+    dns = Dns(os.path.join(tmp, "dns.json"))
     dns.start()
     gatehouse = None
     failed = []
     try:
         gatehouse = Gatehouse(binary, tmp, f"http://127.0.0.1:{upstream.server_port}", dns.port)
-        config = write_config(tmp, gatehouse.credentials())
+        config = write_config(tmp, gatehouse.credentials(), gatehouse.state)
+        with open(os.path.join(tmp, "state.json"), "w") as f:
+            json.dump(gatehouse.state, f)
         log(f"gatehouse at {gatehouse.http} (admin {gatehouse.admin}), work directory {tmp}")
         if schemathesis(config, gatehouse.http, ADMIN_PATHS, args, os.path.join(tmp, "public"), exclude=True):
             failed.append("public listener")

@@ -140,6 +140,8 @@ async fn invalid_user_bodies_are_400_and_change_nothing() {
         json!({"userName": "a/b"}),
         json!({"userName": "bob", "password": "short"}),
         json!({"userName": "bob", "email": "not-an-address"}),
+        json!({"userName": "bob", "email": "bob@.example"}),
+        json!({"userName": "bob", "email": "bob@example..com"}),
         json!({"userName": "bob", "phone": "555-0123"}),
         json!({"userName": "bob", "scopes": ["has space"]}),
         json!({"userName": "bob", "unknownField": 1}),

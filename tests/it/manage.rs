@@ -860,3 +860,29 @@ async fn a_new_code_does_not_reset_the_count_and_a_success_does() {
     assert_error(&validate(&gh, PHONE, wrong(&fourth)).await, 429, 4290);
     assert_error(&validate(&gh, PHONE, &fourth).await, 429, 4290);
 }
+
+/// The document allows a `userName` of up to 128 characters, as user names are: one written in
+/// letters that take several bytes each is a name like any other, not too long.
+#[tokio::test]
+async fn a_long_user_name_in_non_ascii_letters_gets_its_code() {
+    let upstream = Upstream::start().await;
+    let (gh, provider) = start(&upstream, |_| {}).await;
+    // 128 characters, 384 bytes in UTF-8.
+    let name = "語".repeat(128);
+    gh.create_user(
+        json!({ "userName": name, "password": "a long name's password", "phone": PHONE }),
+    )
+    .await;
+
+    let sent = post(&gh, SEND, json!({"userName": name, "phoneNumber": PHONE})).await;
+    assert_eq!(sent.status, 200, "{}", sent.json());
+    let code = texted_code(&provider);
+    let validated = post(
+        &gh,
+        VALIDATE,
+        json!({"userName": name, "phoneNumber": PHONE, "otp": code}),
+    )
+    .await;
+    assert_eq!(validated.status, 200, "{}", validated.json());
+    assert_eq!(validated.json()["user"]["userName"], name.as_str());
+}

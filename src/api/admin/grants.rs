@@ -63,7 +63,7 @@ impl Admin {
         let body: ApplicationBody = self.bodies.read_json(req).await?;
         if !valid_name(&body.name) {
             return Err(AdminError::Invalid(
-                "name must be 1 to 128 characters".into(),
+                "name must be 1 to 128 characters without control characters".into(),
             ));
         }
         let token = generate("gha_")?;
@@ -91,7 +91,7 @@ impl Admin {
         let body: OrganizationBody = self.bodies.read_json(req).await?;
         if !valid_name(&body.name) {
             return Err(AdminError::Invalid(
-                "name must be 1 to 128 characters".into(),
+                "name must be 1 to 128 characters without control characters".into(),
             ));
         }
         let created = self.now();

@@ -35,7 +35,8 @@ pub const SCOPE: &str = "manage.otp.verify";
 
 const CLIENT_IP: HeaderName = HeaderName::from_static("clientip");
 
-/// Longest `userName` and `otp` accepted (longer ones are not names or codes).
+/// Longest `userName` and `otp` accepted, in characters as the OpenAPI document counts them
+/// (longer ones are not names or codes).
 const MAX_USER_NAME: usize = 256;
 const MAX_OTP: usize = 64;
 
@@ -341,7 +342,7 @@ pub(crate) fn parse_fields(
             }
         }
     };
-    if fields.user_name.trim().is_empty() || fields.user_name.len() > MAX_USER_NAME {
+    if fields.user_name.trim().is_empty() || fields.user_name.chars().count() > MAX_USER_NAME {
         return Err(invalid(format!(
             "userName must be 1 to {MAX_USER_NAME} characters."
         )));
@@ -350,7 +351,7 @@ pub(crate) fn parse_fields(
         return Err(invalid("phoneNumber is required."));
     }
     if let Some(otp) = &fields.otp
-        && (otp.trim().is_empty() || otp.len() > MAX_OTP)
+        && (otp.trim().is_empty() || otp.chars().count() > MAX_OTP)
     {
         return Err(invalid(format!("otp must be 1 to {MAX_OTP} characters.")));
     }
@@ -423,9 +424,9 @@ mod tests {
     /// What `parse_fields` promises to accept: names and codes of sensible length.
     fn acceptable(user_name: &str, phone_number: &str, otp: Option<&str>) -> bool {
         !user_name.trim().is_empty()
-            && user_name.len() <= MAX_USER_NAME
+            && user_name.chars().count() <= MAX_USER_NAME
             && !phone_number.trim().is_empty()
-            && otp.is_none_or(|o| !o.trim().is_empty() && o.len() <= MAX_OTP)
+            && otp.is_none_or(|o| !o.trim().is_empty() && o.chars().count() <= MAX_OTP)
     }
 
     #[test]
