@@ -335,3 +335,75 @@ async fn a_reload_that_loosens_access_is_applied_and_named_in_a_warning() {
         assert!(line.contains(named), "{named}: {line}");
     }
 }
+
+#[tokio::test]
+async fn a_reload_cannot_switch_a_production_server_to_a_self_signed_certificate() {
+    let upstream = Upstream::start().await;
+    let certs = tempfile::tempdir().unwrap();
+    let real = write_certificate(certs.path());
+    let production = |extra: &str| {
+        format!(
+            r#"{extra}
+[listen]
+https = "127.0.0.1:0"
+http = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+[sms]
+kind = "none"
+[upstream]
+url = "{upstream}"
+[proxy]
+default = "public"
+[log]
+format = "json"
+"#,
+            upstream = upstream.url()
+        )
+    };
+    let tls = |dir: &std::path::Path, self_signed: bool| {
+        format!(
+            "[tls]\nself_signed = {self_signed}\ncert = \"{d}/tls.crt\"\nkey = \"{d}/tls.key\"\n",
+            d = dir.display()
+        )
+    };
+    let master_key = [(
+        "GATEHOUSE_MASTER_KEY",
+        "bWFzdGVyIGtleSBzaGFyZWQgYnkgdGhlIHJlcGxpY2E=",
+    )];
+    let gh = Process::start_as_configured(
+        &production(&tls(certs.path(), false)),
+        &master_key,
+    )
+    .await;
+    let url = format!("https://localhost:{}/page", gh.addrs["listen.https"].port());
+    assert_eq!(status_trusting(&real, &url).await, Ok(200));
+
+    // The same file saying development, with a certificate gatehouse would generate itself.
+    let elsewhere = gh.dir.path().join("generated");
+    let file = gh.dir.path().join("gatehouse.toml");
+    std::fs::write(
+        &file,
+        production(&format!(
+            "[server]\nenvironment = \"development\"\n{}",
+            tls(&elsewhere, true)
+        )),
+    )
+    .unwrap();
+    gh.signal("HUP");
+    wait_for_log(&gh, "configuration reload", 1).await;
+    let line = gh
+        .logs()
+        .into_iter()
+        .find(|l| l.contains("configuration reload"))
+        .unwrap();
+    assert!(
+        line.contains("configuration reload rejected") && line.contains("server.environment"),
+        "{line}"
+    );
+    assert_eq!(
+        status_trusting(&real, &url).await,
+        Ok(200),
+        "the real certificate is still served"
+    );
+    assert!(!elsewhere.exists(), "no certificate was generated");
+}
