@@ -370,11 +370,8 @@ format = "json"
         "GATEHOUSE_MASTER_KEY",
         "bWFzdGVyIGtleSBzaGFyZWQgYnkgdGhlIHJlcGxpY2E=",
     )];
-    let gh = Process::start_as_configured(
-        &production(&tls(certs.path(), false)),
-        &master_key,
-    )
-    .await;
+    let gh =
+        Process::start_as_configured(&production(&tls(certs.path(), false)), &master_key).await;
     let url = format!("https://localhost:{}/page", gh.addrs["listen.https"].port());
     assert_eq!(status_trusting(&real, &url).await, Ok(200));
 
