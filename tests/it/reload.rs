@@ -404,3 +404,36 @@ format = "json"
     );
     assert!(!elsewhere.exists(), "no certificate was generated");
 }
+
+#[tokio::test]
+async fn an_identity_header_renamed_by_a_reload_is_still_removed_from_clients() {
+    let upstream = Upstream::start().await;
+    let named = |user: &str| {
+        config(&upstream.url(), "authenticated")
+            + &format!("[identity_headers]\nuser = \"{user}\"\n")
+    };
+    let gh = Process::start(&named("x-app-user"), &[]).await;
+    let file = gh.dir.path().join("gatehouse.toml");
+    let client = http1_client();
+    let send = |name: &'static str| {
+        client
+            .get(gh.http_url("/public/x"))
+            .header(name, "admin")
+            .send()
+    };
+    assert_eq!(send("x-app-user").await.unwrap().status(), 200);
+    assert!(upstream.last().headers.get("x-app-user").is_none());
+
+    // The application still reads the old name until it is changed too.
+    std::fs::write(&file, named("x-app-login")).unwrap();
+    gh.signal("HUP");
+    wait_for_log(&gh, "configuration reloaded", 1).await;
+    for name in ["x-app-user", "x-app-login", "X-App-User"] {
+        assert_eq!(send(name).await.unwrap().status(), 200);
+        let seen = upstream.last().headers;
+        assert!(
+            seen.get(name).is_none(),
+            "{name} reached the upstream: {seen:?}"
+        );
+    }
+}
