@@ -285,6 +285,11 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     #[serde(serialize_with = "duration")]
     pub tls_handshake_timeout: Duration,
+    /// A response whose data the client takes none of for this long closes its connection
+    /// (SPEC §10): a client that stops reading (a zero HTTP/2 window, a full TCP window) is not
+    /// held forever.
+    #[serde(serialize_with = "duration")]
+    pub send_timeout: Duration,
     /// More request header fields than this: 431.
     pub max_headers: usize,
     /// A request head larger than this many bytes: 431.
@@ -1195,6 +1200,7 @@ struct RawServer {
     shutdown_grace: Field<String>,
     header_read_timeout: Field<String>,
     tls_handshake_timeout: Field<String>,
+    send_timeout: Field<String>,
     max_headers: Field<u64>,
     max_header_bytes: Field<u64>,
     h2_max_concurrent_streams: Field<u64>,
@@ -1585,6 +1591,12 @@ fn validate(raw: RawConfig, env_secrets: EnvSecrets) -> Result<Config, ConfigErr
             Duration::from_secs(10),
             parse_duration,
         ),
+        send_timeout: c.get(
+            "server.send_timeout",
+            s.send_timeout,
+            Duration::from_secs(60),
+            parse_duration,
+        ),
         max_headers: c.get("server.max_headers", s.max_headers, 100, |v| {
             in_range(1, 1000)(v).map(|v| v as usize)
         }),
@@ -1637,6 +1649,7 @@ fn validate(raw: RawConfig, env_secrets: EnvSecrets) -> Result<Config, ConfigErr
     for (key, d) in [
         ("server.header_read_timeout", server.header_read_timeout),
         ("server.tls_handshake_timeout", server.tls_handshake_timeout),
+        ("server.send_timeout", server.send_timeout),
         ("server.body_read_timeout", server.body_read_timeout),
     ] {
         if d.is_zero() {

@@ -272,6 +272,12 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// Keeps removing from clients the identity header names `previous` removed (see
+    /// [`Sanitizer::keep_removing`]); a reload's new pipeline takes them from the one it replaces.
+    pub fn keep_removing_identity_of(&mut self, previous: &Gateway) {
+        self.sanitizer.keep_removing(&previous.sanitizer);
+    }
+
     /// The pipeline for `config` (the app's own, or a reloaded one) around the app's state.
     pub fn new(app: &App, config: &crate::config::Config) -> Gateway {
         Gateway {

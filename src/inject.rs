@@ -296,6 +296,7 @@ pub fn limits(max_connections: usize, max_connections_per_ip: usize) -> Limits {
     Limits {
         header_read_timeout: Duration::from_secs(10),
         tls_handshake_timeout: Duration::from_secs(10),
+        send_timeout: Duration::from_secs(60),
         max_headers: 100,
         max_header_bytes: 64 * 1024,
         h2_max_concurrent_streams: 100,

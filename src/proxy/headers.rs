@@ -184,6 +184,15 @@ impl Sanitizer {
         Sanitizer { identity }
     }
 
+    /// Also removes every identity name `previous` removes: a name a reload renamed away may
+    /// still be the one the application reads until it is changed too, so a client must not be
+    /// able to send it. Names accumulate over reloads until the next start.
+    pub fn keep_removing(&mut self, previous: &Sanitizer) {
+        self.identity.extend(previous.identity.iter().cloned());
+        self.identity.sort();
+        self.identity.dedup();
+    }
+
     fn doomed(&self, name: &HeaderName, trusted_peer: bool) -> bool {
         let name = name.as_str().as_bytes();
         IDENTITY_PREFIXES

@@ -5,7 +5,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -38,6 +38,9 @@ pub struct Limits {
     /// (protocol detection, the HTTP/2 preface and SETTINGS, the head itself), and between requests.
     pub header_read_timeout: Duration,
     pub tls_handshake_timeout: Duration,
+    /// The longest a connection may go with a response ready whose data the client takes none
+    /// of (it stopped reading: a zero HTTP/2 window, a full TCP window).
+    pub send_timeout: Duration,
     pub max_headers: usize,
     pub max_header_bytes: usize,
     pub h2_max_concurrent_streams: u32,
@@ -50,6 +53,7 @@ impl Limits {
         Limits {
             header_read_timeout: config.header_read_timeout,
             tls_handshake_timeout: config.tls_handshake_timeout,
+            send_timeout: config.send_timeout,
             max_headers: config.max_headers,
             max_header_bytes: config.max_header_bytes,
             h2_max_concurrent_streams: config.h2_max_concurrent_streams,
@@ -70,6 +74,7 @@ pub struct Protocols {
     http2: auto::Builder<TokioExecutor>,
     tls_handshake_timeout: Duration,
     header_read_timeout: Duration,
+    send_timeout: Duration,
 }
 
 impl Protocols {
@@ -101,6 +106,7 @@ impl Protocols {
             any,
             tls_handshake_timeout: limits.tls_handshake_timeout,
             header_read_timeout: limits.header_read_timeout,
+            send_timeout: limits.send_timeout,
         }
     }
 }
@@ -249,8 +255,11 @@ async fn serve<I>(
     // Requests in flight: from the head's arrival until the response body is dropped.
     let (busy, idle) = watch::channel(0usize);
     let busy = Arc::new(busy);
+    let taking = Taking::default();
+    let watched = taking.clone();
     let service = service_fn(move |req: hyper::Request<Incoming>| {
         let in_flight = InFlight::start(busy.clone());
+        let taking = taking.clone();
         let head = req.method() == http::Method::HEAD;
         let response = handler(req, info);
         async move {
@@ -260,10 +269,7 @@ async fn serve<I>(
             } else {
                 response
             };
-            Ok::<_, Infallible>(response.map(|body| Tracked {
-                body,
-                _in_flight: in_flight,
-            }))
+            Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight, taking)))
         }
     });
     // Owned, so the connection future does not borrow the builder across the spawn.
@@ -271,7 +277,13 @@ async fn serve<I>(
         .serve_connection(TokioIo::new(io), service)
         .into_owned();
     tokio::pin!(conn);
-    let idle = idle_for(idle, first_head_due, protocols.header_read_timeout);
+    let idle = idle_for(
+        idle,
+        first_head_due,
+        protocols.header_read_timeout,
+        &watched,
+        protocols.send_timeout,
+    );
     tokio::pin!(idle);
     let result = tokio::select! {
         result = conn.as_mut() => result,
@@ -285,13 +297,14 @@ async fn serve<I>(
             }
         }
         // Silent from the start (no protocol preface, no HTTP/2 SETTINGS or HEADERS, no request
-        // line) or idle since its last response: hyper bounds none of the HTTP/2 cases itself.
+        // line), idle since its last response, or taking no data of a response for
+        // `send_timeout`: hyper bounds none of the HTTP/2 cases, nor a client that stops reading.
         () = &mut idle => {
             conn.as_mut().graceful_shutdown();
             match tokio::time::timeout(CLOSE_GRACE, conn.as_mut()).await {
                 Ok(result) => result,
                 Err(_) => {
-                    tracing::debug!(peer = %info.peer, "closed a connection that sent no request in time");
+                    tracing::debug!(peer = %info.peer, "closed a connection that sent no request, or took no response data, in time");
                     return;
                 }
             }
@@ -302,24 +315,88 @@ async fn serve<I>(
     }
 }
 
-/// Resolves at `first` if no request has come by then, and later once no request has been in
-/// flight for `limit`.
-async fn idle_for(mut busy: watch::Receiver<usize>, first: Instant, limit: Duration) {
+/// Resolves at `first` if no request has come by then, later once no request has been in
+/// flight for `limit`, and whenever responses have waited `send_timeout` for the client to take
+/// any of their data.
+async fn idle_for(
+    mut busy: watch::Receiver<usize>,
+    first: Instant,
+    limit: Duration,
+    taking: &Taking,
+    send_timeout: Duration,
+) {
     let mut due = first;
     loop {
-        let changed = if *busy.borrow_and_update() == 0 {
-            match tokio::time::timeout_at(due, busy.changed()).await {
-                Ok(changed) => changed,
-                Err(_) => return,
-            }
-        } else {
-            busy.changed().await
-        };
-        if changed.is_err() {
-            // The service is gone, so is the connection: nothing left to time.
-            return std::future::pending().await;
+        let now = Instant::now();
+        let stalled = taking.waiting_since().map(|since| since + send_timeout);
+        if stalled.is_some_and(|at| now >= at) {
+            return;
         }
-        due = Instant::now() + limit;
+        let in_flight = *busy.borrow_and_update() != 0;
+        if !in_flight && now >= due {
+            return;
+        }
+        // A response may start waiting at any moment without a change of `busy`: look again
+        // at least every `send_timeout`.
+        let check = stalled.unwrap_or(now + send_timeout);
+        let wake = if in_flight { check } else { check.min(due) };
+        match tokio::time::timeout_at(wake, busy.changed()).await {
+            Err(_) => {}
+            // The service is gone, so is the connection: nothing left to time.
+            Ok(Err(_)) => return std::future::pending().await,
+            Ok(Ok(())) => due = Instant::now() + limit,
+        }
+    }
+}
+
+/// Whether a connection's client takes the responses it is sent: how many responses wait for
+/// hyper to ask for more of their data (which it does as the client reads), and when one last
+/// was asked. A response whose body waits on its own source (an upstream, a stream) is not
+/// counted: the client is not the one holding it up.
+#[derive(Clone, Default)]
+struct Taking(Arc<Mutex<Waiting>>);
+
+#[derive(Default)]
+struct Waiting {
+    responses: usize,
+    /// The last time a response body was asked for data, or began to wait.
+    progress: Option<Instant>,
+}
+
+impl Taking {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Since when the client has taken nothing while a response waits for it.
+    fn waiting_since(&self) -> Option<Instant> {
+        let waiting = self.lock();
+        if waiting.responses == 0 {
+            None
+        } else {
+            waiting.progress
+        }
+    }
+
+    /// A response starts or stops waiting for the client.
+    fn set(&self, was: bool, now: bool) {
+        if was == now {
+            return;
+        }
+        let mut waiting = self.lock();
+        if now {
+            if waiting.responses == 0 {
+                waiting.progress = Some(Instant::now());
+            }
+            waiting.responses += 1;
+        } else {
+            waiting.responses = waiting.responses.saturating_sub(1);
+        }
+    }
+
+    /// hyper asked a response body for data: the client is taking what it was sent.
+    fn progressed(&self) {
+        self.lock().progress = Some(Instant::now());
     }
 }
 
@@ -339,10 +416,35 @@ impl Drop for InFlight {
     }
 }
 
-/// A response body that keeps its request counted as in flight until hyper is done with it.
+/// A response body that keeps its request counted as in flight until hyper is done with it, and
+/// tells the connection whether the client is taking its data.
 struct Tracked {
     body: Body,
     _in_flight: InFlight,
+    taking: Taking,
+    /// Ready for hyper to ask for more (just made, or a frame handed over), not waiting on its
+    /// own source.
+    waiting: bool,
+}
+
+impl Tracked {
+    fn new(body: Body, in_flight: InFlight, taking: Taking) -> Tracked {
+        // A body with nothing to send waits for nobody (hyper may never ask it for data).
+        let waiting = !body.is_end_stream();
+        taking.set(false, waiting);
+        Tracked {
+            body,
+            _in_flight: in_flight,
+            taking,
+            waiting,
+        }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.taking.set(self.waiting, false);
+    }
 }
 
 impl hyper::body::Body for Tracked {
@@ -353,7 +455,13 @@ impl hyper::body::Body for Tracked {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        self.taking.progressed();
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        // Pending: the body waits on its source. A frame: it waits for hyper to ask again.
+        let waiting = matches!(polled, Poll::Ready(Some(Ok(_))));
+        self.taking.set(self.waiting, waiting);
+        self.waiting = waiting;
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -67,7 +67,9 @@ impl Reloadable {
             None => None,
         };
         let issuers = app.auth.issuers_for(&new.auth)?;
-        let gateway = Gateway::new(app, new);
+        let mut gateway = Gateway::new(app, new);
+        // An identity header renamed away stays removed from clients until the next start.
+        gateway.keep_removing_identity_of(&self.gateway.load());
         if let (Some(shared), Some(tls)) = (&self.tls, tls) {
             shared.store(tls);
         }
@@ -287,6 +289,26 @@ pub fn parse(content: &[u8]) -> Result<Config, String> {
     config::load_text(text).map_err(|e| e.to_string())
 }
 
+/// A reload keeps the environment gatehouse started in (SPEC §10): the file was validated
+/// against the environment it names, so a file that switched to `development` would bring
+/// development-only settings (a self-signed certificate, say) into a production server.
+fn same_environment(running: &Config, new: &Config) -> Result<(), String> {
+    let (old, new) = (running.server.environment, new.server.environment);
+    if old == new {
+        return Ok(());
+    }
+    let name = |e: config::Environment| match e {
+        config::Environment::Development => "development",
+        config::Environment::Production => "production",
+    };
+    Err(format!(
+        "server.environment: the file says `{}` but gatehouse started in `{}`; the environment \
+         changes only at a restart, and a reload is validated in the one gatehouse runs in",
+        name(new),
+        name(old)
+    ))
+}
+
 /// Applies the configuration file's `content` (as read by [`read_settled`]); logs and counts
 /// what happened.
 pub fn reload(
@@ -306,6 +328,7 @@ pub fn reload(
             SETTLE.as_millis()
         )),
     }
+    .and_then(|new| same_environment(&app.config, &new).map(|()| new))
     .and_then(|new| reloadable.apply(app, &new).map(|()| new));
     match result {
         Ok(new) => {

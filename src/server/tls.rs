@@ -89,13 +89,17 @@ fn generate_self_signed(cert: &Path, key: &Path, public_url: &str) -> Result<(),
         .map_err(|e| format!("tls.cert: cannot write {}: {e}", cert.display()))
 }
 
-/// Writes a file gatehouse generated: 0600 like every file it creates (SPEC §10).
+/// Writes a file gatehouse generated: 0600 like every file it creates (SPEC §10), also when a
+/// file of that name was already there with another mode (the key is written only when the pair
+/// is incomplete, so a leftover key file may be overwritten); set before a byte is written.
 fn write_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     let mut file = crate::private::open_options()
         .write(true)
         .create(true)
         .truncate(true)
         .open(path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(crate::private::FILE_MODE))?;
     file.write_all(bytes)?;
     file.sync_all()
 }
@@ -123,6 +127,24 @@ mod tests {
         assert_eq!(mode(&dir.path().join("certs")), 0o700);
         server_config(&config, "https://app.example:8443").unwrap();
         assert_eq!(fs::read(&config.cert).unwrap(), first);
+    }
+
+    #[test]
+    fn a_new_key_written_over_a_leftover_readable_key_file_is_private() {
+        use std::fs;
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let config = TlsConfig {
+            cert: dir.path().join("gh.crt"),
+            key: dir.path().join("gh.key"),
+            self_signed: true,
+        };
+        // A key file without its certificate, readable by everyone: the pair is generated again.
+        fs::write(&config.key, "old").unwrap();
+        fs::set_permissions(&config.key, fs::Permissions::from_mode(0o644)).unwrap();
+        server_config(&config, "https://localhost").unwrap();
+        let mode = fs::metadata(&config.key).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the new private key is readable by others");
     }
 
     #[test]

@@ -388,3 +388,146 @@ async fn reaching_a_cap_is_logged_once_naming_the_listener_and_the_setting() {
     assert_eq!(line["cap"], "server.max_connections_per_ip", "{line}");
     assert_eq!(line["limit"], 2, "{line}");
 }
+
+/// An HTTP/2 frame (RFC 9113 §4.1).
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut frame = u32::try_from(payload.len()).unwrap().to_be_bytes()[1..].to_vec();
+    frame.extend_from_slice(&[kind, flags]);
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// A client that asks for `path` over HTTP/2 with a flow-control window of zero, so that it
+/// takes no byte of the response's data, and answers the server's SETTINGS and PINGs as a live
+/// client does. Returns whether the server closed the connection within `deadline`.
+async fn h2_reader_taking_nothing(
+    mut io: impl AsyncRead + AsyncWrite + Unpin,
+    scheme: u8,
+    path: &str,
+    deadline: Duration,
+) -> bool {
+    let mut hello = H2_PREFACE.to_vec();
+    // SETTINGS_INITIAL_WINDOW_SIZE = 0.
+    hello.extend(h2_frame(4, 0, 0, &[0, 4, 0, 0, 0, 0]));
+    // :method GET, :scheme, :path, :authority (HPACK, literals without indexing).
+    let mut block = vec![0x82, scheme, 0x04, u8::try_from(path.len()).unwrap()];
+    block.extend_from_slice(path.as_bytes());
+    block.extend_from_slice(b"\x01\x09localhost");
+    hello.extend(h2_frame(1, 0x5, 1, &block));
+    io.write_all(&hello).await.unwrap();
+    io.flush().await.unwrap();
+    tokio::time::timeout(deadline, async {
+        let mut head = [0u8; 9];
+        while io.read_exact(&mut head).await.is_ok() {
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let mut payload = vec![0; len];
+            if io.read_exact(&mut payload).await.is_err() {
+                break;
+            }
+            let answer = match (head[3], head[4] & 1) {
+                (4, 0) => h2_frame(4, 1, 0, &[]),
+                (6, 0) => h2_frame(6, 1, 0, &payload),
+                _ => continue,
+            };
+            if io.write_all(&answer).await.is_err() {
+                break;
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+#[tokio::test]
+async fn a_client_that_takes_no_response_data_is_closed_after_the_send_timeout() {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start_with(&upstream, |c| {
+        c.server.send_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let pem = certificate(&gh);
+    let (http, https) = (gh.http_addr(), gh.addrs.https.unwrap());
+    // No credentials: the 401 problem document is what the client never takes. The header read
+    // timeout (10 s) and the server's PINGs (every 30 s) would keep it open forever otherwise.
+    let h2c = h2_reader_taking_nothing(
+        TcpStream::connect(http).await.unwrap(),
+        0x86,
+        "/private/x",
+        DEADLINE,
+    );
+    let h2 = async {
+        let tls = tls_connect(https, &pem, b"h2").await;
+        h2_reader_taking_nothing(tls, 0x87, "/private/x", DEADLINE).await
+    };
+    // HTTP/1.1: an upstream's large answer (the echo of a POST) to a client that reads nothing.
+    let h1 = async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut tcp = socket.connect(http).await.unwrap();
+        let body = vec![b'x'; 16 << 20];
+        let head = format!(
+            "POST /public/echo HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        tcp.write_all(&body).await.unwrap();
+        // Reads nothing until the deadline; by then the server has given up on the answer, so
+        // reading now finds it cut short (kept, it would arrive whole).
+        tokio::time::sleep(DEADLINE).await;
+        let mut received = 0;
+        let mut buf = vec![0u8; 1 << 16];
+        let ended = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Ok(n) = tcp.read(&mut buf).await
+                && n > 0
+            {
+                received += n;
+            }
+        })
+        .await;
+        ended.is_ok() && received < body.len()
+    };
+    let (h2c, h2, h1) = tokio::join!(h2c, h2, h1);
+    assert!(h2c, "h2c stayed open");
+    assert!(h2, "TLS h2 stayed open");
+    assert!(h1, "HTTP/1.1 stayed open");
+}
+
+#[tokio::test]
+async fn a_response_waiting_on_its_upstream_is_not_cut_by_the_send_timeout() {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start_with(&upstream, |c| {
+        c.server.send_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let mut tcp = TcpStream::connect(gh.http_addr()).await.unwrap();
+    tcp.write_all(b"GET /public/stream HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("first") {
+        let n = tcp.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed early");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    // The client reads everything; the upstream is silent for three send timeouts.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    upstream.release();
+    let rest = tokio::time::timeout(DEADLINE, async {
+        while !String::from_utf8_lossy(&seen).contains("second") {
+            let n = tcp.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    assert!(rest.is_ok(), "no second part");
+    assert!(
+        String::from_utf8_lossy(&seen).contains("second"),
+        "{}",
+        String::from_utf8_lossy(&seen)
+    );
+}

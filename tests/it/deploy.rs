@@ -1208,3 +1208,27 @@ async fn the_migration_job_moves_the_bases_users_into_the_overlays_database() {
     let seen: serde_json::Value = seen.json().await.unwrap();
     assert_eq!(seen["id"], created["id"]);
 }
+
+/// Behind the ingress the shipped ConfigMap assumes, every connection comes from a controller's
+/// few addresses: ingress-nginx alone keeps up to 320 idle upstream connections per worker (four on
+/// a four-core node), so a
+/// per-address cap below that refuses the controller's connections (502s) under ordinary load.
+#[test]
+fn the_shipped_configmap_admits_an_ingress_controllers_connections() {
+    let configmap = &yaml_documents(&deploy_dir().join("kubernetes/base/configmap.yaml"))[0];
+    let text = configmap["data"]["gatehouse.toml"].as_str().unwrap();
+    let file: toml::Value = toml::from_str(text).unwrap();
+    assert_eq!(
+        file["listen"]["https"].as_str(),
+        Some(""),
+        "TLS at the ingress"
+    );
+    let per_ip = file["server"]
+        .get("max_connections_per_ip")
+        .and_then(toml::Value::as_integer)
+        .unwrap_or(256);
+    assert!(
+        per_ip >= 320 * 4,
+        "server.max_connections_per_ip = {per_ip}"
+    );
+}

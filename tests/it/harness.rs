@@ -504,6 +504,15 @@ impl Process {
     /// `GATEHOUSE_SERVER__ENVIRONMENT=development` (test configurations use a generated master
     /// key and the SMS outbox) unless `env` says otherwise.
     pub async fn start(config: &str, env: &[(&str, &str)]) -> Process {
+        Process::spawn(config, &[DEVELOPMENT], env).await
+    }
+
+    /// Like [`Process::start`] with no `GATEHOUSE_SERVER__ENVIRONMENT`: the file alone decides.
+    pub async fn start_as_configured(config: &str, env: &[(&str, &str)]) -> Process {
+        Process::spawn(config, &[], env).await
+    }
+
+    async fn spawn(config: &str, base: &[(&str, &str)], env: &[(&str, &str)]) -> Process {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("gatehouse.toml");
         std::fs::write(&file, config).unwrap();
@@ -511,7 +520,8 @@ impl Process {
             .arg("--config")
             .arg(&file)
             .arg("serve")
-            .env(DEVELOPMENT.0, DEVELOPMENT.1)
+            .env_remove(DEVELOPMENT.0)
+            .envs(base.iter().copied())
             .envs(env.iter().copied())
             .env_remove("RUST_LOG")
             .current_dir(dir.path())

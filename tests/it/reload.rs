@@ -335,3 +335,105 @@ async fn a_reload_that_loosens_access_is_applied_and_named_in_a_warning() {
         assert!(line.contains(named), "{named}: {line}");
     }
 }
+
+#[tokio::test]
+async fn a_reload_cannot_switch_a_production_server_to_a_self_signed_certificate() {
+    let upstream = Upstream::start().await;
+    let certs = tempfile::tempdir().unwrap();
+    let real = write_certificate(certs.path());
+    let production = |extra: &str| {
+        format!(
+            r#"{extra}
+[listen]
+https = "127.0.0.1:0"
+http = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+[sms]
+kind = "none"
+[upstream]
+url = "{upstream}"
+[proxy]
+default = "public"
+[log]
+format = "json"
+"#,
+            upstream = upstream.url()
+        )
+    };
+    let tls = |dir: &std::path::Path, self_signed: bool| {
+        format!(
+            "[tls]\nself_signed = {self_signed}\ncert = \"{d}/tls.crt\"\nkey = \"{d}/tls.key\"\n",
+            d = dir.display()
+        )
+    };
+    let master_key = [(
+        "GATEHOUSE_MASTER_KEY",
+        "bWFzdGVyIGtleSBzaGFyZWQgYnkgdGhlIHJlcGxpY2E=",
+    )];
+    let gh =
+        Process::start_as_configured(&production(&tls(certs.path(), false)), &master_key).await;
+    let url = format!("https://localhost:{}/page", gh.addrs["listen.https"].port());
+    assert_eq!(status_trusting(&real, &url).await, Ok(200));
+
+    // The same file saying development, with a certificate gatehouse would generate itself.
+    let elsewhere = gh.dir.path().join("generated");
+    let file = gh.dir.path().join("gatehouse.toml");
+    std::fs::write(
+        &file,
+        production(&format!(
+            "[server]\nenvironment = \"development\"\n{}",
+            tls(&elsewhere, true)
+        )),
+    )
+    .unwrap();
+    gh.signal("HUP");
+    wait_for_log(&gh, "configuration reload", 1).await;
+    let line = gh
+        .logs()
+        .into_iter()
+        .find(|l| l.contains("configuration reload"))
+        .unwrap();
+    assert!(
+        line.contains("configuration reload rejected") && line.contains("server.environment"),
+        "{line}"
+    );
+    assert_eq!(
+        status_trusting(&real, &url).await,
+        Ok(200),
+        "the real certificate is still served"
+    );
+    assert!(!elsewhere.exists(), "no certificate was generated");
+}
+
+#[tokio::test]
+async fn an_identity_header_renamed_by_a_reload_is_still_removed_from_clients() {
+    let upstream = Upstream::start().await;
+    let named = |user: &str| {
+        config(&upstream.url(), "authenticated")
+            + &format!("[identity_headers]\nuser = \"{user}\"\n")
+    };
+    let gh = Process::start(&named("x-app-user"), &[]).await;
+    let file = gh.dir.path().join("gatehouse.toml");
+    let client = http1_client();
+    let send = |name: &'static str| {
+        client
+            .get(gh.http_url("/public/x"))
+            .header(name, "admin")
+            .send()
+    };
+    assert_eq!(send("x-app-user").await.unwrap().status(), 200);
+    assert!(upstream.last().headers.get("x-app-user").is_none());
+
+    // The application still reads the old name until it is changed too.
+    std::fs::write(&file, named("x-app-login")).unwrap();
+    gh.signal("HUP");
+    wait_for_log(&gh, "configuration reloaded", 1).await;
+    for name in ["x-app-user", "x-app-login", "X-App-User"] {
+        assert_eq!(send(name).await.unwrap().status(), 200);
+        let seen = upstream.last().headers;
+        assert!(
+            seen.get(name).is_none(),
+            "{name} reached the upstream: {seen:?}"
+        );
+    }
+}
