@@ -13,10 +13,10 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde::{Deserialize, Serialize};
 
-pub use crate::identity::ASSERTION_TTL;
-use crate::identity::{Method, Principal};
 use crate::clock::{self, Clock};
 use crate::config::TokensConfig;
+pub use crate::identity::ASSERTION_TTL;
+use crate::identity::{Method, Principal};
 use crate::secrets::Vault;
 use crate::store::{SCHEMA_VERSION, SigningKey, Store};
 

@@ -13,7 +13,10 @@ type Graph = BTreeMap<String, BTreeSet<String>>;
 
 /// Each module's source text, and whether it is a directory's `mod.rs` (whose `super` is its parent's parent).
 fn module_files(dir: &Path, under: &[String], out: &mut BTreeMap<String, (String, bool)>) {
-    let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     entries.sort();
     for path in entries {
         let name = path.file_name().unwrap().to_str().unwrap().to_owned();
@@ -86,9 +89,11 @@ fn expand(prefix: &str, tree: &str, out: &mut Vec<String>) {
     parts.push(&tree[start..]);
     for part in parts.into_iter().filter(|p| !p.is_empty()) {
         match part.find('{') {
-            Some(i) if part.ends_with('}') => {
-                expand(&format!("{prefix}{}", &part[..i]), &part[i + 1..part.len() - 1], out)
-            }
+            Some(i) if part.ends_with('}') => expand(
+                &format!("{prefix}{}", &part[..i]),
+                &part[i + 1..part.len() - 1],
+                out,
+            ),
             _ => out.push(format!("{prefix}{part}")),
         }
     }
@@ -116,9 +121,10 @@ fn without_renames(tree: &str) -> String {
 fn paths(code: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut rest = code;
-    let starts_word = |text: &str, at: usize| !text[..at].ends_with(|c: char| is_ident(c) || c == ':');
+    let starts_word =
+        |text: &str, at: usize| !text[..at].ends_with(|c: char| is_ident(c) || c == ':');
     let mut offset = 0;
-    while let Some(i) = rest.find(|c: char| c == 'u' || c == 'c' || c == 's') {
+    while let Some(i) = rest.find(['u', 'c', 's']) {
         let here = &rest[i..];
         let whole = &code[..offset + i];
         let word = starts_word(whole, whole.len());
@@ -129,7 +135,11 @@ fn paths(code: &str) -> Vec<String> {
             rest = &rest[i + end..];
             continue;
         }
-        if word && ["crate::", "super::", "self::"].iter().any(|p| here.starts_with(p)) {
+        if word
+            && ["crate::", "super::", "self::"]
+                .iter()
+                .any(|p| here.starts_with(p))
+        {
             let len = here
                 .find(|c: char| !(is_ident(c) || c == ':'))
                 .unwrap_or(here.len());
@@ -147,7 +157,11 @@ fn paths(code: &str) -> Vec<String> {
 /// Which modules each module imports.
 fn graph() -> Graph {
     let mut files = BTreeMap::new();
-    module_files(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &[], &mut files);
+    module_files(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+        &[],
+        &mut files,
+    );
     let mut graph = Graph::new();
     for (name, (text, is_dir_module)) in &files {
         let here: Vec<&str> = name.split("::").collect();
@@ -158,7 +172,11 @@ fn graph() -> Graph {
                 Some("crate") => segments.split_off(1),
                 Some("self") => [&here[..], &segments[1..]].concat(),
                 Some("super") => {
-                    let mut base = if *is_dir_module { here.clone() } else { here[..here.len() - 1].to_vec() };
+                    let mut base = if *is_dir_module {
+                        here.clone()
+                    } else {
+                        here[..here.len() - 1].to_vec()
+                    };
                     let mut rest = &segments[1..];
                     while let Some(("super", r)) = rest.split_first().map(|(s, r)| (*s, r)) {
                         base.pop();
@@ -216,7 +234,13 @@ fn cycles(graph: &Graph) -> Vec<Vec<String>> {
             }
         }
     }
-    let mut state = State { graph, index: BTreeMap::new(), low: BTreeMap::new(), stack: Vec::new(), found: Vec::new() };
+    let mut state = State {
+        graph,
+        index: BTreeMap::new(),
+        low: BTreeMap::new(),
+        stack: Vec::new(),
+        found: Vec::new(),
+    };
     for v in graph.keys() {
         if !state.index.contains_key(v.as_str()) {
             visit(&mut state, v);
@@ -231,7 +255,10 @@ fn no_module_imports_one_that_imports_it_back() {
     assert!(graph.contains_key("gateway") && graph["gateway"].contains("proxy::forward"));
     let mut report = String::new();
     for group in cycles(&graph) {
-        report.push_str(&format!("modules that import each other: {}\n", group.join(", ")));
+        report.push_str(&format!(
+            "modules that import each other: {}\n",
+            group.join(", ")
+        ));
         for module in &group {
             let within: Vec<&str> = graph[module]
                 .iter()
@@ -251,16 +278,32 @@ fn the_cycle_check_sees_use_trees_inline_paths_and_super() {
     );
     assert_eq!(
         paths(&code),
-        ["crate::a::self", "crate::a::b::C", "crate::a::b::D", "super::x", "crate::c::d"]
+        [
+            "crate::a::self",
+            "crate::a::b::C",
+            "crate::a::b::D",
+            "super::x",
+            "crate::c::d"
+        ]
     );
     let looped: Graph = [("a", "b"), ("b", "c"), ("c", "a"), ("c", "d")]
         .iter()
         .fold(Graph::new(), |mut g, (from, to)| {
-            g.entry((*from).to_owned()).or_default().insert((*to).to_owned());
+            g.entry((*from).to_owned())
+                .or_default()
+                .insert((*to).to_owned());
             g.entry((*to).to_owned()).or_default();
             g
         });
     let found = cycles(&looped);
     assert_eq!(found.len(), 1);
-    assert_eq!(found[0].iter().collect::<BTreeSet<_>>(), ["a", "b", "c"].iter().map(|s| s.to_string()).collect::<BTreeSet<_>>().iter().collect());
+    assert_eq!(
+        found[0].iter().collect::<BTreeSet<_>>(),
+        ["a", "b", "c"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<BTreeSet<_>>()
+            .iter()
+            .collect()
+    );
 }
