@@ -121,13 +121,11 @@ fn without_renames(tree: &str) -> String {
 fn paths(code: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut rest = code;
-    let starts_word =
-        |text: &str, at: usize| !text[..at].ends_with(|c: char| is_ident(c) || c == ':');
     let mut offset = 0;
     while let Some(i) = rest.find(['u', 'c', 's']) {
         let here = &rest[i..];
-        let whole = &code[..offset + i];
-        let word = starts_word(whole, whole.len());
+        // Not the middle of a word or of a longer path.
+        let word = !code[..offset + i].ends_with(|c: char| is_ident(c) || c == ':');
         if word && here.starts_with("use") && here[3..].starts_with(char::is_whitespace) {
             let end = here.find(';').unwrap_or(here.len());
             expand("", &without_renames(&here[3..end]), &mut out);
