@@ -17,6 +17,7 @@ use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::mfa::lockout::Policy;
 use crate::path;
 use crate::proxy::headers::{IdentityHeaderNames, Preset};
 
@@ -184,6 +185,18 @@ pub struct LockoutConfig {
     pub window: Duration,
     #[serde(serialize_with = "duration")]
     pub duration: Duration,
+}
+
+impl Policy {
+    /// The limits of `lockout.*`, in seconds.
+    pub fn from_config(c: &LockoutConfig) -> Policy {
+        let secs = |d: std::time::Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+        Policy {
+            max_failures: c.max_failures,
+            window: secs(c.window),
+            duration: secs(c.duration),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -1774,7 +1787,7 @@ fn validate(raw: RawConfig, env_secrets: EnvSecrets) -> Result<Config, ConfigErr
             // Prefixes match in any letter case, so `/Admin/` and `/admin/` are one rule.
             if routes
                 .iter()
-                .any(|other| crate::routes::eq_ignore_case(&other.path_prefix, &path_prefix))
+                .any(|other| crate::path::eq_ignore_case(&other.path_prefix, &path_prefix))
             {
                 c.problem(
                     &key("path_prefix"),

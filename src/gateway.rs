@@ -19,6 +19,7 @@ use std::sync::Arc;
 use crate::api::enroll::EnrollPage;
 use crate::api::manage::Manage;
 use crate::api::nexus::Nexus;
+use crate::api::route::{FORWARD_AUTH_PATH, JWKS_PATH};
 use crate::api::ws::endpoints::Ws;
 use crate::app::App;
 use crate::auth::policy::{self, Decision};
@@ -671,12 +672,6 @@ impl Gateway {
         outcome
     }
 }
-
-/// Where gatehouse publishes the public keys of its tokens.
-pub const JWKS_PATH: &str = "/.well-known/jwks.json";
-
-/// Forward-auth's endpoint (and, for Envoy, the prefix of the path it describes).
-pub const FORWARD_AUTH_PATH: &str = "/auth/verify";
 
 impl Gateway {
     fn jwks(&self) -> Response<Body> {

@@ -15,6 +15,7 @@ pub mod domains;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gateway;
+pub mod identity;
 pub mod inject;
 pub mod meter;
 pub mod mfa;

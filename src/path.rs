@@ -196,6 +196,45 @@ fn is_normal(raw: &str) -> bool {
     true
 }
 
+/// A character as paths are compared in any letter case: ASCII letters in lower case, and the
+/// non-ASCII letters whose simple case mapping is an ASCII letter as that letter. Java's
+/// `equalsIgnoreCase` and `Character.toLowerCase`, behind Spring's case-insensitive path
+/// matching, read `İ` (U+0130) and `ı` (U+0131) as `i`, `ſ` (U+017F) as `s` and the Kelvin sign
+/// (U+212A) as `k`, so such an upstream serves `/adm%C4%B0n/x` as `/admin/x`.
+pub(crate) fn fold(c: char) -> char {
+    match c {
+        '\u{130}' | '\u{131}' => 'i',
+        '\u{17f}' => 's',
+        '\u{212a}' => 'k',
+        c => c.to_ascii_lowercase(),
+    }
+}
+
+/// `path` after `prefix`, when it starts with it in any letter case ([`fold`]).
+pub fn strip_prefix_ignore_case<'p>(path: &'p str, prefix: &str) -> Option<&'p str> {
+    if let Some(head) = path.as_bytes().get(..prefix.len())
+        && head.eq_ignore_ascii_case(prefix.as_bytes())
+    {
+        // Only ASCII letters differ, so the split falls where it falls in `prefix`: on a boundary.
+        return path.get(prefix.len()..);
+    }
+    if path.is_ascii() && prefix.is_ascii() {
+        return None;
+    }
+    let mut rest = path.chars();
+    for p in prefix.chars() {
+        if fold(rest.next()?) != fold(p) {
+            return None;
+        }
+    }
+    Some(rest.as_str())
+}
+
+/// Whether `a` and `b` are equal in any letter case ([`fold`]).
+pub fn eq_ignore_case(a: &str, b: &str) -> bool {
+    strip_prefix_ignore_case(a, b).is_some_and(str::is_empty)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -5,11 +5,12 @@
 //! covers `/admin`, so a stricter rule is never escaped by dropping the slash). Letter case does
 //! not count (`/ADMIN/x` is under `/admin/`): an upstream such as IIS, or Spring with
 //! case-insensitive mappings, serves `/ADMIN/x` as `/admin/x` (SPEC §2). Nor do the non-ASCII
-//! letters that such an upstream folds into ASCII ones (see [`fold`]), nor ASP.NET's cookieless
+//! letters that such an upstream folds into ASCII ones (see [`strip_prefix_ignore_case`]), nor ASP.NET's cookieless
 //! session segments (`/(S(x))/admin/x` is under `/admin/`). The longest matching
 //! prefix wins; the query never takes part. A path no rule matches gets `proxy.default`.
 
 use crate::config::{Access, Route};
+pub use crate::path::{eq_ignore_case, strip_prefix_ignore_case};
 
 /// Route rules sorted for lookup.
 #[derive(Debug, Clone)]
@@ -101,45 +102,6 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
             .strip_suffix('/')
             .is_some_and(|bare| !bare.is_empty() && eq_ignore_case(path, bare)),
     }
-}
-
-/// A character as paths are compared in any letter case: ASCII letters in lower case, and the
-/// non-ASCII letters whose simple case mapping is an ASCII letter as that letter. Java's
-/// `equalsIgnoreCase` and `Character.toLowerCase`, behind Spring's case-insensitive path
-/// matching, read `İ` (U+0130) and `ı` (U+0131) as `i`, `ſ` (U+017F) as `s` and the Kelvin sign
-/// (U+212A) as `k`, so such an upstream serves `/adm%C4%B0n/x` as `/admin/x`.
-fn fold(c: char) -> char {
-    match c {
-        '\u{130}' | '\u{131}' => 'i',
-        '\u{17f}' => 's',
-        '\u{212a}' => 'k',
-        c => c.to_ascii_lowercase(),
-    }
-}
-
-/// `path` after `prefix`, when it starts with it in any letter case ([`fold`]).
-pub fn strip_prefix_ignore_case<'p>(path: &'p str, prefix: &str) -> Option<&'p str> {
-    if let Some(head) = path.as_bytes().get(..prefix.len())
-        && head.eq_ignore_ascii_case(prefix.as_bytes())
-    {
-        // Only ASCII letters differ, so the split falls where it falls in `prefix`: on a boundary.
-        return path.get(prefix.len()..);
-    }
-    if path.is_ascii() && prefix.is_ascii() {
-        return None;
-    }
-    let mut rest = path.chars();
-    for p in prefix.chars() {
-        if fold(rest.next()?) != fold(p) {
-            return None;
-        }
-    }
-    Some(rest.as_str())
-}
-
-/// Whether `a` and `b` are equal in any letter case ([`fold`]).
-pub fn eq_ignore_case(a: &str, b: &str) -> bool {
-    strip_prefix_ignore_case(a, b).is_some_and(str::is_empty)
 }
 
 #[cfg(test)]
@@ -239,7 +201,7 @@ mod tests {
 mod properties {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::path::{match_key, normalize};
+    use crate::path::{fold, match_key, normalize};
     use proptest::prelude::*;
 
     /// How the most lenient upstream (Tomcat, Jetty, Spring, IIS, Express) reads a path: every

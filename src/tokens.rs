@@ -13,9 +13,10 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{Method, Principal};
 use crate::clock::{self, Clock};
 use crate::config::TokensConfig;
+pub use crate::identity::ASSERTION_TTL;
+use crate::identity::{Method, Principal};
 use crate::secrets::Vault;
 use crate::store::{SCHEMA_VERSION, SigningKey, Store};
 
@@ -24,8 +25,6 @@ const SIGNING_KEY_CONTEXT: &[u8] = b"token-signing-key";
 
 /// Clock skew tolerated on `exp` and `nbf`, in seconds.
 pub const LEEWAY: i64 = 60;
-/// Lifetime of an `X-Auth-Assertion`.
-pub const ASSERTION_TTL: i64 = 60;
 
 /// Claims of the tokens gatehouse issues.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

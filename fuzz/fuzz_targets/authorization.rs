@@ -54,5 +54,8 @@ fuzz_target!(|data: &[u8]| {
         Err(AuthError::Busy | AuthError::Throttled(_)) => {
             panic!("reading a header hashed or counted a password")
         }
+        Err(AuthError::NewUsersLimited(_)) => {
+            panic!("reading a header created a trusted issuer's user")
+        }
     }
 });

@@ -5,6 +5,7 @@ pub mod domains;
 pub mod enroll;
 pub mod manage;
 pub mod nexus;
+pub mod operations;
 pub mod route;
 pub mod ws;
 

@@ -1,11 +1,14 @@
 //! The operations the local endpoints answer, as (method, path template) tables.
 //!
 //! Each family keeps its own table beside its handler and matches requests with it, so the table is
-//! what the code answers; [`public`] and [`crate::api::admin::routes`] collect them, and the test
-//! suite checks them against `openapi/openapi.json` in both directions.
+//! what the code answers; [`crate::api::operations::public`] and [`crate::api::admin::routes`]
+//! collect them, and the test suite checks them against `openapi/openapi.json` in both directions.
 
-use crate::config::ApisConfig;
-use crate::gateway::{FORWARD_AUTH_PATH, JWKS_PATH};
+/// Where gatehouse publishes the public keys of its tokens.
+pub const JWKS_PATH: &str = "/.well-known/jwks.json";
+
+/// Forward-auth's endpoint (and, for Envoy, the prefix of the path it describes).
+pub const FORWARD_AUTH_PATH: &str = "/auth/verify";
 
 /// One operation: an HTTP method and a path template in which a `{name}` segment stands for any
 /// one segment.
@@ -108,48 +111,6 @@ pub fn check_method(routes: &[Route], template: &str, method: &http::Method) -> 
         return Ok(());
     }
     Err(on_path().map(|r| r.method).collect::<Vec<_>>().join(", "))
-}
-
-/// One operation of the public listeners, its path with the family's configured base path.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Operation {
-    pub method: &'static str,
-    pub path: String,
-}
-
-/// Every operation the public listeners answer themselves with `apis`, in the order the gateway
-/// tries them; everything else is proxied. A disabled family contributes nothing.
-pub fn public(apis: &ApisConfig) -> Vec<Operation> {
-    let plain = |routes: &[Route]| -> Vec<Operation> { based("", routes) };
-    let mut all = plain(&forward_auth());
-    all.extend(plain(&JWKS));
-    all.extend(plain(&crate::api::enroll::ROUTES));
-    if apis.ws.enabled {
-        all.extend(based(
-            &apis.ws.base_path,
-            &crate::api::ws::endpoints::routes(),
-        ));
-    }
-    if apis.manage.family.enabled {
-        all.extend(based(
-            &apis.manage.family.base_path,
-            &crate::api::manage::routes(),
-        ));
-    }
-    if apis.nexus.enabled {
-        all.extend(based(&apis.nexus.base_path, &crate::api::nexus::routes()));
-    }
-    all
-}
-
-fn based(base: &str, routes: &[Route]) -> Vec<Operation> {
-    routes
-        .iter()
-        .map(|r| Operation {
-            method: r.method,
-            path: format!("{base}{}", r.path),
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -23,52 +23,10 @@ use http::header::{self, HeaderName};
 
 use crate::clock::Clock;
 use crate::config::AuthConfig;
-use crate::store::{Membership, Store, StoreError, User};
+pub use crate::identity::{Method, Principal};
+use crate::store::{Store, StoreError, User};
 use crate::tokens::{self, Tokens};
 use issuers::Issuers;
-
-/// How a principal proved who it is (the JWT `amr` values, RFC 8176).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Method {
-    /// A password (Basic).
-    Pwd,
-    /// A TOTP authenticator app or a recovery code.
-    Otp,
-    /// A code sent by SMS.
-    Sms,
-    /// A code sent by email.
-    Email,
-    /// An application token.
-    App,
-}
-
-impl Method {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Method::Pwd => "pwd",
-            Method::Otp => "otp",
-            Method::Sms => "sms",
-            Method::Email => "email",
-            Method::App => "app",
-        }
-    }
-
-    /// Whether this method is a second factor (what `access = "mfa"` asks for).
-    pub fn is_second_factor(self) -> bool {
-        matches!(self, Method::Otp | Method::Sms | Method::Email)
-    }
-}
-
-/// Who is making a request, once a credential has been verified.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    pub user_id: String,
-    pub user_name: String,
-    pub email: Option<String>,
-    pub scopes: Vec<String>,
-    pub organizations: Vec<Membership>,
-    pub methods: Vec<Method>,
-}
 
 impl Principal {
     /// The one way from a stored user to a principal: every credential (Basic, Bearer of either

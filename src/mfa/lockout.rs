@@ -5,8 +5,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::LockoutConfig;
-
 /// The stored state of one user's lockout.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockoutState {
@@ -22,17 +20,6 @@ pub struct Policy {
     pub max_failures: u32,
     pub window: i64,
     pub duration: i64,
-}
-
-impl Policy {
-    pub fn from_config(c: &LockoutConfig) -> Policy {
-        let secs = |d: std::time::Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
-        Policy {
-            max_failures: c.max_failures,
-            window: secs(c.window),
-            duration: secs(c.duration),
-        }
-    }
 }
 
 impl LockoutState {

@@ -7,8 +7,7 @@ use std::time::Duration;
 use http::HeaderMap;
 use http::header::{self, HeaderName, HeaderValue};
 
-use crate::auth::Principal;
-use crate::tokens::ASSERTION_TTL;
+use crate::identity::{ASSERTION_TTL, Principal};
 use serde::Serialize;
 
 /// Hop-by-hop headers of RFC 9110 §7.6.1, plus the proxy-only ones that must not travel on.

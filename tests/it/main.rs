@@ -18,6 +18,7 @@ mod faulty;
 mod hygiene;
 mod identity;
 mod inject;
+mod layering;
 mod limits;
 mod manage;
 mod mfa;

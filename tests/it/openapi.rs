@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::Command;
 
-use gatehouse::api::route;
+use gatehouse::api::operations;
 use gatehouse::config::Access;
 use serde_json::Value;
 
@@ -74,7 +74,7 @@ fn operations(doc: &Value) -> Vec<Documented<'_>> {
 fn routed() -> BTreeSet<(String, String, String)> {
     let config =
         gatehouse::config::from_toml_str("[server]\nenvironment = \"development\"\n").unwrap();
-    let public = route::public(&config.apis)
+    let public = operations::public(&config.apis)
         .into_iter()
         .map(|op| ("public".to_owned(), op.method.to_owned(), op.path));
     let admin = gatehouse::api::admin::routes()
