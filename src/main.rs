@@ -81,6 +81,9 @@ struct InjectArgs {
 }
 
 fn main() -> ExitCode {
+    // Whatever gatehouse or a library it uses creates (the store's files, snapshots written while
+    // running, keys, certificates, the SMS outbox) is readable by its own user only.
+    rustix::process::umask(rustix::fs::Mode::from_bits_truncate(0o077));
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
         Command::Admin(args) => admin(*args),

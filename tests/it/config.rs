@@ -320,6 +320,16 @@ async fn files_gatehouse_creates_are_private_to_its_user() {
         );
     let token = "dS7BWKPPj6qMfyOLPBlJKv2zfGFyrlX6";
     let mut gh = Process::start(&config, &[("GATEHOUSE_ADMIN_TOKEN", token)]).await;
+    // Whatever the umask it was started with, files created while it runs (sled's later
+    // snapshots and blobs included) are private: the process runs with umask 077.
+    let pid = gh.child.id().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["Umask:", "0077"]),
+        "{status}"
+    );
     // A text message, so that the outbox exists.
     let client = http1_client();
     let admin = format!("http://{}/admin/v1/users", gh.addrs["listen.admin"]);
