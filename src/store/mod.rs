@@ -82,6 +82,40 @@ pub struct User {
     pub modified: String,
 }
 
+impl User {
+    /// A new user as both backends store it: valid, with no grants, a fresh UUID and `now` as
+    /// its creation and change time. The backend assigns `id`.
+    pub fn new(id: u64, new: NewUser, now: &str) -> User {
+        User {
+            v: SCHEMA_VERSION,
+            id,
+            uuid: uuid::Uuid::new_v4().to_string(),
+            user_name: new.user_name,
+            first_name: new.first_name,
+            last_name: new.last_name,
+            nick_name: new.nick_name,
+            email: new.email,
+            phone: new.phone,
+            text_number: None,
+            password_hash: new.password_hash,
+            password_expires: None,
+            force_password_change: false,
+            latest_invite_status: None,
+            latest_invite_date: None,
+            latest_invite_uuid: None,
+            is_valid: true,
+            last_login_timestamp: None,
+            user_rollout_stage: None,
+            scopes: new.scopes,
+            memberships: Vec::new(),
+            files: Vec::new(),
+            external: new.external,
+            created: now.to_owned(),
+            modified: now.to_owned(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExternalId {
     pub issuer: String,

@@ -22,8 +22,8 @@ use tokio_postgres::{IsolationLevel, NoTls, Row};
 
 use super::{
     Application, AuditEvent, CodeLogin, Domain, Factor, FactorKind, Membership, NewUser,
-    OPT_IN_PREFIX, OobCode, Organization, SCHEMA_VERSION, SigningKey, Snapshot, Store, StoreError,
-    StoreResult, Ticket, User, UserPatch, WsKey,
+    OPT_IN_PREFIX, OobCode, Organization, SigningKey, Snapshot, Store, StoreError, StoreResult,
+    Ticket, User, UserPatch, WsKey,
 };
 use crate::mfa::lockout::{LockoutState, Policy, Reservation};
 
@@ -1313,33 +1313,7 @@ impl Store for PgStore {
     }
 
     async fn create_user(&self, new: NewUser, now: &str) -> StoreResult<User> {
-        let template = User {
-            v: SCHEMA_VERSION,
-            id: 0,
-            uuid: uuid::Uuid::new_v4().to_string(),
-            user_name: new.user_name,
-            first_name: new.first_name,
-            last_name: new.last_name,
-            nick_name: new.nick_name,
-            email: new.email,
-            phone: new.phone,
-            text_number: None,
-            password_hash: new.password_hash,
-            password_expires: None,
-            force_password_change: false,
-            latest_invite_status: None,
-            latest_invite_date: None,
-            latest_invite_uuid: None,
-            is_valid: true,
-            last_login_timestamp: None,
-            user_rollout_stage: None,
-            scopes: new.scopes,
-            memberships: Vec::new(),
-            files: Vec::new(),
-            external: new.external,
-            created: now.to_owned(),
-            modified: now.to_owned(),
-        };
+        let template = User::new(0, new, now);
         Ok(retry(|| self.create_user_once(&template)).await?)
     }
 
@@ -1797,7 +1771,7 @@ impl Store for PgStore {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
-    use crate::store::{ExternalId, Role};
+    use crate::store::{ExternalId, Role, SCHEMA_VERSION};
 
     const NOW: &str = "2026-01-01T00:00:00Z";
 

@@ -12,8 +12,8 @@ use sled::{Db, Transactional, Tree};
 
 use super::{
     Application, AuditEvent, CodeLogin, Domain, Factor, FactorKind, Membership, NewUser,
-    OPT_IN_PREFIX, OobCode, Organization, SCHEMA_VERSION, SigningKey, Snapshot, Store, StoreError,
-    StoreResult, Ticket, User, UserPatch, WsKey,
+    OPT_IN_PREFIX, OobCode, Organization, SigningKey, Snapshot, Store, StoreError, StoreResult,
+    Ticket, User, UserPatch, WsKey,
 };
 use crate::mfa::lockout::{LockoutState, Policy, Reservation};
 
@@ -370,33 +370,7 @@ impl Store for SledStore {
 
     async fn create_user(&self, new: NewUser, now: &str) -> StoreResult<User> {
         let id = self.db.generate_id().map_err(backend)?;
-        let user = User {
-            v: SCHEMA_VERSION,
-            id,
-            uuid: uuid::Uuid::new_v4().to_string(),
-            user_name: new.user_name,
-            first_name: new.first_name,
-            last_name: new.last_name,
-            nick_name: new.nick_name,
-            email: new.email,
-            phone: new.phone,
-            text_number: None,
-            password_hash: new.password_hash,
-            password_expires: None,
-            force_password_change: false,
-            latest_invite_status: None,
-            latest_invite_date: None,
-            latest_invite_uuid: None,
-            is_valid: true,
-            last_login_timestamp: None,
-            user_rollout_stage: None,
-            scopes: new.scopes,
-            memberships: Vec::new(),
-            files: Vec::new(),
-            external: new.external,
-            created: now.to_owned(),
-            modified: now.to_owned(),
-        };
+        let user = User::new(id, new, now);
         let result = (&self.users, &self.user_names, &self.user_external).transaction(
             |(users, names, external)| {
                 let key = name_key(&user.user_name);
@@ -1077,6 +1051,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
     use crate::store::Role;
+    use crate::store::SCHEMA_VERSION;
 
     const NOW: &str = "2026-01-01T00:00:00Z";
 
