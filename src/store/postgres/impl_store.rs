@@ -1,0 +1,482 @@
+//! [`Store`] for [`PgStore`]: each operation, retried as a whole on serialization failures.
+
+use async_trait::async_trait;
+use tokio_postgres::types::Json;
+
+use crate::mfa::lockout::{LockoutState, Policy, Reservation};
+use crate::store::{
+    Application, AuditEvent, CodeLogin, Domain, Factor, FactorKind, Membership, NewUser,
+    OPT_IN_PREFIX, OobCode, Organization, SigningKey, Snapshot, Store, StoreError, StoreResult,
+    Ticket, User, UserPatch, WsKey,
+};
+
+use super::{
+    Fail, PgStore, describe, exec, external_key, factor_from, insert_audit, key, name_key, retry,
+    rows, step_column, storable, unique,
+};
+
+#[async_trait]
+impl Store for PgStore {
+    async fn check(&self) -> StoreResult<()> {
+        let client = self.client().await?;
+        client
+            .simple_query("SELECT 1")
+            .await
+            .map_err(|e| describe(&e))?;
+        Ok(())
+    }
+
+    async fn create_user(&self, new: NewUser, now: &str) -> StoreResult<User> {
+        let template = User::new(0, new, now);
+        Ok(retry(|| self.create_user_once(&template)).await?)
+    }
+
+    async fn user_by_name(&self, user_name: &str) -> StoreResult<Option<User>> {
+        if !storable(user_name) {
+            return Ok(None);
+        }
+        self.find(
+            "SELECT doc FROM gatehouse_users WHERE name_key = $1",
+            &[&name_key(user_name)],
+        )
+        .await
+    }
+
+    async fn user_by_id(&self, id: u64) -> StoreResult<Option<User>> {
+        self.find("SELECT doc FROM gatehouse_users WHERE id = $1", &[&key(id)])
+            .await
+    }
+
+    async fn user_by_external(&self, issuer: &str, subject: &str) -> StoreResult<Option<User>> {
+        if !storable(issuer) || !storable(subject) {
+            return Ok(None);
+        }
+        self.find(
+            "SELECT doc FROM gatehouse_users WHERE external_key = $1",
+            &[&external_key(issuer, subject)],
+        )
+        .await
+    }
+
+    async fn update_user(&self, user_name: &str, patch: UserPatch, now: &str) -> StoreResult<User> {
+        self.modify_user(user_name, now, |user| patch.clone().apply(user))
+            .await
+    }
+
+    async fn delete_user(&self, user_name: &str) -> StoreResult<bool> {
+        if !storable(user_name) {
+            return Ok(false);
+        }
+        Ok(retry(|| self.delete_user_once(user_name)).await?)
+    }
+
+    async fn reset_mfa(&self, user_id: u64) -> StoreResult<()> {
+        Ok(retry(|| self.reset_mfa_once(user_id)).await?)
+    }
+
+    async fn create_application(&self, app: Application) -> StoreResult<()> {
+        Ok(retry(|| self.create_application_once(&app)).await?)
+    }
+
+    async fn application_by_token_hash(
+        &self,
+        token_hash: &str,
+    ) -> StoreResult<Option<Application>> {
+        if !storable(token_hash) {
+            return Ok(None);
+        }
+        self.find(
+            "SELECT a.doc FROM gatehouse_application_tokens t
+             JOIN gatehouse_applications a ON a.name = t.name
+             WHERE t.token_hash = $1",
+            &[&token_hash],
+        )
+        .await
+    }
+
+    async fn create_organization(&self, org: Organization) -> StoreResult<()> {
+        let client = self.client().await?;
+        exec(
+            &client,
+            "INSERT INTO gatehouse_organizations (id, doc) VALUES ($1, $2)",
+            &[&org.id, &Json(&org)],
+        )
+        .await
+        .map_err(|f| match f {
+            Fail::Db(e) => unique(e, |_| format!("organization {}", org.id)),
+            other => other,
+        })?;
+        Ok(())
+    }
+
+    async fn organization(&self, id: i64) -> StoreResult<Option<Organization>> {
+        self.find(
+            "SELECT doc FROM gatehouse_organizations WHERE id = $1",
+            &[&id],
+        )
+        .await
+    }
+
+    async fn set_membership(
+        &self,
+        user_name: &str,
+        membership: Membership,
+        now: &str,
+    ) -> StoreResult<User> {
+        if self
+            .organization(membership.organization_id)
+            .await?
+            .is_none()
+        {
+            return Err(StoreError::NotFound(format!(
+                "organization {}",
+                membership.organization_id
+            )));
+        }
+        self.modify_user(user_name, now, |user| {
+            user.memberships
+                .retain(|m| m.organization_id != membership.organization_id);
+            user.memberships.push(membership);
+        })
+        .await
+    }
+
+    async fn grant_file(&self, user_name: &str, file_id: i64, now: &str) -> StoreResult<User> {
+        self.modify_user(user_name, now, |user| {
+            if !user.files.contains(&file_id) {
+                user.files.push(file_id);
+            }
+        })
+        .await
+    }
+
+    async fn create_ws_key(&self, ws_key: WsKey) -> StoreResult<()> {
+        let client = self.client().await?;
+        exec(
+            &client,
+            "INSERT INTO gatehouse_ws_keys (key_hash, user_id, doc) VALUES ($1, $2, $3)",
+            &[&ws_key.key_hash, &key(ws_key.user_id), &Json(&ws_key)],
+        )
+        .await
+        .map_err(|f| match f {
+            Fail::Db(e) => unique(e, |_| "ws key".into()),
+            other => other,
+        })?;
+        Ok(())
+    }
+
+    async fn ws_key(&self, key_hash: &str) -> StoreResult<Option<WsKey>> {
+        if !storable(key_hash) {
+            return Ok(None);
+        }
+        self.find(
+            "SELECT doc FROM gatehouse_ws_keys WHERE key_hash = $1",
+            &[&key_hash],
+        )
+        .await
+    }
+
+    async fn signing_keys(&self) -> StoreResult<Vec<SigningKey>> {
+        self.find_all("SELECT doc FROM gatehouse_signing_keys ORDER BY seq", &[])
+            .await
+    }
+
+    async fn add_signing_key(&self, signing_key: SigningKey) -> StoreResult<()> {
+        self.execute(
+            "WITH next AS (
+                INSERT INTO gatehouse_counters (name, value) VALUES ('signing_key', 1)
+                ON CONFLICT (name) DO UPDATE SET value = gatehouse_counters.value + 1
+                RETURNING value
+            )
+            INSERT INTO gatehouse_signing_keys (seq, kid, doc) SELECT value, $1, $2 FROM next",
+            &[&signing_key.kid, &Json(&signing_key)],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn init_signing_key(&self, signing_key: SigningKey) -> StoreResult<Vec<SigningKey>> {
+        // Most starts find a key: answer them without taking the lock.
+        let stored = self.signing_keys().await?;
+        if !stored.is_empty() {
+            return Ok(stored);
+        }
+        Ok(retry(|| self.init_signing_key_once(&signing_key)).await?)
+    }
+
+    async fn create_ticket(&self, ticket: Ticket) -> StoreResult<()> {
+        self.execute(
+            "INSERT INTO gatehouse_tickets (id, user_id, created_at, expires_at, used, doc)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (id) DO UPDATE SET user_id = excluded.user_id,
+                created_at = excluded.created_at, expires_at = excluded.expires_at,
+                used = excluded.used, doc = excluded.doc",
+            &[
+                &ticket.id,
+                &key(ticket.user_id),
+                &ticket.created_at,
+                &ticket.expires_at,
+                &ticket.used,
+                &Json(&ticket),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn ticket(&self, id: &str) -> StoreResult<Option<Ticket>> {
+        if !storable(id) {
+            return Ok(None);
+        }
+        self.find("SELECT doc FROM gatehouse_tickets WHERE id = $1", &[&id])
+            .await
+    }
+
+    async fn newest_pending_ticket(&self, user_id: u64, now: i64) -> StoreResult<Option<Ticket>> {
+        let pending: Vec<Ticket> = self
+            .find_all(
+                "SELECT doc FROM gatehouse_tickets
+                 WHERE user_id = $1 AND NOT used AND expires_at > $2
+                   AND left(id, length($3)) <> $3",
+                &[&key(user_id), &now, &OPT_IN_PREFIX],
+            )
+            .await?;
+        // Ties go to the greatest id in byte order, which is the one sled's scan meets last.
+        Ok(pending
+            .into_iter()
+            .max_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id))))
+    }
+
+    async fn confirm_ticket(
+        &self,
+        ticket_id: &str,
+        factor: Factor,
+        recovery_hashes: Option<Vec<String>>,
+        now: i64,
+    ) -> StoreResult<bool> {
+        if !storable(ticket_id) {
+            return Ok(false);
+        }
+        Ok(
+            retry(|| self.confirm_ticket_once(ticket_id, &factor, recovery_hashes.as_ref(), now))
+                .await?,
+        )
+    }
+
+    async fn factors(&self, user_id: u64) -> StoreResult<Vec<Factor>> {
+        let client = self.client().await?;
+        let found = rows(
+            &client,
+            "SELECT last_step, doc FROM gatehouse_factors WHERE user_id = $1 ORDER BY kind",
+            &[&key(user_id)],
+        )
+        .await?;
+        let factors = found.iter().map(factor_from).collect::<Result<_, _>>()?;
+        Ok(factors)
+    }
+
+    async fn accept_totp_step(&self, user_id: u64, step: u64) -> StoreResult<bool> {
+        let step = step_column(step)?;
+        // Conditional on the stored step: of concurrent acceptances of one step, the first to
+        // update makes the condition false for the others.
+        let updated = self
+            .execute(
+                "UPDATE gatehouse_factors
+                 SET last_step = $3, doc = jsonb_set(doc, ARRAY['last_step'], to_jsonb($3::INT8))
+                 WHERE user_id = $1 AND kind = $2 AND (last_step IS NULL OR last_step < $3)",
+                &[&key(user_id), &FactorKind::Otp.as_str(), &step],
+            )
+            .await?;
+        Ok(updated == 1)
+    }
+
+    async fn put_code(&self, code: OobCode) -> StoreResult<()> {
+        self.execute(
+            "INSERT INTO gatehouse_codes (user_id, purpose, code_hash, expires_at, doc)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (user_id, purpose) DO UPDATE SET code_hash = excluded.code_hash,
+                expires_at = excluded.expires_at, doc = excluded.doc",
+            &[
+                &key(code.user_id),
+                &code.purpose,
+                &code.code_hash,
+                &code.expires_at,
+                &Json(&code),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn consume_code(
+        &self,
+        user_id: u64,
+        purpose: &str,
+        code_hash: &str,
+        now: i64,
+    ) -> StoreResult<bool> {
+        if !storable(purpose) || !storable(code_hash) {
+            return Ok(false);
+        }
+        // One statement: of concurrent consumers, only the one whose DELETE removed the row wins.
+        let deleted = self
+            .execute(
+                "DELETE FROM gatehouse_codes
+                 WHERE user_id = $1 AND purpose = $2 AND code_hash = $3 AND expires_at > $4",
+                &[&key(user_id), &purpose, &code_hash, &now],
+            )
+            .await?;
+        Ok(deleted == 1)
+    }
+
+    async fn login_with_code(
+        &self,
+        user_id: u64,
+        purpose: &str,
+        code_hash: &str,
+        now: i64,
+        login_time: &str,
+        event: &AuditEvent,
+    ) -> StoreResult<CodeLogin> {
+        if !storable(purpose) {
+            return Ok(CodeLogin::Wrong);
+        }
+        Ok(
+            retry(|| {
+                self.login_with_code_once(user_id, purpose, code_hash, now, login_time, event)
+            })
+            .await?,
+        )
+    }
+
+    async fn replace_recovery_codes(&self, user_id: u64, hashes: Vec<String>) -> StoreResult<()> {
+        self.execute(
+            "INSERT INTO gatehouse_recovery_codes (user_id, doc) VALUES ($1, $2)
+             ON CONFLICT (user_id) DO UPDATE SET doc = excluded.doc",
+            &[&key(user_id), &Json(&hashes)],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn consume_recovery_code(&self, user_id: u64, hash: &str) -> StoreResult<bool> {
+        Ok(retry(|| self.consume_recovery_code_once(user_id, hash)).await?)
+    }
+
+    async fn lockout(&self, user_id: u64) -> StoreResult<LockoutState> {
+        Ok(self
+            .find(
+                "SELECT doc FROM gatehouse_lockouts WHERE user_id = $1",
+                &[&key(user_id)],
+            )
+            .await?
+            .unwrap_or_default())
+    }
+
+    async fn reserve_attempt(
+        &self,
+        user_id: u64,
+        now: i64,
+        policy: Policy,
+    ) -> StoreResult<Reservation> {
+        Ok(retry(|| self.reserve_attempt_once(user_id, now, policy)).await?)
+    }
+
+    async fn clear_failures(&self, user_id: u64) -> StoreResult<()> {
+        self.execute(
+            "DELETE FROM gatehouse_lockouts WHERE user_id = $1",
+            &[&key(user_id)],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn count_send(&self, key: &str, now: i64, window: i64, limit: u32) -> StoreResult<bool> {
+        if !storable(key) {
+            return Err(StoreError::Backend("a send key holds NUL".into()));
+        }
+        Ok(retry(|| self.count_send_once(key, now, window, limit)).await?)
+    }
+
+    async fn create_domain(&self, domain: Domain) -> StoreResult<Domain> {
+        Ok(retry(|| self.create_domain_once(&domain)).await?)
+    }
+
+    async fn domains(&self, organization_id: i64) -> StoreResult<Vec<Domain>> {
+        self.find_all(
+            "SELECT doc FROM gatehouse_domains WHERE organization_id = $1 ORDER BY domain_id",
+            &[&organization_id],
+        )
+        .await
+    }
+
+    async fn domain(&self, organization_id: i64, domain_id: i64) -> StoreResult<Option<Domain>> {
+        self.find(
+            "SELECT doc FROM gatehouse_domains WHERE organization_id = $1 AND domain_id = $2",
+            &[&organization_id, &domain_id],
+        )
+        .await
+    }
+
+    async fn save_domain(&self, domain: Domain) -> StoreResult<()> {
+        Ok(retry(|| self.save_domain_once(&domain)).await?)
+    }
+
+    async fn delete_domain(&self, organization_id: i64, domain_id: i64) -> StoreResult<bool> {
+        Ok(retry(|| self.delete_domain_once(organization_id, domain_id)).await?)
+    }
+
+    async fn list_users(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<User>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // `COLLATE "C"` orders by bytes, as sled orders its name index, whatever the
+        // database's own collation (CockroachDB, which orders strings by bytes anyway, accepts
+        // it in expressions since 22.2).
+        match after {
+            // A name holding NUL cannot be stored; every stored name sorts after its prefix.
+            Some(name) => {
+                let after = name_key(name.split('\0').next().unwrap_or_default());
+                self.find_all(
+                    "SELECT doc FROM gatehouse_users WHERE name_key COLLATE \"C\" > $1 \
+                     ORDER BY name_key COLLATE \"C\" LIMIT $2",
+                    &[&after, &limit],
+                )
+                .await
+            }
+            None => {
+                self.find_all(
+                    "SELECT doc FROM gatehouse_users ORDER BY name_key COLLATE \"C\" LIMIT $1",
+                    &[&limit],
+                )
+                .await
+            }
+        }
+    }
+
+    async fn append_audit(&self, event: AuditEvent) -> StoreResult<()> {
+        let client = self.client().await?;
+        insert_audit(&client, event).await?;
+        Ok(())
+    }
+
+    async fn audit(&self, limit: usize) -> StoreResult<Vec<AuditEvent>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.find_all(
+            "SELECT doc FROM gatehouse_audit ORDER BY seq DESC LIMIT $1",
+            &[&limit],
+        )
+        .await
+    }
+
+    async fn export(&self) -> StoreResult<Snapshot> {
+        Ok(retry(|| self.export_once()).await?)
+    }
+
+    async fn import(&self, snapshot: Snapshot) -> StoreResult<()> {
+        Ok(retry(|| self.import_once(&snapshot)).await?)
+    }
+
+    async fn flush(&self) -> StoreResult<()> {
+        // A PostgreSQL commit is durable when it returns; there is nothing left to flush.
+        Ok(())
+    }
+}

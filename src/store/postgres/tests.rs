@@ -1,0 +1,725 @@
+#![allow(clippy::unwrap_used, clippy::panic)]
+use super::schema::MIGRATIONS;
+use super::*;
+use std::sync::Arc;
+
+use tokio_postgres::NoTls;
+
+use crate::mfa::lockout::Policy;
+use crate::store::{
+    Application, Domain, ExternalId, FactorKind, Membership, NewUser, OobCode, Organization, Role,
+    SCHEMA_VERSION, SigningKey, Store, Ticket, UserPatch, WsKey,
+};
+
+const NOW: &str = "2026-01-01T00:00:00Z";
+
+/// The server the tests create their databases on: `GATEHOUSE_TEST_DATABASE_URL`, a URL
+/// without a database name (tests/run.sh starts a throwaway server and sets it).
+fn server() -> String {
+    match std::env::var("GATEHOUSE_TEST_DATABASE_URL") {
+        Ok(url) if !url.trim().is_empty() => url.trim().trim_end_matches('/').to_owned(),
+        _ => panic!(
+            "this test needs a PostgreSQL server: run the tests with tests/run.sh, which \
+             starts a throwaway one, or set GATEHOUSE_TEST_DATABASE_URL to a server URL \
+             without a database (such as postgres://postgres@127.0.0.1:PORT) whose user may \
+             create databases"
+        ),
+    }
+}
+
+async fn admin() -> tokio_postgres::Client {
+    let url = format!("{}/postgres?sslmode=disable", server());
+    let (client, connection) = tokio_postgres::connect(&url, NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {}: {e}", server()));
+    tokio::spawn(connection);
+    client
+}
+
+/// A fresh database for one test, dropped (best effort) when the test ends, even by a panic.
+struct TestDb {
+    name: String,
+}
+
+impl TestDb {
+    async fn new() -> TestDb {
+        let name = format!("gh_test_{}", uuid::Uuid::new_v4().simple());
+        admin()
+            .await
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        TestDb { name }
+    }
+
+    fn url(&self) -> String {
+        format!("{}/{}?sslmode=disable", server(), self.name)
+    }
+
+    async fn store(&self) -> PgStore {
+        PgStore::connect(&self.url(), 8).await.unwrap()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        // Drop cannot await, and the test's runtime may be shutting down: use a runtime of
+        // our own on a thread of our own.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async { admin().await.batch_execute(&sql).await })
+        })
+        .join();
+    }
+}
+
+fn new_user(name: &str) -> NewUser {
+    NewUser {
+        user_name: name.into(),
+        ..NewUser::default()
+    }
+}
+
+fn factor(user_id: u64) -> Factor {
+    Factor {
+        v: SCHEMA_VERSION,
+        user_id,
+        kind: FactorKind::Otp,
+        sealed_secret: Some(vec![1, 2, 3]),
+        destination: None,
+        last_step: None,
+        created: NOW.into(),
+    }
+}
+
+fn ticket(id: &str, user_id: u64, created_at: i64) -> Ticket {
+    Ticket {
+        v: SCHEMA_VERSION,
+        id: id.into(),
+        user_id,
+        kind: FactorKind::Otp,
+        sealed_secret: None,
+        destination: None,
+        created_at,
+        expires_at: created_at + 100,
+        used: false,
+        second_factor: false,
+    }
+}
+
+fn domain(organization_id: i64, name: &str) -> Domain {
+    Domain {
+        v: SCHEMA_VERSION,
+        organization_id,
+        domain_id: 0,
+        domain: name.into(),
+        authentication_method: None,
+        created: NOW.into(),
+        created_by: "ada".into(),
+        modified: NOW.into(),
+        modified_by: "ada".into(),
+        is_verified: false,
+        verification_code: None,
+        verification_code_expires: None,
+        verification_code_expires_at: None,
+        verification_method: None,
+        owner_organization_id: organization_id,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn migrations_run_once_even_when_replicas_start_together() {
+    let db = TestDb::new().await;
+    let url = db.url();
+    let mut starts = Vec::new();
+    for _ in 0..4 {
+        let url = url.clone();
+        starts.push(tokio::spawn(async move { PgStore::connect(&url, 2).await }));
+    }
+    for s in starts {
+        s.await.unwrap().unwrap();
+    }
+    let again = db.store().await;
+    again.migrate().await.unwrap();
+    let client = again.client().await.unwrap();
+    let versions: Vec<(i64, i64)> = client
+        .query(
+            "SELECT version, count(*) FROM gatehouse_migrations
+             GROUP BY version ORDER BY version",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let expected: Vec<(i64, i64)> = MIGRATIONS.iter().map(|(v, _)| (*v, 1)).collect();
+    assert_eq!(versions, expected);
+    again.check().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unreachable_database_fails_quickly_without_quoting_the_url() {
+    let started = std::time::Instant::now();
+    let Err(err) = PgStore::connect("postgres://u:hunter2@127.0.0.1:1/db?sslmode=disable", 2).await
+    else {
+        panic!("connected to nothing");
+    };
+    assert!(matches!(err, StoreError::Backend(_)), "{err}");
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    let Err(err) = PgStore::connect("postgres://u:hun?ter2@host/db", 2).await else {
+        panic!("a malformed URL was accepted");
+    };
+    assert!(!err.to_string().contains("ter2"), "{err}");
+}
+
+#[tokio::test]
+async fn tls_verifies_the_server_certificate() {
+    // The test server's certificate is not one the system trusts (tests/run.sh's throwaway
+    // server has a self-signed one for `localhost`): asked for by address, verified TLS must
+    // refuse it.
+    let ssl: String = admin()
+        .await
+        .query_one("SHOW ssl", &[])
+        .await
+        .unwrap()
+        .get(0);
+    if ssl != "on" {
+        return;
+    }
+    let url = format!("{}/postgres?sslmode=require", server());
+    let Err(err) = PgStore::connect(&url, 1).await else {
+        panic!("sslmode=require accepted a certificate for another name");
+    };
+    assert!(err.to_string().contains("TLS"), "{err}");
+}
+
+#[tokio::test]
+async fn users_are_unique_by_name_regardless_of_case_and_by_external_id() {
+    let db = TestDb::new().await;
+    let store = db.store().await;
+    let ada = store.create_user(new_user("Ada"), NOW).await.unwrap();
+    assert_eq!(ada.id, 1);
+    let err = store.create_user(new_user("ada"), NOW).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Conflict(what) if what == "user ada"),
+        "{err}"
+    );
+    assert_eq!(store.user_by_name("ADA").await.unwrap().unwrap(), ada);
+    assert_eq!(store.user_by_id(ada.id).await.unwrap().unwrap(), ada);
+    assert!(store.user_by_name("a\0da").await.unwrap().is_none());
+
+    let external = |name: &str| NewUser {
+        external: Some(ExternalId {
+            issuer: "https://idp".into(),
+            subject: "42".into(),
+        }),
+        ..new_user(name)
+    };
+    let grace = store.create_user(external("grace"), NOW).await.unwrap();
+    let err = store
+        .create_user(external("hopper"), NOW)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Conflict(what) if what == "external user"),
+        "{err}"
+    );
+    assert_eq!(
+        store.user_by_external("https://idp", "42").await.unwrap(),
+        Some(grace)
+    );
+    assert!(
+        store
+            .user_by_external("https://idp", "4")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    store.create_user(new_user("bob"), NOW).await.unwrap();
+    let taken = UserPatch {
+        user_name: Some("BOB".into()),
+        ..UserPatch::default()
+    };
+    assert!(matches!(
+        store.update_user("ada", taken, NOW).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let rename = UserPatch {
+        user_name: Some("Lovelace".into()),
+        email: Some("ada@example.org".into()),
+        ..UserPatch::default()
+    };
+    let later = "2026-02-01T00:00:00Z";
+    let renamed = store.update_user("ada", rename, later).await.unwrap();
+    assert_eq!(renamed.email.as_deref(), Some("ada@example.org"));
+    assert_eq!(renamed.modified, later);
+    assert!(store.user_by_name("ada").await.unwrap().is_none());
+    assert_eq!(store.user_by_name("lovelace").await.unwrap(), Some(renamed));
+    assert!(matches!(
+        store.update_user("nobody", UserPatch::default(), NOW).await,
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn memberships_files_applications_and_keys() {
+    let db = TestDb::new().await;
+    let store = db.store().await;
+    let ada = store.create_user(new_user("ada"), NOW).await.unwrap();
+    let m = Membership {
+        organization_id: 7,
+        role: Role::Admin,
+    };
+    assert!(matches!(
+        store.set_membership("ada", m, NOW).await,
+        Err(StoreError::NotFound(_))
+    ));
+    let org = Organization {
+        v: SCHEMA_VERSION,
+        id: 7,
+        name: "Acme".into(),
+        created: NOW.into(),
+    };
+    store.create_organization(org.clone()).await.unwrap();
+    assert!(matches!(
+        store.create_organization(org.clone()).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(store.organization(7).await.unwrap(), Some(org));
+    store.set_membership("ada", m, NOW).await.unwrap();
+    let member = Membership {
+        role: Role::Member,
+        ..m
+    };
+    let user = store.set_membership("ada", member, NOW).await.unwrap();
+    assert_eq!(user.memberships, vec![member]);
+    store.grant_file("ada", 5, NOW).await.unwrap();
+    let user = store.grant_file("ada", 5, NOW).await.unwrap();
+    assert_eq!(user.files, vec![5]);
+
+    let app = |name: &str, token_hash: &str| Application {
+        v: SCHEMA_VERSION,
+        name: name.into(),
+        token_hash: token_hash.into(),
+        created: NOW.into(),
+    };
+    store.create_application(app("one", "t1")).await.unwrap();
+    assert!(matches!(
+        store.create_application(app("one", "t2")).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        store.application_by_token_hash("t1").await.unwrap(),
+        Some(app("one", "t1"))
+    );
+    assert!(
+        store
+            .application_by_token_hash("t2")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let ws = WsKey {
+        v: SCHEMA_VERSION,
+        key_hash: "h".into(),
+        user_id: ada.id,
+        file_id: 1,
+        created: NOW.into(),
+    };
+    store.create_ws_key(ws.clone()).await.unwrap();
+    assert!(matches!(
+        store.create_ws_key(ws.clone()).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(store.ws_key("h").await.unwrap(), Some(ws));
+
+    for kid in ["b", "a", "c"] {
+        store
+            .add_signing_key(SigningKey {
+                v: SCHEMA_VERSION,
+                kid: kid.into(),
+                pkcs8: vec![1, 2],
+                created: NOW.into(),
+            })
+            .await
+            .unwrap();
+    }
+    let kids: Vec<String> = store
+        .signing_keys()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| k.kid)
+        .collect();
+    assert_eq!(kids, ["b", "a", "c"], "oldest first");
+
+    for i in 0..5 {
+        store
+            .append_audit(AuditEvent {
+                time: NOW.into(),
+                event: format!("e{i}"),
+                user_name: Some("nul\0name".into()),
+                detail: None,
+            })
+            .await
+            .unwrap();
+    }
+    let events: Vec<String> = store
+        .audit(3)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event)
+        .collect();
+    assert_eq!(events, ["e4", "e3", "e2"], "newest first");
+
+    // Deleting a user takes its keys and MFA state along.
+    store
+        .create_ticket(ticket("t", ada.id, 1000))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .confirm_ticket("t", factor(ada.id), Some(vec!["r".into()]), 1000)
+            .await
+            .unwrap()
+    );
+    assert!(store.delete_user("ada").await.unwrap());
+    assert!(store.ws_key("h").await.unwrap().is_none());
+    assert!(store.factors(ada.id).await.unwrap().is_empty());
+    assert!(store.ticket("t").await.unwrap().is_none());
+    assert!(!store.consume_recovery_code(ada.id, "r").await.unwrap());
+    assert!(!store.delete_user("ada").await.unwrap());
+    store.flush().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_ticket_confirms_once_and_not_after_expiry() {
+    let db = TestDb::new().await;
+    let store = db.store().await;
+    store.create_ticket(ticket("t1", 1, 1000)).await.unwrap();
+    store.create_ticket(ticket("t2", 1, 1001)).await.unwrap();
+    let newest = store.newest_pending_ticket(1, 1050).await.unwrap().unwrap();
+    assert_eq!(newest.id, "t2");
+    assert!(
+        store
+            .confirm_ticket("t2", factor(1), Some(vec!["h".into()]), 1050)
+            .await
+            .unwrap()
+    );
+    assert!(store.ticket("t2").await.unwrap().unwrap().used);
+    assert!(
+        !store
+            .confirm_ticket("t2", factor(1), None, 1050)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .confirm_ticket("t1", factor(1), None, 1100)
+            .await
+            .unwrap(),
+        "expired"
+    );
+    assert!(
+        !store
+            .confirm_ticket("t1", factor(2), None, 1050)
+            .await
+            .unwrap(),
+        "other user"
+    );
+    assert!(
+        !store
+            .confirm_ticket("nope", factor(1), None, 1050)
+            .await
+            .unwrap()
+    );
+    // Confirming t2 voided t1: it was made against the factors before.
+    assert!(
+        store
+            .newest_pending_ticket(1, 1050)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(store.ticket("t1").await.unwrap().unwrap().used);
+    assert_eq!(store.factors(1).await.unwrap(), vec![factor(1)]);
+    assert!(store.consume_recovery_code(1, "h").await.unwrap());
+    assert!(!store.consume_recovery_code(1, "h").await.unwrap());
+    store.reset_mfa(1).await.unwrap();
+    assert!(store.factors(1).await.unwrap().is_empty());
+    assert!(store.ticket("t1").await.unwrap().is_none());
+    assert!(
+        store
+            .newest_pending_ticket(1, 1050)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn a_code_is_consumed_once_and_only_before_expiry() {
+    let db = TestDb::new().await;
+    let store = db.store().await;
+    let code = OobCode {
+        v: SCHEMA_VERSION,
+        user_id: 1,
+        purpose: "verify:sms".into(),
+        code_hash: "abc".into(),
+        expires_at: 2000,
+    };
+    store.put_code(code.clone()).await.unwrap();
+    assert!(
+        !store
+            .consume_code(1, "verify:sms", "abd", 1000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .consume_code(1, "verify:email", "abc", 1000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .consume_code(1, "verify:sms", "abc", 1000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .consume_code(1, "verify:sms", "abc", 1000)
+            .await
+            .unwrap()
+    );
+    store.put_code(code.clone()).await.unwrap();
+    assert!(
+        !store
+            .consume_code(1, "verify:sms", "abc", 2000)
+            .await
+            .unwrap()
+    );
+    // A new code replaces the old one.
+    store
+        .put_code(OobCode {
+            code_hash: "new".into(),
+            ..code
+        })
+        .await
+        .unwrap();
+    assert!(
+        !store
+            .consume_code(1, "verify:sms", "abc", 1000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .consume_code(1, "verify:sms", "new", 1000)
+            .await
+            .unwrap()
+    );
+}
+
+fn signing_key(kid: &str) -> SigningKey {
+    SigningKey {
+        v: SCHEMA_VERSION,
+        kid: kid.into(),
+        pkcs8: vec![1, 2, 3],
+        created: NOW.into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_starting_together_agree_on_one_signing_key() {
+    let db = TestDb::new().await;
+    let replicas = [Arc::new(db.store().await), Arc::new(db.store().await)];
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let store = replicas[i % 2].clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .init_signing_key(signing_key(&format!("k{i}")))
+                .await
+                .unwrap()
+        }));
+    }
+    let mut seen = Vec::new();
+    for t in tasks {
+        seen.push(t.await.unwrap());
+    }
+    assert_eq!(seen[0].len(), 1);
+    assert!(seen.iter().all(|keys| *keys == seen[0]), "{seen:?}");
+    assert_eq!(replicas[1].signing_keys().await.unwrap(), seen[0]);
+}
+
+#[tokio::test]
+async fn a_sled_store_moves_over_unchanged() {
+    use crate::store::sled::SledStore;
+    let sled = SledStore::temporary().unwrap();
+    let ada = sled.create_user(new_user("ada"), NOW).await.unwrap();
+    let external = NewUser {
+        external: Some(ExternalId {
+            issuer: "https://idp".into(),
+            subject: "7".into(),
+        }),
+        ..new_user("grace")
+    };
+    let grace = sled.create_user(external, NOW).await.unwrap();
+    for id in [7, -1] {
+        sled.create_organization(Organization {
+            v: SCHEMA_VERSION,
+            id,
+            name: format!("org {id}"),
+            created: NOW.into(),
+        })
+        .await
+        .unwrap();
+    }
+    sled.set_membership(
+        "ada",
+        Membership {
+            organization_id: 7,
+            role: Role::Admin,
+        },
+        NOW,
+    )
+    .await
+    .unwrap();
+    sled.create_application(Application {
+        v: SCHEMA_VERSION,
+        name: "app".into(),
+        token_hash: "th".into(),
+        created: NOW.into(),
+    })
+    .await
+    .unwrap();
+    sled.create_ws_key(WsKey {
+        v: SCHEMA_VERSION,
+        key_hash: "wk".into(),
+        user_id: ada.id,
+        file_id: 3,
+        created: NOW.into(),
+    })
+    .await
+    .unwrap();
+    sled.add_signing_key(signing_key("new")).await.unwrap();
+    sled.add_signing_key(signing_key("k2")).await.unwrap();
+    sled.create_ticket(ticket("t1", ada.id, 1000))
+        .await
+        .unwrap();
+    sled.create_ticket(ticket("t2", grace.id, 1000))
+        .await
+        .unwrap();
+    sled.confirm_ticket(
+        "t1",
+        factor(ada.id),
+        Some(vec!["r1".into(), "r2".into()]),
+        1000,
+    )
+    .await
+    .unwrap();
+    assert!(sled.accept_totp_step(ada.id, 42).await.unwrap());
+    for purpose in ["verify:sms", "manage:email"] {
+        sled.put_code(OobCode {
+            v: SCHEMA_VERSION,
+            user_id: grace.id,
+            purpose: purpose.into(),
+            code_hash: "abc".into(),
+            expires_at: 2000,
+        })
+        .await
+        .unwrap();
+    }
+    let policy = Policy {
+        max_failures: 5,
+        window: 300,
+        duration: 900,
+    };
+    sled.reserve_attempt(grace.id, 1000, policy).await.unwrap();
+    let verified = sled.create_domain(domain(7, "example.org")).await.unwrap();
+    sled.save_domain(Domain {
+        is_verified: true,
+        ..verified.clone()
+    })
+    .await
+    .unwrap();
+    sled.create_domain(domain(-1, "example.com")).await.unwrap();
+    for i in 0..3 {
+        sled.append_audit(AuditEvent {
+            time: NOW.into(),
+            event: format!("e{i}"),
+            user_name: None,
+            detail: None,
+        })
+        .await
+        .unwrap();
+    }
+    let expected = sled.export().await.unwrap();
+
+    let db = TestDb::new().await;
+    let pg = db.store().await;
+    pg.import(expected.clone()).await.unwrap();
+    assert_eq!(pg.export().await.unwrap(), expected);
+
+    let carol = pg.create_user(new_user("carol"), NOW).await.unwrap();
+    assert!(expected.users.iter().all(|u| u.id < carol.id));
+    assert!(!pg.accept_totp_step(ada.id, 42).await.unwrap());
+    assert!(pg.consume_recovery_code(ada.id, "r2").await.unwrap());
+    assert!(
+        pg.consume_code(grace.id, "verify:sms", "abc", 1000)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        pg.user_by_external("https://idp", "7")
+            .await
+            .unwrap()
+            .map(|u| u.id),
+        Some(grace.id)
+    );
+    assert_eq!(
+        pg.application_by_token_hash("th")
+            .await
+            .unwrap()
+            .map(|a| a.name),
+        Some("app".into())
+    );
+    let theirs = pg.create_domain(domain(-1, "example.org")).await;
+    assert!(
+        matches!(theirs, Err(StoreError::Conflict(_))),
+        "the claim came along"
+    );
+    let fresh = pg.create_domain(domain(7, "example.net")).await.unwrap();
+    assert!(
+        expected
+            .domains
+            .iter()
+            .all(|d| d.domain_id < fresh.domain_id)
+    );
+    pg.append_audit(AuditEvent {
+        time: NOW.into(),
+        event: "after".into(),
+        user_name: None,
+        detail: None,
+    })
+    .await
+    .unwrap();
+    assert_eq!(pg.audit(1).await.unwrap()[0].event, "after");
+
+    let before = pg.export().await.unwrap();
+    let err = pg.import(expected).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    assert!(err.to_string().contains("not empty"), "{err}");
+    assert_eq!(pg.export().await.unwrap(), before, "nothing written");
+}
