@@ -1,0 +1,89 @@
+//! How records are keyed and encoded in sled's trees, inside and outside transactions.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+
+use crate::store::{FactorKind, StoreError, StoreResult, User};
+
+pub(super) fn domain_name_key(organization_id: i64, name: &str) -> Vec<u8> {
+    let mut key = organization_id.to_be_bytes().to_vec();
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+pub(super) fn domain_key(organization_id: i64, domain_id: i64) -> Vec<u8> {
+    let mut key = organization_id.to_be_bytes().to_vec();
+    key.extend_from_slice(&domain_id.to_be_bytes());
+    key
+}
+
+pub(super) fn mfa_key(user_id: u64, tag: u8, rest: &[u8]) -> Vec<u8> {
+    let mut key = user_id.to_be_bytes().to_vec();
+    key.push(tag);
+    key.extend_from_slice(rest);
+    key
+}
+
+/// Every kind of factor: the keys a transaction names when it must see all of a user's factors.
+pub(super) const FACTOR_KINDS: [FactorKind; 3] =
+    [FactorKind::Otp, FactorKind::Sms, FactorKind::Email];
+
+pub(super) fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+pub(super) fn encode<T: Serialize>(value: &T) -> StoreResult<Vec<u8>> {
+    serde_json::to_vec(value).map_err(backend)
+}
+
+pub(super) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> StoreResult<T> {
+    serde_json::from_slice(bytes).map_err(backend)
+}
+
+pub(super) type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+pub(super) fn abort<T>(e: StoreError) -> TxResult<T> {
+    Err(ConflictableTransactionError::Abort(e))
+}
+
+pub(super) fn tx_encode<T: Serialize>(value: &T) -> TxResult<Vec<u8>> {
+    encode(value).or_else(abort)
+}
+
+pub(super) fn tx_decode<T: DeserializeOwned>(bytes: &[u8]) -> TxResult<T> {
+    decode(bytes).or_else(abort)
+}
+
+pub(super) fn unwrap_tx<T>(result: Result<T, TransactionError<StoreError>>) -> StoreResult<T> {
+    result.map_err(|e| match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => backend(e),
+    })
+}
+
+pub(super) fn name_key(user_name: &str) -> Vec<u8> {
+    user_name.to_lowercase().into_bytes()
+}
+
+pub(super) fn external_key(issuer: &str, subject: &str) -> Vec<u8> {
+    let mut key = issuer.as_bytes().to_vec();
+    key.push(0);
+    key.extend_from_slice(subject.as_bytes());
+    key
+}
+
+/// Reads a user through its name index inside a transaction.
+pub(super) fn tx_user_by_name(
+    users: &TransactionalTree,
+    names: &TransactionalTree,
+    user_name: &str,
+) -> TxResult<Option<User>> {
+    let Some(id) = names.get(name_key(user_name))? else {
+        return Ok(None);
+    };
+    match users.get(id)? {
+        Some(bytes) => tx_decode(&bytes).map(Some),
+        None => Ok(None),
+    }
+}

@@ -1,0 +1,281 @@
+//! The embedded store: sled, one replica. Multi-record changes run in sled transactions;
+//! every write is flushed to disk before the call returns.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use sled::{Db, Transactional, Tree};
+
+use crate::store::{AuditEvent, StoreError, StoreResult, User};
+
+mod codec;
+mod impl_store;
+#[cfg(test)]
+mod tests;
+
+use codec::{abort, backend, decode, encode, name_key, tx_encode, tx_user_by_name, unwrap_tx};
+
+/// A user record as last decoded, with the stored bytes it was decoded from.
+type Decoded = (sled::IVec, Arc<User>);
+
+/// sled trees, one per record kind, plus indexes.
+pub struct SledStore {
+    db: Db,
+    users: Tree,
+    user_names: Tree,
+    user_external: Tree,
+    applications: Tree,
+    app_tokens: Tree,
+    organizations: Tree,
+    ws_keys: Tree,
+    signing_keys: Tree,
+    audit: Tree,
+    /// Per-user MFA state under the user id's 8 bytes: `f`+kind factors, `t`+id ticket index,
+    /// `c`+purpose codes, `r` recovery codes, `l` lockout.
+    mfa: Tree,
+    tickets: Tree,
+    sends: Tree,
+    /// Organisation id ‖ domain id → domain.
+    domains: Tree,
+    /// Organisation id ‖ name → domain id (a name once per organisation).
+    domain_names: Tree,
+    /// Verified domain name → the organisation that verified it.
+    verified_domains: Tree,
+    /// Group commit: see [`SledStore::durable`].
+    commits: Commits,
+    /// Users as last decoded, by id, with the bytes they were decoded from: see
+    /// [`SledStore::user_at`].
+    decoded_users: std::sync::Mutex<std::collections::HashMap<[u8; 8], Decoded>>,
+}
+
+/// Attempts at opening a store whose lock is held, 100 ms apart.
+const LOCK_TRIES: u32 = 20;
+
+/// Decoded users kept at most; the set starts over when full.
+const DECODED_USERS: usize = 4096;
+
+/// How many times a flush lets other tasks run while they keep adding writes to it.
+const GATHER_ROUNDS: usize = 8;
+
+/// Writes that asked to be durable, and the flush that made them so. Requests that arrive while a
+/// flush runs share the next one, so a burst of writes costs one `fsync`, not one each.
+#[derive(Default)]
+struct Commits {
+    /// Tickets handed out: a write takes one after it is applied, then waits for a flush that
+    /// covers it.
+    requested: std::sync::atomic::AtomicU64,
+    /// Held while flushing; holds the highest ticket known to be on disk.
+    flushed: tokio::sync::Mutex<u64>,
+    /// Flushes run so far.
+    flushes: std::sync::atomic::AtomicU64,
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `path`. A store whose lock is still held is tried again
+    /// for up to two seconds: sled releases its file lock when its last I/O task ends, which can
+    /// be a moment after the process or handle that used it has let go.
+    ///
+    /// The directory is created 0700 before sled writes into it, and sled's own files (which it
+    /// creates 0666 less the umask) are made 0600 once open (SPEC §10).
+    pub fn open(path: &Path) -> StoreResult<SledStore> {
+        crate::private::create_dir(path)
+            .map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", path.display())))?;
+        let mut tries = 0;
+        loop {
+            match sled::Config::new().path(path).open() {
+                Ok(db) => {
+                    crate::private::tighten_store(path);
+                    return SledStore::from_db(db);
+                }
+                // sled reports a held lock as an `Other` I/O error with this message.
+                Err(sled::Error::Io(e)) if e.to_string().starts_with("could not acquire lock") => {
+                    if tries >= LOCK_TRIES {
+                        let shown = std::path::absolute(path).unwrap_or_else(|_| path.into());
+                        return Err(StoreError::Backend(format!(
+                            "the store in {} is in use: another gatehouse process holds its \
+                             lock; stop that one first, or give this one another store.path",
+                            shown.display()
+                        )));
+                    }
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(e) => return Err(backend(e)),
+            }
+        }
+    }
+
+    /// A store that lives in a temporary directory and is removed when dropped (tests).
+    pub fn temporary() -> StoreResult<SledStore> {
+        SledStore::from_db(
+            sled::Config::new()
+                .temporary(true)
+                .open()
+                .map_err(backend)?,
+        )
+    }
+
+    fn from_db(db: Db) -> StoreResult<SledStore> {
+        let tree = |name: &str| db.open_tree(name).map_err(backend);
+        Ok(SledStore {
+            users: tree("users")?,
+            user_names: tree("user_names")?,
+            user_external: tree("user_external")?,
+            applications: tree("applications")?,
+            app_tokens: tree("app_tokens")?,
+            organizations: tree("organizations")?,
+            ws_keys: tree("ws_keys")?,
+            signing_keys: tree("signing_keys")?,
+            audit: tree("audit")?,
+            mfa: tree("mfa")?,
+            tickets: tree("tickets")?,
+            sends: tree("sends")?,
+            domains: tree("domains")?,
+            domain_names: tree("domain_names")?,
+            verified_domains: tree("verified_domains")?,
+            commits: Commits::default(),
+            decoded_users: std::sync::Mutex::default(),
+            db,
+        })
+    }
+
+    /// Read-modify-write of one JSON record with compare-and-swap, retried on contention, so
+    /// concurrent updates are never lost. `change` returns the new value (`None` deletes) and
+    /// a result for the caller.
+    fn cas<T, R>(
+        &self,
+        tree: &Tree,
+        key: &[u8],
+        change: impl Fn(Option<T>) -> StoreResult<(Option<T>, R)>,
+    ) -> StoreResult<R>
+    where
+        T: Serialize + DeserializeOwned,
+    {
+        loop {
+            let current = tree.get(key).map_err(backend)?;
+            let value = match &current {
+                Some(bytes) => Some(decode::<T>(bytes)?),
+                None => None,
+            };
+            let (new, result) = change(value)?;
+            let new_bytes = match &new {
+                Some(v) => Some(encode(v)?),
+                None => None,
+            };
+            match tree
+                .compare_and_swap(key, current.as_deref(), new_bytes)
+                .map_err(backend)?
+            {
+                Ok(()) => return Ok(result),
+                Err(_) => continue,
+            }
+        }
+    }
+
+    /// Makes every write applied before this call durable. A flush that starts after the write
+    /// covers it; when one has already done so while this call waited its turn, nothing more is
+    /// flushed. sled 0.34's `flush_async` can deadlock when several flushes are in flight (sled
+    /// issue #1308), so one blocking flush at a time runs on the blocking pool instead.
+    async fn durable(&self) -> StoreResult<()> {
+        use std::sync::atomic::Ordering;
+        let ticket = self.commits.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut flushed = self.commits.flushed.lock().await;
+        if *flushed >= ticket {
+            return Ok(());
+        }
+        // Let requests that are ready to run apply their writes first, so that this flush covers
+        // them too: one flush for a burst rather than one for every few requests.
+        let mut seen = self.commits.requested.load(Ordering::SeqCst);
+        for _ in 0..GATHER_ROUNDS {
+            tokio::task::yield_now().await;
+            let now = self.commits.requested.load(Ordering::SeqCst);
+            if now == seen {
+                break;
+            }
+            seen = now;
+        }
+        // Every ticket up to here belongs to a write already applied: this flush covers them all.
+        let covers = self.commits.requested.load(Ordering::SeqCst);
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(backend)?
+            .map_err(backend)?;
+        *flushed = covers;
+        self.commits.flushes.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The user stored under `key` (its id's bytes). Every call reads the store; decoding, the
+    /// costly part of an authenticated request, is skipped when the stored bytes are those
+    /// decoded last time.
+    fn user_at(&self, key: &[u8]) -> StoreResult<Option<User>> {
+        Ok(self.shared_user_at(key)?.map(Arc::unwrap_or_clone))
+    }
+
+    /// The user stored under `key`, decoded again only when its stored bytes changed since
+    /// the last time; the decoded record is shared, not copied.
+    fn shared_user_at(&self, key: &[u8]) -> StoreResult<Option<Arc<User>>> {
+        let Some(bytes) = self.users.get(key).map_err(backend)? else {
+            return Ok(None);
+        };
+        let Ok(id) = <[u8; 8]>::try_from(key) else {
+            return decode(&bytes).map(|user| Some(Arc::new(user)));
+        };
+        if let Ok(decoded) = self.decoded_users.lock()
+            && let Some((seen, user)) = decoded.get(&id)
+            && *seen == bytes
+        {
+            return Ok(Some(user.clone()));
+        }
+        let user: Arc<User> = Arc::new(decode(&bytes)?);
+        if let Ok(mut decoded) = self.decoded_users.lock() {
+            if decoded.len() >= DECODED_USERS {
+                decoded.clear();
+            }
+            decoded.insert(id, (bytes, user.clone()));
+        }
+        Ok(Some(user))
+    }
+
+    /// Adds an audit event; durable with the next flush.
+    fn insert_audit(&self, event: &AuditEvent) -> StoreResult<()> {
+        let id = self.db.generate_id().map_err(backend)?;
+        self.audit
+            .insert(id.to_be_bytes(), encode(event)?)
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    /// Read-modify-write of one user, by name, in a transaction with the name index.
+    async fn modify_user(
+        &self,
+        user_name: &str,
+        now: &str,
+        change: impl Fn(&mut User) -> Result<(), StoreError>,
+    ) -> StoreResult<User> {
+        let result = (&self.users, &self.user_names).transaction(|(users, names)| {
+            let Some(mut user) = tx_user_by_name(users, names, user_name)? else {
+                return abort(StoreError::NotFound(format!("user {user_name}")));
+            };
+            let old_key = name_key(&user.user_name);
+            change(&mut user).or_else(abort)?;
+            let new_key = name_key(&user.user_name);
+            if new_key != old_key {
+                if names.get(&new_key)?.is_some() {
+                    return abort(StoreError::Conflict(format!("user {}", user.user_name)));
+                }
+                names.remove(old_key)?;
+                names.insert(new_key, &user.id.to_be_bytes())?;
+            }
+            user.modified = now.to_owned();
+            users.insert(&user.id.to_be_bytes(), tx_encode(&user)?)?;
+            Ok(user)
+        });
+        let user = unwrap_tx(result)?;
+        self.durable().await?;
+        Ok(user)
+    }
+}

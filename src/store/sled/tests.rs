@@ -1,0 +1,368 @@
+#![allow(clippy::unwrap_used, clippy::panic)]
+use super::*;
+use crate::mfa::lockout::{Policy, Reservation};
+use crate::store::{
+    Factor, FactorKind, Membership, NewUser, OobCode, Organization, Role, SCHEMA_VERSION, Store,
+    Ticket, UserPatch, WsKey,
+};
+
+const NOW: &str = "2026-01-01T00:00:00Z";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_durable_writes_share_flushes_and_all_reach_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(SledStore::open(dir.path()).unwrap());
+    let writes = 64;
+    let tasks: Vec<_> = (0..writes)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .append_audit(AuditEvent {
+                        time: NOW.into(),
+                        event: format!("e{i}"),
+                        user_name: None,
+                        detail: None,
+                    })
+                    .await
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let flushes = store
+        .commits
+        .flushes
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        (1..writes).contains(&flushes),
+        "{flushes} flushes for {writes} concurrent writes"
+    );
+    drop(store);
+    let reopened = SledStore::open(dir.path()).unwrap();
+    assert_eq!(reopened.audit(1000).await.unwrap().len(), writes as usize);
+}
+
+fn new_user(name: &str) -> NewUser {
+    NewUser {
+        user_name: name.into(),
+        ..NewUser::default()
+    }
+}
+
+#[tokio::test]
+async fn user_names_are_unique_regardless_of_case() {
+    let store = SledStore::temporary().unwrap();
+    store.create_user(new_user("Ada"), NOW).await.unwrap();
+    let err = store.create_user(new_user("ada"), NOW).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    assert!(store.user_by_name("ADA").await.unwrap().is_some());
+}
+
+#[test]
+fn a_store_released_a_moment_later_is_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = SledStore::open(dir.path()).unwrap();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(first);
+    });
+    let second = SledStore::open(dir.path());
+    release.join().unwrap();
+    assert!(second.is_ok(), "{:?}", second.err());
+}
+
+#[tokio::test]
+async fn a_user_read_again_after_a_change_is_the_changed_user() {
+    let store = SledStore::temporary().unwrap();
+    let ada = store.create_user(new_user("ada"), NOW).await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(store.user_by_id(ada.id).await.unwrap(), Some(ada.clone()));
+    }
+    let patch = UserPatch {
+        scopes: Some(vec!["reports".into()]),
+        ..UserPatch::default()
+    };
+    let changed = store.update_user("ada", patch, NOW).await.unwrap();
+    assert_eq!(changed.scopes, ["reports"]);
+    assert_eq!(
+        store.user_by_id(ada.id).await.unwrap(),
+        Some(changed.clone())
+    );
+    assert_eq!(store.user_by_name("ADA").await.unwrap(), Some(changed));
+    assert!(store.delete_user("ada").await.unwrap());
+    assert_eq!(store.user_by_id(ada.id).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn renaming_moves_the_index_and_refuses_taken_names() {
+    let store = SledStore::temporary().unwrap();
+    store.create_user(new_user("ada"), NOW).await.unwrap();
+    store.create_user(new_user("bob"), NOW).await.unwrap();
+    let taken = UserPatch {
+        user_name: Some("BOB".into()),
+        ..UserPatch::default()
+    };
+    assert!(matches!(
+        store.update_user("ada", taken, NOW).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let rename = UserPatch {
+        user_name: Some("grace".into()),
+        ..UserPatch::default()
+    };
+    store.update_user("ada", rename, NOW).await.unwrap();
+    assert!(store.user_by_name("ada").await.unwrap().is_none());
+    assert!(store.user_by_name("grace").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn memberships_need_an_existing_organization() {
+    let store = SledStore::temporary().unwrap();
+    store.create_user(new_user("ada"), NOW).await.unwrap();
+    let m = Membership {
+        organization_id: 7,
+        role: Role::Admin,
+    };
+    assert!(matches!(
+        store.set_membership("ada", m, NOW).await,
+        Err(StoreError::NotFound(_))
+    ));
+    store
+        .create_organization(Organization {
+            v: SCHEMA_VERSION,
+            id: 7,
+            name: "Acme".into(),
+            created: NOW.into(),
+        })
+        .await
+        .unwrap();
+    let user = store.set_membership("ada", m, NOW).await.unwrap();
+    assert_eq!(user.memberships, vec![m]);
+}
+
+#[tokio::test]
+async fn deleting_a_user_removes_its_keys() {
+    let store = SledStore::temporary().unwrap();
+    let user = store.create_user(new_user("ada"), NOW).await.unwrap();
+    store
+        .create_ws_key(WsKey {
+            v: SCHEMA_VERSION,
+            key_hash: "h".into(),
+            user_id: user.id,
+            file_id: 1,
+            created: NOW.into(),
+        })
+        .await
+        .unwrap();
+    assert!(store.delete_user("ada").await.unwrap());
+    assert!(store.ws_key("h").await.unwrap().is_none());
+    assert!(!store.delete_user("ada").await.unwrap());
+}
+
+#[tokio::test]
+async fn records_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = SledStore::open(dir.path()).unwrap();
+        store.create_user(new_user("ada"), NOW).await.unwrap();
+    }
+    // sled's flusher thread lets go of the directory lock shortly after the drop.
+    let mut reopened = SledStore::open(dir.path());
+    for _ in 0..50 {
+        if reopened.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        reopened = SledStore::open(dir.path());
+    }
+    let user = reopened
+        .unwrap()
+        .user_by_name("ada")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(user.v, SCHEMA_VERSION);
+}
+
+fn factor(user_id: u64) -> Factor {
+    Factor {
+        v: SCHEMA_VERSION,
+        user_id,
+        kind: FactorKind::Otp,
+        sealed_secret: Some(vec![1, 2, 3]),
+        destination: None,
+        last_step: None,
+        created: NOW.into(),
+    }
+}
+
+fn ticket(id: &str, user_id: u64, created_at: i64) -> Ticket {
+    Ticket {
+        v: SCHEMA_VERSION,
+        id: id.into(),
+        user_id,
+        kind: FactorKind::Otp,
+        sealed_secret: None,
+        destination: None,
+        created_at,
+        expires_at: created_at + 100,
+        used: false,
+        second_factor: false,
+    }
+}
+
+#[tokio::test]
+async fn a_ticket_confirms_once_and_not_after_expiry() {
+    let store = SledStore::temporary().unwrap();
+    store.create_ticket(ticket("t1", 1, 1000)).await.unwrap();
+    store.create_ticket(ticket("t2", 1, 1001)).await.unwrap();
+    assert_eq!(
+        store
+            .newest_pending_ticket(1, 1050)
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        "t2"
+    );
+    assert!(
+        store
+            .confirm_ticket("t2", factor(1), Some(vec!["h".into()]), 1050)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .confirm_ticket("t2", factor(1), None, 1050)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .confirm_ticket("t1", factor(1), None, 1100)
+            .await
+            .unwrap(),
+        "expired"
+    );
+    assert!(
+        !store
+            .confirm_ticket("t1", factor(2), None, 1050)
+            .await
+            .unwrap(),
+        "other user"
+    );
+    // Confirming t2 voided t1: it was made against the factors before.
+    assert!(
+        store
+            .newest_pending_ticket(1, 1050)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(store.ticket("t1").await.unwrap().unwrap().used);
+    assert_eq!(store.factors(1).await.unwrap().len(), 1);
+    assert!(store.consume_recovery_code(1, "h").await.unwrap());
+    assert!(!store.consume_recovery_code(1, "h").await.unwrap());
+    store.reset_mfa(1).await.unwrap();
+    assert!(store.factors(1).await.unwrap().is_empty());
+    assert!(store.ticket("t1").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_totp_step_is_accepted_once_even_concurrently() {
+    let store = std::sync::Arc::new(SledStore::temporary().unwrap());
+    store.create_ticket(ticket("t", 1, 1000)).await.unwrap();
+    store
+        .confirm_ticket("t", factor(1), None, 1000)
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store.accept_totp_step(1, 42).await.unwrap()
+        }));
+    }
+    let mut accepted = 0;
+    for t in tasks {
+        accepted += usize::from(t.await.unwrap());
+    }
+    assert_eq!(accepted, 1);
+    assert!(!store.accept_totp_step(1, 41).await.unwrap());
+    assert!(store.accept_totp_step(1, 43).await.unwrap());
+}
+
+#[tokio::test]
+async fn concurrent_reservations_grant_at_most_max_failures() {
+    let store = std::sync::Arc::new(SledStore::temporary().unwrap());
+    let policy = Policy {
+        max_failures: 5,
+        window: 300,
+        duration: 900,
+    };
+    let mut tasks = Vec::new();
+    for _ in 0..40 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store.reserve_attempt(1, 1000, policy).await.unwrap()
+        }));
+    }
+    let mut granted = 0;
+    for t in tasks {
+        granted += usize::from(matches!(t.await.unwrap(), Reservation::Granted { .. }));
+    }
+    assert_eq!(granted, 5);
+    let state = store.lockout(1).await.unwrap();
+    assert_eq!(state.failures.len(), 5);
+    assert_eq!(state.retry_after(1000), Some(900));
+}
+
+#[tokio::test]
+async fn a_code_is_consumed_once_and_only_before_expiry() {
+    let store = SledStore::temporary().unwrap();
+    let code = OobCode {
+        v: SCHEMA_VERSION,
+        user_id: 1,
+        purpose: "verify:sms".into(),
+        code_hash: "abc".into(),
+        expires_at: 2000,
+    };
+    store.put_code(code.clone()).await.unwrap();
+    assert!(
+        !store
+            .consume_code(1, "verify:sms", "abd", 1000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .consume_code(1, "verify:sms", "abc", 1000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .consume_code(1, "verify:sms", "abc", 1000)
+            .await
+            .unwrap()
+    );
+    store.put_code(code).await.unwrap();
+    assert!(
+        !store
+            .consume_code(1, "verify:sms", "abc", 2000)
+            .await
+            .unwrap()
+    );
+}
+
+#[tokio::test]
+async fn sends_are_limited_within_the_window() {
+    let store = SledStore::temporary().unwrap();
+    for _ in 0..3 {
+        assert!(store.count_send("u1", 1000, 60, 3).await.unwrap());
+    }
+    assert!(!store.count_send("u1", 1030, 60, 3).await.unwrap());
+    assert!(store.count_send("u1", 1061, 60, 3).await.unwrap());
+}
