@@ -93,29 +93,36 @@ impl PgStore {
     pub(super) async fn import_once(&self, snapshot: &Snapshot) -> Result<(), Fail> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
+        Self::refuse_unless_empty(&tx).await?;
+        Self::import_users(&tx, snapshot).await?;
+        Self::import_accounts(&tx, snapshot).await?;
+        Self::import_mfa(&tx, snapshot).await?;
+        Self::import_domains(&tx, snapshot).await?;
+        Self::import_audit(&tx, snapshot).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn refuse_unless_empty(tx: &impl GenericClient) -> Result<(), Fail> {
         // Two concurrent imports both pass this check; the users' primary key then refuses one.
-        if row(&tx, "SELECT id FROM gatehouse_users LIMIT 1", &[])
+        if row(tx, "SELECT id FROM gatehouse_users LIMIT 1", &[])
             .await?
             .is_some()
         {
             return Err(StoreError::Conflict("a user (the store is not empty)".into()).into());
         }
-        let conflict = |f: Fail| match f {
-            Fail::Db(e) => unique(e, |constraint| {
-                format!("a record ({constraint}; the store is not empty)")
-            }),
-            other => other,
-        };
-        let raise = "INSERT INTO gatehouse_counters (name, value) VALUES ($1, $2)
-            ON CONFLICT (name)
-            DO UPDATE SET value = GREATEST(gatehouse_counters.value, excluded.value)";
+        Ok(())
+    }
+
+    /// Users, with the user counter moved past the highest imported id.
+    async fn import_users(tx: &impl GenericClient, snapshot: &Snapshot) -> Result<(), Fail> {
         for user in &snapshot.users {
             let external = user
                 .external
                 .as_ref()
                 .map(|e| external_key(&e.issuer, &e.subject));
             exec(
-                &tx,
+                tx,
                 "INSERT INTO gatehouse_users (id, name_key, external_key, doc)
                  VALUES ($1, $2, $3, $4)",
                 &[
@@ -129,18 +136,23 @@ impl PgStore {
             .map_err(conflict)?;
         }
         if let Some(last) = snapshot.users.iter().map(|u| key(u.id)).max() {
-            exec(&tx, raise, &[&"user", &last]).await?;
+            exec(tx, RAISE_COUNTER, &[&"user", &last]).await?;
         }
+        Ok(())
+    }
+
+    /// Applications (with their token index), organisations, WS keys and signing keys.
+    async fn import_accounts(tx: &impl GenericClient, snapshot: &Snapshot) -> Result<(), Fail> {
         for app in &snapshot.applications {
             exec(
-                &tx,
+                tx,
                 "INSERT INTO gatehouse_applications (name, doc) VALUES ($1, $2)",
                 &[&app.name, &Json(app)],
             )
             .await
             .map_err(conflict)?;
             exec(
-                &tx,
+                tx,
                 "INSERT INTO gatehouse_application_tokens (token_hash, name) VALUES ($1, $2)
                  ON CONFLICT (token_hash) DO UPDATE SET name = excluded.name",
                 &[&app.token_hash, &app.name],
@@ -149,7 +161,7 @@ impl PgStore {
         }
         for org in &snapshot.organizations {
             exec(
-                &tx,
+                tx,
                 "INSERT INTO gatehouse_organizations (id, doc) VALUES ($1, $2)",
                 &[&org.id, &Json(org)],
             )
@@ -158,7 +170,7 @@ impl PgStore {
         }
         for ws_key in &snapshot.ws_keys {
             exec(
-                &tx,
+                tx,
                 "INSERT INTO gatehouse_ws_keys (key_hash, user_id, doc) VALUES ($1, $2, $3)",
                 &[&ws_key.key_hash, &key(ws_key.user_id), &Json(ws_key)],
             )
@@ -166,17 +178,22 @@ impl PgStore {
             .map_err(conflict)?;
         }
         for signing_key in &snapshot.signing_keys {
-            let seq = next_value(&tx, "signing_key").await?;
+            let seq = next_value(tx, "signing_key").await?;
             exec(
-                &tx,
+                tx,
                 "INSERT INTO gatehouse_signing_keys (seq, kid, doc) VALUES ($1, $2, $3)",
                 &[&seq, &signing_key.kid, &Json(signing_key)],
             )
             .await?;
         }
+        Ok(())
+    }
+
+    /// Tickets, factors, one-time codes, recovery codes and lockouts.
+    async fn import_mfa(tx: &impl GenericClient, snapshot: &Snapshot) -> Result<(), Fail> {
         for ticket in &snapshot.tickets {
             exec(
-                &tx,
+                tx,
                 "INSERT INTO gatehouse_tickets (id, user_id, created_at, expires_at, used, doc)
                  VALUES ($1, $2, $3, $4, $5, $6)",
                 &[
@@ -194,7 +211,7 @@ impl PgStore {
         for factor in &snapshot.factors {
             let last_step = factor.last_step.map(step_column).transpose()?;
             exec(
-                &tx,
+                tx,
                 "INSERT INTO gatehouse_factors (user_id, kind, last_step, doc)
                  VALUES ($1, $2, $3, $4)",
                 &[
@@ -209,7 +226,7 @@ impl PgStore {
         }
         for code in &snapshot.codes {
             exec(
-                &tx,
+                tx,
                 "INSERT INTO gatehouse_codes (user_id, purpose, code_hash, expires_at, doc)
                  VALUES ($1, $2, $3, $4, $5)",
                 &[
@@ -225,7 +242,7 @@ impl PgStore {
         }
         for (user_id, hashes) in &snapshot.recovery_codes {
             exec(
-                &tx,
+                tx,
                 "INSERT INTO gatehouse_recovery_codes (user_id, doc) VALUES ($1, $2)",
                 &[&key(*user_id), &Json(hashes)],
             )
@@ -234,16 +251,22 @@ impl PgStore {
         }
         for (user_id, state) in &snapshot.lockouts {
             exec(
-                &tx,
+                tx,
                 "INSERT INTO gatehouse_lockouts (user_id, doc) VALUES ($1, $2)",
                 &[&key(*user_id), &Json(state)],
             )
             .await
             .map_err(conflict)?;
         }
+        Ok(())
+    }
+
+    /// Domains and the claims of verified ones, with the domain counter moved past the
+    /// highest imported id.
+    async fn import_domains(tx: &impl GenericClient, snapshot: &Snapshot) -> Result<(), Fail> {
         for domain in &snapshot.domains {
             exec(
-                &tx,
+                tx,
                 "INSERT INTO gatehouse_domains (organization_id, domain_id, name, doc)
                  VALUES ($1, $2, $3, $4)",
                 &[
@@ -258,7 +281,7 @@ impl PgStore {
             // The snapshot has no claims of its own: a verified domain is its organisation's claim.
             if domain.is_verified {
                 exec(
-                    &tx,
+                    tx,
                     "INSERT INTO gatehouse_verified_domains (name, organization_id) VALUES ($1, $2)
                      ON CONFLICT (name) DO NOTHING",
                     &[&domain.domain, &domain.organization_id],
@@ -267,11 +290,16 @@ impl PgStore {
             }
         }
         if let Some(last) = snapshot.domains.iter().map(|d| d.domain_id).max() {
-            exec(&tx, raise, &[&"domain", &last]).await?;
+            exec(tx, RAISE_COUNTER, &[&"domain", &last]).await?;
         }
+        Ok(())
+    }
+
+    /// Audit events, numbered by the `audit` counter in their order.
+    async fn import_audit(tx: &impl GenericClient, snapshot: &Snapshot) -> Result<(), Fail> {
         for event in &snapshot.audit {
             exec(
-                &tx,
+                tx,
                 "WITH next AS (
                     INSERT INTO gatehouse_counters (name, value) VALUES ('audit', 1)
                     ON CONFLICT (name) DO UPDATE SET value = gatehouse_counters.value + 1
@@ -282,7 +310,21 @@ impl PgStore {
             )
             .await?;
         }
-        tx.commit().await?;
         Ok(())
+    }
+}
+
+/// Raises a counter to at least the given value, creating it if missing.
+const RAISE_COUNTER: &str = "INSERT INTO gatehouse_counters (name, value) VALUES ($1, $2)
+            ON CONFLICT (name)
+            DO UPDATE SET value = GREATEST(gatehouse_counters.value, excluded.value)";
+
+/// A unique violation while importing means the store already holds that record.
+fn conflict(f: Fail) -> Fail {
+    match f {
+        Fail::Db(e) => unique(e, |constraint| {
+            format!("a record ({constraint}; the store is not empty)")
+        }),
+        other => other,
     }
 }

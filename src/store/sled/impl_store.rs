@@ -1,5 +1,4 @@
-//! [`Store`] for [`SledStore`]: each operation one sled transaction or compare-and-swap, made
-//! durable before it returns.
+//! [`Store`] for [`SledStore`], one method per operation of the trait.
 
 use std::sync::Arc;
 
