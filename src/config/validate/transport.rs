@@ -1,0 +1,347 @@
+//! The sections about serving traffic: `server`, `listen`, `tls`, `upstream`, `proxy`, `routes`,
+//! `identity_headers` and `log`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::Uri;
+use ipnet::IpNet;
+
+use super::check::*;
+use crate::config::raw::*;
+use crate::config::*;
+use crate::path;
+use crate::proxy::headers::{IdentityHeaderNames, Preset};
+
+/// `[server]`.
+pub(super) fn server(c: &mut Checker, s: RawServer) -> ServerConfig {
+    let server = ServerConfig {
+        environment: c.get(
+            "server.environment",
+            s.environment,
+            Environment::Production,
+            |s: String| match s.as_str() {
+                "development" => Ok(Environment::Development),
+                "production" => Ok(Environment::Production),
+                _ => Err(format!("expected `development` or `production`, got `{s}`")),
+            },
+        ),
+        public_url: c.get(
+            "server.public_url",
+            s.public_url,
+            "https://localhost:8443".into(),
+            parse_public_url,
+        ),
+        trusted_proxies: c.get(
+            "server.trusted_proxies",
+            s.trusted_proxies,
+            loopback(),
+            parse_cidrs,
+        ),
+        shutdown_grace: c.get(
+            "server.shutdown_grace",
+            s.shutdown_grace,
+            Duration::from_secs(20),
+            parse_duration,
+        ),
+        header_read_timeout: c.get(
+            "server.header_read_timeout",
+            s.header_read_timeout,
+            Duration::from_secs(10),
+            parse_duration,
+        ),
+        tls_handshake_timeout: c.get(
+            "server.tls_handshake_timeout",
+            s.tls_handshake_timeout,
+            Duration::from_secs(10),
+            parse_duration,
+        ),
+        send_timeout: c.get(
+            "server.send_timeout",
+            s.send_timeout,
+            Duration::from_secs(60),
+            parse_duration,
+        ),
+        max_headers: c.get("server.max_headers", s.max_headers, 100, |v| {
+            in_range(1, 1000)(v).map(|v| v as usize)
+        }),
+        max_header_bytes: c.get(
+            "server.max_header_bytes",
+            s.max_header_bytes,
+            64 * 1024,
+            |v| in_range(8 * 1024, 1024 * 1024)(v).map(|v| v as usize),
+        ),
+        h2_max_concurrent_streams: c.get(
+            "server.h2_max_concurrent_streams",
+            s.h2_max_concurrent_streams,
+            100,
+            |v| in_range(1, 1000)(v).map(|v| v as u32),
+        ),
+        worker_threads: c.get("server.worker_threads", s.worker_threads, 0, |v| {
+            in_range(0, 1024)(v).map(|v| v as usize)
+        }),
+        body_read_timeout: c.get(
+            "server.body_read_timeout",
+            s.body_read_timeout,
+            Duration::from_secs(10),
+            parse_duration,
+        ),
+        max_buffered_bytes: c.get(
+            "server.max_buffered_bytes",
+            s.max_buffered_bytes,
+            64 * 1024 * 1024,
+            |v| in_range(64 * 1024, 1 << 40)(v).map(|v| v as usize),
+        ),
+        max_connections: c.get("server.max_connections", s.max_connections, 10_000, |v| {
+            in_range(1, 10_000_000)(v).map(|v| v as usize)
+        }),
+        max_connections_per_ip: c.get(
+            "server.max_connections_per_ip",
+            s.max_connections_per_ip,
+            256,
+            |v| in_range(1, 10_000_000)(v).map(|v| v as usize),
+        ),
+    };
+    if server.max_connections_per_ip > server.max_connections {
+        c.problem(
+            "server.max_connections_per_ip",
+            format_args!(
+                "must not exceed server.max_connections ({})",
+                server.max_connections
+            ),
+        );
+    }
+    for (key, d) in [
+        ("server.header_read_timeout", server.header_read_timeout),
+        ("server.tls_handshake_timeout", server.tls_handshake_timeout),
+        ("server.send_timeout", server.send_timeout),
+        ("server.body_read_timeout", server.body_read_timeout),
+    ] {
+        if d.is_zero() {
+            c.problem(key, "must be longer than zero");
+        }
+    }
+    server
+}
+
+/// `[listen]`: at least one public listener.
+pub(super) fn listen(c: &mut Checker, l: RawListen) -> ListenConfig {
+    let listen = ListenConfig {
+        https: c.get(
+            "listen.https",
+            l.https,
+            Some(SocketAddr::from(([0, 0, 0, 0], 8443))),
+            parse_optional_addr,
+        ),
+        http: c.get(
+            "listen.http",
+            l.http,
+            Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            parse_optional_addr,
+        ),
+        admin: c.get(
+            "listen.admin",
+            l.admin,
+            SocketAddr::from(([127, 0, 0, 1], 9090)),
+            parse_addr,
+        ),
+    };
+    if listen.https.is_none() && listen.http.is_none() {
+        c.problem(
+            "listen",
+            "`https` and `http` are both disabled; at least one must listen",
+        );
+    }
+    listen
+}
+
+/// `[tls]`.
+pub(super) fn tls(c: &mut Checker, t: RawTls) -> TlsConfig {
+    TlsConfig {
+        cert: c.get(
+            "tls.cert",
+            t.cert,
+            "certs/gatehouse.crt".into(),
+            |s: String| ok(s.into()),
+        ),
+        key: c.get(
+            "tls.key",
+            t.key,
+            "certs/gatehouse.key".into(),
+            |s: String| ok(s.into()),
+        ),
+        self_signed: c.get("tls.self_signed", t.self_signed, false, ok),
+    }
+}
+
+/// `[upstream]`.
+pub(super) fn upstream(c: &mut Checker, u: RawUpstream) -> UpstreamConfig {
+    UpstreamConfig {
+        url: c.get(
+            "upstream.url",
+            u.url,
+            Uri::from_static("http://127.0.0.1:3000/"),
+            parse_upstream_url,
+        ),
+        connect_timeout: c.get(
+            "upstream.connect_timeout",
+            u.connect_timeout,
+            Duration::from_secs(2),
+            parse_duration,
+        ),
+        response_timeout: c.get(
+            "upstream.response_timeout",
+            u.response_timeout,
+            Duration::from_secs(30),
+            parse_duration,
+        ),
+        audience: c.get(
+            "upstream.audience",
+            u.audience,
+            "upstream".into(),
+            non_empty,
+        ),
+    }
+}
+
+/// `[proxy]`.
+pub(super) fn proxy(c: &mut Checker, p: RawProxy) -> ProxyConfig {
+    ProxyConfig {
+        default: c.get(
+            "proxy.default",
+            p.default,
+            Access::Authenticated,
+            parse_access,
+        ),
+        max_body: c.get("proxy.max_body", p.max_body, None, |v| ok(Some(v))),
+    }
+}
+
+/// `[[routes]]`: each rule complete, normalised and not given twice.
+pub(super) fn routes(c: &mut Checker, raw_routes: Vec<RawRoute>) -> Vec<Route> {
+    let mut routes: Vec<Route> = Vec::new();
+    for (i, r) in raw_routes.into_iter().enumerate() {
+        let key = |k: &str| format!("routes[{i}].{k}");
+        let Some(prefix) = r.path_prefix else {
+            c.problem(&key("path_prefix"), "is required");
+            continue;
+        };
+        let path_prefix = c.get(&key("path_prefix"), Some(prefix), None, |s: String| {
+            match path::normalize(&s) {
+                Ok(_) if s.contains(';') => Err(format!(
+                    "`{s}` has a `;`: parameters are ignored for matching, so no path would match it"
+                )),
+                Ok(n) if n == s => Ok(Some(s)),
+                Ok(n) => Err(format!(
+                    "`{s}` is not a normalised path; write `{n}` (rules match normalised paths only)"
+                )),
+                Err(e) => Err(format!("`{s}` is not a valid path: {e}")),
+            }
+        });
+        if r.access.is_none() {
+            c.problem(
+                &key("access"),
+                "is required (`public`, `authenticated` or `mfa`)",
+            );
+        }
+        let access = c.get(&key("access"), r.access, None, |s| {
+            parse_access(s).map(Some)
+        });
+        let scopes = c.get(&key("scopes"), r.scopes, Vec::new(), ok);
+        if let (Some(path_prefix), Some(access)) = (path_prefix, access) {
+            // Prefixes match in any letter case, so `/Admin/` and `/admin/` are one rule.
+            if routes
+                .iter()
+                .any(|other| crate::path::eq_ignore_case(&other.path_prefix, &path_prefix))
+            {
+                c.problem(
+                    &key("path_prefix"),
+                    format!("`{path_prefix}` is already used by another route"),
+                );
+            }
+            if access == Access::Public && !scopes.is_empty() {
+                c.problem(&key("scopes"), "a public route cannot require scopes");
+            }
+            routes.push(Route {
+                path_prefix,
+                access,
+                scopes,
+            });
+        }
+    }
+    routes
+}
+
+/// `[identity_headers]`: a preset, then any name given one by one.
+pub(super) fn identity_headers(c: &mut Checker, h: RawIdentityHeaders) -> IdentityHeaderNames {
+    let preset = c.get(
+        "identity_headers.preset",
+        h.preset,
+        Preset::Gatehouse,
+        |s: String| {
+            Preset::from_name(&s).ok_or_else(|| {
+                format!("expected one of `gatehouse`, `oauth2-proxy`, `authelia`, got `{s}`")
+            })
+        },
+    );
+    let mut identity_headers = preset.names();
+    for (key, field, slot) in [
+        ("identity_headers.user", h.user, &mut identity_headers.user),
+        (
+            "identity_headers.user_id",
+            h.user_id,
+            &mut identity_headers.user_id,
+        ),
+        (
+            "identity_headers.email",
+            h.email,
+            &mut identity_headers.email,
+        ),
+        (
+            "identity_headers.scopes",
+            h.scopes,
+            &mut identity_headers.scopes,
+        ),
+        (
+            "identity_headers.methods",
+            h.methods,
+            &mut identity_headers.methods,
+        ),
+        (
+            "identity_headers.assertion",
+            h.assertion,
+            &mut identity_headers.assertion,
+        ),
+    ] {
+        *slot = c.get(key, field, slot.clone(), parse_header_name);
+    }
+    identity_headers
+}
+
+/// `[log]`.
+pub(super) fn log(c: &mut Checker, lg: RawLog) -> LogConfig {
+    LogConfig {
+        format: c.get(
+            "log.format",
+            lg.format,
+            LogFormat::Text,
+            |s: String| match s.as_str() {
+                "text" => Ok(LogFormat::Text),
+                "json" => Ok(LogFormat::Json),
+                _ => Err(format!("expected `text` or `json`, got `{s}`")),
+            },
+        ),
+        level: c.get("log.level", lg.level, "info".into(), |s: String| {
+            tracing_subscriber::EnvFilter::try_new(&s)
+                .map(|_| s.clone())
+                .map_err(|e| format!("expected a log filter such as `info`, got `{s}`: {e}"))
+        }),
+    }
+}
+
+fn loopback() -> Vec<IpNet> {
+    ["127.0.0.0/8", "::1/128"]
+        .iter()
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
