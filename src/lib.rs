@@ -17,6 +17,7 @@ pub mod fuzzing;
 pub mod gateway;
 pub mod identity;
 pub mod inject;
+pub mod lockout;
 pub mod meter;
 pub mod mfa;
 pub mod names;

@@ -57,6 +57,6 @@ impl Problem {
             request_id,
         };
         let bytes = serde_json::to_vec(&doc).unwrap_or_default();
-        crate::api::with_type(self.status, "application/problem+json", bytes)
+        crate::body::with_type(self.status, "application/problem+json", bytes)
     }
 }

@@ -14,38 +14,19 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header;
 use http::request::Parts;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::body::{Body, full};
+use crate::body::Body;
+pub use crate::body::{json, with_type};
 
 /// Largest request body a local endpoint reads (SPEC §2): 413 beyond.
 pub const MAX_LOCAL_BODY: usize = 1024 * 1024;
-
-/// A response with `bytes` as its body, never cached.
-pub fn with_type(status: StatusCode, content_type: &'static str, bytes: Vec<u8>) -> Response<Body> {
-    let mut response = Response::new(full(bytes));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
-}
-
-/// `value` as `application/json`.
-pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
-    with_type(
-        status,
-        "application/json",
-        serde_json::to_vec(value).unwrap_or_default(),
-    )
-}
 
 /// A header's value as text, when present and visible ASCII.
 pub fn header_str(headers: &http::HeaderMap, name: header::HeaderName) -> Option<&str> {

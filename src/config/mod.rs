@@ -16,7 +16,7 @@ use http::Uri;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::mfa::lockout::Policy;
+use crate::lockout::Policy;
 use crate::proxy::headers::IdentityHeaderNames;
 
 mod keys;

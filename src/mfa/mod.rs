@@ -2,7 +2,7 @@
 //! lockout. Domain logic only: no HTTP here.
 
 pub mod codes;
-pub mod lockout;
+pub use crate::lockout;
 pub mod phone;
 pub mod service;
 pub mod totp;

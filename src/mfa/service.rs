@@ -15,8 +15,8 @@ use crate::store::{
 use crate::tokens::Tokens;
 
 use super::codes;
-use super::lockout::{Policy, Reservation};
 use super::totp::{self, Check, TotpParams};
+use crate::lockout::{Policy, Reservation};
 
 /// Why an MFA operation did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::mfa::lockout::{LockoutState, Policy, Reservation};
+use crate::lockout::{LockoutState, Policy, Reservation};
 
 /// How the ids of WS opt-in registrations begin (`ws-optin-{ProviderUserId}`). They are kept
 /// beside enrollment tickets but are not tickets (SPEC §10): no enrollment link or

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use gatehouse::mfa::lockout::{LockoutState, Policy, Reservation};
+use gatehouse::lockout::{LockoutState, Policy, Reservation};
 use gatehouse::store::sled::SledStore;
 use gatehouse::store::*;
 

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use gatehouse::mfa::lockout::{Policy, Reservation};
+use gatehouse::lockout::{Policy, Reservation};
 use gatehouse::store::postgres::PgStore;
 use gatehouse::store::sled::SledStore;
 use gatehouse::store::*;

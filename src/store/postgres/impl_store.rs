@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use tokio_postgres::types::Json;
 
-use crate::mfa::lockout::{LockoutState, Policy, Reservation};
+use crate::lockout::{LockoutState, Policy, Reservation};
 use crate::store::{
     Application, AuditEvent, CodeLogin, Domain, Factor, FactorKind, Membership, NewUser,
     OPT_IN_PREFIX, OobCode, Organization, SigningKey, Snapshot, Store, StoreError, StoreResult,

@@ -4,7 +4,7 @@ use deadpool_postgres::GenericClient;
 use serde::de::DeserializeOwned;
 use tokio_postgres::types::{Json, ToSql};
 
-use crate::mfa::lockout::{LockoutState, Policy, Reservation};
+use crate::lockout::{LockoutState, Policy, Reservation};
 use crate::store::{AuditEvent, CodeLogin, Factor, StoreError, User};
 
 use super::{Fail, PgStore, doc, exec, insert_audit, key, row, step_column};

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio_postgres::NoTls;
 
-use crate::mfa::lockout::Policy;
+use crate::lockout::Policy;
 use crate::store::{
     Application, Domain, ExternalId, FactorKind, Membership, NewUser, OobCode, Organization, Role,
     SCHEMA_VERSION, SigningKey, Store, Ticket, UserPatch, WsKey,

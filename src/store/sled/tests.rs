@@ -1,6 +1,6 @@
 #![allow(clippy::unwrap_used, clippy::panic)]
 use super::*;
-use crate::mfa::lockout::{Policy, Reservation};
+use crate::lockout::{Policy, Reservation};
 use crate::store::{
     Factor, FactorKind, Membership, NewUser, OobCode, Organization, Role, SCHEMA_VERSION, Store,
     Ticket, UserPatch, WsKey,
