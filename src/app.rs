@@ -5,55 +5,14 @@ use std::sync::Arc;
 use crate::api::Bodies;
 use crate::auth::Authenticator;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, Environment, StoreConfig};
+use crate::config::{Config, Environment};
 use crate::domains::Domains;
 use crate::meter::Meter;
 use crate::mfa::service::Mfa;
 use crate::notify::Notifier;
 use crate::secrets::Vault;
 use crate::store::Store;
-use crate::store::postgres::PgStore;
-use crate::store::sled::SledStore;
 use crate::tokens::Tokens;
-
-/// What [`open_store`] would refuse before opening anything: a PostgreSQL URL it cannot parse, or
-/// a sled `store.path` that is not a directory.
-pub fn check_store(config: &StoreConfig) -> Result<(), String> {
-    match (config.backend.as_str(), &config.url) {
-        ("postgres", Some(url)) => crate::store::postgres::check_url(url.expose()).map_err(|e| {
-            let key = match config.url_file {
-                Some(_) => "store.url_file",
-                None => "store.url",
-            };
-            format!("{key}: {e}")
-        }),
-        ("postgres", None) => Err("store.url: is required for the postgres backend".into()),
-        _ if config.path.exists() && !config.path.is_dir() => Err(format!(
-            "store.path: cannot open {}: not a directory",
-            config.path.display()
-        )),
-        _ => Ok(()),
-    }
-}
-
-/// The configured backend: sled in `store.path`, or PostgreSQL at `store.url` (migrated on open).
-pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn Store>, String> {
-    check_store(config)?;
-    match (config.backend.as_str(), &config.url) {
-        ("postgres", Some(url)) => {
-            let store = PgStore::connect(url.expose(), config.max_connections as usize)
-                .await
-                .map_err(|e| format!("store.url: {e}"))?;
-            Ok(Arc::new(store))
-        }
-        ("postgres", None) => Err("store.url: is required for the postgres backend".into()),
-        _ => {
-            let store = SledStore::open(&config.path)
-                .map_err(|e| format!("store.path: cannot open {}: {e}", config.path.display()))?;
-            Ok(Arc::new(store))
-        }
-    }
-}
 
 pub struct App {
     pub config: Config,
@@ -71,7 +30,7 @@ pub struct App {
 impl App {
     /// Opens the configured store and loads keys, with the system clock.
     pub async fn open(config: Config) -> Result<App, String> {
-        let store = open_store(&config.store).await?;
+        let store = crate::store::configured::open(&config.store).await?;
         App::with_store(config, store, Arc::new(SystemClock)).await
     }
 
