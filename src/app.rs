@@ -11,6 +11,7 @@ use crate::meter::Meter;
 use crate::mfa::service::Mfa;
 use crate::notify::Notifier;
 use crate::secrets::Vault;
+use crate::services::Services;
 use crate::store::Store;
 use crate::tokens::Tokens;
 
@@ -28,6 +29,20 @@ pub struct App {
 }
 
 impl App {
+    /// The services every request handler shares.
+    pub fn services(&self) -> Services {
+        Services {
+            store: self.store.clone(),
+            tokens: self.tokens.clone(),
+            auth: self.auth.clone(),
+            mfa: self.mfa.clone(),
+            domains: self.domains.clone(),
+            clock: self.clock.clone(),
+            meter: self.meter.clone(),
+            bodies: self.bodies.clone(),
+        }
+    }
+
     /// Opens the configured store and loads keys, with the system clock.
     pub async fn open(config: Config) -> Result<App, String> {
         let store = crate::store::configured::open(&config.store).await?;

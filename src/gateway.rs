@@ -21,7 +21,6 @@ use crate::api::manage::Manage;
 use crate::api::nexus::Nexus;
 use crate::api::route::{FORWARD_AUTH_PATH, JWKS_PATH};
 use crate::api::ws::endpoints::Ws;
-use crate::app::App;
 use crate::auth::policy::{self, Decision};
 use crate::auth::{AuthError, Authenticator, Principal};
 use crate::body::{Body, BoxError, full};
@@ -32,6 +31,7 @@ use crate::proxy::forward::{self, ForwardError, Origin, Upstream};
 use crate::proxy::headers::IdentityHeaders;
 use crate::proxy::headers::Sanitizer;
 use crate::routes::{self, RouteTable};
+use crate::services::Services;
 use crate::telemetry::{self, AccessRecord};
 use crate::tokens::Tokens;
 
@@ -279,8 +279,8 @@ impl Gateway {
         self.sanitizer.keep_removing(&previous.sanitizer);
     }
 
-    /// The pipeline for `config` (the app's own, or a reloaded one) around the app's state.
-    pub fn new(app: &App, config: &crate::config::Config) -> Gateway {
+    /// The pipeline for `config` (the app's own, or a reloaded one) around the app's services.
+    pub fn new(app: &Services, config: &crate::config::Config) -> Gateway {
         Gateway {
             routes: RouteTable::new(&config.routes, config.proxy.default),
             sanitizer: Sanitizer::new(&config.identity_headers),

@@ -32,6 +32,7 @@ pub mod proxy;
 pub mod routes;
 pub mod secrets;
 pub mod server;
+pub mod services;
 pub mod store;
 pub mod telemetry;
 pub mod tokens;

@@ -81,7 +81,7 @@ impl Server {
     /// Loads TLS material and binds every configured listener.
     pub async fn bind(app: &App) -> Result<Server, StartError> {
         let config = &app.config;
-        let gateway = Arc::new(ArcSwap::from_pointee(Gateway::new(app, config)));
+        let gateway = Arc::new(ArcSwap::from_pointee(Gateway::new(&app.services(), config)));
         let current = gateway.clone();
         let public: Handler = Arc::new(move |req, conn| {
             // Each request takes the pipeline current when it arrives: a reload applies to the
@@ -90,7 +90,7 @@ impl Server {
             Box::pin(async move { gateway.handle(req, conn).await })
         });
         let ready = Arc::new(AtomicBool::new(false));
-        let admin = Arc::new(Admin::new(app, ready.clone()));
+        let admin = Arc::new(Admin::new(&app.services(), config, ready.clone()));
         let admin: Handler = Arc::new(move |req, _conn| {
             let admin = admin.clone();
             Box::pin(async move { admin.handle(req).await })

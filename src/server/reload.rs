@@ -67,7 +67,7 @@ impl Reloadable {
             None => None,
         };
         let issuers = app.auth.issuers_for(&new.auth)?;
-        let mut gateway = Gateway::new(app, new);
+        let mut gateway = Gateway::new(&app.services(), new);
         // An identity header renamed away stays removed from clients until the next start.
         gateway.keep_removing_identity_of(&self.gateway.load());
         if let (Some(shared), Some(tls)) = (&self.tls, tls) {
