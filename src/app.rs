@@ -1,20 +1,29 @@
-//! Everything a running gatehouse shares between listeners: configuration, store, keys, clock.
+//! The composition root: from a configuration, the store, keys and services of a running
+//! gatehouse, then its request pipeline, admin API and listeners around them.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use arc_swap::ArcSwap;
 
 use crate::api::Bodies;
+use crate::api::admin::Admin;
 use crate::auth::Authenticator;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, Environment};
 use crate::domains::Domains;
+use crate::gateway::Gateway;
 use crate::meter::Meter;
 use crate::mfa::service::Mfa;
 use crate::notify::Notifier;
+use crate::reload::Reloadable;
 use crate::secrets::Vault;
+use crate::server::{Handler, Server, StartError};
 use crate::services::Services;
 use crate::store::Store;
 use crate::tokens::Tokens;
 
+/// A running gatehouse's configuration and everything built from it at start.
 pub struct App {
     pub config: Config,
     pub store: Arc<dyn Store>,
@@ -111,5 +120,29 @@ impl App {
             meter,
             bodies,
         })
+    }
+
+    /// The request pipeline and the admin API for this configuration, with every listener bound
+    /// around them, and what a configuration reload replaces in that server.
+    pub async fn bind(&self) -> Result<(Server, Reloadable), StartError> {
+        let services = self.services();
+        let config = &self.config;
+        let gateway = Arc::new(ArcSwap::from_pointee(Gateway::new(&services, config)));
+        let current = gateway.clone();
+        let public: Handler = Arc::new(move |req, conn| {
+            // Each request takes the pipeline current when it arrives: a reload applies to the
+            // next request of every open connection.
+            let gateway = current.load_full();
+            Box::pin(async move { gateway.handle(req, conn).await })
+        });
+        let ready = Arc::new(AtomicBool::new(false));
+        let admin = Arc::new(Admin::new(&services, config, ready.clone()));
+        let admin: Handler = Arc::new(move |req, _conn| {
+            let admin = admin.clone();
+            Box::pin(async move { admin.handle(req).await })
+        });
+        let server = Server::bind(config, public, admin, self.meter.clone(), ready).await?;
+        let reloadable = Reloadable::new(services, config, gateway, server.tls());
+        Ok((server, reloadable))
     }
 }

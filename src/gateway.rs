@@ -37,12 +37,7 @@ use crate::tokens::Tokens;
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The connection a request arrived on.
-#[derive(Debug, Clone, Copy)]
-pub struct ConnInfo {
-    pub peer: SocketAddr,
-    pub tls: bool,
-}
+pub use crate::server::ConnInfo;
 
 /// Everything a request can be refused for on a proxied route. [`Rejection::problem`] maps each
 /// to its status, stable code and message; there is no catch-all arm.

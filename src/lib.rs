@@ -29,6 +29,7 @@ pub mod private;
 pub mod probe;
 pub mod problem;
 pub mod proxy;
+pub mod reload;
 pub mod routes;
 pub mod secrets;
 pub mod server;

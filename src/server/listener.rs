@@ -19,11 +19,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
-use super::Handler;
 use super::caps::{CapSettings, Caps};
+use super::{ConnInfo, Handler};
 use crate::body::Body;
 use crate::config::ServerConfig;
-use crate::gateway::ConnInfo;
 use crate::meter::Meter;
 use hyper::body::Body as _;
 
