@@ -8,7 +8,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, Environment, StoreConfig};
 use crate::domains::Domains;
 use crate::meter::Meter;
-use crate::mfa::service::Mfa;
+use crate::mfa::service::{Collaborators, Mfa};
 use crate::notify::Notifier;
 use crate::secrets::Vault;
 use crate::store::Store;
@@ -107,12 +107,14 @@ impl App {
         )?);
         let meter = Arc::new(Meter::new());
         let mfa = Arc::new(Mfa::new(
-            store.clone(),
-            vault,
-            tokens.clone(),
-            notifier,
-            clock.clone(),
-            meter.clone(),
+            Collaborators {
+                store: store.clone(),
+                vault,
+                tokens: tokens.clone(),
+                notifier,
+                clock: clock.clone(),
+                meter: meter.clone(),
+            },
             &config.mfa,
             &config.server.public_url,
         ));

@@ -76,6 +76,22 @@ pub struct Mfa {
     pub(super) public_url: String,
 }
 
+/// What the MFA use cases call on, shared with the rest of gatehouse.
+pub struct Collaborators {
+    /// Users, factors, tickets, codes and lockout state.
+    pub store: Arc<dyn Store>,
+    /// Seals TOTP secrets and hashes codes.
+    pub vault: Arc<Vault>,
+    /// Issues the stepped-up access tokens.
+    pub tokens: Arc<Tokens>,
+    /// Delivers codes and enrollment links.
+    pub notifier: Arc<Notifier>,
+    /// The time of tickets, codes and lockouts.
+    pub clock: Arc<dyn Clock>,
+    /// Counts codes, tickets and lockouts.
+    pub meter: Arc<Meter>,
+}
+
 /// Binds a sealed TOTP secret to its user.
 pub(super) fn context(user_id: u64) -> Vec<u8> {
     format!("totp:{user_id}").into_bytes()
@@ -86,17 +102,16 @@ pub(super) fn secs(d: std::time::Duration) -> i64 {
 }
 
 impl Mfa {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        store: Arc<dyn Store>,
-        vault: Arc<Vault>,
-        tokens: Arc<Tokens>,
-        notifier: Arc<Notifier>,
-        clock: Arc<dyn Clock>,
-        meter: Arc<Meter>,
-        config: &MfaConfig,
-        public_url: &str,
-    ) -> Mfa {
+    /// The service over `with`, configured by `mfa.*`; enrollment links start with `public_url`.
+    pub fn new(with: Collaborators, config: &MfaConfig, public_url: &str) -> Mfa {
+        let Collaborators {
+            store,
+            vault,
+            tokens,
+            notifier,
+            clock,
+            meter,
+        } = with;
         Mfa {
             store,
             vault,
