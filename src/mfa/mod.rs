@@ -15,3 +15,6 @@ pub mod service;
 mod sms_opt_in;
 pub mod totp;
 pub mod verify;
+
+#[cfg(test)]
+mod tests;
