@@ -14,7 +14,7 @@ use crate::config::{Config, Environment};
 use crate::domains::Domains;
 use crate::gateway::Gateway;
 use crate::meter::Meter;
-use crate::mfa::service::Mfa;
+use crate::mfa::service::{Collaborators, Mfa};
 use crate::notify::Notifier;
 use crate::reload::Reloadable;
 use crate::secrets::Vault;
@@ -90,12 +90,14 @@ impl App {
         )?);
         let meter = Arc::new(Meter::new());
         let mfa = Arc::new(Mfa::new(
-            store.clone(),
-            vault,
-            tokens.clone(),
-            notifier,
-            clock.clone(),
-            meter.clone(),
+            Collaborators {
+                store: store.clone(),
+                vault,
+                tokens: tokens.clone(),
+                notifier,
+                clock: clock.clone(),
+                meter: meter.clone(),
+            },
             &config.mfa,
             &config.server.public_url,
         ));
