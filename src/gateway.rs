@@ -31,7 +31,7 @@ use crate::problem::Problem;
 use crate::proxy::forward::{self, ForwardError, Origin, Upstream};
 use crate::proxy::headers::IdentityHeaders;
 use crate::proxy::headers::Sanitizer;
-use crate::routes::{self, RouteTable};
+use crate::routes::{self, AccessRules};
 use crate::telemetry::{self, AccessRecord};
 use crate::tokens::Tokens;
 
@@ -254,7 +254,7 @@ struct Outcome {
 
 /// The public listeners' request handler.
 pub struct Gateway {
-    routes: RouteTable,
+    rules: AccessRules,
     sanitizer: Sanitizer,
     upstream: Upstream,
     trusted_proxies: Vec<IpNet>,
@@ -282,7 +282,7 @@ impl Gateway {
     /// The pipeline for `config` (the app's own, or a reloaded one) around the app's state.
     pub fn new(app: &App, config: &crate::config::Config) -> Gateway {
         Gateway {
-            routes: RouteTable::new(&config.routes, config.proxy.default),
+            rules: AccessRules::new(&config.routes, config.proxy.default),
             sanitizer: Sanitizer::new(&config.identity_headers),
             upstream: Upstream::new(&config.upstream),
             trusted_proxies: config.server.trusted_proxies.clone(),
@@ -327,7 +327,7 @@ impl Gateway {
     /// at) and applies `rule`: the principal whose identity goes upstream, if any.
     async fn authorise(
         &self,
-        rule: &crate::config::Route,
+        rule: &crate::config::AccessRule,
         headers: &http::HeaderMap,
         client: IpAddr,
     ) -> Result<Option<Principal>, Rejection> {
@@ -346,7 +346,7 @@ impl Gateway {
                     AuthError::NewUsersLimited(seconds) => Rejection::NewUsersLimited(seconds),
                 })?
         };
-        match policy::decide_route(rule, principal.as_ref(), self.require_app) {
+        match policy::decide_rule(rule, principal.as_ref(), self.require_app) {
             Decision::Allow => Ok(principal),
             Decision::Unauthenticated => Err(Rejection::Unauthenticated(None)),
             Decision::MfaRequired => Err(Rejection::MfaRequired),
@@ -395,7 +395,7 @@ impl Gateway {
                 return;
             }
         };
-        let rule = self.routes.rule_for(&path::match_key(&described));
+        let rule = self.rules.rule_for(&path::match_key(&described));
         let client = self.client(conn, &parts.headers, trusted);
         let principal = match self.authorise(rule, &parts.headers, client).await {
             Ok(principal) => principal,
@@ -595,7 +595,7 @@ impl Gateway {
             return outcome;
         }
 
-        let rule = self.routes.rule_for(key);
+        let rule = self.rules.rule_for(key);
         outcome.class = rule.access.as_str();
         let client = self.client(conn, &parts.headers, trusted);
         let principal = match self.authorise(rule, &parts.headers, client).await {

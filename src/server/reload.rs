@@ -24,7 +24,7 @@ use super::tls;
 use crate::app::App;
 use crate::config::{self, Access, Config};
 use crate::gateway::Gateway;
-use crate::routes::RouteTable;
+use crate::routes::AccessRules;
 
 /// How often the configuration file is checked for a change.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
@@ -101,7 +101,7 @@ pub fn loosened(old: &Config, new: &Config) -> Vec<String> {
             new.proxy.default.as_str()
         ));
     }
-    let old_table = RouteTable::new(&old.routes, old.proxy.default);
+    let old_table = AccessRules::new(&old.routes, old.proxy.default);
     for route in &old.routes {
         let prefix = &route.path_prefix;
         let Some(now) = new.routes.iter().find(|r| &r.path_prefix == prefix) else {
