@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{self, Access, Config};
 use crate::gateway::Gateway;
-use crate::routes::RouteTable;
+use crate::routes::AccessRules;
 use crate::server::listener::SharedTls;
 use crate::server::tls;
 use crate::services::Services;
@@ -114,7 +114,7 @@ pub fn loosened(old: &Config, new: &Config) -> Vec<String> {
             new.proxy.default.as_str()
         ));
     }
-    let old_table = RouteTable::new(&old.routes, old.proxy.default);
+    let old_table = AccessRules::new(&old.routes, old.proxy.default);
     for route in &old.routes {
         let prefix = &route.path_prefix;
         let Some(now) = new.routes.iter().find(|r| &r.path_prefix == prefix) else {
