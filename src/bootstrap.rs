@@ -39,6 +39,7 @@
 use std::path::Path;
 
 use serde::Deserialize;
+use time::OffsetDateTime;
 
 use crate::auth::secret;
 use crate::clock::{self, Clock};
@@ -276,13 +277,13 @@ pub async fn apply(
         return Err(problems.join("; "));
     }
     admit_plaintext(path, &file, development)?;
-    let now = clock::rfc3339(clock.now());
+    let now = clock.now();
     let mut applied = Applied::default();
-    apply_users(store, file.users, &now, &mut applied).await?;
-    apply_applications(store, file.applications, &now, &mut applied).await?;
-    apply_organizations(store, file.organizations, &now, &mut applied).await?;
-    apply_files(store, file.files, &now).await?;
-    apply_domains(store, file.domains, &now, &mut applied).await?;
+    apply_users(store, file.users, now, &mut applied).await?;
+    apply_applications(store, file.applications, now, &mut applied).await?;
+    apply_organizations(store, file.organizations, now, &mut applied).await?;
+    apply_files(store, file.files, now).await?;
+    apply_domains(store, file.domains, now, &mut applied).await?;
     Ok(applied)
 }
 
@@ -321,7 +322,7 @@ fn admit_plaintext(path: &Path, file: &File, development: bool) -> Result<(), St
 async fn apply_users(
     store: &dyn Store,
     users: Vec<UserEntry>,
-    now: &str,
+    now: OffsetDateTime,
     applied: &mut Applied,
 ) -> Result<(), String> {
     for (i, u) in users.into_iter().enumerate() {
@@ -332,7 +333,12 @@ async fn apply_users(
 }
 
 /// Creates the user unless one of that name exists; whether it was created.
-async fn apply_user(store: &dyn Store, at: &str, u: UserEntry, now: &str) -> Result<bool, String> {
+async fn apply_user(
+    store: &dyn Store,
+    at: &str,
+    u: UserEntry,
+    now: OffsetDateTime,
+) -> Result<bool, String> {
     // The admin API's rules: a name the API would refuse is not created behind its back.
     names::check_user_name(&u.user_name).map_err(|e| format!("{at}: {e}"))?;
     if let Some(email) = &u.email {
@@ -365,7 +371,7 @@ async fn apply_user(store: &dyn Store, at: &str, u: UserEntry, now: &str) -> Res
         external: None,
     };
     store
-        .create_user(new, now)
+        .create_user(new, now.unix_timestamp())
         .await
         .map_err(|e| format!("{at}: {e}"))?;
     Ok(true)
@@ -396,7 +402,7 @@ fn password_hash(
 async fn apply_applications(
     store: &dyn Store,
     applications: Vec<ApplicationEntry>,
-    now: &str,
+    now: OffsetDateTime,
     applied: &mut Applied,
 ) -> Result<(), String> {
     for (i, a) in applications.into_iter().enumerate() {
@@ -416,7 +422,7 @@ async fn apply_applications(
             v: SCHEMA_VERSION,
             name: a.name,
             token_hash,
-            created: now.to_owned(),
+            created: clock::rfc3339(now),
         };
         match store.create_application(app).await {
             Ok(()) => applied.count(true),
@@ -432,7 +438,7 @@ async fn apply_applications(
 async fn apply_organizations(
     store: &dyn Store,
     organizations: Vec<OrganizationEntry>,
-    now: &str,
+    now: OffsetDateTime,
     applied: &mut Applied,
 ) -> Result<(), String> {
     for (i, o) in organizations.into_iter().enumerate() {
@@ -441,7 +447,7 @@ async fn apply_organizations(
             v: SCHEMA_VERSION,
             id: i64::from(o.id),
             name: o.name,
-            created: now.to_owned(),
+            created: clock::rfc3339(now),
         };
         match store.create_organization(org).await {
             Ok(()) => applied.count(true),
@@ -461,7 +467,7 @@ async fn apply_organizations(
                 continue;
             }
             store
-                .set_membership(&m.user_name, membership, now)
+                .set_membership(&m.user_name, membership, now.unix_timestamp())
                 .await
                 .map_err(|e| format!("{at}: member {}: {e}", m.user_name))?;
         }
@@ -470,7 +476,11 @@ async fn apply_organizations(
 }
 
 /// Ensures each declared file grant; grants are not counted.
-async fn apply_files(store: &dyn Store, files: Vec<FileEntry>, now: &str) -> Result<(), String> {
+async fn apply_files(
+    store: &dyn Store,
+    files: Vec<FileEntry>,
+    now: OffsetDateTime,
+) -> Result<(), String> {
     for (i, f) in files.into_iter().enumerate() {
         let at = format!("bootstrap files[{i}] ({})", f.id);
         for user_name in f.members {
@@ -482,7 +492,7 @@ async fn apply_files(store: &dyn Store, files: Vec<FileEntry>, now: &str) -> Res
                 continue;
             }
             store
-                .grant_file(&user_name, f.id, now)
+                .grant_file(&user_name, f.id, now.unix_timestamp())
                 .await
                 .map_err(|e| format!("{at}: member {user_name}: {e}"))?;
         }
@@ -494,7 +504,7 @@ async fn apply_files(store: &dyn Store, files: Vec<FileEntry>, now: &str) -> Res
 async fn apply_domains(
     store: &dyn Store,
     domains: Vec<DomainEntry>,
-    now: &str,
+    now: OffsetDateTime,
     applied: &mut Applied,
 ) -> Result<(), String> {
     for (i, d) in domains.into_iter().enumerate() {
@@ -509,7 +519,7 @@ async fn apply_domain(
     store: &dyn Store,
     at: &str,
     d: DomainEntry,
-    now: &str,
+    now: OffsetDateTime,
 ) -> Result<bool, String> {
     let name = crate::domains::name::normalise(&d.domain).map_err(|e| format!("{at}: {e}"))?;
     let existing = store
@@ -525,9 +535,9 @@ async fn apply_domain(
         domain_id: 0,
         domain: name,
         authentication_method: d.authentication_method,
-        created: now.to_owned(),
+        created: clock::rfc3339(now),
         created_by: "bootstrap".into(),
-        modified: now.to_owned(),
+        modified: clock::rfc3339(now),
         modified_by: "bootstrap".into(),
         is_verified: false,
         verification_code: None,
@@ -668,7 +678,10 @@ verified = true
             scopes: Some(vec!["read".into(), "ops".into()]),
             ..Default::default()
         };
-        store.update_user("ada", patch, "later").await.unwrap();
+        store
+            .update_user("ada", patch, 1_900_000_000)
+            .await
+            .unwrap();
         let second = apply(&path, &store, clock.as_ref(), true).await.unwrap();
         assert_eq!(
             second,
@@ -680,7 +693,7 @@ verified = true
         assert_eq!(store.domains(7).await.unwrap().len(), 1);
         let ada_again = store.user_by_name("ada").await.unwrap().unwrap();
         assert_eq!(ada_again.scopes, vec!["read", "ops"]);
-        assert_eq!(ada_again.modified, "later");
+        assert_eq!(ada_again.modified, "2030-03-17T17:46:40Z");
     }
 
     #[tokio::test]
