@@ -941,7 +941,7 @@ async fn disabled_user_is_refused_on_every_credential(backend: crate::factors::B
     };
     gh.app
         .store
-        .update_user("ada", patch, "2026-01-01T00:00:00Z")
+        .update_user("ada", patch, 1_767_225_600)
         .await
         .unwrap();
     assert_eq!(
