@@ -40,8 +40,8 @@ use crate::proxy::forward::{self, Upstream};
 use crate::proxy::headers::IdentityHeaders;
 use crate::proxy::headers::Sanitizer;
 use crate::routes::AccessRules;
-use crate::telemetry::{self, AccessRecord};
 use crate::services::Services;
+use crate::telemetry::{self, AccessRecord};
 use crate::tokens::Tokens;
 
 pub use crate::server::ConnInfo;
@@ -122,44 +122,44 @@ impl Gateway {
     }
 
     /// The pipeline for `config` (the app's own, or a reloaded one) around the app's services.
-    pub fn new(app: &Services, config: &crate::config::Config) -> Gateway {
+    pub fn new(services: &Services, config: &crate::config::Config) -> Gateway {
         Gateway {
             rules: AccessRules::new(&config.routes, config.proxy.default),
             sanitizer: Sanitizer::new(&config.identity_headers),
             upstream: Upstream::new(&config.upstream),
             trusted_proxies: config.server.trusted_proxies.clone(),
             max_body: config.proxy.max_body,
-            auth: app.auth.clone(),
-            tokens: app.tokens.clone(),
+            auth: services.auth.clone(),
+            tokens: services.tokens.clone(),
             identity: IdentityHeaders::new(&config.identity_headers),
             require_app: config.auth.require_application_token,
             assertion_audience: config.upstream.audience.clone(),
-            enroll: EnrollPage::new(app.mfa.clone(), config.mfa.totp.digits),
-            meter: app.meter.clone(),
-            bodies: app.bodies.clone(),
+            enroll: EnrollPage::new(services.mfa.clone(), config.mfa.totp.digits),
+            meter: services.meter.clone(),
+            bodies: services.bodies.clone(),
             ws: config.apis.ws.enabled.then(|| {
                 Ws::new(
                     &config.apis.ws.base_path,
-                    app.auth.clone(),
-                    app.mfa.clone(),
-                    app.store.clone(),
+                    services.auth.clone(),
+                    services.mfa.clone(),
+                    services.store.clone(),
                 )
             }),
             manage: config.apis.manage.family.enabled.then(|| {
                 Manage::new(
                     &config.apis.manage,
-                    app.auth.clone(),
-                    app.mfa.clone(),
-                    app.store.clone(),
-                    app.clock.clone(),
+                    services.auth.clone(),
+                    services.mfa.clone(),
+                    services.store.clone(),
+                    services.clock.clone(),
                 )
             }),
             nexus: config.apis.nexus.enabled.then(|| {
                 Nexus::new(
                     &config.apis.nexus.base_path,
-                    app.auth.clone(),
-                    app.mfa.clone(),
-                    app.domains.clone(),
+                    services.auth.clone(),
+                    services.mfa.clone(),
+                    services.domains.clone(),
                 )
             }),
         }

@@ -87,10 +87,7 @@ impl Fixture {
             scopes: vec!["read".into()],
             ..NewUser::default()
         };
-        let user = store
-            .create_user(new, "2027-01-15T08:00:00Z")
-            .await
-            .unwrap();
+        let user = store.create_user(new, clock.unix()).await.unwrap();
         let ada = Principal {
             user_id: user.id.to_string(),
             user_name: user.user_name,
