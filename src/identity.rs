@@ -1,7 +1,7 @@
 //! Who a request is from once a credential has been verified, as tokens carry it and identity
 //! headers tell the upstream. Credentials become a [`Principal`] in [`crate::auth`].
 
-use crate::store::Membership;
+use serde::{Deserialize, Serialize};
 
 /// Lifetime of an `X-Auth-Assertion`.
 pub const ASSERTION_TTL: i64 = 60;
@@ -47,4 +47,18 @@ pub struct Principal {
     pub scopes: Vec<String>,
     pub organizations: Vec<Membership>,
     pub methods: Vec<Method>,
+}
+
+/// Membership of an organisation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    pub organization_id: i64,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    Member,
 }

@@ -5,6 +5,7 @@ pub mod api;
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod backend;
 pub mod body;
 pub mod bootstrap;
 pub mod cli;
@@ -15,6 +16,7 @@ pub mod domains;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gateway;
+pub mod hygiene;
 pub mod identity;
 pub mod inject;
 pub mod lockout;

@@ -16,9 +16,10 @@ use http::Uri;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize, Serializer};
 
+use crate::hygiene::IdentityHeaderNames;
 use crate::lockout::Policy;
-use crate::proxy::headers::IdentityHeaderNames;
 
+pub mod bootstrap_file;
 mod keys;
 mod raw;
 mod validate;

@@ -1,7 +1,7 @@
 //! Organisations' domains and their DNS TXT verification (seed 002 and its companions).
 
 pub mod dns;
-pub mod name;
+pub use crate::names::domain as name;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -182,7 +182,8 @@ impl Domains {
         if let Some(path) = &self.bootstrap {
             // The file's path is the operator's business, not the organisation admin's: the
             // detail names the file by its role only.
-            let declared = crate::bootstrap::declared(path).map_err(DomainError::Internal)?;
+            let declared =
+                crate::config::bootstrap_file::declared(path).map_err(DomainError::Internal)?;
             if declared.declares_domain(organization_id, &domain.domain) {
                 return Err(DomainError::Declared(format!(
                     "The domain {} is declared in gatehouse's bootstrap file, which would add it \

@@ -4,7 +4,6 @@
 //! Operations that security depends on (unique names, consumed secrets) are atomic in the backend,
 //! and every write a response acknowledges is durable before the call returns.
 
-pub mod configured;
 pub mod postgres;
 pub mod sled;
 
@@ -132,19 +131,7 @@ pub struct ExternalId {
     pub subject: String,
 }
 
-/// Membership of an organisation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Membership {
-    pub organization_id: i64,
-    pub role: Role,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Admin,
-    Member,
-}
+pub use crate::identity::{Membership, Role};
 
 /// The fields a new user is created with (the admin API's POST body, password already hashed).
 #[derive(Debug, Clone, Default)]

@@ -188,7 +188,7 @@ pub(super) fn auth(c: &mut Checker, a: RawAuth) -> AuthConfig {
             |s| {
                 let name = parse_header_name(s)?;
                 // Removed from every request before authentication could read it.
-                match crate::proxy::headers::removed_from_clients(&name) {
+                match crate::hygiene::removed_from_clients(&name) {
                     true => Err(format!(
                         "`{name}` is removed from client requests (SPEC §6)"
                     )),

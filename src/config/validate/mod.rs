@@ -150,7 +150,7 @@ fn refuse_development_settings(c: &mut Checker, s: DevelopmentSettings<'_>) {
         );
     }
     if let Some(path) = s.bootstrap {
-        match crate::bootstrap::plaintext_secrets(path) {
+        match crate::config::bootstrap_file::plaintext_secrets(path) {
             Ok(entries) => {
                 for entry in entries {
                     c.problem(

@@ -10,8 +10,8 @@ use ipnet::IpNet;
 use super::check::*;
 use crate::config::raw::*;
 use crate::config::*;
+use crate::hygiene::{IdentityHeaderNames, Preset};
 use crate::path;
-use crate::proxy::headers::{IdentityHeaderNames, Preset};
 
 /// `[server]`.
 pub(super) fn server(c: &mut Checker, s: RawServer) -> ServerConfig {

@@ -1,7 +1,10 @@
 //! The rules every user name, email and display name obeys wherever it comes from: the admin API,
 //! the bootstrap file, a trusted issuer's token (SPEC §10). A value that breaks them is refused,
 //! never stored and never repaired, so that the name stored is exactly the name an upstream reads
-//! in the identity headers and the one an operator finds with the admin API.
+//! in the identity headers and the one an operator finds with the admin API. Domain names have
+//! their own rules ([`domain`]).
+
+pub mod domain;
 
 use std::fmt;
 

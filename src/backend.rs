@@ -2,16 +2,16 @@
 
 use std::sync::Arc;
 
-use super::Store;
-use super::postgres::PgStore;
-use super::sled::SledStore;
 use crate::config::StoreConfig;
+use crate::store::Store;
+use crate::store::postgres::PgStore;
+use crate::store::sled::SledStore;
 
 /// What [`open`] would refuse before opening anything: a PostgreSQL URL it cannot parse, or a
 /// sled `store.path` that is not a directory.
 pub fn check(config: &StoreConfig) -> Result<(), String> {
     match (config.backend.as_str(), &config.url) {
-        ("postgres", Some(url)) => super::postgres::check_url(url.expose()).map_err(|e| {
+        ("postgres", Some(url)) => crate::store::postgres::check_url(url.expose()).map_err(|e| {
             let key = match config.url_file {
                 Some(_) => "store.url_file",
                 None => "store.url",
