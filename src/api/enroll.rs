@@ -20,7 +20,8 @@ use crate::api::nexus::mfa_problem;
 use crate::api::route::{self, Route};
 use crate::api::{self, BodyError};
 use crate::body::{Body, full};
-use crate::mfa::service::{Mfa, MfaError, TicketView};
+use crate::mfa::enroll::TicketView;
+use crate::mfa::service::{Mfa, MfaError};
 use crate::store::FactorKind;
 
 const PREFIX: &str = "/enroll/";

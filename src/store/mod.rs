@@ -4,6 +4,7 @@
 //! Operations that security depends on (unique names, consumed secrets) are atomic in the backend,
 //! and every write a response acknowledges is durable before the call returns.
 
+pub mod configured;
 pub mod postgres;
 pub mod sled;
 
