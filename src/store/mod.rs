@@ -432,8 +432,23 @@ pub trait Store: Send + Sync {
         Ok(self.user_by_id(id).await?.map(Arc::new))
     }
     async fn user_by_external(&self, issuer: &str, subject: &str) -> StoreResult<Option<User>>;
+    /// Changes the user named `user_name` (in any letter case) with `change` and records `now`
+    /// as the time of the change, atomically: of concurrent changes to one user, each sees the
+    /// one before, and none is lost. `change` only edits the record, and may run more than once
+    /// when a backend retries. `NotFound` for an unknown user, `Conflict` when the change renames
+    /// the user to a name that is taken (in any letter case).
+    async fn modify_user(
+        &self,
+        user_name: &str,
+        now: i64,
+        // `for<'u>` spelled out: `async_trait` would otherwise tie the borrow to one lifetime.
+        change: &(dyn for<'u> Fn(&'u mut User) + Sync),
+    ) -> StoreResult<User>;
     /// Applies `patch`; `NotFound` for an unknown user, `Conflict` for a taken new name.
-    async fn update_user(&self, user_name: &str, patch: UserPatch, now: i64) -> StoreResult<User>;
+    async fn update_user(&self, user_name: &str, patch: UserPatch, now: i64) -> StoreResult<User> {
+        self.modify_user(user_name, now, &|user| patch.clone().apply(user))
+            .await
+    }
     /// Deletes a user and everything bound to it; `false` when there was no such user.
     async fn delete_user(&self, user_name: &str) -> StoreResult<bool>;
     /// Removes every MFA factor, pending enrollment (WS opt-in registrations included) and
@@ -446,15 +461,40 @@ pub trait Store: Send + Sync {
 
     async fn create_organization(&self, org: Organization) -> StoreResult<()>;
     async fn organization(&self, id: i64) -> StoreResult<Option<Organization>>;
-    /// Adds the user to the organisation, or changes their role.
+    /// Adds the user to the organisation, or changes their role; `NotFound` for an unknown
+    /// organisation or user.
     async fn set_membership(
         &self,
         user_name: &str,
         membership: Membership,
         now: i64,
-    ) -> StoreResult<User>;
+    ) -> StoreResult<User> {
+        if self
+            .organization(membership.organization_id)
+            .await?
+            .is_none()
+        {
+            return Err(StoreError::NotFound(format!(
+                "organization {}",
+                membership.organization_id
+            )));
+        }
+        self.modify_user(user_name, now, &|user| {
+            user.memberships
+                .retain(|m| m.organization_id != membership.organization_id);
+            user.memberships.push(membership);
+        })
+        .await
+    }
     /// Grants the user a WS FileId (idempotent).
-    async fn grant_file(&self, user_name: &str, file_id: i64, now: i64) -> StoreResult<User>;
+    async fn grant_file(&self, user_name: &str, file_id: i64, now: i64) -> StoreResult<User> {
+        self.modify_user(user_name, now, &|user| {
+            if !user.files.contains(&file_id) {
+                user.files.push(file_id);
+            }
+        })
+        .await
+    }
 
     async fn create_ws_key(&self, key: WsKey) -> StoreResult<()>;
     async fn ws_key(&self, key_hash: &str) -> StoreResult<Option<WsKey>>;

@@ -82,6 +82,16 @@ impl Store for FaultyStore {
         self.inner.user_by_external(issuer, subject).await
     }
 
+    async fn modify_user(
+        &self,
+        user_name: &str,
+        now: i64,
+        change: &(dyn for<'u> Fn(&'u mut User) + Sync),
+    ) -> StoreResult<User> {
+        self.gate("modify_user").await?;
+        self.inner.modify_user(user_name, now, change).await
+    }
+
     async fn update_user(&self, user_name: &str, patch: UserPatch, now: i64) -> StoreResult<User> {
         self.gate("update_user").await?;
         self.inner.update_user(user_name, patch, now).await

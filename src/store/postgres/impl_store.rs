@@ -5,9 +5,9 @@ use tokio_postgres::types::Json;
 
 use crate::lockout::{LockoutState, Policy, Reservation};
 use crate::store::{
-    Application, AuditEvent, CodeLogin, Domain, Factor, FactorKind, Membership, NewUser,
-    OPT_IN_PREFIX, OobCode, Organization, SigningKey, Snapshot, Store, StoreError, StoreResult,
-    Ticket, User, UserPatch, WsKey, stamp,
+    Application, AuditEvent, CodeLogin, Domain, Factor, FactorKind, NewUser, OPT_IN_PREFIX,
+    OobCode, Organization, SigningKey, Snapshot, Store, StoreError, StoreResult, Ticket, User,
+    WsKey, stamp,
 };
 
 use super::{
@@ -58,9 +58,17 @@ impl Store for PgStore {
         .await
     }
 
-    async fn update_user(&self, user_name: &str, patch: UserPatch, now: i64) -> StoreResult<User> {
-        self.modify_user(user_name, now, |user| patch.clone().apply(user))
-            .await
+    async fn modify_user(
+        &self,
+        user_name: &str,
+        now: i64,
+        change: &(dyn for<'u> Fn(&'u mut User) + Sync),
+    ) -> StoreResult<User> {
+        let modified = stamp(now)?;
+        if !storable(user_name) {
+            return Err(StoreError::NotFound(format!("user {user_name}")));
+        }
+        Ok(retry(|| self.modify_user_once(user_name, &modified, change)).await?)
     }
 
     async fn delete_user(&self, user_name: &str) -> StoreResult<bool> {
@@ -114,39 +122,6 @@ impl Store for PgStore {
             "SELECT doc FROM gatehouse_organizations WHERE id = $1",
             &[&id],
         )
-        .await
-    }
-
-    async fn set_membership(
-        &self,
-        user_name: &str,
-        membership: Membership,
-        now: i64,
-    ) -> StoreResult<User> {
-        if self
-            .organization(membership.organization_id)
-            .await?
-            .is_none()
-        {
-            return Err(StoreError::NotFound(format!(
-                "organization {}",
-                membership.organization_id
-            )));
-        }
-        self.modify_user(user_name, now, |user| {
-            user.memberships
-                .retain(|m| m.organization_id != membership.organization_id);
-            user.memberships.push(membership);
-        })
-        .await
-    }
-
-    async fn grant_file(&self, user_name: &str, file_id: i64, now: i64) -> StoreResult<User> {
-        self.modify_user(user_name, now, |user| {
-            if !user.files.contains(&file_id) {
-                user.files.push(file_id);
-            }
-        })
         .await
     }
 

@@ -3,11 +3,10 @@
 use deadpool_postgres::GenericClient;
 use tokio_postgres::types::Json;
 
-use crate::store::{Application, StoreError, StoreResult, User, stamp};
+use crate::store::{Application, StoreError, User};
 
 use super::{
-    Fail, PgStore, doc, exec, external_key, key, name_key, next_value, reset_mfa_in, retry, row,
-    storable, unique,
+    Fail, PgStore, doc, exec, external_key, key, name_key, next_value, reset_mfa_in, row, unique,
 };
 
 impl PgStore {
@@ -48,7 +47,7 @@ impl PgStore {
         &self,
         user_name: &str,
         modified: &str,
-        change: &(impl Fn(&mut User) + Sync),
+        change: &(dyn Fn(&mut User) + Sync),
     ) -> Result<User, Fail> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
@@ -76,19 +75,6 @@ impl PgStore {
         })?;
         tx.commit().await?;
         Ok(user)
-    }
-
-    pub(super) async fn modify_user(
-        &self,
-        user_name: &str,
-        now: i64,
-        change: impl Fn(&mut User) + Sync,
-    ) -> StoreResult<User> {
-        let modified = stamp(now)?;
-        if !storable(user_name) {
-            return Err(StoreError::NotFound(format!("user {user_name}")));
-        }
-        Ok(retry(|| self.modify_user_once(user_name, &modified, &change)).await?)
     }
 
     pub(super) async fn delete_user_once(&self, user_name: &str) -> Result<bool, Fail> {

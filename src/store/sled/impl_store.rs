@@ -8,9 +8,9 @@ use sled::{Transactional, Tree};
 
 use crate::lockout::{LockoutState, Policy, Reservation};
 use crate::store::{
-    Application, AuditEvent, CodeLogin, Domain, Factor, FactorKind, Membership, NewUser,
-    OPT_IN_PREFIX, OobCode, Organization, SigningKey, Snapshot, Store, StoreError, StoreResult,
-    Ticket, User, UserPatch, WsKey, stamp,
+    Application, AuditEvent, CodeLogin, Domain, Factor, FactorKind, NewUser, OPT_IN_PREFIX,
+    OobCode, Organization, SigningKey, Snapshot, Store, StoreError, StoreResult, Ticket, User,
+    WsKey, stamp,
 };
 
 use super::SledStore;
@@ -79,12 +79,35 @@ impl Store for SledStore {
         }
     }
 
-    async fn update_user(&self, user_name: &str, patch: UserPatch, now: i64) -> StoreResult<User> {
-        self.modify_user(user_name, now, |user| {
-            patch.clone().apply(user);
-            Ok(())
-        })
-        .await
+    /// Read-modify-write of one user, by name, in a transaction with the name index.
+    async fn modify_user(
+        &self,
+        user_name: &str,
+        now: i64,
+        change: &(dyn for<'u> Fn(&'u mut User) + Sync),
+    ) -> StoreResult<User> {
+        let modified = stamp(now)?;
+        let result = (&self.users, &self.user_names).transaction(|(users, names)| {
+            let Some(mut user) = tx_user_by_name(users, names, user_name)? else {
+                return abort(StoreError::NotFound(format!("user {user_name}")));
+            };
+            let old_key = name_key(&user.user_name);
+            change(&mut user);
+            let new_key = name_key(&user.user_name);
+            if new_key != old_key {
+                if names.get(&new_key)?.is_some() {
+                    return abort(StoreError::Conflict(format!("user {}", user.user_name)));
+                }
+                names.remove(old_key)?;
+                names.insert(new_key, &user.id.to_be_bytes())?;
+            }
+            user.modified = modified.clone();
+            users.insert(&user.id.to_be_bytes(), tx_encode(&user)?)?;
+            Ok(user)
+        });
+        let user = unwrap_tx(result)?;
+        self.durable().await?;
+        Ok(user)
     }
 
     async fn delete_user(&self, user_name: &str) -> StoreResult<bool> {
@@ -455,41 +478,6 @@ impl Store for SledStore {
             Some(bytes) => decode(&bytes).map(Some),
             None => Ok(None),
         }
-    }
-
-    async fn set_membership(
-        &self,
-        user_name: &str,
-        membership: Membership,
-        now: i64,
-    ) -> StoreResult<User> {
-        if self
-            .organization(membership.organization_id)
-            .await?
-            .is_none()
-        {
-            return Err(StoreError::NotFound(format!(
-                "organization {}",
-                membership.organization_id
-            )));
-        }
-        self.modify_user(user_name, now, |user| {
-            user.memberships
-                .retain(|m| m.organization_id != membership.organization_id);
-            user.memberships.push(membership);
-            Ok(())
-        })
-        .await
-    }
-
-    async fn grant_file(&self, user_name: &str, file_id: i64, now: i64) -> StoreResult<User> {
-        self.modify_user(user_name, now, |user| {
-            if !user.files.contains(&file_id) {
-                user.files.push(file_id);
-            }
-            Ok(())
-        })
-        .await
     }
 
     async fn create_ws_key(&self, key: WsKey) -> StoreResult<()> {

@@ -6,16 +6,16 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use sled::{Db, Transactional, Tree};
+use sled::{Db, Tree};
 
-use crate::store::{AuditEvent, StoreError, StoreResult, User, stamp};
+use crate::store::{AuditEvent, StoreError, StoreResult, User};
 
 mod codec;
 mod impl_store;
 #[cfg(test)]
 mod tests;
 
-use codec::{abort, backend, decode, encode, name_key, tx_encode, tx_user_by_name, unwrap_tx};
+use codec::{backend, decode, encode};
 
 /// A user record as last decoded, with the stored bytes it was decoded from.
 type Decoded = (sled::IVec, Arc<User>);
@@ -247,36 +247,5 @@ impl SledStore {
             .insert(id.to_be_bytes(), encode(event)?)
             .map_err(backend)?;
         Ok(())
-    }
-
-    /// Read-modify-write of one user, by name, in a transaction with the name index.
-    async fn modify_user(
-        &self,
-        user_name: &str,
-        now: i64,
-        change: impl Fn(&mut User) -> Result<(), StoreError>,
-    ) -> StoreResult<User> {
-        let modified = stamp(now)?;
-        let result = (&self.users, &self.user_names).transaction(|(users, names)| {
-            let Some(mut user) = tx_user_by_name(users, names, user_name)? else {
-                return abort(StoreError::NotFound(format!("user {user_name}")));
-            };
-            let old_key = name_key(&user.user_name);
-            change(&mut user).or_else(abort)?;
-            let new_key = name_key(&user.user_name);
-            if new_key != old_key {
-                if names.get(&new_key)?.is_some() {
-                    return abort(StoreError::Conflict(format!("user {}", user.user_name)));
-                }
-                names.remove(old_key)?;
-                names.insert(new_key, &user.id.to_be_bytes())?;
-            }
-            user.modified = modified.clone();
-            users.insert(&user.id.to_be_bytes(), tx_encode(&user)?)?;
-            Ok(user)
-        });
-        let user = unwrap_tx(result)?;
-        self.durable().await?;
-        Ok(user)
     }
 }
