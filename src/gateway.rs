@@ -19,7 +19,7 @@ use std::sync::Arc;
 use crate::api::enroll::EnrollPage;
 use crate::api::manage::Manage;
 use crate::api::nexus::Nexus;
-use crate::api::route::{FORWARD_AUTH_PATH, JWKS_PATH};
+use crate::api::table::{FORWARD_AUTH_PATH, JWKS_PATH};
 use crate::api::ws::endpoints::Ws;
 use crate::app::App;
 use crate::auth::policy::{self, Decision};

@@ -17,7 +17,7 @@ use qrcode::QrCode;
 use qrcode::render::svg;
 
 use crate::api::nexus::mfa_problem;
-use crate::api::route::{self, Route};
+use crate::api::table::{self, Operation};
 use crate::api::{self, BodyError};
 use crate::body::{Body, full};
 use crate::mfa::service::{Mfa, MfaError, TicketView};
@@ -27,10 +27,10 @@ const PREFIX: &str = "/enroll/";
 const PAGE: &str = "/enroll/{ticketId}";
 
 /// What the page answers: the page itself, and its forms' posts.
-pub const ROUTES: [Route; 3] = [
-    Route::new("GET", PAGE),
-    Route::new("HEAD", PAGE),
-    Route::new("POST", PAGE),
+pub const OPERATIONS: [Operation; 3] = [
+    Operation::new("GET", PAGE),
+    Operation::new("HEAD", PAGE),
+    Operation::new("POST", PAGE),
 ];
 
 const STYLE: &str = "body{font:16px/1.5 system-ui,sans-serif;margin:0;background:#f4f5f7;color:#1d2330}\
@@ -155,8 +155,8 @@ impl EnrollPage {
     /// malformed id is answered as an unknown ticket rather than forwarded to the application.
     pub fn ticket_id(path: &str) -> Option<&str> {
         // Most paths are not: the prefix decides before anything is split.
-        crate::routes::strip_prefix_ignore_case(path, PREFIX)?;
-        let [id] = route::captures(PAGE, path)?[..] else {
+        crate::path::strip_prefix_ignore_case(path, PREFIX)?;
+        let [id] = table::captures(PAGE, path)?[..] else {
             return None;
         };
         Some(id).filter(|id| !id.is_empty())
@@ -227,7 +227,7 @@ impl EnrollPage {
                     "Not allowed",
                     "<p>Open the link in a browser.</p>",
                 );
-                if let Err(allow) = route::check_method(&ROUTES, PAGE, &parts.method)
+                if let Err(allow) = table::check_method(&OPERATIONS, PAGE, &parts.method)
                     && let Ok(v) = HeaderValue::from_str(&allow)
                 {
                     response.headers_mut().insert(header::ALLOW, v);

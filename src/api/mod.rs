@@ -6,7 +6,7 @@ pub mod enroll;
 pub mod manage;
 pub mod nexus;
 pub mod operations;
-pub mod route;
+pub mod table;
 pub mod ws;
 
 use std::net::{IpAddr, Ipv4Addr};

@@ -9,8 +9,8 @@ use http::{Method, Response, StatusCode};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
-use crate::api::domains::{self as domains_api, DomainRoute, domain_problem};
-use crate::api::route::{self, Route};
+use crate::api::domains::{self as domains_api, DomainPath, domain_problem};
+use crate::api::table::{self, Operation};
 use crate::api::{self, BodyError};
 use crate::auth::{self, AuthError, Authenticator, Credential, Method as AuthMethod, Principal};
 use crate::body::Body;
@@ -27,26 +27,29 @@ pub enum Endpoint {
     VerifyOtp,
     MfaChallenge,
     RecoveryCodes,
-    Domains(DomainRoute),
+    Domains(DomainPath),
 }
 
 /// The `/v1/me/…` endpoints and what they answer, below the family's base path.
-const ENDPOINTS: [(Route, Endpoint); 5] = [
+const ENDPOINTS: [(Operation, Endpoint); 5] = [
     (
-        Route::new("POST", "/v1/me/mfa-enrollment"),
+        Operation::new("POST", "/v1/me/mfa-enrollment"),
         Endpoint::MfaEnrollment,
     ),
     (
-        Route::new("POST", "/v1/me/verify-enrollment-otp"),
+        Operation::new("POST", "/v1/me/verify-enrollment-otp"),
         Endpoint::VerifyEnrollmentOtp,
     ),
-    (Route::new("POST", "/v1/me/verify-otp"), Endpoint::VerifyOtp),
     (
-        Route::new("POST", "/v1/me/mfa-challenge"),
+        Operation::new("POST", "/v1/me/verify-otp"),
+        Endpoint::VerifyOtp,
+    ),
+    (
+        Operation::new("POST", "/v1/me/mfa-challenge"),
         Endpoint::MfaChallenge,
     ),
     (
-        Route::new("POST", "/v1/me/recovery-codes"),
+        Operation::new("POST", "/v1/me/recovery-codes"),
         Endpoint::RecoveryCodes,
     ),
 ];
@@ -55,9 +58,9 @@ const ENDPOINTS: [(Route, Endpoint); 5] = [
 const VERSION_PREFIX: &str = "/v1/";
 
 /// Every operation of the family (the `/v1/me/…` endpoints and the domains), below its base path.
-pub fn routes() -> Vec<Route> {
-    let mut all = route::routes_of(&ENDPOINTS);
-    all.extend(domains_api::ROUTES);
+pub fn operations() -> Vec<Operation> {
+    let mut all = table::operations_of(&ENDPOINTS);
+    all.extend(domains_api::OPERATIONS);
     all
 }
 
@@ -393,14 +396,14 @@ impl Nexus {
 
     /// The endpoint a normalised path names, if any.
     pub fn endpoint(&self, path: &str) -> Option<Endpoint> {
-        let rest = crate::routes::strip_prefix_ignore_case(path, &self.base)?;
+        let rest = crate::path::strip_prefix_ignore_case(path, &self.base)?;
         // Every proxied request is asked this: most are turned away by one comparison.
-        crate::routes::strip_prefix_ignore_case(rest, VERSION_PREFIX)?;
+        crate::path::strip_prefix_ignore_case(rest, VERSION_PREFIX)?;
         ENDPOINTS
             .iter()
-            .find(|(r, _)| crate::routes::eq_ignore_case(rest, r.path))
+            .find(|(r, _)| crate::path::eq_ignore_case(rest, r.path))
             .map(|(_, e)| e.clone())
-            .or_else(|| DomainRoute::parse(rest).map(Endpoint::Domains))
+            .or_else(|| DomainPath::parse(rest).map(Endpoint::Domains))
     }
 
     /// Handles a request for `endpoint`; never fails (errors become problem documents).
@@ -413,10 +416,10 @@ impl Nexus {
         request_id: &str,
     ) -> Response<Body> {
         let allowed = match &endpoint {
-            Endpoint::Domains(route) => route.allows(&parts.method),
+            Endpoint::Domains(domain) => domain.allows(&parts.method),
             other => {
-                let template = route::template_of(&ENDPOINTS, other);
-                route::check_method(&routes(), template, &parts.method)
+                let template = table::template_of(&ENDPOINTS, other);
+                table::check_method(&operations(), template, &parts.method)
             }
         };
         if let Err(allow) = allowed {
@@ -562,7 +565,7 @@ impl Nexus {
                     &serde_json::json!({ "sent": true }),
                 ))
             }
-            Endpoint::Domains(route) => self.domain(route, &principal, parts, body).await,
+            Endpoint::Domains(domain) => self.domain(domain, &principal, parts, body).await,
             Endpoint::RecoveryCodes => {
                 let codes = self
                     .mfa
@@ -581,7 +584,7 @@ impl Nexus {
 impl Nexus {
     async fn domain(
         &self,
-        route: DomainRoute,
+        path: DomainPath,
         principal: &Principal,
         parts: &Parts,
         body: Incoming,
@@ -595,8 +598,8 @@ impl Nexus {
             Ok((org, domain))
         };
         let d = &self.domains;
-        match route {
-            DomainRoute::Collection { organization } => {
+        match path {
+            DomainPath::Collection { organization } => {
                 let (org, _) = ids(&organization, None)?;
                 if parts.method == Method::GET {
                     let list = d.list(principal, org).await.map_err(NexusError::Domain)?;
@@ -614,7 +617,7 @@ impl Nexus {
                     .map_err(NexusError::Domain)?;
                 Ok(domains_api::domain_response(StatusCode::CREATED, &created))
             }
-            DomainRoute::Item {
+            DomainPath::Item {
                 organization,
                 domain,
             } => {
@@ -631,7 +634,7 @@ impl Nexus {
                     .map_err(NexusError::Domain)?;
                 Ok(domains_api::domain_response(StatusCode::OK, &found))
             }
-            DomainRoute::GenerateCode {
+            DomainPath::GenerateCode {
                 organization,
                 domain,
             } => {
@@ -642,7 +645,7 @@ impl Nexus {
                     .map_err(NexusError::Domain)?;
                 Ok(domains_api::domain_response(StatusCode::CREATED, &updated))
             }
-            DomainRoute::Verify {
+            DomainPath::Verify {
                 organization,
                 domain,
             } => {
@@ -678,8 +681,12 @@ mod tests {
 
     #[test]
     fn every_operation_is_under_the_version_prefix() {
-        for route in routes() {
-            assert!(route.path.starts_with(VERSION_PREFIX), "{}", route.path);
+        for operation in operations() {
+            assert!(
+                operation.path.starts_with(VERSION_PREFIX),
+                "{}",
+                operation.path
+            );
         }
     }
 

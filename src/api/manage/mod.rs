@@ -20,7 +20,7 @@ use prost::Message;
 use serde::de::DeserializeOwned;
 
 use self::envelope::{Encoding, ErrorCode, Failure, Shape};
-use crate::api::route::{self, Route};
+use crate::api::table::{self, Operation};
 use crate::api::{self, BodyError};
 use crate::auth::{self, AuthError, Authenticator, Credential, Principal};
 use crate::body::Body;
@@ -47,22 +47,25 @@ pub enum Endpoint {
 }
 
 /// The endpoints and what they answer, below the family's base path.
-const ENDPOINTS: [(Route, Endpoint); 2] = [
-    (Route::new("POST", "/v2/user/send/otp"), Endpoint::SendOtp),
+const ENDPOINTS: [(Operation, Endpoint); 2] = [
     (
-        Route::new("POST", "/v2/user/validate/otp"),
+        Operation::new("POST", "/v2/user/send/otp"),
+        Endpoint::SendOtp,
+    ),
+    (
+        Operation::new("POST", "/v2/user/validate/otp"),
         Endpoint::ValidateOtp,
     ),
 ];
 
 /// Every operation of the family, below its base path.
-pub fn routes() -> Vec<Route> {
-    route::routes_of(&ENDPOINTS)
+pub fn operations() -> Vec<Operation> {
+    table::operations_of(&ENDPOINTS)
 }
 
 impl Endpoint {
     fn template(self) -> &'static str {
-        route::template_of(&ENDPOINTS, &self)
+        table::template_of(&ENDPOINTS, &self)
     }
 }
 
@@ -123,10 +126,10 @@ impl Manage {
     }
 
     pub fn endpoint(&self, path: &str) -> Option<Endpoint> {
-        let rest = crate::routes::strip_prefix_ignore_case(path, &self.base)?;
+        let rest = crate::path::strip_prefix_ignore_case(path, &self.base)?;
         ENDPOINTS
             .iter()
-            .find(|(r, _)| crate::routes::eq_ignore_case(rest, r.path))
+            .find(|(r, _)| crate::path::eq_ignore_case(rest, r.path))
             .map(|(_, e)| *e)
     }
 
@@ -143,7 +146,7 @@ impl Manage {
             Endpoint::SendOtp => Shape::Plain,
             Endpoint::ValidateOtp => Shape::WithUser,
         };
-        let allowed = route::check_method(&routes(), endpoint.template(), &parts.method);
+        let allowed = table::check_method(&operations(), endpoint.template(), &parts.method);
         let result = match &allowed {
             Ok(()) => self.answer(endpoint, parts, body).await,
             Err(allow) => Err(Failure::new(
