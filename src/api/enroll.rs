@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use qrcode::QrCode;
 use qrcode::render::svg;
 
-use crate::api::nexus::mfa_problem;
+use crate::api::problem::mfa_problem;
 use crate::api::table::{self, Operation};
 use crate::api::{self, BodyError};
 use crate::body::{Body, full};

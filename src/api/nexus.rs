@@ -10,6 +10,7 @@ use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
 use crate::api::domains::{self as domains_api, DomainPath, domain_problem};
+use crate::api::problem::{Challenge, challenge, mfa_problem};
 use crate::api::table::{self, Operation};
 use crate::api::{self, BodyError};
 use crate::auth::{self, AuthError, Authenticator, Credential, Method as AuthMethod, Principal};
@@ -187,159 +188,6 @@ impl NexusError {
     }
 }
 
-/// One mapping from MFA outcomes to problems, shared with the enrollment page.
-pub fn mfa_problem(e: &MfaError) -> (Problem, Option<i64>) {
-    let p = |status, code, title, detail: String| Problem::new(status, code, title, detail);
-    match e {
-        MfaError::UnknownUser => (
-            p(
-                StatusCode::NOT_FOUND,
-                "user-not-found",
-                "User not found",
-                "The credential's user no longer exists.".into(),
-            ),
-            None,
-        ),
-        MfaError::Invalid(why) => (
-            p(
-                StatusCode::BAD_REQUEST,
-                "invalid-request",
-                "Invalid request",
-                why.clone(),
-            ),
-            None,
-        ),
-        MfaError::AlreadyEnrolled => (
-            p(
-                StatusCode::BAD_REQUEST,
-                "factor-already-enrolled",
-                "A factor is already enrolled",
-                "Adding another factor needs a credential that already includes a second factor."
-                    .into(),
-            ),
-            None,
-        ),
-        MfaError::NoPendingEnrollment => (
-            p(
-                StatusCode::NOT_FOUND,
-                "no-pending-enrollment",
-                "No pending enrollment",
-                "There is no unexpired enrollment to confirm; start one with mfa-enrollment."
-                    .into(),
-            ),
-            None,
-        ),
-        MfaError::NoFactor(why) => (
-            p(
-                StatusCode::NOT_FOUND,
-                "no-factor",
-                "No such factor",
-                (*why).into(),
-            ),
-            None,
-        ),
-        MfaError::TicketUnknown => (
-            p(
-                StatusCode::NOT_FOUND,
-                "ticket-not-found",
-                "Enrollment not found",
-                "This enrollment link is not valid.".into(),
-            ),
-            None,
-        ),
-        MfaError::TicketGone => (
-            p(
-                StatusCode::GONE,
-                "ticket-gone",
-                "Enrollment link used or expired",
-                "This enrollment link has been used or has expired; ask for a new one.".into(),
-            ),
-            None,
-        ),
-        MfaError::WrongCode | MfaError::CodeExpired => (
-            p(
-                StatusCode::FORBIDDEN,
-                "invalid-code",
-                "Invalid code",
-                "The code is wrong, expired or already used.".into(),
-            ),
-            None,
-        ),
-        MfaError::Locked(retry) => (
-            p(
-                StatusCode::TOO_MANY_REQUESTS,
-                "locked",
-                "Too many failed attempts",
-                format!("Verification is locked; try again in {retry} seconds."),
-            ),
-            Some(*retry),
-        ),
-        MfaError::SendLimited(retry) => (
-            p(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too-many-codes",
-                "Too many codes sent",
-                "Wait before asking for another code.".into(),
-            ),
-            Some(*retry),
-        ),
-        MfaError::NoSuchPhone => (
-            p(
-                StatusCode::BAD_REQUEST,
-                "no-such-phone",
-                "Unknown user or number",
-                "No user of that name has that phone number.".into(),
-            ),
-            None,
-        ),
-        MfaError::InvalidAccessToken => (
-            p(
-                StatusCode::BAD_REQUEST,
-                "invalid-access-token",
-                "Invalid access token",
-                "`accessToken` must be a valid access token of the same user.".into(),
-            ),
-            None,
-        ),
-        MfaError::NeedsMfa => (
-            p(
-                StatusCode::FORBIDDEN,
-                "mfa-required",
-                "Second factor required",
-                "This needs a credential that includes a second factor.".into(),
-            ),
-            None,
-        ),
-        MfaError::Delivery(_) => (
-            p(
-                StatusCode::BAD_GATEWAY,
-                "delivery-failed",
-                "Delivery failed",
-                "The code could not be sent; try again.".into(),
-            ),
-            None,
-        ),
-        MfaError::Store(_) => (
-            p(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store-unavailable",
-                "Store unavailable",
-                "Try again shortly.".into(),
-            ),
-            None,
-        ),
-        MfaError::Internal(_) => (
-            p(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "Internal error",
-                "The request failed.".into(),
-            ),
-            None,
-        ),
-    }
-}
-
 /// The body of verify-enrollment-otp and verify-otp (seed 000): every field nullable.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -457,15 +305,7 @@ impl Nexus {
                     response.headers_mut().insert(header::RETRY_AFTER, v);
                 }
                 if problem.status == StatusCode::UNAUTHORIZED {
-                    for challenge in [
-                        "Bearer realm=\"gatehouse\"",
-                        "Basic realm=\"gatehouse\", charset=\"UTF-8\"",
-                    ] {
-                        response.headers_mut().append(
-                            header::WWW_AUTHENTICATE,
-                            HeaderValue::from_static(challenge),
-                        );
-                    }
+                    challenge(response.headers_mut(), Challenge::BearerOrBasic);
                 }
                 response
             }

@@ -17,6 +17,7 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use subtle::ConstantTimeEq;
 
+use crate::api::problem::{Challenge, challenge};
 use crate::api::table::{self, Operation};
 use crate::api::{self, BodyError};
 use crate::app::App;
@@ -321,10 +322,7 @@ impl Admin {
                     );
                 }
                 if let AdminError::BadToken = e {
-                    response.headers_mut().insert(
-                        header::WWW_AUTHENTICATE,
-                        HeaderValue::from_static("Bearer realm=\"gatehouse-admin\""),
-                    );
+                    challenge(response.headers_mut(), Challenge::Admin);
                 }
                 response
             }
