@@ -265,8 +265,12 @@ impl Nexus {
     ) -> Response<Body> {
         let allowed = match &endpoint {
             Endpoint::Domains(domain) => domain.allows(&parts.method),
-            other => {
-                let template = table::template_of(&ENDPOINTS, other);
+            Endpoint::MfaEnrollment
+            | Endpoint::VerifyEnrollmentOtp
+            | Endpoint::VerifyOtp
+            | Endpoint::MfaChallenge
+            | Endpoint::RecoveryCodes => {
+                let template = table::template_of(&ENDPOINTS, &endpoint);
                 table::check_method(&operations(), template, &parts.method)
             }
         };
