@@ -1,60 +1,29 @@
-//! Everything a running gatehouse shares between listeners: configuration, store, keys, clock.
+//! The composition root: from a configuration, the store, keys and services of a running
+//! gatehouse, then its request pipeline, admin API and listeners around them.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use arc_swap::ArcSwap;
 
 use crate::api::Bodies;
+use crate::api::admin::Admin;
 use crate::auth::Authenticator;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, Environment, StoreConfig};
+use crate::config::{Config, Environment};
 use crate::domains::Domains;
+use crate::gateway::Gateway;
 use crate::meter::Meter;
-use crate::mfa::service::Mfa;
+use crate::mfa::service::{Collaborators, Mfa};
 use crate::notify::Notifier;
+use crate::reload::Reloadable;
 use crate::secrets::Vault;
+use crate::server::{Handler, Server, StartError};
+use crate::services::Services;
 use crate::store::Store;
-use crate::store::postgres::PgStore;
-use crate::store::sled::SledStore;
 use crate::tokens::Tokens;
 
-/// What [`open_store`] would refuse before opening anything: a PostgreSQL URL it cannot parse, or
-/// a sled `store.path` that is not a directory.
-pub fn check_store(config: &StoreConfig) -> Result<(), String> {
-    match (config.backend.as_str(), &config.url) {
-        ("postgres", Some(url)) => crate::store::postgres::check_url(url.expose()).map_err(|e| {
-            let key = match config.url_file {
-                Some(_) => "store.url_file",
-                None => "store.url",
-            };
-            format!("{key}: {e}")
-        }),
-        ("postgres", None) => Err("store.url: is required for the postgres backend".into()),
-        _ if config.path.exists() && !config.path.is_dir() => Err(format!(
-            "store.path: cannot open {}: not a directory",
-            config.path.display()
-        )),
-        _ => Ok(()),
-    }
-}
-
-/// The configured backend: sled in `store.path`, or PostgreSQL at `store.url` (migrated on open).
-pub async fn open_store(config: &StoreConfig) -> Result<Arc<dyn Store>, String> {
-    check_store(config)?;
-    match (config.backend.as_str(), &config.url) {
-        ("postgres", Some(url)) => {
-            let store = PgStore::connect(url.expose(), config.max_connections as usize)
-                .await
-                .map_err(|e| format!("store.url: {e}"))?;
-            Ok(Arc::new(store))
-        }
-        ("postgres", None) => Err("store.url: is required for the postgres backend".into()),
-        _ => {
-            let store = SledStore::open(&config.path)
-                .map_err(|e| format!("store.path: cannot open {}: {e}", config.path.display()))?;
-            Ok(Arc::new(store))
-        }
-    }
-}
-
+/// A running gatehouse's configuration and everything built from it at start.
 pub struct App {
     pub config: Config,
     pub store: Arc<dyn Store>,
@@ -69,9 +38,23 @@ pub struct App {
 }
 
 impl App {
+    /// The services every request handler shares.
+    pub fn services(&self) -> Services {
+        Services {
+            store: self.store.clone(),
+            tokens: self.tokens.clone(),
+            auth: self.auth.clone(),
+            mfa: self.mfa.clone(),
+            domains: self.domains.clone(),
+            clock: self.clock.clone(),
+            meter: self.meter.clone(),
+            bodies: self.bodies.clone(),
+        }
+    }
+
     /// Opens the configured store and loads keys, with the system clock.
     pub async fn open(config: Config) -> Result<App, String> {
-        let store = open_store(&config.store).await?;
+        let store = crate::store::configured::open(&config.store).await?;
         App::with_store(config, store, Arc::new(SystemClock)).await
     }
 
@@ -107,12 +90,14 @@ impl App {
         )?);
         let meter = Arc::new(Meter::new());
         let mfa = Arc::new(Mfa::new(
-            store.clone(),
-            vault,
-            tokens.clone(),
-            notifier,
-            clock.clone(),
-            meter.clone(),
+            Collaborators {
+                store: store.clone(),
+                vault,
+                tokens: tokens.clone(),
+                notifier,
+                clock: clock.clone(),
+                meter: meter.clone(),
+            },
             &config.mfa,
             &config.server.public_url,
         ));
@@ -137,5 +122,29 @@ impl App {
             meter,
             bodies,
         })
+    }
+
+    /// The request pipeline and the admin API for this configuration, with every listener bound
+    /// around them, and what a configuration reload replaces in that server.
+    pub async fn bind(&self) -> Result<(Server, Reloadable), StartError> {
+        let services = self.services();
+        let config = &self.config;
+        let gateway = Arc::new(ArcSwap::from_pointee(Gateway::new(&services, config)));
+        let current = gateway.clone();
+        let public: Handler = Arc::new(move |req, conn| {
+            // Each request takes the pipeline current when it arrives: a reload applies to the
+            // next request of every open connection.
+            let gateway = current.load_full();
+            Box::pin(async move { gateway.handle(req, conn).await })
+        });
+        let ready = Arc::new(AtomicBool::new(false));
+        let admin = Arc::new(Admin::new(&services, config, ready.clone()));
+        let admin: Handler = Arc::new(move |req, _conn| {
+            let admin = admin.clone();
+            Box::pin(async move { admin.handle(req).await })
+        });
+        let server = Server::bind(config, public, admin, self.meter.clone(), ready).await?;
+        let reloadable = Reloadable::new(services, config, gateway, server.tls());
+        Ok((server, reloadable))
     }
 }

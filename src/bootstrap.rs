@@ -39,6 +39,7 @@
 use std::path::Path;
 
 use serde::Deserialize;
+use time::OffsetDateTime;
 
 use crate::auth::secret;
 use crate::clock::{self, Clock};
@@ -261,6 +262,9 @@ pub fn check(path: &Path) -> Vec<String> {
 /// Reads the file and applies it. Errors name the entry at fault; an entry invalid whatever the
 /// store holds stops the file before anything is applied. Plaintext secrets are refused unless
 /// `development`, where each is named in a warning.
+///
+/// Entries are applied in the file's sections' order: users, applications, organisations with
+/// their members, file grants, domains.
 pub async fn apply(
     path: &Path,
     store: &dyn Store,
@@ -272,7 +276,30 @@ pub async fn apply(
     if !problems.is_empty() {
         return Err(problems.join("; "));
     }
-    let plain = plaintext(&file);
+    admit_plaintext(path, &file, development)?;
+    let now = clock.now();
+    let mut applied = Applied::default();
+    apply_users(store, file.users, now, &mut applied).await?;
+    apply_applications(store, file.applications, now, &mut applied).await?;
+    apply_organizations(store, file.organizations, now, &mut applied).await?;
+    apply_files(store, file.files, now).await?;
+    apply_domains(store, file.domains, now, &mut applied).await?;
+    Ok(applied)
+}
+
+impl Applied {
+    fn count(&mut self, created: bool) {
+        if created {
+            self.created += 1;
+        } else {
+            self.unchanged += 1;
+        }
+    }
+}
+
+/// Refuses plaintext secrets outside `development`; in it, warns about each.
+fn admit_plaintext(path: &Path, file: &File, development: bool) -> Result<(), String> {
+    let plain = plaintext(file);
     if !plain.is_empty() && !development {
         return Err(format!(
             "bootstrap.file: {}: {}; plaintext secrets are for development only \
@@ -288,70 +315,97 @@ pub async fn apply(
             "plaintext secret in the bootstrap file: for development only"
         );
     }
-    let now = clock::rfc3339(clock.now());
-    let mut applied = Applied::default();
-    let mut count = |created: bool| {
-        if created {
-            applied.created += 1;
-        } else {
-            applied.unchanged += 1;
-        }
-    };
+    Ok(())
+}
 
-    for (i, u) in file.users.into_iter().enumerate() {
+/// Creates each declared user that does not exist yet.
+async fn apply_users(
+    store: &dyn Store,
+    users: Vec<UserEntry>,
+    now: OffsetDateTime,
+    applied: &mut Applied,
+) -> Result<(), String> {
+    for (i, u) in users.into_iter().enumerate() {
         let at = format!("bootstrap users[{i}] ({})", u.user_name.escape_debug());
-        // The admin API's rules: a name the API would refuse is not created behind its back.
-        names::check_user_name(&u.user_name).map_err(|e| format!("{at}: {e}"))?;
-        if let Some(email) = &u.email {
-            names::check_email(email).map_err(|e| format!("{at}: {e}"))?;
-        }
-        for name in [&u.first_name, &u.last_name, &u.nick_name]
-            .into_iter()
-            .flatten()
-        {
-            names::check_display_name(name).map_err(|e| format!("{at}: {e}"))?;
-        }
-        if store
-            .user_by_name(&u.user_name)
-            .await
-            .map_err(|e| format!("{at}: {e}"))?
-            .is_some()
-        {
-            count(false);
-            continue;
-        }
-        let password_hash = match (u.password, u.password_hash) {
-            (Some(_), Some(_)) => {
-                return Err(format!(
-                    "{at}: give `password` or `password_hash`, not both"
-                ));
-            }
-            (Some(p), None) => Some(secret::hash_password(&p).map_err(|e| format!("{at}: {e}"))?),
-            (None, Some(h)) => {
-                secret::check_password_hash(&h).map_err(|e| format!("{at}: password_hash {e}"))?;
-                Some(h)
-            }
-            (None, None) => None,
-        };
-        let new = NewUser {
-            user_name: u.user_name,
-            password_hash,
-            email: u.email,
-            phone: u.phone,
-            first_name: u.first_name,
-            last_name: u.last_name,
-            nick_name: u.nick_name,
-            scopes: u.scopes,
-            external: None,
-        };
-        store
-            .create_user(new, &now)
-            .await
-            .map_err(|e| format!("{at}: {e}"))?;
-        count(true);
+        applied.count(apply_user(store, &at, u, now).await?);
     }
+    Ok(())
+}
 
-    for (i, a) in file.applications.into_iter().enumerate() {
+/// Creates the user unless one of that name exists; whether it was created.
+async fn apply_user(
+    store: &dyn Store,
+    at: &str,
+    u: UserEntry,
+    now: OffsetDateTime,
+) -> Result<bool, String> {
+    // The admin API's rules: a name the API would refuse is not created behind its back.
+    names::check_user_name(&u.user_name).map_err(|e| format!("{at}: {e}"))?;
+    if let Some(email) = &u.email {
+        names::check_email(email).map_err(|e| format!("{at}: {e}"))?;
+    }
+    for name in [&u.first_name, &u.last_name, &u.nick_name]
+        .into_iter()
+        .flatten()
+    {
+        names::check_display_name(name).map_err(|e| format!("{at}: {e}"))?;
+    }
+    if store
+        .user_by_name(&u.user_name)
+        .await
+        .map_err(|e| format!("{at}: {e}"))?
+        .is_some()
+    {
+        return Ok(false);
+    }
+    let password_hash = password_hash(at, u.password, u.password_hash)?;
+    let new = NewUser {
+        user_name: u.user_name,
+        password_hash,
+        email: u.email,
+        phone: u.phone,
+        first_name: u.first_name,
+        last_name: u.last_name,
+        nick_name: u.nick_name,
+        scopes: u.scopes,
+        external: None,
+    };
+    store
+        .create_user(new, now.unix_timestamp())
+        .await
+        .map_err(|e| format!("{at}: {e}"))?;
+    Ok(true)
+}
+
+/// The argon2id PHC string a user entry's `password` or `password_hash` gives, if any.
+fn password_hash(
+    at: &str,
+    password: Option<String>,
+    password_hash: Option<String>,
+) -> Result<Option<String>, String> {
+    match (password, password_hash) {
+        (Some(_), Some(_)) => Err(format!(
+            "{at}: give `password` or `password_hash`, not both"
+        )),
+        (Some(p), None) => Ok(Some(
+            secret::hash_password(&p).map_err(|e| format!("{at}: {e}"))?,
+        )),
+        (None, Some(h)) => {
+            secret::check_password_hash(&h).map_err(|e| format!("{at}: password_hash {e}"))?;
+            Ok(Some(h))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// Registers each declared application whose name is not taken yet.
+async fn apply_applications(
+    store: &dyn Store,
+    applications: Vec<ApplicationEntry>,
+    now: OffsetDateTime,
+    applied: &mut Applied,
+) -> Result<(), String> {
+    for (i, a) in applications.into_iter().enumerate() {
         let at = format!("bootstrap applications[{i}] ({})", a.name);
         let token_hash = match (a.token, a.token_hash) {
             (Some(t), None) if t.len() >= 32 => secret::hash_token(&t),
@@ -368,26 +422,36 @@ pub async fn apply(
             v: SCHEMA_VERSION,
             name: a.name,
             token_hash,
-            created: now.clone(),
+            created: clock::rfc3339(now),
         };
         match store.create_application(app).await {
-            Ok(()) => count(true),
-            Err(StoreError::Conflict(_)) => count(false),
+            Ok(()) => applied.count(true),
+            Err(StoreError::Conflict(_)) => applied.count(false),
             Err(e) => return Err(format!("{at}: {e}")),
         }
     }
+    Ok(())
+}
 
-    for (i, o) in file.organizations.into_iter().enumerate() {
+/// Creates each declared organisation that does not exist yet, and ensures its members'
+/// memberships and roles.
+async fn apply_organizations(
+    store: &dyn Store,
+    organizations: Vec<OrganizationEntry>,
+    now: OffsetDateTime,
+    applied: &mut Applied,
+) -> Result<(), String> {
+    for (i, o) in organizations.into_iter().enumerate() {
         let at = format!("bootstrap organizations[{i}] ({})", o.id);
         let org = Organization {
             v: SCHEMA_VERSION,
             id: i64::from(o.id),
             name: o.name,
-            created: now.clone(),
+            created: clock::rfc3339(now),
         };
         match store.create_organization(org).await {
-            Ok(()) => count(true),
-            Err(StoreError::Conflict(_)) => count(false),
+            Ok(()) => applied.count(true),
+            Err(StoreError::Conflict(_)) => applied.count(false),
             Err(e) => return Err(format!("{at}: {e}")),
         }
         for m in o.members {
@@ -403,13 +467,21 @@ pub async fn apply(
                 continue;
             }
             store
-                .set_membership(&m.user_name, membership, &now)
+                .set_membership(&m.user_name, membership, now.unix_timestamp())
                 .await
                 .map_err(|e| format!("{at}: member {}: {e}", m.user_name))?;
         }
     }
+    Ok(())
+}
 
-    for (i, f) in file.files.into_iter().enumerate() {
+/// Ensures each declared file grant; grants are not counted.
+async fn apply_files(
+    store: &dyn Store,
+    files: Vec<FileEntry>,
+    now: OffsetDateTime,
+) -> Result<(), String> {
+    for (i, f) in files.into_iter().enumerate() {
         let at = format!("bootstrap files[{i}] ({})", f.id);
         for user_name in f.members {
             let user = store
@@ -420,65 +492,84 @@ pub async fn apply(
                 continue;
             }
             store
-                .grant_file(&user_name, f.id, &now)
+                .grant_file(&user_name, f.id, now.unix_timestamp())
                 .await
                 .map_err(|e| format!("{at}: member {user_name}: {e}"))?;
         }
     }
-    for (i, d) in file.domains.into_iter().enumerate() {
+    Ok(())
+}
+
+/// Adds each declared domain its organisation does not have yet, verified when declared so.
+async fn apply_domains(
+    store: &dyn Store,
+    domains: Vec<DomainEntry>,
+    now: OffsetDateTime,
+    applied: &mut Applied,
+) -> Result<(), String> {
+    for (i, d) in domains.into_iter().enumerate() {
         let at = format!("bootstrap domains[{i}] ({})", d.domain);
-        let name = crate::domains::name::normalise(&d.domain).map_err(|e| format!("{at}: {e}"))?;
-        let existing = store
-            .domains(d.organization_id)
-            .await
-            .map_err(|e| format!("{at}: {e}"))?;
-        if existing.iter().any(|x| x.domain == name) {
-            count(false);
-            continue;
-        }
-        let domain = Domain {
-            v: SCHEMA_VERSION,
-            organization_id: d.organization_id,
-            domain_id: 0,
-            domain: name,
-            authentication_method: d.authentication_method,
-            created: now.clone(),
-            created_by: "bootstrap".into(),
-            modified: now.clone(),
-            modified_by: "bootstrap".into(),
-            is_verified: false,
-            verification_code: None,
-            verification_code_expires: None,
-            verification_code_expires_at: None,
-            verification_method: None,
-            owner_organization_id: d.organization_id,
-        };
-        if store
-            .organization(d.organization_id)
-            .await
-            .map_err(|e| format!("{at}: {e}"))?
-            .is_none()
-        {
-            return Err(format!(
-                "{at}: organization {} does not exist",
-                d.organization_id
-            ));
-        }
-        let mut created = store
-            .create_domain(domain)
-            .await
-            .map_err(|e| format!("{at}: {e}"))?;
-        if d.verified {
-            created.is_verified = true;
-            created.verification_method = Some("bootstrap".into());
-            store
-                .save_domain(created)
-                .await
-                .map_err(|e| format!("{at}: {e}"))?;
-        }
-        count(true);
+        applied.count(apply_domain(store, &at, d, now).await?);
     }
-    Ok(applied)
+    Ok(())
+}
+
+/// Adds the domain unless its organisation has it already; whether it was added.
+async fn apply_domain(
+    store: &dyn Store,
+    at: &str,
+    d: DomainEntry,
+    now: OffsetDateTime,
+) -> Result<bool, String> {
+    let name = crate::domains::name::normalise(&d.domain).map_err(|e| format!("{at}: {e}"))?;
+    let existing = store
+        .domains(d.organization_id)
+        .await
+        .map_err(|e| format!("{at}: {e}"))?;
+    if existing.iter().any(|x| x.domain == name) {
+        return Ok(false);
+    }
+    let domain = Domain {
+        v: SCHEMA_VERSION,
+        organization_id: d.organization_id,
+        domain_id: 0,
+        domain: name,
+        authentication_method: d.authentication_method,
+        created: clock::rfc3339(now),
+        created_by: "bootstrap".into(),
+        modified: clock::rfc3339(now),
+        modified_by: "bootstrap".into(),
+        is_verified: false,
+        verification_code: None,
+        verification_code_expires: None,
+        verification_code_expires_at: None,
+        verification_method: None,
+        owner_organization_id: d.organization_id,
+    };
+    if store
+        .organization(d.organization_id)
+        .await
+        .map_err(|e| format!("{at}: {e}"))?
+        .is_none()
+    {
+        return Err(format!(
+            "{at}: organization {} does not exist",
+            d.organization_id
+        ));
+    }
+    let mut created = store
+        .create_domain(domain)
+        .await
+        .map_err(|e| format!("{at}: {e}"))?;
+    if d.verified {
+        created.is_verified = true;
+        created.verification_method = Some("bootstrap".into());
+        store
+            .save_domain(created)
+            .await
+            .map_err(|e| format!("{at}: {e}"))?;
+    }
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -587,7 +678,10 @@ verified = true
             scopes: Some(vec!["read".into(), "ops".into()]),
             ..Default::default()
         };
-        store.update_user("ada", patch, "later").await.unwrap();
+        store
+            .update_user("ada", patch, 1_900_000_000)
+            .await
+            .unwrap();
         let second = apply(&path, &store, clock.as_ref(), true).await.unwrap();
         assert_eq!(
             second,
@@ -599,7 +693,7 @@ verified = true
         assert_eq!(store.domains(7).await.unwrap().len(), 1);
         let ada_again = store.user_by_name("ada").await.unwrap().unwrap();
         assert_eq!(ada_again.scopes, vec!["read", "ops"]);
-        assert_eq!(ada_again.modified, "later");
+        assert_eq!(ada_again.modified, "2030-03-17T17:46:40Z");
     }
 
     #[tokio::test]

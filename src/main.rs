@@ -5,7 +5,8 @@ use clap::{Parser, Subcommand};
 
 use gatehouse::app::App;
 use gatehouse::config;
-use gatehouse::server::{Server, reload, shutdown};
+use gatehouse::reload;
+use gatehouse::server::shutdown;
 
 /// An authentication sidecar: TLS, MFA/OTP APIs and trusted identity headers for the app behind it.
 #[derive(Parser)]
@@ -378,7 +379,7 @@ fn serve(
     runtime.block_on(async {
         // A fatal error is printed once, on stderr, whatever the log format.
         let app = match App::open(config).await {
-            Ok(app) => std::sync::Arc::new(app),
+            Ok(app) => app,
             Err(e) => {
                 eprintln!("cannot start: {e}");
                 return ExitCode::FAILURE;
@@ -391,19 +392,14 @@ fn serve(
                  `head -c 32 /dev/urandom | base64`, and start again"
             );
         }
-        let server = match Server::bind(&app).await {
-            Ok(server) => server,
+        let (server, reloadable) = match app.bind().await {
+            Ok(bound) => bound,
             Err(e) => {
                 eprintln!("cannot start: {e}");
                 return ExitCode::FAILURE;
             }
         };
-        let reloads = match reload::watch(
-            app.clone(),
-            server.reloadable(),
-            config_file,
-            reload::POLL_INTERVAL,
-        ) {
+        let reloads = match reload::watch(reloadable, config_file, reload::POLL_INTERVAL) {
             Ok(task) => Some(task),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot watch for SIGHUP; configuration reload is off");

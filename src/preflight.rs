@@ -17,7 +17,7 @@ pub fn check(config: &Config) -> Result<(), ConfigError> {
             problems.push(e);
         }
     };
-    add(crate::app::check_store(&config.store));
+    add(crate::store::configured::check(&config.store));
     add(crate::secrets::check(&config.secrets, &config.store.path));
     if config.listen.https.is_some() {
         add(crate::server::tls::check(&config.tls));

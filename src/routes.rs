@@ -1,4 +1,4 @@
-//! The route table: which rule applies to a normalised path.
+//! The access rules of `[[routes]]`: which rule applies to a normalised path.
 //!
 //! Prefixes match whole segments: `/api` matches `/api` and `/api/x` but not `/apix`; a prefix
 //! ending in `/` matches everything below it and also the bare path without the slash (`/admin/`
@@ -9,28 +9,29 @@
 //! session segments (`/(S(x))/admin/x` is under `/admin/`). The longest matching
 //! prefix wins; the query never takes part. A path no rule matches gets `proxy.default`.
 
-use crate::config::{Access, Route};
+use crate::config::{Access, AccessRule};
 pub use crate::path::{eq_ignore_case, strip_prefix_ignore_case};
 
-/// Route rules sorted for lookup.
+/// The configured access rules, sorted for lookup.
 #[derive(Debug, Clone)]
-pub struct RouteTable {
+pub struct AccessRules {
     /// Longest prefix first, so the first match is the longest.
-    routes: Vec<Route>,
-    default: Route,
+    rules: Vec<AccessRule>,
+    default: AccessRule,
 }
 
-impl RouteTable {
-    pub fn new(routes: &[Route], default: Access) -> RouteTable {
-        let mut routes = routes.to_vec();
+impl AccessRules {
+    /// The `[[routes]]` rules, and `default` (`proxy.default`) for the paths none of them covers.
+    pub fn new(rules: &[AccessRule], default: Access) -> AccessRules {
+        let mut rules = rules.to_vec();
         // Compared with match keys, so in the same decoded form (`/caf%C3%A9/` is `/café/`).
-        for route in &mut routes {
-            route.path_prefix = crate::path::match_key(&route.path_prefix).into_owned();
+        for rule in &mut rules {
+            rule.path_prefix = crate::path::match_key(&rule.path_prefix).into_owned();
         }
-        routes.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.len()));
-        RouteTable {
-            routes,
-            default: Route {
+        rules.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.len()));
+        AccessRules {
+            rules,
+            default: AccessRule {
                 path_prefix: "/".into(),
                 access: default,
                 scopes: Vec::new(),
@@ -39,9 +40,9 @@ impl RouteTable {
     }
 
     /// The rule for the [`crate::path::match_key`] of a normalised path.
-    pub fn rule_for(&self, path: &str) -> &Route {
+    pub fn rule_for(&self, path: &str) -> &AccessRule {
         let path = without_session_segments(path);
-        self.routes
+        self.rules
             .iter()
             .find(|r| prefix_matches(&r.path_prefix, &path))
             .unwrap_or(&self.default)
@@ -109,13 +110,13 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn table() -> RouteTable {
-        let route = |p: &str, access| Route {
+    fn table() -> AccessRules {
+        let route = |p: &str, access| AccessRule {
             path_prefix: p.into(),
             access,
             scopes: vec![],
         };
-        RouteTable::new(
+        AccessRules::new(
             &[
                 route("/public/", Access::Public),
                 route("/public/private/", Access::Mfa),
@@ -240,18 +241,18 @@ mod properties {
         "/caf%C3%A9/",
     ];
 
-    fn table(prefixes: &[&str]) -> RouteTable {
-        let routes: Vec<Route> = prefixes
+    fn table(prefixes: &[&str]) -> AccessRules {
+        let routes: Vec<AccessRule> = prefixes
             .iter()
             .enumerate()
-            .map(|(i, p)| Route {
+            .map(|(i, p)| AccessRule {
                 path_prefix: (*p).to_owned(),
                 access: Access::Public,
                 // The scope names the rule, so equal rules are the same rule.
                 scopes: vec![i.to_string()],
             })
             .collect();
-        RouteTable::new(&routes, Access::Authenticated)
+        AccessRules::new(&routes, Access::Authenticated)
     }
 
     fn any_path() -> impl Strategy<Value = String> {

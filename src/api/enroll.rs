@@ -20,7 +20,8 @@ use crate::api::problem::mfa_problem;
 use crate::api::table::{self, Operation};
 use crate::api::{self, BodyError};
 use crate::body::{Body, full};
-use crate::mfa::service::{Mfa, MfaError, TicketView};
+use crate::mfa::enroll::TicketView;
+use crate::mfa::service::{Mfa, MfaError};
 use crate::store::FactorKind;
 
 const PREFIX: &str = "/enroll/";

@@ -16,7 +16,8 @@ use crate::api::{self, BodyError};
 use crate::auth::{self, AuthError, Authenticator, Credential, Method as AuthMethod, Principal};
 use crate::body::Body;
 use crate::domains::{DomainError, Domains};
-use crate::mfa::service::{Codes, Granted, Mfa, MfaError};
+use crate::mfa::service::{Mfa, MfaError};
+use crate::mfa::verify::{Codes, Granted};
 use crate::problem::Problem;
 use crate::store::FactorKind;
 

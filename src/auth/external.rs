@@ -17,7 +17,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::rand::SecureRandom;
 use tokio::sync::OnceCell;
 
-use crate::clock::{self, Clock};
+use crate::clock::Clock;
 use crate::names::{self, NameError};
 use crate::store::{ExternalId, NewUser, Store, StoreError, User};
 
@@ -148,7 +148,7 @@ impl ExternalUsers {
             self.report_limited(&profile.issuer, limit, now, window);
             return Err(LinkError::Limited(window.unsigned_abs()));
         }
-        let created = clock::rfc3339(self.clock.now());
+        let created = self.clock.unix();
         let mut new = NewUser {
             user_name: profile.preferred_name.clone(),
             email: profile.email.clone(),
@@ -161,7 +161,7 @@ impl ExternalUsers {
             ..NewUser::default()
         };
         for _ in 0..=SUFFIXED_ATTEMPTS {
-            match self.store.create_user(new.clone(), &created).await {
+            match self.store.create_user(new.clone(), created).await {
                 Ok(user) => return Ok(user),
                 Err(StoreError::Conflict(_)) => {}
                 Err(e) => return Err(e.into()),
@@ -283,6 +283,7 @@ fn check_profile(profile: &Profile) -> Result<(), LinkError> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::clock;
     use crate::store::sled::SledStore;
 
     fn users() -> ExternalUsers {

@@ -1,9 +1,9 @@
-//! Route rules applied to a principal: the one place that decides whether a request may pass.
+//! Access rules applied to a principal: the one place that decides whether a request may pass.
 
 use super::{Method, Principal};
-use crate::config::{Access, Route};
+use crate::config::{Access, AccessRule};
 
-/// The outcome of applying a route rule.
+/// The outcome of applying an access rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Forward (with identity when there is a principal and the route is not public).
@@ -42,9 +42,13 @@ pub fn decide(
     }
 }
 
-/// Convenience for a matched [`Route`].
-pub fn decide_route(route: &Route, principal: Option<&Principal>, require_app: bool) -> Decision {
-    decide(route.access, &route.scopes, principal, require_app)
+/// [`decide`] for a matched [`AccessRule`].
+pub fn decide_rule(
+    rule: &AccessRule,
+    principal: Option<&Principal>,
+    require_app: bool,
+) -> Decision {
+    decide(rule.access, &rule.scopes, principal, require_app)
 }
 
 #[cfg(test)]

@@ -38,7 +38,7 @@ pub struct Config {
     pub tls: TlsConfig,
     pub upstream: UpstreamConfig,
     pub proxy: ProxyConfig,
-    pub routes: Vec<Route>,
+    pub routes: Vec<AccessRule>,
     pub identity_headers: IdentityHeaderNames,
     pub log: LogConfig,
     pub store: StoreConfig,
@@ -391,9 +391,9 @@ impl Access {
     }
 }
 
-/// One `[[routes]]` entry.
+/// One `[[routes]]` entry: the access a path prefix requires.
 #[derive(Debug, Clone, Serialize)]
-pub struct Route {
+pub struct AccessRule {
     /// A normalised path prefix, matched on whole segments (see [`crate::routes`]).
     pub path_prefix: String,
     pub access: Access,

@@ -18,12 +18,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 
-use super::Handler;
 use super::caps::{CapSettings, Caps};
+use super::{ConnInfo, Handler};
 use crate::body::Body;
 use crate::config::ServerConfig;
-use crate::gateway::ConnInfo;
 use crate::meter::Meter;
 use hyper::body::Body as _;
 
@@ -186,6 +186,13 @@ pub async fn accept_loop(
     }
 }
 
+/// Either a cleartext or a TLS connection, as hyper reads and writes it.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// One connection from accept to close: the TLS handshake on a TLS listener, then HTTP served
+/// by the protocol ALPN (or, in the clear, the connection preface) chose.
 async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
@@ -198,60 +205,57 @@ async fn connection(
     // included: a TLS client that says nothing is held no longer than a cleartext one.
     let accepted = Instant::now();
     let first_head_due = accepted + protocols.header_read_timeout;
-    let Some(acceptor) = tls else {
-        let info = ConnInfo { peer, tls: false };
-        let builder = &protocols.any;
-        return serve(
-            &protocols,
-            builder,
-            stream,
-            handler,
-            info,
-            first_head_due,
-            stop,
-        )
-        .await;
+    let (io, builder, info): (Box<dyn Io>, _, _) = match tls {
+        None => (
+            Box::new(stream),
+            &protocols.any,
+            ConnInfo { peer, tls: false },
+        ),
+        Some(acceptor) => {
+            let handshake_due = first_head_due.min(accepted + protocols.tls_handshake_timeout);
+            let Some(stream) = handshake(acceptor, stream, peer, handshake_due).await else {
+                return;
+            };
+            let builder = match stream.get_ref().1.alpn_protocol() {
+                Some(b"h2") => &protocols.http2,
+                _ => &protocols.http1,
+            };
+            (Box::new(stream), builder, ConnInfo { peer, tls: true })
+        }
     };
-    let handshake_due = first_head_due.min(accepted + protocols.tls_handshake_timeout);
-    let stream = match tokio::time::timeout_at(handshake_due, acceptor.accept(stream)).await {
-        Ok(Ok(stream)) => stream,
+    serve(&protocols, builder, io, handler, info, first_head_due, stop).await;
+}
+
+/// The TLS handshake, if it completes by `due`; a failed or late one is logged and ends the
+/// connection.
+async fn handshake(
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    due: Instant,
+) -> Option<TlsStream<TcpStream>> {
+    match tokio::time::timeout_at(due, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => Some(stream),
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "TLS handshake failed");
-            return;
+            None
         }
         Err(_) => {
             tracing::debug!(%peer, "TLS handshake timed out");
-            return;
+            None
         }
-    };
-    let builder = match stream.get_ref().1.alpn_protocol() {
-        Some(b"h2") => &protocols.http2,
-        _ => &protocols.http1,
-    };
-    let info = ConnInfo { peer, tls: true };
-    serve(
-        &protocols,
-        builder,
-        stream,
-        handler,
-        info,
-        first_head_due,
-        stop,
-    )
-    .await;
+    }
 }
 
-async fn serve<I>(
+async fn serve(
     protocols: &Protocols,
     builder: &auto::Builder<TokioExecutor>,
-    io: I,
+    io: Box<dyn Io>,
     handler: Handler,
     info: ConnInfo,
     first_head_due: Instant,
     mut stop: watch::Receiver<bool>,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+) {
     // Requests in flight: from the head's arrival until the response body is dropped.
     let (busy, idle) = watch::channel(0usize);
     let busy = Arc::new(busy);

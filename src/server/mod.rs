@@ -1,8 +1,8 @@
-//! Listeners, TLS and shutdown. This module moves bytes; it decides no auth outcome.
+//! Listeners, TLS and shutdown around the handlers it is given. This module moves bytes; it
+//! decides no auth outcome.
 
 pub mod caps;
 pub mod listener;
-pub mod reload;
 pub mod shutdown;
 pub mod tls;
 
@@ -20,13 +20,17 @@ use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
-use crate::api::admin::Admin;
-use crate::app::App;
 use crate::body::Body;
-use crate::gateway::{ConnInfo, Gateway};
+use crate::config::Config;
 use crate::meter::{self, Meter};
 use listener::{Limits, Listener, SharedTls};
-pub use reload::Reloadable;
+
+/// The connection a request arrived on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
 
 /// A request handler as the transport sees it: any request in, a response out, never an error.
 pub type Handler = Arc<
@@ -73,28 +77,22 @@ pub struct Server {
     addrs: BoundAddrs,
     ready: Arc<AtomicBool>,
     shutdown_grace: Duration,
-    reloadable: Reloadable,
+    tls: Option<SharedTls>,
     meter: Arc<Meter>,
 }
 
 impl Server {
-    /// Loads TLS material and binds every configured listener.
-    pub async fn bind(app: &App) -> Result<Server, StartError> {
-        let config = &app.config;
-        let gateway = Arc::new(ArcSwap::from_pointee(Gateway::new(app, config)));
-        let current = gateway.clone();
-        let public: Handler = Arc::new(move |req, conn| {
-            // Each request takes the pipeline current when it arrives: a reload applies to the
-            // next request of every open connection.
-            let gateway = current.load_full();
-            Box::pin(async move { gateway.handle(req, conn).await })
-        });
-        let ready = Arc::new(AtomicBool::new(false));
-        let admin = Arc::new(Admin::new(app, ready.clone()));
-        let admin: Handler = Arc::new(move |req, _conn| {
-            let admin = admin.clone();
-            Box::pin(async move { admin.handle(req).await })
-        });
+    /// Loads TLS material and binds every listener `config.listen` names, bounded by
+    /// `config.server`: `public` answers on the HTTPS and HTTP listeners, `admin` on the admin
+    /// listener. [`Server::run`] keeps `ready` true while the listeners accept traffic; `meter`
+    /// counts the connections they refuse.
+    pub async fn bind(
+        config: &Config,
+        public: Handler,
+        admin: Handler,
+        meter: Arc<Meter>,
+        ready: Arc<AtomicBool>,
+    ) -> Result<Server, StartError> {
         let limits = Limits::of(&config.server);
 
         let mut listeners = Vec::new();
@@ -107,7 +105,7 @@ impl Server {
                 let local = std_listener
                     .local_addr()
                     .map_err(|source| StartError::Bind { key, addr, source })?;
-                let meter = Some(app.meter.clone());
+                let meter = Some(meter.clone());
                 let listener =
                     Listener::new(key, std_listener, tls, handler.clone(), &limits, meter);
                 listeners.push((key, listener));
@@ -139,8 +137,8 @@ impl Server {
             },
             ready,
             shutdown_grace: config.server.shutdown_grace,
-            reloadable: Reloadable::new(gateway, shared_tls),
-            meter: app.meter.clone(),
+            tls: shared_tls,
+            meter,
         })
     }
 
@@ -148,9 +146,10 @@ impl Server {
         self.addrs
     }
 
-    /// What a configuration reload replaces in this server.
-    pub fn reloadable(&self) -> Reloadable {
-        self.reloadable.clone()
+    /// The HTTPS listener's certificate, which each handshake takes as it is then (a reload
+    /// replaces it); `None` without an HTTPS listener.
+    pub fn tls(&self) -> Option<SharedTls> {
+        self.tls.clone()
     }
 
     /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish for

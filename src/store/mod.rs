@@ -4,6 +4,7 @@
 //! Operations that security depends on (unique names, consumed secrets) are atomic in the backend,
 //! and every write a response acknowledges is durable before the call returns.
 
+pub mod configured;
 pub mod postgres;
 pub mod sled;
 
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use crate::clock;
 use crate::lockout::{LockoutState, Policy, Reservation};
 
 /// How the ids of WS opt-in registrations begin (`ws-optin-{ProviderUserId}`). They are kept
@@ -47,6 +49,14 @@ impl fmt::Display for StoreError {
 impl std::error::Error for StoreError {}
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// An instant given to the store (Unix seconds) as records write it: RFC 3339 in UTC with second
+/// precision ([`clock::rfc3339`]), the form every API shows.
+fn stamp(now: i64) -> StoreResult<String> {
+    time::OffsetDateTime::from_unix_timestamp(now)
+        .map(clock::rfc3339)
+        .map_err(|_| StoreError::Backend(format!("the time {now} is out of range")))
+}
 
 /// A user: every field of the Manage seed's user object, plus credentials and grants.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -415,13 +425,18 @@ pub async fn copy(from: &dyn Store, to: &dyn Store) -> StoreResult<Snapshot> {
 }
 
 /// Use-case operations on gatehouse's state.
+///
+/// Every instant an operation takes (`now`) is Unix seconds, as the caller's [`clock::Clock`]
+/// reads it. Records keep the form they are stored in: integer Unix times where the store
+/// compares them (tickets, codes, lockouts, sends), RFC 3339 strings where an API shows them
+/// (`created`, `modified`, `last_login_timestamp`).
 #[async_trait]
 pub trait Store: Send + Sync {
     /// Whether the store can be read and written (for `/readyz`).
     async fn check(&self) -> StoreResult<()>;
 
     /// Creates a user; `Conflict` when the name (case-insensitive) or external id is taken.
-    async fn create_user(&self, new: NewUser, now: &str) -> StoreResult<User>;
+    async fn create_user(&self, new: NewUser, now: i64) -> StoreResult<User>;
     async fn user_by_name(&self, user_name: &str) -> StoreResult<Option<User>>;
     async fn user_by_id(&self, id: u64) -> StoreResult<Option<User>>;
     /// [`Store::user_by_id`] for a caller that only reads the record (every authenticated
@@ -431,7 +446,7 @@ pub trait Store: Send + Sync {
     }
     async fn user_by_external(&self, issuer: &str, subject: &str) -> StoreResult<Option<User>>;
     /// Applies `patch`; `NotFound` for an unknown user, `Conflict` for a taken new name.
-    async fn update_user(&self, user_name: &str, patch: UserPatch, now: &str) -> StoreResult<User>;
+    async fn update_user(&self, user_name: &str, patch: UserPatch, now: i64) -> StoreResult<User>;
     /// Deletes a user and everything bound to it; `false` when there was no such user.
     async fn delete_user(&self, user_name: &str) -> StoreResult<bool>;
     /// Removes every MFA factor, pending enrollment (WS opt-in registrations included) and
@@ -449,10 +464,10 @@ pub trait Store: Send + Sync {
         &self,
         user_name: &str,
         membership: Membership,
-        now: &str,
+        now: i64,
     ) -> StoreResult<User>;
     /// Grants the user a WS FileId (idempotent).
-    async fn grant_file(&self, user_name: &str, file_id: i64, now: &str) -> StoreResult<User>;
+    async fn grant_file(&self, user_name: &str, file_id: i64, now: i64) -> StoreResult<User>;
 
     async fn create_ws_key(&self, key: WsKey) -> StoreResult<()>;
     async fn ws_key(&self, key_hash: &str) -> StoreResult<Option<WsKey>>;
@@ -504,8 +519,8 @@ pub trait Store: Send + Sync {
     ) -> StoreResult<bool>;
 
     /// Consumes the user's code for `purpose` if its hash matches and it has not expired, clears
-    /// the user's failure count, records `login_time` as the user's last login and stores `event`
-    /// in the audit log, all made durable together before it returns. Nothing changes unless the
+    /// the user's failure count, records `now` as the user's last login and stores `event` in
+    /// the audit log, all made durable together before it returns. Nothing changes unless the
     /// answer is [`CodeLogin::Accepted`]; of two concurrent logins with one code, one is accepted.
     async fn login_with_code(
         &self,
@@ -513,7 +528,6 @@ pub trait Store: Send + Sync {
         purpose: &str,
         code_hash: &str,
         now: i64,
-        login_time: &str,
         event: &AuditEvent,
     ) -> StoreResult<CodeLogin>;
 

@@ -542,7 +542,7 @@ async fn enrollment_link_of_a_disabled_user_shows_no_secret_and_adds_no_factor(b
     };
     s.gh.app
         .store
-        .update_user("ada", patch, "2026-01-01T00:00:00Z")
+        .update_user("ada", patch, 1_767_225_600)
         .await
         .unwrap();
     // The link is a credential like any other: a user who may not sign in is refused by it too.

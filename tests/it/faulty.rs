@@ -62,7 +62,7 @@ impl Store for FaultyStore {
         self.inner.check().await
     }
 
-    async fn create_user(&self, new: NewUser, now: &str) -> StoreResult<User> {
+    async fn create_user(&self, new: NewUser, now: i64) -> StoreResult<User> {
         self.gate("create_user").await?;
         self.inner.create_user(new, now).await
     }
@@ -82,7 +82,7 @@ impl Store for FaultyStore {
         self.inner.user_by_external(issuer, subject).await
     }
 
-    async fn update_user(&self, user_name: &str, patch: UserPatch, now: &str) -> StoreResult<User> {
+    async fn update_user(&self, user_name: &str, patch: UserPatch, now: i64) -> StoreResult<User> {
         self.gate("update_user").await?;
         self.inner.update_user(user_name, patch, now).await
     }
@@ -124,13 +124,13 @@ impl Store for FaultyStore {
         &self,
         user_name: &str,
         membership: Membership,
-        now: &str,
+        now: i64,
     ) -> StoreResult<User> {
         self.gate("set_membership").await?;
         self.inner.set_membership(user_name, membership, now).await
     }
 
-    async fn grant_file(&self, user_name: &str, file_id: i64, now: &str) -> StoreResult<User> {
+    async fn grant_file(&self, user_name: &str, file_id: i64, now: i64) -> StoreResult<User> {
         self.gate("grant_file").await?;
         self.inner.grant_file(user_name, file_id, now).await
     }
@@ -217,12 +217,11 @@ impl Store for FaultyStore {
         purpose: &str,
         code_hash: &str,
         now: i64,
-        login_time: &str,
         event: &AuditEvent,
     ) -> StoreResult<CodeLogin> {
         self.gate("login_with_code").await?;
         self.inner
-            .login_with_code(user_id, purpose, code_hash, now, login_time, event)
+            .login_with_code(user_id, purpose, code_hash, now, event)
             .await
     }
 

@@ -15,7 +15,7 @@ use gatehouse::app::App;
 use gatehouse::body::{Body, full};
 use gatehouse::clock::SystemClock;
 use gatehouse::config::{self, Config, Secret};
-use gatehouse::server::{BoundAddrs, Server};
+use gatehouse::server::BoundAddrs;
 use gatehouse::store::Store;
 use gatehouse::store::sled::SledStore;
 use http::{HeaderMap, Request, Response, Version};
@@ -276,7 +276,7 @@ impl Gatehouse {
                 .await
                 .unwrap(),
         );
-        let server = Server::bind(&app).await.unwrap();
+        let (server, _reloadable) = app.bind().await.unwrap();
         let addrs = server.addrs();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async {

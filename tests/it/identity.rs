@@ -25,7 +25,7 @@ async fn start(
         let key_file = c.store.path.with_file_name("signing.pem");
         std::fs::write(&key_file, &pem).unwrap();
         c.tokens.signing_key_file = Some(key_file);
-        c.routes.push(gatehouse::config::Route {
+        c.routes.push(gatehouse::config::AccessRule {
             path_prefix: "/ops/".into(),
             access: gatehouse::config::Access::Authenticated,
             scopes: vec!["ops".into()],
@@ -722,7 +722,7 @@ async fn start_on(
             let key_file = c.store.path.with_file_name("signing.pem");
             std::fs::write(&key_file, &pem).unwrap();
             c.tokens.signing_key_file = Some(key_file);
-            c.routes.push(gatehouse::config::Route {
+            c.routes.push(gatehouse::config::AccessRule {
                 path_prefix: "/ops/".into(),
                 access: gatehouse::config::Access::Authenticated,
                 scopes: vec!["ops".into()],
@@ -941,7 +941,7 @@ async fn disabled_user_is_refused_on_every_credential(backend: crate::factors::B
     };
     gh.app
         .store
-        .update_user("ada", patch, "2026-01-01T00:00:00Z")
+        .update_user("ada", patch, 1_767_225_600)
         .await
         .unwrap();
     assert_eq!(

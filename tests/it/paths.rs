@@ -195,7 +195,7 @@ fn generated_paths_reach_the_upstream_exactly_as_normalised() {
 /// no second factor, no scope) and a user `boss` with a token carrying `otp` and `admin`.
 async fn with_admin_rule(upstream: &Upstream) -> (Gatehouse, String, String) {
     let gh = Gatehouse::start_with(upstream, |c| {
-        c.routes.push(gatehouse::config::Route {
+        c.routes.push(gatehouse::config::AccessRule {
             path_prefix: "/admin/".into(),
             access: Access::Mfa,
             scopes: vec!["admin".into()],

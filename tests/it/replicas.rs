@@ -250,6 +250,7 @@ async fn gatehouse_migrate_copies_a_sled_store_into_postgres() {
     use gatehouse::store::*;
     let dir = tempfile::tempdir().unwrap();
     let now = "2026-01-01T00:00:00Z";
+    let now_unix = 1_767_225_600;
     {
         let sled = gatehouse::store::sled::SledStore::open(dir.path()).unwrap();
         let ada = sled
@@ -262,7 +263,7 @@ async fn gatehouse_migrate_copies_a_sled_store_into_postgres() {
                     scopes: vec!["read".into()],
                     ..NewUser::default()
                 },
-                now,
+                now_unix,
             )
             .await
             .unwrap();
@@ -271,7 +272,7 @@ async fn gatehouse_migrate_copies_a_sled_store_into_postgres() {
                 user_name: "bob".into(),
                 ..NewUser::default()
             },
-            now,
+            now_unix,
         )
         .await
         .unwrap();
@@ -289,7 +290,7 @@ async fn gatehouse_migrate_copies_a_sled_store_into_postgres() {
                 organization_id: 7,
                 role: Role::Admin,
             },
-            now,
+            now_unix,
         )
         .await
         .unwrap();
@@ -412,7 +413,7 @@ async fn gatehouse_migrate_copies_a_sled_store_into_postgres() {
                 user_name: "carol".into(),
                 ..NewUser::default()
             },
-            now,
+            now_unix,
         )
         .await
         .unwrap();
@@ -429,7 +430,7 @@ async fn gatehouse_migrate_copies_a_sled_store_into_postgres() {
                 user_name: "ADA".into(),
                 ..NewUser::default()
             },
-            now,
+            now_unix,
         )
         .await,
         Err(StoreError::Conflict(_))

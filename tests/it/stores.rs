@@ -11,6 +11,8 @@ use gatehouse::store::*;
 use crate::pg::Database;
 
 const NOW: &str = "2026-01-01T00:00:00Z";
+/// [`NOW`] in Unix seconds.
+const NOW_UNIX: i64 = 1_767_225_600;
 
 /// A store to test, and what keeps it alive (a temporary directory or database).
 struct Subject {
@@ -87,12 +89,20 @@ fn new_user(name: &str) -> NewUser {
 }
 
 async fn user_names_are_unique_regardless_of_case(s: Subject) {
-    let ada = s.store.create_user(new_user("Ada"), NOW).await.unwrap();
+    let ada = s
+        .store
+        .create_user(new_user("Ada"), NOW_UNIX)
+        .await
+        .unwrap();
     assert!(matches!(
-        s.twin.create_user(new_user("ada"), NOW).await,
+        s.twin.create_user(new_user("ada"), NOW_UNIX).await,
         Err(StoreError::Conflict(_))
     ));
-    let bob = s.store.create_user(new_user("bob"), NOW).await.unwrap();
+    let bob = s
+        .store
+        .create_user(new_user("bob"), NOW_UNIX)
+        .await
+        .unwrap();
     assert_ne!(ada.id, bob.id);
     assert_eq!(
         s.twin.user_by_name("ADA").await.unwrap().map(|u| u.id),
@@ -103,7 +113,7 @@ async fn user_names_are_unique_regardless_of_case(s: Subject) {
         ..UserPatch::default()
     };
     assert!(matches!(
-        s.store.update_user("ada", renamed, NOW).await,
+        s.store.update_user("ada", renamed, NOW_UNIX).await,
         Err(StoreError::Conflict(_))
     ));
     assert!(s.store.delete_user("ada").await.unwrap());
@@ -125,7 +135,7 @@ async fn an_external_identity_is_linked_to_one_user_under_concurrency(s: Subject
                 }),
                 ..NewUser::default()
             };
-            store.create_user(new, NOW).await
+            store.create_user(new, NOW_UNIX).await
         });
     }
     let mut created = Vec::new();
@@ -189,7 +199,11 @@ fn factor(user_id: u64) -> Factor {
 }
 
 async fn a_ticket_is_confirmed_once_under_concurrency(s: Subject) {
-    let user = s.store.create_user(new_user("ada"), NOW).await.unwrap();
+    let user = s
+        .store
+        .create_user(new_user("ada"), NOW_UNIX)
+        .await
+        .unwrap();
     s.store
         .create_ticket(ticket("t1", user.id, 2000))
         .await
@@ -245,7 +259,11 @@ fn stepped_up(mut ticket: Ticket) -> Ticket {
 }
 
 async fn a_confirmed_factor_voids_pending_tickets_and_refuses_password_only_ones(s: Subject) {
-    let user = s.store.create_user(new_user("ada"), NOW).await.unwrap();
+    let user = s
+        .store
+        .create_user(new_user("ada"), NOW_UNIX)
+        .await
+        .unwrap();
     // An attacker's ticket made with the password alone, before the user enrolled.
     s.store
         .create_ticket(ticket("stale", user.id, 2000))
@@ -308,7 +326,7 @@ async fn of_two_password_only_tickets_confirmed_at_once_one_wins(s: Subject) {
     for round in 0..5 {
         let user = s
             .store
-            .create_user(new_user(&format!("ada{round}")), NOW)
+            .create_user(new_user(&format!("ada{round}")), NOW_UNIX)
             .await
             .unwrap();
         let mut tasks = Vec::new();
@@ -339,7 +357,11 @@ async fn of_two_password_only_tickets_confirmed_at_once_one_wins(s: Subject) {
 }
 
 async fn an_mfa_reset_removes_every_pending_ticket(s: Subject) {
-    let user = s.store.create_user(new_user("ada"), NOW).await.unwrap();
+    let user = s
+        .store
+        .create_user(new_user("ada"), NOW_UNIX)
+        .await
+        .unwrap();
     s.store
         .create_ticket(ticket("own", user.id, 2000))
         .await
@@ -366,7 +388,11 @@ async fn an_mfa_reset_removes_every_pending_ticket(s: Subject) {
 }
 
 async fn a_totp_step_is_accepted_once_under_concurrency(s: Subject) {
-    let user = s.store.create_user(new_user("ada"), NOW).await.unwrap();
+    let user = s
+        .store
+        .create_user(new_user("ada"), NOW_UNIX)
+        .await
+        .unwrap();
     s.store
         .create_ticket(ticket("t1", user.id, 2000))
         .await
@@ -433,7 +459,11 @@ fn granted(outcomes: &[Reservation]) -> usize {
 }
 
 async fn concurrent_failures_through_two_handles_are_all_counted(s: Subject) {
-    let user = s.store.create_user(new_user("ada"), NOW).await.unwrap();
+    let user = s
+        .store
+        .create_user(new_user("ada"), NOW_UNIX)
+        .await
+        .unwrap();
     let policy = Policy {
         max_failures: 100,
         window: 300,
@@ -448,7 +478,11 @@ async fn concurrent_failures_through_two_handles_are_all_counted(s: Subject) {
 }
 
 async fn concurrent_reservations_through_two_handles_grant_at_most_max_failures(s: Subject) {
-    let user = s.store.create_user(new_user("ada"), NOW).await.unwrap();
+    let user = s
+        .store
+        .create_user(new_user("ada"), NOW_UNIX)
+        .await
+        .unwrap();
     let policy = Policy {
         max_failures: 5,
         window: 300,
@@ -477,7 +511,11 @@ async fn concurrent_reservations_through_two_handles_grant_at_most_max_failures(
 }
 
 async fn a_lock_refuses_reservations_until_cleared(s: Subject) {
-    let user = s.store.create_user(new_user("ada"), NOW).await.unwrap();
+    let user = s
+        .store
+        .create_user(new_user("ada"), NOW_UNIX)
+        .await
+        .unwrap();
     let policy = Policy {
         max_failures: 2,
         window: 300,
@@ -532,7 +570,11 @@ async fn stored_events(s: &Subject) -> Vec<String> {
 }
 
 async fn a_code_logs_in_once_and_not_after_expiry(s: Subject) {
-    let user = s.store.create_user(new_user("ada"), NOW).await.unwrap();
+    let user = s
+        .store
+        .create_user(new_user("ada"), NOW_UNIX)
+        .await
+        .unwrap();
     let code = OobCode {
         v: SCHEMA_VERSION,
         user_id: user.id,
@@ -548,31 +590,18 @@ async fn a_code_logs_in_once_and_not_after_expiry(s: Subject) {
     };
     let _ = s.store.reserve_attempt(user.id, 900, policy).await.unwrap();
     assert_eq!(s.store.lockout(user.id).await.unwrap().failures.len(), 1);
-    let login = "2026-01-02T00:00:00Z";
+    // The logins below happen at 1000 (Unix seconds), which records write as:
+    let login = "1970-01-01T00:16:40Z";
     assert_eq!(
         s.twin
-            .login_with_code(
-                user.id,
-                "manage:sms",
-                "x",
-                1000,
-                login,
-                &login_event("wrong")
-            )
+            .login_with_code(user.id, "manage:sms", "x", 1000, &login_event("wrong"))
             .await
             .unwrap(),
         CodeLogin::Wrong
     );
     assert_eq!(
         s.twin
-            .login_with_code(
-                user.id,
-                "manage:sms",
-                "h",
-                2000,
-                login,
-                &login_event("late")
-            )
+            .login_with_code(user.id, "manage:sms", "h", 2000, &login_event("late"))
             .await
             .unwrap(),
         CodeLogin::Expired
@@ -583,7 +612,7 @@ async fn a_code_logs_in_once_and_not_after_expiry(s: Subject) {
     );
     let CodeLogin::Accepted(after) = s
         .twin
-        .login_with_code(user.id, "manage:sms", "h", 1000, login, &login_event("ok"))
+        .login_with_code(user.id, "manage:sms", "h", 1000, &login_event("ok"))
         .await
         .unwrap()
     else {
@@ -607,14 +636,7 @@ async fn a_code_logs_in_once_and_not_after_expiry(s: Subject) {
     assert_eq!(stored_events(&s).await, ["ok"]);
     assert_eq!(
         s.store
-            .login_with_code(
-                user.id,
-                "manage:sms",
-                "h",
-                1000,
-                login,
-                &login_event("again")
-            )
+            .login_with_code(user.id, "manage:sms", "h", 1000, &login_event("again"))
             .await
             .unwrap(),
         CodeLogin::Wrong
@@ -636,7 +658,11 @@ async fn a_code_logs_in_once_and_not_after_expiry(s: Subject) {
 }
 
 async fn a_code_logs_in_once_under_concurrency(s: Subject) {
-    let user = s.store.create_user(new_user("ada"), NOW).await.unwrap();
+    let user = s
+        .store
+        .create_user(new_user("ada"), NOW_UNIX)
+        .await
+        .unwrap();
     s.store
         .put_code(OobCode {
             v: SCHEMA_VERSION,
@@ -658,7 +684,7 @@ async fn a_code_logs_in_once_under_concurrency(s: Subject) {
         tasks.push(tokio::spawn(async move {
             let event = login_event(&format!("attempt {i}"));
             store
-                .login_with_code(user_id, "manage:sms", "h", 1000, NOW, &event)
+                .login_with_code(user_id, "manage:sms", "h", 1000, &event)
                 .await
                 .unwrap()
         }));
@@ -816,7 +842,7 @@ async fn names(store: &dyn Store, after: Option<&str>, limit: usize) -> Vec<Stri
 
 async fn users_are_listed_by_name_in_any_letter_case_a_page_at_a_time(s: Subject) {
     for name in ["carol", "Ada", "bob", "Émile", "dave", "zoe"] {
-        s.store.create_user(new_user(name), NOW).await.unwrap();
+        s.store.create_user(new_user(name), NOW_UNIX).await.unwrap();
     }
     assert_eq!(names(s.twin.as_ref(), None, 2).await, ["Ada", "bob"]);
     assert_eq!(
@@ -835,7 +861,7 @@ async fn users_are_listed_by_name_in_any_letter_case_a_page_at_a_time(s: Subject
         user_name: Some("Bea".into()),
         ..UserPatch::default()
     };
-    s.store.update_user("zoe", renamed, NOW).await.unwrap();
+    s.store.update_user("zoe", renamed, NOW_UNIX).await.unwrap();
     assert!(s.store.delete_user("carol").await.unwrap());
     assert_eq!(
         names(s.twin.as_ref(), None, 10).await,

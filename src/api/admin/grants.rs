@@ -133,7 +133,7 @@ impl Admin {
         };
         let user = self
             .store
-            .set_membership(&body.user_name, membership, &self.now())
+            .set_membership(&body.user_name, membership, self.clock.unix())
             .await?;
         self.record(
             "membership.set",
@@ -156,7 +156,7 @@ impl Admin {
         let body: FileMemberBody = self.bodies.read_json(req).await?;
         let user = self
             .store
-            .grant_file(&body.user_name, file_id, &self.now())
+            .grant_file(&body.user_name, file_id, self.clock.unix())
             .await?;
         self.record(
             "file.granted",

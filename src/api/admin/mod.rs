@@ -20,11 +20,11 @@ use subtle::ConstantTimeEq;
 use crate::api::problem::{Challenge, challenge};
 use crate::api::table::{self, Operation};
 use crate::api::{self, BodyError};
-use crate::app::App;
 use crate::body::Body;
 use crate::clock::{self, Clock};
-use crate::config::Secret;
+use crate::config::{Config, Secret};
 use crate::problem::Problem;
+use crate::services::Services;
 use crate::store::{Store, StoreError};
 
 /// The OpenAPI document of every local endpoint, served at `GET /openapi.json`.
@@ -268,17 +268,18 @@ impl From<BodyError> for AdminError {
 type AdminResult = Result<Response<Body>, AdminError>;
 
 impl Admin {
+    /// The admin API `config` sets up (its token, the bootstrap file) around the app's services;
     /// `ready` is true while the server accepts traffic.
-    pub fn new(app: &App, ready: Arc<AtomicBool>) -> Admin {
+    pub fn new(app: &Services, config: &Config, ready: Arc<AtomicBool>) -> Admin {
         Admin {
             ready,
-            token: app.config.admin.token.clone(),
+            token: config.admin.token.clone(),
             store: app.store.clone(),
             clock: app.clock.clone(),
             meter: app.meter.clone(),
             bodies: app.bodies.clone(),
             auth: app.auth.clone(),
-            bootstrap: app.config.bootstrap.file.clone(),
+            bootstrap: config.bootstrap.file.clone(),
         }
     }
 

@@ -195,7 +195,7 @@ impl Admin {
                     scopes: body.scopes.unwrap_or_default(),
                     external: None,
                 },
-                &self.now(),
+                self.clock.unix(),
             )
             .await?;
         self.record("user.created", Some(&user.user_name), None)
@@ -260,7 +260,10 @@ impl Admin {
             last_login_timestamp: None,
             is_valid: None,
         };
-        let user = self.store.update_user(name, patch, &self.now()).await?;
+        let user = self
+            .store
+            .update_user(name, patch, self.clock.unix())
+            .await?;
         let detail = password_changed.then(|| "password changed".to_owned());
         self.record("user.updated", Some(&user.user_name), detail)
             .await;

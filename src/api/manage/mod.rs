@@ -26,7 +26,7 @@ use crate::auth::{self, AuthError, Authenticator, Credential, Principal};
 use crate::body::Body;
 use crate::clock::Clock;
 use crate::config::ManageApi;
-use crate::mfa::phone::Caller;
+use crate::mfa::phone_login::Caller;
 use crate::mfa::service::{Mfa, MfaError};
 use crate::store::{Store, StoreError};
 

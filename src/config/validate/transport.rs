@@ -218,8 +218,8 @@ pub(super) fn proxy(c: &mut Checker, p: RawProxy) -> ProxyConfig {
 }
 
 /// `[[routes]]`: each rule complete, normalised and not given twice.
-pub(super) fn routes(c: &mut Checker, raw_routes: Vec<RawRoute>) -> Vec<Route> {
-    let mut routes: Vec<Route> = Vec::new();
+pub(super) fn routes(c: &mut Checker, raw_routes: Vec<RawRoute>) -> Vec<AccessRule> {
+    let mut routes: Vec<AccessRule> = Vec::new();
     for (i, r) in raw_routes.into_iter().enumerate() {
         let key = |k: &str| format!("routes[{i}].{k}");
         let Some(prefix) = r.path_prefix else {
@@ -262,7 +262,7 @@ pub(super) fn routes(c: &mut Checker, raw_routes: Vec<RawRoute>) -> Vec<Route> {
             if access == Access::Public && !scopes.is_empty() {
                 c.problem(&key("scopes"), "a public route cannot require scopes");
             }
-            routes.push(Route {
+            routes.push(AccessRule {
                 path_prefix,
                 access,
                 scopes,

@@ -7,7 +7,7 @@ use crate::lockout::{LockoutState, Policy, Reservation};
 use crate::store::{
     Application, AuditEvent, CodeLogin, Domain, Factor, FactorKind, Membership, NewUser,
     OPT_IN_PREFIX, OobCode, Organization, SigningKey, Snapshot, Store, StoreError, StoreResult,
-    Ticket, User, UserPatch, WsKey,
+    Ticket, User, UserPatch, WsKey, stamp,
 };
 
 use super::{
@@ -26,8 +26,8 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn create_user(&self, new: NewUser, now: &str) -> StoreResult<User> {
-        let template = User::new(0, new, now);
+    async fn create_user(&self, new: NewUser, now: i64) -> StoreResult<User> {
+        let template = User::new(0, new, &stamp(now)?);
         Ok(retry(|| self.create_user_once(&template)).await?)
     }
 
@@ -58,7 +58,7 @@ impl Store for PgStore {
         .await
     }
 
-    async fn update_user(&self, user_name: &str, patch: UserPatch, now: &str) -> StoreResult<User> {
+    async fn update_user(&self, user_name: &str, patch: UserPatch, now: i64) -> StoreResult<User> {
         self.modify_user(user_name, now, |user| patch.clone().apply(user))
             .await
     }
@@ -121,7 +121,7 @@ impl Store for PgStore {
         &self,
         user_name: &str,
         membership: Membership,
-        now: &str,
+        now: i64,
     ) -> StoreResult<User> {
         if self
             .organization(membership.organization_id)
@@ -141,7 +141,7 @@ impl Store for PgStore {
         .await
     }
 
-    async fn grant_file(&self, user_name: &str, file_id: i64, now: &str) -> StoreResult<User> {
+    async fn grant_file(&self, user_name: &str, file_id: i64, now: i64) -> StoreResult<User> {
         self.modify_user(user_name, now, |user| {
             if !user.files.contains(&file_id) {
                 user.files.push(file_id);
@@ -335,18 +335,16 @@ impl Store for PgStore {
         purpose: &str,
         code_hash: &str,
         now: i64,
-        login_time: &str,
         event: &AuditEvent,
     ) -> StoreResult<CodeLogin> {
+        let login_time = stamp(now)?;
         if !storable(purpose) {
             return Ok(CodeLogin::Wrong);
         }
-        Ok(
-            retry(|| {
-                self.login_with_code_once(user_id, purpose, code_hash, now, login_time, event)
-            })
-            .await?,
-        )
+        Ok(retry(|| {
+            self.login_with_code_once(user_id, purpose, code_hash, now, &login_time, event)
+        })
+        .await?)
     }
 
     async fn replace_recovery_codes(&self, user_id: u64, hashes: Vec<String>) -> StoreResult<()> {

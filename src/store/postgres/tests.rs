@@ -12,6 +12,8 @@ use crate::store::{
 };
 
 const NOW: &str = "2026-01-01T00:00:00Z";
+/// [`NOW`] in Unix seconds.
+const NOW_UNIX: i64 = 1_767_225_600;
 
 /// The server the tests create their databases on: `GATEHOUSE_TEST_DATABASE_URL`, a URL
 /// without a database name (tests/run.sh starts a throwaway server and sets it).
@@ -203,9 +205,12 @@ async fn tls_verifies_the_server_certificate() {
 async fn users_are_unique_by_name_regardless_of_case_and_by_external_id() {
     let db = TestDb::new().await;
     let store = db.store().await;
-    let ada = store.create_user(new_user("Ada"), NOW).await.unwrap();
+    let ada = store.create_user(new_user("Ada"), NOW_UNIX).await.unwrap();
     assert_eq!(ada.id, 1);
-    let err = store.create_user(new_user("ada"), NOW).await.unwrap_err();
+    let err = store
+        .create_user(new_user("ada"), NOW_UNIX)
+        .await
+        .unwrap_err();
     assert!(
         matches!(&err, StoreError::Conflict(what) if what == "user ada"),
         "{err}"
@@ -221,9 +226,12 @@ async fn users_are_unique_by_name_regardless_of_case_and_by_external_id() {
         }),
         ..new_user(name)
     };
-    let grace = store.create_user(external("grace"), NOW).await.unwrap();
+    let grace = store
+        .create_user(external("grace"), NOW_UNIX)
+        .await
+        .unwrap();
     let err = store
-        .create_user(external("hopper"), NOW)
+        .create_user(external("hopper"), NOW_UNIX)
         .await
         .unwrap_err();
     assert!(
@@ -242,13 +250,13 @@ async fn users_are_unique_by_name_regardless_of_case_and_by_external_id() {
             .is_none()
     );
 
-    store.create_user(new_user("bob"), NOW).await.unwrap();
+    store.create_user(new_user("bob"), NOW_UNIX).await.unwrap();
     let taken = UserPatch {
         user_name: Some("BOB".into()),
         ..UserPatch::default()
     };
     assert!(matches!(
-        store.update_user("ada", taken, NOW).await,
+        store.update_user("ada", taken, NOW_UNIX).await,
         Err(StoreError::Conflict(_))
     ));
     let rename = UserPatch {
@@ -257,13 +265,18 @@ async fn users_are_unique_by_name_regardless_of_case_and_by_external_id() {
         ..UserPatch::default()
     };
     let later = "2026-02-01T00:00:00Z";
-    let renamed = store.update_user("ada", rename, later).await.unwrap();
+    let renamed = store
+        .update_user("ada", rename, 1_769_904_000)
+        .await
+        .unwrap();
     assert_eq!(renamed.email.as_deref(), Some("ada@example.org"));
     assert_eq!(renamed.modified, later);
     assert!(store.user_by_name("ada").await.unwrap().is_none());
     assert_eq!(store.user_by_name("lovelace").await.unwrap(), Some(renamed));
     assert!(matches!(
-        store.update_user("nobody", UserPatch::default(), NOW).await,
+        store
+            .update_user("nobody", UserPatch::default(), NOW_UNIX)
+            .await,
         Err(StoreError::NotFound(_))
     ));
 }
@@ -272,13 +285,13 @@ async fn users_are_unique_by_name_regardless_of_case_and_by_external_id() {
 async fn memberships_files_applications_and_keys() {
     let db = TestDb::new().await;
     let store = db.store().await;
-    let ada = store.create_user(new_user("ada"), NOW).await.unwrap();
+    let ada = store.create_user(new_user("ada"), NOW_UNIX).await.unwrap();
     let m = Membership {
         organization_id: 7,
         role: Role::Admin,
     };
     assert!(matches!(
-        store.set_membership("ada", m, NOW).await,
+        store.set_membership("ada", m, NOW_UNIX).await,
         Err(StoreError::NotFound(_))
     ));
     let org = Organization {
@@ -293,15 +306,15 @@ async fn memberships_files_applications_and_keys() {
         Err(StoreError::Conflict(_))
     ));
     assert_eq!(store.organization(7).await.unwrap(), Some(org));
-    store.set_membership("ada", m, NOW).await.unwrap();
+    store.set_membership("ada", m, NOW_UNIX).await.unwrap();
     let member = Membership {
         role: Role::Member,
         ..m
     };
-    let user = store.set_membership("ada", member, NOW).await.unwrap();
+    let user = store.set_membership("ada", member, NOW_UNIX).await.unwrap();
     assert_eq!(user.memberships, vec![member]);
-    store.grant_file("ada", 5, NOW).await.unwrap();
-    let user = store.grant_file("ada", 5, NOW).await.unwrap();
+    store.grant_file("ada", 5, NOW_UNIX).await.unwrap();
+    let user = store.grant_file("ada", 5, NOW_UNIX).await.unwrap();
     assert_eq!(user.files, vec![5]);
 
     let app = |name: &str, token_hash: &str| Application {
@@ -567,7 +580,7 @@ async fn replicas_starting_together_agree_on_one_signing_key() {
 async fn a_sled_store_moves_over_unchanged() {
     use crate::store::sled::SledStore;
     let sled = SledStore::temporary().unwrap();
-    let ada = sled.create_user(new_user("ada"), NOW).await.unwrap();
+    let ada = sled.create_user(new_user("ada"), NOW_UNIX).await.unwrap();
     let external = NewUser {
         external: Some(ExternalId {
             issuer: "https://idp".into(),
@@ -575,7 +588,7 @@ async fn a_sled_store_moves_over_unchanged() {
         }),
         ..new_user("grace")
     };
-    let grace = sled.create_user(external, NOW).await.unwrap();
+    let grace = sled.create_user(external, NOW_UNIX).await.unwrap();
     for id in [7, -1] {
         sled.create_organization(Organization {
             v: SCHEMA_VERSION,
@@ -592,7 +605,7 @@ async fn a_sled_store_moves_over_unchanged() {
             organization_id: 7,
             role: Role::Admin,
         },
-        NOW,
+        NOW_UNIX,
     )
     .await
     .unwrap();
@@ -672,7 +685,7 @@ async fn a_sled_store_moves_over_unchanged() {
     pg.import(expected.clone()).await.unwrap();
     assert_eq!(pg.export().await.unwrap(), expected);
 
-    let carol = pg.create_user(new_user("carol"), NOW).await.unwrap();
+    let carol = pg.create_user(new_user("carol"), NOW_UNIX).await.unwrap();
     assert!(expected.users.iter().all(|u| u.id < carol.id));
     assert!(!pg.accept_totp_step(ada.id, 42).await.unwrap());
     assert!(pg.consume_recovery_code(ada.id, "r2").await.unwrap());

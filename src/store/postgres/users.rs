@@ -3,7 +3,7 @@
 use deadpool_postgres::GenericClient;
 use tokio_postgres::types::Json;
 
-use crate::store::{Application, StoreError, StoreResult, User};
+use crate::store::{Application, StoreError, StoreResult, User, stamp};
 
 use super::{
     Fail, PgStore, doc, exec, external_key, key, name_key, next_value, reset_mfa_in, retry, row,
@@ -47,7 +47,7 @@ impl PgStore {
     pub(super) async fn modify_user_once(
         &self,
         user_name: &str,
-        now: &str,
+        modified: &str,
         change: &(impl Fn(&mut User) + Sync),
     ) -> Result<User, Fail> {
         let mut client = self.client().await?;
@@ -63,7 +63,7 @@ impl PgStore {
         };
         let mut user: User = doc(&found)?;
         change(&mut user);
-        user.modified = now.to_owned();
+        user.modified = modified.to_owned();
         exec(
             &tx,
             "UPDATE gatehouse_users SET name_key = $2, doc = $3 WHERE id = $1",
@@ -81,13 +81,14 @@ impl PgStore {
     pub(super) async fn modify_user(
         &self,
         user_name: &str,
-        now: &str,
+        now: i64,
         change: impl Fn(&mut User) + Sync,
     ) -> StoreResult<User> {
+        let modified = stamp(now)?;
         if !storable(user_name) {
             return Err(StoreError::NotFound(format!("user {user_name}")));
         }
-        Ok(retry(|| self.modify_user_once(user_name, now, &change)).await?)
+        Ok(retry(|| self.modify_user_once(user_name, &modified, &change)).await?)
     }
 
     pub(super) async fn delete_user_once(&self, user_name: &str) -> Result<bool, Fail> {

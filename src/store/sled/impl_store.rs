@@ -10,7 +10,7 @@ use crate::lockout::{LockoutState, Policy, Reservation};
 use crate::store::{
     Application, AuditEvent, CodeLogin, Domain, Factor, FactorKind, Membership, NewUser,
     OPT_IN_PREFIX, OobCode, Organization, SigningKey, Snapshot, Store, StoreError, StoreResult,
-    Ticket, User, UserPatch, WsKey,
+    Ticket, User, UserPatch, WsKey, stamp,
 };
 
 use super::SledStore;
@@ -26,9 +26,10 @@ impl Store for SledStore {
         Ok(())
     }
 
-    async fn create_user(&self, new: NewUser, now: &str) -> StoreResult<User> {
+    async fn create_user(&self, new: NewUser, now: i64) -> StoreResult<User> {
+        let created = stamp(now)?;
         let id = self.db.generate_id().map_err(backend)?;
-        let user = User::new(id, new, now);
+        let user = User::new(id, new, &created);
         let result = (&self.users, &self.user_names, &self.user_external).transaction(
             |(users, names, external)| {
                 let key = name_key(&user.user_name);
@@ -78,7 +79,7 @@ impl Store for SledStore {
         }
     }
 
-    async fn update_user(&self, user_name: &str, patch: UserPatch, now: &str) -> StoreResult<User> {
+    async fn update_user(&self, user_name: &str, patch: UserPatch, now: i64) -> StoreResult<User> {
         self.modify_user(user_name, now, |user| {
             patch.clone().apply(user);
             Ok(())
@@ -298,7 +299,6 @@ impl Store for SledStore {
         purpose: &str,
         code_hash: &str,
         now: i64,
-        login_time: &str,
         event: &AuditEvent,
     ) -> StoreResult<CodeLogin> {
         // Not a sled transaction: sled writes and syncs its log buffer twice for every
@@ -306,6 +306,7 @@ impl Store for SledStore {
         // a crash cannot make unsafe instead. sled recovers a prefix of its log, so a crash before
         // the answer leaves at most the code consumed and nothing else changed (the caller, who
         // saw no answer, asks for a new code); never a login recorded with the code still usable.
+        let login_time = stamp(now)?;
         let code_key = mfa_key(user_id, b'c', purpose.as_bytes());
         let Some(stored) = self.mfa.get(&code_key).map_err(backend)? else {
             return Ok(CodeLogin::Wrong);
@@ -331,8 +332,8 @@ impl Store for SledStore {
             let Some(mut user) = user else {
                 return Err(StoreError::NotFound(format!("user {user_id}")));
             };
-            user.last_login_timestamp = Some(login_time.to_owned());
-            user.modified = login_time.to_owned();
+            user.last_login_timestamp = Some(login_time.clone());
+            user.modified = login_time.clone();
             Ok((Some(user.clone()), user))
         })?;
         let lockout_key = mfa_key(user_id, b'l', &[]);
@@ -460,7 +461,7 @@ impl Store for SledStore {
         &self,
         user_name: &str,
         membership: Membership,
-        now: &str,
+        now: i64,
     ) -> StoreResult<User> {
         if self
             .organization(membership.organization_id)
@@ -481,7 +482,7 @@ impl Store for SledStore {
         .await
     }
 
-    async fn grant_file(&self, user_name: &str, file_id: i64, now: &str) -> StoreResult<User> {
+    async fn grant_file(&self, user_name: &str, file_id: i64, now: i64) -> StoreResult<User> {
         self.modify_user(user_name, now, |user| {
             if !user.files.contains(&file_id) {
                 user.files.push(file_id);

@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sled::{Db, Transactional, Tree};
 
-use crate::store::{AuditEvent, StoreError, StoreResult, User};
+use crate::store::{AuditEvent, StoreError, StoreResult, User, stamp};
 
 mod codec;
 mod impl_store;
@@ -253,9 +253,10 @@ impl SledStore {
     async fn modify_user(
         &self,
         user_name: &str,
-        now: &str,
+        now: i64,
         change: impl Fn(&mut User) -> Result<(), StoreError>,
     ) -> StoreResult<User> {
+        let modified = stamp(now)?;
         let result = (&self.users, &self.user_names).transaction(|(users, names)| {
             let Some(mut user) = tx_user_by_name(users, names, user_name)? else {
                 return abort(StoreError::NotFound(format!("user {user_name}")));
@@ -270,7 +271,7 @@ impl SledStore {
                 names.remove(old_key)?;
                 names.insert(new_key, &user.id.to_be_bytes())?;
             }
-            user.modified = now.to_owned();
+            user.modified = modified.clone();
             users.insert(&user.id.to_be_bytes(), tx_encode(&user)?)?;
             Ok(user)
         });

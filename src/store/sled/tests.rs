@@ -7,6 +7,8 @@ use crate::store::{
 };
 
 const NOW: &str = "2026-01-01T00:00:00Z";
+/// [`NOW`] in Unix seconds.
+const NOW_UNIX: i64 = 1_767_225_600;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_durable_writes_share_flushes_and_all_reach_the_disk() {
@@ -54,8 +56,11 @@ fn new_user(name: &str) -> NewUser {
 #[tokio::test]
 async fn user_names_are_unique_regardless_of_case() {
     let store = SledStore::temporary().unwrap();
-    store.create_user(new_user("Ada"), NOW).await.unwrap();
-    let err = store.create_user(new_user("ada"), NOW).await.unwrap_err();
+    store.create_user(new_user("Ada"), NOW_UNIX).await.unwrap();
+    let err = store
+        .create_user(new_user("ada"), NOW_UNIX)
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err}");
     assert!(store.user_by_name("ADA").await.unwrap().is_some());
 }
@@ -76,7 +81,7 @@ fn a_store_released_a_moment_later_is_opened() {
 #[tokio::test]
 async fn a_user_read_again_after_a_change_is_the_changed_user() {
     let store = SledStore::temporary().unwrap();
-    let ada = store.create_user(new_user("ada"), NOW).await.unwrap();
+    let ada = store.create_user(new_user("ada"), NOW_UNIX).await.unwrap();
     for _ in 0..2 {
         assert_eq!(store.user_by_id(ada.id).await.unwrap(), Some(ada.clone()));
     }
@@ -84,7 +89,7 @@ async fn a_user_read_again_after_a_change_is_the_changed_user() {
         scopes: Some(vec!["reports".into()]),
         ..UserPatch::default()
     };
-    let changed = store.update_user("ada", patch, NOW).await.unwrap();
+    let changed = store.update_user("ada", patch, NOW_UNIX).await.unwrap();
     assert_eq!(changed.scopes, ["reports"]);
     assert_eq!(
         store.user_by_id(ada.id).await.unwrap(),
@@ -98,21 +103,21 @@ async fn a_user_read_again_after_a_change_is_the_changed_user() {
 #[tokio::test]
 async fn renaming_moves_the_index_and_refuses_taken_names() {
     let store = SledStore::temporary().unwrap();
-    store.create_user(new_user("ada"), NOW).await.unwrap();
-    store.create_user(new_user("bob"), NOW).await.unwrap();
+    store.create_user(new_user("ada"), NOW_UNIX).await.unwrap();
+    store.create_user(new_user("bob"), NOW_UNIX).await.unwrap();
     let taken = UserPatch {
         user_name: Some("BOB".into()),
         ..UserPatch::default()
     };
     assert!(matches!(
-        store.update_user("ada", taken, NOW).await,
+        store.update_user("ada", taken, NOW_UNIX).await,
         Err(StoreError::Conflict(_))
     ));
     let rename = UserPatch {
         user_name: Some("grace".into()),
         ..UserPatch::default()
     };
-    store.update_user("ada", rename, NOW).await.unwrap();
+    store.update_user("ada", rename, NOW_UNIX).await.unwrap();
     assert!(store.user_by_name("ada").await.unwrap().is_none());
     assert!(store.user_by_name("grace").await.unwrap().is_some());
 }
@@ -120,13 +125,13 @@ async fn renaming_moves_the_index_and_refuses_taken_names() {
 #[tokio::test]
 async fn memberships_need_an_existing_organization() {
     let store = SledStore::temporary().unwrap();
-    store.create_user(new_user("ada"), NOW).await.unwrap();
+    store.create_user(new_user("ada"), NOW_UNIX).await.unwrap();
     let m = Membership {
         organization_id: 7,
         role: Role::Admin,
     };
     assert!(matches!(
-        store.set_membership("ada", m, NOW).await,
+        store.set_membership("ada", m, NOW_UNIX).await,
         Err(StoreError::NotFound(_))
     ));
     store
@@ -138,14 +143,14 @@ async fn memberships_need_an_existing_organization() {
         })
         .await
         .unwrap();
-    let user = store.set_membership("ada", m, NOW).await.unwrap();
+    let user = store.set_membership("ada", m, NOW_UNIX).await.unwrap();
     assert_eq!(user.memberships, vec![m]);
 }
 
 #[tokio::test]
 async fn deleting_a_user_removes_its_keys() {
     let store = SledStore::temporary().unwrap();
-    let user = store.create_user(new_user("ada"), NOW).await.unwrap();
+    let user = store.create_user(new_user("ada"), NOW_UNIX).await.unwrap();
     store
         .create_ws_key(WsKey {
             v: SCHEMA_VERSION,
@@ -166,7 +171,7 @@ async fn records_survive_reopening() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = SledStore::open(dir.path()).unwrap();
-        store.create_user(new_user("ada"), NOW).await.unwrap();
+        store.create_user(new_user("ada"), NOW_UNIX).await.unwrap();
     }
     // sled's flusher thread lets go of the directory lock shortly after the drop.
     let mut reopened = SledStore::open(dir.path());

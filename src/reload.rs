@@ -19,12 +19,12 @@ use serde_json::Value;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::task::JoinHandle;
 
-use super::listener::SharedTls;
-use super::tls;
-use crate::app::App;
 use crate::config::{self, Access, Config};
 use crate::gateway::Gateway;
-use crate::routes::RouteTable;
+use crate::routes::AccessRules;
+use crate::server::listener::SharedTls;
+use crate::server::tls;
+use crate::services::Services;
 
 /// How often the configuration file is checked for a change.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
@@ -33,49 +33,62 @@ pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
 /// non-atomic save or a copy in progress reads differently, and is taken at a later check.
 pub const SETTLE: Duration = Duration::from_millis(200);
 
-/// The parts of a running server a reload replaces.
+/// The parts of a running server a reload replaces, and what it builds their replacements from.
 #[derive(Clone)]
 pub struct Reloadable {
+    services: Services,
     gateway: Arc<ArcSwap<Gateway>>,
     tls: Option<SharedTls>,
-    /// The configuration last applied by a reload; `None` until then (the start-up one runs).
-    running: Arc<Mutex<Option<Arc<Config>>>>,
+    /// The configuration gatehouse started with.
+    started: Arc<Config>,
+    /// The configuration in force: the start-up one until a reload applies another.
+    running: Arc<Mutex<Arc<Config>>>,
 }
 
 impl Reloadable {
-    pub(super) fn new(gateway: Arc<ArcSwap<Gateway>>, tls: Option<SharedTls>) -> Reloadable {
+    /// What a reload of a server started with `started` replaces: the request pipeline behind
+    /// `gateway` (rebuilt around `services`) and the certificate in `tls`.
+    pub fn new(
+        services: Services,
+        started: &Config,
+        gateway: Arc<ArcSwap<Gateway>>,
+        tls: Option<SharedTls>,
+    ) -> Reloadable {
+        let started = Arc::new(started.clone());
         Reloadable {
+            services,
             gateway,
             tls,
-            running: Arc::new(Mutex::new(None)),
+            running: Arc::new(Mutex::new(started.clone())),
+            started,
         }
     }
 
     /// The configuration in force: the last one applied, else the one the server started with.
-    fn running(&self, app: &App) -> Arc<Config> {
-        let running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
-        running
+    fn running(&self) -> Arc<Config> {
+        self.running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
             .clone()
-            .unwrap_or_else(|| Arc::new(app.config.clone()))
     }
 
     /// Puts `new` in force, all or nothing: everything that can fail is built before anything
     /// is replaced.
-    pub fn apply(&self, app: &App, new: &Config) -> Result<(), String> {
+    pub fn apply(&self, new: &Config) -> Result<(), String> {
         let tls = match &self.tls {
             Some(_) => Some(tls::server_config(&new.tls, &new.server.public_url)?),
             None => None,
         };
-        let issuers = app.auth.issuers_for(&new.auth)?;
-        let mut gateway = Gateway::new(app, new);
+        let issuers = self.services.auth.issuers_for(&new.auth)?;
+        let mut gateway = Gateway::new(&self.services, new);
         // An identity header renamed away stays removed from clients until the next start.
         gateway.keep_removing_identity_of(&self.gateway.load());
         if let (Some(shared), Some(tls)) = (&self.tls, tls) {
             shared.store(tls);
         }
-        app.auth.trust(issuers);
+        self.services.auth.trust(issuers);
         self.gateway.store(Arc::new(gateway));
-        *self.running.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(new.clone()));
+        *self.running.lock().unwrap_or_else(PoisonError::into_inner) = Arc::new(new.clone());
         Ok(())
     }
 }
@@ -101,7 +114,7 @@ pub fn loosened(old: &Config, new: &Config) -> Vec<String> {
             new.proxy.default.as_str()
         ));
     }
-    let old_table = RouteTable::new(&old.routes, old.proxy.default);
+    let old_table = AccessRules::new(&old.routes, old.proxy.default);
     for route in &old.routes {
         let prefix = &route.path_prefix;
         let Some(now) = new.routes.iter().find(|r| &r.path_prefix == prefix) else {
@@ -312,13 +325,12 @@ fn same_environment(running: &Config, new: &Config) -> Result<(), String> {
 /// Applies the configuration file's `content` (as read by [`read_settled`]); logs and counts
 /// what happened.
 pub fn reload(
-    app: &App,
     reloadable: &Reloadable,
     path: &Path,
     trigger: &str,
     content: Result<&[u8], &ReadError>,
 ) -> bool {
-    let running = reloadable.running(app);
+    let running = reloadable.running();
     let result = match content {
         Ok(content) => parse(content),
         Err(ReadError::Unreadable(e)) => Err(e.clone()),
@@ -328,11 +340,11 @@ pub fn reload(
             SETTLE.as_millis()
         )),
     }
-    .and_then(|new| same_environment(&app.config, &new).map(|()| new))
-    .and_then(|new| reloadable.apply(app, &new).map(|()| new));
+    .and_then(|new| same_environment(&reloadable.started, &new).map(|()| new))
+    .and_then(|new| reloadable.apply(&new).map(|()| new));
     match result {
         Ok(new) => {
-            let restart = needs_restart(&app.config, &new);
+            let restart = needs_restart(&reloadable.started, &new);
             if !restart.is_empty() {
                 tracing::warn!(
                     settings = %restart.join(", "),
@@ -349,7 +361,7 @@ pub fn reload(
                 );
             }
             tracing::info!(trigger, file = %path.display(), "configuration reloaded");
-            app.meter.reload(true);
+            reloadable.services.meter.reload(true);
             true
         }
         Err(e) => {
@@ -359,7 +371,7 @@ pub fn reload(
                 error = %e.trim_end(),
                 "configuration reload rejected; the running configuration stays"
             );
-            app.meter.reload(false);
+            reloadable.services.meter.reload(false);
             false
         }
     }
@@ -368,7 +380,6 @@ pub fn reload(
 /// Starts reloading on SIGHUP and on changes to `path` (checked every `poll`). The signal handler
 /// is installed before this returns, so a SIGHUP right after start-up is not fatal.
 pub fn watch(
-    app: Arc<App>,
     reloadable: Reloadable,
     path: PathBuf,
     poll: Duration,
@@ -399,7 +410,7 @@ pub fn watch(
                 Err(ReadError::Unreadable(_)) => seen = None,
                 Err(ReadError::Changing) => {}
             }
-            reload(&app, &reloadable, &path, trigger, content.as_deref());
+            reload(&reloadable, &path, trigger, content.as_deref());
         }
     }))
 }

@@ -81,7 +81,8 @@ impl Mfa {
         let (user, _) = self.phone_user(user_name, number).await?;
         let attempt = self.reserve(&user).await?;
         let hash = self.vault.code_hash(PURPOSE, otp.trim());
-        let login_time = clock::rfc3339(self.clock.now());
+        let now = self.clock.now();
+        let login_time = clock::rfc3339(now);
         let detail = caller.detail();
         // Stored with the login itself: one durable write for both.
         let event = AuditEvent {
@@ -92,14 +93,7 @@ impl Mfa {
         };
         match self
             .store
-            .login_with_code(
-                user.id,
-                PURPOSE,
-                &hash,
-                self.clock.unix(),
-                &login_time,
-                &event,
-            )
+            .login_with_code(user.id, PURPOSE, &hash, now.unix_timestamp(), &event)
             .await?
         {
             CodeLogin::Accepted(user) => {

@@ -1,0 +1,313 @@
+//! The per-request pipeline of the public listeners (SPEC §2): sanitise headers → read and
+//! classify the target (`target`) → answer it → finish (request id, metrics, one access-log line).
+//! Gatehouse answers its own endpoints here and forward-auth in `forward_auth`; everything else is
+//! the application's (`proxied`: access rule → authenticate → decide → forward).
+//!
+//! [`Gateway::handle`] never fails: every refusal becomes a problem document (`rejection`), and
+//! every request leaves one access-log line.
+
+mod access;
+mod forward_auth;
+mod proxied;
+mod rejection;
+mod request_id;
+mod target;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::{Method, Request, Response};
+use hyper::body::Incoming;
+use ipnet::IpNet;
+
+use std::sync::Arc;
+
+use self::rejection::{Rejection, render};
+pub use self::request_id::X_REQUEST_ID;
+use self::request_id::request_id;
+use self::target::Target;
+use crate::api::enroll::EnrollPage;
+use crate::api::manage::Manage;
+use crate::api::nexus::Nexus;
+use crate::api::ws::endpoints::Ws;
+use crate::auth::{Authenticator, Principal};
+use crate::body::{Body, full};
+use crate::meter::Meter;
+use crate::path;
+use crate::proxy::forward::{self, Upstream};
+use crate::proxy::headers::IdentityHeaders;
+use crate::proxy::headers::Sanitizer;
+use crate::routes::AccessRules;
+use crate::services::Services;
+use crate::telemetry::{self, AccessRecord};
+use crate::tokens::Tokens;
+
+pub use crate::server::ConnInfo;
+
+/// What the gateway knows of a request as it arrives: what the access log reports of it, and
+/// the connection facts the answering steps need.
+struct Arrival {
+    started: Instant,
+    conn: ConnInfo,
+    /// Whether the peer is in `server.trusted_proxies`.
+    trusted: bool,
+    /// The client's address as gatehouse believes it (see [`Gateway::client`]).
+    client: IpAddr,
+    request_id: HeaderValue,
+    method: Method,
+    query: Option<String>,
+}
+
+/// What one request came to, for the response and the access log.
+struct Outcome {
+    response: Result<Response<Body>, Rejection>,
+    /// The access of the path's rule, or what answered instead (metrics label).
+    class: &'static str,
+    principal: Option<Principal>,
+    upstream_latency: Option<Duration>,
+    /// A request id of the endpoint's own, replacing the client's (the Manage family's).
+    request_id: Option<String>,
+}
+
+impl Outcome {
+    /// A response or a refusal, with nothing more to report.
+    fn new(class: &'static str, response: Result<Response<Body>, Rejection>) -> Outcome {
+        Outcome {
+            response,
+            class,
+            principal: None,
+            upstream_latency: None,
+            request_id: None,
+        }
+    }
+
+    /// A refusal, with nothing more to report.
+    fn refused(class: &'static str, rejection: Rejection) -> Outcome {
+        Outcome::new(class, Err(rejection))
+    }
+
+    /// An answer of one of gatehouse's own endpoints.
+    fn local(response: Response<Body>) -> Outcome {
+        Outcome::new("local", Ok(response))
+    }
+}
+
+/// The public listeners' request handler.
+pub struct Gateway {
+    rules: AccessRules,
+    sanitizer: Sanitizer,
+    upstream: Upstream,
+    trusted_proxies: Vec<IpNet>,
+    max_body: Option<u64>,
+    auth: Arc<Authenticator>,
+    tokens: Arc<Tokens>,
+    identity: IdentityHeaders,
+    require_app: bool,
+    assertion_audience: String,
+    nexus: Option<Nexus>,
+    ws: Option<Ws>,
+    manage: Option<Manage>,
+    enroll: EnrollPage,
+    meter: Arc<Meter>,
+    bodies: Arc<crate::api::Bodies>,
+}
+
+impl Gateway {
+    /// Keeps removing from clients the identity header names `previous` removed (see
+    /// [`Sanitizer::keep_removing`]); a reload's new pipeline takes them from the one it replaces.
+    pub fn keep_removing_identity_of(&mut self, previous: &Gateway) {
+        self.sanitizer.keep_removing(&previous.sanitizer);
+    }
+
+    /// The pipeline for `config` (the app's own, or a reloaded one) around the app's services.
+    pub fn new(services: &Services, config: &crate::config::Config) -> Gateway {
+        Gateway {
+            rules: AccessRules::new(&config.routes, config.proxy.default),
+            sanitizer: Sanitizer::new(&config.identity_headers),
+            upstream: Upstream::new(&config.upstream),
+            trusted_proxies: config.server.trusted_proxies.clone(),
+            max_body: config.proxy.max_body,
+            auth: services.auth.clone(),
+            tokens: services.tokens.clone(),
+            identity: IdentityHeaders::new(&config.identity_headers),
+            require_app: config.auth.require_application_token,
+            assertion_audience: config.upstream.audience.clone(),
+            enroll: EnrollPage::new(services.mfa.clone(), config.mfa.totp.digits),
+            meter: services.meter.clone(),
+            bodies: services.bodies.clone(),
+            ws: config.apis.ws.enabled.then(|| {
+                Ws::new(
+                    &config.apis.ws.base_path,
+                    services.auth.clone(),
+                    services.mfa.clone(),
+                    services.store.clone(),
+                )
+            }),
+            manage: config.apis.manage.family.enabled.then(|| {
+                Manage::new(
+                    &config.apis.manage,
+                    services.auth.clone(),
+                    services.mfa.clone(),
+                    services.store.clone(),
+                    services.clock.clone(),
+                )
+            }),
+            nexus: config.apis.nexus.enabled.then(|| {
+                Nexus::new(
+                    &config.apis.nexus.base_path,
+                    services.auth.clone(),
+                    services.mfa.clone(),
+                    services.domains.clone(),
+                )
+            }),
+        }
+    }
+
+    /// Handles one request from a public listener. Never fails.
+    pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+        let started = Instant::now();
+        let (mut parts, body) = req.into_parts();
+        let trusted = self.is_trusted(conn.peer);
+        self.sanitizer.clean_request(&mut parts.headers, trusted);
+        let arrival = Arrival {
+            started,
+            conn,
+            trusted,
+            request_id: request_id(&parts.headers),
+            method: parts.method.clone(),
+            query: parts.uri.query().map(str::to_owned),
+            client: self.client(conn, &parts.headers, trusted),
+        };
+        let path = match target::readable_path(&parts) {
+            Ok(path) => path,
+            Err((path, rejection)) => {
+                return self.finish(arrival, &path, Outcome::refused("invalid", rejection));
+            }
+        };
+        // Local endpoints and access rules see the path without `;` parameters, in any letter
+        // case (SPEC §2); the upstream gets `path` itself.
+        let key = path::match_key(&path);
+        let target = Target::classify(
+            &parts.method,
+            &key,
+            self.ws.as_ref(),
+            self.manage.as_ref(),
+            self.nexus.as_ref(),
+        );
+        let outcome = match target {
+            Target::ForwardAuth => self.forward_auth(&parts, &path, &arrival).await,
+            Target::Jwks => Outcome::local(self.jwks()),
+            Target::Enroll(ticket_id) => {
+                self.local(&mut parts, arrival.client);
+                Outcome::local(self.enroll.handle(&parts, body, ticket_id).await)
+            }
+            Target::Ws(ws, endpoint) => {
+                self.local(&mut parts, arrival.client);
+                Outcome::local(ws.handle(endpoint, &parts, body).await)
+            }
+            Target::Manage(manage, endpoint) => {
+                self.local(&mut parts, arrival.client);
+                // Every Manage answer carries a fresh `apiRequestId`, also the request's id.
+                let id = uuid::Uuid::new_v4().to_string();
+                let response = manage.handle(endpoint, &parts, body, &id).await;
+                Outcome {
+                    request_id: Some(id),
+                    ..Outcome::local(response)
+                }
+            }
+            Target::Nexus(nexus, endpoint) => {
+                self.local(&mut parts, arrival.client);
+                let id = arrival.request_id.to_str().unwrap_or_default();
+                Outcome::local(nexus.handle(endpoint, &parts, body, &key, id).await)
+            }
+            Target::Proxied => self.proxied(parts, body, &path, &key, &arrival).await,
+        };
+        self.finish(arrival, &path, outcome)
+    }
+
+    /// The response for `outcome`, with its request id, once it is counted and logged.
+    fn finish(&self, arrival: Arrival, path: &str, outcome: Outcome) -> Response<Body> {
+        let request_id = outcome
+            .request_id
+            .and_then(|id| HeaderValue::from_str(&id).ok())
+            .unwrap_or(arrival.request_id);
+        let id = request_id.to_str().unwrap_or_default();
+        if let Err(rejection) = &outcome.response
+            && let Some(reason) = rejection.auth_failure()
+        {
+            self.meter.auth_failure(reason);
+        }
+        if let Some(latency) = outcome.upstream_latency {
+            self.meter.upstream_latency(latency);
+        }
+        let (mut response, error) = match outcome.response {
+            Ok(response) => (response, None),
+            Err(rejection) => (render(&rejection, path, id), Some(rejection.to_string())),
+        };
+        response
+            .headers_mut()
+            .insert(X_REQUEST_ID, request_id.clone());
+        self.meter
+            .request(outcome.class, response.status().as_u16());
+        telemetry::access(&AccessRecord {
+            method: arrival.method.as_str(),
+            path,
+            query: arrival.query.as_deref(),
+            status: response.status().as_u16(),
+            client: arrival.client,
+            latency: arrival.started.elapsed(),
+            upstream_latency: outcome.upstream_latency,
+            request_id: id,
+            user_id: outcome.principal.as_ref().map(|p| p.user_id.as_str()),
+            error: error.as_deref(),
+        });
+        response
+    }
+
+    /// The client's address as gatehouse believes it: the socket peer, or from a trusted proxy
+    /// the nearest untrusted address it names in `X-Forwarded-For`.
+    fn client(&self, conn: ConnInfo, headers: &http::HeaderMap, trusted: bool) -> IpAddr {
+        let peer = conn.peer.ip().to_canonical();
+        if trusted {
+            forward::forwarded_client(peer, headers, &self.trusted_proxies)
+        } else {
+            peer
+        }
+    }
+
+    /// What local endpoints learn of the request: its client and the body reader.
+    fn local(&self, parts: &mut Parts, client: IpAddr) {
+        parts.extensions.insert(crate::api::Context {
+            client,
+            bodies: self.bodies.clone(),
+        });
+    }
+
+    /// Whether the peer is in `server.trusted_proxies` (an IPv4-mapped address as its IPv4 one).
+    fn is_trusted(&self, peer: SocketAddr) -> bool {
+        let ip = match peer.ip() {
+            std::net::IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The JWK Set of gatehouse's token keys.
+    fn jwks(&self) -> Response<Body> {
+        let bytes = serde_json::to_vec(&self.tokens.jwks()).unwrap_or_default();
+        let mut response = Response::new(full(bytes));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/jwk-set+json"),
+        );
+        response.headers_mut().insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("max-age=300"),
+        );
+        response
+    }
+}

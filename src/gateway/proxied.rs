@@ -1,0 +1,201 @@
+//! A request for the application: authorise → strip credentials → identity headers → limits →
+//! forward. Each step either lets the request on or refuses it; the body is never buffered.
+
+use std::time::{Duration, Instant};
+
+use http::header;
+use http::request::Parts;
+use http::uri::PathAndQuery;
+use http::{HeaderMap, Request, Response, Uri};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+
+use super::rejection::Rejection;
+use super::request_id::X_REQUEST_ID;
+use super::{Arrival, Gateway, Outcome};
+use crate::body::{Body, BoxError};
+use crate::path::PathError;
+use crate::proxy::forward::{self, ForwardError, Origin};
+
+impl Gateway {
+    /// Forwards the request when the access rule for `key` lets it pass, as `path` (the
+    /// normalised path), with the identity of its principal if it has one.
+    pub(super) async fn proxied(
+        &self,
+        mut parts: Parts,
+        body: Incoming,
+        path: &str,
+        key: &str,
+        arrival: &Arrival,
+    ) -> Outcome {
+        let rule = self.rules.rule_for(key);
+        let class = rule.access.as_str();
+        let principal = match self.authorise(rule, &parts.headers, arrival.client).await {
+            Ok(principal) => principal,
+            Err(rejection) => return Outcome::refused(class, rejection),
+        };
+        if let Some(principal) = &principal {
+            self.strip_credentials(&mut parts.headers);
+            if let Err(rejection) = self.set_identity(&mut parts.headers, principal) {
+                return Outcome::refused(class, rejection);
+            }
+        }
+        let body = match self.limited(&parts.headers, body) {
+            Ok(body) => body,
+            Err(rejection) => {
+                return Outcome {
+                    principal,
+                    ..Outcome::refused(class, rejection)
+                };
+            }
+        };
+        self.set_upstream_headers(&mut parts, arrival);
+        let Some(target) = upstream_target(&parts.uri, path) else {
+            let rejection = Rejection::BadPath(PathError::BadEscape);
+            return Outcome {
+                principal,
+                ..Outcome::refused(class, rejection)
+            };
+        };
+        let (response, latency) = self.forward(Request::from_parts(parts, body), target).await;
+        Outcome {
+            principal,
+            upstream_latency: Some(latency),
+            ..Outcome::new(class, response)
+        }
+    }
+
+    /// Credentials gatehouse consumed do not travel on: the upstream gets the assertion.
+    fn strip_credentials(&self, headers: &mut HeaderMap) {
+        headers.remove(header::AUTHORIZATION);
+        headers.remove(self.auth.application_header());
+    }
+
+    /// The body within `proxy.max_body`: refused when its declared length is over the limit,
+    /// cut off when it sends more.
+    fn limited(&self, headers: &HeaderMap, body: Incoming) -> Result<Body, Rejection> {
+        match self.max_body {
+            Some(limit) => {
+                if content_length(headers).is_some_and(|len| len > limit) {
+                    return Err(Rejection::BodyTooLarge(limit));
+                }
+                let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+                Ok(Limited::new(body, limit).boxed_unsync())
+            }
+            None => Ok(body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync()),
+        }
+    }
+
+    /// The headers the upstream reads: `Host` (from the request target when the client sent
+    /// none), nothing it must not take from a client, `X-Forwarded-*` and the request id.
+    fn set_upstream_headers(&self, parts: &mut Parts, arrival: &Arrival) {
+        let host = forward::requested_host(&parts.uri, &parts.headers);
+        if !parts.headers.contains_key(header::HOST)
+            && let Some(v) = &host
+        {
+            parts.headers.insert(header::HOST, v.clone());
+        }
+        let origin = Origin {
+            peer: arrival.conn.peer,
+            tls: arrival.conn.tls,
+            trusted: arrival.trusted,
+        };
+        self.sanitizer
+            .clean_upstream(&mut parts.headers, arrival.trusted);
+        forward::set_forwarding_headers(&mut parts.headers, origin, host);
+        parts
+            .headers
+            .insert(X_REQUEST_ID, arrival.request_id.clone());
+    }
+
+    /// The upstream's response, or why there is none, and how long it took to come.
+    async fn forward(
+        &self,
+        request: Request<Body>,
+        target: PathAndQuery,
+    ) -> (Result<Response<Body>, Rejection>, Duration) {
+        let sent = Instant::now();
+        let result = self.upstream.forward(request, target).await;
+        let latency = sent.elapsed();
+        let response = result.map_err(|e| match e {
+            ForwardError::Timeout => Rejection::UpstreamTimeout,
+            ForwardError::Unavailable(e) => Rejection::UpstreamUnavailable(error_chain(&e)),
+        });
+        (response, latency)
+    }
+}
+
+/// The path and query the upstream gets: the request's own, shared rather than copied, when
+/// gatehouse changes neither (the usual case); else `path` with the query less its `WsAccessKey`
+/// parameters. `None` when that is no valid target.
+fn upstream_target(uri: &Uri, path: &str) -> Option<PathAndQuery> {
+    let query = uri.query();
+    if path == uri.path() && !query.is_some_and(has_access_key) {
+        return uri.path_and_query().cloned();
+    }
+    let target = match query.map(without_access_keys) {
+        Some(q) if !q.is_empty() => format!("{path}?{q}"),
+        _ => path.to_owned(),
+    };
+    PathAndQuery::try_from(target).ok()
+}
+
+/// Whether a query parameter (`name=value` or `name`) is a `WsAccessKey` (any letter case): a
+/// legacy credential that the upstream must never see.
+fn is_access_key(pair: &str) -> bool {
+    let name = pair.split('=').next().unwrap_or_default();
+    name.eq_ignore_ascii_case("wsaccesskey")
+}
+
+/// Whether the query has a `WsAccessKey` parameter.
+fn has_access_key(query: &str) -> bool {
+    query.split('&').any(is_access_key)
+}
+
+/// The query without `WsAccessKey` parameters.
+fn without_access_keys(query: &str) -> String {
+    query
+        .split('&')
+        .filter(|pair| !is_access_key(pair))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// An error and its sources on one line (hyper's outer errors say little on their own).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
+/// The length the request declares, when it declares one.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ws_access_keys_are_removed_from_forwarded_queries() {
+        assert_eq!(
+            without_access_keys("FileId=1&wsaccesskey=k&x=2"),
+            "FileId=1&x=2"
+        );
+        assert_eq!(without_access_keys("WsAccessKey=k"), "");
+        assert_eq!(without_access_keys("a=1"), "a=1");
+        assert!(has_access_key("a=1&WSACCESSKEY=k"));
+        assert!(!has_access_key("a=1&wsaccesskeys=k"));
+    }
+}

@@ -1,0 +1,262 @@
+//! Why a request is refused: each [`Rejection`], the status, stable code and message the client
+//! sees, and the operator's account of it for the access log.
+
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+
+use crate::body::Body;
+use crate::path::PathError;
+use crate::problem::Problem;
+
+/// Everything a request can be refused for on a proxied route. [`Rejection::problem`] maps each
+/// to its status, stable code and message; there is no catch-all arm.
+#[derive(Debug)]
+pub(super) enum Rejection {
+    BadPath(PathError),
+    /// More than one `Host`, or a `Host` that names another authority than the request target
+    /// (absolute form) or `:authority`: the upstream could read another host than gatehouse did.
+    AmbiguousHost,
+    BadCredentials(&'static str),
+    /// The reason is for the log; the client sees one body for every reason.
+    Unauthenticated(Option<String>),
+    AuthUnavailable(String),
+    /// Too many passwords are being hashed (SPEC §10).
+    HashingBusy,
+    /// Too many wrong passwords from the client's address; retry after this many seconds.
+    TooManyFailures(u64),
+    /// A trusted issuer's token for a subject with no user yet, while the issuer is at its
+    /// `max_new_users`; retry after this many seconds.
+    NewUsersLimited(u64),
+    Internal(String),
+    MfaRequired,
+    MissingScope(String),
+    BodyTooLarge(u64),
+    UpstreamUnavailable(String),
+    UpstreamTimeout,
+    /// A forward-auth request from a peer outside `server.trusted_proxies`.
+    UntrustedForwardAuth,
+    /// A forward-auth request that describes no request.
+    NoForwardedRequest,
+    /// A forward-auth request whose headers (or Envoy's path) describe different paths.
+    ConflictingForwardedRequest,
+}
+
+impl Rejection {
+    /// The `reason` label of an authentication or policy refusal.
+    pub(super) fn auth_failure(&self) -> Option<&'static str> {
+        match self {
+            Rejection::BadCredentials(_) => Some("malformed"),
+            Rejection::Unauthenticated(None) => Some("missing"),
+            Rejection::Unauthenticated(Some(_)) => Some("invalid"),
+            Rejection::AuthUnavailable(_) => Some("unavailable"),
+            Rejection::HashingBusy => Some("busy"),
+            Rejection::TooManyFailures(_) => Some("throttled"),
+            Rejection::NewUsersLimited(_) => Some("new_users_limited"),
+            Rejection::MfaRequired => Some("mfa_required"),
+            Rejection::MissingScope(_) => Some("missing_scope"),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Rejection {
+    /// The operator's view, for the access log: more precise than the client's problem detail.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rejection::BadPath(e) => write!(f, "invalid path: {e}"),
+            Rejection::AmbiguousHost => f.write_str("several or conflicting Host values"),
+            Rejection::BadCredentials(why) => write!(f, "malformed credentials: {why}"),
+            Rejection::Unauthenticated(None) => f.write_str("no credential"),
+            Rejection::Unauthenticated(Some(why)) => write!(f, "invalid credential: {why}"),
+            Rejection::AuthUnavailable(why) => write!(f, "cannot verify credentials: {why}"),
+            Rejection::HashingBusy => f.write_str("password hashing at capacity"),
+            Rejection::TooManyFailures(_) => {
+                f.write_str("too many wrong passwords from this address")
+            }
+            Rejection::NewUsersLimited(_) => {
+                f.write_str("the token's issuer is at its bound on new users")
+            }
+            Rejection::Internal(why) => write!(f, "internal error: {why}"),
+            Rejection::MfaRequired => f.write_str("second factor required"),
+            Rejection::MissingScope(scope) => write!(f, "missing scope {scope}"),
+            Rejection::BodyTooLarge(limit) => write!(f, "body over {limit} bytes"),
+            Rejection::UpstreamUnavailable(reason) => write!(f, "upstream unavailable: {reason}"),
+            Rejection::UpstreamTimeout => f.write_str("upstream response timeout"),
+            Rejection::UntrustedForwardAuth => f.write_str("forward-auth from an untrusted peer"),
+            Rejection::NoForwardedRequest => {
+                f.write_str("forward-auth without X-Forwarded-Uri or X-Original-URL")
+            }
+            Rejection::ConflictingForwardedRequest => {
+                f.write_str("forward-auth describing different paths")
+            }
+        }
+    }
+}
+
+impl Rejection {
+    /// The client's view: status, stable code, title and detail.
+    fn problem(&self) -> Problem {
+        match self {
+            Rejection::BadPath(e) => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-path",
+                "Invalid request path",
+                e.to_string(),
+            ),
+            Rejection::AmbiguousHost => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-host",
+                "Ambiguous host",
+                "The request must name one host: one Host header, agreeing with the request \
+                 target or :authority.",
+            ),
+            Rejection::BadCredentials(why) => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-credentials",
+                "Malformed credentials",
+                format!("The request's credentials cannot be read: {why}."),
+            ),
+            Rejection::Unauthenticated(_) => Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "Authentication required",
+                "This route needs valid credentials.",
+            ),
+            Rejection::AuthUnavailable(_) => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "auth-unavailable",
+                "Credentials cannot be verified",
+                "Gatehouse cannot verify credentials right now; try again shortly.",
+            ),
+            Rejection::HashingBusy => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "Too busy",
+                "Gatehouse is checking too many passwords right now; try again shortly.",
+            ),
+            Rejection::TooManyFailures(_) => Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-failures",
+                "Too many failed sign-ins",
+                "Too many wrong passwords came from this address; try again later.",
+            ),
+            Rejection::NewUsersLimited(_) => Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-new-users",
+                "Too many new users",
+                "Too many accounts were created from this identity provider's tokens recently; \
+                 yours will be created when you try again later.",
+            ),
+            Rejection::Internal(_) => Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+                "Gatehouse failed to handle the request.",
+            ),
+            Rejection::MfaRequired => Problem::new(
+                StatusCode::FORBIDDEN,
+                "mfa-required",
+                "Second factor required",
+                "This route needs a credential that includes a second factor.",
+            ),
+            Rejection::MissingScope(scope) => Problem::new(
+                StatusCode::FORBIDDEN,
+                "insufficient-scope",
+                "Insufficient scope",
+                format!("This route needs the scope `{scope}`."),
+            ),
+            Rejection::BodyTooLarge(limit) => Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body-too-large",
+                "Request body too large",
+                format!("Request bodies on this route are limited to {limit} bytes."),
+            ),
+            Rejection::UpstreamUnavailable(_) => Problem::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream-unavailable",
+                "Upstream unavailable",
+                "The application could not be reached.",
+            ),
+            Rejection::UpstreamTimeout => Problem::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream-timeout",
+                "Upstream timed out",
+                "The application did not answer in time.",
+            ),
+            Rejection::UntrustedForwardAuth => Problem::new(
+                StatusCode::FORBIDDEN,
+                "untrusted-forward-auth",
+                "Not a trusted proxy",
+                "Forward-auth answers only peers listed in server.trusted_proxies.",
+            ),
+            Rejection::NoForwardedRequest => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "no-forwarded-request",
+                "No request to decide",
+                "Send the request to decide in X-Forwarded-Uri (with X-Forwarded-Method) or X-Original-URL.",
+            ),
+            Rejection::ConflictingForwardedRequest => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "conflicting-forwarded-request",
+                "Conflicting request descriptions",
+                "X-Forwarded-Uri, X-Original-URL and the path after /auth/verify must name one path.",
+            ),
+        }
+    }
+}
+
+/// The problem document for `rejection`, with `Retry-After` when the client may try again later
+/// and the challenges of a 401.
+pub(super) fn render(rejection: &Rejection, path: &str, request_id: &str) -> Response<Body> {
+    let mut response = rejection.problem().render(path, request_id);
+    let retry_after = match rejection {
+        Rejection::HashingBusy => Some(crate::auth::BUSY_RETRY_AFTER),
+        Rejection::TooManyFailures(seconds) | Rejection::NewUsersLimited(seconds) => Some(*seconds),
+        _ => None,
+    };
+    if let Some(seconds) = retry_after {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    if matches!(rejection, Rejection::Unauthenticated(_)) {
+        for challenge in CHALLENGES {
+            response.headers_mut().append(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
+        }
+    }
+    response
+}
+
+/// The schemes a client may answer a 401 with.
+const CHALLENGES: [&str; 2] = [
+    "Bearer realm=\"gatehouse\"",
+    "Basic realm=\"gatehouse\", charset=\"UTF-8\"",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejections_map_to_their_statuses() {
+        let cases = [
+            (Rejection::BadPath(PathError::EncodedSlash), 400),
+            (Rejection::AmbiguousHost, 400),
+            (Rejection::BadCredentials("two"), 400),
+            (Rejection::Unauthenticated(None), 401),
+            (Rejection::AuthUnavailable("down".into()), 503),
+            (Rejection::Internal("x".into()), 500),
+            (Rejection::MfaRequired, 403),
+            (Rejection::MissingScope("x".into()), 403),
+            (Rejection::BodyTooLarge(1), 413),
+            (Rejection::UpstreamUnavailable("refused".into()), 502),
+            (Rejection::UpstreamTimeout, 504),
+        ];
+        for (rejection, status) in cases {
+            assert_eq!(rejection.problem().status.as_u16(), status, "{rejection:?}");
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! Verification: a code of a confirmed factor (or a recovery code), or of the pending enrollment,
+//! steps the credential up to a token with `mfa` in its scope and the factor in its `amr`.
+
+use crate::auth::{Method, Principal};
+use crate::store::{Factor, FactorKind, User};
+
+use super::codes;
+use super::service::{Mfa, MfaError, context};
+use super::totp::Check;
+
+/// The token response of verify-enrollment-otp and verify-otp.
+#[derive(Debug, Clone)]
+pub struct Granted {
+    pub scope: String,
+    pub expires_in: i64,
+    pub access_token: String,
+}
+
+/// The codes a verification request carries (seed 000's body).
+#[derive(Debug, Clone, Default)]
+pub struct Codes {
+    pub otp: Option<String>,
+    pub oob: Option<String>,
+    pub access_token: Option<String>,
+}
+
+/// The `amr` value a factor adds to a token.
+fn method(kind: FactorKind) -> Method {
+    match kind {
+        FactorKind::Otp => Method::Otp,
+        FactorKind::Sms => Method::Sms,
+        FactorKind::Email => Method::Email,
+    }
+}
+
+impl Mfa {
+    /// `POST /v1/me/verify-otp`: a code of a confirmed factor, or a recovery code in `otp`.
+    pub async fn verify(&self, principal: &Principal, codes: &Codes) -> Result<Granted, MfaError> {
+        let (otp, oob) = Mfa::one_code(codes)?;
+        let session = self.session(principal, codes.access_token.as_deref())?;
+        let user = self.user(principal).await?;
+        let factors = self.store.factors(user.id).await?;
+        if factors.is_empty() {
+            return Err(MfaError::NoFactor("the user has no confirmed factor"));
+        }
+        let attempt = self.reserve(&user).await?;
+        let now = self.clock.unix();
+        if let Some(code) = otp {
+            if let Some(Factor {
+                sealed_secret: Some(sealed),
+                last_step,
+                ..
+            }) = factors.iter().find(|f| f.kind == FactorKind::Otp)
+            {
+                let secret = self
+                    .vault
+                    .open(sealed, &context(user.id))
+                    .map_err(MfaError::Internal)?;
+                if let Check::Accepted(step) =
+                    self.totp
+                        .check(&secret, code, u64::try_from(now).unwrap_or(0), *last_step)
+                    && self.store.accept_totp_step(user.id, step).await?
+                {
+                    self.passed(&user, attempt).await?;
+                    self.audit("mfa.verified", &user, Some("factor otp".into()))
+                        .await;
+                    return self.grant(session, FactorKind::Otp, &user).await;
+                }
+            }
+            let recovery = self
+                .vault
+                .code_hash("recovery", &codes::normalise_recovery_code(code));
+            if self.store.consume_recovery_code(user.id, &recovery).await? {
+                self.passed(&user, attempt).await?;
+                self.audit("mfa.recovery_code.used", &user, None).await;
+                return self.grant(session, FactorKind::Otp, &user).await;
+            }
+            return Err(self.failed(&user, attempt, None).await);
+        }
+        let code = oob.unwrap_or_default().trim();
+        for factor in factors.iter().filter(|f| f.kind != FactorKind::Otp) {
+            let purpose = format!("verify:{}", factor.kind.as_str());
+            let hash = self.vault.code_hash(&purpose, code);
+            if self
+                .store
+                .consume_code(user.id, &purpose, &hash, now)
+                .await?
+            {
+                self.passed(&user, attempt).await?;
+                self.audit(
+                    "mfa.verified",
+                    &user,
+                    Some(format!("factor {}", factor.kind.as_str())),
+                )
+                .await;
+                return self.grant(session, factor.kind, &user).await;
+            }
+        }
+        Err(self.failed(&user, attempt, None).await)
+    }
+
+    /// `POST /v1/me/verify-enrollment-otp`.
+    pub async fn verify_enrollment(
+        &self,
+        principal: &Principal,
+        codes: &Codes,
+    ) -> Result<Granted, MfaError> {
+        let (otp, oob) = Mfa::one_code(codes)?;
+        let session = self.session(principal, codes.access_token.as_deref())?;
+        let user = self.user(principal).await?;
+        let ticket = self
+            .store
+            .newest_pending_ticket(user.id, self.clock.unix())
+            .await?
+            .ok_or(MfaError::NoPendingEnrollment)?;
+        let code = match (ticket.kind, otp, oob) {
+            (FactorKind::Otp, Some(code), None) => code,
+            (FactorKind::Sms | FactorKind::Email, None, Some(code)) => code,
+            (FactorKind::Otp, _, _) => {
+                return Err(MfaError::Invalid("this enrollment expects `otp`".into()));
+            }
+            _ => return Err(MfaError::Invalid("this enrollment expects `oob`".into())),
+        };
+        let confirmed = self.confirm(&ticket, code).await?;
+        self.grant(session, confirmed.kind, &user).await
+    }
+
+    fn one_code(codes: &Codes) -> Result<(Option<&str>, Option<&str>), MfaError> {
+        let otp = codes.otp.as_deref().filter(|c| !c.is_empty());
+        let oob = codes.oob.as_deref().filter(|c| !c.is_empty());
+        match (otp, oob) {
+            (Some(_), Some(_)) | (None, None) => Err(MfaError::Invalid(
+                "give exactly one of `otp` and `oob`".into(),
+            )),
+            pair => Ok(pair),
+        }
+    }
+
+    /// Validates `accessToken` of a verification body: a gatehouse token of the same user.
+    fn session(
+        &self,
+        principal: &Principal,
+        access_token: Option<&str>,
+    ) -> Result<Principal, MfaError> {
+        let Some(token) = access_token.filter(|t| !t.is_empty()) else {
+            return Ok(principal.clone());
+        };
+        let claims = self
+            .tokens
+            .verify_access(token)
+            .map_err(|_| MfaError::InvalidAccessToken)?;
+        if claims.sub != principal.user_id {
+            return Err(MfaError::InvalidAccessToken);
+        }
+        Ok(Principal {
+            scopes: claims.scope.split_whitespace().map(str::to_owned).collect(),
+            methods: crate::tokens::methods_from_amr(&claims.amr),
+            ..principal.clone()
+        })
+    }
+
+    /// A token for `session` stepped up with `kind`: `scope` gains `mfa`, `amr` the factor.
+    async fn grant(
+        &self,
+        session: Principal,
+        kind: FactorKind,
+        user: &User,
+    ) -> Result<Granted, MfaError> {
+        let mut stepped = session;
+        // Issued with the scopes the user holds now (SPEC §10), never those of the session
+        // being stepped up: a removed scope must not come back through a step-up.
+        stepped.scopes = user.scopes.clone();
+        if !stepped.scopes.iter().any(|s| s == "mfa") {
+            stepped.scopes.push("mfa".into());
+        }
+        let m = method(kind);
+        if !stepped.methods.contains(&m) {
+            stepped.methods.push(m);
+        }
+        let access_token = self
+            .tokens
+            .issue_access(&stepped)
+            .map_err(|e| MfaError::Internal(e.to_string()))?;
+        self.audit(
+            "token.issued",
+            user,
+            Some(format!(
+                "amr {}",
+                stepped
+                    .methods
+                    .iter()
+                    .map(|m| m.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )),
+        )
+        .await;
+        Ok(Granted {
+            scope: stepped.scopes.join(" "),
+            expires_in: self.tokens.access_ttl(),
+            access_token,
+        })
+    }
+}
