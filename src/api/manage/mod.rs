@@ -269,7 +269,14 @@ impl Manage {
                     "Send the Basic credentials of a service account.",
                 ));
             }
-            Err(_) => return Err(unauthorized("The Authorization header is malformed.")),
+            Err(
+                AuthError::Malformed(_)
+                | AuthError::Invalid(_)
+                | AuthError::Unavailable(_)
+                | AuthError::Busy
+                | AuthError::Throttled(_)
+                | AuthError::NewUsersLimited(_),
+            ) => return Err(unauthorized("The Authorization header is malformed.")),
         }
         let principal = match self
             .auth

@@ -12,7 +12,7 @@ use super::negotiate::{self, Format};
 use super::xml::{self, Link};
 use crate::api::table::{self, Operation};
 use crate::api::{self, BodyError};
-use crate::auth::{self, Authenticator, Credential, Principal};
+use crate::auth::{self, AuthError, Authenticator, Credential, Principal};
 use crate::body::{Body, full};
 use crate::mfa::service::{Mfa, MfaError};
 use crate::store::Store;
@@ -321,7 +321,14 @@ impl Ws {
                 }
             }
             Ok(Some(Credential::Basic { .. })) => Err(unauthorized()),
-            Err(_) => Err(Answer::new(
+            Err(
+                AuthError::Malformed(_)
+                | AuthError::Invalid(_)
+                | AuthError::Unavailable(_)
+                | AuthError::Busy
+                | AuthError::Throttled(_)
+                | AuthError::NewUsersLimited(_),
+            ) => Err(Answer::new(
                 StatusCode::BAD_REQUEST,
                 "Malformed Authorization header.",
             )),
