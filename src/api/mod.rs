@@ -1,7 +1,6 @@
 //! Endpoints gatehouse answers itself, and what their handlers share.
 
 pub mod admin;
-pub mod domains;
 pub mod enroll;
 pub mod manage;
 pub mod nexus;
