@@ -6,7 +6,9 @@ use crate::config::ApisConfig;
 /// One operation of the public listeners, its path with the family's configured base path.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct PublicOperation {
+    /// The HTTP method, in upper case.
     pub method: &'static str,
+    /// The path template, the family's base path included.
     pub path: String,
 }
 

@@ -14,7 +14,9 @@ pub const FORWARD_AUTH_PATH: &str = "/auth/verify";
 /// a `{name}` segment stands for any one segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Operation {
+    /// The HTTP method, in upper case.
     pub method: &'static str,
+    /// The path template, below the family's base path when it has one.
     pub path: &'static str,
 }
 
