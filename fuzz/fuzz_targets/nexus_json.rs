@@ -2,7 +2,7 @@
 //! the name it carries.
 #![no_main]
 
-use gatehouse::api::domains::CreateBody;
+use gatehouse::api::nexus::domains::CreateBody;
 use gatehouse::api::{MAX_JSON_DEPTH, decode_json};
 use gatehouse::domains::name::normalise;
 use gatehouse::fuzzing::nexus_verify_body;

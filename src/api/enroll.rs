@@ -16,8 +16,8 @@ use hyper::body::Incoming;
 use qrcode::QrCode;
 use qrcode::render::svg;
 
-use crate::api::nexus::mfa_problem;
-use crate::api::route::{self, Route};
+use crate::api::problem::mfa_problem;
+use crate::api::table::{self, Operation};
 use crate::api::{self, BodyError};
 use crate::body::{Body, full};
 use crate::mfa::enroll::TicketView;
@@ -28,10 +28,10 @@ const PREFIX: &str = "/enroll/";
 const PAGE: &str = "/enroll/{ticketId}";
 
 /// What the page answers: the page itself, and its forms' posts.
-pub const ROUTES: [Route; 3] = [
-    Route::new("GET", PAGE),
-    Route::new("HEAD", PAGE),
-    Route::new("POST", PAGE),
+pub const OPERATIONS: [Operation; 3] = [
+    Operation::new("GET", PAGE),
+    Operation::new("HEAD", PAGE),
+    Operation::new("POST", PAGE),
 ];
 
 const STYLE: &str = "body{font:16px/1.5 system-ui,sans-serif;margin:0;background:#f4f5f7;color:#1d2330}\
@@ -156,8 +156,8 @@ impl EnrollPage {
     /// malformed id is answered as an unknown ticket rather than forwarded to the application.
     pub fn ticket_id(path: &str) -> Option<&str> {
         // Most paths are not: the prefix decides before anything is split.
-        crate::routes::strip_prefix_ignore_case(path, PREFIX)?;
-        let [id] = route::captures(PAGE, path)?[..] else {
+        crate::path::strip_prefix_ignore_case(path, PREFIX)?;
+        let [id] = table::captures(PAGE, path)?[..] else {
             return None;
         };
         Some(id).filter(|id| !id.is_empty())
@@ -169,6 +169,7 @@ impl EnrollPage {
         crate::mfa::codes::is_ticket_id(id)
     }
 
+    /// Answers the page: shows it, takes its forms' posts, or refuses another method.
     pub async fn handle(&self, parts: &Parts, body: Incoming, ticket_id: &str) -> Response<Body> {
         if !Self::plausible(ticket_id)
             && matches!(parts.method, Method::GET | Method::HEAD | Method::POST)
@@ -178,57 +179,14 @@ impl EnrollPage {
         let action = format!("{PREFIX}{ticket_id}");
         match parts.method {
             Method::GET | Method::HEAD => self.show(ticket_id, &action, None).await,
-            Method::POST => {
-                // A form for a ticket that cannot be used is not worth reading (SPEC §10).
-                if let Err(e) = self.mfa.check_ticket(ticket_id).await {
-                    return gone_or_unknown(&e);
-                }
-                let form = match api::read_body(parts, body).await {
-                    Ok(bytes) => bytes,
-                    Err(e) => return body_failure(&e),
-                };
-                let field = |name: &str| {
-                    form_urlencoded::parse(&form)
-                        .find(|(k, _)| k == name)
-                        .map(|(_, v)| v.into_owned())
-                };
-                if field("action").as_deref() == Some("send") {
-                    return match self.mfa.send_enrollment_code(ticket_id).await {
-                        Ok(()) => {
-                            self.show(ticket_id, &action, Some(("ok", "We sent you a code.")))
-                                .await
-                        }
-                        Err(e) => self.failure(ticket_id, &action, &e).await,
-                    };
-                }
-                let code = field("code").unwrap_or_default();
-                match self.mfa.confirm_ticket(ticket_id, &code).await {
-                    Ok(confirmed) => {
-                        let mut content = String::from(
-                            "<p class=\"ok\">Two-step verification is set up. You can close this page.</p>",
-                        );
-                        if let Some(codes) = confirmed.recovery_codes {
-                            content.push_str(
-                                "<h2>Recovery codes</h2><p>Keep these somewhere safe. Each works once if you lose \
-                                 your device. They are shown only now.</p><ol id=\"recovery-codes\">",
-                            );
-                            for c in codes {
-                                content.push_str(&format!("<li>{}</li>", escape(&c)));
-                            }
-                            content.push_str("</ol>");
-                        }
-                        page(StatusCode::OK, "You're all set", &content)
-                    }
-                    Err(e) => self.failure(ticket_id, &action, &e).await,
-                }
-            }
+            Method::POST => self.post(parts, body, ticket_id, &action).await,
             _ => {
                 let mut response = page(
                     StatusCode::METHOD_NOT_ALLOWED,
                     "Not allowed",
                     "<p>Open the link in a browser.</p>",
                 );
-                if let Err(allow) = route::check_method(&ROUTES, PAGE, &parts.method)
+                if let Err(allow) = table::check_method(&OPERATIONS, PAGE, &parts.method)
                     && let Ok(v) = HeaderValue::from_str(&allow)
                 {
                     response.headers_mut().insert(header::ALLOW, v);
@@ -236,6 +194,56 @@ impl EnrollPage {
                 response
             }
         }
+    }
+
+    /// Takes a form post; a failure that is nothing the visitor did is logged here.
+    async fn post(
+        &self,
+        parts: &Parts,
+        body: Incoming,
+        ticket_id: &str,
+        action: &str,
+    ) -> Response<Body> {
+        // A form for a ticket that cannot be used is not worth reading (SPEC §10).
+        if let Err(e) = self.mfa.check_ticket(ticket_id).await {
+            return gone_or_unknown(&e);
+        }
+        let form = match api::read_body(parts, body).await {
+            Ok(bytes) => bytes,
+            Err(e) => return body_failure(&e),
+        };
+        match self.submit(ticket_id, action, &form).await {
+            Ok(response) => response,
+            Err(e) => {
+                if Shown::of(&e) == Shown::Problem {
+                    tracing::warn!(error = ?e, "enrollment page failure");
+                }
+                self.failure(ticket_id, action, &e).await
+            }
+        }
+    }
+
+    /// Sends a code, or confirms the one entered, as the form asks.
+    async fn submit(
+        &self,
+        ticket_id: &str,
+        action: &str,
+        form: &[u8],
+    ) -> Result<Response<Body>, MfaError> {
+        let field = |name: &str| {
+            form_urlencoded::parse(form)
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.into_owned())
+        };
+        if field("action").as_deref() == Some("send") {
+            self.mfa.send_enrollment_code(ticket_id).await?;
+            return Ok(self
+                .show(ticket_id, action, Some(("ok", "We sent you a code.")))
+                .await);
+        }
+        let code = field("code").unwrap_or_default();
+        let confirmed = self.mfa.confirm_ticket(ticket_id, &code).await?;
+        Ok(all_set(confirmed.recovery_codes))
     }
 
     async fn show(
@@ -286,9 +294,10 @@ impl EnrollPage {
         content
     }
 
+    /// The page of an MFA outcome of a form post.
     async fn failure(&self, ticket_id: &str, action: &str, e: &MfaError) -> Response<Body> {
-        match e {
-            MfaError::WrongCode => {
+        match Shown::of(e) {
+            Shown::Retry => {
                 let mut response = self
                     .show(
                         ticket_id,
@@ -301,7 +310,7 @@ impl EnrollPage {
                 }
                 response
             }
-            MfaError::Locked(retry) | MfaError::SendLimited(retry) => {
+            Shown::Wait(retry) => {
                 let minutes = (retry + 59) / 60;
                 let mut response = page(
                     StatusCode::TOO_MANY_REQUESTS,
@@ -315,20 +324,74 @@ impl EnrollPage {
                 }
                 response
             }
-            MfaError::TicketGone | MfaError::TicketUnknown | MfaError::AlreadyEnrolled => {
-                gone_or_unknown(e)
-            }
-            other => {
-                let (problem, _) = mfa_problem(other);
-                tracing::warn!(error = ?other, "enrollment page failure");
-                page(
-                    problem.status,
-                    problem.title,
-                    &format!("<p class=\"error\">{}</p>", escape(&problem.detail)),
-                )
-            }
+            Shown::Unusable => gone_or_unknown(e),
+            Shown::Problem => problem_page(e),
         }
     }
+}
+
+/// How the page shows an MFA outcome of a form post.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shown {
+    /// The form again, with a note that the code was not right.
+    Retry,
+    /// A page asking the visitor to wait this many seconds.
+    Wait(i64),
+    /// The page of a link that cannot be used.
+    Unusable,
+    /// The problem's status, title and detail: nothing the visitor can put right.
+    Problem,
+}
+
+impl Shown {
+    fn of(e: &MfaError) -> Shown {
+        match e {
+            MfaError::WrongCode => Shown::Retry,
+            MfaError::Locked(retry) | MfaError::SendLimited(retry) => Shown::Wait(*retry),
+            MfaError::TicketGone | MfaError::TicketUnknown | MfaError::AlreadyEnrolled => {
+                Shown::Unusable
+            }
+            MfaError::UnknownUser
+            | MfaError::Invalid(_)
+            | MfaError::NoPendingEnrollment
+            | MfaError::NoFactor(_)
+            | MfaError::CodeExpired
+            | MfaError::NoSuchPhone
+            | MfaError::InvalidAccessToken
+            | MfaError::NeedsMfa
+            | MfaError::Delivery(_)
+            | MfaError::Store(_)
+            | MfaError::Internal(_) => Shown::Problem,
+        }
+    }
+}
+
+/// The page of a confirmed enrollment, with the recovery codes when this one made them.
+fn all_set(recovery_codes: Option<Vec<String>>) -> Response<Body> {
+    let mut content = String::from(
+        "<p class=\"ok\">Two-step verification is set up. You can close this page.</p>",
+    );
+    if let Some(codes) = recovery_codes {
+        content.push_str(
+            "<h2>Recovery codes</h2><p>Keep these somewhere safe. Each works once if you lose \
+             your device. They are shown only now.</p><ol id=\"recovery-codes\">",
+        );
+        for c in codes {
+            content.push_str(&format!("<li>{}</li>", escape(&c)));
+        }
+        content.push_str("</ol>");
+    }
+    page(StatusCode::OK, "You're all set", &content)
+}
+
+/// A page with the status, title and detail of an MFA outcome's problem.
+fn problem_page(e: &MfaError) -> Response<Body> {
+    let (problem, _) = mfa_problem(e);
+    page(
+        problem.status,
+        problem.title,
+        &format!("<p class=\"error\">{}</p>", escape(&problem.detail)),
+    )
 }
 
 /// The page for a form that could not be read.
@@ -384,14 +447,20 @@ fn gone_or_unknown(e: &MfaError) -> Response<Body> {
              was made. To add another method, sign in with your second factor and ask for a new \
              link.</p>",
         ),
-        other => {
-            let (problem, _) = mfa_problem(other);
-            page(
-                problem.status,
-                problem.title,
-                &format!("<p class=\"error\">{}</p>", escape(&problem.detail)),
-            )
-        }
+        MfaError::UnknownUser
+        | MfaError::Invalid(_)
+        | MfaError::NoPendingEnrollment
+        | MfaError::NoFactor(_)
+        | MfaError::WrongCode
+        | MfaError::CodeExpired
+        | MfaError::NoSuchPhone
+        | MfaError::Locked(_)
+        | MfaError::SendLimited(_)
+        | MfaError::InvalidAccessToken
+        | MfaError::NeedsMfa
+        | MfaError::Delivery(_)
+        | MfaError::Store(_)
+        | MfaError::Internal(_) => problem_page(e),
     }
 }
 

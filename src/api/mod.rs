@@ -1,12 +1,12 @@
 //! Endpoints gatehouse answers itself, and what their handlers share.
 
 pub mod admin;
-pub mod domains;
 pub mod enroll;
 pub mod manage;
 pub mod nexus;
 pub mod operations;
-pub mod route;
+pub mod problem;
+pub mod table;
 pub mod ws;
 
 use std::net::{IpAddr, Ipv4Addr};

@@ -7,7 +7,7 @@ use http::request::Parts;
 
 use super::rejection::Rejection;
 use super::{Arrival, Gateway, Outcome};
-use crate::api::route::FORWARD_AUTH_PATH;
+use crate::api::table::FORWARD_AUTH_PATH;
 use crate::path;
 use crate::proxy::forward::{self, DescribeError};
 

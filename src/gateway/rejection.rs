@@ -4,6 +4,7 @@
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 
+use crate::api::problem::{Challenge, challenge};
 use crate::body::Body;
 use crate::path::PathError;
 use crate::problem::Problem;
@@ -220,21 +221,10 @@ pub(super) fn render(rejection: &Rejection, path: &str, request_id: &str) -> Res
             .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
     if matches!(rejection, Rejection::Unauthenticated(_)) {
-        for challenge in CHALLENGES {
-            response.headers_mut().append(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static(challenge),
-            );
-        }
+        challenge(response.headers_mut(), Challenge::BearerOrBasic);
     }
     response
 }
-
-/// The schemes a client may answer a 401 with.
-const CHALLENGES: [&str; 2] = [
-    "Bearer realm=\"gatehouse\"",
-    "Basic realm=\"gatehouse\", charset=\"UTF-8\"",
-];
 
 #[cfg(test)]
 mod tests {

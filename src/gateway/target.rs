@@ -13,7 +13,7 @@ use super::rejection::Rejection;
 use crate::api::enroll::EnrollPage;
 use crate::api::manage::{self, Manage};
 use crate::api::nexus::{self, Nexus};
-use crate::api::route::{FORWARD_AUTH_PATH, JWKS_PATH};
+use crate::api::table::{FORWARD_AUTH_PATH, JWKS_PATH};
 use crate::api::ws::endpoints::{self as ws, Ws};
 use crate::path::{self, eq_ignore_case, strip_prefix_ignore_case};
 

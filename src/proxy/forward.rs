@@ -224,7 +224,7 @@ pub fn described_path(headers: &HeaderMap, path: &str) -> Result<String, Describ
         }
     }
     if let Some(rest) =
-        crate::routes::strip_prefix_ignore_case(path, crate::api::route::FORWARD_AUTH_PATH)
+        crate::routes::strip_prefix_ignore_case(path, crate::api::table::FORWARD_AUTH_PATH)
         && rest.starts_with('/')
     {
         targets.push(rest.to_owned());
@@ -377,7 +377,7 @@ mod tests {
 
     #[test]
     fn forward_auth_describes_the_request_by_uri_header_url_or_path_suffix() {
-        let verify = crate::api::route::FORWARD_AUTH_PATH;
+        let verify = crate::api::table::FORWARD_AUTH_PATH;
         assert_eq!(
             described(
                 &[("x-forwarded-uri", "/admin/../private/x?next=/public/")],

@@ -1,7 +1,7 @@
 //! The library's module structure: no module imports one that imports it back, directly or
 //! through others, so each can be read (and changed) knowing only what lies beneath it.
 //!
-//! Each file under `src/` is a module (`src/api/route.rs` is `api::route`, `src/api/mod.rs` is
+//! Each file under `src/` is a module (`src/api/table.rs` is `api::table`, `src/api/mod.rs` is
 //! `api`). A module depends on another when it names it, or an item in it, through `crate::` or
 //! `super::`, in a `use` line or inline; `mod x;` declarations are not imports. Comments and test
 //! modules (from `#[cfg(test)] mod …` to the end of the file) are left out.

@@ -77,7 +77,7 @@ fn routed() -> BTreeSet<(String, String, String)> {
     let public = operations::public(&config.apis)
         .into_iter()
         .map(|op| ("public".to_owned(), op.method.to_owned(), op.path));
-    let admin = gatehouse::api::admin::routes()
+    let admin = gatehouse::api::admin::operations()
         .into_iter()
         .map(|r| ("admin".to_owned(), r.method.to_owned(), r.path.to_owned()));
     public.chain(admin).collect()

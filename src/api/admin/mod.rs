@@ -17,7 +17,8 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use subtle::ConstantTimeEq;
 
-use crate::api::route::{self, Route};
+use crate::api::problem::{Challenge, challenge};
+use crate::api::table::{self, Operation};
 use crate::api::{self, BodyError};
 use crate::body::Body;
 use crate::clock::{self, Clock};
@@ -31,7 +32,7 @@ pub const OPENAPI: &str = include_str!("../../../openapi/openapi.json");
 
 /// What an admin listener operation does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Op {
+enum Action {
     Healthz,
     Readyz,
     Metrics,
@@ -54,53 +55,62 @@ enum Op {
 const OPEN_PATHS: [&str; 4] = ["/healthz", "/readyz", "/metrics", "/openapi.json"];
 
 /// Every operation of the admin listener; any other path is 404, another method on a listed path 405.
-const ROUTES: [(Route, Op); 20] = [
-    (Route::new("GET", "/healthz"), Op::Healthz),
-    (Route::new("HEAD", "/healthz"), Op::Healthz),
-    (Route::new("GET", "/readyz"), Op::Readyz),
-    (Route::new("HEAD", "/readyz"), Op::Readyz),
-    (Route::new("GET", "/metrics"), Op::Metrics),
-    (Route::new("HEAD", "/metrics"), Op::Metrics),
-    (Route::new("GET", "/openapi.json"), Op::OpenApi),
-    (Route::new("HEAD", "/openapi.json"), Op::OpenApi),
-    (Route::new("POST", "/admin/v1/users"), Op::CreateUser),
-    (Route::new("GET", "/admin/v1/users"), Op::ListUsers),
-    (Route::new("GET", "/admin/v1/users/{userName}"), Op::GetUser),
+const OPERATIONS: [(Operation, Action); 20] = [
+    (Operation::new("GET", "/healthz"), Action::Healthz),
+    (Operation::new("HEAD", "/healthz"), Action::Healthz),
+    (Operation::new("GET", "/readyz"), Action::Readyz),
+    (Operation::new("HEAD", "/readyz"), Action::Readyz),
+    (Operation::new("GET", "/metrics"), Action::Metrics),
+    (Operation::new("HEAD", "/metrics"), Action::Metrics),
+    (Operation::new("GET", "/openapi.json"), Action::OpenApi),
+    (Operation::new("HEAD", "/openapi.json"), Action::OpenApi),
     (
-        Route::new("PATCH", "/admin/v1/users/{userName}"),
-        Op::PatchUser,
+        Operation::new("POST", "/admin/v1/users"),
+        Action::CreateUser,
+    ),
+    (Operation::new("GET", "/admin/v1/users"), Action::ListUsers),
+    (
+        Operation::new("GET", "/admin/v1/users/{userName}"),
+        Action::GetUser,
     ),
     (
-        Route::new("DELETE", "/admin/v1/users/{userName}"),
-        Op::DeleteUser,
+        Operation::new("PATCH", "/admin/v1/users/{userName}"),
+        Action::PatchUser,
     ),
     (
-        Route::new("POST", "/admin/v1/users/{userName}/mfa/reset"),
-        Op::ResetMfa,
+        Operation::new("DELETE", "/admin/v1/users/{userName}"),
+        Action::DeleteUser,
     ),
     (
-        Route::new("POST", "/admin/v1/applications"),
-        Op::CreateApplication,
+        Operation::new("POST", "/admin/v1/users/{userName}/mfa/reset"),
+        Action::ResetMfa,
     ),
     (
-        Route::new("POST", "/admin/v1/organizations"),
-        Op::CreateOrganization,
+        Operation::new("POST", "/admin/v1/applications"),
+        Action::CreateApplication,
     ),
     (
-        Route::new("POST", "/admin/v1/organizations/{organizationId}/members"),
-        Op::AddMember,
+        Operation::new("POST", "/admin/v1/organizations"),
+        Action::CreateOrganization,
     ),
     (
-        Route::new("POST", "/admin/v1/files/{fileId}/members"),
-        Op::GrantFile,
+        Operation::new("POST", "/admin/v1/organizations/{organizationId}/members"),
+        Action::AddMember,
     ),
-    (Route::new("POST", "/admin/v1/ws-keys"), Op::CreateWsKey),
-    (Route::new("GET", "/admin/v1/audit"), Op::Audit),
+    (
+        Operation::new("POST", "/admin/v1/files/{fileId}/members"),
+        Action::GrantFile,
+    ),
+    (
+        Operation::new("POST", "/admin/v1/ws-keys"),
+        Action::CreateWsKey,
+    ),
+    (Operation::new("GET", "/admin/v1/audit"), Action::Audit),
 ];
 
 /// Every operation the admin listener answers.
-pub fn routes() -> Vec<Route> {
-    ROUTES.iter().map(|(r, _)| *r).collect()
+pub fn operations() -> Vec<Operation> {
+    table::operations_of(&OPERATIONS)
 }
 
 /// Everything the admin handlers need.
@@ -313,17 +323,14 @@ impl Admin {
                     );
                 }
                 if let AdminError::BadToken = e {
-                    response.headers_mut().insert(
-                        header::WWW_AUTHENTICATE,
-                        HeaderValue::from_static("Bearer realm=\"gatehouse-admin\""),
-                    );
+                    challenge(response.headers_mut(), Challenge::Admin);
                 }
                 response
             }
         }
     }
 
-    /// Normalises the path, checks the token, then finds the request's operation in [`ROUTES`]
+    /// Normalises the path, checks the token, then finds the request's operation in [`OPERATIONS`]
     /// and runs it. Every path needs the admin token, even one that names nothing (so the API's
     /// shape is not shown to strangers), except the probes, `/metrics` and `/openapi.json`.
     async fn dispatch(&self, req: Request<Incoming>) -> AdminResult {
@@ -333,25 +340,25 @@ impl Admin {
         let key = crate::path::match_key(&normal);
         if !OPEN_PATHS
             .iter()
-            .any(|open| crate::routes::eq_ignore_case(&key, open))
+            .any(|open| crate::path::eq_ignore_case(&key, open))
         {
             self.authorise(&req)?;
         }
         let segments: Vec<&str> = key.split('/').collect();
         let mut template = None;
-        for (candidate, op) in ROUTES {
-            let Some(values) = route::matches(candidate.path, &segments, true) else {
+        for (candidate, action) in OPERATIONS {
+            let Some(values) = table::matches(candidate.path, &segments, true) else {
                 continue;
             };
             if candidate.method == req.method().as_str() {
                 let values: Vec<String> = values.into_iter().map(str::to_owned).collect();
-                return self.run(op, &values, req).await;
+                return self.run(action, &values, req).await;
             }
             template = Some(candidate.path);
         }
         match template {
             Some(template) => Err(AdminError::MethodNotAllowed(
-                route::check_method(&routes(), template, req.method())
+                table::check_method(&operations(), template, req.method())
                     .err()
                     .unwrap_or_default(),
             )),
@@ -359,29 +366,29 @@ impl Admin {
         }
     }
 
-    async fn run(&self, op: Op, values: &[String], req: Request<Incoming>) -> AdminResult {
+    async fn run(&self, action: Action, values: &[String], req: Request<Incoming>) -> AdminResult {
         let value = |i: usize| values.get(i).map_or("", String::as_str);
-        match op {
-            Op::Healthz => Ok(self.probe(false).await),
-            Op::Readyz => Ok(self.probe(true).await),
-            Op::Metrics => Ok(self.metrics()),
-            Op::OpenApi => Ok(api::with_type(
+        match action {
+            Action::Healthz => Ok(self.probe(false).await),
+            Action::Readyz => Ok(self.probe(true).await),
+            Action::Metrics => Ok(self.metrics()),
+            Action::OpenApi => Ok(api::with_type(
                 StatusCode::OK,
                 "application/json",
                 OPENAPI.as_bytes().to_vec(),
             )),
-            Op::CreateUser => self.create_user(req).await,
-            Op::ListUsers => self.list_users(req.uri().query()).await,
-            Op::GetUser => self.get_user(value(0)).await,
-            Op::PatchUser => self.patch_user(value(0), req).await,
-            Op::DeleteUser => self.delete_user(value(0)).await,
-            Op::ResetMfa => self.reset_mfa(value(0)).await,
-            Op::CreateApplication => self.create_application(req).await,
-            Op::CreateOrganization => self.create_organization(req).await,
-            Op::AddMember => self.add_member(value(0), req).await,
-            Op::GrantFile => self.grant_file(value(0), req).await,
-            Op::CreateWsKey => self.create_ws_key(req).await,
-            Op::Audit => self.list_audit(req.uri().query()).await,
+            Action::CreateUser => self.create_user(req).await,
+            Action::ListUsers => self.list_users(req.uri().query()).await,
+            Action::GetUser => self.get_user(value(0)).await,
+            Action::PatchUser => self.patch_user(value(0), req).await,
+            Action::DeleteUser => self.delete_user(value(0)).await,
+            Action::ResetMfa => self.reset_mfa(value(0)).await,
+            Action::CreateApplication => self.create_application(req).await,
+            Action::CreateOrganization => self.create_organization(req).await,
+            Action::AddMember => self.add_member(value(0), req).await,
+            Action::GrantFile => self.grant_file(value(0), req).await,
+            Action::CreateWsKey => self.create_ws_key(req).await,
+            Action::Audit => self.list_audit(req.uri().query()).await,
         }
     }
 

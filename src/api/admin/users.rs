@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Admin, AdminError, AdminResult};
 use crate::api;
+use crate::auth::AuthError;
 use crate::names;
 use crate::notify::sms::valid_e164;
 use crate::store::{Membership, NewUser, User, UserPatch};
@@ -161,8 +162,12 @@ impl Admin {
             .hash_password(password)
             .await
             .map_err(|e| match e {
-                crate::auth::AuthError::Busy => AdminError::Busy,
-                other => AdminError::Store(format!("{other:?}")),
+                AuthError::Busy => AdminError::Busy,
+                AuthError::Malformed(_)
+                | AuthError::Invalid(_)
+                | AuthError::Unavailable(_)
+                | AuthError::Throttled(_)
+                | AuthError::NewUsersLimited(_) => AdminError::Store(format!("{e:?}")),
             })
     }
 

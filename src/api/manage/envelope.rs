@@ -7,6 +7,7 @@ use prost::Message;
 
 use super::proto;
 use crate::api;
+use crate::api::problem::{Challenge, challenge};
 use crate::body::Body;
 
 /// Every failure the family reports, with its stable `errorCode`. The numbers start with the
@@ -237,10 +238,7 @@ pub fn encode(
         headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
     }
     if status == StatusCode::UNAUTHORIZED {
-        headers.insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"gatehouse\", charset=\"UTF-8\""),
-        );
+        challenge(headers, Challenge::Basic);
     }
     response
 }

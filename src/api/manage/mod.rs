@@ -20,7 +20,7 @@ use prost::Message;
 use serde::de::DeserializeOwned;
 
 use self::envelope::{Encoding, ErrorCode, Failure, Shape};
-use crate::api::route::{self, Route};
+use crate::api::table::{self, Operation};
 use crate::api::{self, BodyError};
 use crate::auth::{self, AuthError, Authenticator, Credential, Principal};
 use crate::body::Body;
@@ -28,7 +28,7 @@ use crate::clock::Clock;
 use crate::config::ManageApi;
 use crate::mfa::phone_login::Caller;
 use crate::mfa::service::{Mfa, MfaError};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// The scope a service account needs.
 pub const SCOPE: &str = "manage.otp.verify";
@@ -47,22 +47,25 @@ pub enum Endpoint {
 }
 
 /// The endpoints and what they answer, below the family's base path.
-const ENDPOINTS: [(Route, Endpoint); 2] = [
-    (Route::new("POST", "/v2/user/send/otp"), Endpoint::SendOtp),
+const ENDPOINTS: [(Operation, Endpoint); 2] = [
     (
-        Route::new("POST", "/v2/user/validate/otp"),
+        Operation::new("POST", "/v2/user/send/otp"),
+        Endpoint::SendOtp,
+    ),
+    (
+        Operation::new("POST", "/v2/user/validate/otp"),
         Endpoint::ValidateOtp,
     ),
 ];
 
 /// Every operation of the family, below its base path.
-pub fn routes() -> Vec<Route> {
-    route::routes_of(&ENDPOINTS)
+pub fn operations() -> Vec<Operation> {
+    table::operations_of(&ENDPOINTS)
 }
 
 impl Endpoint {
     fn template(self) -> &'static str {
-        route::template_of(&ENDPOINTS, &self)
+        table::template_of(&ENDPOINTS, &self)
     }
 }
 
@@ -81,6 +84,56 @@ pub(crate) struct Fields {
     pub(crate) user_name: String,
     pub(crate) phone_number: String,
     pub(crate) otp: Option<String>,
+}
+
+/// Everything a Manage request can fail with, before it becomes the envelope's error.
+#[derive(Debug)]
+enum ManageError {
+    /// Refused for what the request is or says; the failure is the answer.
+    Refused(Failure),
+    /// The credentials could not be checked.
+    Credentials(String),
+    /// The request could not be counted against the `clientIp` limit.
+    ClientLimit(StoreError),
+    /// The MFA use case refused or failed.
+    Mfa(MfaError),
+}
+
+impl From<Failure> for ManageError {
+    fn from(failure: Failure) -> ManageError {
+        ManageError::Refused(failure)
+    }
+}
+
+impl ManageError {
+    /// The failure the caller is told about.
+    fn failure(self) -> Failure {
+        match self {
+            ManageError::Refused(failure) => failure,
+            ManageError::Credentials(_) | ManageError::ClientLimit(_) => internal(),
+            ManageError::Mfa(e) => mfa_failure(&e),
+        }
+    }
+}
+
+/// Logs a failure that is gatehouse's or a provider's rather than the caller's: the answer says
+/// only that the request failed, so the reason is kept here.
+fn log(e: &ManageError) {
+    match e {
+        ManageError::Credentials(why) => {
+            tracing::error!(error = %why, "manage: credentials could not be checked");
+        }
+        ManageError::ClientLimit(e) => {
+            tracing::error!(error = %e, "manage: the client limit could not be counted");
+        }
+        ManageError::Mfa(MfaError::Delivery(why)) => {
+            tracing::warn!(error = %why, "manage: the code could not be texted");
+        }
+        ManageError::Mfa(e) if mfa_failure(e).code == ErrorCode::Internal => {
+            tracing::error!(error = ?e, "manage: request failed");
+        }
+        ManageError::Mfa(_) | ManageError::Refused(_) => {}
+    }
 }
 
 fn invalid(message: impl Into<String>) -> Failure {
@@ -123,10 +176,10 @@ impl Manage {
     }
 
     pub fn endpoint(&self, path: &str) -> Option<Endpoint> {
-        let rest = crate::routes::strip_prefix_ignore_case(path, &self.base)?;
+        let rest = crate::path::strip_prefix_ignore_case(path, &self.base)?;
         ENDPOINTS
             .iter()
-            .find(|(r, _)| crate::routes::eq_ignore_case(rest, r.path))
+            .find(|(r, _)| crate::path::eq_ignore_case(rest, r.path))
             .map(|(_, e)| *e)
     }
 
@@ -143,14 +196,18 @@ impl Manage {
             Endpoint::SendOtp => Shape::Plain,
             Endpoint::ValidateOtp => Shape::WithUser,
         };
-        let allowed = route::check_method(&routes(), endpoint.template(), &parts.method);
+        let allowed = table::check_method(&operations(), endpoint.template(), &parts.method);
         let result = match &allowed {
             Ok(()) => self.answer(endpoint, parts, body).await,
-            Err(allow) => Err(Failure::new(
+            Err(allow) => Err(ManageError::Refused(Failure::new(
                 ErrorCode::MethodNotAllowed,
                 format!("This endpoint answers {allow}."),
-            )),
+            ))),
         };
+        if let Err(e) = &result {
+            log(e);
+        }
+        let result = result.map_err(ManageError::failure);
         let mut response = envelope::encode(result, shape, encoding, request_id);
         if let Err(allow) = allowed
             && let Ok(v) = header::HeaderValue::from_str(&allow)
@@ -165,7 +222,7 @@ impl Manage {
         endpoint: Endpoint,
         parts: &Parts,
         body: Incoming,
-    ) -> Result<Option<proto::User>, Failure> {
+    ) -> Result<Option<proto::User>, ManageError> {
         let principal = self.service_account(parts).await?;
         let client_ip = client_ip(&parts.headers)?;
         if let Some(ip) = client_ip {
@@ -181,7 +238,7 @@ impl Manage {
                 self.mfa
                     .send_phone_code(&fields.user_name, &fields.phone_number, caller)
                     .await
-                    .map_err(|e| failure(&e))?;
+                    .map_err(ManageError::Mfa)?;
                 Ok(None)
             }
             Endpoint::ValidateOtp => {
@@ -190,15 +247,16 @@ impl Manage {
                     .mfa
                     .validate_phone_code(&fields.user_name, &fields.phone_number, &otp, caller)
                     .await
-                    .map_err(|e| failure(&e))?;
+                    .map_err(ManageError::Mfa)?;
                 Ok(Some(proto::User::from(&user)))
             }
         }
     }
 
     /// The caller: Basic credentials of an account holding [`SCOPE`].
-    async fn service_account(&self, parts: &Parts) -> Result<Principal, Failure> {
-        let unauthorized = |why: &str| Failure::new(ErrorCode::Unauthorized, why);
+    async fn service_account(&self, parts: &Parts) -> Result<Principal, ManageError> {
+        let unauthorized =
+            |why: &str| ManageError::Refused(Failure::new(ErrorCode::Unauthorized, why));
         match auth::credential(&parts.headers) {
             Ok(Some(Credential::Basic { .. })) => {}
             Ok(Some(Credential::Bearer(_))) => {
@@ -211,7 +269,14 @@ impl Manage {
                     "Send the Basic credentials of a service account.",
                 ));
             }
-            Err(_) => return Err(unauthorized("The Authorization header is malformed.")),
+            Err(
+                AuthError::Malformed(_)
+                | AuthError::Invalid(_)
+                | AuthError::Unavailable(_)
+                | AuthError::Busy
+                | AuthError::Throttled(_)
+                | AuthError::NewUsersLimited(_),
+            ) => return Err(unauthorized("The Authorization header is malformed.")),
         }
         let principal = match self
             .auth
@@ -222,13 +287,14 @@ impl Manage {
             Ok(None) | Err(AuthError::Invalid(_)) | Err(AuthError::Malformed(_)) => {
                 return Err(unauthorized("The user name or password is wrong."));
             }
-            Err(AuthError::Busy) => return Err(busy()),
+            Err(AuthError::Busy) => return Err(busy().into()),
             Err(AuthError::Throttled(seconds)) => {
                 return Err(Failure::new(
                     ErrorCode::RateLimited,
                     "Too many wrong passwords from this address; try again later.",
                 )
-                .retry_after(i64::try_from(seconds).unwrap_or(i64::MAX)));
+                .retry_after(i64::try_from(seconds).unwrap_or(i64::MAX))
+                .into());
             }
             // Only Basic reaches here (checked above); a token's issuer never creates a user.
             Err(AuthError::NewUsersLimited(seconds)) => {
@@ -236,24 +302,23 @@ impl Manage {
                     ErrorCode::RateLimited,
                     "Too many new users; try again later.",
                 )
-                .retry_after(i64::try_from(seconds).unwrap_or(i64::MAX)));
+                .retry_after(i64::try_from(seconds).unwrap_or(i64::MAX))
+                .into());
             }
-            Err(AuthError::Unavailable(why)) => {
-                tracing::error!(error = %why, "manage: credentials could not be checked");
-                return Err(internal());
-            }
+            Err(AuthError::Unavailable(why)) => return Err(ManageError::Credentials(why)),
         };
         if !principal.scopes.iter().any(|s| s == SCOPE) {
             return Err(Failure::new(
                 ErrorCode::Forbidden,
                 format!("The account lacks the scope `{SCOPE}`."),
-            ));
+            )
+            .into());
         }
         Ok(principal)
     }
 
     /// Counts one request for `ip`; 429 beyond `apis.manage.client_ip_limit` per window.
-    async fn count_client(&self, ip: IpAddr) -> Result<(), Failure> {
+    async fn count_client(&self, ip: IpAddr) -> Result<(), ManageError> {
         if self.client_ip_limit == 0 {
             return Ok(());
         }
@@ -273,11 +338,9 @@ impl Manage {
                 ErrorCode::RateLimited,
                 "Too many requests for this clientIp; try again later.",
             )
-            .retry_after(window)),
-            Err(e) => {
-                tracing::error!(error = %e, "manage: the client limit could not be counted");
-                Err(internal())
-            }
+            .retry_after(window)
+            .into()),
+            Err(e) => Err(ManageError::ClientLimit(e)),
         }
     }
 }
@@ -313,7 +376,7 @@ async fn read_fields(endpoint: Endpoint, parts: &Parts, body: Incoming) -> Resul
             Failure::new(ErrorCode::BodyTimeout, "The body did not arrive in time.")
         }
         BodyError::Busy => busy(),
-        _ => invalid("The body could not be read."),
+        BodyError::Unreadable | BodyError::Invalid(_) => invalid("The body could not be read."),
     })?;
     parse_fields(endpoint, encoding, &bytes)
 }
@@ -373,7 +436,8 @@ fn decode<T: DeserializeOwned + Message + Default>(
     }
 }
 
-fn failure(e: &MfaError) -> Failure {
+/// The failure each MFA outcome is answered with; those the caller cannot act on are internal.
+fn mfa_failure(e: &MfaError) -> Failure {
     match e {
         MfaError::Invalid(why) => invalid(format!("{why}.")),
         MfaError::NoSuchPhone => Failure::new(
@@ -398,17 +462,20 @@ fn failure(e: &MfaError) -> Failure {
             "Too many codes were sent; wait before asking for another.",
         )
         .retry_after(*retry),
-        MfaError::Delivery(why) => {
-            tracing::warn!(error = %why, "manage: the code could not be texted");
-            Failure::new(
-                ErrorCode::DeliveryFailed,
-                "The text message could not be sent; try again.",
-            )
-        }
-        other => {
-            tracing::error!(error = ?other, "manage: request failed");
-            internal()
-        }
+        MfaError::Delivery(_) => Failure::new(
+            ErrorCode::DeliveryFailed,
+            "The text message could not be sent; try again.",
+        ),
+        MfaError::UnknownUser
+        | MfaError::AlreadyEnrolled
+        | MfaError::NoPendingEnrollment
+        | MfaError::NoFactor(_)
+        | MfaError::TicketUnknown
+        | MfaError::TicketGone
+        | MfaError::InvalidAccessToken
+        | MfaError::NeedsMfa
+        | MfaError::Store(_)
+        | MfaError::Internal(_) => internal(),
     }
 }
 

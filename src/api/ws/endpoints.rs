@@ -10,9 +10,9 @@ use hyper::body::Incoming;
 
 use super::negotiate::{self, Format};
 use super::xml::{self, Link};
-use crate::api::route::{self, Route};
+use crate::api::table::{self, Operation};
 use crate::api::{self, BodyError};
-use crate::auth::{self, Authenticator, Credential, Principal};
+use crate::auth::{self, AuthError, Authenticator, Credential, Principal};
 use crate::body::{Body, full};
 use crate::mfa::service::{Mfa, MfaError};
 use crate::store::Store;
@@ -25,22 +25,22 @@ pub enum Endpoint {
 
 /// The endpoints and what they answer, below the family's base path; paths match in any letter
 /// case (the seed's service is ASP.NET's).
-const ENDPOINTS: [(Route, Endpoint); 2] = [
-    (Route::new("POST", "/User/2fa-opt-in"), Endpoint::OptIn),
+const ENDPOINTS: [(Operation, Endpoint); 2] = [
+    (Operation::new("POST", "/User/2fa-opt-in"), Endpoint::OptIn),
     (
-        Route::new("POST", "/User/verify-2fa-opt-in"),
+        Operation::new("POST", "/User/verify-2fa-opt-in"),
         Endpoint::VerifyOptIn,
     ),
 ];
 
 /// Every operation of the family, below its base path.
-pub fn routes() -> Vec<Route> {
-    route::routes_of(&ENDPOINTS)
+pub fn operations() -> Vec<Operation> {
+    table::operations_of(&ENDPOINTS)
 }
 
 impl Endpoint {
     fn template(self) -> &'static str {
-        route::template_of(&ENDPOINTS, &self)
+        table::template_of(&ENDPOINTS, &self)
     }
 }
 
@@ -115,10 +115,10 @@ impl Ws {
     }
 
     pub fn endpoint(&self, path: &str) -> Option<Endpoint> {
-        let rest = crate::routes::strip_prefix_ignore_case(path, &self.base)?;
+        let rest = crate::path::strip_prefix_ignore_case(path, &self.base)?;
         ENDPOINTS
             .iter()
-            .find(|(r, _)| crate::routes::eq_ignore_case(rest, r.path))
+            .find(|(r, _)| crate::path::eq_ignore_case(rest, r.path))
             .map(|(_, e)| *e)
     }
 
@@ -136,7 +136,7 @@ impl Ws {
             );
             return encode(answer, Format::Json("application/json"));
         };
-        let allowed = route::check_method(&routes(), endpoint.template(), &parts.method);
+        let allowed = table::check_method(&operations(), endpoint.template(), &parts.method);
         let mut answer = match allowed {
             Ok(()) => match self.answer(endpoint, parts, body).await {
                 Ok(answer) | Err(answer) => answer,
@@ -321,7 +321,14 @@ impl Ws {
                 }
             }
             Ok(Some(Credential::Basic { .. })) => Err(unauthorized()),
-            Err(_) => Err(Answer::new(
+            Err(
+                AuthError::Malformed(_)
+                | AuthError::Invalid(_)
+                | AuthError::Unavailable(_)
+                | AuthError::Busy
+                | AuthError::Throttled(_)
+                | AuthError::NewUsersLimited(_),
+            ) => Err(Answer::new(
                 StatusCode::BAD_REQUEST,
                 "Malformed Authorization header.",
             )),

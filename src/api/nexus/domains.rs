@@ -5,7 +5,7 @@ use http::{Method, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use crate::api;
-use crate::api::route::{self, Route};
+use crate::api::table::{self, Operation};
 use crate::body::Body;
 use crate::domains::DomainError;
 use crate::problem::Problem;
@@ -13,7 +13,7 @@ use crate::store::Domain;
 
 /// What a domain path names; ids still as sent (validated by the handler).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DomainRoute {
+pub enum DomainPath {
     Collection {
         organization: String,
     },
@@ -37,36 +37,36 @@ const GENERATE_CODE: &str = "/v1/organizations/{organizationId}/domains/{domainI
 const VERIFY: &str = "/v1/organizations/{organizationId}/domains/{domainId}/verify";
 
 /// What the domain endpoints answer, below the Nexus base path.
-pub const ROUTES: [Route; 6] = [
-    Route::new("GET", COLLECTION),
-    Route::new("POST", COLLECTION),
-    Route::new("GET", ITEM),
-    Route::new("DELETE", ITEM),
-    Route::new("POST", GENERATE_CODE),
-    Route::new("POST", VERIFY),
+pub const OPERATIONS: [Operation; 6] = [
+    Operation::new("GET", COLLECTION),
+    Operation::new("POST", COLLECTION),
+    Operation::new("GET", ITEM),
+    Operation::new("DELETE", ITEM),
+    Operation::new("POST", GENERATE_CODE),
+    Operation::new("POST", VERIFY),
 ];
 
-impl DomainRoute {
+impl DomainPath {
     /// Parses the part of a path after the family's base path.
-    pub fn parse(rest: &str) -> Option<DomainRoute> {
+    pub fn parse(rest: &str) -> Option<DomainPath> {
         let own = |s: &str| s.to_owned();
         [COLLECTION, ITEM, GENERATE_CODE, VERIFY]
             .into_iter()
             .find_map(|template| {
-                let values = route::captures(template, rest)?;
+                let values = table::captures(template, rest)?;
                 Some(match (template, values.as_slice()) {
-                    (COLLECTION, [org]) => DomainRoute::Collection {
+                    (COLLECTION, [org]) => DomainPath::Collection {
                         organization: own(org),
                     },
-                    (ITEM, [org, id]) => DomainRoute::Item {
-                        organization: own(org),
-                        domain: own(id),
-                    },
-                    (GENERATE_CODE, [org, id]) => DomainRoute::GenerateCode {
+                    (ITEM, [org, id]) => DomainPath::Item {
                         organization: own(org),
                         domain: own(id),
                     },
-                    (VERIFY, [org, id]) => DomainRoute::Verify {
+                    (GENERATE_CODE, [org, id]) => DomainPath::GenerateCode {
+                        organization: own(org),
+                        domain: own(id),
+                    },
+                    (VERIFY, [org, id]) => DomainPath::Verify {
                         organization: own(org),
                         domain: own(id),
                     },
@@ -75,19 +75,19 @@ impl DomainRoute {
             })
     }
 
-    /// The path template the route matched.
+    /// The path template the path matched.
     pub fn template(&self) -> &'static str {
         match self {
-            DomainRoute::Collection { .. } => COLLECTION,
-            DomainRoute::Item { .. } => ITEM,
-            DomainRoute::GenerateCode { .. } => GENERATE_CODE,
-            DomainRoute::Verify { .. } => VERIFY,
+            DomainPath::Collection { .. } => COLLECTION,
+            DomainPath::Item { .. } => ITEM,
+            DomainPath::GenerateCode { .. } => GENERATE_CODE,
+            DomainPath::Verify { .. } => VERIFY,
         }
     }
 
-    /// `Ok` when the route answers `method`, else `Err` with the `Allow` value for a 405.
+    /// `Ok` when the path answers `method`, else `Err` with the `Allow` value for a 405.
     pub fn allows(&self, method: &Method) -> Result<(), String> {
-        route::check_method(&ROUTES, self.template(), method)
+        table::check_method(&OPERATIONS, self.template(), method)
     }
 }
 
@@ -231,23 +231,23 @@ mod tests {
     #[test]
     fn domain_paths_are_recognised() {
         assert_eq!(
-            DomainRoute::parse("/v1/organizations/7/domains/3/generate-code"),
-            Some(DomainRoute::GenerateCode {
+            DomainPath::parse("/v1/organizations/7/domains/3/generate-code"),
+            Some(DomainPath::GenerateCode {
                 organization: "7".into(),
                 domain: "3".into()
             })
         );
         assert_eq!(
-            DomainRoute::parse("/v1/organizations/x/domains"),
-            Some(DomainRoute::Collection {
+            DomainPath::parse("/v1/organizations/x/domains"),
+            Some(DomainPath::Collection {
                 organization: "x".into()
             })
         );
         assert_eq!(
-            DomainRoute::parse("/v1/organizations/7/domains/3/other"),
+            DomainPath::parse("/v1/organizations/7/domains/3/other"),
             None
         );
-        assert_eq!(DomainRoute::parse("/v1/organizations/7"), None);
+        assert_eq!(DomainPath::parse("/v1/organizations/7"), None);
     }
 
     #[test]
@@ -258,10 +258,13 @@ mod tests {
             "/v1/organizations/7/domains/3/generate-code",
             "/v1/organizations/7/domains/3/verify",
         ] {
-            let parsed = DomainRoute::parse(path).unwrap();
-            assert!(ROUTES.iter().any(|r| r.path == parsed.template()), "{path}");
+            let parsed = DomainPath::parse(path).unwrap();
+            assert!(
+                OPERATIONS.iter().any(|r| r.path == parsed.template()),
+                "{path}"
+            );
         }
-        let item = DomainRoute::parse("/v1/organizations/7/domains/3").unwrap();
+        let item = DomainPath::parse("/v1/organizations/7/domains/3").unwrap();
         assert_eq!(item.allows(&Method::PUT), Err("GET, DELETE".to_owned()));
         assert_eq!(item.allows(&Method::DELETE), Ok(()));
     }

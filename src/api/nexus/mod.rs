@@ -1,6 +1,9 @@
 //! The Nexus family (seeds 000, 001 and their companions, SPEC §4.1): MFA enrollment and
 //! verification under `apis.nexus.base_path`. Errors are problem documents.
 
+pub mod domains;
+mod error;
+
 use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
@@ -9,9 +12,11 @@ use http::{Method, Response, StatusCode};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
-use crate::api::domains::{self as domains_api, DomainRoute, domain_problem};
-use crate::api::route::{self, Route};
-use crate::api::{self, BodyError};
+use self::domains::{self as domains_api, DomainPath};
+use self::error::NexusError;
+use crate::api;
+use crate::api::problem::{Challenge, challenge};
+use crate::api::table::{self, Operation};
 use crate::auth::{self, AuthError, Authenticator, Credential, Method as AuthMethod, Principal};
 use crate::body::Body;
 use crate::domains::{DomainError, Domains};
@@ -28,26 +33,29 @@ pub enum Endpoint {
     VerifyOtp,
     MfaChallenge,
     RecoveryCodes,
-    Domains(DomainRoute),
+    Domains(DomainPath),
 }
 
 /// The `/v1/me/…` endpoints and what they answer, below the family's base path.
-const ENDPOINTS: [(Route, Endpoint); 5] = [
+const ENDPOINTS: [(Operation, Endpoint); 5] = [
     (
-        Route::new("POST", "/v1/me/mfa-enrollment"),
+        Operation::new("POST", "/v1/me/mfa-enrollment"),
         Endpoint::MfaEnrollment,
     ),
     (
-        Route::new("POST", "/v1/me/verify-enrollment-otp"),
+        Operation::new("POST", "/v1/me/verify-enrollment-otp"),
         Endpoint::VerifyEnrollmentOtp,
     ),
-    (Route::new("POST", "/v1/me/verify-otp"), Endpoint::VerifyOtp),
     (
-        Route::new("POST", "/v1/me/mfa-challenge"),
+        Operation::new("POST", "/v1/me/verify-otp"),
+        Endpoint::VerifyOtp,
+    ),
+    (
+        Operation::new("POST", "/v1/me/mfa-challenge"),
         Endpoint::MfaChallenge,
     ),
     (
-        Route::new("POST", "/v1/me/recovery-codes"),
+        Operation::new("POST", "/v1/me/recovery-codes"),
         Endpoint::RecoveryCodes,
     ),
 ];
@@ -56,286 +64,10 @@ const ENDPOINTS: [(Route, Endpoint); 5] = [
 const VERSION_PREFIX: &str = "/v1/";
 
 /// Every operation of the family (the `/v1/me/…` endpoints and the domains), below its base path.
-pub fn routes() -> Vec<Route> {
-    let mut all = route::routes_of(&ENDPOINTS);
-    all.extend(domains_api::ROUTES);
+pub fn operations() -> Vec<Operation> {
+    let mut all = table::operations_of(&ENDPOINTS);
+    all.extend(domains_api::OPERATIONS);
     all
-}
-
-/// Everything a Nexus request can fail with, before it is rendered.
-#[derive(Debug)]
-enum NexusError {
-    Auth(AuthError),
-    NoCredential,
-    Body(BodyError),
-    Query(String),
-    Mfa(MfaError),
-    Domain(DomainError),
-    Problem(Problem),
-}
-
-impl NexusError {
-    fn problem(&self) -> (Problem, Option<i64>) {
-        let p = |status, code, title, detail: &str| Problem::new(status, code, title, detail);
-        match self {
-            NexusError::Auth(AuthError::Malformed(why)) => (
-                p(
-                    StatusCode::BAD_REQUEST,
-                    "invalid-credentials",
-                    "Malformed credentials",
-                    why,
-                ),
-                None,
-            ),
-            NexusError::Auth(AuthError::Invalid(_)) | NexusError::NoCredential => (
-                p(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthenticated",
-                    "Authentication required",
-                    "Send Bearer and ApplicationToken, or Basic credentials.",
-                ),
-                None,
-            ),
-            NexusError::Auth(AuthError::Unavailable(_)) | NexusError::Mfa(MfaError::Store(_)) => (
-                p(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "store-unavailable",
-                    "Store unavailable",
-                    "Try again shortly; nothing was changed.",
-                ),
-                None,
-            ),
-            NexusError::Auth(AuthError::Busy) | NexusError::Body(BodyError::Busy) => (
-                p(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "busy",
-                    "Too busy",
-                    "Gatehouse is at capacity; try again shortly.",
-                ),
-                Some(auth::BUSY_RETRY_AFTER as i64),
-            ),
-            NexusError::Auth(AuthError::Throttled(seconds)) => (
-                p(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too-many-failures",
-                    "Too many failed sign-ins",
-                    "Too many wrong passwords came from this address; try again later.",
-                ),
-                Some(i64::try_from(*seconds).unwrap_or(i64::MAX)),
-            ),
-            NexusError::Auth(AuthError::NewUsersLimited(seconds)) => (
-                p(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too-many-new-users",
-                    "Too many new users",
-                    "Too many accounts were created from this identity provider's tokens \
-                     recently; yours will be created when you try again later.",
-                ),
-                Some(i64::try_from(*seconds).unwrap_or(i64::MAX)),
-            ),
-            NexusError::Body(BodyError::TimedOut) => (
-                p(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "body-timeout",
-                    "Request body too slow",
-                    "The request body did not arrive in time.",
-                ),
-                None,
-            ),
-            NexusError::Body(BodyError::TooLarge) => (
-                p(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body-too-large",
-                    "Request body too large",
-                    "Request bodies are limited to 1 MiB.",
-                ),
-                None,
-            ),
-            NexusError::Body(BodyError::Unreadable) => (
-                p(
-                    StatusCode::BAD_REQUEST,
-                    "invalid-request",
-                    "Invalid request",
-                    "The body could not be read.",
-                ),
-                None,
-            ),
-            NexusError::Body(BodyError::Invalid(why)) => (
-                Problem::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid-request",
-                    "Invalid request",
-                    format!("The body is not the JSON expected: {why}"),
-                ),
-                None,
-            ),
-            NexusError::Query(why) => (
-                Problem::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid-request",
-                    "Invalid request",
-                    why.clone(),
-                ),
-                None,
-            ),
-            NexusError::Mfa(e) => mfa_problem(e),
-            NexusError::Domain(e) => (domain_problem(e), None),
-            NexusError::Problem(p) => (p.clone(), None),
-        }
-    }
-}
-
-/// One mapping from MFA outcomes to problems, shared with the enrollment page.
-pub fn mfa_problem(e: &MfaError) -> (Problem, Option<i64>) {
-    let p = |status, code, title, detail: String| Problem::new(status, code, title, detail);
-    match e {
-        MfaError::UnknownUser => (
-            p(
-                StatusCode::NOT_FOUND,
-                "user-not-found",
-                "User not found",
-                "The credential's user no longer exists.".into(),
-            ),
-            None,
-        ),
-        MfaError::Invalid(why) => (
-            p(
-                StatusCode::BAD_REQUEST,
-                "invalid-request",
-                "Invalid request",
-                why.clone(),
-            ),
-            None,
-        ),
-        MfaError::AlreadyEnrolled => (
-            p(
-                StatusCode::BAD_REQUEST,
-                "factor-already-enrolled",
-                "A factor is already enrolled",
-                "Adding another factor needs a credential that already includes a second factor."
-                    .into(),
-            ),
-            None,
-        ),
-        MfaError::NoPendingEnrollment => (
-            p(
-                StatusCode::NOT_FOUND,
-                "no-pending-enrollment",
-                "No pending enrollment",
-                "There is no unexpired enrollment to confirm; start one with mfa-enrollment."
-                    .into(),
-            ),
-            None,
-        ),
-        MfaError::NoFactor(why) => (
-            p(
-                StatusCode::NOT_FOUND,
-                "no-factor",
-                "No such factor",
-                (*why).into(),
-            ),
-            None,
-        ),
-        MfaError::TicketUnknown => (
-            p(
-                StatusCode::NOT_FOUND,
-                "ticket-not-found",
-                "Enrollment not found",
-                "This enrollment link is not valid.".into(),
-            ),
-            None,
-        ),
-        MfaError::TicketGone => (
-            p(
-                StatusCode::GONE,
-                "ticket-gone",
-                "Enrollment link used or expired",
-                "This enrollment link has been used or has expired; ask for a new one.".into(),
-            ),
-            None,
-        ),
-        MfaError::WrongCode | MfaError::CodeExpired => (
-            p(
-                StatusCode::FORBIDDEN,
-                "invalid-code",
-                "Invalid code",
-                "The code is wrong, expired or already used.".into(),
-            ),
-            None,
-        ),
-        MfaError::Locked(retry) => (
-            p(
-                StatusCode::TOO_MANY_REQUESTS,
-                "locked",
-                "Too many failed attempts",
-                format!("Verification is locked; try again in {retry} seconds."),
-            ),
-            Some(*retry),
-        ),
-        MfaError::SendLimited(retry) => (
-            p(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too-many-codes",
-                "Too many codes sent",
-                "Wait before asking for another code.".into(),
-            ),
-            Some(*retry),
-        ),
-        MfaError::NoSuchPhone => (
-            p(
-                StatusCode::BAD_REQUEST,
-                "no-such-phone",
-                "Unknown user or number",
-                "No user of that name has that phone number.".into(),
-            ),
-            None,
-        ),
-        MfaError::InvalidAccessToken => (
-            p(
-                StatusCode::BAD_REQUEST,
-                "invalid-access-token",
-                "Invalid access token",
-                "`accessToken` must be a valid access token of the same user.".into(),
-            ),
-            None,
-        ),
-        MfaError::NeedsMfa => (
-            p(
-                StatusCode::FORBIDDEN,
-                "mfa-required",
-                "Second factor required",
-                "This needs a credential that includes a second factor.".into(),
-            ),
-            None,
-        ),
-        MfaError::Delivery(_) => (
-            p(
-                StatusCode::BAD_GATEWAY,
-                "delivery-failed",
-                "Delivery failed",
-                "The code could not be sent; try again.".into(),
-            ),
-            None,
-        ),
-        MfaError::Store(_) => (
-            p(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store-unavailable",
-                "Store unavailable",
-                "Try again shortly.".into(),
-            ),
-            None,
-        ),
-        MfaError::Internal(_) => (
-            p(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "Internal error",
-                "The request failed.".into(),
-            ),
-            None,
-        ),
-    }
 }
 
 /// The body of verify-enrollment-otp and verify-otp (seed 000): every field nullable.
@@ -394,14 +126,14 @@ impl Nexus {
 
     /// The endpoint a normalised path names, if any.
     pub fn endpoint(&self, path: &str) -> Option<Endpoint> {
-        let rest = crate::routes::strip_prefix_ignore_case(path, &self.base)?;
+        let rest = crate::path::strip_prefix_ignore_case(path, &self.base)?;
         // Every proxied request is asked this: most are turned away by one comparison.
-        crate::routes::strip_prefix_ignore_case(rest, VERSION_PREFIX)?;
+        crate::path::strip_prefix_ignore_case(rest, VERSION_PREFIX)?;
         ENDPOINTS
             .iter()
-            .find(|(r, _)| crate::routes::eq_ignore_case(rest, r.path))
+            .find(|(r, _)| crate::path::eq_ignore_case(rest, r.path))
             .map(|(_, e)| e.clone())
-            .or_else(|| DomainRoute::parse(rest).map(Endpoint::Domains))
+            .or_else(|| DomainPath::parse(rest).map(Endpoint::Domains))
     }
 
     /// Handles a request for `endpoint`; never fails (errors become problem documents).
@@ -414,10 +146,14 @@ impl Nexus {
         request_id: &str,
     ) -> Response<Body> {
         let allowed = match &endpoint {
-            Endpoint::Domains(route) => route.allows(&parts.method),
-            other => {
-                let template = route::template_of(&ENDPOINTS, other);
-                route::check_method(&routes(), template, &parts.method)
+            Endpoint::Domains(domain) => domain.allows(&parts.method),
+            Endpoint::MfaEnrollment
+            | Endpoint::VerifyEnrollmentOtp
+            | Endpoint::VerifyOtp
+            | Endpoint::MfaChallenge
+            | Endpoint::RecoveryCodes => {
+                let template = table::template_of(&ENDPOINTS, &endpoint);
+                table::check_method(&operations(), template, &parts.method)
             }
         };
         if let Err(allow) = allowed {
@@ -455,15 +191,7 @@ impl Nexus {
                     response.headers_mut().insert(header::RETRY_AFTER, v);
                 }
                 if problem.status == StatusCode::UNAUTHORIZED {
-                    for challenge in [
-                        "Bearer realm=\"gatehouse\"",
-                        "Basic realm=\"gatehouse\", charset=\"UTF-8\"",
-                    ] {
-                        response.headers_mut().append(
-                            header::WWW_AUTHENTICATE,
-                            HeaderValue::from_static(challenge),
-                        );
-                    }
+                    challenge(response.headers_mut(), Challenge::BearerOrBasic);
                 }
                 response
             }
@@ -563,7 +291,7 @@ impl Nexus {
                     &serde_json::json!({ "sent": true }),
                 ))
             }
-            Endpoint::Domains(route) => self.domain(route, &principal, parts, body).await,
+            Endpoint::Domains(domain) => self.domain(domain, &principal, parts, body).await,
             Endpoint::RecoveryCodes => {
                 let codes = self
                     .mfa
@@ -582,7 +310,7 @@ impl Nexus {
 impl Nexus {
     async fn domain(
         &self,
-        route: DomainRoute,
+        path: DomainPath,
         principal: &Principal,
         parts: &Parts,
         body: Incoming,
@@ -596,8 +324,8 @@ impl Nexus {
             Ok((org, domain))
         };
         let d = &self.domains;
-        match route {
-            DomainRoute::Collection { organization } => {
+        match path {
+            DomainPath::Collection { organization } => {
                 let (org, _) = ids(&organization, None)?;
                 if parts.method == Method::GET {
                     let list = d.list(principal, org).await.map_err(NexusError::Domain)?;
@@ -615,7 +343,7 @@ impl Nexus {
                     .map_err(NexusError::Domain)?;
                 Ok(domains_api::domain_response(StatusCode::CREATED, &created))
             }
-            DomainRoute::Item {
+            DomainPath::Item {
                 organization,
                 domain,
             } => {
@@ -632,7 +360,7 @@ impl Nexus {
                     .map_err(NexusError::Domain)?;
                 Ok(domains_api::domain_response(StatusCode::OK, &found))
             }
-            DomainRoute::GenerateCode {
+            DomainPath::GenerateCode {
                 organization,
                 domain,
             } => {
@@ -643,7 +371,7 @@ impl Nexus {
                     .map_err(NexusError::Domain)?;
                 Ok(domains_api::domain_response(StatusCode::CREATED, &updated))
             }
-            DomainRoute::Verify {
+            DomainPath::Verify {
                 organization,
                 domain,
             } => {
@@ -679,8 +407,12 @@ mod tests {
 
     #[test]
     fn every_operation_is_under_the_version_prefix() {
-        for route in routes() {
-            assert!(route.path.starts_with(VERSION_PREFIX), "{}", route.path);
+        for operation in operations() {
+            assert!(
+                operation.path.starts_with(VERSION_PREFIX),
+                "{}",
+                operation.path
+            );
         }
     }
 

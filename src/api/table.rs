@@ -1,7 +1,7 @@
 //! The operations the local endpoints answer, as (method, path template) tables.
 //!
 //! Each family keeps its own table beside its handler and matches requests with it, so the table is
-//! what the code answers; [`crate::api::operations::public`] and [`crate::api::admin::routes`]
+//! what the code answers; [`crate::api::operations::public`] and [`crate::api::admin::operations`]
 //! collect them, and the test suite checks them against `openapi/openapi.json` in both directions.
 
 /// Where gatehouse publishes the public keys of its tokens.
@@ -10,17 +10,20 @@ pub const JWKS_PATH: &str = "/.well-known/jwks.json";
 /// Forward-auth's endpoint (and, for Envoy, the prefix of the path it describes).
 pub const FORWARD_AUTH_PATH: &str = "/auth/verify";
 
-/// One operation: an HTTP method and a path template in which a `{name}` segment stands for any
-/// one segment.
+/// One operation of a local API, as OpenAPI names it: an HTTP method and a path template in which
+/// a `{name}` segment stands for any one segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Route {
+pub struct Operation {
+    /// The HTTP method, in upper case.
     pub method: &'static str,
+    /// The path template, below the family's base path when it has one.
     pub path: &'static str,
 }
 
-impl Route {
-    pub const fn new(method: &'static str, path: &'static str) -> Route {
-        Route { method, path }
+impl Operation {
+    /// The operation `method` on the path template `path`.
+    pub const fn new(method: &'static str, path: &'static str) -> Operation {
+        Operation { method, path }
     }
 }
 
@@ -31,17 +34,24 @@ const EVERY_METHOD: [&str; 8] = [
 ];
 
 /// The JWK Set of gatehouse's token keys; other methods on the path are proxied.
-pub const JWKS: [Route; 2] = [Route::new("GET", JWKS_PATH), Route::new("HEAD", JWKS_PATH)];
+pub const JWKS: [Operation; 2] = [
+    Operation::new("GET", JWKS_PATH),
+    Operation::new("HEAD", JWKS_PATH),
+];
 
 /// Forward-auth with the described request in headers, and Envoy's variant that appends the
 /// described path (one or more segments) to [`FORWARD_AUTH_PATH`].
 const FORWARD_AUTH_PATHS: [&str; 2] = [FORWARD_AUTH_PATH, "/auth/verify/{describedPath}"];
 
 /// Every forward-auth operation.
-pub fn forward_auth() -> Vec<Route> {
+pub fn forward_auth() -> Vec<Operation> {
     FORWARD_AUTH_PATHS
         .iter()
-        .flat_map(|path| EVERY_METHOD.iter().map(|method| Route::new(method, path)))
+        .flat_map(|path| {
+            EVERY_METHOD
+                .iter()
+                .map(|method| Operation::new(method, path))
+        })
         .collect()
 }
 
@@ -60,7 +70,7 @@ pub fn matches<'s>(
 pub fn captures<'p>(template: &str, path: &'p str) -> Option<Vec<&'p str>> {
     // The literal text before the first `{…}` settles most mismatches without splitting anything.
     let literal = template.split_once('{').map_or(template, |(head, _)| head);
-    crate::routes::strip_prefix_ignore_case(path, literal)?;
+    crate::path::strip_prefix_ignore_case(path, literal)?;
     match_segments(template, path.split('/'), true)
 }
 
@@ -80,7 +90,7 @@ fn match_segments<'s>(
                 if part.starts_with('{') && part.ends_with('}') {
                     values.push(segment);
                 } else if !(part == segment
-                    || ignore_case && crate::routes::eq_ignore_case(part, segment))
+                    || ignore_case && crate::path::eq_ignore_case(part, segment))
                 {
                     return None;
                 }
@@ -90,23 +100,27 @@ fn match_segments<'s>(
     }
 }
 
-/// The routes of a family's `(route, endpoint)` table.
-pub fn routes_of<E>(table: &[(Route, E)]) -> Vec<Route> {
+/// The operations of a family's `(operation, endpoint)` table.
+pub fn operations_of<E>(table: &[(Operation, E)]) -> Vec<Operation> {
     table.iter().map(|(r, _)| *r).collect()
 }
 
 /// The path template under which `endpoint` sits in a family's table (`""` if it is absent).
-pub fn template_of<E: PartialEq>(table: &[(Route, E)], endpoint: &E) -> &'static str {
+pub fn template_of<E: PartialEq>(table: &[(Operation, E)], endpoint: &E) -> &'static str {
     table
         .iter()
         .find(|(_, e)| e == endpoint)
         .map_or("", |(r, _)| r.path)
 }
 
-/// `Ok` when `routes` answer `method` on `template`; else `Err` with the methods they answer there,
-/// as a 405's `Allow` value.
-pub fn check_method(routes: &[Route], template: &str, method: &http::Method) -> Result<(), String> {
-    let on_path = || routes.iter().filter(|r| r.path == template);
+/// `Ok` when `operations` answer `method` on `template`; else `Err` with the methods they answer
+/// there, as a 405's `Allow` value.
+pub fn check_method(
+    operations: &[Operation],
+    template: &str,
+    method: &http::Method,
+) -> Result<(), String> {
+    let on_path = || operations.iter().filter(|r| r.path == template);
     if on_path().any(|r| r.method == method.as_str()) {
         return Ok(());
     }
@@ -139,14 +153,14 @@ mod tests {
 
     #[test]
     fn a_wrong_method_names_the_ones_answered() {
-        let routes = [
-            Route::new("GET", "/a"),
-            Route::new("POST", "/a"),
-            Route::new("PUT", "/b"),
+        let operations = [
+            Operation::new("GET", "/a"),
+            Operation::new("POST", "/a"),
+            Operation::new("PUT", "/b"),
         ];
-        assert_eq!(check_method(&routes, "/a", &http::Method::POST), Ok(()));
+        assert_eq!(check_method(&operations, "/a", &http::Method::POST), Ok(()));
         assert_eq!(
-            check_method(&routes, "/a", &http::Method::DELETE),
+            check_method(&operations, "/a", &http::Method::DELETE),
             Err("GET, POST".to_owned())
         );
     }
