@@ -8,6 +8,7 @@ use arc_swap::ArcSwap;
 
 use crate::api::Bodies;
 use crate::api::admin::Admin;
+use crate::api::services::Services;
 use crate::auth::Authenticator;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, Environment};
@@ -19,7 +20,6 @@ use crate::notify::Notifier;
 use crate::reload::Reloadable;
 use crate::secrets::Vault;
 use crate::server::{Handler, Server, StartError};
-use crate::services::Services;
 use crate::store::Store;
 use crate::tokens::Tokens;
 

@@ -35,7 +35,6 @@ pub mod reload;
 pub mod routes;
 pub mod secrets;
 pub mod server;
-pub mod services;
 pub mod store;
 pub mod telemetry;
 pub mod tokens;

@@ -19,12 +19,12 @@ use serde_json::Value;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::task::JoinHandle;
 
+use crate::api::services::Services;
 use crate::config::{self, Access, Config};
 use crate::gateway::Gateway;
 use crate::routes::AccessRules;
 use crate::server::listener::SharedTls;
 use crate::server::tls;
-use crate::services::Services;
 
 /// How often the configuration file is checked for a change.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(2);

@@ -6,6 +6,7 @@ pub mod manage;
 pub mod nexus;
 pub mod operations;
 pub mod problem;
+pub mod services;
 pub mod table;
 pub mod ws;
 

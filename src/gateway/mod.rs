@@ -31,6 +31,7 @@ use self::target::Target;
 use crate::api::enroll::EnrollPage;
 use crate::api::manage::Manage;
 use crate::api::nexus::Nexus;
+use crate::api::services::Services;
 use crate::api::ws::endpoints::Ws;
 use crate::auth::{Authenticator, Principal};
 use crate::body::{Body, full};
@@ -40,7 +41,6 @@ use crate::proxy::forward::{self, Upstream};
 use crate::proxy::headers::IdentityHeaders;
 use crate::proxy::headers::Sanitizer;
 use crate::routes::AccessRules;
-use crate::services::Services;
 use crate::telemetry::{self, AccessRecord};
 use crate::tokens::Tokens;
 

@@ -269,6 +269,64 @@ fn no_module_imports_one_that_imports_it_back() {
     assert!(report.is_empty(), "{report}");
 }
 
+/// Each top-level module with everything under it (`api` holds `api::admin`, `api::nexus`, …),
+/// and which other top-level modules it imports.
+fn areas(graph: &Graph) -> Graph {
+    let top = |m: &str| m.split("::").next().unwrap_or_default().to_owned();
+    let mut areas = Graph::new();
+    for (module, imports) in graph {
+        let area = areas.entry(top(module)).or_default();
+        area.extend(imports.iter().map(|i| top(i)));
+    }
+    for (area, imports) in areas.iter_mut() {
+        imports.remove(area);
+    }
+    areas
+}
+
+#[test]
+fn top_level_modules_form_layers() {
+    let areas = areas(&graph());
+    let mut report = String::new();
+    for group in cycles(&areas) {
+        report.push_str(&format!(
+            "top-level modules that import each other: {}\n",
+            group.join(", ")
+        ));
+        for area in &group {
+            let within: Vec<&str> = areas[area]
+                .iter()
+                .filter(|m| group.contains(m))
+                .map(String::as_str)
+                .collect();
+            report.push_str(&format!("  {area} imports {}\n", within.join(", ")));
+        }
+    }
+    assert!(report.is_empty(), "{report}");
+}
+
+#[test]
+fn the_composition_root_is_imported_by_nothing_and_the_transport_by_no_handler_above_it() {
+    let areas = areas(&graph());
+    let importing_app: Vec<&String> = areas
+        .iter()
+        .filter(|(_, i)| i.contains("app"))
+        .map(|(a, _)| a)
+        .collect();
+    assert!(
+        importing_app.is_empty(),
+        "app is imported by {importing_app:?}"
+    );
+    let above = ["api", "gateway", "app", "reload", "services"];
+    let server = &areas["server"];
+    let reached: Vec<&str> = above
+        .iter()
+        .copied()
+        .filter(|a| server.contains(*a))
+        .collect();
+    assert!(reached.is_empty(), "server imports {reached:?}");
+}
+
 #[test]
 fn the_cycle_check_sees_use_trees_inline_paths_and_super() {
     let code = code(

@@ -18,13 +18,13 @@ use hyper::body::Incoming;
 use subtle::ConstantTimeEq;
 
 use crate::api::problem::{Challenge, challenge};
+use crate::api::services::Services;
 use crate::api::table::{self, Operation};
 use crate::api::{self, BodyError};
 use crate::body::Body;
 use crate::clock::{self, Clock};
 use crate::config::{Config, Secret};
 use crate::problem::Problem;
-use crate::services::Services;
 use crate::store::{Store, StoreError};
 
 /// The OpenAPI document of every local endpoint, served at `GET /openapi.json`.
@@ -270,15 +270,15 @@ type AdminResult = Result<Response<Body>, AdminError>;
 impl Admin {
     /// The admin API `config` sets up (its token, the bootstrap file) around the app's services;
     /// `ready` is true while the server accepts traffic.
-    pub fn new(app: &Services, config: &Config, ready: Arc<AtomicBool>) -> Admin {
+    pub fn new(services: &Services, config: &Config, ready: Arc<AtomicBool>) -> Admin {
         Admin {
             ready,
             token: config.admin.token.clone(),
-            store: app.store.clone(),
-            clock: app.clock.clone(),
-            meter: app.meter.clone(),
-            bodies: app.bodies.clone(),
-            auth: app.auth.clone(),
+            store: services.store.clone(),
+            clock: services.clock.clone(),
+            meter: services.meter.clone(),
+            bodies: services.bodies.clone(),
+            auth: services.auth.clone(),
             bootstrap: config.bootstrap.file.clone(),
         }
     }

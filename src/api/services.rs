@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::api::Bodies;
+use super::Bodies;
 use crate::auth::Authenticator;
 use crate::clock::Clock;
 use crate::domains::Domains;
