@@ -1,7 +1,6 @@
-//! Prometheus metrics (SPEC §9), served at `/metrics` on the admin listener. Each [`App`] owns
-//! its registry (no process-wide recorder), so that several instances in one process keep apart.
-//!
-//! [`App`]: crate::app::App
+//! Prometheus metrics (SPEC §9), served at `/metrics` on the admin listener. Each running
+//! gatehouse owns its registry (no process-wide recorder), so that several instances in one
+//! process keep apart.
 
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};

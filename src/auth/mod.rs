@@ -1,4 +1,4 @@
-//! Credentials → [`Principal`]. Route decisions live in [`policy`].
+//! Credentials → [`Principal`]. Access-rule decisions live in [`policy`].
 //!
 //! Schemes (SPEC §3): `Authorization: Bearer` (gatehouse's own JWTs or a trusted issuer's),
 //! `Authorization: Basic` (argon2id, with a short cache of successful verifications), and the

@@ -39,7 +39,7 @@ use crate::meter::Meter;
 use crate::path;
 use crate::proxy::forward::{self, Upstream};
 use crate::proxy::headers::IdentityHeaders;
-use crate::proxy::headers::Sanitizer;
+use crate::hygiene::Sanitizer;
 use crate::routes::AccessRules;
 use crate::telemetry::{self, AccessRecord};
 use crate::tokens::Tokens;
