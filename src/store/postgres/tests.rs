@@ -6,9 +6,10 @@ use std::sync::Arc;
 use tokio_postgres::NoTls;
 
 use crate::lockout::Policy;
+use crate::store::sled::SledStore;
 use crate::store::{
     Application, Domain, ExternalId, FactorKind, Membership, NewUser, OobCode, Organization, Role,
-    SCHEMA_VERSION, SigningKey, Store, Ticket, UserPatch, WsKey,
+    SCHEMA_VERSION, SigningKey, Store, Ticket, User, UserPatch, WsKey,
 };
 
 const NOW: &str = "2026-01-01T00:00:00Z";
@@ -282,10 +283,10 @@ async fn users_are_unique_by_name_regardless_of_case_and_by_external_id() {
 }
 
 #[tokio::test]
-async fn memberships_files_applications_and_keys() {
+async fn memberships_files_and_applications() {
     let db = TestDb::new().await;
     let store = db.store().await;
-    let ada = store.create_user(new_user("ada"), NOW_UNIX).await.unwrap();
+    store.create_user(new_user("ada"), NOW_UNIX).await.unwrap();
     let m = Membership {
         organization_id: 7,
         role: Role::Admin,
@@ -339,7 +340,13 @@ async fn memberships_files_applications_and_keys() {
             .unwrap()
             .is_none()
     );
+}
 
+#[tokio::test]
+async fn keys_audit_and_what_a_deleted_user_takes_along() {
+    let db = TestDb::new().await;
+    let store = db.store().await;
+    let ada = store.create_user(new_user("ada"), NOW_UNIX).await.unwrap();
     let ws = WsKey {
         v: SCHEMA_VERSION,
         key_hash: "h".into(),
@@ -576,9 +583,8 @@ async fn replicas_starting_together_agree_on_one_signing_key() {
     assert_eq!(replicas[1].signing_keys().await.unwrap(), seen[0]);
 }
 
-#[tokio::test]
-async fn a_sled_store_moves_over_unchanged() {
-    use crate::store::sled::SledStore;
+/// A sled store holding one of everything an export carries, and its users ada and grace.
+async fn a_sled_store_with_one_of_everything() -> (SledStore, User, User) {
     let sled = SledStore::temporary().unwrap();
     let ada = sled.create_user(new_user("ada"), NOW_UNIX).await.unwrap();
     let external = NewUser {
@@ -678,6 +684,12 @@ async fn a_sled_store_moves_over_unchanged() {
         .await
         .unwrap();
     }
+    (sled, ada, grace)
+}
+
+#[tokio::test]
+async fn a_sled_store_moves_over_unchanged() {
+    let (sled, ada, grace) = a_sled_store_with_one_of_everything().await;
     let expected = sled.export().await.unwrap();
 
     let db = TestDb::new().await;
