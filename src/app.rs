@@ -23,33 +23,24 @@ use crate::server::{Handler, Server, StartError};
 use crate::store::Store;
 use crate::tokens::Tokens;
 
-/// A running gatehouse's configuration and everything built from it at start.
+/// A running gatehouse's configuration and the services built from it at start (`app.store`,
+/// `app.tokens`, … reach them through [`Services`]).
 pub struct App {
     pub config: Config,
-    pub store: Arc<dyn Store>,
-    pub tokens: Arc<Tokens>,
-    pub auth: Arc<Authenticator>,
-    pub mfa: Arc<Mfa>,
-    pub domains: Arc<Domains>,
-    pub clock: Arc<dyn Clock>,
-    pub meter: Arc<Meter>,
-    /// The one reader of local endpoints' bodies, with its budget shared by every listener.
-    pub bodies: Arc<Bodies>,
+    services: Services,
+}
+
+impl std::ops::Deref for App {
+    type Target = Services;
+    fn deref(&self) -> &Services {
+        &self.services
+    }
 }
 
 impl App {
     /// The services every request handler shares.
     pub fn services(&self) -> Services {
-        Services {
-            store: self.store.clone(),
-            tokens: self.tokens.clone(),
-            auth: self.auth.clone(),
-            mfa: self.mfa.clone(),
-            domains: self.domains.clone(),
-            clock: self.clock.clone(),
-            meter: self.meter.clone(),
-            bodies: self.bodies.clone(),
-        }
+        self.services.clone()
     }
 
     /// Opens the configured store and loads keys, with the system clock.
@@ -113,14 +104,16 @@ impl App {
         ));
         Ok(App {
             config,
-            store,
-            tokens,
-            auth,
-            mfa,
-            domains,
-            clock,
-            meter,
-            bodies,
+            services: Services {
+                store,
+                tokens,
+                auth,
+                mfa,
+                domains,
+                clock,
+                meter,
+                bodies,
+            },
         })
     }
 
