@@ -53,6 +53,7 @@ pub struct Config {
     pub sms: SmsConfig,
     pub apis: ApisConfig,
     pub domains: DomainsConfig,
+    pub sessions: SessionsConfig,
 }
 
 /// A value that must never be printed: it serialises and debugs as `***`.
@@ -236,6 +237,21 @@ pub struct SmsConfig {
     pub account_sid: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_token: Option<Secret>,
+}
+
+/// Browser sessions (SPEC §11).
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionsConfig {
+    /// The session cookie's name; `__Host-` names make browsers refuse a `Domain` or another path.
+    pub cookie_name: String,
+    /// A session unused this long ends.
+    #[serde(serialize_with = "duration")]
+    pub idle_timeout: Duration,
+    /// A session ends this long after sign-in, used or not.
+    #[serde(serialize_with = "duration")]
+    pub max_age: Duration,
+    /// The most sessions one user holds at once; signing in again beyond it ends the oldest.
+    pub max_per_user: usize,
 }
 
 /// Domain verification (SPEC §4.1).

@@ -39,6 +39,16 @@ pub(super) struct RawConfig {
     pub(super) sms: RawSms,
     pub(super) apis: RawApis,
     pub(super) domains: RawDomains,
+    pub(super) sessions: RawSessions,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawSessions {
+    pub(super) cookie_name: Field<String>,
+    pub(super) idle_timeout: Field<String>,
+    pub(super) max_age: Field<String>,
+    pub(super) max_per_user: Field<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -247,6 +247,22 @@ pub struct AuditEvent {
     pub detail: Option<String>,
 }
 
+/// A browser session (SPEC §11). Its id (256 random bits) is only ever in the visitor's cookie;
+/// the store knows it by `id_hash`, the SHA-256 of the id in lower-case hex.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub id_hash: String,
+    pub user_id: u64,
+    /// The `amr` values the session proved (`pwd`, then a second factor after step-up).
+    pub methods: Vec<String>,
+    /// Unix seconds.
+    pub created: i64,
+    /// Unix seconds of the last request seen with it (updated coarsely, see `touch_session`).
+    pub last_seen: i64,
+    /// Unix seconds of its absolute end (`created` + `sessions.max_age`).
+    pub expires: i64,
+}
+
 /// A kind of second factor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -599,6 +615,26 @@ pub trait Store: Send + Sync {
     /// key that makes names unique regardless of letter case), beginning after the user named
     /// `after` in that order (who need not exist); for listing users a page at a time.
     async fn list_users(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<User>>;
+
+    /// Stores a new session. When the user then holds more than `keep` sessions, the ones
+    /// created first are deleted, so that no user can make the store hold unboundedly many.
+    async fn create_session(&self, session: Session, keep: usize) -> StoreResult<()>;
+    /// The session whose id hashes to `id_hash`, whether or not it has expired.
+    async fn session(&self, id_hash: &str) -> StoreResult<Option<Session>>;
+    /// Sets the session's `last_seen` to `now` when that is later; `false` when there is no such
+    /// session (nothing written).
+    async fn touch_session(&self, id_hash: &str, now: i64) -> StoreResult<bool>;
+    /// Atomically deletes the session `old_hash` and stores `new` in its place (rotation at
+    /// sign-in and step-up). `false`, and nothing written, when `old_hash` no longer exists: of
+    /// concurrent rotations of one session, exactly one succeeds.
+    async fn replace_session(&self, old_hash: &str, new: Session) -> StoreResult<bool>;
+    /// Deletes the session; `false` when there was none.
+    async fn delete_session(&self, id_hash: &str) -> StoreResult<bool>;
+    /// Deletes every session of the user ("sign out everywhere"); how many there were.
+    async fn delete_user_sessions(&self, user_id: u64) -> StoreResult<u64>;
+    /// Deletes every session that has ended: `expires <= now`, or `last_seen <= idle_before`.
+    /// How many were deleted.
+    async fn purge_sessions(&self, now: i64, idle_before: i64) -> StoreResult<u64>;
 
     /// Makes every write so far durable.
     async fn flush(&self) -> StoreResult<()>;

@@ -310,6 +310,41 @@ impl Store for FaultyStore {
         self.inner.audit(limit).await
     }
 
+    async fn create_session(&self, session: Session, keep: usize) -> StoreResult<()> {
+        self.gate("create_session").await?;
+        self.inner.create_session(session, keep).await
+    }
+
+    async fn session(&self, id_hash: &str) -> StoreResult<Option<Session>> {
+        self.gate("session").await?;
+        self.inner.session(id_hash).await
+    }
+
+    async fn touch_session(&self, id_hash: &str, now: i64) -> StoreResult<bool> {
+        self.gate("touch_session").await?;
+        self.inner.touch_session(id_hash, now).await
+    }
+
+    async fn replace_session(&self, old_hash: &str, new: Session) -> StoreResult<bool> {
+        self.gate("replace_session").await?;
+        self.inner.replace_session(old_hash, new).await
+    }
+
+    async fn delete_session(&self, id_hash: &str) -> StoreResult<bool> {
+        self.gate("delete_session").await?;
+        self.inner.delete_session(id_hash).await
+    }
+
+    async fn delete_user_sessions(&self, user_id: u64) -> StoreResult<u64> {
+        self.gate("delete_user_sessions").await?;
+        self.inner.delete_user_sessions(user_id).await
+    }
+
+    async fn purge_sessions(&self, now: i64, idle_before: i64) -> StoreResult<u64> {
+        self.gate("purge_sessions").await?;
+        self.inner.purge_sessions(now, idle_before).await
+    }
+
     async fn flush(&self) -> StoreResult<()> {
         self.gate("flush").await?;
         self.inner.flush().await

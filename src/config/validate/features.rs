@@ -166,6 +166,65 @@ pub(super) fn sms(c: &mut Checker, sg: RawSms) -> (SmsConfig, bool) {
     (sms, sms_kind_given)
 }
 
+/// `[sessions]`.
+pub(super) fn sessions(c: &mut Checker, s: RawSessions) -> SessionsConfig {
+    let cookie_name = c.get(
+        "sessions.cookie_name",
+        s.cookie_name,
+        "__Host-gatehouse".into(),
+        |name: String| {
+            // RFC 6265 §4.1.1: a cookie name is an RFC 9110 token.
+            let token = !name.is_empty()
+                && name.len() <= 64
+                && name.bytes().all(|b| {
+                    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+                });
+            if token {
+                Ok(name)
+            } else {
+                Err(format!(
+                    "expected a cookie name (letters, digits and !#$%&'*+-.^_`|~, at most 64), got `{name}`"
+                ))
+            }
+        },
+    );
+    let idle_timeout = c.get(
+        "sessions.idle_timeout",
+        s.idle_timeout,
+        Duration::from_secs(3600),
+        positive_duration,
+    );
+    let max_age = c.get(
+        "sessions.max_age",
+        s.max_age,
+        Duration::from_secs(12 * 3600),
+        positive_duration,
+    );
+    let max_per_user = c.get("sessions.max_per_user", s.max_per_user, 20, |n: u64| {
+        if (1..=1000).contains(&n) {
+            Ok(n as usize)
+        } else {
+            Err(format!("expected 1 to 1000, got {n}"))
+        }
+    });
+    SessionsConfig {
+        cookie_name,
+        idle_timeout,
+        max_age,
+        max_per_user,
+    }
+}
+
+/// A duration of at least one second.
+fn positive_duration(s: String) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_secs(1) {
+        Err("must be at least 1s".into())
+    } else {
+        Ok(d)
+    }
+}
+
 /// `[domains]`.
 pub(super) fn domains(c: &mut Checker, d: RawDomains) -> DomainsConfig {
     DomainsConfig {

@@ -42,6 +42,7 @@ pub(super) fn validate(raw: RawConfig, env_secrets: EnvSecrets) -> Result<Config
     let (sms, sms_kind_given) = sms(&mut c, raw.sms);
     let apis = apis(&mut c, raw.apis);
     let domains = domains(&mut c, raw.domains);
+    let sessions = sessions(&mut c, raw.sessions);
 
     if server.environment != Environment::Development {
         refuse_development_settings(
@@ -60,6 +61,7 @@ pub(super) fn validate(raw: RawConfig, env_secrets: EnvSecrets) -> Result<Config
     if c.problems.is_empty() {
         Ok(Config {
             domains,
+            sessions,
             mfa,
             secrets,
             smtp,

@@ -6,8 +6,8 @@ use tokio_postgres::types::Json;
 use crate::lockout::{LockoutState, Policy, Reservation};
 use crate::store::{
     Application, AuditEvent, CodeLogin, Domain, Factor, FactorKind, NewUser, OPT_IN_PREFIX,
-    OobCode, Organization, SigningKey, Snapshot, Store, StoreError, StoreResult, Ticket, User,
-    WsKey, stamp,
+    OobCode, Organization, Session, SigningKey, Snapshot, Store, StoreError, StoreResult, Ticket,
+    User, WsKey, stamp,
 };
 
 use super::{
@@ -446,6 +446,28 @@ impl Store for PgStore {
 
     async fn import(&self, snapshot: Snapshot) -> StoreResult<()> {
         Ok(retry(|| self.import_once(&snapshot)).await?)
+    }
+
+    async fn create_session(&self, _session: Session, _keep: usize) -> StoreResult<()> {
+        Err(StoreError::Backend("sessions pending".into()))
+    }
+    async fn session(&self, _id_hash: &str) -> StoreResult<Option<Session>> {
+        Err(StoreError::Backend("sessions pending".into()))
+    }
+    async fn touch_session(&self, _id_hash: &str, _now: i64) -> StoreResult<bool> {
+        Err(StoreError::Backend("sessions pending".into()))
+    }
+    async fn replace_session(&self, _old_hash: &str, _new: Session) -> StoreResult<bool> {
+        Err(StoreError::Backend("sessions pending".into()))
+    }
+    async fn delete_session(&self, _id_hash: &str) -> StoreResult<bool> {
+        Err(StoreError::Backend("sessions pending".into()))
+    }
+    async fn delete_user_sessions(&self, _user_id: u64) -> StoreResult<u64> {
+        Err(StoreError::Backend("sessions pending".into()))
+    }
+    async fn purge_sessions(&self, _now: i64, _idle_before: i64) -> StoreResult<u64> {
+        Err(StoreError::Backend("sessions pending".into()))
     }
 
     async fn flush(&self) -> StoreResult<()> {
