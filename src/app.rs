@@ -20,6 +20,7 @@ use crate::notify::Notifier;
 use crate::reload::Reloadable;
 use crate::secrets::Vault;
 use crate::server::{Handler, Server, StartError};
+use crate::sessions::Sessions;
 use crate::store::Store;
 use crate::tokens::Tokens;
 
@@ -68,10 +69,17 @@ impl App {
         let vault = Arc::new(Vault::load(&config.secrets, &config.store.path)?);
         let tokens =
             Arc::new(Tokens::load(&config.tokens, store.as_ref(), &vault, clock.clone()).await?);
+        let sessions = Arc::new(Sessions::new(
+            &config.sessions,
+            store.clone(),
+            clock.clone(),
+            vault.clone(),
+        ));
         let auth = Arc::new(Authenticator::new(
             &config.auth,
             store.clone(),
             tokens.clone(),
+            sessions.clone(),
             clock.clone(),
         )?);
         let notifier = Arc::new(Notifier::new(
@@ -113,6 +121,7 @@ impl App {
                 clock,
                 meter,
                 bodies,
+                sessions,
             },
         })
     }

@@ -35,6 +35,7 @@ pub mod reload;
 pub mod routes;
 pub mod secrets;
 pub mod server;
+pub mod sessions;
 pub mod store;
 pub mod telemetry;
 pub mod tokens;

@@ -5,8 +5,10 @@ pub mod enroll;
 pub mod manage;
 pub mod nexus;
 pub mod operations;
+pub mod page;
 pub mod problem;
 pub mod services;
+pub mod signin;
 pub mod table;
 pub mod ws;
 

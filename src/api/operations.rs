@@ -17,6 +17,7 @@ pub struct PublicOperation {
 pub fn public(apis: &ApisConfig) -> Vec<PublicOperation> {
     let plain = |operations: &[Operation]| -> Vec<PublicOperation> { based("", operations) };
     let mut all = plain(&forward_auth());
+    all.extend(plain(&crate::api::signin::OPERATIONS));
     all.extend(plain(&JWKS));
     all.extend(plain(&crate::api::enroll::OPERATIONS));
     if apis.ws.enabled {

@@ -9,6 +9,7 @@ use crate::clock::Clock;
 use crate::domains::Domains;
 use crate::meter::Meter;
 use crate::mfa::service::Mfa;
+use crate::sessions::Sessions;
 use crate::store::Store;
 use crate::tokens::Tokens;
 
@@ -25,4 +26,5 @@ pub struct Services {
     pub meter: Arc<Meter>,
     /// The one reader of local endpoints' bodies, with its budget shared by every listener.
     pub bodies: Arc<Bodies>,
+    pub sessions: Arc<Sessions>,
 }

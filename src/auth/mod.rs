@@ -24,6 +24,8 @@ use http::header::{self, HeaderName};
 use crate::clock::Clock;
 use crate::config::AuthConfig;
 pub use crate::identity::{Method, Principal};
+use crate::lockout::{Policy, Reservation};
+use crate::sessions::{Presented, Sessions};
 use crate::store::{Store, StoreError, User};
 use crate::tokens::{self, Tokens};
 use issuers::Issuers;
@@ -105,6 +107,24 @@ pub enum AuthError {
     /// 429 with `Retry-After` (seconds): the token's issuer created as many new users as its
     /// `max_new_users` allows within the window, and this subject has no user yet.
     NewUsersLimited(u64),
+}
+
+/// Why a sign-in page's password was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignInError {
+    /// Unknown user, wrong password, or a user who may not sign in: one answer for all; the
+    /// reason is for the log.
+    Refused(&'static str),
+    /// The user's lockout holds for this many more seconds.
+    Locked(i64),
+    /// Throttled, busy or the store unavailable, as for any credential.
+    Auth(AuthError),
+}
+
+impl From<AuthError> for SignInError {
+    fn from(e: AuthError) -> SignInError {
+        SignInError::Auth(e)
+    }
 }
 
 /// How long a client refused with [`AuthError::Busy`] is told to wait, in seconds.
@@ -218,6 +238,8 @@ pub struct Authenticator {
     /// Users of trusted issuers, by `(iss, sub)`, created on first sight within each issuer's
     /// bound.
     external: external::ExternalUsers,
+    /// Browser sessions: the session cookie is a credential like the others.
+    sessions: Arc<Sessions>,
 }
 
 impl Authenticator {
@@ -225,6 +247,7 @@ impl Authenticator {
         config: &AuthConfig,
         store: Arc<dyn Store>,
         tokens: Arc<Tokens>,
+        sessions: Arc<Sessions>,
         clock: Arc<dyn Clock>,
     ) -> Result<Authenticator, String> {
         let rng = ring::rand::SystemRandom::new();
@@ -253,6 +276,7 @@ impl Authenticator {
                 config.failed_password_window,
             ),
             inflight: std::sync::Mutex::new(HashMap::new()),
+            sessions,
         })
     }
 
@@ -298,7 +322,7 @@ impl Authenticator {
         client: IpAddr,
     ) -> Result<Option<Principal>, AuthError> {
         let mut principal = match credential(headers)? {
-            None => None,
+            None => self.session(headers).await?.map(|(principal, _)| principal),
             Some(Credential::Basic {
                 user_name,
                 password,
@@ -320,6 +344,41 @@ impl Authenticator {
             }
         }
         Ok(principal)
+    }
+
+    /// The principal of the request's session cookie with the live session, `None` without
+    /// one; an unknown, ended or ambiguous cookie is refused like any invalid credential.
+    pub async fn session(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<Option<(Principal, crate::sessions::Live)>, AuthError> {
+        let id = match self.sessions.presented(headers) {
+            Presented::None => return Ok(None),
+            Presented::Unusable => {
+                return Err(AuthError::Invalid("unusable session cookie".into()));
+            }
+            Presented::Id(id) => id,
+        };
+        let live = self
+            .sessions
+            .find(id)
+            .await?
+            .ok_or_else(|| AuthError::Invalid("unknown or ended session".into()))?;
+        let user = self
+            .store
+            .shared_user_by_id(live.session.user_id)
+            .await?
+            .ok_or_else(|| AuthError::Invalid("session of an unknown user".into()))?;
+        let methods = tokens::methods_from_amr(&live.session.methods);
+        let mut asked = user.scopes.clone();
+        asked.push("mfa".to_owned());
+        let scopes = current_scopes(&user.scopes, &asked, &methods);
+        Ok(Some((Principal::admit(&user, scopes, methods)?, live)))
+    }
+
+    /// The sessions whose cookie this authenticator reads.
+    pub fn sessions(&self) -> &Arc<Sessions> {
+        &self.sessions
     }
 
     /// A WS family `WsAccessKey`: the principal of the user it is bound to (no second factor:
@@ -376,6 +435,61 @@ impl Authenticator {
             self.basic_cache.insert(key, hash.into());
         }
         Principal::admit(&user, user.scopes.clone(), vec![Method::Pwd])
+    }
+
+    /// Checks a password typed on the sign-in page (SPEC §11). Within the per-address limit, a
+    /// known user's attempt first reserves a failure in the store under the user's lockout
+    /// (SPEC §10), which a right password gives back; an unknown user costs the same hash, so
+    /// both refusals look and take the same. A disabled user is refused like a wrong password.
+    pub async fn sign_in(
+        &self,
+        user_name: &str,
+        password: String,
+        client: IpAddr,
+        policy: Policy,
+    ) -> Result<Principal, SignInError> {
+        self.failures
+            .check(client, self.clock.unix())
+            .map_err(|throttle::Throttled(seconds)| AuthError::Throttled(seconds))?;
+        let user = self
+            .store
+            .user_by_name(user_name)
+            .await
+            .map_err(AuthError::from)?;
+        let key = self.cache_key_for(user_name, &password);
+        let stored = user.as_ref().and_then(|u| u.password_hash.clone());
+        let (Some(user), Some(hash)) = (user, stored) else {
+            self.verify_once(key, client, move || {
+                secret::verify_nothing(&password);
+                false
+            })
+            .await?;
+            return Err(SignInError::Refused("unknown user or no password"));
+        };
+        let reservation = self
+            .store
+            .reserve_attempt(user.id, self.clock.unix(), policy)
+            .await
+            .map_err(AuthError::from)?;
+        if let Reservation::Refused { retry_after } = reservation {
+            return Err(SignInError::Locked(retry_after));
+        }
+        let ok = self
+            .verify_once(key, client, move || {
+                secret::verify_password(&password, &hash)
+            })
+            .await?;
+        if !ok {
+            // The reserved failure stays counted, durably before the answer.
+            self.store.flush().await.map_err(AuthError::from)?;
+            return Err(SignInError::Refused("wrong password"));
+        }
+        self.store
+            .clear_failures(user.id)
+            .await
+            .map_err(AuthError::from)?;
+        Principal::admit(&user, user.scopes.clone(), vec![Method::Pwd])
+            .map_err(|_| SignInError::Refused("user disabled"))
     }
 
     /// Runs `verify` for the credential `key` on the hashing threads, once for every caller

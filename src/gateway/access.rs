@@ -3,10 +3,11 @@
 
 use std::net::IpAddr;
 
-use http::HeaderMap;
+use http::{HeaderMap, Method};
 
 use super::Gateway;
 use super::rejection::Rejection;
+use crate::api::signin::rd;
 use crate::auth::policy::{self, Decision};
 use crate::auth::{AuthError, Principal};
 use crate::config::{Access, AccessRule};
@@ -43,6 +44,36 @@ impl Gateway {
         }
     }
 
+    /// `rejection` as a browser navigation gets it (SPEC §11): a `GET` or `HEAD` that accepts
+    /// `text/html` and sends no `Authorization` is sent to sign in, or to step up, and comes back
+    /// to `target` (path and query); anything else keeps the refusal.
+    pub(super) fn for_navigation(
+        &self,
+        rejection: Rejection,
+        method: &Method,
+        headers: &HeaderMap,
+        target: &str,
+        as_401: bool,
+    ) -> Rejection {
+        if !is_navigation(method, headers) {
+            return rejection;
+        }
+        let target = rd::target(target);
+        match rejection {
+            Rejection::Unauthenticated(_) => Rejection::Redirect {
+                location: rd::login_url(&target),
+                step_up: false,
+                as_401,
+            },
+            Rejection::MfaRequired => Rejection::Redirect {
+                location: rd::step_up_url(&target),
+                step_up: true,
+                as_401,
+            },
+            other => other,
+        }
+    }
+
     /// Writes the principal's identity headers, with an assertion, into `headers`.
     pub(super) fn set_identity(
         &self,
@@ -54,5 +85,49 @@ impl Gateway {
                 self.tokens.assertion(principal, &self.assertion_audience)
             })
             .map_err(|e| Rejection::Internal(format!("cannot sign the assertion: {e}")))
+    }
+}
+
+/// Whether a request is a browser navigation: `GET` or `HEAD`, `Accept` naming `text/html`, and
+/// no `Authorization` (an API client that sends credentials wants their verdict, not a page).
+pub(super) fn is_navigation(method: &Method, headers: &HeaderMap) -> bool {
+    matches!(*method, Method::GET | Method::HEAD)
+        && !headers.contains_key(http::header::AUTHORIZATION)
+        && headers
+            .get_all(http::header::ACCEPT)
+            .iter()
+            .any(|v| accepts_html(v.as_bytes()))
+}
+
+/// Whether an `Accept` value names `text/html` (in any letter case).
+fn accepts_html(value: &[u8]) -> bool {
+    const HTML: &[u8] = b"text/html";
+    value
+        .windows(HTML.len())
+        .any(|w| w.eq_ignore_ascii_case(HTML))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+    use http::header::{ACCEPT, AUTHORIZATION};
+
+    #[test]
+    fn only_html_gets_and_heads_without_authorization_are_navigations() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            ACCEPT,
+            HeaderValue::from_static("text/html,application/xhtml+xml,*/*;q=0.8"),
+        );
+        assert!(is_navigation(&Method::GET, &h));
+        assert!(is_navigation(&Method::HEAD, &h));
+        assert!(!is_navigation(&Method::POST, &h));
+        h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer x"));
+        assert!(!is_navigation(&Method::GET, &h));
+        let mut json = HeaderMap::new();
+        json.insert(ACCEPT, HeaderValue::from_static("application/json"));
+        assert!(!is_navigation(&Method::GET, &json));
+        assert!(!is_navigation(&Method::GET, &HeaderMap::new()));
     }
 }

@@ -1,9 +1,9 @@
 //! Forward-auth (SPEC §6): a trusted proxy asks whether the request it describes may pass, and
 //! gets the decision the inline proxy would make, with the identity headers to pass on.
 
-use http::Response;
 use http::header::{self, HeaderValue};
 use http::request::Parts;
+use http::{HeaderMap, Method, Response};
 
 use super::rejection::Rejection;
 use super::{Arrival, Gateway, Outcome};
@@ -35,7 +35,21 @@ impl Gateway {
         let rule = self.rules.rule_for(&path::match_key(&described));
         let principal = match self.authorise(rule, &parts.headers, arrival.client).await {
             Ok(principal) => principal,
-            Err(rejection) => return Outcome::refused(CLASS, rejection),
+            Err(rejection) => {
+                let method = described_method(&parts.headers);
+                let target = match described_query(&parts.headers) {
+                    Some(query) => format!("{described}?{query}"),
+                    None => described,
+                };
+                let rejection = self.for_navigation(
+                    rejection,
+                    &method,
+                    &parts.headers,
+                    &target,
+                    wants_401(&parts.headers),
+                );
+                return Outcome::refused(CLASS, rejection);
+            }
         };
         let mut response = Response::new(crate::body::empty());
         response
@@ -69,3 +83,37 @@ fn described_path(parts: &Parts, path: &str) -> Result<String, Rejection> {
         DescribeError::Path(e) => Rejection::BadPath(e),
     })
 }
+
+/// The described request's method (`X-Forwarded-Method`; `GET` when absent, as proxies that
+/// send none describe navigations).
+fn described_method(headers: &HeaderMap) -> Method {
+    headers
+        .get(X_FORWARDED_METHOD)
+        .and_then(|v| Method::from_bytes(v.as_bytes()).ok())
+        .unwrap_or(Method::GET)
+}
+
+/// The described request's query, from `X-Forwarded-Uri` or `X-Original-URL`.
+fn described_query(headers: &HeaderMap) -> Option<String> {
+    [X_FORWARDED_URI, X_ORIGINAL_URL]
+        .into_iter()
+        .flat_map(|name| headers.get_all(name))
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| !v.is_empty())
+        .and_then(|v| v.split_once('?'))
+        .map(|(_, query)| query.split('#').next().unwrap_or_default().to_owned())
+        .filter(|q| !q.is_empty())
+}
+
+/// Whether the caller takes only 2xx, 401 and 403 (nginx's `auth_request`), and so wants a
+/// sign-in redirect as 401 with `Location` (`X-Forwarded-Auth-Response: 401`).
+fn wants_401(headers: &HeaderMap) -> bool {
+    headers
+        .get(X_FORWARDED_AUTH_RESPONSE)
+        .is_some_and(|v| v.as_bytes().trim_ascii() == b"401")
+}
+
+const X_FORWARDED_METHOD: &str = "x-forwarded-method";
+const X_FORWARDED_URI: &str = "x-forwarded-uri";
+const X_ORIGINAL_URL: &str = "x-original-url";
+const X_FORWARDED_AUTH_RESPONSE: &str = "x-forwarded-auth-response";

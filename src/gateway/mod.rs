@@ -32,6 +32,7 @@ use crate::api::enroll::EnrollPage;
 use crate::api::manage::Manage;
 use crate::api::nexus::Nexus;
 use crate::api::services::Services;
+use crate::api::signin::{SignIn, Visit};
 use crate::api::ws::endpoints::Ws;
 use crate::auth::{Authenticator, Principal};
 use crate::body::{Body, full};
@@ -41,6 +42,7 @@ use crate::path;
 use crate::proxy::forward::{self, Upstream};
 use crate::proxy::headers::IdentityHeaders;
 use crate::routes::AccessRules;
+use crate::sessions::Sessions;
 use crate::telemetry::{self, AccessRecord};
 use crate::tokens::Tokens;
 
@@ -110,6 +112,8 @@ pub struct Gateway {
     ws: Option<Ws>,
     manage: Option<Manage>,
     enroll: EnrollPage,
+    signin: SignIn,
+    sessions: Arc<Sessions>,
     meter: Arc<Meter>,
     bodies: Arc<crate::api::Bodies>,
 }
@@ -135,6 +139,8 @@ impl Gateway {
             require_app: config.auth.require_application_token,
             assertion_audience: config.upstream.audience.clone(),
             enroll: EnrollPage::new(services.mfa.clone(), config.mfa.totp.digits),
+            signin: SignIn::new(services, config),
+            sessions: services.sessions.clone(),
             meter: services.meter.clone(),
             bodies: services.bodies.clone(),
             ws: config.apis.ws.enabled.then(|| {
@@ -198,6 +204,17 @@ impl Gateway {
         );
         let outcome = match target {
             Target::ForwardAuth => self.forward_auth(&parts, &path, &arrival).await,
+            Target::SignIn(endpoint) => {
+                self.local(&mut parts, arrival.client);
+                let origin = self.origin(&parts, &arrival);
+                let visit = Visit {
+                    origin: origin.as_deref(),
+                    client: arrival.client,
+                    path: &path,
+                    request_id: arrival.request_id.to_str().unwrap_or_default(),
+                };
+                Outcome::local(self.signin.handle(endpoint, &parts, body, &visit).await)
+            }
             Target::Jwks => Outcome::local(self.jwks()),
             Target::Enroll(ticket_id) => {
                 self.local(&mut parts, arrival.client);
@@ -283,6 +300,34 @@ impl Gateway {
             client,
             bodies: self.bodies.clone(),
         });
+    }
+
+    /// The request's own origin as the browser names it: the scheme it reached gatehouse with
+    /// (or, from a trusted proxy, `X-Forwarded-Proto`) and its host (or `X-Forwarded-Host`).
+    fn origin(&self, parts: &Parts, arrival: &Arrival) -> Option<String> {
+        let forwarded = |name: &str| {
+            arrival
+                .trusted
+                .then(|| parts.headers.get(name))
+                .flatten()
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(',').next())
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+        };
+        let scheme = forwarded("x-forwarded-proto").unwrap_or(if arrival.conn.tls {
+            "https"
+        } else {
+            "http"
+        });
+        let host = match forwarded("x-forwarded-host") {
+            Some(host) => host.to_owned(),
+            None => forward::requested_host(&parts.uri, &parts.headers)?
+                .to_str()
+                .ok()?
+                .to_owned(),
+        };
+        Some(format!("{scheme}://{host}").to_ascii_lowercase())
     }
 
     /// Whether the peer is in `server.trusted_proxies` (an IPv4-mapped address as its IPv4 one).

@@ -32,8 +32,18 @@ impl Gateway {
         let class = rule.access.as_str();
         let principal = match self.authorise(rule, &parts.headers, arrival.client).await {
             Ok(principal) => principal,
-            Err(rejection) => return Outcome::refused(class, rejection),
+            Err(rejection) => {
+                let target = match &arrival.query {
+                    Some(query) => format!("{path}?{query}"),
+                    None => path.to_owned(),
+                };
+                let rejection =
+                    self.for_navigation(rejection, &parts.method, &parts.headers, &target, false);
+                return Outcome::refused(class, rejection);
+            }
         };
+        // The session id is gatehouse's alone, on every route.
+        self.sessions.strip_cookies(&mut parts.headers);
         if let Some(principal) = &principal {
             self.strip_credentials(&mut parts.headers);
             if let Err(rejection) = self.set_identity(&mut parts.headers, principal) {

@@ -30,6 +30,14 @@ pub(super) enum Rejection {
     NewUsersLimited(u64),
     Internal(String),
     MfaRequired,
+    /// A browser navigation that must sign in (or, with `step_up`, add a second factor) first:
+    /// 302 to `location`; or, for a forward-auth caller that takes only 401 and 403 (nginx), 401
+    /// with the same `Location`.
+    Redirect {
+        location: String,
+        step_up: bool,
+        as_401: bool,
+    },
     MissingScope(String),
     BodyTooLarge(u64),
     UpstreamUnavailable(String),
@@ -54,6 +62,8 @@ impl Rejection {
             Rejection::TooManyFailures(_) => Some("throttled"),
             Rejection::NewUsersLimited(_) => Some("new_users_limited"),
             Rejection::MfaRequired => Some("mfa_required"),
+            Rejection::Redirect { step_up: false, .. } => Some("missing"),
+            Rejection::Redirect { step_up: true, .. } => Some("mfa_required"),
             Rejection::MissingScope(_) => Some("missing_scope"),
             _ => None,
         }
@@ -79,6 +89,12 @@ impl std::fmt::Display for Rejection {
             }
             Rejection::Internal(why) => write!(f, "internal error: {why}"),
             Rejection::MfaRequired => f.write_str("second factor required"),
+            Rejection::Redirect { step_up: false, .. } => {
+                f.write_str("no credential: sent to sign in")
+            }
+            Rejection::Redirect { step_up: true, .. } => {
+                f.write_str("second factor required: sent to step up")
+            }
             Rejection::MissingScope(scope) => write!(f, "missing scope {scope}"),
             Rejection::BodyTooLarge(limit) => write!(f, "body over {limit} bytes"),
             Rejection::UpstreamUnavailable(reason) => write!(f, "upstream unavailable: {reason}"),
@@ -160,6 +176,12 @@ impl Rejection {
                 "Second factor required",
                 "This route needs a credential that includes a second factor.",
             ),
+            Rejection::Redirect { .. } => Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "Authentication required",
+                "Sign in to continue: follow the Location header.",
+            ),
             Rejection::MissingScope(scope) => Problem::new(
                 StatusCode::FORBIDDEN,
                 "insufficient-scope",
@@ -209,6 +231,14 @@ impl Rejection {
 /// The problem document for `rejection`, with `Retry-After` when the client may try again later
 /// and the challenges of a 401.
 pub(super) fn render(rejection: &Rejection, path: &str, request_id: &str) -> Response<Body> {
+    if let Rejection::Redirect {
+        location,
+        as_401: false,
+        ..
+    } = rejection
+    {
+        return found(location);
+    }
     let mut response = rejection.problem().render(path, request_id);
     let retry_after = match rejection {
         Rejection::HashingBusy => Some(crate::auth::BUSY_RETRY_AFTER),
@@ -220,9 +250,29 @@ pub(super) fn render(rejection: &Rejection, path: &str, request_id: &str) -> Res
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
-    if matches!(rejection, Rejection::Unauthenticated(_)) {
+    if matches!(
+        rejection,
+        Rejection::Unauthenticated(_) | Rejection::Redirect { .. }
+    ) {
         challenge(response.headers_mut(), Challenge::BearerOrBasic);
     }
+    if let Rejection::Redirect { location, .. } = rejection
+        && let Ok(v) = HeaderValue::from_str(location)
+    {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    response
+}
+
+/// 302 to `location`, never cached.
+fn found(location: &str) -> Response<Body> {
+    let mut response = Response::new(crate::body::empty());
+    *response.status_mut() = StatusCode::FOUND;
+    let h = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(location) {
+        h.insert(header::LOCATION, v);
+    }
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 

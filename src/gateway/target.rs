@@ -2,7 +2,7 @@
 //!
 //! A request whose path cannot be normalised, or that names its host ambiguously, is refused
 //! before anything else looks at it. The rest is classified by the path's match key, first claim
-//! wins: forward-auth, the JWK Set, an enrollment page, then each enabled API family (WS, Manage,
+//! wins: forward-auth, the sign-in pages (everything else under `/auth/`), the JWK Set, an enrollment page, then each enabled API family (WS, Manage,
 //! Nexus); every other request is the application's and goes through its access rule.
 
 use http::Method;
@@ -13,6 +13,7 @@ use super::rejection::Rejection;
 use crate::api::enroll::EnrollPage;
 use crate::api::manage::{self, Manage};
 use crate::api::nexus::{self, Nexus};
+use crate::api::signin;
 use crate::api::table::{FORWARD_AUTH_PATH, JWKS_PATH};
 use crate::api::ws::endpoints::{self as ws, Ws};
 use crate::path::{self, eq_ignore_case, strip_prefix_ignore_case};
@@ -21,6 +22,8 @@ use crate::path::{self, eq_ignore_case, strip_prefix_ignore_case};
 pub(super) enum Target<'a> {
     /// Forward-auth's endpoint, or Envoy's variant with the described path below it (SPEC §6).
     ForwardAuth,
+    /// A sign-in page, or another path under `/auth/` (SPEC §11).
+    SignIn(signin::Endpoint),
     /// The JWK Set of gatehouse's token keys (`GET` and `HEAD`; other methods are proxied).
     Jwks,
     /// An enrollment page, with its ticket id.
@@ -46,6 +49,9 @@ impl<'a> Target<'a> {
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
         {
             return Target::ForwardAuth;
+        }
+        if let Some(endpoint) = signin::Endpoint::of(key) {
+            return Target::SignIn(endpoint);
         }
         if eq_ignore_case(key, JWKS_PATH) && matches!(*method, Method::GET | Method::HEAD) {
             return Target::Jwks;

@@ -24,6 +24,17 @@ pub struct Codes {
     pub access_token: Option<String>,
 }
 
+/// A code to accept, and what it may be.
+#[derive(Debug, Clone, Copy)]
+enum Code<'a> {
+    /// A TOTP code or a recovery code.
+    Otp(&'a str),
+    /// A code sent by SMS or email.
+    Oob(&'a str),
+    /// Any of these.
+    Any(&'a str),
+}
+
 /// The `amr` value a factor adds to a token.
 fn method(kind: FactorKind) -> Method {
     match kind {
@@ -39,13 +50,35 @@ impl Mfa {
         let (otp, oob) = Mfa::one_code(codes)?;
         let session = self.session(principal, codes.access_token.as_deref())?;
         let user = self.user(principal).await?;
+        let code = match (otp, oob) {
+            (Some(code), _) => Code::Otp(code),
+            (None, code) => Code::Oob(code.unwrap_or_default()),
+        };
+        let kind = self.accept_code(&user, code).await?;
+        self.grant(session, kind, &user).await
+    }
+
+    /// The sign-in page's step-up (SPEC §11): one code, whichever of the user's factors made it
+    /// (TOTP, a recovery code, or a code sent by SMS or email). The method it proves.
+    pub async fn step_up(&self, principal: &Principal, code: &str) -> Result<Method, MfaError> {
+        let user = self.user(principal).await?;
+        let code = code.trim();
+        if code.is_empty() || code.len() > 64 {
+            return Err(MfaError::Invalid("enter a code".into()));
+        }
+        Ok(method(self.accept_code(&user, Code::Any(code)).await?))
+    }
+
+    /// Accepts `code` for one of the user's confirmed factors, within the lockout: one attempt
+    /// is reserved before any comparison, whatever the code is tried against.
+    async fn accept_code(&self, user: &User, code: Code<'_>) -> Result<FactorKind, MfaError> {
         let factors = self.store.factors(user.id).await?;
         if factors.is_empty() {
             return Err(MfaError::NoFactor("the user has no confirmed factor"));
         }
-        let attempt = self.reserve(&user).await?;
+        let attempt = self.reserve(user).await?;
         let now = self.clock.unix();
-        if let Some(code) = otp {
+        if let Code::Otp(code) | Code::Any(code) = code {
             if let Some(Factor {
                 sealed_secret: Some(sealed),
                 last_step,
@@ -61,42 +94,43 @@ impl Mfa {
                         .check(&secret, code, u64::try_from(now).unwrap_or(0), *last_step)
                     && self.store.accept_totp_step(user.id, step).await?
                 {
-                    self.passed(&user, attempt).await?;
-                    self.audit("mfa.verified", &user, Some("factor otp".into()))
+                    self.passed(user, attempt).await?;
+                    self.audit("mfa.verified", user, Some("factor otp".into()))
                         .await;
-                    return self.grant(session, FactorKind::Otp, &user).await;
+                    return Ok(FactorKind::Otp);
                 }
             }
             let recovery = self
                 .vault
                 .code_hash("recovery", &codes::normalise_recovery_code(code));
             if self.store.consume_recovery_code(user.id, &recovery).await? {
-                self.passed(&user, attempt).await?;
-                self.audit("mfa.recovery_code.used", &user, None).await;
-                return self.grant(session, FactorKind::Otp, &user).await;
-            }
-            return Err(self.failed(&user, attempt, None).await);
-        }
-        let code = oob.unwrap_or_default().trim();
-        for factor in factors.iter().filter(|f| f.kind != FactorKind::Otp) {
-            let purpose = format!("verify:{}", factor.kind.as_str());
-            let hash = self.vault.code_hash(&purpose, code);
-            if self
-                .store
-                .consume_code(user.id, &purpose, &hash, now)
-                .await?
-            {
-                self.passed(&user, attempt).await?;
-                self.audit(
-                    "mfa.verified",
-                    &user,
-                    Some(format!("factor {}", factor.kind.as_str())),
-                )
-                .await;
-                return self.grant(session, factor.kind, &user).await;
+                self.passed(user, attempt).await?;
+                self.audit("mfa.recovery_code.used", user, None).await;
+                return Ok(FactorKind::Otp);
             }
         }
-        Err(self.failed(&user, attempt, None).await)
+        if let Code::Oob(code) | Code::Any(code) = code {
+            let code = code.trim();
+            for factor in factors.iter().filter(|f| f.kind != FactorKind::Otp) {
+                let purpose = format!("verify:{}", factor.kind.as_str());
+                let hash = self.vault.code_hash(&purpose, code);
+                if self
+                    .store
+                    .consume_code(user.id, &purpose, &hash, now)
+                    .await?
+                {
+                    self.passed(user, attempt).await?;
+                    self.audit(
+                        "mfa.verified",
+                        user,
+                        Some(format!("factor {}", factor.kind.as_str())),
+                    )
+                    .await;
+                    return Ok(factor.kind);
+                }
+            }
+        }
+        Err(self.failed(user, attempt, None).await)
     }
 
     /// `POST /v1/me/verify-enrollment-otp`.

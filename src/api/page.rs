@@ -1,0 +1,112 @@
+//! The one look of gatehouse's pages (the enrollment page and the sign-in pages, SPEC §11):
+//! self-contained HTML with one inline stylesheet allowed by its hash in a strict
+//! Content-Security-Policy, no scripts, no external resources, never cached, never framed.
+
+use std::sync::OnceLock;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+
+use crate::body::{Body, full};
+
+pub const STYLE: &str = "body{font:16px/1.5 system-ui,sans-serif;margin:0;background:#f4f5f7;color:#1d2330}\
+main{max-width:28rem;margin:0 auto;padding:1.5rem}\
+section{background:#fff;border-radius:12px;padding:1.5rem;box-shadow:0 1px 3px #0002}\
+h1{font-size:1.4rem;margin:0 0 1rem}\
+.qr{display:block;width:100%;max-width:16rem;height:auto;margin:1rem auto}\
+code{font-size:1.05rem;word-break:break-all;background:#eef0f4;padding:.2rem .4rem;border-radius:4px}\
+label{display:block;font-weight:600;margin-top:1rem}\
+input{font-size:1.4rem;letter-spacing:.2em;width:100%;box-sizing:border-box;padding:.6rem;margin:.4rem 0 1rem;border:1px solid #99a;border-radius:8px}\
+button{font-size:1rem;width:100%;padding:.8rem;border:0;border-radius:8px;background:#2451c7;color:#fff;cursor:pointer}\
+button.secondary{background:#e3e7f0;color:#1d2330;margin-top:.5rem}\
+.error{background:#fde8e8;color:#8a1c1c;padding:.75rem;border-radius:8px}\
+.ok{background:#e6f6ea;color:#1b5e2b;padding:.75rem;border-radius:8px}\
+ol{columns:2;font-family:monospace;font-size:1.05rem}";
+
+/// The page's Content-Security-Policy: nothing but the one stylesheet, forms to itself.
+pub fn csp() -> &'static str {
+    static CSP: OnceLock<String> = OnceLock::new();
+    CSP.get_or_init(|| {
+        let hash = STANDARD.encode(ring::digest::digest(
+            &ring::digest::SHA256,
+            STYLE.as_bytes(),
+        ));
+        format!(
+            "default-src 'none'; style-src 'sha256-{hash}'; img-src data:; form-action 'self'; \
+             frame-ancestors 'none'; base-uri 'none'"
+        )
+    })
+}
+
+/// Escapes text for HTML element content and attribute values.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A complete page: `title` as its heading, `content` (HTML, escaped by the caller) below.
+pub fn page(status: StatusCode, title: &str, content: &str) -> Response<Body> {
+    let html = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
+         <meta name=\"referrer\" content=\"no-referrer\">\
+         <title>{title} · Gatehouse</title><style>{STYLE}</style></head>\
+         <body><main><section><h1>{title}</h1>{content}</section></main></body></html>",
+        title = escape(title)
+    );
+    let mut response = Response::new(full(html));
+    *response.status_mut() = status;
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    if let Ok(v) = HeaderValue::from_str(csp()) {
+        h.insert(header::CONTENT_SECURITY_POLICY, v);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_is_escaped() {
+        assert_eq!(
+            escape("<a href=\"x\">'&'</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
+    }
+
+    #[test]
+    fn policy_allows_no_script_and_pins_the_stylesheet() {
+        let policy = csp();
+        assert!(policy.starts_with("default-src 'none'"));
+        assert!(!policy.contains("script-src"));
+        assert!(policy.contains("style-src 'sha256-"));
+        assert!(policy.contains("frame-ancestors 'none'"));
+    }
+}

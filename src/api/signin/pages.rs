@@ -1,0 +1,199 @@
+//! The sign-in pages' HTML, in the look the enrollment page shares ([`crate::api::page`]).
+//! Every value from outside is escaped here; the callers pass plain text.
+
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+
+use crate::api::page::{escape, page};
+use crate::body::Body;
+use crate::store::FactorKind;
+
+/// A form's hidden fields: the CSRF token and where to go afterwards.
+fn hidden(csrf: &str, rd: &str) -> String {
+    format!(
+        "<input type=\"hidden\" name=\"csrf\" value=\"{}\"><input type=\"hidden\" name=\"rd\" value=\"{}\">",
+        escape(csrf),
+        escape(rd)
+    )
+}
+
+/// An error announced to assistive technology as soon as the page shows it.
+fn error(text: &str) -> String {
+    format!(
+        "<p id=\"error\" class=\"error\" role=\"alert\">{}</p>",
+        escape(text)
+    )
+}
+
+/// A notice announced politely.
+fn notice(text: &str) -> String {
+    format!(
+        "<p id=\"notice\" class=\"ok\" role=\"status\">{}</p>",
+        escape(text)
+    )
+}
+
+/// The sign-in page.
+pub(super) fn login(csrf: &str, rd: &str, user: &str, problem: Option<&str>) -> String {
+    let mut content = String::new();
+    if let Some(text) = problem {
+        content.push_str(&error(text));
+    }
+    content.push_str(&format!(
+        "<form method=\"post\" action=\"/auth/login\">{hidden}\
+         <label for=\"user\">User name</label>\
+         <input id=\"user\" name=\"user\" class=\"text\" type=\"text\" autocomplete=\"username\" \
+         autocapitalize=\"none\" spellcheck=\"false\" required{focus_user} value=\"{user}\">\
+         <label for=\"password\">Password</label>\
+         <input id=\"password\" name=\"password\" class=\"text\" type=\"password\" \
+         autocomplete=\"current-password\" required{focus_password}>\
+         <button id=\"sign-in\" type=\"submit\">Sign in</button></form>",
+        hidden = hidden(csrf, rd),
+        user = escape(user),
+        focus_user = if user.is_empty() { " autofocus" } else { "" },
+        focus_password = if user.is_empty() { "" } else { " autofocus" },
+    ));
+    content
+}
+
+/// What the step-up page offers for the user's factors.
+pub(super) struct StepUpView<'a> {
+    pub user: &'a str,
+    pub factors: &'a [FactorKind],
+    pub csrf: &'a str,
+    pub rd: &'a str,
+    pub error: Option<&'a str>,
+    pub notice: Option<&'a str>,
+}
+
+/// The step-up page.
+pub(super) fn step_up(view: &StepUpView<'_>) -> String {
+    let mut content = format!(
+        "<p>Signed in as <strong>{}</strong>. This page needs a second step.</p>",
+        escape(view.user)
+    );
+    if let Some(text) = view.error {
+        content.push_str(&error(text));
+    }
+    if let Some(text) = view.notice {
+        content.push_str(&notice(text));
+    }
+    if view.factors.is_empty() {
+        content.push_str(
+            "<p class=\"error\" role=\"alert\">Your account has no second factor set up. Ask \
+             your administrator for a setup link.</p>",
+        );
+    } else {
+        let what = if view.factors.contains(&FactorKind::Otp) {
+            "Code from your authenticator app, a code we sent you, or a recovery code"
+        } else {
+            "The code we sent you, or a recovery code"
+        };
+        content.push_str(&format!(
+            "<form method=\"post\" action=\"/auth/step-up\">{hidden}\
+             <label for=\"code\">{what}</label>\
+             <input id=\"code\" name=\"code\" type=\"text\" autocomplete=\"one-time-code\" \
+             autocapitalize=\"none\" spellcheck=\"false\" maxlength=\"32\" required autofocus>\
+             <button id=\"verify\" type=\"submit\">Verify</button></form>",
+            hidden = hidden(view.csrf, view.rd),
+        ));
+        for kind in view.factors {
+            let (value, label) = match kind {
+                FactorKind::Sms => ("send-sms", "Text me a code"),
+                FactorKind::Email => ("send-email", "Email me a code"),
+                FactorKind::Otp => continue,
+            };
+            content.push_str(&format!(
+                "<form method=\"post\" action=\"/auth/step-up\">{hidden}\
+                 <button id=\"{value}\" type=\"submit\" class=\"secondary\" name=\"action\" \
+                 value=\"{value}\">{label}</button></form>",
+                hidden = hidden(view.csrf, view.rd),
+            ));
+        }
+    }
+    content.push_str("<p class=\"links\"><a href=\"/auth/logout\">Sign out</a></p>");
+    content
+}
+
+/// The logout confirmation.
+pub(super) fn logout(csrf: &str, rd: &str, user: Option<&str>) -> String {
+    let who = match user {
+        Some(name) => format!("<p>Signed in as <strong>{}</strong>.</p>", escape(name)),
+        None => "<p>This browser has no session.</p>".to_owned(),
+    };
+    format!(
+        "{who}<form method=\"post\" action=\"/auth/logout\">{hidden}\
+         <button id=\"sign-out\" type=\"submit\">Sign out</button></form>",
+        hidden = hidden(csrf, rd),
+    )
+}
+
+/// The page after signing out.
+pub(super) fn signed_out() -> String {
+    "<p class=\"ok\" role=\"status\">You have signed out.</p>\
+     <p class=\"links\"><a href=\"/auth/login\">Sign in again</a></p>"
+        .to_owned()
+}
+
+/// A page with one message, announced as an error.
+pub(super) fn message(text: &str) -> String {
+    format!(
+        "{}<p class=\"links\"><a href=\"/auth/login\">Go to sign-in</a></p>",
+        error(text)
+    )
+}
+
+/// A complete page with its status and, when given, the cookies it sets.
+pub(super) fn respond(
+    status: StatusCode,
+    title: &str,
+    content: &str,
+    cookies: &[HeaderValue],
+) -> Response<Body> {
+    let mut response = page(status, title, content);
+    for cookie in cookies {
+        response
+            .headers_mut()
+            .append(header::SET_COOKIE, cookie.clone());
+    }
+    response
+}
+
+/// A redirect after a form post (303, so the browser follows with GET).
+pub(super) fn see_other(location: &str, cookies: &[HeaderValue]) -> Response<Body> {
+    let mut response = Response::new(crate::body::empty());
+    *response.status_mut() = StatusCode::SEE_OTHER;
+    let h = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(location) {
+        h.insert(header::LOCATION, v);
+    }
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    for cookie in cookies {
+        h.append(header::SET_COOKIE, cookie.clone());
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_from_outside_are_escaped() {
+        let html = login("t\"", "/x\"><script>", "<b>", Some("<i>"));
+        assert!(!html.contains("<script>"));
+        assert!(!html.contains("<b>"));
+        assert!(!html.contains("<i>"));
+        assert!(html.contains("&lt;b&gt;"));
+        let html = step_up(&StepUpView {
+            user: "<u>",
+            factors: &[FactorKind::Sms],
+            csrf: "c",
+            rd: "/",
+            error: None,
+            notice: None,
+        });
+        assert!(!html.contains("<u>"));
+        assert!(html.contains("value=\"send-sms\""));
+    }
+}

@@ -1,0 +1,442 @@
+//! Browser sessions (SPEC §11): records in the store, found by the hash of an id that only the
+//! visitor's cookie holds, with an idle and an absolute end, rotated at sign-in and step-up.
+//!
+//! The store is asked on every request, so a session ended on one replica (logout, sign-out
+//! everywhere, password change, MFA reset) is refused by every replica on the next request.
+//! `last_seen` is written at most once per [`Sessions::touch_every`], so that a busy session does
+//! not cost a store write per request; the idle end is that much coarse.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http::HeaderMap;
+use http::header::{self, HeaderValue};
+
+use crate::clock::Clock;
+use crate::config::SessionsConfig;
+use crate::secrets::Vault;
+use crate::store::{Session, Store, StoreResult};
+
+/// Bytes of randomness in a session id and a CSRF cookie.
+const ID_BYTES: usize = 32;
+/// Length of an id in the cookie: 32 bytes in unpadded base64url.
+const ID_CHARS: usize = 43;
+/// How often, at most, ended sessions are purged from the store (seconds).
+const PURGE_EVERY: i64 = 600;
+
+/// A session as a request presents it, once found live.
+#[derive(Debug, Clone)]
+pub struct Live {
+    pub session: Session,
+    /// Unix seconds when it ends unless used again: the earlier of the idle and absolute ends.
+    pub ends: i64,
+}
+
+/// What the session cookie of a request holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presented<'a> {
+    /// No session cookie.
+    None,
+    /// One well-formed id.
+    Id(&'a str),
+    /// Several different values, or one that cannot be an id: no session.
+    Unusable,
+}
+
+/// The sessions of this gatehouse: ids, cookies, lookups and ends.
+pub struct Sessions {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    vault: Arc<Vault>,
+    cookie_name: String,
+    csrf_cookie_name: String,
+    idle: i64,
+    max_age: i64,
+    keep: usize,
+    last_purge: AtomicI64,
+}
+
+/// A fresh random id, as the cookie carries it.
+fn new_id() -> Result<String, String> {
+    let mut bytes = [0u8; ID_BYTES];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| "the system random source failed".to_owned())?;
+    Ok(URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// The store's key for an id: SHA-256 in lower-case hex. The id has 256 random bits, so an
+/// unkeyed hash is enough to make a stolen store useless for signing in.
+pub fn id_hash(id: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, id.as_bytes());
+    let mut out = String::with_capacity(64);
+    for b in digest.as_ref() {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// Whether `value` has the form of an id gatehouse issues.
+fn well_formed(value: &str) -> bool {
+    value.len() == ID_CHARS
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Every value of the cookie `name` in the request's `Cookie` headers (RFC 6265 §5.4).
+pub fn cookie_values<'h>(headers: &'h HeaderMap, name: &'h str) -> impl Iterator<Item = &'h str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(move |pair| {
+            let (n, value) = pair.split_once('=')?;
+            (n.trim() == name).then(|| value.trim().trim_matches('"'))
+        })
+}
+
+/// The one value of the cookie `name`: `Presented::Unusable` when the request carries two
+/// different ones (a cookie planted beside the real one must not be chosen between) or one that
+/// is not an id.
+fn presented<'h>(headers: &'h HeaderMap, name: &'h str) -> Presented<'h> {
+    let mut values = cookie_values(headers, name);
+    let Some(first) = values.next() else {
+        return Presented::None;
+    };
+    if values.any(|other| other != first) || !well_formed(first) {
+        return Presented::Unusable;
+    }
+    Presented::Id(first)
+}
+
+/// `Cookie` without the cookies named `names`; `None` when nothing is left.
+pub fn without_cookies(value: &str, names: &[&str]) -> Option<String> {
+    let kept: Vec<&str> = value
+        .split(';')
+        .map(str::trim)
+        .filter(|pair| {
+            let name = pair.split_once('=').map_or(*pair, |(n, _)| n).trim();
+            !pair.is_empty() && !names.contains(&name)
+        })
+        .collect();
+    (!kept.is_empty()).then(|| kept.join("; "))
+}
+
+impl Sessions {
+    pub fn new(
+        config: &SessionsConfig,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        vault: Arc<Vault>,
+    ) -> Sessions {
+        let seconds = |d: std::time::Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+        Sessions {
+            store,
+            clock,
+            vault,
+            csrf_cookie_name: format!("{}-csrf", config.cookie_name),
+            cookie_name: config.cookie_name.clone(),
+            idle: seconds(config.idle_timeout),
+            max_age: seconds(config.max_age),
+            keep: config.max_per_user,
+            last_purge: AtomicI64::new(0),
+        }
+    }
+
+    pub fn cookie_name(&self) -> &str {
+        &self.cookie_name
+    }
+
+    pub fn csrf_cookie_name(&self) -> &str {
+        &self.csrf_cookie_name
+    }
+
+    /// Whether the request carries a session cookie at all (valid or not).
+    pub fn carries_cookie(&self, headers: &HeaderMap) -> bool {
+        presented(headers, &self.cookie_name) != Presented::None
+    }
+
+    /// What the request's session cookie holds.
+    pub fn presented<'h>(&'h self, headers: &'h HeaderMap) -> Presented<'h> {
+        presented(headers, &self.cookie_name)
+    }
+
+    /// How long `last_seen` may lag: a minute, or less for short idle timeouts.
+    fn touch_every(&self) -> i64 {
+        (self.idle / 10).clamp(1, 60)
+    }
+
+    /// The live session the id names, its `last_seen` moved on when due; `None` when it is
+    /// unknown or has ended (an ended one is deleted on the way).
+    pub async fn find(&self, id: &str) -> StoreResult<Option<Live>> {
+        let hash = id_hash(id);
+        let Some(session) = self.store.session(&hash).await? else {
+            return Ok(None);
+        };
+        let now = self.clock.unix();
+        let ends = self.ends(&session);
+        if ends <= now {
+            self.store.delete_session(&hash).await?;
+            return Ok(None);
+        }
+        if now - session.last_seen >= self.touch_every() {
+            self.store.touch_session(&hash, now).await?;
+            let session = Session {
+                last_seen: now,
+                ..session
+            };
+            let ends = self.ends(&session);
+            return Ok(Some(Live { session, ends }));
+        }
+        Ok(Some(Live { session, ends }))
+    }
+
+    /// When `session` ends unless used again.
+    fn ends(&self, session: &Session) -> i64 {
+        session
+            .expires
+            .min(session.last_seen.saturating_add(self.idle))
+    }
+
+    /// A new session for the user, replacing `previous` (the id the browser held, if any) so that
+    /// an id planted before sign-in is worth nothing after it. Returns the new id.
+    pub async fn start(
+        &self,
+        user_id: u64,
+        methods: Vec<String>,
+        previous: Option<&str>,
+    ) -> StoreResult<String> {
+        let id = new_id().map_err(crate::store::StoreError::Backend)?;
+        let now = self.clock.unix();
+        let session = Session {
+            id_hash: id_hash(&id),
+            user_id,
+            methods,
+            created: now,
+            last_seen: now,
+            expires: now.saturating_add(self.max_age),
+        };
+        if let Some(previous) = previous {
+            self.store.delete_session(&id_hash(previous)).await?;
+        }
+        self.store.create_session(session, self.keep).await?;
+        self.purge_when_due(now).await;
+        Ok(id)
+    }
+
+    /// Rotates `live` to a new id with `methods` (step-up), keeping its absolute end. `None` when
+    /// the session ended meanwhile (another request rotated or ended it).
+    pub async fn rotate(&self, live: &Live, methods: Vec<String>) -> StoreResult<Option<String>> {
+        let id = new_id().map_err(crate::store::StoreError::Backend)?;
+        let now = self.clock.unix();
+        let session = Session {
+            id_hash: id_hash(&id),
+            methods,
+            last_seen: now,
+            ..live.session.clone()
+        };
+        if self
+            .store
+            .replace_session(&live.session.id_hash, session)
+            .await?
+        {
+            Ok(Some(id))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Ends the session with this id (logout).
+    pub async fn end(&self, id: &str) -> StoreResult<()> {
+        self.store.delete_session(&id_hash(id)).await?;
+        self.store.flush().await
+    }
+
+    /// Deletes ended sessions, at most once per [`PURGE_EVERY`]; a failure is logged only.
+    async fn purge_when_due(&self, now: i64) {
+        let last = self.last_purge.load(Ordering::Relaxed);
+        if now - last < PURGE_EVERY
+            || self
+                .last_purge
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        if let Err(e) = self
+            .store
+            .purge_sessions(now, now.saturating_sub(self.idle))
+            .await
+        {
+            tracing::warn!(error = %e, "cannot purge ended sessions");
+        }
+    }
+
+    /// `Set-Cookie` for a session id.
+    pub fn cookie(&self, id: &str) -> Option<HeaderValue> {
+        HeaderValue::from_str(&format!(
+            "{}={id}; HttpOnly; Secure; SameSite=Lax; Path=/",
+            self.cookie_name
+        ))
+        .ok()
+    }
+
+    /// `Set-Cookie` that makes the browser forget its session cookie.
+    pub fn clearing_cookie(&self) -> Option<HeaderValue> {
+        HeaderValue::from_str(&format!(
+            "{}=; HttpOnly; Secure; SameSite=Lax; Path=/; Max-Age=0",
+            self.cookie_name
+        ))
+        .ok()
+    }
+
+    /// The browser's CSRF cookie value, when it has a well-formed one.
+    pub fn csrf_cookie<'h>(&'h self, headers: &'h HeaderMap) -> Option<&'h str> {
+        match presented(headers, &self.csrf_cookie_name) {
+            Presented::Id(value) => Some(value),
+            Presented::None | Presented::Unusable => None,
+        }
+    }
+
+    /// A new CSRF cookie value and its `Set-Cookie`.
+    pub fn new_csrf_cookie(&self) -> Result<(String, HeaderValue), String> {
+        let value = new_id()?;
+        let header = HeaderValue::from_str(&format!(
+            "{}={value}; HttpOnly; Secure; SameSite=Strict; Path=/",
+            self.csrf_cookie_name
+        ))
+        .map_err(|e| e.to_string())?;
+        Ok((value, header))
+    }
+
+    /// The token a form carries for the browser holding the CSRF cookie `cookie`: keyed with the
+    /// master key, so every replica checks what any replica issued.
+    pub fn csrf_token(&self, cookie: &str) -> String {
+        self.vault.code_hash("csrf", cookie)
+    }
+
+    /// Whether `token` is the form token for the browser's CSRF cookie.
+    pub fn csrf_valid(&self, cookie: Option<&str>, token: &str) -> bool {
+        cookie.is_some_and(|c| crate::secrets::same(&self.csrf_token(c), token))
+    }
+
+    /// Removes the session and CSRF cookies from the `Cookie` headers (what goes upstream).
+    pub fn strip_cookies(&self, headers: &mut HeaderMap) {
+        let names = [self.cookie_name.as_str(), self.csrf_cookie_name.as_str()];
+        // Most requests have no cookie of ours: look before rewriting anything.
+        let ours = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .any(|v| names.iter().any(|n| contains(v.as_bytes(), n.as_bytes())));
+        if !ours {
+            return;
+        }
+        let kept: Vec<String> = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter_map(|v| without_cookies(v, &names))
+            .collect();
+        headers.remove(header::COOKIE);
+        if !kept.is_empty()
+            && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
+        {
+            headers.insert(header::COOKIE, v);
+        }
+    }
+}
+
+/// Whether `needle` occurs in `haystack`.
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cookies(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(
+                header::COOKIE,
+                HeaderValue::from_str(v).unwrap_or(HeaderValue::from_static("")),
+            );
+        }
+        h
+    }
+
+    const ID: &str = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQ";
+
+    #[test]
+    fn the_session_cookie_is_read_from_any_cookie_header() {
+        let name = "__Host-gatehouse";
+        assert_eq!(presented(&cookies(&[]), name), Presented::None);
+        assert_eq!(
+            presented(&cookies(&[&format!("a=1; {name}={ID}; b=2")]), name),
+            Presented::Id(ID)
+        );
+        assert_eq!(
+            presented(&cookies(&["a=1", &format!("{name}={ID}")]), name),
+            Presented::Id(ID)
+        );
+    }
+
+    #[test]
+    fn two_different_session_cookies_or_a_malformed_one_are_unusable() {
+        let name = "__Host-gatehouse";
+        let other = "bcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQR";
+        assert_eq!(
+            presented(&cookies(&[&format!("{name}={ID}; {name}={other}")]), name),
+            Presented::Unusable
+        );
+        assert_eq!(
+            presented(&cookies(&[&format!("{name}=short")]), name),
+            Presented::Unusable
+        );
+        // The same value twice is one cookie.
+        assert_eq!(
+            presented(
+                &cookies(&[&format!("{name}={ID}"), &format!("{name}={ID}")]),
+                name
+            ),
+            Presented::Id(ID)
+        );
+    }
+
+    #[test]
+    fn only_our_cookies_are_removed_from_what_goes_upstream() {
+        let names = ["__Host-gatehouse", "__Host-gatehouse-csrf"];
+        assert_eq!(
+            without_cookies(
+                &format!("app=1; __Host-gatehouse={ID}; __Host-gatehouse-csrf=x; theme=dark"),
+                &names
+            ),
+            Some("app=1; theme=dark".into())
+        );
+        assert_eq!(
+            without_cookies(&format!("__Host-gatehouse={ID}"), &names),
+            None
+        );
+        assert_eq!(
+            without_cookies("__Host-gatehousex=1", &names),
+            Some("__Host-gatehousex=1".into())
+        );
+    }
+
+    #[test]
+    fn ids_hash_to_hex_sha256() {
+        let hash = id_hash(ID);
+        assert_eq!(hash.len(), 64);
+        assert!(
+            hash.bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
+        assert_ne!(hash, id_hash("another"));
+        let id = new_id().unwrap_or_default();
+        assert!(well_formed(&id), "{id}");
+    }
+}
