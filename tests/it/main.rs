@@ -31,6 +31,7 @@ mod proxy;
 mod reload;
 mod replicas;
 mod shutdown;
+mod signin;
 mod smtp;
 mod stores;
 mod ws;
