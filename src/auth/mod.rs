@@ -321,8 +321,30 @@ impl Authenticator {
         headers: &HeaderMap,
         client: IpAddr,
     ) -> Result<Option<Principal>, AuthError> {
+        self.authenticate_from(headers, client, false).await
+    }
+
+    /// [`Authenticator::authenticate`], where a request without `Authorization` may also be
+    /// authenticated by its session cookie: for the application's routes and forward-auth only.
+    /// gatehouse's own APIs never take the cookie, so that no other site's page can make a
+    /// browser call them with it.
+    pub async fn authenticate_browser(
+        &self,
+        headers: &HeaderMap,
+        client: IpAddr,
+    ) -> Result<Option<Principal>, AuthError> {
+        self.authenticate_from(headers, client, true).await
+    }
+
+    async fn authenticate_from(
+        &self,
+        headers: &HeaderMap,
+        client: IpAddr,
+        cookie: bool,
+    ) -> Result<Option<Principal>, AuthError> {
         let mut principal = match credential(headers)? {
-            None => self.session(headers).await?.map(|(principal, _)| principal),
+            None if cookie => self.session(headers).await?.map(|(principal, _)| principal),
+            None => None,
             Some(Credential::Basic {
                 user_name,
                 password,

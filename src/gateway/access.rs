@@ -25,7 +25,7 @@ impl Gateway {
             None
         } else {
             self.auth
-                .authenticate(headers, client)
+                .authenticate_browser(headers, client)
                 .await
                 .map_err(|e| match e {
                     AuthError::Malformed(why) => Rejection::BadCredentials(why),
