@@ -486,6 +486,9 @@ impl Authenticator {
                 false
             })
             .await?;
+            // The same store work as a wrong password's counted failure, so that the answer
+            // takes as long.
+            self.store.flush().await.map_err(AuthError::from)?;
             return Err(SignInError::Refused("unknown user or no password"));
         };
         let reservation = self

@@ -582,3 +582,130 @@ async fn concurrent_wrong_enrollment_codes_across_replicas_compare_at_most_max_f
         assert_eq!(status, 429, "the right code is refused on every replica");
     }
 }
+
+#[tokio::test]
+async fn a_session_started_on_one_replica_lives_and_ends_on_both() {
+    use crate::signin::{SESSION_COOKIE, Visitor};
+    let upstream = Upstream::start().await;
+    let db = Database::on_shared_server().await;
+    let a = replica(&upstream, &db.url(), 5).await;
+    let b = replica(&upstream, &db.url(), 5).await;
+    create_user(&a, "ada").await;
+    let session = |gh: &Process, id: String| {
+        let url = gh.http_url("/auth/session");
+        async move {
+            http1_client()
+                .get(url)
+                .header("cookie", format!("{SESSION_COOKIE}={id}"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+
+    // The sign-in page from A, the post to B: the CSRF token holds on every replica.
+    let mut on_a = Visitor::new(a.addrs["listen.http"]);
+    let page = on_a.get("/auth/login?rd=/private/x").await;
+    let csrf = page.hidden("csrf");
+    let mut on_b = Visitor::new(b.addrs["listen.http"]);
+    on_b.cookies = on_a.cookies.clone();
+    let page = on_b
+        .post(
+            "/auth/login",
+            &[
+                ("csrf", csrf.as_str()),
+                ("rd", "/private/x"),
+                ("user", "ada"),
+                ("password", PASSWORD),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, 303, "{}", page.body);
+    let first = on_b.session().unwrap();
+    on_a.cookies = on_b.cookies.clone();
+    assert_eq!(on_a.get("/private/x").await.status, 200);
+    assert_eq!(upstream.last().headers["x-auth-user"], "ada");
+
+    // Signed out through A: B refuses the id on the next request.
+    on_a.sign_out().await;
+    assert_eq!(session(&b, first.clone()).await, 401);
+
+    // Two sessions, ended everywhere by one admin call on A.
+    let mut one = Visitor::new(a.addrs["listen.http"]);
+    one.sign_in("ada", PASSWORD, "/").await;
+    let mut two = Visitor::new(b.addrs["listen.http"]);
+    two.sign_in("ada", PASSWORD, "/").await;
+    let (one, two) = (one.session().unwrap(), two.session().unwrap());
+    assert_eq!(session(&b, one.clone()).await, 200);
+    assert_eq!(session(&a, two.clone()).await, 200);
+    let response = http1_client()
+        .delete(format!(
+            "http://{}/admin/v1/users/ada/sessions",
+            a.addrs["listen.admin"]
+        ))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    for (gh, id) in [(&a, &one), (&b, &one), (&a, &two), (&b, &two)] {
+        assert_eq!(session(gh, id.clone()).await, 401);
+    }
+}
+
+#[tokio::test]
+async fn concurrent_step_ups_of_one_session_across_replicas_rotate_it_once() {
+    use crate::signin::{CSRF_COOKIE, SESSION_COOKIE, Visitor};
+    let upstream = Upstream::start().await;
+    let db = Database::on_shared_server().await;
+    let a = replica(&upstream, &db.url(), 50).await;
+    let b = replica(&upstream, &db.url(), 50).await;
+    create_user(&a, "ada").await;
+    let secret = enroll_across(&a, &b, "ada").await;
+    let mut browser = Visitor::new(a.addrs["listen.http"]);
+    browser.sign_in("ada", PASSWORD, "/").await;
+    let page = browser.get("/auth/step-up?rd=/").await;
+    let csrf = page.hidden("csrf");
+    let cookie = format!(
+        "{SESSION_COOKIE}={}; {CSRF_COOKIE}={}",
+        browser.session().unwrap(),
+        browser.cookies[CSRF_COOKIE]
+    );
+    // The same session steps up with two different right codes at once, on both replicas:
+    // however they interleave, at most one new session comes out of it.
+    let mut attempts = tokio::task::JoinSet::new();
+    for (i, gh) in [&a, &b, &a, &b].into_iter().enumerate() {
+        let url = gh.http_url("/auth/step-up");
+        let origin = format!("http://{}", gh.addrs["listen.http"]);
+        let cookie = cookie.clone();
+        let csrf = csrf.clone();
+        let code = totp(&secret, i64::try_from(i % 2).unwrap());
+        attempts.spawn(async move {
+            let response = reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap()
+                .post(url)
+                .header("cookie", cookie)
+                .header("origin", origin)
+                .form(&[("csrf", csrf.as_str()), ("rd", "/"), ("code", &code)])
+                .send()
+                .await
+                .unwrap();
+            response
+                .headers()
+                .get_all("set-cookie")
+                .iter()
+                .any(|v| v.to_str().unwrap().starts_with(SESSION_COOKIE))
+        });
+    }
+    let rotated = attempts
+        .join_all()
+        .await
+        .into_iter()
+        .filter(|new_cookie| *new_cookie)
+        .count();
+    assert!(rotated <= 1, "{rotated} sessions came out of one");
+}

@@ -777,3 +777,42 @@ async fn the_pages_are_self_contained_and_never_framed() {
     }
     assert!(browser.cookies.contains_key(CSRF_COOKIE));
 }
+
+#[tokio::test]
+async fn a_session_cookie_does_not_authenticate_gatehouses_own_apis() {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start(&upstream).await;
+    user(&gh, "ada").await;
+    let mut browser = Visitor::new(gh.http_addr());
+    browser.sign_in("ada", PASSWORD, "/").await;
+    let id = browser.session().unwrap();
+    let client = http1_client();
+    for path in [
+        "/v1/me/mfa-enrollment?factor=otp&isInteractive=true",
+        "/v1/me/recovery-codes",
+        "/manage/v2/user/send/otp",
+    ] {
+        let response = client
+            .post(gh.http_url(path))
+            .header("cookie", format!("{SESSION_COOKIE}={id}"))
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            [400, 401].contains(&response.status().as_u16()),
+            "{path}: {}",
+            response.status()
+        );
+    }
+    assert!(
+        gh.app
+            .store
+            .newest_pending_ticket(1, 0)
+            .await
+            .unwrap()
+            .is_none(),
+        "no ticket was made with the cookie"
+    );
+}
