@@ -119,7 +119,7 @@ fn every_route_is_documented_and_every_documented_operation_is_routed() {
 }
 
 /// The schemas a family's error answers use; `None` where errors are not an envelope (the HTML
-/// enrollment page, the probes).
+/// enrollment and sign-in pages, the probes).
 fn error_envelope(listener: &str, path: &str) -> Option<&'static [&'static str]> {
     if listener == "admin" {
         return path.starts_with("/admin/").then_some(&["Problem"][..]);
@@ -128,7 +128,9 @@ fn error_envelope(listener: &str, path: &str) -> Option<&'static [&'static str]>
         Some(&["BaseResponseModel"])
     } else if path.starts_with("/manage/") {
         Some(&["ManageResponse", "ManageResponseProtobuf"])
-    } else if path.starts_with("/enroll/") {
+    } else if path.starts_with("/enroll/")
+        || ["/auth/login", "/auth/step-up", "/auth/logout"].contains(&path)
+    {
         None
     } else {
         Some(&["Problem"])

