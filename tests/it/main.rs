@@ -22,6 +22,7 @@ mod layering;
 mod limits;
 mod manage;
 mod mfa;
+mod nginx_signin;
 mod openapi;
 mod ops;
 mod paths;
