@@ -35,4 +35,5 @@ mod shutdown;
 mod signin;
 mod smtp;
 mod stores;
+mod traefik_signin;
 mod ws;
