@@ -135,6 +135,9 @@ impl Store for SledStore {
             }
         }
         self.reset_mfa(id).await?;
+        // After the user's record is gone, so no new session can be created for it (see
+        // `insert_session`).
+        self.remove_user_sessions(id)?;
         self.durable().await?;
         Ok(true)
     }
@@ -650,26 +653,41 @@ impl Store for SledStore {
             .collect()
     }
 
-    async fn create_session(&self, _session: Session, _keep: usize) -> StoreResult<()> {
-        Err(StoreError::Backend("sessions pending".into()))
+    async fn create_session(&self, session: Session, keep: usize) -> StoreResult<()> {
+        self.insert_session(&session, keep)?;
+        self.durable().await
     }
-    async fn session(&self, _id_hash: &str) -> StoreResult<Option<Session>> {
-        Err(StoreError::Backend("sessions pending".into()))
+
+    async fn session(&self, id_hash: &str) -> StoreResult<Option<Session>> {
+        self.read_session(id_hash)
     }
-    async fn touch_session(&self, _id_hash: &str, _now: i64) -> StoreResult<bool> {
-        Err(StoreError::Backend("sessions pending".into()))
+
+    async fn touch_session(&self, id_hash: &str, now: i64) -> StoreResult<bool> {
+        // Not flushed: `last_seen` lost in a crash only makes the session look idle sooner.
+        self.touch(id_hash, now)
     }
-    async fn replace_session(&self, _old_hash: &str, _new: Session) -> StoreResult<bool> {
-        Err(StoreError::Backend("sessions pending".into()))
+
+    async fn replace_session(&self, old_hash: &str, new: Session) -> StoreResult<bool> {
+        let replaced = self.rotate(old_hash, &new)?;
+        self.durable().await?;
+        Ok(replaced)
     }
-    async fn delete_session(&self, _id_hash: &str) -> StoreResult<bool> {
-        Err(StoreError::Backend("sessions pending".into()))
+
+    async fn delete_session(&self, id_hash: &str) -> StoreResult<bool> {
+        let deleted = self.remove_sessions([id_hash.as_bytes().to_vec()])? == 1;
+        self.durable().await?;
+        Ok(deleted)
     }
-    async fn delete_user_sessions(&self, _user_id: u64) -> StoreResult<u64> {
-        Err(StoreError::Backend("sessions pending".into()))
+
+    async fn delete_user_sessions(&self, user_id: u64) -> StoreResult<u64> {
+        let deleted = self.remove_user_sessions(user_id)?;
+        self.durable().await?;
+        Ok(deleted)
     }
-    async fn purge_sessions(&self, _now: i64, _idle_before: i64) -> StoreResult<u64> {
-        Err(StoreError::Backend("sessions pending".into()))
+
+    async fn purge_sessions(&self, now: i64, idle_before: i64) -> StoreResult<u64> {
+        // Not flushed: a purged session that comes back after a crash has ended all the same.
+        self.purge(now, idle_before)
     }
 
     async fn flush(&self) -> StoreResult<()> {
