@@ -381,7 +381,9 @@ pub struct Domain {
 }
 
 /// Everything a store holds that outlives a request, for moving a store to another backend
-/// (`gatehouse migrate`). Send counters (rate-limit windows) are transient and left out.
+/// (`gatehouse migrate`). Send counters (rate-limit windows) are transient and left out, and so
+/// are browser sessions: they are ephemeral, and a store moved to another backend starts with
+/// everyone signed out.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
     pub users: Vec<User>,

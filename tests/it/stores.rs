@@ -43,8 +43,24 @@ async fn postgres() -> Subject {
     }
 }
 
-/// Runs the suite function `$name` once per backend.
+/// Runs the suite function `$name` once per backend; after `threaded:`, on a runtime with
+/// several threads, so that concurrent calls into sled really run at once.
 macro_rules! on_both_backends {
+    (threaded: $($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn sled() {
+                    super::$name(super::sled().await).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn postgres() {
+                    super::$name(super::postgres().await).await;
+                }
+            }
+        )*
+    };
     ($($name:ident),* $(,)?) => {
         $(
             mod $name {
@@ -79,6 +95,16 @@ on_both_backends!(
     a_verified_domain_belongs_to_one_organization,
     audit_is_newest_first_and_signing_keys_oldest_first,
     users_are_listed_by_name_in_any_letter_case_a_page_at_a_time,
+    a_session_is_created_read_touched_rotated_and_deleted,
+    a_user_holds_at_most_the_kept_sessions_the_oldest_going_first,
+    signing_out_everywhere_ends_only_that_users_sessions,
+    purging_deletes_expired_and_idle_sessions_and_keeps_live_ones,
+    deleting_a_user_deletes_their_sessions,
+);
+
+on_both_backends!(
+    threaded: a_session_is_rotated_once_under_concurrency,
+    concurrent_sign_ins_leave_the_newest_kept_sessions,
 );
 
 fn new_user(name: &str) -> NewUser {
@@ -867,4 +893,328 @@ async fn users_are_listed_by_name_in_any_letter_case_a_page_at_a_time(s: Subject
         names(s.twin.as_ref(), None, 10).await,
         ["Ada", "Bea", "bob", "dave", "Émile"]
     );
+}
+
+/// A session id hash as the store is given it: 64 lower-case hex digits.
+fn hash(n: u64) -> String {
+    format!("{n:064x}")
+}
+
+fn session(id: u64, user_id: u64, created: i64) -> Session {
+    Session {
+        id_hash: hash(id),
+        user_id,
+        methods: vec!["pwd".into()],
+        created,
+        last_seen: created,
+        expires: created + 43_200,
+    }
+}
+
+/// Which of the sessions `ids` the store still holds.
+async fn held(store: &dyn Store, ids: impl IntoIterator<Item = u64>) -> Vec<u64> {
+    let mut found = Vec::new();
+    for id in ids {
+        if store.session(&hash(id)).await.unwrap().is_some() {
+            found.push(id);
+        }
+    }
+    found
+}
+
+async fn a_session_is_created_read_touched_rotated_and_deleted(s: Subject) {
+    let ada = s
+        .store
+        .create_user(new_user("ada"), NOW_UNIX)
+        .await
+        .unwrap();
+    let first = session(1, ada.id, 1000);
+    s.store.create_session(first.clone(), 20).await.unwrap();
+    assert_eq!(s.twin.session(&hash(1)).await.unwrap(), Some(first.clone()));
+    assert_eq!(s.twin.session(&hash(2)).await.unwrap(), None);
+
+    // `last_seen` only moves forward.
+    assert!(s.twin.touch_session(&hash(1), 1500).await.unwrap());
+    assert!(s.store.touch_session(&hash(1), 1200).await.unwrap());
+    let touched = s.store.session(&hash(1)).await.unwrap().unwrap();
+    assert_eq!(
+        touched,
+        Session {
+            last_seen: 1500,
+            ..first.clone()
+        }
+    );
+    assert!(!s.store.touch_session(&hash(2), 1500).await.unwrap());
+    assert_eq!(s.store.session(&hash(2)).await.unwrap(), None);
+
+    // Rotation: the old id is worth nothing after it, and rotates no second time.
+    let stepped_up = Session {
+        id_hash: hash(3),
+        methods: vec!["pwd".into(), "otp".into()],
+        last_seen: 1600,
+        ..first.clone()
+    };
+    assert!(
+        s.twin
+            .replace_session(&hash(1), stepped_up.clone())
+            .await
+            .unwrap()
+    );
+    assert_eq!(s.store.session(&hash(1)).await.unwrap(), None);
+    assert_eq!(s.store.session(&hash(3)).await.unwrap(), Some(stepped_up));
+    assert!(
+        !s.store
+            .replace_session(&hash(1), session(4, ada.id, 1700))
+            .await
+            .unwrap()
+    );
+    assert_eq!(held(s.store.as_ref(), [1, 3, 4]).await, [3]);
+
+    assert!(s.store.delete_session(&hash(3)).await.unwrap());
+    assert!(!s.twin.delete_session(&hash(3)).await.unwrap());
+    assert_eq!(s.twin.session(&hash(3)).await.unwrap(), None);
+    assert!(!s.twin.touch_session(&hash(3), 2000).await.unwrap());
+    assert_eq!(s.store.delete_user_sessions(ada.id).await.unwrap(), 0);
+
+    // No session is created for a user who does not exist.
+    assert!(matches!(
+        s.store
+            .create_session(session(5, ada.id + 1000, 1000), 20)
+            .await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(s.store.session(&hash(5)).await.unwrap(), None);
+}
+
+/// Rotations of one session at once, through two handles (for PostgreSQL, two replicas): one
+/// succeeds, and the store then holds its new session only.
+async fn a_session_is_rotated_once_under_concurrency(s: Subject) {
+    let ada = s
+        .store
+        .create_user(new_user("ada"), NOW_UNIX)
+        .await
+        .unwrap();
+    s.store
+        .create_session(session(1, ada.id, 1000), 20)
+        .await
+        .unwrap();
+    let n = 16;
+    let barrier = Arc::new(tokio::sync::Barrier::new(n));
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let store = if i % 2 == 0 { &s.store } else { &s.twin }.clone();
+        let barrier = barrier.clone();
+        let new = session(100 + i as u64, ada.id, 1000);
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            store.replace_session(&hash(1), new).await.unwrap()
+        }));
+    }
+    let mut rotated = 0;
+    for t in tasks {
+        rotated += usize::from(t.await.unwrap());
+    }
+    assert_eq!(rotated, 1, "exactly one rotation succeeds");
+    assert_eq!(held(s.twin.as_ref(), [1]).await, Vec::<u64>::new());
+    assert_eq!(
+        held(s.store.as_ref(), 100..100 + n as u64).await.len(),
+        1,
+        "only the winner's new session is stored"
+    );
+    assert_eq!(
+        s.twin.delete_user_sessions(ada.id).await.unwrap(),
+        1,
+        "the user holds the winner's session and nothing else"
+    );
+}
+
+async fn a_user_holds_at_most_the_kept_sessions_the_oldest_going_first(s: Subject) {
+    let ada = s
+        .store
+        .create_user(new_user("ada"), NOW_UNIX)
+        .await
+        .unwrap();
+    let bob = s
+        .store
+        .create_user(new_user("bob"), NOW_UNIX)
+        .await
+        .unwrap();
+    s.store
+        .create_session(session(50, bob.id, 900), 3)
+        .await
+        .unwrap();
+    for (i, id) in [1, 2, 3, 4, 5].into_iter().enumerate() {
+        let store = if i % 2 == 0 { &s.store } else { &s.twin };
+        store
+            .create_session(session(id, ada.id, 1000 + id as i64), 3)
+            .await
+            .unwrap();
+    }
+    assert_eq!(held(s.store.as_ref(), 1..=5).await, [3, 4, 5]);
+    assert_eq!(
+        held(s.store.as_ref(), [50]).await,
+        [50],
+        "another user's sessions do not count"
+    );
+
+    // Sessions created in the same second go in id hash order.
+    let carol = s
+        .store
+        .create_user(new_user("carol"), NOW_UNIX)
+        .await
+        .unwrap();
+    for id in [0x2c, 0x2a, 0x2b] {
+        s.twin
+            .create_session(session(id, carol.id, 2000), 2)
+            .await
+            .unwrap();
+    }
+    assert_eq!(held(s.store.as_ref(), 0x2a..=0x2c).await, [0x2b, 0x2c]);
+
+    // A smaller cap applies at the next sign-in.
+    s.store
+        .create_session(session(6, ada.id, 1006), 1)
+        .await
+        .unwrap();
+    assert_eq!(held(s.twin.as_ref(), 1..=6).await, [6]);
+}
+
+/// Sign-ins of one user at once, through two handles: once they have returned, the user holds
+/// the newest `keep` of them.
+async fn concurrent_sign_ins_leave_the_newest_kept_sessions(s: Subject) {
+    let ada = s
+        .store
+        .create_user(new_user("ada"), NOW_UNIX)
+        .await
+        .unwrap();
+    let (n, keep) = (16u64, 4usize);
+    let barrier = Arc::new(tokio::sync::Barrier::new(n as usize));
+    let mut tasks = Vec::new();
+    for id in 1..=n {
+        let store = if id % 2 == 0 { &s.store } else { &s.twin }.clone();
+        let barrier = barrier.clone();
+        let new = session(id, ada.id, 1000 + id as i64);
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            store.create_session(new, keep).await.unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        held(s.store.as_ref(), 1..=n).await,
+        (n - keep as u64 + 1..=n).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        s.twin.delete_user_sessions(ada.id).await.unwrap(),
+        keep as u64
+    );
+}
+
+async fn signing_out_everywhere_ends_only_that_users_sessions(s: Subject) {
+    let ada = s
+        .store
+        .create_user(new_user("ada"), NOW_UNIX)
+        .await
+        .unwrap();
+    let bob = s
+        .store
+        .create_user(new_user("bob"), NOW_UNIX)
+        .await
+        .unwrap();
+    for (id, user) in [(1, &ada), (2, &ada), (3, &bob)] {
+        s.store
+            .create_session(session(id, user.id, 1000), 20)
+            .await
+            .unwrap();
+    }
+    assert_eq!(s.twin.delete_user_sessions(ada.id).await.unwrap(), 2);
+    assert_eq!(held(s.store.as_ref(), 1..=3).await, [3]);
+    assert_eq!(s.store.delete_user_sessions(ada.id).await.unwrap(), 0);
+    // Ada signs in again afterwards, unhindered.
+    s.twin
+        .create_session(session(4, ada.id, 1100), 20)
+        .await
+        .unwrap();
+    assert_eq!(held(s.store.as_ref(), 1..=4).await, [3, 4]);
+}
+
+async fn purging_deletes_expired_and_idle_sessions_and_keeps_live_ones(s: Subject) {
+    let ada = s
+        .store
+        .create_user(new_user("ada"), NOW_UNIX)
+        .await
+        .unwrap();
+    let (now, idle_before) = (10_000, 6_400);
+    let sessions = [
+        // Used recently, ends later: live.
+        (1, 9_000, 20_000),
+        // Reached its absolute end.
+        (2, 9_900, now),
+        // Unused since the idle limit.
+        (3, idle_before, 20_000),
+        // Used a second after it: live.
+        (4, idle_before + 1, 20_000),
+        // Both ended.
+        (5, 100, 5_000),
+    ];
+    for (id, last_seen, expires) in sessions {
+        s.store
+            .create_session(
+                Session {
+                    last_seen,
+                    expires,
+                    ..session(id, ada.id, 100)
+                },
+                20,
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(s.twin.purge_sessions(now, idle_before).await.unwrap(), 3);
+    assert_eq!(held(s.store.as_ref(), 1..=5).await, [1, 4]);
+    assert_eq!(s.store.purge_sessions(now, idle_before).await.unwrap(), 0);
+    // A touch keeps a session from the next purge.
+    assert!(s.store.touch_session(&hash(4), 9_000).await.unwrap());
+    assert_eq!(
+        s.twin
+            .purge_sessions(now + 1, idle_before + 1)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(s.store.delete_user_sessions(ada.id).await.unwrap(), 2);
+}
+
+async fn deleting_a_user_deletes_their_sessions(s: Subject) {
+    let ada = s
+        .store
+        .create_user(new_user("ada"), NOW_UNIX)
+        .await
+        .unwrap();
+    let bob = s
+        .store
+        .create_user(new_user("bob"), NOW_UNIX)
+        .await
+        .unwrap();
+    for (id, user) in [(1, &ada), (2, &ada), (3, &bob)] {
+        s.store
+            .create_session(session(id, user.id, 1000), 20)
+            .await
+            .unwrap();
+    }
+    assert!(s.twin.delete_user("ada").await.unwrap());
+    assert_eq!(held(s.store.as_ref(), 1..=3).await, [3]);
+    assert!(matches!(
+        s.store.create_session(session(4, ada.id, 1100), 20).await,
+        Err(StoreError::NotFound(_))
+    ));
+    // A new user of the same name starts without them.
+    let again = s
+        .store
+        .create_user(new_user("ada"), NOW_UNIX)
+        .await
+        .unwrap();
+    assert_eq!(s.store.delete_user_sessions(again.id).await.unwrap(), 0);
 }

@@ -10,9 +10,10 @@ use crate::store::{
     User, WsKey, stamp,
 };
 
+use super::sessions::{COLUMNS as SESSION_COLUMNS, session_from};
 use super::{
     Fail, PgStore, describe, exec, external_key, factor_from, insert_audit, key, name_key, retry,
-    rows, step_column, storable, unique,
+    row, rows, step_column, storable, unique,
 };
 
 #[async_trait]
@@ -448,26 +449,75 @@ impl Store for PgStore {
         Ok(retry(|| self.import_once(&snapshot)).await?)
     }
 
-    async fn create_session(&self, _session: Session, _keep: usize) -> StoreResult<()> {
-        Err(StoreError::Backend("sessions pending".into()))
+    async fn create_session(&self, session: Session, keep: usize) -> StoreResult<()> {
+        if !storable(&session.id_hash) || session.methods.iter().any(|m| !storable(m)) {
+            return Err(StoreError::Backend("a session field holds NUL".into()));
+        }
+        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+        Ok(retry(|| self.create_session_once(&session, keep)).await?)
     }
-    async fn session(&self, _id_hash: &str) -> StoreResult<Option<Session>> {
-        Err(StoreError::Backend("sessions pending".into()))
+
+    async fn session(&self, id_hash: &str) -> StoreResult<Option<Session>> {
+        if !storable(id_hash) {
+            return Ok(None);
+        }
+        let client = self.client().await?;
+        let found = row(
+            &client,
+            &format!("SELECT {SESSION_COLUMNS} FROM gatehouse_sessions WHERE id_hash = $1"),
+            &[&id_hash],
+        )
+        .await?;
+        Ok(found.as_ref().map(session_from).transpose()?)
     }
-    async fn touch_session(&self, _id_hash: &str, _now: i64) -> StoreResult<bool> {
-        Err(StoreError::Backend("sessions pending".into()))
+
+    async fn touch_session(&self, id_hash: &str, now: i64) -> StoreResult<bool> {
+        if !storable(id_hash) {
+            return Ok(false);
+        }
+        let updated = self
+            .execute(
+                "UPDATE gatehouse_sessions SET last_seen = GREATEST(last_seen, $2)
+                 WHERE id_hash = $1",
+                &[&id_hash, &now],
+            )
+            .await?;
+        Ok(updated == 1)
     }
-    async fn replace_session(&self, _old_hash: &str, _new: Session) -> StoreResult<bool> {
-        Err(StoreError::Backend("sessions pending".into()))
+
+    async fn replace_session(&self, old_hash: &str, new: Session) -> StoreResult<bool> {
+        if !storable(old_hash) {
+            return Ok(false);
+        }
+        if !storable(&new.id_hash) || new.methods.iter().any(|m| !storable(m)) {
+            return Err(StoreError::Backend("a session field holds NUL".into()));
+        }
+        Ok(retry(|| self.replace_session_once(old_hash, &new)).await?)
     }
-    async fn delete_session(&self, _id_hash: &str) -> StoreResult<bool> {
-        Err(StoreError::Backend("sessions pending".into()))
+
+    async fn delete_session(&self, id_hash: &str) -> StoreResult<bool> {
+        if !storable(id_hash) {
+            return Ok(false);
+        }
+        let deleted = self
+            .execute(
+                "DELETE FROM gatehouse_sessions WHERE id_hash = $1",
+                &[&id_hash],
+            )
+            .await?;
+        Ok(deleted == 1)
     }
-    async fn delete_user_sessions(&self, _user_id: u64) -> StoreResult<u64> {
-        Err(StoreError::Backend("sessions pending".into()))
+
+    async fn delete_user_sessions(&self, user_id: u64) -> StoreResult<u64> {
+        Ok(retry(|| self.delete_user_sessions_once(user_id)).await?)
     }
-    async fn purge_sessions(&self, _now: i64, _idle_before: i64) -> StoreResult<u64> {
-        Err(StoreError::Backend("sessions pending".into()))
+
+    async fn purge_sessions(&self, now: i64, idle_before: i64) -> StoreResult<u64> {
+        self.execute(
+            "DELETE FROM gatehouse_sessions WHERE expires <= $1 OR last_seen <= $2",
+            &[&now, &idle_before],
+        )
+        .await
     }
 
     async fn flush(&self) -> StoreResult<()> {

@@ -20,6 +20,7 @@ mod domains;
 mod impl_store;
 mod mfa;
 mod schema;
+mod sessions;
 mod snapshot;
 #[cfg(test)]
 mod tests;

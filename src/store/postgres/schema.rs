@@ -16,11 +16,12 @@ use crate::store::{StoreError, StoreResult};
 use super::{ATTEMPTS, Fail, PgStore, TIMEOUT, describe, retry};
 
 /// Versioned schema changes, applied in order, each exactly once per database.
-pub(super) const MIGRATIONS: &[(i64, &[&str])] = &[(
-    1,
-    &[
-        "CREATE TABLE gatehouse_counters (name TEXT PRIMARY KEY, value INT8 NOT NULL)",
-        "CREATE TABLE gatehouse_users (
+pub(super) const MIGRATIONS: &[(i64, &[&str])] = &[
+    (
+        1,
+        &[
+            "CREATE TABLE gatehouse_counters (name TEXT PRIMARY KEY, value INT8 NOT NULL)",
+            "CREATE TABLE gatehouse_users (
             id INT8 PRIMARY KEY,
             name_key TEXT NOT NULL,
             external_key TEXT,
@@ -28,27 +29,27 @@ pub(super) const MIGRATIONS: &[(i64, &[&str])] = &[(
             CONSTRAINT gatehouse_users_name_unique UNIQUE (name_key),
             CONSTRAINT gatehouse_users_external_unique UNIQUE (external_key)
         )",
-        "CREATE TABLE gatehouse_applications (name TEXT PRIMARY KEY, doc JSONB NOT NULL)",
-        // Like sled's token index: the latest application registered with a token hash owns it.
-        "CREATE TABLE gatehouse_application_tokens (
+            "CREATE TABLE gatehouse_applications (name TEXT PRIMARY KEY, doc JSONB NOT NULL)",
+            // Like sled's token index: the latest application registered with a token hash owns it.
+            "CREATE TABLE gatehouse_application_tokens (
             token_hash TEXT PRIMARY KEY,
             name TEXT NOT NULL
         )",
-        "CREATE TABLE gatehouse_organizations (id INT8 PRIMARY KEY, doc JSONB NOT NULL)",
-        "CREATE TABLE gatehouse_ws_keys (
+            "CREATE TABLE gatehouse_organizations (id INT8 PRIMARY KEY, doc JSONB NOT NULL)",
+            "CREATE TABLE gatehouse_ws_keys (
             key_hash TEXT PRIMARY KEY,
             user_id INT8 NOT NULL,
             doc JSONB NOT NULL
         )",
-        "CREATE INDEX gatehouse_ws_keys_user ON gatehouse_ws_keys (user_id)",
-        // A kid may be added twice, as in sled; `seq` keeps insertion order.
-        "CREATE TABLE gatehouse_signing_keys (
+            "CREATE INDEX gatehouse_ws_keys_user ON gatehouse_ws_keys (user_id)",
+            // A kid may be added twice, as in sled; `seq` keeps insertion order.
+            "CREATE TABLE gatehouse_signing_keys (
             seq INT8 PRIMARY KEY,
             kid TEXT NOT NULL,
             doc JSONB NOT NULL
         )",
-        "CREATE TABLE gatehouse_audit (seq INT8 PRIMARY KEY, doc JSONB NOT NULL)",
-        "CREATE TABLE gatehouse_tickets (
+            "CREATE TABLE gatehouse_audit (seq INT8 PRIMARY KEY, doc JSONB NOT NULL)",
+            "CREATE TABLE gatehouse_tickets (
             id TEXT PRIMARY KEY,
             user_id INT8 NOT NULL,
             created_at INT8 NOT NULL,
@@ -56,16 +57,16 @@ pub(super) const MIGRATIONS: &[(i64, &[&str])] = &[(
             used BOOL NOT NULL,
             doc JSONB NOT NULL
         )",
-        "CREATE INDEX gatehouse_tickets_user ON gatehouse_tickets (user_id)",
-        // `last_step` is authoritative for the replay guard; the doc's copy is kept in step.
-        "CREATE TABLE gatehouse_factors (
+            "CREATE INDEX gatehouse_tickets_user ON gatehouse_tickets (user_id)",
+            // `last_step` is authoritative for the replay guard; the doc's copy is kept in step.
+            "CREATE TABLE gatehouse_factors (
             user_id INT8 NOT NULL,
             kind TEXT NOT NULL,
             last_step INT8,
             doc JSONB NOT NULL,
             PRIMARY KEY (user_id, kind)
         )",
-        "CREATE TABLE gatehouse_codes (
+            "CREATE TABLE gatehouse_codes (
             user_id INT8 NOT NULL,
             purpose TEXT NOT NULL,
             code_hash TEXT NOT NULL,
@@ -73,11 +74,11 @@ pub(super) const MIGRATIONS: &[(i64, &[&str])] = &[(
             doc JSONB NOT NULL,
             PRIMARY KEY (user_id, purpose)
         )",
-        "CREATE TABLE gatehouse_recovery_codes (user_id INT8 PRIMARY KEY, doc JSONB NOT NULL)",
-        "CREATE TABLE gatehouse_lockouts (user_id INT8 PRIMARY KEY, doc JSONB NOT NULL)",
-        "CREATE TABLE gatehouse_sends (send_key TEXT PRIMARY KEY, doc JSONB NOT NULL)",
-        // `name` is fixed at creation: domains are saved with changed state, never renamed.
-        "CREATE TABLE gatehouse_domains (
+            "CREATE TABLE gatehouse_recovery_codes (user_id INT8 PRIMARY KEY, doc JSONB NOT NULL)",
+            "CREATE TABLE gatehouse_lockouts (user_id INT8 PRIMARY KEY, doc JSONB NOT NULL)",
+            "CREATE TABLE gatehouse_sends (send_key TEXT PRIMARY KEY, doc JSONB NOT NULL)",
+            // `name` is fixed at creation: domains are saved with changed state, never renamed.
+            "CREATE TABLE gatehouse_domains (
             organization_id INT8 NOT NULL,
             domain_id INT8 NOT NULL,
             name TEXT NOT NULL,
@@ -85,12 +86,28 @@ pub(super) const MIGRATIONS: &[(i64, &[&str])] = &[(
             PRIMARY KEY (organization_id, domain_id),
             CONSTRAINT gatehouse_domains_name_unique UNIQUE (organization_id, name)
         )",
-        "CREATE TABLE gatehouse_verified_domains (
+            "CREATE TABLE gatehouse_verified_domains (
             name TEXT PRIMARY KEY,
             organization_id INT8 NOT NULL
         )",
-    ],
-)];
+        ],
+    ),
+    // Browser sessions (SPEC §11): a database from before them gains the table at its next start.
+    (
+        2,
+        &[
+            "CREATE TABLE gatehouse_sessions (
+            id_hash TEXT PRIMARY KEY,
+            user_id INT8 NOT NULL,
+            methods JSONB NOT NULL,
+            created INT8 NOT NULL,
+            last_seen INT8 NOT NULL,
+            expires INT8 NOT NULL
+        )",
+            "CREATE INDEX gatehouse_sessions_user ON gatehouse_sessions (user_id)",
+        ],
+    ),
+];
 
 const CREATE_MIGRATIONS: &str = "CREATE TABLE IF NOT EXISTS gatehouse_migrations (
     version INT8 PRIMARY KEY,

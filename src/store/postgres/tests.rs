@@ -9,7 +9,7 @@ use crate::lockout::Policy;
 use crate::store::sled::SledStore;
 use crate::store::{
     Application, Domain, ExternalId, FactorKind, Membership, NewUser, OobCode, Organization, Role,
-    SCHEMA_VERSION, SigningKey, Store, Ticket, User, UserPatch, WsKey,
+    SCHEMA_VERSION, Session, SigningKey, Store, Ticket, User, UserPatch, WsKey,
 };
 
 const NOW: &str = "2026-01-01T00:00:00Z";
@@ -163,6 +163,63 @@ async fn migrations_run_once_even_when_replicas_start_together() {
     let expected: Vec<(i64, i64)> = MIGRATIONS.iter().map(|(v, _)| (*v, 1)).collect();
     assert_eq!(versions, expected);
     again.check().await.unwrap();
+}
+
+/// A database made by the release before sessions (schema version 1, with users in it) gains the
+/// sessions table at its next start, and keeps what it held.
+#[tokio::test]
+async fn a_database_from_before_sessions_gains_them_at_the_next_start() {
+    let db = TestDb::new().await;
+    let old = db.store().await;
+    let ada = old.create_user(new_user("ada"), NOW_UNIX).await.unwrap();
+    old.client()
+        .await
+        .unwrap()
+        .batch_execute(
+            "DROP TABLE gatehouse_sessions; DELETE FROM gatehouse_migrations WHERE version > 1",
+        )
+        .await
+        .unwrap();
+    assert!(old.session("x").await.is_err(), "the table is gone");
+    drop(old);
+
+    let upgraded = db.store().await;
+    let session = Session {
+        id_hash: "a".repeat(64),
+        user_id: ada.id,
+        methods: vec!["pwd".into()],
+        created: NOW_UNIX,
+        last_seen: NOW_UNIX,
+        expires: NOW_UNIX + 3600,
+    };
+    upgraded.create_session(session.clone(), 20).await.unwrap();
+    assert_eq!(
+        upgraded.session(&session.id_hash).await.unwrap(),
+        Some(session)
+    );
+    assert_eq!(upgraded.user_by_name("ada").await.unwrap(), Some(ada));
+    let client = upgraded.client().await.unwrap();
+    let versions: Vec<i64> = client
+        .query(
+            "SELECT version FROM gatehouse_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let expected: Vec<i64> = MIGRATIONS.iter().map(|(v, _)| *v).collect();
+    assert_eq!(versions, expected);
+    let indexed = client
+        .query_opt(
+            "SELECT 1 FROM pg_indexes WHERE tablename = 'gatehouse_sessions' \
+             AND indexdef LIKE '%(user_id)%'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(indexed.is_some(), "sessions are indexed by user");
 }
 
 #[tokio::test]

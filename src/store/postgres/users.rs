@@ -90,12 +90,12 @@ impl PgStore {
             return Ok(false);
         };
         let id: i64 = deleted.try_get(0)?;
-        exec(
-            &tx,
+        for sql in [
             "DELETE FROM gatehouse_ws_keys WHERE user_id = $1",
-            &[&id],
-        )
-        .await?;
+            "DELETE FROM gatehouse_sessions WHERE user_id = $1",
+        ] {
+            exec(&tx, sql, &[&id]).await?;
+        }
         reset_mfa_in(&tx, id).await?;
         tx.commit().await?;
         Ok(true)

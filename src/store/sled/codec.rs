@@ -25,6 +25,13 @@ pub(super) fn mfa_key(user_id: u64, tag: u8, rest: &[u8]) -> Vec<u8> {
     key
 }
 
+/// A user's session in the `user_sessions` index: the user id's 8 bytes, then the id hash.
+pub(super) fn session_index_key(user_id: u64, id_hash: &str) -> Vec<u8> {
+    let mut key = user_id.to_be_bytes().to_vec();
+    key.extend_from_slice(id_hash.as_bytes());
+    key
+}
+
 /// Every kind of factor: the keys a transaction names when it must see all of a user's factors.
 pub(super) const FACTOR_KINDS: [FactorKind; 3] =
     [FactorKind::Otp, FactorKind::Sms, FactorKind::Email];

@@ -135,6 +135,9 @@ impl Store for SledStore {
             }
         }
         self.reset_mfa(id).await?;
+        // After the user's record is gone, so no new session can be created for it (see
+        // `insert_session`).
+        self.remove_user_sessions(id)?;
         self.durable().await?;
         Ok(true)
     }
@@ -650,36 +653,41 @@ impl Store for SledStore {
             .collect()
     }
 
-    async fn create_session(&self, session: Session, _keep: usize) -> StoreResult<()> {
-        scratch().lock().unwrap().insert(session.id_hash.clone(), session);
-        Ok(())
+    async fn create_session(&self, session: Session, keep: usize) -> StoreResult<()> {
+        self.insert_session(&session, keep)?;
+        self.durable().await
     }
+
     async fn session(&self, id_hash: &str) -> StoreResult<Option<Session>> {
-        Ok(scratch().lock().unwrap().get(id_hash).cloned())
+        self.read_session(id_hash)
     }
+
     async fn touch_session(&self, id_hash: &str, now: i64) -> StoreResult<bool> {
-        let mut m = scratch().lock().unwrap();
-        Ok(m.get_mut(id_hash).map(|s| s.last_seen = s.last_seen.max(now)).is_some())
+        // Not flushed: `last_seen` lost in a crash only makes the session look idle sooner.
+        self.touch(id_hash, now)
     }
+
     async fn replace_session(&self, old_hash: &str, new: Session) -> StoreResult<bool> {
-        let mut m = scratch().lock().unwrap();
-        if m.remove(old_hash).is_none() {
-            return Ok(false);
-        }
-        m.insert(new.id_hash.clone(), new);
-        Ok(true)
+        let replaced = self.rotate(old_hash, &new)?;
+        self.durable().await?;
+        Ok(replaced)
     }
+
     async fn delete_session(&self, id_hash: &str) -> StoreResult<bool> {
-        Ok(scratch().lock().unwrap().remove(id_hash).is_some())
+        let deleted = self.remove_sessions([id_hash.as_bytes().to_vec()])? == 1;
+        self.durable().await?;
+        Ok(deleted)
     }
+
     async fn delete_user_sessions(&self, user_id: u64) -> StoreResult<u64> {
-        let mut m = scratch().lock().unwrap();
-        let before = m.len();
-        m.retain(|_, s| s.user_id != user_id);
-        Ok((before - m.len()) as u64)
+        let deleted = self.remove_user_sessions(user_id)?;
+        self.durable().await?;
+        Ok(deleted)
     }
-    async fn purge_sessions(&self, _now: i64, _idle_before: i64) -> StoreResult<u64> {
-        Ok(0)
+
+    async fn purge_sessions(&self, now: i64, idle_before: i64) -> StoreResult<u64> {
+        // Not flushed: a purged session that comes back after a crash has ended all the same.
+        self.purge(now, idle_before)
     }
 
     async fn flush(&self) -> StoreResult<()> {
@@ -723,10 +731,4 @@ impl Store for SledStore {
         }
         Ok(snapshot)
     }
-}
-
-fn scratch() -> &'static std::sync::Mutex<std::collections::HashMap<String, Session>> {
-    static M: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, Session>>> =
-        std::sync::OnceLock::new();
-    M.get_or_init(Default::default)
 }

@@ -12,6 +12,7 @@ use crate::store::{AuditEvent, StoreError, StoreResult, User};
 
 mod codec;
 mod impl_store;
+mod sessions;
 #[cfg(test)]
 mod tests;
 
@@ -43,6 +44,10 @@ pub struct SledStore {
     domain_names: Tree,
     /// Verified domain name → the organisation that verified it.
     verified_domains: Tree,
+    /// Session id hash → session.
+    sessions: Tree,
+    /// User id ‖ session id hash → the session's `created` (8 bytes, big-endian).
+    user_sessions: Tree,
     /// Group commit: see [`SledStore::durable`].
     commits: Commits,
     /// Users as last decoded, by id, with the bytes they were decoded from: see
@@ -135,6 +140,8 @@ impl SledStore {
             domains: tree("domains")?,
             domain_names: tree("domain_names")?,
             verified_domains: tree("verified_domains")?,
+            sessions: tree("sessions")?,
+            user_sessions: tree("user_sessions")?,
             commits: Commits::default(),
             decoded_users: std::sync::Mutex::default(),
             db,
