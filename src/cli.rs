@@ -33,7 +33,7 @@ pub struct AdminArgs {
 
 #[derive(Subcommand, Debug)]
 enum AdminCommand {
-    /// Users: create, list, get, update, delete, mfa-reset.
+    /// Users: create, list, get, update, delete, mfa-reset, sign-out.
     #[command(subcommand)]
     User(UserCommand),
     /// Register an application; prints its ApplicationToken once.
@@ -143,6 +143,11 @@ enum UserCommand {
         /// The user's name.
         user_name: String,
     },
+    /// End every browser session of the user ("sign out everywhere").
+    SignOut {
+        /// The user's name.
+        user_name: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -242,6 +247,11 @@ fn request(command: AdminCommand) -> Result<(Method, String, Option<Value>), Str
         AdminCommand::User(UserCommand::MfaReset { user_name }) => (
             Method::POST,
             format!("/admin/v1/users/{}/mfa/reset", segment(&user_name)),
+            None,
+        ),
+        AdminCommand::User(UserCommand::SignOut { user_name }) => (
+            Method::DELETE,
+            format!("/admin/v1/users/{}/sessions", segment(&user_name)),
             None,
         ),
         AdminCommand::App {

@@ -619,7 +619,9 @@ pub trait Store: Send + Sync {
     async fn list_users(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<User>>;
 
     /// Stores a new session. When the user then holds more than `keep` sessions, the ones
-    /// created first are deleted, so that no user can make the store hold unboundedly many.
+    /// created first are deleted (by `created`, ties by `id_hash` in byte order), so that no user
+    /// can make the store hold unboundedly many. `NotFound` when the user does not exist, so that
+    /// a sign-in racing the user's deletion leaves no session behind.
     async fn create_session(&self, session: Session, keep: usize) -> StoreResult<()>;
     /// The session whose id hashes to `id_hash`, whether or not it has expired.
     async fn session(&self, id_hash: &str) -> StoreResult<Option<Session>>;

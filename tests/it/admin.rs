@@ -301,7 +301,7 @@ async fn probes_answer_get_and_refuse_other_methods() {
 }
 
 /// Runs `gatehouse admin …` against the test server; returns exit success, stdout, stderr.
-async fn cli(
+pub(crate) async fn cli(
     gh: &Gatehouse,
     token: &str,
     args: &[&str],
@@ -501,6 +501,7 @@ const ADMIN_SPELLINGS: &[&str] = &[
     "/admin/v1/users/",
     "/admin/v1/users/mallory",
     "/admin/v1/users/mallory/mfa/reset",
+    "/admin/v1/users/mallory/sessions",
     "/admin/v1/applications",
     "/admin/v1/ws-keys",
     "/admin/v1/audit",
@@ -804,4 +805,191 @@ async fn declared_users_are_kept_until_removed_from_the_bootstrap_file_on_sled()
 async fn declared_users_are_kept_until_removed_from_the_bootstrap_file_on_postgres() {
     declared_users_are_kept_until_removed_from_the_bootstrap_file(crate::mfa::Backend::Postgres)
         .await;
+}
+
+/// The session cookie's name (`sessions.cookie_name`'s default) and its CSRF companion's.
+pub(crate) const SESSION_COOKIE: &str = "__Host-gatehouse";
+const CSRF_COOKIE: &str = "__Host-gatehouse-csrf";
+
+/// The value of the cookie `name` a response sets.
+fn set_cookie(response: &reqwest::Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| v.split(';').next())
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(n, _)| n.trim() == name)
+        .map(|(_, value)| value.trim().to_owned())
+}
+
+/// The `value` of the `<input>` whose name is `name`.
+fn input_value(page: &str, name: &str) -> String {
+    let at = page
+        .find(&format!("name=\"{name}\""))
+        .unwrap_or_else(|| panic!("no input `{name}` in the page: {page}"));
+    let start = page[..at].rfind('<').unwrap();
+    let end = at + page[at..].find('>').unwrap();
+    let tag = &page[start..end];
+    let value = tag.find("value=\"").unwrap() + "value=\"".len();
+    let len = tag[value..].find('"').unwrap();
+    tag[value..value + len].replace("&amp;", "&")
+}
+
+/// Signs `user` in on the plain HTTP listener as a browser does (the sign-in page for its CSRF
+/// cookie and token, then the form post); the session cookie's value. The cookies are `Secure`,
+/// so they are sent here by hand rather than by a cookie store.
+pub(crate) async fn sign_in(gh: &Gatehouse, user: &str, password: &str) -> String {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let page = client
+        .get(gh.http_url("/auth/login?rd=/private/"))
+        .header("accept", "text/html")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200, "the sign-in page");
+    let csrf_cookie = set_cookie(&page, CSRF_COOKIE)
+        .unwrap_or_else(|| panic!("the sign-in page sets no {CSRF_COOKIE}"));
+    let body = page.text().await.unwrap();
+    let (csrf, rd) = (input_value(&body, "csrf"), input_value(&body, "rd"));
+    let posted = client
+        .post(gh.http_url("/auth/login"))
+        .header("accept", "text/html")
+        .header("origin", format!("http://{}", gh.http_addr()))
+        .header("cookie", format!("{CSRF_COOKIE}={csrf_cookie}"))
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("rd", rd.as_str()),
+            ("user", user),
+            ("password", password),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 303, "signing {user} in");
+    set_cookie(&posted, SESSION_COOKIE)
+        .unwrap_or_else(|| panic!("signing {user} in set no session cookie"))
+}
+
+/// The status of `GET /auth/session` with the session cookie `session`.
+pub(crate) async fn session_status(gh: &Gatehouse, session: &str) -> u16 {
+    http1_client()
+        .get(gh.http_url("/auth/session"))
+        .header("cookie", format!("{SESSION_COOKIE}={session}"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+const PASSWORD: &str = "correct horse battery";
+
+/// The statuses of `GET /auth/session` for each of `sessions`.
+async fn statuses(gh: &Gatehouse, sessions: &[&str]) -> Vec<u16> {
+    let mut found = Vec::new();
+    for session in sessions {
+        found.push(session_status(gh, session).await);
+    }
+    found
+}
+
+#[tokio::test]
+async fn signing_a_user_out_everywhere_ends_their_sessions_and_no_one_elses() {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start(&upstream).await;
+    for name in ["ada", "bob"] {
+        gh.create_user(json!({"userName": name, "password": PASSWORD}))
+            .await;
+    }
+    let laptop = sign_in(&gh, "ada", PASSWORD).await;
+    let phone = sign_in(&gh, "ada", PASSWORD).await;
+    let bobs = sign_in(&gh, "bob", PASSWORD).await;
+    assert_eq!(statuses(&gh, &[&laptop, &phone, &bobs]).await, [200; 3]);
+
+    // Without the admin token nothing ends; an unknown user is 404.
+    let refused = http1_client()
+        .delete(gh.admin_url("/admin/v1/users/ada/sessions"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    let (status, problem) = gh
+        .admin("DELETE", "/admin/v1/users/nobody/sessions", None)
+        .await;
+    assert_eq!(status, 404, "{problem}");
+    assert_eq!(problem["type"], "https://gatehouse.dev/problems/not-found");
+    assert_eq!(statuses(&gh, &[&laptop, &phone, &bobs]).await, [200; 3]);
+
+    let (status, _) = gh
+        .admin("DELETE", "/admin/v1/users/ADA/sessions", None)
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(
+        statuses(&gh, &[&laptop, &phone, &bobs]).await,
+        [401, 401, 200]
+    );
+    let (_, events) = gh.admin("GET", "/admin/v1/audit?limit=1", None).await;
+    assert_eq!(events[0]["event"], "sessions.revoked", "{events}");
+    assert_eq!(events[0]["userName"], "ada");
+    assert_eq!(events[0]["detail"], "2 sessions ended");
+
+    // Ada signs in again afterwards; deleting bob ends his session too.
+    let again = sign_in(&gh, "ada", PASSWORD).await;
+    assert_eq!(gh.admin("DELETE", "/admin/v1/users/bob", None).await.0, 204);
+    assert_eq!(statuses(&gh, &[&again, &bobs]).await, [200, 401]);
+}
+
+#[tokio::test]
+async fn a_new_password_ends_the_users_sessions() {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start(&upstream).await;
+    gh.create_user(json!({"userName": "ada", "password": PASSWORD}))
+        .await;
+    let session = sign_in(&gh, "ada", PASSWORD).await;
+    // Other changes leave sessions alone.
+    let (status, _) = gh
+        .admin(
+            "PATCH",
+            "/admin/v1/users/ada",
+            Some(json!({"email": "ada@example.com"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(session_status(&gh, &session).await, 200);
+
+    let (status, _) = gh
+        .admin(
+            "PATCH",
+            "/admin/v1/users/ada",
+            Some(json!({"password": "a brand new passphrase"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(session_status(&gh, &session).await, 401);
+    let fresh = sign_in(&gh, "ada", "a brand new passphrase").await;
+    assert_eq!(session_status(&gh, &fresh).await, 200);
+}
+
+#[tokio::test]
+async fn an_mfa_reset_ends_the_users_sessions() {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start(&upstream).await;
+    for name in ["ada", "bob"] {
+        gh.create_user(json!({"userName": name, "password": PASSWORD}))
+            .await;
+    }
+    let adas = sign_in(&gh, "ada", PASSWORD).await;
+    let bobs = sign_in(&gh, "bob", PASSWORD).await;
+    assert_eq!(
+        gh.admin("POST", "/admin/v1/users/ada/mfa/reset", None)
+            .await
+            .0,
+        204
+    );
+    assert_eq!(statuses(&gh, &[&adas, &bobs]).await, [401, 200]);
 }

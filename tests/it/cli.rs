@@ -179,3 +179,26 @@ async fn a_second_gatehouse_on_the_same_store_says_which_store_and_why_once() {
     assert!(!stdout.contains("cannot start"), "{stdout}");
     assert!(!stdout.contains("lock"), "{stdout}");
 }
+
+#[tokio::test]
+async fn admin_cli_signs_a_user_out_everywhere() {
+    use crate::admin::{cli, session_status, sign_in};
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start(&upstream).await;
+    gh.create_user(json!({"userName": "ada", "password": "correct horse battery"}))
+        .await;
+    let session = sign_in(&gh, "ada", "correct horse battery").await;
+    assert_eq!(session_status(&gh, &session).await, 200);
+
+    let (ok, out, err) = cli(&gh, ADMIN_TOKEN, &["user", "sign-out", "ada"], None).await;
+    assert!(ok, "{err}");
+    assert!(out.is_empty(), "{out}");
+    assert_eq!(session_status(&gh, &session).await, 401);
+
+    let (ok, _, err) = cli(&gh, ADMIN_TOKEN, &["user", "sign-out", "nobody"], None).await;
+    assert!(!ok);
+    assert!(err.starts_with("404"), "{err}");
+    let (ok, _, err) = cli(&gh, "wrong", &["user", "sign-out", "ada"], None).await;
+    assert!(!ok);
+    assert!(err.starts_with("401"), "{err}");
+}

@@ -43,6 +43,7 @@ enum Action {
     PatchUser,
     DeleteUser,
     ResetMfa,
+    SignOutUser,
     CreateApplication,
     CreateOrganization,
     AddMember,
@@ -55,7 +56,7 @@ enum Action {
 const OPEN_PATHS: [&str; 4] = ["/healthz", "/readyz", "/metrics", "/openapi.json"];
 
 /// Every operation of the admin listener; any other path is 404, another method on a listed path 405.
-const OPERATIONS: [(Operation, Action); 20] = [
+const OPERATIONS: [(Operation, Action); 21] = [
     (Operation::new("GET", "/healthz"), Action::Healthz),
     (Operation::new("HEAD", "/healthz"), Action::Healthz),
     (Operation::new("GET", "/readyz"), Action::Readyz),
@@ -84,6 +85,10 @@ const OPERATIONS: [(Operation, Action); 20] = [
     (
         Operation::new("POST", "/admin/v1/users/{userName}/mfa/reset"),
         Action::ResetMfa,
+    ),
+    (
+        Operation::new("DELETE", "/admin/v1/users/{userName}/sessions"),
+        Action::SignOutUser,
     ),
     (
         Operation::new("POST", "/admin/v1/applications"),
@@ -383,6 +388,7 @@ impl Admin {
             Action::PatchUser => self.patch_user(value(0), req).await,
             Action::DeleteUser => self.delete_user(value(0)).await,
             Action::ResetMfa => self.reset_mfa(value(0)).await,
+            Action::SignOutUser => self.sign_out_user(value(0)).await,
             Action::CreateApplication => self.create_application(req).await,
             Action::CreateOrganization => self.create_organization(req).await,
             Action::AddMember => self.add_member(value(0), req).await,

@@ -1,4 +1,7 @@
-//! `/admin/v1/users…`: create, read, change, delete users; reset their MFA.
+//! `/admin/v1/users…`: create, read, change, delete users; reset their MFA; end their sessions.
+//!
+//! A user's browser sessions (SPEC §11) end when the password changes, when the MFA is reset
+//! and on "sign out everywhere"; deleting the user deletes them in the store.
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -264,6 +267,10 @@ impl Admin {
             .store
             .update_user(name, patch, self.clock.unix())
             .await?;
+        if password_changed {
+            // A session signed in with the old password proves nothing about the new one.
+            self.store.delete_user_sessions(user.id).await?;
+        }
         let detail = password_changed.then(|| "password changed".to_owned());
         self.record("user.updated", Some(&user.user_name), detail)
             .await;
@@ -284,7 +291,25 @@ impl Admin {
             return Err(AdminError::NotFound(format!("user {name}")));
         };
         self.store.reset_mfa(user.id).await?;
+        // A session's second factor may be the one just removed.
+        self.store.delete_user_sessions(user.id).await?;
         self.record("mfa.reset", Some(&user.user_name), None).await;
+        Ok(api::no_content())
+    }
+
+    /// "Sign out everywhere": ends every session of the user, on every replica at its next
+    /// request.
+    pub(super) async fn sign_out_user(&self, name: &str) -> AdminResult {
+        let Some(user) = self.store.user_by_name(name).await? else {
+            return Err(AdminError::NotFound(format!("user {name}")));
+        };
+        let ended = self.store.delete_user_sessions(user.id).await?;
+        self.record(
+            "sessions.revoked",
+            Some(&user.user_name),
+            Some(format!("{ended} sessions ended")),
+        )
+        .await;
         Ok(api::no_content())
     }
 }
