@@ -15,15 +15,16 @@ pub const STYLE: &str = "body{font:16px/1.5 system-ui,sans-serif;margin:0;backgr
 main{max-width:28rem;margin:0 auto;padding:1.5rem}\
 section{background:#fff;border-radius:12px;padding:1.5rem;box-shadow:0 1px 3px #0002}\
 h1{font-size:1.4rem;margin:0 0 1rem}\
+h2{font-size:1.15rem;margin:1.5rem 0 .5rem}\
 .qr{display:block;width:100%;max-width:16rem;height:auto;margin:1rem auto}\
 code{font-size:1.05rem;word-break:break-all;background:#eef0f4;padding:.2rem .4rem;border-radius:4px}\
 label{display:block;font-weight:600;margin-top:1rem}\
-input{font-size:1.4rem;letter-spacing:.2em;width:100%;box-sizing:border-box;padding:.6rem;margin:.4rem 0 1rem;border:1px solid #99a;border-radius:8px}\
+input{font-size:1.4rem;letter-spacing:.2em;width:100%;box-sizing:border-box;padding:.6rem;margin:.4rem 0 1rem;border:1px solid #778;border-radius:8px}\
 button{font-size:1rem;width:100%;padding:.8rem;border:0;border-radius:8px;background:#2451c7;color:#fff;cursor:pointer}\
 button.secondary{background:#e3e7f0;color:#1d2330;margin-top:.5rem}\
 .error{background:#fde8e8;color:#8a1c1c;padding:.75rem;border-radius:8px}\
 .ok{background:#e6f6ea;color:#1b5e2b;padding:.75rem;border-radius:8px}\
-ol{columns:2;font-family:monospace;font-size:1.05rem}";
+ol{columns:2 10rem;column-gap:2rem;font-family:monospace;font-size:1.05rem}";
 
 /// The page's Content-Security-Policy: nothing but the one stylesheet, forms to itself.
 pub fn csp() -> &'static str {
