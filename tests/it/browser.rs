@@ -55,6 +55,8 @@ impl Browser {
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
                 "--no-first-run", "--window-size=412,915", "--ignore-certificate-errors",
                 "--hide-scrollbars", "--force-device-scale-factor=1",
+                // Another site for cross-site tests, served on this machine.
+                "--host-resolver-rules=MAP evil.example 127.0.0.1",
                 format!("--user-data-dir={}", profile.path().display()),
             ],
         });
@@ -118,6 +120,60 @@ impl Browser {
             .as_str()
             .unwrap()
             .to_owned()
+    }
+
+    /// The value of the browser's cookie `name`, if it holds one for the current page.
+    pub async fn cookie(&self, name: &str) -> Option<String> {
+        let all = self.call(reqwest::Method::GET, "/cookie", None).await;
+        all.as_array()?
+            .iter()
+            .find(|c| c["name"] == name)
+            .and_then(|c| c["value"].as_str())
+            .map(str::to_owned)
+    }
+
+    /// Forgets every cookie of the current page's site.
+    pub async fn delete_cookies(&self) {
+        self.call(reqwest::Method::DELETE, "/cookie", None).await;
+    }
+
+    /// Sets a cookie for the current page's site, as the site's own script would.
+    pub async fn add_cookie(&self, name: &str, value: &str) {
+        self.call(
+            reqwest::Method::POST,
+            "/cookie",
+            Some(json!({"cookie": {"name": name, "value": value, "path": "/", "secure": true}})),
+        )
+        .await;
+    }
+
+    /// The address the browser shows once `done` holds for it (a click on a submit button may
+    /// return before the next page loads), or the last address seen after 10 s.
+    pub async fn url_once(&self, done: impl Fn(&str) -> bool) -> String {
+        let mut url = self.url().await;
+        for _ in 0..100 {
+            if done(&url) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            url = self.url().await;
+        }
+        url
+    }
+
+    /// The HTTP status of the page the browser shows, as its Navigation Timing entry reports it.
+    pub async fn status(&self) -> u16 {
+        let status = self
+            .execute(
+                "return performance.getEntriesByType('navigation')[0].responseStatus;",
+                &[],
+                false,
+            )
+            .await;
+        status
+            .as_u64()
+            .and_then(|s| u16::try_from(s).ok())
+            .unwrap_or_else(|| panic!("no status: {status}"))
     }
 
     pub async fn find(&self, css: &str) -> String {
@@ -191,7 +247,7 @@ impl Browser {
     /// Runs `script` (a function body) in the page through WebDriver; the page's own
     /// Content-Security-Policy does not apply to it (chromedriver evaluates it over the DevTools
     /// protocol), so it works on pages that allow no script at all.
-    pub async fn execute(&self, script: &str, asynchronous: bool) -> Value {
+    pub async fn execute(&self, script: &str, args: &[Value], asynchronous: bool) -> Value {
         let path = if asynchronous {
             "/execute/async"
         } else {
@@ -200,7 +256,7 @@ impl Browser {
         self.call(
             reqwest::Method::POST,
             path,
-            Some(json!({"script": script, "args": []})),
+            Some(json!({"script": script, "args": args})),
         )
         .await
     }
@@ -215,7 +271,7 @@ impl Browser {
             )
         });
         let loaded = self
-            .execute(&format!("{axe}\n;return typeof window.axe;"), false)
+            .execute(&format!("{axe}\n;return typeof window.axe;"), &[], false)
             .await;
         assert_eq!(loaded, "object", "axe-core could not be injected: {loaded}");
         let found = self
@@ -227,6 +283,7 @@ impl Browser {
                      .map(v => v.id + ' (' + v.impact + '): ' + v.help + ' at '\
                        + v.nodes.map(n => n.target.join(' ') + ' [' + n.failureSummary + ']').join('; '))))\
                    .catch(e => done(['axe failed: ' + e]));",
+                &[],
                 true,
             )
             .await;
