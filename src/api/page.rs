@@ -15,15 +15,16 @@ pub const STYLE: &str = "body{font:16px/1.5 system-ui,sans-serif;margin:0;backgr
 main{max-width:28rem;margin:0 auto;padding:1.5rem}\
 section{background:#fff;border-radius:12px;padding:1.5rem;box-shadow:0 1px 3px #0002}\
 h1{font-size:1.4rem;margin:0 0 1rem}\
+h2{font-size:1.15rem;margin:1.5rem 0 .5rem}\
 .qr{display:block;width:100%;max-width:16rem;height:auto;margin:1rem auto}\
 code{font-size:1.05rem;word-break:break-all;background:#eef0f4;padding:.2rem .4rem;border-radius:4px}\
 label{display:block;font-weight:600;margin-top:1rem}\
-input{font-size:1.4rem;letter-spacing:.2em;width:100%;box-sizing:border-box;padding:.6rem;margin:.4rem 0 1rem;border:1px solid #99a;border-radius:8px}\
+input{font-size:1.4rem;letter-spacing:.2em;width:100%;box-sizing:border-box;padding:.6rem;margin:.4rem 0 1rem;border:1px solid #778;border-radius:8px}\
 button{font-size:1rem;width:100%;padding:.8rem;border:0;border-radius:8px;background:#2451c7;color:#fff;cursor:pointer}\
 button.secondary{background:#e3e7f0;color:#1d2330;margin-top:.5rem}\
 .error{background:#fde8e8;color:#8a1c1c;padding:.75rem;border-radius:8px}\
 .ok{background:#e6f6ea;color:#1b5e2b;padding:.75rem;border-radius:8px}\
-ol{columns:2;font-family:monospace;font-size:1.05rem}";
+ol{columns:2 10rem;column-gap:2rem;font-family:monospace;font-size:1.05rem}";
 
 /// The page's Content-Security-Policy: nothing but the one stylesheet, forms to itself.
 pub fn csp() -> &'static str {
@@ -56,12 +57,44 @@ pub fn escape(text: &str) -> String {
     out
 }
 
-/// A complete page: `title` as its heading, `content` (HTML, escaped by the caller) below.
+/// What a page's own address may tell in a `Referer` (and so in an `Origin`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Referrer {
+    /// Nothing, not even to this site: for a page whose address is a credential (an enrollment
+    /// ticket). A browser then sends `Origin: null` with the page's form posts.
+    None,
+    /// Only to this site: for pages whose form posts are checked by their `Origin` (sign-in),
+    /// which a browser sends as `null` under `no-referrer`.
+    SameOrigin,
+}
+
+impl Referrer {
+    fn policy(self) -> &'static str {
+        match self {
+            Referrer::None => "no-referrer",
+            Referrer::SameOrigin => "same-origin",
+        }
+    }
+}
+
+/// A complete page: `title` as its heading, `content` (HTML, escaped by the caller) below; it
+/// sends no referrer.
 pub fn page(status: StatusCode, title: &str, content: &str) -> Response<Body> {
+    page_with(status, title, content, Referrer::None)
+}
+
+/// A complete page with the given referrer policy.
+pub fn page_with(
+    status: StatusCode,
+    title: &str,
+    content: &str,
+    referrer: Referrer,
+) -> Response<Body> {
+    let policy = referrer.policy();
     let html = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
-         <meta name=\"referrer\" content=\"no-referrer\">\
+         <meta name=\"referrer\" content=\"{policy}\">\
          <title>{title} · Gatehouse</title><style>{STYLE}</style></head>\
          <body><main><section><h1>{title}</h1>{content}</section></main></body></html>",
         title = escape(title)
@@ -74,10 +107,7 @@ pub fn page(status: StatusCode, title: &str, content: &str) -> Response<Body> {
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static(policy));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
@@ -98,6 +128,21 @@ mod tests {
         assert_eq!(
             escape("<a href=\"x\">'&'</a>"),
             "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
+    }
+
+    #[test]
+    fn only_pages_that_ask_for_it_name_this_site_in_a_referrer() {
+        for (referrer, policy) in [
+            (Referrer::None, "no-referrer"),
+            (Referrer::SameOrigin, "same-origin"),
+        ] {
+            let response = page_with(StatusCode::OK, "t", "", referrer);
+            assert_eq!(response.headers()[header::REFERRER_POLICY], policy);
+        }
+        assert_eq!(
+            page(StatusCode::OK, "t", "").headers()[header::REFERRER_POLICY],
+            "no-referrer"
         );
     }
 

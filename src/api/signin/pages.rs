@@ -4,7 +4,7 @@
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 
-use crate::api::page::{escape, page};
+use crate::api::page::{Referrer, escape, page_with};
 use crate::body::Body;
 use crate::store::FactorKind;
 
@@ -150,7 +150,8 @@ pub(super) fn respond(
     content: &str,
     cookies: &[HeaderValue],
 ) -> Response<Body> {
-    let mut response = page(status, title, content);
+    // Same-origin, so that the browser names this site in the `Origin` of the form posts.
+    let mut response = page_with(status, title, content, Referrer::SameOrigin);
     for cookie in cookies {
         response
             .headers_mut()
