@@ -20,6 +20,9 @@ h2{font-size:1.15rem;margin:1.5rem 0 .5rem}\
 code{font-size:1.05rem;word-break:break-all;background:#eef0f4;padding:.2rem .4rem;border-radius:4px}\
 label{display:block;font-weight:600;margin-top:1rem}\
 input{font-size:1.4rem;letter-spacing:.2em;width:100%;box-sizing:border-box;padding:.6rem;margin:.4rem 0 1rem;border:1px solid #778;border-radius:8px}\
+input.text{font-size:1.1rem;letter-spacing:normal}\
+a{color:#2451c7}\
+.links{margin:1.25rem 0 0;text-align:center}\
 button{font-size:1rem;width:100%;padding:.8rem;border:0;border-radius:8px;background:#2451c7;color:#fff;cursor:pointer}\
 button.secondary{background:#e3e7f0;color:#1d2330;margin-top:.5rem}\
 .error{background:#fde8e8;color:#8a1c1c;padding:.75rem;border-radius:8px}\
