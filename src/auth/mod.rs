@@ -429,18 +429,9 @@ impl Authenticator {
         password: String,
         client: IpAddr,
     ) -> Result<Principal, AuthError> {
-        self.failures
-            .check(client, self.clock.unix())
-            .map_err(|throttle::Throttled(seconds)| AuthError::Throttled(seconds))?;
-        let user = self.store.user_by_name(user_name).await?;
-        let key = self.cache_key_for(user_name, &password);
-        let stored = user.as_ref().and_then(|u| u.password_hash.clone());
-        let (Some(user), Some(hash)) = (user, stored) else {
-            self.verify_once(key, client, move || {
-                secret::verify_nothing(&password);
-                false
-            })
-            .await?;
+        let (key, found) = self.password_holder(user_name, &password, client).await?;
+        let Some((user, hash)) = found else {
+            self.verify_nothing(key, client, password).await?;
             return Err(AuthError::Invalid("unknown user or no password".into()));
         };
         let cached = self.basic_cache.get(&key).is_some_and(|h| *h == *hash);
@@ -470,22 +461,9 @@ impl Authenticator {
         client: IpAddr,
         policy: Policy,
     ) -> Result<Principal, SignInError> {
-        self.failures
-            .check(client, self.clock.unix())
-            .map_err(|throttle::Throttled(seconds)| AuthError::Throttled(seconds))?;
-        let user = self
-            .store
-            .user_by_name(user_name)
-            .await
-            .map_err(AuthError::from)?;
-        let key = self.cache_key_for(user_name, &password);
-        let stored = user.as_ref().and_then(|u| u.password_hash.clone());
-        let (Some(user), Some(hash)) = (user, stored) else {
-            self.verify_once(key, client, move || {
-                secret::verify_nothing(&password);
-                false
-            })
-            .await?;
+        let (key, found) = self.password_holder(user_name, &password, client).await?;
+        let Some((user, hash)) = found else {
+            self.verify_nothing(key, client, password).await?;
             // The same store work as a wrong password's counted failure, so that the answer
             // takes as long.
             self.store.flush().await.map_err(AuthError::from)?;
@@ -515,6 +493,42 @@ impl Authenticator {
             .map_err(AuthError::from)?;
         Principal::admit(&user, user.scopes.clone(), vec![Method::Pwd])
             .map_err(|_| SignInError::Refused("user disabled"))
+    }
+
+    /// Within the per-address limit, the credential's cache key and the user it names with their
+    /// password hash (`None` for an unknown user or one without a password).
+    async fn password_holder(
+        &self,
+        user_name: &str,
+        password: &str,
+        client: IpAddr,
+    ) -> Result<([u8; 32], Option<(User, String)>), AuthError> {
+        self.failures
+            .check(client, self.clock.unix())
+            .map_err(|throttle::Throttled(seconds)| AuthError::Throttled(seconds))?;
+        let user = self.store.user_by_name(user_name).await?;
+        let key = self.cache_key_for(user_name, password);
+        let found = user.and_then(|u| {
+            let hash = u.password_hash.clone()?;
+            Some((u, hash))
+        });
+        Ok((key, found))
+    }
+
+    /// The hash an unknown user's password costs, so that refusing it takes as long as refusing
+    /// a wrong one; counted as a failure for `client`.
+    async fn verify_nothing(
+        &self,
+        key: [u8; 32],
+        client: IpAddr,
+        password: String,
+    ) -> Result<(), AuthError> {
+        self.verify_once(key, client, move || {
+            secret::verify_nothing(&password);
+            false
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Runs `verify` for the credential `key` on the hashing threads, once for every caller
