@@ -69,10 +69,12 @@ fn new_id() -> Result<String, String> {
 /// The store's key for an id: SHA-256 in lower-case hex. The id has 256 random bits, so an
 /// unkeyed hash is enough to make a stolen store useless for signing in.
 pub fn id_hash(id: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = ring::digest::digest(&ring::digest::SHA256, id.as_bytes());
     let mut out = String::with_capacity(64);
     for b in digest.as_ref() {
-        out.push_str(&format!("{b:02x}"));
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 15)]));
     }
     out
 }
@@ -429,6 +431,10 @@ mod tests {
 
     #[test]
     fn ids_hash_to_hex_sha256() {
+        assert_eq!(
+            id_hash("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         let hash = id_hash(ID);
         assert_eq!(hash.len(), 64);
         assert!(

@@ -392,9 +392,12 @@ impl Authenticator {
             .await?
             .ok_or_else(|| AuthError::Invalid("session of an unknown user".into()))?;
         let methods = tokens::methods_from_amr(&live.session.methods);
-        let mut asked = user.scopes.clone();
-        asked.push("mfa".to_owned());
-        let scopes = current_scopes(&user.scopes, &asked, &methods);
+        // The user's scopes as they are now, and `mfa` when the session earned it.
+        let mut scopes = user.scopes.clone();
+        scopes.retain(|s| s != "mfa");
+        if methods.iter().any(|m| m.is_second_factor()) {
+            scopes.push("mfa".to_owned());
+        }
         Ok(Some((Principal::admit(&user, scopes, methods)?, live)))
     }
 
