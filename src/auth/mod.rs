@@ -461,8 +461,9 @@ impl Authenticator {
 
     /// Checks a password typed on the sign-in page (SPEC §11). Within the per-address limit, a
     /// known user's attempt first reserves a failure in the store under the user's lockout
-    /// (SPEC §10), which a right password gives back; an unknown user costs the same hash, so
-    /// both refusals look and take the same. A disabled user is refused like a wrong password.
+    /// (SPEC §10), which a right password gives back (that one failure only); an unknown user
+    /// costs the same hash, so both refusals look and take the same. A disabled user is refused
+    /// like a wrong password.
     pub async fn sign_in(
         &self,
         user_name: &str,
@@ -491,14 +492,16 @@ impl Authenticator {
             self.store.flush().await.map_err(AuthError::from)?;
             return Err(SignInError::Refused("unknown user or no password"));
         };
-        let reservation = self
+        let reserved_at = self.clock.unix();
+        let locks = match self
             .store
-            .reserve_attempt(user.id, self.clock.unix(), policy)
+            .reserve_attempt(user.id, reserved_at, policy)
             .await
-            .map_err(AuthError::from)?;
-        if let Reservation::Refused { retry_after } = reservation {
-            return Err(SignInError::Locked(retry_after));
-        }
+            .map_err(AuthError::from)?
+        {
+            Reservation::Granted { locks } => locks,
+            Reservation::Refused { retry_after } => return Err(SignInError::Locked(retry_after)),
+        };
         let ok = self
             .verify_once(key, client, move || {
                 secret::verify_password(&password, &hash)
@@ -509,8 +512,10 @@ impl Authenticator {
             self.store.flush().await.map_err(AuthError::from)?;
             return Err(SignInError::Refused("wrong password"));
         }
+        // Only this attempt is given back: the count also holds the user's wrong second-factor
+        // codes, which a right password must not wipe (SPEC §10).
         self.store
-            .clear_failures(user.id)
+            .release_attempt(user.id, reserved_at, locks)
             .await
             .map_err(AuthError::from)?;
         Principal::admit(&user, user.scopes.clone(), vec![Method::Pwd])

@@ -33,6 +33,7 @@ mod reload;
 mod replicas;
 mod shutdown;
 mod signin;
+mod signin_attacks;
 mod smtp;
 mod stores;
 mod traefik_signin;
