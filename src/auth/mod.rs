@@ -127,6 +127,15 @@ impl From<AuthError> for SignInError {
     }
 }
 
+/// A password the sign-in page accepted: the principal, and the hash the password matched, so
+/// that the session started for it can be checked against a password changed meanwhile
+/// ([`Authenticator::password_unchanged`]). No `Debug`: it holds the hash.
+pub struct SignedIn {
+    pub principal: Principal,
+    user_id: u64,
+    password_hash: String,
+}
+
 /// How long a client refused with [`AuthError::Busy`] is told to wait, in seconds.
 pub const BUSY_RETRY_AFTER: u64 = 1;
 
@@ -470,7 +479,7 @@ impl Authenticator {
         password: String,
         client: IpAddr,
         policy: Policy,
-    ) -> Result<Principal, SignInError> {
+    ) -> Result<SignedIn, SignInError> {
         self.failures
             .check(client, self.clock.unix())
             .map_err(|throttle::Throttled(seconds)| AuthError::Throttled(seconds))?;
@@ -502,6 +511,7 @@ impl Authenticator {
             Reservation::Granted { locks } => locks,
             Reservation::Refused { retry_after } => return Err(SignInError::Locked(retry_after)),
         };
+        let stored_hash = hash.clone();
         let ok = self
             .verify_once(key, client, move || {
                 secret::verify_password(&password, &hash)
@@ -518,8 +528,27 @@ impl Authenticator {
             .release_attempt(user.id, reserved_at, locks)
             .await
             .map_err(AuthError::from)?;
-        Principal::admit(&user, user.scopes.clone(), vec![Method::Pwd])
-            .map_err(|_| SignInError::Refused("user disabled"))
+        let principal = Principal::admit(&user, user.scopes.clone(), vec![Method::Pwd])
+            .map_err(|_| SignInError::Refused("user disabled"))?;
+        Ok(SignedIn {
+            principal,
+            user_id: user.id,
+            password_hash: stored_hash,
+        })
+    }
+
+    /// Whether the user of `signed_in` still has the password it was checked against, and may
+    /// still sign in. Asked after its session is stored: a password change writes the new hash
+    /// before it ends the user's sessions, so a session stored before that end is ended by it,
+    /// and one stored after is seen here.
+    pub async fn password_unchanged(&self, signed_in: &SignedIn) -> Result<bool, AuthError> {
+        Ok(self
+            .store
+            .user_by_id(signed_in.user_id)
+            .await?
+            .is_some_and(|u| {
+                u.is_valid && u.password_hash.as_deref() == Some(signed_in.password_hash.as_str())
+            }))
     }
 
     /// Runs `verify` for the credential `key` on the hashing threads, once for every caller

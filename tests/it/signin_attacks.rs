@@ -1,6 +1,8 @@
 //! Browser sign-in and sessions (SPEC §10, §11) under attack: what a hostile site, a hostile
 //! client or a racing request can make of the sign-in pages, the session cookie and `rd`.
 
+use std::time::Duration;
+
 use proptest::prelude::*;
 
 use crate::harness::*;
@@ -59,6 +61,89 @@ async fn a_right_password_does_not_reset_the_count_of_wrong_second_factor_codes(
     // Locked: the right code is refused too.
     let page = browser.step_up(&totp(&secret, 1), "/secure/x").await;
     assert_eq!(page.status, 429, "{}", page.body);
+}
+
+/// A sign-in whose password was checked against the old hash must not leave a live session when
+/// the password changes (and the user's sessions are ended) before the session is stored.
+#[tokio::test]
+async fn a_sign_in_that_straddles_a_password_change_leaves_no_session() {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start_with(&upstream, |c| {
+        c.auth.max_concurrent_hashes = 1;
+    })
+    .await;
+    user(&gh, "ada").await;
+    let mut browser = Visitor::new(gh.http_addr());
+    let page = browser.get("/auth/login").await;
+    let csrf = page.hidden("csrf");
+    // Hold the one hashing thread, so that the sign-in reads the user and then waits.
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let hashes = gh.app.auth.clone();
+    let blocker = tokio::spawn(async move {
+        hashes
+            .hashes()
+            .run(move || {
+                let _ = held.recv_timeout(Duration::from_secs(20));
+            })
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let sign_in = {
+        let url = gh.http_url("/auth/login");
+        let cookie = format!("{CSRF_COOKIE}={}", browser.cookies[CSRF_COOKIE]);
+        tokio::spawn(async move {
+            no_redirects_client()
+                .post(url)
+                .header("cookie", cookie)
+                .form(&[
+                    ("csrf", csrf.as_str()),
+                    ("rd", "/"),
+                    ("user", "ada"),
+                    ("password", PASSWORD),
+                ])
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // What a password change does (PATCH /admin/v1/users/ada): a new hash, then every session
+    // of the user ended.
+    let hash = gatehouse::auth::secret::hash_password("a brand new password").unwrap();
+    gh.app
+        .store
+        .update_user(
+            "ada",
+            gatehouse::store::UserPatch {
+                password_hash: Some(hash),
+                ..Default::default()
+            },
+            0,
+        )
+        .await
+        .unwrap();
+    let id = gh.app.store.user_by_name("ada").await.unwrap().unwrap().id;
+    gh.app.store.delete_user_sessions(id).await.unwrap();
+    release.send(()).unwrap();
+    blocker.await.unwrap().unwrap();
+    let response = sign_in.await.unwrap();
+    let status = response.status().as_u16();
+    assert!([303, 401].contains(&status), "{status}");
+    let session = response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.strip_prefix(&format!("{SESSION_COOKIE}=")))
+        .and_then(|v| v.split(';').next())
+        .map(str::to_owned);
+    if let Some(id) = session.filter(|id| !id.is_empty()) {
+        assert_eq!(
+            session_status(&gh, &id).await,
+            401,
+            "a session signed in with the old password outlived the change"
+        );
+    }
 }
 
 fn no_redirects_client() -> reqwest::Client {
