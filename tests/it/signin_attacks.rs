@@ -228,6 +228,36 @@ async fn the_session_cookie_never_reaches_the_upstream_in_any_spelling() {
     }
 }
 
+/// A browser sends all its cookies for the host in one `Cookie` field, the application's own
+/// among them, and those may hold UTF-8: the session beside them is still the session, and the
+/// application's cookie still reaches it.
+#[tokio::test]
+async fn the_session_is_read_beside_an_application_cookie_holding_utf8() {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start(&upstream).await;
+    user(&gh, "ada").await;
+    let mut browser = Visitor::new(gh.http_addr());
+    browser.sign_in("ada", PASSWORD, "/").await;
+    let id = browser.session().unwrap();
+    let value = reqwest::header::HeaderValue::from_bytes(
+        format!("name=Jos\u{e9}; {SESSION_COOKIE}={id}").as_bytes(),
+    )
+    .unwrap();
+    let response = http1_client()
+        .get(gh.http_url("/private/x"))
+        .header("cookie", value)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = upstream.last();
+    assert_eq!(seen.headers["x-auth-user"], "ada");
+    assert_eq!(
+        seen.headers["cookie"].as_bytes(),
+        "name=Jos\u{e9}".as_bytes()
+    );
+}
+
 /// Another site's page, or a client naming its origin in any odd way, cannot post the sign-in,
 /// step-up or sign-out forms, even with a valid token: nothing is signed in, sent or ended.
 #[tokio::test]
