@@ -338,20 +338,28 @@ impl Sessions {
         if !ours {
             return;
         }
-        // A header that is not UTF-8 cannot be read as cookies (nor was a session read from it):
-        // not known to be free of ours, it is dropped.
+        let kept = self.app_cookies(headers);
+        headers.remove(header::COOKIE);
+        if let Some(v) = kept {
+            headers.insert(header::COOKIE, v);
+        }
+    }
+
+    /// The request's cookies without the session and CSRF cookies, as one `Cookie` value;
+    /// `None` when nothing is left. A header that is not UTF-8 cannot be read as cookies (nor
+    /// was a session read from it): not known to be free of ours, it is left out.
+    pub fn app_cookies(&self, headers: &HeaderMap) -> Option<HeaderValue> {
+        let names = [self.cookie_name.as_str(), self.csrf_cookie_name.as_str()];
         let kept: Vec<String> = headers
             .get_all(header::COOKIE)
             .iter()
             .filter_map(|v| std::str::from_utf8(v.as_bytes()).ok())
             .filter_map(|v| without_cookies(v, &names))
             .collect();
-        headers.remove(header::COOKIE);
-        if !kept.is_empty()
-            && let Ok(v) = HeaderValue::from_bytes(kept.join("; ").as_bytes())
-        {
-            headers.insert(header::COOKIE, v);
+        if kept.is_empty() {
+            return None;
         }
+        HeaderValue::from_bytes(kept.join("; ").as_bytes()).ok()
     }
 }
 

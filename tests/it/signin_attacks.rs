@@ -412,3 +412,99 @@ async fn a_locked_user_cannot_be_told_from_an_unknown_one() {
     }
     assert_eq!(answers[0], answers[1], "ada vs ghost");
 }
+
+/// Through Traefik (the shipped forward-auth example) as inline: the application gets its own
+/// cookies and never gatehouse's session or CSRF cookie, however the browser or a client sends
+/// them (SPEC §11).
+#[tokio::test]
+async fn traefik_keeps_gatehouses_cookies_from_the_app() {
+    let app = Upstream::start().await;
+    let (_gh, traefik) = crate::traefik_signin::deployment(&app).await;
+    let mut browser = Visitor::new(traefik.addr());
+    browser.cookies.insert("app".into(), "theirs".into());
+    browser.sign_in("ada", PASSWORD, "/").await;
+    let id = browser.session().unwrap();
+    let csrf = browser.cookies[CSRF_COOKIE].clone();
+    let page = browser.get("/private/x").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let seen: Vec<String> = app
+        .last()
+        .headers
+        .get_all("cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(seen, vec!["app=theirs".to_owned()]);
+
+    let s = format!("{SESSION_COOKIE}={id}");
+    let c = format!("{CSRF_COOKIE}={csrf}");
+    let client = http1_client();
+    for (path, sent, forwarded) in [
+        ("/private/x", vec![s.clone()], None),
+        (
+            "/private/x",
+            vec![format!("a=1; {s}; {c}; b=2")],
+            Some("a=1; b=2"),
+        ),
+        ("/private/x", vec![format!("{s}; {s}")], None),
+        ("/private/x", vec!["a=1".to_owned(), s.clone()], Some("a=1")),
+        // A public route is not authenticated, and the cookies are gatehouse's all the same.
+        ("/public/x", vec![format!("{s}; a=1")], Some("a=1")),
+        ("/public/x", vec!["a=1".to_owned()], Some("a=1")),
+    ] {
+        let mut request = client.get(traefik.url(path));
+        for value in &sent {
+            request = request.header("cookie", value);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path} {sent:?}");
+        let seen: Vec<String> = app
+            .last()
+            .headers
+            .get_all("cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            seen,
+            Vec::from_iter(forwarded.map(str::to_owned)),
+            "{path} {sent:?}"
+        );
+    }
+}
+
+/// Through nginx (the shipped forward-auth example): a session cookie that gatehouse accepts
+/// never reaches the application, in whatever spelling a client sends it.
+#[tokio::test]
+async fn nginx_keeps_every_spelling_of_an_accepted_session_cookie_from_the_app() {
+    let app = Upstream::start().await;
+    let gh = Gatehouse::start_url("http://127.0.0.1:9", |_| {}).await;
+    user(&gh, "ada").await;
+    let nginx = crate::ops::Nginx::start(gh.http_addr(), &app.url()).await;
+    let mut browser = Visitor::new(nginx.addr());
+    browser.sign_in("ada", PASSWORD, "/").await;
+    let id = browser.session().unwrap();
+    let client = http1_client();
+    for sent in [
+        vec![format!("{SESSION_COOKIE}={id}; {SESSION_COOKIE}={id}")],
+        vec![format!("a=1; {SESSION_COOKIE} ={id}")],
+        vec![format!("{SESSION_COOKIE}\t={id}; a=1")],
+        vec![
+            format!("{SESSION_COOKIE}={id}"),
+            format!("{SESSION_COOKIE}={id}"),
+        ],
+    ] {
+        let mut request = client.get(nginx.url("/private/x"));
+        for value in &sent {
+            request = request.header("cookie", value);
+        }
+        let response = request.send().await.unwrap();
+        if response.status() != 200 {
+            continue;
+        }
+        for value in app.last().headers.get_all("cookie") {
+            let value = value.to_str().unwrap();
+            assert!(!value.contains(&id), "{sent:?}: the app got {value:?}");
+        }
+    }
+}
