@@ -508,3 +508,54 @@ async fn nginx_keeps_every_spelling_of_an_accepted_session_cookie_from_the_app()
         }
     }
 }
+
+/// SPEC §10: logs never hold session ids, passwords or credentials from a query. A navigation's
+/// query travels on inside `rd` (the sign-in page's URL, then the form): the access log redacts
+/// its credentials there as it does in the navigation's own line.
+#[tokio::test]
+async fn the_sign_in_flow_leaves_no_secret_in_the_logs() {
+    let upstream = Upstream::start().await;
+    let extra = "[[routes]]\npath_prefix = \"/private/\"\naccess = \"authenticated\"\n";
+    let mut gh = Process::start(
+        &process_config(&upstream.url(), extra),
+        &[("GATEHOUSE_ADMIN_TOKEN", ADMIN_TOKEN)],
+    )
+    .await;
+    let response = http1_client()
+        .post(format!(
+            "http://{}/admin/v1/users",
+            gh.addrs["listen.admin"]
+        ))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({"userName": "ada", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let mut browser = Visitor::new(gh.addrs["listen.http"]);
+    let page = browser
+        .get("/private/report?access_token=supersecret&page=2")
+        .await;
+    assert_eq!(page.status, 302);
+    let login = page.location().to_owned();
+    let form = browser.get(&login).await;
+    let rd = form.hidden("rd");
+    assert!(rd.contains("supersecret"), "{rd}");
+    browser.sign_in("ada", PASSWORD, &rd).await;
+    browser.sign_in("ada", "wrong password typed", &rd).await;
+    browser
+        .get(&format!(
+            "/auth/step-up?rd={}",
+            crate::signin::urlencoding(&rd)
+        ))
+        .await;
+    let id = browser.session().unwrap();
+    let csrf = browser.cookies[CSRF_COOKIE].clone();
+    gh.signal("TERM");
+    gh.child.wait().await.unwrap();
+    let logs = gh.logs();
+    for secret in ["supersecret", PASSWORD, "wrong password typed", &id, &csrf] {
+        let found: Vec<&String> = logs.iter().filter(|l| l.contains(secret)).collect();
+        assert!(found.is_empty(), "{secret:?} in {found:#?}");
+    }
+}
