@@ -445,7 +445,7 @@ impl Authenticator {
         let key = self.cache_key_for(user_name, &password);
         let stored = user.as_ref().and_then(|u| u.password_hash.clone());
         let (Some(user), Some(hash)) = (user, stored) else {
-            self.verify_once(key, client, move || {
+            self.verify_once(key, "", client, move || {
                 secret::verify_nothing(&password);
                 false
             })
@@ -456,7 +456,7 @@ impl Authenticator {
         if !cached {
             let check = hash.clone();
             let ok = self
-                .verify_once(key, client, move || {
+                .verify_once(key, &hash, client, move || {
                     secret::verify_password(&password, &check)
                 })
                 .await?;
@@ -491,7 +491,7 @@ impl Authenticator {
         let key = self.cache_key_for(user_name, &password);
         let stored = user.as_ref().and_then(|u| u.password_hash.clone());
         let (Some(user), Some(hash)) = (user, stored) else {
-            self.verify_once(key, client, move || {
+            self.verify_once(key, "", client, move || {
                 secret::verify_nothing(&password);
                 false
             })
@@ -513,7 +513,7 @@ impl Authenticator {
         };
         let stored_hash = hash.clone();
         let ok = self
-            .verify_once(key, client, move || {
+            .verify_once(key, &stored_hash, client, move || {
                 secret::verify_password(&password, &hash)
             })
             .await?;
@@ -551,15 +551,26 @@ impl Authenticator {
             }))
     }
 
-    /// Runs `verify` for the credential `key` on the hashing threads, once for every caller
-    /// that asks while it runs. The one that runs it reserves a failure for `client` first and
+    /// Runs `verify` for the credential `key` against the stored hash `against` on the hashing
+    /// threads, once for every caller that asks while it runs. Only callers that read the same
+    /// hash share the outcome: one that read a changed password's new hash must not be told
+    /// what the old one said. The one that runs it reserves a failure for `client` first and
     /// gives it back when the password was right.
     async fn verify_once(
         &self,
         key: [u8; 32],
+        against: &str,
         client: IpAddr,
         verify: impl FnOnce() -> bool + Send + 'static,
     ) -> Result<bool, AuthError> {
+        let key = {
+            let mut ctx = ring::hmac::Context::with_key(&self.cache_key);
+            ctx.update(&key);
+            ctx.update(against.as_bytes());
+            let mut out = [0u8; 32];
+            out.copy_from_slice(ctx.sign().as_ref());
+            out
+        };
         let cell = {
             let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
             inflight.entry(key).or_default().clone()

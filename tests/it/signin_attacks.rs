@@ -63,8 +63,35 @@ async fn a_right_password_does_not_reset_the_count_of_wrong_second_factor_codes(
     assert_eq!(page.status, 429, "{}", page.body);
 }
 
+/// Posts the sign-in form with the test password, in the background.
+fn spawn_sign_in(
+    gh: &Gatehouse,
+    browser: &Visitor,
+    csrf: &str,
+) -> tokio::task::JoinHandle<reqwest::Response> {
+    let url = gh.http_url("/auth/login");
+    let cookie = format!("{CSRF_COOKIE}={}", browser.cookies[CSRF_COOKIE]);
+    let csrf = csrf.to_owned();
+    tokio::spawn(async move {
+        no_redirects_client()
+            .post(url)
+            .header("cookie", cookie)
+            .form(&[
+                ("csrf", csrf.as_str()),
+                ("rd", "/"),
+                ("user", "ada"),
+                ("password", PASSWORD),
+            ])
+            .send()
+            .await
+            .unwrap()
+    })
+}
+
 /// A sign-in whose password was checked against the old hash must not leave a live session when
-/// the password changes (and the user's sessions are ended) before the session is stored.
+/// the password changes (and the user's sessions are ended) before the session is stored; nor
+/// may a sign-in that starts after the change, with the old password, share the verification
+/// of one still running against the old hash.
 #[tokio::test]
 async fn a_sign_in_that_straddles_a_password_change_leaves_no_session() {
     let upstream = Upstream::start().await;
@@ -88,24 +115,7 @@ async fn a_sign_in_that_straddles_a_password_change_leaves_no_session() {
             .await
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let sign_in = {
-        let url = gh.http_url("/auth/login");
-        let cookie = format!("{CSRF_COOKIE}={}", browser.cookies[CSRF_COOKIE]);
-        tokio::spawn(async move {
-            no_redirects_client()
-                .post(url)
-                .header("cookie", cookie)
-                .form(&[
-                    ("csrf", csrf.as_str()),
-                    ("rd", "/"),
-                    ("user", "ada"),
-                    ("password", PASSWORD),
-                ])
-                .send()
-                .await
-                .unwrap()
-        })
-    };
+    let before = spawn_sign_in(&gh, &browser, &csrf);
     tokio::time::sleep(Duration::from_millis(300)).await;
     // What a password change does (PATCH /admin/v1/users/ada): a new hash, then every session
     // of the user ended.
@@ -124,25 +134,29 @@ async fn a_sign_in_that_straddles_a_password_change_leaves_no_session() {
         .unwrap();
     let id = gh.app.store.user_by_name("ada").await.unwrap().unwrap().id;
     gh.app.store.delete_user_sessions(id).await.unwrap();
+    let after = spawn_sign_in(&gh, &browser, &csrf);
+    tokio::time::sleep(Duration::from_millis(300)).await;
     release.send(()).unwrap();
     blocker.await.unwrap().unwrap();
-    let response = sign_in.await.unwrap();
-    let status = response.status().as_u16();
-    assert!([303, 401].contains(&status), "{status}");
-    let session = response
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(|v| v.strip_prefix(&format!("{SESSION_COOKIE}=")))
-        .and_then(|v| v.split(';').next())
-        .map(str::to_owned);
-    if let Some(id) = session.filter(|id| !id.is_empty()) {
-        assert_eq!(
-            session_status(&gh, &id).await,
-            401,
-            "a session signed in with the old password outlived the change"
-        );
+    for (which, sign_in) in [("before", before), ("after", after)] {
+        let response = sign_in.await.unwrap();
+        let status = response.status().as_u16();
+        assert!([303, 401].contains(&status), "{which}: {status}");
+        let session = response
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(|v| v.strip_prefix(&format!("{SESSION_COOKIE}=")))
+            .and_then(|v| v.split(';').next())
+            .map(str::to_owned);
+        if let Some(id) = session.filter(|id| !id.is_empty()) {
+            assert_eq!(
+                session_status(&gh, &id).await,
+                401,
+                "{which} the change: a session signed in with the old password outlived it"
+            );
+        }
     }
 }
 
