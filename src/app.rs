@@ -80,6 +80,7 @@ impl App {
             store.clone(),
             tokens.clone(),
             sessions.clone(),
+            crate::lockout::Policy::from_config(&config.mfa.lockout),
             clock.clone(),
         )?);
         let notifier = Arc::new(Notifier::new(

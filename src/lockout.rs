@@ -1,7 +1,8 @@
 //! Failure counting and lockout (SPEC §5, §10): `max_failures` failed attempts within `window`
-//! lock the user's factors for `duration`; a success clears the count; asking for a new code does
-//! not. Counting comes before checking: an attempt reserves its failure before its code is
-//! compared, so however many attempts arrive at once, at most `max_failures` codes are compared.
+//! lock the user's factors for `duration`; a right code clears the count, a right password gives
+//! back only its own attempt; asking for a new code does neither. Counting comes before checking:
+//! an attempt reserves its failure before its code is compared, so however many attempts arrive
+//! at once, at most `max_failures` codes are compared.
 
 use serde::{Deserialize, Serialize};
 
@@ -59,6 +60,22 @@ impl LockoutState {
             };
         }
         Reservation::Granted { locks: None }
+    }
+
+    /// Gives back the one attempt reserved at `reserved_at` whose credential proved right, and
+    /// nothing else: the failures other attempts counted stay counted. A right password must not
+    /// wipe the wrong codes before it, or whoever holds the password could guess the second
+    /// factor without end (SPEC §10). The lock goes only when this attempt's reservation set it
+    /// (`locks`, as [`Reservation::Granted`] reported it), and has not been set anew since.
+    pub fn release(&mut self, reserved_at: i64, locks: Option<i64>) {
+        if let Some(i) = self.failures.iter().rposition(|t| *t == reserved_at) {
+            self.failures.remove(i);
+        }
+        if let Some(duration) = locks
+            && self.locked_until == Some(reserved_at.saturating_add(duration))
+        {
+            self.locked_until = None;
+        }
     }
 }
 
@@ -150,6 +167,33 @@ mod tests {
         );
         assert_eq!(s.retry_after(1400), None, "{s:?}");
         assert_eq!(s.failures, vec![1200, 1300, 1400]);
+    }
+
+    #[test]
+    fn a_released_attempt_leaves_the_other_failures_counted() {
+        let mut s = LockoutState::default();
+        reserve_n(&mut s, 3, 1000);
+        assert_eq!(
+            s.reserve(1001, POLICY),
+            Reservation::Granted { locks: None }
+        );
+        s.release(1001, None);
+        assert_eq!(s.failures, vec![1000, 1000, 1000]);
+        // The attempt that set the lock takes it away when it was right...
+        reserve_n(&mut s, 1, 1002);
+        let locks = s.reserve(1003, POLICY);
+        assert_eq!(locks, Reservation::Granted { locks: Some(900) });
+        s.release(1003, Some(900));
+        assert_eq!(s.failures.len(), 4);
+        assert_eq!(s.retry_after(1003), None);
+        // ...and the next wrong one locks again.
+        assert_eq!(
+            s.reserve(1004, POLICY),
+            Reservation::Granted { locks: Some(900) }
+        );
+        // A lock another attempt set stays.
+        s.release(1004, None);
+        assert_eq!(s.retry_after(1004), Some(900));
     }
 
     #[test]

@@ -87,16 +87,20 @@ fn well_formed(value: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-/// Every value of the cookie `name` in the request's `Cookie` headers (RFC 6265 §5.4).
+/// Every value of the cookie `name` in the request's `Cookie` headers (RFC 6265 §5.4). A header
+/// is read as UTF-8, not only as visible ASCII: browsers send every cookie of the host in one
+/// header, the application's own among them, and those may hold UTF-8.
 pub fn cookie_values<'h>(headers: &'h HeaderMap, name: &'h str) -> impl Iterator<Item = &'h str> {
     headers
         .get_all(header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| std::str::from_utf8(v.as_bytes()).ok())
         .flat_map(|v| v.split(';'))
         .filter_map(move |pair| {
             let (n, value) = pair.split_once('=')?;
-            (n.trim() == name).then(|| value.trim().trim_matches('"'))
+            // ASCII whitespace only, as browsers trim names before they check a `__Host-`
+            // prefix: a name padded with other spaces is another site's cookie, not ours.
+            (n.trim_ascii() == name).then(|| value.trim_ascii().trim_matches('"'))
         })
 }
 
@@ -118,9 +122,9 @@ fn presented<'h>(headers: &'h HeaderMap, name: &'h str) -> Presented<'h> {
 pub fn without_cookies(value: &str, names: &[&str]) -> Option<String> {
     let kept: Vec<&str> = value
         .split(';')
-        .map(str::trim)
+        .map(str::trim_ascii)
         .filter(|pair| {
-            let name = pair.split_once('=').map_or(*pair, |(n, _)| n).trim();
+            let name = pair.split_once('=').map_or(*pair, |(n, _)| n).trim_ascii();
             !pair.is_empty() && !names.contains(&name)
         })
         .collect();
@@ -336,17 +340,59 @@ impl Sessions {
         if !ours {
             return;
         }
+        let kept = self.app_cookies(headers);
+        headers.remove(header::COOKIE);
+        if let Some(v) = kept {
+            headers.insert(header::COOKIE, v);
+        }
+    }
+
+    /// The request's cookies without the session and CSRF cookies, as one `Cookie` value;
+    /// `None` when nothing is left. A header that is not UTF-8 cannot be read as cookies (nor
+    /// was a session read from it): not known to be free of ours, it is left out.
+    pub fn app_cookies(&self, headers: &HeaderMap) -> Option<HeaderValue> {
+        let names = [self.cookie_name.as_str(), self.csrf_cookie_name.as_str()];
         let kept: Vec<String> = headers
             .get_all(header::COOKIE)
             .iter()
-            .filter_map(|v| v.to_str().ok())
+            .filter_map(|v| std::str::from_utf8(v.as_bytes()).ok())
             .filter_map(|v| without_cookies(v, &names))
             .collect();
-        headers.remove(header::COOKIE);
-        if !kept.is_empty()
-            && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
-        {
-            headers.insert(header::COOKIE, v);
+        if kept.is_empty() {
+            return None;
+        }
+        HeaderValue::from_bytes(kept.join("; ").as_bytes()).ok()
+    }
+}
+
+impl Sessions {
+    /// Removes from an upstream response every `Set-Cookie` of gatehouse's cookies: only
+    /// gatehouse sets its session and CSRF cookies, so no application can plant one in a browser.
+    pub fn strip_set_cookies(&self, headers: &mut HeaderMap) {
+        let names = [self.cookie_name.as_str(), self.csrf_cookie_name.as_str()];
+        let ours = |value: &HeaderValue| {
+            let name = value
+                .as_bytes()
+                .split(|&b| b == b'=')
+                .next()
+                .unwrap_or_default()
+                .trim_ascii();
+            names
+                .iter()
+                .any(|n| n.as_bytes().eq_ignore_ascii_case(name))
+        };
+        if !headers.get_all(header::SET_COOKIE).iter().any(ours) {
+            return;
+        }
+        let kept: Vec<HeaderValue> = headers
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .filter(|v| !ours(v))
+            .cloned()
+            .collect();
+        headers.remove(header::SET_COOKIE);
+        for value in kept {
+            headers.append(header::SET_COOKIE, value);
         }
     }
 }
@@ -407,6 +453,24 @@ mod tests {
             ),
             Presented::Id(ID)
         );
+    }
+
+    #[test]
+    fn a_name_padded_with_unicode_space_is_not_ours() {
+        let name = "__Host-gatehouse";
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_bytes(format!("\u{a0}{name}={ID}; x=Jos\u{e9}").as_bytes())
+                .unwrap_or(HeaderValue::from_static("")),
+        );
+        assert_eq!(presented(&h, name), Presented::None);
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_bytes(format!("\t{name}={ID}").as_bytes())
+                .unwrap_or(HeaderValue::from_static("")),
+        );
+        assert_eq!(presented(&h, name), Presented::Id(ID));
     }
 
     #[test]

@@ -197,13 +197,12 @@ fn is_secret_param(name: &str) -> bool {
 }
 
 /// Replaces the value of every credential-like query parameter with `REDACTED`. Pairs are split
-/// at `;` too, as some frameworks do.
+/// at `;` too, as some frameworks do. A value that is itself a path with a query (the sign-in
+/// pages' `rd=%2Fapp%3Faccess_token%3D…`, which carries a navigation's target) has its own
+/// credentials redacted the same way.
 pub fn redact_query(query: &str) -> Cow<'_, str> {
-    let pairs = || query.split(['&', ';']);
-    if !pairs().any(|pair| is_secret_param(pair.split('=').next().unwrap_or_default())) {
-        return Cow::Borrowed(query);
-    }
     let mut redacted = String::with_capacity(query.len());
+    let mut changed = false;
     let mut rest = query;
     loop {
         let end = rest.find(['&', ';']).unwrap_or(rest.len());
@@ -212,8 +211,18 @@ pub fn redact_query(query: &str) -> Cow<'_, str> {
             Some((name, _)) if is_secret_param(name) => {
                 redacted.push_str(name);
                 redacted.push_str("=REDACTED");
+                changed = true;
             }
-            _ => redacted.push_str(pair),
+            Some((name, value)) => match redact_nested(value) {
+                Some(value) => {
+                    redacted.push_str(name);
+                    redacted.push('=');
+                    redacted.push_str(&value);
+                    changed = true;
+                }
+                None => redacted.push_str(pair),
+            },
+            None => redacted.push_str(pair),
         }
         let Some(separator) = rest[end..].chars().next() else {
             break;
@@ -221,7 +230,32 @@ pub fn redact_query(query: &str) -> Cow<'_, str> {
         redacted.push(separator);
         rest = &rest[end + 1..];
     }
-    Cow::Owned(redacted)
+    if changed {
+        Cow::Owned(redacted)
+    } else {
+        Cow::Borrowed(query)
+    }
+}
+
+/// A parameter value that encodes a target with a query, re-encoded with that query's
+/// credentials redacted; `None` when there is nothing to redact in it.
+fn redact_nested(value: &str) -> Option<String> {
+    let escaped_mark = value
+        .as_bytes()
+        .windows(3)
+        .any(|w| w.eq_ignore_ascii_case(b"%3f"));
+    if !escaped_mark && !value.contains('?') {
+        return None;
+    }
+    let decoded = percent_encoding::percent_decode_str(&value.replace('+', " "))
+        .decode_utf8()
+        .ok()?
+        .into_owned();
+    let (target, query) = decoded.split_once('?')?;
+    let Cow::Owned(query) = redact_query(query) else {
+        return None;
+    };
+    Some(form_urlencoded::byte_serialize(format!("{target}?{query}").as_bytes()).collect())
 }
 
 /// Path segments whose next segment is a secret: `/enroll/{ticketId}` opens a TOTP seed.
@@ -294,6 +328,21 @@ mod tests {
             redact_query("WsAccess%4Bey=s3cret;ticket=t&x=1"),
             "WsAccess%4Bey=REDACTED;ticket=REDACTED&x=1"
         );
+    }
+
+    #[test]
+    fn credentials_in_a_target_carried_by_a_parameter_are_redacted() {
+        // The sign-in page's URL for a navigation to /app?access_token=abc&page=2.
+        assert_eq!(
+            redact_query("rd=%2Fapp%3Faccess_token%3Dabc%26page%3D2"),
+            "rd=%2Fapp%3Faccess_token%3DREDACTED%26page%3D2"
+        );
+        // Nested once more (sign-in, then step-up), in lower-case escapes.
+        let twice = "rd=%2Fauth%2Fstep-up%3frd%3D%252Fx%253Fcode%253D123456";
+        let redacted = redact_query(twice);
+        assert!(!redacted.contains("123456"), "{redacted}");
+        assert_eq!(redact_query("rd=%2Fapp%3Fpage%3D2"), "rd=%2Fapp%3Fpage%3D2");
+        assert_eq!(redact_query("q=what%3F"), "q=what%3F");
     }
 
     #[test]

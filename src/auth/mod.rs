@@ -115,9 +115,8 @@ pub enum SignInError {
     /// Unknown user, wrong password, or a user who may not sign in: one answer for all; the
     /// reason is for the log.
     Refused(&'static str),
-    /// The user's lockout holds for this many more seconds.
-    Locked(i64),
-    /// Throttled, busy or the store unavailable, as for any credential.
+    /// Throttled (the user's lockout or the address's limit), busy or the store unavailable, as
+    /// for any credential.
     Auth(AuthError),
 }
 
@@ -125,6 +124,15 @@ impl From<AuthError> for SignInError {
     fn from(e: AuthError) -> SignInError {
         SignInError::Auth(e)
     }
+}
+
+/// A password the sign-in page accepted: the principal, and the hash the password matched, so
+/// that the session started for it can be checked against a password changed meanwhile
+/// ([`Authenticator::password_unchanged`]). No `Debug`: it holds the hash.
+pub struct SignedIn {
+    pub principal: Principal,
+    user_id: u64,
+    password_hash: String,
 }
 
 /// How long a client refused with [`AuthError::Busy`] is told to wait, in seconds.
@@ -240,6 +248,8 @@ pub struct Authenticator {
     external: external::ExternalUsers,
     /// Browser sessions: the session cookie is a credential like the others.
     sessions: Arc<Sessions>,
+    /// The users' lockout (`mfa.lockout`), which wrong passwords count towards too.
+    lockout: Policy,
 }
 
 impl Authenticator {
@@ -248,6 +258,7 @@ impl Authenticator {
         store: Arc<dyn Store>,
         tokens: Arc<Tokens>,
         sessions: Arc<Sessions>,
+        lockout: Policy,
         clock: Arc<dyn Clock>,
     ) -> Result<Authenticator, String> {
         let rng = ring::rand::SystemRandom::new();
@@ -277,6 +288,7 @@ impl Authenticator {
             ),
             inflight: std::sync::Mutex::new(HashMap::new()),
             sessions,
+            lockout,
         })
     }
 
@@ -439,9 +451,11 @@ impl Authenticator {
         };
         let cached = self.basic_cache.get(&key).is_some_and(|h| *h == *hash);
         if !cached {
+            // Guessed passwords count towards the user's lockout whichever way they come (SPEC
+            // §10): Basic as much as the sign-in page.
             let check = hash.clone();
             let ok = self
-                .verify_once(key, client, move || {
+                .verify_once(key, &hash, client, Some(user.id), move || {
                     secret::verify_password(&password, &check)
                 })
                 .await?;
@@ -455,15 +469,15 @@ impl Authenticator {
 
     /// Checks a password typed on the sign-in page (SPEC §11). Within the per-address limit, a
     /// known user's attempt first reserves a failure in the store under the user's lockout
-    /// (SPEC §10), which a right password gives back; an unknown user costs the same hash, so
-    /// both refusals look and take the same. A disabled user is refused like a wrong password.
+    /// (SPEC §10), which a right password gives back (that one failure only); an unknown user
+    /// costs the same hash, so both refusals look and take the same. A disabled user is refused
+    /// like a wrong password.
     pub async fn sign_in(
         &self,
         user_name: &str,
         password: String,
         client: IpAddr,
-        policy: Policy,
-    ) -> Result<Principal, SignInError> {
+    ) -> Result<SignedIn, SignInError> {
         let (key, found) = self.password_holder(user_name, &password, client).await?;
         let Some((user, hash)) = found else {
             self.verify_nothing(key, client, password).await?;
@@ -472,30 +486,22 @@ impl Authenticator {
             self.store.flush().await.map_err(AuthError::from)?;
             return Err(SignInError::Refused("unknown user or no password"));
         };
-        let reservation = self
-            .store
-            .reserve_attempt(user.id, self.clock.unix(), policy)
-            .await
-            .map_err(AuthError::from)?;
-        if let Reservation::Refused { retry_after } = reservation {
-            return Err(SignInError::Locked(retry_after));
-        }
+        let stored_hash = hash.clone();
         let ok = self
-            .verify_once(key, client, move || {
+            .verify_once(key, &stored_hash, client, Some(user.id), move || {
                 secret::verify_password(&password, &hash)
             })
             .await?;
         if !ok {
-            // The reserved failure stays counted, durably before the answer.
-            self.store.flush().await.map_err(AuthError::from)?;
             return Err(SignInError::Refused("wrong password"));
         }
-        self.store
-            .clear_failures(user.id)
-            .await
-            .map_err(AuthError::from)?;
-        Principal::admit(&user, user.scopes.clone(), vec![Method::Pwd])
-            .map_err(|_| SignInError::Refused("user disabled"))
+        let principal = Principal::admit(&user, user.scopes.clone(), vec![Method::Pwd])
+            .map_err(|_| SignInError::Refused("user disabled"))?;
+        Ok(SignedIn {
+            principal,
+            user_id: user.id,
+            password_hash: stored_hash,
+        })
     }
 
     /// Within the per-address limit, the credential's cache key and the user it names with their
@@ -526,7 +532,7 @@ impl Authenticator {
         client: IpAddr,
         password: String,
     ) -> Result<(), AuthError> {
-        self.verify_once(key, client, move || {
+        self.verify_once(key, "", client, None, move || {
             secret::verify_nothing(&password);
             false
         })
@@ -534,15 +540,42 @@ impl Authenticator {
         .map(|_| ())
     }
 
-    /// Runs `verify` for the credential `key` on the hashing threads, once for every caller
-    /// that asks while it runs. The one that runs it reserves a failure for `client` first and
-    /// gives it back when the password was right.
+    /// Whether the user of `signed_in` still has the password it was checked against, and may
+    /// still sign in. Asked after its session is stored: a password change writes the new hash
+    /// before it ends the user's sessions, so a session stored before that end is ended by it,
+    /// and one stored after is seen here.
+    pub async fn password_unchanged(&self, signed_in: &SignedIn) -> Result<bool, AuthError> {
+        Ok(self
+            .store
+            .user_by_id(signed_in.user_id)
+            .await?
+            .is_some_and(|u| {
+                u.is_valid && u.password_hash.as_deref() == Some(signed_in.password_hash.as_str())
+            }))
+    }
+
+    /// Runs `verify` for the credential `key` against the stored hash `against` on the hashing
+    /// threads, once for every caller that asks while it runs. Only callers that read the same
+    /// hash share the outcome: one that read a changed password's new hash must not be told
+    /// what the old one said. The one that runs it reserves a failure for `client` first, and
+    /// one under the lockout of `user` (SPEC §10) when the password is a user's, and gives each
+    /// back when the password was right; a burst of one credential costs one reservation.
     async fn verify_once(
         &self,
         key: [u8; 32],
+        against: &str,
         client: IpAddr,
+        user: Option<u64>,
         verify: impl FnOnce() -> bool + Send + 'static,
     ) -> Result<bool, AuthError> {
+        let key = {
+            let mut ctx = ring::hmac::Context::with_key(&self.cache_key);
+            ctx.update(&key);
+            ctx.update(against.as_bytes());
+            let mut out = [0u8; 32];
+            out.copy_from_slice(ctx.sign().as_ref());
+            out
+        };
         let cell = {
             let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
             inflight.entry(key).or_default().clone()
@@ -552,15 +585,36 @@ impl Authenticator {
                 self.failures
                     .reserve(client, self.clock.unix())
                     .map_err(|throttle::Throttled(seconds)| AuthError::Throttled(seconds))?;
+                let reserved = match user {
+                    Some(id) => match self.reserve_for(id).await {
+                        Ok(reserved) => Some((id, reserved)),
+                        Err(e) => {
+                            self.failures.release(client);
+                            return Err(e);
+                        }
+                    },
+                    None => None,
+                };
                 let ok = match self.hashes.run(verify).await {
                     Ok(ok) => ok,
                     Err(hashing::Busy) => {
                         self.failures.release(client);
+                        if let Some((id, (at, locks))) = reserved {
+                            self.store.release_attempt(id, at, locks).await?;
+                        }
                         return Err(AuthError::Busy);
                     }
                 };
                 if ok {
                     self.failures.release(client);
+                    if let Some((id, (at, locks))) = reserved {
+                        // Only this attempt is given back: the count also holds the user's
+                        // wrong second-factor codes, which a right password must not wipe.
+                        self.store.release_attempt(id, at, locks).await?;
+                    }
+                } else if reserved.is_some() {
+                    // The reserved failure stays counted, durably before the answer.
+                    self.store.flush().await?;
                 }
                 Ok(ok)
             })
@@ -571,6 +625,22 @@ impl Authenticator {
             inflight.remove(&key);
         }
         result
+    }
+
+    /// Reserves one attempt under the user's lockout: when it was reserved and whether its
+    /// failure locks the user; 429 (as `Throttled`) while the user is locked.
+    async fn reserve_for(&self, user_id: u64) -> Result<(i64, Option<i64>), AuthError> {
+        let now = self.clock.unix();
+        match self
+            .store
+            .reserve_attempt(user_id, now, self.lockout)
+            .await?
+        {
+            Reservation::Granted { locks } => Ok((now, locks)),
+            Reservation::Refused { retry_after } => Err(AuthError::Throttled(
+                u64::try_from(retry_after).unwrap_or(1).max(1),
+            )),
+        }
     }
 
     fn cache_key_for(&self, user_name: &str, password: &str) -> [u8; 32] {

@@ -38,6 +38,7 @@ impl Gateway {
         };
         match policy::decide_rule(rule, principal.as_ref(), self.require_app) {
             Decision::Allow => Ok(principal),
+            Decision::Unauthenticated if principal.is_some() => Err(Rejection::NoApplicationToken),
             Decision::Unauthenticated => Err(Rejection::Unauthenticated(None)),
             Decision::MfaRequired => Err(Rejection::MfaRequired),
             Decision::MissingScope(scope) => Err(Rejection::MissingScope(scope)),

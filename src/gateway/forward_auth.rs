@@ -15,8 +15,8 @@ use crate::proxy::forward::{self, DescribeError};
 const CLASS: &str = "forward_auth";
 
 impl Gateway {
-    /// The decision for the request a trusted proxy describes, as 200 with identity headers, or
-    /// the inline proxy's 401/403. The described request comes from `X-Forwarded-Uri` (with
+    /// The decision for the request a trusted proxy describes, as 200 with identity headers (and
+    /// `Cookie`: the request's cookies without gatehouse's), or the inline proxy's 401/403. The described request comes from `X-Forwarded-Uri` (with
     /// `X-Forwarded-Method`), else `X-Original-URL`, else the path after `/auth/verify` (Envoy's
     /// `ext_authz` with a path prefix); `path` is the forward-auth request's normalised path.
     pub(super) async fn forward_auth(
@@ -59,6 +59,12 @@ impl Gateway {
             && let Err(rejection) = self.set_identity(response.headers_mut(), principal)
         {
             return Outcome::refused(CLASS, rejection);
+        }
+        // The request's cookies without gatehouse's, for a proxy that sets the forwarded
+        // request's `Cookie` from this answer (Traefik's authResponseHeaders, nginx's
+        // auth_request_set): the session id never reaches the application (SPEC §11).
+        if let Some(cookies) = self.sessions.app_cookies(&parts.headers) {
+            response.headers_mut().insert(header::COOKIE, cookies);
         }
         Outcome {
             principal,

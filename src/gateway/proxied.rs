@@ -67,7 +67,10 @@ impl Gateway {
                 ..Outcome::refused(class, rejection)
             };
         };
-        let (response, latency) = self.forward(Request::from_parts(parts, body), target).await;
+        let (mut response, latency) = self.forward(Request::from_parts(parts, body), target).await;
+        if let Ok(response) = &mut response {
+            self.sessions.strip_set_cookies(response.headers_mut());
+        }
         Outcome {
             principal,
             upstream_latency: Some(latency),

@@ -20,6 +20,10 @@ pub(super) enum Rejection {
     BadCredentials(&'static str),
     /// The reason is for the log; the client sees one body for every reason.
     Unauthenticated(Option<String>),
+    /// Valid credentials without the ApplicationToken `auth.require_application_token` asks for:
+    /// answered like [`Rejection::Unauthenticated`], but never with a sign-in redirect, since no
+    /// browser can send the header and signing in again would not help.
+    NoApplicationToken,
     AuthUnavailable(String),
     /// Too many passwords are being hashed (SPEC §10).
     HashingBusy,
@@ -57,6 +61,7 @@ impl Rejection {
             Rejection::BadCredentials(_) => Some("malformed"),
             Rejection::Unauthenticated(None) => Some("missing"),
             Rejection::Unauthenticated(Some(_)) => Some("invalid"),
+            Rejection::NoApplicationToken => Some("missing"),
             Rejection::AuthUnavailable(_) => Some("unavailable"),
             Rejection::HashingBusy => Some("busy"),
             Rejection::TooManyFailures(_) => Some("throttled"),
@@ -79,6 +84,7 @@ impl std::fmt::Display for Rejection {
             Rejection::BadCredentials(why) => write!(f, "malformed credentials: {why}"),
             Rejection::Unauthenticated(None) => f.write_str("no credential"),
             Rejection::Unauthenticated(Some(why)) => write!(f, "invalid credential: {why}"),
+            Rejection::NoApplicationToken => f.write_str("no ApplicationToken"),
             Rejection::AuthUnavailable(why) => write!(f, "cannot verify credentials: {why}"),
             Rejection::HashingBusy => f.write_str("password hashing at capacity"),
             Rejection::TooManyFailures(_) => {
@@ -133,7 +139,7 @@ impl Rejection {
                 "Malformed credentials",
                 format!("The request's credentials cannot be read: {why}."),
             ),
-            Rejection::Unauthenticated(_) => Problem::new(
+            Rejection::Unauthenticated(_) | Rejection::NoApplicationToken => Problem::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthenticated",
                 "Authentication required",
@@ -252,7 +258,7 @@ pub(super) fn render(rejection: &Rejection, path: &str, request_id: &str) -> Res
     }
     if matches!(
         rejection,
-        Rejection::Unauthenticated(_) | Rejection::Redirect { .. }
+        Rejection::Unauthenticated(_) | Rejection::NoApplicationToken | Rejection::Redirect { .. }
     ) {
         challenge(response.headers_mut(), Challenge::BearerOrBasic);
     }

@@ -595,6 +595,16 @@ pub trait Store: Send + Sync {
     ) -> StoreResult<Reservation>;
     /// Releases the user's reserved attempts and resets the failure count and the lock.
     async fn clear_failures(&self, user_id: u64) -> StoreResult<()>;
+    /// Gives back one attempt [`Store::reserve_attempt`] granted at `reserved_at` (with its
+    /// `locks`) whose credential was right, leaving the failures of other attempts counted
+    /// ([`LockoutState::release`]), atomically like the reservation. For a password: its
+    /// success says nothing about the second factor's wrong codes.
+    async fn release_attempt(
+        &self,
+        user_id: u64,
+        reserved_at: i64,
+        locks: Option<i64>,
+    ) -> StoreResult<()>;
     /// Counts one send under `key`; `false` (and nothing counted) when `limit` sends already
     /// happened within `window` seconds.
     async fn count_send(&self, key: &str, now: i64, window: i64, limit: u32) -> StoreResult<bool>;

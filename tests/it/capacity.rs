@@ -138,6 +138,8 @@ async fn wrong_passwords_beyond_the_hashing_queue_get_503_with_retry_after_in_ev
         c.auth.max_concurrent_hashes = 1;
         c.auth.max_queued_hashes = 2;
         c.auth.failed_password_limit = 0;
+        // Guesses count towards the user's lockout too; here only the hashing bound is tested.
+        c.mfa.lockout.max_failures = 1000;
     })
     .await;
     gh.create_user(
@@ -194,6 +196,8 @@ async fn wrong_passwords_from_one_address_get_429_while_other_addresses_still_si
     let gh = Gatehouse::start_with(&upstream, |c| {
         c.auth.failed_password_limit = 3;
         c.auth.failed_password_window = Duration::from_secs(600);
+        // Guesses count towards the user's lockout too; here only the per-address limit is tested.
+        c.mfa.lockout.max_failures = 1000;
     })
     .await;
     gh.create_user(

@@ -265,6 +265,18 @@ impl Store for FaultyStore {
         self.inner.clear_failures(user_id).await
     }
 
+    async fn release_attempt(
+        &self,
+        user_id: u64,
+        reserved_at: i64,
+        locks: Option<i64>,
+    ) -> StoreResult<()> {
+        self.gate("release_attempt").await?;
+        self.inner
+            .release_attempt(user_id, reserved_at, locks)
+            .await
+    }
+
     async fn count_send(&self, key: &str, now: i64, window: i64, limit: u32) -> StoreResult<bool> {
         self.gate("count_send").await?;
         self.inner.count_send(key, now, window, limit).await

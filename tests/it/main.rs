@@ -33,6 +33,7 @@ mod reload;
 mod replicas;
 mod shutdown;
 mod signin;
+mod signin_attacks;
 mod signin_browser;
 mod smtp;
 mod stores;

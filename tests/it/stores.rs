@@ -89,6 +89,7 @@ on_both_backends!(
     concurrent_failures_through_two_handles_are_all_counted,
     concurrent_reservations_through_two_handles_grant_at_most_max_failures,
     a_lock_refuses_reservations_until_cleared,
+    a_released_attempt_leaves_the_other_failures_counted,
     a_code_logs_in_once_and_not_after_expiry,
     a_code_logs_in_once_under_concurrency,
     sends_are_limited_within_the_window,
@@ -573,6 +574,47 @@ async fn a_lock_refuses_reservations_until_cleared(s: Subject) {
             .await
             .unwrap(),
         Reservation::Granted { locks: None }
+    );
+}
+
+/// A right password gives back its own attempt only: the failures counted before it (the
+/// second factor's wrong codes) stay, on either handle.
+async fn a_released_attempt_leaves_the_other_failures_counted(s: Subject) {
+    let user = s
+        .store
+        .create_user(new_user("ada"), NOW_UNIX)
+        .await
+        .unwrap();
+    let policy = Policy {
+        max_failures: 3,
+        window: 300,
+        duration: 900,
+    };
+    for at in [1000, 1001] {
+        s.store.reserve_attempt(user.id, at, policy).await.unwrap();
+    }
+    let locks = match s.twin.reserve_attempt(user.id, 1002, policy).await.unwrap() {
+        Reservation::Granted { locks } => locks,
+        refused => panic!("{refused:?}"),
+    };
+    assert_eq!(locks, Some(900));
+    s.twin.release_attempt(user.id, 1002, locks).await.unwrap();
+    let state = s.store.lockout(user.id).await.unwrap();
+    assert_eq!(state.failures, vec![1000, 1001]);
+    assert_eq!(state.locked_until, None);
+    // The next wrong attempt is the third failure: it locks.
+    assert_eq!(
+        s.store
+            .reserve_attempt(user.id, 1003, policy)
+            .await
+            .unwrap(),
+        Reservation::Granted { locks: Some(900) }
+    );
+    // Releasing an attempt that did not set the lock leaves it.
+    s.twin.release_attempt(user.id, 1001, None).await.unwrap();
+    assert_eq!(
+        s.store.lockout(user.id).await.unwrap().retry_after(1004),
+        Some(899)
     );
 }
 

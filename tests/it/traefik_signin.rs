@@ -12,14 +12,14 @@ use crate::harness::*;
 use crate::signin::{PASSWORD, SESSION_COOKIE, Visitor, user};
 
 /// Traefik with the shipped dynamic configuration, its addresses pointed at `gatehouse` and `app`.
-struct Traefik {
+pub(crate) struct Traefik {
     _child: tokio::process::Child,
     port: u16,
     _dir: tempfile::TempDir,
 }
 
 impl Traefik {
-    async fn start(gatehouse: std::net::SocketAddr, app: &str) -> Traefik {
+    pub(crate) async fn start(gatehouse: std::net::SocketAddr, app: &str) -> Traefik {
         let dir = tempfile::tempdir().unwrap();
         let port = {
             let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -77,18 +77,18 @@ impl Traefik {
         panic!("traefik did not route to gatehouse");
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
-    fn addr(&self) -> std::net::SocketAddr {
+    pub(crate) fn addr(&self) -> std::net::SocketAddr {
         std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 }
 
 /// Gatehouse (its own upstream unused, as in forward-auth mode) with user `ada`, and Traefik in
 /// front of `app` asking it.
-async fn deployment(app: &Upstream) -> (Gatehouse, Traefik) {
+pub(crate) async fn deployment(app: &Upstream) -> (Gatehouse, Traefik) {
     let gh = Gatehouse::start_url("http://127.0.0.1:9", |_| {}).await;
     user(&gh, "ada").await;
     let traefik = Traefik::start(gh.http_addr(), &app.url()).await;

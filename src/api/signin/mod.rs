@@ -24,7 +24,6 @@ use crate::auth::{AuthError, Authenticator, Principal, SignInError};
 use crate::body::Body;
 use crate::clock::Clock;
 use crate::config::Access;
-use crate::lockout::Policy;
 use crate::mfa::service::{Mfa, MfaError};
 use crate::path::{self, eq_ignore_case, strip_prefix_ignore_case};
 use crate::problem::Problem;
@@ -110,7 +109,6 @@ pub struct SignIn {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     rules: AccessRules,
-    policy: Policy,
     /// The origin of `server.public_url`, also accepted as the origin of a form post.
     public_origin: Option<String>,
 }
@@ -143,7 +141,6 @@ impl SignIn {
             store: services.store.clone(),
             clock: services.clock.clone(),
             rules: AccessRules::new(&config.routes, config.proxy.default),
-            policy: Policy::from_config(&config.mfa.lockout),
             public_origin: origin_of(&config.server.public_url),
         }
     }
@@ -328,18 +325,10 @@ impl SignIn {
             response
         };
         if user_name.is_empty() || user_name.len() > 256 || password.len() > 1024 {
-            return retry(
-                StatusCode::UNAUTHORIZED,
-                "The user name or password is not right.",
-                None,
-            );
+            return retry(StatusCode::UNAUTHORIZED, WRONG_PASSWORD, None);
         }
-        let principal = match self
-            .auth
-            .sign_in(user_name, password, visit.client, self.policy)
-            .await
-        {
-            Ok(principal) => principal,
+        let signed_in = match self.auth.sign_in(user_name, password, visit.client).await {
+            Ok(signed_in) => signed_in,
             Err(e) => {
                 let (status, text, after) = sign_in_failure(&e);
                 tracing::info!(reason = ?e, "sign-in refused");
@@ -348,6 +337,7 @@ impl SignIn {
                 return retry(status, text, after);
             }
         };
+        let principal = &signed_in.principal;
         let Ok(user_id) = principal.user_id.parse::<u64>() else {
             return retry(StatusCode::INTERNAL_SERVER_ERROR, UNAVAILABLE, None);
         };
@@ -366,6 +356,23 @@ impl SignIn {
                 return retry(StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE, Some(1));
             }
         };
+        // The password was checked against the hash read before it: a change since then must not
+        // leave this session alive (the change ended the user's sessions before this one existed).
+        match self.auth.password_unchanged(&signed_in).await {
+            Ok(true) => {}
+            unchanged => {
+                if let Err(e) = &unchanged {
+                    tracing::warn!(error = ?e, "cannot check the password after sign-in");
+                }
+                if let Err(e) = self.sessions.end(&id).await {
+                    tracing::warn!(error = %e, "cannot end a session");
+                }
+                return match unchanged {
+                    Ok(_) => retry(StatusCode::UNAUTHORIZED, WRONG_PASSWORD, None),
+                    Err(_) => retry(StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE, Some(1)),
+                };
+            }
+        }
         self.audit("signin", Some(&principal.user_name), Some("amr pwd".into()))
             .await;
         let next = if self.needs_step_up(&target) && self.has_factor(user_id).await {
@@ -629,21 +636,17 @@ impl SignIn {
 }
 
 const UNAVAILABLE: &str = "Signing in is not possible right now. Try again in a moment.";
+const WRONG_PASSWORD: &str = "The user name or password is not right.";
 
 /// Status, text and `Retry-After` of a refused password.
 fn sign_in_failure(e: &SignInError) -> (StatusCode, &'static str, Option<u64>) {
-    const WRONG: &str = "The user name or password is not right.";
+    const WRONG: &str = WRONG_PASSWORD;
     const WAIT: &str = "Too many attempts. Wait a few minutes, then try again.";
     match e {
         SignInError::Refused(_)
         | SignInError::Auth(
             AuthError::Invalid(_) | AuthError::Malformed(_) | AuthError::NewUsersLimited(_),
         ) => (StatusCode::UNAUTHORIZED, WRONG, None),
-        SignInError::Locked(seconds) => (
-            StatusCode::TOO_MANY_REQUESTS,
-            WAIT,
-            Some(u64::try_from(*seconds).unwrap_or(1).max(1)),
-        ),
         SignInError::Auth(AuthError::Throttled(seconds)) => {
             (StatusCode::TOO_MANY_REQUESTS, WAIT, Some(*seconds))
         }

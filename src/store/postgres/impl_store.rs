@@ -365,6 +365,15 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn release_attempt(
+        &self,
+        user_id: u64,
+        reserved_at: i64,
+        locks: Option<i64>,
+    ) -> StoreResult<()> {
+        Ok(retry(|| self.release_attempt_once(user_id, reserved_at, locks)).await?)
+    }
+
     async fn count_send(&self, key: &str, now: i64, window: i64, limit: u32) -> StoreResult<bool> {
         if !storable(key) {
             return Err(StoreError::Backend("a send key holds NUL".into()));

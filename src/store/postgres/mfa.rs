@@ -229,6 +229,22 @@ impl PgStore {
         .await
     }
 
+    /// Gives back one reserved attempt with the user's lockout row locked, like the reservation.
+    pub(super) async fn release_attempt_once(
+        &self,
+        user_id: u64,
+        reserved_at: i64,
+        locks: Option<i64>,
+    ) -> Result<(), Fail> {
+        self.locked_change(
+            "gatehouse_lockouts",
+            "user_id",
+            &key(user_id),
+            |state: &mut LockoutState| state.release(reserved_at, locks),
+        )
+        .await
+    }
+
     /// Counts a send with its row locked: `false` (and nothing counted) at the limit.
     pub(super) async fn count_send_once(
         &self,

@@ -424,6 +424,23 @@ impl Store for SledStore {
         self.durable().await
     }
 
+    async fn release_attempt(
+        &self,
+        user_id: u64,
+        reserved_at: i64,
+        locks: Option<i64>,
+    ) -> StoreResult<()> {
+        let key = mfa_key(user_id, b'l', &[]);
+        self.cas(&self.mfa, &key, |state: Option<LockoutState>| {
+            let state = state.map(|mut state| {
+                state.release(reserved_at, locks);
+                state
+            });
+            Ok((state, ()))
+        })?;
+        self.durable().await
+    }
+
     async fn count_send(&self, key: &str, now: i64, window: i64, limit: u32) -> StoreResult<bool> {
         let allowed = self.cas(&self.sends, key.as_bytes(), |sent: Option<Vec<i64>>| {
             let mut sent = sent.unwrap_or_default();
