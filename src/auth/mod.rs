@@ -431,13 +431,11 @@ impl Authenticator {
         Ok(Some((principal, record.file_id)))
     }
 
-    /// Verifies a password. The attempt first reserves a failure for `client` (SPEC §10), which
-    /// a right password, or one never compared, gives back.
-    /// Verifies a password. A credential verified recently is recognised without a hash. Any
-    /// other attempt first reserves a failure for `client` (SPEC §10), which a right password
-    /// gives back; concurrent attempts with the same credential share one hash and one
-    /// reservation, so a burst of identical requests costs one argon2 run, whether the password
-    /// is right or wrong.
+    /// Verifies a password. A credential verified recently is recognised without a hash, unless
+    /// the user is locked meanwhile. Any other attempt first reserves a failure for `client` and
+    /// one under the user's lockout (SPEC §10), which a right password gives back; concurrent
+    /// attempts with the same credential share one hash and one reservation, so a burst of
+    /// identical requests costs one argon2 run, whether the password is right or wrong.
     async fn basic(
         &self,
         user_name: &str,
@@ -450,7 +448,21 @@ impl Authenticator {
             return Err(AuthError::Invalid("unknown user or no password".into()));
         };
         let cached = self.basic_cache.get(&key).is_some_and(|h| *h == *hash);
-        if !cached {
+        if cached {
+            // A locked user refuses the right password too (SPEC §10), the remembered one as
+            // well: else, while it stays remembered, every wrong guess would be told 429 and the
+            // right one 200, without a hash or a counted failure.
+            if let Some(seconds) = self
+                .store
+                .lockout(user.id)
+                .await?
+                .retry_after(self.clock.unix())
+            {
+                return Err(AuthError::Throttled(
+                    u64::try_from(seconds).unwrap_or(1).max(1),
+                ));
+            }
+        } else {
             // Guessed passwords count towards the user's lockout whichever way they come (SPEC
             // §10): Basic as much as the sign-in page.
             let check = hash.clone();

@@ -684,3 +684,40 @@ async fn wrong_basic_passwords_count_towards_the_users_lockout() {
     let page = browser.sign_in("ada", PASSWORD, "/").await;
     assert_eq!(page.status, 429, "ten wrong passwords did not lock ada");
 }
+
+/// A locked user refuses every password, the right one too (SPEC §10). A right Basic password
+/// remembered from before the lock must not pass either: while a client of the user's keeps it
+/// remembered, whoever guesses would be told 429 for every wrong password and 200 for the right
+/// one, without a hash or a counted failure, however many guesses.
+#[tokio::test]
+async fn a_remembered_basic_password_does_not_pass_a_locked_user() {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start_with(&upstream, |c| {
+        c.mfa.lockout.max_failures = 3;
+        c.auth.failed_password_limit = 1000;
+        c.auth.basic_cache_ttl = Duration::from_secs(600);
+    })
+    .await;
+    user(&gh, "ada").await;
+    let client = http1_client();
+    let basic = |password: String| {
+        client
+            .get(gh.http_url("/private/x"))
+            .basic_auth("ada", Some(password))
+            .send()
+    };
+    // ada's own client, remembered from now on.
+    assert_eq!(basic(PASSWORD.to_owned()).await.unwrap().status(), 200);
+    let mut statuses = Vec::new();
+    for i in 0..5 {
+        statuses.push(basic(format!("guess {i}")).await.unwrap().status().as_u16());
+    }
+    assert_eq!(statuses, vec![401, 401, 401, 429, 429], "ada is locked");
+    let right = basic(PASSWORD.to_owned()).await.unwrap();
+    assert_eq!(
+        right.status(),
+        429,
+        "the right password stands out from the wrong ones while ada is locked"
+    );
+    assert!(right.headers().contains_key("retry-after"));
+}
