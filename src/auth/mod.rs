@@ -465,14 +465,24 @@ impl Authenticator {
         } else {
             // Guessed passwords count towards the user's lockout whichever way they come (SPEC
             // §10): Basic as much as the sign-in page.
+            // A disabled user's right password is as wrong as any: its attempt stays counted,
+            // or the lockout's count would tell it from the wrong ones.
             let check = hash.clone();
+            let valid = user.is_valid;
             let ok = self
                 .verify_once(key, &hash, client, Some(user.id), move || {
-                    secret::verify_password(&password, &check)
+                    secret::verify_password(&password, &check) && valid
                 })
                 .await?;
             if !ok {
-                return Err(AuthError::Invalid("wrong password".into()));
+                return Err(AuthError::Invalid(
+                    if valid {
+                        "wrong password"
+                    } else {
+                        "user disabled"
+                    }
+                    .into(),
+                ));
             }
             self.basic_cache.insert(key, hash.into());
         }
@@ -499,13 +509,20 @@ impl Authenticator {
             return Err(SignInError::Refused("unknown user or no password"));
         };
         let stored_hash = hash.clone();
+        // A disabled user's right password is as wrong as any: its attempt stays counted, or the
+        // lockout's count would tell it from the wrong ones.
+        let valid = user.is_valid;
         let ok = self
             .verify_once(key, &stored_hash, client, Some(user.id), move || {
-                secret::verify_password(&password, &hash)
+                secret::verify_password(&password, &hash) && valid
             })
             .await?;
         if !ok {
-            return Err(SignInError::Refused("wrong password"));
+            return Err(SignInError::Refused(if valid {
+                "wrong password"
+            } else {
+                "user disabled"
+            }));
         }
         let principal = Principal::admit(&user, user.scopes.clone(), vec![Method::Pwd])
             .map_err(|_| SignInError::Refused("user disabled"))?;

@@ -721,3 +721,55 @@ async fn a_remembered_basic_password_does_not_pass_a_locked_user() {
     );
     assert!(right.headers().contains_key("retry-after"));
 }
+
+/// A disabled user is refused like a wrong password (SPEC §11), in the lockout's count as well:
+/// if the right password gave its attempt back, the 429 would come one guess later after it, and
+/// a disabled account's password could be told from the wrong ones.
+#[tokio::test]
+async fn a_disabled_users_right_password_counts_like_a_wrong_one() {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start_with(&upstream, |c| {
+        c.mfa.lockout.max_failures = 3;
+        c.auth.failed_password_limit = 1000;
+    })
+    .await;
+    user(&gh, "ada").await;
+    let patch = gatehouse::store::UserPatch {
+        is_valid: Some(false),
+        ..Default::default()
+    };
+    gh.app
+        .store
+        .update_user("ada", patch, 1_767_225_600)
+        .await
+        .unwrap();
+    let mut browser = Visitor::new(gh.http_addr());
+    let mut statuses = Vec::new();
+    for password in ["guess 1", PASSWORD, "guess 2", "guess 3"] {
+        statuses.push(browser.sign_in("ada", password, "/").await.status);
+    }
+    assert_eq!(statuses, vec![401, 401, 401, 429], "sign-in page");
+    // Basic likewise.
+    user(&gh, "bea").await;
+    let patch = gatehouse::store::UserPatch {
+        is_valid: Some(false),
+        ..Default::default()
+    };
+    gh.app
+        .store
+        .update_user("bea", patch, 1_767_225_600)
+        .await
+        .unwrap();
+    let client = http1_client();
+    let mut statuses = Vec::new();
+    for password in ["guess 1", PASSWORD, "guess 2", "guess 3"] {
+        let response = client
+            .get(gh.http_url("/private/x"))
+            .basic_auth("bea", Some(password))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status().as_u16());
+    }
+    assert_eq!(statuses, vec![401, 401, 401, 429], "Basic");
+}
