@@ -371,12 +371,7 @@ impl Sessions {
     pub fn strip_set_cookies(&self, headers: &mut HeaderMap) {
         let names = [self.cookie_name.as_str(), self.csrf_cookie_name.as_str()];
         let ours = |value: &HeaderValue| {
-            let name = value
-                .as_bytes()
-                .split(|&b| b == b'=')
-                .next()
-                .unwrap_or_default()
-                .trim_ascii();
+            let name = set_cookie_name(value.as_bytes());
             names
                 .iter()
                 .any(|n| n.as_bytes().eq_ignore_ascii_case(name))
@@ -394,6 +389,23 @@ impl Sessions {
         for value in kept {
             headers.append(header::SET_COOKIE, value);
         }
+    }
+}
+
+/// The name a browser sends the cookie of a `Set-Cookie` value under (RFC 6265bis §5.6, §5.7.3):
+/// the name before the first `=`, or, for a cookie without a name, the name in its value, since
+/// the browser sends such a cookie's value alone (`=n=v` comes back as `Cookie: n=v`).
+fn set_cookie_name(value: &[u8]) -> &[u8] {
+    let pair = value.split(|&b| b == b';').next().unwrap_or_default();
+    let mut parts = pair.splitn(2, |&b| b == b'=');
+    let name = parts.next().unwrap_or_default().trim_ascii();
+    match parts.next() {
+        Some(rest) if name.is_empty() => rest
+            .split(|&b| b == b'=')
+            .next()
+            .unwrap_or_default()
+            .trim_ascii(),
+        _ => name,
     }
 }
 

@@ -596,52 +596,97 @@ async fn a_signed_in_browser_is_not_sent_back_to_sign_in_in_a_loop() {
     );
 }
 
-/// An application answering `Set-Cookie: __Host-gatehouse=…` (its own bug, an injected header,
-/// or a hostile app behind a shared gatehouse) plants a session of its choosing in the browser:
-/// the browser then acts as whoever that session belongs to (a login CSRF).
-#[tokio::test]
-async fn the_application_cannot_set_gatehouses_cookies() {
+/// An application at a fresh address that answers every request with 200 and the `Set-Cookie`
+/// header lines `cookies`; its URL.
+async fn app_setting_cookies(cookies: Vec<String>) -> String {
     let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let app_addr = app.local_addr().unwrap();
+    let head: String = cookies
+        .iter()
+        .map(|c| format!("set-cookie: {c}\r\n"))
+        .collect();
     tokio::spawn(async move {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         while let Ok((mut stream, _)) = app.accept().await {
+            let head = head.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
+                let mut request = Vec::new();
                 let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
                     match stream.read(&mut buf).await {
                         Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
                     }
                 }
                 let _ = stream
                     .write_all(
-                        format!(
-                            "HTTP/1.1 200 OK\r\nset-cookie: {SESSION_COOKIE}=planted; Path=/; \
-                             Secure; HttpOnly\r\nset-cookie: {CSRF_COOKIE}=planted; Path=/; \
-                             Secure\r\nset-cookie: theme=dark\r\ncontent-length: 2\r\n\r\nok"
-                        )
-                        .as_bytes(),
+                        format!("HTTP/1.1 200 OK\r\n{head}content-length: 2\r\n\r\nok").as_bytes(),
                     )
                     .await;
             });
         }
     });
-    let gh = Gatehouse::start_url(&format!("http://{app_addr}"), |_| {}).await;
+    format!("http://{app_addr}")
+}
+
+/// The `Set-Cookie` values a response of `gh` to `GET /public/x` carries.
+async fn set_cookies_through(gh: &Gatehouse) -> Vec<String> {
     let response = http1_client()
         .get(gh.http_url("/public/x"))
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let set: Vec<&str> = response
+    response
         .headers()
         .get_all("set-cookie")
         .iter()
-        .map(|v| v.to_str().unwrap())
-        .collect();
-    assert_eq!(set, vec!["theme=dark"]);
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect()
+}
+
+/// An application answering `Set-Cookie: __Host-gatehouse=…` (its own bug, an injected header,
+/// or a hostile app behind a shared gatehouse) plants a session of its choosing in the browser:
+/// the browser then acts as whoever that session belongs to (a login CSRF).
+#[tokio::test]
+async fn the_application_cannot_set_gatehouses_cookies() {
+    let app = app_setting_cookies(vec![
+        format!("{SESSION_COOKIE}=planted; Path=/; Secure; HttpOnly"),
+        format!("{CSRF_COOKIE}=planted; Path=/; Secure"),
+        "theme=dark".to_owned(),
+    ])
+    .await;
+    let gh = Gatehouse::start_url(&app, |_| {}).await;
+    assert_eq!(set_cookies_through(&gh).await, vec!["theme=dark"]);
+}
+
+/// A cookie without a name (`Set-Cookie: =gatehouse=x`) is sent back by the browser as its value
+/// alone, `Cookie: gatehouse=x` (RFC 6265bis §5.7.3): the application plants gatehouse's cookie
+/// under no name. Browsers refuse this only for `__Host-` and `__Secure-` values, and
+/// `sessions.cookie_name` may be any name.
+#[tokio::test]
+async fn the_application_cannot_set_gatehouses_cookies_under_no_name() {
+    let app = app_setting_cookies(vec![
+        "=gatehouse=planted; Path=/".to_owned(),
+        " = gatehouse-csrf=planted".to_owned(),
+        "=__Host-gatehouse=planted".to_owned(),
+        "=theme=dark".to_owned(),
+    ])
+    .await;
+    let gh = Gatehouse::start_url(&app, |c| c.sessions.cookie_name = "gatehouse".to_owned()).await;
+    assert_eq!(
+        set_cookies_through(&gh).await,
+        vec!["=__Host-gatehouse=planted", "=theme=dark"]
+    );
+    let gh = Gatehouse::start_url(&app, |_| {}).await;
+    assert_eq!(
+        set_cookies_through(&gh).await,
+        vec![
+            "=gatehouse=planted; Path=/",
+            "= gatehouse-csrf=planted",
+            "=theme=dark"
+        ]
+    );
 }
 
 /// The sign-in page locks a user after `max_failures` wrong passwords (SPEC §10, §11), but the
