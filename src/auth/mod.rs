@@ -52,6 +52,17 @@ impl Principal {
     }
 }
 
+/// Wrong passwords (sign-in page and Basic) are counted under a lockout of their own, apart from
+/// the second factor's wrong codes (SPEC §10): the user's id with this bit set. Wrong codes lock
+/// the factor and wrong passwords the password, each with `mfa.lockout`'s limits, so that neither
+/// a right password wipes the count of wrong codes nor wrong codes shut the user's password out.
+const PASSWORD_LOCK: u64 = 1 << 62;
+
+/// The lockout that a user's passwords count towards.
+fn password_lock(user_id: u64) -> u64 {
+    user_id | PASSWORD_LOCK
+}
+
 /// The most scopes a user created from a trusted issuer's token starts with.
 const MAX_FIRST_SIGHT_SCOPES: usize = 64;
 
@@ -454,7 +465,7 @@ impl Authenticator {
             // right one 200, without a hash or a counted failure.
             if let Some(seconds) = self
                 .store
-                .lockout(user.id)
+                .lockout(password_lock(user.id))
                 .await?
                 .retry_after(self.clock.unix())
             {
@@ -470,7 +481,7 @@ impl Authenticator {
             let check = hash.clone();
             let valid = user.is_valid;
             let ok = self
-                .verify_once(key, &hash, client, Some(user.id), move || {
+                .verify_once(key, &hash, client, Some(password_lock(user.id)), move || {
                     secret::verify_password(&password, &check) && valid
                 })
                 .await?;
@@ -513,7 +524,7 @@ impl Authenticator {
         // lockout's count would tell it from the wrong ones.
         let valid = user.is_valid;
         let ok = self
-            .verify_once(key, &stored_hash, client, Some(user.id), move || {
+            .verify_once(key, &stored_hash, client, Some(password_lock(user.id)), move || {
                 secret::verify_password(&password, &hash) && valid
             })
             .await?;

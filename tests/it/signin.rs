@@ -642,19 +642,19 @@ async fn wrong_passwords_lock_the_user_even_when_they_arrive_at_once() {
 async fn an_idle_session_ends() {
     let upstream = Upstream::start().await;
     let gh = Gatehouse::start_with(&upstream, |c| {
-        c.sessions.idle_timeout = Duration::from_secs(2);
+        c.sessions.idle_timeout = Duration::from_secs(4);
     })
     .await;
     user(&gh, "ada").await;
     let mut browser = Visitor::new(gh.http_addr());
     browser.sign_in("ada", PASSWORD, "/").await;
     let id = browser.session().unwrap();
-    // Used within the idle timeout, it lives on.
-    for _ in 0..3 {
+    // Used within the idle timeout, it lives on past it (whole seconds, so a margin of two).
+    for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(1000)).await;
         assert_eq!(session_json(&gh, &id).await.0, 200);
     }
-    tokio::time::sleep(Duration::from_millis(3100)).await;
+    tokio::time::sleep(Duration::from_millis(5100)).await;
     assert_eq!(session_json(&gh, &id).await.0, 401);
 }
 
