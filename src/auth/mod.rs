@@ -481,9 +481,13 @@ impl Authenticator {
             let check = hash.clone();
             let valid = user.is_valid;
             let ok = self
-                .verify_once(key, &hash, client, Some(password_lock(user.id)), move || {
-                    secret::verify_password(&password, &check) && valid
-                })
+                .verify_once(
+                    key,
+                    &hash,
+                    client,
+                    Some(password_lock(user.id)),
+                    move || secret::verify_password(&password, &check) && valid,
+                )
                 .await?;
             if !ok {
                 return Err(AuthError::Invalid(
@@ -524,9 +528,13 @@ impl Authenticator {
         // lockout's count would tell it from the wrong ones.
         let valid = user.is_valid;
         let ok = self
-            .verify_once(key, &stored_hash, client, Some(password_lock(user.id)), move || {
-                secret::verify_password(&password, &hash) && valid
-            })
+            .verify_once(
+                key,
+                &stored_hash,
+                client,
+                Some(password_lock(user.id)),
+                move || secret::verify_password(&password, &hash) && valid,
+            )
             .await?;
         if !ok {
             return Err(SignInError::Refused(if valid {
