@@ -34,6 +34,18 @@ pub fn with_type(status: StatusCode, content_type: &'static str, bytes: Vec<u8>)
     response
 }
 
+/// A redirect (`status` 302 or 303) to `location`, never cached, with no body.
+pub fn redirect(status: StatusCode, location: &str) -> Response<Body> {
+    let mut response = Response::new(empty());
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(location) {
+        headers.insert(header::LOCATION, v);
+    }
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
 /// `value` as `application/json`.
 pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
     with_type(

@@ -90,7 +90,7 @@ fn well_formed(value: &str) -> bool {
 /// Every value of the cookie `name` in the request's `Cookie` headers (RFC 6265 §5.4). A header
 /// is read as UTF-8, not only as visible ASCII: browsers send every cookie of the host in one
 /// header, the application's own among them, and those may hold UTF-8.
-pub fn cookie_values<'h>(headers: &'h HeaderMap, name: &'h str) -> impl Iterator<Item = &'h str> {
+fn cookie_values<'h>(headers: &'h HeaderMap, name: &'h str) -> impl Iterator<Item = &'h str> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -152,22 +152,14 @@ impl Sessions {
         }
     }
 
-    pub fn cookie_name(&self) -> &str {
-        &self.cookie_name
-    }
-
-    pub fn csrf_cookie_name(&self) -> &str {
-        &self.csrf_cookie_name
-    }
-
-    /// Whether the request carries a session cookie at all (valid or not).
-    pub fn carries_cookie(&self, headers: &HeaderMap) -> bool {
-        presented(headers, &self.cookie_name) != Presented::None
-    }
-
     /// What the request's session cookie holds.
     pub fn presented<'h>(&'h self, headers: &'h HeaderMap) -> Presented<'h> {
         presented(headers, &self.cookie_name)
+    }
+
+    /// The names of gatehouse's own cookies: the session's and the CSRF cookie's.
+    fn names(&self) -> [&str; 2] {
+        [self.cookie_name.as_str(), self.csrf_cookie_name.as_str()]
     }
 
     /// How long `last_seen` may lag: a minute, or less for short idle timeouts.
@@ -331,7 +323,7 @@ impl Sessions {
 
     /// Removes the session and CSRF cookies from the `Cookie` headers (what goes upstream).
     pub fn strip_cookies(&self, headers: &mut HeaderMap) {
-        let names = [self.cookie_name.as_str(), self.csrf_cookie_name.as_str()];
+        let names = self.names();
         // Most requests have no cookie of ours: look before rewriting anything.
         let ours = headers
             .get_all(header::COOKIE)
@@ -351,7 +343,7 @@ impl Sessions {
     /// `None` when nothing is left. A header that is not UTF-8 cannot be read as cookies (nor
     /// was a session read from it): not known to be free of ours, it is left out.
     pub fn app_cookies(&self, headers: &HeaderMap) -> Option<HeaderValue> {
-        let names = [self.cookie_name.as_str(), self.csrf_cookie_name.as_str()];
+        let names = self.names();
         let kept: Vec<String> = headers
             .get_all(header::COOKIE)
             .iter()
@@ -363,13 +355,11 @@ impl Sessions {
         }
         HeaderValue::from_bytes(kept.join("; ").as_bytes()).ok()
     }
-}
 
-impl Sessions {
     /// Removes from an upstream response every `Set-Cookie` of gatehouse's cookies: only
     /// gatehouse sets its session and CSRF cookies, so no application can plant one in a browser.
     pub fn strip_set_cookies(&self, headers: &mut HeaderMap) {
-        let names = [self.cookie_name.as_str(), self.csrf_cookie_name.as_str()];
+        let names = self.names();
         let ours = |value: &HeaderValue| {
             let name = set_cookie_name(value.as_bytes());
             names

@@ -14,10 +14,10 @@ use hyper::body::Incoming;
 use qrcode::QrCode;
 use qrcode::render::svg;
 
-use crate::api::page::{escape, page};
+use crate::api;
+use crate::api::page::{escape, form_failure, page};
 use crate::api::problem::mfa_problem;
 use crate::api::table::{self, Operation};
-use crate::api::{self, BodyError};
 use crate::body::Body;
 use crate::mfa::enroll::TicketView;
 use crate::mfa::service::{Mfa, MfaError};
@@ -132,7 +132,7 @@ impl EnrollPage {
         }
         let form = match api::read_body(parts, body).await {
             Ok(bytes) => bytes,
-            Err(e) => return body_failure(&e),
+            Err(e) => return form_failure(&e),
         };
         match self.submit(ticket_id, action, &form).await {
             Ok(response) => response,
@@ -321,40 +321,6 @@ fn problem_page(e: &MfaError) -> Response<Body> {
         problem.title,
         &format!("<p class=\"error\">{}</p>", escape(&problem.detail)),
     )
-}
-
-/// The page for a form that could not be read.
-fn body_failure(e: &BodyError) -> Response<Body> {
-    let (status, title, text) = match e {
-        BodyError::TooLarge => (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "Request too large",
-            "The form was too large.",
-        ),
-        BodyError::TimedOut => (
-            StatusCode::REQUEST_TIMEOUT,
-            "Request too slow",
-            "The form did not arrive in time. Try again.",
-        ),
-        BodyError::Busy => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Please try again",
-            "The service is busy. Try again in a moment.",
-        ),
-        BodyError::Unreadable | BodyError::Invalid(_) => (
-            StatusCode::BAD_REQUEST,
-            "Request not readable",
-            "The form could not be read.",
-        ),
-    };
-    let mut response = page(status, title, &format!("<p class=\"error\">{text}</p>"));
-    if matches!(e, BodyError::Busy) {
-        response.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(crate::auth::BUSY_RETRY_AFTER),
-        );
-    }
-    response
 }
 
 fn gone_or_unknown(e: &MfaError) -> Response<Body> {

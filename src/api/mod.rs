@@ -81,6 +81,14 @@ pub struct Context {
     pub bodies: Arc<Bodies>,
 }
 
+/// The first value of the query parameter `name` (compared exactly), form-decoded (`%40` is `@`,
+/// `+` a space).
+pub fn query_value(query: Option<&str>, name: &str) -> Option<String> {
+    form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.into_owned())
+}
+
 /// The client address of a request; unknown addresses share one (so they share one limit).
 pub fn client(parts: &Parts) -> IpAddr {
     parts

@@ -9,6 +9,7 @@ use base64::engine::general_purpose::STANDARD;
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 
+use crate::api::BodyError;
 use crate::body::{Body, full};
 
 pub const STYLE: &str = "body{font:16px/1.5 system-ui,sans-serif;margin:0;background:#f4f5f7;color:#1d2330}\
@@ -118,6 +119,40 @@ pub fn page_with(
     );
     if let Ok(v) = HeaderValue::from_str(csp()) {
         h.insert(header::CONTENT_SECURITY_POLICY, v);
+    }
+    response
+}
+
+/// The page for a form that could not be read (every page's form shares it).
+pub fn form_failure(e: &BodyError) -> Response<Body> {
+    let (status, title, text) = match e {
+        BodyError::TooLarge => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Request too large",
+            "The form was too large.",
+        ),
+        BodyError::TimedOut => (
+            StatusCode::REQUEST_TIMEOUT,
+            "Request too slow",
+            "The form did not arrive in time. Try again.",
+        ),
+        BodyError::Busy => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Please try again",
+            "The service is busy. Try again in a moment.",
+        ),
+        BodyError::Unreadable | BodyError::Invalid(_) => (
+            StatusCode::BAD_REQUEST,
+            "Request not readable",
+            "The form could not be read.",
+        ),
+    };
+    let mut response = page(status, title, &format!("<p class=\"error\">{text}</p>"));
+    if matches!(e, BodyError::Busy) {
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(crate::auth::BUSY_RETRY_AFTER),
+        );
     }
     response
 }

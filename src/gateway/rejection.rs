@@ -243,7 +243,7 @@ pub(super) fn render(rejection: &Rejection, path: &str, request_id: &str) -> Res
         ..
     } = rejection
     {
-        return found(location);
+        return crate::body::redirect(StatusCode::FOUND, location);
     }
     let mut response = rejection.problem().render(path, request_id);
     let retry_after = match rejection {
@@ -267,18 +267,6 @@ pub(super) fn render(rejection: &Rejection, path: &str, request_id: &str) -> Res
     {
         response.headers_mut().insert(header::LOCATION, v);
     }
-    response
-}
-
-/// 302 to `location`, never cached.
-fn found(location: &str) -> Response<Body> {
-    let mut response = Response::new(crate::body::empty());
-    *response.status_mut() = StatusCode::FOUND;
-    let h = response.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(location) {
-        h.insert(header::LOCATION, v);
-    }
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 

@@ -476,7 +476,7 @@ impl Admin {
 
 /// The `limit` query parameter of the admin API's lists: 1 to [`MAX_LIMIT`], default 100.
 fn limit(query: Option<&str>) -> Result<usize, AdminError> {
-    match query_value(query, "limit") {
+    match crate::api::query_value(query, "limit") {
         None => Ok(100),
         Some(v) => v
             .parse::<usize>()
@@ -490,10 +490,3 @@ fn limit(query: Option<&str>) -> Result<usize, AdminError> {
 
 /// The most entries one page of an admin API list holds.
 const MAX_LIMIT: usize = 1000;
-
-/// The first value of the query parameter `name`, form-decoded (`%40` is `@`, `+` a space).
-fn query_value(query: Option<&str>, name: &str) -> Option<String> {
-    form_urlencoded::parse(query.unwrap_or_default().as_bytes())
-        .find(|(key, _)| key == name)
-        .map(|(_, value)| value.into_owned())
-}

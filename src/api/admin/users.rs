@@ -211,7 +211,7 @@ impl Admin {
     /// following page, `null` on the last one.
     pub(super) async fn list_users(&self, query: Option<&str>) -> AdminResult {
         let limit = super::limit(query)?;
-        let after = super::query_value(query, "after");
+        let after = crate::api::query_value(query, "after");
         // One more than asked shows whether another page follows.
         let mut users = self
             .store

@@ -103,12 +103,6 @@ pub struct Nexus {
     domains: Arc<Domains>,
 }
 
-fn query_param(query: Option<&str>, name: &str) -> Option<String> {
-    form_urlencoded::parse(query.unwrap_or_default().as_bytes())
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
-}
-
 impl Nexus {
     pub fn new(
         base: &str,
@@ -227,13 +221,13 @@ impl Nexus {
         let query = parts.uri.query();
         match endpoint {
             Endpoint::MfaEnrollment => {
-                let kind = match query_param(query, "factor") {
+                let kind = match crate::api::query_value(query, "factor") {
                     None => self.mfa.default_factor(),
                     Some(f) => FactorKind::parse(&f).ok_or_else(|| {
                         NexusError::Query(format!("`factor` must be otp, sms or email, not `{f}`"))
                     })?,
                 };
-                let interactive = match query_param(query, "isInteractive") {
+                let interactive = match crate::api::query_value(query, "isInteractive") {
                     None => false,
                     Some(v) if v.eq_ignore_ascii_case("true") => true,
                     Some(v) if v.eq_ignore_ascii_case("false") => false,
@@ -275,7 +269,7 @@ impl Nexus {
                 Ok(token_response(&granted))
             }
             Endpoint::MfaChallenge => {
-                let kind = match query_param(query, "factor")
+                let kind = match crate::api::query_value(query, "factor")
                     .as_deref()
                     .and_then(FactorKind::parse)
                 {

@@ -286,12 +286,12 @@ impl SignIn {
                 ),
                 &[],
             ),
-            Refusal::Body(e) => body_failure(&e),
+            Refusal::Body(e) => crate::api::page::form_failure(&e),
         }
     }
 
     fn login_page(&self, parts: &Parts) -> Response<Body> {
-        let target = rd::target(&query_param(parts, "rd"));
+        let target = rd::target(&api::query_value(parts.uri.query(), "rd").unwrap_or_default());
         let (token, set) = self.csrf(&parts.headers);
         self.form_page(
             StatusCode::OK,
@@ -410,9 +410,12 @@ impl SignIn {
     }
 
     async fn step_up_page(&self, parts: &Parts) -> Response<Body> {
-        let target = rd::target(&query_param(parts, "rd"));
+        let target = rd::target(&api::query_value(parts.uri.query(), "rd").unwrap_or_default());
         let Some((principal, _)) = self.signed_in(&parts.headers).await else {
-            return found(&rd::login_url(&rd::step_up_url(&target)));
+            return crate::body::redirect(
+                StatusCode::FOUND,
+                &rd::login_url(&rd::step_up_url(&target)),
+            );
         };
         self.show_step_up(parts, &principal, &target, None, None, StatusCode::OK)
             .await
@@ -540,7 +543,7 @@ impl SignIn {
     }
 
     async fn logout_page(&self, parts: &Parts) -> Response<Body> {
-        let raw = query_param(parts, "rd");
+        let raw = api::query_value(parts.uri.query(), "rd").unwrap_or_default();
         let target = if raw.is_empty() {
             String::new()
         } else {
@@ -695,45 +698,6 @@ fn step_up_failure(e: &MfaError) -> (StatusCode, &'static str, Option<u64>) {
         | MfaError::Store(_)
         | MfaError::Internal(_) => (StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE, None),
     }
-}
-
-/// The page for a form that could not be read.
-fn body_failure(e: &BodyError) -> Response<Body> {
-    let (status, text) = match e {
-        BodyError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "The form was too large."),
-        BodyError::TimedOut => (
-            StatusCode::REQUEST_TIMEOUT,
-            "The form did not arrive in time. Try again.",
-        ),
-        BodyError::Busy => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "The service is busy. Try again in a moment.",
-        ),
-        BodyError::Unreadable | BodyError::Invalid(_) => {
-            (StatusCode::BAD_REQUEST, "The form could not be read.")
-        }
-    };
-    respond(status, "Please try again", &pages::message(text), &[])
-}
-
-/// A redirect for a navigation (302).
-fn found(location: &str) -> Response<Body> {
-    let mut response = see_other(location, &[]);
-    *response.status_mut() = StatusCode::FOUND;
-    response
-}
-
-/// The first value of a query parameter, decoded; empty when absent.
-fn query_param(parts: &Parts, name: &str) -> String {
-    parts
-        .uri
-        .query()
-        .and_then(|q| {
-            form_urlencoded::parse(q.as_bytes())
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.into_owned())
-        })
-        .unwrap_or_default()
 }
 
 /// The origin (`scheme://host[:port]`) of a URL, lower-cased.

@@ -162,15 +162,11 @@ pub(super) fn respond(
 
 /// A redirect after a form post (303, so the browser follows with GET).
 pub(super) fn see_other(location: &str, cookies: &[HeaderValue]) -> Response<Body> {
-    let mut response = Response::new(crate::body::empty());
-    *response.status_mut() = StatusCode::SEE_OTHER;
-    let h = response.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(location) {
-        h.insert(header::LOCATION, v);
-    }
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let mut response = crate::body::redirect(StatusCode::SEE_OTHER, location);
     for cookie in cookies {
-        h.append(header::SET_COOKIE, cookie.clone());
+        response
+            .headers_mut()
+            .append(header::SET_COOKIE, cookie.clone());
     }
     response
 }
