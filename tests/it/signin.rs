@@ -827,3 +827,153 @@ async fn a_session_cookie_does_not_authenticate_gatehouses_own_apis() {
         "no ticket was made with the cookie"
     );
 }
+
+/// Confirms an enrollment ticket through its page with `code`; the page's HTML.
+async fn confirm_on_page(gh: &Gatehouse, path: &str, code: &str) -> String {
+    http1_client()
+        .post(gh.http_url(path))
+        .form(&[("code", code)])
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The digits of a 6-digit code in the last text message the webhook received.
+fn texted_code(provider: &Upstream) -> String {
+    let sms: Value = serde_json::from_slice(&provider.last().body).unwrap();
+    sms["body"]
+        .as_str()
+        .unwrap()
+        .split(|c: char| !c.is_ascii_digit())
+        .find(|w| w.len() == 6)
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn step_up_takes_a_texted_code_after_the_send_button_and_a_recovery_code() {
+    let upstream = Upstream::start().await;
+    let provider = Upstream::start().await;
+    let sms_url = format!("{}/sms", provider.url());
+    let gh = Gatehouse::start_with(&upstream, |c| {
+        c.sms.kind = "webhook".into();
+        c.sms.url = Some(sms_url);
+    })
+    .await;
+    user(&gh, "ada").await;
+    // Ada's authenticator app, confirmed on its page, which shows the recovery codes.
+    let enrollment: Value = http1_client()
+        .post(gh.http_url("/v1/me/mfa-enrollment?factor=otp&isInteractive=true"))
+        .basic_auth("ada", Some(PASSWORD))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let path = ticket_path(enrollment["ticketUrl"].as_str().unwrap());
+    let html = http1_client()
+        .get(gh.http_url(&path))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let secret = secret_from(&html);
+    let done = confirm_on_page(&gh, &path, &totp(&secret, 0)).await;
+    let start = done
+        .find("<ol id=\"recovery-codes\">")
+        .expect("recovery codes")
+        + 23;
+    let recovery = done[start..]
+        .split("<li>")
+        .nth(1)
+        .unwrap()
+        .split("</li>")
+        .next()
+        .unwrap()
+        .to_owned();
+    // Bob's one factor is his phone.
+    gh.create_user(json!({"userName": "bob", "password": PASSWORD, "phone": "+14155550123"}))
+        .await;
+    let enrollment: Value = http1_client()
+        .post(gh.http_url("/v1/me/mfa-enrollment?factor=sms&isInteractive=true"))
+        .basic_auth("bob", Some(PASSWORD))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sms_path = ticket_path(enrollment["ticketUrl"].as_str().unwrap());
+
+    // The recovery code steps a session up.
+    let mut browser = Visitor::new(gh.http_addr());
+    browser.sign_in("ada", PASSWORD, "/secure/x").await;
+    let page = browser.step_up(&recovery, "/secure/x").await;
+    assert_eq!(page.status, 303, "{}", page.body);
+    assert_eq!(page.location(), "/secure/x");
+    assert_eq!(browser.get("/secure/x").await.status, 200);
+    // Used once: another session cannot use it again.
+    let mut other = Visitor::new(gh.http_addr());
+    other.sign_in("ada", PASSWORD, "/").await;
+    assert_eq!(other.step_up(&recovery, "/").await.status, 401);
+
+    // With a confirmed SMS factor, the step-up page offers its send button, and the texted code
+    // steps the session up.
+    let html = http1_client()
+        .post(gh.http_url(&sms_path))
+        .form(&[("action", "send")])
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("sent"), "{html}");
+    confirm_on_page(&gh, &sms_path, &texted_code(&provider)).await;
+    let mut phone = Visitor::new(gh.http_addr());
+    phone.sign_in("bob", PASSWORD, "/").await;
+    let page = phone.get("/auth/step-up?rd=/secure/y").await;
+    assert!(page.body.contains("value=\"send-sms\""), "{}", page.body);
+    let csrf = page.hidden("csrf");
+    let page = phone
+        .post(
+            "/auth/step-up",
+            &[("csrf", &csrf), ("rd", "/secure/y"), ("action", "send-sms")],
+        )
+        .await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("id=\"notice\""), "{}", page.body);
+    let page = phone.step_up(&texted_code(&provider), "/secure/y").await;
+    assert_eq!(page.status, 303, "{}", page.body);
+    assert_eq!(
+        session_json(&gh, &phone.session().unwrap()).await.1["methods"],
+        json!(["pwd", "sms"])
+    );
+}
+
+#[tokio::test]
+async fn wrong_passwords_from_one_address_are_limited_on_the_sign_in_page() {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start_with(&upstream, |c| {
+        c.auth.failed_password_limit = 3;
+        c.mfa.lockout.max_failures = 1000;
+    })
+    .await;
+    user(&gh, "ada").await;
+    user(&gh, "bob").await;
+    let mut browser = Visitor::new(gh.http_addr());
+    for name in ["ada", "bob", "ghost"] {
+        assert_eq!(browser.sign_in(name, "wrong", "/").await.status, 401);
+    }
+    // The address is limited, whoever it names and whatever the password.
+    let page = browser.sign_in("bob", PASSWORD, "/").await;
+    assert_eq!(page.status, 429, "{}", page.body);
+    assert!(page.headers.contains_key("retry-after"));
+    assert!(browser.session().is_none());
+}
