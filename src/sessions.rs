@@ -216,6 +216,7 @@ impl Sessions {
             created: now,
             last_seen: now,
             expires: now.saturating_add(self.max_age),
+            idp: None,
         };
         if let Some(previous) = previous {
             self.store.delete_session(&id_hash(previous)).await?;

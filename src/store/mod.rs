@@ -261,6 +261,36 @@ pub struct Session {
     pub last_seen: i64,
     /// Unix seconds of its absolute end (`created` + `sessions.max_age`).
     pub expires: i64,
+    /// The external provider the session was signed in through (SPEC §12), for back-channel
+    /// logout; `None` for a local sign-in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idp: Option<IdpLink>,
+}
+
+/// Where an external provider's sign-in came from: the provider's `id` in the configuration and
+/// the provider's own session id (`sid` of the ID token), when it sent one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdpLink {
+    pub provider: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
+}
+
+/// A sign-in at an external provider in progress (SPEC §12), from the redirect to the provider
+/// until its callback: found by the SHA-256 (lower-case hex) of the `state` the browser carries,
+/// taken once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginFlow {
+    pub state_hash: String,
+    /// The provider's `id` in the configuration.
+    pub provider: String,
+    pub nonce: String,
+    /// The PKCE code verifier (RFC 7636).
+    pub pkce_verifier: String,
+    /// Where the browser goes after signing in (a same-origin path).
+    pub rd: String,
+    /// Unix seconds after which the flow is void.
+    pub expires: i64,
 }
 
 /// A kind of second factor.
@@ -649,6 +679,24 @@ pub trait Store: Send + Sync {
     /// Deletes every session that has ended: `expires <= now`, or `last_seen <= idle_before`.
     /// How many were deleted.
     async fn purge_sessions(&self, now: i64, idle_before: i64) -> StoreResult<u64>;
+    /// Deletes the sessions signed in through `provider` (their `idp.provider`) that also match
+    /// `user_id` and `sid` where those are given (back-channel logout; at least one is given);
+    /// how many there were.
+    async fn delete_idp_sessions(
+        &self,
+        provider: &str,
+        user_id: Option<u64>,
+        sid: Option<&str>,
+    ) -> StoreResult<u64>;
+
+    /// Stores a sign-in at an external provider until its callback.
+    async fn create_login_flow(&self, flow: LoginFlow) -> StoreResult<()>;
+    /// Removes and returns the flow whose state hashes to `state_hash`, unless it has expired
+    /// (`expires <= now`; an expired one is removed all the same). Of concurrent takes of one
+    /// flow, on any replica, exactly one gets it.
+    async fn take_login_flow(&self, state_hash: &str, now: i64) -> StoreResult<Option<LoginFlow>>;
+    /// Deletes every flow with `expires <= now`; how many.
+    async fn purge_login_flows(&self, now: i64) -> StoreResult<u64>;
 
     /// Makes every write so far durable.
     async fn flush(&self) -> StoreResult<()>;

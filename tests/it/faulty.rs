@@ -357,6 +357,31 @@ impl Store for FaultyStore {
         self.inner.purge_sessions(now, idle_before).await
     }
 
+    async fn delete_idp_sessions(
+        &self,
+        provider: &str,
+        user_id: Option<u64>,
+        sid: Option<&str>,
+    ) -> StoreResult<u64> {
+        self.gate("delete_idp_sessions").await?;
+        self.inner.delete_idp_sessions(provider, user_id, sid).await
+    }
+
+    async fn create_login_flow(&self, flow: LoginFlow) -> StoreResult<()> {
+        self.gate("create_login_flow").await?;
+        self.inner.create_login_flow(flow).await
+    }
+
+    async fn take_login_flow(&self, state_hash: &str, now: i64) -> StoreResult<Option<LoginFlow>> {
+        self.gate("take_login_flow").await?;
+        self.inner.take_login_flow(state_hash, now).await
+    }
+
+    async fn purge_login_flows(&self, now: i64) -> StoreResult<u64> {
+        self.gate("purge_login_flows").await?;
+        self.inner.purge_login_flows(now).await
+    }
+
     async fn flush(&self) -> StoreResult<()> {
         self.gate("flush").await?;
         self.inner.flush().await

@@ -950,6 +950,7 @@ fn session(id: u64, user_id: u64, created: i64) -> Session {
         created,
         last_seen: created,
         expires: created + 43_200,
+        idp: None,
     }
 }
 

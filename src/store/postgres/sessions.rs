@@ -32,6 +32,7 @@ pub(super) fn session_from(row: &Row) -> Result<Session, Fail> {
         created: row.try_get("created")?,
         last_seen: row.try_get("last_seen")?,
         expires: row.try_get("expires")?,
+        idp: None,
     })
 }
 

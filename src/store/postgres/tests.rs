@@ -191,6 +191,7 @@ async fn a_database_from_before_sessions_gains_them_at_the_next_start() {
         created: NOW_UNIX,
         last_seen: NOW_UNIX,
         expires: NOW_UNIX + 3600,
+        idp: None,
     };
     upgraded.create_session(session.clone(), 20).await.unwrap();
     assert_eq!(

@@ -707,6 +707,31 @@ impl Store for SledStore {
         self.purge(now, idle_before)
     }
 
+    async fn delete_idp_sessions(
+        &self,
+        _provider: &str,
+        _user_id: Option<u64>,
+        _sid: Option<&str>,
+    ) -> StoreResult<u64> {
+        Err(crate::store::StoreError::Backend("delete_idp_sessions: pending".into()))
+    }
+
+    async fn create_login_flow(&self, _flow: crate::store::LoginFlow) -> StoreResult<()> {
+        Err(crate::store::StoreError::Backend("create_login_flow: pending".into()))
+    }
+
+    async fn take_login_flow(
+        &self,
+        _state_hash: &str,
+        _now: i64,
+    ) -> StoreResult<Option<crate::store::LoginFlow>> {
+        Err(crate::store::StoreError::Backend("take_login_flow: pending".into()))
+    }
+
+    async fn purge_login_flows(&self, _now: i64) -> StoreResult<u64> {
+        Err(crate::store::StoreError::Backend("purge_login_flows: pending".into()))
+    }
+
     async fn flush(&self) -> StoreResult<()> {
         self.durable().await
     }
