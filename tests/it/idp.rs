@@ -83,6 +83,13 @@ impl Idp {
                 logs.lock().unwrap().join("\n")
             ),
         };
+        // Anything it prints later is kept with its log (a closed pipe would stop it).
+        let collected = logs.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = stdout.next_line().await {
+                collected.lock().unwrap().push(line);
+            }
+        });
         let issuer = serde_json::from_str::<Value>(&line).unwrap()["issuer"]
             .as_str()
             .unwrap_or_else(|| panic!("no issuer in {line}"))

@@ -110,7 +110,7 @@ const provider = new Provider(issuer, {
   cookies: { keys: [randomUUID()] },
   scopes: ['openid', 'email', 'profile', 'groups'],
   claims: {
-    openid: ['sub'],
+    openid: ['sub', 'amr', 'auth_time'],
     email: ['email', 'email_verified'],
     profile: ['name', 'preferred_username'],
     groups: ['groups'],
