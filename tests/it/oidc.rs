@@ -6,13 +6,14 @@
 //! `oidc_browser`.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use gatehouse::store::sled::SledStore;
 use serde_json::{Value, json};
 
 use crate::harness::*;
 use crate::idp::{AtLogin, Idp, ProviderAgent};
+use crate::keys::now;
 use crate::signin::{PASSWORD, Page, SESSION_COOKIE, Visitor, urlencoding, user};
 
 /// The cookie that binds a sign-in at a provider to the browser that started it.
@@ -250,13 +251,6 @@ scopes = ["openid", "email", "profile", "groups"]
             "events": {LOGOUT_EVENT: {}},
         })
     }
-}
-
-pub fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
 }
 
 /// Whether the browser's session is alive: the status of `/auth/session` with its cookies.
