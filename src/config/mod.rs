@@ -54,6 +54,7 @@ pub struct Config {
     pub apis: ApisConfig,
     pub domains: DomainsConfig,
     pub sessions: SessionsConfig,
+    pub oidc: OidcConfig,
 }
 
 /// A value that must never be printed: it serialises and debugs as `***`.
@@ -252,6 +253,41 @@ pub struct SessionsConfig {
     pub max_age: Duration,
     /// The most sessions one user holds at once; signing in again beyond it ends the oldest.
     pub max_per_user: usize,
+}
+
+/// Sign-in with external identity providers (SPEC §12).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct OidcConfig {
+    pub providers: Vec<OidcProvider>,
+}
+
+/// One OpenID provider whose users may sign in on the sign-in page.
+#[derive(Debug, Clone, Serialize)]
+pub struct OidcProvider {
+    /// In `/auth/login/{id}`, `/auth/callback/{id}` and `/auth/backchannel-logout/{id}`.
+    pub id: String,
+    /// The label of its button.
+    pub name: String,
+    /// Discovery at `{issuer}/.well-known/openid-configuration`; the ID token's `iss`.
+    pub issuer: String,
+    pub client_id: String,
+    /// From `client_secret` or the file `client_secret_file` names.
+    pub client_secret: Secret,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_secret_file: Option<PathBuf>,
+    pub scopes: Vec<String>,
+    /// Lower-case; empty: any.
+    pub allowed_email_domains: Vec<String>,
+    /// Empty: any.
+    pub allowed_groups: Vec<String>,
+    pub groups_claim: String,
+    pub scopes_from_groups: std::collections::BTreeMap<String, Vec<String>>,
+    pub trust_idp_mfa: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    pub max_new_users: u32,
+    #[serde(serialize_with = "duration")]
+    pub new_users_window: Duration,
 }
 
 /// Domain verification (SPEC §4.1).

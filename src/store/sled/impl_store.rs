@@ -713,11 +713,15 @@ impl Store for SledStore {
         _user_id: Option<u64>,
         _sid: Option<&str>,
     ) -> StoreResult<u64> {
-        Err(crate::store::StoreError::Backend("delete_idp_sessions: pending".into()))
+        Err(crate::store::StoreError::Backend(
+            "delete_idp_sessions: pending".into(),
+        ))
     }
 
     async fn create_login_flow(&self, _flow: crate::store::LoginFlow) -> StoreResult<()> {
-        Err(crate::store::StoreError::Backend("create_login_flow: pending".into()))
+        Err(crate::store::StoreError::Backend(
+            "create_login_flow: pending".into(),
+        ))
     }
 
     async fn take_login_flow(
@@ -725,11 +729,15 @@ impl Store for SledStore {
         _state_hash: &str,
         _now: i64,
     ) -> StoreResult<Option<crate::store::LoginFlow>> {
-        Err(crate::store::StoreError::Backend("take_login_flow: pending".into()))
+        Err(crate::store::StoreError::Backend(
+            "take_login_flow: pending".into(),
+        ))
     }
 
     async fn purge_login_flows(&self, _now: i64) -> StoreResult<u64> {
-        Err(crate::store::StoreError::Backend("purge_login_flows: pending".into()))
+        Err(crate::store::StoreError::Backend(
+            "purge_login_flows: pending".into(),
+        ))
     }
 
     async fn flush(&self) -> StoreResult<()> {
