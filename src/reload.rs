@@ -1,9 +1,8 @@
 //! Configuration reload (SPEC §8): on SIGHUP, and when the configuration file's content changes,
 //! the file is loaded and validated again. A valid configuration replaces the request pipeline
 //! (routes, identity headers, upstream, trusted proxies, API families, OpenID providers — each
-//! discovered again), the trusted issuers and
-//! the TLS certificate; open connections stay open and use it from their next request. An invalid
-//! one is refused with a log line and the running configuration stays. Settings read only at start
+//! discovered again), the trusted issuers and the TLS certificate; open connections stay open and
+//! use it from their next request. An invalid one is refused with a log line and the running configuration stays. Settings read only at start
 //! (listeners, store, secrets, …) are reported as needing a restart.
 //!
 //! A reload never weakens the running configuration by accident (SPEC §10): a file caught while
