@@ -1474,7 +1474,7 @@ async fn a_back_channel_logout_racing_a_rotation_leaves_no_session_of_that_sid(s
         .create_user(new_user("ada"), NOW_UNIX)
         .await
         .unwrap();
-    for round in 0..8u64 {
+    for round in 0..24u64 {
         let (old, new) = (2 * round + 1, 2 * round + 2);
         s.store
             .create_session(idp_session(old, ada.id, "corp", Some("A")), 20)
