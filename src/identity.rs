@@ -19,6 +19,9 @@ pub enum Method {
     Email,
     /// An application token.
     App,
+    /// Several factors, as an external identity provider reports them (RFC 8176 `mfa`): only
+    /// from a provider configured with `trust_idp_mfa`, or a trusted issuer's token.
+    Mfa,
 }
 
 impl Method {
@@ -29,12 +32,16 @@ impl Method {
             Method::Sms => "sms",
             Method::Email => "email",
             Method::App => "app",
+            Method::Mfa => "mfa",
         }
     }
 
     /// Whether this method is a second factor (what `access = "mfa"` asks for).
     pub fn is_second_factor(self) -> bool {
-        matches!(self, Method::Otp | Method::Sms | Method::Email)
+        matches!(
+            self,
+            Method::Otp | Method::Sms | Method::Email | Method::Mfa
+        )
     }
 }
 

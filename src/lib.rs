@@ -24,6 +24,7 @@ pub mod meter;
 pub mod mfa;
 pub mod names;
 pub mod notify;
+pub mod oidc;
 pub mod outbound;
 pub mod path;
 pub mod preflight;

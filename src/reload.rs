@@ -1,8 +1,8 @@
 //! Configuration reload (SPEC §8): on SIGHUP, and when the configuration file's content changes,
 //! the file is loaded and validated again. A valid configuration replaces the request pipeline
-//! (routes, identity headers, upstream, trusted proxies, API families), the trusted issuers and
-//! the TLS certificate; open connections stay open and use it from their next request. An invalid
-//! one is refused with a log line and the running configuration stays. Settings read only at start
+//! (routes, identity headers, upstream, trusted proxies, API families, OpenID providers — each
+//! discovered again), the trusted issuers and the TLS certificate; open connections stay open and
+//! use it from their next request. An invalid one is refused with a log line and the running configuration stays. Settings read only at start
 //! (listeners, store, secrets, …) are reported as needing a restart.
 //!
 //! A reload never weakens the running configuration by accident (SPEC §10): a file caught while
@@ -221,7 +221,7 @@ pub fn loosened(old: &Config, new: &Config) -> Vec<String> {
 /// Settings that differ between `old` and `new` but take effect only after a restart.
 pub fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
     /// Sections and keys a reload applies.
-    const RELOADED: [&str; 9] = [
+    const RELOADED: [&str; 10] = [
         "routes",
         "proxy",
         "identity_headers",
@@ -231,6 +231,7 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
         "server.trusted_proxies",
         "auth.trusted_issuers",
         "auth.require_application_token",
+        "oidc",
     ];
     let (Ok(Value::Object(old)), Ok(Value::Object(new))) =
         (serde_json::to_value(old), serde_json::to_value(new))

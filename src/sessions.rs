@@ -52,14 +52,16 @@ pub struct Sessions {
     vault: Arc<Vault>,
     cookie_name: String,
     csrf_cookie_name: String,
+    /// The cookie that binds a sign-in at an external provider to the browser that started it.
+    flow_cookie_name: String,
     idle: i64,
     max_age: i64,
     keep: usize,
     last_purge: AtomicI64,
 }
 
-/// A fresh random id, as the cookie carries it.
-fn new_id() -> Result<String, String> {
+/// A fresh random id, as the cookie carries it (256 bits in unpadded base64url).
+pub fn new_id() -> Result<String, String> {
     let mut bytes = [0u8; ID_BYTES];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
         .map_err(|_| "the system random source failed".to_owned())?;
@@ -144,6 +146,7 @@ impl Sessions {
             clock,
             vault,
             csrf_cookie_name: format!("{}-csrf", config.cookie_name),
+            flow_cookie_name: format!("{}-oidc", config.cookie_name),
             cookie_name: config.cookie_name.clone(),
             idle: seconds(config.idle_timeout),
             max_age: seconds(config.max_age),
@@ -157,9 +160,14 @@ impl Sessions {
         presented(headers, &self.cookie_name)
     }
 
-    /// The names of gatehouse's own cookies: the session's and the CSRF cookie's.
-    fn names(&self) -> [&str; 2] {
-        [self.cookie_name.as_str(), self.csrf_cookie_name.as_str()]
+    /// The names of gatehouse's own cookies: the session's, the CSRF cookie's and the external
+    /// sign-in's.
+    fn names(&self) -> [&str; 3] {
+        [
+            self.cookie_name.as_str(),
+            self.csrf_cookie_name.as_str(),
+            self.flow_cookie_name.as_str(),
+        ]
     }
 
     /// How long `last_seen` may lag: a minute, or less for short idle timeouts.
@@ -206,6 +214,7 @@ impl Sessions {
         user_id: u64,
         methods: Vec<String>,
         previous: Option<&str>,
+        idp: Option<crate::store::IdpLink>,
     ) -> StoreResult<String> {
         let id = new_id().map_err(crate::store::StoreError::Backend)?;
         let now = self.clock.unix();
@@ -216,7 +225,7 @@ impl Sessions {
             created: now,
             last_seen: now,
             expires: now.saturating_add(self.max_age),
-            idp: None,
+            idp,
         };
         if let Some(previous) = previous {
             self.store.delete_session(&id_hash(previous)).await?;
@@ -290,6 +299,29 @@ impl Sessions {
             self.cookie_name
         ))
         .ok()
+    }
+
+    /// The `state` of the external sign-in this browser started, when it has a well-formed one.
+    pub fn flow_cookie<'h>(&'h self, headers: &'h HeaderMap) -> Option<&'h str> {
+        match presented(headers, &self.flow_cookie_name) {
+            Presented::Id(value) => Some(value),
+            Presented::None | Presented::Unusable => None,
+        }
+    }
+
+    /// `Set-Cookie` binding an external sign-in's `state` to this browser for `max_age` seconds.
+    /// `SameSite=Lax`: the provider's redirect back is a cross-site top-level navigation.
+    pub fn flow_cookie_header(&self, state: &str, max_age: i64) -> Option<HeaderValue> {
+        HeaderValue::from_str(&format!(
+            "{}={state}; HttpOnly; Secure; SameSite=Lax; Path=/; Max-Age={max_age}",
+            self.flow_cookie_name
+        ))
+        .ok()
+    }
+
+    /// `Set-Cookie` that makes the browser forget its external sign-in.
+    pub fn clearing_flow_cookie(&self) -> Option<HeaderValue> {
+        self.flow_cookie_header("", 0)
     }
 
     /// The browser's CSRF cookie value, when it has a well-formed one.

@@ -357,6 +357,7 @@ pub fn methods_from_amr(amr: &[String]) -> Vec<Method> {
             "otp" => Some(Method::Otp),
             "sms" => Some(Method::Sms),
             "email" => Some(Method::Email),
+            "mfa" => Some(Method::Mfa),
             // "Bearer and ApplicationToken" is decided on the header of the request itself
             // (SPEC §10): a token saying `app` proves nothing.
             _ => None,

@@ -26,6 +26,8 @@ a{color:#2451c7}\
 .links{margin:1.25rem 0 0;text-align:center}\
 button{font-size:1rem;width:100%;padding:.8rem;border:0;border-radius:8px;background:#2451c7;color:#fff;cursor:pointer}\
 button.secondary{background:#e3e7f0;color:#1d2330;margin-top:.5rem}\
+a.provider{display:block;box-sizing:border-box;width:100%;text-align:center;padding:.8rem;border-radius:8px;background:#e3e7f0;color:#1d2330;text-decoration:none;font-weight:600;margin-top:.5rem}\
+.or{text-align:center;color:#4a5060;margin:1.25rem 0 .25rem}\
 .error{background:#fde8e8;color:#8a1c1c;padding:.75rem;border-radius:8px}\
 .ok{background:#e6f6ea;color:#1b5e2b;padding:.75rem;border-radius:8px}\
 ol{columns:2 10rem;column-gap:2rem;font-family:monospace;font-size:1.05rem}";

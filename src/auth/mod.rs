@@ -741,6 +741,16 @@ impl Authenticator {
         Err(AuthError::Invalid("token from an untrusted issuer".into()))
     }
 
+    /// The user of an external provider's sign-in (SPEC §12), found or created by `(iss, sub)`
+    /// within `limit` like a trusted issuer's (a new user starts with no scopes).
+    pub async fn external_sign_in(
+        &self,
+        profile: &external::Profile,
+        limit: external::NewUserLimit,
+    ) -> Result<User, external::LinkError> {
+        self.external.find_or_create(profile, limit).await
+    }
+
     /// The user a trusted issuer's subject maps to, created on first sight (SPEC §3): named
     /// after `preferred_username`, else `email`, else `sub`.
     async fn external_user(

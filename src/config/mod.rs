@@ -54,6 +54,7 @@ pub struct Config {
     pub apis: ApisConfig,
     pub domains: DomainsConfig,
     pub sessions: SessionsConfig,
+    pub oidc: OidcConfig,
 }
 
 /// A value that must never be printed: it serialises and debugs as `***`.
@@ -252,6 +253,41 @@ pub struct SessionsConfig {
     pub max_age: Duration,
     /// The most sessions one user holds at once; signing in again beyond it ends the oldest.
     pub max_per_user: usize,
+}
+
+/// Sign-in with external identity providers (SPEC §12).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct OidcConfig {
+    pub providers: Vec<OidcProvider>,
+}
+
+/// One OpenID provider whose users may sign in on the sign-in page.
+#[derive(Debug, Clone, Serialize)]
+pub struct OidcProvider {
+    /// In `/auth/login/{id}`, `/auth/callback/{id}` and `/auth/backchannel-logout/{id}`.
+    pub id: String,
+    /// The label of its button.
+    pub name: String,
+    /// Discovery at `{issuer}/.well-known/openid-configuration`; the ID token's `iss`.
+    pub issuer: String,
+    pub client_id: String,
+    /// From `client_secret` or the file `client_secret_file` names.
+    pub client_secret: Secret,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_secret_file: Option<PathBuf>,
+    pub scopes: Vec<String>,
+    /// Lower-case; empty: any.
+    pub allowed_email_domains: Vec<String>,
+    /// Empty: any.
+    pub allowed_groups: Vec<String>,
+    pub groups_claim: String,
+    pub scopes_from_groups: std::collections::BTreeMap<String, Vec<String>>,
+    pub trust_idp_mfa: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    pub max_new_users: u32,
+    #[serde(serialize_with = "duration")]
+    pub new_users_window: Duration,
 }
 
 /// Domain verification (SPEC §4.1).
@@ -1324,5 +1360,66 @@ mod tests {
         let text = c.to_toml().unwrap();
         assert!(!text.contains("pw"), "{text}");
         assert!(text.contains("***@127.0.0.1:3000"), "{text}");
+    }
+    const PROVIDER: &str = "[[oidc.providers]]\nid = \"corp\"\nname = \"Corporate SSO\"\n\
+        issuer = \"https://idp.example\"\nclient_id = \"gatehouse\"\n";
+
+    #[test]
+    fn an_oidc_client_secret_is_masked_in_check_config() {
+        let c = from_toml_str(&format!("{PROVIDER}client_secret = \"hunter2-oidc\"\n")).unwrap();
+        let p = &c.oidc.providers[0];
+        assert_eq!(p.client_secret.expose(), "hunter2-oidc");
+        assert_eq!(p.scopes, ["openid", "email", "profile"]);
+        assert_eq!(p.groups_claim, "groups");
+        let text = c.to_toml().unwrap();
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("client_secret = \"***\""), "{text}");
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn an_oidc_client_secret_is_read_from_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "from-a-file\n").unwrap();
+        let c = from_toml_str(&format!(
+            "{PROVIDER}client_secret_file = \"{}\"\n",
+            path.display()
+        ))
+        .unwrap();
+        assert_eq!(c.oidc.providers[0].client_secret.expose(), "from-a-file");
+        let text = c.to_toml().unwrap();
+        assert!(!text.contains("from-a-file"), "{text}");
+    }
+
+    #[test]
+    fn oidc_providers_are_checked_with_every_problem_named() {
+        let problems = from_toml_str(
+            "[[oidc.providers]]\nid = \"a/b\"\nname = \"\"\nissuer = \"http://idp.example\"\n\
+             scopes = [\"email\"]\nallowed_email_domains = [\"not a domain\"]\n\
+             scopes_from_groups = { admins = [\"mfa\"] }\n\
+             [[oidc.providers]]\nid = \"x\"\nname = \"X\"\nissuer = \"http://127.0.0.1:9/\"\n\
+             client_id = \"c\"\nclient_secret = \"s\"\n\
+             [[oidc.providers]]\nid = \"X\"\nname = \"X2\"\nissuer = \"https://idp\"\n\
+             client_id = \"c\"\nclient_secret = \"s\"\nclient_secret_file = \"/nonexistent\"\n",
+        )
+        .unwrap_err()
+        .problems;
+        let text = problems.join("\n");
+        for expected in [
+            "oidc.providers[0].id: expected 1 to 64 letters",
+            "oidc.providers[0].name: must not be empty",
+            "oidc.providers[0].issuer: must be an https URL",
+            "oidc.providers[0].client_id: is required",
+            "oidc.providers[0].client_secret: client_secret or client_secret_file is required",
+            "oidc.providers[0].scopes: must include `openid`",
+            "oidc.providers[0].allowed_email_domains: expected domain names",
+            "oidc.providers[0].scopes_from_groups: `admins`: `mfa` is earned",
+            "oidc.providers[2].id: `X` is used by another provider",
+            "oidc.providers[2].client_secret: give client_secret or client_secret_file, not both",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+        }
+        assert!(!text.contains("oidc.providers[1]"), "{text}");
     }
 }

@@ -40,6 +40,33 @@ pub(super) struct RawConfig {
     pub(super) apis: RawApis,
     pub(super) domains: RawDomains,
     pub(super) sessions: RawSessions,
+    pub(super) oidc: RawOidc,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawOidc {
+    pub(super) providers: Vec<RawOidcProvider>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawOidcProvider {
+    pub(super) id: Field<String>,
+    pub(super) name: Field<String>,
+    pub(super) issuer: Field<String>,
+    pub(super) client_id: Field<String>,
+    pub(super) client_secret: Field<String>,
+    pub(super) client_secret_file: Field<String>,
+    pub(super) scopes: Field<Vec<String>>,
+    pub(super) allowed_email_domains: Field<Vec<String>>,
+    pub(super) allowed_groups: Field<Vec<String>>,
+    pub(super) groups_claim: Field<String>,
+    pub(super) scopes_from_groups: Field<std::collections::BTreeMap<String, Vec<String>>>,
+    pub(super) trust_idp_mfa: Field<bool>,
+    pub(super) ca_file: Field<String>,
+    pub(super) max_new_users: Field<u64>,
+    pub(super) new_users_window: Field<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

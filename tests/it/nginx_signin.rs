@@ -248,6 +248,43 @@ async fn nginx_forwards_the_apps_cookies_without_gatehouses() {
     }
 }
 
+/// The paths of sign-in at an OpenID Connect provider (SPEC §12) are passed to gatehouse: its own
+/// answer (no provider is configured here, so its 404 for an unknown one, with its request id),
+/// neither nginx's 404 nor the application's.
+#[tokio::test]
+async fn openid_provider_paths_reach_gatehouse_through_nginx() {
+    let app = Upstream::start().await;
+    let (_gh, nginx) = deployment(&app).await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    for (method, path) in [
+        (
+            reqwest::Method::GET,
+            "/auth/login/corp?rd=%2Fprivate%2Forders",
+        ),
+        (reqwest::Method::GET, "/auth/callback/x?code=c&state=s"),
+        (reqwest::Method::GET, "/auth/callback/Corp_2-b"),
+        (reqwest::Method::POST, "/auth/backchannel-logout/x"),
+    ] {
+        let response = client
+            .request(method.clone(), nginx.url(path))
+            .header("accept", "text/html")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("logout_token=x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 404, "{method} {path}");
+        assert!(
+            response.headers().contains_key("x-request-id"),
+            "{method} {path}: gatehouse's answer, not nginx's: {response:?}"
+        );
+    }
+    assert_eq!(app.hits(), 0, "none of them is the application's");
+}
+
 /// The nginx.conf operators copy is the template these tests run, with its addresses filled in:
 /// from the `upstream` block on, the two differ only in the listener and the addresses.
 #[test]

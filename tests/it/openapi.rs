@@ -129,9 +129,20 @@ fn error_envelope(listener: &str, path: &str) -> Option<&'static [&'static str]>
     } else if path.starts_with("/manage/") {
         Some(&["ManageResponse", "ManageResponseProtobuf"])
     } else if path.starts_with("/enroll/")
-        || ["/auth/login", "/auth/step-up", "/auth/logout"].contains(&path)
+        || [
+            "/auth/login",
+            "/auth/step-up",
+            "/auth/logout",
+            "/auth/login/{id}",
+            "/auth/callback/{id}",
+        ]
+        .contains(&path)
     {
         None
+    } else if path == "/auth/backchannel-logout/{id}" {
+        // The logout token's refusal as OAuth errors are written; an unknown provider like any
+        // unknown path.
+        Some(&["OAuthError", "Problem"])
     } else {
         Some(&["Problem"])
     }
@@ -559,6 +570,7 @@ fn concrete(template: &str) -> String {
             "{ticketId}" => "no-such-ticket",
             "{userName}" => "nobody",
             "{describedPath}" => "private",
+            "{id}" => "no-such-provider",
             s => s,
         })
         .collect::<Vec<_>>()

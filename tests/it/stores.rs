@@ -101,11 +101,20 @@ on_both_backends!(
     signing_out_everywhere_ends_only_that_users_sessions,
     purging_deletes_expired_and_idle_sessions_and_keeps_live_ones,
     deleting_a_user_deletes_their_sessions,
+    a_session_keeps_its_provider_link_through_creation_reading_and_rotation,
+    a_back_channel_logout_by_sid_ends_that_sids_sessions_at_that_provider_only,
+    a_back_channel_logout_by_user_ends_that_users_sessions_at_that_provider_only,
+    a_back_channel_logout_by_user_and_sid_ends_only_sessions_matching_both,
+    a_login_flow_is_taken_once,
+    an_expired_login_flow_is_not_taken_and_is_gone,
+    purging_login_flows_removes_only_expired_ones,
 );
 
 on_both_backends!(
     threaded: a_session_is_rotated_once_under_concurrency,
     concurrent_sign_ins_leave_the_newest_kept_sessions,
+    a_login_flow_is_taken_once_under_concurrency,
+    a_back_channel_logout_racing_a_rotation_leaves_no_session_of_that_sid,
 );
 
 fn new_user(name: &str) -> NewUser {
@@ -1260,4 +1269,322 @@ async fn deleting_a_user_deletes_their_sessions(s: Subject) {
         .await
         .unwrap();
     assert_eq!(s.store.delete_user_sessions(again.id).await.unwrap(), 0);
+}
+
+/// A session signed in through `provider`, with the provider's session id `sid`.
+fn idp_session(id: u64, user_id: u64, provider: &str, sid: Option<&str>) -> Session {
+    Session {
+        idp: Some(IdpLink {
+            provider: provider.into(),
+            sid: sid.map(Into::into),
+        }),
+        ..session(id, user_id, 1000 + id as i64)
+    }
+}
+
+async fn a_session_keeps_its_provider_link_through_creation_reading_and_rotation(s: Subject) {
+    let ada = s
+        .store
+        .create_user(new_user("ada"), NOW_UNIX)
+        .await
+        .unwrap();
+    let first = idp_session(1, ada.id, "corp", Some("sid-1"));
+    s.store.create_session(first.clone(), 20).await.unwrap();
+    assert_eq!(s.twin.session(&hash(1)).await.unwrap(), Some(first.clone()));
+    assert!(s.twin.touch_session(&hash(1), 5000).await.unwrap());
+    assert_eq!(
+        s.store.session(&hash(1)).await.unwrap().unwrap().idp,
+        first.idp
+    );
+
+    let rotated = Session {
+        id_hash: hash(2),
+        methods: vec!["mfa".into()],
+        ..first.clone()
+    };
+    assert!(
+        s.twin
+            .replace_session(&hash(1), rotated.clone())
+            .await
+            .unwrap()
+    );
+    assert_eq!(s.store.session(&hash(2)).await.unwrap(), Some(rotated));
+
+    // Without a sid, and a local session beside it.
+    let no_sid = idp_session(3, ada.id, "corp", None);
+    s.store.create_session(no_sid.clone(), 20).await.unwrap();
+    assert_eq!(s.twin.session(&hash(3)).await.unwrap(), Some(no_sid));
+    s.store
+        .create_session(session(4, ada.id, 1004), 20)
+        .await
+        .unwrap();
+    assert_eq!(s.twin.session(&hash(4)).await.unwrap().unwrap().idp, None);
+
+    // The rotated session is found by its sid, the old id hash no longer.
+    assert_eq!(
+        s.store
+            .delete_idp_sessions("corp", None, Some("sid-1"))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(held(s.twin.as_ref(), 1..=4).await, [3, 4]);
+}
+
+/// Ada's and Bob's sessions for the back-channel logout tests:
+/// 1, 2: Ada at `corp` with sid A; 3: Ada at `corp` with sid B; 4: Ada at `corp` without a sid;
+/// 5: Ada at `home` with sid A; 6: Ada signed in locally; 7: Bob at `corp` with sid A;
+/// 8: Bob at `corp` without a sid.
+async fn sessions_at_providers(s: &Subject) -> (User, User) {
+    let ada = s
+        .store
+        .create_user(new_user("ada"), NOW_UNIX)
+        .await
+        .unwrap();
+    let bob = s
+        .store
+        .create_user(new_user("bob"), NOW_UNIX)
+        .await
+        .unwrap();
+    let sessions = [
+        idp_session(1, ada.id, "corp", Some("A")),
+        idp_session(2, ada.id, "corp", Some("A")),
+        idp_session(3, ada.id, "corp", Some("B")),
+        idp_session(4, ada.id, "corp", None),
+        idp_session(5, ada.id, "home", Some("A")),
+        session(6, ada.id, 1006),
+        idp_session(7, bob.id, "corp", Some("A")),
+        idp_session(8, bob.id, "corp", None),
+    ];
+    for (i, session) in sessions.into_iter().enumerate() {
+        let store = if i % 2 == 0 { &s.store } else { &s.twin };
+        store.create_session(session, 20).await.unwrap();
+    }
+    (ada, bob)
+}
+
+async fn a_back_channel_logout_by_sid_ends_that_sids_sessions_at_that_provider_only(s: Subject) {
+    sessions_at_providers(&s).await;
+    assert_eq!(
+        s.twin
+            .delete_idp_sessions("corp", None, Some("A"))
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(held(s.store.as_ref(), 1..=8).await, [3, 4, 5, 6, 8]);
+    assert_eq!(
+        s.store
+            .delete_idp_sessions("corp", None, Some("A"))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        s.store
+            .delete_idp_sessions("nowhere", None, Some("B"))
+            .await
+            .unwrap(),
+        0
+    );
+    // A sid that begins like another names none of its sessions.
+    assert_eq!(
+        s.store
+            .delete_idp_sessions("corp", None, Some(""))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        s.store
+            .delete_idp_sessions("cor", None, Some("pB"))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(held(s.twin.as_ref(), 1..=8).await, [3, 4, 5, 6, 8]);
+}
+
+async fn a_back_channel_logout_by_user_ends_that_users_sessions_at_that_provider_only(s: Subject) {
+    let (ada, bob) = sessions_at_providers(&s).await;
+    assert_eq!(
+        s.store
+            .delete_idp_sessions("corp", Some(ada.id), None)
+            .await
+            .unwrap(),
+        4
+    );
+    assert_eq!(held(s.twin.as_ref(), 1..=8).await, [5, 6, 7, 8]);
+    assert_eq!(
+        s.twin
+            .delete_idp_sessions("corp", Some(ada.id), None)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        s.twin
+            .delete_idp_sessions("home", Some(bob.id), None)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        s.twin
+            .delete_idp_sessions("corp", Some(bob.id), None)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(held(s.store.as_ref(), 1..=8).await, [5, 6]);
+}
+
+async fn a_back_channel_logout_by_user_and_sid_ends_only_sessions_matching_both(s: Subject) {
+    let (ada, bob) = sessions_at_providers(&s).await;
+    assert_eq!(
+        s.twin
+            .delete_idp_sessions("corp", Some(ada.id), Some("A"))
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(held(s.store.as_ref(), 1..=8).await, [3, 4, 5, 6, 7, 8]);
+    assert_eq!(
+        s.store
+            .delete_idp_sessions("corp", Some(bob.id), Some("B"))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        s.store
+            .delete_idp_sessions("home", Some(ada.id), Some("A"))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(held(s.twin.as_ref(), 1..=8).await, [3, 4, 6, 7, 8]);
+}
+
+/// A back-channel logout and a rotation of the session it ends, at once through two handles:
+/// whichever commits first, no session of that sid is left.
+async fn a_back_channel_logout_racing_a_rotation_leaves_no_session_of_that_sid(s: Subject) {
+    let ada = s
+        .store
+        .create_user(new_user("ada"), NOW_UNIX)
+        .await
+        .unwrap();
+    for round in 0..24u64 {
+        let (old, new) = (2 * round + 1, 2 * round + 2);
+        s.store
+            .create_session(idp_session(old, ada.id, "corp", Some("A")), 20)
+            .await
+            .unwrap();
+        let barrier = Arc::new(tokio::sync::Barrier::new(2));
+        let rotate = {
+            let (store, barrier) = (s.store.clone(), barrier.clone());
+            let next = idp_session(new, ada.id, "corp", Some("A"));
+            tokio::spawn(async move {
+                barrier.wait().await;
+                store.replace_session(&hash(old), next).await.unwrap()
+            })
+        };
+        let logout = {
+            let store = s.twin.clone();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                store
+                    .delete_idp_sessions("corp", None, Some("A"))
+                    .await
+                    .unwrap()
+            })
+        };
+        rotate.await.unwrap();
+        assert_eq!(logout.await.unwrap(), 1, "round {round}");
+        assert_eq!(
+            held(s.store.as_ref(), [old, new]).await,
+            Vec::<u64>::new(),
+            "round {round}"
+        );
+    }
+}
+
+fn flow(n: u64, expires: i64) -> LoginFlow {
+    LoginFlow {
+        state_hash: hash(n),
+        provider: "corp".into(),
+        nonce: format!("nonce-{n}"),
+        pkce_verifier: format!("verifier-{n}"),
+        rd: "/app?x=1".into(),
+        expires,
+    }
+}
+
+async fn a_login_flow_is_taken_once(s: Subject) {
+    let first = flow(1, 2000);
+    s.store.create_login_flow(first.clone()).await.unwrap();
+    s.store.create_login_flow(flow(2, 2000)).await.unwrap();
+    assert_eq!(s.twin.take_login_flow(&hash(3), 1000).await.unwrap(), None);
+    assert_eq!(
+        s.twin.take_login_flow(&hash(1), 1999).await.unwrap(),
+        Some(first)
+    );
+    assert_eq!(s.store.take_login_flow(&hash(1), 1000).await.unwrap(), None);
+    assert_eq!(s.twin.take_login_flow(&hash(1), 1000).await.unwrap(), None);
+    // The other flow is untouched.
+    assert_eq!(
+        s.store.take_login_flow(&hash(2), 1000).await.unwrap(),
+        Some(flow(2, 2000))
+    );
+}
+
+async fn an_expired_login_flow_is_not_taken_and_is_gone(s: Subject) {
+    s.store.create_login_flow(flow(1, 2000)).await.unwrap();
+    s.store.create_login_flow(flow(2, 2000)).await.unwrap();
+    assert_eq!(s.twin.take_login_flow(&hash(1), 2000).await.unwrap(), None);
+    // Gone, not merely refused: asked again at an earlier time, it is not there.
+    assert_eq!(s.store.take_login_flow(&hash(1), 1000).await.unwrap(), None);
+    assert_eq!(s.store.purge_login_flows(2000).await.unwrap(), 1);
+    assert_eq!(s.twin.take_login_flow(&hash(2), 1000).await.unwrap(), None);
+}
+
+async fn purging_login_flows_removes_only_expired_ones(s: Subject) {
+    for (n, expires) in [(1, 1000), (2, 1500), (3, 1501), (4, 3000)] {
+        let store = if n % 2 == 0 { &s.store } else { &s.twin };
+        store.create_login_flow(flow(n, expires)).await.unwrap();
+    }
+    assert_eq!(s.twin.purge_login_flows(1500).await.unwrap(), 2);
+    assert_eq!(s.store.purge_login_flows(1500).await.unwrap(), 0);
+    assert_eq!(s.store.take_login_flow(&hash(1), 0).await.unwrap(), None);
+    assert_eq!(s.store.take_login_flow(&hash(2), 0).await.unwrap(), None);
+    assert_eq!(
+        s.twin.take_login_flow(&hash(3), 1500).await.unwrap(),
+        Some(flow(3, 1501))
+    );
+    assert_eq!(
+        s.twin.take_login_flow(&hash(4), 1500).await.unwrap(),
+        Some(flow(4, 3000))
+    );
+}
+
+/// Takes of one flow at once through two handles (for PostgreSQL, two replicas): exactly one
+/// gets it.
+async fn a_login_flow_is_taken_once_under_concurrency(s: Subject) {
+    s.store.create_login_flow(flow(1, 2000)).await.unwrap();
+    let n = 16;
+    let barrier = Arc::new(tokio::sync::Barrier::new(n));
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let store = if i % 2 == 0 { &s.store } else { &s.twin }.clone();
+        let barrier = barrier.clone();
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            store.take_login_flow(&hash(1), 1000).await.unwrap()
+        }));
+    }
+    let mut taken = Vec::new();
+    for t in tasks {
+        taken.extend(t.await.unwrap());
+    }
+    assert_eq!(taken, [flow(1, 2000)], "exactly one take gets the flow");
 }

@@ -193,3 +193,41 @@ async fn a_client_cannot_have_another_path_judged_through_traefik() {
         }
     }
 }
+
+/// The paths of sign-in at an OpenID Connect provider (SPEC §12) are routed to gatehouse itself:
+/// its own answer (no provider is configured here, so its 404 for an unknown one, with its
+/// request id), not a forward-auth verdict (a 401 for a request without credentials) and not the
+/// application's.
+#[tokio::test]
+async fn openid_provider_paths_reach_gatehouse_through_traefik() {
+    let app = Upstream::start().await;
+    let (_gh, traefik) = deployment(&app).await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    for (method, path) in [
+        (
+            reqwest::Method::GET,
+            "/auth/login/corp?rd=%2Fprivate%2Forders",
+        ),
+        (reqwest::Method::GET, "/auth/callback/x?code=c&state=s"),
+        (reqwest::Method::GET, "/auth/callback/Corp_2-b"),
+        (reqwest::Method::POST, "/auth/backchannel-logout/x"),
+    ] {
+        let response = client
+            .request(method.clone(), traefik.url(path))
+            .header("accept", "text/html")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("logout_token=x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 404, "{method} {path}");
+        assert!(
+            response.headers().contains_key("x-request-id"),
+            "{method} {path}: gatehouse's answer, not Traefik's: {response:?}"
+        );
+    }
+    assert_eq!(app.hits(), 0, "none of them is the application's");
+}

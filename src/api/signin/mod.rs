@@ -6,6 +6,7 @@
 //! another site is refused before its body is read. Unknown users and wrong passwords get one
 //! answer after one password hash.
 
+mod external;
 mod pages;
 pub mod rd;
 
@@ -37,7 +38,7 @@ const LOGOUT: &str = "/auth/logout";
 const SESSION: &str = "/auth/session";
 
 /// What the sign-in endpoints answer.
-pub const OPERATIONS: [Operation; 9] = [
+pub const OPERATIONS: [Operation; 12] = [
     Operation::new("GET", LOGIN),
     Operation::new("POST", LOGIN),
     Operation::new("GET", STEP_UP),
@@ -47,7 +48,15 @@ pub const OPERATIONS: [Operation; 9] = [
     Operation::new("GET", SESSION),
     Operation::new("HEAD", LOGIN),
     Operation::new("HEAD", SESSION),
+    Operation::new("GET", PROVIDER),
+    Operation::new("GET", CALLBACK),
+    Operation::new("POST", BACKCHANNEL_LOGOUT),
 ];
+
+/// The external provider paths (SPEC §12), as templates.
+const PROVIDER: &str = "/auth/login/{id}";
+const CALLBACK: &str = "/auth/callback/{id}";
+const BACKCHANNEL_LOGOUT: &str = "/auth/backchannel-logout/{id}";
 
 /// A path under `/auth/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +65,12 @@ pub enum Endpoint {
     StepUp,
     Logout,
     Session,
+    /// `/auth/login/{id}`: a sign-in at an external provider starts.
+    Provider,
+    /// `/auth/callback/{id}`: the provider sends the browser back.
+    Callback,
+    /// `/auth/backchannel-logout/{id}`: the provider ends sessions.
+    BackchannelLogout,
     /// Any other path under `/auth/`: gatehouse's, so answered 404 rather than forwarded.
     Unknown,
 }
@@ -68,6 +83,15 @@ impl Endpoint {
             return None;
         }
         let trimmed = key.strip_suffix('/').unwrap_or(key);
+        for (prefix, endpoint) in [
+            ("/auth/login/", Endpoint::Provider),
+            ("/auth/callback/", Endpoint::Callback),
+            ("/auth/backchannel-logout/", Endpoint::BackchannelLogout),
+        ] {
+            if external::provider_id(key, prefix).is_some() {
+                return Some(endpoint);
+            }
+        }
         Some(
             [
                 (LOGIN, Endpoint::Login),
@@ -87,6 +111,9 @@ impl Endpoint {
             Endpoint::StepUp => STEP_UP,
             Endpoint::Logout => LOGOUT,
             Endpoint::Session | Endpoint::Unknown => SESSION,
+            Endpoint::Provider => PROVIDER,
+            Endpoint::Callback => CALLBACK,
+            Endpoint::BackchannelLogout => BACKCHANNEL_LOGOUT,
         }
     }
 }
@@ -111,6 +138,12 @@ pub struct SignIn {
     rules: AccessRules,
     /// The origin of `server.public_url`, also accepted as the origin of a form post.
     public_origin: Option<String>,
+    /// The external OpenID providers of this configuration.
+    providers: Arc<crate::oidc::Providers>,
+    /// External sign-ins started per client address.
+    starts: crate::auth::throttle::Throttle,
+    /// When ended external sign-ins were last purged (Unix seconds).
+    last_flow_purge: std::sync::atomic::AtomicI64,
 }
 
 /// The fields of a posted form.
@@ -142,6 +175,17 @@ impl SignIn {
             clock: services.clock.clone(),
             rules: AccessRules::new(&config.routes, config.proxy.default),
             public_origin: origin_of(&config.server.public_url),
+            providers: {
+                let providers =
+                    crate::oidc::Providers::new(&config.oidc, &config.server.public_url);
+                providers.discover_in_background();
+                Arc::new(providers)
+            },
+            starts: crate::auth::throttle::Throttle::new(
+                external::STARTS_PER_ADDRESS,
+                std::time::Duration::from_secs(external::FLOW_TTL.unsigned_abs()),
+            ),
+            last_flow_purge: std::sync::atomic::AtomicI64::new(0),
         }
     }
 
@@ -162,6 +206,11 @@ impl SignIn {
             (Endpoint::Logout, &Method::GET) => self.logout_page(parts).await,
             (Endpoint::Logout, &Method::POST) => self.logout(parts, body, visit).await,
             (Endpoint::Session, &Method::GET | &Method::HEAD) => self.session(parts, visit).await,
+            (Endpoint::Provider, &Method::GET) => self.start_external(parts, visit).await,
+            (Endpoint::Callback, &Method::GET) => self.callback(parts, visit).await,
+            (Endpoint::BackchannelLogout, &Method::POST) => {
+                self.backchannel_logout(parts, body, visit).await
+            }
             (Endpoint::Unknown, _) => Problem::new(
                 StatusCode::NOT_FOUND,
                 "not-found",
@@ -296,7 +345,7 @@ impl SignIn {
         self.form_page(
             StatusCode::OK,
             "Sign in",
-            &pages::login(&token, &target, "", None),
+            &pages::login(&token, &target, "", None, &self.provider_buttons()),
             set,
         )
     }
@@ -314,7 +363,13 @@ impl SignIn {
             let mut response = self.form_page(
                 status,
                 "Sign in",
-                &pages::login(&token, &target, user_name, Some(text)),
+                &pages::login(
+                    &token,
+                    &target,
+                    user_name,
+                    Some(text),
+                    &self.provider_buttons(),
+                ),
                 set,
             );
             if let Some(seconds) = retry_after {
@@ -347,7 +402,7 @@ impl SignIn {
         };
         let id = match self
             .sessions
-            .start(user_id, vec!["pwd".to_owned()], previous)
+            .start(user_id, vec!["pwd".to_owned()], previous, None)
             .await
         {
             Ok(id) => id,
@@ -722,7 +777,17 @@ mod tests {
         assert_eq!(Endpoint::of("/auth/session"), Some(Endpoint::Session));
         assert_eq!(Endpoint::of("/auth/other"), Some(Endpoint::Unknown));
         assert_eq!(Endpoint::of("/auth"), Some(Endpoint::Unknown));
-        assert_eq!(Endpoint::of("/auth/login/x"), Some(Endpoint::Unknown));
+        assert_eq!(Endpoint::of("/auth/login/x"), Some(Endpoint::Provider));
+        assert_eq!(Endpoint::of("/auth/login/x/y"), Some(Endpoint::Unknown));
+        assert_eq!(
+            Endpoint::of("/auth/Callback/corp"),
+            Some(Endpoint::Callback)
+        );
+        assert_eq!(Endpoint::of("/auth/callback"), Some(Endpoint::Unknown));
+        assert_eq!(
+            Endpoint::of("/auth/backchannel-logout/corp/"),
+            Some(Endpoint::BackchannelLogout)
+        );
         assert_eq!(Endpoint::of("/authx"), None);
         assert_eq!(Endpoint::of("/app/auth/login"), None);
     }

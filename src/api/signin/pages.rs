@@ -34,7 +34,13 @@ fn notice(text: &str) -> String {
 }
 
 /// The sign-in page.
-pub(super) fn login(csrf: &str, rd: &str, user: &str, problem: Option<&str>) -> String {
+pub(super) fn login(
+    csrf: &str,
+    rd: &str,
+    user: &str,
+    problem: Option<&str>,
+    providers: &[(String, String)],
+) -> String {
     let mut content = String::new();
     if let Some(text) = problem {
         content.push_str(&error(text));
@@ -53,7 +59,30 @@ pub(super) fn login(csrf: &str, rd: &str, user: &str, problem: Option<&str>) -> 
         focus_user = if user.is_empty() { " autofocus" } else { "" },
         focus_password = if user.is_empty() { "" } else { " autofocus" },
     ));
+    if !providers.is_empty() {
+        // Links, not forms: the page's CSP allows forms to post to itself only, and a form's
+        // redirect to the provider would be blocked.
+        content.push_str("<p class=\"or\">or sign in with</p>");
+        for (id, name) in providers {
+            let href = format!("/auth/login/{id}?rd={}", super::rd::encode(rd));
+            content.push_str(&format!(
+                "<a class=\"provider\" id=\"provider-{id}\" href=\"{href}\">{name}</a>",
+                id = escape(id),
+                href = escape(&href),
+                name = escape(name),
+            ));
+        }
+    }
     content
+}
+
+/// A refusal with a way back: the text, and a link that starts the sign-in again for `rd`.
+pub(super) fn retry(text: &str, rd: &str) -> String {
+    format!(
+        "{}<p class=\"links\"><a id=\"try-again\" href=\"{}\">Try again</a></p>",
+        error(text),
+        escape(&super::rd::login_url(rd))
+    )
 }
 
 /// What the step-up page offers for the user's factors.
@@ -177,7 +206,15 @@ mod tests {
 
     #[test]
     fn values_from_outside_are_escaped() {
-        let html = login("t\"", "/x\"><script>", "<b>", Some("<i>"));
+        let html = login(
+            "t\"",
+            "/x\"><script>",
+            "<b>",
+            Some("<i>"),
+            &[("corp".into(), "<em>Corp</em>".into())],
+        );
+        assert!(!html.contains("<em>"));
+        assert!(html.contains("href=\"/auth/login/corp?rd=%2Fx%22%3E%3Cscript%3E\""));
         assert!(!html.contains("<script>"));
         assert!(!html.contains("<b>"));
         assert!(!html.contains("<i>"));

@@ -7,6 +7,7 @@ use std::path::Path;
 mod check;
 mod credentials;
 mod features;
+mod oidc;
 mod transport;
 
 use super::raw::*;
@@ -14,6 +15,7 @@ use super::*;
 use check::*;
 use credentials::*;
 use features::*;
+use oidc::oidc;
 use transport::*;
 
 #[cfg(test)]
@@ -43,6 +45,7 @@ pub(super) fn validate(raw: RawConfig, env_secrets: EnvSecrets) -> Result<Config
     let apis = apis(&mut c, raw.apis);
     let domains = domains(&mut c, raw.domains);
     let sessions = sessions(&mut c, raw.sessions);
+    let oidc = oidc(&mut c, raw.oidc);
 
     if server.environment != Environment::Development {
         refuse_development_settings(
@@ -62,6 +65,7 @@ pub(super) fn validate(raw: RawConfig, env_secrets: EnvSecrets) -> Result<Config
         Ok(Config {
             domains,
             sessions,
+            oidc,
             mfa,
             secrets,
             smtp,

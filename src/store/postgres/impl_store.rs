@@ -5,16 +5,26 @@ use tokio_postgres::types::Json;
 
 use crate::lockout::{LockoutState, Policy, Reservation};
 use crate::store::{
-    Application, AuditEvent, CodeLogin, Domain, Factor, FactorKind, NewUser, OPT_IN_PREFIX,
-    OobCode, Organization, Session, SigningKey, Snapshot, Store, StoreError, StoreResult, Ticket,
-    User, WsKey, stamp,
+    Application, AuditEvent, CodeLogin, Domain, Factor, FactorKind, LoginFlow, NewUser,
+    OPT_IN_PREFIX, OobCode, Organization, Session, SigningKey, Snapshot, Store, StoreError,
+    StoreResult, Ticket, User, WsKey, stamp,
 };
 
-use super::sessions::{COLUMNS as SESSION_COLUMNS, session_from};
+use super::sessions::{COLUMNS as SESSION_COLUMNS, FLOW_COLUMNS, flow_from, session_from};
 use super::{
     Fail, PgStore, describe, exec, external_key, factor_from, insert_audit, key, name_key, retry,
     row, rows, step_column, storable, unique,
 };
+
+/// Whether every text of the session can be stored (none holds NUL).
+fn session_storable(session: &Session) -> bool {
+    storable(&session.id_hash)
+        && session.methods.iter().all(|m| storable(m))
+        && session
+            .idp
+            .as_ref()
+            .is_none_or(|link| storable(&link.provider) && link.sid.as_deref().is_none_or(storable))
+}
 
 #[async_trait]
 impl Store for PgStore {
@@ -459,7 +469,7 @@ impl Store for PgStore {
     }
 
     async fn create_session(&self, session: Session, keep: usize) -> StoreResult<()> {
-        if !storable(&session.id_hash) || session.methods.iter().any(|m| !storable(m)) {
+        if !session_storable(&session) {
             return Err(StoreError::Backend("a session field holds NUL".into()));
         }
         let keep = i64::try_from(keep).unwrap_or(i64::MAX);
@@ -498,7 +508,7 @@ impl Store for PgStore {
         if !storable(old_hash) {
             return Ok(false);
         }
-        if !storable(&new.id_hash) || new.methods.iter().any(|m| !storable(m)) {
+        if !session_storable(&new) {
             return Err(StoreError::Backend("a session field holds NUL".into()));
         }
         Ok(retry(|| self.replace_session_once(old_hash, &new)).await?)
@@ -531,27 +541,72 @@ impl Store for PgStore {
 
     async fn delete_idp_sessions(
         &self,
-        _provider: &str,
-        _user_id: Option<u64>,
-        _sid: Option<&str>,
+        provider: &str,
+        user_id: Option<u64>,
+        sid: Option<&str>,
     ) -> StoreResult<u64> {
-        Err(crate::store::StoreError::Backend("delete_idp_sessions: pending".into()))
+        if !storable(provider) || sid.is_some_and(|sid| !storable(sid)) {
+            return Ok(0);
+        }
+        Ok(retry(|| self.delete_idp_sessions_once(provider, user_id, sid)).await?)
     }
 
-    async fn create_login_flow(&self, _flow: crate::store::LoginFlow) -> StoreResult<()> {
-        Err(crate::store::StoreError::Backend("create_login_flow: pending".into()))
+    async fn create_login_flow(&self, flow: LoginFlow) -> StoreResult<()> {
+        let fields = [
+            &flow.state_hash,
+            &flow.provider,
+            &flow.nonce,
+            &flow.pkce_verifier,
+            &flow.rd,
+        ];
+        if fields.iter().any(|f| !storable(f)) {
+            return Err(StoreError::Backend("a sign-in flow field holds NUL".into()));
+        }
+        self.execute(
+            "INSERT INTO gatehouse_login_flows
+                (state_hash, provider, nonce, pkce_verifier, rd, expires)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (state_hash) DO UPDATE SET provider = excluded.provider,
+                nonce = excluded.nonce, pkce_verifier = excluded.pkce_verifier,
+                rd = excluded.rd, expires = excluded.expires",
+            &[
+                &flow.state_hash,
+                &flow.provider,
+                &flow.nonce,
+                &flow.pkce_verifier,
+                &flow.rd,
+                &flow.expires,
+            ],
+        )
+        .await?;
+        Ok(())
     }
 
-    async fn take_login_flow(
-        &self,
-        _state_hash: &str,
-        _now: i64,
-    ) -> StoreResult<Option<crate::store::LoginFlow>> {
-        Err(crate::store::StoreError::Backend("take_login_flow: pending".into()))
+    async fn take_login_flow(&self, state_hash: &str, now: i64) -> StoreResult<Option<LoginFlow>> {
+        if !storable(state_hash) {
+            return Ok(None);
+        }
+        // The row lock of the delete lets one of concurrent takes have the row; the others find
+        // it gone.
+        let client = self.client().await?;
+        let taken = row(
+            &client,
+            &format!(
+                "DELETE FROM gatehouse_login_flows WHERE state_hash = $1 RETURNING {FLOW_COLUMNS}"
+            ),
+            &[&state_hash],
+        )
+        .await?;
+        let flow = taken.as_ref().map(flow_from).transpose()?;
+        Ok(flow.filter(|flow| flow.expires > now))
     }
 
-    async fn purge_login_flows(&self, _now: i64) -> StoreResult<u64> {
-        Err(crate::store::StoreError::Backend("purge_login_flows: pending".into()))
+    async fn purge_login_flows(&self, now: i64) -> StoreResult<u64> {
+        self.execute(
+            "DELETE FROM gatehouse_login_flows WHERE expires <= $1",
+            &[&now],
+        )
+        .await
     }
 
     async fn flush(&self) -> StoreResult<()> {

@@ -107,6 +107,23 @@ pub(super) const MIGRATIONS: &[(i64, &[&str])] = &[
             "CREATE INDEX gatehouse_sessions_user ON gatehouse_sessions (user_id)",
         ],
     ),
+    // Sign-in at external providers (SPEC §12): a session remembers the provider and its session
+    // id, for back-channel logout, and a sign-in in progress is kept until its callback.
+    (
+        3,
+        &[
+            "ALTER TABLE gatehouse_sessions ADD COLUMN idp_provider TEXT, ADD COLUMN idp_sid TEXT",
+            "CREATE INDEX gatehouse_sessions_idp ON gatehouse_sessions (idp_provider, idp_sid)",
+            "CREATE TABLE gatehouse_login_flows (
+            state_hash TEXT PRIMARY KEY,
+            provider TEXT NOT NULL,
+            nonce TEXT NOT NULL,
+            pkce_verifier TEXT NOT NULL,
+            rd TEXT NOT NULL,
+            expires INT8 NOT NULL
+        )",
+        ],
+    ),
 ];
 
 const CREATE_MIGRATIONS: &str = "CREATE TABLE IF NOT EXISTS gatehouse_migrations (

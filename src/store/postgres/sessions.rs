@@ -8,23 +8,27 @@
 
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
-use tokio_postgres::types::Json;
+use tokio_postgres::types::{Json, ToSql};
 
-use crate::store::{Session, StoreError};
+use crate::store::{IdpLink, LoginFlow, Session, StoreError};
 
-use super::{Fail, PgStore, exec, key, row, unkey};
+use super::{Fail, PgStore, exec, key, row, rows, unkey};
 
 /// Stores a session, replacing one of the same id hash.
 const INSERT: &str = "INSERT INTO gatehouse_sessions
-        (id_hash, user_id, methods, created, last_seen, expires)
-    VALUES ($1, $2, $3, $4, $5, $6)
+        (id_hash, user_id, methods, created, last_seen, expires, idp_provider, idp_sid)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
     ON CONFLICT (id_hash) DO UPDATE SET user_id = excluded.user_id, methods = excluded.methods,
-        created = excluded.created, last_seen = excluded.last_seen, expires = excluded.expires";
+        created = excluded.created, last_seen = excluded.last_seen, expires = excluded.expires,
+        idp_provider = excluded.idp_provider, idp_sid = excluded.idp_sid";
 
 /// The columns [`session_from`] reads.
-pub(super) const COLUMNS: &str = "id_hash, user_id, methods, created, last_seen, expires";
+pub(super) const COLUMNS: &str =
+    "id_hash, user_id, methods, created, last_seen, expires, idp_provider, idp_sid";
 
 pub(super) fn session_from(row: &Row) -> Result<Session, Fail> {
+    let provider: Option<String> = row.try_get("idp_provider")?;
+    let sid: Option<String> = row.try_get("idp_sid")?;
     Ok(Session {
         id_hash: row.try_get("id_hash")?,
         user_id: unkey(row.try_get("user_id")?),
@@ -32,7 +36,21 @@ pub(super) fn session_from(row: &Row) -> Result<Session, Fail> {
         created: row.try_get("created")?,
         last_seen: row.try_get("last_seen")?,
         expires: row.try_get("expires")?,
-        idp: None,
+        idp: provider.map(|provider| IdpLink { provider, sid }),
+    })
+}
+
+/// The columns [`flow_from`] reads.
+pub(super) const FLOW_COLUMNS: &str = "state_hash, provider, nonce, pkce_verifier, rd, expires";
+
+pub(super) fn flow_from(row: &Row) -> Result<LoginFlow, Fail> {
+    Ok(LoginFlow {
+        state_hash: row.try_get("state_hash")?,
+        provider: row.try_get("provider")?,
+        nonce: row.try_get("nonce")?,
+        pkce_verifier: row.try_get("pkce_verifier")?,
+        rd: row.try_get("rd")?,
+        expires: row.try_get("expires")?,
     })
 }
 
@@ -47,6 +65,8 @@ async fn insert(c: &impl GenericClient, session: &Session) -> Result<(), Fail> {
             &session.created,
             &session.last_seen,
             &session.expires,
+            &session.idp.as_ref().map(|link| &link.provider),
+            &session.idp.as_ref().and_then(|link| link.sid.as_ref()),
         ],
     )
     .await?;
@@ -136,6 +156,50 @@ impl PgStore {
             &tx,
             "DELETE FROM gatehouse_sessions WHERE user_id = $1",
             &[&user_id],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
+    /// Deletes the sessions signed in through `provider` that match `user_id` and `sid` where
+    /// given. Their users' rows are locked first, as signing out everywhere does, so that a
+    /// rotation of one of them either commits before the delete (which then sees its new row) or
+    /// finds its old row gone.
+    pub(super) async fn delete_idp_sessions_once(
+        &self,
+        provider: &str,
+        user_id: Option<u64>,
+        sid: Option<&str>,
+    ) -> Result<u64, Fail> {
+        let user_id = user_id.map(key);
+        // One statement for each combination of filters, so that each uses its index.
+        let mut filter = String::from("idp_provider = $1");
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&provider];
+        if let Some(user_id) = &user_id {
+            params.push(user_id);
+            filter.push_str(&format!(" AND user_id = ${}", params.len()));
+        }
+        if let Some(sid) = &sid {
+            params.push(sid);
+            filter.push_str(&format!(" AND idp_sid = ${}", params.len()));
+        }
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        rows(
+            &tx,
+            &format!(
+                "SELECT id FROM gatehouse_users WHERE id IN (
+                    SELECT user_id FROM gatehouse_sessions WHERE {filter}
+                ) ORDER BY id FOR UPDATE"
+            ),
+            &params,
+        )
+        .await?;
+        let deleted = exec(
+            &tx,
+            &format!("DELETE FROM gatehouse_sessions WHERE {filter}"),
+            &params,
         )
         .await?;
         tx.commit().await?;

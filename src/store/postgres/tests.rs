@@ -8,8 +8,8 @@ use tokio_postgres::NoTls;
 use crate::lockout::Policy;
 use crate::store::sled::SledStore;
 use crate::store::{
-    Application, Domain, ExternalId, FactorKind, Membership, NewUser, OobCode, Organization, Role,
-    SCHEMA_VERSION, Session, SigningKey, Store, Ticket, User, UserPatch, WsKey,
+    Application, Domain, ExternalId, FactorKind, IdpLink, LoginFlow, Membership, NewUser, OobCode,
+    Organization, Role, SCHEMA_VERSION, Session, SigningKey, Store, Ticket, User, UserPatch, WsKey,
 };
 
 const NOW: &str = "2026-01-01T00:00:00Z";
@@ -176,7 +176,8 @@ async fn a_database_from_before_sessions_gains_them_at_the_next_start() {
         .await
         .unwrap()
         .batch_execute(
-            "DROP TABLE gatehouse_sessions; DELETE FROM gatehouse_migrations WHERE version > 1",
+            "DROP TABLE gatehouse_sessions; DROP TABLE gatehouse_login_flows;
+             DELETE FROM gatehouse_migrations WHERE version > 1",
         )
         .await
         .unwrap();
@@ -221,6 +222,104 @@ async fn a_database_from_before_sessions_gains_them_at_the_next_start() {
         .await
         .unwrap();
     assert!(indexed.is_some(), "sessions are indexed by user");
+}
+
+/// A database made by the release before sign-in at external providers (schema version 2, with
+/// a session in it) keeps that session, as a local one, and gains provider links and sign-in
+/// flows at its next start.
+#[tokio::test]
+async fn a_database_from_before_external_sign_in_keeps_its_sessions_and_gains_flows() {
+    let db = TestDb::new().await;
+    let old = db.store().await;
+    let ada = old.create_user(new_user("ada"), NOW_UNIX).await.unwrap();
+    old.client()
+        .await
+        .unwrap()
+        .batch_execute(
+            "DROP TABLE gatehouse_login_flows; DROP INDEX gatehouse_sessions_idp;
+             ALTER TABLE gatehouse_sessions DROP COLUMN idp_provider, DROP COLUMN idp_sid;
+             DELETE FROM gatehouse_migrations WHERE version > 2",
+        )
+        .await
+        .unwrap();
+    let local = Session {
+        id_hash: "a".repeat(64),
+        user_id: ada.id,
+        methods: vec!["pwd".into()],
+        created: NOW_UNIX,
+        last_seen: NOW_UNIX,
+        expires: NOW_UNIX + 3600,
+        idp: None,
+    };
+    old.client()
+        .await
+        .unwrap()
+        .execute(
+            "INSERT INTO gatehouse_sessions (id_hash, user_id, methods, created, last_seen, expires)
+             VALUES ($1, $2, '[\"pwd\"]', $3, $3, $4)",
+            &[&local.id_hash, &key(ada.id), &NOW_UNIX, &local.expires],
+        )
+        .await
+        .unwrap();
+    drop(old);
+
+    let upgraded = db.store().await;
+    assert_eq!(
+        upgraded.session(&local.id_hash).await.unwrap(),
+        Some(local.clone())
+    );
+    let linked = Session {
+        id_hash: "b".repeat(64),
+        idp: Some(IdpLink {
+            provider: "corp".into(),
+            sid: Some("s1".into()),
+        }),
+        ..local.clone()
+    };
+    upgraded.create_session(linked.clone(), 20).await.unwrap();
+    assert_eq!(
+        upgraded.session(&linked.id_hash).await.unwrap(),
+        Some(linked)
+    );
+    assert_eq!(
+        upgraded
+            .delete_idp_sessions("corp", None, Some("s1"))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(upgraded.session(&local.id_hash).await.unwrap(), Some(local));
+    let flow = LoginFlow {
+        state_hash: "c".repeat(64),
+        provider: "corp".into(),
+        nonce: "n".into(),
+        pkce_verifier: "v".into(),
+        rd: "/".into(),
+        expires: NOW_UNIX + 600,
+    };
+    upgraded.create_login_flow(flow.clone()).await.unwrap();
+    assert_eq!(
+        upgraded
+            .take_login_flow(&flow.state_hash, NOW_UNIX)
+            .await
+            .unwrap(),
+        Some(flow)
+    );
+    let indexed = upgraded
+        .client()
+        .await
+        .unwrap()
+        .query_opt(
+            "SELECT 1 FROM pg_indexes WHERE tablename = 'gatehouse_sessions' \
+             AND indexdef LIKE '%(idp_provider, idp_sid)%'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(
+        indexed.is_some(),
+        "sessions are indexed by provider and sid"
+    );
 }
 
 #[tokio::test]

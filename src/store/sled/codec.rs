@@ -32,6 +32,25 @@ pub(super) fn session_index_key(user_id: u64, id_hash: &str) -> Vec<u8> {
     key
 }
 
+/// Where `idp_sessions` lists the sessions signed in through `provider` with the provider's
+/// session id `sid`: each part preceded by its length (4 bytes, big-endian), so that no provider
+/// and sid run into another pair's. The session's id hash follows this prefix in the key.
+pub(super) fn idp_index_prefix(provider: &str, sid: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + provider.len() + sid.len() + 64);
+    for part in [provider, sid] {
+        key.extend_from_slice(&u32::try_from(part.len()).unwrap_or(u32::MAX).to_be_bytes());
+        key.extend_from_slice(part.as_bytes());
+    }
+    key
+}
+
+/// A session's entry in the `idp_sessions` index: [`idp_index_prefix`], then the id hash.
+pub(super) fn idp_index_key(provider: &str, sid: &str, id_hash: &str) -> Vec<u8> {
+    let mut key = idp_index_prefix(provider, sid);
+    key.extend_from_slice(id_hash.as_bytes());
+    key
+}
+
 /// Every kind of factor: the keys a transaction names when it must see all of a user's factors.
 pub(super) const FACTOR_KINDS: [FactorKind; 3] =
     [FactorKind::Otp, FactorKind::Sms, FactorKind::Email];

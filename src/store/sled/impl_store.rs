@@ -8,9 +8,9 @@ use sled::{Transactional, Tree};
 
 use crate::lockout::{LockoutState, Policy, Reservation};
 use crate::store::{
-    Application, AuditEvent, CodeLogin, Domain, Factor, FactorKind, NewUser, OPT_IN_PREFIX,
-    OobCode, Organization, Session, SigningKey, Snapshot, Store, StoreError, StoreResult, Ticket,
-    User, WsKey, stamp,
+    Application, AuditEvent, CodeLogin, Domain, Factor, FactorKind, LoginFlow, NewUser,
+    OPT_IN_PREFIX, OobCode, Organization, Session, SigningKey, Snapshot, Store, StoreError,
+    StoreResult, Ticket, User, WsKey, stamp,
 };
 
 use super::SledStore;
@@ -709,27 +709,31 @@ impl Store for SledStore {
 
     async fn delete_idp_sessions(
         &self,
-        _provider: &str,
-        _user_id: Option<u64>,
-        _sid: Option<&str>,
+        provider: &str,
+        user_id: Option<u64>,
+        sid: Option<&str>,
     ) -> StoreResult<u64> {
-        Err(crate::store::StoreError::Backend("delete_idp_sessions: pending".into()))
+        let deleted = self.remove_idp_sessions(provider, user_id, sid)?;
+        self.durable().await?;
+        Ok(deleted)
     }
 
-    async fn create_login_flow(&self, _flow: crate::store::LoginFlow) -> StoreResult<()> {
-        Err(crate::store::StoreError::Backend("create_login_flow: pending".into()))
+    async fn create_login_flow(&self, flow: LoginFlow) -> StoreResult<()> {
+        self.insert_login_flow(&flow)?;
+        self.durable().await
     }
 
-    async fn take_login_flow(
-        &self,
-        _state_hash: &str,
-        _now: i64,
-    ) -> StoreResult<Option<crate::store::LoginFlow>> {
-        Err(crate::store::StoreError::Backend("take_login_flow: pending".into()))
+    async fn take_login_flow(&self, state_hash: &str, now: i64) -> StoreResult<Option<LoginFlow>> {
+        let (flow, removed) = self.remove_login_flow(state_hash, now)?;
+        if removed {
+            self.durable().await?;
+        }
+        Ok(flow)
     }
 
-    async fn purge_login_flows(&self, _now: i64) -> StoreResult<u64> {
-        Err(crate::store::StoreError::Backend("purge_login_flows: pending".into()))
+    async fn purge_login_flows(&self, now: i64) -> StoreResult<u64> {
+        // Not flushed: a purged flow that comes back after a crash has expired all the same.
+        self.purge_flows(now)
     }
 
     async fn flush(&self) -> StoreResult<()> {

@@ -48,6 +48,11 @@ pub struct SledStore {
     sessions: Tree,
     /// User id ‖ session id hash → the session's `created` (8 bytes, big-endian).
     user_sessions: Tree,
+    /// Provider ‖ sid ‖ session id hash → nothing, for the sessions signed in through an external
+    /// provider that sent a session id ([`codec::idp_index_key`]).
+    idp_sessions: Tree,
+    /// State hash → a sign-in at an external provider in progress.
+    login_flows: Tree,
     /// Group commit: see [`SledStore::durable`].
     commits: Commits,
     /// Users as last decoded, by id, with the bytes they were decoded from: see
@@ -142,6 +147,8 @@ impl SledStore {
             verified_domains: tree("verified_domains")?,
             sessions: tree("sessions")?,
             user_sessions: tree("user_sessions")?,
+            idp_sessions: tree("idp_sessions")?,
+            login_flows: tree("login_flows")?,
             commits: Commits::default(),
             decoded_users: std::sync::Mutex::default(),
             db,

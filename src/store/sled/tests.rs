@@ -277,3 +277,81 @@ async fn a_code_is_consumed_once_and_only_before_expiry() {
             .unwrap()
     );
 }
+
+fn linked_session(n: u64, user_id: u64, sid: &str) -> crate::store::Session {
+    crate::store::Session {
+        id_hash: format!("{n:064x}"),
+        user_id,
+        methods: Vec::new(),
+        created: 1000 + n as i64,
+        last_seen: 1000 + n as i64,
+        expires: 5000,
+        idp: Some(crate::store::IdpLink {
+            provider: "corp".into(),
+            sid: Some(sid.into()),
+        }),
+    }
+}
+
+/// The provider index lists only stored sessions: whichever way a session ends (deletion,
+/// rotation, the per-user cap, purging, signing out everywhere, the user's deletion), its entry
+/// goes with it.
+#[tokio::test]
+async fn every_way_a_session_ends_takes_its_provider_index_entry_along() {
+    let store = SledStore::temporary().unwrap();
+    let ada = store.create_user(new_user("ada"), NOW_UNIX).await.unwrap();
+    let bob = store.create_user(new_user("bob"), NOW_UNIX).await.unwrap();
+    let entries = |store: &SledStore| store.idp_sessions.len();
+
+    store
+        .create_session(linked_session(1, ada.id, "a"), 20)
+        .await
+        .unwrap();
+    assert_eq!(entries(&store), 1);
+    assert!(store.delete_session(&format!("{:064x}", 1)).await.unwrap());
+    assert_eq!(entries(&store), 0);
+
+    store
+        .create_session(linked_session(2, ada.id, "a"), 20)
+        .await
+        .unwrap();
+    let mut rotated = linked_session(3, ada.id, "b");
+    rotated.idp = None;
+    assert!(
+        store
+            .replace_session(&format!("{:064x}", 2), rotated)
+            .await
+            .unwrap()
+    );
+    assert_eq!(entries(&store), 0);
+
+    store
+        .create_session(linked_session(4, ada.id, "a"), 20)
+        .await
+        .unwrap();
+    store
+        .create_session(linked_session(5, ada.id, "a"), 1)
+        .await
+        .unwrap();
+    assert_eq!(entries(&store), 1, "the cap removed sessions 3 and 4");
+
+    store
+        .create_session(linked_session(6, bob.id, "c"), 20)
+        .await
+        .unwrap();
+    assert_eq!(store.purge_sessions(5000, 0).await.unwrap(), 2);
+    assert_eq!(entries(&store), 0);
+
+    store
+        .create_session(linked_session(7, ada.id, "a"), 20)
+        .await
+        .unwrap();
+    store
+        .create_session(linked_session(8, bob.id, "c"), 20)
+        .await
+        .unwrap();
+    assert_eq!(store.delete_user_sessions(ada.id).await.unwrap(), 1);
+    assert!(store.delete_user("bob").await.unwrap());
+    assert_eq!(entries(&store), 0);
+    assert!(store.sessions.is_empty());
+}
