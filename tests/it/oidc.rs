@@ -216,10 +216,22 @@ scopes = ["openid", "email", "profile", "groups"]
     pub async fn signed_in(&self, id: &str, login: &'static str) -> Visitor {
         let mut visitor = self.visitor();
         let page = self.sign_in(&mut visitor, id, login, "/private/").await;
-        assert_eq!(page.status, 303, "{}: {}", login, page.body);
+        assert_eq!(
+            page.status,
+            303,
+            "{login}: {}\n{}",
+            page.body,
+            self.recent_audit().await
+        );
         assert_eq!(page.location(), "/private/");
         assert!(visitor.session().is_some());
         visitor
+    }
+
+    /// The newest audit events, for failure messages (the reason of a refused sign-in is there).
+    pub async fn recent_audit(&self) -> String {
+        let (_, events) = self.gh.admin("GET", "/admin/v1/audit?limit=5", None).await;
+        events.to_string()
     }
 
     /// The request the upstream saw last for `path`.
@@ -294,8 +306,8 @@ fn with_param(url: &str, name: &str, value: Option<&str>) -> String {
 }
 
 /// The callback's answer is a refusal: `status`, an HTML page that offers to start again, no
-/// session cookie set, and no session in the browser afterwards.
-pub async fn assert_refused(visitor: &mut Visitor, page: &Page, status: u16, what: &str) {
+/// session cookie set, no session in the browser afterwards, and `signin.failed` audited.
+pub async fn assert_refused(o: &Oidc, visitor: &mut Visitor, page: &Page, status: u16, what: &str) {
     assert_eq!(page.status, status, "{what}: {}", page.body);
     let content_type = page
         .headers
@@ -318,6 +330,7 @@ pub async fn assert_refused(visitor: &mut Visitor, page: &Page, status: u16, wha
     );
     assert_eq!(visitor.session(), None, "{what}");
     assert_eq!(session_status(visitor).await, 401, "{what}");
+    assert_eq!(o.gh.audit_events(1).await, ["signin.failed"], "{what}");
 }
 
 #[tokio::test]
@@ -395,7 +408,7 @@ async fn signing_in_through_a_provider_creates_the_user_once_and_a_session_with_
         .at_provider(&mut ProviderAgent::new(), &url, AtLogin::SignIn("alice"))
         .await;
     let page = visitor.get(&callback).await;
-    assert_eq!(page.status, 303, "{}", page.body);
+    assert_eq!(page.status, 303, "{}", o.recent_audit().await);
     assert_eq!(page.location(), "/private/page?x=1");
     let session = page.set_cookie(SESSION_COOKIE).expect("a session cookie");
     for attribute in ["HttpOnly", "Secure", "SameSite=Lax", "Path=/"] {
@@ -432,16 +445,13 @@ async fn two_providers_and_local_passwords_sign_in_side_by_side() {
     let page = o.visitor().get("/auth/login?rd=%2Fprivate%2F").await;
     assert_eq!(page.status, 200);
     for (id, name) in [("corp", "Corporate SSO"), ("partner", "Partner login")] {
-        assert!(
-            page.body.contains(&format!("action=\"/auth/login/{id}\"")),
-            "{}",
-            page.body
-        );
-        assert!(
-            page.body.contains(&format!(">{name}</button>")),
-            "{}",
-            page.body
-        );
+        // A form with a button, or a link, to the provider's start, labelled with its name.
+        let as_form = page.body.contains(&format!("action=\"/auth/login/{id}\""))
+            && page.body.contains(&format!(">{name}</button>"));
+        let as_link = page.body.contains(&format!(
+            "href=\"/auth/login/{id}?rd=%2Fprivate%2F\">{name}</a>"
+        ));
+        assert!(as_form || as_link, "{id}: {}", page.body);
     }
 
     let mut alice = o.signed_in("corp", "alice").await;
@@ -469,7 +479,7 @@ async fn consent_denied_or_an_error_at_the_provider_shows_a_page_and_starts_no_s
         Some("access_denied")
     );
     let page = visitor.get(&callback).await;
-    assert_refused(&mut visitor, &page, 403, "consent denied").await;
+    assert_refused(&o, &mut visitor, &page, 403, "consent denied").await;
 
     // Any other error the provider reports, with the flow's own state.
     let mut visitor = o.visitor();
@@ -480,7 +490,7 @@ async fn consent_denied_or_an_error_at_the_provider_shows_a_page_and_starts_no_s
             "/auth/callback/corp?error=server_error&error_description=down&state={state}"
         ))
         .await;
-    assert_refused(&mut visitor, &page, 400, "server_error").await;
+    assert_refused(&o, &mut visitor, &page, 400, "server_error").await;
 }
 
 #[tokio::test]
@@ -493,7 +503,7 @@ async fn a_callback_without_state_or_code_starts_no_session() {
         .await;
     let stateless = with_param(&callback, "state", None);
     let page = visitor.get(&stateless).await;
-    assert_refused(&mut visitor, &page, 400, "no state").await;
+    assert_refused(&o, &mut visitor, &page, 400, "no state").await;
 
     let mut visitor = o.visitor();
     o.begin(&mut visitor, "corp", "/private/").await;
@@ -501,7 +511,7 @@ async fn a_callback_without_state_or_code_starts_no_session() {
     let page = visitor
         .get(&format!("/auth/callback/corp?state={state}"))
         .await;
-    assert_refused(&mut visitor, &page, 400, "no code").await;
+    assert_refused(&o, &mut visitor, &page, 400, "no code").await;
 }
 
 #[tokio::test]
@@ -520,7 +530,7 @@ async fn a_replayed_callback_starts_no_second_session() {
     let mut replayer = o.visitor();
     replayer.cookies.insert(OIDC_COOKIE.into(), flow_cookie);
     let page = replayer.get(&callback).await;
-    assert_refused(&mut replayer, &page, 400, "replayed").await;
+    assert_refused(&o, &mut replayer, &page, 400, "replayed").await;
 }
 
 #[tokio::test]
@@ -535,10 +545,10 @@ async fn a_callback_in_another_browser_than_the_one_that_started_it_starts_no_se
     let mut attacker = o.visitor();
     o.begin(&mut attacker, "corp", "/private/").await;
     let page = attacker.get(&callback).await;
-    assert_refused(&mut attacker, &page, 400, "another browser's flow").await;
+    assert_refused(&o, &mut attacker, &page, 400, "another browser's flow").await;
     let mut bare = o.visitor();
     let page = bare.get(&callback).await;
-    assert_refused(&mut bare, &page, 400, "no flow cookie").await;
+    assert_refused(&o, &mut bare, &page, 400, "no flow cookie").await;
 }
 
 #[tokio::test]
@@ -560,7 +570,7 @@ async fn an_expired_or_already_used_code_starts_no_session() {
     let page = visitor
         .get(&with_param(&callback, "code", Some(&used)))
         .await;
-    assert_refused(&mut visitor, &page, 400, "used code").await;
+    assert_refused(&o, &mut visitor, &page, 400, "used code").await;
 
     // A code past its lifetime at the provider.
     o.idp.set_code_lifetime(1).await;
@@ -571,7 +581,7 @@ async fn an_expired_or_already_used_code_starts_no_session() {
         .await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let page = visitor.get(&callback).await;
-    assert_refused(&mut visitor, &page, 400, "expired code").await;
+    assert_refused(&o, &mut visitor, &page, 400, "expired code").await;
 }
 
 #[tokio::test]
@@ -592,7 +602,7 @@ async fn an_id_token_that_fails_verification_starts_no_session() {
             .await;
         o.idp.tamper_next_id_token(claims).await;
         let page = visitor.get(&callback).await;
-        assert_refused(&mut visitor, &page, 400, what).await;
+        assert_refused(&o, &mut visitor, &page, 400, what).await;
     }
     let mut visitor = o.visitor();
     let url = o.begin(&mut visitor, "corp", "/private/").await;
@@ -601,7 +611,7 @@ async fn an_id_token_that_fails_verification_starts_no_session() {
         .await;
     o.idp.sign_next_id_token_with_foreign_key().await;
     let page = visitor.get(&callback).await;
-    assert_refused(&mut visitor, &page, 400, "a signature by another key").await;
+    assert_refused(&o, &mut visitor, &page, 400, "a signature by another key").await;
 
     // Untampered, the same steps sign in.
     o.signed_in("corp", "alice").await;
@@ -621,7 +631,7 @@ async fn users_outside_the_allowed_domains_or_groups_are_refused() {
     ] {
         let mut visitor = o.visitor();
         let page = o.sign_in(&mut visitor, "corp", login, "/private/").await;
-        assert_refused(&mut visitor, &page, 403, what).await;
+        assert_refused(&o, &mut visitor, &page, 403, what).await;
     }
     o.signed_in("corp", "alice").await;
     // The other provider has no such rule.
@@ -710,7 +720,7 @@ async fn new_users_beyond_a_providers_limit_are_refused_and_known_users_still_si
     o.signed_in("corp", "alice").await;
     let mut visitor = o.visitor();
     let page = o.sign_in(&mut visitor, "corp", "bob", "/private/").await;
-    assert_refused(&mut visitor, &page, 429, "a second new user").await;
+    assert_refused(&o, &mut visitor, &page, 429, "a second new user").await;
     o.signed_in("corp", "alice").await;
 }
 

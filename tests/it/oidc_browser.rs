@@ -27,9 +27,9 @@ fn local(o: &Oidc, url: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// The button of the provider `id` on the sign-in page.
+/// The button of the provider `id` on the sign-in page (a form's button, or a link).
 fn button(id: &str) -> String {
-    format!("form[action='/auth/login/{id}'] button")
+    format!("form[action='/auth/login/{id}'] button, a[href^='/auth/login/{id}?']")
 }
 
 /// At the provider's login page: signs in as `login` (any password), consents when asked, and

@@ -43,25 +43,22 @@ if (!installDir || !configFile) {
   console.error('usage: node provider.mjs <install dir> <config.json>');
   process.exit(2);
 }
+function rsaKey(kid) {
+  const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+  return { privateKey, jwk: { ...privateKey.export({ format: 'jwk' }), kid, alg: 'RS256', use: 'sig' } };
+}
+// Both keys before oidc-provider is loaded: an RSA key generated after that sometimes never
+// comes (node 20's key generation blocks for good).
+const kid = randomUUID();
+const signing = rsaKey(kid);
+// Another key under the same kid: what it signs does not verify with the published key.
+const foreign = rsaKey(kid);
 const packageDir = join(installDir, 'node_modules', 'oidc-provider');
 const { main = 'lib/index.js' } = JSON.parse(readFileSync(join(packageDir, 'package.json'), 'utf8'));
 const { default: Provider } = await import(pathToFileURL(join(packageDir, main)).href);
 
 const config = JSON.parse(readFileSync(configFile, 'utf8'));
 const accounts = new Map(Object.entries(config.accounts ?? {}));
-
-function rsaKey(kid) {
-  const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
-  return { privateKey, jwk: { ...privateKey.export({ format: 'jwk' }), kid, alg: 'RS256', use: 'sig' } };
-}
-const kid = randomUUID();
-const signing = rsaKey(kid);
-// Another key under the same kid: what it signs does not verify with the published key.
-let foreign;
-const foreignKey = () => {
-  foreign ??= rsaKey(kid);
-  return foreign.privateKey;
-};
 
 const b64 = (value) => Buffer.from(JSON.stringify(value)).toString('base64url');
 function signJwt(header, claims, key) {
@@ -170,7 +167,7 @@ provider.use(async (ctx, next) => {
   switch (route) {
     case 'POST /test/logout-token': {
       const header = { alg: 'RS256', typ: 'logout+jwt', kid, ...body.header };
-      const key = body.key === 'foreign' ? foreignKey() : signing.privateKey;
+      const key = body.key === 'foreign' ? foreign.privateKey : signing.privateKey;
       ctx.body = { token: signJwt(header, body.claims ?? {}, key) };
       return undefined;
     }
@@ -239,7 +236,7 @@ provider.use(async (ctx, next) => {
     const header = jwtHeader(ctx.body.id_token);
     ctx.body = {
       ...ctx.body,
-      id_token: signJwt(header, changed, key === 'foreign' ? foreignKey() : signing.privateKey),
+      id_token: signJwt(header, changed, key === 'foreign' ? foreign.privateKey : signing.privateKey),
     };
   }
   idTokens.push(jwtClaims(ctx.body.id_token));
