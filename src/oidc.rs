@@ -339,7 +339,7 @@ impl Provider {
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
         let mut request = client.authorize_url(
             CoreAuthenticationFlow::AuthorizationCode,
-            CsrfToken::new_random,
+            || CsrfToken::new_random_len(32),
             Nonce::new_random,
         );
         for scope in self.config.scopes.iter().filter(|s| *s != "openid") {
