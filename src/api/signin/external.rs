@@ -569,8 +569,9 @@ impl SignIn {
             },
             None => None,
         };
-        if logout.sid.is_none() && user.is_none() {
-            // A subject gatehouse never saw has no sessions here.
+        if logout.subject.is_some() && user.is_none() {
+            // A subject gatehouse never saw has no sessions here, whatever `sid` comes with it:
+            // a token naming both names one person's session, never another's.
             return logout_done();
         }
         let ended = match self
