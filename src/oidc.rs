@@ -339,8 +339,9 @@ impl Provider {
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
         let mut request = client.authorize_url(
             CoreAuthenticationFlow::AuthorizationCode,
+            // 256 bits, the form of every id the browser holds (see `sessions::well_formed`).
             || CsrfToken::new_random_len(32),
-            Nonce::new_random,
+            || Nonce::new_random_len(32),
         );
         for scope in self.config.scopes.iter().filter(|s| *s != "openid") {
             request = request.add_scope(Scope::new(scope.clone()));

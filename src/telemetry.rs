@@ -185,6 +185,8 @@ const SECRET_PARAMS: &[&str] = &[
     "sig",
     "credential",
     "ticket",
+    // An external sign-in's `state`: the value of the browser's flow cookie.
+    "state",
 ];
 
 /// Whether a query parameter's name, as a form decoder reads it (`%4B` is `K`, `+` a space),
@@ -324,6 +326,11 @@ mod tests {
             "FileId=7&WsAccessKey=REDACTED&access_token=REDACTED&q=x"
         );
         assert_eq!(redact_query("page=2&sort=asc"), "page=2&sort=asc");
+        // An external sign-in's callback.
+        assert_eq!(
+            redact_query("code=c0de&state=st4te&iss=x"),
+            "code=REDACTED&state=REDACTED&iss=x"
+        );
         assert_eq!(
             redact_query("WsAccess%4Bey=s3cret;ticket=t&x=1"),
             "WsAccess%4Bey=REDACTED;ticket=REDACTED&x=1"

@@ -165,6 +165,23 @@ impl Idp {
             .await;
     }
 
+    /// The next ID token the provider issues has these `header` fields and is signed with `key`
+    /// (`"foreign"`, `{"secret": s}` for an `HS…` alg, anything for `alg: none`).
+    pub async fn tamper_next_id_token_header(&self, header: Value, key: Value) {
+        self.test_post(
+            "/test/tamper",
+            json!({"claims": {}, "header": header, "key": key}),
+        )
+        .await;
+    }
+
+    /// A logout token with exactly `claims` and these `header` fields, signed with `key` (as
+    /// [`Idp::tamper_next_id_token_header`]).
+    pub async fn logout_token_signed(&self, header: Value, claims: Value, key: Value) -> String {
+        self.sign_logout_token(json!({"claims": claims, "header": header, "key": key}))
+            .await
+    }
+
     /// The next ID token the provider issues is signed by a key it does not publish.
     pub async fn sign_next_id_token_with_foreign_key(&self) {
         self.test_post("/test/tamper", json!({"claims": {}, "key": "foreign"}))

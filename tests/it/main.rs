@@ -25,6 +25,7 @@ mod manage;
 mod mfa;
 mod nginx_signin;
 mod oidc;
+mod oidc_attacks;
 mod oidc_browser;
 mod openapi;
 mod ops;

@@ -20,7 +20,7 @@ use crate::signin::{PASSWORD, Page, SESSION_COOKIE, Visitor, urlencoding, user};
 pub const OIDC_COOKIE: &str = "__Host-gatehouse-oidc";
 pub const CORP_CLIENT: &str = "gatehouse-corp";
 pub const PARTNER_CLIENT: &str = "gatehouse-partner";
-const CORP_SECRET: &str = "corp-secret-7Jx2Qm9LrT4vWc8NbZ1a";
+pub const CORP_SECRET: &str = "corp-secret-7Jx2Qm9LrT4vWc8NbZ1a";
 const PARTNER_SECRET: &str = "partner-secret-Hk3Pz6YwE0sDq5Rf";
 const LOGOUT_EVENT: &str = "http://schemas.openid.net/event/backchannel-logout";
 

@@ -20,11 +20,13 @@
 //
 // Test-only endpoints under /test/ (no real provider has them; they exist so that the tests can
 // produce what a compliant provider never would):
-//   POST /test/logout-token {"claims": {...}, "header"?: {...}, "key"?: "foreign"}
+//   POST /test/logout-token {"claims": {...}, "header"?: {...}, "key"?: "foreign" | {"secret"}}
 //        -> {"token": "<JWT>"}: a logout token with exactly these claims, signed by the provider's
-//        key (or, with "key": "foreign", by another key under the same kid).
-//   POST /test/tamper {"claims"?: {...}, "key"?: "foreign"} -> 204: the next ID token the token
-//        endpoint issues is re-signed with these claims changed (a null value removes one).
+//        key (or, with "key": "foreign", by another key under the same kid; with {"secret": s}
+//        and an `HS…` alg in "header", an HMAC with s; with alg "none", unsigned).
+//   POST /test/tamper {"claims"?: {...}, "header"?: {...}, "key"?: as above} -> 204: the next ID
+//        token the token endpoint issues is re-signed with these claims and header fields changed
+//        (a null value removes a claim).
 //   POST /test/code-ttl {"seconds": n} -> 204: authorization codes issued from now live n seconds.
 //   POST /test/account {"login": "...", "claims": {...}} -> 204: sets an account's claims.
 //   GET  /test/id-tokens -> the claims of every ID token issued so far, oldest first.
@@ -33,7 +35,7 @@
 import { createServer } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { request as httpRequest } from 'node:http';
-import { generateKeyPairSync, randomUUID, sign as cryptoSign } from 'node:crypto';
+import { createHmac, generateKeyPairSync, randomUUID, sign as cryptoSign } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -60,9 +62,24 @@ const { default: Provider } = await import(pathToFileURL(join(packageDir, main))
 const config = JSON.parse(readFileSync(configFile, 'utf8'));
 const accounts = new Map(Object.entries(config.accounts ?? {}));
 
+// The key a test asks for: the provider's own, "foreign", or {"secret": s} for an HMAC.
+const signingKey = (key) => {
+  if (key === 'foreign') return foreign.privateKey;
+  if (typeof key?.secret === 'string') return key.secret;
+  return signing.privateKey;
+};
+
 const b64 = (value) => Buffer.from(JSON.stringify(value)).toString('base64url');
+// `alg` "none" is left unsigned, an `HS…` one is an HMAC with `key` (a string: a shared secret).
 function signJwt(header, claims, key) {
   const input = `${b64(header)}.${b64(claims)}`;
+  if (header.alg === 'none') {
+    return `${input}.`;
+  }
+  if (/^HS(256|384|512)$/.test(header.alg ?? '')) {
+    const hash = `sha${header.alg.slice(2)}`;
+    return `${input}.${createHmac(hash, key).update(input).digest('base64url')}`;
+  }
   const signature = cryptoSign('RSA-SHA256', Buffer.from(input), key).toString('base64url');
   return `${input}.${signature}`;
 }
@@ -167,12 +184,11 @@ provider.use(async (ctx, next) => {
   switch (route) {
     case 'POST /test/logout-token': {
       const header = { alg: 'RS256', typ: 'logout+jwt', kid, ...body.header };
-      const key = body.key === 'foreign' ? foreign.privateKey : signing.privateKey;
-      ctx.body = { token: signJwt(header, body.claims ?? {}, key) };
+      ctx.body = { token: signJwt(header, body.claims ?? {}, signingKey(body.key)) };
       return undefined;
     }
     case 'POST /test/tamper':
-      tamper = { claims: body.claims ?? {}, key: body.key };
+      tamper = { claims: body.claims ?? {}, header: body.header ?? {}, key: body.key };
       ctx.status = 204;
       return undefined;
     case 'POST /test/code-ttl':
@@ -227,17 +243,14 @@ provider.use(async (ctx, next) => {
     return;
   }
   if (tamper) {
-    const { claims, key } = tamper;
+    const { claims, header: changedHeader, key } = tamper;
     tamper = undefined;
     const changed = { ...jwtClaims(ctx.body.id_token), ...claims };
     for (const [name, value] of Object.entries(claims)) {
       if (value === null) delete changed[name];
     }
-    const header = jwtHeader(ctx.body.id_token);
-    ctx.body = {
-      ...ctx.body,
-      id_token: signJwt(header, changed, key === 'foreign' ? foreign.privateKey : signing.privateKey),
-    };
+    const header = { ...jwtHeader(ctx.body.id_token), ...changedHeader };
+    ctx.body = { ...ctx.body, id_token: signJwt(header, changed, signingKey(key)) };
   }
   idTokens.push(jwtClaims(ctx.body.id_token));
 });

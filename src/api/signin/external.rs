@@ -30,6 +30,32 @@ pub const FLOW_TTL: i64 = 600;
 /// its callback or its end.
 pub const STARTS_PER_ADDRESS: u32 = 120;
 
+/// Sign-ins one replica starts per [`FLOW_TTL`], from all addresses together: the bound on the
+/// flows it can make the store hold however many addresses ask (an IPv6 network has many).
+pub const STARTS_PER_REPLICA: u32 = 20_000;
+
+/// A count of starts in the current window of [`FLOW_TTL`].
+#[derive(Default)]
+pub(super) struct StartWindow(std::sync::Mutex<(i64, u32)>);
+
+impl StartWindow {
+    /// Counts one start at `now`; `false` (nothing counted) when the window is full.
+    fn take(&self, now: i64) -> bool {
+        let mut window = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if now - window.0 >= FLOW_TTL {
+            *window = (now, 0);
+        }
+        if window.1 >= STARTS_PER_REPLICA {
+            return false;
+        }
+        window.1 += 1;
+        true
+    }
+}
+
 /// How often, at most, ended flows are purged from the store (seconds).
 const PURGE_EVERY: i64 = 600;
 
@@ -100,13 +126,11 @@ impl SignIn {
         };
         let target = rd::target(&api::query_value(parts.uri.query(), "rd").unwrap_or_default());
         let now = self.clock.unix();
-        if self.starts.reserve(visit.client, now).is_err() {
+        if self.starts.reserve(visit.client, now).is_err() || !self.all_starts.take(now) {
             let mut response = respond(
                 StatusCode::TOO_MANY_REQUESTS,
                 "Please wait",
-                &pages::message(
-                    "Too many sign-ins were started from your address. Wait a few minutes.",
-                ),
+                &pages::message("Too many sign-ins were started. Wait a few minutes."),
                 &[],
             );
             response
@@ -569,8 +593,9 @@ impl SignIn {
             },
             None => None,
         };
-        if logout.sid.is_none() && user.is_none() {
-            // A subject gatehouse never saw has no sessions here.
+        if logout.subject.is_some() && user.is_none() {
+            // A subject gatehouse never saw has no sessions here, whatever `sid` comes with it:
+            // a token naming both names one person's session, never another's.
             return logout_done();
         }
         let ended = match self
@@ -664,6 +689,17 @@ fn logout_unavailable(why: &str) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replica_starts_a_bounded_number_of_sign_ins_per_window() {
+        let window = StartWindow::default();
+        for _ in 0..STARTS_PER_REPLICA {
+            assert!(window.take(1000));
+        }
+        assert!(!window.take(1000));
+        assert!(!window.take(1000 + FLOW_TTL - 1));
+        assert!(window.take(1000 + FLOW_TTL));
+    }
 
     #[test]
     fn a_provider_id_is_one_segment_after_its_prefix() {

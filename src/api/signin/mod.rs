@@ -142,6 +142,8 @@ pub struct SignIn {
     providers: Arc<crate::oidc::Providers>,
     /// External sign-ins started per client address.
     starts: crate::auth::throttle::Throttle,
+    /// External sign-ins started from every address together.
+    all_starts: external::StartWindow,
     /// When ended external sign-ins were last purged (Unix seconds).
     last_flow_purge: std::sync::atomic::AtomicI64,
 }
@@ -185,6 +187,7 @@ impl SignIn {
                 external::STARTS_PER_ADDRESS,
                 std::time::Duration::from_secs(external::FLOW_TTL.unsigned_abs()),
             ),
+            all_starts: external::StartWindow::default(),
             last_flow_purge: std::sync::atomic::AtomicI64::new(0),
         }
     }
