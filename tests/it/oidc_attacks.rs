@@ -32,7 +32,7 @@ async fn id_tokens_unsigned_or_signed_with_the_client_secret_start_no_session() 
             .await;
         o.idp.tamper_next_id_token_header(header, key).await;
         let page = visitor.get(&callback).await;
-        assert_refused(&mut visitor, &page, 400, what).await;
+        assert_refused(&o, &mut visitor, &page, 400, what).await;
     }
 }
 
@@ -77,7 +77,7 @@ async fn a_callback_carried_to_another_providers_path_starts_no_session() {
         .await;
     let moved = callback.replacen("/auth/callback/corp", "/auth/callback/partner", 1);
     let page = visitor.get(&moved).await;
-    assert_refused(&mut visitor, &page, 400, "corp's callback at partner").await;
+    assert_refused(&o, &mut visitor, &page, 400, "corp's callback at partner").await;
     // The flow is spent: the genuine callback no longer works either.
     let page = visitor.get(&callback).await;
     assert_eq!(page.status, 400, "{}", page.body);
@@ -99,7 +99,7 @@ async fn a_callback_carried_to_another_providers_path_starts_no_session() {
     let page = visitor
         .get(&format!("/auth/callback/corp?code={code}&state={state}"))
         .await;
-    assert_refused(&mut visitor, &page, 400, "partner's code at corp").await;
+    assert_refused(&o, &mut visitor, &page, 400, "partner's code at corp").await;
 }
 
 #[tokio::test]
