@@ -59,6 +59,9 @@ pub struct Options {
     /// The https listener on a port chosen before the start, named by `server.public_url`, so
     /// that the provider can send a real browser, and its back-channel calls, to it.
     pub reachable: bool,
+    /// A PostgreSQL database (URL) to keep the store in instead of sled, so that
+    /// [`Oidc::replica`] can start a second gatehouse on it.
+    pub postgres: Option<String>,
 }
 
 /// Gatehouse with the providers `corp` ("Corporate SSO") and `partner` ("Partner login") at one
@@ -69,6 +72,9 @@ pub struct Oidc {
     pub gh: Gatehouse,
     /// `server.public_url`.
     pub public_url: String,
+    /// The configuration after the base one: the providers and `extra`.
+    providers: String,
+    postgres: Option<String>,
 }
 
 impl Oidc {
@@ -118,8 +124,8 @@ impl Oidc {
                 &format!("public_url = \"{public_url}\""),
             )
             .replace("https = \"127.0.0.1:0\"", &format!("https = \"{https}\""));
-        let toml = format!(
-            r#"{base}
+        let providers = format!(
+            r#"
 [[oidc.providers]]
 id = "corp"
 name = "Corporate SSO"
@@ -145,19 +151,32 @@ scopes = ["openid", "email", "profile", "groups"]
             partner = options.partner,
             extra = options.extra,
         );
-        let gh = Gatehouse::start_toml(
-            dir,
-            &toml,
-            |_| {},
-            |config| Arc::new(SledStore::open(&config.store.path).unwrap()),
-        )
-        .await;
+        let toml = format!("{base}{providers}");
+        let gh = start_on(dir, &toml, options.postgres.as_deref()).await;
         Oidc {
             upstream,
             idp,
             gh,
             public_url,
+            providers,
+            postgres: options.postgres,
         }
+    }
+
+    /// A second gatehouse with the same providers on the same PostgreSQL database (listeners of
+    /// its own, the same `server.public_url`).
+    pub async fn replica(&self) -> Gatehouse {
+        let postgres = self
+            .postgres
+            .as_deref()
+            .expect("replicas share a PostgreSQL store");
+        let dir = tempfile::tempdir().unwrap();
+        let base = base_config(dir.path(), &self.upstream.url()).replace(
+            "public_url = \"https://localhost\"",
+            &format!("public_url = \"{}\"", self.public_url),
+        );
+        let toml = format!("{base}{}", self.providers);
+        start_on(dir, &toml, Some(postgres)).await
     }
 
     /// A browser at gatehouse's plaintext listener (see `signin::Visitor`).
@@ -263,6 +282,37 @@ scopes = ["openid", "email", "profile", "groups"]
             "events": {LOGOUT_EVENT: {}},
         })
     }
+}
+
+/// Gatehouse with `toml`, its store in sled under its directory or in the PostgreSQL database
+/// `postgres`.
+async fn start_on(dir: tempfile::TempDir, toml: &str, postgres: Option<&str>) -> Gatehouse {
+    let store: Option<Arc<dyn gatehouse::store::Store>> = match postgres {
+        Some(url) => Some(Arc::new(
+            gatehouse::store::postgres::PgStore::connect(url, 8)
+                .await
+                .unwrap(),
+        )),
+        None => None,
+    };
+    let shared = store.is_some();
+    Gatehouse::start_toml(
+        dir,
+        toml,
+        |c| {
+            if shared {
+                // One master key for the replicas, as they share the signing keys it seals.
+                c.secrets.master_key = Some(gatehouse::config::Secret::new(
+                    "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+                ));
+            }
+        },
+        |config| match store {
+            Some(store) => store,
+            None => Arc::new(SledStore::open(&config.store.path).unwrap()),
+        },
+    )
+    .await
 }
 
 /// Whether the browser's session is alive: the status of `/auth/session` with its cookies.
@@ -907,4 +957,64 @@ async fn a_provider_whose_discovery_fails_answers_503_and_the_others_work() {
 
     o.signed_in("corp", "alice").await;
     o.signed_in("partner", "bob").await;
+}
+
+/// On PostgreSQL, a sign-in started on one replica finishes on another, its callback works once
+/// whichever replica sees it again, and a back-channel logout received by one replica ends the
+/// session on both.
+#[tokio::test]
+async fn replicas_share_sign_ins_at_a_provider_and_end_them_together() {
+    let db = crate::pg::Database::on_shared_server().await;
+    let o = Oidc::start_with(Options {
+        postgres: Some(db.url()),
+        ..Options::default()
+    })
+    .await;
+    let b = o.replica().await;
+
+    let mut at_a = o.visitor();
+    let url = o.begin(&mut at_a, "corp", "/private/").await;
+    let callback = o
+        .at_provider(&mut ProviderAgent::new(), &url, AtLogin::SignIn("alice"))
+        .await;
+    let mut at_b = Visitor::new(b.http_addr());
+    at_b.cookies = at_a.cookies.clone();
+    let page = at_b.get(&callback).await;
+    assert_eq!(
+        page.status,
+        303,
+        "{}\n{}",
+        page.body,
+        o.recent_audit().await
+    );
+    assert!(at_b.session().is_some());
+
+    // The same callback, with the same flow cookie, on the replica that started it.
+    let replay = at_a.get(&callback).await;
+    assert_eq!(replay.status, 400, "{}", replay.body);
+    assert_eq!(session_status(&mut at_a).await, 401);
+
+    at_a.cookies = at_b.cookies.clone();
+    assert_eq!(session_status(&mut at_a).await, 200);
+    assert_eq!(session_status(&mut at_b).await, 200);
+
+    let sid = o.idp.id_tokens().await.last().unwrap()["sid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut claims = o.logout_claims(CORP_CLIENT);
+    claims["sid"] = json!(sid);
+    let token = o.idp.logout_token(claims).await;
+    assert_eq!(o.backchannel("corp", &token).await.status(), 200);
+    assert_eq!(session_status(&mut at_b).await, 401);
+    assert_eq!(session_status(&mut at_a).await, 401);
+
+    // The token was used on one replica: the other refuses it.
+    let replayed = http1_client()
+        .post(b.http_url("/auth/backchannel-logout/corp"))
+        .form(&[("logout_token", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replayed.status(), 400);
 }

@@ -568,11 +568,12 @@ impl SignIn {
                 return logout_refused(&why);
             }
         };
-        // Each token ends sessions once: a replay within its lifetime is refused.
+        // Each token ends sessions once: its jti is remembered for longer than the token can be
+        // accepted (an iat up to LOGOUT_TOKEN_AGE ahead, and as long again after it).
         let key = format!("oidc-logout:{id}:{}", crate::sessions::id_hash(&logout.jti));
         match self
             .store
-            .count_send(&key, now, 2 * crate::oidc::LOGOUT_TOKEN_AGE, 1)
+            .count_send(&key, now, 2 * crate::oidc::LOGOUT_TOKEN_AGE + 60, 1)
             .await
         {
             Ok(true) => {}
