@@ -263,8 +263,9 @@ impl Sessions {
         self.store.flush().await
     }
 
-    /// Deletes ended sessions, at most once per [`PURGE_EVERY`]; a failure is logged only.
-    async fn purge_when_due(&self, now: i64) {
+    /// Deletes ended sessions and ended sign-ins at external providers, at most once per
+    /// [`PURGE_EVERY`] (called where either is created); a failure is logged only.
+    pub async fn purge_when_due(&self, now: i64) {
         let last = self.last_purge.load(Ordering::Relaxed);
         if now - last < PURGE_EVERY
             || self
@@ -280,6 +281,9 @@ impl Sessions {
             .await
         {
             tracing::warn!(error = %e, "cannot purge ended sessions");
+        }
+        if let Err(e) = self.store.purge_login_flows(now).await {
+            tracing::warn!(error = %e, "cannot purge ended external sign-ins");
         }
     }
 

@@ -47,6 +47,28 @@ pub struct Profile {
     pub scopes: Vec<String>,
 }
 
+impl Profile {
+    /// The profile of `subject` at `issuer` from its claims: named after `preferred_username`,
+    /// else `email`, else `sub` (SPEC §3, §12).
+    pub fn from_claims(
+        issuer: &str,
+        subject: &str,
+        preferred_username: Option<&str>,
+        email: Option<&str>,
+        name: Option<&str>,
+        scopes: Vec<String>,
+    ) -> Profile {
+        Profile {
+            issuer: issuer.to_owned(),
+            subject: subject.to_owned(),
+            preferred_name: preferred_username.or(email).unwrap_or(subject).to_owned(),
+            email: email.map(str::to_owned),
+            display_name: name.map(str::to_owned),
+            scopes,
+        }
+    }
+}
+
 /// At most `max` new users per `window` from one issuer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NewUserLimit {

@@ -758,18 +758,14 @@ impl Authenticator {
         claims: &issuers::ExternalClaims,
         limit: external::NewUserLimit,
     ) -> Result<User, AuthError> {
-        let profile = external::Profile {
-            issuer: claims.iss.clone(),
-            subject: claims.sub.clone(),
-            preferred_name: claims
-                .preferred_username
-                .clone()
-                .or_else(|| claims.email.clone())
-                .unwrap_or_else(|| claims.sub.clone()),
-            email: claims.email.clone(),
-            display_name: claims.name.clone(),
-            scopes: first_sight_scopes(&claims.scopes()),
-        };
+        let profile = external::Profile::from_claims(
+            &claims.iss,
+            &claims.sub,
+            claims.preferred_username.as_deref(),
+            claims.email.as_deref(),
+            claims.name.as_deref(),
+            first_sight_scopes(&claims.scopes()),
+        );
         self.external
             .find_or_create(&profile, limit)
             .await

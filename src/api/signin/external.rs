@@ -56,9 +56,6 @@ impl StartWindow {
     }
 }
 
-/// How often, at most, ended flows are purged from the store (seconds).
-const PURGE_EVERY: i64 = 600;
-
 /// The provider id in `path` after `prefix` (`/auth/callback/` …): one non-empty segment.
 pub(super) fn provider_id<'p>(path: &'p str, prefix: &str) -> Option<&'p str> {
     let rest = crate::path::strip_prefix_ignore_case(path, prefix)?;
@@ -172,7 +169,7 @@ impl SignIn {
                 &[],
             );
         }
-        self.purge_flows_when_due(now).await;
+        self.sessions.purge_when_due(now).await;
         let mut response = crate::body::redirect(StatusCode::FOUND, &authorization.url);
         if let Some(cookie) = self
             .sessions
@@ -181,22 +178,6 @@ impl SignIn {
             response.headers_mut().append(header::SET_COOKIE, cookie);
         }
         response
-    }
-
-    async fn purge_flows_when_due(&self, now: i64) {
-        use std::sync::atomic::Ordering;
-        let last = self.last_flow_purge.load(Ordering::Relaxed);
-        if now - last < PURGE_EVERY
-            || self
-                .last_flow_purge
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
-        {
-            return;
-        }
-        if let Err(e) = self.store.purge_login_flows(now).await {
-            tracing::warn!(error = %e, "cannot purge ended external sign-ins");
-        }
     }
 
     /// `GET /auth/callback/{id}`.
@@ -387,18 +368,14 @@ impl SignIn {
         if let Err(why) = allowed(config, identity) {
             return Err(Refused::new(StatusCode::FORBIDDEN, NOT_ALLOWED, why));
         }
-        let profile = Profile {
-            issuer: identity.issuer.clone(),
-            subject: identity.subject.clone(),
-            preferred_name: identity
-                .preferred_username
-                .clone()
-                .or_else(|| identity.email.clone())
-                .unwrap_or_else(|| identity.subject.clone()),
-            email: identity.email.clone(),
-            display_name: identity.name.clone(),
-            scopes: Vec::new(),
-        };
+        let profile = Profile::from_claims(
+            &identity.issuer,
+            &identity.subject,
+            identity.preferred_username.as_deref(),
+            identity.email.as_deref(),
+            identity.name.as_deref(),
+            Vec::new(),
+        );
         let limit = NewUserLimit {
             max: config.max_new_users,
             window: config.new_users_window,
@@ -485,31 +462,17 @@ impl SignIn {
         if config.scopes_from_groups.is_empty() {
             return Ok(user);
         }
-        let mapped: Vec<&String> = config.scopes_from_groups.values().flatten().collect();
-        let mut wanted: Vec<String> = user
-            .scopes
-            .iter()
-            .filter(|s| !mapped.contains(s))
+        let mapped: Vec<String> = config
+            .scopes_from_groups
+            .values()
+            .flatten()
             .cloned()
             .collect();
-        for group in &identity.groups {
-            for scope in config.scopes_from_groups.get(group).into_iter().flatten() {
-                if !wanted.contains(scope) {
-                    wanted.push(scope.clone());
-                }
-            }
-        }
-        let mut current = user.scopes.clone();
-        current.sort();
-        let mut sorted = wanted.clone();
-        sorted.sort();
-        if current == sorted {
-            return Ok(user);
-        }
-        let mapped: Vec<String> = mapped.into_iter().cloned().collect();
-        let granted: Vec<String> = wanted
+        let granted: Vec<String> = identity
+            .groups
             .iter()
-            .filter(|s| mapped.contains(s))
+            .filter_map(|group| config.scopes_from_groups.get(group))
+            .flatten()
             .cloned()
             .collect();
         let change = move |u: &mut User| {
@@ -520,6 +483,15 @@ impl SignIn {
                 }
             }
         };
+        // Written only when the scopes change (as a set).
+        let mut changed = user.clone();
+        change(&mut changed);
+        let (mut now, mut then) = (changed.scopes, user.scopes.clone());
+        now.sort();
+        then.sort();
+        if now == then {
+            return Ok(user);
+        }
         self.store
             .modify_user(&user.user_name, self.clock.unix(), &change)
             .await

@@ -144,8 +144,6 @@ pub struct SignIn {
     starts: crate::auth::throttle::Throttle,
     /// External sign-ins started from every address together.
     all_starts: external::StartWindow,
-    /// When ended external sign-ins were last purged (Unix seconds).
-    last_flow_purge: std::sync::atomic::AtomicI64,
 }
 
 /// The fields of a posted form.
@@ -188,7 +186,6 @@ impl SignIn {
                 std::time::Duration::from_secs(external::FLOW_TTL.unsigned_abs()),
             ),
             all_starts: external::StartWindow::default(),
-            last_flow_purge: std::sync::atomic::AtomicI64::new(0),
         }
     }
 

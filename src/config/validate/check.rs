@@ -143,6 +143,30 @@ pub(super) fn parse_header_name(s: String) -> Result<String, String> {
 /// record of that many timestamps, read and written at every creation.
 pub(super) const MAX_NEW_USERS: u64 = 10_000;
 
+/// `max_new_users` (default 100) and `new_users_window` (default 1h, from 1s to 30d) of an
+/// identity provider whose subjects become users (a trusted issuer, an OpenID provider); `key`
+/// gives the dotted name of a key of that provider.
+pub(super) fn new_user_limit(
+    c: &mut Checker,
+    key: &dyn Fn(&str) -> String,
+    max: Field<u64>,
+    window: Field<String>,
+) -> (u32, Duration) {
+    let max = c.get(&key("max_new_users"), max, 100, |v| {
+        in_range(1, MAX_NEW_USERS)(v).map(|v| v as u32)
+    });
+    let window = c.get(
+        &key("new_users_window"),
+        window,
+        Duration::from_secs(3600),
+        parse_duration,
+    );
+    if !(Duration::from_secs(1)..=MAX_CACHE_EXPIRY).contains(&window) {
+        c.problem(&key("new_users_window"), "must be from 1s to 30d");
+    }
+    (max, window)
+}
+
 /// Asymmetric JWT algorithms a trusted issuer may use; HMAC is never accepted from outside.
 pub(super) const ISSUER_ALGORITHMS: &[&str] = &[
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",

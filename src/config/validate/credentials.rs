@@ -147,18 +147,8 @@ pub(super) fn trusted_issuers(
                 }
             },
         );
-        let max_new_users = c.get(&key("max_new_users"), t.max_new_users, 100, |v| {
-            in_range(1, MAX_NEW_USERS)(v).map(|v| v as u32)
-        });
-        let new_users_window = c.get(
-            &key("new_users_window"),
-            t.new_users_window,
-            Duration::from_secs(3600),
-            parse_duration,
-        );
-        if !(Duration::from_secs(1)..=MAX_CACHE_EXPIRY).contains(&new_users_window) {
-            c.problem(&key("new_users_window"), "must be from 1s to 30d");
-        }
+        let (max_new_users, new_users_window) =
+            new_user_limit(c, &key, t.max_new_users, t.new_users_window);
         trusted_issuers.push(TrustedIssuer {
             issuer,
             jwks_url,

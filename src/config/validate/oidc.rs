@@ -1,7 +1,6 @@
 //! `[[oidc.providers]]` (SPEC §12).
 
 use std::collections::{BTreeMap, HashSet};
-use std::time::Duration;
 
 use super::check::*;
 use crate::config::raw::*;
@@ -207,18 +206,8 @@ pub(super) fn oidc(c: &mut Checker, raw: RawOidc) -> OidcConfig {
                 format!("cannot read {}: {e}", path.display()),
             );
         }
-        let max_new_users = c.get(&key("max_new_users"), p.max_new_users, 100, |v| {
-            in_range(1, MAX_NEW_USERS)(v).map(|v| v as u32)
-        });
-        let new_users_window = c.get(
-            &key("new_users_window"),
-            p.new_users_window,
-            Duration::from_secs(3600),
-            parse_duration,
-        );
-        if !(Duration::from_secs(1)..=MAX_CACHE_EXPIRY).contains(&new_users_window) {
-            c.problem(&key("new_users_window"), "must be from 1s to 30d");
-        }
+        let (max_new_users, new_users_window) =
+            new_user_limit(c, &key, p.max_new_users, p.new_users_window);
         providers.push(OidcProvider {
             id,
             name,
