@@ -266,7 +266,10 @@ def main():
 
         if "grpc" in groups:
             files = os.path.join(tmp, "grpc")
-            os.makedirs(files, exist_ok=True)
+            os.makedirs(files, mode=0o755, exist_ok=True)
+            # nginx's workers (www-data when started as root) read the reply file: they may pass
+            # through the private temporary directory, not list it.
+            os.chmod(tmp, 0o711)
             with open(os.path.join(files, "reply.grpc"), "wb") as f:
                 f.write(grpc_frame(GRPC_REPLY))
             GrpcTarget.request_file = os.path.join(tmp, "request.grpc")
