@@ -276,7 +276,9 @@ async fn exchange(
     deadline: Instant,
     rtts: &mut Vec<u32>,
 ) -> Result<(), Error> {
-    let message: Vec<u8> = (0..size).map(|i| b'a' + ((i as u64 + seed) % 26) as u8).collect();
+    let message: Vec<u8> = (0..size)
+        .map(|i| b'a' + ((i as u64 + seed) % 26) as u8)
+        .collect();
     let mut out = Vec::with_capacity(size + 14);
     let mut chunk = vec![0u8; 64 * 1024];
     let mut state = seed | 1;
@@ -300,7 +302,8 @@ async fn exchange(
             }
             buf.extend_from_slice(&chunk[..n]);
         };
-        if frame.first != 0x81 || frame.mask.is_some() || buf[frame.payload.clone()] != message[..] {
+        if frame.first != 0x81 || frame.mask.is_some() || buf[frame.payload.clone()] != message[..]
+        {
             return Err("the echo differs from the message".into());
         }
         buf.drain(..frame.len);
@@ -437,9 +440,11 @@ fn main() {
             _ => Err("usage: ws_bench echo LISTEN_ADDR".into()),
         },
         Some("load") => parse_load(args).and_then(|l| runtime.block_on(load(l))),
-        _ => Err("usage: ws_bench echo LISTEN_ADDR | ws_bench load URL [--connections N] \
+        _ => Err(
+            "usage: ws_bench echo LISTEN_ADDR | ws_bench load URL [--connections N] \
                   [--seconds S] [--size BYTES] [--header 'Name: value']..."
-            .into()),
+                .into(),
+        ),
     };
     if let Err(e) = outcome {
         eprintln!("ws_bench: {e}");
