@@ -111,7 +111,7 @@ impl App {
             config.server.body_read_timeout,
             config.server.max_buffered_bytes,
         ));
-        let tunnels = Arc::new(crate::proxy::tunnel::Tunnels::new(meter.clone()));
+        let tunnels = Arc::new(crate::server::tunnels::Tunnels::new(meter.clone()));
         Ok(App {
             config,
             services: Services {

@@ -28,5 +28,5 @@ pub struct Services {
     pub bodies: Arc<Bodies>,
     pub sessions: Arc<Sessions>,
     /// The open WebSocket tunnels, shared by every pipeline a reload builds.
-    pub tunnels: Arc<crate::proxy::tunnel::Tunnels>,
+    pub tunnels: Arc<crate::server::tunnels::Tunnels>,
 }
