@@ -71,12 +71,16 @@ struct Arrival {
 }
 
 impl Arrival {
-    /// A refusal before the request is routed. A gRPC call gets it as a gRPC status, unless it
-    /// came from a trusted proxy: that may be a forward-auth call whose path could not be read,
-    /// and a gRPC refusal is an HTTP 200, which a forward-auth caller takes for an allow.
-    fn unrouted(&self, rejection: Rejection) -> Outcome {
+    /// A refusal before the request is routed (`raw_path` as it came). A gRPC call gets it as a
+    /// gRPC status, unless it may be a forward-auth call (its path begins with the forward-auth
+    /// path, as every proxy's call does): a gRPC refusal is an HTTP 200, which a forward-auth
+    /// caller would take for an allow.
+    fn unrouted(&self, rejection: Rejection, raw_path: &str) -> Outcome {
+        let forward_auth =
+            crate::routes::strip_prefix_ignore_case(raw_path, crate::api::table::FORWARD_AUTH_PATH)
+                .is_some();
         Outcome {
-            grpc: self.grpc && !self.trusted,
+            grpc: self.grpc && !forward_auth,
             ..Outcome::refused("invalid", rejection)
         }
     }
@@ -234,14 +238,14 @@ impl Gateway {
         };
         // Gatehouse is no forward proxy: a CONNECT is a WebSocket or nothing.
         if parts.method == Method::CONNECT && arrival.upgrade.is_none() {
-            let outcome = arrival.unrouted(Rejection::MethodNotAllowed);
             let path = parts.uri.path().to_owned();
+            let outcome = arrival.unrouted(Rejection::MethodNotAllowed, &path);
             return self.finish(arrival, &path, outcome);
         }
         let path = match target::readable_path(&parts) {
             Ok(path) => path,
             Err((path, rejection)) => {
-                let outcome = arrival.unrouted(rejection);
+                let outcome = arrival.unrouted(rejection, parts.uri.path());
                 return self.finish(arrival, &path, outcome);
             }
         };
