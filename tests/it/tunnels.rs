@@ -111,7 +111,10 @@ fn assert_identity(tunnel: &Tunnel, user: &Value, proto: &str) {
             .as_deref(),
         Some("websocket")
     );
-    assert_eq!(tunnel.header("sec-websocket-version").as_deref(), Some("13"));
+    assert_eq!(
+        tunnel.header("sec-websocket-version").as_deref(),
+        Some("13")
+    );
     assert!(tunnel.header("sec-websocket-key").is_some());
 }
 
@@ -313,9 +316,14 @@ async fn upgrade_on_an_mfa_route_without_a_second_factor_is_refused_with_403() {
     let (app, gh) = start("", "").await;
     let ada = user(&gh, "ada").await;
     for via in [Via::Http1, Via::H2] {
-        refused(&gh, via, "/secure/console", &[("authorization", &basic("ada"))])
-            .await
-            .assert_problem(403, "mfa-required");
+        refused(
+            &gh,
+            via,
+            "/secure/console",
+            &[("authorization", &basic("ada"))],
+        )
+        .await
+        .assert_problem(403, "mfa-required");
     }
     let (_, session) = signed_in(&gh, "ada").await;
     let cookie = format!("{SESSION_COOKIE}={session}");
@@ -335,7 +343,13 @@ async fn upgrade_on_an_mfa_route_without_a_second_factor_is_refused_with_403() {
         &ada,
         vec![gatehouse::auth::Method::Pwd, gatehouse::auth::Method::Otp],
     );
-    let mut tunnel = opened(&gh, Via::H2, "/secure/console", &[("authorization", &token)]).await;
+    let mut tunnel = opened(
+        &gh,
+        Via::H2,
+        "/secure/console",
+        &[("authorization", &token)],
+    )
+    .await;
     assert_eq!(tunnel.header("x-auth-methods").as_deref(), Some("pwd,otp"));
     assert_eq!(tunnel.echo("root shell").await.unwrap(), "root shell");
 }
@@ -657,11 +671,17 @@ async fn tunnel_is_closed_at_max_lifetime() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    assert!(ended >= Duration::from_millis(2500), "closed after {ended:?}");
+    assert!(
+        ended >= Duration::from_millis(2500),
+        "closed after {ended:?}"
+    );
     assert!(app.reported("close", 1, CLOSES_WITHIN).await);
     let metrics = metrics(&gh).await;
     assert_eq!(
-        series(&metrics, "gatehouse_tunnels_closed_total{reason=\"lifetime\"}"),
+        series(
+            &metrics,
+            "gatehouse_tunnels_closed_total{reason=\"lifetime\"}"
+        ),
         1.0,
         "{metrics}"
     );
@@ -731,9 +751,7 @@ async fn graceful_shutdown_keeps_tunnels_open_until_the_grace_ends() {
     let mut http1 = open_at(&target, Via::Http1, "/public/a", &[])
         .await
         .unwrap();
-    let mut h2c = open_at(&target, Via::H2c, "/public/b", &[])
-        .await
-        .unwrap();
+    let mut h2c = open_at(&target, Via::H2c, "/public/b", &[]).await.unwrap();
     gh.signal("TERM");
     let signalled = Instant::now();
 
@@ -824,7 +842,10 @@ async fn tunnel_metrics_count_open_tunnels_bytes_and_closes_by_reason() {
         assert!(bytes >= 50_000.0, "{direction}: {bytes}\n{after}");
     }
     assert_eq!(
-        series(&after, "gatehouse_tunnels_closed_total{reason=\"credential\"}"),
+        series(
+            &after,
+            "gatehouse_tunnels_closed_total{reason=\"credential\"}"
+        ),
         1.0,
         "{after}"
     );

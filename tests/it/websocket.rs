@@ -371,11 +371,10 @@ async fn connect(
     url: &str,
     headers: &[(&str, &str)],
 ) -> Result<Tunnel, Refused> {
-    let (mut sender, connection) =
-        hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
-            .await
-            .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+        .await
+        .unwrap();
     tokio::spawn(connection);
     let mut request = http::Request::builder()
         .method(http::Method::CONNECT)
@@ -389,7 +388,9 @@ async fn connect(
     let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
         .await
         .expect("an answer to CONNECT within 10 s")
-        .unwrap_or_else(|e| panic!("extended CONNECT failed: {e}"));
+        .unwrap_or_else(|e| {
+            panic!("extended CONNECT failed (is SETTINGS_ENABLE_CONNECT_PROTOCOL sent?): {e:?}")
+        });
     if response.status() != 200 {
         let status = response.status().as_u16();
         let content_type = response
