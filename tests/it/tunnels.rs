@@ -16,7 +16,9 @@ use crate::harness::*;
 use crate::keys::{TestKey, now};
 use crate::pg::{Database, eventually};
 use crate::signin::{PASSWORD, SESSION_COOKIE, Visitor, user};
-use crate::websocket::{EchoApp, Target, Tunnel, Via, open, open_at, opened, refused};
+use crate::websocket::{
+    EchoApp, Refused, Target, Tunnel, Via, h2_connect_answer, open, open_at, opened, refused,
+};
 
 /// How long a tunnel may outlive its credential with `proxy.reauth_interval = "1s"`: the
 /// interval, and slack for a busy machine.
@@ -157,11 +159,7 @@ async fn websocket_echo_through_http_listener() {
         &gh,
         Via::Http1,
         "/private/chat?room=1",
-        &[
-            ("authorization", &basic("ada")),
-            ("x-auth-user", "root"),
-            ("x-forwarded-for", "203.0.113.9"),
-        ],
+        &[("authorization", &basic("ada")), ("x-auth-user", "root")],
     )
     .await;
     assert_eq!(tunnel.seen["path"], "/private/chat?room=1");
@@ -270,18 +268,52 @@ async fn upgrade_without_credentials_is_refused_with_401() {
 async fn connect_other_than_a_websocket_is_refused_with_405() {
     let (app, gh) = start("", "").await;
     user(&gh, "ada").await;
-    let answer = raw(
+    let credential = basic("ada");
+    let upstream = app.addr.to_string();
+    let mut answers = Vec::new();
+    for via in [Via::H2, Via::H2c] {
+        // A forward proxy's CONNECT, and an extended CONNECT for another protocol.
+        let plain =
+            h2_connect_answer(&gh, via, &upstream, None, &[("authorization", &credential)]).await;
+        answers.push((format!("{via:?} CONNECT {upstream}"), plain));
+        let other = h2_connect_answer(
+            &gh,
+            via,
+            "/private/chat",
+            Some("connect-udp"),
+            &[("authorization", &credential)],
+        )
+        .await;
+        answers.push((format!("{via:?} CONNECT :protocol connect-udp"), other));
+    }
+    let http1 = raw(
         gh.http_addr(),
         &format!(
-            "CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: {}\r\n\
-             Connection: close\r\n\r\n",
-            basic("ada"),
-            port = app.addr.port()
+            "CONNECT {upstream} HTTP/1.1\r\nHost: {upstream}\r\nAuthorization: {credential}\r\n\
+             Connection: close\r\n\r\n"
         ),
     )
     .await;
-    assert_eq!(answer.status, 405, "{answer:?}");
-    assert_eq!(app.count("open"), 0);
+    answers.push((
+        format!("HTTP/1.1 CONNECT {upstream}"),
+        Refused {
+            status: http1.status,
+            content_type: http1.header("content-type").map(str::to_owned),
+            body: http1.body.clone(),
+        },
+    ));
+    let wrong: Vec<String> = answers
+        .iter()
+        .filter(|(_, answer)| {
+            answer.status != 405
+                || !answer
+                    .body
+                    .contains("https://gatehouse.dev/problems/method-not-allowed")
+        })
+        .map(|(what, answer)| format!("{what}: {} {}", answer.status, answer.body))
+        .collect();
+    assert!(wrong.is_empty(), "not 405:\n{}", wrong.join("\n"));
+    assert_eq!(app.count("open") + app.count("page"), 0);
 }
 
 #[tokio::test]
@@ -292,7 +324,11 @@ async fn public_route_upgrade_works_without_credentials_and_without_identity_hea
             &gh,
             via,
             "/public/feed",
-            &[("x-auth-user", "root"), ("x-auth-user-id", "1")],
+            &[
+                ("x-auth-user", "root"),
+                ("x-auth-user-id", "1"),
+                ("x-forwarded-for", "203.0.113.9"),
+            ],
         )
         .await;
         let identity: Vec<&Value> = tunnel.seen["headers"]
@@ -302,9 +338,10 @@ async fn public_route_upgrade_works_without_credentials_and_without_identity_hea
             .filter(|pair| pair[0].as_str().unwrap().starts_with("x-auth-"))
             .collect();
         assert!(identity.is_empty(), "{via:?}: {identity:?}");
+        // Extended as for any request (loopback is a trusted proxy in the base configuration).
         assert_eq!(
             tunnel.header("x-forwarded-for").as_deref(),
-            Some("127.0.0.1")
+            Some("203.0.113.9, 127.0.0.1")
         );
         assert_eq!(tunnel.echo("anyone").await.unwrap(), "anyone");
     }
@@ -814,13 +851,15 @@ async fn tunnel_metrics_count_open_tunnels_bytes_and_closes_by_reason() {
         &[("cookie", &cookie), ("origin", OWN_ORIGIN)],
     )
     .await;
-    let by_client = opened(&gh, Via::H2, "/public/b", &[]).await;
+    let by_client = opened(&gh, Via::Http1, "/public/b", &[]).await;
     let before = metrics(&gh).await;
     assert_eq!(series(&before, "gatehouse_tunnels_open"), 2.0, "{before}");
 
     let data = vec![7u8; 50_000];
     assert_eq!(tunnel.echo_binary(data).await.unwrap().len(), 50_000);
-    by_client.close().await;
+    // The client goes away without a close handshake (in a close handshake the application,
+    // the server, closes the connection first, RFC 6455 §7.1.1).
+    drop(by_client);
     let page = visitor.sign_out().await;
     assert!(page.status < 400, "{}", page.body);
     assert_closed(&app, &mut tunnel, 2, "logout").await;

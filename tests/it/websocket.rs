@@ -371,6 +371,27 @@ async fn connect(
     url: &str,
     headers: &[(&str, &str)],
 ) -> Result<Tunnel, Refused> {
+    let (response, sender) = h2_connect(stream, url, Some("websocket"), headers).await;
+    if response.status() != 200 {
+        return Err(Refused::read(response).await);
+    }
+    let upgraded = hyper::upgrade::on(response).await.unwrap();
+    let socket: Box<dyn Socket> = Box::new(TokioIo::new(upgraded));
+    let ws = WebSocketStream::from_raw_socket(socket, Role::Client, None).await;
+    Tunnel::started(ws, Some(sender)).await
+}
+
+/// A `CONNECT` to `url` on a new HTTP/2 connection over `stream`, extended with `protocol`
+/// (`:protocol`) when given, else a plain one (`url` then is `host:port`).
+async fn h2_connect(
+    stream: Box<dyn Socket>,
+    url: &str,
+    protocol: Option<&'static str>,
+    headers: &[(&str, &str)],
+) -> (
+    http::Response<hyper::body::Incoming>,
+    hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+) {
     let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
         .await
@@ -378,9 +399,12 @@ async fn connect(
     tokio::spawn(connection);
     let mut request = http::Request::builder()
         .method(http::Method::CONNECT)
-        .uri(url)
-        .header("sec-websocket-version", "13")
-        .extension(hyper::ext::Protocol::from_static("websocket"));
+        .uri(url);
+    if let Some(protocol) = protocol {
+        request = request
+            .header("sec-websocket-version", "13")
+            .extension(hyper::ext::Protocol::from_static(protocol));
+    }
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
@@ -389,25 +413,59 @@ async fn connect(
         .await
         .expect("an answer to CONNECT within 10 s")
         .unwrap_or_else(|e| {
-            panic!("extended CONNECT failed (is SETTINGS_ENABLE_CONNECT_PROTOCOL sent?): {e:?}")
+            panic!("CONNECT failed (is SETTINGS_ENABLE_CONNECT_PROTOCOL sent?): {e:?}")
         });
-    if response.status() != 200 {
+    (response, sender)
+}
+
+/// The answer to a `CONNECT` on gatehouse over HTTP/2 (`via` [`Via::H2`] or [`Via::H2c`]):
+/// to `target` (`host:port`) when `protocol` is `None`, else an extended CONNECT with that
+/// `:protocol` to `target` as a path.
+pub async fn h2_connect_answer(
+    gh: &Gatehouse,
+    via: Via,
+    target: &str,
+    protocol: Option<&'static str>,
+    headers: &[(&str, &str)],
+) -> Refused {
+    let (stream, url) = match via {
+        Via::H2 => {
+            let port = gh.addrs.https.unwrap().port();
+            (
+                tls(&Target::of(gh), b"h2").await,
+                format!("https://localhost:{port}{target}"),
+            )
+        }
+        Via::H2c => {
+            let addr = gh.http_addr();
+            let tcp: Box<dyn Socket> = Box::new(TcpStream::connect(addr).await.unwrap());
+            (tcp, format!("http://{addr}{target}"))
+        }
+        other => panic!("{other:?} is not HTTP/2"),
+    };
+    let url = if protocol.is_some() {
+        url
+    } else {
+        target.to_owned()
+    };
+    let (response, _sender) = h2_connect(stream, &url, protocol, headers).await;
+    Refused::read(response).await
+}
+
+impl Refused {
+    async fn read(response: http::Response<hyper::body::Incoming>) -> Refused {
         let status = response.status().as_u16();
         let content_type = response
             .headers()
             .get("content-type")
             .map(|v| v.to_str().unwrap().to_owned());
         let body = response.into_body().collect().await.unwrap().to_bytes();
-        return Err(Refused {
+        Refused {
             status,
             content_type,
             body: String::from_utf8_lossy(&body).into_owned(),
-        });
+        }
     }
-    let upgraded = hyper::upgrade::on(response).await.unwrap();
-    let socket: Box<dyn Socket> = Box::new(TokioIo::new(upgraded));
-    let ws = WebSocketStream::from_raw_socket(socket, Role::Client, None).await;
-    Tunnel::started(ws, Some(sender)).await
 }
 
 impl Tunnel {
