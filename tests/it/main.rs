@@ -42,4 +42,6 @@ mod signin_browser;
 mod smtp;
 mod stores;
 mod traefik_signin;
+mod tunnels;
+mod websocket;
 mod ws;
