@@ -111,6 +111,7 @@ impl App {
             config.server.body_read_timeout,
             config.server.max_buffered_bytes,
         ));
+        let tunnels = Arc::new(crate::proxy::tunnel::Tunnels::new(meter.clone()));
         Ok(App {
             config,
             services: Services {
@@ -123,6 +124,7 @@ impl App {
                 meter,
                 bodies,
                 sessions,
+                tunnels,
             },
         })
     }
@@ -146,7 +148,15 @@ impl App {
             let admin = admin.clone();
             Box::pin(async move { admin.handle(req).await })
         });
-        let server = Server::bind(config, public, admin, self.meter.clone(), ready).await?;
+        let server = Server::bind(
+            config,
+            public,
+            admin,
+            self.meter.clone(),
+            ready,
+            self.tunnels.clone(),
+        )
+        .await?;
         let reloadable = Reloadable::new(services, config, gateway, server.tls());
         Ok((server, reloadable))
     }

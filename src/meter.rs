@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use metrics::{
-    Counter, Histogram, Key, KeyName, Label, Level, Metadata, Recorder, SharedString, Unit,
+    Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, Recorder, SharedString, Unit,
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
@@ -27,6 +27,10 @@ const LOCKOUTS: &str = "gatehouse_lockouts_total";
 const TICKETS: &str = "gatehouse_tickets_issued_total";
 const RELOADS: &str = "gatehouse_config_reloads_total";
 const CONNECTIONS_REFUSED: &str = "gatehouse_connections_refused_total";
+const TUNNELS_OPEN: &str = "gatehouse_tunnels_open";
+const TUNNEL_BYTES: &str = "gatehouse_tunnel_bytes_total";
+const TUNNELS_CLOSED: &str = "gatehouse_tunnels_closed_total";
+const STREAMS_CLOSED: &str = "gatehouse_streams_closed_total";
 
 /// How often the exporter's histogram samples are folded into their buckets when nobody scrapes:
 /// until then each sample is held in memory (SPEC §10, memory is flat).
@@ -62,6 +66,16 @@ pub struct Meter {
     upstream_latency: Histogram,
     /// Histogram samples recorded since the last upkeep: what upkeep has yet to drain.
     pending: AtomicU64,
+    tunnels_open: Gauge,
+    /// Bytes tunnelled from clients to the upstream, and back.
+    tunnel_bytes: [Counter; 2],
+}
+
+/// Which way tunnelled bytes went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    ClientToUpstream,
+    UpstreamToClient,
 }
 
 impl Default for Meter {
@@ -121,15 +135,82 @@ impl Meter {
             None,
             "Connections closed at accept because a cap was reached, by listener and reason.",
         );
+        describe(
+            TUNNEL_BYTES,
+            Some(Unit::Bytes),
+            "Bytes carried by WebSocket tunnels, by direction.",
+        );
+        describe(
+            TUNNELS_CLOSED,
+            None,
+            "WebSocket tunnels closed, by reason (client, upstream, credential, idle, lifetime, shutdown, error).",
+        );
+        describe(
+            STREAMS_CLOSED,
+            None,
+            "Streaming responses ended by gatehouse, by reason (credential).",
+        );
+        recorder.describe_gauge(
+            KeyName::from_const_str(TUNNELS_OPEN),
+            None,
+            SharedString::const_str("WebSocket tunnels open (or being opened)."),
+        );
         let upstream_latency =
             recorder.register_histogram(&Key::from_static_name(UPSTREAM_LATENCY), &METADATA);
+        let tunnels_open = recorder.register_gauge(&Key::from_static_name(TUNNELS_OPEN), &METADATA);
+        let bytes = |direction: &'static str| {
+            recorder.register_counter(
+                &Key::from_parts(
+                    TUNNEL_BYTES,
+                    vec![Label::from_static_parts("direction", direction)],
+                ),
+                &METADATA,
+            )
+        };
+        let tunnel_bytes = [bytes("client_to_upstream"), bytes("upstream_to_client")];
         Meter {
             recorder,
             handle,
             requests: RwLock::new(Vec::new()),
             upstream_latency,
             pending: AtomicU64::new(0),
+            tunnels_open,
+            tunnel_bytes,
         }
+    }
+
+    /// The counter of bytes tunnelled in `direction`.
+    pub fn tunnel_bytes(&self, direction: Direction) -> Counter {
+        match direction {
+            Direction::ClientToUpstream => self.tunnel_bytes[0].clone(),
+            Direction::UpstreamToClient => self.tunnel_bytes[1].clone(),
+        }
+    }
+
+    /// A tunnel starts being opened.
+    pub fn tunnel_opened(&self) {
+        self.tunnels_open.increment(1.0);
+    }
+
+    /// A tunnel (or one that was being opened) is gone.
+    pub fn tunnel_gone(&self) {
+        self.tunnels_open.decrement(1.0);
+    }
+
+    /// An established tunnel closed for `reason`.
+    pub fn tunnel_closed(&self, reason: &'static str) {
+        self.count(
+            TUNNELS_CLOSED,
+            vec![Label::from_static_parts("reason", reason)],
+        );
+    }
+
+    /// A streaming response ended by gatehouse for `reason`.
+    pub fn stream_closed(&self, reason: &'static str) {
+        self.count(
+            STREAMS_CLOSED,
+            vec![Label::from_static_parts("reason", reason)],
+        );
     }
 
     fn count(&self, name: &'static str, labels: Vec<Label>) {

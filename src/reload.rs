@@ -221,7 +221,7 @@ pub fn loosened(old: &Config, new: &Config) -> Vec<String> {
 /// Settings that differ between `old` and `new` but take effect only after a restart.
 pub fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
     /// Sections and keys a reload applies.
-    const RELOADED: [&str; 10] = [
+    const RELOADED: [&str; 11] = [
         "routes",
         "proxy",
         "identity_headers",
@@ -232,6 +232,7 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
         "auth.trusted_issuers",
         "auth.require_application_token",
         "oidc",
+        "websocket",
     ];
     let (Ok(Value::Object(old)), Ok(Value::Object(new))) =
         (serde_json::to_value(old), serde_json::to_value(new))

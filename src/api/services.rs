@@ -27,4 +27,6 @@ pub struct Services {
     /// The one reader of local endpoints' bodies, with its budget shared by every listener.
     pub bodies: Arc<Bodies>,
     pub sessions: Arc<Sessions>,
+    /// The open WebSocket tunnels, shared by every pipeline a reload builds.
+    pub tunnels: Arc<crate::proxy::tunnel::Tunnels>,
 }

@@ -55,6 +55,7 @@ pub struct Config {
     pub domains: DomainsConfig,
     pub sessions: SessionsConfig,
     pub oidc: OidcConfig,
+    pub websocket: WebsocketConfig,
 }
 
 /// A value that must never be printed: it serialises and debugs as `***`.
@@ -411,6 +412,39 @@ pub struct UpstreamConfig {
     pub response_timeout: Duration,
     /// `aud` of the `X-Auth-Assertion` JWT.
     pub audience: String,
+    /// How requests reach the application: HTTP/1.1, HTTP/2 with prior knowledge, or HTTP/2 for
+    /// gRPC only.
+    pub protocol: UpstreamProtocol,
+}
+
+/// `upstream.protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// Every request over HTTP/1.1.
+    Http1,
+    /// Every request over HTTP/2 with prior knowledge (cleartext); WebSocket upgrades still use
+    /// HTTP/1.1.
+    H2c,
+    /// gRPC requests (`content-type: application/grpc…`) over HTTP/2 with prior knowledge, the
+    /// rest over HTTP/1.1.
+    Auto,
+}
+
+/// `[websocket]`: tunnels after an upgrade.
+#[derive(Debug, Clone, Serialize)]
+pub struct WebsocketConfig {
+    /// Origins (`scheme://host[:port]`, lowercase, no default port) besides `server.public_url`'s
+    /// from which a cookie-authenticated upgrade is accepted.
+    pub allowed_origins: Vec<String>,
+    /// A tunnel that carries no byte either way for this long is closed.
+    #[serde(serialize_with = "duration")]
+    pub idle_timeout: Duration,
+    /// A tunnel open this long is closed.
+    #[serde(serialize_with = "duration")]
+    pub max_lifetime: Duration,
+    /// Open tunnels per user (per client address for anonymous ones).
+    pub max_tunnels_per_user: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -420,6 +454,9 @@ pub struct ProxyConfig {
     /// Largest proxied request body in bytes; `None` streams any size.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_body: Option<u64>,
+    /// How often the credential of a tunnel or a streaming response is checked again.
+    #[serde(serialize_with = "duration")]
+    pub reauth_interval: Duration,
 }
 
 /// Who may pass a route.

@@ -41,6 +41,16 @@ pub(super) struct RawConfig {
     pub(super) domains: RawDomains,
     pub(super) sessions: RawSessions,
     pub(super) oidc: RawOidc,
+    pub(super) websocket: RawWebsocket,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawWebsocket {
+    pub(super) allowed_origins: Field<Vec<String>>,
+    pub(super) idle_timeout: Field<String>,
+    pub(super) max_lifetime: Field<String>,
+    pub(super) max_tunnels_per_user: Field<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -264,6 +274,7 @@ pub(super) struct RawUpstream {
     pub(super) connect_timeout: Field<String>,
     pub(super) response_timeout: Field<String>,
     pub(super) audience: Field<String>,
+    pub(super) protocol: Field<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -271,6 +282,7 @@ pub(super) struct RawUpstream {
 pub(super) struct RawProxy {
     pub(super) default: Field<String>,
     pub(super) max_body: Field<u64>,
+    pub(super) reauth_interval: Field<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

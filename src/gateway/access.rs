@@ -9,7 +9,7 @@ use super::Gateway;
 use super::rejection::Rejection;
 use crate::api::signin::rd;
 use crate::auth::policy::{self, Decision};
-use crate::auth::{AuthError, Principal};
+use crate::auth::{AuthError, Authenticator, Principal};
 use crate::config::{Access, AccessRule};
 
 impl Gateway {
@@ -21,28 +21,7 @@ impl Gateway {
         headers: &HeaderMap,
         client: IpAddr,
     ) -> Result<Option<Principal>, Rejection> {
-        let principal = if rule.access == Access::Public {
-            None
-        } else {
-            self.auth
-                .authenticate_browser(headers, client)
-                .await
-                .map_err(|e| match e {
-                    AuthError::Malformed(why) => Rejection::BadCredentials(why),
-                    AuthError::Invalid(why) => Rejection::Unauthenticated(Some(why)),
-                    AuthError::Unavailable(why) => Rejection::AuthUnavailable(why),
-                    AuthError::Busy => Rejection::HashingBusy,
-                    AuthError::Throttled(seconds) => Rejection::TooManyFailures(seconds),
-                    AuthError::NewUsersLimited(seconds) => Rejection::NewUsersLimited(seconds),
-                })?
-        };
-        match policy::decide_rule(rule, principal.as_ref(), self.require_app) {
-            Decision::Allow => Ok(principal),
-            Decision::Unauthenticated if principal.is_some() => Err(Rejection::NoApplicationToken),
-            Decision::Unauthenticated => Err(Rejection::Unauthenticated(None)),
-            Decision::MfaRequired => Err(Rejection::MfaRequired),
-            Decision::MissingScope(scope) => Err(Rejection::MissingScope(scope)),
-        }
+        decide(&self.auth, rule, self.require_app, headers, client).await
     }
 
     /// `rejection` as a browser navigation gets it (SPEC §11): a `GET` or `HEAD` that accepts
@@ -86,6 +65,38 @@ impl Gateway {
                 self.tokens.assertion(principal, &self.assertion_audience)
             })
             .map_err(|e| Rejection::Internal(format!("cannot sign the assertion: {e}")))
+    }
+}
+
+/// The decision on a request to a route with `rule` (SPEC §5): also what a long-lived exchange's
+/// credential is checked again with.
+pub(super) async fn decide(
+    auth: &Authenticator,
+    rule: &AccessRule,
+    require_app: bool,
+    headers: &HeaderMap,
+    client: IpAddr,
+) -> Result<Option<Principal>, Rejection> {
+    let principal = if rule.access == Access::Public {
+        None
+    } else {
+        auth.authenticate_browser(headers, client)
+            .await
+            .map_err(|e| match e {
+                AuthError::Malformed(why) => Rejection::BadCredentials(why),
+                AuthError::Invalid(why) => Rejection::Unauthenticated(Some(why)),
+                AuthError::Unavailable(why) => Rejection::AuthUnavailable(why),
+                AuthError::Busy => Rejection::HashingBusy,
+                AuthError::Throttled(seconds) => Rejection::TooManyFailures(seconds),
+                AuthError::NewUsersLimited(seconds) => Rejection::NewUsersLimited(seconds),
+            })?
+    };
+    match policy::decide_rule(rule, principal.as_ref(), require_app) {
+        Decision::Allow => Ok(principal),
+        Decision::Unauthenticated if principal.is_some() => Err(Rejection::NoApplicationToken),
+        Decision::Unauthenticated => Err(Rejection::Unauthenticated(None)),
+        Decision::MfaRequired => Err(Rejection::MfaRequired),
+        Decision::MissingScope(scope) => Err(Rejection::MissingScope(scope)),
     }
 }
 

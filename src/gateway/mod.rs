@@ -8,6 +8,7 @@
 
 mod access;
 mod forward_auth;
+mod live;
 mod proxied;
 mod rejection;
 mod request_id;
@@ -41,6 +42,8 @@ use crate::meter::Meter;
 use crate::path;
 use crate::proxy::forward::{self, Upstream};
 use crate::proxy::headers::IdentityHeaders;
+use crate::proxy::tunnel::{Limits as TunnelLimits, Tunnels};
+use crate::proxy::upgrade::{self, Upgrade};
 use crate::routes::AccessRules;
 use crate::sessions::Sessions;
 use crate::telemetry::{self, AccessRecord};
@@ -60,6 +63,10 @@ struct Arrival {
     request_id: HeaderValue,
     method: Method,
     query: Option<String>,
+    /// The WebSocket upgrade the request asks for, with its `Sec-WebSocket-*` headers.
+    upgrade: Option<(Upgrade, Vec<(http::HeaderName, HeaderValue)>)>,
+    /// Whether the request is a gRPC call, refused in gRPC's terms.
+    grpc: bool,
 }
 
 /// What one request came to, for the response and the access log.
@@ -71,6 +78,8 @@ struct Outcome {
     upstream_latency: Option<Duration>,
     /// A request id of the endpoint's own, replacing the client's (the Manage family's).
     request_id: Option<String>,
+    /// A refusal is written as a gRPC status.
+    grpc: bool,
 }
 
 impl Outcome {
@@ -82,6 +91,7 @@ impl Outcome {
             principal: None,
             upstream_latency: None,
             request_id: None,
+            grpc: false,
         }
     }
 
@@ -116,6 +126,13 @@ pub struct Gateway {
     sessions: Arc<Sessions>,
     meter: Arc<Meter>,
     bodies: Arc<crate::api::Bodies>,
+    tunnels: Arc<Tunnels>,
+    /// Origins from which a cookie-authenticated upgrade is accepted: `server.public_url`'s and
+    /// `websocket.allowed_origins`.
+    upgrade_origins: Vec<String>,
+    tunnel_limits: TunnelLimits,
+    max_tunnels_per_user: usize,
+    reauth_interval: Duration,
 }
 
 impl Gateway {
@@ -143,6 +160,17 @@ impl Gateway {
             sessions: services.sessions.clone(),
             meter: services.meter.clone(),
             bodies: services.bodies.clone(),
+            tunnels: services.tunnels.clone(),
+            upgrade_origins: crate::proxy::origin::of_url(&config.server.public_url)
+                .into_iter()
+                .chain(config.websocket.allowed_origins.iter().cloned())
+                .collect(),
+            tunnel_limits: TunnelLimits {
+                idle: config.websocket.idle_timeout,
+                lifetime: config.websocket.max_lifetime,
+            },
+            max_tunnels_per_user: config.websocket.max_tunnels_per_user,
+            reauth_interval: config.proxy.reauth_interval,
             ws: config.apis.ws.enabled.then(|| {
                 Ws::new(
                     &config.apis.ws.base_path,
@@ -176,6 +204,9 @@ impl Gateway {
         let started = Instant::now();
         let (mut parts, body) = req.into_parts();
         let trusted = self.is_trusted(conn.peer);
+        // Read before hop-by-hop headers go: they are what asks for an upgrade.
+        let upgrade =
+            upgrade::requested(&parts).map(|kind| (kind, upgrade::carried_headers(&parts.headers)));
         self.sanitizer.clean_request(&mut parts.headers, trusted);
         let arrival = Arrival {
             started,
@@ -185,6 +216,8 @@ impl Gateway {
             method: parts.method.clone(),
             query: parts.uri.query().map(str::to_owned),
             client: self.client(conn, &parts.headers, trusted),
+            grpc: rejection::is_grpc(&parts.headers),
+            upgrade,
         };
         let path = match target::readable_path(&parts) {
             Ok(path) => path,
@@ -194,6 +227,10 @@ impl Gateway {
         };
         // Local endpoints and access rules see the path without `;` parameters, in any letter
         // case (SPEC §2); the upstream gets `path` itself.
+        if parts.method == Method::CONNECT && arrival.upgrade.is_none() {
+            let outcome = Outcome::refused("invalid", Rejection::MethodNotAllowed);
+            return self.finish(arrival, &path, outcome);
+        }
         let key = path::match_key(&path);
         let target = Target::classify(
             &parts.method,
@@ -259,20 +296,33 @@ impl Gateway {
         if let Some(latency) = outcome.upstream_latency {
             self.meter.upstream_latency(latency);
         }
-        let (mut response, error) = match outcome.response {
-            Ok(response) => (response, None),
-            Err(rejection) => (render(&rejection, path, id), Some(rejection.to_string())),
+        let (mut response, error, status) = match outcome.response {
+            Ok(response) => {
+                let status = response.status();
+                (response, None, status)
+            }
+            // A gRPC client reads a status in headers, not a document; the log and metrics
+            // still report the refusal's HTTP status.
+            Err(rejection) if outcome.grpc => (
+                rejection::render_grpc(&rejection),
+                Some(rejection.to_string()),
+                rejection.status(),
+            ),
+            Err(rejection) => {
+                let response = render(&rejection, path, id);
+                let status = response.status();
+                (response, Some(rejection.to_string()), status)
+            }
         };
         response
             .headers_mut()
             .insert(X_REQUEST_ID, request_id.clone());
-        self.meter
-            .request(outcome.class, response.status().as_u16());
+        self.meter.request(outcome.class, status.as_u16());
         telemetry::access(&AccessRecord {
             method: arrival.method.as_str(),
             path,
             query: arrival.query.as_deref(),
-            status: response.status().as_u16(),
+            status: status.as_u16(),
             client: arrival.client,
             latency: arrival.started.elapsed(),
             upstream_latency: outcome.upstream_latency,

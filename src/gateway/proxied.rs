@@ -1,21 +1,29 @@
 //! A request for the application: authorise → strip credentials → identity headers → limits →
 //! forward. Each step either lets the request on or refuses it; the body is never buffered.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::header;
 use http::request::Parts;
 use http::uri::PathAndQuery;
-use http::{HeaderMap, Request, Response, Uri};
+use http::{HeaderMap, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 
+use super::live::{self, Admitted, Rechecked};
 use super::rejection::Rejection;
 use super::request_id::X_REQUEST_ID;
 use super::{Arrival, Gateway, Outcome};
+use crate::auth::Principal;
 use crate::body::{Body, BoxError};
 use crate::path::PathError;
 use crate::proxy::forward::{self, ForwardError, Origin};
+use crate::proxy::origin;
+use crate::proxy::tunnel::{Credential, Rechecks, Tunnel};
+use crate::proxy::upgrade::{self, Upgrade};
+use crate::server::listener::KeepOpen;
 
 impl Gateway {
     /// Forwards the request when the access rule for `key` lets it pass, as `path` (the
@@ -30,6 +38,11 @@ impl Gateway {
     ) -> Outcome {
         let rule = self.rules.rule_for(key);
         let class = rule.access.as_str();
+        let grpc = arrival.grpc;
+        let refused = |rejection| Outcome {
+            grpc,
+            ..Outcome::refused(class, rejection)
+        };
         let principal = match self.authorise(rule, &parts.headers, arrival.client).await {
             Ok(principal) => principal,
             Err(rejection) => {
@@ -39,23 +52,50 @@ impl Gateway {
                 };
                 let rejection =
                     self.for_navigation(rejection, &parts.method, &parts.headers, &target, false);
-                return Outcome::refused(class, rejection);
+                return refused(rejection);
             }
         };
+        // What the principal was admitted with, for the checks while the exchange lives.
+        let admitted = principal.as_ref().map(|principal| {
+            Arc::new(Admitted {
+                auth: self.auth.clone(),
+                rule: rule.clone(),
+                require_app: self.require_app,
+                credentials: Admitted::credentials(&parts.headers, self.auth.application_header()),
+                client: arrival.client,
+                user_id: principal.user_id.clone(),
+            })
+        });
+        // Only the session cookie authenticates without `Authorization` (SPEC §11).
+        let by_cookie = principal.is_some() && !parts.headers.contains_key(header::AUTHORIZATION);
         // The session id is gatehouse's alone, on every route.
         self.sessions.strip_cookies(&mut parts.headers);
         if let Some(principal) = &principal {
             self.strip_credentials(&mut parts.headers);
             if let Err(rejection) = self.set_identity(&mut parts.headers, principal) {
-                return Outcome::refused(class, rejection);
+                return refused(rejection);
             }
+        }
+        if let Some((kind, carried)) = &arrival.upgrade {
+            let upgrade = Upgrading {
+                kind: *kind,
+                carried: carried.clone(),
+                by_cookie,
+            };
+            let outcome = self
+                .tunnel(parts, path, upgrade, principal, admitted, arrival)
+                .await;
+            return Outcome {
+                grpc,
+                ..Outcome { class, ..outcome }
+            };
         }
         let body = match self.limited(&parts.headers, body) {
             Ok(body) => body,
             Err(rejection) => {
                 return Outcome {
                     principal,
-                    ..Outcome::refused(class, rejection)
+                    ..refused(rejection)
                 };
             }
         };
@@ -64,17 +104,133 @@ impl Gateway {
             let rejection = Rejection::BadPath(PathError::BadEscape);
             return Outcome {
                 principal,
-                ..Outcome::refused(class, rejection)
+                ..refused(rejection)
             };
         };
-        let (mut response, latency) = self.forward(Request::from_parts(parts, body), target).await;
+        let (mut response, latency) = self
+            .forward(Request::from_parts(parts, body), target, grpc)
+            .await;
         if let Ok(response) = &mut response {
             self.sessions.strip_set_cookies(response.headers_mut());
+            if let Some(admitted) = admitted
+                && live::is_long_lived(response.body())
+            {
+                let body = std::mem::take(response.body_mut());
+                *response.body_mut() = Rechecked::new(
+                    body,
+                    admitted,
+                    self.reauth_interval,
+                    grpc,
+                    self.meter.clone(),
+                )
+                .boxed_unsync();
+            }
         }
         Outcome {
             principal,
             upstream_latency: Some(latency),
+            grpc,
             ..Outcome::new(class, response)
+        }
+    }
+
+    /// A WebSocket upgrade the route's rule let pass (headers already sanitised, identity set):
+    /// checked for its origin and its principal's tunnels, sent to the upstream on a connection of
+    /// its own and, once the upstream switches protocols, tunnelled.
+    async fn tunnel(
+        &self,
+        mut parts: Parts,
+        path: &str,
+        upgrade: Upgrading,
+        principal: Option<Principal>,
+        admitted: Option<Arc<Admitted>>,
+        arrival: &Arrival,
+    ) -> Outcome {
+        let refused = |principal, rejection| Outcome {
+            principal,
+            ..Outcome::refused("", rejection)
+        };
+        if upgrade.by_cookie
+            && !parts
+                .headers
+                .get(header::ORIGIN)
+                .is_some_and(|origin| origin::is_allowed(origin.as_bytes(), &self.upgrade_origins))
+        {
+            return refused(principal, Rejection::OriginNotAllowed);
+        }
+        let owner = match &principal {
+            Some(principal) => principal.user_id.clone(),
+            None => format!("address {}", arrival.client),
+        };
+        let Some(slot) = self.tunnels.admit(owner, self.max_tunnels_per_user) else {
+            return refused(
+                principal,
+                Rejection::TooManyTunnels(self.max_tunnels_per_user),
+            );
+        };
+        let Some(client_side) = parts.extensions.remove::<OnUpgrade>() else {
+            return refused(
+                principal,
+                Rejection::Internal("the connection cannot be upgraded".into()),
+            );
+        };
+        let hold = parts
+            .extensions
+            .remove::<KeepOpen>()
+            .map(|hold| Box::new(hold) as Box<dyn Send>);
+        let version = parts.version;
+        self.set_upstream_headers(&mut parts, arrival);
+        let Some(target) = upstream_target(&parts.uri, path) else {
+            return refused(principal, Rejection::BadPath(PathError::BadEscape));
+        };
+        let sent = Instant::now();
+        let request = Request::from_parts(parts, crate::body::empty());
+        let result = self
+            .upstream
+            .upgrade(request, upgrade.kind, upgrade.carried, target)
+            .await;
+        let latency = sent.elapsed();
+        let mut response = match result {
+            Ok(response) => response,
+            Err(e) => {
+                return Outcome {
+                    upstream_latency: Some(latency),
+                    ..refused(principal, forward_rejection(e))
+                };
+            }
+        };
+        let response = if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let upstream_side = hyper::upgrade::on(&mut response);
+            let head = upgrade::client_head(&response, upgrade.kind, version);
+            let tunnel = Tunnel {
+                slot,
+                limits: self.tunnel_limits,
+                rechecks: admitted.map(|admitted| {
+                    Rechecks::new(admitted as Arc<dyn Credential>, self.reauth_interval)
+                }),
+                hold,
+            };
+            tokio::spawn(tunnel.run(client_side, upstream_side));
+            head.body(crate::body::empty())
+                .map_err(|e| Rejection::Internal(e.to_string()))
+        } else {
+            // Refused by the upstream: its answer goes to the client, and nothing is tunnelled.
+            let (mut head, body) = response.into_parts();
+            crate::proxy::headers::strip_hop_by_hop(&mut head.headers);
+            head.version = version;
+            Ok(Response::from_parts(
+                head,
+                body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync(),
+            ))
+        };
+        let response = response.map(|mut response| {
+            self.sessions.strip_set_cookies(response.headers_mut());
+            response
+        });
+        Outcome {
+            principal,
+            upstream_latency: Some(latency),
+            ..Outcome::new("", response)
         }
     }
 
@@ -126,15 +282,28 @@ impl Gateway {
         &self,
         request: Request<Body>,
         target: PathAndQuery,
+        grpc: bool,
     ) -> (Result<Response<Body>, Rejection>, Duration) {
         let sent = Instant::now();
-        let result = self.upstream.forward(request, target).await;
+        let result = self.upstream.forward(request, target, grpc).await;
         let latency = sent.elapsed();
-        let response = result.map_err(|e| match e {
-            ForwardError::Timeout => Rejection::UpstreamTimeout,
-            ForwardError::Unavailable(e) => Rejection::UpstreamUnavailable(error_chain(&e)),
-        });
-        (response, latency)
+        (result.map_err(forward_rejection), latency)
+    }
+}
+
+/// What an upgrade asks for, as [`Gateway::tunnel`] needs it.
+struct Upgrading {
+    kind: Upgrade,
+    carried: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// Authenticated by the session cookie: the `Origin` must be allowed.
+    by_cookie: bool,
+}
+
+/// The refusal for an upstream that gave no response.
+fn forward_rejection(e: ForwardError) -> Rejection {
+    match e {
+        ForwardError::Timeout => Rejection::UpstreamTimeout,
+        ForwardError::Unavailable(e) => Rejection::UpstreamUnavailable(error_chain(&e)),
     }
 }
 

@@ -52,6 +52,14 @@ pub(super) enum Rejection {
     NoForwardedRequest,
     /// A forward-auth request whose headers (or Envoy's path) describe different paths.
     ConflictingForwardedRequest,
+    /// A cookie-authenticated upgrade whose `Origin` is missing or not allowed (cross-site
+    /// WebSocket hijacking).
+    OriginNotAllowed,
+    /// The principal (or, anonymous, the client address) has `websocket.max_tunnels_per_user`
+    /// tunnels open.
+    TooManyTunnels(usize),
+    /// `CONNECT` other than an RFC 8441 WebSocket: gatehouse is no forward proxy.
+    MethodNotAllowed,
 }
 
 impl Rejection {
@@ -112,6 +120,11 @@ impl std::fmt::Display for Rejection {
             Rejection::ConflictingForwardedRequest => {
                 f.write_str("forward-auth describing different paths")
             }
+            Rejection::OriginNotAllowed => {
+                f.write_str("cookie-authenticated upgrade from an origin not allowed")
+            }
+            Rejection::TooManyTunnels(max) => write!(f, "{max} tunnels already open"),
+            Rejection::MethodNotAllowed => f.write_str("CONNECT without a WebSocket protocol"),
         }
     }
 }
@@ -230,8 +243,112 @@ impl Rejection {
                 "Conflicting request descriptions",
                 "X-Forwarded-Uri, X-Original-URL and the path after /auth/verify must name one path.",
             ),
+            Rejection::OriginNotAllowed => Problem::new(
+                StatusCode::FORBIDDEN,
+                "origin-not-allowed",
+                "Origin not allowed",
+                "A WebSocket authenticated by the session cookie must be opened from this \
+                 site's own pages (or an origin in websocket.allowed_origins).",
+            ),
+            Rejection::TooManyTunnels(max) => Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-tunnels",
+                "Too many open connections",
+                format!(
+                    "At most {max} WebSocket connections may be open at once; close one first."
+                ),
+            ),
+            Rejection::MethodNotAllowed => Problem::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+                "CONNECT is accepted only to open a WebSocket (RFC 8441).",
+            ),
         }
     }
+
+    /// The gRPC status code (and its message) a gRPC client gets for this refusal, by the
+    /// HTTP status a problem document would have (gRPC's own mapping, refined where gatehouse
+    /// knows more).
+    fn grpc_status(&self) -> (u8, &'static str) {
+        const INVALID_ARGUMENT: u8 = 3;
+        const DEADLINE_EXCEEDED: u8 = 4;
+        const PERMISSION_DENIED: u8 = 7;
+        const RESOURCE_EXHAUSTED: u8 = 8;
+        const UNIMPLEMENTED: u8 = 12;
+        const INTERNAL: u8 = 13;
+        const UNAVAILABLE: u8 = 14;
+        const UNAUTHENTICATED: u8 = 16;
+        match self {
+            Rejection::BadPath(_) => (INVALID_ARGUMENT, "invalid request path"),
+            Rejection::AmbiguousHost => (INVALID_ARGUMENT, "ambiguous host"),
+            Rejection::BadCredentials(_) => (UNAUTHENTICATED, "malformed credentials"),
+            Rejection::Unauthenticated(_)
+            | Rejection::NoApplicationToken
+            | Rejection::Redirect { step_up: false, .. } => {
+                (UNAUTHENTICATED, "authentication required")
+            }
+            Rejection::AuthUnavailable(_) => (UNAVAILABLE, "credentials cannot be verified"),
+            Rejection::HashingBusy => (UNAVAILABLE, "too busy"),
+            Rejection::TooManyFailures(_) => (RESOURCE_EXHAUSTED, "too many failed sign-ins"),
+            Rejection::NewUsersLimited(_) => (RESOURCE_EXHAUSTED, "too many new users"),
+            Rejection::Internal(_) => (INTERNAL, "internal error"),
+            Rejection::MfaRequired | Rejection::Redirect { step_up: true, .. } => {
+                (PERMISSION_DENIED, "second factor required")
+            }
+            Rejection::MissingScope(_) => (PERMISSION_DENIED, "insufficient scope"),
+            Rejection::BodyTooLarge(_) => (RESOURCE_EXHAUSTED, "request too large"),
+            Rejection::UpstreamUnavailable(_) => (UNAVAILABLE, "upstream unavailable"),
+            Rejection::UpstreamTimeout => (DEADLINE_EXCEEDED, "upstream timed out"),
+            Rejection::UntrustedForwardAuth => (PERMISSION_DENIED, "not a trusted proxy"),
+            Rejection::NoForwardedRequest | Rejection::ConflictingForwardedRequest => {
+                (INVALID_ARGUMENT, "no request to decide")
+            }
+            Rejection::OriginNotAllowed => (PERMISSION_DENIED, "origin not allowed"),
+            Rejection::TooManyTunnels(_) => (RESOURCE_EXHAUSTED, "too many open connections"),
+            Rejection::MethodNotAllowed => (UNIMPLEMENTED, "method not allowed"),
+        }
+    }
+
+    /// The status a problem document for this refusal has (what the access log and metrics
+    /// report, whichever form the client got).
+    pub(super) fn status(&self) -> StatusCode {
+        match self {
+            Rejection::Redirect { as_401: false, .. } => StatusCode::FOUND,
+            other => other.problem().status,
+        }
+    }
+}
+
+/// A gRPC client's refusal: HTTP 200 with the status in the headers and no message (gRPC's
+/// "trailers-only" response), as a gRPC client reads it rather than a problem document.
+pub(super) fn render_grpc(rejection: &Rejection) -> Response<Body> {
+    let (code, message) = rejection.grpc_status();
+    let mut response = Response::new(crate::body::empty());
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert(GRPC_STATUS, HeaderValue::from(u16::from(code)));
+    // Every message is plain ASCII without `%`: no percent-encoding needed.
+    headers.insert(GRPC_MESSAGE, HeaderValue::from_static(message));
+    response
+}
+
+pub(super) const GRPC_STATUS: header::HeaderName = header::HeaderName::from_static("grpc-status");
+pub(super) const GRPC_MESSAGE: header::HeaderName = header::HeaderName::from_static("grpc-message");
+
+/// Whether a request is a gRPC call (`application/grpc`, `application/grpc+proto`,
+/// `application/grpc-web…`), whose client reads refusals as gRPC statuses.
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    const GRPC: &[u8] = b"application/grpc";
+    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        v.len() >= GRPC.len()
+            && v[..GRPC.len()].eq_ignore_ascii_case(GRPC)
+            && matches!(v.get(GRPC.len()), None | Some(b'+' | b'-' | b';'))
+    })
 }
 
 /// The problem document for `rejection`, with `Retry-After` when the client may try again later
@@ -288,9 +405,45 @@ mod tests {
             (Rejection::BodyTooLarge(1), 413),
             (Rejection::UpstreamUnavailable("refused".into()), 502),
             (Rejection::UpstreamTimeout, 504),
+            (Rejection::OriginNotAllowed, 403),
+            (Rejection::TooManyTunnels(1), 429),
+            (Rejection::MethodNotAllowed, 405),
         ];
         for (rejection, status) in cases {
             assert_eq!(rejection.problem().status.as_u16(), status, "{rejection:?}");
         }
+    }
+
+    #[test]
+    fn grpc_refusals_carry_their_status_in_headers() {
+        let cases = [
+            (Rejection::Unauthenticated(None), "16"),
+            (Rejection::MissingScope("x".into()), "7"),
+            (Rejection::MfaRequired, "7"),
+            (Rejection::TooManyFailures(5), "8"),
+            (Rejection::UpstreamUnavailable("down".into()), "14"),
+            (Rejection::UpstreamTimeout, "4"),
+        ];
+        for (rejection, code) in cases {
+            let response = render_grpc(&rejection);
+            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(response.headers()["grpc-status"], code, "{rejection:?}");
+            assert_eq!(response.headers()["content-type"], "application/grpc");
+            assert!(hyper::body::Body::is_end_stream(response.body()));
+        }
+    }
+
+    #[test]
+    fn grpc_requests_are_told_by_their_content_type() {
+        let is = |v: &'static str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(v));
+            is_grpc(&h)
+        };
+        assert!(is("application/grpc"));
+        assert!(is("application/grpc+proto"));
+        assert!(is("Application/GRPC-web+proto"));
+        assert!(!is("application/grpcx"));
+        assert!(!is("application/json"));
     }
 }

@@ -10,9 +10,10 @@ use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, Request, Response, Uri, Version};
 
 use super::headers::strip_hop_by_hop;
-use super::pool::{Pool, PoolError};
+use super::pool::{H2c, Pool, PoolError};
+use super::upgrade::{self, Upgrade, UpgradeError};
 use crate::body::Body;
-use crate::config::UpstreamConfig;
+use crate::config::{UpstreamConfig, UpstreamProtocol};
 use crate::path::PathError;
 
 /// Why the upstream gave no response.
@@ -34,11 +35,20 @@ pub struct Origin {
     pub trusted: bool,
 }
 
-/// How gatehouse reaches its application: kept-alive HTTP/1.1 connections to `upstream.url`.
+/// How gatehouse reaches its application: kept-alive HTTP/1.1 connections to `upstream.url`,
+/// one HTTP/2 connection when `upstream.protocol` asks for it, and a connection of its own for
+/// each WebSocket upgrade.
 #[derive(Clone)]
 pub struct Upstream {
     pool: Arc<Pool>,
+    /// Present unless `upstream.protocol` is `http1`.
+    h2c: Option<Arc<H2c>>,
+    protocol: UpstreamProtocol,
     host: HeaderValue,
+    /// `http://host:port`, the scheme and authority of HTTP/2 requests.
+    authority: Authority,
+    address: (String, u16),
+    connect_timeout: Duration,
     response_timeout: Duration,
 }
 
@@ -49,18 +59,65 @@ impl Upstream {
             .authority()
             .cloned()
             .unwrap_or_else(|| Authority::from_static("127.0.0.1"));
-        let pool = Pool::new(
-            authority.host(),
-            authority.port_u16().unwrap_or(80),
-            config.connect_timeout,
-            IDLE_TIMEOUT,
-        );
+        let port = authority.port_u16().unwrap_or(80);
+        let pool = Pool::new(authority.host(), port, config.connect_timeout, IDLE_TIMEOUT);
+        let h2c = (config.protocol != UpstreamProtocol::Http1)
+            .then(|| Arc::new(H2c::new(authority.host(), port, config.connect_timeout)));
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
         Upstream {
             pool: Arc::new(pool),
+            h2c,
+            protocol: config.protocol,
             host: HeaderValue::from_str(authority.as_str())
                 .unwrap_or_else(|_| HeaderValue::from_static("127.0.0.1")),
+            authority,
+            address: (host, port),
+            connect_timeout: config.connect_timeout,
             response_timeout: config.response_timeout,
         }
+    }
+
+    /// Whether a request goes over HTTP/2: always with `h2c`, for gRPC calls with `auto`.
+    fn over_h2c(&self, grpc: bool) -> Option<&Arc<H2c>> {
+        match self.protocol {
+            UpstreamProtocol::Http1 => None,
+            UpstreamProtocol::H2c => self.h2c.as_ref(),
+            UpstreamProtocol::Auto => self.h2c.as_ref().filter(|_| grpc),
+        }
+    }
+
+    /// Sends a WebSocket upgrade (`req` sanitised, identity set) on a connection of its own and
+    /// returns the upstream's answer: a `101` to take the upgrade of, or a refusal to pass on.
+    pub async fn upgrade(
+        &self,
+        mut req: Request<Body>,
+        kind: Upgrade,
+        carried: Vec<(HeaderName, HeaderValue)>,
+        path_and_query: PathAndQuery,
+    ) -> Result<Response<hyper::body::Incoming>, ForwardError> {
+        upgrade::upstream_request(&mut req, kind, carried, path_and_query, &self.host).map_err(
+            |_| {
+                ForwardError::Unavailable(PoolError::Connect(std::io::Error::other(
+                    "no randomness for a WebSocket key",
+                )))
+            },
+        )?;
+        upgrade::send(
+            &self.address.0,
+            self.address.1,
+            self.connect_timeout,
+            self.response_timeout,
+            req,
+        )
+        .await
+        .map_err(|e| match e {
+            UpgradeError::Timeout => ForwardError::Timeout,
+            UpgradeError::Unavailable(e) => ForwardError::Unavailable(e),
+        })
     }
 
     /// Sends `req` (already sanitised, path already normalised) to the upstream and returns its
@@ -69,7 +126,11 @@ impl Upstream {
         &self,
         mut req: Request<Body>,
         path_and_query: PathAndQuery,
+        grpc: bool,
     ) -> Result<Response<Body>, ForwardError> {
+        if let Some(h2c) = self.over_h2c(grpc) {
+            return self.forward_h2c(h2c, req, path_and_query, grpc).await;
+        }
         *req.uri_mut() = Uri::from(path_and_query);
         // The upstream speaks HTTP/1.1 whatever the client spoke; an HTTP/2 request names its
         // host in the URI, which HTTP/1.1 carries in `Host`.
@@ -86,6 +147,45 @@ impl Upstream {
         strip_hop_by_hop(&mut parts.headers);
         // The client is answered in its own version (SPEC §2): an HTTP/1.0 upstream must not
         // turn an HTTP/1.1 client's answer into `HTTP/1.0` and close its connection.
+        parts.version = client_version;
+        Ok(Response::from_parts(parts, body))
+    }
+}
+
+impl Upstream {
+    /// [`Upstream::forward`] over the shared HTTP/2 connection: the host the client named
+    /// becomes `:authority`, and a gRPC call keeps `TE: trailers`, which gRPC servers require.
+    async fn forward_h2c(
+        &self,
+        h2c: &H2c,
+        mut req: Request<Body>,
+        path_and_query: PathAndQuery,
+        grpc: bool,
+    ) -> Result<Response<Body>, ForwardError> {
+        let client_version = req.version();
+        let authority = req
+            .headers_mut()
+            .remove(header::HOST)
+            .and_then(|v| Authority::try_from(v.as_bytes()).ok())
+            .unwrap_or_else(|| self.authority.clone());
+        let uri = Uri::builder()
+            .scheme("http")
+            .authority(authority)
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|e| ForwardError::Unavailable(PoolError::Connect(std::io::Error::other(e))))?;
+        *req.uri_mut() = uri;
+        *req.version_mut() = Version::HTTP_2;
+        if grpc {
+            req.headers_mut()
+                .insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+        let response = tokio::time::timeout(self.response_timeout, h2c.send(req))
+            .await
+            .map_err(|_| ForwardError::Timeout)?
+            .map_err(ForwardError::Unavailable)?;
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
         parts.version = client_version;
         Ok(Response::from_parts(parts, body))
     }

@@ -326,3 +326,82 @@ impl HttpBody for Returning {
         self.inner.size_hint()
     }
 }
+
+/// One HTTP/2 connection (prior knowledge, cleartext) to the upstream, shared by every request:
+/// HTTP/2 multiplexes them, so there is nothing to pool. A connection that closed (the upstream
+/// restarted, or said GOAWAY) is replaced by the next request; one a request was not yet sent on
+/// when it closed is retried once on the new one.
+pub struct H2c {
+    host: String,
+    port: u16,
+    connect_timeout: Duration,
+    current: tokio::sync::Mutex<Option<hyper::client::conn::http2::SendRequest<Body>>>,
+}
+
+impl H2c {
+    pub fn new(host: &str, port: u16, connect_timeout: Duration) -> H2c {
+        H2c {
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            port,
+            connect_timeout,
+            current: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Sends `req` (absolute URI, no `Host`) and returns the response head with its body and
+    /// trailers streaming.
+    pub async fn send(&self, req: Request<Body>) -> Result<Response<Body>, PoolError> {
+        let mut sender = self.sender(false).await?;
+        let response = match sender.try_send_request(req).await {
+            Ok(response) => response,
+            Err(mut e) => match e.take_message() {
+                Some(unsent) => {
+                    let mut sender = self.sender(true).await?;
+                    sender.send_request(unsent).await.map_err(PoolError::Http)?
+                }
+                None => return Err(PoolError::Http(e.into_error())),
+            },
+        };
+        Ok(response.map(|body| body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync()))
+    }
+
+    /// The open connection, or a new one (also when `fresh`).
+    async fn sender(
+        &self,
+        fresh: bool,
+    ) -> Result<hyper::client::conn::http2::SendRequest<Body>, PoolError> {
+        let mut current = self.current.lock().await;
+        if !fresh
+            && let Some(sender) = current.as_ref()
+            && !sender.is_closed()
+        {
+            return Ok(sender.clone());
+        }
+        let stream = tokio::time::timeout(
+            self.connect_timeout,
+            TcpStream::connect((self.host.as_str(), self.port)),
+        )
+        .await
+        .map_err(|_| PoolError::ConnectTimeout)?
+        .map_err(PoolError::Connect)?;
+        stream.set_nodelay(true).map_err(PoolError::Connect)?;
+        let (sender, connection) =
+            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .timer(hyper_util::rt::TokioTimer::new())
+                .keep_alive_interval(Duration::from_secs(30))
+                .keep_alive_timeout(Duration::from_secs(20))
+                .handshake(TokioIo::new(stream))
+                .await
+                .map_err(PoolError::Http)?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+            }
+        });
+        *current = Some(sender.clone());
+        Ok(sender)
+    }
+}

@@ -99,7 +99,9 @@ impl Protocols {
             .max_pending_accept_reset_streams(50)
             .max_local_error_reset_streams(256)
             .keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(20));
+            .keep_alive_timeout(Duration::from_secs(20))
+            // WebSockets over HTTP/2 (RFC 8441).
+            .enable_connect_protocol();
         Protocols {
             http1: any.clone().http1_only(),
             http2: any.clone().http2_only(),
@@ -261,8 +263,14 @@ async fn serve(
     let busy = Arc::new(busy);
     let taking = Taking::default();
     let watched = taking.clone();
-    let service = service_fn(move |req: hyper::Request<Incoming>| {
+    let service = service_fn(move |mut req: hyper::Request<Incoming>| {
         let in_flight = InFlight::start(busy.clone());
+        if req.method() == http::Method::CONNECT {
+            // An HTTP/2 stream that becomes a tunnel keeps its connection in use while it lives.
+            req.extensions_mut().insert(KeepOpen {
+                _in_flight: Arc::new(InFlight::start(busy.clone())),
+            });
+        }
         let taking = taking.clone();
         let head = req.method() == http::Method::HEAD;
         let response = handler(req, info);
@@ -278,7 +286,7 @@ async fn serve(
     });
     // Owned, so the connection future does not borrow the builder across the spawn.
     let conn = builder
-        .serve_connection(TokioIo::new(io), service)
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
         .into_owned();
     tokio::pin!(conn);
     let idle = idle_for(
@@ -402,6 +410,13 @@ impl Taking {
     fn progressed(&self) {
         self.lock().progress = Some(Instant::now());
     }
+}
+
+/// Keeps an HTTP/2 connection counted as in use, so that it is not closed as idle, while a tunnel
+/// over one of its streams lives. The tunnel takes it from the request's extensions.
+#[derive(Clone)]
+pub struct KeepOpen {
+    _in_flight: Arc<InFlight>,
 }
 
 /// One request in flight on a connection; dropping it (with the response body) ends it.

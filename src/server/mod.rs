@@ -23,7 +23,11 @@ use tokio::sync::{mpsc, watch};
 use crate::body::Body;
 use crate::config::Config;
 use crate::meter::{self, Meter};
+use crate::proxy::tunnel::Tunnels;
 use listener::{Limits, Listener, SharedTls};
+
+/// How long closing tunnels may take at the end of a shutdown.
+const TUNNEL_CLOSE: Duration = Duration::from_secs(1);
 
 /// The connection a request arrived on.
 #[derive(Debug, Clone, Copy)]
@@ -79,6 +83,7 @@ pub struct Server {
     shutdown_grace: Duration,
     tls: Option<SharedTls>,
     meter: Arc<Meter>,
+    tunnels: Arc<Tunnels>,
 }
 
 impl Server {
@@ -92,6 +97,7 @@ impl Server {
         admin: Handler,
         meter: Arc<Meter>,
         ready: Arc<AtomicBool>,
+        tunnels: Arc<Tunnels>,
     ) -> Result<Server, StartError> {
         let limits = Limits::of(&config.server);
 
@@ -139,6 +145,7 @@ impl Server {
             shutdown_grace: config.server.shutdown_grace,
             tls: shared_tls,
             meter,
+            tunnels,
         })
     }
 
@@ -152,8 +159,9 @@ impl Server {
         self.tls.clone()
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish for
-    /// up to `server.shutdown_grace`, and returns.
+    /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish and
+    /// WebSocket tunnels carry on for up to `server.shutdown_grace`, closes the tunnels still
+    /// open, and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (open_tx, mut open_rx) = mpsc::channel::<()>(1);
@@ -183,12 +191,21 @@ impl Server {
         while loops.join_next().await.is_some() {}
         let _ = upkeep.await;
         // Every connection task holds a sender; `recv` yields `None` once the last one is gone.
-        match tokio::time::timeout(self.shutdown_grace, open_rx.recv()).await {
-            Ok(_) => tracing::info!("all connections drained"),
+        // A tunnel outlives its HTTP/1.1 connection's task: it is waited for on its own.
+        let tunnels = self.tunnels.clone();
+        let drained = async move {
+            let _ = open_rx.recv().await;
+            tunnels.drained().await;
+        };
+        match tokio::time::timeout(self.shutdown_grace, drained).await {
+            Ok(()) => tracing::info!("all connections drained"),
             Err(_) => tracing::warn!(
                 grace = %humantime::format_duration(self.shutdown_grace),
+                tunnels = self.tunnels.open(),
                 "shutdown grace elapsed with connections still open; closing them"
             ),
         }
+        self.tunnels.close_all();
+        let _ = tokio::time::timeout(TUNNEL_CLOSE, self.tunnels.drained()).await;
     }
 }

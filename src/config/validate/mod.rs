@@ -46,6 +46,7 @@ pub(super) fn validate(raw: RawConfig, env_secrets: EnvSecrets) -> Result<Config
     let domains = domains(&mut c, raw.domains);
     let sessions = sessions(&mut c, raw.sessions);
     let oidc = oidc(&mut c, raw.oidc);
+    let websocket = websocket(&mut c, raw.websocket);
 
     if server.environment != Environment::Development {
         refuse_development_settings(
@@ -66,6 +67,7 @@ pub(super) fn validate(raw: RawConfig, env_secrets: EnvSecrets) -> Result<Config
             domains,
             sessions,
             oidc,
+            websocket,
             mfa,
             secrets,
             smtp,

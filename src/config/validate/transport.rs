@@ -201,6 +201,17 @@ pub(super) fn upstream(c: &mut Checker, u: RawUpstream) -> UpstreamConfig {
             "upstream".into(),
             non_empty,
         ),
+        protocol: c.get(
+            "upstream.protocol",
+            u.protocol,
+            UpstreamProtocol::Auto,
+            |s| match s.as_str() {
+                "http1" => Ok(UpstreamProtocol::Http1),
+                "h2c" => Ok(UpstreamProtocol::H2c),
+                "auto" => Ok(UpstreamProtocol::Auto),
+                _ => Err(format!("expected one of `http1`, `h2c`, `auto`, got `{s}`")),
+            },
+        ),
     }
 }
 
@@ -214,7 +225,66 @@ pub(super) fn proxy(c: &mut Checker, p: RawProxy) -> ProxyConfig {
             parse_access,
         ),
         max_body: c.get("proxy.max_body", p.max_body, None, |v| ok(Some(v))),
+        reauth_interval: c.get(
+            "proxy.reauth_interval",
+            p.reauth_interval,
+            Duration::from_secs(30),
+            |s| at_least(parse_duration(s)?, Duration::from_secs(1)),
+        ),
     }
+}
+
+/// `[websocket]`.
+pub(super) fn websocket(c: &mut Checker, w: RawWebsocket) -> WebsocketConfig {
+    WebsocketConfig {
+        allowed_origins: c.get(
+            "websocket.allowed_origins",
+            w.allowed_origins,
+            Vec::new(),
+            |list| list.into_iter().map(parse_origin).collect(),
+        ),
+        idle_timeout: c.get(
+            "websocket.idle_timeout",
+            w.idle_timeout,
+            Duration::from_secs(15 * 60),
+            |s| at_least(parse_duration(s)?, Duration::from_secs(1)),
+        ),
+        max_lifetime: c.get(
+            "websocket.max_lifetime",
+            w.max_lifetime,
+            Duration::from_secs(24 * 3600),
+            |s| at_least(parse_duration(s)?, Duration::from_secs(1)),
+        ),
+        max_tunnels_per_user: c.get(
+            "websocket.max_tunnels_per_user",
+            w.max_tunnels_per_user,
+            64,
+            |n| match usize::try_from(n) {
+                Ok(n) if n >= 1 => Ok(n),
+                _ => Err(format!("expected at least 1, got {n}")),
+            },
+        ),
+    }
+}
+
+/// A duration no shorter than `min`.
+fn at_least(d: Duration, min: Duration) -> Result<Duration, String> {
+    if d < min {
+        Err(format!(
+            "must be at least {}, got {}",
+            humantime::format_duration(min),
+            humantime::format_duration(d)
+        ))
+    } else {
+        Ok(d)
+    }
+}
+
+/// An origin as browsers send it: `scheme://host[:port]`, lowercase, without a default port, a
+/// path or a trailing slash.
+fn parse_origin(s: String) -> Result<String, String> {
+    crate::proxy::origin::of_url(&s)
+        .ok_or_else(|| format!("expected an origin such as `https://app.example.com`, got `{s}`"))
 }
 
 /// `[[routes]]`: each rule complete, normalised and not given twice.
