@@ -389,6 +389,83 @@ async fn grpc_call_without_scope_is_permission_denied() {
     );
 }
 
+#[tokio::test]
+async fn gatehouses_own_refusals_of_grpc_calls_are_grpc_statuses() {
+    let upstream = PythonPeer::start("grpc_upstream.py").await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = grpc_config(dir.path(), &upstream.url(), "h2c", "")
+        .replace("[upstream]\n", "[upstream]\nresponse_timeout = \"1s\"\n");
+    let gh = Gatehouse::start_toml(
+        dir,
+        &toml,
+        |_| {},
+        |c| Arc::new(SledStore::open(&c.store.path).unwrap()),
+    )
+    .await;
+    gh.create_user(json!({"userName": "ada", "password": PASSWORD}))
+        .await;
+    let client = GrpcClient::h2c(gh.http_addr()).metadata("authorization", &basic("ada", PASSWORD));
+    let cases = [
+        // /secure/ needs a second factor; ada signed in with a password only.
+        ("secure", "Who", json!({}), "PERMISSION_DENIED"),
+        // The upstream answers after 3 s; upstream.response_timeout is 1 s.
+        (PROBE, "Who", json!({"delay": 3}), "DEADLINE_EXCEEDED"),
+    ];
+    for (service, method, request, code) in cases {
+        let outcome = client.call(service, method, &request).await;
+        assert_eq!(outcome.code, code, "/{service}/{method}: {outcome:?}");
+        assert!(
+            !outcome.details.is_empty() && !outcome.details.contains("http2 header"),
+            "/{service}/{method}: {outcome:?}"
+        );
+    }
+    assert_eq!(
+        calls(&upstream, "Who"),
+        1,
+        "only the slow call reaches the upstream"
+    );
+
+    let down = start(&format!("http://{}", closed_port().await), "h2c", "").await;
+    down.create_user(json!({"userName": "ada", "password": PASSWORD}))
+        .await;
+    let outcome = GrpcClient::h2c(down.http_addr())
+        .metadata("authorization", &basic("ada", PASSWORD))
+        .call(PROBE, "Who", &json!({}))
+        .await;
+    assert_eq!(outcome.code, "UNAVAILABLE", "{outcome:?}");
+    assert!(!outcome.details.contains("http2 header"), "{outcome:?}");
+    let (status, headers, body) = raw_grpc(
+        &down,
+        &format!("/{PROBE}/Who"),
+        &[("authorization", &basic("ada", PASSWORD))],
+    )
+    .await;
+    assert_grpc_refusal(status, &headers, &body, "14");
+}
+
+#[tokio::test]
+async fn grpc_call_with_an_unreadable_path_is_invalid_argument() {
+    let upstream = PythonPeer::start("grpc_upstream.py").await;
+    let gh = start(&upstream.url(), "h2c", "").await;
+    gh.create_user(json!({"userName": "ada", "password": PASSWORD}))
+        .await;
+    let ada = basic("ada", PASSWORD);
+    // An encoded slash: refused before any route is chosen.
+    let outcome = GrpcClient::h2c(gh.http_addr())
+        .metadata("authorization", &ada)
+        .call(PROBE, "a%2FWho", &json!({}))
+        .await;
+    assert_eq!(outcome.code, "INVALID_ARGUMENT", "{outcome:?}");
+    let (status, headers, body) = raw_grpc(
+        &gh,
+        &format!("/{PROBE}/a%2FWho"),
+        &[("authorization", &ada)],
+    )
+    .await;
+    assert_grpc_refusal(status, &headers, &body, "3");
+    assert_eq!(calls(&upstream, "Who"), 0);
+}
+
 /// Starts an endless `Count` with `client`, checks that it keeps streaming across several
 /// re-authorisations while the credential is good, then runs `end_credential` and expects the
 /// call to end UNAUTHENTICATED within [`REAUTH_BOUND`], and the upstream's call to be cancelled.

@@ -2,7 +2,8 @@
 
 Services `gatehouse.test.Probe` and `gatehouse.test.Ops` (the same methods under two names, so a
 route rule can treat them differently); messages are JSON documents (no protoc, no generated code):
-  Who     (unary)            replies {"metadata": {name: value}}: the invocation metadata it saw.
+  Who     (unary)            replies {"metadata": {name: value}}: the invocation metadata it saw,
+                             after {"delay": seconds} if asked.
   Fail    (unary)            {"code": "NOT_FOUND", "message": "..."} -> ends the call with that
                              status and message, plus the trailing metadata x-probe-trailer: kept.
   Count   (server streaming) {"n": N, "delay": seconds} -> yields {"i": 0} .. {"i": N-1}, one every
@@ -14,6 +15,7 @@ Prints its port on stdout once it serves, then "call <Method>" as each call star
 import json
 import sys
 import threading
+import time
 from concurrent import futures
 
 import grpc
@@ -31,6 +33,7 @@ def encode(doc):
 
 def who(request, context):
     print("call Who", flush=True)
+    time.sleep(float(request.get("delay", 0)))
     seen = {}
     for item in context.invocation_metadata():
         if not item.key.endswith("-bin"):

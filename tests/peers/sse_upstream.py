@@ -71,11 +71,11 @@ async def ticks(request):
             await response.write(f"id: {i}\ndata: tick {i}\n\n".encode())
             i += 1
             await asyncio.sleep(0.2)
-    except (ConnectionResetError, asyncio.CancelledError):
+    except ConnectionResetError:
         STATE.ended.append("client")
-        raise
     finally:
         STATE.open -= 1
+    return response
 
 
 async def next_event(request):
