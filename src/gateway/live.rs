@@ -34,16 +34,37 @@ pub(super) struct Admitted {
     pub(super) user_id: String,
 }
 
-impl Admitted {
-    /// The credential-carrying headers of `headers` (before any is removed for the upstream).
-    pub(super) fn credentials(headers: &HeaderMap, app_header: &header::HeaderName) -> HeaderMap {
-        let mut kept = HeaderMap::new();
-        for name in [header::AUTHORIZATION, header::COOKIE, app_header.clone()] {
-            for value in headers.get_all(&name) {
-                kept.append(name.clone(), value.clone());
-            }
+/// The credential-carrying headers of a request as it came (before any is removed for the
+/// upstream): `Authorization`, the ApplicationToken header and every `Cookie` (HTTP/2 clients
+/// send one per cookie). Values are shared, not copied.
+pub(super) struct Presented {
+    authorization: Option<HeaderValue>,
+    app: Option<HeaderValue>,
+    cookies: Vec<HeaderValue>,
+}
+
+impl Presented {
+    pub(super) fn of(headers: &HeaderMap, app_header: &header::HeaderName) -> Presented {
+        Presented {
+            authorization: headers.get(header::AUTHORIZATION).cloned(),
+            app: headers.get(app_header).cloned(),
+            cookies: headers.get_all(header::COOKIE).iter().cloned().collect(),
         }
-        kept
+    }
+
+    /// The headers to present again.
+    pub(super) fn into_headers(self, app_header: &header::HeaderName) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if let Some(v) = self.authorization {
+            headers.insert(header::AUTHORIZATION, v);
+        }
+        if let Some(v) = self.app {
+            headers.insert(app_header.clone(), v);
+        }
+        for v in self.cookies {
+            headers.append(header::COOKIE, v);
+        }
+        headers
     }
 }
 

@@ -12,7 +12,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 
-use super::live::{self, Admitted, Rechecked};
+use super::live::{self, Admitted, Presented, Rechecked};
 use super::rejection::Rejection;
 use super::request_id::X_REQUEST_ID;
 use super::{Arrival, Gateway, Outcome};
@@ -55,17 +55,22 @@ impl Gateway {
                 return refused(rejection);
             }
         };
-        // What the principal was admitted with, for the checks while the exchange lives.
-        let admitted = principal.as_ref().map(|principal| {
-            Arc::new(Admitted {
+        // What the principal was admitted with, for the checks while the exchange lives (taken
+        // as shared values: nothing is copied unless the exchange turns out to last).
+        let presented = principal
+            .as_ref()
+            .map(|_| Presented::of(&parts.headers, self.auth.application_header()));
+        let admitted = |principal: &Option<Principal>, presented: Option<Presented>| {
+            let (principal, presented) = (principal.as_ref()?, presented?);
+            Some(Arc::new(Admitted {
                 auth: self.auth.clone(),
                 rule: rule.clone(),
                 require_app: self.require_app,
-                credentials: Admitted::credentials(&parts.headers, self.auth.application_header()),
+                credentials: presented.into_headers(self.auth.application_header()),
                 client: arrival.client,
                 user_id: principal.user_id.clone(),
-            })
-        });
+            }))
+        };
         // Only the session cookie authenticates without `Authorization` (SPEC §11).
         let by_cookie = principal.is_some() && !parts.headers.contains_key(header::AUTHORIZATION);
         // The session id is gatehouse's alone, on every route.
@@ -82,6 +87,7 @@ impl Gateway {
                 carried: carried.clone(),
                 by_cookie,
             };
+            let admitted = admitted(&principal, presented);
             let outcome = self
                 .tunnel(parts, path, upgrade, principal, admitted, arrival)
                 .await;
@@ -112,8 +118,8 @@ impl Gateway {
             .await;
         if let Ok(response) = &mut response {
             self.sessions.strip_set_cookies(response.headers_mut());
-            if let Some(admitted) = admitted
-                && live::is_long_lived(response.body())
+            if live::is_long_lived(response.body())
+                && let Some(admitted) = admitted(&principal, presented)
             {
                 let body = std::mem::take(response.body_mut());
                 *response.body_mut() = Rechecked::new(
