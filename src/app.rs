@@ -112,6 +112,7 @@ impl App {
             config.server.max_buffered_bytes,
         ));
         let tunnels = Arc::new(crate::server::tunnels::Tunnels::new(meter.clone()));
+        let policy = Arc::new(ArcSwap::from_pointee(crate::routes::Policy::of(&config)));
         Ok(App {
             config,
             services: Services {
@@ -125,6 +126,7 @@ impl App {
                 bodies,
                 sessions,
                 tunnels,
+                policy,
             },
         })
     }

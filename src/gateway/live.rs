@@ -18,16 +18,19 @@ use super::access::decide;
 use super::rejection::{GRPC_MESSAGE, GRPC_STATUS, Rejection};
 use crate::auth::{Authenticator, Principal};
 use crate::body::{Body, BoxError};
-use crate::config::AccessRule;
 use crate::meter::Meter;
 use crate::proxy::tunnel::{Credential, Rechecks, Verdict};
+use crate::routes::Policy;
+use arc_swap::ArcSwap;
 
-/// A credential as it was presented: the headers that carry one, the route's rule, and the
-/// principal it admitted.
+/// A credential as it was presented: the headers that carry one, the route it was presented to,
+/// and the principal it admitted.
 pub(super) struct Admitted {
     pub(super) auth: Arc<Authenticator>,
-    pub(super) rule: AccessRule,
-    pub(super) require_app: bool,
+    /// The rules in force (a reload that tightens the route ends what it no longer allows).
+    pub(super) policy: Arc<ArcSwap<Policy>>,
+    /// The request's match key, which picks its rule.
+    pub(super) key: String,
     /// `Authorization`, `Cookie` and the ApplicationToken header, as the client sent them.
     pub(super) credentials: HeaderMap,
     pub(super) client: IpAddr,
@@ -71,10 +74,12 @@ impl Presented {
 impl Credential for Admitted {
     fn check(self: Arc<Self>) -> Pin<Box<dyn Future<Output = Verdict> + Send>> {
         Box::pin(async move {
+            let policy = self.policy.load_full();
+            let rule = policy.rules.rule_for(&self.key);
             let decided = decide(
                 &self.auth,
-                &self.rule,
-                self.require_app,
+                rule,
+                policy.require_app,
                 &self.credentials,
                 self.client,
             )

@@ -144,6 +144,8 @@ pub struct Gateway {
     meter: Arc<Meter>,
     bodies: Arc<crate::api::Bodies>,
     tunnels: Arc<Tunnels>,
+    /// The rules in force, as long-lived exchanges are checked against them.
+    policy: Arc<arc_swap::ArcSwap<crate::routes::Policy>>,
     /// Origins from which a cookie-authenticated upgrade is accepted: `server.public_url`'s and
     /// `websocket.allowed_origins`.
     upgrade_origins: Vec<String>,
@@ -178,6 +180,7 @@ impl Gateway {
             meter: services.meter.clone(),
             bodies: services.bodies.clone(),
             tunnels: services.tunnels.clone(),
+            policy: services.policy.clone(),
             upgrade_origins: crate::origin::of_url(&config.server.public_url)
                 .into_iter()
                 .chain(config.websocket.allowed_origins.iter().cloned())

@@ -64,15 +64,14 @@ impl Gateway {
             let (principal, presented) = (principal.as_ref()?, presented?);
             Some(Arc::new(Admitted {
                 auth: self.auth.clone(),
-                rule: rule.clone(),
-                require_app: self.require_app,
+                policy: self.policy.clone(),
+                key: key.to_owned(),
                 credentials: presented.into_headers(self.auth.application_header()),
                 client: arrival.client,
                 user_id: principal.user_id.clone(),
             }))
         };
-        // Only the session cookie authenticates without `Authorization` (SPEC §11).
-        let by_cookie = principal.is_some() && !parts.headers.contains_key(header::AUTHORIZATION);
+        let ambient = principal.as_ref().and_then(|_| ambient(&parts.headers));
         // The session id is gatehouse's alone, on every route.
         self.sessions.strip_cookies(&mut parts.headers);
         if let Some(principal) = &principal {
@@ -85,7 +84,7 @@ impl Gateway {
             let upgrade = Upgrading {
                 kind: *kind,
                 carried: carried.clone(),
-                by_cookie,
+                ambient,
             };
             let admitted = admitted(&principal, presented);
             let outcome = self
@@ -156,17 +155,18 @@ impl Gateway {
             principal,
             ..Outcome::refused("", rejection)
         };
-        if upgrade.by_cookie
-            && !parts
-                .headers
-                .get(header::ORIGIN)
-                .is_some_and(|origin| origin::is_allowed(origin.as_bytes(), &self.upgrade_origins))
+        if let Some(ambient) = upgrade.ambient
+            && !self.origin_allowed(&parts.headers, ambient)
         {
             return refused(principal, Rejection::OriginNotAllowed);
         }
         let owner = match &principal {
             Some(principal) => principal.user_id.clone(),
-            None => format!("address {}", arrival.client),
+            // An IPv6 client holds a /64, as the connection caps count it.
+            None => format!(
+                "address {}",
+                crate::server::caps::Client::of(arrival.client)
+            ),
         };
         let Some(slot) = self.tunnels.admit(owner, self.max_tunnels_per_user) else {
             return refused(
@@ -297,12 +297,48 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// Whether an upgrade authenticated by a credential its browser sends by itself comes from
+    /// an allowed origin: exactly one `Origin`, and an allowed one. Without any `Origin`, a Basic
+    /// upgrade is no browser's (a browser always sends one with a WebSocket) and passes; a
+    /// cookie one does not.
+    fn origin_allowed(&self, headers: &HeaderMap, ambient: Ambient) -> bool {
+        let mut origins = headers.get_all(header::ORIGIN).iter();
+        match (origins.next(), origins.next()) {
+            (None, _) => ambient == Ambient::Basic,
+            (Some(origin), None) => origin::is_allowed(origin.as_bytes(), &self.upgrade_origins),
+            (Some(_), Some(_)) => false,
+        }
+    }
+}
+
+/// A credential a browser sends by itself, with a cross-site WebSocket handshake too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ambient {
+    /// The session cookie (no `Authorization`: SPEC §11).
+    Cookie,
+    /// `Authorization: Basic`, which browsers cache and resend.
+    Basic,
+}
+
+/// The ambient credential that authenticated a request, if it was one; `None` for a Bearer token,
+/// which only a script that chose it can send.
+fn ambient(headers: &HeaderMap) -> Option<Ambient> {
+    match headers.get(header::AUTHORIZATION) {
+        None => Some(Ambient::Cookie),
+        Some(v) => {
+            let v = v.as_bytes();
+            (v.len() >= 6 && v[..6].eq_ignore_ascii_case(b"basic ")).then_some(Ambient::Basic)
+        }
+    }
+}
+
 /// What an upgrade asks for, as [`Gateway::tunnel`] needs it.
 struct Upgrading {
     kind: Upgrade,
     carried: Vec<(http::HeaderName, http::HeaderValue)>,
-    /// Authenticated by the session cookie: the `Origin` must be allowed.
-    by_cookie: bool,
+    /// Authenticated by a credential its browser sends by itself: the `Origin` must be allowed.
+    ambient: Option<Ambient>,
 }
 
 /// The refusal for an upstream that gave no response.
