@@ -42,4 +42,5 @@ mod signin_browser;
 mod smtp;
 mod stores;
 mod traefik_signin;
+mod tunnel_attacks;
 mod ws;
