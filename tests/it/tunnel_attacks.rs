@@ -123,7 +123,9 @@ async fn app_connection(mut stream: TcpStream, heads: Arc<Mutex<Vec<String>>>) {
         }
     } else if path.ends_with("/refuse") {
         let _ = stream
-            .write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 4\r\nConnection: close\r\n\r\nnope")
+            .write_all(
+                b"HTTP/1.1 403 Forbidden\r\nContent-Length: 4\r\nConnection: close\r\n\r\nnope",
+            )
             .await;
     } else {
         let _ = stream
@@ -270,7 +272,11 @@ async fn upgrade_to_another_protocol_is_forwarded_as_a_plain_request() {
     let plain = open(
         gh.http_addr(),
         "/public/plain",
-        &["Connection: Upgrade, HTTP2-Settings", "Upgrade: h2c", "HTTP2-Settings: AAMAAABkAAQAAP__"],
+        &[
+            "Connection: Upgrade, HTTP2-Settings",
+            "Upgrade: h2c",
+            "HTTP2-Settings: AAMAAABkAAQAAP__",
+        ],
     )
     .await;
     assert_ne!(plain.status, 101, "{}", plain.head);
@@ -289,18 +295,20 @@ async fn pipelined_request_after_a_refused_upgrade_gets_its_own_decision() {
         request.push_str(line);
         request.push_str("\r\n");
     }
-    request.push_str("\r\nGET /private/secret HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    request.push_str(
+        "\r\nGET /private/secret HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
     let mut first = open_raw(gh.http_addr(), &request).await;
     assert_eq!(first.status, 403, "{}", first.head);
     let mut rest = Vec::new();
-    let _ = tokio::time::timeout(
-        Duration::from_secs(10),
-        first.stream.read_to_end(&mut rest),
-    )
-    .await;
+    let _ =
+        tokio::time::timeout(Duration::from_secs(10), first.stream.read_to_end(&mut rest)).await;
     // Answered in its own right (401), or not at all (the connection closed): never forwarded.
     let rest = String::from_utf8_lossy(&rest);
-    assert!(rest.is_empty() || rest.starts_with("HTTP/1.1 401"), "{rest}");
+    assert!(
+        rest.is_empty() || rest.starts_with("HTTP/1.1 401"),
+        "{rest}"
+    );
     assert!(!app.saw("GET /private/secret"), "{:?}", app.heads());
     gh.stop().await;
 }
@@ -389,7 +397,10 @@ async fn cookie_upgrade_from_any_other_origin_spelling_is_refused() {
     }
     assert!(app.heads().is_empty(), "{:?}", app.heads());
     // The own origin, in any letter case and with its default port, is allowed.
-    let lines = with(&UPGRADE, &[cookie.as_str(), "Origin: HTTPS://LocalHost:443"]);
+    let lines = with(
+        &UPGRADE,
+        &[cookie.as_str(), "Origin: HTTPS://LocalHost:443"],
+    );
     let mut tunnel = open(gh.http_addr(), "/private/ws", &lines).await;
     assert_eq!(tunnel.status, 101, "{}", tunnel.head);
     assert_eq!(tunnel.echo("hi").await, "hi");
@@ -432,7 +443,11 @@ async fn cookie_with_a_bogus_authorization_is_not_tunnelled_from_another_origin(
     ] {
         let lines = with(
             &UPGRADE,
-            &[cookie.as_str(), authorization, "Origin: https://evil.example"],
+            &[
+                cookie.as_str(),
+                authorization,
+                "Origin: https://evil.example",
+            ],
         );
         let refused = open(gh.http_addr(), "/private/ws", &lines).await;
         assert!(
@@ -487,7 +502,10 @@ async fn client_identity_headers_and_credentials_never_reach_the_upstream_of_a_t
         assert!(!lower.contains("x.auth"), "{target}: {head}");
         assert!(!lower.contains("x-auth-user-id: 0\r"), "{target}: {head}");
         assert!(!lower.contains("authorization:"), "{target}: {head}");
-        assert!(!lower.contains(&SESSION_COOKIE.to_ascii_lowercase()), "{target}: {head}");
+        assert!(
+            !lower.contains(&SESSION_COOKIE.to_ascii_lowercase()),
+            "{target}: {head}"
+        );
         assert!(!lower.contains("wsaccesskey"), "{target}: {head}");
         if target.starts_with("/private/") {
             assert!(lower.contains("x-auth-user: ada\r"), "{target}: {head}");
@@ -547,7 +565,12 @@ async fn tunnel_opened_with_basic_closes_after_the_password_changes() {
     let gh = start(&app, |_| {}).await;
     user(&gh, "ada").await;
     let auth = basic("ada");
-    let mut tunnel = open(gh.http_addr(), "/private/ws", &with(&UPGRADE, &[auth.as_str()])).await;
+    let mut tunnel = open(
+        gh.http_addr(),
+        "/private/ws",
+        &with(&UPGRADE, &[auth.as_str()]),
+    )
+    .await;
     assert_eq!(tunnel.status, 101, "{}", tunnel.head);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(tunnel.echo("still").await, "still");
@@ -596,7 +619,12 @@ async fn anonymous_tunnels_are_capped_per_ipv6_prefix_not_per_address() {
     let mut open_tunnels = Vec::new();
     for i in 1..=4 {
         let xff = format!("X-Forwarded-For: 2001:db8:1:2::{i:x}");
-        let tunnel = open(gh.http_addr(), "/public/ws", &with(&UPGRADE, &[xff.as_str()])).await;
+        let tunnel = open(
+            gh.http_addr(),
+            "/public/ws",
+            &with(&UPGRADE, &[xff.as_str()]),
+        )
+        .await;
         statuses.push(tunnel.status);
         open_tunnels.push(tunnel);
     }
@@ -612,7 +640,11 @@ async fn anonymous_tunnels_are_capped_per_ipv6_prefix_not_per_address() {
 async fn grpc_call_with_an_unreadable_path_is_refused_as_a_grpc_status() {
     let app = RawApp::start().await;
     let gh = start(&app, |_| {}).await;
-    for path in ["/pkg.Svc%2FMethod", "/pkg.Svc/Me%00thod", "/pkg.Svc\\Method"] {
+    for path in [
+        "/pkg.Svc%2FMethod",
+        "/pkg.Svc/Me%00thod",
+        "/pkg.Svc\\Method",
+    ] {
         let response = h2c_client()
             .post(gh.http_url(path))
             .header("content-type", "application/grpc")
@@ -651,18 +683,19 @@ async fn h2c_app() -> (SocketAddr, JoinHandle<()>) {
                 continue;
             };
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(|req: http::Request<Incoming>| async move {
-                    let body = if req.uri().path().ends_with("/big") {
-                        Full::new(Bytes::from(vec![7u8; 4 << 20])).boxed()
-                    } else {
-                        Full::new(Bytes::from_static(b"\0\0\0\0\0")).boxed()
-                    };
-                    let response = http::Response::builder()
-                        .header("content-type", "application/grpc")
-                        .body(body)
-                        .unwrap();
-                    Ok::<_, std::convert::Infallible>(response)
-                });
+                let service =
+                    hyper::service::service_fn(|req: http::Request<Incoming>| async move {
+                        let body = if req.uri().path().ends_with("/big") {
+                            Full::new(Bytes::from(vec![7u8; 4 << 20])).boxed()
+                        } else {
+                            Full::new(Bytes::from_static(b"\0\0\0\0\0")).boxed()
+                        };
+                        let response = http::Response::builder()
+                            .header("content-type", "application/grpc")
+                            .body(body)
+                            .unwrap();
+                        Ok::<_, std::convert::Infallible>(response)
+                    });
                 let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
@@ -692,7 +725,7 @@ async fn a_client_that_stops_reading_does_not_stall_other_clients_grpc_calls() {
     tokio::spawn(connection);
     let mut held = Vec::new();
     for _ in 0..3 {
-        let request = http::Request::post(format!("http://localhost/public/pkg.Svc/big"))
+        let request = http::Request::post("http://localhost/public/pkg.Svc/big")
             .header("content-type", "application/grpc")
             .header("te", "trailers")
             .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
@@ -720,5 +753,121 @@ async fn a_client_that_stops_reading_does_not_stall_other_clients_grpc_calls() {
     );
     drop(held);
     task.abort();
+    gh.stop().await;
+}
+
+/// The base configuration in front of `app` with a one-second re-check, `/private/` given
+/// `private` (TOML lines of its rule).
+fn reloadable_config(dir: &std::path::Path, app: &RawApp, private: &str) -> String {
+    base_config(dir, &app.url())
+        .replace(
+            "default = \"authenticated\"",
+            "default = \"authenticated\"\nreauth_interval = \"1s\"",
+        )
+        .replace(
+            "path_prefix = \"/private/\"\naccess = \"authenticated\"",
+            &format!("path_prefix = \"/private/\"\n{private}"),
+        )
+}
+
+/// A reload that makes a route stricter applies to the tunnels already open on it, as it does
+/// to the next request: a credential that no longer passes the route's rule ends its tunnel.
+#[tokio::test]
+async fn tunnel_closes_when_a_reload_makes_its_route_require_what_its_credential_lacks() {
+    let app = RawApp::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = reloadable_config(dir.path(), &app, "access = \"authenticated\"");
+    let mut config = gatehouse::config::from_toml_str(&toml).unwrap();
+    config.admin.token = Some(gatehouse::config::Secret::new(ADMIN_TOKEN));
+    let store = Arc::new(gatehouse::store::sled::SledStore::open(&config.store.path).unwrap());
+    let gh_app = Arc::new(
+        gatehouse::app::App::with_store(config, store, Arc::new(gatehouse::clock::SystemClock))
+            .await
+            .unwrap(),
+    );
+    let (server, reloadable) = gh_app.bind().await.unwrap();
+    let addr = server.addrs().http.unwrap();
+    let admin = server.addrs().admin;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    let created = http1_client()
+        .post(format!("http://{admin}/admin/v1/users"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({"userName": "ada", "password": PASSWORD, "scopes": ["read"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let auth = basic("ada");
+    let mut tunnel = open(addr, "/private/ws", &with(&UPGRADE, &[auth.as_str()])).await;
+    assert_eq!(tunnel.status, 101, "{}", tunnel.head);
+
+    let stricter = reloadable_config(
+        dir.path(),
+        &app,
+        "access = \"authenticated\"\nscopes = [\"admin\"]",
+    );
+    let path = dir.path().join("gatehouse.toml");
+    assert!(gatehouse::reload::reload(
+        &reloadable,
+        &path,
+        "test",
+        Ok(stricter.as_bytes())
+    ));
+    // The next upgrade is refused under the new rule…
+    let refused = open(addr, "/private/ws", &with(&UPGRADE, &[auth.as_str()])).await;
+    assert_eq!(refused.status, 403, "{}", refused.head);
+    // …and the open tunnel ends with it.
+    assert!(
+        tunnel.ends_within(CLOSES_WITHIN).await,
+        "the tunnel outlived the rule that admitted it"
+    );
+    let _ = stop.send(());
+    task.await.unwrap();
+}
+
+/// Re-checking an old password is no guess: the tunnels a password change ends must not count
+/// as failed sign-ins, or whoever holds a few tunnels with the old password (the very holder the
+/// change is meant to shut out) locks the account's owner out with the new one.
+#[tokio::test]
+async fn tunnels_ended_by_a_password_change_do_not_lock_out_the_new_password() {
+    let app = RawApp::start().await;
+    let gh = start(&app, |_| {}).await;
+    user(&gh, "ada").await;
+    let old = basic("ada");
+    let mut tunnels = Vec::new();
+    for _ in 0..8 {
+        let tunnel = open(
+            gh.http_addr(),
+            "/private/ws",
+            &with(&UPGRADE, &[old.as_str()]),
+        )
+        .await;
+        assert_eq!(tunnel.status, 101, "{}", tunnel.head);
+        tunnels.push(tunnel);
+    }
+    let new_password = "another long passphrase";
+    let (status, body) = gh
+        .admin(
+            "PATCH",
+            "/admin/v1/users/ada",
+            Some(serde_json::json!({"password": new_password})),
+        )
+        .await;
+    assert!(status < 300, "{status} {body}");
+    for tunnel in &mut tunnels {
+        assert!(tunnel.ends_within(Duration::from_secs(15)).await);
+    }
+    let response = http1_client()
+        .get(gh.http_url("/private/x"))
+        .basic_auth("ada", Some(new_password))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body = response.text().await.unwrap();
+    assert_eq!(status, 200, "{body}");
     gh.stop().await;
 }
