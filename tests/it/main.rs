@@ -45,6 +45,7 @@ mod smtp;
 mod stores;
 mod streaming;
 mod traefik_signin;
+mod tunnel_attacks;
 mod tunnels;
 mod websocket;
 mod ws;
