@@ -220,14 +220,25 @@ impl Gateway {
             head.body(crate::body::empty())
                 .map_err(|e| Rejection::Internal(e.to_string()))
         } else {
-            // Refused by the upstream: its answer goes to the client, and nothing is tunnelled.
+            // Refused by the upstream: its answer goes to the client, and nothing is tunnelled;
+            // if it streams, it is watched like any other.
             let (mut head, body) = response.into_parts();
             crate::proxy::headers::strip_hop_by_hop(&mut head.headers);
             head.version = version;
-            Ok(Response::from_parts(
-                head,
-                body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync(),
-            ))
+            let mut body = body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync();
+            if let Some(admitted) = admitted
+                && live::is_long_lived(&body)
+            {
+                body = Rechecked::new(
+                    body,
+                    admitted,
+                    self.reauth_interval,
+                    false,
+                    self.meter.clone(),
+                )
+                .boxed_unsync();
+            }
+            Ok(Response::from_parts(head, body))
         };
         let response = response.map(|mut response| {
             self.sessions.strip_set_cookies(response.headers_mut());

@@ -640,11 +640,7 @@ async fn anonymous_tunnels_are_capped_per_ipv6_prefix_not_per_address() {
 async fn grpc_call_with_an_unreadable_path_is_refused_as_a_grpc_status() {
     let app = RawApp::start().await;
     let gh = start(&app, |_| {}).await;
-    for path in [
-        "/pkg.Svc%2FMethod",
-        "/pkg.Svc/Me%00thod",
-        "/pkg.Svc\\Method",
-    ] {
+    for path in ["/pkg.Svc%2FMethod", "/pkg.Svc/Me%00thod"] {
         let response = h2c_client()
             .post(gh.http_url(path))
             .header("content-type", "application/grpc")

@@ -457,20 +457,40 @@ async fn cookie_authenticated_upgrade_from_public_url_or_allowed_origin_is_tunne
 }
 
 #[tokio::test]
-async fn bearer_and_basic_upgrades_are_not_origin_checked() {
+async fn bearer_upgrades_are_not_origin_checked_and_basic_ones_only_with_an_origin() {
     let (app, gh) = start("", "").await;
     let ada = user(&gh, "ada").await;
     let token = bearer(&gh, &ada, vec![gatehouse::auth::Method::Pwd]);
+    let basic = basic("ada");
     for via in [Via::Http1, Via::H2] {
-        for credential in [token.as_str(), &basic("ada")] {
-            for origin in [None, Some("https://evil.example")] {
-                let mut headers = vec![("authorization", credential)];
-                headers.extend(origin.map(|o| ("origin", o)));
-                let mut tunnel = opened(&gh, via, "/private/api", &headers).await;
-                assert_eq!(tunnel.echo("ok").await.unwrap(), "ok");
-                tunnel.close().await;
-            }
+        // A script's token: no browser sends one by itself.
+        for origin in [None, Some("https://evil.example")] {
+            let mut headers = vec![("authorization", token.as_str())];
+            headers.extend(origin.map(|o| ("origin", o)));
+            let mut tunnel = opened(&gh, via, "/private/api", &headers).await;
+            assert_eq!(tunnel.echo("ok").await.unwrap(), "ok");
+            tunnel.close().await;
         }
+        // Basic credentials a browser cached are resent on a cross-site handshake, which always
+        // has an Origin; without one, the client is no browser.
+        for origin in [None, Some(OWN_ORIGIN)] {
+            let mut headers = vec![("authorization", basic.as_str())];
+            headers.extend(origin.map(|o| ("origin", o)));
+            let mut tunnel = opened(&gh, via, "/private/api", &headers).await;
+            assert_eq!(tunnel.echo("ok").await.unwrap(), "ok");
+            tunnel.close().await;
+        }
+        refused(
+            &gh,
+            via,
+            "/private/api",
+            &[
+                ("authorization", &basic),
+                ("origin", "https://evil.example"),
+            ],
+        )
+        .await
+        .assert_problem(403, "origin-not-allowed");
     }
     assert_eq!(app.count("open"), 8);
 }
