@@ -38,6 +38,8 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEERS = os.path.join(ROOT, "bench", "peers")
+# Where cargo puts what it builds (CARGO_TARGET_DIR when set, as cargo itself reads it).
+TARGET_DIR = os.path.join(ROOT, os.environ.get("CARGO_TARGET_DIR") or "target")
 SERVER_CPU = "0"
 LOADGEN_CPU = "1"
 CONNECTIONS = 32
@@ -134,21 +136,28 @@ def ensure_gatehouse(binary):
         if not os.access(binary, os.X_OK):
             sys.exit(f"{binary} is not an executable")
         return os.path.abspath(binary)
-    binary = os.path.join(ROOT, "target", "release", "gatehouse")
+    binary = os.path.join(TARGET_DIR, "release", "gatehouse")
     if not os.path.exists(binary) or os.path.getmtime(binary) < newest_source():
-        log("building target/release/gatehouse (cargo build --release --locked)")
+        log(f"building {os.path.relpath(binary, ROOT)} (cargo build --release --locked)")
         quiet(["cargo", "build", "--release", "--locked"], cwd=ROOT)
+    return binary
+
+
+def ensure_example(name, profile="release"):
+    """examples/NAME.rs built with `profile` ("release" or "debug"), rebuilt when older than its
+    source."""
+    binary = os.path.join(TARGET_DIR, profile, "examples", name)
+    source = os.path.join(ROOT, "examples", f"{name}.rs")
+    if not os.path.exists(binary) or os.path.getmtime(binary) < os.path.getmtime(source):
+        argv = ["cargo", "build", "--locked", "--example", name] + (["--release"] if profile == "release" else [])
+        log(f"building {os.path.relpath(binary, ROOT)} ({' '.join(argv)})")
+        quiet(argv, cwd=ROOT)
     return binary
 
 
 def ensure_bare_proxy():
     """examples/bare_proxy.rs: gatehouse's HTTP stack passing requests through, doing nothing else."""
-    binary = os.path.join(ROOT, "target", "release", "examples", "bare_proxy")
-    source = os.path.join(ROOT, "examples", "bare_proxy.rs")
-    if not os.path.exists(binary) or os.path.getmtime(binary) < os.path.getmtime(source):
-        log("building target/release/examples/bare_proxy (cargo build --release --locked --example bare_proxy)")
-        quiet(["cargo", "build", "--release", "--locked", "--example", "bare_proxy"], cwd=ROOT)
-    return binary
+    return ensure_example("bare_proxy")
 
 
 # --- processes ------------------------------------------------------------------------------------
@@ -440,6 +449,19 @@ class Target:
         self.headers = headers or {}
         self.needs_auth = needs_auth
 
+    def loadgen_argv(self, seconds, log_file=None):
+        """The load generator's command line for a run of `seconds`; `log_file`, when given, is
+        where it may write per-request data for `parse`."""
+        if self.protocol == "h2":
+            return h2load_argv(self, seconds, log_file)
+        return wrk_argv(self, seconds)
+
+    def parse(self, output, log_file):
+        """requests, rps, p50_us, p99_us, non2xx, socket_errors of a run from its output."""
+        if self.protocol == "h2":
+            return parse_h2load(output, log_file)
+        return parse_wrk(output)
+
 
 def curl(target, with_headers=True):
     argv = ["curl", "-sk", "--max-time", "5", "-o", "-", "-w", "\n%{http_code} %{http_version}"]
@@ -472,19 +494,14 @@ def check(target):
 
 def measure_once(services, target, seconds, exclude_pgids):
     measured = {s.pgid for s in target.measured}
-    if target.protocol == "h2":
-        run_loadgen(services, h2load_argv(target, WARMUP_S), WARMUP_S + 30)
-        log_file = os.path.join(services.tmp, "h2load.tsv")
-        argv = h2load_argv(target, seconds, log_file)
-    else:
-        run_loadgen(services, wrk_argv(target, WARMUP_S), WARMUP_S + 30)
-        argv = wrk_argv(target, seconds)
+    run_loadgen(services, target.loadgen_argv(WARMUP_S), WARMUP_S + 30)
+    log_file = os.path.join(services.tmp, "loadgen.tsv")
     before = process_table()
     started = time.monotonic()
-    loadgen, output = run_loadgen(services, argv, seconds + 30)
+    loadgen, output = run_loadgen(services, target.loadgen_argv(seconds, log_file), seconds + 30)
     wall = time.monotonic() - started
     after = process_table()
-    result = parse_h2load(output, log_file) if target.protocol == "h2" else parse_wrk(output)
+    result = target.parse(output, log_file)
     cpu = cpu_delta(before, after, measured)
     upstream_cpu = cpu_delta(before, after, {exclude_pgids["upstream"]})
     # The load generator has exited by now and so is missing from `after`.
@@ -512,7 +529,7 @@ def wait_quiet(exclude_pgids, limit_s=20.0):
             return
 
 
-def measure(services, targets, repeats, seconds, retries, exclude_pgids):
+def measure(services, targets, repeats, seconds, retries, exclude_pgids, unit="req"):
     runs = {t.key: [] for t in targets}
     for repeat in range(repeats):
         order = targets if repeat % 2 == 0 else list(reversed(targets))
@@ -528,8 +545,8 @@ def measure(services, targets, repeats, seconds, retries, exclude_pgids):
                 if result["noisy"]:
                     wait_quiet(exclude_pgids)
             runs[target.key].append(result)
-            log(f"  {repeat + 1}/{repeats} {target.label:<28} {target.protocol:<3} "
-                f"{result['rps']:>10.0f} req/s {result['cpu_us_per_req']:6.1f} µs/req"
+            log(f"  {repeat + 1}/{repeats} {target.label:<28} {target.protocol:<4} "
+                f"{result['rps']:>10.0f} {unit}/s {result['cpu_us_per_req']:6.1f} µs/{unit}"
                 + ("" if result["clean"] else
                    f"  (not clean: {result['non2xx']} non-2xx, {result['socket_errors']} socket errors, "
                    f"others {result['others_cpu_share']:.1%} of a core, busiest {result['busiest_other']})"))
@@ -574,8 +591,8 @@ def fmt_ms(us):
     return f"{us / 1000:.2f} ms"
 
 
-def table(rows):
-    lines = ["| target | req/s | p50 | p99 | CPU µs/req | vs nginx proxy_pass | note |",
+def table(rows, unit="req", baseline="nginx proxy_pass"):
+    lines = [f"| target | {unit}/s | p50 | p99 | CPU µs/{unit} | vs {baseline} | note |",
              "|---|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         label = r["label"] + (" · h2/TLS" if r["protocol"] == "h2" else "")
@@ -617,8 +634,11 @@ def go_env(tmp):
 
 
 class Gatehouse:
-    def __init__(self, binary, tmp, upstream_port):
+    def __init__(self, binary, tmp, upstream_port, template="gatehouse.toml", **values):
         self.binary, self.tmp, self.upstream_port = binary, tmp, upstream_port
+        # The configuration template in peers/ and the values of its placeholders beyond the
+        # ports, paths and listeners filled in here.
+        self.template, self.values = template, values
         self.port, self.admin_port, self.tls_port = free_port(), free_port(), free_port()
         self.admin_token = secrets.token_urlsafe(32)
         self.master_key = base64.b64encode(os.urandom(32)).decode()
@@ -629,10 +649,10 @@ class Gatehouse:
         # the same range): fresh ports, and a few tries when one is already in use.
         for attempt in range(3):
             self.port, self.admin_port, self.tls_port = free_port(), free_port(), free_port()
-            config = render("gatehouse.toml", os.path.join(self.tmp, "gatehouse.toml"), tmp=self.tmp,
+            config = render(self.template, os.path.join(self.tmp, "gatehouse.toml"), tmp=self.tmp,
                             port=self.port, admin_port=self.admin_port, tls_port=self.tls_port,
                             upstream_port=self.upstream_port,
-                            https=f"127.0.0.1:{self.tls_port}" if https else "")
+                            https=f"127.0.0.1:{self.tls_port}" if https else "", **self.values)
             # An inherited RUST_LOG or GATEHOUSE_* would silently change what is measured.
             env = {k: v for k, v in os.environ.items() if not k.startswith("GATEHOUSE_") and k != "RUST_LOG"}
             env.update(GATEHOUSE_ADMIN_TOKEN=self.admin_token, GATEHOUSE_MASTER_KEY=self.master_key)
