@@ -111,7 +111,8 @@ impl App {
             config.server.body_read_timeout,
             config.server.max_buffered_bytes,
         ));
-        let tunnels = Arc::new(crate::proxy::tunnel::Tunnels::new(meter.clone()));
+        let tunnels = Arc::new(crate::server::tunnels::Tunnels::new(meter.clone()));
+        let policy = Arc::new(ArcSwap::from_pointee(crate::routes::Policy::of(&config)));
         Ok(App {
             config,
             services: Services {
@@ -125,6 +126,7 @@ impl App {
                 bodies,
                 sessions,
                 tunnels,
+                policy,
             },
         })
     }

@@ -25,6 +25,7 @@ pub mod mfa;
 pub mod names;
 pub mod notify;
 pub mod oidc;
+pub mod origin;
 pub mod outbound;
 pub mod path;
 pub mod preflight;

@@ -88,6 +88,9 @@ impl Reloadable {
         }
         self.services.auth.trust(issuers);
         self.gateway.store(Arc::new(gateway));
+        self.services
+            .policy
+            .store(Arc::new(crate::routes::Policy::of(new)));
         *self.running.lock().unwrap_or_else(PoisonError::into_inner) = Arc::new(new.clone());
         Ok(())
     }

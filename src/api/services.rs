@@ -27,6 +27,8 @@ pub struct Services {
     /// The one reader of local endpoints' bodies, with its budget shared by every listener.
     pub bodies: Arc<Bodies>,
     pub sessions: Arc<Sessions>,
+    /// The access rules in force, for the exchanges that outlive a reload.
+    pub policy: Arc<arc_swap::ArcSwap<crate::routes::Policy>>,
     /// The open WebSocket tunnels, shared by every pipeline a reload builds.
-    pub tunnels: Arc<crate::proxy::tunnel::Tunnels>,
+    pub tunnels: Arc<crate::server::tunnels::Tunnels>,
 }

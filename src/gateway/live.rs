@@ -18,42 +18,68 @@ use super::access::decide;
 use super::rejection::{GRPC_MESSAGE, GRPC_STATUS, Rejection};
 use crate::auth::{Authenticator, Principal};
 use crate::body::{Body, BoxError};
-use crate::config::AccessRule;
 use crate::meter::Meter;
 use crate::proxy::tunnel::{Credential, Rechecks, Verdict};
+use crate::routes::Policy;
+use arc_swap::ArcSwap;
 
-/// A credential as it was presented: the headers that carry one, the route's rule, and the
-/// principal it admitted.
+/// A credential as it was presented: the headers that carry one, the route it was presented to,
+/// and the principal it admitted.
 pub(super) struct Admitted {
     pub(super) auth: Arc<Authenticator>,
-    pub(super) rule: AccessRule,
-    pub(super) require_app: bool,
+    /// The rules in force (a reload that tightens the route ends what it no longer allows).
+    pub(super) policy: Arc<ArcSwap<Policy>>,
+    /// The request's match key, which picks its rule.
+    pub(super) key: String,
     /// `Authorization`, `Cookie` and the ApplicationToken header, as the client sent them.
     pub(super) credentials: HeaderMap,
     pub(super) client: IpAddr,
     pub(super) user_id: String,
 }
 
-impl Admitted {
-    /// The credential-carrying headers of `headers` (before any is removed for the upstream).
-    pub(super) fn credentials(headers: &HeaderMap, app_header: &header::HeaderName) -> HeaderMap {
-        let mut kept = HeaderMap::new();
-        for name in [header::AUTHORIZATION, header::COOKIE, app_header.clone()] {
-            for value in headers.get_all(&name) {
-                kept.append(name.clone(), value.clone());
-            }
+/// The credential-carrying headers of a request as it came (before any is removed for the
+/// upstream): `Authorization`, the ApplicationToken header and every `Cookie` (HTTP/2 clients
+/// send one per cookie). Values are shared, not copied.
+pub(super) struct Presented {
+    authorization: Option<HeaderValue>,
+    app: Option<HeaderValue>,
+    cookies: Vec<HeaderValue>,
+}
+
+impl Presented {
+    pub(super) fn of(headers: &HeaderMap, app_header: &header::HeaderName) -> Presented {
+        Presented {
+            authorization: headers.get(header::AUTHORIZATION).cloned(),
+            app: headers.get(app_header).cloned(),
+            cookies: headers.get_all(header::COOKIE).iter().cloned().collect(),
         }
-        kept
+    }
+
+    /// The headers to present again.
+    pub(super) fn into_headers(self, app_header: &header::HeaderName) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if let Some(v) = self.authorization {
+            headers.insert(header::AUTHORIZATION, v);
+        }
+        if let Some(v) = self.app {
+            headers.insert(app_header.clone(), v);
+        }
+        for v in self.cookies {
+            headers.append(header::COOKIE, v);
+        }
+        headers
     }
 }
 
 impl Credential for Admitted {
     fn check(self: Arc<Self>) -> Pin<Box<dyn Future<Output = Verdict> + Send>> {
         Box::pin(async move {
+            let policy = self.policy.load_full();
+            let rule = policy.rules.rule_for(&self.key);
             let decided = decide(
                 &self.auth,
-                &self.rule,
-                self.require_app,
+                rule,
+                policy.require_app,
                 &self.credentials,
                 self.client,
             )

@@ -42,9 +42,10 @@ use crate::meter::Meter;
 use crate::path;
 use crate::proxy::forward::{self, Upstream};
 use crate::proxy::headers::IdentityHeaders;
-use crate::proxy::tunnel::{Limits as TunnelLimits, Tunnels};
+use crate::proxy::tunnel::Limits as TunnelLimits;
 use crate::proxy::upgrade::{self, Upgrade};
 use crate::routes::AccessRules;
+use crate::server::tunnels::Tunnels;
 use crate::sessions::Sessions;
 use crate::telemetry::{self, AccessRecord};
 use crate::tokens::Tokens;
@@ -67,6 +68,22 @@ struct Arrival {
     upgrade: Option<(Upgrade, Vec<(http::HeaderName, HeaderValue)>)>,
     /// Whether the request is a gRPC call, refused in gRPC's terms.
     grpc: bool,
+}
+
+impl Arrival {
+    /// A refusal before the request is routed (`raw_path` as it came). A gRPC call gets it as a
+    /// gRPC status, unless it may be a forward-auth call (its path begins with the forward-auth
+    /// path, as every proxy's call does): a gRPC refusal is an HTTP 200, which a forward-auth
+    /// caller would take for an allow.
+    fn unrouted(&self, rejection: Rejection, raw_path: &str) -> Outcome {
+        let forward_auth =
+            crate::routes::strip_prefix_ignore_case(raw_path, crate::api::table::FORWARD_AUTH_PATH)
+                .is_some();
+        Outcome {
+            grpc: self.grpc && !forward_auth,
+            ..Outcome::refused("invalid", rejection)
+        }
+    }
 }
 
 /// What one request came to, for the response and the access log.
@@ -127,6 +144,8 @@ pub struct Gateway {
     meter: Arc<Meter>,
     bodies: Arc<crate::api::Bodies>,
     tunnels: Arc<Tunnels>,
+    /// The rules in force, as long-lived exchanges are checked against them.
+    policy: Arc<arc_swap::ArcSwap<crate::routes::Policy>>,
     /// Origins from which a cookie-authenticated upgrade is accepted: `server.public_url`'s and
     /// `websocket.allowed_origins`.
     upgrade_origins: Vec<String>,
@@ -161,7 +180,8 @@ impl Gateway {
             meter: services.meter.clone(),
             bodies: services.bodies.clone(),
             tunnels: services.tunnels.clone(),
-            upgrade_origins: crate::proxy::origin::of_url(&config.server.public_url)
+            policy: services.policy.clone(),
+            upgrade_origins: crate::origin::of_url(&config.server.public_url)
                 .into_iter()
                 .chain(config.websocket.allowed_origins.iter().cloned())
                 .collect(),
@@ -219,18 +239,21 @@ impl Gateway {
             grpc: rejection::is_grpc(&parts.headers),
             upgrade,
         };
+        // Gatehouse is no forward proxy: a CONNECT is a WebSocket or nothing.
+        if parts.method == Method::CONNECT && arrival.upgrade.is_none() {
+            let path = parts.uri.path().to_owned();
+            let outcome = arrival.unrouted(Rejection::MethodNotAllowed, &path);
+            return self.finish(arrival, &path, outcome);
+        }
         let path = match target::readable_path(&parts) {
             Ok(path) => path,
             Err((path, rejection)) => {
-                return self.finish(arrival, &path, Outcome::refused("invalid", rejection));
+                let outcome = arrival.unrouted(rejection, parts.uri.path());
+                return self.finish(arrival, &path, outcome);
             }
         };
         // Local endpoints and access rules see the path without `;` parameters, in any letter
         // case (SPEC §2); the upstream gets `path` itself.
-        if parts.method == Method::CONNECT && arrival.upgrade.is_none() {
-            let outcome = Outcome::refused("invalid", Rejection::MethodNotAllowed);
-            return self.finish(arrival, &path, outcome);
-        }
         let key = path::match_key(&path);
         let target = Target::classify(
             &parts.method,

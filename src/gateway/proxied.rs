@@ -12,15 +12,15 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 
-use super::live::{self, Admitted, Rechecked};
+use super::live::{self, Admitted, Presented, Rechecked};
 use super::rejection::Rejection;
 use super::request_id::X_REQUEST_ID;
 use super::{Arrival, Gateway, Outcome};
 use crate::auth::Principal;
 use crate::body::{Body, BoxError};
+use crate::origin;
 use crate::path::PathError;
 use crate::proxy::forward::{self, ForwardError, Origin};
-use crate::proxy::origin;
 use crate::proxy::tunnel::{Credential, Rechecks, Tunnel};
 use crate::proxy::upgrade::{self, Upgrade};
 use crate::server::listener::KeepOpen;
@@ -55,19 +55,23 @@ impl Gateway {
                 return refused(rejection);
             }
         };
-        // What the principal was admitted with, for the checks while the exchange lives.
-        let admitted = principal.as_ref().map(|principal| {
-            Arc::new(Admitted {
+        // What the principal was admitted with, for the checks while the exchange lives (taken
+        // as shared values: nothing is copied unless the exchange turns out to last).
+        let presented = principal
+            .as_ref()
+            .map(|_| Presented::of(&parts.headers, self.auth.application_header()));
+        let admitted = |principal: &Option<Principal>, presented: Option<Presented>| {
+            let (principal, presented) = (principal.as_ref()?, presented?);
+            Some(Arc::new(Admitted {
                 auth: self.auth.clone(),
-                rule: rule.clone(),
-                require_app: self.require_app,
-                credentials: Admitted::credentials(&parts.headers, self.auth.application_header()),
+                policy: self.policy.clone(),
+                key: key.to_owned(),
+                credentials: presented.into_headers(self.auth.application_header()),
                 client: arrival.client,
                 user_id: principal.user_id.clone(),
-            })
-        });
-        // Only the session cookie authenticates without `Authorization` (SPEC §11).
-        let by_cookie = principal.is_some() && !parts.headers.contains_key(header::AUTHORIZATION);
+            }))
+        };
+        let ambient = principal.as_ref().and_then(|_| ambient(&parts.headers));
         // The session id is gatehouse's alone, on every route.
         self.sessions.strip_cookies(&mut parts.headers);
         if let Some(principal) = &principal {
@@ -80,8 +84,9 @@ impl Gateway {
             let upgrade = Upgrading {
                 kind: *kind,
                 carried: carried.clone(),
-                by_cookie,
+                ambient,
             };
+            let admitted = admitted(&principal, presented);
             let outcome = self
                 .tunnel(parts, path, upgrade, principal, admitted, arrival)
                 .await;
@@ -112,8 +117,8 @@ impl Gateway {
             .await;
         if let Ok(response) = &mut response {
             self.sessions.strip_set_cookies(response.headers_mut());
-            if let Some(admitted) = admitted
-                && live::is_long_lived(response.body())
+            if live::is_long_lived(response.body())
+                && let Some(admitted) = admitted(&principal, presented)
             {
                 let body = std::mem::take(response.body_mut());
                 *response.body_mut() = Rechecked::new(
@@ -150,17 +155,18 @@ impl Gateway {
             principal,
             ..Outcome::refused("", rejection)
         };
-        if upgrade.by_cookie
-            && !parts
-                .headers
-                .get(header::ORIGIN)
-                .is_some_and(|origin| origin::is_allowed(origin.as_bytes(), &self.upgrade_origins))
+        if let Some(ambient) = upgrade.ambient
+            && !self.origin_allowed(&parts.headers, ambient)
         {
             return refused(principal, Rejection::OriginNotAllowed);
         }
         let owner = match &principal {
             Some(principal) => principal.user_id.clone(),
-            None => format!("address {}", arrival.client),
+            // An IPv6 client holds a /64, as the connection caps count it.
+            None => format!(
+                "address {}",
+                crate::server::caps::Client::of(arrival.client)
+            ),
         };
         let Some(slot) = self.tunnels.admit(owner, self.max_tunnels_per_user) else {
             return refused(
@@ -214,14 +220,25 @@ impl Gateway {
             head.body(crate::body::empty())
                 .map_err(|e| Rejection::Internal(e.to_string()))
         } else {
-            // Refused by the upstream: its answer goes to the client, and nothing is tunnelled.
+            // Refused by the upstream: its answer goes to the client, and nothing is tunnelled;
+            // if it streams, it is watched like any other.
             let (mut head, body) = response.into_parts();
             crate::proxy::headers::strip_hop_by_hop(&mut head.headers);
             head.version = version;
-            Ok(Response::from_parts(
-                head,
-                body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync(),
-            ))
+            let mut body = body.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync();
+            if let Some(admitted) = admitted
+                && live::is_long_lived(&body)
+            {
+                body = Rechecked::new(
+                    body,
+                    admitted,
+                    self.reauth_interval,
+                    false,
+                    self.meter.clone(),
+                )
+                .boxed_unsync();
+            }
+            Ok(Response::from_parts(head, body))
         };
         let response = response.map(|mut response| {
             self.sessions.strip_set_cookies(response.headers_mut());
@@ -291,12 +308,48 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// Whether an upgrade authenticated by a credential its browser sends by itself comes from
+    /// an allowed origin: exactly one `Origin`, and an allowed one. Without any `Origin`, a Basic
+    /// upgrade is no browser's (a browser always sends one with a WebSocket) and passes; a
+    /// cookie one does not.
+    fn origin_allowed(&self, headers: &HeaderMap, ambient: Ambient) -> bool {
+        let mut origins = headers.get_all(header::ORIGIN).iter();
+        match (origins.next(), origins.next()) {
+            (None, _) => ambient == Ambient::Basic,
+            (Some(origin), None) => origin::is_allowed(origin.as_bytes(), &self.upgrade_origins),
+            (Some(_), Some(_)) => false,
+        }
+    }
+}
+
+/// A credential a browser sends by itself, with a cross-site WebSocket handshake too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ambient {
+    /// The session cookie (no `Authorization`: SPEC §11).
+    Cookie,
+    /// `Authorization: Basic`, which browsers cache and resend.
+    Basic,
+}
+
+/// The ambient credential that authenticated a request, if it was one; `None` for a Bearer token,
+/// which only a script that chose it can send.
+fn ambient(headers: &HeaderMap) -> Option<Ambient> {
+    match headers.get(header::AUTHORIZATION) {
+        None => Some(Ambient::Cookie),
+        Some(v) => {
+            let v = v.as_bytes();
+            (v.len() >= 6 && v[..6].eq_ignore_ascii_case(b"basic ")).then_some(Ambient::Basic)
+        }
+    }
+}
+
 /// What an upgrade asks for, as [`Gateway::tunnel`] needs it.
 struct Upgrading {
     kind: Upgrade,
     carried: Vec<(http::HeaderName, http::HeaderValue)>,
-    /// Authenticated by the session cookie: the `Origin` must be allowed.
-    by_cookie: bool,
+    /// Authenticated by a credential its browser sends by itself: the `Origin` must be allowed.
+    ambient: Option<Ambient>,
 }
 
 /// The refusal for an upstream that gave no response.

@@ -339,15 +339,17 @@ pub(super) fn render_grpc(rejection: &Rejection) -> Response<Body> {
 pub(super) const GRPC_STATUS: header::HeaderName = header::HeaderName::from_static("grpc-status");
 pub(super) const GRPC_MESSAGE: header::HeaderName = header::HeaderName::from_static("grpc-message");
 
-/// Whether a request is a gRPC call (`application/grpc`, `application/grpc+proto`,
-/// `application/grpc-web…`), whose client reads refusals as gRPC statuses.
+/// Whether a request is a gRPC call (`application/grpc`, `application/grpc+proto`), whose client
+/// reads refusals as gRPC statuses and which `upstream.protocol = "auto"` sends over HTTP/2.
+/// gRPC-Web (`application/grpc-web…`) is not: it travels over HTTP/1.1, and its clients read HTTP
+/// statuses.
 pub fn is_grpc(headers: &http::HeaderMap) -> bool {
     const GRPC: &[u8] = b"application/grpc";
     headers.get(header::CONTENT_TYPE).is_some_and(|v| {
         let v = v.as_bytes();
         v.len() >= GRPC.len()
             && v[..GRPC.len()].eq_ignore_ascii_case(GRPC)
-            && matches!(v.get(GRPC.len()), None | Some(b'+' | b'-' | b';'))
+            && matches!(v.get(GRPC.len()), None | Some(b'+' | b';'))
     })
 }
 
@@ -442,7 +444,8 @@ mod tests {
         };
         assert!(is("application/grpc"));
         assert!(is("application/grpc+proto"));
-        assert!(is("Application/GRPC-web+proto"));
+        assert!(is("Application/GRPC+json"));
+        assert!(!is("application/grpc-web+proto"));
         assert!(!is("application/grpcx"));
         assert!(!is("application/json"));
     }

@@ -3,7 +3,6 @@
 
 pub mod forward;
 pub mod headers;
-pub mod origin;
 pub mod pool;
 pub mod tunnel;
 pub mod upgrade;

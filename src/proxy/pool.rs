@@ -327,6 +327,13 @@ impl HttpBody for Returning {
     }
 }
 
+/// How much of one response an HTTP/2 upstream may send before the client takes it.
+const STREAM_WINDOW: u32 = 256 * 1024;
+
+/// The largest window HTTP/2 allows (RFC 9113 §6.9.1): the connection never waits on a stream's
+/// unread data, only each stream does.
+const CONNECTION_WINDOW: u32 = (1 << 31) - 1;
+
 /// One HTTP/2 connection (prior knowledge, cleartext) to the upstream, shared by every request:
 /// HTTP/2 multiplexes them, so there is nothing to pool. A connection that closed (the upstream
 /// restarted, or said GOAWAY) is replaced by the next request; one a request was not yet sent on
@@ -393,6 +400,11 @@ impl H2c {
                 .timer(hyper_util::rt::TokioTimer::new())
                 .keep_alive_interval(Duration::from_secs(30))
                 .keep_alive_timeout(Duration::from_secs(20))
+                // Every client's calls share this connection: one client that stops reading
+                // must not take the whole connection's window. Each stream may hold at most
+                // STREAM_WINDOW unread; the connection as a whole is not limited beyond that.
+                .initial_stream_window_size(STREAM_WINDOW)
+                .initial_connection_window_size(CONNECTION_WINDOW)
                 .handshake(TokioIo::new(stream))
                 .await
                 .map_err(PoolError::Http)?;

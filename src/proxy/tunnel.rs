@@ -1,24 +1,22 @@
 //! WebSocket tunnels: what runs once both sides of an upgrade have switched protocols. Bytes are
 //! copied both ways unchanged (the framing is the peers' business); the tunnel is closed when it
 //! has been idle or open too long, when the credential it was admitted with no longer passes, and
-//! at the end of a graceful shutdown's grace period. [`Tunnels`] counts the open tunnels per
-//! principal and closes them all on shutdown.
+//! at the end of a graceful shutdown's grace period ([`crate::server::tunnels`] counts them).
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::meter::{Direction, Meter};
+use crate::meter::Direction;
+use crate::server::tunnels::Slot;
 
 /// What a re-check of a tunnel's (or a stream's) credential found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,87 +121,6 @@ impl Closed {
     }
 }
 
-/// The open tunnels: how many each principal has, and the signal that closes them all.
-pub struct Tunnels {
-    per_key: Mutex<HashMap<String, usize>>,
-    /// The number of open tunnels (slots held), watched by [`Tunnels::drained`].
-    open: watch::Sender<usize>,
-    closing: watch::Sender<bool>,
-    meter: Arc<Meter>,
-}
-
-impl Tunnels {
-    pub fn new(meter: Arc<Meter>) -> Tunnels {
-        Tunnels {
-            per_key: Mutex::new(HashMap::new()),
-            open: watch::channel(0).0,
-            closing: watch::channel(false).0,
-            meter,
-        }
-    }
-
-    /// A slot for one more tunnel of `key` (a user id, or a client address), unless it already
-    /// holds `max`; the slot is given back when dropped.
-    pub fn admit(self: &Arc<Self>, key: String, max: usize) -> Option<Slot> {
-        {
-            let mut per_key = self.per_key.lock().unwrap_or_else(PoisonError::into_inner);
-            let held = per_key.entry(key.clone()).or_insert(0);
-            if *held >= max {
-                return None;
-            }
-            *held += 1;
-        }
-        self.open.send_modify(|n| *n += 1);
-        self.meter.tunnel_opened();
-        Some(Slot {
-            tunnels: self.clone(),
-            key,
-        })
-    }
-
-    /// Resolves once no tunnel is open.
-    pub async fn drained(&self) {
-        let mut open = self.open.subscribe();
-        let _ = open.wait_for(|n| *n == 0).await;
-    }
-
-    /// Closes every tunnel, now and from now on (the end of a graceful shutdown).
-    pub fn close_all(&self) {
-        self.closing.send_replace(true);
-    }
-
-    /// How many tunnels are open.
-    pub fn open(&self) -> usize {
-        *self.open.borrow()
-    }
-}
-
-/// One tunnel's place among [`Tunnels`]: held from the decision to open it until it closes.
-pub struct Slot {
-    tunnels: Arc<Tunnels>,
-    key: String,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        {
-            let mut per_key = self
-                .tunnels
-                .per_key
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if let Some(held) = per_key.get_mut(&self.key) {
-                *held = held.saturating_sub(1);
-                if *held == 0 {
-                    per_key.remove(&self.key);
-                }
-            }
-        }
-        self.tunnels.open.send_modify(|n| *n = n.saturating_sub(1));
-        self.tunnels.meter.tunnel_gone();
-    }
-}
-
 /// The limits of one tunnel.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -224,7 +141,7 @@ pub struct Tunnel {
 impl Tunnel {
     /// Waits for both sides to switch protocols, then carries bytes until the tunnel closes.
     pub async fn run(self, client: OnUpgrade, upstream: OnUpgrade) {
-        let meter = self.slot.tunnels.meter.clone();
+        let meter = self.slot.meter();
         let (client, upstream) = match tokio::try_join!(client, upstream) {
             Ok(sides) => sides,
             Err(e) => {
@@ -239,7 +156,7 @@ impl Tunnel {
     }
 
     async fn carry(mut self, client: Upgraded, upstream: Upgraded) -> Closed {
-        let tunnels = self.slot.tunnels.clone();
+        let meter = self.slot.meter();
         let started = Instant::now();
         let activity = Arc::new(Activity {
             started: std::time::Instant::now(),
@@ -248,19 +165,19 @@ impl Tunnel {
         });
         let mut client = Metered {
             io: TokioIo::new(client),
-            bytes: tunnels.meter.tunnel_bytes(Direction::ClientToUpstream),
+            bytes: meter.tunnel_bytes(Direction::ClientToUpstream),
             activity: activity.clone(),
             side: CLIENT,
         };
         let mut upstream = Metered {
             io: TokioIo::new(upstream),
-            bytes: tunnels.meter.tunnel_bytes(Direction::UpstreamToClient),
+            bytes: meter.tunnel_bytes(Direction::UpstreamToClient),
             activity: activity.clone(),
             side: UPSTREAM,
         };
         let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
         tokio::pin!(copy);
-        let mut closing = tunnels.closing.subscribe();
+        let mut closing = self.slot.closing();
         let ends = started + self.limits.lifetime;
         let mut check: Option<Pin<Box<dyn Future<Output = Verdict> + Send>>> = None;
         loop {
@@ -406,20 +323,6 @@ impl AsyncWrite for Metered {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_principal_holds_at_most_its_tunnels_and_a_closed_one_frees_its_slot() {
-        let tunnels = Arc::new(Tunnels::new(Arc::new(Meter::new())));
-        let a = tunnels.admit("7".into(), 2);
-        let b = tunnels.admit("7".into(), 2);
-        assert!(a.is_some() && b.is_some());
-        assert!(tunnels.admit("7".into(), 2).is_none());
-        assert!(tunnels.admit("8".into(), 2).is_some());
-        assert_eq!(tunnels.open(), 2);
-        drop(a);
-        assert_eq!(tunnels.open(), 1);
-        assert!(tunnels.admit("7".into(), 2).is_some());
-    }
 
     struct Fixed(Verdict);
 

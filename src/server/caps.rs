@@ -44,10 +44,10 @@ impl Cap {
 /// A client as the per-address cap counts it: an IPv4 address, or an IPv6 /64 (one subscriber's
 /// usual allocation, which holds more addresses than a cap could ever count one by one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct Client(IpAddr);
+pub struct Client(IpAddr);
 
 impl Client {
-    fn of(ip: IpAddr) -> Client {
+    pub fn of(ip: IpAddr) -> Client {
         match ip {
             IpAddr::V4(v4) => Client(IpAddr::V4(v4)),
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-use super::caps::{CapSettings, Caps};
+use super::caps::{CapSettings, Caps, Slot};
 use super::{ConnInfo, Handler};
 use crate::body::Body;
 use crate::config::ServerConfig;
@@ -180,9 +180,11 @@ pub async fn accept_loop(
         let protocols = listener.protocols.clone();
         let stop = stop.clone();
         let open = open.clone();
+        // Shared with the tunnels the connection's requests become: an upgraded connection
+        // still counts against the caps.
+        let slot = Arc::new(slot);
         tokio::spawn(async move {
-            connection(stream, peer, tls, handler, protocols, stop).await;
-            drop(slot);
+            connection(stream, peer, tls, handler, protocols, stop, slot).await;
             drop(open);
         });
     }
@@ -202,6 +204,7 @@ async fn connection(
     handler: Handler,
     protocols: Arc<Protocols>,
     stop: watch::Receiver<bool>,
+    slot: Arc<Slot>,
 ) {
     // The first request head is due this long after the connection was accepted, handshake
     // included: a TLS client that says nothing is held no longer than a cleartext one.
@@ -225,7 +228,14 @@ async fn connection(
             (Box::new(stream), builder, ConnInfo { peer, tls: true })
         }
     };
-    serve(&protocols, builder, io, handler, info, first_head_due, stop).await;
+    let conn = Accepted { info, slot };
+    serve(&protocols, builder, io, handler, conn, first_head_due, stop).await;
+}
+
+/// An accepted connection: what its requests learn of it, and its place under the caps.
+struct Accepted {
+    info: ConnInfo,
+    slot: Arc<Slot>,
 }
 
 /// The TLS handshake, if it completes by `due`; a failed or late one is logged and ends the
@@ -254,7 +264,7 @@ async fn serve(
     builder: &auto::Builder<TokioExecutor>,
     io: Box<dyn Io>,
     handler: Handler,
-    info: ConnInfo,
+    Accepted { info, slot }: Accepted,
     first_head_due: Instant,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -265,10 +275,14 @@ async fn serve(
     let watched = taking.clone();
     let service = service_fn(move |mut req: hyper::Request<Incoming>| {
         let in_flight = InFlight::start(busy.clone());
-        if req.method() == http::Method::CONNECT {
-            // An HTTP/2 stream that becomes a tunnel keeps its connection in use while it lives.
+        if req.method() == http::Method::CONNECT
+            || req.headers().contains_key(http::header::UPGRADE)
+        {
+            // A request that may become a tunnel: the tunnel keeps the connection in use (an
+            // HTTP/2 stream's connection is not closed as idle) and counted against the caps.
             req.extensions_mut().insert(KeepOpen {
                 _in_flight: Arc::new(InFlight::start(busy.clone())),
+                _slot: slot.clone(),
             });
         }
         let taking = taking.clone();
@@ -412,11 +426,14 @@ impl Taking {
     }
 }
 
-/// Keeps an HTTP/2 connection counted as in use, so that it is not closed as idle, while a tunnel
-/// over one of its streams lives. The tunnel takes it from the request's extensions.
+/// Keeps a connection counted as in use while a tunnel made of one of its requests lives: an
+/// HTTP/2 connection is not closed as idle, and an upgraded HTTP/1.1 one (whose task has ended)
+/// still holds its place under `server.max_connections`. The tunnel takes it from the request's
+/// extensions.
 #[derive(Clone)]
 pub struct KeepOpen {
     _in_flight: Arc<InFlight>,
+    _slot: Arc<Slot>,
 }
 
 /// One request in flight on a connection; dropping it (with the response body) ends it.

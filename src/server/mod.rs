@@ -5,6 +5,7 @@ pub mod caps;
 pub mod listener;
 pub mod shutdown;
 pub mod tls;
+pub mod tunnels;
 
 use std::fmt;
 use std::future::Future;
@@ -23,8 +24,8 @@ use tokio::sync::{mpsc, watch};
 use crate::body::Body;
 use crate::config::Config;
 use crate::meter::{self, Meter};
-use crate::proxy::tunnel::Tunnels;
 use listener::{Limits, Listener, SharedTls};
+use tunnels::Tunnels;
 
 /// How long closing tunnels may take at the end of a shutdown.
 const TUNNEL_CLOSE: Duration = Duration::from_secs(1);

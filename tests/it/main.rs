@@ -4,6 +4,7 @@
 mod harness;
 mod idp;
 mod keys;
+mod python_peer;
 
 mod admin;
 mod browser;
@@ -16,6 +17,7 @@ mod dns;
 mod domains;
 mod factors;
 mod faulty;
+mod grpc;
 mod hygiene;
 mod identity;
 mod inject;
@@ -41,5 +43,9 @@ mod signin_attacks;
 mod signin_browser;
 mod smtp;
 mod stores;
+mod streaming;
 mod traefik_signin;
+mod tunnel_attacks;
+mod tunnels;
+mod websocket;
 mod ws;

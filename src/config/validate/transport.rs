@@ -283,7 +283,7 @@ fn at_least(d: Duration, min: Duration) -> Result<Duration, String> {
 /// An origin as browsers send it: `scheme://host[:port]`, lowercase, without a default port, a
 /// path or a trailing slash.
 fn parse_origin(s: String) -> Result<String, String> {
-    crate::proxy::origin::of_url(&s)
+    crate::origin::of_url(&s)
         .ok_or_else(|| format!("expected an origin such as `https://app.example.com`, got `{s}`"))
 }
 
