@@ -10,7 +10,7 @@ use http::uri::{Authority, PathAndQuery};
 use http::{HeaderMap, Request, Response, Uri, Version};
 
 use super::headers::strip_hop_by_hop;
-use super::pool::{H2c, Pool, PoolError};
+use super::pool::{Address, H2c, Pool, PoolError};
 use super::upgrade::{self, Upgrade, UpgradeError};
 use crate::body::Body;
 use crate::config::{UpstreamConfig, UpstreamProtocol};
@@ -47,8 +47,7 @@ pub struct Upstream {
     host: HeaderValue,
     /// `http://host:port`, the scheme and authority of HTTP/2 requests.
     authority: Authority,
-    address: (String, u16),
-    connect_timeout: Duration,
+    address: Address,
     response_timeout: Duration,
 }
 
@@ -59,15 +58,14 @@ impl Upstream {
             .authority()
             .cloned()
             .unwrap_or_else(|| Authority::from_static("127.0.0.1"));
-        let port = authority.port_u16().unwrap_or(80);
-        let pool = Pool::new(authority.host(), port, config.connect_timeout, IDLE_TIMEOUT);
+        let address = Address::new(
+            authority.host(),
+            authority.port_u16().unwrap_or(80),
+            config.connect_timeout,
+        );
+        let pool = Pool::new(address.clone(), IDLE_TIMEOUT);
         let h2c = (config.protocol != UpstreamProtocol::Http1)
-            .then(|| Arc::new(H2c::new(authority.host(), port, config.connect_timeout)));
-        let host = authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
+            .then(|| Arc::new(H2c::new(address.clone())));
         Upstream {
             pool: Arc::new(pool),
             h2c,
@@ -75,8 +73,7 @@ impl Upstream {
             host: HeaderValue::from_str(authority.as_str())
                 .unwrap_or_else(|_| HeaderValue::from_static("127.0.0.1")),
             authority,
-            address: (host, port),
-            connect_timeout: config.connect_timeout,
+            address,
             response_timeout: config.response_timeout,
         }
     }
@@ -106,18 +103,12 @@ impl Upstream {
                 )))
             },
         )?;
-        upgrade::send(
-            &self.address.0,
-            self.address.1,
-            self.connect_timeout,
-            self.response_timeout,
-            req,
-        )
-        .await
-        .map_err(|e| match e {
-            UpgradeError::Timeout => ForwardError::Timeout,
-            UpgradeError::Unavailable(e) => ForwardError::Unavailable(e),
-        })
+        upgrade::send(&self.address, self.response_timeout, req)
+            .await
+            .map_err(|e| match e {
+                UpgradeError::Timeout => ForwardError::Timeout,
+                UpgradeError::Unavailable(e) => ForwardError::Unavailable(e),
+            })
     }
 
     /// Sends `req` (already sanitised, path already normalised) to the upstream and returns its

@@ -64,11 +64,46 @@ impl StdError for PoolError {
     }
 }
 
-/// Connections to one `host:port`.
-pub struct Pool {
+/// Where the upstream listens, and how long connecting to it may take: what every connection to
+/// it (pooled, HTTP/2, an upgrade's own) is opened with.
+#[derive(Debug, Clone)]
+pub struct Address {
     host: String,
     port: u16,
     connect_timeout: Duration,
+}
+
+impl Address {
+    pub fn new(host: &str, port: u16, connect_timeout: Duration) -> Address {
+        // `[::1]` in a URL is `::1` to connect to.
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        Address {
+            host,
+            port,
+            connect_timeout,
+        }
+    }
+
+    /// A new TCP connection, without Nagle's delay, within the connect timeout.
+    pub async fn dial(&self) -> Result<TcpStream, PoolError> {
+        let stream = tokio::time::timeout(
+            self.connect_timeout,
+            TcpStream::connect((self.host.as_str(), self.port)),
+        )
+        .await
+        .map_err(|_| PoolError::ConnectTimeout)?
+        .map_err(PoolError::Connect)?;
+        stream.set_nodelay(true).map_err(PoolError::Connect)?;
+        Ok(stream)
+    }
+}
+
+/// Connections to one `host:port`.
+pub struct Pool {
+    address: Address,
     idle_timeout: Duration,
     idle: Mutex<Vec<Idle>>,
 }
@@ -79,16 +114,9 @@ struct Idle {
 }
 
 impl Pool {
-    pub fn new(host: &str, port: u16, connect_timeout: Duration, idle_timeout: Duration) -> Pool {
-        // `[::1]` in a URL is `::1` to connect to.
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
+    pub fn new(address: Address, idle_timeout: Duration) -> Pool {
         Pool {
-            host,
-            port,
-            connect_timeout,
+            address,
             idle_timeout,
             idle: Mutex::new(Vec::new()),
         }
@@ -158,14 +186,7 @@ impl Pool {
     }
 
     async fn connect(&self) -> Result<SendRequest<Body>, PoolError> {
-        let stream = tokio::time::timeout(
-            self.connect_timeout,
-            TcpStream::connect((self.host.as_str(), self.port)),
-        )
-        .await
-        .map_err(|_| PoolError::ConnectTimeout)?
-        .map_err(PoolError::Connect)?;
-        stream.set_nodelay(true).map_err(PoolError::Connect)?;
+        let stream = self.address.dial().await?;
         let (sender, connection) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(PoolError::Http)?;
@@ -339,21 +360,14 @@ const CONNECTION_WINDOW: u32 = (1 << 31) - 1;
 /// restarted, or said GOAWAY) is replaced by the next request; one a request was not yet sent on
 /// when it closed is retried once on the new one.
 pub struct H2c {
-    host: String,
-    port: u16,
-    connect_timeout: Duration,
+    address: Address,
     current: tokio::sync::Mutex<Option<hyper::client::conn::http2::SendRequest<Body>>>,
 }
 
 impl H2c {
-    pub fn new(host: &str, port: u16, connect_timeout: Duration) -> H2c {
+    pub fn new(address: Address) -> H2c {
         H2c {
-            host: host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned(),
-            port,
-            connect_timeout,
+            address,
             current: tokio::sync::Mutex::new(None),
         }
     }
@@ -387,14 +401,7 @@ impl H2c {
         {
             return Ok(sender.clone());
         }
-        let stream = tokio::time::timeout(
-            self.connect_timeout,
-            TcpStream::connect((self.host.as_str(), self.port)),
-        )
-        .await
-        .map_err(|_| PoolError::ConnectTimeout)?
-        .map_err(PoolError::Connect)?;
-        stream.set_nodelay(true).map_err(PoolError::Connect)?;
+        let stream = self.address.dial().await?;
         let (sender, connection) =
             hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
                 .timer(hyper_util::rt::TokioTimer::new())

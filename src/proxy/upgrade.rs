@@ -13,10 +13,9 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 use super::headers::strip_hop_by_hop;
-use super::pool::PoolError;
+use super::pool::{Address, PoolError};
 use crate::body::Body;
 
 /// The upgrade a request asks for.
@@ -111,20 +110,14 @@ fn new_key() -> Result<HeaderValue, ring::error::Unspecified> {
         .map_err(|_| ring::error::Unspecified)
 }
 
-/// Sends an upgrade request on a new connection to `host:port` and returns the upstream's answer:
+/// Sends an upgrade request on a new connection to `address` and returns the upstream's answer:
 /// a `101` whose upgrade can be taken, or any other response, which ends the exchange.
 pub async fn send(
-    host: &str,
-    port: u16,
-    connect_timeout: Duration,
+    address: &Address,
     response_timeout: Duration,
     req: Request<Body>,
 ) -> Result<Response<Incoming>, UpgradeError> {
-    let stream = tokio::time::timeout(connect_timeout, TcpStream::connect((host, port)))
-        .await
-        .map_err(|_| UpgradeError::Unavailable(PoolError::ConnectTimeout))?
-        .map_err(|e| UpgradeError::Unavailable(PoolError::Connect(e)))?;
-    let _ = stream.set_nodelay(true);
+    let stream = address.dial().await.map_err(UpgradeError::Unavailable)?;
     let (mut sender, connection) = http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| UpgradeError::Unavailable(PoolError::Http(e)))?;
