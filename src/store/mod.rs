@@ -89,6 +89,11 @@ pub struct User {
     pub external: Option<ExternalId>,
     pub created: String,
     pub modified: String,
+    /// Unix seconds: a token of this user whose `iat` is earlier is refused (SPEC §13, "revoke
+    /// tokens"); 0 for a user whose tokens were never revoked (and in records written before the
+    /// field existed). See [`User::revoke_tokens`].
+    #[serde(default)]
+    pub tokens_not_before: i64,
 }
 
 impl User {
@@ -121,7 +126,37 @@ impl User {
             external: new.external,
             created: now.to_owned(),
             modified: now.to_owned(),
+            tokens_not_before: 0,
         }
+    }
+
+    /// Whether the user may use credentials at all: `false` once disabled (the seed's
+    /// `isValid`, shown as `disabled` by the admin API).
+    pub fn disabled(&self) -> bool {
+        !self.is_valid
+    }
+
+    /// Refuses every token issued to the user up to and including the second `now`.
+    ///
+    /// Tokens carry `iat` in whole seconds, so a cut-off at `now` itself could not tell a token
+    /// issued earlier in that second from one issued later in it. The cut-off is therefore the
+    /// next second, `now + 1`, which refuses all of second `now`; tokens issued afterwards take
+    /// `iat = max(now, cut-off)` ([`User::token_iat`]), so one issued right after the revocation,
+    /// still within second `now`, carries `now + 1` and is accepted. The cut-off never moves
+    /// back (a replica whose clock lags cannot undo a later revocation).
+    pub fn revoke_tokens(&mut self, now: i64) {
+        self.tokens_not_before = self.tokens_not_before.max(now.saturating_add(1));
+    }
+
+    /// Whether a token of this user issued at `iat` (Unix seconds) is still accepted.
+    pub fn accepts_token_issued(&self, iat: i64) -> bool {
+        iat >= self.tokens_not_before
+    }
+
+    /// The `iat` a token issued to this user at `now` carries: never before the cut-off, so that
+    /// a token issued within the second of a revocation outlives it.
+    pub fn token_iat(&self, now: i64) -> i64 {
+        now.max(self.tokens_not_before)
     }
 }
 
@@ -546,6 +581,9 @@ pub trait Store: Send + Sync {
 
     async fn create_ws_key(&self, key: WsKey) -> StoreResult<()>;
     async fn ws_key(&self, key_hash: &str) -> StoreResult<Option<WsKey>>;
+    /// Deletes every WS access key bound to the user (a revocation of the user's tokens); how
+    /// many there were.
+    async fn delete_user_ws_keys(&self, user_id: u64) -> StoreResult<u64>;
 
     /// Signing keys, oldest first.
     async fn signing_keys(&self) -> StoreResult<Vec<SigningKey>>;

@@ -155,6 +155,11 @@ impl Store for FaultyStore {
         self.inner.ws_key(key_hash).await
     }
 
+    async fn delete_user_ws_keys(&self, user_id: u64) -> StoreResult<u64> {
+        self.gate("delete_user_ws_keys").await?;
+        self.inner.delete_user_ws_keys(user_id).await
+    }
+
     async fn signing_keys(&self) -> StoreResult<Vec<SigningKey>> {
         self.gate("signing_keys").await?;
         self.inner.signing_keys().await

@@ -162,6 +162,14 @@ impl Store for PgStore {
         .await
     }
 
+    async fn delete_user_ws_keys(&self, user_id: u64) -> StoreResult<u64> {
+        self.execute(
+            "DELETE FROM gatehouse_ws_keys WHERE user_id = $1",
+            &[&key(user_id)],
+        )
+        .await
+    }
+
     async fn signing_keys(&self) -> StoreResult<Vec<SigningKey>> {
         self.find_all("SELECT doc FROM gatehouse_signing_keys ORDER BY seq", &[])
             .await

@@ -128,12 +128,7 @@ impl Store for SledStore {
             return Ok(false);
         };
         // Keys bound to the user go with it.
-        for entry in self.ws_keys.iter() {
-            let (k, bytes) = entry.map_err(backend)?;
-            if decode::<WsKey>(&bytes)?.user_id == id {
-                self.ws_keys.remove(k).map_err(backend)?;
-            }
-        }
+        self.remove_user_ws_keys(id)?;
         self.reset_mfa(id).await?;
         // After the user's record is gone, so no new session can be created for it (see
         // `insert_session`).
@@ -517,6 +512,12 @@ impl Store for SledStore {
             Some(bytes) => decode(&bytes).map(Some),
             None => Ok(None),
         }
+    }
+
+    async fn delete_user_ws_keys(&self, user_id: u64) -> StoreResult<u64> {
+        let removed = self.remove_user_ws_keys(user_id)?;
+        self.durable().await?;
+        Ok(removed)
     }
 
     async fn signing_keys(&self) -> StoreResult<Vec<SigningKey>> {

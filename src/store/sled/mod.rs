@@ -254,6 +254,20 @@ impl SledStore {
         Ok(Some(user))
     }
 
+    /// Removes every WS access key bound to the user (durable with the next flush); how many.
+    fn remove_user_ws_keys(&self, user_id: u64) -> StoreResult<u64> {
+        let mut removed = 0;
+        for entry in self.ws_keys.iter() {
+            let (k, bytes) = entry.map_err(backend)?;
+            if decode::<crate::store::WsKey>(&bytes)?.user_id == user_id
+                && self.ws_keys.remove(k).map_err(backend)?.is_some()
+            {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Adds an audit event; durable with the next flush.
     fn insert_audit(&self, event: &AuditEvent) -> StoreResult<()> {
         let id = self.db.generate_id().map_err(backend)?;
