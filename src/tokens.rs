@@ -245,6 +245,21 @@ impl Tokens {
         self.sign(&claims)
     }
 
+    /// [`Tokens::issue_access`] for a user whose tokens were revoked up to `not_before`
+    /// ([`crate::store::User::token_iat`]): `iat` is never earlier, so that a token issued
+    /// within the second of a revocation is not taken for one issued before it. `nbf` and `exp`
+    /// stay as the clock reads.
+    pub fn issue_access_after(
+        &self,
+        principal: &Principal,
+        not_before: i64,
+    ) -> Result<String, TokenError> {
+        let mut claims = self.claims(principal, &self.audience, self.access_ttl);
+        claims.amr.retain(|m| m != Method::App.as_str());
+        claims.iat = claims.iat.max(not_before);
+        self.sign(&claims)
+    }
+
     /// A short-lived JWT for the upstream carrying the same facts as the identity headers, as
     /// the value of its header. Signed afresh each call: the gateway keeps one per principal
     /// for half its lifetime ([`crate::proxy::headers::IdentityHeaders`]).

@@ -26,6 +26,9 @@ pub struct ExternalClaims {
     pub exp: i64,
     #[serde(default)]
     pub nbf: Option<i64>,
+    /// When the issuer issued the token; compared with the user's revocation cut-off.
+    #[serde(default)]
+    pub iat: Option<i64>,
     #[serde(default)]
     pub email: Option<String>,
     #[serde(default)]

@@ -719,6 +719,9 @@ impl Authenticator {
             };
             let user =
                 user.ok_or_else(|| AuthError::Invalid("token for an unknown user".into()))?;
+            if !user.accepts_token_issued(claims.iat) {
+                return Err(AuthError::Invalid("token revoked".into()));
+            }
             let methods = tokens::methods_from_amr(&claims.amr);
             let asked: Vec<String> = claims.scope.split_whitespace().map(str::to_owned).collect();
             let scopes = current_scopes(&user.scopes, &asked, &methods);
@@ -734,6 +737,16 @@ impl Authenticator {
                 .new_user_limit(&iss)
                 .ok_or_else(|| AuthError::Invalid("token from an untrusted issuer".into()))?;
             let user = self.external_user(&claims, limit).await?;
+            // A revocation (SPEC §13) covers the trusted issuers' tokens too, by their `iat`:
+            // one without `iat` cannot show it came after, so it is refused once the user's
+            // tokens were ever revoked. A token the issuer signed within the second of the
+            // revocation is refused as well (its `iat` cannot tell before from after); the
+            // client's next token, a second later, is accepted.
+            if user.tokens_not_before > 0
+                && !claims.iat.is_some_and(|iat| user.accepts_token_issued(iat))
+            {
+                return Err(AuthError::Invalid("token revoked".into()));
+            }
             let methods = tokens::methods_from_amr(&claims.amr);
             let scopes = current_scopes(&user.scopes, &claims.scopes(), &methods);
             return Principal::admit(&user, scopes, methods);

@@ -100,6 +100,10 @@ impl Mfa {
                 // The login reset the count in the same durable write.
                 self.passed_reset(attempt);
                 audit::log(&event);
+                // Disabled while the code was on its way: refused like an unknown user.
+                if !user.is_valid {
+                    return Err(MfaError::NoSuchPhone);
+                }
                 Ok(*user)
             }
             CodeLogin::Expired => match self.failed(&user, attempt, Some(&detail)).await {

@@ -48,8 +48,8 @@ impl Mfa {
     /// `POST /v1/me/verify-otp`: a code of a confirmed factor, or a recovery code in `otp`.
     pub async fn verify(&self, principal: &Principal, codes: &Codes) -> Result<Granted, MfaError> {
         let (otp, oob) = Mfa::one_code(codes)?;
-        let session = self.session(principal, codes.access_token.as_deref())?;
         let user = self.user(principal).await?;
+        let session = self.session(principal, &user, codes.access_token.as_deref())?;
         let code = match (otp, oob) {
             (Some(code), _) => Code::Otp(code),
             (None, code) => Code::Oob(code.unwrap_or_default()),
@@ -140,8 +140,8 @@ impl Mfa {
         codes: &Codes,
     ) -> Result<Granted, MfaError> {
         let (otp, oob) = Mfa::one_code(codes)?;
-        let session = self.session(principal, codes.access_token.as_deref())?;
         let user = self.user(principal).await?;
+        let session = self.session(principal, &user, codes.access_token.as_deref())?;
         let ticket = self
             .store
             .newest_pending_ticket(user.id, self.clock.unix())
@@ -171,9 +171,11 @@ impl Mfa {
     }
 
     /// Validates `accessToken` of a verification body: a gatehouse token of the same user.
+    /// A token revoked since it was issued (SPEC §13) is as invalid here as anywhere.
     fn session(
         &self,
         principal: &Principal,
+        user: &User,
         access_token: Option<&str>,
     ) -> Result<Principal, MfaError> {
         let Some(token) = access_token.filter(|t| !t.is_empty()) else {
@@ -183,7 +185,7 @@ impl Mfa {
             .tokens
             .verify_access(token)
             .map_err(|_| MfaError::InvalidAccessToken)?;
-        if claims.sub != principal.user_id {
+        if claims.sub != principal.user_id || !user.accepts_token_issued(claims.iat) {
             return Err(MfaError::InvalidAccessToken);
         }
         Ok(Principal {
@@ -213,7 +215,7 @@ impl Mfa {
         }
         let access_token = self
             .tokens
-            .issue_access(&stepped)
+            .issue_access_after(&stepped, user.tokens_not_before)
             .map_err(|e| MfaError::Internal(e.to_string()))?;
         self.audit(
             "token.issued",
