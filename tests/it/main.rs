@@ -22,6 +22,7 @@ mod hygiene;
 mod identity;
 mod inject;
 mod layering;
+mod lifecycle;
 mod limits;
 mod manage;
 mod mfa;

@@ -44,6 +44,7 @@ enum Action {
     DeleteUser,
     ResetMfa,
     SignOutUser,
+    RevokeTokens,
     CreateApplication,
     CreateOrganization,
     AddMember,
@@ -56,7 +57,7 @@ enum Action {
 const OPEN_PATHS: [&str; 4] = ["/healthz", "/readyz", "/metrics", "/openapi.json"];
 
 /// Every operation of the admin listener; any other path is 404, another method on a listed path 405.
-const OPERATIONS: [(Operation, Action); 21] = [
+const OPERATIONS: [(Operation, Action); 22] = [
     (Operation::new("GET", "/healthz"), Action::Healthz),
     (Operation::new("HEAD", "/healthz"), Action::Healthz),
     (Operation::new("GET", "/readyz"), Action::Readyz),
@@ -89,6 +90,10 @@ const OPERATIONS: [(Operation, Action); 21] = [
     (
         Operation::new("DELETE", "/admin/v1/users/{userName}/sessions"),
         Action::SignOutUser,
+    ),
+    (
+        Operation::new("POST", "/admin/v1/users/{userName}/tokens/revoke"),
+        Action::RevokeTokens,
     ),
     (
         Operation::new("POST", "/admin/v1/applications"),
@@ -389,6 +394,7 @@ impl Admin {
             Action::DeleteUser => self.delete_user(value(0)).await,
             Action::ResetMfa => self.reset_mfa(value(0)).await,
             Action::SignOutUser => self.sign_out_user(value(0)).await,
+            Action::RevokeTokens => self.revoke_tokens(value(0)).await,
             Action::CreateApplication => self.create_application(req).await,
             Action::CreateOrganization => self.create_organization(req).await,
             Action::AddMember => self.add_member(value(0), req).await,

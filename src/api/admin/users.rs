@@ -26,6 +26,9 @@ pub struct UserBody {
     pub last_name: Option<String>,
     pub nick_name: Option<String>,
     pub scopes: Option<Vec<String>>,
+    /// PATCH only: `true` disables the user (every credential refused, sessions ended),
+    /// `false` enables them again. The seed's `isValid` is its negation and stays read-only.
+    pub disabled: Option<bool>,
 }
 
 /// A user as the admin API shows it: the Manage seed's fields, ids, scopes and grants; never a
@@ -49,6 +52,8 @@ pub struct UserView<'a> {
     #[serde(rename = "latestInviteUUID")]
     latest_invite_uuid: Option<&'a str>,
     is_valid: bool,
+    /// `!isValid`: whether every credential of the user is refused.
+    disabled: bool,
     last_login_timestamp: Option<&'a str>,
     user_rollout_stage: Option<&'a str>,
     has_password: bool,
@@ -91,6 +96,7 @@ impl<'a> From<&'a User> for UserView<'a> {
             latest_invite_date: u.latest_invite_date.as_deref(),
             latest_invite_uuid: u.latest_invite_uuid.as_deref(),
             is_valid: u.is_valid,
+            disabled: u.disabled(),
             last_login_timestamp: u.last_login_timestamp.as_deref(),
             user_rollout_stage: u.user_rollout_stage.as_deref(),
             has_password: u.password_hash.is_some(),
@@ -177,6 +183,12 @@ impl Admin {
     pub(super) async fn create_user(&self, req: Request<Incoming>) -> AdminResult {
         let body: UserBody = self.bodies.read_json(req).await?;
         validate(&body)?;
+        if body.disabled.is_some() {
+            return Err(AdminError::Invalid(
+                "disabled is set with PATCH /admin/v1/users/{userName}, once the user exists"
+                    .into(),
+            ));
+        }
         let Some(user_name) = body.user_name else {
             return Err(AdminError::Invalid("userName is required".into()));
         };
@@ -247,6 +259,15 @@ impl Admin {
             self.refuse_declared_user(name, "renamed")?;
         }
         let password_changed = body.password.is_some();
+        let disabled = body.disabled;
+        let other_change = body.user_name.is_some()
+            || body.password.is_some()
+            || body.email.is_some()
+            || body.phone.is_some()
+            || body.first_name.is_some()
+            || body.last_name.is_some()
+            || body.nick_name.is_some()
+            || body.scopes.is_some();
         let password_hash = match body.password {
             Some(p) => Some(self.hash(p).await?),
             None => None,
@@ -261,19 +282,39 @@ impl Admin {
             nick_name: body.nick_name,
             scopes: body.scopes,
             last_login_timestamp: None,
-            is_valid: None,
+            is_valid: disabled.map(|d| !d),
         };
+        // Disabling writes the record first and ends the sessions after: a sign-in racing it
+        // either stored its session before (ended here) or reads the disabled record once its
+        // session is stored and ends it itself (`Authenticator::password_unchanged`, the OIDC
+        // callback). Every credential is refused from the write on (`Principal::admit`).
         let user = self
             .store
             .update_user(name, patch, self.clock.unix())
             .await?;
-        if password_changed {
-            // A session signed in with the old password proves nothing about the new one.
-            self.store.delete_user_sessions(user.id).await?;
+        let mut ended = None;
+        if password_changed || disabled == Some(true) {
+            // A session signed in with the old password proves nothing about the new one, and
+            // a disabled user has none.
+            ended = Some(self.store.delete_user_sessions(user.id).await?);
         }
-        let detail = password_changed.then(|| "password changed".to_owned());
-        self.record("user.updated", Some(&user.user_name), detail)
-            .await;
+        if other_change || disabled.is_none() {
+            let detail = password_changed.then(|| "password changed".to_owned());
+            self.record("user.updated", Some(&user.user_name), detail)
+                .await;
+        }
+        match disabled {
+            Some(true) => {
+                let detail = ended.map(|n| format!("{n} sessions ended"));
+                self.record("user.disabled", Some(&user.user_name), detail)
+                    .await;
+            }
+            Some(false) => {
+                self.record("user.enabled", Some(&user.user_name), None)
+                    .await;
+            }
+            None => {}
+        }
         Ok(user_response(StatusCode::OK, &user))
     }
 
@@ -294,6 +335,27 @@ impl Admin {
         // A session's second factor may be the one just removed.
         self.store.delete_user_sessions(user.id).await?;
         self.record("mfa.reset", Some(&user.user_name), None).await;
+        Ok(api::no_content())
+    }
+
+    /// `POST /admin/v1/users/{userName}/tokens/revoke` (SPEC §13): every access token gatehouse
+    /// issued to the user until now is refused from now on, on every replica (the cut-off is in
+    /// the user's record, which every Bearer request reads), and so is every token of a trusted
+    /// issuer with an earlier `iat`. WS access keys are per-user tokens too: they are deleted.
+    /// Browser sessions are not tokens and stay (`DELETE …/sessions` ends them).
+    pub(super) async fn revoke_tokens(&self, name: &str) -> AdminResult {
+        let now = self.clock.unix();
+        let user = self
+            .store
+            .modify_user(name, now, &|user| user.revoke_tokens(now))
+            .await?;
+        let keys = self.store.delete_user_ws_keys(user.id).await?;
+        self.record(
+            "tokens.revoked",
+            Some(&user.user_name),
+            Some(format!("{keys} WS access keys deleted")),
+        )
+        .await;
         Ok(api::no_content())
     }
 

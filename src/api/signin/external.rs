@@ -436,6 +436,26 @@ impl SignIn {
                     format!("cannot start a session: {e}"),
                 )
             })?;
+        // Disabling a user ends their sessions; one stored after that end, by a sign-in that
+        // read the user before it, is ended here, or enabling the user again would revive it.
+        let still_valid = self
+            .store
+            .user_by_id(user.id)
+            .await
+            .map(|u| u.is_some_and(|u| u.is_valid));
+        if !matches!(still_valid, Ok(true)) {
+            if let Err(e) = self.sessions.end(&id).await {
+                tracing::warn!(error = %e, "cannot end a session");
+            }
+            return Err(match still_valid {
+                Err(e) => Refused::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    STORE_DOWN,
+                    format!("store: {e}"),
+                ),
+                Ok(_) => Refused::new(StatusCode::FORBIDDEN, NOT_ALLOWED, "user disabled"),
+            });
+        }
         let mut detail = format!("oidc {}", config.id);
         if !methods.is_empty() {
             detail.push_str(" amr mfa");
