@@ -2,7 +2,8 @@
 //!
 //! It creates what is missing and leaves what exists alone: a user, application or organisation
 //! that is already there keeps its current state (changes made through the admin API stand);
-//! memberships and file grants are ensured. Applying it twice changes nothing the second time.
+//! memberships and file grants are ensured, and so is a user's `disabled` where the entry gives
+//! it (`true` disables the user and ends their sessions, `false` enables them again). Applying it twice changes nothing the second time.
 //! Because a declared user or domain would come back at the next start, deleting one through an API
 //! is refused (409) while the file declares it: remove it from the file first ([`declared`]).
 //!
@@ -15,6 +16,7 @@
 //! password_hash = "$argon2id$v=19$m=19456,t=2,p=1$..."   # `gatehouse hash-password`
 //! email = "ada@example.com"
 //! scopes = ["read"]
+//! disabled = false     # optional: true refuses every credential of the user
 //!
 //! [[applications]]
 //! name = "web"
@@ -79,7 +81,7 @@ pub async fn apply(
     admit_plaintext(path, &file, development)?;
     let now = clock.now();
     let mut applied = Applied::default();
-    apply_users(store, file.users, now, &mut applied).await?;
+    apply_users(store, clock, file.users, now, &mut applied).await?;
     apply_applications(store, file.applications, now, &mut applied).await?;
     apply_organizations(store, file.organizations, now, &mut applied).await?;
     apply_files(store, file.files, now).await?;
@@ -121,14 +123,60 @@ fn admit_plaintext(path: &Path, file: &File, development: bool) -> Result<(), St
 /// Creates each declared user that does not exist yet.
 async fn apply_users(
     store: &dyn Store,
+    clock: &dyn Clock,
     users: Vec<UserEntry>,
     now: OffsetDateTime,
     applied: &mut Applied,
 ) -> Result<(), String> {
     for (i, u) in users.into_iter().enumerate() {
         let at = format!("bootstrap users[{i}] ({})", u.user_name.escape_debug());
+        let user_name = u.user_name.clone();
+        let disabled = u.disabled;
         applied.count(apply_user(store, &at, u, now).await?);
+        if let Some(disabled) = disabled {
+            apply_disabled(store, clock, &at, &user_name, disabled, now).await?;
+        }
     }
+    Ok(())
+}
+
+/// Makes the user disabled or enabled as the entry says, when it is not already: disabling
+/// ends every session of the user, as the admin API's does. Recorded like the admin API's.
+async fn apply_disabled(
+    store: &dyn Store,
+    clock: &dyn Clock,
+    at: &str,
+    user_name: &str,
+    disabled: bool,
+    now: OffsetDateTime,
+) -> Result<(), String> {
+    let fail = |e: StoreError| format!("{at}: {e}");
+    let user = store
+        .user_by_name(user_name)
+        .await
+        .map_err(fail)?
+        .ok_or_else(|| format!("{at}: the user vanished while the file was applied"))?;
+    if user.disabled() == disabled {
+        return Ok(());
+    }
+    let patch = crate::store::UserPatch {
+        is_valid: Some(!disabled),
+        ..Default::default()
+    };
+    let user = store
+        .update_user(user_name, patch, now.unix_timestamp())
+        .await
+        .map_err(fail)?;
+    let (event, detail) = if disabled {
+        let ended = store.delete_user_sessions(user.id).await.map_err(fail)?;
+        (
+            "user.disabled",
+            format!("bootstrap; {ended} sessions ended"),
+        )
+    } else {
+        ("user.enabled", "bootstrap".to_owned())
+    };
+    crate::audit::record(store, clock, event, Some(&user.user_name), Some(detail)).await;
     Ok(())
 }
 

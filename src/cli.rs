@@ -33,7 +33,8 @@ pub struct AdminArgs {
 
 #[derive(Subcommand, Debug)]
 enum AdminCommand {
-    /// Users: create, list, get, update, delete, mfa-reset, sign-out.
+    /// Users: create, list, get, update, delete, mfa-reset, sign-out, disable, enable,
+    /// revoke-tokens.
     #[command(subcommand)]
     User(UserCommand),
     /// Register an application; prints its ApplicationToken once.
@@ -148,6 +149,21 @@ enum UserCommand {
         /// The user's name.
         user_name: String,
     },
+    /// Disable a user: every credential of theirs is refused and their sessions end.
+    Disable {
+        /// The user's name.
+        user_name: String,
+    },
+    /// Enable a disabled user again.
+    Enable {
+        /// The user's name.
+        user_name: String,
+    },
+    /// Refuse every token issued to the user until now (and delete their WS access keys).
+    RevokeTokens {
+        /// The user's name.
+        user_name: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -252,6 +268,21 @@ fn request(command: AdminCommand) -> Result<(Method, String, Option<Value>), Str
         AdminCommand::User(UserCommand::SignOut { user_name }) => (
             Method::DELETE,
             format!("/admin/v1/users/{}/sessions", segment(&user_name)),
+            None,
+        ),
+        AdminCommand::User(UserCommand::Disable { user_name }) => (
+            Method::PATCH,
+            format!("/admin/v1/users/{}", segment(&user_name)),
+            Some(json!({ "disabled": true })),
+        ),
+        AdminCommand::User(UserCommand::Enable { user_name }) => (
+            Method::PATCH,
+            format!("/admin/v1/users/{}", segment(&user_name)),
+            Some(json!({ "disabled": false })),
+        ),
+        AdminCommand::User(UserCommand::RevokeTokens { user_name }) => (
+            Method::POST,
+            format!("/admin/v1/users/{}/tokens/revoke", segment(&user_name)),
             None,
         ),
         AdminCommand::App {

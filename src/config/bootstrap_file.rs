@@ -42,6 +42,9 @@ pub(crate) struct UserEntry {
     pub(crate) nick_name: Option<String>,
     #[serde(default)]
     pub(crate) scopes: Vec<String>,
+    /// `true` disables the user (every credential refused, sessions ended), `false` enables
+    /// them again; applied at every start, unlike the other fields. Absent: left as it is.
+    pub(crate) disabled: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
