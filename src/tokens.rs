@@ -10,11 +10,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use ring::signature::{Ed25519KeyPair, KeyPair};
-use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::{self, Clock};
@@ -32,7 +32,10 @@ fn open_keys(
 ) -> Result<KeySet, String> {
     let mut keys = Vec::with_capacity(stored.len());
     for (i, stored) in stored.iter().enumerate() {
-        if keys.iter().any(|(_, k): &(usize, Arc<Key>)| k.kid == stored.kid) {
+        if keys
+            .iter()
+            .any(|(_, k): &(usize, Arc<Key>)| k.kid == stored.kid)
+        {
             continue;
         }
         let known = current.and_then(|set| {
@@ -378,9 +381,7 @@ impl Tokens {
     /// The longest a token signed by one key can be accepted after the key stopped signing:
     /// the longer of an access token's and an assertion's lifetime, plus the leeway on `exp`.
     fn lifetime(&self) -> i64 {
-        self.access_ttl
-            .max(ASSERTION_TTL)
-            .saturating_add(LEEWAY)
+        self.access_ttl.max(ASSERTION_TTL).saturating_add(LEEWAY)
     }
 
     /// Rereads the keys from the store (keys already open are kept as they are). A failure
@@ -805,9 +806,14 @@ mod tests {
     #[tokio::test]
     async fn a_remembered_token_does_not_vouch_for_a_forged_twin() {
         let store = Arc::new(SledStore::temporary().unwrap());
-        let tokens = Tokens::load(&config(), store.clone(), vault(), FixedClock::at(1_800_000_000))
-            .await
-            .unwrap();
+        let tokens = Tokens::load(
+            &config(),
+            store.clone(),
+            vault(),
+            FixedClock::at(1_800_000_000),
+        )
+        .await
+        .unwrap();
         let token = tokens.issue_access(&principal()).unwrap();
         assert!(tokens.verify_access(&token).is_ok());
         // Same header and claims, another signature: verified on its own, and refused.
@@ -858,9 +864,14 @@ mod tests {
     #[tokio::test]
     async fn assertions_name_the_principal_for_their_audience_for_a_minute() {
         let store = Arc::new(SledStore::temporary().unwrap());
-        let tokens = Tokens::load(&config(), store.clone(), vault(), FixedClock::at(1_800_000_000))
-            .await
-            .unwrap();
+        let tokens = Tokens::load(
+            &config(),
+            store.clone(),
+            vault(),
+            FixedClock::at(1_800_000_000),
+        )
+        .await
+        .unwrap();
         let a = tokens.assertion(&principal(), "upstream").unwrap();
         let claims = tokens.verify(a.to_str().unwrap(), "upstream").unwrap();
         assert_eq!(claims.exp - claims.iat, ASSERTION_TTL);
@@ -917,6 +928,174 @@ mod tests {
             tokens.verify_access(&token).unwrap().amr,
             vec!["pwd", "otp"]
         );
+    }
+
+    fn kids(tokens: &Tokens) -> Vec<String> {
+        tokens.jwks()["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    fn header_kid(token: &str) -> String {
+        jsonwebtoken::decode_header(token).unwrap().kid.unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_next_key_signs_from_its_activation_and_the_old_one_verifies_until_its_tokens_expired()
+     {
+        let store = Arc::new(SledStore::temporary().unwrap());
+        let clock = FixedClock::at(1_800_000_000);
+        let config = TokensConfig {
+            access_ttl: Duration::from_secs(600),
+            key_prepublish: Duration::from_secs(100),
+            ..config()
+        };
+        let tokens = Tokens::load(&config, store.clone(), vault(), clock.clone())
+            .await
+            .unwrap();
+        let first = kids(&tokens);
+        let rotation = tokens.rotate().await.unwrap();
+        assert!(rotation.added);
+        assert_eq!(rotation.activates, 1_800_000_100);
+        // Published at once, signing only from `activates`; assertions alike.
+        assert_eq!(kids(&tokens), [first[0].clone(), rotation.kid.clone()]);
+        clock.advance(99);
+        let old = tokens.issue_access(&principal()).unwrap();
+        assert_eq!(header_kid(&old), first[0]);
+        let assertion = tokens.assertion(&principal(), "up").unwrap();
+        assert_eq!(header_kid(assertion.to_str().unwrap()), first[0]);
+        clock.advance(1);
+        let new = tokens.issue_access(&principal()).unwrap();
+        assert_eq!(header_kid(&new), rotation.kid);
+        let assertion = tokens.assertion(&principal(), "up").unwrap();
+        assert_eq!(header_kid(assertion.to_str().unwrap()), rotation.kid);
+        // The old key is retired at +100 and published until +100 + 600 + 60.
+        assert!(tokens.verify(&old, "gatehouse").is_ok());
+        clock.advance(660);
+        assert_eq!(kids(&tokens).len(), 2);
+        let states: Vec<&str> = tokens.keys().iter().map(|k| k.state).collect();
+        assert_eq!(states, ["retired", "active"]);
+        clock.advance(1);
+        assert_eq!(kids(&tokens), std::slice::from_ref(&rotation.kid));
+        assert_eq!(
+            tokens.verify(&old, "gatehouse"),
+            Err(TokenError::UnknownKey)
+        );
+        // The expired key leaves the store at the next upkeep.
+        tokens.upkeep().await;
+        let stored: Vec<String> = store
+            .signing_keys()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|k| k.kid)
+            .collect();
+        assert_eq!(stored, [rotation.kid]);
+    }
+
+    #[tokio::test]
+    async fn a_rotation_while_a_key_is_pending_returns_that_key() {
+        let store = Arc::new(SledStore::temporary().unwrap());
+        let clock = FixedClock::at(1_800_000_000);
+        let tokens = Tokens::load(&config(), store.clone(), vault(), clock.clone())
+            .await
+            .unwrap();
+        let first = tokens.rotate().await.unwrap();
+        clock.advance(3599);
+        let second = tokens.rotate().await.unwrap();
+        assert_eq!(
+            (second.kid.as_str(), second.added),
+            (first.kid.as_str(), false)
+        );
+        clock.advance(1);
+        let third = tokens.rotate().await.unwrap();
+        assert!(third.added);
+        assert_eq!(third.activates, 1_800_003_600 + 3600);
+        assert_eq!(store.signing_keys().await.unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn another_replicas_rotation_is_learnt_by_a_refresh() {
+        let store = Arc::new(SledStore::temporary().unwrap());
+        let clock = FixedClock::at(1_800_000_000);
+        let config = TokensConfig {
+            key_prepublish: Duration::ZERO,
+            ..config()
+        };
+        let a = Tokens::load(&config, store.clone(), vault(), clock.clone())
+            .await
+            .unwrap();
+        let b = Tokens::load(&config, store.clone(), vault(), clock.clone())
+            .await
+            .unwrap();
+        let rotation = a.rotate().await.unwrap();
+        let token = a.issue_access(&principal()).unwrap();
+        assert_eq!(header_kid(&token), rotation.kid);
+        assert_eq!(b.verify_access(&token), Err(TokenError::UnknownKey));
+        b.refresh().await.unwrap();
+        assert!(b.verify_access(&token).is_ok());
+        assert_eq!(kids(&a), kids(&b));
+    }
+
+    #[tokio::test]
+    async fn rotate_every_adds_the_next_key_once_per_period() {
+        let store = Arc::new(SledStore::temporary().unwrap());
+        let clock = FixedClock::at(1_800_000_000);
+        let config = TokensConfig {
+            key_prepublish: Duration::from_secs(10),
+            rotate_every: Some(Duration::from_secs(100)),
+            ..config()
+        };
+        let a = Tokens::load(&config, store.clone(), vault(), clock.clone())
+            .await
+            .unwrap();
+        let b = Tokens::load(&config, store.clone(), vault(), clock.clone())
+            .await
+            .unwrap();
+        let mut added = Vec::new();
+        for _ in 0..30 {
+            for tokens in [&a, &b] {
+                if let Some(rotation) = tokens.rotate_when_due().await.unwrap()
+                    && rotation.added
+                {
+                    added.push(rotation.activates - 1_800_000_000);
+                }
+            }
+            clock.advance(10);
+        }
+        assert_eq!(added, [100, 200, 300]);
+    }
+
+    #[tokio::test]
+    async fn a_key_from_a_file_is_not_rotated() {
+        let dir = tempfile::tempdir().unwrap();
+        let rng = ring::rand::SystemRandom::new();
+        let doc = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let pem = format!(
+            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+            base64::engine::general_purpose::STANDARD.encode(doc.as_ref())
+        );
+        let path = dir.path().join("key.pem");
+        std::fs::write(&path, pem).unwrap();
+        let config = TokensConfig {
+            signing_key_file: Some(path),
+            ..config()
+        };
+        let store = Arc::new(SledStore::temporary().unwrap());
+        let tokens = Tokens::load(
+            &config,
+            store.clone(),
+            vault(),
+            FixedClock::at(1_800_000_000),
+        )
+        .await
+        .unwrap();
+        assert!(matches!(tokens.rotate().await, Err(RotateError::KeyFile)));
+        assert!(store.signing_keys().await.unwrap().is_empty());
+        assert_eq!(tokens.keys()[0].state, "active");
     }
 
     #[test]

@@ -424,8 +424,7 @@ impl Gateway {
         );
         // Caches may keep it for at most half of `tokens.key_prepublish` (and 5 minutes), so
         // that they hold the next key before it signs.
-        if let Ok(value) =
-            HeaderValue::from_str(&format!("max-age={}", self.tokens.jwks_max_age()))
+        if let Ok(value) = HeaderValue::from_str(&format!("max-age={}", self.tokens.jwks_max_age()))
         {
             response.headers_mut().insert(header::CACHE_CONTROL, value);
         }

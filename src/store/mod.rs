@@ -583,8 +583,11 @@ pub trait Store: Send + Sync {
     /// `unless_after`, and returns the newest key once done: `key` itself, or the one that made
     /// the rotation unnecessary. A manual rotation passes `now` (a key still pending is not
     /// replaced by another), a scheduled one the latest `activates` that is still recent enough.
-    async fn rotate_signing_key(&self, key: SigningKey, unless_after: i64)
-    -> StoreResult<SigningKey>;
+    async fn rotate_signing_key(
+        &self,
+        key: SigningKey,
+        unless_after: i64,
+    ) -> StoreResult<SigningKey>;
     /// Deletes the signing key `kid` (one that no token still valid can name); `false` when
     /// there was none.
     async fn delete_signing_key(&self, kid: &str) -> StoreResult<bool>;

@@ -1622,7 +1622,10 @@ async fn kids(store: &dyn Store) -> Vec<String> {
 async fn a_rotation_adds_a_key_only_while_none_is_pending(s: Subject) {
     let now = NOW_UNIX;
     // An empty store takes the key whatever the condition.
-    let first = s.store.rotate_signing_key(rotated_key("k0", now), now).await;
+    let first = s
+        .store
+        .rotate_signing_key(rotated_key("k0", now), now)
+        .await;
     assert_eq!(first.unwrap().kid, "k0");
     // The first key signs already: the next one is added, pending for an hour.
     let next = s

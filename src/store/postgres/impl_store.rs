@@ -176,7 +176,11 @@ impl Store for PgStore {
             )
             INSERT INTO gatehouse_signing_keys (seq, kid, doc, activates)
             SELECT value, $1, $2, $3 FROM next",
-            &[&signing_key.kid, &Json(&signing_key), &signing_key.activates],
+            &[
+                &signing_key.kid,
+                &Json(&signing_key),
+                &signing_key.activates,
+            ],
         )
         .await?;
         Ok(())

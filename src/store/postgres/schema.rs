@@ -129,10 +129,8 @@ pub(super) const MIGRATIONS: &[(i64, &[&str])] = &[
     // Keys stored before have no such instant: they signed from the start.
     (
         4,
-        &[
-            "ALTER TABLE gatehouse_signing_keys
-             ADD COLUMN IF NOT EXISTS activates INT8 NOT NULL DEFAULT 0",
-        ],
+        &["ALTER TABLE gatehouse_signing_keys
+             ADD COLUMN IF NOT EXISTS activates INT8 NOT NULL DEFAULT 0"],
     ),
 ];
 
