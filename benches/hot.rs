@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -14,6 +15,7 @@ use gatehouse::hygiene::{Preset, Sanitizer};
 use gatehouse::mfa::totp::TotpParams;
 use gatehouse::proxy::headers::IdentityHeaders;
 use gatehouse::secrets::Vault;
+use gatehouse::store::Store;
 use gatehouse::store::sled::SledStore;
 use gatehouse::tokens::Tokens;
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -31,19 +33,21 @@ fn principal() -> Principal {
 
 fn tokens(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let store = SledStore::temporary().unwrap();
+    let store: Arc<dyn Store> = Arc::new(SledStore::temporary().unwrap());
     let config = TokensConfig {
         issuer: "https://gh.bench".into(),
         audience: "gatehouse".into(),
         access_ttl: Duration::from_secs(3600),
         signing_key_file: None,
+        rotate_every: None,
+        key_prepublish: Duration::from_secs(3600),
     };
-    let vault = Vault::from_master(&[7u8; 32]).unwrap();
+    let vault = Arc::new(Vault::from_master(&[7u8; 32]).unwrap());
     let tokens = runtime
         .block_on(Tokens::load(
             &config,
-            &store,
-            &vault,
+            store.clone(),
+            vault.clone(),
             FixedClock::at(1_800_000_000),
         ))
         .unwrap();
@@ -64,8 +68,8 @@ fn tokens(c: &mut Criterion) {
                 let loaded = runtime
                     .block_on(Tokens::load(
                         &config,
-                        &store,
-                        &vault,
+                        store.clone(),
+                        vault.clone(),
                         FixedClock::at(1_800_000_000),
                     ))
                     .unwrap();

@@ -67,8 +67,10 @@ impl App {
             );
         }
         let vault = Arc::new(Vault::load(&config.secrets, &config.store.path)?);
-        let tokens =
-            Arc::new(Tokens::load(&config.tokens, store.as_ref(), &vault, clock.clone()).await?);
+        let tokens = Arc::new(
+            Tokens::load(&config.tokens, store.clone(), vault.clone(), clock.clone()).await?,
+        );
+        tokens.keep_fresh();
         let sessions = Arc::new(Sessions::new(
             &config.sessions,
             store.clone(),

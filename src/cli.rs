@@ -59,12 +59,24 @@ enum AdminCommand {
         /// The WS FileId the key is bound to.
         file_id: i64,
     },
+    /// Token signing keys: list, rotate.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Newest audit events first.
     Audit {
         /// How many events to print (1 to 1000).
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeysCommand {
+    /// List the signing keys with their times and state (pending, active, retired, expired).
+    List,
+    /// Publish the next signing key; it signs after tokens.key_prepublish. While a key is still
+    /// pending, prints that one and adds none.
+    Rotate,
 }
 
 #[derive(Subcommand, Debug)]
@@ -316,6 +328,10 @@ fn request(command: AdminCommand) -> Result<(Method, String, Option<Value>), Str
             "/admin/v1/ws-keys".into(),
             Some(json!({ "userName": user_name, "fileId": file_id })),
         ),
+        AdminCommand::Keys(KeysCommand::List) => (Method::GET, "/admin/v1/keys".into(), None),
+        AdminCommand::Keys(KeysCommand::Rotate) => {
+            (Method::POST, "/admin/v1/keys/rotate".into(), None)
+        }
         AdminCommand::Audit { limit } => {
             (Method::GET, format!("/admin/v1/audit?limit={limit}"), None)
         }

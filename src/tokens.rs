@@ -1,12 +1,16 @@
 //! Gatehouse's own JWTs: access tokens, identity assertions for the upstream, and the JWKS.
 //!
 //! Keys are Ed25519 (EdDSA, RFC 8037), generated at first start and kept in the store, or loaded from
-//! `tokens.signing_key_file`. The newest key signs; every stored key verifies, so tokens signed by a
-//! previous key stay valid until they expire.
+//! `tokens.signing_key_file`. Keys in the store rotate (SPEC §13): the next key is published in the
+//! JWKS `tokens.key_prepublish` before its `activates` time, from which it signs (chosen by the
+//! clock, so every replica switches at once); the key it replaces is retired and stays published,
+//! and verifies, until the last token it signed has expired. Every replica rereads the keys from
+//! the store in the background ([`Tokens::keep_fresh`]); requests only read the current set.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -19,6 +23,42 @@ pub use crate::identity::ASSERTION_TTL;
 use crate::identity::{Method, Principal};
 use crate::secrets::Vault;
 use crate::store::{SCHEMA_VERSION, SigningKey, Store};
+
+/// Opens the stored keys (oldest first), reusing the keys of `current` already open.
+fn open_keys(
+    stored: &[SigningKey],
+    vault: &Vault,
+    current: Option<&KeySet>,
+) -> Result<KeySet, String> {
+    let mut keys = Vec::with_capacity(stored.len());
+    for (i, stored) in stored.iter().enumerate() {
+        if keys
+            .iter()
+            .any(|(_, k): &(usize, Arc<Key>)| k.kid == stored.kid)
+        {
+            continue;
+        }
+        let known = current.and_then(|set| {
+            set.keys
+                .iter()
+                .find(|k| k.kid == stored.kid && k.activates == stored.activates)
+        });
+        let key = match known {
+            Some(key) => key.clone(),
+            None => {
+                let pkcs8 = vault
+                    .open(&stored.pkcs8, SIGNING_KEY_CONTEXT)
+                    .map_err(|e| format!("signing key {}: {e}", stored.kid))?;
+                Arc::new(Key::from_pkcs8(&pkcs8, stored.activates, &stored.created)?)
+            }
+        };
+        keys.push((i, key));
+    }
+    keys.sort_by_key(|(i, k)| (k.activates, *i));
+    Ok(KeySet {
+        keys: keys.into_iter().map(|(_, k)| k).collect(),
+    })
+}
 
 /// What stored signing keys are sealed for.
 const SIGNING_KEY_CONTEXT: &[u8] = b"token-signing-key";
@@ -74,10 +114,14 @@ struct Key {
     encoding: EncodingKey,
     decoding: DecodingKey,
     public: Vec<u8>,
+    /// Unix seconds from which the key signs.
+    activates: i64,
+    /// RFC 3339 (empty for the key of `tokens.signing_key_file`).
+    created: String,
 }
 
 impl Key {
-    fn from_pkcs8(pkcs8: &[u8]) -> Result<Key, String> {
+    fn from_pkcs8(pkcs8: &[u8], activates: i64, created: &str) -> Result<Key, String> {
         let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(pkcs8)
             .map_err(|e| format!("not an Ed25519 PKCS#8 key: {e}"))?;
         let public = pair.public_key().as_ref().to_vec();
@@ -87,18 +131,122 @@ impl Key {
             encoding: EncodingKey::from_ed_der(pkcs8),
             decoding: DecodingKey::from_ed_der(&public),
             public,
+            activates,
+            created: created.to_owned(),
         })
     }
 }
 
+/// The keys known at one time, ordered by `activates` (stored order among equals).
+struct KeySet {
+    keys: Vec<Arc<Key>>,
+}
+
+impl KeySet {
+    /// The key that signs at `now`: the newest whose `activates` has come, else the oldest.
+    fn signer(&self, now: i64) -> Option<&Arc<Key>> {
+        self.keys
+            .iter()
+            .rev()
+            .find(|k| k.activates <= now)
+            .or_else(|| self.keys.first())
+    }
+
+    /// When the key at `index` stopped signing (the next key's `activates`, once come).
+    fn retired(&self, index: usize, now: i64) -> Option<i64> {
+        self.keys
+            .get(index + 1..)?
+            .iter()
+            .map(|k| k.activates)
+            .find(|&a| a <= now)
+    }
+
+    /// The keys still published at `now`, with when each was retired: every key but those
+    /// retired longer ago than `lifetime` (the longest a token they signed can be valid).
+    fn published(&self, now: i64, lifetime: i64) -> impl Iterator<Item = (&Arc<Key>, Option<i64>)> {
+        self.keys.iter().enumerate().filter_map(move |(i, k)| {
+            let retired = self.retired(i, now);
+            match retired {
+                Some(r) if r.saturating_add(lifetime) < now => None,
+                _ => Some((k, retired)),
+            }
+        })
+    }
+}
+
+/// What the JWKS and `GET /admin/v1/keys` say about one key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyInfo {
+    pub kid: String,
+    /// RFC 3339.
+    pub created: String,
+    /// Unix seconds from which it signs.
+    pub activates: i64,
+    /// Unix seconds from which a newer key signs, once that has come.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retired: Option<i64>,
+    /// Unix seconds after which it is no longer published nor accepted (once retired).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires: Option<i64>,
+    /// `pending` (published, not signing yet), `active` (signing), `retired` (verifying what
+    /// it signed) or `expired` (no longer published; kept until deleted).
+    pub state: &'static str,
+}
+
+/// The outcome of [`Tokens::rotate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rotation {
+    pub kid: String,
+    /// Unix seconds from which it signs.
+    pub activates: i64,
+    /// `false` when a key was already pending: that one is returned and no key was added.
+    pub added: bool,
+}
+
+/// Why a rotation did not happen.
+#[derive(Debug)]
+pub enum RotateError {
+    /// The key comes from `tokens.signing_key_file`, not from the store.
+    KeyFile,
+    Store(crate::store::StoreError),
+    Other(String),
+}
+
+impl std::fmt::Display for RotateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RotateError::KeyFile => f.write_str(
+                "the signing key comes from tokens.signing_key_file, not from the store",
+            ),
+            RotateError::Store(e) => e.fmt(f),
+            RotateError::Other(why) => f.write_str(why),
+        }
+    }
+}
+
+/// Where keys kept in the store come from (absent with `tokens.signing_key_file`).
+struct Keeper {
+    store: Arc<dyn Store>,
+    vault: Arc<Vault>,
+}
+
 /// Issues and verifies gatehouse's tokens.
 pub struct Tokens {
-    /// Oldest first; the last one signs.
-    keys: Vec<Key>,
+    /// The current keys; replaced whole by a refresh from the store, read on every request.
+    set: ArcSwap<KeySet>,
+    keeper: Option<Keeper>,
     issuer: String,
     audience: String,
     access_ttl: i64,
+    /// `tokens.key_prepublish` in seconds.
+    prepublish: i64,
+    /// `tokens.rotate_every` in seconds.
+    rotate_every: Option<i64>,
     clock: Arc<dyn Clock>,
+    /// Set when a token named a `kid` this replica does not know: the upkeep task refreshes
+    /// the keys (at most once per [`MIN_REFRESH`]).
+    unknown_kid: Arc<tokio::sync::Notify>,
     /// Access tokens whose signature and claims were verified, keyed by the token itself: a hit
     /// is an exact match of every byte, so no other string can stand for a verified token. A hit
     /// skips the signature check only: the token's times are checked again on every use. Only
@@ -113,6 +261,11 @@ const VERIFIED_TTL: Duration = Duration::from_secs(300);
 /// [`CLAIMS_WEIGHT`] (about 25 000 tokens of 1 KiB).
 const VERIFIED_BYTES: u64 = 32 << 20;
 const CLAIMS_WEIGHT: u32 = 256;
+
+/// The shortest time between two refreshes of the keys from the store.
+const MIN_REFRESH: Duration = Duration::from_secs(1);
+/// The longest time between two refreshes of the keys from the store.
+const MAX_REFRESH: Duration = Duration::from_secs(30);
 
 /// A `kid` as gatehouse writes them: base64url, nothing that could be a path or a query.
 pub(crate) fn plausible_kid(kid: &str) -> bool {
@@ -133,61 +286,77 @@ pub fn read_signing_key_file(path: &std::path::Path) -> Result<Vec<u8>, String> 
     })?;
     let der = rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(&pem)
         .map_err(|e| format!("tokens.signing_key_file: not a PKCS#8 PEM key: {e}"))?;
-    Key::from_pkcs8(der.secret_pkcs8_der())
+    Key::from_pkcs8(der.secret_pkcs8_der(), 0, "")
         .map_err(|e| format!("tokens.signing_key_file: {} is {e}", path.display()))?;
     Ok(der.secret_pkcs8_der().to_vec())
 }
 
+/// A fresh key, sealed for the store, signing from `activates`.
+fn new_stored_key(vault: &Vault, now: i64, activates: i64) -> Result<SigningKey, String> {
+    let rng = ring::rand::SystemRandom::new();
+    let doc = Ed25519KeyPair::generate_pkcs8(&rng)
+        .map_err(|_| "cannot generate a signing key".to_owned())?;
+    let key = Key::from_pkcs8(doc.as_ref(), activates, "")?;
+    let created = time::OffsetDateTime::from_unix_timestamp(now)
+        .map(clock::rfc3339)
+        .map_err(|_| format!("the time {now} is out of range"))?;
+    Ok(SigningKey {
+        v: SCHEMA_VERSION,
+        kid: key.kid,
+        pkcs8: vault.seal(doc.as_ref(), SIGNING_KEY_CONTEXT)?,
+        created,
+        activates,
+    })
+}
+
+/// Seconds of a configured duration.
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
 impl Tokens {
     /// Loads the signing keys (generating the first one when the store has none).
-    /// Keys kept in the store are sealed with the master key (`vault`).
+    /// Keys kept in the store are sealed with the master key (`vault`); call
+    /// [`Tokens::keep_fresh`] to follow rotations made elsewhere.
     pub async fn load(
         config: &TokensConfig,
-        store: &dyn Store,
-        vault: &Vault,
+        store: Arc<dyn Store>,
+        vault: Arc<Vault>,
         clock: Arc<dyn Clock>,
     ) -> Result<Tokens, String> {
-        let mut pkcs8s: Vec<Vec<u8>> = Vec::new();
-        if let Some(path) = &config.signing_key_file {
-            pkcs8s.push(read_signing_key_file(path)?);
+        let (set, keeper) = if let Some(path) = &config.signing_key_file {
+            let key = Key::from_pkcs8(&read_signing_key_file(path)?, 0, "")?;
+            let set = KeySet {
+                keys: vec![Arc::new(key)],
+            };
+            (set, None)
         } else {
             let mut stored = store.signing_keys().await.map_err(|e| e.to_string())?;
             if stored.is_empty() {
-                let rng = ring::rand::SystemRandom::new();
-                let doc = Ed25519KeyPair::generate_pkcs8(&rng)
-                    .map_err(|_| "cannot generate a signing key".to_owned())?;
-                let key = Key::from_pkcs8(doc.as_ref())?;
+                let now = clock.unix();
+                let first = new_stored_key(&vault, now, now)?;
+                let kid = first.kid.clone();
                 stored = store
-                    .init_signing_key(SigningKey {
-                        v: SCHEMA_VERSION,
-                        kid: key.kid.clone(),
-                        pkcs8: vault.seal(doc.as_ref(), SIGNING_KEY_CONTEXT)?,
-                        created: clock::rfc3339(clock.now()),
-                    })
+                    .init_signing_key(first)
                     .await
                     .map_err(|e| e.to_string())?;
-                if stored.iter().any(|k| k.kid == key.kid) {
-                    tracing::info!(kid = %key.kid, "generated a token signing key");
+                if stored.iter().any(|k| k.kid == kid) {
+                    tracing::info!(kid = %kid, "generated a token signing key");
                 }
             }
-            for key in stored {
-                pkcs8s.push(
-                    vault
-                        .open(&key.pkcs8, SIGNING_KEY_CONTEXT)
-                        .map_err(|e| format!("signing key {}: {e}", key.kid))?,
-                );
-            }
-        }
-        let keys = pkcs8s
-            .iter()
-            .map(|p| Key::from_pkcs8(p))
-            .collect::<Result<Vec<_>, _>>()?;
+            let set = open_keys(&stored, &vault, None)?;
+            (set, Some(Keeper { store, vault }))
+        };
         Ok(Tokens {
-            keys,
+            set: ArcSwap::from_pointee(set),
+            keeper,
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
             access_ttl: i64::try_from(config.access_ttl.as_secs()).unwrap_or(3600),
+            prepublish: secs(config.key_prepublish),
+            rotate_every: config.rotate_every.map(secs),
             clock,
+            unknown_kid: Arc::new(tokio::sync::Notify::new()),
             verified: moka::sync::Cache::builder()
                 .weigher(|token: &Arc<str>, _| {
                     u32::try_from(token.len())
@@ -209,8 +378,213 @@ impl Tokens {
         self.access_ttl
     }
 
+    /// The longest a token signed by one key can be accepted after the key stopped signing:
+    /// the longer of an access token's and an assertion's lifetime, plus the leeway on `exp`.
+    fn lifetime(&self) -> i64 {
+        self.access_ttl.max(ASSERTION_TTL).saturating_add(LEEWAY)
+    }
+
+    /// Rereads the keys from the store (keys already open are kept as they are). A failure
+    /// leaves the current keys in place.
+    pub async fn refresh(&self) -> Result<(), String> {
+        let Some(keeper) = &self.keeper else {
+            return Ok(());
+        };
+        let stored = keeper
+            .store
+            .signing_keys()
+            .await
+            .map_err(|e| e.to_string())?;
+        if stored.is_empty() {
+            return Err("the store holds no signing key".into());
+        }
+        let current = self.set.load_full();
+        let set = open_keys(&stored, &keeper.vault, Some(&current))?;
+        self.set.store(Arc::new(set));
+        Ok(())
+    }
+
+    /// Adds the next signing key, published now and signing `tokens.key_prepublish` from now,
+    /// unless a key is still pending: then that key is the answer and nothing is added, so
+    /// concurrent rotations (on any replica) leave one pending key.
+    pub async fn rotate(&self) -> Result<Rotation, RotateError> {
+        let keeper = self.keeper.as_ref().ok_or(RotateError::KeyFile)?;
+        let now = self.clock.unix();
+        let activates = now.saturating_add(self.prepublish);
+        let key = new_stored_key(&keeper.vault, now, activates).map_err(RotateError::Other)?;
+        let newest = keeper
+            .store
+            .rotate_signing_key(key.clone(), now)
+            .await
+            .map_err(RotateError::Store)?;
+        if let Err(e) = self.refresh().await {
+            tracing::warn!(error = %e, "cannot reread the signing keys after a rotation");
+        }
+        Ok(Rotation {
+            added: newest.kid == key.kid,
+            kid: newest.kid,
+            activates: newest.activates,
+        })
+    }
+
+    /// With `tokens.rotate_every`: adds the next key when the newest one has signed for
+    /// `rotate_every` less `key_prepublish`, so that it signs `rotate_every` after that one.
+    /// The store's conditional insert makes one replica's rotation stop the others'.
+    async fn rotate_when_due(&self) -> Result<Option<Rotation>, RotateError> {
+        let (Some(every), Some(keeper)) = (self.rotate_every, &self.keeper) else {
+            return Ok(None);
+        };
+        let now = self.clock.unix();
+        // A newest key that activates later than this is recent enough.
+        let unless_after = now.saturating_add(self.prepublish).saturating_sub(every);
+        let newest_known = self
+            .set
+            .load()
+            .keys
+            .last()
+            .map_or(i64::MIN, |k| k.activates);
+        if newest_known > unless_after {
+            return Ok(None);
+        }
+        let newest = keeper
+            .store
+            .signing_keys()
+            .await
+            .map_err(RotateError::Store)?;
+        let activates = crate::store::newest_signing_key(&newest)
+            .map_or(now, |k| k.activates.saturating_add(every))
+            .max(now.saturating_add(self.prepublish));
+        let key = new_stored_key(&keeper.vault, now, activates).map_err(RotateError::Other)?;
+        let newest = keeper
+            .store
+            .rotate_signing_key(key.clone(), unless_after)
+            .await
+            .map_err(RotateError::Store)?;
+        Ok(Some(Rotation {
+            added: newest.kid == key.kid,
+            kid: newest.kid,
+            activates: newest.activates,
+        }))
+    }
+
+    /// Deletes from the store the keys no longer published.
+    async fn delete_expired(&self) -> Result<(), String> {
+        let Some(keeper) = &self.keeper else {
+            return Ok(());
+        };
+        let expired: Vec<String> = self
+            .keys()
+            .into_iter()
+            .filter(|k| k.state == "expired")
+            .map(|k| k.kid)
+            .collect();
+        for kid in expired {
+            keeper
+                .store
+                .delete_signing_key(&kid)
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::info!(kid = %kid, "deleted an expired token signing key");
+        }
+        Ok(())
+    }
+
+    /// Every known key and its times, oldest first.
+    pub fn keys(&self) -> Vec<KeyInfo> {
+        let set = self.set.load();
+        let now = self.clock.unix();
+        let lifetime = self.lifetime();
+        let signer = set.signer(now).map(|k| k.kid.clone());
+        set.keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let retired = set.retired(i, now);
+                let expires = retired.map(|r| r.saturating_add(lifetime));
+                let state = if signer.as_deref() == Some(k.kid.as_str()) {
+                    "active"
+                } else if k.activates > now {
+                    "pending"
+                } else if expires.is_some_and(|e| e < now) {
+                    "expired"
+                } else {
+                    "retired"
+                };
+                KeyInfo {
+                    kid: k.kid.clone(),
+                    created: k.created.clone(),
+                    activates: k.activates,
+                    retired,
+                    expires,
+                    state,
+                }
+            })
+            .collect()
+    }
+
+    /// Keeps the keys in step with the store for as long as `self` lives: rereads them every
+    /// quarter of `tokens.key_prepublish` (1 s to 30 s) and soon after a token names an unknown
+    /// `kid`, rotates with `tokens.rotate_every`, and deletes keys no longer published.
+    pub fn keep_fresh(self: &Arc<Self>) {
+        if self.keeper.is_none() {
+            return;
+        }
+        let every = Duration::from_secs(u64::try_from(self.prepublish / 4).unwrap_or(0))
+            .clamp(MIN_REFRESH, MAX_REFRESH);
+        let unknown_kid = self.unknown_kid.clone();
+        // Only a weak reference between rounds: the tokens (and the store they hold) go when
+        // the app does.
+        let tokens = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(this) = tokens.upgrade() else {
+                    return;
+                };
+                this.upkeep().await;
+                drop(this);
+                tokio::time::sleep(MIN_REFRESH).await;
+                tokio::select! {
+                    () = tokio::time::sleep(every.saturating_sub(MIN_REFRESH)) => {}
+                    () = unknown_kid.notified() => {}
+                }
+            }
+        });
+    }
+
+    /// One round of [`Tokens::keep_fresh`].
+    async fn upkeep(&self) {
+        match self.rotate_when_due().await {
+            Ok(Some(rotation)) if rotation.added => {
+                if let Some(keeper) = &self.keeper {
+                    crate::audit::record(
+                        keeper.store.as_ref(),
+                        self.clock.as_ref(),
+                        "keys.rotated",
+                        None,
+                        Some(format!(
+                            "kid {} activates {} (tokens.rotate_every)",
+                            rotation.kid, rotation.activates
+                        )),
+                    )
+                    .await;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot rotate the token signing key"),
+        }
+        if let Err(e) = self.refresh().await {
+            tracing::warn!(error = %e, "cannot reread the token signing keys");
+        }
+        if let Err(e) = self.delete_expired().await {
+            tracing::warn!(error = %e, "cannot delete expired token signing keys");
+        }
+    }
+
     fn sign(&self, claims: &Claims) -> Result<String, TokenError> {
-        let key = self.keys.last().ok_or(TokenError::UnknownKey)?;
+        let set = self.set.load();
+        let key = set
+            .signer(self.clock.unix())
+            .ok_or(TokenError::UnknownKey)?;
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(key.kid.clone());
         jsonwebtoken::encode(&header, claims, &key.encoding).map_err(|_| TokenError::Malformed)
@@ -302,11 +676,18 @@ impl Tokens {
             .as_deref()
             .filter(|k| plausible_kid(k))
             .ok_or(TokenError::UnknownKey)?;
-        let key = self
-            .keys
-            .iter()
-            .find(|k| k.kid == kid)
-            .ok_or(TokenError::UnknownKey)?;
+        let set = self.set.load();
+        let Some((key, _)) = set
+            .published(self.clock.unix(), self.lifetime())
+            .find(|(k, _)| k.kid == kid)
+        else {
+            if self.keeper.is_some() && !set.keys.iter().any(|k| k.kid == kid) {
+                // Perhaps a key another replica just added: the upkeep task rereads the keys
+                // (at most once a second however many tokens ask).
+                self.unknown_kid.notify_one();
+            }
+            return Err(TokenError::UnknownKey);
+        };
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.validate_exp = false;
         validation.validate_nbf = false;
@@ -332,12 +713,19 @@ impl Tokens {
         Ok(data.claims)
     }
 
-    /// The public keys as a JWK Set (RFC 7517), for `GET /.well-known/jwks.json`.
+    /// How long, in seconds, a JWKS answer may be cached: half of `tokens.key_prepublish`, at
+    /// most 5 minutes, so that a cache refreshed that often knows the next key before it signs.
+    pub fn jwks_max_age(&self) -> i64 {
+        (self.prepublish / 2).clamp(0, 300)
+    }
+
+    /// The public keys as a JWK Set (RFC 7517), for `GET /.well-known/jwks.json`: the keys
+    /// that sign or will sign, and the retired ones until what they signed has expired.
     pub fn jwks(&self) -> serde_json::Value {
-        let keys: Vec<serde_json::Value> = self
-            .keys
-            .iter()
-            .map(|k| {
+        let set = self.set.load();
+        let keys: Vec<serde_json::Value> = set
+            .published(self.clock.unix(), self.lifetime())
+            .map(|(k, _)| {
                 serde_json::json!({
                     "kty": "OKP",
                     "crv": "Ed25519",
@@ -387,8 +775,8 @@ mod tests {
     use crate::clock::FixedClock;
     use crate::store::sled::SledStore;
 
-    fn vault() -> Vault {
-        Vault::from_master(&[5u8; 32]).unwrap()
+    fn vault() -> Arc<Vault> {
+        Arc::new(Vault::from_master(&[5u8; 32]).unwrap())
     }
 
     fn config() -> TokensConfig {
@@ -397,6 +785,8 @@ mod tests {
             audience: "gatehouse".into(),
             access_ttl: Duration::from_secs(3600),
             signing_key_file: None,
+            rotate_every: None,
+            key_prepublish: Duration::from_secs(3600),
         }
     }
 
@@ -413,9 +803,9 @@ mod tests {
 
     #[tokio::test]
     async fn issued_token_verifies_until_it_expires() {
-        let store = SledStore::temporary().unwrap();
+        let store = Arc::new(SledStore::temporary().unwrap());
         let clock = FixedClock::at(1_800_000_000);
-        let tokens = Tokens::load(&config(), &store, &vault(), clock.clone())
+        let tokens = Tokens::load(&config(), store.clone(), vault(), clock.clone())
             .await
             .unwrap();
         let token = tokens.issue_access(&principal()).unwrap();
@@ -430,10 +820,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_remembered_token_does_not_vouch_for_a_forged_twin() {
-        let store = SledStore::temporary().unwrap();
-        let tokens = Tokens::load(&config(), &store, &vault(), FixedClock::at(1_800_000_000))
-            .await
-            .unwrap();
+        let store = Arc::new(SledStore::temporary().unwrap());
+        let tokens = Tokens::load(
+            &config(),
+            store.clone(),
+            vault(),
+            FixedClock::at(1_800_000_000),
+        )
+        .await
+        .unwrap();
         let token = tokens.issue_access(&principal()).unwrap();
         assert!(tokens.verify_access(&token).is_ok());
         // Same header and claims, another signature: verified on its own, and refused.
@@ -450,13 +845,13 @@ mod tests {
 
     #[tokio::test]
     async fn signing_key_is_generated_once_and_kept() {
-        let store = SledStore::temporary().unwrap();
+        let store = Arc::new(SledStore::temporary().unwrap());
         let clock = FixedClock::at(1_800_000_000);
-        let first = Tokens::load(&config(), &store, &vault(), clock.clone())
+        let first = Tokens::load(&config(), store.clone(), vault(), clock.clone())
             .await
             .unwrap();
         let token = first.issue_access(&principal()).unwrap();
-        let second = Tokens::load(&config(), &store, &vault(), clock)
+        let second = Tokens::load(&config(), store.clone(), vault(), clock)
             .await
             .unwrap();
         assert!(second.verify_access(&token).is_ok());
@@ -465,16 +860,16 @@ mod tests {
 
     #[tokio::test]
     async fn signing_key_is_sealed_at_rest_and_needs_the_master_key() {
-        let store = SledStore::temporary().unwrap();
+        let store = Arc::new(SledStore::temporary().unwrap());
         let clock = FixedClock::at(1_800_000_000);
-        let tokens = Tokens::load(&config(), &store, &vault(), clock.clone())
+        let tokens = Tokens::load(&config(), store.clone(), vault(), clock.clone())
             .await
             .unwrap();
         let stored = store.signing_keys().await.unwrap().remove(0);
         assert!(Ed25519KeyPair::from_pkcs8_maybe_unchecked(&stored.pkcs8).is_err());
         let other = Vault::from_master(&[6u8; 32]).unwrap();
         assert!(
-            Tokens::load(&config(), &store, &other, clock)
+            Tokens::load(&config(), store.clone(), Arc::new(other), clock)
                 .await
                 .is_err()
         );
@@ -483,10 +878,15 @@ mod tests {
 
     #[tokio::test]
     async fn assertions_name_the_principal_for_their_audience_for_a_minute() {
-        let store = SledStore::temporary().unwrap();
-        let tokens = Tokens::load(&config(), &store, &vault(), FixedClock::at(1_800_000_000))
-            .await
-            .unwrap();
+        let store = Arc::new(SledStore::temporary().unwrap());
+        let tokens = Tokens::load(
+            &config(),
+            store.clone(),
+            vault(),
+            FixedClock::at(1_800_000_000),
+        )
+        .await
+        .unwrap();
         let a = tokens.assertion(&principal(), "upstream").unwrap();
         let claims = tokens.verify(a.to_str().unwrap(), "upstream").unwrap();
         assert_eq!(claims.exp - claims.iat, ASSERTION_TTL);
@@ -500,9 +900,9 @@ mod tests {
     /// `jwt_header` fuzz target's signed form).
     #[tokio::test]
     async fn signed_times_at_the_ends_of_the_range_are_judged_without_overflow() {
-        let store = SledStore::temporary().unwrap();
+        let store = Arc::new(SledStore::temporary().unwrap());
         let now = 1_800_000_000;
-        let tokens = Tokens::load(&config(), &store, &vault(), FixedClock::at(now))
+        let tokens = Tokens::load(&config(), store.clone(), vault(), FixedClock::at(now))
             .await
             .unwrap();
         let signed = |exp: i64, nbf: i64| {
@@ -531,9 +931,9 @@ mod tests {
             .map(|s| s.to_string())
             .collect();
         assert_eq!(methods_from_amr(&amr), vec![Method::Pwd, Method::Otp]);
-        let store = SledStore::temporary().unwrap();
+        let store = Arc::new(SledStore::temporary().unwrap());
         let clock = FixedClock::at(1_800_000_000);
-        let tokens = Tokens::load(&config(), &store, &vault(), clock)
+        let tokens = Tokens::load(&config(), store.clone(), vault(), clock)
             .await
             .unwrap();
         let mut with_app = principal();
@@ -543,6 +943,174 @@ mod tests {
             tokens.verify_access(&token).unwrap().amr,
             vec!["pwd", "otp"]
         );
+    }
+
+    fn kids(tokens: &Tokens) -> Vec<String> {
+        tokens.jwks()["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    fn header_kid(token: &str) -> String {
+        jsonwebtoken::decode_header(token).unwrap().kid.unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_next_key_signs_from_its_activation_and_the_old_one_verifies_until_its_tokens_expired()
+     {
+        let store = Arc::new(SledStore::temporary().unwrap());
+        let clock = FixedClock::at(1_800_000_000);
+        let config = TokensConfig {
+            access_ttl: Duration::from_secs(600),
+            key_prepublish: Duration::from_secs(100),
+            ..config()
+        };
+        let tokens = Tokens::load(&config, store.clone(), vault(), clock.clone())
+            .await
+            .unwrap();
+        let first = kids(&tokens);
+        let rotation = tokens.rotate().await.unwrap();
+        assert!(rotation.added);
+        assert_eq!(rotation.activates, 1_800_000_100);
+        // Published at once, signing only from `activates`; assertions alike.
+        assert_eq!(kids(&tokens), [first[0].clone(), rotation.kid.clone()]);
+        clock.advance(99);
+        let old = tokens.issue_access(&principal()).unwrap();
+        assert_eq!(header_kid(&old), first[0]);
+        let assertion = tokens.assertion(&principal(), "up").unwrap();
+        assert_eq!(header_kid(assertion.to_str().unwrap()), first[0]);
+        clock.advance(1);
+        let new = tokens.issue_access(&principal()).unwrap();
+        assert_eq!(header_kid(&new), rotation.kid);
+        let assertion = tokens.assertion(&principal(), "up").unwrap();
+        assert_eq!(header_kid(assertion.to_str().unwrap()), rotation.kid);
+        // The old key is retired at +100 and published until +100 + 600 + 60.
+        assert!(tokens.verify(&old, "gatehouse").is_ok());
+        clock.advance(660);
+        assert_eq!(kids(&tokens).len(), 2);
+        let states: Vec<&str> = tokens.keys().iter().map(|k| k.state).collect();
+        assert_eq!(states, ["retired", "active"]);
+        clock.advance(1);
+        assert_eq!(kids(&tokens), std::slice::from_ref(&rotation.kid));
+        assert_eq!(
+            tokens.verify(&old, "gatehouse"),
+            Err(TokenError::UnknownKey)
+        );
+        // The expired key leaves the store at the next upkeep.
+        tokens.upkeep().await;
+        let stored: Vec<String> = store
+            .signing_keys()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|k| k.kid)
+            .collect();
+        assert_eq!(stored, [rotation.kid]);
+    }
+
+    #[tokio::test]
+    async fn a_rotation_while_a_key_is_pending_returns_that_key() {
+        let store = Arc::new(SledStore::temporary().unwrap());
+        let clock = FixedClock::at(1_800_000_000);
+        let tokens = Tokens::load(&config(), store.clone(), vault(), clock.clone())
+            .await
+            .unwrap();
+        let first = tokens.rotate().await.unwrap();
+        clock.advance(3599);
+        let second = tokens.rotate().await.unwrap();
+        assert_eq!(
+            (second.kid.as_str(), second.added),
+            (first.kid.as_str(), false)
+        );
+        clock.advance(1);
+        let third = tokens.rotate().await.unwrap();
+        assert!(third.added);
+        assert_eq!(third.activates, 1_800_003_600 + 3600);
+        assert_eq!(store.signing_keys().await.unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn another_replicas_rotation_is_learnt_by_a_refresh() {
+        let store = Arc::new(SledStore::temporary().unwrap());
+        let clock = FixedClock::at(1_800_000_000);
+        let config = TokensConfig {
+            key_prepublish: Duration::ZERO,
+            ..config()
+        };
+        let a = Tokens::load(&config, store.clone(), vault(), clock.clone())
+            .await
+            .unwrap();
+        let b = Tokens::load(&config, store.clone(), vault(), clock.clone())
+            .await
+            .unwrap();
+        let rotation = a.rotate().await.unwrap();
+        let token = a.issue_access(&principal()).unwrap();
+        assert_eq!(header_kid(&token), rotation.kid);
+        assert_eq!(b.verify_access(&token), Err(TokenError::UnknownKey));
+        b.refresh().await.unwrap();
+        assert!(b.verify_access(&token).is_ok());
+        assert_eq!(kids(&a), kids(&b));
+    }
+
+    #[tokio::test]
+    async fn rotate_every_adds_the_next_key_once_per_period() {
+        let store = Arc::new(SledStore::temporary().unwrap());
+        let clock = FixedClock::at(1_800_000_000);
+        let config = TokensConfig {
+            key_prepublish: Duration::from_secs(10),
+            rotate_every: Some(Duration::from_secs(100)),
+            ..config()
+        };
+        let a = Tokens::load(&config, store.clone(), vault(), clock.clone())
+            .await
+            .unwrap();
+        let b = Tokens::load(&config, store.clone(), vault(), clock.clone())
+            .await
+            .unwrap();
+        let mut added = Vec::new();
+        for _ in 0..30 {
+            for tokens in [&a, &b] {
+                if let Some(rotation) = tokens.rotate_when_due().await.unwrap()
+                    && rotation.added
+                {
+                    added.push(rotation.activates - 1_800_000_000);
+                }
+            }
+            clock.advance(10);
+        }
+        assert_eq!(added, [100, 200, 300]);
+    }
+
+    #[tokio::test]
+    async fn a_key_from_a_file_is_not_rotated() {
+        let dir = tempfile::tempdir().unwrap();
+        let rng = ring::rand::SystemRandom::new();
+        let doc = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let pem = format!(
+            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+            base64::engine::general_purpose::STANDARD.encode(doc.as_ref())
+        );
+        let path = dir.path().join("key.pem");
+        std::fs::write(&path, pem).unwrap();
+        let config = TokensConfig {
+            signing_key_file: Some(path),
+            ..config()
+        };
+        let store = Arc::new(SledStore::temporary().unwrap());
+        let tokens = Tokens::load(
+            &config,
+            store.clone(),
+            vault(),
+            FixedClock::at(1_800_000_000),
+        )
+        .await
+        .unwrap();
+        assert!(matches!(tokens.rotate().await, Err(RotateError::KeyFile)));
+        assert!(store.signing_keys().await.unwrap().is_empty());
+        assert_eq!(tokens.keys()[0].state, "active");
     }
 
     #[test]

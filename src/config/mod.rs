@@ -156,6 +156,15 @@ pub struct TokensConfig {
     /// A PKCS#8 PEM Ed25519 key to sign with instead of the generated one kept in the store.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signing_key_file: Option<PathBuf>,
+    /// How often the signing key rotates by itself (`None`: only when an admin rotates it).
+    #[serde(
+        serialize_with = "optional_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub rotate_every: Option<Duration>,
+    /// How long the next signing key is published in the JWKS before it signs.
+    #[serde(serialize_with = "duration")]
+    pub key_prepublish: Duration,
 }
 
 /// MFA settings (SPEC §4.1, §5).
@@ -730,6 +739,13 @@ impl Config {
 
 fn duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format_duration(*d))
+}
+
+fn optional_duration<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => duration(d, s),
+        None => s.serialize_none(),
+    }
 }
 
 /// A duration as people write it in the file, hours at most: `24h`, `1h30m`, `90s`→`1m30s`,

@@ -223,6 +223,8 @@ pub(super) struct RawTokens {
     pub(super) audience: Field<String>,
     pub(super) access_ttl: Field<String>,
     pub(super) signing_key_file: Field<String>,
+    pub(super) rotate_every: Field<String>,
+    pub(super) key_prepublish: Field<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -422,10 +422,12 @@ impl Gateway {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/jwk-set+json"),
         );
-        response.headers_mut().insert(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("max-age=300"),
-        );
+        // Caches may keep it for at most half of `tokens.key_prepublish` (and 5 minutes), so
+        // that they hold the next key before it signs.
+        if let Ok(value) = HeaderValue::from_str(&format!("max-age={}", self.tokens.jwks_max_age()))
+        {
+            response.headers_mut().insert(header::CACHE_CONTROL, value);
+        }
         response
     }
 }

@@ -63,8 +63,10 @@ impl Fixture {
             audience: "gatehouse".into(),
             access_ttl: Duration::from_secs(3600),
             signing_key_file: None,
+            rotate_every: None,
+            key_prepublish: Duration::from_secs(3600),
         };
-        let tokens = Tokens::load(&tokens, store.as_ref(), &vault, clock.clone())
+        let tokens = Tokens::load(&tokens, store.clone(), vault.clone(), clock.clone())
             .await
             .unwrap();
         let outbox = tempfile::tempdir().unwrap();

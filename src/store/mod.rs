@@ -262,12 +262,20 @@ pub struct WsKey {
 }
 
 /// A token signing key: Ed25519 PKCS#8 DER, sealed with the master key.
+///
+/// A key is published in the JWKS from the moment it is stored and signs from `activates` on,
+/// until a newer key's `activates` comes (then it is retired: it only verifies what it signed,
+/// until that has expired).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SigningKey {
     pub v: u32,
     pub kid: String,
     pub pkcs8: Vec<u8>,
     pub created: String,
+    /// Unix seconds from which the key may sign. Keys stored before rotation existed have 0:
+    /// they signed from the start.
+    #[serde(default)]
+    pub activates: i64,
 }
 
 /// A security event, kept for `audit.retention` and readable through the admin API.
@@ -486,6 +494,15 @@ impl Snapshot {
     }
 }
 
+/// The newest of `keys` (stored order, oldest first): the latest `activates`, the last stored
+/// among equals.
+pub fn newest_signing_key(keys: &[SigningKey]) -> Option<&SigningKey> {
+    keys.iter()
+        .enumerate()
+        .max_by_key(|(i, k)| (k.activates, *i))
+        .map(|(_, k)| k)
+}
+
 /// Copies everything `from` holds into the empty store `to` (`gatehouse migrate`).
 pub async fn copy(from: &dyn Store, to: &dyn Store) -> StoreResult<Snapshot> {
     let snapshot = from.export().await?;
@@ -598,6 +615,20 @@ pub trait Store: Send + Sync {
         }
         self.signing_keys().await
     }
+
+    /// Rotation, atomically across replicas: stores `key` unless the newest stored key (the one
+    /// with the latest `activates`, the last stored among equals) activates after
+    /// `unless_after`, and returns the newest key once done: `key` itself, or the one that made
+    /// the rotation unnecessary. A manual rotation passes `now` (a key still pending is not
+    /// replaced by another), a scheduled one the latest `activates` that is still recent enough.
+    async fn rotate_signing_key(
+        &self,
+        key: SigningKey,
+        unless_after: i64,
+    ) -> StoreResult<SigningKey>;
+    /// Deletes the signing key `kid` (one that no token still valid can name); `false` when
+    /// there was none.
+    async fn delete_signing_key(&self, kid: &str) -> StoreResult<bool>;
 
     async fn create_ticket(&self, ticket: Ticket) -> StoreResult<()>;
     async fn ticket(&self, id: &str) -> StoreResult<Option<Ticket>>;

@@ -170,6 +170,20 @@ impl Store for FaultyStore {
         self.inner.add_signing_key(key).await
     }
 
+    async fn rotate_signing_key(
+        &self,
+        key: SigningKey,
+        unless_after: i64,
+    ) -> StoreResult<SigningKey> {
+        self.gate("rotate_signing_key").await?;
+        self.inner.rotate_signing_key(key, unless_after).await
+    }
+
+    async fn delete_signing_key(&self, kid: &str) -> StoreResult<bool> {
+        self.gate("delete_signing_key").await?;
+        self.inner.delete_signing_key(kid).await
+    }
+
     async fn create_ticket(&self, ticket: Ticket) -> StoreResult<()> {
         self.gate("create_ticket").await?;
         self.inner.create_ticket(ticket).await

@@ -21,6 +21,7 @@ mod grpc;
 mod hygiene;
 mod identity;
 mod inject;
+mod key_rotation;
 mod layering;
 mod lifecycle;
 mod limits;

@@ -361,6 +361,7 @@ async fn gatehouse_migrate_copies_a_sled_store_into_postgres() {
             kid: "k1".into(),
             pkcs8: vec![1, 2, 3],
             created: now.into(),
+            activates: 0,
         })
         .await
         .unwrap();

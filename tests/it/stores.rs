@@ -117,6 +117,15 @@ on_both_backends!(
     a_back_channel_logout_racing_a_rotation_leaves_no_session_of_that_sid,
 );
 
+// Signing-key rotation (SPEC §13).
+on_both_backends!(
+    a_rotation_adds_a_key_only_while_none_is_pending,
+    a_scheduled_rotation_happens_once_per_period,
+    signing_keys_keep_their_times_and_are_deleted_by_kid,
+);
+
+on_both_backends!(threaded: concurrent_rotations_through_two_handles_leave_one_pending_key);
+
 fn new_user(name: &str) -> NewUser {
     NewUser {
         user_name: name.into(),
@@ -883,6 +892,7 @@ async fn audit_is_newest_first_and_signing_keys_oldest_first(s: Subject) {
                 kid: format!("k{i}"),
                 pkcs8: vec![i],
                 created: NOW.into(),
+                activates: 0,
             })
             .await
             .unwrap();
@@ -1587,4 +1597,137 @@ async fn a_login_flow_is_taken_once_under_concurrency(s: Subject) {
         taken.extend(t.await.unwrap());
     }
     assert_eq!(taken, [flow(1, 2000)], "exactly one take gets the flow");
+}
+
+fn rotated_key(kid: &str, activates: i64) -> SigningKey {
+    SigningKey {
+        v: SCHEMA_VERSION,
+        kid: kid.into(),
+        pkcs8: vec![7],
+        created: NOW.into(),
+        activates,
+    }
+}
+
+async fn kids(store: &dyn Store) -> Vec<String> {
+    store
+        .signing_keys()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| k.kid)
+        .collect()
+}
+
+async fn a_rotation_adds_a_key_only_while_none_is_pending(s: Subject) {
+    let now = NOW_UNIX;
+    // An empty store takes the key whatever the condition.
+    let first = s
+        .store
+        .rotate_signing_key(rotated_key("k0", now), now)
+        .await;
+    assert_eq!(first.unwrap().kid, "k0");
+    // The first key signs already: the next one is added, pending for an hour.
+    let next = s
+        .store
+        .rotate_signing_key(rotated_key("k1", now + 3600), now)
+        .await
+        .unwrap();
+    assert_eq!((next.kid.as_str(), next.activates), ("k1", now + 3600));
+    // While k1 is pending, rotating (through the other handle too) answers k1 and adds nothing.
+    for (store, kid) in [(&s.store, "k2"), (&s.twin, "k3")] {
+        let again = store
+            .rotate_signing_key(rotated_key(kid, now + 3610), now + 10)
+            .await
+            .unwrap();
+        assert_eq!(again, next);
+    }
+    assert_eq!(kids(s.store.as_ref()).await, ["k0", "k1"]);
+    // Once k1 signs, the next rotation adds a key again.
+    let later = s
+        .twin
+        .rotate_signing_key(rotated_key("k4", now + 7200), now + 3600)
+        .await
+        .unwrap();
+    assert_eq!(later.kid, "k4");
+    assert_eq!(kids(s.store.as_ref()).await, ["k0", "k1", "k4"]);
+}
+
+async fn a_scheduled_rotation_happens_once_per_period(s: Subject) {
+    // Every 100 s, published 10 s ahead: due once the newest key activated 90 s ago.
+    let (every, prepublish) = (100, 10);
+    let mut now = NOW_UNIX;
+    s.store
+        .add_signing_key(rotated_key("k0", now))
+        .await
+        .unwrap();
+    let mut added = Vec::new();
+    for step in 0..50 {
+        let store = if step % 2 == 0 { &s.store } else { &s.twin };
+        let newest = newest_signing_key(&store.signing_keys().await.unwrap())
+            .unwrap()
+            .clone();
+        let candidate = rotated_key(&format!("s{step}"), newest.activates + every);
+        let kept = store
+            .rotate_signing_key(candidate.clone(), now + prepublish - every)
+            .await
+            .unwrap();
+        if kept == candidate {
+            added.push(now);
+        }
+        now += 10;
+    }
+    // 500 s: due at +90, +190, +290, +390, +490 (from each newest key's activation).
+    assert_eq!(
+        added,
+        [90, 190, 290, 390, 490].map(|t| NOW_UNIX + t).to_vec(),
+        "{:?}",
+        kids(s.store.as_ref()).await
+    );
+}
+
+async fn signing_keys_keep_their_times_and_are_deleted_by_kid(s: Subject) {
+    for (kid, activates) in [("a", 0), ("b", NOW_UNIX), ("c", NOW_UNIX + 60)] {
+        s.store
+            .add_signing_key(rotated_key(kid, activates))
+            .await
+            .unwrap();
+    }
+    let stored = s.twin.signing_keys().await.unwrap();
+    assert_eq!(
+        stored.iter().map(|k| k.activates).collect::<Vec<_>>(),
+        [0, NOW_UNIX, NOW_UNIX + 60]
+    );
+    assert_eq!(newest_signing_key(&stored).unwrap().kid, "c");
+    assert!(s.twin.delete_signing_key("a").await.unwrap());
+    assert!(!s.store.delete_signing_key("a").await.unwrap());
+    assert_eq!(kids(s.store.as_ref()).await, ["b", "c"]);
+}
+
+async fn concurrent_rotations_through_two_handles_leave_one_pending_key(s: Subject) {
+    s.store
+        .add_signing_key(rotated_key("k0", NOW_UNIX))
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let store = if i % 2 == 0 {
+            s.store.clone()
+        } else {
+            s.twin.clone()
+        };
+        tasks.push(tokio::spawn(async move {
+            store
+                .rotate_signing_key(rotated_key(&format!("r{i}"), NOW_UNIX + 3600), NOW_UNIX)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.unwrap().kid);
+    }
+    let stored = kids(s.store.as_ref()).await;
+    assert_eq!(stored.len(), 2, "{stored:?}");
+    assert!(answers.iter().all(|kid| *kid == stored[1]), "{answers:?}");
 }

@@ -7,6 +7,7 @@
 //! reaches a handler without the check meant for it, and an unknown path without the token is 401.
 
 mod grants;
+mod keys;
 mod users;
 
 use std::sync::Arc;
@@ -51,13 +52,15 @@ enum Action {
     GrantFile,
     CreateWsKey,
     Audit,
+    ListKeys,
+    RotateKeys,
 }
 
 /// The paths answered without the token: they carry no identity and no secret.
 const OPEN_PATHS: [&str; 4] = ["/healthz", "/readyz", "/metrics", "/openapi.json"];
 
 /// Every operation of the admin listener; any other path is 404, another method on a listed path 405.
-const OPERATIONS: [(Operation, Action); 22] = [
+const OPERATIONS: [(Operation, Action); 24] = [
     (Operation::new("GET", "/healthz"), Action::Healthz),
     (Operation::new("HEAD", "/healthz"), Action::Healthz),
     (Operation::new("GET", "/readyz"), Action::Readyz),
@@ -116,6 +119,11 @@ const OPERATIONS: [(Operation, Action); 22] = [
         Action::CreateWsKey,
     ),
     (Operation::new("GET", "/admin/v1/audit"), Action::Audit),
+    (Operation::new("GET", "/admin/v1/keys"), Action::ListKeys),
+    (
+        Operation::new("POST", "/admin/v1/keys/rotate"),
+        Action::RotateKeys,
+    ),
 ];
 
 /// Every operation the admin listener answers.
@@ -132,6 +140,7 @@ pub struct Admin {
     meter: Arc<crate::meter::Meter>,
     bodies: Arc<api::Bodies>,
     auth: Arc<crate::auth::Authenticator>,
+    tokens: Arc<crate::tokens::Tokens>,
     /// `bootstrap.file`: users it declares are not deleted or renamed away (see
     /// [`crate::bootstrap::declared`]).
     bootstrap: Option<std::path::PathBuf>,
@@ -151,6 +160,8 @@ pub enum AdminError {
     Conflict(String),
     /// 409: the bootstrap file declares it; the detail names the file and what to do.
     Declared(String),
+    /// 409: the signing key comes from `tokens.signing_key_file`, so it cannot be rotated here.
+    KeyNotInStore,
     /// 500: something gatehouse needs could not be read; nothing was changed.
     Internal(String),
     TooLarge,
@@ -213,6 +224,15 @@ impl AdminError {
                 "declared-in-bootstrap",
                 "Declared in the bootstrap file",
                 why.clone(),
+            ),
+            AdminError::KeyNotInStore => Problem::new(
+                StatusCode::CONFLICT,
+                "signing-key-file",
+                "Signing key not in the store",
+                "Tokens are signed with the key of tokens.signing_key_file, which is not kept in \
+                 the store, so gatehouse cannot rotate it; nothing was changed. Remove \
+                 tokens.signing_key_file to sign with keys kept in the store, which rotate \
+                 without logging anyone out.",
             ),
             AdminError::Internal(_) => Problem::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -289,6 +309,7 @@ impl Admin {
             meter: services.meter.clone(),
             bodies: services.bodies.clone(),
             auth: services.auth.clone(),
+            tokens: services.tokens.clone(),
             bootstrap: config.bootstrap.file.clone(),
         }
     }
@@ -401,6 +422,8 @@ impl Admin {
             Action::GrantFile => self.grant_file(value(0), req).await,
             Action::CreateWsKey => self.create_ws_key(req).await,
             Action::Audit => self.list_audit(req.uri().query()).await,
+            Action::ListKeys => self.list_keys().await,
+            Action::RotateKeys => self.rotate_keys().await,
         }
     }
 

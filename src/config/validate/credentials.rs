@@ -237,6 +237,14 @@ pub(super) fn auth(c: &mut Checker, a: RawAuth) -> AuthConfig {
     auth
 }
 
+/// The longest `tokens.key_prepublish`.
+const MAX_KEY_PREPUBLISH: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The shortest and longest `tokens.rotate_every`.
+const MIN_ROTATE_EVERY: Duration = Duration::from_secs(1);
+/// The most keys a rotation period may keep published at once.
+const MAX_LIVE_KEYS: u64 = 100;
+const MAX_ROTATE_EVERY: Duration = Duration::from_secs(3650 * 24 * 3600);
+
 /// `[tokens]`: the issuer defaults to `server.public_url`.
 pub(super) fn tokens(c: &mut Checker, tk: RawTokens, public_url: &str) -> TokensConfig {
     let tokens = TokensConfig {
@@ -259,9 +267,61 @@ pub(super) fn tokens(c: &mut Checker, tk: RawTokens, public_url: &str) -> Tokens
             None,
             optional_path,
         ),
+        rotate_every: c.get("tokens.rotate_every", tk.rotate_every, None, |s| {
+            if s.trim().is_empty() {
+                Ok(None)
+            } else {
+                parse_duration(s).map(Some)
+            }
+        }),
+        key_prepublish: c.get(
+            "tokens.key_prepublish",
+            tk.key_prepublish,
+            Duration::from_secs(3600),
+            parse_duration,
+        ),
     };
     if tokens.access_ttl.is_zero() {
         c.problem("tokens.access_ttl", "must be longer than zero");
+    }
+    if tokens.key_prepublish > MAX_KEY_PREPUBLISH {
+        c.problem("tokens.key_prepublish", "must be at most 30d");
+    }
+    if let Some(every) = tokens.rotate_every {
+        if tokens.signing_key_file.is_some() {
+            c.problem(
+                "tokens.rotate_every",
+                "cannot rotate the key of tokens.signing_key_file (it is not kept in the store); \
+                 remove one of the two",
+            );
+        }
+        if every <= tokens.key_prepublish {
+            c.problem(
+                "tokens.rotate_every",
+                format!(
+                    "must be longer than tokens.key_prepublish ({}): the next key is published \
+                     that long before it signs",
+                    crate::config::format_duration(tokens.key_prepublish)
+                ),
+            );
+        } else if every < MIN_ROTATE_EVERY {
+            c.problem("tokens.rotate_every", "must be at least 1s");
+        } else if (tokens.access_ttl.max(Duration::from_secs(60)) + Duration::from_secs(60))
+            .as_secs()
+            / every.as_secs().max(1)
+            > MAX_LIVE_KEYS
+        {
+            c.problem(
+                "tokens.rotate_every",
+                format!(
+                    "too short for tokens.access_ttl: a retired key stays published until the \
+                     tokens it signed have expired, so more than {MAX_LIVE_KEYS} keys would be \
+                     published at once"
+                ),
+            );
+        } else if every > MAX_ROTATE_EVERY {
+            c.problem("tokens.rotate_every", "must be at most 3650d");
+        }
     }
     tokens
 }

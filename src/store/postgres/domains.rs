@@ -131,8 +131,14 @@ impl PgStore {
         if existing.is_none() {
             exec(
                 &tx,
-                "INSERT INTO gatehouse_signing_keys (seq, kid, doc) VALUES ($1, $2, $3)",
-                &[&seq, &signing_key.kid, &Json(signing_key)],
+                "INSERT INTO gatehouse_signing_keys (seq, kid, doc, activates)
+                 VALUES ($1, $2, $3, $4)",
+                &[
+                    &seq,
+                    &signing_key.kid,
+                    &Json(signing_key),
+                    &signing_key.activates,
+                ],
             )
             .await?;
         }
@@ -145,5 +151,44 @@ impl PgStore {
         let stored = stored.iter().map(doc).collect::<Result<_, _>>()?;
         tx.commit().await?;
         Ok(stored)
+    }
+
+    /// [`crate::store::Store::rotate_signing_key`] in one transaction: locking the signing-key
+    /// counter row, which every insertion of a key takes, makes finding the newest key and adding
+    /// the next one a single step for all replicas.
+    pub(super) async fn rotate_signing_key_once(
+        &self,
+        signing_key: &SigningKey,
+        unless_after: i64,
+    ) -> Result<SigningKey, Fail> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let seq = next_value(&tx, "signing_key").await?;
+        let newest = row(
+            &tx,
+            "SELECT doc FROM gatehouse_signing_keys ORDER BY activates DESC, seq DESC LIMIT 1",
+            &[],
+        )
+        .await?;
+        if let Some(newest) = newest {
+            let newest: SigningKey = doc(&newest)?;
+            if newest.activates > unless_after {
+                tx.commit().await?;
+                return Ok(newest);
+            }
+        }
+        exec(
+            &tx,
+            "INSERT INTO gatehouse_signing_keys (seq, kid, doc, activates) VALUES ($1, $2, $3, $4)",
+            &[
+                &seq,
+                &signing_key.kid,
+                &Json(signing_key),
+                &signing_key.activates,
+            ],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(signing_key.clone())
     }
 }

@@ -182,8 +182,13 @@ impl Store for PgStore {
                 ON CONFLICT (name) DO UPDATE SET value = gatehouse_counters.value + 1
                 RETURNING value
             )
-            INSERT INTO gatehouse_signing_keys (seq, kid, doc) SELECT value, $1, $2 FROM next",
-            &[&signing_key.kid, &Json(&signing_key)],
+            INSERT INTO gatehouse_signing_keys (seq, kid, doc, activates)
+            SELECT value, $1, $2, $3 FROM next",
+            &[
+                &signing_key.kid,
+                &Json(&signing_key),
+                &signing_key.activates,
+            ],
         )
         .await?;
         Ok(())
@@ -196,6 +201,21 @@ impl Store for PgStore {
             return Ok(stored);
         }
         Ok(retry(|| self.init_signing_key_once(&signing_key)).await?)
+    }
+
+    async fn rotate_signing_key(
+        &self,
+        signing_key: SigningKey,
+        unless_after: i64,
+    ) -> StoreResult<SigningKey> {
+        Ok(retry(|| self.rotate_signing_key_once(&signing_key, unless_after)).await?)
+    }
+
+    async fn delete_signing_key(&self, kid: &str) -> StoreResult<bool> {
+        let deleted = self
+            .execute("DELETE FROM gatehouse_signing_keys WHERE kid = $1", &[&kid])
+            .await?;
+        Ok(deleted > 0)
     }
 
     async fn create_ticket(&self, ticket: Ticket) -> StoreResult<()> {

@@ -124,6 +124,14 @@ pub(super) const MIGRATIONS: &[(i64, &[&str])] = &[
         )",
         ],
     ),
+    // Signing-key rotation (SPEC §13): the instant from which a key signs, kept beside its
+    // document so that a rotation finds the newest key in the same locked step that adds one.
+    // Keys stored before have no such instant: they signed from the start.
+    (
+        4,
+        &["ALTER TABLE gatehouse_signing_keys
+             ADD COLUMN IF NOT EXISTS activates INT8 NOT NULL DEFAULT 0"],
+    ),
 ];
 
 const CREATE_MIGRATIONS: &str = "CREATE TABLE IF NOT EXISTS gatehouse_migrations (

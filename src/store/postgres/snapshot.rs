@@ -181,8 +181,14 @@ impl PgStore {
             let seq = next_value(tx, "signing_key").await?;
             exec(
                 tx,
-                "INSERT INTO gatehouse_signing_keys (seq, kid, doc) VALUES ($1, $2, $3)",
-                &[&seq, &signing_key.kid, &Json(signing_key)],
+                "INSERT INTO gatehouse_signing_keys (seq, kid, doc, activates)
+                 VALUES ($1, $2, $3, $4)",
+                &[
+                    &seq,
+                    &signing_key.kid,
+                    &Json(signing_key),
+                    &signing_key.activates,
+                ],
             )
             .await?;
         }

@@ -525,6 +525,7 @@ async fn keys_audit_and_what_a_deleted_user_takes_along() {
                 kid: kid.into(),
                 pkcs8: vec![1, 2],
                 created: NOW.into(),
+                activates: 0,
             })
             .await
             .unwrap();
@@ -714,6 +715,7 @@ fn signing_key(kid: &str) -> SigningKey {
         kid: kid.into(),
         pkcs8: vec![1, 2, 3],
         created: NOW.into(),
+        activates: 0,
     }
 }
 

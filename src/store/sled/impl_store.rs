@@ -521,11 +521,7 @@ impl Store for SledStore {
     }
 
     async fn signing_keys(&self) -> StoreResult<Vec<SigningKey>> {
-        self.signing_keys
-            .iter()
-            .values()
-            .map(|v| decode(&v.map_err(backend)?))
-            .collect()
+        self.signing_keys_now()
     }
 
     async fn add_signing_key(&self, key: SigningKey) -> StoreResult<()> {
@@ -534,6 +530,48 @@ impl Store for SledStore {
             .insert(id.to_be_bytes(), encode(&key)?)
             .map_err(backend)?;
         self.durable().await
+    }
+
+    async fn rotate_signing_key(
+        &self,
+        key: SigningKey,
+        unless_after: i64,
+    ) -> StoreResult<SigningKey> {
+        let newest = {
+            // One process holds a sled store: the lock makes the check and the insert one step
+            // for concurrent calls.
+            let _rotating = self
+                .rotating
+                .lock()
+                .map_err(|_| StoreError::Backend("signing-key lock poisoned".into()))?;
+            let stored = self.signing_keys_now()?;
+            match crate::store::newest_signing_key(&stored) {
+                Some(newest) if newest.activates > unless_after => return Ok(newest.clone()),
+                _ => {}
+            }
+            let id = self.db.generate_id().map_err(backend)?;
+            self.signing_keys
+                .insert(id.to_be_bytes(), encode(&key)?)
+                .map_err(backend)?;
+            key
+        };
+        self.durable().await?;
+        Ok(newest)
+    }
+
+    async fn delete_signing_key(&self, kid: &str) -> StoreResult<bool> {
+        let mut deleted = false;
+        for entry in self.signing_keys.iter() {
+            let (id, value) = entry.map_err(backend)?;
+            if decode::<SigningKey>(&value)?.kid == kid {
+                self.signing_keys.remove(id).map_err(backend)?;
+                deleted = true;
+            }
+        }
+        if deleted {
+            self.durable().await?;
+        }
+        Ok(deleted)
     }
 
     async fn create_domain(&self, mut domain: Domain) -> StoreResult<Domain> {

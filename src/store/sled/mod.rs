@@ -32,6 +32,8 @@ pub struct SledStore {
     organizations: Tree,
     ws_keys: Tree,
     signing_keys: Tree,
+    /// Held while a rotation checks the newest signing key and adds the next one.
+    rotating: std::sync::Mutex<()>,
     audit: Tree,
     /// Per-user MFA state under the user id's 8 bytes: `f`+kind factors, `t`+id ticket index,
     /// `c`+purpose codes, `r` recovery codes, `l` lockout.
@@ -138,6 +140,7 @@ impl SledStore {
             organizations: tree("organizations")?,
             ws_keys: tree("ws_keys")?,
             signing_keys: tree("signing_keys")?,
+            rotating: std::sync::Mutex::default(),
             audit: tree("audit")?,
             mfa: tree("mfa")?,
             tickets: tree("tickets")?,
@@ -153,6 +156,15 @@ impl SledStore {
             decoded_users: std::sync::Mutex::default(),
             db,
         })
+    }
+
+    /// The signing keys, oldest first.
+    fn signing_keys_now(&self) -> StoreResult<Vec<crate::store::SigningKey>> {
+        self.signing_keys
+            .iter()
+            .values()
+            .map(|v| decode(&v.map_err(backend)?))
+            .collect()
     }
 
     /// Read-modify-write of one JSON record with compare-and-swap, retried on contention, so
