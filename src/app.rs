@@ -66,6 +66,7 @@ impl App {
                 "applied the bootstrap file"
             );
         }
+        crate::audit::configure(&config.audit)?;
         let vault = Arc::new(Vault::load(&config.secrets, &config.store.path)?);
         let tokens = Arc::new(
             Tokens::load(&config.tokens, store.clone(), vault.clone(), clock.clone()).await?,
@@ -148,7 +149,9 @@ impl App {
         });
         let ready = Arc::new(AtomicBool::new(false));
         let admin = Arc::new(Admin::new(&services, config, ready.clone()));
-        let admin: Handler = Arc::new(move |req, _conn| {
+        let admin: Handler = Arc::new(move |mut req, conn| {
+            // The caller's address, for the audit events it causes.
+            req.extensions_mut().insert(conn.peer);
             let admin = admin.clone();
             Box::pin(async move { admin.handle(req).await })
         });

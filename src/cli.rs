@@ -62,11 +62,24 @@ enum AdminCommand {
     /// Token signing keys: list, rotate.
     #[command(subcommand)]
     Keys(KeysCommand),
-    /// Newest audit events first.
+    /// Newest audit events first, filtered, a page at a time (the next page's `--cursor` is
+    /// printed on standard error).
     Audit {
         /// How many events to print (1 to 1000).
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// Only this user's events (the name in any letter case).
+        #[arg(long)]
+        user: Option<String>,
+        /// Only this event (`signin.failed`), or a family of them (`signin.*`).
+        #[arg(long)]
+        event: Option<String>,
+        /// Only events at or after this RFC 3339 time (2026-01-31T12:00:00Z).
+        #[arg(long)]
+        since: Option<String>,
+        /// Continue where the previous page ended: the cursor it printed.
+        #[arg(long)]
+        cursor: Option<String>,
     },
 }
 
@@ -332,8 +345,30 @@ fn request(command: AdminCommand) -> Result<(Method, String, Option<Value>), Str
         AdminCommand::Keys(KeysCommand::Rotate) => {
             (Method::POST, "/admin/v1/keys/rotate".into(), None)
         }
-        AdminCommand::Audit { limit } => {
-            (Method::GET, format!("/admin/v1/audit?limit={limit}"), None)
+        AdminCommand::Audit {
+            limit,
+            user,
+            event,
+            since,
+            cursor,
+        } => {
+            let mut query = form_urlencoded::Serializer::new(String::new());
+            query.append_pair("limit", &limit.to_string());
+            for (name, value) in [
+                ("user", user),
+                ("event", event),
+                ("since", since),
+                ("cursor", cursor),
+            ] {
+                if let Some(value) = &value {
+                    query.append_pair(name, value);
+                }
+            }
+            (
+                Method::GET,
+                format!("/admin/v1/audit?{}", query.finish()),
+                None,
+            )
         }
     })
 }
@@ -381,6 +416,14 @@ async fn call(args: AdminArgs) -> Result<String, String> {
         .await
         .map_err(|e| format!("cannot reach {uri}: {e}"))?;
     let status = response.status();
+    if let Some(cursor) = response
+        .headers()
+        .get(http::header::LINK)
+        .and_then(|v| v.to_str().ok())
+        .and_then(next_cursor)
+    {
+        eprintln!("next page: --cursor {cursor}");
+    }
     let bytes = response
         .into_body()
         .collect()
@@ -398,4 +441,17 @@ async fn call(args: AdminArgs) -> Result<String, String> {
         .and_then(|v| v["detail"].as_str().map(str::to_owned))
         .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
     Err(format!("{status}: {detail}"))
+}
+
+/// The `cursor` of a `Link: <…?…&cursor=C>; rel="next"` header.
+fn next_cursor(link: &str) -> Option<String> {
+    let (target, params) = link.split_once(';')?;
+    if !params.contains("rel=\"next\"") {
+        return None;
+    }
+    let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+    let (_, query) = target.split_once('?')?;
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "cursor")
+        .map(|(_, v)| v.into_owned())
 }

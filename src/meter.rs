@@ -31,6 +31,7 @@ const TUNNELS_OPEN: &str = "gatehouse_tunnels_open";
 const TUNNEL_BYTES: &str = "gatehouse_tunnel_bytes_total";
 const TUNNELS_CLOSED: &str = "gatehouse_tunnels_closed_total";
 const STREAMS_CLOSED: &str = "gatehouse_streams_closed_total";
+const AUDIT_DROPPED: &str = "gatehouse_audit_dropped_total";
 
 /// How often the exporter's histogram samples are folded into their buckets when nobody scrapes:
 /// until then each sample is held in memory (SPEC §10, memory is flat).
@@ -319,7 +320,17 @@ impl Meter {
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         self.upkeep();
-        self.handle.render()
+        let mut text = self.handle.render();
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(&format!(
+            "# HELP {AUDIT_DROPPED} Audit event lines not written to audit.sink because its writer fell behind or failed.\n\
+             # TYPE {AUDIT_DROPPED} counter\n\
+             {AUDIT_DROPPED} {}\n",
+            crate::audit::dropped()
+        ));
+        text
     }
 }
 

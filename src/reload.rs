@@ -80,6 +80,9 @@ impl Reloadable {
             None => None,
         };
         let issuers = self.services.auth.issuers_for(&new.auth)?;
+        // The audit sink is opened again (a file rotated away is followed) and the retention
+        // taken; a sink that cannot open refuses the reload before anything changes.
+        crate::audit::configure(&new.audit)?;
         let mut gateway = Gateway::new(&self.services, new);
         // An identity header renamed away stays removed from clients until the next start.
         gateway.keep_removing_identity_of(&self.gateway.load());
@@ -224,7 +227,8 @@ pub fn loosened(old: &Config, new: &Config) -> Vec<String> {
 /// Settings that differ between `old` and `new` but take effect only after a restart.
 pub fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
     /// Sections and keys a reload applies.
-    const RELOADED: [&str; 11] = [
+    const RELOADED: [&str; 12] = [
+        "audit",
         "routes",
         "proxy",
         "identity_headers",

@@ -56,6 +56,7 @@ pub struct Config {
     pub sessions: SessionsConfig,
     pub oidc: OidcConfig,
     pub websocket: WebsocketConfig,
+    pub audit: AuditConfig,
 }
 
 /// A value that must never be printed: it serialises and debugs as `***`.
@@ -263,6 +264,25 @@ pub struct SessionsConfig {
     pub max_age: Duration,
     /// The most sessions one user holds at once; signing in again beyond it ends the oldest.
     pub max_per_user: usize,
+}
+
+/// The audit trail (SPEC §9, §13).
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditConfig {
+    /// Events older than this are purged from the store.
+    #[serde(serialize_with = "duration")]
+    pub retention: Duration,
+    /// Where each event is also written as one JSON line; the store keeps every event anyway.
+    pub sink: AuditSink,
+}
+
+/// `audit.sink` (with `audit.file` for `file`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditSink {
+    Store,
+    Stdout,
+    File(PathBuf),
 }
 
 /// Sign-in with external identity providers (SPEC §12).

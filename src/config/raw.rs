@@ -42,6 +42,15 @@ pub(super) struct RawConfig {
     pub(super) sessions: RawSessions,
     pub(super) oidc: RawOidc,
     pub(super) websocket: RawWebsocket,
+    pub(super) audit: RawAudit,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawAudit {
+    pub(super) retention: Field<String>,
+    pub(super) sink: Field<String>,
+    pub(super) file: Field<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -88,8 +88,11 @@ impl Mfa {
         let event = AuditEvent {
             time: login_time.clone(),
             event: "manage.otp.validated".to_owned(),
+            outcome: Some(crate::store::Outcome::Success),
             user_name: Some(user.user_name.clone()),
+            client: caller.client_ip.map(|ip| ip.to_string()),
             detail: Some(detail.clone()),
+            ..AuditEvent::default()
         };
         match self
             .store

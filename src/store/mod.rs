@@ -278,17 +278,120 @@ pub struct SigningKey {
     pub activates: i64,
 }
 
-/// A security event, kept for `audit.retention` and readable through the admin API.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A security event, kept for `audit.retention` and readable through the admin API. Fields
+/// added since the first version default, so that events stored before them still decode.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AuditEvent {
+    /// The store's number for the event (newer events have larger ones); set when read, never
+    /// stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
     pub time: String,
     pub event: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Absent on events stored before outcomes were recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Outcome>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_name: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The client's address, when the event was caused by a request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    /// The request's `X-Request-Id`, when the event was caused by a request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }
+
+/// Whether what an audit event records succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Success,
+    Failure,
+}
+
+impl Outcome {
+    /// The outcome an event's name implies: failures are named so (`…failed`, `…lockout`,
+    /// `rate_limited`).
+    pub fn of(event: &str) -> Outcome {
+        if event.ends_with("failed") || event.ends_with("lockout") || event == "rate_limited" {
+            Outcome::Failure
+        } else {
+            Outcome::Success
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Failure => "failure",
+        }
+    }
+}
+
+/// Which audit events [`Store::audit_page`] returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// The user's name, lower-cased (names compare regardless of letter case).
+    pub user: Option<String>,
+    pub event: Option<EventFilter>,
+    /// Events at or after this RFC 3339 time (`YYYY-MM-DDTHH:MM:SSZ`, as stored).
+    pub since: Option<String>,
+    /// Events older than the one with this id (the cursor of the previous page).
+    pub before: Option<u64>,
+    pub limit: usize,
+}
+
+/// An event name, or a family of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventFilter {
+    Exact(String),
+    /// `signin.*`: `signin` and every name that begins `signin.`; holds `signin`.
+    Family(String),
+}
+
+impl EventFilter {
+    pub fn matches(&self, event: &str) -> bool {
+        match self {
+            EventFilter::Exact(name) => event == name,
+            EventFilter::Family(name) => {
+                event == name
+                    || event
+                        .strip_prefix(name.as_str())
+                        .is_some_and(|rest| rest.starts_with('.'))
+            }
+        }
+    }
+}
+
+impl AuditQuery {
+    pub fn matches(&self, event: &AuditEvent) -> bool {
+        self.user.as_ref().is_none_or(|user| {
+            event
+                .user_name
+                .as_ref()
+                .is_some_and(|name| name.to_lowercase() == *user)
+        }) && self.event.as_ref().is_none_or(|f| f.matches(&event.event))
+            && self
+                .since
+                .as_ref()
+                .is_none_or(|since| event.time.as_str() >= since.as_str())
+    }
+}
+
+/// One page of audit events, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditPage {
+    pub events: Vec<AuditEvent>,
+    /// Where the next page begins ([`AuditQuery::before`]) when more events may match.
+    pub next: Option<u64>,
+}
+
+/// The most events [`Store::audit_page`] examines per call where it cannot use an index: a page
+/// may come back short (with `next`) rather than make one call scan the whole log.
+pub const AUDIT_SCAN_LIMIT: usize = 20_000;
 
 /// A browser session (SPEC §11). Its id (256 random bits) is only ever in the visitor's cookie;
 /// the store knows it by `id_hash`, the SHA-256 of the id in lower-case hex.
@@ -721,6 +824,13 @@ pub trait Store: Send + Sync {
     async fn append_audit(&self, event: AuditEvent) -> StoreResult<()>;
     /// The newest `limit` events, newest first.
     async fn audit(&self, limit: usize) -> StoreResult<Vec<AuditEvent>>;
+    /// At most `query.limit` events matching `query`, newest first, each with its `id`. Bounded
+    /// work per call: a page may be short, with `next`, when [`AUDIT_SCAN_LIMIT`] events were
+    /// examined without filling it. Events appended meanwhile are newer than any page's cursor,
+    /// so paging neither repeats nor skips an event.
+    async fn audit_page(&self, query: &AuditQuery) -> StoreResult<AuditPage>;
+    /// Deletes the events whose time is before `before` (RFC 3339, as stored); how many.
+    async fn purge_audit(&self, before: &str) -> StoreResult<u64>;
 
     /// At most `limit` users ordered by name (compared as their lower-cased UTF-8 bytes, the
     /// key that makes names unique regardless of letter case), beginning after the user named

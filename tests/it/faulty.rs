@@ -341,6 +341,16 @@ impl Store for FaultyStore {
         self.inner.audit(limit).await
     }
 
+    async fn audit_page(&self, query: &AuditQuery) -> StoreResult<AuditPage> {
+        self.gate("audit_page").await?;
+        self.inner.audit_page(query).await
+    }
+
+    async fn purge_audit(&self, before: &str) -> StoreResult<u64> {
+        self.gate("purge_audit").await?;
+        self.inner.purge_audit(before).await
+    }
+
     async fn create_session(&self, session: Session, keep: usize) -> StoreResult<()> {
         self.gate("create_session").await?;
         self.inner.create_session(session, keep).await

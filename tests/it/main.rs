@@ -7,6 +7,7 @@ mod keys;
 mod python_peer;
 
 mod admin;
+mod audit;
 mod browser;
 mod capacity;
 mod cli;

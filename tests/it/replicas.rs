@@ -370,6 +370,7 @@ async fn gatehouse_migrate_copies_a_sled_store_into_postgres() {
             event: "mfa.factor.confirmed".into(),
             user_name: Some("ada".into()),
             detail: None,
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -642,6 +642,7 @@ fn login_event(detail: &str) -> AuditEvent {
         event: "manage.otp.validated".into(),
         user_name: Some("ada".into()),
         detail: Some(detail.into()),
+        ..Default::default()
     }
 }
 
@@ -883,6 +884,7 @@ async fn audit_is_newest_first_and_signing_keys_oldest_first(s: Subject) {
                 event: format!("e{i}"),
                 user_name: None,
                 detail: None,
+                ..Default::default()
             })
             .await
             .unwrap();

@@ -331,7 +331,25 @@ impl Admin {
 
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let path = req.uri().path().to_owned();
-        let result = self.dispatch(req).await;
+        let request_id = admin_request_id(req.headers());
+        let caused_by = crate::audit::Request {
+            client: req
+                .extensions()
+                .get::<std::net::SocketAddr>()
+                .map(std::net::SocketAddr::ip),
+            request_id: Some(request_id.clone()),
+        };
+        let result = crate::audit::within(caused_by, self.dispatch(req)).await;
+        let mut response = self.respond(&path, result);
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            response
+                .headers_mut()
+                .insert(http::HeaderName::from_static("x-request-id"), v);
+        }
+        response
+    }
+
+    fn respond(&self, path: &str, result: AdminResult) -> Response<Body> {
         match result {
             Ok(response) => response,
             Err(e) => {
@@ -341,7 +359,7 @@ impl Admin {
                 if let AdminError::Internal(why) = &e {
                     tracing::error!(error = %why, path = %path, "admin API failure");
                 }
-                let mut response = e.problem().render(&path, "");
+                let mut response = e.problem().render(path, "");
                 if let AdminError::MethodNotAllowed(allow) = &e
                     && let Ok(v) = HeaderValue::from_str(allow)
                 {
@@ -496,11 +514,175 @@ impl Admin {
         Ok(())
     }
 
+    /// `GET /admin/v1/audit`: one page of events (a JSON array, newest first) matching the
+    /// filters, and a `Link: <…>; rel="next"` header naming the next page when more may match.
     async fn list_audit(&self, query: Option<&str>) -> AdminResult {
-        let limit = limit(query)?;
-        let events = self.store.audit(limit).await?;
-        Ok(api::json(StatusCode::OK, &events))
+        let filters = AuditFilters::parse(query)?;
+        let page = self.store.audit_page(&filters.query).await?;
+        let mut response = api::json(StatusCode::OK, &page.events);
+        if let Some(next) = page.next
+            && let Ok(link) = HeaderValue::from_str(&filters.next_link(next))
+        {
+            response.headers_mut().insert(header::LINK, link);
+        }
+        Ok(response)
     }
+}
+
+/// The query of `GET /admin/v1/audit`, checked.
+struct AuditFilters {
+    query: crate::store::AuditQuery,
+    /// The filters as given, for the next page's link.
+    given: Vec<(&'static str, String)>,
+}
+
+impl AuditFilters {
+    const NAMES: [&'static str; 5] = ["user", "event", "since", "limit", "cursor"];
+
+    fn parse(query: Option<&str>) -> Result<AuditFilters, AdminError> {
+        use crate::store::AuditQuery;
+        let mut seen: Vec<(&'static str, String)> = Vec::new();
+        for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+            let Some(name) = Self::NAMES.iter().find(|n| **n == key) else {
+                return Err(AdminError::Invalid(format!(
+                    "unknown query parameter `{}`; the audit list takes {}",
+                    key.chars().take(64).collect::<String>(),
+                    Self::NAMES.join(", ")
+                )));
+            };
+            if seen.iter().any(|(n, _)| n == name) {
+                return Err(AdminError::Invalid(format!("{name} is given twice")));
+            }
+            seen.push((name, value.into_owned()));
+        }
+        let get = |name: &str| {
+            seen.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.as_str())
+        };
+        let user = match get("user") {
+            None => None,
+            Some(u) if u.is_empty() || u.len() > 256 || u.chars().any(char::is_control) => {
+                return Err(AdminError::Invalid(
+                    "user must be a user name (1 to 256 characters, no control characters)".into(),
+                ));
+            }
+            Some(u) => Some(u.to_lowercase()),
+        };
+        let event = match get("event") {
+            None => None,
+            Some(e) => Some(event_filter(e).ok_or_else(|| {
+                AdminError::Invalid(
+                    "event must be an event name such as `signin.failed` (a-z, 0-9, `_` and \
+                     `.`), or a family such as `signin.*`"
+                        .into(),
+                )
+            })?),
+        };
+        let since = match get("since") {
+            None => None,
+            Some(t) => Some(
+                time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                    .map(clock::rfc3339)
+                    .map_err(|_| {
+                        AdminError::Invalid(
+                            "since must be an RFC 3339 time such as 2026-01-31T12:00:00Z".into(),
+                        )
+                    })?,
+            ),
+        };
+        let limit = limit(get("limit").map(|v| format!("limit={v}")).as_deref())?;
+        let before = match get("cursor") {
+            None => None,
+            Some(c) => Some(parse_cursor(c).ok_or_else(|| {
+                AdminError::Invalid("cursor must be the one a previous page's Link named".into())
+            })?),
+        };
+        let given = seen.into_iter().filter(|(n, _)| *n != "cursor").collect();
+        Ok(AuditFilters {
+            query: AuditQuery {
+                user,
+                event,
+                since,
+                before,
+                limit,
+            },
+            given,
+        })
+    }
+
+    /// The path and query of the page after the event `next`.
+    fn next_link(&self, next: u64) -> String {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        for (name, value) in &self.given {
+            query.append_pair(name, value);
+        }
+        query.append_pair("cursor", &cursor(next));
+        format!("</admin/v1/audit?{}>; rel=\"next\"", query.finish())
+    }
+}
+
+/// `signin.failed` names one event; `signin.*` names `signin` and every `signin.…` event.
+fn event_filter(text: &str) -> Option<crate::store::EventFilter> {
+    use crate::store::EventFilter;
+    let (name, family) = match text.strip_suffix(".*") {
+        Some(name) => (name, true),
+        None => (text, false),
+    };
+    let valid = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.')
+        && !name.starts_with('.')
+        && !name.ends_with('.')
+        && !name.contains("..");
+    valid.then(|| {
+        if family {
+            EventFilter::Family(name.to_owned())
+        } else {
+            EventFilter::Exact(name.to_owned())
+        }
+    })
+}
+
+/// The opaque cursor naming the page that follows the event `id`: `a` and the id in base 36.
+fn cursor(id: u64) -> String {
+    let mut digits = Vec::new();
+    let mut n = id;
+    loop {
+        digits.push(char::from_digit((n % 36) as u32, 36).unwrap_or('0'));
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    std::iter::once('a')
+        .chain(digits.into_iter().rev())
+        .collect()
+}
+
+fn parse_cursor(text: &str) -> Option<u64> {
+    let digits = text.strip_prefix('a')?;
+    if digits.is_empty() || digits.len() > 13 {
+        return None;
+    }
+    u64::from_str_radix(digits, 36).ok()
+}
+
+/// The caller's `X-Request-Id` when it is a plausible id (1–128 of `A-Z a-z 0-9 . _ : -`), else
+/// a new UUID: named in the audit events the request causes and sent back.
+fn admin_request_id(headers: &http::HeaderMap) -> String {
+    headers
+        .get(http::HeaderName::from_static("x-request-id"))
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| {
+            (1..=128).contains(&id.len())
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-_:".contains(&b))
+        })
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
 }
 
 /// The `limit` query parameter of the admin API's lists: 1 to [`MAX_LIMIT`], default 100.

@@ -387,8 +387,18 @@ impl SignIn {
             Err(e) => {
                 let (status, text, after) = sign_in_failure(&e);
                 tracing::info!(reason = ?e, "sign-in refused");
-                self.audit("signin.failed", None, Some(format!("{e:?}")))
-                    .await;
+                // The name is kept when it names a user: an unknown one may be a password
+                // typed into the wrong field, and no event holds a secret.
+                let known = match &e {
+                    SignInError::Refused(reason) => *reason != "unknown user or no password",
+                    SignInError::Auth(_) => false,
+                };
+                self.audit(
+                    "signin.failed",
+                    known.then_some(user_name),
+                    Some(format!("{e:?}")),
+                )
+                .await;
                 return retry(status, text, after);
             }
         };

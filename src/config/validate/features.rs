@@ -216,6 +216,46 @@ pub(super) fn sessions(c: &mut Checker, s: RawSessions) -> SessionsConfig {
 }
 
 /// A duration of at least one second.
+/// `[audit]`.
+pub(super) fn audit(c: &mut Checker, a: RawAudit) -> AuditConfig {
+    let retention = c.get(
+        "audit.retention",
+        a.retention,
+        Duration::from_secs(30 * 24 * 3600),
+        |s: String| {
+            let d = parse_duration(s)?;
+            if d < Duration::from_secs(60) {
+                Err("must be at least 1m".into())
+            } else if d > Duration::from_secs(100 * 365 * 24 * 3600) {
+                Err("must be at most 100 years".into())
+            } else {
+                Ok(d)
+            }
+        },
+    );
+    let sink = c.get(
+        "audit.sink",
+        a.sink,
+        "store".to_owned(),
+        one_of(&["store", "stdout", "file"]),
+    );
+    let file = c.get("audit.file", a.file, None, optional_path);
+    let sink = match (sink.as_str(), file) {
+        ("file", Some(path)) => AuditSink::File(path),
+        ("file", None) => {
+            c.problem("audit.file", "is required when audit.sink = \"file\"");
+            AuditSink::Store
+        }
+        (_, Some(_)) => {
+            c.problem("audit.file", "is only used when audit.sink = \"file\"");
+            AuditSink::Store
+        }
+        ("stdout", None) => AuditSink::Stdout,
+        _ => AuditSink::Store,
+    };
+    AuditConfig { retention, sink }
+}
+
 fn positive_duration(s: String) -> Result<Duration, String> {
     let d = parse_duration(s)?;
     if d < Duration::from_secs(1) {

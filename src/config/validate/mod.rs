@@ -47,6 +47,7 @@ pub(super) fn validate(raw: RawConfig, env_secrets: EnvSecrets) -> Result<Config
     let sessions = sessions(&mut c, raw.sessions);
     let oidc = oidc(&mut c, raw.oidc);
     let websocket = websocket(&mut c, raw.websocket);
+    let audit = audit(&mut c, raw.audit);
 
     if server.environment != Environment::Development {
         refuse_development_settings(
@@ -68,6 +69,7 @@ pub(super) fn validate(raw: RawConfig, env_secrets: EnvSecrets) -> Result<Config
             sessions,
             oidc,
             websocket,
+            audit,
             mfa,
             secrets,
             smtp,

@@ -5,15 +5,15 @@ use tokio_postgres::types::Json;
 
 use crate::lockout::{LockoutState, Policy, Reservation};
 use crate::store::{
-    Application, AuditEvent, CodeLogin, Domain, Factor, FactorKind, LoginFlow, NewUser,
-    OPT_IN_PREFIX, OobCode, Organization, Session, SigningKey, Snapshot, Store, StoreError,
-    StoreResult, Ticket, User, WsKey, stamp,
+    Application, AuditEvent, AuditPage, AuditQuery, CodeLogin, Domain, EventFilter, Factor,
+    FactorKind, LoginFlow, NewUser, OPT_IN_PREFIX, OobCode, Organization, Session, SigningKey,
+    Snapshot, Store, StoreError, StoreResult, Ticket, User, WsKey, stamp,
 };
 
 use super::sessions::{COLUMNS as SESSION_COLUMNS, FLOW_COLUMNS, flow_from, session_from};
 use super::{
-    Fail, PgStore, describe, exec, external_key, factor_from, insert_audit, key, name_key, retry,
-    row, rows, step_column, storable, unique,
+    Fail, PgStore, describe, doc, exec, external_key, factor_from, insert_audit, key, name_key,
+    retry, row, rows, step_column, storable, unique,
 };
 
 /// Whether every text of the session can be stored (none holds NUL).
@@ -484,6 +484,69 @@ impl Store for PgStore {
         self.find_all(
             "SELECT doc FROM gatehouse_audit ORDER BY seq DESC LIMIT $1",
             &[&limit],
+        )
+        .await
+    }
+
+    async fn audit_page(&self, query: &AuditQuery) -> StoreResult<AuditPage> {
+        let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
+        let before = query
+            .before
+            .map(|b| i64::try_from(b).unwrap_or(i64::MAX))
+            .unwrap_or(i64::MAX);
+        // An event family `signin.*` is `signin` and the names in ["signin.", "signin/"): `/`
+        // follows `.` in byte order, and the index is on the bytes (COLLATE "C").
+        let (exact, from, until) = match &query.event {
+            None => (None, None, None),
+            Some(EventFilter::Exact(name)) => (Some(name.clone()), None, None),
+            Some(EventFilter::Family(name)) => (
+                Some(name.clone()),
+                Some(format!("{name}.")),
+                Some(format!("{name}/")),
+            ),
+        };
+        let family = from.is_some();
+        let client = self.client().await?;
+        let found = rows(
+            &client,
+            "SELECT seq, doc FROM gatehouse_audit
+            WHERE seq < $1
+            AND ($2::TEXT IS NULL OR user_key = $2)
+            AND ($3::TEXT IS NULL OR (event COLLATE \"C\") = $3
+                OR ($4 AND (event COLLATE \"C\") >= $5 AND (event COLLATE \"C\") < $6))
+            AND ($7::TEXT IS NULL OR (at COLLATE \"C\") >= $7)
+            ORDER BY seq DESC LIMIT $8",
+            &[
+                &before,
+                &query.user,
+                &exact,
+                &family,
+                &from,
+                &until,
+                &query.since,
+                &limit,
+            ],
+        )
+        .await?;
+        let mut events = Vec::with_capacity(found.len());
+        for row in &found {
+            let seq: i64 = row.try_get("seq").map_err(Fail::from)?;
+            let mut event: AuditEvent = doc(row)?;
+            event.id = u64::try_from(seq).ok();
+            events.push(event);
+        }
+        let next = if events.len() >= query.limit {
+            events.last().and_then(|e| e.id)
+        } else {
+            None
+        };
+        Ok(AuditPage { events, next })
+    }
+
+    async fn purge_audit(&self, before: &str) -> StoreResult<u64> {
+        self.execute(
+            "DELETE FROM gatehouse_audit WHERE (at COLLATE \"C\") < $1",
+            &[&before],
         )
         .await
     }

@@ -199,9 +199,13 @@ fn without_nul(s: String) -> String {
 
 fn storable_event(event: AuditEvent) -> AuditEvent {
     AuditEvent {
+        id: None,
         time: without_nul(event.time),
         event: without_nul(event.event),
+        outcome: event.outcome,
         user_name: event.user_name.map(without_nul),
+        client: event.client.map(without_nul),
+        request_id: event.request_id.map(without_nul),
         detail: event.detail.map(without_nul),
     }
 }
@@ -244,8 +248,11 @@ async fn row(
     Ok(c.query_opt(&statement, params).await?)
 }
 
-/// Appends an audit event, numbered by the `audit` counter.
+/// Appends an audit event, numbered by the `audit` counter. The counter's row stays locked
+/// until the transaction ends, so events become visible in the order of their numbers.
 async fn insert_audit(c: &impl GenericClient, event: AuditEvent) -> Result<u64, Fail> {
+    let event = storable_event(event);
+    let user_key = event.user_name.as_deref().map(name_key);
     exec(
         c,
         "WITH next AS (
@@ -253,8 +260,9 @@ async fn insert_audit(c: &impl GenericClient, event: AuditEvent) -> Result<u64, 
             ON CONFLICT (name) DO UPDATE SET value = gatehouse_counters.value + 1
             RETURNING value
         )
-        INSERT INTO gatehouse_audit (seq, doc) SELECT value, $1 FROM next",
-        &[&Json(&storable_event(event))],
+        INSERT INTO gatehouse_audit (seq, doc, at, event, user_key)
+        SELECT value, $1, $2, $3, $4 FROM next",
+        &[&Json(&event), &event.time, &event.event, &user_key],
     )
     .await
 }

@@ -132,6 +132,22 @@ pub(super) const MIGRATIONS: &[(i64, &[&str])] = &[
         &["ALTER TABLE gatehouse_signing_keys
              ADD COLUMN IF NOT EXISTS activates INT8 NOT NULL DEFAULT 0"],
     ),
+    // Audit filters and retention (SPEC §13): the time, event and user of each event in columns,
+    // indexed, so that a filtered page and the purge do not read every event.
+    (
+        5,
+        &[
+            "ALTER TABLE gatehouse_audit ADD COLUMN IF NOT EXISTS at TEXT,
+            ADD COLUMN IF NOT EXISTS event TEXT,
+            ADD COLUMN IF NOT EXISTS user_key TEXT",
+            "UPDATE gatehouse_audit SET at = doc->>'time', event = doc->>'event',
+            user_key = lower(doc->>'userName') WHERE at IS NULL",
+            "CREATE INDEX IF NOT EXISTS gatehouse_audit_user ON gatehouse_audit (user_key, seq)",
+            "CREATE INDEX IF NOT EXISTS gatehouse_audit_event
+            ON gatehouse_audit ((event COLLATE \"C\"), seq)",
+            "CREATE INDEX IF NOT EXISTS gatehouse_audit_at ON gatehouse_audit ((at COLLATE \"C\"))",
+        ],
+    ),
 ];
 
 const CREATE_MIGRATIONS: &str = "CREATE TABLE IF NOT EXISTS gatehouse_migrations (

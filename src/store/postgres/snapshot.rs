@@ -11,7 +11,7 @@ use crate::store::{
 
 use super::{
     Fail, PgStore, doc, exec, external_key, factor_from, key, name_key, next_value, row, rows,
-    step_column, storable_event, unique, unkey,
+    step_column, unique, unkey,
 };
 
 impl PgStore {
@@ -304,17 +304,7 @@ impl PgStore {
     /// Audit events, numbered by the `audit` counter in their order.
     async fn import_audit(tx: &impl GenericClient, snapshot: &Snapshot) -> Result<(), Fail> {
         for event in &snapshot.audit {
-            exec(
-                tx,
-                "WITH next AS (
-                    INSERT INTO gatehouse_counters (name, value) VALUES ('audit', 1)
-                    ON CONFLICT (name) DO UPDATE SET value = gatehouse_counters.value + 1
-                    RETURNING value
-                )
-                INSERT INTO gatehouse_audit (seq, doc) SELECT value, $1 FROM next",
-                &[&Json(storable_event(event.clone()))],
-            )
-            .await?;
+            super::insert_audit(tx, event.clone()).await?;
         }
         Ok(())
     }

@@ -546,6 +546,7 @@ async fn keys_audit_and_what_a_deleted_user_takes_along() {
                 event: format!("e{i}"),
                 user_name: Some("nul\0name".into()),
                 detail: None,
+                ..Default::default()
             })
             .await
             .unwrap();
@@ -839,6 +840,7 @@ async fn a_sled_store_with_one_of_everything() -> (SledStore, User, User) {
             event: format!("e{i}"),
             user_name: None,
             detail: None,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -896,6 +898,7 @@ async fn a_sled_store_moves_over_unchanged() {
         event: "after".into(),
         user_name: None,
         detail: None,
+        ..Default::default()
     })
     .await
     .unwrap();

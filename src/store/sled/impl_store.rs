@@ -8,16 +8,16 @@ use sled::{Transactional, Tree};
 
 use crate::lockout::{LockoutState, Policy, Reservation};
 use crate::store::{
-    Application, AuditEvent, CodeLogin, Domain, Factor, FactorKind, LoginFlow, NewUser,
-    OPT_IN_PREFIX, OobCode, Organization, Session, SigningKey, Snapshot, Store, StoreError,
-    StoreResult, Ticket, User, WsKey, stamp,
+    AUDIT_SCAN_LIMIT, Application, AuditEvent, AuditPage, AuditQuery, CodeLogin, Domain, Factor,
+    FactorKind, LoginFlow, NewUser, OPT_IN_PREFIX, OobCode, Organization, Session, SigningKey,
+    Snapshot, Store, StoreError, StoreResult, Ticket, User, WsKey, stamp,
 };
 
-use super::SledStore;
 use super::codec::{
     FACTOR_KINDS, abort, backend, decode, domain_key, domain_name_key, encode, external_key,
     mfa_key, name_key, tx_decode, tx_encode, tx_user_by_name, unwrap_tx,
 };
+use super::{SledStore, audit_id};
 
 #[async_trait]
 impl Store for SledStore {
@@ -707,6 +707,52 @@ impl Store for SledStore {
             .take(limit)
             .map(|v| decode(&v.map_err(backend)?))
             .collect()
+    }
+
+    async fn audit_page(&self, query: &AuditQuery) -> StoreResult<AuditPage> {
+        let end = query.before.unwrap_or(u64::MAX).to_be_bytes();
+        let mut page = AuditPage::default();
+        let mut last = None;
+        for (examined, entry) in self.audit.range(..end).rev().enumerate() {
+            if page.events.len() >= query.limit || examined >= AUDIT_SCAN_LIMIT {
+                page.next = last;
+                break;
+            }
+            let (key, value) = entry.map_err(backend)?;
+            let id = audit_id(&key)?;
+            last = Some(id);
+            let mut event: AuditEvent = decode(&value)?;
+            // Numbered in the order they were written: older ones have older times.
+            if query
+                .since
+                .as_ref()
+                .is_some_and(|since| event.time < *since)
+            {
+                break;
+            }
+            if query.matches(&event) {
+                event.id = Some(id);
+                page.events.push(event);
+            }
+        }
+        Ok(page)
+    }
+
+    async fn purge_audit(&self, before: &str) -> StoreResult<u64> {
+        let mut purged = 0;
+        for entry in self.audit.iter() {
+            let (key, value) = entry.map_err(backend)?;
+            let event: AuditEvent = decode(&value)?;
+            if event.time.as_str() >= before {
+                break;
+            }
+            self.audit.remove(key).map_err(backend)?;
+            purged += 1;
+        }
+        if purged > 0 {
+            self.durable().await?;
+        }
+        Ok(purged)
     }
 
     async fn create_session(&self, session: Session, keep: usize) -> StoreResult<()> {

@@ -84,6 +84,13 @@ struct Commits {
     flushes: std::sync::atomic::AtomicU64,
 }
 
+/// The id of the audit event stored under `key`.
+pub(super) fn audit_id(key: &[u8]) -> StoreResult<u64> {
+    <[u8; 8]>::try_from(key)
+        .map(u64::from_be_bytes)
+        .map_err(|_| StoreError::Backend("an audit key is not 8 bytes".into()))
+}
+
 impl SledStore {
     /// Opens (or creates) the store in `path`. A store whose lock is still held is tried again
     /// for up to two seconds: sled releases its file lock when its last I/O task ends, which can
@@ -283,8 +290,12 @@ impl SledStore {
     /// Adds an audit event; durable with the next flush.
     fn insert_audit(&self, event: &AuditEvent) -> StoreResult<()> {
         let id = self.db.generate_id().map_err(backend)?;
+        let event = AuditEvent {
+            id: None,
+            ..event.clone()
+        };
         self.audit
-            .insert(id.to_be_bytes(), encode(event)?)
+            .insert(id.to_be_bytes(), encode(&event)?)
             .map_err(backend)?;
         Ok(())
     }

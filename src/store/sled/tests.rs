@@ -24,6 +24,7 @@ async fn concurrent_durable_writes_share_flushes_and_all_reach_the_disk() {
                         event: format!("e{i}"),
                         user_name: None,
                         detail: None,
+                        ..Default::default()
                     })
                     .await
             })
