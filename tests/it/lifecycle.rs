@@ -337,7 +337,7 @@ async fn revoked_tokens_are_refused_and_tokens_issued_right_after_are_accepted()
         .json()
         .await
         .unwrap();
-    let new = format!("Bearer {}", granted["access_token"].as_str().unwrap());
+    let new = format!("Bearer {}", granted["accessToken"].as_str().unwrap());
     assert_eq!(
         get(&gh, "/private/x", &[("authorization", &new)]).await.0,
         200
