@@ -545,6 +545,84 @@ verified = true
     }
 
     #[tokio::test]
+    async fn a_user_entry_disables_and_enables_again_ending_sessions_and_leaving_it_alone_when_silent()
+     {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bootstrap.toml");
+        let write = |disabled: &str| {
+            std::fs::write(
+                &path,
+                format!(
+                    "[[users]]\nuser_name = \"ada\"\n{disabled}\n[[users]]\nuser_name = \"bob\"\n"
+                ),
+            )
+            .unwrap();
+        };
+        let store = SledStore::temporary().unwrap();
+        let clock = FixedClock::at(1_800_000_000);
+        let session = |id: &str, user_id: u64| crate::store::Session {
+            id_hash: id.into(),
+            user_id,
+            methods: vec!["pwd".into()],
+            created: 1_800_000_000,
+            last_seen: 1_800_000_000,
+            expires: 1_800_003_600,
+            idp: None,
+        };
+
+        // Created disabled.
+        write("disabled = true");
+        apply(&path, &store, clock.as_ref(), true).await.unwrap();
+        let ada = store.user_by_name("ada").await.unwrap().unwrap();
+        assert!(ada.disabled());
+        assert!(!store.user_by_name("bob").await.unwrap().unwrap().disabled());
+
+        // `false` enables again; absent leaves the API's choice alone.
+        write("disabled = false");
+        apply(&path, &store, clock.as_ref(), true).await.unwrap();
+        assert!(!store.user_by_name("ada").await.unwrap().unwrap().disabled());
+        store
+            .create_session(session("s1", ada.id), 10)
+            .await
+            .unwrap();
+        let patch = crate::store::UserPatch {
+            is_valid: Some(false),
+            ..Default::default()
+        };
+        store.update_user("ada", patch, 1).await.unwrap();
+        write("");
+        apply(&path, &store, clock.as_ref(), true).await.unwrap();
+        assert!(store.user_by_name("ada").await.unwrap().unwrap().disabled());
+        write("disabled = false");
+        apply(&path, &store, clock.as_ref(), true).await.unwrap();
+
+        // Disabling an existing user ends their sessions, once.
+        write("disabled = true");
+        apply(&path, &store, clock.as_ref(), true).await.unwrap();
+        assert!(store.session("s1").await.unwrap().is_none());
+        assert!(store.user_by_name("ada").await.unwrap().unwrap().disabled());
+        let events: Vec<String> = store
+            .audit(10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.event)
+            .collect();
+        assert_eq!(
+            events,
+            vec![
+                "user.disabled",
+                "user.enabled",
+                "user.enabled",
+                "user.disabled"
+            ]
+        );
+        // Applied again, nothing changes and nothing more is recorded.
+        apply(&path, &store, clock.as_ref(), true).await.unwrap();
+        assert_eq!(store.audit(10).await.unwrap().len(), 4);
+    }
+
+    #[tokio::test]
     async fn plaintext_secrets_are_refused_outside_development_naming_each_entry_never_the_secret()
     {
         let dir = tempfile::tempdir().unwrap();

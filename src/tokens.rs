@@ -819,6 +819,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_token_issued_within_the_second_of_a_revocation_outlives_it() {
+        let store = SledStore::temporary().unwrap();
+        let clock = FixedClock::at(1_800_000_000);
+        let tokens = Tokens::load(&config(), &store, &vault(), clock.clone())
+            .await
+            .unwrap();
+        let mut user = crate::store::User::new(42, Default::default(), "now");
+        let before = tokens.issue_access(&principal()).unwrap();
+        // Revoked in the same second the first token was issued in.
+        user.revoke_tokens(clock.unix());
+        let after = tokens
+            .issue_access_after(&principal(), user.tokens_not_before)
+            .unwrap();
+        let before = tokens.verify_access(&before).unwrap();
+        let after = tokens.verify_access(&after).unwrap();
+        assert!(!user.accepts_token_issued(before.iat));
+        assert!(user.accepts_token_issued(after.iat));
+        // Only `iat` moves: the token is valid at once and lives as long as any.
+        assert_eq!(after.nbf, clock.unix());
+        assert_eq!(after.exp, clock.unix() + 3600);
+        // Without a revocation, `iat` is the clock's.
+        assert_eq!(
+            tokens
+                .verify_access(&tokens.issue_access_after(&principal(), 0).unwrap())
+                .unwrap()
+                .iat,
+            clock.unix()
+        );
+    }
+
+    #[tokio::test]
     async fn a_remembered_token_does_not_vouch_for_a_forged_twin() {
         let store = Arc::new(SledStore::temporary().unwrap());
         let tokens = Tokens::load(

@@ -337,7 +337,7 @@ async fn revoked_tokens_are_refused_and_tokens_issued_right_after_are_accepted()
         .json()
         .await
         .unwrap();
-    let new = format!("Bearer {}", granted["access_token"].as_str().unwrap());
+    let new = format!("Bearer {}", granted["accessToken"].as_str().unwrap());
     assert_eq!(
         get(&gh, "/private/x", &[("authorization", &new)]).await.0,
         200
@@ -760,4 +760,78 @@ async fn a_user_record_written_before_revocations_existed_reads_with_no_cut_off(
     let read: gatehouse::store::User = serde_json::from_value(old).unwrap();
     assert_eq!(read.tokens_not_before, 0);
     assert!(read.accepts_token_issued(0));
+}
+
+/// Reads `response` until what arrived so far contains `want`.
+async fn read_until(response: &mut reqwest::Response, got: &mut String, want: &str) {
+    while !got.contains(want) {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), response.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("{want:?} did not arrive within 10 s; got {got:?}"))
+            .unwrap()
+            .unwrap_or_else(|| panic!("the stream ended before {want:?}; got {got:?}"));
+        got.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+}
+
+/// Waits for `response` to end; whether it ended within [`CLOSES_WITHIN`], and cut off rather
+/// than complete.
+async fn aborted_within_bound(response: &mut reqwest::Response) -> bool {
+    let started = std::time::Instant::now();
+    let end = loop {
+        match tokio::time::timeout(Duration::from_secs(30), response.chunk()).await {
+            Err(_) => return false,
+            Ok(Ok(Some(_))) => continue,
+            Ok(end) => break end,
+        }
+    };
+    started.elapsed() < CLOSES_WITHIN && end.is_err()
+}
+
+#[tokio::test]
+async fn event_streams_of_a_disabled_user_or_a_revoked_token_are_cut_off() {
+    let upstream = crate::python_peer::PythonPeer::start("sse_upstream.py").await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = base_config(dir.path(), &upstream.url())
+        .replace("[proxy]\n", "[proxy]\nreauth_interval = \"1s\"\n");
+    let gh = Gatehouse::start_toml(
+        dir,
+        &toml,
+        |_| {},
+        |c| Arc::new(SledStore::open(&c.store.path).unwrap()),
+    )
+    .await;
+    let ada = user(&gh, "ada").await;
+    user(&gh, "bob").await;
+    let stream = |authorization: String| {
+        h2c_client()
+            .get(gh.http_url("/private/ticks"))
+            .header("accept", "text/event-stream")
+            .header("authorization", authorization)
+            .send()
+    };
+    let mut by_token = stream(bearer(&gh, &ada)).await.unwrap();
+    let mut by_password = stream(basic("ada", PASSWORD)).await.unwrap();
+    let mut bobs = stream(basic("bob", PASSWORD)).await.unwrap();
+    for response in [&by_token, &by_password, &bobs] {
+        assert_eq!(response.status(), 200);
+    }
+    let (mut a, mut b, mut c) = (String::new(), String::new(), String::new());
+    // Ticks come 0.2 s apart: the streams outlive a re-authorisation untouched.
+    read_until(&mut by_token, &mut a, "data: tick 7\n\n").await;
+    read_until(&mut by_password, &mut b, "data: tick 7\n\n").await;
+
+    assert_eq!(revoke(&gh, "ada").await, 204);
+    assert!(
+        aborted_within_bound(&mut by_token).await,
+        "the token's stream outlived the revocation"
+    );
+    read_until(&mut by_password, &mut b, "data: tick 20\n\n").await;
+
+    set_disabled(&gh, "ada", true).await;
+    assert!(
+        aborted_within_bound(&mut by_password).await,
+        "the stream outlived the disable"
+    );
+    read_until(&mut bobs, &mut c, "data: tick 40\n\n").await;
 }
