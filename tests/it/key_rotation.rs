@@ -559,3 +559,110 @@ async fn rotate_every_rotates_once_per_period_across_two_replicas() {
     );
     assert_eq!(a.jwks().await, b.jwks().await);
 }
+
+/// `gatehouse admin keys …` against `gh`: success, standard output, standard error.
+async fn keys_cli(gh: &Replica, args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(binary())
+        .arg("admin")
+        .arg("--url")
+        .arg(format!("http://{}", gh.addrs.admin))
+        .arg("keys")
+        .args(args)
+        .env("GATEHOUSE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn admin_cli_rotates_and_lists_the_keys() {
+    let upstream = Upstream::start().await;
+    let gh = replica(
+        &upstream.url(),
+        Arc::new(SledStore::temporary().unwrap()),
+        Arc::new(SystemClock),
+        |_| {},
+    )
+    .await;
+    let (ok, out, err) = keys_cli(&gh, &["rotate"]).await;
+    assert!(ok, "{err}");
+    let rotation: Value = serde_json::from_str(&out).unwrap();
+    let kid = rotation["kid"].as_str().unwrap();
+    assert!(gh.jwks().await.contains(&kid.to_owned()));
+    // Again while that key is pending: the same key, nothing added.
+    let (ok, again, err) = keys_cli(&gh, &["rotate"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&again).unwrap(), rotation);
+
+    let (ok, out, err) = keys_cli(&gh, &["list"]).await;
+    assert!(ok, "{err}");
+    let keys: Value = serde_json::from_str(&out).unwrap();
+    let listed: Vec<(&str, &str)> = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| (k["kid"].as_str().unwrap(), k["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(listed.len(), 2, "{keys}");
+    assert_eq!(listed[0].1, "active");
+    assert_eq!(listed[1], (kid, "pending"));
+}
+
+#[test]
+fn the_rotation_settings_are_checked_with_their_keys_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let with = |tokens: &str| {
+        let toml = format!(
+            "{}\n[tokens]\n{tokens}\n",
+            base_config(dir.path(), "http://127.0.0.1:1")
+        );
+        config::from_toml_str(&toml).map(|c| c.tokens)
+    };
+    let tokens = with("").unwrap();
+    assert_eq!(tokens.key_prepublish, Duration::from_secs(3600));
+    assert_eq!(tokens.rotate_every, None);
+    let tokens = with("rotate_every = \"30d\"\nkey_prepublish = \"2h\"").unwrap();
+    assert_eq!(tokens.rotate_every, Some(Duration::from_secs(30 * 86400)));
+    assert_eq!(tokens.key_prepublish, Duration::from_secs(7200));
+
+    for (settings, key, says) in [
+        (
+            "rotate_every = \"30m\"",
+            "tokens.rotate_every",
+            "longer than tokens.key_prepublish (1h)",
+        ),
+        (
+            "rotate_every = \"1h\"",
+            "tokens.rotate_every",
+            "longer than",
+        ),
+        (
+            "rotate_every = \"30s\"\nkey_prepublish = \"10s\"",
+            "tokens.rotate_every",
+            "more than 100 keys",
+        ),
+        ("rotate_every = \"soon\"", "tokens.rotate_every", "duration"),
+        (
+            "key_prepublish = \"31d\"",
+            "tokens.key_prepublish",
+            "at most 30d",
+        ),
+        (
+            "rotate_every = \"30d\"\nsigning_key_file = \"/k.pem\"",
+            "tokens.rotate_every",
+            "tokens.signing_key_file",
+        ),
+    ] {
+        let problem = with(settings).map(drop).unwrap_err().to_string();
+        assert!(
+            problem.contains(&format!("{key}: ")) && problem.contains(says),
+            "{settings}: {problem}"
+        );
+    }
+}
