@@ -572,11 +572,11 @@ impl Tokens {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "cannot rotate the token signing key"),
         }
-        if let Err(e) = self.refresh().await {
-            tracing::warn!(error = %e, "cannot reread the token signing keys");
-        }
         if let Err(e) = self.delete_expired().await {
             tracing::warn!(error = %e, "cannot delete expired token signing keys");
+        }
+        if let Err(e) = self.refresh().await {
+            tracing::warn!(error = %e, "cannot reread the token signing keys");
         }
     }
 

@@ -274,20 +274,16 @@ async fn the_next_key_is_published_before_anything_is_signed_with_it(store: Arc<
     assert_eq!(gh.jwks().await.len(), 2);
 
     // Published, not signing: tokens and assertions still carry the first key.
-    assert_eq!(kid(&gh.token(&ada)), first[0]);
-    let other = Principal {
-        scopes: vec!["other".into()],
-        ..ada.clone()
-    };
-    assert_eq!(gh.bearer(&gh.token(&other)).await, 200);
+    let token = gh.token(&ada);
+    assert_eq!(kid(&token), first[0]);
+    assert_eq!(gh.bearer(&token).await, 200);
     assert_eq!(assertion_kid(&upstream), first[0]);
 
+    // (An assertion is reused for its principal's requests for half its minute: another user
+    // gets a fresh one.)
     clock.advance(4);
-    let third = Principal {
-        scopes: vec!["third".into()],
-        ..ada.clone()
-    };
-    let token = gh.token(&third);
+    let grace = gh.create_user("grace").await;
+    let token = gh.token(&grace);
     assert_eq!(kid(&token), next);
     assert_eq!(gh.bearer(&token).await, 200);
     assert_eq!(assertion_kid(&upstream), next);
@@ -378,7 +374,6 @@ async fn an_upstream_verifying_assertions_with_pyjwt_never_meets_an_unknown_kid(
         .await
         .unwrap();
     assert_eq!(configure.status(), 200);
-    let ada = gh.create_user("ada").await;
 
     let mut sent = 0;
     let mut kids = Vec::new();
@@ -386,14 +381,12 @@ async fn an_upstream_verifying_assertions_with_pyjwt_never_meets_an_unknown_kid(
         let (status, answer) = gh.rotate().await;
         assert_eq!(status, 201, "rotation {rotation}: {answer}");
         kids.push(answer["kid"].as_str().unwrap().to_owned());
-        // Requests all through the prepublish period and past the switch, each from a principal
-        // of its own so that each carries a freshly signed assertion.
+        // Requests all through the prepublish period and past the switch, each from a user of
+        // its own so that each carries a freshly signed assertion (gatehouse reuses one
+        // principal's assertion for half its minute).
         let until = std::time::Instant::now() + Duration::from_millis(3800);
         while std::time::Instant::now() < until {
-            let principal = Principal {
-                scopes: vec![format!("s{sent}")],
-                ..ada.clone()
-            };
+            let principal = gh.create_user(&format!("u{sent}")).await;
             let response = http1_client()
                 .get(gh.url("/private/x"))
                 .bearer_auth(gh.token(&principal))
@@ -404,7 +397,7 @@ async fn an_upstream_verifying_assertions_with_pyjwt_never_meets_an_unknown_kid(
             let body = response.text().await.unwrap();
             assert_eq!(status, 200, "request {sent}: {body}");
             sent += 1;
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(150)).await;
         }
     }
     let stats: Value = http1_client()
@@ -565,4 +558,111 @@ async fn rotate_every_rotates_once_per_period_across_two_replicas() {
         "{events:?}"
     );
     assert_eq!(a.jwks().await, b.jwks().await);
+}
+
+/// `gatehouse admin keys …` against `gh`: success, standard output, standard error.
+async fn keys_cli(gh: &Replica, args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(binary())
+        .arg("admin")
+        .arg("--url")
+        .arg(format!("http://{}", gh.addrs.admin))
+        .arg("keys")
+        .args(args)
+        .env("GATEHOUSE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn admin_cli_rotates_and_lists_the_keys() {
+    let upstream = Upstream::start().await;
+    let gh = replica(
+        &upstream.url(),
+        Arc::new(SledStore::temporary().unwrap()),
+        Arc::new(SystemClock),
+        |_| {},
+    )
+    .await;
+    let (ok, out, err) = keys_cli(&gh, &["rotate"]).await;
+    assert!(ok, "{err}");
+    let rotation: Value = serde_json::from_str(&out).unwrap();
+    let kid = rotation["kid"].as_str().unwrap();
+    assert!(gh.jwks().await.contains(&kid.to_owned()));
+    // Again while that key is pending: the same key, nothing added.
+    let (ok, again, err) = keys_cli(&gh, &["rotate"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&again).unwrap(), rotation);
+
+    let (ok, out, err) = keys_cli(&gh, &["list"]).await;
+    assert!(ok, "{err}");
+    let keys: Value = serde_json::from_str(&out).unwrap();
+    let listed: Vec<(&str, &str)> = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| (k["kid"].as_str().unwrap(), k["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(listed.len(), 2, "{keys}");
+    assert_eq!(listed[0].1, "active");
+    assert_eq!(listed[1], (kid, "pending"));
+}
+
+#[test]
+fn the_rotation_settings_are_checked_with_their_keys_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let with = |tokens: &str| {
+        let toml = format!(
+            "{}\n[tokens]\n{tokens}\n",
+            base_config(dir.path(), "http://127.0.0.1:1")
+        );
+        config::from_toml_str(&toml).map(|c| c.tokens)
+    };
+    let tokens = with("").unwrap();
+    assert_eq!(tokens.key_prepublish, Duration::from_secs(3600));
+    assert_eq!(tokens.rotate_every, None);
+    let tokens = with("rotate_every = \"30d\"\nkey_prepublish = \"2h\"").unwrap();
+    assert_eq!(tokens.rotate_every, Some(Duration::from_secs(30 * 86400)));
+    assert_eq!(tokens.key_prepublish, Duration::from_secs(7200));
+
+    for (settings, key, says) in [
+        (
+            "rotate_every = \"30m\"",
+            "tokens.rotate_every",
+            "longer than tokens.key_prepublish (1h)",
+        ),
+        (
+            "rotate_every = \"1h\"",
+            "tokens.rotate_every",
+            "longer than",
+        ),
+        (
+            "rotate_every = \"30s\"\nkey_prepublish = \"10s\"",
+            "tokens.rotate_every",
+            "more than 100 keys",
+        ),
+        ("rotate_every = \"soon\"", "tokens.rotate_every", "duration"),
+        (
+            "key_prepublish = \"31d\"",
+            "tokens.key_prepublish",
+            "at most 30d",
+        ),
+        (
+            "rotate_every = \"30d\"\nsigning_key_file = \"/k.pem\"",
+            "tokens.rotate_every",
+            "tokens.signing_key_file",
+        ),
+    ] {
+        let problem = with(settings).map(drop).unwrap_err().to_string();
+        assert!(
+            problem.contains(&format!("{key}: ")) && problem.contains(says),
+            "{settings}: {problem}"
+        );
+    }
 }
