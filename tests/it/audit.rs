@@ -612,3 +612,53 @@ async fn the_cli_filters_and_prints_the_next_pages_cursor() {
     let (since, _) = cli_audit(&gh, &["--since", "2026-01-01T00:00:03Z"]).await;
     assert_eq!(since.as_array().unwrap().len(), 2, "{since}");
 }
+
+#[tokio::test]
+async fn events_past_the_retention_are_purged_by_the_running_server() {
+    let upstream = Upstream::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let path = data.path().join("data");
+    {
+        let store = gatehouse::store::sled::SledStore::open(&path).unwrap();
+        store
+            .append_audit(event("2020-01-01T00:00:00Z", "user.created", Some("old")))
+            .await
+            .unwrap();
+        store.flush().await.unwrap();
+    }
+    let gh = process_with(
+        &format!("retention = \"1h\"\n[store]\npath = \"{}\"", path.display()),
+        &upstream,
+    )
+    .await;
+    cause_events(&gh, "ada").await;
+    let admin = format!("http://{}", gh.addrs["listen.admin"]);
+    let events: Value = http1_client()
+        .get(format!("{admin}/admin/v1/audit"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let users: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["userName"].as_str().unwrap())
+        .collect();
+    assert_eq!(users, ["ada", "ada"], "{events}");
+    let metrics = http1_client()
+        .get(format!("{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("\ngatehouse_audit_dropped_total 0\n"),
+        "{metrics}"
+    );
+}
