@@ -548,3 +548,117 @@ async fn audit_settings_are_checked() {
         assert!(problems.contains(expected), "{extra}: {problems}");
     }
 }
+
+/// `gatehouse admin audit …` against `gh`: its standard output and standard error.
+async fn cli_audit(gh: &Gatehouse, args: &[&str]) -> (Value, String) {
+    let output = tokio::process::Command::new(binary())
+        .args(["admin", "--url", &gh.admin_url(""), "audit"])
+        .args(args)
+        .env("GATEHOUSE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(output.status.success(), "{stderr}");
+    (serde_json::from_slice(&output.stdout).unwrap(), stderr)
+}
+
+#[tokio::test]
+async fn the_cli_filters_and_prints_the_next_pages_cursor() {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start(&upstream).await;
+    for (i, (name, who)) in [
+        ("signin", "ada"),
+        ("signin.failed", "bob"),
+        ("signin.failed", "Ada"),
+        ("user.created", "ada"),
+        ("signin.step_up", "ada"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        gh.app
+            .store
+            .append_audit(event(&format!("2026-01-01T00:00:0{i}Z"), name, Some(who)))
+            .await
+            .unwrap();
+    }
+    let (first, stderr) = cli_audit(
+        &gh,
+        &["--user", "ADA", "--event", "signin.*", "--limit", "2"],
+    )
+    .await;
+    let names: Vec<&str> = first
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["signin.step_up", "signin.failed"]);
+    let cursor = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("next page: --cursor "))
+        .unwrap_or_else(|| panic!("no cursor in {stderr:?}"));
+    let (second, stderr) = cli_audit(
+        &gh,
+        &[
+            "--user", "ADA", "--event", "signin.*", "--limit", "2", "--cursor", cursor,
+        ],
+    )
+    .await;
+    assert_eq!(second.as_array().unwrap().len(), 1, "{second}");
+    assert_eq!(second[0]["event"], "signin");
+    assert!(!stderr.contains("next page"), "{stderr}");
+    let (since, _) = cli_audit(&gh, &["--since", "2026-01-01T00:00:03Z"]).await;
+    assert_eq!(since.as_array().unwrap().len(), 2, "{since}");
+}
+
+#[tokio::test]
+async fn events_past_the_retention_are_purged_by_the_running_server() {
+    let upstream = Upstream::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let path = data.path().join("data");
+    {
+        let store = gatehouse::store::sled::SledStore::open(&path).unwrap();
+        store
+            .append_audit(event("2020-01-01T00:00:00Z", "user.created", Some("old")))
+            .await
+            .unwrap();
+        store.flush().await.unwrap();
+    }
+    let gh = process_with(
+        &format!("retention = \"1h\"\n[store]\npath = \"{}\"", path.display()),
+        &upstream,
+    )
+    .await;
+    cause_events(&gh, "ada").await;
+    let admin = format!("http://{}", gh.addrs["listen.admin"]);
+    let events: Value = http1_client()
+        .get(format!("{admin}/admin/v1/audit"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let users: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["userName"].as_str().unwrap())
+        .collect();
+    assert_eq!(users, ["ada", "ada"], "{events}");
+    let metrics = http1_client()
+        .get(format!("{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("\ngatehouse_audit_dropped_total 0\n"),
+        "{metrics}"
+    );
+}
