@@ -87,10 +87,10 @@ impl Reloadable {
             shared.store(tls);
         }
         self.services.auth.trust(issuers);
+        // The policy first: the new pipeline finds the buckets of its rules there.
+        let policy = crate::routes::Policy::reloaded(new, Some(&self.services.policy.load()));
+        self.services.policy.store(Arc::new(policy));
         self.gateway.store(Arc::new(gateway));
-        self.services
-            .policy
-            .store(Arc::new(crate::routes::Policy::of(new)));
         *self.running.lock().unwrap_or_else(PoisonError::into_inner) = Arc::new(new.clone());
         Ok(())
     }
