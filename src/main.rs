@@ -224,12 +224,12 @@ fn admin(args: gatehouse::cli::AdminArgs) -> ExitCode {
     }
 }
 
-/// `gatehouse routes …` with the configuration read and checked as `check-config` does (exit 2
-/// when it is refused).
+/// `gatehouse routes …` with the configuration read and validated as `check-config` does (exit 2
+/// when it is refused); the files it names (certificates, store) are not opened.
 fn routes(args: gatehouse::explain::RoutesArgs, path: Option<&std::path::Path>) -> ExitCode {
     let loaded = config::load_report(path);
     let source = loaded_from(&loaded);
-    let config = match checked(loaded.config) {
+    let config = match loaded.config {
         Ok(config) => config,
         Err(e) => return refused(&e, &source),
     };
