@@ -1326,6 +1326,55 @@ mod tests {
     }
 
     #[test]
+    fn route_rules_read_their_conditions_in_the_form_requests_are_compared_with() {
+        let c = from_toml_str(
+            r#"
+            [[routes]]
+            path_prefix = "/x/"
+            access = "mfa"
+            methods = ["get", "Delete"]
+            source = ["10.0.0.7", "::ffff:192.168.0.0/112", "2001:db8::/32", "10.1.2.3/8"]
+            any_scopes = ["a", "b"]
+            factors = ["totp", "webauthn", "idp"]
+            rate_limit = "100/m"
+            "#,
+        )
+        .unwrap();
+        let r = &c.routes[0];
+        assert_eq!(r.methods, ["GET", "DELETE"]);
+        let source: Vec<String> = r.source.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            source,
+            [
+                "10.0.0.7/32",
+                "192.168.0.0/16",
+                "2001:db8::/32",
+                "10.0.0.0/8"
+            ]
+        );
+        assert_eq!(r.any_scopes, ["a", "b"]);
+        assert_eq!(r.factors, [Factor::Totp, Factor::Webauthn, Factor::Idp]);
+        assert_eq!(r.rate_limit.unwrap().to_string(), "100/m");
+        assert_eq!(
+            r.rate_limit,
+            Some(RateLimit {
+                count: 100,
+                per: Duration::from_secs(60)
+            })
+        );
+        for (text, ok) in [
+            ("1/s", true),
+            ("5/h", true),
+            ("0/m", false),
+            ("10/d", false),
+            ("m", false),
+            ("-1/s", false),
+        ] {
+            assert_eq!(RateLimit::parse(text).is_some(), ok, "{text}");
+        }
+    }
+
+    #[test]
     fn every_invalid_value_is_reported_with_its_key() {
         let err = from_toml_str(
             r#"
