@@ -684,3 +684,60 @@ async fn routes_explain_looks_the_user_up_through_the_admin_api() {
     let out = explain("nobody", None).await;
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// Waits until the process has logged a line containing `message` at least `count` times.
+async fn wait_for_log(gh: &Process, message: &str, count: usize) {
+    for _ in 0..100 {
+        let seen = gh.logs().iter().filter(|l| l.contains(message)).count();
+        if seen >= count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{message:?} not logged:\n{}", gh.logs().join("\n"));
+}
+
+#[tokio::test]
+async fn a_reload_applies_new_conditions_and_keeps_the_buckets_of_unchanged_limits() {
+    let upstream = Upstream::start().await;
+    let config = |search_limit: &str, docs_methods: &str| {
+        process_config(
+            &upstream.url(),
+            &format!(
+                "[[routes]]\npath_prefix = \"/search/\"\naccess = \"public\"\n\
+                 rate_limit = \"{search_limit}\"\n\
+                 [[routes]]\npath_prefix = \"/docs/\"\naccess = \"public\"\n\
+                 methods = {docs_methods}\n"
+            ),
+        )
+    };
+    let gh = Process::start(&config("1/m", r#"["GET"]"#), &[]).await;
+    let file = gh.dir.path().join("gatehouse.toml");
+    let client = http1_client();
+    let url = |path: &str| format!("http://{}{path}", gh.addrs["listen.http"]);
+    let get = |path: &str| client.get(url(path)).send();
+    assert_eq!(get("/search/").await.unwrap().status(), 200);
+    assert_eq!(get("/search/").await.unwrap().status(), 429);
+    let post = client.post(url("/docs/")).send().await.unwrap();
+    assert_eq!(post.status(), 401);
+
+    std::fs::write(&file, config("1/m", r#"["GET", "POST"]"#)).unwrap();
+    gh.signal("HUP");
+    wait_for_log(&gh, "configuration reloaded", 1).await;
+    let post = client.post(url("/docs/")).send().await.unwrap();
+    assert_eq!(post.status(), 200, "the new methods apply");
+    assert_eq!(
+        get("/search/").await.unwrap().status(),
+        429,
+        "an unchanged limit keeps its buckets"
+    );
+
+    std::fs::write(&file, config("5/m", r#"["GET", "POST"]"#)).unwrap();
+    gh.signal("HUP");
+    wait_for_log(&gh, "rate_limit 1/m -> 5/m", 1).await;
+    assert_eq!(
+        get("/search/").await.unwrap().status(),
+        200,
+        "a changed limit starts afresh"
+    );
+}
