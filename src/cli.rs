@@ -213,7 +213,7 @@ enum OrgCommand {
     },
 }
 
-fn segment(s: &str) -> String {
+pub fn segment(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
@@ -401,8 +401,25 @@ async fn call(args: AdminArgs) -> Result<String, String> {
         }
     };
     let (method, path, body) = request(args.command)?;
+    send(&args.url, &token, method, &path, body).await
+}
+
+/// The JSON of a `GET` of the admin API at `path`, or the problem's detail.
+pub async fn get_json(url: &str, token: &str, path: &str) -> Result<Value, String> {
+    let text = send(url, token, Method::GET, path, None).await?;
+    serde_json::from_str(&text).map_err(|e| format!("cannot read the answer: {e}"))
+}
+
+/// Sends one admin API request; the answer's JSON pretty-printed, or the problem's detail.
+async fn send(
+    url: &str,
+    token: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> Result<String, String> {
     let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let uri = format!("{}{path}", args.url.trim_end_matches('/'));
+    let uri = format!("{}{path}", url.trim_end_matches('/'));
     let request = Request::builder()
         .method(method)
         .uri(&uri)

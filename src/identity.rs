@@ -19,6 +19,10 @@ pub enum Method {
     Email,
     /// An application token.
     App,
+    /// A hardware-bound key (RFC 8176 `hwk`): a passkey / WebAuthn credential. Reserved: no
+    /// credential gatehouse accepts yields it yet, so a route whose `factors` is only
+    /// `["webauthn"]` admits nobody until passkeys arrive.
+    Hwk,
     /// Several factors, as an external identity provider reports them (RFC 8176 `mfa`): only
     /// from a provider configured with `trust_idp_mfa`, or a trusted issuer's token.
     Mfa,
@@ -32,6 +36,7 @@ impl Method {
             Method::Sms => "sms",
             Method::Email => "email",
             Method::App => "app",
+            Method::Hwk => "hwk",
             Method::Mfa => "mfa",
         }
     }
@@ -40,7 +45,7 @@ impl Method {
     pub fn is_second_factor(self) -> bool {
         matches!(
             self,
-            Method::Otp | Method::Sms | Method::Email | Method::Mfa
+            Method::Otp | Method::Sms | Method::Email | Method::Hwk | Method::Mfa
         )
     }
 }

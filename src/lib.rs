@@ -13,6 +13,7 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod domains;
+pub mod explain;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod gateway;
@@ -33,6 +34,7 @@ pub mod private;
 pub mod probe;
 pub mod problem;
 pub mod proxy;
+pub mod ratelimit;
 pub mod reload;
 pub mod routes;
 pub mod secrets;

@@ -28,6 +28,8 @@ enum Command {
     CheckConfig,
     /// Manage users, applications, organisations and keys through the admin API.
     Admin(Box<gatehouse::cli::AdminArgs>),
+    /// Explain the access rules: `routes explain METHOD PATH [--user NAME] [--source IP]`.
+    Routes(Box<gatehouse::explain::RoutesArgs>),
     /// Serve the Kubernetes mutating admission webhook that injects the gatehouse sidecar.
     InjectWebhook(InjectArgs),
     /// Copy a sled store into an empty PostgreSQL database (moving from one replica to several).
@@ -88,6 +90,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
         Command::Admin(args) => admin(*args),
+        Command::Routes(args) => routes(*args, cli.config.as_deref()),
         Command::Probe(args) => probe(args),
         Command::DemoUpstream(args) => demo_upstream(args),
         Command::HashPassword => hash_stdin(false),
@@ -217,6 +220,27 @@ fn admin(args: gatehouse::cli::AdminArgs) -> ExitCode {
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `gatehouse routes …` with the configuration read and validated as `check-config` does (exit 2
+/// when it is refused); the files it names (certificates, store) are not opened.
+fn routes(args: gatehouse::explain::RoutesArgs, path: Option<&std::path::Path>) -> ExitCode {
+    let loaded = config::load_report(path);
+    let source = loaded_from(&loaded);
+    let config = match loaded.config {
+        Ok(config) => config,
+        Err(e) => return refused(&e, &source),
+    };
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(gatehouse::explain::run(args, &config)),
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            ExitCode::from(2)
         }
     }
 }

@@ -90,13 +90,65 @@ impl Reloadable {
             shared.store(tls);
         }
         self.services.auth.trust(issuers);
+        // The policy first: the new pipeline finds the buckets of its rules there.
+        let policy = crate::routes::Policy::reloaded(new, Some(&self.services.policy.load()));
+        self.services.policy.store(Arc::new(policy));
         self.gateway.store(Arc::new(gateway));
-        self.services
-            .policy
-            .store(Arc::new(crate::routes::Policy::of(new)));
         *self.running.lock().unwrap_or_else(PoisonError::into_inner) = Arc::new(new.clone());
         Ok(())
     }
+}
+
+/// What a route's new `methods`, `source`, `any_scopes`, `factors` and `rate_limit` let through
+/// that the old ones did not: requests the rule no longer covers (they fall to a rule that may be
+/// weaker), more scopes or factors accepted, a limit removed or raised.
+fn loosened_conditions(
+    old: &crate::config::AccessRule,
+    new: &crate::config::AccessRule,
+) -> Vec<String> {
+    let prefix = &old.path_prefix;
+    let mut changes = Vec::new();
+    let narrowed = |old: &[String], new: &[String]| {
+        (old.is_empty() && !new.is_empty())
+            || old.iter().any(|m| !new.is_empty() && !new.contains(m))
+    };
+    if narrowed(&old.methods, &new.methods) {
+        changes.push(format!(
+            "route {prefix} covers fewer methods ({})",
+            new.methods.join(", ")
+        ));
+    }
+    let old_source: Vec<String> = old.source.iter().map(ToString::to_string).collect();
+    let new_source: Vec<String> = new.source.iter().map(ToString::to_string).collect();
+    if narrowed(&old_source, &new_source) {
+        changes.push(format!(
+            "route {prefix} covers fewer clients ({})",
+            new_source.join(", ")
+        ));
+    }
+    let widened = |old: &[String], new: &[String]| {
+        !old.is_empty() && (new.is_empty() || new.iter().any(|s| !old.contains(s)))
+    };
+    if widened(&old.any_scopes, &new.any_scopes) {
+        changes.push(format!("route {prefix} accepts other any_scopes"));
+    }
+    let names = |f: &[crate::config::Factor]| -> Vec<String> {
+        f.iter().map(|f| f.as_str().to_owned()).collect()
+    };
+    if widened(&names(&old.factors), &names(&new.factors)) {
+        changes.push(format!("route {prefix} accepts other factors"));
+    }
+    if let Some(before) = old.rate_limit {
+        let per_second = |l: crate::config::RateLimit| f64::from(l.count) / l.per.as_secs_f64();
+        match new.rate_limit {
+            None => changes.push(format!("route {prefix} rate_limit removed")),
+            Some(now) if per_second(now) > per_second(before) || now.count > before.count => {
+                changes.push(format!("route {prefix} rate_limit {before} -> {now}"));
+            }
+            Some(_) => {}
+        }
+    }
+    changes
 }
 
 fn strength(access: Access) -> u8 {
@@ -146,6 +198,7 @@ pub fn loosened(old: &Config, new: &Config) -> Vec<String> {
                 dropped.join(", ")
             ));
         }
+        changes.extend(loosened_conditions(route, now));
     }
     for route in &new.routes {
         let prefix = &route.path_prefix;
@@ -488,6 +541,39 @@ mod tests {
         assert!(
             !loosened(&new_stricter_route, &old).is_empty(),
             "a route removed"
+        );
+    }
+
+    #[test]
+    fn narrower_conditions_and_wider_alternatives_are_named() {
+        let route = |extra: &str| {
+            with(&format!(
+                "[[routes]]\npath_prefix = \"/x/\"\naccess = \"mfa\"\n{extra}"
+            ))
+        };
+        let old = route(
+            "any_scopes = [\"a\"]\nfactors = [\"totp\"]\nrate_limit = \"10/m\"\n\
+             methods = [\"GET\", \"POST\"]\n",
+        );
+        let new = route(
+            "any_scopes = [\"a\", \"b\"]\nfactors = [\"totp\", \"sms\"]\n\
+             rate_limit = \"20/m\"\nmethods = [\"GET\"]\nsource = [\"10.0.0.0/8\"]\n",
+        );
+        let changes = loosened(&old, &new).join("; ");
+        for expected in [
+            "route /x/ covers fewer methods (GET)",
+            "route /x/ covers fewer clients (10.0.0.0/8)",
+            "route /x/ accepts other any_scopes",
+            "route /x/ accepts other factors",
+            "route /x/ rate_limit 10/m -> 20/m",
+        ] {
+            assert!(changes.contains(expected), "{expected} not in {changes}");
+        }
+        assert!(
+            loosened(&new, &old)
+                .join("; ")
+                .find("covers fewer clients")
+                .is_none()
         );
     }
 

@@ -9,6 +9,8 @@
 //! session segments (`/(S(x))/admin/x` is under `/admin/`). The longest matching
 //! prefix wins; the query never takes part. A path no rule matches gets `proxy.default`.
 
+use std::net::IpAddr;
+
 use crate::config::{Access, AccessRule};
 pub use crate::path::{eq_ignore_case, strip_prefix_ignore_case};
 
@@ -18,13 +20,22 @@ pub use crate::path::{eq_ignore_case, strip_prefix_ignore_case};
 pub struct Policy {
     pub rules: AccessRules,
     pub require_app: bool,
+    /// The buckets of the rules' `rate_limit`s.
+    pub limits: crate::ratelimit::Limits,
 }
 
 impl Policy {
     pub fn of(config: &crate::config::Config) -> Policy {
+        Policy::reloaded(config, None)
+    }
+
+    /// The policy of `config` replacing `previous`, whose buckets it keeps for the rules whose
+    /// prefix and `rate_limit` are unchanged.
+    pub fn reloaded(config: &crate::config::Config, previous: Option<&Policy>) -> Policy {
         Policy {
             rules: AccessRules::new(&config.routes, config.proxy.default),
             require_app: config.auth.require_application_token,
+            limits: crate::ratelimit::Limits::new(&config.routes, previous.map(|p| &p.limits)),
         }
     }
 }
@@ -32,37 +43,142 @@ impl Policy {
 /// The configured access rules, sorted for lookup.
 #[derive(Debug, Clone)]
 pub struct AccessRules {
-    /// Longest prefix first, so the first match is the longest.
-    rules: Vec<AccessRule>,
+    /// Longest prefix first, so the first match is the longest; each with its index in `[[routes]]`.
+    rules: Vec<(usize, AccessRule)>,
     default: AccessRule,
+}
+
+/// Why a rule whose prefix covers a path does not apply to a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mismatch {
+    /// The request's method is not in the rule's `methods`.
+    Method,
+    /// The client's address is outside the rule's `source`.
+    Source,
+}
+
+impl std::fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mismatch::Method => "the method is not in its `methods`",
+            Mismatch::Source => "the client address is outside its `source`",
+        })
+    }
+}
+
+/// The headers with which a client asks the upstream to act as another method
+/// (Rails, Laravel, Spring's `HiddenHttpMethodFilter` behind a filter, ASP.NET, Express's
+/// `method-override`): a request carrying one must pass the rules of both methods.
+pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// The methods a request may be acted on as: its own, then every value of the method override
+/// headers (each comma-separated item, trimmed), duplicates dropped (letter case ignored).
+pub fn acted_methods(method: &str, headers: &http::HeaderMap) -> Vec<String> {
+    let mut methods = vec![method.to_owned()];
+    for name in METHOD_OVERRIDE_HEADERS {
+        for value in headers.get_all(name) {
+            for item in String::from_utf8_lossy(value.as_bytes()).split(',') {
+                let item = item.trim();
+                if !item.is_empty() && !methods.iter().any(|m| m.eq_ignore_ascii_case(item)) {
+                    methods.push(item.to_owned());
+                }
+            }
+        }
+    }
+    methods
+}
+
+/// Whether a rule's `methods` (upper case) admits `method`, compared ASCII-case-insensitively
+/// (an upstream that folds `get` to `GET` must not get another rule); `GET` also covers `HEAD`.
+pub fn method_matches(methods: &[String], method: &str) -> bool {
+    methods.is_empty()
+        || methods.iter().any(|m| {
+            m.eq_ignore_ascii_case(method) || (m == "GET" && method.eq_ignore_ascii_case("HEAD"))
+        })
+}
+
+/// Whether a rule's `source` admits `client` (an IPv4-mapped IPv6 address as its IPv4 one).
+pub fn source_matches(source: &[ipnet::IpNet], client: IpAddr) -> bool {
+    let client = client.to_canonical();
+    source.is_empty() || source.iter().any(|net| net.contains(&client))
+}
+
+/// Why `rule` does not apply to a request with `method` from `client`, if it does not.
+pub fn mismatch(rule: &AccessRule, method: &str, client: IpAddr) -> Option<Mismatch> {
+    if !method_matches(&rule.methods, method) {
+        Some(Mismatch::Method)
+    } else if !source_matches(&rule.source, client) {
+        Some(Mismatch::Source)
+    } else {
+        None
+    }
 }
 
 impl AccessRules {
     /// The `[[routes]]` rules, and `default` (`proxy.default`) for the paths none of them covers.
     pub fn new(rules: &[AccessRule], default: Access) -> AccessRules {
-        let mut rules = rules.to_vec();
+        let mut rules: Vec<(usize, AccessRule)> = rules.iter().cloned().enumerate().collect();
         // Compared with match keys, so in the same decoded form (`/caf%C3%A9/` is `/café/`).
-        for rule in &mut rules {
+        for (_, rule) in &mut rules {
             rule.path_prefix = crate::path::match_key(&rule.path_prefix).into_owned();
         }
-        rules.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.len()));
+        rules.sort_by_key(|(_, r)| std::cmp::Reverse(r.path_prefix.len()));
         AccessRules {
             rules,
-            default: AccessRule {
-                path_prefix: "/".into(),
-                access: default,
-                scopes: Vec::new(),
-            },
+            default: AccessRule::new("/", default),
         }
     }
 
-    /// The rule for the [`crate::path::match_key`] of a normalised path.
+    /// The rule whose prefix is the longest to cover the [`crate::path::match_key`] of a
+    /// normalised path, whatever its match conditions (`methods`, `source`).
     pub fn rule_for(&self, path: &str) -> &AccessRule {
-        let path = without_session_segments(path);
+        self.candidates(path)
+            .next()
+            .map_or(&self.default, |(_, rule)| rule)
+    }
+
+    /// The rules whose prefix covers `path`, longest first, each with its index in `[[routes]]`;
+    /// `proxy.default` (index `None`) comes last.
+    pub fn candidates<'a>(
+        &'a self,
+        path: &str,
+    ) -> impl Iterator<Item = (Option<usize>, &'a AccessRule)> + 'a {
+        let path = without_session_segments(path).into_owned();
         self.rules
             .iter()
-            .find(|r| prefix_matches(&r.path_prefix, &path))
-            .unwrap_or(&self.default)
+            .filter(move |(_, r)| prefix_matches(&r.path_prefix, &path))
+            .map(|(i, r)| (Some(*i), r))
+            .chain(std::iter::once((None, &self.default)))
+    }
+
+    /// The rule for a request with `method` from `client` to `path` (a match key): the longest
+    /// prefix whose match conditions admit the request, else `proxy.default`.
+    pub fn rule_for_request(&self, path: &str, method: &str, client: IpAddr) -> &AccessRule {
+        self.candidates(path)
+            .find(|(_, r)| mismatch(r, method, client).is_none())
+            .map_or(&self.default, |(_, rule)| rule)
+    }
+
+    /// The rules a request must pass: that of each method it may be acted on as (see
+    /// [`acted_methods`]), each rule once.
+    pub fn rules_for_request(
+        &self,
+        path: &str,
+        methods: &[String],
+        client: IpAddr,
+    ) -> Vec<&AccessRule> {
+        let mut out: Vec<&AccessRule> = Vec::with_capacity(1);
+        for method in methods {
+            let rule = self.rule_for_request(path, method, client);
+            if !out.iter().any(|r| std::ptr::eq(*r, rule)) {
+                out.push(rule);
+            }
+        }
+        out
     }
 }
 
@@ -128,11 +244,7 @@ mod tests {
     use super::*;
 
     fn table() -> AccessRules {
-        let route = |p: &str, access| AccessRule {
-            path_prefix: p.into(),
-            access,
-            scopes: vec![],
-        };
+        let route = |p: &str, access| AccessRule::new(p, access);
         AccessRules::new(
             &[
                 route("/public/", Access::Public),
@@ -263,10 +375,9 @@ mod properties {
             .iter()
             .enumerate()
             .map(|(i, p)| AccessRule {
-                path_prefix: (*p).to_owned(),
-                access: Access::Public,
                 // The scope names the rule, so equal rules are the same rule.
                 scopes: vec![i.to_string()],
+                ..AccessRule::new(*p, Access::Public)
             })
             .collect();
         AccessRules::new(&routes, Access::Authenticated)

@@ -1,7 +1,7 @@
 //! Access rules applied to a principal: the one place that decides whether a request may pass.
 
 use super::{Method, Principal};
-use crate::config::{Access, AccessRule};
+use crate::config::{Access, AccessRule, Factor};
 
 /// The outcome of applying an access rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,7 +24,24 @@ pub fn decide(
     principal: Option<&Principal>,
     require_app: bool,
 ) -> Decision {
-    if access == Access::Public {
+    decide_rule(
+        &AccessRule {
+            scopes: scopes.to_vec(),
+            ..AccessRule::new("/", access)
+        },
+        principal,
+        require_app,
+    )
+}
+
+/// The verdict of a matched [`AccessRule`] for `principal`: `access` (with `factors`: only those
+/// second factors satisfy `mfa`), every one of `scopes`, and at least one of `any_scopes`.
+pub fn decide_rule(
+    rule: &AccessRule,
+    principal: Option<&Principal>,
+    require_app: bool,
+) -> Decision {
+    if rule.access == Access::Public {
         return Decision::Allow;
     }
     let Some(principal) = principal else {
@@ -33,22 +50,29 @@ pub fn decide(
     if require_app && !principal.methods.contains(&Method::App) {
         return Decision::Unauthenticated;
     }
-    if access == Access::Mfa && !principal.methods.iter().any(|m| m.is_second_factor()) {
+    if rule.access == Access::Mfa && !has_factor(principal, &rule.factors) {
         return Decision::MfaRequired;
     }
-    match scopes.iter().find(|s| !principal.scopes.contains(s)) {
-        Some(missing) => Decision::MissingScope(missing.clone()),
-        None => Decision::Allow,
+    if let Some(missing) = rule.scopes.iter().find(|s| !principal.scopes.contains(s)) {
+        return Decision::MissingScope(missing.clone());
     }
+    if !rule.any_scopes.is_empty() && !rule.any_scopes.iter().any(|s| principal.scopes.contains(s))
+    {
+        // Read in "This route needs the scope `a` or `b`."
+        return Decision::MissingScope(rule.any_scopes.join("` or `"));
+    }
+    Decision::Allow
 }
 
-/// [`decide`] for a matched [`AccessRule`].
-pub fn decide_rule(
-    rule: &AccessRule,
-    principal: Option<&Principal>,
-    require_app: bool,
-) -> Decision {
-    decide(rule.access, &rule.scopes, principal, require_app)
+/// Whether the principal authenticated with a second factor `factors` accepts (any second factor
+/// when it names none).
+fn has_factor(principal: &Principal, factors: &[Factor]) -> bool {
+    if factors.is_empty() {
+        return principal.methods.iter().any(|m| m.is_second_factor());
+    }
+    factors
+        .iter()
+        .any(|f| principal.methods.contains(&f.method()))
 }
 
 #[cfg(test)]
@@ -120,6 +144,48 @@ mod tests {
         assert_eq!(
             decide(Access::Authenticated, &need, Some(&p), false),
             Decision::MissingScope("admin".into())
+        );
+    }
+
+    #[test]
+    fn one_of_the_any_scopes_is_enough() {
+        let rule = AccessRule {
+            any_scopes: vec!["a".into(), "b".into()],
+            ..AccessRule::new("/", Access::Authenticated)
+        };
+        let p = principal(&[Method::Pwd], &["b"]);
+        assert_eq!(decide_rule(&rule, Some(&p), false), Decision::Allow);
+        let none = principal(&[Method::Pwd], &["c"]);
+        assert_eq!(
+            decide_rule(&rule, Some(&none), false),
+            Decision::MissingScope("a` or `b".into())
+        );
+    }
+
+    #[test]
+    fn only_the_named_factors_satisfy_mfa() {
+        let rule = AccessRule {
+            factors: vec![Factor::Totp, Factor::Idp],
+            ..AccessRule::new("/", Access::Mfa)
+        };
+        for (methods, decision) in [
+            (&[Method::Pwd, Method::Otp][..], Decision::Allow),
+            (&[Method::Mfa][..], Decision::Allow),
+            (&[Method::Pwd, Method::Sms][..], Decision::MfaRequired),
+            (&[Method::Pwd, Method::Email][..], Decision::MfaRequired),
+            (&[Method::Pwd][..], Decision::MfaRequired),
+        ] {
+            let p = principal(methods, &[]);
+            assert_eq!(decide_rule(&rule, Some(&p), false), decision, "{methods:?}");
+        }
+        let webauthn = AccessRule {
+            factors: vec![Factor::Webauthn],
+            ..AccessRule::new("/", Access::Mfa)
+        };
+        let otp = principal(&[Method::Pwd, Method::Otp], &[]);
+        assert_eq!(
+            decide_rule(&webauthn, Some(&otp), false),
+            Decision::MfaRequired
         );
     }
 }

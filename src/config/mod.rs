@@ -510,7 +510,9 @@ impl Access {
     }
 }
 
-/// One `[[routes]]` entry: the access a path prefix requires.
+/// One `[[routes]]` entry: the access a path prefix requires (SPEC §13). `methods` and `source`
+/// are match conditions: a request they leave out falls to the next longest matching rule, then
+/// `proxy.default`.
 #[derive(Debug, Clone, Serialize)]
 pub struct AccessRule {
     /// A normalised path prefix, matched on whole segments (see [`crate::routes`]).
@@ -518,6 +520,147 @@ pub struct AccessRule {
     pub access: Access,
     /// Scopes the principal must all hold.
     pub scopes: Vec<String>,
+    /// Methods the rule applies to, in upper case (empty: every method; `GET` also covers `HEAD`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// Client networks the rule applies to (empty: every client).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub source: Vec<IpNet>,
+    /// Scopes of which the principal must hold at least one (empty: no such condition).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub any_scopes: Vec<String>,
+    /// With `access = "mfa"`: the second factors that satisfy it (empty: any second factor).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub factors: Vec<Factor>,
+    /// Requests per user (per client address for anonymous ones) the rule lets through.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+}
+
+impl AccessRule {
+    /// A rule with no condition or requirement beyond `access`.
+    pub fn new(path_prefix: impl Into<String>, access: Access) -> AccessRule {
+        AccessRule {
+            path_prefix: path_prefix.into(),
+            access,
+            scopes: Vec::new(),
+            methods: Vec::new(),
+            source: Vec::new(),
+            any_scopes: Vec::new(),
+            factors: Vec::new(),
+            rate_limit: None,
+        }
+    }
+}
+
+impl Default for AccessRule {
+    fn default() -> AccessRule {
+        AccessRule::new("/", Access::Authenticated)
+    }
+}
+
+/// `net` with an IPv4-mapped IPv6 network (`::ffff:10.0.0.0/104`) as its IPv4 one.
+pub fn canonical_net(net: IpNet) -> IpNet {
+    if let IpNet::V6(v6) = net
+        && let Some(v4) = v6.addr().to_ipv4_mapped()
+        && v6.prefix_len() >= 96
+        && let Ok(n) = ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+    {
+        return IpNet::V4(n.trunc());
+    }
+    net.trunc()
+}
+
+/// A second factor a route's `factors` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Factor {
+    Totp,
+    Recovery,
+    Sms,
+    Email,
+    Webauthn,
+    /// The second factor an external identity provider vouches for (`trust_idp_mfa`).
+    Idp,
+}
+
+impl Factor {
+    pub const NAMES: &[&str] = &["totp", "recovery", "sms", "email", "webauthn", "idp"];
+
+    pub fn parse(name: &str) -> Option<Factor> {
+        Some(match name {
+            "totp" => Factor::Totp,
+            "recovery" => Factor::Recovery,
+            "sms" => Factor::Sms,
+            "email" => Factor::Email,
+            "webauthn" => Factor::Webauthn,
+            "idp" => Factor::Idp,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Factor::Totp => "totp",
+            Factor::Recovery => "recovery",
+            Factor::Sms => "sms",
+            Factor::Email => "email",
+            Factor::Webauthn => "webauthn",
+            Factor::Idp => "idp",
+        }
+    }
+
+    /// The authentication method (`amr`) a credential carries after this factor. TOTP and
+    /// recovery codes are both `otp`, so either admits where the other is named.
+    pub fn method(self) -> crate::identity::Method {
+        use crate::identity::Method;
+        match self {
+            Factor::Totp | Factor::Recovery => Method::Otp,
+            Factor::Sms => Method::Sms,
+            Factor::Email => Method::Email,
+            Factor::Webauthn => Method::Hwk,
+            Factor::Idp => Method::Mfa,
+        }
+    }
+}
+
+/// `rate_limit = "N/s"`, `"N/m"` or `"N/h"`: a token bucket of `count` requests refilled over
+/// `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub count: u32,
+    pub per: Duration,
+}
+
+impl RateLimit {
+    pub fn parse(s: &str) -> Option<RateLimit> {
+        let (count, unit) = s.trim().split_once('/')?;
+        let count: u32 = count.trim().parse().ok().filter(|n| *n >= 1)?;
+        let per = match unit.trim() {
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            _ => return None,
+        };
+        Some(RateLimit { count, per })
+    }
+}
+
+impl std::fmt::Display for RateLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unit = match self.per.as_secs() {
+            1 => "s",
+            60 => "m",
+            _ => "h",
+        };
+        write!(f, "{}/{unit}", self.count)
+    }
+}
+
+impl Serialize for RateLimit {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -1216,6 +1359,55 @@ mod tests {
             from_toml_str("[apis.manage]\nbase_path = \"/otp/\"\nclient_ip_limit = 0\n").unwrap();
         assert_eq!(c.apis.manage.family.base_path, "/otp");
         assert_eq!(c.apis.manage.client_ip_limit, 0);
+    }
+
+    #[test]
+    fn route_rules_read_their_conditions_in_the_form_requests_are_compared_with() {
+        let c = from_toml_str(
+            r#"
+            [[routes]]
+            path_prefix = "/x/"
+            access = "mfa"
+            methods = ["get", "Delete"]
+            source = ["10.0.0.7", "::ffff:192.168.0.0/112", "2001:db8::/32", "10.1.2.3/8"]
+            any_scopes = ["a", "b"]
+            factors = ["totp", "webauthn", "idp"]
+            rate_limit = "100/m"
+            "#,
+        )
+        .unwrap();
+        let r = &c.routes[0];
+        assert_eq!(r.methods, ["GET", "DELETE"]);
+        let source: Vec<String> = r.source.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            source,
+            [
+                "10.0.0.7/32",
+                "192.168.0.0/16",
+                "2001:db8::/32",
+                "10.0.0.0/8"
+            ]
+        );
+        assert_eq!(r.any_scopes, ["a", "b"]);
+        assert_eq!(r.factors, [Factor::Totp, Factor::Webauthn, Factor::Idp]);
+        assert_eq!(r.rate_limit.unwrap().to_string(), "100/m");
+        assert_eq!(
+            r.rate_limit,
+            Some(RateLimit {
+                count: 100,
+                per: Duration::from_secs(60)
+            })
+        );
+        for (text, ok) in [
+            ("1/s", true),
+            ("5/h", true),
+            ("0/m", false),
+            ("10/d", false),
+            ("m", false),
+            ("-1/s", false),
+        ] {
+            assert_eq!(RateLimit::parse(text).is_some(), ok, "{text}");
+        }
     }
 
     #[test]

@@ -302,6 +302,11 @@ pub(super) struct RawRoute {
     pub(super) path_prefix: Field<String>,
     pub(super) access: Field<String>,
     pub(super) scopes: Field<Vec<String>>,
+    pub(super) methods: Field<Vec<String>>,
+    pub(super) source: Field<Vec<String>>,
+    pub(super) any_scopes: Field<Vec<String>>,
+    pub(super) factors: Field<Vec<String>>,
+    pub(super) rate_limit: Field<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

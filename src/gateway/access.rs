@@ -11,17 +11,62 @@ use crate::api::signin::rd;
 use crate::auth::policy::{self, Decision};
 use crate::auth::{AuthError, Authenticator, Principal};
 use crate::config::{Access, AccessRule};
+use crate::ratelimit::Key;
 
 impl Gateway {
-    /// Authenticates the request (except on public routes, where credentials are not even looked
-    /// at) and applies `rule`: the principal whose identity goes upstream, if any.
+    /// Authenticates the request (except when every rule is public, where credentials are not
+    /// even looked at), applies each of `rules` (the rules of every method the request may be
+    /// acted on as), then takes a token from each rule's `rate_limit` bucket: the principal whose
+    /// identity goes upstream, if any. A refused request takes no token.
     pub(super) async fn authorise(
         &self,
-        rule: &AccessRule,
+        rules: &[&AccessRule],
         headers: &HeaderMap,
         client: IpAddr,
     ) -> Result<Option<Principal>, Rejection> {
-        decide(&self.auth, rule, self.require_app, headers, client).await
+        let principal = decide(&self.auth, rules, self.require_app, headers, client).await?;
+        self.limit(rules, principal.as_ref(), client)?;
+        Ok(principal)
+    }
+
+    /// Takes a token from the bucket of `principal` (anonymous: of the client's address) of each
+    /// rule with a `rate_limit`; over a limit, the refusal says when to retry, and the key's first
+    /// refusal in a minute is audited (`rate_limited`).
+    fn limit(
+        &self,
+        rules: &[&AccessRule],
+        principal: Option<&Principal>,
+        client: IpAddr,
+    ) -> Result<(), Rejection> {
+        let policy = self.policy.load();
+        for rule in rules {
+            let Some(limit) = policy.limits.of(rule) else {
+                continue;
+            };
+            let key = match principal {
+                Some(p) => Key::User(p.user_id.clone()),
+                None => Key::client(client),
+            };
+            if let Err(limited) = limit.check(&key) {
+                if limited.audit {
+                    let (store, clock) = (self.store.clone(), self.clock.clone());
+                    let user = principal.map(|p| p.user_name.clone());
+                    let detail = format!("route {}: {key}", rule.path_prefix);
+                    tokio::spawn(async move {
+                        crate::audit::record(
+                            store.as_ref(),
+                            clock.as_ref(),
+                            "rate_limited",
+                            user.as_deref(),
+                            Some(detail),
+                        )
+                        .await;
+                    });
+                }
+                return Err(Rejection::RateLimited(limited.retry_after));
+            }
+        }
+        Ok(())
     }
 
     /// `rejection` as a browser navigation gets it (SPEC §11): a `GET` or `HEAD` that accepts
@@ -68,16 +113,16 @@ impl Gateway {
     }
 }
 
-/// The decision on a request to a route with `rule` (SPEC §5): also what a long-lived exchange's
-/// credential is checked again with.
+/// The decision on a request to routes with `rules` (SPEC §5, §13): it must pass each. Also what
+/// a long-lived exchange's credential is checked again with.
 pub(super) async fn decide(
     auth: &Authenticator,
-    rule: &AccessRule,
+    rules: &[&AccessRule],
     require_app: bool,
     headers: &HeaderMap,
     client: IpAddr,
 ) -> Result<Option<Principal>, Rejection> {
-    let principal = if rule.access == Access::Public {
+    let principal = if rules.iter().all(|r| r.access == Access::Public) {
         None
     } else {
         auth.authenticate_browser(headers, client)
@@ -91,13 +136,18 @@ pub(super) async fn decide(
                 AuthError::NewUsersLimited(seconds) => Rejection::NewUsersLimited(seconds),
             })?
     };
-    match policy::decide_rule(rule, principal.as_ref(), require_app) {
-        Decision::Allow => Ok(principal),
-        Decision::Unauthenticated if principal.is_some() => Err(Rejection::NoApplicationToken),
-        Decision::Unauthenticated => Err(Rejection::Unauthenticated(None)),
-        Decision::MfaRequired => Err(Rejection::MfaRequired),
-        Decision::MissingScope(scope) => Err(Rejection::MissingScope(scope)),
+    for rule in rules {
+        match policy::decide_rule(rule, principal.as_ref(), require_app) {
+            Decision::Allow => {}
+            Decision::Unauthenticated if principal.is_some() => {
+                return Err(Rejection::NoApplicationToken);
+            }
+            Decision::Unauthenticated => return Err(Rejection::Unauthenticated(None)),
+            Decision::MfaRequired => return Err(Rejection::MfaRequired),
+            Decision::MissingScope(scope) => return Err(Rejection::MissingScope(scope)),
+        }
     }
+    Ok(principal)
 }
 
 /// Whether a request is a browser navigation: `GET` or `HEAD`, `Accept` naming `text/html`, and

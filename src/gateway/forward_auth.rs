@@ -32,8 +32,21 @@ impl Gateway {
             Ok(described) => described,
             Err(rejection) => return Outcome::refused(CLASS, rejection),
         };
-        let rule = self.rules.rule_for(&path::match_key(&described));
-        let principal = match self.authorise(rule, &parts.headers, arrival.client).await {
+        // The described method (as each describing header names it), and any the described
+        // request's override headers name: the request must pass the rule of each.
+        let mut methods = described_methods(&parts.headers);
+        for method in crate::routes::acted_methods("GET", &parts.headers)
+            .into_iter()
+            .skip(1)
+        {
+            if !methods.iter().any(|m| m.eq_ignore_ascii_case(&method)) {
+                methods.push(method);
+            }
+        }
+        let rules =
+            self.rules
+                .rules_for_request(&path::match_key(&described), &methods, arrival.client);
+        let principal = match self.authorise(&rules, &parts.headers, arrival.client).await {
             Ok(principal) => principal,
             Err(rejection) => {
                 let method = described_method(&parts.headers);
@@ -90,6 +103,25 @@ fn described_path(parts: &Parts, path: &str) -> Result<String, Rejection> {
     })
 }
 
+/// The described request's methods, as `X-Forwarded-Method` (Traefik, Caddy) and
+/// `X-Original-Method` (nginx's usual `proxy_set_header`) name them, each value once; `GET` when
+/// neither is sent, as proxies that send none describe navigations.
+fn described_methods(headers: &HeaderMap) -> Vec<String> {
+    let mut methods: Vec<String> = Vec::new();
+    for name in [X_FORWARDED_METHOD, X_ORIGINAL_METHOD] {
+        for value in headers.get_all(name) {
+            let value = String::from_utf8_lossy(value.as_bytes()).trim().to_owned();
+            if !value.is_empty() && !methods.iter().any(|m| m.eq_ignore_ascii_case(&value)) {
+                methods.push(value);
+            }
+        }
+    }
+    if methods.is_empty() {
+        methods.push("GET".to_owned());
+    }
+    methods
+}
+
 /// The described request's method (`X-Forwarded-Method`; `GET` when absent, as proxies that
 /// send none describe navigations).
 fn described_method(headers: &HeaderMap) -> Method {
@@ -120,6 +152,7 @@ fn wants_401(headers: &HeaderMap) -> bool {
 }
 
 const X_FORWARDED_METHOD: &str = "x-forwarded-method";
+const X_ORIGINAL_METHOD: &str = "x-original-method";
 const X_FORWARDED_URI: &str = "x-forwarded-uri";
 const X_ORIGINAL_URL: &str = "x-original-url";
 const X_FORWARDED_AUTH_RESPONSE: &str = "x-forwarded-auth-response";

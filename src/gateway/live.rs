@@ -31,6 +31,8 @@ pub(super) struct Admitted {
     pub(super) policy: Arc<ArcSwap<Policy>>,
     /// The request's match key, which picks its rule.
     pub(super) key: String,
+    /// The methods the request may be acted on as (its own, and its override headers').
+    pub(super) methods: Vec<String>,
     /// `Authorization`, `Cookie` and the ApplicationToken header, as the client sent them.
     pub(super) credentials: HeaderMap,
     pub(super) client: IpAddr,
@@ -75,10 +77,12 @@ impl Credential for Admitted {
     fn check(self: Arc<Self>) -> Pin<Box<dyn Future<Output = Verdict> + Send>> {
         Box::pin(async move {
             let policy = self.policy.load_full();
-            let rule = policy.rules.rule_for(&self.key);
+            let rules = policy
+                .rules
+                .rules_for_request(&self.key, &self.methods, self.client);
             let decided = decide(
                 &self.auth,
-                rule,
+                &rules,
                 policy.require_app,
                 &self.credentials,
                 self.client,
@@ -100,6 +104,7 @@ fn verdict(decided: Result<Option<Principal>, Rejection>, user_id: &str) -> Verd
             Rejection::AuthUnavailable(_)
             | Rejection::HashingBusy
             | Rejection::TooManyFailures(_)
+            | Rejection::RateLimited(_)
             | Rejection::Internal(_),
         ) => Verdict::Unknown,
         Err(

@@ -152,6 +152,9 @@ pub struct Gateway {
     tunnel_limits: TunnelLimits,
     max_tunnels_per_user: usize,
     reauth_interval: Duration,
+    /// Where `rate_limited` is audited.
+    store: Arc<dyn crate::store::Store>,
+    clock: Arc<dyn crate::clock::Clock>,
 }
 
 impl Gateway {
@@ -191,6 +194,8 @@ impl Gateway {
             },
             max_tunnels_per_user: config.websocket.max_tunnels_per_user,
             reauth_interval: config.proxy.reauth_interval,
+            store: services.store.clone(),
+            clock: services.clock.clone(),
             ws: config.apis.ws.enabled.then(|| {
                 Ws::new(
                     &config.apis.ws.base_path,

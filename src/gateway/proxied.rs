@@ -36,14 +36,16 @@ impl Gateway {
         key: &str,
         arrival: &Arrival,
     ) -> Outcome {
-        let rule = self.rules.rule_for(key);
-        let class = rule.access.as_str();
+        // The rule of the request's method, and of each method an override header names.
+        let methods = crate::routes::acted_methods(parts.method.as_str(), &parts.headers);
+        let rules = self.rules.rules_for_request(key, &methods, arrival.client);
+        let class = rules.first().map_or("authenticated", |r| r.access.as_str());
         let grpc = arrival.grpc;
         let refused = |rejection| Outcome {
             grpc,
             ..Outcome::refused(class, rejection)
         };
-        let principal = match self.authorise(rule, &parts.headers, arrival.client).await {
+        let principal = match self.authorise(&rules, &parts.headers, arrival.client).await {
             Ok(principal) => principal,
             Err(rejection) => {
                 let target = match &arrival.query {
@@ -66,6 +68,7 @@ impl Gateway {
                 auth: self.auth.clone(),
                 policy: self.policy.clone(),
                 key: key.to_owned(),
+                methods: methods.clone(),
                 credentials: presented.into_headers(self.auth.application_header()),
                 client: arrival.client,
                 user_id: principal.user_id.clone(),

@@ -60,6 +60,8 @@ pub(super) enum Rejection {
     TooManyTunnels(usize),
     /// `CONNECT` other than an RFC 8441 WebSocket: gatehouse is no forward proxy.
     MethodNotAllowed,
+    /// Over the route's `rate_limit`; retry after this many seconds.
+    RateLimited(u64),
 }
 
 impl Rejection {
@@ -125,6 +127,7 @@ impl std::fmt::Display for Rejection {
             }
             Rejection::TooManyTunnels(max) => write!(f, "{max} tunnels already open"),
             Rejection::MethodNotAllowed => f.write_str("CONNECT without a WebSocket protocol"),
+            Rejection::RateLimited(_) => f.write_str("over the route's rate_limit"),
         }
     }
 }
@@ -264,6 +267,12 @@ impl Rejection {
                 "Method not allowed",
                 "CONNECT is accepted only to open a WebSocket (RFC 8441).",
             ),
+            Rejection::RateLimited(seconds) => Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Too many requests",
+                format!("Too many requests to this route; try again in {seconds} s."),
+            ),
         }
     }
 
@@ -307,6 +316,7 @@ impl Rejection {
             Rejection::OriginNotAllowed => (PERMISSION_DENIED, "origin not allowed"),
             Rejection::TooManyTunnels(_) => (RESOURCE_EXHAUSTED, "too many open connections"),
             Rejection::MethodNotAllowed => (UNIMPLEMENTED, "method not allowed"),
+            Rejection::RateLimited(_) => (RESOURCE_EXHAUSTED, "too many requests"),
         }
     }
 
@@ -367,7 +377,9 @@ pub(super) fn render(rejection: &Rejection, path: &str, request_id: &str) -> Res
     let mut response = rejection.problem().render(path, request_id);
     let retry_after = match rejection {
         Rejection::HashingBusy => Some(crate::auth::BUSY_RETRY_AFTER),
-        Rejection::TooManyFailures(seconds) | Rejection::NewUsersLimited(seconds) => Some(*seconds),
+        Rejection::TooManyFailures(seconds)
+        | Rejection::NewUsersLimited(seconds)
+        | Rejection::RateLimited(seconds) => Some(*seconds),
         _ => None,
     };
     if let Some(seconds) = retry_after {
@@ -409,6 +421,7 @@ mod tests {
             (Rejection::UpstreamTimeout, 504),
             (Rejection::OriginNotAllowed, 403),
             (Rejection::TooManyTunnels(1), 429),
+            (Rejection::RateLimited(3), 429),
             (Rejection::MethodNotAllowed, 405),
         ];
         for (rejection, status) in cases {
@@ -423,6 +436,7 @@ mod tests {
             (Rejection::MissingScope("x".into()), "7"),
             (Rejection::MfaRequired, "7"),
             (Rejection::TooManyFailures(5), "8"),
+            (Rejection::RateLimited(5), "8"),
             (Rejection::UpstreamUnavailable("down".into()), "14"),
             (Rejection::UpstreamTimeout, "4"),
         ];

@@ -29,6 +29,7 @@ async fn start(
             path_prefix: "/ops/".into(),
             access: gatehouse::config::Access::Authenticated,
             scopes: vec!["ops".into()],
+            ..Default::default()
         });
         adjust(c);
     })
@@ -726,6 +727,7 @@ async fn start_on(
                 path_prefix: "/ops/".into(),
                 access: gatehouse::config::Access::Authenticated,
                 scopes: vec!["ops".into()],
+                ..Default::default()
             });
             adjust(c);
         })

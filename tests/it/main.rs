@@ -40,6 +40,7 @@ mod pool;
 mod proxy;
 mod reload;
 mod replicas;
+mod route_rules;
 mod shutdown;
 mod signin;
 mod signin_attacks;

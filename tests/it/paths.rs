@@ -199,6 +199,7 @@ async fn with_admin_rule(upstream: &Upstream) -> (Gatehouse, String, String) {
             path_prefix: "/admin/".into(),
             access: Access::Mfa,
             scopes: vec!["admin".into()],
+            ..Default::default()
         });
     })
     .await;

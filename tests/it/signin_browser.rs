@@ -26,6 +26,7 @@ async fn start() -> (Upstream, Gatehouse) {
                 path_prefix: prefix.into(),
                 access,
                 scopes: vec![],
+                ..Default::default()
             });
         }
     })

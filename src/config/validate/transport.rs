@@ -318,6 +318,28 @@ pub(super) fn routes(c: &mut Checker, raw_routes: Vec<RawRoute>) -> Vec<AccessRu
             parse_access(s).map(Some)
         });
         let scopes = c.get(&key("scopes"), r.scopes, Vec::new(), ok);
+        let methods = list(c, &key("methods"), r.methods, parse_method);
+        let source = list(c, &key("source"), r.source, parse_source);
+        let any_scopes = list(c, &key("any_scopes"), r.any_scopes, |s: String| {
+            if s.trim().is_empty() {
+                Err("is empty".to_owned())
+            } else {
+                Ok(s)
+            }
+        });
+        let factors = list(c, &key("factors"), r.factors, |s: String| {
+            Factor::parse(&s).ok_or_else(|| {
+                format!(
+                    "expected one of `{}`, got `{s}`",
+                    Factor::NAMES.join("`, `")
+                )
+            })
+        });
+        let rate_limit = c.get(&key("rate_limit"), r.rate_limit, None, |s: String| {
+            RateLimit::parse(&s).map(Some).ok_or_else(|| {
+                format!("expected N/s, N/m or N/h with N at least 1 (such as `100/m`), got `{s}`")
+            })
+        });
         if let (Some(path_prefix), Some(access)) = (path_prefix, access) {
             // Prefixes match in any letter case, so `/Admin/` and `/admin/` are one rule.
             if routes
@@ -332,14 +354,83 @@ pub(super) fn routes(c: &mut Checker, raw_routes: Vec<RawRoute>) -> Vec<AccessRu
             if access == Access::Public && !scopes.is_empty() {
                 c.problem(&key("scopes"), "a public route cannot require scopes");
             }
+            if access == Access::Public && !any_scopes.is_empty() {
+                c.problem(&key("any_scopes"), "a public route cannot require scopes");
+            }
+            if access != Access::Mfa && !factors.is_empty() {
+                c.problem(&key("factors"), "only with access = \"mfa\"");
+            }
             routes.push(AccessRule {
                 path_prefix,
                 access,
                 scopes,
+                methods,
+                source,
+                any_scopes,
+                factors,
+                rate_limit,
             });
         }
     }
     routes
+}
+
+/// A list of a route's, each entry parsed by `parse` (problems name the entry: `routes[2].source[0]`).
+/// An empty list is refused: it would read as "none", but an absent key means "any".
+fn list<T>(
+    c: &mut Checker,
+    key: &str,
+    field: Field<Vec<String>>,
+    parse: impl Fn(String) -> Result<T, String>,
+) -> Vec<T> {
+    let raw = c.get(key, field, None, |v| Ok(Some(v)));
+    let Some(raw) = raw else {
+        return Vec::new();
+    };
+    if raw.is_empty() {
+        c.problem(
+            key,
+            "is an empty list; leave the key out to have no such condition",
+        );
+        return Vec::new();
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    for (j, v) in raw.into_iter().enumerate() {
+        match parse(v) {
+            Ok(v) => out.push(v),
+            Err(e) => c.problem(&format!("{key}[{j}]"), e),
+        }
+    }
+    out
+}
+
+/// A method token (RFC 9110 `token`), in upper case as requests are compared with it.
+fn parse_method(s: String) -> Result<String, String> {
+    const SPECIAL: &str = "!#$%&'*+-.^_`|~";
+    if s.is_empty()
+        || !s
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || SPECIAL.contains(ch))
+    {
+        return Err(format!("`{s}` is not a method name"));
+    }
+    Ok(s.to_ascii_uppercase())
+}
+
+/// A CIDR, or a bare address as its own network (`/32`, `/128`); an IPv4-mapped IPv6 network as
+/// its IPv4 one, as clients are compared.
+fn parse_source(s: String) -> Result<IpNet, String> {
+    let t = s.trim();
+    let net = match t.parse::<IpNet>() {
+        Ok(net) => net,
+        Err(_) => t
+            .parse::<std::net::IpAddr>()
+            .map(IpNet::from)
+            .map_err(|_| {
+                format!("not a CIDR: expected such as `10.0.0.0/8` or `2001:db8::1`, got `{s}`")
+            })?,
+    };
+    Ok(crate::config::canonical_net(net))
 }
 
 /// `[identity_headers]`: a preset, then any name given one by one.

@@ -1,0 +1,350 @@
+//! The `rate_limit` of `[[routes]]` (SPEC §13): a token bucket per rule, per user (per client
+//! address for anonymous requests, IPv6 by /64), with governor's GCRA.
+//!
+//! Memory is bounded whatever clients do: each rule holds at most [`MAX_KEYS`] buckets; a key
+//! that finds no room shares one overflow bucket (so a flood of new addresses is limited
+//! together, and the users already counted keep their own buckets), and buckets that have refilled
+//! are dropped every [`SWEEP_EVERY`] (governor's `retain_recent`). The `rate_limited` audit
+//! record is written at most once per key per minute, from a map bounded the same way.
+//!
+//! Buckets live in memory: limits are per replica. A reload keeps the buckets of the rules whose
+//! `path_prefix` and `rate_limit` are unchanged; a rule whose limit changed starts afresh.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr};
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use governor::clock::{Clock, DefaultClock};
+use governor::nanos::Nanos;
+use governor::state::StateStore;
+use governor::state::keyed::ShrinkableKeyedStateStore;
+use governor::{Quota, RateLimiter};
+
+use crate::config::{AccessRule, RateLimit};
+
+/// The most buckets one rule holds (besides the shared overflow bucket).
+pub const MAX_KEYS: usize = 100_000;
+
+/// How often buckets that have refilled are dropped.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// The least time between two `rate_limited` audit records of one key.
+pub const AUDIT_EVERY: Duration = Duration::from_secs(60);
+
+/// Whose bucket a request takes from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Key {
+    /// An authenticated user, by id.
+    User(String),
+    /// An anonymous client: an IPv4 address or an IPv6 /64.
+    Client(IpAddr),
+    /// Every key that found no room.
+    Overflow,
+}
+
+impl Key {
+    /// The key of an anonymous client at `ip` (an IPv4-mapped address as its IPv4 one; IPv6 by
+    /// /64, a subscriber's usual allocation).
+    pub fn client(ip: IpAddr) -> Key {
+        match ip.to_canonical() {
+            IpAddr::V6(v6) => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                Key::Client(IpAddr::V6(Ipv6Addr::from(prefix)))
+            }
+            v4 => Key::Client(v4),
+        }
+    }
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Key::User(id) => write!(f, "user {id}"),
+            Key::Client(IpAddr::V6(v6)) => write!(f, "client {v6}/64"),
+            Key::Client(ip) => write!(f, "client {ip}"),
+            Key::Overflow => f.write_str("overflow"),
+        }
+    }
+}
+
+/// governor's keyed state, bounded: a key it has no room for is measured as [`Key::Overflow`].
+struct Bounded {
+    map: Mutex<HashMap<Key, Nanos>>,
+    cap: usize,
+}
+
+impl StateStore for Bounded {
+    type Key = Key;
+
+    fn measure_and_replace<T, F, E>(&self, key: &Key, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = if map.contains_key(key) || map.len() < self.cap {
+            key
+        } else {
+            &Key::Overflow
+        };
+        let (out, tat) = f(map.get(key).copied())?;
+        map.insert(key.clone(), tat);
+        Ok(out)
+    }
+}
+
+impl ShrinkableKeyedStateStore<Key> for Bounded {
+    fn retain_recent(&self, drop_below: Nanos) {
+        let mut map = self.map.lock().unwrap_or_else(PoisonError::into_inner);
+        map.retain(|_, tat| *tat > drop_below);
+    }
+
+    fn shrink_to_fit(&self) {
+        self.map
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .shrink_to_fit();
+    }
+
+    fn len(&self) -> usize {
+        self.map
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A request over the limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limited {
+    /// Seconds until the bucket has a token again (at least 1): `Retry-After`.
+    pub retry_after: u64,
+    /// Whether this refusal is to be audited (the key's first in [`AUDIT_EVERY`]).
+    pub audit: bool,
+}
+
+/// The buckets of one rule.
+pub struct RuleLimit {
+    limit: RateLimit,
+    limiter: RateLimiter<Key, Bounded, DefaultClock>,
+    cap: usize,
+    last_sweep: Mutex<Instant>,
+    audited: Mutex<HashMap<Key, Instant>>,
+}
+
+impl RuleLimit {
+    pub fn new(limit: RateLimit) -> RuleLimit {
+        RuleLimit::with_cap(limit, MAX_KEYS)
+    }
+
+    fn with_cap(limit: RateLimit, cap: usize) -> RuleLimit {
+        let count = NonZeroU32::new(limit.count).unwrap_or(NonZeroU32::MIN);
+        let quota = match limit.per.as_secs() {
+            1 => Quota::per_second(count),
+            60 => Quota::per_minute(count),
+            _ => Quota::per_hour(count),
+        };
+        let state = Bounded {
+            map: Mutex::new(HashMap::new()),
+            cap,
+        };
+        RuleLimit {
+            limit,
+            limiter: RateLimiter::new(quota, state, DefaultClock::default()),
+            cap,
+            last_sweep: Mutex::new(Instant::now()),
+            audited: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes a token from `key`'s bucket, or says how long until there is one.
+    pub fn check(&self, key: &Key) -> Result<(), Limited> {
+        self.sweep(false);
+        let Err(not_until) = self.limiter.check_key(key) else {
+            return Ok(());
+        };
+        let wait = not_until.wait_time_from(self.limiter.clock().now());
+        let retry_after = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        Err(Limited {
+            retry_after: retry_after.max(1),
+            audit: self.first_refusal(key),
+        })
+    }
+
+    /// How many buckets are held (the overflow bucket included).
+    pub fn keys(&self) -> usize {
+        self.limiter.len()
+    }
+
+    /// Drops the buckets that have refilled, every [`SWEEP_EVERY`] (or now, with `force`).
+    fn sweep(&self, force: bool) {
+        let Ok(mut last) = self.last_sweep.try_lock() else {
+            return;
+        };
+        if !force && last.elapsed() < SWEEP_EVERY {
+            return;
+        }
+        *last = Instant::now();
+        drop(last);
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+        let mut audited = self.audited.lock().unwrap_or_else(PoisonError::into_inner);
+        audited.retain(|_, at| at.elapsed() < AUDIT_EVERY);
+        audited.shrink_to_fit();
+    }
+
+    /// Whether `key` was not refused in the last [`AUDIT_EVERY`] (and now is, from here on).
+    fn first_refusal(&self, key: &Key) -> bool {
+        let mut audited = self.audited.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = if audited.contains_key(key) || audited.len() < self.cap {
+            key
+        } else {
+            &Key::Overflow
+        };
+        match audited.get(key) {
+            Some(at) if at.elapsed() < AUDIT_EVERY => false,
+            _ => {
+                audited.insert(key.clone(), Instant::now());
+                true
+            }
+        }
+    }
+}
+
+/// The buckets of every rule with a `rate_limit`, by the rule's match-key prefix.
+#[derive(Default)]
+pub struct Limits {
+    by_prefix: HashMap<String, Arc<RuleLimit>>,
+}
+
+impl std::fmt::Debug for Limits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.by_prefix.keys()).finish()
+    }
+}
+
+impl Limits {
+    /// The buckets for `rules`, taken from `previous` for each rule whose prefix and limit are
+    /// unchanged.
+    pub fn new(rules: &[AccessRule], previous: Option<&Limits>) -> Limits {
+        let mut by_prefix = HashMap::new();
+        for rule in rules {
+            let Some(limit) = rule.rate_limit else {
+                continue;
+            };
+            let prefix = crate::path::match_key(&rule.path_prefix).into_owned();
+            let kept = previous
+                .and_then(|p| p.by_prefix.get(&prefix))
+                .filter(|l| l.limit == limit)
+                .cloned();
+            by_prefix.insert(
+                prefix,
+                kept.unwrap_or_else(|| Arc::new(RuleLimit::new(limit))),
+            );
+        }
+        Limits { by_prefix }
+    }
+
+    /// The buckets of `rule` (as [`crate::routes::AccessRules`] holds it), if it has a limit.
+    pub fn of(&self, rule: &AccessRule) -> Option<&Arc<RuleLimit>> {
+        rule.rate_limit?;
+        self.by_prefix.get(&rule.path_prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn limit(count: u32, secs: u64) -> RateLimit {
+        RateLimit {
+            count,
+            per: Duration::from_secs(secs),
+        }
+    }
+
+    #[test]
+    fn a_bucket_lets_its_count_through_then_says_when_to_retry() {
+        let l = RuleLimit::new(limit(3, 60));
+        let ada = Key::User("ada".into());
+        for _ in 0..3 {
+            assert_eq!(l.check(&ada), Ok(()));
+        }
+        let refused = l.check(&ada).unwrap_err();
+        assert!((1..=20).contains(&refused.retry_after), "{refused:?}");
+        assert!(refused.audit);
+        // Audited once per minute per key.
+        assert!(!l.check(&ada).unwrap_err().audit);
+        // Another key has its own bucket.
+        assert_eq!(l.check(&Key::User("bob".into())), Ok(()));
+    }
+
+    #[test]
+    fn ipv6_clients_share_a_bucket_per_64_and_mapped_addresses_are_ipv4() {
+        assert_eq!(
+            Key::client("2001:db8:1:2::1".parse().unwrap()),
+            Key::client("2001:db8:1:2:ffff::9".parse().unwrap())
+        );
+        assert_ne!(
+            Key::client("2001:db8:1:2::1".parse().unwrap()),
+            Key::client("2001:db8:1:3::1".parse().unwrap())
+        );
+        assert_eq!(
+            Key::client("::ffff:192.0.2.1".parse().unwrap()),
+            Key::client("192.0.2.1".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn the_key_space_is_bounded_and_new_keys_share_the_overflow_bucket() {
+        let l = RuleLimit::with_cap(limit(2, 3600), 50);
+        for i in 0..1000u32 {
+            let _ = l.check(&Key::client(IpAddr::from(i.to_be_bytes())));
+        }
+        assert!(l.keys() <= 51, "{}", l.keys());
+        // The keys that had room keep their own buckets.
+        assert_eq!(
+            l.check(&Key::client(IpAddr::from(0u32.to_be_bytes()))),
+            Ok(())
+        );
+        // The rest were limited together.
+        assert!(
+            l.check(&Key::client(IpAddr::from(999u32.to_be_bytes())))
+                .is_err()
+        );
+        let audited = l.audited.lock().unwrap().len();
+        assert!(audited <= 51, "{audited}");
+    }
+
+    #[test]
+    fn refilled_buckets_are_dropped_by_a_sweep() {
+        let l = RuleLimit::new(limit(1000, 1));
+        for i in 0..100u32 {
+            l.check(&Key::User(i.to_string())).unwrap();
+        }
+        assert_eq!(l.keys(), 100);
+        std::thread::sleep(Duration::from_millis(50));
+        l.sweep(true);
+        assert_eq!(l.keys(), 0);
+    }
+
+    #[test]
+    fn a_reload_keeps_the_buckets_of_unchanged_limits() {
+        let rule = |p: &str, count| AccessRule {
+            rate_limit: Some(limit(count, 60)),
+            ..AccessRule::new(p, crate::config::Access::Public)
+        };
+        let before = Limits::new(&[rule("/a/", 1), rule("/b/", 1)], None);
+        before.by_prefix["/a/"].check(&Key::Overflow).unwrap();
+        before.by_prefix["/b/"].check(&Key::Overflow).unwrap();
+        let after = Limits::new(&[rule("/a/", 1), rule("/b/", 2)], Some(&before));
+        assert!(after.by_prefix["/a/"].check(&Key::Overflow).is_err());
+        assert!(after.by_prefix["/b/"].check(&Key::Overflow).is_ok());
+    }
+}
