@@ -835,3 +835,56 @@ async fn event_streams_of_a_disabled_user_or_a_revoked_token_are_cut_off() {
     );
     read_until(&mut bobs, &mut c, "data: tick 40\n\n").await;
 }
+
+/// Runs `gatehouse admin …` against `gh`'s admin listener: whether it succeeded, and its output.
+async fn cli(gh: &Gatehouse, args: &[&str]) -> (bool, String) {
+    let output = tokio::process::Command::new(binary())
+        .arg("admin")
+        .args(["--url", &gh.admin_url("")])
+        .args(args)
+        .env("GATEHOUSE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+#[tokio::test]
+async fn the_cli_disables_enables_and_revokes_tokens() {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start(&upstream).await;
+    let ada = user(&gh, "ada").await;
+    let token = bearer(&gh, &ada);
+    let ada_basic = basic("ada", PASSWORD);
+
+    let (ok, out) = cli(&gh, &["user", "disable", "ada"]).await;
+    assert!(ok, "{out}");
+    let shown: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["disabled"], true);
+    assert_eq!(
+        get(&gh, "/private/x", &[("authorization", &ada_basic)])
+            .await
+            .0,
+        401
+    );
+    let (ok, out) = cli(&gh, &["user", "enable", "ada"]).await;
+    assert!(ok, "{out}");
+    assert_eq!(
+        get(&gh, "/private/x", &[("authorization", &token)]).await.0,
+        200
+    );
+    let (ok, out) = cli(&gh, &["user", "revoke-tokens", "ada"]).await;
+    assert!(ok, "{out}");
+    assert_eq!(
+        get(&gh, "/private/x", &[("authorization", &token)]).await.0,
+        401
+    );
+    let (ok, out) = cli(&gh, &["user", "revoke-tokens", "nobody"]).await;
+    assert!(!ok);
+    assert!(out.contains("404"), "{out}");
+}
