@@ -743,6 +743,56 @@ async fn replicas_starting_together_agree_on_one_signing_key() {
     assert_eq!(replicas[1].signing_keys().await.unwrap(), seen[0]);
 }
 
+/// A database from before signing-key rotation (schema version 3, a key stored without an
+/// activation time) keeps its key, read as signing from the start, and rotates at its next start.
+#[tokio::test]
+async fn a_database_from_before_rotation_keeps_its_key_and_rotates() {
+    let db = TestDb::new().await;
+    let old = db.store().await;
+    let client = old.client().await.unwrap();
+    client
+        .batch_execute(
+            "ALTER TABLE gatehouse_signing_keys DROP COLUMN activates;
+             DELETE FROM gatehouse_migrations WHERE version > 3;
+             INSERT INTO gatehouse_counters (name, value) VALUES ('signing_key', 1)",
+        )
+        .await
+        .unwrap();
+    // As the release before wrote it: no `activates` in the document either.
+    client
+        .execute(
+            "INSERT INTO gatehouse_signing_keys (seq, kid, doc) VALUES (1, 'k0', $1)",
+            &[&Json(serde_json::json!({
+                "v": SCHEMA_VERSION, "kid": "k0", "pkcs8": [1, 2, 3], "created": NOW,
+            }))],
+        )
+        .await
+        .unwrap();
+    drop(client);
+    drop(old);
+
+    let upgraded = db.store().await;
+    assert_eq!(upgraded.signing_keys().await.unwrap(), [signing_key("k0")]);
+    let next = SigningKey {
+        activates: NOW_UNIX + 3600,
+        ..signing_key("k1")
+    };
+    let rotated = upgraded
+        .rotate_signing_key(next.clone(), NOW_UNIX)
+        .await
+        .unwrap();
+    assert_eq!(rotated, next);
+    let again = upgraded
+        .rotate_signing_key(signing_key("k2"), NOW_UNIX)
+        .await
+        .unwrap();
+    assert_eq!(again, next);
+    assert_eq!(
+        upgraded.signing_keys().await.unwrap(),
+        [signing_key("k0"), next]
+    );
+}
+
 /// A sled store holding one of everything an export carries, and its users ada and grace.
 async fn a_sled_store_with_one_of_everything() -> (SledStore, User, User) {
     let sled = SledStore::temporary().unwrap();
