@@ -822,9 +822,14 @@ mod tests {
     async fn a_token_issued_within_the_second_of_a_revocation_outlives_it() {
         let store = SledStore::temporary().unwrap();
         let clock = FixedClock::at(1_800_000_000);
-        let tokens = Tokens::load(&config(), &store, &vault(), clock.clone())
-            .await
-            .unwrap();
+        let tokens = Tokens::load(
+            &config(),
+            std::sync::Arc::new(store),
+            vault(),
+            clock.clone(),
+        )
+        .await
+        .unwrap();
         let mut user = crate::store::User::new(42, Default::default(), "now");
         let before = tokens.issue_access(&principal()).unwrap();
         // Revoked in the same second the first token was issued in.
