@@ -35,10 +35,15 @@ const PURGE_EVERY: i64 = 3600;
 /// How often, at most, the file's path is checked for a rotation (a new file in its place).
 const ROTATION_CHECK: Duration = Duration::from_secs(1);
 
+/// How long shutdown waits for queued lines to be written.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 static RETENTION: AtomicI64 = AtomicI64::new(30 * 24 * 3600);
 static LAST_PURGE: AtomicI64 = AtomicI64::new(0);
 static SINK: Mutex<Option<SyncSender<String>>> = Mutex::new(None);
+/// The writers of every sink configured so far that may still be writing.
+static WRITERS: Mutex<Vec<std::thread::JoinHandle<()>>> = Mutex::new(Vec::new());
 
 tokio::task_local! {
     /// The request being handled, for events recorded while handling it.
@@ -85,15 +90,36 @@ pub fn configure(config: &AuditConfig) -> Result<(), String> {
         None => None,
         Some(target) => {
             let (sender, receiver) = std::sync::mpsc::sync_channel(QUEUE);
-            std::thread::Builder::new()
+            let writer = std::thread::Builder::new()
                 .name("audit-sink".into())
                 .spawn(move || write_lines(target, receiver))
                 .map_err(|e| format!("audit.sink: cannot start its writer: {e}"))?;
+            let mut writers = WRITERS.lock().unwrap_or_else(PoisonError::into_inner);
+            writers.retain(|w| !w.is_finished());
+            writers.push(writer);
             Some(sender)
         }
     };
     *SINK.lock().unwrap_or_else(PoisonError::into_inner) = sender;
     Ok(())
+}
+
+/// Stops writing to the sink once the lines already queued are written (at shutdown; events
+/// recorded afterwards go to the store and the log only). Blocks until then, or for at most
+/// [`CLOSE_WAIT`] when the sink is stuck (a full pipe, a hung disk).
+pub fn close() {
+    SINK.lock().unwrap_or_else(PoisonError::into_inner).take();
+    let writers = std::mem::take(&mut *WRITERS.lock().unwrap_or_else(PoisonError::into_inner));
+    let started = Instant::now();
+    while writers.iter().any(|w| !w.is_finished()) {
+        if started.elapsed() >= CLOSE_WAIT {
+            tracing::warn!(
+                "audit lines still queued at shutdown are not written: the sink is stuck"
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Records one event (outcome from its name, no client or request id). A store failure is
