@@ -47,7 +47,7 @@ static WRITERS: Mutex<Vec<std::thread::JoinHandle<()>>> = Mutex::new(Vec::new())
 
 tokio::task_local! {
     /// The request being handled, for events recorded while handling it.
-    static REQUEST: Request;
+    static REQUEST: std::cell::RefCell<Request>;
 }
 
 /// The request an event was caused by: its client's address and its request id.
@@ -58,14 +58,21 @@ pub struct Request {
 }
 
 /// Runs `work` with `request` as the request every event recorded in it (on this task) was
-/// caused by, unless the event names its own.
+/// caused by, unless the event names its own; [`set_current`] changes it as more is learnt.
 pub async fn within<F: std::future::Future>(request: Request, work: F) -> F::Output {
-    REQUEST.scope(request, work).await
+    REQUEST.scope(std::cell::RefCell::new(request), work).await
+}
+
+/// Names the request being handled, within [`within`] (elsewhere it does nothing).
+pub fn set_current(request: Request) {
+    let _ = REQUEST.try_with(|current| *current.borrow_mut() = request);
 }
 
 /// The request being handled on this task, if any.
 pub fn current() -> Request {
-    REQUEST.try_with(Request::clone).unwrap_or_default()
+    REQUEST
+        .try_with(|current| current.borrow().clone())
+        .unwrap_or_default()
 }
 
 /// How many JSON lines were dropped because the writer could not keep up.
