@@ -145,7 +145,11 @@ impl App {
             // Each request takes the pipeline current when it arrives: a reload applies to the
             // next request of every open connection.
             let gateway = current.load_full();
-            Box::pin(async move { gateway.handle(req, conn).await })
+            // The gateway names the request's client and id for its audit events.
+            let request = crate::audit::Request::default();
+            Box::pin(crate::audit::within(request, async move {
+                gateway.handle(req, conn).await
+            }))
         });
         let ready = Arc::new(AtomicBool::new(false));
         let admin = Arc::new(Admin::new(&services, config, ready.clone()));

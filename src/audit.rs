@@ -35,14 +35,19 @@ const PURGE_EVERY: i64 = 3600;
 /// How often, at most, the file's path is checked for a rotation (a new file in its place).
 const ROTATION_CHECK: Duration = Duration::from_secs(1);
 
+/// How long shutdown waits for queued lines to be written.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 static RETENTION: AtomicI64 = AtomicI64::new(30 * 24 * 3600);
 static LAST_PURGE: AtomicI64 = AtomicI64::new(0);
 static SINK: Mutex<Option<SyncSender<String>>> = Mutex::new(None);
+/// The writers of every sink configured so far that may still be writing.
+static WRITERS: Mutex<Vec<std::thread::JoinHandle<()>>> = Mutex::new(Vec::new());
 
 tokio::task_local! {
     /// The request being handled, for events recorded while handling it.
-    static REQUEST: Request;
+    static REQUEST: std::cell::RefCell<Request>;
 }
 
 /// The request an event was caused by: its client's address and its request id.
@@ -53,14 +58,21 @@ pub struct Request {
 }
 
 /// Runs `work` with `request` as the request every event recorded in it (on this task) was
-/// caused by, unless the event names its own.
+/// caused by, unless the event names its own; [`set_current`] changes it as more is learnt.
 pub async fn within<F: std::future::Future>(request: Request, work: F) -> F::Output {
-    REQUEST.scope(request, work).await
+    REQUEST.scope(std::cell::RefCell::new(request), work).await
+}
+
+/// Names the request being handled, within [`within`] (elsewhere it does nothing).
+pub fn set_current(request: Request) {
+    let _ = REQUEST.try_with(|current| *current.borrow_mut() = request);
 }
 
 /// The request being handled on this task, if any.
 pub fn current() -> Request {
-    REQUEST.try_with(Request::clone).unwrap_or_default()
+    REQUEST
+        .try_with(|current| current.borrow().clone())
+        .unwrap_or_default()
 }
 
 /// How many JSON lines were dropped because the writer could not keep up.
@@ -85,15 +97,36 @@ pub fn configure(config: &AuditConfig) -> Result<(), String> {
         None => None,
         Some(target) => {
             let (sender, receiver) = std::sync::mpsc::sync_channel(QUEUE);
-            std::thread::Builder::new()
+            let writer = std::thread::Builder::new()
                 .name("audit-sink".into())
                 .spawn(move || write_lines(target, receiver))
                 .map_err(|e| format!("audit.sink: cannot start its writer: {e}"))?;
+            let mut writers = WRITERS.lock().unwrap_or_else(PoisonError::into_inner);
+            writers.retain(|w| !w.is_finished());
+            writers.push(writer);
             Some(sender)
         }
     };
     *SINK.lock().unwrap_or_else(PoisonError::into_inner) = sender;
     Ok(())
+}
+
+/// Stops writing to the sink once the lines already queued are written (at shutdown; events
+/// recorded afterwards go to the store and the log only). Blocks until then, or for at most
+/// [`CLOSE_WAIT`] when the sink is stuck (a full pipe, a hung disk).
+pub fn close() {
+    SINK.lock().unwrap_or_else(PoisonError::into_inner).take();
+    let writers = std::mem::take(&mut *WRITERS.lock().unwrap_or_else(PoisonError::into_inner));
+    let started = Instant::now();
+    while writers.iter().any(|w| !w.is_finished()) {
+        if started.elapsed() >= CLOSE_WAIT {
+            tracing::warn!(
+                "audit lines still queued at shutdown are not written: the sink is stuck"
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Records one event (outcome from its name, no client or request id). A store failure is

@@ -434,6 +434,10 @@ fn serve(
         if let Some(task) = reloads {
             task.abort();
         }
+        // The audit lines still queued are written before the process ends.
+        if let Err(e) = tokio::task::spawn_blocking(gatehouse::audit::close).await {
+            tracing::error!(error = %e, "cannot finish writing the audit sink");
+        }
         if let Err(e) = app.store.flush().await {
             tracing::error!(error = %e, "cannot flush the store");
             return ExitCode::FAILURE;

@@ -260,6 +260,11 @@ impl Gateway {
         // Local endpoints and access rules see the path without `;` parameters, in any letter
         // case (SPEC §2); the upstream gets `path` itself.
         let key = path::match_key(&path);
+        // Audit events this request causes name its client and id.
+        crate::audit::set_current(crate::audit::Request {
+            client: Some(arrival.client),
+            request_id: arrival.request_id.to_str().ok().map(str::to_owned),
+        });
         let target = Target::classify(
             &parts.method,
             &key,
@@ -267,58 +272,49 @@ impl Gateway {
             self.manage.as_ref(),
             self.nexus.as_ref(),
         );
-        let caused_by = crate::audit::Request {
-            client: Some(arrival.client),
-            request_id: arrival.request_id.to_str().ok().map(str::to_owned),
-        };
-        let outcome = crate::audit::within(caused_by, async {
-            match target {
-                Target::ForwardAuth => self.forward_auth(&parts, &path, &arrival).await,
-                Target::SignIn(endpoint) => {
-                    self.local(&mut parts, arrival.client);
-                    let origin = self.origin(&parts, &arrival);
-                    let visit = Visit {
-                        origin: origin.as_deref(),
-                        client: arrival.client,
-                        path: &path,
-                        request_id: arrival.request_id.to_str().unwrap_or_default(),
-                    };
-                    Outcome::local(self.signin.handle(endpoint, &parts, body, &visit).await)
-                }
-                Target::Jwks => Outcome::local(self.jwks()),
-                Target::Enroll(ticket_id) => {
-                    self.local(&mut parts, arrival.client);
-                    Outcome::local(self.enroll.handle(&parts, body, ticket_id).await)
-                }
-                Target::Ws(ws, endpoint) => {
-                    self.local(&mut parts, arrival.client);
-                    Outcome::local(ws.handle(endpoint, &parts, body).await)
-                }
-                Target::Manage(manage, endpoint) => {
-                    self.local(&mut parts, arrival.client);
-                    // Every Manage answer carries a fresh `apiRequestId`, also the request's id.
-                    let id = uuid::Uuid::new_v4().to_string();
-                    let caused_by = crate::audit::Request {
-                        client: Some(arrival.client),
-                        request_id: Some(id.clone()),
-                    };
-                    let response =
-                        crate::audit::within(caused_by, manage.handle(endpoint, &parts, body, &id))
-                            .await;
-                    Outcome {
-                        request_id: Some(id),
-                        ..Outcome::local(response)
-                    }
-                }
-                Target::Nexus(nexus, endpoint) => {
-                    self.local(&mut parts, arrival.client);
-                    let id = arrival.request_id.to_str().unwrap_or_default();
-                    Outcome::local(nexus.handle(endpoint, &parts, body, &key, id).await)
-                }
-                Target::Proxied => self.proxied(parts, body, &path, &key, &arrival).await,
+        let outcome = match target {
+            Target::ForwardAuth => self.forward_auth(&parts, &path, &arrival).await,
+            Target::SignIn(endpoint) => {
+                self.local(&mut parts, arrival.client);
+                let origin = self.origin(&parts, &arrival);
+                let visit = Visit {
+                    origin: origin.as_deref(),
+                    client: arrival.client,
+                    path: &path,
+                    request_id: arrival.request_id.to_str().unwrap_or_default(),
+                };
+                Outcome::local(self.signin.handle(endpoint, &parts, body, &visit).await)
             }
-        })
-        .await;
+            Target::Jwks => Outcome::local(self.jwks()),
+            Target::Enroll(ticket_id) => {
+                self.local(&mut parts, arrival.client);
+                Outcome::local(self.enroll.handle(&parts, body, ticket_id).await)
+            }
+            Target::Ws(ws, endpoint) => {
+                self.local(&mut parts, arrival.client);
+                Outcome::local(ws.handle(endpoint, &parts, body).await)
+            }
+            Target::Manage(manage, endpoint) => {
+                self.local(&mut parts, arrival.client);
+                // Every Manage answer carries a fresh `apiRequestId`, also the request's id.
+                let id = uuid::Uuid::new_v4().to_string();
+                crate::audit::set_current(crate::audit::Request {
+                    client: Some(arrival.client),
+                    request_id: Some(id.clone()),
+                });
+                let response = manage.handle(endpoint, &parts, body, &id).await;
+                Outcome {
+                    request_id: Some(id),
+                    ..Outcome::local(response)
+                }
+            }
+            Target::Nexus(nexus, endpoint) => {
+                self.local(&mut parts, arrival.client);
+                let id = arrival.request_id.to_str().unwrap_or_default();
+                Outcome::local(nexus.handle(endpoint, &parts, body, &key, id).await)
+            }
+            Target::Proxied => self.proxied(parts, body, &path, &key, &arrival).await,
+        };
         self.finish(arrival, &path, outcome)
     }
 

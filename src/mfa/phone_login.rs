@@ -87,12 +87,10 @@ impl Mfa {
         // Stored with the login itself: one durable write for both.
         let event = AuditEvent {
             time: login_time.clone(),
-            event: "manage.otp.validated".to_owned(),
-            outcome: Some(crate::store::Outcome::Success),
-            user_name: Some(user.user_name.clone()),
-            client: caller.client_ip.map(|ip| ip.to_string()),
-            detail: Some(detail.clone()),
-            ..AuditEvent::default()
+            ..audit::Event::new("manage.otp.validated")
+                .user(Some(&user.user_name))
+                .detail(Some(detail.clone()))
+                .at(self.clock.as_ref())
         };
         match self
             .store

@@ -218,6 +218,22 @@ async fn texted_code_validates_once_and_answers_the_user() {
         events.contains(&"manage.otp.validated".to_owned()),
         "{events:?}"
     );
+    // Each names the call that caused it (its apiRequestId) and the caller's address.
+    let (_, events) = gh
+        .admin("GET", "/admin/v1/audit?event=manage.*", None)
+        .await;
+    for (name, request) in [("manage.otp.sent", &sent_id), ("manage.otp.validated", &id)] {
+        let event = events
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["event"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {events}"));
+        assert_eq!(event["requestId"], request.as_str(), "{event}");
+        assert_eq!(event["client"], "127.0.0.1", "{event}");
+        assert_eq!(event["outcome"], "success", "{event}");
+        assert!(!event.to_string().contains(&code), "{event}");
+    }
 }
 
 #[tokio::test]

@@ -701,3 +701,39 @@ fn limit(query: Option<&str>) -> Result<usize, AdminError> {
 
 /// The most entries one page of an admin API list holds.
 const MAX_LIMIT: usize = 1000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::EventFilter;
+
+    #[test]
+    fn a_cursor_names_the_id_it_was_made_from_and_nothing_else() {
+        for id in [0, 1, 35, 36, 1_000_000, u64::MAX] {
+            assert_eq!(parse_cursor(&cursor(id)), Some(id), "{id}");
+        }
+        for bad in ["", "a", "12", "b12", "a-1", "a!", "azzzzzzzzzzzzzz"] {
+            assert_eq!(parse_cursor(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn event_filters_are_names_or_families() {
+        assert_eq!(
+            event_filter("signin.failed"),
+            Some(EventFilter::Exact("signin.failed".into()))
+        );
+        assert_eq!(
+            event_filter("signin.*"),
+            Some(EventFilter::Family("signin".into()))
+        );
+        for bad in [
+            "", "*", ".*", "Signin", "signin.", ".signin", "a..b", "a*", "a.*.*", "a b",
+        ] {
+            assert_eq!(event_filter(bad), None, "{bad}");
+        }
+        let family = EventFilter::Family("signin".into());
+        assert!(family.matches("signin") && family.matches("signin.step_up"));
+        assert!(!family.matches("signinx") && !family.matches("user.signin"));
+    }
+}
