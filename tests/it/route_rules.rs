@@ -455,7 +455,7 @@ url = "http://127.0.0.1:1"
 path_prefix = "/a/"
 access = "authenticated"
 rate_limit = "100/d"
-methods = ["GET", "BAD METHOD"]
+methods = ["GET", "BAD METHOD", "GTE"]
 [[routes]]
 path_prefix = "/b/"
 access = "authenticated"
@@ -480,6 +480,7 @@ rate_limit = "0/s"
     for message in [
         "routes[0].rate_limit: expected N/s, N/m or N/h",
         "routes[0].methods[1]: `BAD METHOD` is not a method name",
+        "routes[0].methods[2]: unknown method `GTE`; expected one of GET, HEAD",
         "routes[1].factors: only with access = \"mfa\"",
         "routes[1].any_scopes: is an empty list",
         "routes[2].source[1]: not a CIDR",
