@@ -37,7 +37,7 @@ impl Gateway {
         arrival: &Arrival,
     ) -> Outcome {
         // The rule of the request's method, and of each method an override header names.
-        let mut methods = crate::routes::acted_methods(parts.method.as_str(), &parts.headers);
+        let mut methods = crate::routes::acted_methods(&[parts.method.as_str()], &parts.headers);
         // An HTTP/2 WebSocket (RFC 8441 CONNECT) reaches the upstream as an HTTP/1.1 GET upgrade:
         // it must pass the GET rule too.
         if parts.method == http::Method::CONNECT
