@@ -116,7 +116,7 @@ async fn explain(args: &ExplainArgs, config: &Config) -> Result<(String, bool), 
             );
         }
     }
-    let methods = acted_methods(method, &headers);
+    let methods = acted_methods(&[method], &headers);
     if methods.len() > 1 {
         let _ = writeln!(
             out,

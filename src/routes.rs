@@ -75,17 +75,24 @@ pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
     "x-method-override",
 ];
 
-/// The methods a request may be acted on as: its own, then every value of the method override
-/// headers (each comma-separated item, trimmed), duplicates dropped (letter case ignored).
-pub fn acted_methods(method: &str, headers: &http::HeaderMap) -> Vec<String> {
-    let mut methods = vec![method.to_owned()];
+/// The methods a request may be acted on as: `own` (its own, or those a forward-auth request
+/// describes), then every value of the method override headers (each comma-separated item,
+/// trimmed), each once whatever its letter case.
+pub fn acted_methods(own: &[&str], headers: &http::HeaderMap) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    let mut methods = Vec::new();
+    let mut add = |m: &str| {
+        if !m.is_empty() && seen.insert(m.to_ascii_uppercase()) {
+            methods.push(m.to_owned());
+        }
+    };
+    for m in own {
+        add(m.trim());
+    }
     for name in METHOD_OVERRIDE_HEADERS {
         for value in headers.get_all(name) {
             for item in String::from_utf8_lossy(value.as_bytes()).split(',') {
-                let item = item.trim();
-                if !item.is_empty() && !methods.iter().any(|m| m.eq_ignore_ascii_case(item)) {
-                    methods.push(item.to_owned());
-                }
+                add(item.trim());
             }
         }
     }
@@ -172,7 +179,20 @@ impl AccessRules {
         client: IpAddr,
     ) -> Vec<&AccessRule> {
         let mut out: Vec<&AccessRule> = Vec::with_capacity(1);
+        // Methods no rule lists all get the same rule: it is looked up once, however many such
+        // methods a client names.
+        let mut unlisted_done = false;
         for method in methods {
+            let listed = self
+                .rules
+                .iter()
+                .any(|(_, r)| !r.methods.is_empty() && method_matches(&r.methods, method));
+            if !listed {
+                if unlisted_done {
+                    continue;
+                }
+                unlisted_done = true;
+            }
             let rule = self.rule_for_request(path, method, client);
             if !out.iter().any(|r| std::ptr::eq(*r, rule)) {
                 out.push(rule);
@@ -319,6 +339,56 @@ mod tests {
         ] {
             assert_eq!(t.rule_for(kept).access, Access::Authenticated, "{kept}");
         }
+    }
+
+    #[test]
+    fn methods_and_sources_are_match_conditions_and_overrides_add_rules() {
+        let rules = AccessRules::new(
+            &[
+                AccessRule {
+                    methods: vec!["GET".into()],
+                    ..AccessRule::new("/docs/", Access::Public)
+                },
+                AccessRule {
+                    source: vec!["10.0.0.0/8".parse().unwrap()],
+                    ..AccessRule::new("/docs/lan/", Access::Public)
+                },
+            ],
+            Access::Mfa,
+        );
+        let here: IpAddr = "192.0.2.1".parse().unwrap();
+        let lan: IpAddr = "::ffff:10.1.1.1".parse().unwrap();
+        let at = |m: &str, ip| rules.rule_for_request("/docs/lan/x", m, ip).access;
+        assert_eq!(at("get", here), Access::Public);
+        assert_eq!(at("HEAD", here), Access::Public);
+        assert_eq!(at("POST", here), Access::Mfa);
+        assert_eq!(at("POST", lan), Access::Public);
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-http-method-override", "delete, GET".parse().unwrap());
+        headers.append("x-method-override", "Delete".parse().unwrap());
+        let methods = acted_methods(&["get"], &headers);
+        assert_eq!(methods, ["get", "delete"]);
+        let decided = rules.rules_for_request("/docs/x", &methods, here);
+        let access: Vec<Access> = decided.iter().map(|r| r.access).collect();
+        assert_eq!(access, [Access::Public, Access::Mfa]);
+    }
+
+    #[test]
+    fn many_unlisted_override_methods_cost_one_lookup() {
+        let rules = AccessRules::new(
+            &[AccessRule {
+                methods: vec!["GET".into()],
+                ..AccessRule::new("/docs/", Access::Public)
+            }],
+            Access::Authenticated,
+        );
+        let many: String = (0..5000).map(|i| format!("M{i},")).collect();
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-http-method", many.parse().unwrap());
+        let methods = acted_methods(&["GET"], &headers);
+        assert_eq!(methods.len(), 5001);
+        let decided = rules.rules_for_request("/docs/x", &methods, IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(decided.len(), 2);
     }
 
     #[test]

@@ -34,15 +34,9 @@ impl Gateway {
         };
         // The described method (as each describing header names it), and any the described
         // request's override headers name: the request must pass the rule of each.
-        let mut methods = described_methods(&parts.headers);
-        for method in crate::routes::acted_methods("GET", &parts.headers)
-            .into_iter()
-            .skip(1)
-        {
-            if !methods.iter().any(|m| m.eq_ignore_ascii_case(&method)) {
-                methods.push(method);
-            }
-        }
+        let named = described_methods(&parts.headers);
+        let named: Vec<&str> = named.iter().map(String::as_str).collect();
+        let methods = crate::routes::acted_methods(&named, &parts.headers);
         let rules =
             self.rules
                 .rules_for_request(&path::match_key(&described), &methods, arrival.client);
@@ -105,17 +99,15 @@ fn described_path(parts: &Parts, path: &str) -> Result<String, Rejection> {
 
 /// The described request's methods, as `X-Forwarded-Method` (Traefik, Caddy) and
 /// `X-Original-Method` (nginx's usual `proxy_set_header`) name them, each value once; `GET` when
-/// neither is sent, as proxies that send none describe navigations.
+/// neither is sent, as proxies that send none describe navigations. [`crate::routes::acted_methods`]
+/// drops repeats.
 fn described_methods(headers: &HeaderMap) -> Vec<String> {
-    let mut methods: Vec<String> = Vec::new();
-    for name in [X_FORWARDED_METHOD, X_ORIGINAL_METHOD] {
-        for value in headers.get_all(name) {
-            let value = String::from_utf8_lossy(value.as_bytes()).trim().to_owned();
-            if !value.is_empty() && !methods.iter().any(|m| m.eq_ignore_ascii_case(&value)) {
-                methods.push(value);
-            }
-        }
-    }
+    let mut methods: Vec<String> = [X_FORWARDED_METHOD, X_ORIGINAL_METHOD]
+        .into_iter()
+        .flat_map(|name| headers.get_all(name))
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .collect();
     if methods.is_empty() {
         methods.push("GET".to_owned());
     }

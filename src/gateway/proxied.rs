@@ -37,7 +37,15 @@ impl Gateway {
         arrival: &Arrival,
     ) -> Outcome {
         // The rule of the request's method, and of each method an override header names.
-        let methods = crate::routes::acted_methods(parts.method.as_str(), &parts.headers);
+        let mut methods = crate::routes::acted_methods(&[parts.method.as_str()], &parts.headers);
+        // An HTTP/2 WebSocket (RFC 8441 CONNECT) reaches the upstream as an HTTP/1.1 GET upgrade:
+        // it must pass the GET rule too.
+        if parts.method == http::Method::CONNECT
+            && arrival.upgrade.is_some()
+            && !methods.iter().any(|m| m.eq_ignore_ascii_case("GET"))
+        {
+            methods.push("GET".to_owned());
+        }
         let rules = self.rules.rules_for_request(key, &methods, arrival.client);
         let class = rules.first().map_or("authenticated", |r| r.access.as_str());
         let grpc = arrival.grpc;

@@ -455,7 +455,7 @@ url = "http://127.0.0.1:1"
 path_prefix = "/a/"
 access = "authenticated"
 rate_limit = "100/d"
-methods = ["GET", "BAD METHOD"]
+methods = ["GET", "BAD METHOD", "GTE"]
 [[routes]]
 path_prefix = "/b/"
 access = "authenticated"
@@ -480,6 +480,7 @@ rate_limit = "0/s"
     for message in [
         "routes[0].rate_limit: expected N/s, N/m or N/h",
         "routes[0].methods[1]: `BAD METHOD` is not a method name",
+        "routes[0].methods[2]: unknown method `GTE`; expected one of GET, HEAD",
         "routes[1].factors: only with access = \"mfa\"",
         "routes[1].any_scopes: is an empty list",
         "routes[2].source[1]: not a CIDR",
@@ -740,4 +741,56 @@ async fn a_reload_applies_new_conditions_and_keeps_the_buckets_of_unchanged_limi
         200,
         "a changed limit starts afresh"
     );
+}
+
+#[tokio::test]
+async fn a_session_without_a_named_factor_is_sent_to_step_up() {
+    use crate::mfa::totp;
+    use crate::signin::{PASSWORD, Visitor, enroll_totp, user};
+    let (upstream, gh) = start(|c| {
+        c.routes.push(AccessRule {
+            factors: vec![Factor::Sms],
+            ..rule("/texted/", Access::Mfa)
+        });
+        c.routes.push(AccessRule {
+            factors: vec![Factor::Totp],
+            ..rule("/app/", Access::Mfa)
+        });
+    })
+    .await;
+    user(&gh, "ada").await;
+    let secret = enroll_totp(&gh, "ada").await;
+    let mut browser = Visitor::new(gh.http_addr());
+    browser.sign_in("ada", PASSWORD, "/app/x").await;
+    let page = browser.step_up(&totp(&secret, 1), "/app/x").await;
+    assert_eq!(page.status, 303, "{}", page.body);
+    assert_eq!(browser.get("/app/x").await.status, 200);
+    assert_eq!(upstream.last().headers["x-auth-methods"], "pwd,otp");
+    // The TOTP session lacks the texted code this route names: sent to step up.
+    let page = browser.get("/texted/x").await;
+    assert_eq!(page.status, 302);
+    assert_eq!(page.location(), "/auth/step-up?rd=%2Ftexted%2Fx");
+    assert_eq!(upstream.hits(), 1);
+}
+
+#[tokio::test]
+async fn an_http2_websocket_must_pass_the_rule_of_get_too() {
+    use crate::websocket::{EchoApp, Via, opened, refused};
+    let app = EchoApp::start().await;
+    let gh = Gatehouse::start_url(&app.url(), |c| {
+        c.proxy.default = Access::Public;
+        c.routes.push(AccessRule {
+            methods: vec!["GET".into()],
+            ..rule("/ws/", Access::Authenticated)
+        });
+    })
+    .await;
+    // The HTTP/1.1 upgrade is a GET; the HTTP/2 one a CONNECT that reaches the application as a
+    // GET: both get the GET rule.
+    for via in [Via::Http1, Via::H2c, Via::H2] {
+        refused(&gh, via, "/ws/echo", &[])
+            .await
+            .assert_problem(401, "unauthenticated");
+    }
+    opened(&gh, Via::H2c, "/open/echo", &[]).await;
 }

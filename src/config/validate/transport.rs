@@ -414,8 +414,39 @@ fn parse_method(s: String) -> Result<String, String> {
     {
         return Err(format!("`{s}` is not a method name"));
     }
-    Ok(s.to_ascii_uppercase())
+    let upper = s.to_ascii_uppercase();
+    if !KNOWN_METHODS.contains(&upper.as_str()) {
+        return Err(format!(
+            "unknown method `{s}`; expected one of {}",
+            KNOWN_METHODS.join(", ")
+        ));
+    }
+    Ok(upper)
 }
+
+/// The methods a rule may name: HTTP's (RFC 9110, PATCH) and WebDAV's. Another name is more
+/// likely a typo, which would leave the rule never applying.
+const KNOWN_METHODS: &[&str] = &[
+    "GET",
+    "HEAD",
+    "POST",
+    "PUT",
+    "DELETE",
+    "PATCH",
+    "OPTIONS",
+    "TRACE",
+    "CONNECT",
+    "PROPFIND",
+    "PROPPATCH",
+    "MKCOL",
+    "COPY",
+    "MOVE",
+    "LOCK",
+    "UNLOCK",
+    "REPORT",
+    "SEARCH",
+    "QUERY",
+];
 
 /// A CIDR, or a bare address as its own network (`/32`, `/128`); an IPv4-mapped IPv6 network as
 /// its IPv4 one, as clients are compared.
