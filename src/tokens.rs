@@ -841,6 +841,10 @@ mod tests {
         let after = tokens.verify_access(&after).unwrap();
         assert!(!user.accepts_token_issued(before.iat));
         assert!(user.accepts_token_issued(after.iat));
+        // A second revocation within the same second refuses the token issued since the first.
+        let mut again = user.clone();
+        again.revoke_tokens(clock.unix());
+        assert!(!again.accepts_token_issued(after.iat));
         // Only `iat` moves: the token is valid at once and lives as long as any.
         assert_eq!(after.nbf, clock.unix());
         assert_eq!(after.exp, clock.unix() + 3600);
