@@ -1,6 +1,13 @@
 //! Attacks on the account lifecycle (SPEC §13): credentials of a disabled user and tokens of a
-//! revoked one that must stay refused, whatever the order and timing of the admin's calls.
+//! revoked one that must stay refused, whatever the order and timing of the admin's calls, and
+//! signing-key rotations that must log nobody out on any replica.
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gatehouse::config::{Config, Secret};
+use gatehouse::store::Store;
+use gatehouse::store::sled::SledStore;
 use serde_json::{Value, json};
 
 use crate::harness::*;
@@ -87,4 +94,55 @@ async fn a_token_issued_between_two_revocations_in_one_second_is_refused_after_t
     }
     let after = issued_now(&gh, "ada").await;
     assert_eq!(bearer_status(&gh, &after).await, 200);
+}
+
+const MASTER_KEY: &str = "bWFzdGVyIGtleSBzaGFyZWQgYnkgdGhlIHJlcGxpY2E=";
+
+/// With `tokens.key_prepublish = "0s"`, a rotation still lets every replica read the next key
+/// before any replica signs with it: each token one replica signs, before and after the switch,
+/// is accepted by the other at once.
+#[tokio::test]
+async fn without_a_prepublish_period_the_next_key_signs_only_once_every_replica_knows_it() {
+    let upstream = Upstream::start().await;
+    let store: Arc<dyn Store> = Arc::new(SledStore::temporary().unwrap());
+    let shared = |c: &mut Config| {
+        c.tokens.key_prepublish = Duration::ZERO;
+        c.secrets.master_key = Some(Secret::new(MASTER_KEY));
+    };
+    let a = Gatehouse::start_store(&upstream.url(), shared, |_| store.clone()).await;
+    let b = Gatehouse::start_store(&upstream.url(), shared, |_| store.clone()).await;
+    let (status, ada) = a
+        .admin(
+            "POST",
+            "/admin/v1/users",
+            Some(json!({"userName": "ada", "scopes": ["read"]})),
+        )
+        .await;
+    assert_eq!(status, 201, "{ada}");
+    let principal = gatehouse::auth::Principal {
+        user_id: ada["id"].to_string(),
+        user_name: "ada".into(),
+        email: None,
+        scopes: vec!["read".into()],
+        organizations: vec![],
+        methods: vec![gatehouse::auth::Method::Pwd],
+    };
+    let (status, rotation) = a.admin("POST", "/admin/v1/keys/rotate", None).await;
+    assert_eq!(status, 201, "{rotation}");
+    let next = rotation["kid"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let token = a.app.tokens.issue_access(&principal).unwrap();
+        let kid = jsonwebtoken::decode_header(&token).unwrap().kid.unwrap();
+        assert_eq!(
+            bearer_status(&b, &format!("Bearer {token}")).await,
+            200,
+            "a token signed with {kid} (next {next}) is refused by the other replica"
+        );
+        if kid == next {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the next key never signed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
