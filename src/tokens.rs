@@ -266,6 +266,10 @@ const CLAIMS_WEIGHT: u32 = 256;
 const MIN_REFRESH: Duration = Duration::from_secs(1);
 /// The longest time between two refreshes of the keys from the store.
 const MAX_REFRESH: Duration = Duration::from_secs(30);
+/// The shortest time, in seconds, between storing the next key and signing with it, whatever
+/// `tokens.key_prepublish` says: two of the shortest refresh periods, so that every replica has
+/// read the key (and verifies and publishes it) before any replica signs with it.
+const MIN_LEAD: i64 = 2;
 
 /// A `kid` as gatehouse writes them: base64url, nothing that could be a path or a query.
 pub(crate) fn plausible_kid(kid: &str) -> bool {
@@ -384,6 +388,13 @@ impl Tokens {
         self.access_ttl.max(ASSERTION_TTL).saturating_add(LEEWAY)
     }
 
+    /// How long after it is stored the next key signs: `tokens.key_prepublish`, but never
+    /// less than [`MIN_LEAD`], or a replica would sign with a key the others do not know yet
+    /// and refuse what it signs (a logout for its users).
+    fn lead(&self) -> i64 {
+        self.prepublish.max(MIN_LEAD)
+    }
+
     /// Rereads the keys from the store (keys already open are kept as they are). A failure
     /// leaves the current keys in place.
     pub async fn refresh(&self) -> Result<(), String> {
@@ -410,7 +421,7 @@ impl Tokens {
     pub async fn rotate(&self) -> Result<Rotation, RotateError> {
         let keeper = self.keeper.as_ref().ok_or(RotateError::KeyFile)?;
         let now = self.clock.unix();
-        let activates = now.saturating_add(self.prepublish);
+        let activates = now.saturating_add(self.lead());
         let key = new_stored_key(&keeper.vault, now, activates).map_err(RotateError::Other)?;
         let newest = keeper
             .store
@@ -453,7 +464,7 @@ impl Tokens {
             .map_err(RotateError::Store)?;
         let activates = crate::store::newest_signing_key(&newest)
             .map_or(now, |k| k.activates.saturating_add(every))
-            .max(now.saturating_add(self.prepublish));
+            .max(now.saturating_add(self.lead()));
         let key = new_stored_key(&keeper.vault, now, activates).map_err(RotateError::Other)?;
         let newest = keeper
             .store
@@ -841,6 +852,10 @@ mod tests {
         let after = tokens.verify_access(&after).unwrap();
         assert!(!user.accepts_token_issued(before.iat));
         assert!(user.accepts_token_issued(after.iat));
+        // A second revocation within the same second refuses the token issued since the first.
+        let mut again = user.clone();
+        again.revoke_tokens(clock.unix());
+        assert!(!again.accepts_token_issued(after.iat));
         // Only `iat` moves: the token is valid at once and lives as long as any.
         assert_eq!(after.nbf, clock.unix());
         assert_eq!(after.exp, clock.unix() + 3600);
@@ -1083,6 +1098,14 @@ mod tests {
             .await
             .unwrap();
         let rotation = a.rotate().await.unwrap();
+        // Even without a prepublish period, the key signs only once every replica has had
+        // the time to read it.
+        assert_eq!(rotation.activates, 1_800_000_000 + MIN_LEAD);
+        assert_ne!(
+            header_kid(&a.issue_access(&principal()).unwrap()),
+            rotation.kid
+        );
+        clock.advance(MIN_LEAD);
         let token = a.issue_access(&principal()).unwrap();
         assert_eq!(header_kid(&token), rotation.kid);
         assert_eq!(b.verify_access(&token), Err(TokenError::UnknownKey));

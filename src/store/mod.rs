@@ -143,9 +143,12 @@ impl User {
     /// next second, `now + 1`, which refuses all of second `now`; tokens issued afterwards take
     /// `iat = max(now, cut-off)` ([`User::token_iat`]), so one issued right after the revocation,
     /// still within second `now`, carries `now + 1` and is accepted. The cut-off never moves
-    /// back (a replica whose clock lags cannot undo a later revocation).
+    /// back (a replica whose clock lags cannot undo a later revocation), and each revocation
+    /// moves it past the one before: a token issued since then carries at most that cut-off as
+    /// its `iat` (a second revocation within the same second, or on a replica whose clock lags,
+    /// must refuse it too).
     pub fn revoke_tokens(&mut self, now: i64) {
-        self.tokens_not_before = self.tokens_not_before.max(now.saturating_add(1));
+        self.tokens_not_before = self.tokens_not_before.max(now).saturating_add(1);
     }
 
     /// Whether a token of this user issued at `iat` (Unix seconds) is still accepted.

@@ -7,6 +7,7 @@ mod keys;
 mod python_peer;
 
 mod admin;
+mod attack_lifecycle;
 mod audit;
 mod browser;
 mod capacity;
