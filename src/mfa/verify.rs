@@ -202,6 +202,12 @@ impl Mfa {
         kind: FactorKind,
         user: &User,
     ) -> Result<Granted, MfaError> {
+        // The user read again: a disable or a revocation that landed while the code was being
+        // checked refuses the grant, rather than a token issued from the record read before it.
+        let fresh = self.user(&session).await?;
+        if !fresh.is_valid || fresh.tokens_not_before != user.tokens_not_before {
+            return Err(MfaError::InvalidAccessToken);
+        }
         let mut stepped = session;
         // Issued with the scopes the user holds now (SPEC §10), never those of the session
         // being stepped up: a removed scope must not come back through a step-up.
