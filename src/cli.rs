@@ -11,9 +11,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 
-/// Options of `gatehouse admin`.
+/// Where the admin API is and the token it takes (`gatehouse admin`, and `gatehouse routes
+/// explain --user`).
 #[derive(Args, Debug)]
-pub struct AdminArgs {
+pub struct AdminConnection {
     /// Base URL of the admin listener.
     #[arg(
         long,
@@ -27,6 +28,33 @@ pub struct AdminArgs {
     /// A file holding the admin token (read instead of --token).
     #[arg(long)]
     token_file: Option<std::path::PathBuf>,
+}
+
+impl AdminConnection {
+    /// The admin token, from --token-file or else --token (GATEHOUSE_ADMIN_TOKEN).
+    fn token(&self) -> Result<String, String> {
+        match (&self.token_file, &self.token) {
+            (Some(path), _) => Ok(std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+                .trim()
+                .to_owned()),
+            (None, Some(token)) => Ok(token.clone()),
+            (None, None) => Err("no admin token: use --token-file or GATEHOUSE_ADMIN_TOKEN".into()),
+        }
+    }
+
+    /// The JSON answer of a `GET` at `path`, or the problem's detail.
+    pub async fn get_json(&self, path: &str) -> Result<Value, String> {
+        let text = send(&self.url, &self.token()?, Method::GET, path, None).await?;
+        serde_json::from_str(&text).map_err(|e| format!("cannot read the answer: {e}"))
+    }
+}
+
+/// Options of `gatehouse admin`.
+#[derive(Args, Debug)]
+pub struct AdminArgs {
+    #[command(flatten)]
+    connection: AdminConnection,
     #[command(subcommand)]
     command: AdminCommand,
 }
@@ -390,24 +418,9 @@ pub async fn run(args: AdminArgs) -> ExitCode {
 }
 
 async fn call(args: AdminArgs) -> Result<String, String> {
-    let token = match (&args.token_file, args.token) {
-        (Some(path), _) => std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-            .trim()
-            .to_owned(),
-        (None, Some(token)) => token,
-        (None, None) => {
-            return Err("no admin token: use --token-file or GATEHOUSE_ADMIN_TOKEN".into());
-        }
-    };
+    let token = args.connection.token()?;
     let (method, path, body) = request(args.command)?;
-    send(&args.url, &token, method, &path, body).await
-}
-
-/// The JSON of a `GET` of the admin API at `path`, or the problem's detail.
-pub async fn get_json(url: &str, token: &str, path: &str) -> Result<Value, String> {
-    let text = send(url, token, Method::GET, path, None).await?;
-    serde_json::from_str(&text).map_err(|e| format!("cannot read the answer: {e}"))
+    send(&args.connection.url, &token, method, &path, body).await
 }
 
 /// Sends one admin API request; the answer's JSON pretty-printed, or the problem's detail.

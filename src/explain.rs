@@ -51,16 +51,9 @@ pub struct ExplainArgs {
     /// A request header, as `Name: value` (such as `X-HTTP-Method-Override: DELETE`); repeat.
     #[arg(long = "header")]
     headers: Vec<String>,
-    /// Base URL of the admin listener (for --user).
-    #[arg(
-        long,
-        env = "GATEHOUSE_ADMIN_URL",
-        default_value = "http://127.0.0.1:9090"
-    )]
-    url: String,
-    /// The admin token (for --user).
-    #[arg(long, env = "GATEHOUSE_ADMIN_TOKEN", hide_env_values = true)]
-    token: Option<String>,
+    /// Where the admin API is (for --user).
+    #[command(flatten)]
+    admin: crate::cli::AdminConnection,
 }
 
 /// Runs `gatehouse routes …` with the configuration `config` (already loaded and checked).
@@ -251,11 +244,12 @@ async fn principal_of(
     name: &str,
     factors: &[Factor],
 ) -> Result<Result<Principal, String>, String> {
-    let Some(token) = &args.token else {
-        return Err("--user needs the admin token: set GATEHOUSE_ADMIN_TOKEN or --token".into());
-    };
     let path = format!("/admin/v1/users/{}", crate::cli::segment(name));
-    let user = crate::cli::get_json(&args.url, token, &path).await?;
+    let user = args
+        .admin
+        .get_json(&path)
+        .await
+        .map_err(|e| format!("--user: {e}"))?;
     let scopes = user["scopes"]
         .as_array()
         .map(|a| {
