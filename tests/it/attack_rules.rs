@@ -76,3 +76,37 @@ async fn a_method_override_header_spelt_with_underscores_or_dots_must_pass_both_
     assert_eq!(upstream.hits(), 0);
     assert_eq!(send(&gh, "POST", "/admin/users/1", &[]).await.status, 200);
 }
+
+#[tokio::test]
+async fn clients_with_many_addresses_cannot_flood_the_audit_trail_with_rate_limited_records() {
+    // One subscriber's /48 holds 65 536 /64s, each its own bucket: each key's first refusal in a
+    // minute must not be one record each without bound.
+    let (_upstream, gh) = start(|c| {
+        c.server.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+        c.routes.push(AccessRule {
+            rate_limit: Some(gatehouse::config::RateLimit {
+                count: 1,
+                per: std::time::Duration::from_secs(3600),
+            }),
+            ..AccessRule::new("/search/", Access::Public)
+        });
+    })
+    .await;
+    let mut refused = 0;
+    for i in 0..250u32 {
+        let from = format!("X-Forwarded-For: 2001:db8:1:{i:x}::1");
+        for _ in 0..2 {
+            if send(&gh, "GET", "/search/", &[&from]).await.status == 429 {
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(refused, 250);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let events = gh.audit_events(1000).await;
+    let limited = events.iter().filter(|e| *e == "rate_limited").count();
+    assert!(
+        (1..=gatehouse::ratelimit::AUDITED_KEYS + 1).contains(&limited),
+        "{limited}"
+    );
+}
