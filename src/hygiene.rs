@@ -148,7 +148,7 @@ fn fold(name: &str) -> String {
 }
 
 /// Whether `name` folds to `folded` (which is already folded).
-fn folded_eq(name: &[u8], folded: &[u8]) -> bool {
+pub(crate) fn folded_eq(name: &[u8], folded: &[u8]) -> bool {
     name.len() == folded.len() && name.iter().zip(folded).all(|(&a, &b)| fold_byte(a) == b)
 }
 

@@ -5,7 +5,8 @@
 //! that finds no room shares one overflow bucket (so a flood of new addresses is limited
 //! together, and the users already counted keep their own buckets), and buckets that have refilled
 //! are dropped every [`SWEEP_EVERY`] (governor's `retain_recent`). The `rate_limited` audit
-//! record is written at most once per key per minute, from a map bounded the same way.
+//! record is written at most once per key per minute, for at most [`AUDITED_KEYS`] keys a minute (the
+//! rest share one record).
 //!
 //! Buckets live in memory: limits are per replica. A reload keeps the buckets of the rules whose
 //! `path_prefix` and `rate_limit` are unchanged; a rule whose limit changed starts afresh.
@@ -32,6 +33,11 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 /// The least time between two `rate_limited` audit records of one key.
 pub const AUDIT_EVERY: Duration = Duration::from_secs(60);
+
+/// The most keys of one rule audited within [`AUDIT_EVERY`]: beyond them, refusals share the
+/// overflow key's record, so that a client holding many addresses (an IPv6 /48 is 65 536 keys)
+/// writes a bounded number of records.
+pub const AUDITED_KEYS: usize = 100;
 
 /// Whose bucket a request takes from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -201,7 +207,7 @@ impl RuleLimit {
     /// Whether `key` was not refused in the last [`AUDIT_EVERY`] (and now is, from here on).
     fn first_refusal(&self, key: &Key) -> bool {
         let mut audited = self.audited.lock().unwrap_or_else(PoisonError::into_inner);
-        let key = if audited.contains_key(key) || audited.len() < self.cap {
+        let key = if audited.contains_key(key) || audited.len() < self.cap.min(AUDITED_KEYS) {
             key
         } else {
             &Key::Overflow

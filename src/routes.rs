@@ -76,8 +76,9 @@ pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
 ];
 
 /// The methods a request may be acted on as: `own` (its own, or those a forward-auth request
-/// describes), then every value of the method override headers (each comma-separated item,
-/// trimmed), each once whatever its letter case.
+/// describes), then every value of the method override headers, in any spelling an upstream
+/// folds into theirs (`_` or `.` for `-`), each comma-separated item trimmed, each method once
+/// whatever its letter case.
 pub fn acted_methods(own: &[&str], headers: &http::HeaderMap) -> Vec<String> {
     let mut seen = std::collections::HashSet::new();
     let mut methods = Vec::new();
@@ -89,11 +90,15 @@ pub fn acted_methods(own: &[&str], headers: &http::HeaderMap) -> Vec<String> {
     for m in own {
         add(m.trim());
     }
-    for name in METHOD_OVERRIDE_HEADERS {
-        for value in headers.get_all(name) {
-            for item in String::from_utf8_lossy(value.as_bytes()).split(',') {
-                add(item.trim());
-            }
+    // In any spelling a CGI-style upstream reads as the header (`X_HTTP_Method_Override`).
+    let overrides = headers.iter().filter(|(name, _)| {
+        METHOD_OVERRIDE_HEADERS
+            .iter()
+            .any(|o| crate::hygiene::folded_eq(name.as_str().as_bytes(), o.as_bytes()))
+    });
+    for (_, value) in overrides {
+        for item in String::from_utf8_lossy(value.as_bytes()).split(',') {
+            add(item.trim());
         }
     }
     methods

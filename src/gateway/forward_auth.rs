@@ -34,7 +34,7 @@ impl Gateway {
         };
         // The described method (as each describing header names it), and any the described
         // request's override headers name: the request must pass the rule of each.
-        let named = described_methods(&parts.headers);
+        let named = described_methods(&parts.headers, &parts.method);
         let named: Vec<&str> = named.iter().map(String::as_str).collect();
         let methods = crate::routes::acted_methods(&named, &parts.headers);
         let rules =
@@ -43,7 +43,7 @@ impl Gateway {
         let principal = match self.authorise(&rules, &parts.headers, arrival.client).await {
             Ok(principal) => principal,
             Err(rejection) => {
-                let method = described_method(&parts.headers);
+                let method = described_method(&parts.headers, &parts.method);
                 let target = match described_query(&parts.headers) {
                     Some(query) => format!("{described}?{query}"),
                     None => described,
@@ -98,10 +98,11 @@ fn described_path(parts: &Parts, path: &str) -> Result<String, Rejection> {
 }
 
 /// The described request's methods, as `X-Forwarded-Method` (Traefik, Caddy) and
-/// `X-Original-Method` (nginx's usual `proxy_set_header`) name them, each value once; `GET` when
-/// neither is sent, as proxies that send none describe navigations. [`crate::routes::acted_methods`]
-/// drops repeats.
-fn described_methods(headers: &HeaderMap) -> Vec<String> {
+/// `X-Original-Method` (nginx's usual `proxy_set_header`) name them, each value once; when neither
+/// is sent, `own`, the forward-auth request's method: Envoy's `ext_authz` checks with the
+/// original request's method, and nginx's `auth_request` and Traefik check with `GET`.
+/// [`crate::routes::acted_methods`] drops repeats.
+fn described_methods(headers: &HeaderMap, own: &Method) -> Vec<String> {
     let mut methods: Vec<String> = [X_FORWARDED_METHOD, X_ORIGINAL_METHOD]
         .into_iter()
         .flat_map(|name| headers.get_all(name))
@@ -109,18 +110,18 @@ fn described_methods(headers: &HeaderMap) -> Vec<String> {
         .filter(|v| !v.is_empty())
         .collect();
     if methods.is_empty() {
-        methods.push("GET".to_owned());
+        methods.push(own.as_str().to_owned());
     }
     methods
 }
 
-/// The described request's method (`X-Forwarded-Method`; `GET` when absent, as proxies that
-/// send none describe navigations).
-fn described_method(headers: &HeaderMap) -> Method {
+/// The described request's method (`X-Forwarded-Method`; the forward-auth request's own, `own`,
+/// when absent, as [`described_methods`]).
+fn described_method(headers: &HeaderMap, own: &Method) -> Method {
     headers
         .get(X_FORWARDED_METHOD)
         .and_then(|v| Method::from_bytes(v.as_bytes()).ok())
-        .unwrap_or(Method::GET)
+        .unwrap_or_else(|| own.clone())
 }
 
 /// The described request's query, from `X-Forwarded-Uri` or `X-Original-URL`.
