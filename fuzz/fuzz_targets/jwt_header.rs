@@ -50,14 +50,16 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
         audience: AUDIENCE.into(),
         access_ttl: Duration::from_secs(3600),
         signing_key_file: Some(file.clone()),
+        rotate_every: None,
+        key_prepublish: Duration::from_secs(3600),
     };
-    let store = SledStore::temporary().expect("a store");
-    let vault = Vault::from_master(&[7u8; 32]).expect("a vault");
+    let store = std::sync::Arc::new(SledStore::temporary().expect("a store"));
+    let vault = std::sync::Arc::new(Vault::from_master(&[7u8; 32]).expect("a vault"));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("a runtime");
     let tokens = runtime
-        .block_on(Tokens::load(&config, &store, &vault, FixedClock::at(NOW)))
+        .block_on(Tokens::load(&config, store, vault, FixedClock::at(NOW)))
         .expect("tokens load");
     let _ = std::fs::remove_file(file);
     let kid = tokens.jwks()["keys"][0]["kid"]
