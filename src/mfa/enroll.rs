@@ -46,7 +46,7 @@ impl Mfa {
     ) -> Result<Enrollment, MfaError> {
         let user = self.user(principal).await?;
         let destination = match kind {
-            FactorKind::Otp => None,
+            FactorKind::Otp | FactorKind::Webauthn => None,
             FactorKind::Sms => Some(user.phone.clone().ok_or_else(|| {
                 MfaError::Invalid("the user has no phone number for an SMS factor".into())
             })?),
@@ -311,6 +311,7 @@ fn enrollment_email(to: &str, url: &str, kind: FactorKind) -> Email {
         FactorKind::Otp => "an authenticator app",
         FactorKind::Sms => "text-message codes",
         FactorKind::Email => "email codes",
+        FactorKind::Webauthn => "a passkey",
     };
     Email {
         to: to.to_owned(),

@@ -198,10 +198,11 @@ impl Mfa {
                 };
                 self.notifier.email.send(&email).await
             }
-            FactorKind::Otp => {
-                return Err(MfaError::Invalid(
-                    "authenticator apps need no code sent".into(),
-                ));
+            FactorKind::Otp | FactorKind::Webauthn => {
+                return Err(MfaError::Invalid(format!(
+                    "a {} factor needs no code sent",
+                    kind.as_str()
+                )));
             }
         };
         result.map_err(|e| MfaError::Delivery(e.to_string()))

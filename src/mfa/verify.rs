@@ -41,6 +41,7 @@ fn method(kind: FactorKind) -> Method {
         FactorKind::Otp => Method::Otp,
         FactorKind::Sms => Method::Sms,
         FactorKind::Email => Method::Email,
+        FactorKind::Webauthn => Method::Hwk,
     }
 }
 
@@ -111,7 +112,8 @@ impl Mfa {
         }
         if let Code::Oob(code) | Code::Any(code) = code {
             let code = code.trim();
-            for factor in factors.iter().filter(|f| f.kind != FactorKind::Otp) {
+            let sent = |f: &&Factor| matches!(f.kind, FactorKind::Sms | FactorKind::Email);
+            for factor in factors.iter().filter(sent) {
                 let purpose = format!("verify:{}", factor.kind.as_str());
                 let hash = self.vault.code_hash(&purpose, code);
                 if self

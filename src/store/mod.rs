@@ -450,6 +450,9 @@ pub enum FactorKind {
     Otp,
     Sms,
     Email,
+    /// Passkeys (SPEC §14). The factor record stands for all of the user's passkeys: it exists
+    /// while the user has at least one; the passkeys themselves are [`Passkey`] records.
+    Webauthn,
 }
 
 impl FactorKind {
@@ -458,6 +461,7 @@ impl FactorKind {
             FactorKind::Otp => "otp",
             FactorKind::Sms => "sms",
             FactorKind::Email => "email",
+            FactorKind::Webauthn => "webauthn",
         }
     }
 
@@ -466,6 +470,7 @@ impl FactorKind {
             "otp" => Some(FactorKind::Otp),
             "sms" => Some(FactorKind::Sms),
             "email" => Some(FactorKind::Email),
+            "webauthn" => Some(FactorKind::Webauthn),
             _ => None,
         }
     }
@@ -475,8 +480,111 @@ impl FactorKind {
             FactorKind::Otp => b'o',
             FactorKind::Sms => b's',
             FactorKind::Email => b'e',
+            FactorKind::Webauthn => b'w',
         }
     }
+}
+
+/// The most passkeys one user may hold.
+pub const MAX_PASSKEYS: usize = 10;
+
+/// A passkey (SPEC §14): a WebAuthn credential registered to a user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Passkey {
+    pub v: u32,
+    /// The credential id, base64url without padding; unique across users.
+    pub id: String,
+    pub user_id: u64,
+    /// The user handle the authenticator keeps with a discoverable credential (a random UUID,
+    /// one per user while the user has passkeys).
+    pub user_handle: String,
+    /// The name the user gave it.
+    pub name: String,
+    /// RFC 3339.
+    pub created: String,
+    /// RFC 3339 of its last accepted use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_used: Option<String>,
+    /// The signature counter last accepted; 0 while the authenticator keeps none.
+    pub counter: u32,
+    /// Whether the authenticator said it keeps the credential discoverable (for sign-in
+    /// without a user name), when it said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discoverable: Option<bool>,
+    /// The credential as the WebAuthn library keeps it (public key, counter, flags).
+    pub credential: serde_json::Value,
+}
+
+/// What allows a passkey to be added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PasskeyGrant<'a> {
+    /// An enrollment ticket of kind `webauthn`, checked and used as
+    /// [`Store::confirm_ticket`] does.
+    Ticket(&'a str),
+    /// The credential that asked holds a second factor.
+    SecondFactor,
+    /// A credential without a second factor: only while the user has no confirmed factor.
+    FirstFactor,
+}
+
+/// What [`Store::add_passkey`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PasskeyAdded {
+    Added,
+    /// The grant does not allow it (ticket unknown, used or expired, or a first factor for a
+    /// user who has one); nothing changed.
+    Refused,
+    /// The credential id is registered already (to this user or another).
+    Duplicate,
+    /// The user holds [`MAX_PASSKEYS`] already.
+    Full,
+}
+
+/// What [`Store::delete_passkey`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PasskeyRemoved {
+    Removed,
+    /// The user has no passkey of that id.
+    NotFound,
+    /// It is the user's last factor and the caller asked to keep one; nothing changed.
+    LastFactor,
+}
+
+/// What a passkey ceremony in progress is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CeremonyPurpose {
+    /// Registering a passkey (from a session or an enrollment ticket).
+    Register,
+    /// A second factor for a signed-in user.
+    StepUp,
+    /// Signing in without a user name (a discoverable credential).
+    SignIn,
+}
+
+/// A WebAuthn ceremony between its options and the browser's answer: found by the SHA-256
+/// (lower-case hex) of the ceremony id the page carries, taken once, on any replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PasskeyCeremony {
+    pub v: u32,
+    pub id_hash: String,
+    pub purpose: CeremonyPurpose,
+    /// The user it is for (none for a sign-in, where the credential names the user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<u64>,
+    /// The enrollment ticket a registration came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<String>,
+    /// The name a new passkey will get.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The user handle a new passkey will carry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_handle: Option<String>,
+    /// The WebAuthn library's state for the ceremony (its challenge).
+    pub state: serde_json::Value,
+    /// Unix seconds after which the ceremony is void.
+    pub expires: i64,
 }
 
 /// A confirmed second factor.
@@ -580,15 +688,17 @@ pub struct Snapshot {
     pub domains: Vec<Domain>,
     /// Oldest first.
     pub audit: Vec<AuditEvent>,
+    pub passkeys: Vec<Passkey>,
 }
 
 impl Snapshot {
     /// A one-line account of what the snapshot holds.
     pub fn summary(&self) -> String {
         format!(
-            "{} users, {} factors, {} pending enrollments, {} domains, {} organisations, {} applications, {} WS keys, {} signing keys, {} audit events",
+            "{} users, {} factors, {} passkeys, {} pending enrollments, {} domains, {} organisations, {} applications, {} WS keys, {} signing keys, {} audit events",
             self.users.len(),
             self.factors.len(),
+            self.passkeys.len(),
             self.tickets.len(),
             self.domains.len(),
             self.organizations.len(),
@@ -657,8 +767,8 @@ pub trait Store: Send + Sync {
     }
     /// Deletes a user and everything bound to it; `false` when there was no such user.
     async fn delete_user(&self, user_name: &str) -> StoreResult<bool>;
-    /// Removes every MFA factor, pending enrollment (WS opt-in registrations included) and
-    /// recovery code of the user, atomically.
+    /// Removes every MFA factor (passkeys included), pending enrollment (WS opt-in
+    /// registrations included) and recovery code of the user, atomically.
     async fn reset_mfa(&self, user_id: u64) -> StoreResult<()>;
 
     async fn create_application(&self, app: Application) -> StoreResult<()>;
@@ -879,6 +989,50 @@ pub trait Store: Send + Sync {
     async fn take_login_flow(&self, state_hash: &str, now: i64) -> StoreResult<Option<LoginFlow>>;
     /// Deletes every flow with `expires <= now`; how many.
     async fn purge_login_flows(&self, now: i64) -> StoreResult<u64>;
+
+    /// The user's passkeys, oldest first.
+    async fn passkeys(&self, user_id: u64) -> StoreResult<Vec<Passkey>>;
+    /// The passkey with credential id `id`, whoever holds it.
+    async fn passkey(&self, id: &str) -> StoreResult<Option<Passkey>>;
+    /// Atomically adds `passkey` to its user as `grant` allows, with the `webauthn` factor
+    /// record beside it; sets `recovery_hashes` when given. A ticket grant is checked and used
+    /// as [`Store::confirm_ticket`] does (and voids the user's other pending tickets).
+    async fn add_passkey(
+        &self,
+        passkey: Passkey,
+        grant: PasskeyGrant<'_>,
+        recovery_hashes: Option<Vec<String>>,
+        now: i64,
+    ) -> StoreResult<PasskeyAdded>;
+    /// Records an accepted use of passkey `id`: when `counter` is later than the stored one, or
+    /// both are 0, stores it with `credential` and `last_used` and answers `true`; otherwise
+    /// (a cloned authenticator, or another use with the same counter that got there first)
+    /// `false` and nothing changes. Of concurrent uses with one counter, on any replica, one
+    /// gets `true`.
+    async fn use_passkey(
+        &self,
+        id: &str,
+        counter: u32,
+        credential: serde_json::Value,
+        last_used: &str,
+    ) -> StoreResult<bool>;
+    /// Renames the user's passkey `id`; `false` when the user has none of that id.
+    async fn rename_passkey(&self, user_id: u64, id: &str, name: &str) -> StoreResult<bool>;
+    /// Removes the user's passkey `id` (the `webauthn` factor record with the last one). With
+    /// `keep_a_factor`, atomically refuses when it is the last factor the user has.
+    async fn delete_passkey(
+        &self,
+        user_id: u64,
+        id: &str,
+        keep_a_factor: bool,
+    ) -> StoreResult<PasskeyRemoved>;
+    /// Stores a passkey ceremony until the browser answers.
+    async fn create_ceremony(&self, ceremony: PasskeyCeremony) -> StoreResult<()>;
+    /// Removes and returns the ceremony whose id hashes to `id_hash`, unless it has expired
+    /// (an expired one is removed all the same). Of concurrent takes, exactly one gets it.
+    async fn take_ceremony(&self, id_hash: &str, now: i64) -> StoreResult<Option<PasskeyCeremony>>;
+    /// Deletes every ceremony with `expires <= now`; how many.
+    async fn purge_ceremonies(&self, now: i64) -> StoreResult<u64>;
 
     /// Makes every write so far durable.
     async fn flush(&self) -> StoreResult<()>;

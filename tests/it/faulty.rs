@@ -411,6 +411,72 @@ impl Store for FaultyStore {
         self.inner.purge_login_flows(now).await
     }
 
+    async fn passkeys(&self, user_id: u64) -> StoreResult<Vec<Passkey>> {
+        self.gate("passkeys").await?;
+        self.inner.passkeys(user_id).await
+    }
+
+    async fn passkey(&self, id: &str) -> StoreResult<Option<Passkey>> {
+        self.gate("passkey").await?;
+        self.inner.passkey(id).await
+    }
+
+    async fn add_passkey(
+        &self,
+        passkey: Passkey,
+        grant: PasskeyGrant<'_>,
+        recovery_hashes: Option<Vec<String>>,
+        now: i64,
+    ) -> StoreResult<PasskeyAdded> {
+        self.gate("add_passkey").await?;
+        self.inner
+            .add_passkey(passkey, grant, recovery_hashes, now)
+            .await
+    }
+
+    async fn use_passkey(
+        &self,
+        id: &str,
+        counter: u32,
+        credential: serde_json::Value,
+        last_used: &str,
+    ) -> StoreResult<bool> {
+        self.gate("use_passkey").await?;
+        self.inner
+            .use_passkey(id, counter, credential, last_used)
+            .await
+    }
+
+    async fn rename_passkey(&self, user_id: u64, id: &str, name: &str) -> StoreResult<bool> {
+        self.gate("rename_passkey").await?;
+        self.inner.rename_passkey(user_id, id, name).await
+    }
+
+    async fn delete_passkey(
+        &self,
+        user_id: u64,
+        id: &str,
+        keep_a_factor: bool,
+    ) -> StoreResult<PasskeyRemoved> {
+        self.gate("delete_passkey").await?;
+        self.inner.delete_passkey(user_id, id, keep_a_factor).await
+    }
+
+    async fn create_ceremony(&self, ceremony: PasskeyCeremony) -> StoreResult<()> {
+        self.gate("create_ceremony").await?;
+        self.inner.create_ceremony(ceremony).await
+    }
+
+    async fn take_ceremony(&self, id_hash: &str, now: i64) -> StoreResult<Option<PasskeyCeremony>> {
+        self.gate("take_ceremony").await?;
+        self.inner.take_ceremony(id_hash, now).await
+    }
+
+    async fn purge_ceremonies(&self, now: i64) -> StoreResult<u64> {
+        self.gate("purge_ceremonies").await?;
+        self.inner.purge_ceremonies(now).await
+    }
+
     async fn flush(&self) -> StoreResult<()> {
         self.gate("flush").await?;
         self.inner.flush().await

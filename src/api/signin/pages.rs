@@ -130,7 +130,7 @@ pub(super) fn step_up(view: &StepUpView<'_>) -> String {
             let (value, label) = match kind {
                 FactorKind::Sms => ("send-sms", "Text me a code"),
                 FactorKind::Email => ("send-email", "Email me a code"),
-                FactorKind::Otp => continue,
+                FactorKind::Otp | FactorKind::Webauthn => continue,
             };
             content.push_str(&format!(
                 "<form method=\"post\" action=\"/auth/step-up\">{hidden}\

@@ -6,8 +6,9 @@ use tokio_postgres::types::Json;
 use crate::lockout::{LockoutState, Policy, Reservation};
 use crate::store::{
     Application, AuditEvent, AuditPage, AuditQuery, CodeLogin, Domain, EventFilter, Factor,
-    FactorKind, LoginFlow, NewUser, OPT_IN_PREFIX, OobCode, Organization, Session, SigningKey,
-    Snapshot, Store, StoreError, StoreResult, Ticket, User, WsKey, stamp,
+    FactorKind, LoginFlow, NewUser, OPT_IN_PREFIX, OobCode, Organization, Passkey, PasskeyAdded,
+    PasskeyCeremony, PasskeyGrant, PasskeyRemoved, Session, SigningKey, Snapshot, Store,
+    StoreError, StoreResult, Ticket, User, WsKey, stamp,
 };
 
 use super::sessions::{COLUMNS as SESSION_COLUMNS, FLOW_COLUMNS, flow_from, session_from};
@@ -702,6 +703,84 @@ impl Store for PgStore {
     async fn purge_login_flows(&self, now: i64) -> StoreResult<u64> {
         self.execute(
             "DELETE FROM gatehouse_login_flows WHERE expires <= $1",
+            &[&now],
+        )
+        .await
+    }
+
+    async fn passkeys(&self, user_id: u64) -> StoreResult<Vec<Passkey>> {
+        Ok(self.passkeys_of(user_id).await?)
+    }
+
+    async fn passkey(&self, id: &str) -> StoreResult<Option<Passkey>> {
+        if !storable(id) {
+            return Ok(None);
+        }
+        Ok(self.passkey_once(id).await?)
+    }
+
+    async fn add_passkey(
+        &self,
+        passkey: Passkey,
+        grant: PasskeyGrant<'_>,
+        recovery_hashes: Option<Vec<String>>,
+        now: i64,
+    ) -> StoreResult<PasskeyAdded> {
+        let texts = [&passkey.id, &passkey.name, &passkey.user_handle];
+        if texts.iter().any(|t| !storable(t))
+            || matches!(grant, PasskeyGrant::Ticket(t) if !storable(t))
+        {
+            return Ok(PasskeyAdded::Refused);
+        }
+        Ok(retry(|| self.add_passkey_once(&passkey, grant, recovery_hashes.as_ref(), now)).await?)
+    }
+
+    async fn use_passkey(
+        &self,
+        id: &str,
+        counter: u32,
+        credential: serde_json::Value,
+        last_used: &str,
+    ) -> StoreResult<bool> {
+        if !storable(id) {
+            return Ok(false);
+        }
+        Ok(retry(|| self.use_passkey_once(id, counter, &credential, last_used)).await?)
+    }
+
+    async fn rename_passkey(&self, user_id: u64, id: &str, name: &str) -> StoreResult<bool> {
+        if !storable(id) || !storable(name) {
+            return Ok(false);
+        }
+        Ok(retry(|| self.rename_passkey_once(user_id, id, name)).await?)
+    }
+
+    async fn delete_passkey(
+        &self,
+        user_id: u64,
+        id: &str,
+        keep_a_factor: bool,
+    ) -> StoreResult<PasskeyRemoved> {
+        if !storable(id) {
+            return Ok(PasskeyRemoved::NotFound);
+        }
+        Ok(retry(|| self.delete_passkey_once(user_id, id, keep_a_factor)).await?)
+    }
+
+    async fn create_ceremony(&self, ceremony: PasskeyCeremony) -> StoreResult<()> {
+        Ok(retry(|| self.create_ceremony_once(&ceremony)).await?)
+    }
+
+    async fn take_ceremony(&self, id_hash: &str, now: i64) -> StoreResult<Option<PasskeyCeremony>> {
+        if !storable(id_hash) {
+            return Ok(None);
+        }
+        Ok(self.take_ceremony_once(id_hash, now).await?)
+    }
+
+    async fn purge_ceremonies(&self, now: i64) -> StoreResult<u64> {
+        self.execute(
+            "DELETE FROM gatehouse_passkey_ceremonies WHERE expires <= $1",
             &[&now],
         )
         .await

@@ -19,6 +19,7 @@ use super::{AuditEvent, Factor, StoreError, StoreResult};
 mod domains;
 mod impl_store;
 mod mfa;
+mod passkeys;
 mod schema;
 mod sessions;
 mod snapshot;
@@ -290,6 +291,7 @@ async fn reset_mfa_in(c: &impl GenericClient, user_id: i64) -> Result<(), Fail> 
         "DELETE FROM gatehouse_codes WHERE user_id = $1",
         "DELETE FROM gatehouse_recovery_codes WHERE user_id = $1",
         "DELETE FROM gatehouse_lockouts WHERE user_id = $1",
+        "DELETE FROM gatehouse_passkeys WHERE user_id = $1",
     ] {
         exec(c, sql, &[&user_id]).await?;
     }

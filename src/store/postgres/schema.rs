@@ -148,6 +148,25 @@ pub(super) const MIGRATIONS: &[(i64, &[&str])] = &[
             "CREATE INDEX IF NOT EXISTS gatehouse_audit_at ON gatehouse_audit ((at COLLATE \"C\"))",
         ],
     ),
+    // Passkeys (SPEC §14): one row per credential (its id unique across users), numbered in the
+    // order they were added; ceremonies in progress until the browser answers.
+    (
+        6,
+        &[
+            "CREATE TABLE IF NOT EXISTS gatehouse_passkeys (
+            id TEXT PRIMARY KEY,
+            user_id INT8 NOT NULL,
+            seq INT8 GENERATED ALWAYS AS IDENTITY,
+            doc JSONB NOT NULL
+        )",
+            "CREATE INDEX IF NOT EXISTS gatehouse_passkeys_user ON gatehouse_passkeys (user_id, seq)",
+            "CREATE TABLE IF NOT EXISTS gatehouse_passkey_ceremonies (
+            id_hash TEXT PRIMARY KEY,
+            expires INT8 NOT NULL,
+            doc JSONB NOT NULL
+        )",
+        ],
+    ),
 ];
 
 const CREATE_MIGRATIONS: &str = "CREATE TABLE IF NOT EXISTS gatehouse_migrations (

@@ -71,6 +71,11 @@ impl PgStore {
         let mut domains: Vec<Domain> = all(&tx, "SELECT doc FROM gatehouse_domains").await?;
         domains.sort_by_key(|d| (unkey(d.organization_id), unkey(d.domain_id)));
         let audit = all(&tx, "SELECT doc FROM gatehouse_audit ORDER BY seq").await?;
+        let passkeys = all(
+            &tx,
+            "SELECT doc FROM gatehouse_passkeys ORDER BY user_id, seq",
+        )
+        .await?;
         tx.commit().await?;
         Ok(Snapshot {
             users,
@@ -85,6 +90,7 @@ impl PgStore {
             lockouts,
             domains,
             audit,
+            passkeys,
         })
     }
 
@@ -260,6 +266,15 @@ impl PgStore {
                 tx,
                 "INSERT INTO gatehouse_lockouts (user_id, doc) VALUES ($1, $2)",
                 &[&key(*user_id), &Json(state)],
+            )
+            .await
+            .map_err(conflict)?;
+        }
+        for passkey in &snapshot.passkeys {
+            exec(
+                tx,
+                "INSERT INTO gatehouse_passkeys (id, user_id, doc) VALUES ($1, $2, $3)",
+                &[&passkey.id, &key(passkey.user_id), &Json(passkey)],
             )
             .await
             .map_err(conflict)?;

@@ -52,8 +52,12 @@ pub(super) fn idp_index_key(provider: &str, sid: &str, id_hash: &str) -> Vec<u8>
 }
 
 /// Every kind of factor: the keys a transaction names when it must see all of a user's factors.
-pub(super) const FACTOR_KINDS: [FactorKind; 3] =
-    [FactorKind::Otp, FactorKind::Sms, FactorKind::Email];
+pub(super) const FACTOR_KINDS: [FactorKind; 4] = [
+    FactorKind::Otp,
+    FactorKind::Sms,
+    FactorKind::Email,
+    FactorKind::Webauthn,
+];
 
 pub(super) fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())

@@ -9,8 +9,9 @@ use sled::{Transactional, Tree};
 use crate::lockout::{LockoutState, Policy, Reservation};
 use crate::store::{
     AUDIT_SCAN_LIMIT, Application, AuditEvent, AuditPage, AuditQuery, CodeLogin, Domain, Factor,
-    FactorKind, LoginFlow, NewUser, OPT_IN_PREFIX, OobCode, Organization, Session, SigningKey,
-    Snapshot, Store, StoreError, StoreResult, Ticket, User, WsKey, stamp,
+    FactorKind, LoginFlow, NewUser, OPT_IN_PREFIX, OobCode, Organization, Passkey, PasskeyAdded,
+    PasskeyCeremony, PasskeyGrant, PasskeyRemoved, Session, SigningKey, Snapshot, Store,
+    StoreError, StoreResult, Ticket, User, WsKey, stamp,
 };
 
 use super::codec::{
@@ -147,19 +148,28 @@ impl Store for SledStore {
         // One transaction, which also names every key a confirmation writes (factors, recovery
         // codes): a confirmation running meanwhile either lands before the reset (and is
         // removed) or finds its ticket gone.
-        let result = (&self.tickets, &self.mfa).transaction(|(tickets, mfa)| {
-            for key in &keys {
-                if key.get(8) == Some(&b't') {
-                    tickets.remove(&key[9..])?;
+        let result = (&self.tickets, &self.mfa, &self.passkey_ids).transaction(
+            |(tickets, mfa, passkey_ids)| {
+                for key in &keys {
+                    if key.get(8) == Some(&b't') {
+                        tickets.remove(&key[9..])?;
+                    }
+                    mfa.remove(key)?;
                 }
-                mfa.remove(key)?;
-            }
-            for kind in FACTOR_KINDS {
-                mfa.remove(mfa_key(user_id, b'f', &[kind.tag()]))?;
-            }
-            mfa.remove(mfa_key(user_id, b'r', &[]))?;
-            Ok(())
-        });
+                // The passkey list as it is now (the scan may predate a registration).
+                if let Some(bytes) = mfa.remove(super::passkeys::list_key(user_id))? {
+                    let list: Vec<crate::store::Passkey> = tx_decode(&bytes)?;
+                    for passkey in &list {
+                        passkey_ids.remove(passkey.id.as_bytes())?;
+                    }
+                }
+                for kind in FACTOR_KINDS {
+                    mfa.remove(mfa_key(user_id, b'f', &[kind.tag()]))?;
+                }
+                mfa.remove(mfa_key(user_id, b'r', &[]))?;
+                Ok(())
+            },
+        );
         unwrap_tx(result)?;
         self.durable().await
     }
@@ -821,6 +831,81 @@ impl Store for SledStore {
         self.purge_flows(now)
     }
 
+    async fn passkeys(&self, user_id: u64) -> StoreResult<Vec<Passkey>> {
+        self.passkey_list(user_id)
+    }
+
+    async fn passkey(&self, id: &str) -> StoreResult<Option<Passkey>> {
+        self.passkey_by_id(id)
+    }
+
+    async fn add_passkey(
+        &self,
+        passkey: Passkey,
+        grant: PasskeyGrant<'_>,
+        recovery_hashes: Option<Vec<String>>,
+        now: i64,
+    ) -> StoreResult<PasskeyAdded> {
+        let added = self.insert_passkey(&passkey, grant, recovery_hashes.as_ref(), now)?;
+        if added == PasskeyAdded::Added {
+            self.durable().await?;
+        }
+        Ok(added)
+    }
+
+    async fn use_passkey(
+        &self,
+        id: &str,
+        counter: u32,
+        credential: serde_json::Value,
+        last_used: &str,
+    ) -> StoreResult<bool> {
+        let accepted = self.record_passkey_use(id, counter, &credential, last_used)?;
+        if accepted {
+            self.durable().await?;
+        }
+        Ok(accepted)
+    }
+
+    async fn rename_passkey(&self, user_id: u64, id: &str, name: &str) -> StoreResult<bool> {
+        let renamed = self.rename(user_id, id, name)?;
+        if renamed {
+            self.durable().await?;
+        }
+        Ok(renamed)
+    }
+
+    async fn delete_passkey(
+        &self,
+        user_id: u64,
+        id: &str,
+        keep_a_factor: bool,
+    ) -> StoreResult<PasskeyRemoved> {
+        let removed = self.remove_passkey(user_id, id, keep_a_factor)?;
+        if removed == PasskeyRemoved::Removed {
+            self.durable().await?;
+        }
+        Ok(removed)
+    }
+
+    async fn create_ceremony(&self, ceremony: PasskeyCeremony) -> StoreResult<()> {
+        self.insert_ceremony(&ceremony)?;
+        self.durable().await
+    }
+
+    async fn take_ceremony(&self, id_hash: &str, now: i64) -> StoreResult<Option<PasskeyCeremony>> {
+        let (ceremony, removed) = self.remove_ceremony(id_hash, now)?;
+        if removed {
+            self.durable().await?;
+        }
+        Ok(ceremony)
+    }
+
+    async fn purge_ceremonies(&self, now: i64) -> StoreResult<u64> {
+        // Not flushed: a purged ceremony that comes back after a crash has expired all the same.
+        self.purge_expired_ceremonies(now)
+    }
+
     async fn flush(&self) -> StoreResult<()> {
         self.durable().await
     }
@@ -856,6 +941,9 @@ impl Store for SledStore {
                 b'c' => snapshot.codes.push(decode(&value)?),
                 b'r' => snapshot.recovery_codes.push((user_id, decode(&value)?)),
                 b'l' => snapshot.lockouts.push((user_id, decode(&value)?)),
+                b'p' => snapshot
+                    .passkeys
+                    .extend(decode::<Vec<crate::store::Passkey>>(&value)?),
                 // `t`: the ticket index, rebuilt from the tickets themselves.
                 _ => {}
             }

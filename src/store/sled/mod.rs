@@ -12,6 +12,7 @@ use crate::store::{AuditEvent, StoreError, StoreResult, User};
 
 mod codec;
 mod impl_store;
+mod passkeys;
 mod sessions;
 #[cfg(test)]
 mod tests;
@@ -36,7 +37,7 @@ pub struct SledStore {
     rotating: std::sync::Mutex<()>,
     audit: Tree,
     /// Per-user MFA state under the user id's 8 bytes: `f`+kind factors, `t`+id ticket index,
-    /// `c`+purpose codes, `r` recovery codes, `l` lockout.
+    /// `c`+purpose codes, `r` recovery codes, `l` lockout, `p` the passkey list.
     mfa: Tree,
     tickets: Tree,
     sends: Tree,
@@ -55,6 +56,10 @@ pub struct SledStore {
     idp_sessions: Tree,
     /// State hash → a sign-in at an external provider in progress.
     login_flows: Tree,
+    /// Credential id → the user id (8 bytes, big-endian) whose passkey list holds it.
+    passkey_ids: Tree,
+    /// Ceremony id hash → a passkey ceremony in progress.
+    passkey_ceremonies: Tree,
     /// Group commit: see [`SledStore::durable`].
     commits: Commits,
     /// Users as last decoded, by id, with the bytes they were decoded from: see
@@ -159,6 +164,8 @@ impl SledStore {
             user_sessions: tree("user_sessions")?,
             idp_sessions: tree("idp_sessions")?,
             login_flows: tree("login_flows")?,
+            passkey_ids: tree("passkey_ids")?,
+            passkey_ceremonies: tree("passkey_ceremonies")?,
             commits: Commits::default(),
             decoded_users: std::sync::Mutex::default(),
             db,
