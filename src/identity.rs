@@ -19,10 +19,11 @@ pub enum Method {
     Email,
     /// An application token.
     App,
-    /// A hardware-bound key (RFC 8176 `hwk`): a passkey / WebAuthn credential. Reserved: no
-    /// credential gatehouse accepts yields it yet, so a route whose `factors` is only
-    /// `["webauthn"]` admits nobody until passkeys arrive.
+    /// A hardware-bound key (RFC 8176 `hwk`): a passkey (SPEC §14), at step-up or sign-in.
     Hwk,
+    /// The authenticator verified the user (RFC 8176 `user`): beside `hwk` when a passkey signed
+    /// in without a password. Not a second factor by itself.
+    User,
     /// Several factors, as an external identity provider reports them (RFC 8176 `mfa`): only
     /// from a provider configured with `trust_idp_mfa`, or a trusted issuer's token.
     Mfa,
@@ -37,6 +38,7 @@ impl Method {
             Method::Email => "email",
             Method::App => "app",
             Method::Hwk => "hwk",
+            Method::User => "user",
             Method::Mfa => "mfa",
         }
     }

@@ -771,6 +771,8 @@ pub fn methods_from_amr(amr: &[String]) -> Vec<Method> {
             "otp" => Some(Method::Otp),
             "sms" => Some(Method::Sms),
             "email" => Some(Method::Email),
+            "hwk" => Some(Method::Hwk),
+            "user" => Some(Method::User),
             "mfa" => Some(Method::Mfa),
             // "Bearer and ApplicationToken" is decided on the header of the request itself
             // (SPEC §10): a token saying `app` proves nothing.

@@ -1,9 +1,10 @@
 //! `GET|POST /enroll/{ticketId}`: the enrollment page `ticketUrl` points at (SPEC §4.1).
 //!
-//! Self-contained HTML: no scripts at all, no external fonts or images, one inline stylesheet
-//! allowed by its hash in a strict Content-Security-Policy. Works without JavaScript: the code is
-//! submitted with a plain form post. The ticket id in the URL is the only credential, so the page
-//! is never cached and never sends a referrer.
+//! Self-contained HTML: no external fonts or images, one inline stylesheet allowed by its hash in
+//! a strict Content-Security-Policy. Works without JavaScript: the code is submitted with a plain
+//! form post. A passkey ticket (`factor=webauthn`, SPEC §14) is the exception: its page runs the
+//! passkey script, allowed by a nonce. The ticket id in the URL is the only credential, so the
+//! page is never cached and never sends a referrer.
 
 use std::sync::Arc;
 
@@ -15,11 +16,15 @@ use qrcode::QrCode;
 use qrcode::render::svg;
 
 use crate::api;
-use crate::api::page::{escape, form_failure, page};
+use crate::api::page::{
+    Referrer, Script, escape, form_failure, page, page_with_script, passkey_form,
+};
 use crate::api::problem::mfa_problem;
+use crate::api::signin::passkeys::options_response;
 use crate::api::table::{self, Operation};
 use crate::body::Body;
 use crate::mfa::enroll::TicketView;
+use crate::mfa::passkeys::Registrant;
 use crate::mfa::service::{Mfa, MfaError};
 use crate::store::FactorKind;
 
@@ -157,6 +162,42 @@ impl EnrollPage {
                 .find(|(k, _)| k == name)
                 .map(|(_, v)| v.into_owned())
         };
+        match field("action").as_deref() {
+            Some("passkey-options") => {
+                let begun = self
+                    .mfa
+                    .begin_registration(
+                        Registrant::Ticket(ticket_id),
+                        &field("name").unwrap_or_default(),
+                    )
+                    .await;
+                return Ok(options_response(begun, action, ""));
+            }
+            Some("passkey") => {
+                let finished = self
+                    .mfa
+                    .finish_registration(
+                        Registrant::Ticket(ticket_id),
+                        &field("ceremony").unwrap_or_default(),
+                        &field("credential").unwrap_or_default(),
+                    )
+                    .await;
+                return match finished {
+                    Ok(confirmed) => Ok(all_set(confirmed.recovery_codes)),
+                    Err(MfaError::Invalid(why)) => {
+                        let text = format!("The passkey was not registered: {why}. Try again.");
+                        let mut response =
+                            self.show(ticket_id, action, Some(("error", &text))).await;
+                        if response.status() == StatusCode::OK {
+                            *response.status_mut() = StatusCode::BAD_REQUEST;
+                        }
+                        Ok(response)
+                    }
+                    Err(e) => Err(e),
+                };
+            }
+            _ => {}
+        }
         if field("action").as_deref() == Some("send") {
             self.mfa.send_enrollment_code(ticket_id).await?;
             return Ok(self
@@ -175,11 +216,20 @@ impl EnrollPage {
         notice: Option<(&str, &str)>,
     ) -> Response<Body> {
         match self.mfa.ticket_view(ticket_id).await {
-            Ok(view) => page(
-                StatusCode::OK,
-                "Set up two-step verification",
-                &self.body(&view, action, notice),
-            ),
+            Ok(view) => {
+                let script = if view.kind == FactorKind::Webauthn {
+                    Script::Passkeys
+                } else {
+                    Script::None
+                };
+                page_with_script(
+                    StatusCode::OK,
+                    "Set up two-step verification",
+                    &self.body(&view, action, notice),
+                    Referrer::None,
+                    script,
+                )
+            }
             Err(e) => gone_or_unknown(&e),
         }
     }
@@ -200,6 +250,23 @@ impl EnrollPage {
             ));
         }
         match (view.kind, &view.secret) {
+            (FactorKind::Webauthn, _) => {
+                content.push_str(&format!(
+                    "<p>Create a passkey for <strong>{}</strong>: your device keeps it, and \
+                     unlocks it with your fingerprint, face, PIN or security key.</p>\
+                     <noscript><p class=\"error\">Creating a passkey needs JavaScript.</p></noscript>",
+                    escape(&view.account),
+                ));
+                content.push_str(&passkey_form(
+                    action,
+                    "",
+                    "register",
+                    "Create a passkey",
+                    "<label for=\"passkey-name\">Name (for example, the device)</label>\
+                     <input id=\"passkey-name\" name=\"name\" class=\"text\" type=\"text\" \
+                     maxlength=\"64\" autocomplete=\"off\" value=\"Passkey\">",
+                ));
+            }
             (FactorKind::Otp, Some((secret, uri))) => {
                 content.push_str(&format!(
                     "<p>Scan this code with your authenticator app for <strong>{}</strong>.</p>{}\

@@ -1,6 +1,8 @@
 //! The one look of gatehouse's pages (the enrollment page and the sign-in pages, SPEC §11):
 //! self-contained HTML with one inline stylesheet allowed by its hash in a strict
-//! Content-Security-Policy, no scripts, no external resources, never cached, never framed.
+//! Content-Security-Policy, no external resources, never cached, never framed. Pages run no
+//! script, except the one passkey script (SPEC §14) on the pages that offer passkeys, allowed by
+//! a nonce new to each response.
 
 use std::sync::OnceLock;
 
@@ -45,6 +47,41 @@ pub fn csp() -> &'static str {
              frame-ancestors 'none'; base-uri 'none'"
         )
     })
+}
+
+/// The passkey script: turns the options gatehouse sends into a WebAuthn call and posts the
+/// browser's answer with the page's form.
+pub const PASSKEY_SCRIPT: &str = include_str!("passkey.js");
+
+/// Whether a page runs the passkey script.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Script {
+    None,
+    Passkeys,
+}
+
+/// A script nonce: 128 random bits.
+fn nonce() -> Option<String> {
+    let mut bytes = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).ok()?;
+    Some(STANDARD.encode(bytes))
+}
+
+/// A form whose button runs a passkey ceremony of `kind` (`register`, `step-up`, `sign-in`)
+/// with the passkey script, posting to `action` with `hidden` (escaped HTML) and `fields`
+/// (HTML). The button stays hidden where the script does not run.
+pub fn passkey_form(action: &str, hidden: &str, kind: &str, label: &str, fields: &str) -> String {
+    format!(
+        "<form method=\"post\" action=\"{action}\" class=\"passkey\">{hidden}\
+         <input type=\"hidden\" name=\"action\" value=\"passkey\">\
+         <input type=\"hidden\" name=\"ceremony\" value=\"\">\
+         <input type=\"hidden\" name=\"credential\" value=\"\">{fields}\
+         <button id=\"passkey-{kind}\" type=\"button\" class=\"secondary\" data-passkey=\"{kind}\" \
+         hidden>{label}</button><p class=\"passkey-status error\" role=\"alert\" hidden></p></form>",
+        action = escape(action),
+        kind = escape(kind),
+        label = escape(label),
+    )
 }
 
 /// Escapes text for HTML element content and attribute values.
@@ -96,13 +133,33 @@ pub fn page_with(
     content: &str,
     referrer: Referrer,
 ) -> Response<Body> {
+    page_with_script(status, title, content, referrer, Script::None)
+}
+
+/// A complete page with the given referrer policy and, when asked, the passkey script. Without
+/// randomness for a nonce the page goes without the script (passkey buttons stay hidden).
+pub fn page_with_script(
+    status: StatusCode,
+    title: &str,
+    content: &str,
+    referrer: Referrer,
+    script: Script,
+) -> Response<Body> {
     let policy = referrer.policy();
+    let nonce = match script {
+        Script::Passkeys => nonce(),
+        Script::None => None,
+    };
+    let tag = match &nonce {
+        Some(n) => format!("<script nonce=\"{n}\">{PASSKEY_SCRIPT}</script>"),
+        None => String::new(),
+    };
     let html = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
          <meta name=\"referrer\" content=\"{policy}\">\
          <title>{title} · Gatehouse</title><style>{STYLE}</style></head>\
-         <body><main><section><h1>{title}</h1>{content}</section></main></body></html>",
+         <body><main><section><h1>{title}</h1>{content}</section></main>{tag}</body></html>",
         title = escape(title)
     );
     let mut response = Response::new(full(html));
@@ -119,7 +176,11 @@ pub fn page_with(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    if let Ok(v) = HeaderValue::from_str(csp()) {
+    let policy = match &nonce {
+        Some(n) => format!("{}; script-src 'nonce-{n}'; connect-src 'self'", csp()),
+        None => csp().to_owned(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&policy) {
         h.insert(header::CONTENT_SECURITY_POLICY, v);
     }
     response
@@ -184,6 +245,38 @@ mod tests {
             page(StatusCode::OK, "t", "").headers()[header::REFERRER_POLICY],
             "no-referrer"
         );
+    }
+
+    #[test]
+    fn only_a_passkey_page_runs_a_script_and_only_by_its_own_nonce() {
+        let with = |script| page_with_script(StatusCode::OK, "t", "", Referrer::None, script);
+        let plain = with(Script::None);
+        assert!(
+            !plain.headers()[header::CONTENT_SECURITY_POLICY]
+                .to_str()
+                .unwrap()
+                .contains("script-src")
+        );
+        let nonces: Vec<String> = (0..2)
+            .map(|_| {
+                let response = with(Script::Passkeys);
+                let policy = response.headers()[header::CONTENT_SECURITY_POLICY]
+                    .to_str()
+                    .unwrap()
+                    .to_owned();
+                let nonce = policy
+                    .split("'nonce-")
+                    .nth(1)
+                    .and_then(|rest| rest.split('\'').next())
+                    .unwrap()
+                    .to_owned();
+                assert!(policy.contains("connect-src 'self'"));
+                assert!(!policy.contains("unsafe-inline"));
+                nonce
+            })
+            .collect();
+        assert_ne!(nonces[0], nonces[1]);
+        assert!(nonces[0].len() >= 22);
     }
 
     #[test]

@@ -45,6 +45,11 @@ impl Mfa {
         interactive: bool,
     ) -> Result<Enrollment, MfaError> {
         let user = self.user(principal).await?;
+        if kind == FactorKind::Webauthn && !self.passkeys_enabled() {
+            return Err(MfaError::Invalid(
+                "passkeys need server.public_url to name a host, not an IP address".into(),
+            ));
+        }
         let destination = match kind {
             FactorKind::Otp | FactorKind::Webauthn => None,
             FactorKind::Sms => Some(user.phone.clone().ok_or_else(|| {
@@ -140,7 +145,7 @@ impl Mfa {
     /// A ticket of the enrollment page that can still be used. Only the 256-bit ids
     /// [`codes::ticket_id`] makes are looked up: a WS opt-in registration is not a link anyone
     /// may open (its number is guessable), and it is refused before the store is asked.
-    async fn live_ticket(&self, ticket_id: &str) -> Result<Ticket, MfaError> {
+    pub(super) async fn live_ticket(&self, ticket_id: &str) -> Result<Ticket, MfaError> {
         if !codes::is_ticket_id(ticket_id) {
             return Err(MfaError::TicketUnknown);
         }
@@ -217,6 +222,12 @@ impl Mfa {
 
     /// Confirms a ticket with a code (the page, and verify-enrollment-otp).
     pub async fn confirm(&self, ticket: &Ticket, code: &str) -> Result<Confirmed, MfaError> {
+        if ticket.kind == FactorKind::Webauthn {
+            return Err(MfaError::Invalid(
+                "a passkey is registered on the enrollment page, in a browser, not with a code"
+                    .into(),
+            ));
+        }
         let user = self
             .store
             .user_by_id(ticket.user_id)

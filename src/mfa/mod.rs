@@ -2,13 +2,14 @@
 //! lockout. Domain logic only: no HTTP here.
 //!
 //! [`service::Mfa`] holds what the use cases share; each use case is an `impl Mfa` of its own:
-//! [`enroll`], [`verify`], `challenge`, `recovery`, `sms_opt_in` (the WS family's opt-in) and
+//! [`enroll`], [`verify`], [`passkeys`], `challenge`, `recovery`, `sms_opt_in` (the WS family's opt-in) and
 //! [`phone_login`] (the Manage family's code logins).
 
 mod challenge;
 pub mod codes;
 pub mod enroll;
 pub use crate::lockout;
+pub mod passkeys;
 pub mod phone_login;
 mod recovery;
 pub mod service;

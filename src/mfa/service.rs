@@ -74,6 +74,11 @@ pub struct Mfa {
     pub(super) totp: TotpParams,
     policy: Policy,
     pub(super) public_url: String,
+    /// The WebAuthn relying party of `public_url`, when its host can be one.
+    pub(super) webauthn: Option<Arc<webauthn_rs::Webauthn>>,
+    /// Passkey ceremonies begun in the current window (start, count): the bound on the
+    /// ceremonies this replica can make the store hold.
+    pub(super) ceremonies: std::sync::Mutex<(i64, u32)>,
 }
 
 /// What the MFA use cases call on, shared with the rest of gatehouse.
@@ -123,6 +128,8 @@ impl Mfa {
             policy: Policy::from_config(&config.lockout),
             config: config.clone(),
             public_url: public_url.to_owned(),
+            webauthn: super::passkeys::relying_party(public_url).map(Arc::new),
+            ceremonies: std::sync::Mutex::default(),
         }
     }
 

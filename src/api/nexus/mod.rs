@@ -224,7 +224,9 @@ impl Nexus {
                 let kind = match crate::api::query_value(query, "factor") {
                     None => self.mfa.default_factor(),
                     Some(f) => FactorKind::parse(&f).ok_or_else(|| {
-                        NexusError::Query(format!("`factor` must be otp, sms or email, not `{f}`"))
+                        NexusError::Query(format!(
+                            "`factor` must be otp, sms, email or webauthn, not `{f}`"
+                        ))
                     })?,
                 };
                 let interactive = match crate::api::query_value(query, "isInteractive") {

@@ -40,7 +40,7 @@ pub(super) struct StartWindow(std::sync::Mutex<(i64, u32)>);
 
 impl StartWindow {
     /// Counts one start at `now`; `false` (nothing counted) when the window is full.
-    fn take(&self, now: i64) -> bool {
+    pub(super) fn take(&self, now: i64) -> bool {
         let mut window = self
             .0
             .lock()

@@ -8,6 +8,7 @@
 
 mod external;
 mod pages;
+pub(crate) mod passkeys;
 pub mod rd;
 
 use std::net::IpAddr;
@@ -18,7 +19,8 @@ use http::request::Parts;
 use http::{HeaderMap, Method, Response, StatusCode};
 use hyper::body::Incoming;
 
-use self::pages::{StepUpView, respond, see_other};
+use self::pages::{LoginView, StepUpView, respond, respond_with, see_other};
+use crate::api::page::Script;
 use crate::api::table::{self, Operation};
 use crate::api::{self, BodyError};
 use crate::auth::{AuthError, Authenticator, Principal, SignInError};
@@ -38,7 +40,7 @@ const LOGOUT: &str = "/auth/logout";
 const SESSION: &str = "/auth/session";
 
 /// What the sign-in endpoints answer.
-pub const OPERATIONS: [Operation; 12] = [
+pub const OPERATIONS: [Operation; 14] = [
     Operation::new("GET", LOGIN),
     Operation::new("POST", LOGIN),
     Operation::new("GET", STEP_UP),
@@ -51,6 +53,8 @@ pub const OPERATIONS: [Operation; 12] = [
     Operation::new("GET", PROVIDER),
     Operation::new("GET", CALLBACK),
     Operation::new("POST", BACKCHANNEL_LOGOUT),
+    Operation::new("GET", passkeys::PASSKEYS),
+    Operation::new("POST", passkeys::PASSKEYS),
 ];
 
 /// The external provider paths (SPEC §12), as templates.
@@ -65,6 +69,8 @@ pub enum Endpoint {
     StepUp,
     Logout,
     Session,
+    /// `/auth/passkeys`: the signed-in user's passkeys (SPEC §14).
+    Passkeys,
     /// `/auth/login/{id}`: a sign-in at an external provider starts.
     Provider,
     /// `/auth/callback/{id}`: the provider sends the browser back.
@@ -98,6 +104,7 @@ impl Endpoint {
                 (STEP_UP, Endpoint::StepUp),
                 (LOGOUT, Endpoint::Logout),
                 (SESSION, Endpoint::Session),
+                (passkeys::PASSKEYS, Endpoint::Passkeys),
             ]
             .into_iter()
             .find(|(p, _)| eq_ignore_case(trimmed, p))
@@ -111,6 +118,7 @@ impl Endpoint {
             Endpoint::StepUp => STEP_UP,
             Endpoint::Logout => LOGOUT,
             Endpoint::Session | Endpoint::Unknown => SESSION,
+            Endpoint::Passkeys => passkeys::PASSKEYS,
             Endpoint::Provider => PROVIDER,
             Endpoint::Callback => CALLBACK,
             Endpoint::BackchannelLogout => BACKCHANNEL_LOGOUT,
@@ -206,6 +214,8 @@ impl SignIn {
             (Endpoint::Logout, &Method::GET) => self.logout_page(parts).await,
             (Endpoint::Logout, &Method::POST) => self.logout(parts, body, visit).await,
             (Endpoint::Session, &Method::GET | &Method::HEAD) => self.session(parts, visit).await,
+            (Endpoint::Passkeys, &Method::GET) => self.passkeys_page(parts).await,
+            (Endpoint::Passkeys, &Method::POST) => self.passkeys_post(parts, body, visit).await,
             (Endpoint::Provider, &Method::GET) => self.start_external(parts, visit).await,
             (Endpoint::Callback, &Method::GET) => self.callback(parts, visit).await,
             (Endpoint::BackchannelLogout, &Method::POST) => {
@@ -249,7 +259,8 @@ impl SignIn {
         (self.sessions.csrf_token(&cookie), set)
     }
 
-    /// A page with a form, setting the CSRF cookie when the browser has none.
+    /// A page with a form, setting the CSRF cookie when the browser has none; the pages that
+    /// offer passkeys run the passkey script.
     fn form_page(
         &self,
         status: StatusCode,
@@ -257,7 +268,12 @@ impl SignIn {
         content: &str,
         csrf_cookie: Option<HeaderValue>,
     ) -> Response<Body> {
-        respond(status, title, content, csrf_cookie.as_slice())
+        let script = if self.mfa.passkeys_enabled() {
+            Script::Passkeys
+        } else {
+            Script::None
+        };
+        respond_with(status, title, content, csrf_cookie.as_slice(), script)
     }
 
     /// Reads a form post, refusing another site's and one without this browser's token. The
@@ -345,7 +361,14 @@ impl SignIn {
         self.form_page(
             StatusCode::OK,
             "Sign in",
-            &pages::login(&token, &target, "", None, &self.provider_buttons()),
+            &pages::login(&LoginView {
+                csrf: &token,
+                rd: &target,
+                user: "",
+                error: None,
+                providers: &self.provider_buttons(),
+                passkeys: self.mfa.passkeys_enabled(),
+            }),
             set,
         )
     }
@@ -355,6 +378,9 @@ impl SignIn {
             Ok(form) => form,
             Err(refusal) => return self.refused(refusal),
         };
+        if matches!(form.get("action"), "passkey-options" | "passkey") {
+            return self.login_with_passkey(parts, &form, visit).await;
+        }
         let target = rd::target(form.get("rd"));
         let user_name = form.get("user").trim();
         let password = form.get("password").to_owned();
@@ -363,13 +389,14 @@ impl SignIn {
             let mut response = self.form_page(
                 status,
                 "Sign in",
-                &pages::login(
-                    &token,
-                    &target,
-                    user_name,
-                    Some(text),
-                    &self.provider_buttons(),
-                ),
+                &pages::login(&LoginView {
+                    csrf: &token,
+                    rd: &target,
+                    user: user_name,
+                    error: Some(text),
+                    providers: &self.provider_buttons(),
+                    passkeys: self.mfa.passkeys_enabled(),
+                }),
                 set,
             );
             if let Some(seconds) = retry_after {
@@ -532,6 +559,11 @@ impl SignIn {
             Ok(form) => form,
             Err(refusal) => return self.refused(refusal),
         };
+        if matches!(form.get("action"), "passkey-options" | "passkey") {
+            return self
+                .step_up_with_passkey(parts, &form, &principal, &live, visit)
+                .await;
+        }
         let target = rd::target(form.get("rd"));
         let send = match form.get("action") {
             "send-sms" => Some((FactorKind::Sms, "We sent a code to your phone.")),

@@ -4,9 +4,9 @@
 use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 
-use crate::api::page::{Referrer, escape, page_with};
+use crate::api::page::{Referrer, Script, escape, page_with_script, passkey_form};
 use crate::body::Body;
-use crate::store::FactorKind;
+use crate::store::{FactorKind, Passkey};
 
 /// A form's hidden fields: the CSRF token and where to go afterwards.
 fn hidden(csrf: &str, rd: &str) -> String {
@@ -33,14 +33,29 @@ fn notice(text: &str) -> String {
     )
 }
 
+/// What the sign-in page shows.
+pub(super) struct LoginView<'a> {
+    pub csrf: &'a str,
+    pub rd: &'a str,
+    /// The user name typed before, kept in its field.
+    pub user: &'a str,
+    pub error: Option<&'a str>,
+    /// The external providers' buttons: id and label.
+    pub providers: &'a [(String, String)],
+    /// Whether the passkey button is offered.
+    pub passkeys: bool,
+}
+
 /// The sign-in page.
-pub(super) fn login(
-    csrf: &str,
-    rd: &str,
-    user: &str,
-    problem: Option<&str>,
-    providers: &[(String, String)],
-) -> String {
+pub(super) fn login(view: &LoginView<'_>) -> String {
+    let LoginView {
+        csrf,
+        rd,
+        user,
+        error: problem,
+        providers,
+        passkeys,
+    } = *view;
     let mut content = String::new();
     if let Some(text) = problem {
         content.push_str(&error(text));
@@ -59,6 +74,15 @@ pub(super) fn login(
         focus_user = if user.is_empty() { " autofocus" } else { "" },
         focus_password = if user.is_empty() { "" } else { " autofocus" },
     ));
+    if passkeys {
+        content.push_str(&passkey_form(
+            "/auth/login",
+            &hidden(csrf, rd),
+            "sign-in",
+            "Sign in with a passkey",
+            "",
+        ));
+    }
     if !providers.is_empty() {
         // Links, not forms: the page's CSP allows forms to post to itself only, and a form's
         // redirect to the provider would be blocked.
@@ -113,10 +137,25 @@ pub(super) fn step_up(view: &StepUpView<'_>) -> String {
              your administrator for a setup link.</p>",
         );
     } else {
+        if view.factors.contains(&FactorKind::Webauthn) {
+            content.push_str(&passkey_form(
+                "/auth/step-up",
+                &hidden(view.csrf, view.rd),
+                "step-up",
+                "Use a passkey",
+                "",
+            ));
+        }
+        let sent = view
+            .factors
+            .iter()
+            .any(|k| matches!(k, FactorKind::Sms | FactorKind::Email));
         let what = if view.factors.contains(&FactorKind::Otp) {
             "Code from your authenticator app, a code we sent you, or a recovery code"
-        } else {
+        } else if sent {
             "The code we sent you, or a recovery code"
+        } else {
+            "A recovery code"
         };
         content.push_str(&format!(
             "<form method=\"post\" action=\"/auth/step-up\">{hidden}\
@@ -140,7 +179,10 @@ pub(super) fn step_up(view: &StepUpView<'_>) -> String {
             ));
         }
     }
-    content.push_str("<p class=\"links\"><a href=\"/auth/logout\">Sign out</a></p>");
+    content.push_str(
+        "<p class=\"links\"><a id=\"manage-passkeys\" href=\"/auth/passkeys\">Passkeys</a> · \
+         <a href=\"/auth/logout\">Sign out</a></p>",
+    );
     content
 }
 
@@ -150,9 +192,14 @@ pub(super) fn logout(csrf: &str, rd: &str, user: Option<&str>) -> String {
         Some(name) => format!("<p>Signed in as <strong>{}</strong>.</p>", escape(name)),
         None => "<p>This browser has no session.</p>".to_owned(),
     };
+    let manage = if user.is_some() {
+        "<p class=\"links\"><a id=\"manage-passkeys\" href=\"/auth/passkeys\">Passkeys</a></p>"
+    } else {
+        ""
+    };
     format!(
         "{who}<form method=\"post\" action=\"/auth/logout\">{hidden}\
-         <button id=\"sign-out\" type=\"submit\">Sign out</button></form>",
+         <button id=\"sign-out\" type=\"submit\">Sign out</button></form>{manage}",
         hidden = hidden(csrf, rd),
     )
 }
@@ -160,7 +207,8 @@ pub(super) fn logout(csrf: &str, rd: &str, user: Option<&str>) -> String {
 /// The page after signing out.
 pub(super) fn signed_out() -> String {
     "<p class=\"ok\" role=\"status\">You have signed out.</p>\
-     <p class=\"links\"><a href=\"/auth/login\">Sign in again</a></p>"
+     <p class=\"links\"><a href=\"/auth/login\">Sign in again</a> · \
+     <a id=\"manage-passkeys\" href=\"/auth/passkeys\">Passkeys</a></p>"
         .to_owned()
 }
 
@@ -172,6 +220,101 @@ pub(super) fn message(text: &str) -> String {
     )
 }
 
+/// What the passkeys page shows.
+pub(super) struct PasskeysView<'a> {
+    pub user: &'a str,
+    pub passkeys: &'a [Passkey],
+    pub csrf: &'a str,
+    pub error: Option<&'a str>,
+    pub notice: Option<&'a str>,
+    /// Whether passkeys can be added here (`server.public_url` names a host).
+    pub enabled: bool,
+    /// Recovery codes made with the user's first factor, shown once.
+    pub recovery_codes: Option<&'a [String]>,
+}
+
+/// The passkeys page: the user's passkeys (rename, remove) and the button that adds one.
+pub(super) fn passkeys(view: &PasskeysView<'_>) -> String {
+    let mut content = format!(
+        "<p>Signed in as <strong>{}</strong>.</p>",
+        escape(view.user)
+    );
+    if let Some(text) = view.error {
+        content.push_str(&error(text));
+    }
+    if let Some(text) = view.notice {
+        content.push_str(&notice(text));
+    }
+    if let Some(codes) = view.recovery_codes {
+        content.push_str(
+            "<h2>Recovery codes</h2><p>Keep these codes somewhere safe. Each one works once,              if you lose your passkeys. They are shown only now.</p><ol id=\"recovery-codes\">",
+        );
+        for code in codes {
+            content.push_str(&format!("<li><code>{}</code></li>", escape(code)));
+        }
+        content.push_str("</ol>");
+    }
+    content.push_str("<h2>Your passkeys</h2>");
+    if view.passkeys.is_empty() {
+        content.push_str("<p id=\"no-passkeys\">You have no passkey yet.</p>");
+    } else {
+        content.push_str("<ul id=\"passkeys\">");
+        for (i, passkey) in view.passkeys.iter().enumerate() {
+            let used = passkey.last_used.as_deref().map_or_else(
+                || "never used".to_owned(),
+                |t| format!("last used {}", day(t)),
+            );
+            let id = escape(&passkey.id);
+            content.push_str(&format!(
+                "<li class=\"passkey\" data-id=\"{id}\"><strong>{name}</strong>                  <small>added {created}, {used}</small>\
+                 <form method=\"post\" action=\"/auth/passkeys\">{hidden}\
+                 <input type=\"hidden\" name=\"action\" value=\"rename\">\
+                 <input type=\"hidden\" name=\"id\" value=\"{id}\">\
+                 <label for=\"rename-{i}\">New name for {name}</label>\
+                 <input id=\"rename-{i}\" name=\"name\" class=\"text\" type=\"text\" \
+                 maxlength=\"64\" required value=\"{name}\">\
+                 <button id=\"rename-button-{i}\" type=\"submit\" class=\"secondary\">Rename</button></form>\
+                 <form method=\"post\" action=\"/auth/passkeys\">{hidden}\
+                 <input type=\"hidden\" name=\"action\" value=\"remove\">\
+                 <input type=\"hidden\" name=\"id\" value=\"{id}\">\
+                 <button id=\"remove-{i}\" type=\"submit\" class=\"secondary\">Remove {name}</button>\
+                 </form></li>",
+                name = escape(&passkey.name),
+                created = day(&passkey.created),
+                hidden = hidden(view.csrf, ""),
+            ));
+        }
+        content.push_str("</ul>");
+    }
+    content.push_str("<h2>Add a passkey</h2>");
+    if view.enabled {
+        content.push_str("<noscript><p>Adding a passkey needs JavaScript.</p></noscript>");
+        content.push_str(&passkey_form(
+            "/auth/passkeys",
+            &hidden(view.csrf, ""),
+            "register",
+            "Add a passkey",
+            "<label for=\"passkey-name\">Name (for example, the device)</label>\
+             <input id=\"passkey-name\" name=\"name\" class=\"text\" type=\"text\" \
+             maxlength=\"64\" autocomplete=\"off\" value=\"Passkey\">",
+        ));
+    } else {
+        content.push_str(
+            "<p>Passkeys cannot be used here: the site's public address is not a host name.</p>",
+        );
+    }
+    content.push_str(
+        "<p class=\"links\"><a href=\"/auth/step-up\">Verify it's you</a> · \
+         <a href=\"/auth/logout\">Sign out</a></p>",
+    );
+    content
+}
+
+/// The date of an RFC 3339 time.
+fn day(time: &str) -> String {
+    escape(time.get(..10).unwrap_or(time))
+}
+
 /// A complete page with its status and, when given, the cookies it sets.
 pub(super) fn respond(
     status: StatusCode,
@@ -179,8 +322,19 @@ pub(super) fn respond(
     content: &str,
     cookies: &[HeaderValue],
 ) -> Response<Body> {
+    respond_with(status, title, content, cookies, Script::None)
+}
+
+/// [`respond`], running `script`.
+pub(super) fn respond_with(
+    status: StatusCode,
+    title: &str,
+    content: &str,
+    cookies: &[HeaderValue],
+    script: Script,
+) -> Response<Body> {
     // Same-origin, so that the browser names this site in the `Origin` of the form posts.
-    let mut response = page_with(status, title, content, Referrer::SameOrigin);
+    let mut response = page_with_script(status, title, content, Referrer::SameOrigin, script);
     for cookie in cookies {
         response
             .headers_mut()
@@ -206,13 +360,14 @@ mod tests {
 
     #[test]
     fn values_from_outside_are_escaped() {
-        let html = login(
-            "t\"",
-            "/x\"><script>",
-            "<b>",
-            Some("<i>"),
-            &[("corp".into(), "<em>Corp</em>".into())],
-        );
+        let html = login(&LoginView {
+            csrf: "t\"",
+            rd: "/x\"><script>",
+            user: "<b>",
+            error: Some("<i>"),
+            providers: &[("corp".into(), "<em>Corp</em>".into())],
+            passkeys: true,
+        });
         assert!(!html.contains("<em>"));
         assert!(html.contains("href=\"/auth/login/corp?rd=%2Fx%22%3E%3Cscript%3E\""));
         assert!(!html.contains("<script>"));
