@@ -267,6 +267,12 @@ impl Mfa {
         if let Some(public_key) = options["publicKey"].as_object_mut() {
             public_key.remove("hints");
         }
+        // Nor does it ask the authenticator to require user verification for every use of the
+        // credential (`credProtect`): browsers refuse that beside a preferred verification.
+        if let Some(extensions) = options["publicKey"]["extensions"].as_object_mut() {
+            extensions.remove("credentialProtectionPolicy");
+            extensions.remove("enforceCredentialProtectionPolicy");
+        }
         self.begin(
             PasskeyCeremony {
                 v: SCHEMA_VERSION,

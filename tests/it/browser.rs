@@ -336,7 +336,7 @@ impl Browser {
     }
 
     /// Sends a DevTools protocol command through chromedriver.
-    async fn devtools(&self, command: &str, params: Value) -> Value {
+    pub async fn devtools(&self, command: &str, params: Value) -> Value {
         self.call(
             reqwest::Method::POST,
             "/goog/cdp/execute",

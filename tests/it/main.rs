@@ -36,6 +36,7 @@ mod oidc_attacks;
 mod oidc_browser;
 mod openapi;
 mod ops;
+mod passkeys;
 mod paths;
 mod pg;
 mod pool;
