@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use webauthn_rs::prelude::{
     DiscoverableAuthentication, PublicKeyCredential, RegisterPublicKeyCredential, SecurityKey,
     SecurityKeyAuthentication, SecurityKeyRegistration, Url, Uuid, Webauthn, WebauthnBuilder,
+    WebauthnError,
 };
 
 use crate::auth::{Method, Principal};
@@ -122,6 +123,19 @@ fn answer<T: DeserializeOwned>(text: &str) -> Result<T, MfaError> {
 /// What every use of a passkey ends with: a refusal named for the audit log.
 fn refused(e: impl std::fmt::Display) -> String {
     format!("passkey refused: {e}")
+}
+
+/// webauthn-rs's refusal, in the audit log's words where they say more.
+fn refused_by_library(e: &WebauthnError) -> String {
+    match e {
+        WebauthnError::CredentialPossibleCompromise => refused(
+            "the signature counter did not move forwards (a cloned authenticator, or a replay)",
+        ),
+        WebauthnError::InvalidRPOrigin => {
+            refused("the browser signed for another origin than server.public_url's")
+        }
+        other => refused(other),
+    }
 }
 
 impl Mfa {
@@ -335,7 +349,7 @@ impl Mfa {
         let key = match rp.finish_securitykey_registration(&answer, &state) {
             Ok(key) => key,
             Err(e) => {
-                self.audit("mfa.passkey.refused", &user, Some(refused(&e)))
+                self.audit("mfa.passkey.refused", &user, Some(refused_by_library(&e)))
                     .await;
                 return Err(MfaError::Invalid(format!(
                     "the passkey could not be registered ({e})"
@@ -458,7 +472,7 @@ impl Mfa {
         let checked = answer::<PublicKeyCredential>(credential).and_then(|answer| {
             let state: SecurityKeyAuthentication = from_json(ceremony.state)?;
             rp.finish_securitykey_authentication(&answer, &state)
-                .map_err(|e| MfaError::Invalid(refused(e)))
+                .map_err(|e| MfaError::Invalid(refused_by_library(&e)))
         });
         let result = match checked {
             Ok(result) => result,
@@ -582,7 +596,7 @@ impl Mfa {
             let state: DiscoverableAuthentication = from_json(ceremony.state)?;
             let key: SecurityKey = from_json(passkey.credential.clone())?;
             rp.finish_discoverable_authentication_v2(&answer, state, &key)
-                .map_err(|e| MfaError::Invalid(refused(e)))
+                .map_err(|e| MfaError::Invalid(refused_by_library(&e)))
         })();
         let result = match checked {
             Ok(result) if result.user_verified() => result,
