@@ -1763,6 +1763,7 @@ on_both_backends!(
     a_webauthn_ticket_grants_once_under_concurrency,
     of_concurrent_uses_with_one_counter_one_is_accepted,
     a_ceremony_is_taken_once_under_concurrency,
+    an_mfa_reset_racing_an_add_leaves_the_factor_record_beside_passkeys_only,
 );
 
 /// A passkey with credential id `id` for `user_id`, its counter 0.
@@ -2816,4 +2817,36 @@ async fn a_ceremony_is_taken_once_under_concurrency(s: Subject) {
     .await;
     let taken: Vec<PasskeyCeremony> = answers.into_iter().flatten().collect();
     assert_eq!(taken, [ceremony(1, 2000)], "exactly one take gets it");
+}
+
+/// An MFA reset (an administrator's) while the user registers a passkey: afterwards the
+/// `webauthn` factor record is there exactly while the user has a passkey.
+async fn an_mfa_reset_racing_an_add_leaves_the_factor_record_beside_passkeys_only(s: Subject) {
+    for round in 0..100 {
+        let [user] = users(&s, &[&format!("ada{round}")]).await[..] else {
+            unreachable!()
+        };
+        let id = format!("r{round}");
+        let key = id.clone();
+        at_once(&s, 2, |i, store| {
+            let id = id.clone();
+            async move {
+                if i == 0 {
+                    add(store.as_ref(), &id, user, PasskeyGrant::SecondFactor).await;
+                } else {
+                    store.reset_mfa(user).await.unwrap();
+                }
+            }
+        })
+        .await;
+        let held = passkey_ids(s.store.as_ref(), user).await;
+        let kinds = factor_kinds(s.twin.as_ref(), user).await;
+        assert_eq!(
+            !held.is_empty(),
+            kinds == [FactorKind::Webauthn],
+            "round {round}: passkeys {held:?}, factors {kinds:?}"
+        );
+        let found = s.store.passkey(&key).await.unwrap();
+        assert_eq!(found.is_some(), !held.is_empty(), "round {round}");
+    }
 }
