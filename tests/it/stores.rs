@@ -1733,3 +1733,1120 @@ async fn concurrent_rotations_through_two_handles_leave_one_pending_key(s: Subje
     assert_eq!(stored.len(), 2, "{stored:?}");
     assert!(answers.iter().all(|kid| *kid == stored[1]), "{answers:?}");
 }
+
+// Passkeys (SPEC §14).
+on_both_backends!(
+    a_second_factor_grant_adds_a_passkey_beside_any_factor,
+    a_first_factor_grant_adds_a_passkey_only_while_the_user_has_no_factor,
+    a_webauthn_ticket_adds_one_passkey_and_voids_the_users_other_pending_tickets,
+    a_ticket_that_is_not_a_live_webauthn_ticket_of_the_user_refuses_and_changes_nothing,
+    a_password_only_ticket_is_refused_once_the_user_has_a_factor,
+    the_webauthn_factor_record_lasts_while_the_user_has_a_passkey,
+    a_credential_id_registers_once_across_users,
+    a_user_holds_at_most_max_passkeys,
+    a_use_moves_the_counter_only_forwards_and_stores_what_it_brought,
+    a_passkey_is_renamed_and_deleted_only_by_its_owner,
+    keeping_a_factor_refuses_to_remove_the_last_one_and_nothing_changes,
+    without_keeping_a_factor_the_last_passkey_goes_with_the_factor_record,
+    an_mfa_reset_removes_the_passkeys_and_frees_their_ids,
+    deleting_a_user_removes_their_passkeys_and_frees_their_ids,
+    a_ceremony_is_taken_once,
+    an_expired_ceremony_is_not_taken_and_is_gone,
+    purging_ceremonies_removes_only_expired_ones,
+    passkeys_survive_an_export_imported_into_postgres,
+);
+
+on_both_backends!(
+    threaded: a_credential_id_registers_once_under_concurrency,
+    concurrent_adds_never_store_more_than_max_passkeys,
+    of_concurrent_first_factor_adds_for_one_user_one_wins,
+    a_webauthn_ticket_grants_once_under_concurrency,
+    of_concurrent_uses_with_one_counter_one_is_accepted,
+    a_ceremony_is_taken_once_under_concurrency,
+    an_mfa_reset_racing_an_add_leaves_the_factor_record_beside_passkeys_only,
+);
+
+/// A passkey with credential id `id` for `user_id`, its counter 0.
+fn passkey(id: &str, user_id: u64) -> Passkey {
+    Passkey {
+        v: SCHEMA_VERSION,
+        id: id.into(),
+        user_id,
+        user_handle: format!("handle-{user_id}"),
+        name: format!("key {id}"),
+        created: NOW.into(),
+        last_used: None,
+        counter: 0,
+        discoverable: Some(true),
+        credential: serde_json::json!({
+            "cred": { "cred_id": id, "counter": 0, "public_key": [1, 2, 3] },
+            "backup_eligible": false,
+        }),
+    }
+}
+
+/// An enrollment ticket for a passkey, made with the password alone.
+fn webauthn_ticket(id: &str, user_id: u64, expires_at: i64) -> Ticket {
+    Ticket {
+        kind: FactorKind::Webauthn,
+        sealed_secret: None,
+        ..ticket(id, user_id, expires_at)
+    }
+}
+
+/// A TOTP factor confirmed for `user_id` (through a ticket, as enrollment does).
+async fn confirm_totp(store: &dyn Store, user_id: u64, ticket_id: &str) {
+    store
+        .create_ticket(stepped_up(ticket(ticket_id, user_id, NOW_UNIX + 600)))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .confirm_ticket(ticket_id, factor(user_id), None, NOW_UNIX)
+            .await
+            .unwrap()
+    );
+}
+
+async fn add(store: &dyn Store, id: &str, user_id: u64, grant: PasskeyGrant<'_>) -> PasskeyAdded {
+    store
+        .add_passkey(passkey(id, user_id), grant, None, NOW_UNIX)
+        .await
+        .unwrap()
+}
+
+/// The credential ids of the user's passkeys, as stored (oldest first).
+async fn passkey_ids(store: &dyn Store, user_id: u64) -> Vec<String> {
+    store
+        .passkeys(user_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.id)
+        .collect()
+}
+
+async fn factor_kinds(store: &dyn Store, user_id: u64) -> Vec<FactorKind> {
+    let mut kinds: Vec<FactorKind> = store
+        .factors(user_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| f.kind)
+        .collect();
+    kinds.sort_by_key(|k| k.as_str());
+    kinds
+}
+
+async fn users(s: &Subject, names: &[&str]) -> Vec<u64> {
+    let mut ids = Vec::new();
+    for name in names {
+        ids.push(
+            s.store
+                .create_user(new_user(name), NOW_UNIX)
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    ids
+}
+
+async fn a_second_factor_grant_adds_a_passkey_beside_any_factor(s: Subject) {
+    let [ada, bob] = users(&s, &["ada", "bob"]).await[..] else {
+        unreachable!()
+    };
+    confirm_totp(s.store.as_ref(), ada, "t-ada").await;
+    let added = s
+        .twin
+        .add_passkey(
+            passkey("a1", ada),
+            PasskeyGrant::SecondFactor,
+            Some(vec!["r1".into()]),
+            NOW_UNIX,
+        )
+        .await
+        .unwrap();
+    assert_eq!(added, PasskeyAdded::Added);
+    assert_eq!(
+        add(s.store.as_ref(), "a2", ada, PasskeyGrant::SecondFactor).await,
+        PasskeyAdded::Added
+    );
+    // Without any factor too (the caller vouches for the second factor).
+    assert_eq!(
+        add(s.twin.as_ref(), "b1", bob, PasskeyGrant::SecondFactor).await,
+        PasskeyAdded::Added
+    );
+    assert_eq!(passkey_ids(s.store.as_ref(), ada).await, ["a1", "a2"]);
+    assert_eq!(passkey_ids(s.twin.as_ref(), bob).await, ["b1"]);
+    assert_eq!(
+        s.store.passkey("a1").await.unwrap(),
+        Some(passkey("a1", ada)),
+        "stored as given"
+    );
+    assert_eq!(
+        factor_kinds(s.store.as_ref(), ada).await,
+        [FactorKind::Otp, FactorKind::Webauthn]
+    );
+    assert_eq!(
+        factor_kinds(s.twin.as_ref(), bob).await,
+        [FactorKind::Webauthn]
+    );
+    // The recovery codes given with it were set.
+    assert!(s.store.consume_recovery_code(ada, "r1").await.unwrap());
+    assert!(!s.twin.consume_recovery_code(ada, "r1").await.unwrap());
+}
+
+async fn a_first_factor_grant_adds_a_passkey_only_while_the_user_has_no_factor(s: Subject) {
+    let [ada, bob, cleo] = users(&s, &["ada", "bob", "cleo"]).await[..] else {
+        unreachable!()
+    };
+    // A pending ticket is no factor.
+    s.store
+        .create_ticket(ticket("pending", ada, NOW_UNIX + 600))
+        .await
+        .unwrap();
+    assert_eq!(
+        add(s.store.as_ref(), "a1", ada, PasskeyGrant::FirstFactor).await,
+        PasskeyAdded::Added
+    );
+    // Another passkey is a factor: a second first-factor add is refused.
+    assert_eq!(
+        add(s.twin.as_ref(), "a2", ada, PasskeyGrant::FirstFactor).await,
+        PasskeyAdded::Refused
+    );
+    assert_eq!(passkey_ids(s.store.as_ref(), ada).await, ["a1"]);
+    assert_eq!(s.store.passkey("a2").await.unwrap(), None);
+
+    // A confirmed TOTP factor refuses it as well, and nothing changes.
+    confirm_totp(s.store.as_ref(), bob, "t-bob").await;
+    let refused = s
+        .twin
+        .add_passkey(
+            passkey("b1", bob),
+            PasskeyGrant::FirstFactor,
+            Some(vec!["r".into()]),
+            NOW_UNIX,
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused, PasskeyAdded::Refused);
+    assert!(passkey_ids(s.store.as_ref(), bob).await.is_empty());
+    assert_eq!(s.store.passkey("b1").await.unwrap(), None);
+    assert_eq!(factor_kinds(s.store.as_ref(), bob).await, [FactorKind::Otp]);
+    assert!(!s.store.consume_recovery_code(bob, "r").await.unwrap());
+
+    // The refused credential id is still free.
+    assert_eq!(
+        add(s.twin.as_ref(), "b1", cleo, PasskeyGrant::FirstFactor).await,
+        PasskeyAdded::Added
+    );
+}
+
+async fn a_webauthn_ticket_adds_one_passkey_and_voids_the_users_other_pending_tickets(s: Subject) {
+    let [ada, bob] = users(&s, &["ada", "bob"]).await[..] else {
+        unreachable!()
+    };
+    let expires = NOW_UNIX + 600;
+    s.store
+        .create_ticket(webauthn_ticket("wa", ada, expires))
+        .await
+        .unwrap();
+    s.store
+        .create_ticket(ticket("otp", ada, expires))
+        .await
+        .unwrap();
+    s.store
+        .create_ticket(webauthn_ticket("wa2", ada, expires))
+        .await
+        .unwrap();
+    s.store
+        .create_ticket(webauthn_ticket("bob", bob, expires))
+        .await
+        .unwrap();
+    let added = s
+        .twin
+        .add_passkey(
+            passkey("a1", ada),
+            PasskeyGrant::Ticket("wa"),
+            Some(vec!["r".into()]),
+            NOW_UNIX,
+        )
+        .await
+        .unwrap();
+    assert_eq!(added, PasskeyAdded::Added);
+    for id in ["wa", "otp", "wa2"] {
+        assert!(
+            s.store.ticket(id).await.unwrap().unwrap().used,
+            "ticket {id} is used or voided"
+        );
+    }
+    assert!(
+        !s.store.ticket("bob").await.unwrap().unwrap().used,
+        "another user's ticket is left alone"
+    );
+    assert_eq!(
+        s.store.newest_pending_ticket(ada, NOW_UNIX).await.unwrap(),
+        None
+    );
+    assert!(s.store.consume_recovery_code(ada, "r").await.unwrap());
+    // Used once: neither it nor a voided ticket adds another.
+    for t in ["wa", "wa2"] {
+        assert_eq!(
+            add(s.store.as_ref(), "a2", ada, PasskeyGrant::Ticket(t)).await,
+            PasskeyAdded::Refused,
+            "{t}"
+        );
+    }
+    assert_eq!(passkey_ids(s.twin.as_ref(), ada).await, ["a1"]);
+    assert_eq!(
+        factor_kinds(s.twin.as_ref(), ada).await,
+        [FactorKind::Webauthn]
+    );
+}
+
+async fn a_ticket_that_is_not_a_live_webauthn_ticket_of_the_user_refuses_and_changes_nothing(
+    s: Subject,
+) {
+    let [ada, bob] = users(&s, &["ada", "bob"]).await[..] else {
+        unreachable!()
+    };
+    let expires = NOW_UNIX + 600;
+    let mut used = webauthn_ticket("used", ada, expires);
+    used.used = true;
+    let tickets = [
+        ticket("otp", ada, expires),
+        webauthn_ticket("expired", ada, NOW_UNIX),
+        used,
+        webauthn_ticket("bobs", bob, expires),
+    ];
+    for t in &tickets {
+        s.store.create_ticket(t.clone()).await.unwrap();
+    }
+    for grant in ["otp", "expired", "used", "bobs", "unknown"] {
+        let refused = s
+            .twin
+            .add_passkey(
+                passkey("a1", ada),
+                PasskeyGrant::Ticket(grant),
+                Some(vec!["r".into()]),
+                NOW_UNIX,
+            )
+            .await
+            .unwrap();
+        assert_eq!(refused, PasskeyAdded::Refused, "{grant}");
+    }
+    // Nothing changed: no passkey, no factor, no recovery codes, the tickets as they were.
+    assert!(passkey_ids(s.store.as_ref(), ada).await.is_empty());
+    assert_eq!(s.store.passkey("a1").await.unwrap(), None);
+    assert!(factor_kinds(s.store.as_ref(), ada).await.is_empty());
+    assert!(!s.store.consume_recovery_code(ada, "r").await.unwrap());
+    for t in &tickets {
+        assert_eq!(
+            s.store.ticket(&t.id).await.unwrap().as_ref(),
+            Some(t),
+            "{}",
+            t.id
+        );
+    }
+    // The live ticket of the user still grants.
+    s.store
+        .create_ticket(webauthn_ticket("live", ada, expires))
+        .await
+        .unwrap();
+    assert_eq!(
+        add(s.twin.as_ref(), "a1", ada, PasskeyGrant::Ticket("live")).await,
+        PasskeyAdded::Added
+    );
+}
+
+async fn a_password_only_ticket_is_refused_once_the_user_has_a_factor(s: Subject) {
+    let [ada, bob] = users(&s, &["ada", "bob"]).await[..] else {
+        unreachable!()
+    };
+    let expires = NOW_UNIX + 600;
+    // Ada has a TOTP factor.
+    confirm_totp(s.store.as_ref(), ada, "t-ada").await;
+    s.store
+        .create_ticket(webauthn_ticket("pwd", ada, expires))
+        .await
+        .unwrap();
+    assert_eq!(
+        add(s.twin.as_ref(), "a1", ada, PasskeyGrant::Ticket("pwd")).await,
+        PasskeyAdded::Refused
+    );
+    assert!(!s.store.ticket("pwd").await.unwrap().unwrap().used);
+    assert!(passkey_ids(s.store.as_ref(), ada).await.is_empty());
+    assert_eq!(factor_kinds(s.store.as_ref(), ada).await, [FactorKind::Otp]);
+    // One made with a second factor adds it.
+    s.store
+        .create_ticket(stepped_up(webauthn_ticket("mfa", ada, expires)))
+        .await
+        .unwrap();
+    assert_eq!(
+        add(s.twin.as_ref(), "a1", ada, PasskeyGrant::Ticket("mfa")).await,
+        PasskeyAdded::Added
+    );
+
+    // Bob's factor is a passkey: a password-only ticket is refused all the same.
+    assert_eq!(
+        add(s.store.as_ref(), "b1", bob, PasskeyGrant::FirstFactor).await,
+        PasskeyAdded::Added
+    );
+    s.store
+        .create_ticket(webauthn_ticket("pwd-bob", bob, expires))
+        .await
+        .unwrap();
+    assert_eq!(
+        add(s.twin.as_ref(), "b2", bob, PasskeyGrant::Ticket("pwd-bob")).await,
+        PasskeyAdded::Refused
+    );
+    assert!(!s.store.ticket("pwd-bob").await.unwrap().unwrap().used);
+    assert_eq!(passkey_ids(s.store.as_ref(), bob).await, ["b1"]);
+}
+
+async fn the_webauthn_factor_record_lasts_while_the_user_has_a_passkey(s: Subject) {
+    let [ada] = users(&s, &["ada"]).await[..] else {
+        unreachable!()
+    };
+    assert!(factor_kinds(s.store.as_ref(), ada).await.is_empty());
+    assert_eq!(
+        add(s.store.as_ref(), "a1", ada, PasskeyGrant::FirstFactor).await,
+        PasskeyAdded::Added
+    );
+    let factors = s.twin.factors(ada).await.unwrap();
+    assert_eq!(factors.len(), 1);
+    assert_eq!(factors[0].kind, FactorKind::Webauthn);
+    assert_eq!(factors[0].user_id, ada);
+    // One record for all of the user's passkeys.
+    for id in ["a2", "a3"] {
+        assert_eq!(
+            add(s.twin.as_ref(), id, ada, PasskeyGrant::SecondFactor).await,
+            PasskeyAdded::Added
+        );
+    }
+    assert_eq!(s.store.factors(ada).await.unwrap(), factors);
+    for id in ["a2", "a1"] {
+        assert_eq!(
+            s.twin.delete_passkey(ada, id, true).await.unwrap(),
+            PasskeyRemoved::Removed
+        );
+        assert_eq!(s.store.factors(ada).await.unwrap(), factors, "{id}");
+    }
+    assert_eq!(
+        s.store.delete_passkey(ada, "a3", false).await.unwrap(),
+        PasskeyRemoved::Removed
+    );
+    assert!(s.twin.factors(ada).await.unwrap().is_empty());
+    assert!(passkey_ids(s.twin.as_ref(), ada).await.is_empty());
+}
+
+async fn a_credential_id_registers_once_across_users(s: Subject) {
+    let [ada, bob] = users(&s, &["ada", "bob"]).await[..] else {
+        unreachable!()
+    };
+    assert_eq!(
+        add(s.store.as_ref(), "k", ada, PasskeyGrant::FirstFactor).await,
+        PasskeyAdded::Added
+    );
+    assert_eq!(
+        add(s.twin.as_ref(), "k", bob, PasskeyGrant::SecondFactor).await,
+        PasskeyAdded::Duplicate
+    );
+    assert_eq!(
+        add(s.twin.as_ref(), "k", ada, PasskeyGrant::SecondFactor).await,
+        PasskeyAdded::Duplicate
+    );
+    // A duplicate through a ticket leaves the ticket unused.
+    s.store
+        .create_ticket(webauthn_ticket("bobs", bob, NOW_UNIX + 600))
+        .await
+        .unwrap();
+    assert_eq!(
+        add(s.twin.as_ref(), "k", bob, PasskeyGrant::Ticket("bobs")).await,
+        PasskeyAdded::Duplicate
+    );
+    assert!(!s.store.ticket("bobs").await.unwrap().unwrap().used);
+    assert_eq!(s.store.passkey("k").await.unwrap().unwrap().user_id, ada);
+    assert_eq!(passkey_ids(s.store.as_ref(), ada).await, ["k"]);
+    assert!(passkey_ids(s.store.as_ref(), bob).await.is_empty());
+    assert!(factor_kinds(s.store.as_ref(), bob).await.is_empty());
+}
+
+async fn a_user_holds_at_most_max_passkeys(s: Subject) {
+    let [ada] = users(&s, &["ada"]).await[..] else {
+        unreachable!()
+    };
+    for i in 0..MAX_PASSKEYS {
+        let store = if i % 2 == 0 { &s.store } else { &s.twin };
+        assert_eq!(
+            add(
+                store.as_ref(),
+                &format!("k{i}"),
+                ada,
+                PasskeyGrant::SecondFactor
+            )
+            .await,
+            PasskeyAdded::Added,
+            "{i}"
+        );
+    }
+    assert_eq!(
+        add(s.store.as_ref(), "more", ada, PasskeyGrant::SecondFactor).await,
+        PasskeyAdded::Full
+    );
+    // Full through a ticket: the ticket stays unused.
+    s.store
+        .create_ticket(stepped_up(webauthn_ticket("t", ada, NOW_UNIX + 600)))
+        .await
+        .unwrap();
+    assert_eq!(
+        add(s.twin.as_ref(), "more", ada, PasskeyGrant::Ticket("t")).await,
+        PasskeyAdded::Full
+    );
+    assert!(!s.store.ticket("t").await.unwrap().unwrap().used);
+    let expected: Vec<String> = (0..MAX_PASSKEYS).map(|i| format!("k{i}")).collect();
+    assert_eq!(passkey_ids(s.twin.as_ref(), ada).await, expected);
+    assert_eq!(s.store.passkey("more").await.unwrap(), None);
+    // Once one goes, there is room again.
+    assert_eq!(
+        s.store.delete_passkey(ada, "k3", true).await.unwrap(),
+        PasskeyRemoved::Removed
+    );
+    assert_eq!(
+        add(s.twin.as_ref(), "more", ada, PasskeyGrant::Ticket("t")).await,
+        PasskeyAdded::Added
+    );
+    assert_eq!(passkey_ids(s.store.as_ref(), ada).await.len(), MAX_PASSKEYS);
+}
+
+async fn a_use_moves_the_counter_only_forwards_and_stores_what_it_brought(s: Subject) {
+    let [ada] = users(&s, &["ada"]).await[..] else {
+        unreachable!()
+    };
+    assert_eq!(
+        add(s.store.as_ref(), "k", ada, PasskeyGrant::FirstFactor).await,
+        PasskeyAdded::Added
+    );
+    let credential = |n: u32| serde_json::json!({ "cred": { "cred_id": "k", "counter": n } });
+    let at = |n: u32| format!("2026-01-01T00:00:{n:02}Z");
+    // An authenticator without a counter: 0 after 0, each time.
+    for (store, n) in [(&s.store, 1), (&s.twin, 2)] {
+        assert!(
+            store
+                .use_passkey("k", 0, credential(0), &at(n))
+                .await
+                .unwrap()
+        );
+    }
+    let stored = s.store.passkey("k").await.unwrap().unwrap();
+    assert_eq!(
+        (stored.counter, stored.last_used.as_deref()),
+        (0, Some(at(2).as_str()))
+    );
+    // Forwards only.
+    assert!(
+        s.twin
+            .use_passkey("k", 5, credential(5), &at(3))
+            .await
+            .unwrap()
+    );
+    for (counter, why) in [(5, "equal"), (4, "lower"), (0, "zero after a count")] {
+        assert!(
+            !s.store
+                .use_passkey("k", counter, credential(counter), &at(9))
+                .await
+                .unwrap(),
+            "{why}: a cloned authenticator"
+        );
+    }
+    let stored = s.twin.passkey("k").await.unwrap().unwrap();
+    assert_eq!(stored.counter, 5);
+    assert_eq!(stored.credential, credential(5));
+    assert_eq!(stored.last_used, Some(at(3)));
+    assert!(
+        s.store
+            .use_passkey("k", 6, credential(6), &at(4))
+            .await
+            .unwrap()
+    );
+    let stored = s.twin.passkeys(ada).await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(
+        (
+            stored[0].counter,
+            &stored[0].credential,
+            stored[0].last_used.as_deref()
+        ),
+        (6, &credential(6), Some(at(4).as_str()))
+    );
+    // The rest of it is untouched.
+    let untouched = Passkey {
+        counter: 6,
+        credential: credential(6),
+        last_used: Some(at(4)),
+        ..passkey("k", ada)
+    };
+    assert_eq!(stored[0], untouched);
+    assert!(
+        !s.store
+            .use_passkey("unknown", 1, credential(1), &at(5))
+            .await
+            .unwrap()
+    );
+}
+
+async fn a_passkey_is_renamed_and_deleted_only_by_its_owner(s: Subject) {
+    let [ada, bob] = users(&s, &["ada", "bob"]).await[..] else {
+        unreachable!()
+    };
+    assert_eq!(
+        add(s.store.as_ref(), "k", ada, PasskeyGrant::FirstFactor).await,
+        PasskeyAdded::Added
+    );
+    assert_eq!(
+        add(s.store.as_ref(), "b", bob, PasskeyGrant::FirstFactor).await,
+        PasskeyAdded::Added
+    );
+    assert!(!s.twin.rename_passkey(bob, "k", "mine now").await.unwrap());
+    assert!(!s.twin.rename_passkey(ada, "unknown", "x").await.unwrap());
+    assert_eq!(s.store.passkey("k").await.unwrap().unwrap().name, "key k");
+    assert!(s.twin.rename_passkey(ada, "k", "Laptop").await.unwrap());
+    assert_eq!(s.store.passkey("k").await.unwrap().unwrap().name, "Laptop");
+    assert_eq!(s.twin.passkeys(ada).await.unwrap()[0].name, "Laptop");
+
+    for keep in [true, false] {
+        assert_eq!(
+            s.twin.delete_passkey(bob, "k", keep).await.unwrap(),
+            PasskeyRemoved::NotFound
+        );
+    }
+    assert_eq!(
+        s.twin.delete_passkey(ada, "unknown", false).await.unwrap(),
+        PasskeyRemoved::NotFound
+    );
+    assert_eq!(passkey_ids(s.store.as_ref(), ada).await, ["k"]);
+    assert_eq!(passkey_ids(s.store.as_ref(), bob).await, ["b"]);
+    assert_eq!(
+        factor_kinds(s.store.as_ref(), ada).await,
+        [FactorKind::Webauthn]
+    );
+    assert_eq!(
+        s.twin.delete_passkey(ada, "k", false).await.unwrap(),
+        PasskeyRemoved::Removed
+    );
+    assert_eq!(s.store.passkey("k").await.unwrap(), None);
+    assert_eq!(passkey_ids(s.store.as_ref(), bob).await, ["b"]);
+}
+
+async fn keeping_a_factor_refuses_to_remove_the_last_one_and_nothing_changes(s: Subject) {
+    let [ada] = users(&s, &["ada"]).await[..] else {
+        unreachable!()
+    };
+    for id in ["k1", "k2"] {
+        assert_eq!(
+            add(s.store.as_ref(), id, ada, PasskeyGrant::SecondFactor).await,
+            PasskeyAdded::Added
+        );
+    }
+    // Of two passkeys, one may go.
+    assert_eq!(
+        s.twin.delete_passkey(ada, "k1", true).await.unwrap(),
+        PasskeyRemoved::Removed
+    );
+    // The last one is the last factor.
+    for store in [&s.store, &s.twin] {
+        assert_eq!(
+            store.delete_passkey(ada, "k2", true).await.unwrap(),
+            PasskeyRemoved::LastFactor
+        );
+    }
+    assert_eq!(passkey_ids(s.store.as_ref(), ada).await, ["k2"]);
+    assert_eq!(
+        s.twin.passkey("k2").await.unwrap(),
+        Some(passkey("k2", ada))
+    );
+    assert_eq!(
+        factor_kinds(s.store.as_ref(), ada).await,
+        [FactorKind::Webauthn]
+    );
+    // Beside a TOTP factor it is not the last factor.
+    confirm_totp(s.store.as_ref(), ada, "t").await;
+    assert_eq!(
+        s.twin.delete_passkey(ada, "k2", true).await.unwrap(),
+        PasskeyRemoved::Removed
+    );
+    assert!(passkey_ids(s.store.as_ref(), ada).await.is_empty());
+    assert_eq!(factor_kinds(s.store.as_ref(), ada).await, [FactorKind::Otp]);
+}
+
+async fn without_keeping_a_factor_the_last_passkey_goes_with_the_factor_record(s: Subject) {
+    let [ada] = users(&s, &["ada"]).await[..] else {
+        unreachable!()
+    };
+    assert_eq!(
+        add(s.store.as_ref(), "k", ada, PasskeyGrant::FirstFactor).await,
+        PasskeyAdded::Added
+    );
+    assert_eq!(
+        s.twin.delete_passkey(ada, "k", false).await.unwrap(),
+        PasskeyRemoved::Removed
+    );
+    assert_eq!(
+        s.store.delete_passkey(ada, "k", false).await.unwrap(),
+        PasskeyRemoved::NotFound
+    );
+    assert!(passkey_ids(s.store.as_ref(), ada).await.is_empty());
+    assert_eq!(s.store.passkey("k").await.unwrap(), None);
+    assert!(s.twin.factors(ada).await.unwrap().is_empty());
+    // The user has no factor again: a first-factor add is allowed, the id free.
+    assert_eq!(
+        add(s.twin.as_ref(), "k", ada, PasskeyGrant::FirstFactor).await,
+        PasskeyAdded::Added
+    );
+}
+
+async fn an_mfa_reset_removes_the_passkeys_and_frees_their_ids(s: Subject) {
+    let [ada, bob] = users(&s, &["ada", "bob"]).await[..] else {
+        unreachable!()
+    };
+    confirm_totp(s.store.as_ref(), ada, "t").await;
+    for id in ["k1", "k2"] {
+        assert_eq!(
+            add(s.store.as_ref(), id, ada, PasskeyGrant::SecondFactor).await,
+            PasskeyAdded::Added
+        );
+    }
+    assert_eq!(
+        add(s.store.as_ref(), "b1", bob, PasskeyGrant::FirstFactor).await,
+        PasskeyAdded::Added
+    );
+    s.twin.reset_mfa(ada).await.unwrap();
+    assert!(passkey_ids(s.store.as_ref(), ada).await.is_empty());
+    assert!(s.store.factors(ada).await.unwrap().is_empty());
+    for id in ["k1", "k2"] {
+        assert_eq!(s.store.passkey(id).await.unwrap(), None, "{id}");
+        assert_eq!(s.twin.passkey(id).await.unwrap(), None, "{id}");
+    }
+    // Bob's are untouched.
+    assert_eq!(passkey_ids(s.twin.as_ref(), bob).await, ["b1"]);
+    // The ids are free: another user may register one, and Ada (without a factor now) the other.
+    assert_eq!(
+        add(s.twin.as_ref(), "k1", bob, PasskeyGrant::SecondFactor).await,
+        PasskeyAdded::Added
+    );
+    assert_eq!(
+        add(s.store.as_ref(), "k2", ada, PasskeyGrant::FirstFactor).await,
+        PasskeyAdded::Added
+    );
+    assert_eq!(s.twin.passkey("k1").await.unwrap().unwrap().user_id, bob);
+    assert_eq!(s.twin.passkey("k2").await.unwrap().unwrap().user_id, ada);
+}
+
+async fn deleting_a_user_removes_their_passkeys_and_frees_their_ids(s: Subject) {
+    let [ada, bob] = users(&s, &["ada", "bob"]).await[..] else {
+        unreachable!()
+    };
+    for id in ["k1", "k2"] {
+        assert_eq!(
+            add(s.store.as_ref(), id, ada, PasskeyGrant::SecondFactor).await,
+            PasskeyAdded::Added
+        );
+    }
+    assert!(s.twin.delete_user("ada").await.unwrap());
+    assert!(passkey_ids(s.store.as_ref(), ada).await.is_empty());
+    assert!(s.store.factors(ada).await.unwrap().is_empty());
+    for id in ["k1", "k2"] {
+        assert_eq!(s.store.passkey(id).await.unwrap(), None, "{id}");
+        assert_eq!(
+            add(s.twin.as_ref(), id, bob, PasskeyGrant::SecondFactor).await,
+            PasskeyAdded::Added,
+            "{id} is free again"
+        );
+    }
+    assert_eq!(passkey_ids(s.store.as_ref(), bob).await, ["k1", "k2"]);
+}
+
+fn ceremony(n: u64, expires: i64) -> PasskeyCeremony {
+    PasskeyCeremony {
+        v: SCHEMA_VERSION,
+        id_hash: hash(n),
+        purpose: CeremonyPurpose::Register,
+        user_id: Some(n),
+        ticket: Some(format!("ticket-{n}")),
+        name: Some(format!("key {n}")),
+        user_handle: Some(format!("handle-{n}")),
+        state: serde_json::json!({ "challenge": format!("challenge-{n}") }),
+        expires,
+    }
+}
+
+async fn a_ceremony_is_taken_once(s: Subject) {
+    let sign_in = PasskeyCeremony {
+        purpose: CeremonyPurpose::SignIn,
+        user_id: None,
+        ticket: None,
+        name: None,
+        user_handle: None,
+        ..ceremony(1, 2000)
+    };
+    s.store.create_ceremony(sign_in.clone()).await.unwrap();
+    s.store.create_ceremony(ceremony(2, 2000)).await.unwrap();
+    assert_eq!(s.twin.take_ceremony(&hash(3), 1000).await.unwrap(), None);
+    assert_eq!(
+        s.twin.take_ceremony(&hash(1), 1999).await.unwrap(),
+        Some(sign_in)
+    );
+    assert_eq!(s.store.take_ceremony(&hash(1), 1000).await.unwrap(), None);
+    assert_eq!(s.twin.take_ceremony(&hash(1), 1000).await.unwrap(), None);
+    // The other ceremony is untouched, and kept as it was given.
+    assert_eq!(
+        s.store.take_ceremony(&hash(2), 1000).await.unwrap(),
+        Some(ceremony(2, 2000))
+    );
+}
+
+async fn an_expired_ceremony_is_not_taken_and_is_gone(s: Subject) {
+    s.store.create_ceremony(ceremony(1, 2000)).await.unwrap();
+    s.store.create_ceremony(ceremony(2, 2000)).await.unwrap();
+    assert_eq!(s.twin.take_ceremony(&hash(1), 2000).await.unwrap(), None);
+    // Gone, not merely refused: asked again at an earlier time, it is not there.
+    assert_eq!(s.store.take_ceremony(&hash(1), 1000).await.unwrap(), None);
+    assert_eq!(s.store.purge_ceremonies(2000).await.unwrap(), 1);
+    assert_eq!(s.twin.take_ceremony(&hash(2), 1000).await.unwrap(), None);
+}
+
+async fn purging_ceremonies_removes_only_expired_ones(s: Subject) {
+    for (n, expires) in [(1, 1000), (2, 1500), (3, 1501), (4, 3000)] {
+        let store = if n % 2 == 0 { &s.store } else { &s.twin };
+        store.create_ceremony(ceremony(n, expires)).await.unwrap();
+    }
+    assert_eq!(s.twin.purge_ceremonies(1500).await.unwrap(), 2);
+    assert_eq!(s.store.purge_ceremonies(1500).await.unwrap(), 0);
+    assert_eq!(s.store.take_ceremony(&hash(1), 0).await.unwrap(), None);
+    assert_eq!(s.store.take_ceremony(&hash(2), 0).await.unwrap(), None);
+    assert_eq!(
+        s.twin.take_ceremony(&hash(3), 1500).await.unwrap(),
+        Some(ceremony(3, 1501))
+    );
+    assert_eq!(
+        s.twin.take_ceremony(&hash(4), 1500).await.unwrap(),
+        Some(ceremony(4, 3000))
+    );
+}
+
+/// Exports the subject's passkeys (sled can only export) and imports them into a fresh
+/// PostgreSQL store: they arrive unchanged and keep their rules there.
+async fn passkeys_survive_an_export_imported_into_postgres(s: Subject) {
+    let [ada, bob] = users(&s, &["ada", "bob"]).await[..] else {
+        unreachable!()
+    };
+    for (id, user) in [("a1", ada), ("b1", bob), ("a2", ada)] {
+        assert_eq!(
+            add(s.store.as_ref(), id, user, PasskeyGrant::SecondFactor).await,
+            PasskeyAdded::Added
+        );
+    }
+    assert!(
+        s.store
+            .use_passkey("a1", 7, serde_json::json!({ "counter": 7 }), NOW)
+            .await
+            .unwrap()
+    );
+    assert!(s.twin.rename_passkey(bob, "b1", "Phone").await.unwrap());
+    let snapshot = s.twin.export().await.unwrap();
+    let exported: Vec<(&str, u64)> = snapshot
+        .passkeys
+        .iter()
+        .map(|p| (p.id.as_str(), p.user_id))
+        .collect();
+    assert_eq!(exported, [("a1", ada), ("a2", ada), ("b1", bob)]);
+    assert_eq!(snapshot.passkeys[0].counter, 7);
+    assert_eq!(snapshot.passkeys[2].name, "Phone");
+    assert!(
+        snapshot
+            .factors
+            .iter()
+            .any(|f| f.user_id == bob && f.kind == FactorKind::Webauthn)
+    );
+
+    let db = Database::on_shared_server().await;
+    let pg = PgStore::connect(&db.url(), 2).await.unwrap();
+    pg.import(snapshot.clone()).await.unwrap();
+    assert_eq!(pg.export().await.unwrap(), snapshot, "arrives unchanged");
+    assert_eq!(passkey_ids(&pg, ada).await, ["a1", "a2"]);
+    assert_eq!(
+        pg.passkey("b1").await.unwrap(),
+        s.store.passkey("b1").await.unwrap()
+    );
+    // The rules hold on the imported state.
+    assert_eq!(
+        add(&pg, "a1", bob, PasskeyGrant::SecondFactor).await,
+        PasskeyAdded::Duplicate
+    );
+    assert_eq!(
+        add(&pg, "a3", ada, PasskeyGrant::FirstFactor).await,
+        PasskeyAdded::Refused
+    );
+    assert!(
+        !pg.use_passkey("a1", 7, serde_json::json!({}), NOW)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        add(&pg, "a3", ada, PasskeyGrant::SecondFactor).await,
+        PasskeyAdded::Added
+    );
+    assert_eq!(passkey_ids(&pg, ada).await, ["a1", "a2", "a3"]);
+    assert_eq!(
+        pg.delete_passkey(bob, "b1", true).await.unwrap(),
+        PasskeyRemoved::LastFactor
+    );
+}
+
+/// Runs `n` tasks at once (past a barrier), alternating between the two handles; their answers
+/// in task order.
+async fn at_once<T, F, Fut>(s: &Subject, n: usize, task: F) -> Vec<T>
+where
+    T: Send + 'static,
+    F: Fn(usize, Arc<dyn Store>) -> Fut,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+{
+    let barrier = Arc::new(tokio::sync::Barrier::new(n));
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let store = if i % 2 == 0 { &s.store } else { &s.twin }.clone();
+        let barrier = barrier.clone();
+        let run = task(i, store);
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            run.await
+        }));
+    }
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.unwrap());
+    }
+    answers
+}
+
+fn count(answers: &[PasskeyAdded], which: PasskeyAdded) -> usize {
+    answers.iter().filter(|a| **a == which).count()
+}
+
+async fn a_credential_id_registers_once_under_concurrency(s: Subject) {
+    let n = 16;
+    let names: Vec<String> = (0..n).map(|i| format!("u{i}")).collect();
+    let ids = users(&s, &names.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let answers = at_once(&s, n, |i, store| {
+        let user = ids[i];
+        async move { add(store.as_ref(), "shared", user, PasskeyGrant::FirstFactor).await }
+    })
+    .await;
+    assert_eq!(count(&answers, PasskeyAdded::Added), 1, "{answers:?}");
+    assert_eq!(
+        count(&answers, PasskeyAdded::Duplicate),
+        n - 1,
+        "{answers:?}"
+    );
+    let winner = ids[answers
+        .iter()
+        .position(|a| *a == PasskeyAdded::Added)
+        .unwrap()];
+    assert_eq!(
+        s.twin.passkey("shared").await.unwrap().unwrap().user_id,
+        winner
+    );
+    for user in ids {
+        let held = passkey_ids(s.store.as_ref(), user).await;
+        let kinds = factor_kinds(s.store.as_ref(), user).await;
+        if user == winner {
+            assert_eq!((held.len(), kinds.len()), (1, 1));
+        } else {
+            assert!(
+                held.is_empty() && kinds.is_empty(),
+                "{user}: {held:?} {kinds:?}"
+            );
+        }
+    }
+}
+
+async fn concurrent_adds_never_store_more_than_max_passkeys(s: Subject) {
+    let [ada] = users(&s, &["ada"]).await[..] else {
+        unreachable!()
+    };
+    for i in 0..MAX_PASSKEYS - 2 {
+        assert_eq!(
+            add(
+                s.store.as_ref(),
+                &format!("k{i}"),
+                ada,
+                PasskeyGrant::SecondFactor
+            )
+            .await,
+            PasskeyAdded::Added
+        );
+    }
+    let answers = at_once(&s, 16, |i, store| async move {
+        add(
+            store.as_ref(),
+            &format!("new{i}"),
+            ada,
+            PasskeyGrant::SecondFactor,
+        )
+        .await
+    })
+    .await;
+    assert_eq!(count(&answers, PasskeyAdded::Added), 2, "{answers:?}");
+    assert_eq!(count(&answers, PasskeyAdded::Full), 14, "{answers:?}");
+    assert_eq!(passkey_ids(s.twin.as_ref(), ada).await.len(), MAX_PASSKEYS);
+
+    // From empty, many at once: never more than the most.
+    let [bob] = users(&s, &["bob"]).await[..] else {
+        unreachable!()
+    };
+    let answers = at_once(&s, 3 * MAX_PASSKEYS, |i, store| async move {
+        add(
+            store.as_ref(),
+            &format!("bob{i}"),
+            bob,
+            PasskeyGrant::SecondFactor,
+        )
+        .await
+    })
+    .await;
+    assert_eq!(
+        count(&answers, PasskeyAdded::Added),
+        MAX_PASSKEYS,
+        "{answers:?}"
+    );
+    assert_eq!(passkey_ids(s.store.as_ref(), bob).await.len(), MAX_PASSKEYS);
+}
+
+async fn of_concurrent_first_factor_adds_for_one_user_one_wins(s: Subject) {
+    for round in 0..5 {
+        let [user] = users(&s, &[&format!("ada{round}")]).await[..] else {
+            unreachable!()
+        };
+        let answers = at_once(&s, 8, |i, store| async move {
+            add(
+                store.as_ref(),
+                &format!("r{round}-{i}"),
+                user,
+                PasskeyGrant::FirstFactor,
+            )
+            .await
+        })
+        .await;
+        assert_eq!(
+            count(&answers, PasskeyAdded::Added),
+            1,
+            "round {round}: {answers:?}"
+        );
+        assert_eq!(
+            count(&answers, PasskeyAdded::Refused),
+            7,
+            "round {round}: {answers:?}"
+        );
+        assert_eq!(passkey_ids(s.twin.as_ref(), user).await.len(), 1);
+        assert_eq!(
+            factor_kinds(s.store.as_ref(), user).await,
+            [FactorKind::Webauthn]
+        );
+    }
+}
+
+async fn a_webauthn_ticket_grants_once_under_concurrency(s: Subject) {
+    let [ada] = users(&s, &["ada"]).await[..] else {
+        unreachable!()
+    };
+    s.store
+        .create_ticket(webauthn_ticket("wa", ada, NOW_UNIX + 600))
+        .await
+        .unwrap();
+    let answers = at_once(&s, 10, |i, store| async move {
+        add(
+            store.as_ref(),
+            &format!("k{i}"),
+            ada,
+            PasskeyGrant::Ticket("wa"),
+        )
+        .await
+    })
+    .await;
+    assert_eq!(count(&answers, PasskeyAdded::Added), 1, "{answers:?}");
+    assert_eq!(count(&answers, PasskeyAdded::Refused), 9, "{answers:?}");
+    assert_eq!(passkey_ids(s.twin.as_ref(), ada).await.len(), 1);
+    assert!(s.store.ticket("wa").await.unwrap().unwrap().used);
+}
+
+async fn of_concurrent_uses_with_one_counter_one_is_accepted(s: Subject) {
+    let [ada] = users(&s, &["ada"]).await[..] else {
+        unreachable!()
+    };
+    assert_eq!(
+        add(s.store.as_ref(), "k", ada, PasskeyGrant::FirstFactor).await,
+        PasskeyAdded::Added
+    );
+    for counter in [7, 8, 20] {
+        let answers = at_once(&s, 16, |i, store| async move {
+            let credential = serde_json::json!({ "counter": counter, "by": i });
+            store
+                .use_passkey("k", counter, credential, NOW)
+                .await
+                .unwrap()
+        })
+        .await;
+        let accepted: Vec<usize> = (0..answers.len()).filter(|i| answers[*i]).collect();
+        assert_eq!(accepted.len(), 1, "counter {counter}: {answers:?}");
+        // What is stored is what the accepted use brought.
+        let stored = s.twin.passkey("k").await.unwrap().unwrap();
+        assert_eq!(stored.counter, counter);
+        assert_eq!(
+            stored.credential,
+            serde_json::json!({ "counter": counter, "by": accepted[0] })
+        );
+    }
+}
+
+async fn a_ceremony_is_taken_once_under_concurrency(s: Subject) {
+    s.store.create_ceremony(ceremony(1, 2000)).await.unwrap();
+    let answers = at_once(&s, 16, |_, store| async move {
+        store.take_ceremony(&hash(1), 1000).await.unwrap()
+    })
+    .await;
+    let taken: Vec<PasskeyCeremony> = answers.into_iter().flatten().collect();
+    assert_eq!(taken, [ceremony(1, 2000)], "exactly one take gets it");
+}
+
+/// An MFA reset (an administrator's) while the user registers a passkey: afterwards the
+/// `webauthn` factor record is there exactly while the user has a passkey.
+async fn an_mfa_reset_racing_an_add_leaves_the_factor_record_beside_passkeys_only(s: Subject) {
+    for round in 0..100 {
+        let [user] = users(&s, &[&format!("ada{round}")]).await[..] else {
+            unreachable!()
+        };
+        let id = format!("r{round}");
+        let key = id.clone();
+        at_once(&s, 2, |i, store| {
+            let id = id.clone();
+            async move {
+                if i == 0 {
+                    add(store.as_ref(), &id, user, PasskeyGrant::SecondFactor).await;
+                } else {
+                    store.reset_mfa(user).await.unwrap();
+                }
+            }
+        })
+        .await;
+        let held = passkey_ids(s.store.as_ref(), user).await;
+        let kinds = factor_kinds(s.twin.as_ref(), user).await;
+        assert_eq!(
+            !held.is_empty(),
+            kinds == [FactorKind::Webauthn],
+            "round {round}: passkeys {held:?}, factors {kinds:?}"
+        );
+        let found = s.store.passkey(&key).await.unwrap();
+        assert_eq!(found.is_some(), !held.is_empty(), "round {round}");
+    }
+}

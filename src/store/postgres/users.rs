@@ -104,6 +104,15 @@ impl PgStore {
     pub(super) async fn reset_mfa_once(&self, user_id: u64) -> Result<(), Fail> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
+        // Changes to a user's factors take turns on the user's row: without it, a passkey added
+        // meanwhile could commit between the deletion of the factors and of the passkeys,
+        // leaving the `webauthn` factor record without a passkey.
+        exec(
+            &tx,
+            "SELECT 1 FROM gatehouse_users WHERE id = $1 FOR UPDATE",
+            &[&key(user_id)],
+        )
+        .await?;
         reset_mfa_in(&tx, key(user_id)).await?;
         tx.commit().await?;
         Ok(())

@@ -150,18 +150,19 @@ impl Store for SledStore {
         // removed) or finds its ticket gone.
         let result = (&self.tickets, &self.mfa, &self.passkey_ids).transaction(
             |(tickets, mfa, passkey_ids)| {
-                for key in &keys {
-                    if key.get(8) == Some(&b't') {
-                        tickets.remove(&key[9..])?;
-                    }
-                    mfa.remove(key)?;
-                }
-                // The passkey list as it is now (the scan may predate a registration).
+                // The passkey list as it is now (the scan may predate a registration), read
+                // before the scanned keys go: the list's own key is among them.
                 if let Some(bytes) = mfa.remove(super::passkeys::list_key(user_id))? {
                     let list: Vec<crate::store::Passkey> = tx_decode(&bytes)?;
                     for passkey in &list {
                         passkey_ids.remove(passkey.id.as_bytes())?;
                     }
+                }
+                for key in &keys {
+                    if key.get(8) == Some(&b't') {
+                        tickets.remove(&key[9..])?;
+                    }
+                    mfa.remove(key)?;
                 }
                 for kind in FACTOR_KINDS {
                     mfa.remove(mfa_key(user_id, b'f', &[kind.tag()]))?;
