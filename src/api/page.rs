@@ -222,6 +222,7 @@ pub fn form_failure(e: &BodyError) -> Response<Body> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

@@ -369,7 +369,7 @@ async fn sign_in_from_page(gh: &Gatehouse, browser: &Browser) -> (u16, String, O
                  authenticatorData: enc(c.response.authenticatorData),\
                  signature: enc(c.response.signature), userHandle: enc(c.response.userHandle)}})),\
                e => done('failed: ' + e));",
-            &[options.clone()],
+            std::slice::from_ref(&options),
             true,
         )
         .await;

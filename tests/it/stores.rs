@@ -1750,6 +1750,7 @@ on_both_backends!(
     without_keeping_a_factor_the_last_passkey_goes_with_the_factor_record,
     an_mfa_reset_removes_the_passkeys_and_frees_their_ids,
     deleting_a_user_removes_their_passkeys_and_frees_their_ids,
+    a_deleted_user_gets_no_passkey,
     a_ceremony_is_taken_once,
     an_expired_ceremony_is_not_taken_and_is_gone,
     purging_ceremonies_removes_only_expired_ones,
@@ -2465,6 +2466,24 @@ async fn deleting_a_user_removes_their_passkeys_and_frees_their_ids(s: Subject) 
         );
     }
     assert_eq!(passkey_ids(s.store.as_ref(), bob).await, ["k1", "k2"]);
+}
+
+async fn a_deleted_user_gets_no_passkey(s: Subject) {
+    let [ada, bob] = users(&s, &["ada", "bob"]).await[..] else {
+        unreachable!()
+    };
+    assert!(s.store.delete_user("ada").await.unwrap());
+    assert_eq!(
+        add(s.twin.as_ref(), "k1", ada, PasskeyGrant::SecondFactor).await,
+        PasskeyAdded::Refused
+    );
+    assert_eq!(s.store.passkey("k1").await.unwrap(), None);
+    assert!(s.store.factors(ada).await.unwrap().is_empty());
+    assert_eq!(
+        add(s.store.as_ref(), "k1", bob, PasskeyGrant::SecondFactor).await,
+        PasskeyAdded::Added,
+        "the id was never taken"
+    );
 }
 
 fn ceremony(n: u64, expires: i64) -> PasskeyCeremony {

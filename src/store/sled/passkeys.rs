@@ -81,8 +81,12 @@ impl SledStore {
             .map(|key| key.map(|k| k[9..].to_vec()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(backend)?;
-        let result =
-            (&self.tickets, &self.mfa, &self.passkey_ids).transaction(|(tickets, mfa, ids)| {
+        let result = (&self.users, &self.tickets, &self.mfa, &self.passkey_ids).transaction(
+            |(users, tickets, mfa, ids)| {
+                // A user deleted meanwhile gets none (its deletion resets its MFA after).
+                if users.get(user_id.to_be_bytes())?.is_none() {
+                    return Ok(PasskeyAdded::Refused);
+                }
                 let has_factor = || -> TxResult<bool> {
                     Ok(tx_other_factor(mfa, user_id)? || mfa.get(marker_key(user_id))?.is_some())
                 };
@@ -146,7 +150,8 @@ impl SledStore {
                     mfa.insert(mfa_key(user_id, b'r', &[]), tx_encode(hashes)?)?;
                 }
                 Ok(PasskeyAdded::Added)
-            });
+            },
+        );
         unwrap_tx(result)
     }
 
