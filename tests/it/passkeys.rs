@@ -5,36 +5,53 @@
 //! answer. Every page is checked by axe-core and, with `GATEHOUSE_SCREENSHOTS=1`, photographed
 //! into `docs/screenshots/`.
 
+use std::sync::Arc;
+
+use gatehouse::config::Config;
+use gatehouse::store::Store;
 use serde_json::{Value, json};
 
 use crate::browser::Browser;
 use crate::harness::*;
-use crate::signin::{CSRF_COOKIE, PASSWORD, SESSION_COOKIE, user};
+use crate::mfa::totp;
+use crate::signin::{CSRF_COOKIE, PASSWORD, SESSION_COOKIE, enroll_totp, user};
 
 /// Gatehouse on an https port known beforehand, so that `server.public_url` (the relying party
 /// and the one origin passkeys answer) is the address the browser opens; `/admin/` needs a
 /// second factor, `/app/` a session.
 async fn start() -> (Upstream, Gatehouse) {
+    start_adjusted(|_| {}).await
+}
+
+/// [`start`], with `more` changing the configuration.
+async fn start_adjusted(more: impl FnOnce(&mut Config)) -> (Upstream, Gatehouse) {
     let upstream = Upstream::start().await;
     let port = closed_port().await.port();
     let gh = Gatehouse::start_with(&upstream, |c| {
-        c.server.public_url = format!("https://localhost:{port}");
-        c.listen.https = Some(format!("127.0.0.1:{port}").parse().unwrap());
-        for (prefix, access) in [
-            ("/app/", gatehouse::config::Access::Authenticated),
-            ("/admin/", gatehouse::config::Access::Mfa),
-        ] {
-            c.routes.push(gatehouse::config::AccessRule {
-                path_prefix: prefix.into(),
-                access,
-                scopes: vec![],
-                ..Default::default()
-            });
-        }
+        on_port(c, port);
+        more(c);
     })
     .await;
     user(&gh, "ada").await;
     (upstream, gh)
+}
+
+/// The test configuration with `server.public_url` and the https listener on `port`, and the
+/// routes `/app/` (a session) and `/admin/` (a second factor).
+fn on_port(c: &mut Config, port: u16) {
+    c.server.public_url = format!("https://localhost:{port}");
+    c.listen.https = Some(format!("127.0.0.1:{port}").parse().unwrap());
+    for (prefix, access) in [
+        ("/app/", gatehouse::config::Access::Authenticated),
+        ("/admin/", gatehouse::config::Access::Mfa),
+    ] {
+        c.routes.push(gatehouse::config::AccessRule {
+            path_prefix: prefix.into(),
+            access,
+            scopes: vec![],
+            ..Default::default()
+        });
+    }
 }
 
 /// The path and query of `url` when it is on `gh`'s https listener.
@@ -315,11 +332,24 @@ async fn a_passkey_from_an_enrollment_link_is_renamed_and_the_last_one_is_kept_w
 /// answer them on the page it shows, and posts the answer; the status and page gatehouse
 /// answers, and the session cookie it set, if any.
 async fn sign_in_from_page(gh: &Gatehouse, browser: &Browser) -> (u16, String, Option<String>) {
+    sign_in_across(gh, gh, browser).await
+}
+
+/// [`sign_in_from_page`] with the options from `begin` and the answer posted to `finish`.
+async fn sign_in_across(
+    begin: &Gatehouse,
+    finish: &Gatehouse,
+    browser: &Browser,
+) -> (u16, String, Option<String>) {
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let page = client.get(gh.http_url("/auth/login")).send().await.unwrap();
+    let page = client
+        .get(begin.http_url("/auth/login"))
+        .send()
+        .await
+        .unwrap();
     let cookie = page
         .headers()
         .get_all("set-cookie")
@@ -340,17 +370,17 @@ async fn sign_in_from_page(gh: &Gatehouse, browser: &Browser) -> (u16, String, O
         .next()
         .unwrap()
         .to_owned();
-    let post = |fields: Vec<(&'static str, String)>| {
+    let post = |gh: &Gatehouse, fields: Vec<(&'static str, String)>| {
         client
             .post(gh.http_url("/auth/login"))
             .header("cookie", &cookie)
             .form(&fields)
             .send()
     };
-    let options: Value = post(vec![
-        ("csrf", csrf.clone()),
-        ("action", "passkey-options".into()),
-    ])
+    let options: Value = post(
+        begin,
+        vec![("csrf", csrf.clone()), ("action", "passkey-options".into())],
+    )
     .await
     .unwrap()
     .json()
@@ -378,12 +408,15 @@ async fn sign_in_from_page(gh: &Gatehouse, browser: &Browser) -> (u16, String, O
     let mut outcomes = Vec::new();
     // The same answer twice: the ceremony is used once, whatever the first outcome.
     for _ in 0..2 {
-        let response = post(vec![
-            ("csrf", csrf.clone()),
-            ("action", "passkey".into()),
-            ("ceremony", options["ceremony"].as_str().unwrap().to_owned()),
-            ("credential", answer.clone()),
-        ])
+        let response = post(
+            finish,
+            vec![
+                ("csrf", csrf.clone()),
+                ("action", "passkey".into()),
+                ("ceremony", options["ceremony"].as_str().unwrap().to_owned()),
+                ("credential", answer.clone()),
+            ],
+        )
         .await
         .unwrap();
         let status = response.status().as_u16();
@@ -492,5 +525,163 @@ async fn a_cloned_authenticator_whose_counter_went_back_is_refused() {
             .any(|(e, d)| e == "mfa.code.failed" && d.contains("counter did not move forwards")),
         "{events:?}"
     );
+    browser.quit().await;
+}
+
+#[tokio::test]
+async fn failed_passkey_answers_count_towards_the_lockout() {
+    let (_upstream, gh) = start_adjusted(|c| c.mfa.lockout.max_failures = 2).await;
+    let browser = Browser::start(true).await;
+    browser.open(&gh.https_url("/auth/login")).await;
+    let _authenticator = authenticator(&browser).await;
+    sign_in_with_password(&browser, &gh, "/auth/login?rd=%2Fauth%2Fpasskeys").await;
+    add_passkey(&browser, "Laptop").await;
+
+    let other = format!("http://localhost:{}/auth/login", gh.http_addr().port());
+    browser.open(&other).await;
+    for n in 0..2 {
+        let (status, page, _) = sign_in_from_page(&gh, &browser).await;
+        assert_ne!(status, 303, "answer {n}: {page}");
+    }
+    // Locked: even a right answer is refused, before its signature is checked.
+    browser.open(&gh.https_url("/auth/login")).await;
+    let (status, page, session) = sign_in_from_page(&gh, &browser).await;
+    assert_eq!(status, 429, "{page}");
+    assert_eq!(session, None);
+    let names = gh.audit_events(20).await;
+    assert!(names.contains(&"mfa.lockout".to_owned()), "{names:?}");
+    browser.quit().await;
+}
+
+#[tokio::test]
+async fn a_route_that_asks_for_a_passkey_takes_no_other_factor_and_a_reset_removes_passkeys() {
+    let (_upstream, gh) = start_adjusted(|c| {
+        let mut rule = gatehouse::config::AccessRule::new("/keys/", gatehouse::config::Access::Mfa);
+        rule.factors = vec![gatehouse::config::Factor::Webauthn];
+        c.routes.push(rule);
+    })
+    .await;
+    let secret = enroll_totp(&gh, "ada").await;
+    let browser = Browser::start(true).await;
+    browser.open(&gh.https_url("/auth/login")).await;
+    let _authenticator = authenticator(&browser).await;
+
+    // With a factor already, a password session may not add a passkey (SPEC §10).
+    let landed = sign_in_with_password(&browser, &gh, "/auth/login?rd=%2Fauth%2Fpasskeys").await;
+    assert_eq!(local(&gh, &landed).as_deref(), Some("/auth/passkeys"));
+    browser.click("#passkey-register").await;
+    let mut said = Value::Null;
+    for _ in 0..50 {
+        said = browser
+            .execute(
+                "return document.querySelector('.passkey-status').textContent;",
+                &[],
+                false,
+            )
+            .await;
+        if said.as_str().is_some_and(|t| !t.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        said.as_str().unwrap().contains("second factor first"),
+        "{said}"
+    );
+
+    // Stepped up with the authenticator app, it may.
+    browser
+        .open(&gh.https_url("/auth/step-up?rd=%2Fauth%2Fpasskeys"))
+        .await;
+    browser.type_into("#code", &totp(&secret, 1)).await;
+    browser.click("#verify").await;
+    browser
+        .url_once(|url| local(&gh, url).as_deref() == Some("/auth/passkeys"))
+        .await;
+    let page = add_passkey(&browser, "Laptop").await;
+    assert!(
+        !page.contains("id=\"recovery-codes\""),
+        "not a first factor"
+    );
+
+    // The TOTP session does not open a passkey route; the passkey does.
+    let totp_session = browser.cookie(SESSION_COOKIE).await.unwrap();
+    let refused = http1_client()
+        .get(gh.http_url("/keys/x"))
+        .header("cookie", format!("{SESSION_COOKIE}={totp_session}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    browser.open(&gh.https_url("/keys/x")).await;
+    let at = browser
+        .url_once(|url| local(&gh, url).is_some_and(|p| p.starts_with("/auth/step-up")))
+        .await;
+    assert!(
+        local(&gh, &at).unwrap().starts_with("/auth/step-up"),
+        "{at}"
+    );
+    browser.click("#passkey-step-up").await;
+    let landed = browser
+        .url_once(|url| local(&gh, url).as_deref() == Some("/keys/x"))
+        .await;
+    assert_eq!(local(&gh, &landed).as_deref(), Some("/keys/x"));
+
+    // The admin's MFA reset takes the passkeys too: they sign nobody in any more.
+    let (status, _) = gh
+        .admin("POST", "/admin/v1/users/ada/mfa/reset", None)
+        .await;
+    assert!(status == 200 || status == 204, "{status}");
+    browser.delete_cookies().await;
+    browser
+        .open(&gh.https_url("/auth/login?rd=%2Fapp%2F"))
+        .await;
+    browser.click("#passkey-sign-in").await;
+    let page = browser.source_containing("was not accepted").await;
+    assert!(page.contains("That passkey was not accepted."), "{page}");
+    assert_eq!(browser.cookie(SESSION_COOKIE).await, None);
+    browser.quit().await;
+}
+
+#[tokio::test]
+async fn a_ceremony_begun_on_one_replica_finishes_on_another() {
+    let upstream = Upstream::start().await;
+    let db = crate::pg::Database::on_shared_server().await;
+    let port = closed_port().await.port();
+    let mut replicas = Vec::new();
+    for n in 0..2 {
+        let store: Arc<dyn Store> = Arc::new(
+            gatehouse::store::postgres::PgStore::connect(&db.url(), 4)
+                .await
+                .unwrap(),
+        );
+        let shared = |c: &mut Config| {
+            // One public URL, served by the first; one master key, so CSRF tokens hold on both.
+            on_port(c, port);
+            if n > 0 {
+                c.listen.https = Some("127.0.0.1:0".parse().unwrap());
+            }
+            c.secrets.master_key = Some(gatehouse::config::Secret::new(
+                "bWFzdGVyIGtleSBzaGFyZWQgYnkgdGhlIHJlcGxpY2E=",
+            ));
+        };
+        replicas.push(Gatehouse::start_store(&upstream.url(), shared, move |_| store).await);
+    }
+    let (a, b) = (&replicas[0], &replicas[1]);
+    user(a, "ada").await;
+    let browser = Browser::start(true).await;
+    browser.open(&a.https_url("/auth/login")).await;
+    let _authenticator = authenticator(&browser).await;
+    sign_in_with_password(&browser, a, "/auth/login?rd=%2Fauth%2Fpasskeys").await;
+    add_passkey(&browser, "Laptop").await;
+
+    browser.open(&a.https_url("/auth/login")).await;
+    let (status, page, session) = sign_in_across(a, b, &browser).await;
+    assert_eq!(status, 303, "{page}");
+    let session = session.unwrap();
+    let id = session.split_once('=').unwrap().1;
+    let (status, doc) = crate::passkeys::session(a, id).await;
+    assert_eq!(status, 200);
+    assert_eq!(doc["methods"], json!(["hwk", "user"]));
     browser.quit().await;
 }
