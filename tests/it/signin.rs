@@ -376,9 +376,14 @@ async fn unknown_user_and_wrong_password_get_the_same_page_and_no_session() {
         );
         assert!(page.set_cookie(SESSION_COOKIE).is_none());
     }
+    // Alike but for the name typed and the passkey script's nonce, new to each page.
+    let plain = |body: &str| match body.split_once("<script nonce=\"") {
+        Some((before, rest)) => format!("{before}{}", &rest[rest.find('"').unwrap()..]),
+        None => body.to_owned(),
+    };
     assert_eq!(
-        wrong.body.replace("value=\"ada\"", ""),
-        unknown.body.replace("value=\"ghost\"", ""),
+        plain(&wrong.body.replace("value=\"ada\"", "")),
+        plain(&unknown.body.replace("value=\"ghost\"", "")),
         "one page for both"
     );
     assert!(browser.session().is_none());
@@ -778,7 +783,24 @@ async fn the_pages_are_self_contained_and_never_framed() {
         assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
         assert!(csp.starts_with("default-src 'none'"), "{csp}");
         assert_eq!(page.headers["cache-control"], "no-store");
-        assert!(!page.body.contains("<script"), "{path}");
+        // The sign-in page runs the passkey script, inline, by the nonce its policy names.
+        match page.body.split_once("<script nonce=\"") {
+            Some((_, rest)) => {
+                assert_eq!(path, "/auth/login");
+                let nonce = rest.split('"').next().unwrap();
+                assert!(
+                    csp.contains(&format!("script-src 'nonce-{nonce}'")),
+                    "{csp}"
+                );
+                assert!(!csp.contains("unsafe-inline"), "{csp}");
+                assert_eq!(page.body.matches("<script").count(), 1, "{path}");
+                assert!(!rest.split('>').next().unwrap().contains("src="));
+            }
+            None => {
+                assert!(!page.body.contains("<script"), "{path}");
+                assert!(!csp.contains("script-src"), "{csp}");
+            }
+        }
         assert!(!page.body.contains("http://") && !page.body.contains("https://"));
         let csrf = page.set_cookie(CSRF_COOKIE);
         if let Some(csrf) = csrf {

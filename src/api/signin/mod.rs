@@ -259,16 +259,17 @@ impl SignIn {
         (self.sessions.csrf_token(&cookie), set)
     }
 
-    /// A page with a form, setting the CSRF cookie when the browser has none; the pages that
-    /// offer passkeys run the passkey script.
+    /// A page with a form, setting the CSRF cookie when the browser has none; with
+    /// `passkeys`, a page that offers them, running the passkey script.
     fn form_page(
         &self,
         status: StatusCode,
         title: &str,
         content: &str,
         csrf_cookie: Option<HeaderValue>,
+        passkeys: bool,
     ) -> Response<Body> {
-        let script = if self.mfa.passkeys_enabled() {
+        let script = if passkeys && self.mfa.passkeys_enabled() {
             Script::Passkeys
         } else {
             Script::None
@@ -370,6 +371,7 @@ impl SignIn {
                 passkeys: self.mfa.passkeys_enabled(),
             }),
             set,
+            true,
         )
     }
 
@@ -398,6 +400,7 @@ impl SignIn {
                     passkeys: self.mfa.passkeys_enabled(),
                 }),
                 set,
+                true,
             );
             if let Some(seconds) = retry_after {
                 response
@@ -532,7 +535,8 @@ impl SignIn {
             error,
             notice,
         });
-        self.form_page(status, "Verify it's you", &content, set)
+        let passkeys = factors.contains(&FactorKind::Webauthn);
+        self.form_page(status, "Verify it's you", &content, set, passkeys)
     }
 
     async fn factor_kinds(&self, principal: &Principal) -> Vec<FactorKind> {
@@ -656,6 +660,7 @@ impl SignIn {
             "Sign out",
             &pages::logout(&token, &target, user.as_deref()),
             set,
+            false,
         )
     }
 

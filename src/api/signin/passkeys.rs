@@ -140,6 +140,15 @@ pub(crate) fn refusal_text(e: &MfaError) -> (StatusCode, &'static str, Option<u6
 }
 
 impl SignIn {
+    /// The script of a page that offers passkeys: none where they cannot be used.
+    fn script(&self) -> Script {
+        if self.mfa.passkeys_enabled() {
+            Script::Passkeys
+        } else {
+            Script::None
+        }
+    }
+
     /// Counts a ceremony begun from `visit`'s address; `false` when it has begun too many.
     fn may_begin(&self, visit: &Visit<'_>) -> bool {
         let now = self.clock.unix();
@@ -179,7 +188,7 @@ impl SignIn {
                     passkeys: self.mfa.passkeys_enabled(),
                 }),
                 set.as_slice(),
-                Script::Passkeys,
+                self.script(),
             );
             if let Some(seconds) = after {
                 response
