@@ -398,7 +398,6 @@ impl Mfa {
                 )));
             }
         }
-        self.meter.ticket(FactorKind::Webauthn.as_str());
         self.audit(
             "mfa.factor.confirmed",
             &user,
@@ -590,6 +589,13 @@ impl Mfa {
             .await
             .map_err(|e| (None, e.into()))?
             .ok_or_else(unknown)?;
+        // A user who may not sign in is refused like an unknown passkey, before any attempt.
+        if !user.is_valid {
+            return Err((
+                Some(user.user_name.clone()),
+                MfaError::Invalid(refused("the user may not sign in")),
+            ));
+        }
         let named = |e: MfaError| (Some(user.user_name.clone()), e);
         let attempt = self.reserve(&user).await.map_err(named)?;
         let checked = (|| {
