@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use crate::browser::Browser;
 use crate::harness::*;
 use crate::mfa::totp;
-use crate::signin::{CSRF_COOKIE, PASSWORD, SESSION_COOKIE, enroll_totp, user};
+use crate::signin::{CSRF_COOKIE, PASSWORD, SESSION_COOKIE, enroll_totp, session_json, user};
 
 /// Gatehouse on an https port known beforehand, so that `server.public_url` (the relying party
 /// and the one origin passkeys answer) is the address the browser opens; `/admin/` needs a
@@ -131,18 +131,6 @@ async fn add_passkey(browser: &Browser, name: &str) -> String {
     page
 }
 
-/// The session the browser holds, as `/auth/session` shows it.
-async fn session(gh: &Gatehouse, cookie: &str) -> (u16, Value) {
-    let response = http1_client()
-        .get(gh.http_url("/auth/session"))
-        .header("cookie", format!("{SESSION_COOKIE}={cookie}"))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
 /// The newest audit events' names and details.
 async fn audit(gh: &Gatehouse) -> Vec<(String, String)> {
     let events = gh.admin("GET", "/admin/v1/audit?limit=50", None).await;
@@ -213,7 +201,7 @@ async fn a_passkey_added_from_a_session_steps_up_and_then_signs_in_without_a_pas
     assert_eq!(local(&gh, &landed).as_deref(), Some("/admin/x"));
     let stepped_up = browser.cookie(SESSION_COOKIE).await.unwrap();
     assert_ne!(stepped_up, password_only, "the id is rotated at step-up");
-    let (_, doc) = session(&gh, &stepped_up).await;
+    let (_, doc) = session_json(&gh, &stepped_up).await;
     assert_eq!(doc["methods"], json!(["pwd", "hwk"]));
     let seen = upstream
         .all()
@@ -233,7 +221,7 @@ async fn a_passkey_added_from_a_session_steps_up_and_then_signs_in_without_a_pas
         .await;
     assert_eq!(local(&gh, &landed).as_deref(), Some("/admin/y"));
     let passwordless = browser.cookie(SESSION_COOKIE).await.unwrap();
-    let (status, doc) = session(&gh, &passwordless).await;
+    let (status, doc) = session_json(&gh, &passwordless).await;
     assert_eq!(status, 200);
     assert_eq!(doc["user"], "ada");
     assert_eq!(doc["methods"], json!(["hwk", "user"]));
@@ -680,7 +668,7 @@ async fn a_ceremony_begun_on_one_replica_finishes_on_another() {
     assert_eq!(status, 303, "{page}");
     let session = session.unwrap();
     let id = session.split_once('=').unwrap().1;
-    let (status, doc) = crate::passkeys::session(a, id).await;
+    let (status, doc) = session_json(a, id).await;
     assert_eq!(status, 200);
     assert_eq!(doc["methods"], json!(["hwk", "user"]));
     browser.quit().await;

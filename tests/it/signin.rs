@@ -256,7 +256,8 @@ pub async fn enroll_totp(gh: &Gatehouse, name: &str) -> Vec<u8> {
     secret
 }
 
-async fn session_json(gh: &Gatehouse, cookie: &str) -> (u16, Value) {
+/// `/auth/session` for the session `cookie`: status and JSON (Null when none).
+pub async fn session_json(gh: &Gatehouse, cookie: &str) -> (u16, Value) {
     let response = http1_client()
         .get(gh.http_url("/auth/session"))
         .header("cookie", format!("{SESSION_COOKIE}={cookie}"))

@@ -14,7 +14,7 @@ use crate::store::{
 use super::sessions::{COLUMNS as SESSION_COLUMNS, FLOW_COLUMNS, flow_from, session_from};
 use super::{
     Fail, PgStore, describe, doc, exec, external_key, factor_from, insert_audit, key, name_key,
-    retry, row, rows, step_column, storable, unique,
+    retry, row, rows, set_recovery_codes, step_column, storable, unique,
 };
 
 /// Whether every text of the session can be stored (none holds NUL).
@@ -363,12 +363,8 @@ impl Store for PgStore {
     }
 
     async fn replace_recovery_codes(&self, user_id: u64, hashes: Vec<String>) -> StoreResult<()> {
-        self.execute(
-            "INSERT INTO gatehouse_recovery_codes (user_id, doc) VALUES ($1, $2)
-             ON CONFLICT (user_id) DO UPDATE SET doc = excluded.doc",
-            &[&key(user_id), &Json(&hashes)],
-        )
-        .await?;
+        let client = self.client().await?;
+        set_recovery_codes(&client, key(user_id), &hashes).await?;
         Ok(())
     }
 

@@ -7,7 +7,7 @@ use tokio_postgres::types::{Json, ToSql};
 use crate::lockout::{LockoutState, Policy, Reservation};
 use crate::store::{AuditEvent, CodeLogin, Factor, StoreError, User};
 
-use super::{Fail, PgStore, doc, exec, insert_audit, key, row, step_column};
+use super::{Fail, PgStore, doc, exec, insert_audit, key, row, set_recovery_codes, step_column};
 
 impl PgStore {
     /// Marks the ticket used only if it is still pending: the conditional `UPDATE` is what makes a
@@ -62,13 +62,7 @@ impl PgStore {
         )
         .await?;
         if let Some(hashes) = recovery_hashes {
-            exec(
-                &tx,
-                "INSERT INTO gatehouse_recovery_codes (user_id, doc) VALUES ($1, $2)
-                 ON CONFLICT (user_id) DO UPDATE SET doc = excluded.doc",
-                &[&user_id, &Json(hashes)],
-            )
-            .await?;
+            set_recovery_codes(&tx, user_id, hashes).await?;
         }
         tx.commit().await?;
         Ok(true)

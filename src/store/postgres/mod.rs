@@ -282,6 +282,21 @@ async fn next_value(c: &impl GenericClient, counter: &str) -> Result<i64, Fail> 
     Ok(c.query_one(&statement, &[&counter]).await?.try_get(0)?)
 }
 
+/// Sets the user's recovery codes (their hashes), replacing any.
+async fn set_recovery_codes(
+    c: &impl GenericClient,
+    user_id: i64,
+    hashes: &[String],
+) -> Result<u64, Fail> {
+    exec(
+        c,
+        "INSERT INTO gatehouse_recovery_codes (user_id, doc) VALUES ($1, $2)
+         ON CONFLICT (user_id) DO UPDATE SET doc = excluded.doc",
+        &[&user_id, &Json(hashes)],
+    )
+    .await
+}
+
 /// Everything under a user's MFA state, as sled's `reset_mfa` removes it (codes and the failure
 /// count included).
 async fn reset_mfa_in(c: &impl GenericClient, user_id: i64) -> Result<(), Fail> {

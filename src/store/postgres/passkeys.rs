@@ -10,7 +10,7 @@ use crate::store::{
     PasskeyRemoved, SCHEMA_VERSION, stamp,
 };
 
-use super::{Fail, PgStore, doc, exec, key, row, rows};
+use super::{Fail, PgStore, doc, exec, key, row, rows, set_recovery_codes};
 
 /// Whether the user has a confirmed factor of any kind.
 const ANY_FACTOR: &str = "SELECT EXISTS (SELECT 1 FROM gatehouse_factors WHERE user_id = $1)";
@@ -131,13 +131,7 @@ impl PgStore {
         )
         .await?;
         if let Some(hashes) = recovery_hashes {
-            exec(
-                &tx,
-                "INSERT INTO gatehouse_recovery_codes (user_id, doc) VALUES ($1, $2)
-                 ON CONFLICT (user_id) DO UPDATE SET doc = excluded.doc",
-                &[&user_id, &Json(hashes)],
-            )
-            .await?;
+            set_recovery_codes(&tx, user_id, hashes).await?;
         }
         tx.commit().await?;
         Ok(PasskeyAdded::Added)
