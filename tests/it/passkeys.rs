@@ -14,7 +14,7 @@ use crate::signin::{CSRF_COOKIE, PASSWORD, SESSION_COOKIE, user};
 /// Gatehouse on an https port known beforehand, so that `server.public_url` (the relying party
 /// and the one origin passkeys answer) is the address the browser opens; `/admin/` needs a
 /// second factor, `/app/` a session.
-async fn start() -> (Upstream, Gatehouse) {
+pub(crate) async fn start() -> (Upstream, Gatehouse) {
     let upstream = Upstream::start().await;
     let port = closed_port().await.port();
     let gh = Gatehouse::start_with(&upstream, |c| {
@@ -38,7 +38,7 @@ async fn start() -> (Upstream, Gatehouse) {
 }
 
 /// The path and query of `url` when it is on `gh`'s https listener.
-fn local(gh: &Gatehouse, url: &str) -> Option<String> {
+pub(crate) fn local(gh: &Gatehouse, url: &str) -> Option<String> {
     url.strip_prefix(&gh.https_url(""))
         .filter(|rest| rest.starts_with('/'))
         .map(str::to_owned)
@@ -46,7 +46,7 @@ fn local(gh: &Gatehouse, url: &str) -> Option<String> {
 
 /// A virtual platform authenticator (user verification, discoverable credentials) in the
 /// browser's current tab; its id.
-async fn authenticator(browser: &Browser) -> String {
+pub(crate) async fn authenticator(browser: &Browser) -> String {
     browser
         .devtools("WebAuthn.enable", json!({"enableUI": false}))
         .await;
@@ -71,7 +71,7 @@ async fn authenticator(browser: &Browser) -> String {
 }
 
 /// The credentials the virtual authenticator `id` holds.
-async fn credentials(browser: &Browser, id: &str) -> Vec<Value> {
+pub(crate) async fn credentials(browser: &Browser, id: &str) -> Vec<Value> {
     let listed = browser
         .devtools("WebAuthn.getCredentials", json!({"authenticatorId": id}))
         .await;
@@ -82,7 +82,7 @@ async fn credentials(browser: &Browser, id: &str) -> Vec<Value> {
 }
 
 /// Signs in with the password form from `path` (a sign-in page); where the browser lands.
-async fn sign_in_with_password(browser: &Browser, gh: &Gatehouse, path: &str) -> String {
+pub(crate) async fn sign_in_with_password(browser: &Browser, gh: &Gatehouse, path: &str) -> String {
     browser.open(&gh.https_url(path)).await;
     browser.type_into("#user", "ada").await;
     browser.type_into("#password", PASSWORD).await;
@@ -93,7 +93,7 @@ async fn sign_in_with_password(browser: &Browser, gh: &Gatehouse, path: &str) ->
 }
 
 /// Registers a passkey named `name` on the passkeys page the browser shows.
-async fn add_passkey(browser: &Browser, name: &str) -> String {
+pub(crate) async fn add_passkey(browser: &Browser, name: &str) -> String {
     browser
         .execute(
             "document.getElementById('passkey-name').value = arguments[0];",
@@ -115,7 +115,7 @@ async fn add_passkey(browser: &Browser, name: &str) -> String {
 }
 
 /// The session the browser holds, as `/auth/session` shows it.
-async fn session(gh: &Gatehouse, cookie: &str) -> (u16, Value) {
+pub(crate) async fn session(gh: &Gatehouse, cookie: &str) -> (u16, Value) {
     let response = http1_client()
         .get(gh.http_url("/auth/session"))
         .header("cookie", format!("{SESSION_COOKIE}={cookie}"))
@@ -127,7 +127,7 @@ async fn session(gh: &Gatehouse, cookie: &str) -> (u16, Value) {
 }
 
 /// The newest audit events' names and details.
-async fn audit(gh: &Gatehouse) -> Vec<(String, String)> {
+pub(crate) async fn audit(gh: &Gatehouse) -> Vec<(String, String)> {
     let events = gh.admin("GET", "/admin/v1/audit?limit=50", None).await;
     events
         .1
@@ -314,7 +314,10 @@ async fn a_passkey_from_an_enrollment_link_is_renamed_and_the_last_one_is_kept_w
 /// Asks gatehouse for sign-in options over HTTP (with a CSRF cookie of its own), has the browser
 /// answer them on the page it shows, and posts the answer; the status and page gatehouse
 /// answers, and the session cookie it set, if any.
-async fn sign_in_from_page(gh: &Gatehouse, browser: &Browser) -> (u16, String, Option<String>) {
+pub(crate) async fn sign_in_from_page(
+    gh: &Gatehouse,
+    browser: &Browser,
+) -> (u16, String, Option<String>) {
     let client = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
