@@ -6,6 +6,7 @@
 //! passkey script, allowed by a nonce. The ticket id in the URL is the only credential, so the
 //! page is never cached and never sends a referrer.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
@@ -22,14 +23,20 @@ use crate::api::page::{
 use crate::api::problem::mfa_problem;
 use crate::api::signin::passkeys::options_response;
 use crate::api::table::{self, Operation};
+use crate::auth::throttle::Throttle;
 use crate::body::Body;
 use crate::mfa::enroll::TicketView;
-use crate::mfa::passkeys::Registrant;
+use crate::mfa::passkeys::{CEREMONY_TTL, Registrant};
 use crate::mfa::service::{Mfa, MfaError};
 use crate::store::FactorKind;
 
 const PREFIX: &str = "/enroll/";
 const PAGE: &str = "/enroll/{ticketId}";
+
+/// Passkey ceremonies one client address may begin on enrollment pages per
+/// [`CEREMONY_TTL`]: each is a record in the store, and the replica's window of ceremonies is
+/// shared with every sign-in, so one link is no way to fill it.
+pub const PASSKEY_STARTS_PER_ADDRESS: u32 = 30;
 
 /// What the page answers: the page itself, and its forms' posts.
 pub const OPERATIONS: [Operation; 3] = [
@@ -69,6 +76,8 @@ fn code_form(action: &str, digits: usize) -> String {
 pub struct EnrollPage {
     mfa: Arc<Mfa>,
     digits: usize,
+    /// Passkey ceremonies begun per client address.
+    passkey_starts: Throttle,
 }
 
 impl EnrollPage {
@@ -76,6 +85,10 @@ impl EnrollPage {
         EnrollPage {
             mfa,
             digits: usize::from(digits),
+            passkey_starts: Throttle::new(
+                PASSKEY_STARTS_PER_ADDRESS,
+                std::time::Duration::from_secs(CEREMONY_TTL.unsigned_abs()),
+            ),
         }
     }
 
@@ -97,7 +110,13 @@ impl EnrollPage {
     }
 
     /// Answers the page: shows it, takes its forms' posts, or refuses another method.
-    pub async fn handle(&self, parts: &Parts, body: Incoming, ticket_id: &str) -> Response<Body> {
+    pub async fn handle(
+        &self,
+        parts: &Parts,
+        body: Incoming,
+        ticket_id: &str,
+        client: IpAddr,
+    ) -> Response<Body> {
         if !Self::plausible(ticket_id)
             && matches!(parts.method, Method::GET | Method::HEAD | Method::POST)
         {
@@ -106,7 +125,7 @@ impl EnrollPage {
         let action = format!("{PREFIX}{ticket_id}");
         match parts.method {
             Method::GET | Method::HEAD => self.show(ticket_id, &action, None).await,
-            Method::POST => self.post(parts, body, ticket_id, &action).await,
+            Method::POST => self.post(parts, body, ticket_id, &action, client).await,
             _ => {
                 let mut response = page(
                     StatusCode::METHOD_NOT_ALLOWED,
@@ -130,6 +149,7 @@ impl EnrollPage {
         body: Incoming,
         ticket_id: &str,
         action: &str,
+        client: IpAddr,
     ) -> Response<Body> {
         // A form for a ticket that cannot be used is not worth reading (SPEC §10).
         if let Err(e) = self.mfa.check_ticket(ticket_id).await {
@@ -139,7 +159,7 @@ impl EnrollPage {
             Ok(bytes) => bytes,
             Err(e) => return form_failure(&e),
         };
-        match self.submit(ticket_id, action, &form).await {
+        match self.submit(ticket_id, action, &form, client).await {
             Ok(response) => response,
             Err(e) => {
                 if Shown::of(&e) == Shown::Problem {
@@ -156,6 +176,7 @@ impl EnrollPage {
         ticket_id: &str,
         action: &str,
         form: &[u8],
+        client: IpAddr,
     ) -> Result<Response<Body>, MfaError> {
         let field = |name: &str| {
             form_urlencoded::parse(form)
@@ -164,6 +185,14 @@ impl EnrollPage {
         };
         match field("action").as_deref() {
             Some("passkey-options") => {
+                if let Err(throttled) = self.passkey_starts.reserve(client, self.mfa.now()) {
+                    let seconds = i64::try_from(throttled.0).unwrap_or(CEREMONY_TTL);
+                    return Ok(options_response(
+                        Err(MfaError::SendLimited(seconds)),
+                        action,
+                        "",
+                    ));
+                }
                 let begun = self
                     .mfa
                     .begin_registration(

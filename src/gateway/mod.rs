@@ -288,7 +288,11 @@ impl Gateway {
             Target::Jwks => Outcome::local(self.jwks()),
             Target::Enroll(ticket_id) => {
                 self.local(&mut parts, arrival.client);
-                Outcome::local(self.enroll.handle(&parts, body, ticket_id).await)
+                Outcome::local(
+                    self.enroll
+                        .handle(&parts, body, ticket_id, arrival.client)
+                        .await,
+                )
             }
             Target::Ws(ws, endpoint) => {
                 self.local(&mut parts, arrival.client);

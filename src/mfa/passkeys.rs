@@ -44,6 +44,10 @@ pub const NAME_MAX: usize = 64;
 /// browser answers or it ends.
 pub const CEREMONIES_PER_REPLICA: u32 = 20_000;
 
+/// How often a replica purges the ceremonies that ended unanswered, in seconds: a purge reads
+/// every ceremony, so not at every one begun.
+pub const CEREMONY_PURGE_INTERVAL: i64 = 60;
+
 /// The name a passkey gets when the user gives none.
 pub const DEFAULT_NAME: &str = "Passkey";
 
@@ -139,6 +143,11 @@ fn refused_by_library(e: &WebauthnError) -> String {
 }
 
 impl Mfa {
+    /// The time on the clock the ceremonies go by (Unix seconds).
+    pub fn now(&self) -> i64 {
+        self.clock.unix()
+    }
+
     /// Whether passkeys can be used here (`server.public_url` names a host).
     pub fn passkeys_enabled(&self) -> bool {
         self.webauthn.is_some()
@@ -188,7 +197,21 @@ impl Mfa {
                 ..record
             })
             .await?;
-        if let Err(e) = self.store.purge_ceremonies(now).await {
+        let last = self
+            .ceremonies_purged
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if now - last >= CEREMONY_PURGE_INTERVAL
+            && self
+                .ceremonies_purged
+                .compare_exchange(
+                    last,
+                    now,
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                )
+                .is_ok()
+            && let Err(e) = self.store.purge_ceremonies(now).await
+        {
             tracing::warn!(error = %e, "cannot purge ended passkey ceremonies");
         }
         Ok(Ceremony { id, options })

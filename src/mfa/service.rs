@@ -79,6 +79,8 @@ pub struct Mfa {
     /// Passkey ceremonies begun in the current window (start, count): the bound on the
     /// ceremonies this replica can make the store hold.
     pub(super) ceremonies: std::sync::Mutex<(i64, u32)>,
+    /// When this replica last purged the ended ceremonies (Unix seconds).
+    pub(super) ceremonies_purged: std::sync::atomic::AtomicI64,
 }
 
 /// What the MFA use cases call on, shared with the rest of gatehouse.
@@ -130,6 +132,7 @@ impl Mfa {
             public_url: public_url.to_owned(),
             webauthn: super::passkeys::relying_party(public_url).map(Arc::new),
             ceremonies: std::sync::Mutex::default(),
+            ceremonies_purged: std::sync::atomic::AtomicI64::new(0),
         }
     }
 

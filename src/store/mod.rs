@@ -996,7 +996,8 @@ pub trait Store: Send + Sync {
     async fn passkey(&self, id: &str) -> StoreResult<Option<Passkey>>;
     /// Atomically adds `passkey` to its user as `grant` allows, with the `webauthn` factor
     /// record beside it; sets `recovery_hashes` when given. A ticket grant is checked and used
-    /// as [`Store::confirm_ticket`] does (and voids the user's other pending tickets).
+    /// as [`Store::confirm_ticket`] does; whatever the grant, an added passkey voids the user's
+    /// pending tickets, as a confirmed factor does (SPEC §10).
     async fn add_passkey(
         &self,
         passkey: Passkey,

@@ -8,6 +8,7 @@ mod python_peer;
 
 mod admin;
 mod attack_lifecycle;
+mod attack_passkeys;
 mod attack_rules;
 mod audit;
 mod browser;

@@ -19,7 +19,7 @@ use crate::signin::{CSRF_COOKIE, PASSWORD, SESSION_COOKIE, enroll_totp, session_
 /// Gatehouse on an https port known beforehand, so that `server.public_url` (the relying party
 /// and the one origin passkeys answer) is the address the browser opens; `/admin/` needs a
 /// second factor, `/app/` a session.
-async fn start() -> (Upstream, Gatehouse) {
+pub(crate) async fn start() -> (Upstream, Gatehouse) {
     start_adjusted(|_| {}).await
 }
 
@@ -55,7 +55,7 @@ fn on_port(c: &mut Config, port: u16) {
 }
 
 /// The path and query of `url` when it is on `gh`'s https listener.
-fn local(gh: &Gatehouse, url: &str) -> Option<String> {
+pub(crate) fn local(gh: &Gatehouse, url: &str) -> Option<String> {
     url.strip_prefix(&gh.https_url(""))
         .filter(|rest| rest.starts_with('/'))
         .map(str::to_owned)
@@ -63,7 +63,7 @@ fn local(gh: &Gatehouse, url: &str) -> Option<String> {
 
 /// A virtual platform authenticator (user verification, discoverable credentials) in the
 /// browser's current tab; its id.
-async fn authenticator(browser: &Browser) -> String {
+pub(crate) async fn authenticator(browser: &Browser) -> String {
     browser
         .devtools("WebAuthn.enable", json!({"enableUI": false}))
         .await;
@@ -88,7 +88,7 @@ async fn authenticator(browser: &Browser) -> String {
 }
 
 /// The credentials the virtual authenticator `id` holds.
-async fn credentials(browser: &Browser, id: &str) -> Vec<Value> {
+pub(crate) async fn credentials(browser: &Browser, id: &str) -> Vec<Value> {
     let listed = browser
         .devtools("WebAuthn.getCredentials", json!({"authenticatorId": id}))
         .await;
@@ -99,7 +99,7 @@ async fn credentials(browser: &Browser, id: &str) -> Vec<Value> {
 }
 
 /// Signs in with the password form from `path` (a sign-in page); where the browser lands.
-async fn sign_in_with_password(browser: &Browser, gh: &Gatehouse, path: &str) -> String {
+pub(crate) async fn sign_in_with_password(browser: &Browser, gh: &Gatehouse, path: &str) -> String {
     browser.open(&gh.https_url(path)).await;
     browser.type_into("#user", "ada").await;
     browser.type_into("#password", PASSWORD).await;
@@ -110,7 +110,7 @@ async fn sign_in_with_password(browser: &Browser, gh: &Gatehouse, path: &str) ->
 }
 
 /// Registers a passkey named `name` on the passkeys page the browser shows.
-async fn add_passkey(browser: &Browser, name: &str) -> String {
+pub(crate) async fn add_passkey(browser: &Browser, name: &str) -> String {
     browser
         .execute(
             "document.getElementById('passkey-name').value = arguments[0];",
@@ -132,7 +132,7 @@ async fn add_passkey(browser: &Browser, name: &str) -> String {
 }
 
 /// The newest audit events' names and details.
-async fn audit(gh: &Gatehouse) -> Vec<(String, String)> {
+pub(crate) async fn audit(gh: &Gatehouse) -> Vec<(String, String)> {
     let events = gh.admin("GET", "/admin/v1/audit?limit=50", None).await;
     events
         .1
@@ -319,7 +319,10 @@ async fn a_passkey_from_an_enrollment_link_is_renamed_and_the_last_one_is_kept_w
 /// Asks gatehouse for sign-in options over HTTP (with a CSRF cookie of its own), has the browser
 /// answer them on the page it shows, and posts the answer; the status and page gatehouse
 /// answers, and the session cookie it set, if any.
-async fn sign_in_from_page(gh: &Gatehouse, browser: &Browser) -> (u16, String, Option<String>) {
+pub(crate) async fn sign_in_from_page(
+    gh: &Gatehouse,
+    browser: &Browser,
+) -> (u16, String, Option<String>) {
     sign_in_across(gh, gh, browser).await
 }
 

@@ -77,14 +77,6 @@ impl PgStore {
                 if marked == 0 {
                     return Ok(PasskeyAdded::Refused);
                 }
-                exec(
-                    &tx,
-                    "UPDATE gatehouse_tickets
-                     SET used = true, doc = jsonb_set(doc, ARRAY['used'], 'true'::JSONB)
-                     WHERE user_id = $1 AND NOT used",
-                    &[&user_id],
-                )
-                .await?;
             }
             PasskeyGrant::SecondFactor => {}
             PasskeyGrant::FirstFactor => {
@@ -114,6 +106,15 @@ impl PgStore {
         if inserted == 0 {
             return Ok(PasskeyAdded::Duplicate);
         }
+        // A factor confirmed, however it was granted: the user's pending tickets are void.
+        exec(
+            &tx,
+            "UPDATE gatehouse_tickets
+             SET used = true, doc = jsonb_set(doc, ARRAY['used'], 'true'::JSONB)
+             WHERE user_id = $1 AND NOT used",
+            &[&user_id],
+        )
+        .await?;
         let marker = Factor {
             v: SCHEMA_VERSION,
             user_id: passkey.user_id,

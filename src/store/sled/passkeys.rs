@@ -72,8 +72,8 @@ impl SledStore {
     ) -> StoreResult<PasskeyAdded> {
         let user_id = passkey.user_id;
         let created = stamp(now)?;
-        // The user's tickets, voided below when a ticket grants the passkey (as a confirmation
-        // does; one made after this scan was made against the factors before it).
+        // The user's tickets, voided below as a confirmation voids them, whatever grants the
+        // passkey (one made after this scan was made against the factors before it).
         let others = self
             .mfa
             .scan_prefix(mfa_key(user_id, b't', &[]))
@@ -119,16 +119,14 @@ impl SledStore {
                 if list.len() >= MAX_PASSKEYS {
                     return Ok(PasskeyAdded::Full);
                 }
-                if let PasskeyGrant::Ticket(_) = grant {
-                    for id in &others {
-                        let Some(bytes) = tickets.get(id)? else {
-                            continue;
-                        };
-                        let mut other: Ticket = tx_decode(&bytes)?;
-                        if !other.used {
-                            other.used = true;
-                            tickets.insert(id.as_slice(), tx_encode(&other)?)?;
-                        }
+                for id in &others {
+                    let Some(bytes) = tickets.get(id)? else {
+                        continue;
+                    };
+                    let mut other: Ticket = tx_decode(&bytes)?;
+                    if !other.used {
+                        other.used = true;
+                        tickets.insert(id.as_slice(), tx_encode(&other)?)?;
                     }
                 }
                 list.push(passkey.clone());
