@@ -399,10 +399,11 @@ include-path-regex = "^/admin/v1/users/"
 parameters = {{ userName = "{TARGET}" }}
 
 # The sign-in pages answer a form post only with this browser's CSRF cookie and token, and the
-# session document only with a session cookie: generated requests carry neither, so these
-# operations are checked for their answers' shape here, and their logic in tests/it/signin*.rs.
+# session document and the passkeys page only with a session cookie: generated requests carry
+# neither, so these operations are checked for their answers' shape here, and their logic in
+# tests/it/signin*.rs and tests/it/passkeys.rs.
 [[operations]]
-include-path-regex = "^/auth/(login|step-up|logout|session)$"
+include-path-regex = "^/auth/(login|step-up|logout|session|passkeys)$"
 warnings = {{ fail-on = ["missing_test_data", "validation_mismatch", "missing_deserializer", "method_not_allowed", "unresolvable_reference"] }}
 """)
     path = os.path.join(tmp, "schemathesis.toml")

@@ -87,6 +87,11 @@ async fn a_browser_is_sent_through_nginx_to_sign_in_and_comes_back_with_its_iden
     let session: serde_json::Value = serde_json::from_str(&session.body).unwrap();
     assert_eq!(session["user"], "ada");
 
+    // The passkeys page the step-up and sign-out pages link to is served by gatehouse too.
+    let passkeys = browser.get("/auth/passkeys").await;
+    assert_eq!(passkeys.status, 200, "{}", passkeys.body);
+    assert!(passkeys.body.contains("Your passkeys"), "{}", passkeys.body);
+
     // An mfa route with a password-only session: to step-up, also through nginx's 401.
     let page = browser.get("/secure/panel").await;
     assert_eq!(page.status, 302, "{}", page.body);

@@ -133,6 +133,7 @@ fn error_envelope(listener: &str, path: &str) -> Option<&'static [&'static str]>
             "/auth/login",
             "/auth/step-up",
             "/auth/logout",
+            "/auth/passkeys",
             "/auth/login/{id}",
             "/auth/callback/{id}",
         ]

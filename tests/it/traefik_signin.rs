@@ -124,6 +124,9 @@ async fn a_browser_is_sent_through_traefik_to_sign_in_and_comes_back_with_its_id
 
     let session = browser.get("/auth/session").await;
     assert_eq!(session.status, 200, "{}", session.body);
+    let passkeys = browser.get("/auth/passkeys").await;
+    assert_eq!(passkeys.status, 200, "{}", passkeys.body);
+    assert!(passkeys.body.contains("Your passkeys"), "{}", passkeys.body);
     let page = browser.get("/secure/panel").await;
     assert_eq!(page.status, 302, "{}", page.body);
     assert_eq!(page.location(), "/auth/step-up?rd=%2Fsecure%2Fpanel");
