@@ -130,7 +130,16 @@ impl Mfa {
             policy: Policy::from_config(&config.lockout),
             config: config.clone(),
             public_url: public_url.to_owned(),
-            webauthn: super::passkeys::relying_party(public_url).map(Arc::new),
+            webauthn: {
+                let rp = super::passkeys::relying_party(public_url).map(Arc::new);
+                if rp.is_none() {
+                    tracing::warn!(
+                        public_url,
+                        "passkeys are off: server.public_url must name a host, not an IP address"
+                    );
+                }
+                rp
+            },
             ceremonies: std::sync::Mutex::default(),
             ceremonies_purged: std::sync::atomic::AtomicI64::new(0),
         }

@@ -155,6 +155,11 @@ impl Mfa {
             (FactorKind::Otp, _, _) => {
                 return Err(MfaError::Invalid("this enrollment expects `otp`".into()));
             }
+            (FactorKind::Webauthn, _, _) => {
+                return Err(MfaError::Invalid(
+                    "this enrollment registers a passkey: open its link in a browser".into(),
+                ));
+            }
             _ => return Err(MfaError::Invalid("this enrollment expects `oob`".into())),
         };
         let confirmed = self.confirm(&ticket, code).await?;

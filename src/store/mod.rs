@@ -319,7 +319,11 @@ impl Outcome {
     /// The outcome an event's name implies: failures are named so (`…failed`, `…lockout`,
     /// `rate_limited`).
     pub fn of(event: &str) -> Outcome {
-        if event.ends_with("failed") || event.ends_with("lockout") || event == "rate_limited" {
+        if event.ends_with("failed")
+            || event.ends_with("refused")
+            || event.ends_with("lockout")
+            || event == "rate_limited"
+        {
             Outcome::Failure
         } else {
             Outcome::Success

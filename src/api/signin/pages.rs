@@ -247,7 +247,8 @@ pub(super) fn passkeys(view: &PasskeysView<'_>) -> String {
     }
     if let Some(codes) = view.recovery_codes {
         content.push_str(
-            "<h2>Recovery codes</h2><p>Keep these codes somewhere safe. Each one works once,              if you lose your passkeys. They are shown only now.</p><ol id=\"recovery-codes\">",
+            "<h2>Recovery codes</h2><p>Keep these codes somewhere safe. Each one works once, if \
+             you lose your passkeys. They are shown only now.</p><ol id=\"recovery-codes\">",
         );
         for code in codes {
             content.push_str(&format!("<li><code>{}</code></li>", escape(code)));
@@ -266,7 +267,7 @@ pub(super) fn passkeys(view: &PasskeysView<'_>) -> String {
             );
             let id = escape(&passkey.id);
             content.push_str(&format!(
-                "<li class=\"passkey\" data-id=\"{id}\"><strong>{name}</strong>                  <small>added {created}, {used}</small>\
+                "<li class=\"passkey\" data-id=\"{id}\"><strong>{name}</strong> <small>added {created}, {used}</small>\
                  <form method=\"post\" action=\"/auth/passkeys\">{hidden}\
                  <input type=\"hidden\" name=\"action\" value=\"rename\">\
                  <input type=\"hidden\" name=\"id\" value=\"{id}\">\

@@ -47,6 +47,13 @@ fn options_problem(e: &MfaError, instance: &str, request_id: &str) -> Response<B
             "Verify it's you with a second factor first, then add the passkey.".to_owned(),
             None,
         ),
+        MfaError::TicketGone | MfaError::TicketUnknown => (
+            StatusCode::GONE,
+            "gone",
+            "Gone",
+            "This link or page has expired or was already used.".to_owned(),
+            None,
+        ),
         MfaError::Invalid(why) => (
             StatusCode::BAD_REQUEST,
             "invalid-request",
