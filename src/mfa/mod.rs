@@ -12,6 +12,7 @@ pub use crate::lockout;
 pub mod passkeys;
 pub mod phone_login;
 mod recovery;
+mod relying_party;
 pub mod service;
 mod sms_opt_in;
 pub mod totp;

@@ -10,7 +10,6 @@
 //! second factor and required to sign in without a password.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -19,8 +18,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use webauthn_rs::prelude::{
     DiscoverableAuthentication, PublicKeyCredential, RegisterPublicKeyCredential, SecurityKey,
-    SecurityKeyAuthentication, SecurityKeyRegistration, Url, Uuid, Webauthn, WebauthnBuilder,
-    WebauthnError,
+    SecurityKeyAuthentication, SecurityKeyRegistration, Uuid, Webauthn, WebauthnError,
 };
 
 use crate::auth::{Method, Principal};
@@ -34,8 +32,7 @@ use super::codes;
 use super::enroll::Confirmed;
 use super::service::{Mfa, MfaError};
 
-/// How long a ceremony waits for the browser's answer, in seconds.
-pub const CEREMONY_TTL: i64 = 300;
+pub use super::relying_party::{CEREMONY_TTL, relying_party};
 
 /// The longest name a passkey may have, in characters.
 pub const NAME_MAX: usize = 64;
@@ -67,21 +64,6 @@ pub enum Registrant<'a> {
     Session(&'a Principal),
     /// Whoever holds the enrollment link with this ticket id.
     Ticket(&'a str),
-}
-
-/// The relying party `public_url` names: its host as the relying party id, its origin as the one
-/// origin accepted. `None` when the URL's host is no domain name (an IP address cannot be a
-/// WebAuthn relying party id).
-pub fn relying_party(public_url: &str) -> Option<Webauthn> {
-    let url = Url::parse(public_url).ok()?;
-    let host = url.domain()?.to_owned();
-    let origin = Url::parse(&url.origin().ascii_serialization()).ok()?;
-    WebauthnBuilder::new(&host, &origin)
-        .ok()?
-        .rp_name("Gatehouse")
-        .timeout(Duration::from_secs(CEREMONY_TTL.unsigned_abs()))
-        .build()
-        .ok()
 }
 
 /// A passkey name as given: trimmed, at most [`NAME_MAX`] characters, no control characters;

@@ -131,7 +131,7 @@ impl Mfa {
             config: config.clone(),
             public_url: public_url.to_owned(),
             webauthn: {
-                let rp = super::passkeys::relying_party(public_url).map(Arc::new);
+                let rp = super::relying_party::relying_party(public_url).map(Arc::new);
                 if rp.is_none() {
                     tracing::warn!(
                         public_url,
