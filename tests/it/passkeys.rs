@@ -612,6 +612,10 @@ async fn a_route_that_asks_for_a_passkey_takes_no_other_factor_and_a_reset_remov
         local(&gh, &at).unwrap().starts_with("/auth/step-up"),
         "{at}"
     );
+    // Only the passkey is offered: a code would not open the route.
+    let page = browser.source().await;
+    assert!(page.contains("id=\"passkey-step-up\""), "{page}");
+    assert!(!page.contains("id=\"code\""), "{page}");
     browser.click("#passkey-step-up").await;
     let landed = browser
         .url_once(|url| local(&gh, url).as_deref() == Some("/keys/x"))

@@ -525,11 +525,22 @@ impl SignIn {
         notice: Option<&str>,
         status: StatusCode,
     ) -> Response<Body> {
-        let factors = self.factor_kinds(principal).await;
+        let mut factors = self.factor_kinds(principal).await;
+        // Only the factors the target's route takes (`factors`, SPEC §13): another one would
+        // send the browser straight back here.
+        let path = target.split('?').next().unwrap_or_default();
+        let wanted = &self.rules.rule_for(&path::match_key(path)).factors;
+        if !wanted.is_empty() {
+            factors.retain(|kind| wanted.iter().any(|f| satisfies(*kind, *f)));
+        }
         let (token, set) = self.csrf(&parts.headers);
         let content = pages::step_up(&StepUpView {
             user: &principal.user_name,
             factors: &factors,
+            recovery: wanted.is_empty()
+                || wanted
+                    .iter()
+                    .any(|f| matches!(f, crate::config::Factor::Recovery)),
             csrf: &token,
             rd: target,
             error,
@@ -800,6 +811,19 @@ fn step_up_failure(e: &MfaError) -> (StatusCode, &'static str, Option<u64>) {
         | MfaError::Store(_)
         | MfaError::Internal(_) => (StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE, None),
     }
+}
+
+/// Whether stepping up with a factor of `kind` gives what a route's `factors` entry `wanted`
+/// names (a TOTP factor's form takes recovery codes too).
+fn satisfies(kind: FactorKind, wanted: crate::config::Factor) -> bool {
+    use crate::config::Factor;
+    matches!(
+        (kind, wanted),
+        (FactorKind::Otp, Factor::Totp | Factor::Recovery)
+            | (FactorKind::Sms, Factor::Sms)
+            | (FactorKind::Email, Factor::Email)
+            | (FactorKind::Webauthn, Factor::Webauthn)
+    )
 }
 
 /// The origin (`scheme://host[:port]`) of a URL, lower-cased.

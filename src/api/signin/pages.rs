@@ -112,7 +112,10 @@ pub(super) fn retry(text: &str, rd: &str) -> String {
 /// What the step-up page offers for the user's factors.
 pub(super) struct StepUpView<'a> {
     pub user: &'a str,
+    /// The user's factors that the target takes.
     pub factors: &'a [FactorKind],
+    /// Whether the target takes a recovery code.
+    pub recovery: bool,
     pub csrf: &'a str,
     pub rd: &'a str,
     pub error: Option<&'a str>,
@@ -157,14 +160,17 @@ pub(super) fn step_up(view: &StepUpView<'_>) -> String {
         } else {
             "A recovery code"
         };
-        content.push_str(&format!(
-            "<form method=\"post\" action=\"/auth/step-up\">{hidden}\
+        let codes = sent || view.factors.contains(&FactorKind::Otp) || view.recovery;
+        if codes {
+            content.push_str(&format!(
+                "<form method=\"post\" action=\"/auth/step-up\">{hidden}\
              <label for=\"code\">{what}</label>\
              <input id=\"code\" name=\"code\" type=\"text\" autocomplete=\"one-time-code\" \
              autocapitalize=\"none\" spellcheck=\"false\" maxlength=\"32\" required autofocus>\
              <button id=\"verify\" type=\"submit\">Verify</button></form>",
-            hidden = hidden(view.csrf, view.rd),
-        ));
+                hidden = hidden(view.csrf, view.rd),
+            ));
+        }
         for kind in view.factors {
             let (value, label) = match kind {
                 FactorKind::Sms => ("send-sms", "Text me a code"),
@@ -378,6 +384,7 @@ mod tests {
         let html = step_up(&StepUpView {
             user: "<u>",
             factors: &[FactorKind::Sms],
+            recovery: true,
             csrf: "c",
             rd: "/",
             error: None,
