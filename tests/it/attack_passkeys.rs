@@ -1,7 +1,9 @@
 //! Attacks on passkeys (SPEC §14 with the rules of §10, §11 and §13): a passkey added from a
 //! session voids the user's pending enrollment tickets like any confirmed factor, one
 //! enrollment link cannot fill the replica's window of ceremonies, and a passkey signs in
-//! nobody who is disabled, locked out or whose factors an administrator reset.
+//! nobody who is disabled, locked out or whose factors an administrator reset. A ceremony is
+//! finished only by its own user and for its own purpose, another user's passkey steps nobody
+//! up, and malformed answers and forged option posts get a page, never a failure of the server.
 
 use std::sync::Arc;
 
@@ -410,9 +412,15 @@ async fn register(
     let before = credential_ids(browser, authenticator).await;
     let options = visitor.options("/auth/passkeys", name).await;
     let credential = answer(browser, "create", &options, None, None).await;
-    let added = visitor.finish("/auth/passkeys", &options, &credential).await;
+    let added = visitor
+        .finish("/auth/passkeys", &options, &credential)
+        .await;
     assert_eq!(added.status, 200, "{}", added.body);
-    assert!(added.body.contains("Your passkey was added."), "{}", added.body);
+    assert!(
+        added.body.contains("Your passkey was added."),
+        "{}",
+        added.body
+    );
     credential_ids(browser, authenticator)
         .await
         .into_iter()
@@ -488,4 +496,82 @@ async fn ceremonies_and_passkeys_are_bound_to_their_user_and_purpose() {
         assert_eq!(passed.status, 303, "{}", passed.body);
     }
     browser.quit().await;
+}
+
+#[tokio::test]
+async fn malformed_passkey_answers_and_forged_option_posts_are_refused_with_a_page() {
+    let (_upstream, gh) = start().await;
+    let mut ada = Visitor::new(&gh).await;
+    ada.sign_in("ada").await;
+    let mut stranger = Visitor::new(&gh).await;
+    let huge = format!("{{\"id\":\"{}\"}}", "A".repeat(900_000));
+    let answers = [
+        "",
+        "not json",
+        "{",
+        "[]",
+        "null",
+        "{\"id\": 1, \"rawId\": [], \"type\": false, \"response\": \"x\"}",
+        "{\"id\":\"%%%\",\"rawId\":\"%%%\",\"type\":\"public-key\",\"extensions\":{},\
+         \"response\":{\"clientDataJSON\":\"***\",\"authenticatorData\":\"***\",\
+         \"signature\":\"***\",\"userHandle\":\"***\"}}",
+        "{\"id\":\"AAAA\",\"rawId\":\"AAAA\",\"type\":\"public-key\",\"extensions\":{},\
+         \"response\":{\"clientDataJSON\":\"AAAA\",\"attestationObject\":\"AAAA\"}}",
+        &huge,
+    ];
+    for credential in answers {
+        for (visitor, path) in [(&mut stranger, "/auth/login"), (&mut ada, "/auth/passkeys")] {
+            let options = visitor.options(path, "Key").await;
+            let refused = visitor.finish(path, &options, credential).await;
+            assert!(
+                [400, 401, 413].contains(&refused.status),
+                "{path} {}: {}",
+                refused.status,
+                &refused.body[..refused.body.len().min(300)]
+            );
+            assert!(refused.body.starts_with("<!doctype html>"), "{path}");
+            assert_eq!(refused.session, None);
+        }
+    }
+    // Nothing was added to Ada's account.
+    let page = ada.get("/auth/passkeys").await;
+    assert!(!page.body.contains("Remove"), "{}", page.body);
+
+    // The options are given to this site's own form posts only.
+    for path in ["/auth/login", "/auth/step-up", "/auth/passkeys"] {
+        let cookie = ada.cookie_header();
+        let client = &ada.client;
+        let post = |csrf: &str, origin: Option<&str>| {
+            let mut request = client
+                .post(gh.http_url(path))
+                .header("cookie", &cookie)
+                .form(&[("csrf", csrf), ("action", "passkey-options")]);
+            if let Some(origin) = origin {
+                request = request.header("origin", origin);
+            }
+            request.send()
+        };
+        for response in [
+            post("", None).await.unwrap(),
+            post("forged", None).await.unwrap(),
+            post(&ada.csrf, Some("https://evil.example")).await.unwrap(),
+        ] {
+            assert_eq!(response.status().as_u16(), 403, "{path}");
+            assert!(
+                !response
+                    .headers()
+                    .keys()
+                    .any(|k| k.as_str().starts_with("access-control-")),
+                "{path}"
+            );
+        }
+        let got = ada.get(path).await;
+        assert_ne!(got.headers.get("content-type").unwrap(), "application/json");
+        assert!(
+            !got.headers
+                .keys()
+                .any(|k| k.as_str().starts_with("access-control-")),
+            "{path}"
+        );
+    }
 }
