@@ -575,3 +575,47 @@ async fn malformed_passkey_answers_and_forged_option_posts_are_refused_with_a_pa
         );
     }
 }
+
+#[tokio::test]
+async fn a_passkey_that_did_not_verify_the_user_signs_nobody_in_and_does_not_step_up_once_it_did() {
+    let (_upstream, gh) = start().await;
+    let browser = Browser::start(true).await;
+    browser.open(&gh.https_url("/auth/login")).await;
+    let authenticator = authenticator(&browser).await;
+    sign_in_with_password(&browser, &gh, "/auth/login?rd=%2Fauth%2Fpasskeys").await;
+    add_passkey(&browser, "Laptop").await;
+    // From now on the authenticator answers without verifying the user wherever a page lets it
+    // (an attacker's page asks it not to).
+    browser
+        .devtools(
+            "WebAuthn.setUserVerified",
+            json!({"authenticatorId": authenticator, "isUserVerified": false}),
+        )
+        .await;
+    browser.open(&gh.https_url("/auth/login")).await;
+
+    let mut visitor = Visitor::new(&gh).await;
+    let options = visitor.options("/auth/login", "").await;
+    let credential = answer(&browser, "get", &options, None, Some("discouraged")).await;
+    let refused = visitor.finish("/auth/login", &options, &credential).await;
+    assert_eq!(refused.status, 401, "{}", refused.body);
+    assert!(refused.session.is_none());
+    assert!(refused.body.contains("That passkey was not accepted."));
+
+    // Registered with user verification, the passkey keeps needing it: an answer without it does
+    // not step up either (no downgrade by a page that asks for none).
+    let mut visitor = Visitor::new(&gh).await;
+    visitor.sign_in("ada").await;
+    visitor.get("/auth/step-up").await;
+    let options = visitor.options("/auth/step-up", "").await;
+    let credential = answer(&browser, "get", &options, None, Some("discouraged")).await;
+    let stepped_up = visitor.finish("/auth/step-up", &options, &credential).await;
+    assert_eq!(stepped_up.status, 401, "{}", stepped_up.body);
+    assert!(stepped_up.session.is_none());
+    let events = gh.admin("GET", "/admin/v1/audit?limit=5", None).await.1;
+    assert!(
+        events.to_string().contains("verif"),
+        "the refusal names user verification: {events}"
+    );
+    browser.quit().await;
+}
