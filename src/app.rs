@@ -46,7 +46,7 @@ impl App {
 
     /// Opens the configured store and loads keys, with the system clock.
     pub async fn open(config: Config) -> Result<App, String> {
-        let store = crate::backend::open(&config.store).await?;
+        let store = crate::backend::open(&config.store, config.auth.revocation_lag).await?;
         App::with_store(config, store, Arc::new(SystemClock)).await
     }
 

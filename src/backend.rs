@@ -1,6 +1,7 @@
 //! The store `[store]` configures: checked before start-up opens anything, then opened.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::StoreConfig;
 use crate::store::Store;
@@ -27,15 +28,19 @@ pub fn check(config: &StoreConfig) -> Result<(), String> {
     }
 }
 
-/// The configured backend: sled in `store.path`, or PostgreSQL at `store.url` (migrated on open).
-pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, String> {
+/// The configured backend: sled in `store.path`, or PostgreSQL at `store.url` (migrated on open),
+/// keeping what requests read for at most `revocation_lag` (`auth.revocation_lag`).
+pub async fn open(
+    config: &StoreConfig,
+    revocation_lag: Duration,
+) -> Result<Arc<dyn Store>, String> {
     check(config)?;
     match (config.backend.as_str(), &config.url) {
         ("postgres", Some(url)) => {
             let store = PgStore::connect(url.expose(), config.max_connections as usize)
                 .await
                 .map_err(|e| format!("store.url: {e}"))?;
-            Ok(Arc::new(store))
+            Ok(Arc::new(store.with_read_cache(revocation_lag)))
         }
         ("postgres", None) => Err("store.url: is required for the postgres backend".into()),
         _ => {

@@ -117,6 +117,11 @@ pub struct AuthConfig {
     /// How long a successful Basic verification is remembered.
     #[serde(serialize_with = "duration")]
     pub basic_cache_ttl: Duration,
+    /// How long a change to a user or session (a scope removed, a user disabled, tokens revoked,
+    /// a session ended) may take to reach a replica that keeps what requests read in memory
+    /// (PostgreSQL; SPEC §10); zero keeps nothing.
+    #[serde(serialize_with = "duration")]
+    pub revocation_lag: Duration,
     /// How often at most an issuer's JWKS is fetched again because of an unknown `kid`.
     #[serde(serialize_with = "duration")]
     pub jwks_min_refresh: Duration,
@@ -1249,6 +1254,21 @@ mod tests {
             let err = issuer(extra).unwrap_err().to_string();
             assert!(err.contains(expected), "{extra}: {err}");
         }
+    }
+
+    #[test]
+    fn revocation_lag_defaults_to_a_second_and_stays_under_a_minute() {
+        let config = from_toml_str("").unwrap();
+        assert_eq!(config.auth.revocation_lag, Duration::from_secs(1));
+        let config = from_toml_str("[auth]\nrevocation_lag = \"0s\"\n").unwrap();
+        assert_eq!(config.auth.revocation_lag, Duration::ZERO);
+        let err = from_toml_str("[auth]\nrevocation_lag = \"2m\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("auth.revocation_lag: must be at most 60s"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -206,6 +206,7 @@ pub(super) struct RawAuth {
     pub(super) require_application_token: Field<bool>,
     pub(super) application_token_header: Field<String>,
     pub(super) basic_cache_ttl: Field<String>,
+    pub(super) revocation_lag: Field<String>,
     pub(super) jwks_min_refresh: Field<String>,
     pub(super) trusted_issuers: Vec<RawTrustedIssuer>,
     pub(super) max_concurrent_hashes: Field<u64>,

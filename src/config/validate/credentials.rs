@@ -192,6 +192,12 @@ pub(super) fn auth(c: &mut Checker, a: RawAuth) -> AuthConfig {
             Duration::from_secs(60),
             parse_duration,
         ),
+        revocation_lag: c.get(
+            "auth.revocation_lag",
+            a.revocation_lag,
+            Duration::from_secs(1),
+            parse_duration,
+        ),
         jwks_min_refresh: c.get(
             "auth.jwks_min_refresh",
             a.jwks_min_refresh,
@@ -221,6 +227,9 @@ pub(super) fn auth(c: &mut Checker, a: RawAuth) -> AuthConfig {
             parse_duration,
         ),
     };
+    if auth.revocation_lag > MAX_REVOCATION_LAG {
+        c.problem("auth.revocation_lag", "must be at most 60s");
+    }
     if auth.failed_password_window < Duration::from_secs(1) {
         c.problem("auth.failed_password_window", "must be at least 1s");
     }
@@ -236,6 +245,10 @@ pub(super) fn auth(c: &mut Checker, a: RawAuth) -> AuthConfig {
     }
     auth
 }
+
+/// The longest `auth.revocation_lag`: a revocation that takes longer to reach every replica would
+/// not deserve the name.
+const MAX_REVOCATION_LAG: Duration = Duration::from_secs(60);
 
 /// The longest `tokens.key_prepublish`.
 const MAX_KEY_PREPUBLISH: Duration = Duration::from_secs(30 * 24 * 3600);

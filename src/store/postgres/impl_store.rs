@@ -1,5 +1,7 @@
 //! [`Store`] for [`PgStore`]: each operation, retried as a whole on serialization failures.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use tokio_postgres::types::Json;
 
@@ -11,6 +13,7 @@ use crate::store::{
     StoreError, StoreResult, Ticket, User, WsKey, stamp,
 };
 
+use super::cache::Change;
 use super::sessions::{COLUMNS as SESSION_COLUMNS, FLOW_COLUMNS, flow_from, session_from};
 use super::{
     Fail, PgStore, describe, doc, exec, external_key, factor_from, insert_audit, key, name_key,
@@ -59,6 +62,14 @@ impl Store for PgStore {
             .await
     }
 
+    async fn shared_user_by_id(&self, id: u64) -> StoreResult<Option<Arc<User>>> {
+        let read = async { Ok(self.user_by_id(id).await?.map(Arc::new)) };
+        match &self.cache {
+            Some(cache) => cache.user(id, read).await,
+            None => read.await,
+        }
+    }
+
     async fn user_by_external(&self, issuer: &str, subject: &str) -> StoreResult<Option<User>> {
         if !storable(issuer) || !storable(subject) {
             return Ok(None);
@@ -80,18 +91,26 @@ impl Store for PgStore {
         if !storable(user_name) {
             return Err(StoreError::NotFound(format!("user {user_name}")));
         }
-        Ok(retry(|| self.modify_user_once(user_name, &modified, change)).await?)
+        let user = retry(|| self.modify_user_once(user_name, &modified, change)).await?;
+        self.changed(&[Change::User(user.id)]).await;
+        Ok(user)
     }
 
     async fn delete_user(&self, user_name: &str) -> StoreResult<bool> {
         if !storable(user_name) {
             return Ok(false);
         }
-        Ok(retry(|| self.delete_user_once(user_name)).await?)
+        let deleted = retry(|| self.delete_user_once(user_name)).await?;
+        if deleted {
+            self.changed(&[Change::Everything]).await;
+        }
+        Ok(deleted)
     }
 
     async fn reset_mfa(&self, user_id: u64) -> StoreResult<()> {
-        Ok(retry(|| self.reset_mfa_once(user_id)).await?)
+        retry(|| self.reset_mfa_once(user_id)).await?;
+        self.changed(&[Change::User(user_id)]).await;
+        Ok(())
     }
 
     async fn create_application(&self, app: Application) -> StoreResult<()> {
@@ -105,13 +124,20 @@ impl Store for PgStore {
         if !storable(token_hash) {
             return Ok(None);
         }
-        self.find(
-            "SELECT a.doc FROM gatehouse_application_tokens t
-             JOIN gatehouse_applications a ON a.name = t.name
-             WHERE t.token_hash = $1",
-            &[&token_hash],
-        )
-        .await
+        let read = async {
+            self.find(
+                "SELECT a.doc FROM gatehouse_application_tokens t
+                 JOIN gatehouse_applications a ON a.name = t.name
+                 WHERE t.token_hash = $1",
+                &[&token_hash],
+            )
+            .await
+        };
+        match &self.cache {
+            // Registered tokens are never removed, only handed to a newer application.
+            Some(cache) => cache.application(token_hash, read).await,
+            None => read.await,
+        }
     }
 
     async fn create_organization(&self, org: Organization) -> StoreResult<()> {
@@ -356,10 +382,14 @@ impl Store for PgStore {
         if !storable(purpose) {
             return Ok(CodeLogin::Wrong);
         }
-        Ok(retry(|| {
+        let login = retry(|| {
             self.login_with_code_once(user_id, purpose, code_hash, now, &login_time, event)
         })
-        .await?)
+        .await?;
+        if matches!(login, CodeLogin::Accepted(_)) {
+            self.changed(&[Change::User(user_id)]).await;
+        }
+        Ok(login)
     }
 
     async fn replace_recovery_codes(&self, user_id: u64, hashes: Vec<String>) -> StoreResult<()> {
@@ -560,7 +590,9 @@ impl Store for PgStore {
     }
 
     async fn import(&self, snapshot: Snapshot) -> StoreResult<()> {
-        Ok(retry(|| self.import_once(&snapshot)).await?)
+        retry(|| self.import_once(&snapshot)).await?;
+        self.changed(&[Change::Everything]).await;
+        Ok(())
     }
 
     async fn create_session(&self, session: Session, keep: usize) -> StoreResult<()> {
@@ -568,21 +600,33 @@ impl Store for PgStore {
             return Err(StoreError::Backend("a session field holds NUL".into()));
         }
         let keep = i64::try_from(keep).unwrap_or(i64::MAX);
-        Ok(retry(|| self.create_session_once(&session, keep)).await?)
+        let ended = retry(|| self.create_session_once(&session, keep)).await?;
+        // Beyond the cap, the user's oldest sessions ended.
+        if !ended.is_empty() {
+            let ended: Vec<Change> = ended.into_iter().map(Change::Session).collect();
+            self.changed(&ended).await;
+        }
+        Ok(())
     }
 
     async fn session(&self, id_hash: &str) -> StoreResult<Option<Session>> {
         if !storable(id_hash) {
             return Ok(None);
         }
-        let client = self.client().await?;
-        let found = row(
-            &client,
-            &format!("SELECT {SESSION_COLUMNS} FROM gatehouse_sessions WHERE id_hash = $1"),
-            &[&id_hash],
-        )
-        .await?;
-        Ok(found.as_ref().map(session_from).transpose()?)
+        let read = async {
+            let client = self.client().await?;
+            let found = row(
+                &client,
+                &format!("SELECT {SESSION_COLUMNS} FROM gatehouse_sessions WHERE id_hash = $1"),
+                &[&id_hash],
+            )
+            .await?;
+            Ok(found.as_ref().map(session_from).transpose()?)
+        };
+        match &self.cache {
+            Some(cache) => cache.session(id_hash, read).await,
+            None => read.await,
+        }
     }
 
     async fn touch_session(&self, id_hash: &str, now: i64) -> StoreResult<bool> {
@@ -596,6 +640,7 @@ impl Store for PgStore {
                 &[&id_hash, &now],
             )
             .await?;
+        self.changed(&[Change::Session(id_hash.to_owned())]).await;
         Ok(updated == 1)
     }
 
@@ -606,7 +651,9 @@ impl Store for PgStore {
         if !session_storable(&new) {
             return Err(StoreError::Backend("a session field holds NUL".into()));
         }
-        Ok(retry(|| self.replace_session_once(old_hash, &new)).await?)
+        let replaced = retry(|| self.replace_session_once(old_hash, &new)).await?;
+        self.changed(&[Change::Session(old_hash.to_owned())]).await;
+        Ok(replaced)
     }
 
     async fn delete_session(&self, id_hash: &str) -> StoreResult<bool> {
@@ -619,19 +666,29 @@ impl Store for PgStore {
                 &[&id_hash],
             )
             .await?;
+        self.changed(&[Change::Session(id_hash.to_owned())]).await;
         Ok(deleted == 1)
     }
 
     async fn delete_user_sessions(&self, user_id: u64) -> StoreResult<u64> {
-        Ok(retry(|| self.delete_user_sessions_once(user_id)).await?)
+        let deleted = retry(|| self.delete_user_sessions_once(user_id)).await?;
+        if deleted > 0 {
+            self.changed(&[Change::Sessions]).await;
+        }
+        Ok(deleted)
     }
 
     async fn purge_sessions(&self, now: i64, idle_before: i64) -> StoreResult<u64> {
-        self.execute(
-            "DELETE FROM gatehouse_sessions WHERE expires <= $1 OR last_seen <= $2",
-            &[&now, &idle_before],
-        )
-        .await
+        let purged = self
+            .execute(
+                "DELETE FROM gatehouse_sessions WHERE expires <= $1 OR last_seen <= $2",
+                &[&now, &idle_before],
+            )
+            .await?;
+        if purged > 0 {
+            self.changed(&[Change::Sessions]).await;
+        }
+        Ok(purged)
     }
 
     async fn delete_idp_sessions(
@@ -643,7 +700,11 @@ impl Store for PgStore {
         if !storable(provider) || sid.is_some_and(|sid| !storable(sid)) {
             return Ok(0);
         }
-        Ok(retry(|| self.delete_idp_sessions_once(provider, user_id, sid)).await?)
+        let deleted = retry(|| self.delete_idp_sessions_once(provider, user_id, sid)).await?;
+        if deleted > 0 {
+            self.changed(&[Change::Sessions]).await;
+        }
+        Ok(deleted)
     }
 
     async fn create_login_flow(&self, flow: LoginFlow) -> StoreResult<()> {

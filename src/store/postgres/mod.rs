@@ -6,6 +6,7 @@
 //! transactions are retried on serialization failures, which CockroachDB reports routinely.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{GenericClient, Pool, PoolError};
@@ -16,6 +17,7 @@ use tokio_postgres::types::{Json, ToSql};
 
 use super::{AuditEvent, Factor, StoreError, StoreResult};
 
+mod cache;
 mod domains;
 mod impl_store;
 mod mfa;
@@ -29,6 +31,8 @@ mod users;
 
 pub use schema::check_url;
 
+use cache::{Change, ReadCache};
+
 /// Connecting, waiting for a pooled connection and recycling one each give up after this, so an
 /// outage answers errors quickly instead of piling up requests.
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -41,9 +45,26 @@ const ATTEMPTS: u32 = 10;
 const NEXT: &str = "INSERT INTO gatehouse_counters (name, value) VALUES ($1, 1)
     ON CONFLICT (name) DO UPDATE SET value = gatehouse_counters.value + 1 RETURNING value";
 
-/// The PostgreSQL store: a connection pool; all state lives in the database.
+/// The PostgreSQL store: a connection pool; all state lives in the database, and what every
+/// authenticated request reads may be kept in memory for `auth.revocation_lag`
+/// ([`PgStore::with_read_cache`]).
 pub struct PgStore {
     pool: Pool,
+    /// How the pool connects, for the connection that listens for other replicas' changes.
+    config: tokio_postgres::Config,
+    tls: bool,
+    /// Whether the database takes `pg_notify` (PostgreSQL does, CockroachDB does not).
+    announce: bool,
+    cache: Option<Arc<ReadCache>>,
+    listener: Option<tokio::task::AbortHandle>,
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        if let Some(listener) = &self.listener {
+            listener.abort();
+        }
+    }
 }
 
 /// Why an attempt failed, before it becomes a [`StoreError`]: database errors keep their SQLSTATE
@@ -314,6 +335,59 @@ async fn reset_mfa_in(c: &impl GenericClient, user_id: i64) -> Result<(), Fail> 
 }
 
 impl PgStore {
+    /// Keeps what every authenticated request reads (its user, its session, its
+    /// ApplicationToken's registration) for at most `lag`, and listens for the changes other
+    /// replicas announce; `lag` zero keeps nothing.
+    pub fn with_read_cache(mut self, lag: Duration) -> PgStore {
+        if lag.is_zero() {
+            return self;
+        }
+        let cache = Arc::new(ReadCache::new(lag, self.announce));
+        let listener = tokio::spawn(cache::listen(
+            self.config.clone(),
+            self.tls,
+            Arc::downgrade(&cache),
+        ));
+        self.listener = Some(listener.abort_handle());
+        self.cache = Some(cache);
+        self
+    }
+
+    /// Whether this store's cache hears the changes other replicas announce.
+    #[cfg(test)]
+    fn hears_changes(&self) -> bool {
+        self.cache.as_ref().is_some_and(|c| c.listening())
+    }
+
+    /// After a committed change: drops what it made stale here, and announces it to the other
+    /// replicas. An announcement that fails is only logged: their cached reads still expire
+    /// after `auth.revocation_lag`.
+    async fn changed(&self, changes: &[Change]) {
+        if let Some(cache) = &self.cache {
+            cache.drop_changed(changes);
+        }
+        if !self.announce {
+            return;
+        }
+        let payload = Change::payload(changes);
+        let sent = async {
+            let client = self.client().await?;
+            exec(
+                &client,
+                "SELECT pg_notify($1, $2)",
+                &[&cache::CHANNEL, &payload],
+            )
+            .await
+        };
+        if let Err(fail) = sent.await {
+            tracing::warn!(
+                "could not announce a change to other replicas ({}); they see it within \
+                 auth.revocation_lag",
+                StoreError::from(fail)
+            );
+        }
+    }
+
     async fn client(&self) -> Result<deadpool_postgres::Object, Fail> {
         Ok(self.pool.get().await?)
     }

@@ -176,7 +176,7 @@ const CREATE_MIGRATIONS: &str = "CREATE TABLE IF NOT EXISTS gatehouse_migrations
 
 /// Roots for verifying the database's certificate. libpq's `sslmode=require` skips verification;
 /// here it verifies against the system's roots.
-fn tls() -> StoreResult<tokio_postgres_rustls::MakeRustlsConnect> {
+pub(super) fn tls() -> StoreResult<tokio_postgres_rustls::MakeRustlsConnect> {
     let found = rustls_native_certs::load_native_certs();
     let mut roots = rustls::RootCertStore::empty();
     let (added, _unparsable) = roots.add_parsable_certificates(found.certs);
@@ -216,10 +216,11 @@ impl PgStore {
         // TLS when the URL asks for it (`sslmode=require`), and then always verified. Without it
         // (libpq's default `prefer` included) the connection is plain: unverified TLS would
         // only look safer.
-        let manager = if config.get_ssl_mode() == SslMode::Require {
-            Manager::from_config(config, tls()?, manager_config)
+        let tls = config.get_ssl_mode() == SslMode::Require;
+        let manager = if tls {
+            Manager::from_config(config.clone(), self::tls()?, manager_config)
         } else {
-            Manager::from_config(config, NoTls, manager_config)
+            Manager::from_config(config.clone(), NoTls, manager_config)
         };
         let pool = Pool::builder(manager)
             .max_size(max_connections.max(1))
@@ -231,9 +232,31 @@ impl PgStore {
             })
             .build()
             .map_err(|e| StoreError::Backend(format!("cannot set up the database pool: {e}")))?;
-        let store = PgStore { pool };
+        let mut store = PgStore {
+            pool,
+            config,
+            tls,
+            announce: false,
+            cache: None,
+            listener: None,
+        };
         store.migrate().await?;
+        store.announce = store.can_announce().await;
         Ok(store)
+    }
+
+    /// Whether the database takes `pg_notify`: an empty announcement, which listeners ignore.
+    async fn can_announce(&self) -> bool {
+        let Ok(client) = self.pool.get().await else {
+            return false;
+        };
+        client
+            .simple_query(&format!(
+                "SELECT pg_notify('{}', '')",
+                super::cache::CHANNEL
+            ))
+            .await
+            .is_ok()
     }
 
     /// Applies the migrations this database lacks. Safe to run from several replicas at once: a

@@ -86,12 +86,13 @@ async fn lock_user(c: &impl GenericClient, user_id: i64) -> Result<bool, Fail> {
 
 impl PgStore {
     /// Stores the session, then deletes the user's oldest beyond `keep` (by `created`, ties by id
-    /// hash in byte order, as sled orders them). `NotFound` when the user does not exist.
+    /// hash in byte order, as sled orders them); the id hashes of those deleted. `NotFound` when
+    /// the user does not exist.
     pub(super) async fn create_session_once(
         &self,
         session: &Session,
         keep: i64,
-    ) -> Result<(), Fail> {
+    ) -> Result<Vec<String>, Fail> {
         let user_id = key(session.user_id);
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
@@ -99,17 +100,20 @@ impl PgStore {
             return Err(StoreError::NotFound(format!("user {}", session.user_id)).into());
         }
         insert(&tx, session).await?;
-        exec(
+        let ended = rows(
             &tx,
             "DELETE FROM gatehouse_sessions WHERE id_hash IN (
                 SELECT id_hash FROM gatehouse_sessions WHERE user_id = $1
                 ORDER BY created DESC, id_hash COLLATE \"C\" DESC OFFSET $2
-            )",
+            ) RETURNING id_hash",
             &[&user_id, &keep],
         )
         .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(ended
+            .iter()
+            .map(|r| r.try_get("id_hash"))
+            .collect::<Result<_, _>>()?)
     }
 
     /// Deletes `old_hash` and stores `new`; of concurrent rotations of one session, the first to

@@ -960,3 +960,253 @@ async fn a_sled_store_moves_over_unchanged() {
     assert!(err.to_string().contains("not empty"), "{err}");
     assert_eq!(pg.export().await.unwrap(), before, "nothing written");
 }
+
+/// A store that keeps what requests read for `lag`, once it hears other replicas' changes.
+async fn cached_store(db: &TestDb, lag: Duration) -> PgStore {
+    let store = db.store().await.with_read_cache(lag);
+    for _ in 0..200 {
+        if store.hears_changes() {
+            return store;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the cache never started listening");
+}
+
+/// Polls `check` for up to two seconds.
+async fn within_two_seconds<F, Fut>(mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    for _ in 0..80 {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    false
+}
+
+fn session_of(user_id: u64, id_hash: &str) -> Session {
+    Session {
+        id_hash: id_hash.into(),
+        user_id,
+        methods: vec!["pwd".into()],
+        created: NOW_UNIX,
+        last_seen: NOW_UNIX,
+        expires: NOW_UNIX + 3600,
+        idp: None,
+    }
+}
+
+#[tokio::test]
+async fn a_user_disabled_through_another_replica_is_seen_disabled_at_once() {
+    let db = TestDb::new().await;
+    // A lag far longer than the test: only the announcement can explain a fresh read.
+    let reader = cached_store(&db, Duration::from_secs(600)).await;
+    let writer = db.store().await;
+    let ada = writer.create_user(new_user("ada"), NOW_UNIX).await.unwrap();
+    assert!(
+        !reader
+            .shared_user_by_id(ada.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .disabled()
+    );
+    writer
+        .modify_user("ada", NOW_UNIX, &|u: &mut User| u.is_valid = false)
+        .await
+        .unwrap();
+    assert!(
+        within_two_seconds(|| async {
+            reader
+                .shared_user_by_id(ada.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .disabled()
+        })
+        .await,
+        "the reader kept serving the enabled user"
+    );
+    // Deleted elsewhere: gone here too.
+    writer.delete_user("ada").await.unwrap();
+    assert!(
+        within_two_seconds(|| async { reader.shared_user_by_id(ada.id).await.unwrap().is_none() })
+            .await
+    );
+}
+
+#[tokio::test]
+async fn a_change_nobody_announced_is_seen_once_the_lag_has_passed() {
+    let db = TestDb::new().await;
+    let lag = Duration::from_millis(400);
+    let reader = cached_store(&db, lag).await;
+    let ada = reader.create_user(new_user("ada"), NOW_UNIX).await.unwrap();
+    assert!(reader.shared_user_by_id(ada.id).await.unwrap().is_some());
+    // Changed behind gatehouse's back: no announcement.
+    let mut disabled = ada.clone();
+    disabled.is_valid = false;
+    let client = admin_of(&db).await;
+    client
+        .execute(
+            "UPDATE gatehouse_users SET doc = $2 WHERE id = $1",
+            &[&key(ada.id), &tokio_postgres::types::Json(&disabled)],
+        )
+        .await
+        .unwrap();
+    assert!(
+        !reader
+            .shared_user_by_id(ada.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .disabled(),
+        "the read was not cached"
+    );
+    tokio::time::sleep(lag + Duration::from_millis(100)).await;
+    assert!(
+        reader
+            .shared_user_by_id(ada.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .disabled()
+    );
+}
+
+#[tokio::test]
+async fn a_change_made_here_is_seen_here_on_the_next_read() {
+    let db = TestDb::new().await;
+    let store = cached_store(&db, Duration::from_secs(600)).await;
+    let ada = store.create_user(new_user("ada"), NOW_UNIX).await.unwrap();
+    store
+        .create_session(session_of(ada.id, "one"), 10)
+        .await
+        .unwrap();
+    assert!(store.shared_user_by_id(ada.id).await.unwrap().is_some());
+    assert!(store.session("one").await.unwrap().is_some());
+    store
+        .modify_user("ada", NOW_UNIX, &|u: &mut User| {
+            u.scopes = vec!["read".into()]
+        })
+        .await
+        .unwrap();
+    let user = store.shared_user_by_id(ada.id).await.unwrap().unwrap();
+    assert_eq!(user.scopes, vec!["read".to_owned()]);
+    store.delete_session("one").await.unwrap();
+    assert!(store.session("one").await.unwrap().is_none());
+    // Beyond the cap, the oldest session ends and is not served again.
+    store
+        .create_session(session_of(ada.id, "two"), 1)
+        .await
+        .unwrap();
+    assert!(store.session("two").await.unwrap().is_some());
+    let mut newer = session_of(ada.id, "three");
+    newer.created += 1;
+    store.create_session(newer, 1).await.unwrap();
+    assert!(store.session("two").await.unwrap().is_none());
+    assert!(store.session("three").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn sessions_ended_through_another_replica_are_not_served_from_the_cache() {
+    let db = TestDb::new().await;
+    let reader = cached_store(&db, Duration::from_secs(600)).await;
+    let writer = db.store().await;
+    let ada = writer.create_user(new_user("ada"), NOW_UNIX).await.unwrap();
+    for id in ["one", "two", "three"] {
+        writer
+            .create_session(session_of(ada.id, id), 10)
+            .await
+            .unwrap();
+        assert!(reader.session(id).await.unwrap().is_some());
+    }
+    writer.delete_session("one").await.unwrap();
+    assert!(within_two_seconds(|| async { reader.session("one").await.unwrap().is_none() }).await);
+    assert!(reader.session("two").await.unwrap().is_some());
+    writer.delete_user_sessions(ada.id).await.unwrap();
+    assert!(
+        within_two_seconds(|| async {
+            reader.session("two").await.unwrap().is_none()
+                && reader.session("three").await.unwrap().is_none()
+        })
+        .await
+    );
+}
+
+#[tokio::test]
+async fn without_a_revocation_lag_nothing_is_cached() {
+    let db = TestDb::new().await;
+    let store = db.store().await.with_read_cache(Duration::ZERO);
+    let ada = store.create_user(new_user("ada"), NOW_UNIX).await.unwrap();
+    assert!(store.shared_user_by_id(ada.id).await.unwrap().is_some());
+    let mut disabled = ada.clone();
+    disabled.is_valid = false;
+    admin_of(&db)
+        .await
+        .execute(
+            "UPDATE gatehouse_users SET doc = $2 WHERE id = $1",
+            &[&key(ada.id), &tokio_postgres::types::Json(&disabled)],
+        )
+        .await
+        .unwrap();
+    assert!(
+        store
+            .shared_user_by_id(ada.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .disabled()
+    );
+}
+
+/// A plain connection to the test's database, beside gatehouse's.
+async fn admin_of(db: &TestDb) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(&db.url(), NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+#[tokio::test]
+async fn a_replica_that_stops_hearing_changes_stops_serving_what_it_kept() {
+    let db = TestDb::new().await;
+    let reader = cached_store(&db, Duration::from_secs(600)).await;
+    let ada = reader.create_user(new_user("ada"), NOW_UNIX).await.unwrap();
+    assert!(reader.shared_user_by_id(ada.id).await.unwrap().is_some());
+    let client = admin_of(&db).await;
+    // The listening connection is cut, and a change is made that nobody announces.
+    client
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut disabled = ada.clone();
+    disabled.is_valid = false;
+    client
+        .execute(
+            "UPDATE gatehouse_users SET doc = $2 WHERE id = $1",
+            &[&key(ada.id), &tokio_postgres::types::Json(&disabled)],
+        )
+        .await
+        .unwrap();
+    assert!(
+        within_two_seconds(|| async {
+            reader
+                .shared_user_by_id(ada.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .disabled()
+        })
+        .await,
+        "the kept user outlived the connection that would have announced its change"
+    );
+    // Listening again after a while, the cache serves again what it reads from then on.
+    assert!(within_two_seconds(|| async { reader.hears_changes() }).await);
+}

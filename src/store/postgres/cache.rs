@@ -1,0 +1,470 @@
+//! What every authenticated request reads from the database (its user, its session, whether its
+//! ApplicationToken is registered), kept in memory for at most `auth.revocation_lag` (SPEC §10),
+//! so that a replica on PostgreSQL answers such requests without a query.
+//!
+//! Staleness is bounded three ways:
+//! - every entry expires `auth.revocation_lag` after it was read, whatever else happens;
+//! - a change this replica makes drops the entries it touches once it is committed, before the
+//!   change is answered;
+//! - the change is announced on the `gatehouse_cache` channel (`pg_notify`), and every replica
+//!   listening there drops the same entries as the notification arrives, so another replica
+//!   usually sees it at once rather than after the lag. Databases without `LISTEN`/`NOTIFY`
+//!   (CockroachDB) keep the first two.
+//!
+//! Only what was found is kept: an unknown id or session costs a query every time, as it did
+//! before, so no client can fill the cache with names it made up. A read that overlaps a change
+//! keeps nothing (see [`ReadCache::through`]), so a value read before a commit cannot outlive it.
+
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use moka::sync::Cache;
+use tokio_postgres::{AsyncMessage, NoTls};
+
+use crate::store::{Application, Session, StoreResult, User};
+
+/// The channel changes are announced on.
+pub(super) const CHANNEL: &str = "gatehouse_cache";
+
+/// How many users, sessions and application tokens a replica keeps at most (each bound on its
+/// own); beyond, the least used entries go and are read again when next needed.
+const USERS: u64 = 20_000;
+const SESSIONS: u64 = 50_000;
+const APPLICATIONS: u64 = 1_000;
+
+/// How long the listener waits before connecting again after losing its connection.
+const RECONNECT: Duration = Duration::from_secs(1);
+
+/// A change that makes cached entries stale, as it is announced to the other replicas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Change {
+    /// One user's record changed or went.
+    User(u64),
+    /// One session changed or ended.
+    Session(String),
+    /// Sessions were ended by a rule (a user's, a provider's, the expired ones).
+    Sessions,
+    /// Anything may have changed (a user deleted, a snapshot imported).
+    Everything,
+}
+
+impl Change {
+    /// The notification payload: one line per change.
+    fn encode(&self) -> String {
+        match self {
+            Change::User(id) => format!("u {id}"),
+            Change::Session(hash) => format!("s {hash}"),
+            Change::Sessions => "S".to_owned(),
+            Change::Everything => "*".to_owned(),
+        }
+    }
+
+    /// A payload line; an unknown one (from a newer replica) is taken as [`Change::Everything`].
+    fn decode(line: &str) -> Change {
+        match line.split_once(' ') {
+            Some(("u", id)) => id.parse().map_or(Change::Everything, Change::User),
+            Some(("s", hash)) => Change::Session(hash.to_owned()),
+            None if line == "S" => Change::Sessions,
+            _ => Change::Everything,
+        }
+    }
+
+    /// The payload of `changes`.
+    pub(super) fn payload(changes: &[Change]) -> String {
+        changes
+            .iter()
+            .map(Change::encode)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// The cached reads of one replica.
+pub(super) struct ReadCache {
+    users: Cache<u64, Arc<User>>,
+    sessions: Cache<String, Session>,
+    applications: Cache<String, Application>,
+    /// Bumped before every drop of entries: a read that saw it move did not necessarily read
+    /// what the change committed, and keeps nothing.
+    changes: AtomicU64,
+    /// Whether the listener is connected and listening.
+    listening: AtomicBool,
+    /// Whether entries are served only while [`ReadCache::listening`]: on a database that
+    /// announces changes, a replica that stopped hearing them (the connection lost, the
+    /// database down) reads through until it hears them again, so an outage fails closed at
+    /// once.
+    needs_listener: bool,
+}
+
+impl ReadCache {
+    pub(super) fn new(lag: Duration, needs_listener: bool) -> ReadCache {
+        fn cache<K, V>(capacity: u64, lag: Duration) -> Cache<K, V>
+        where
+            K: Hash + Eq + Send + Sync + 'static,
+            V: Clone + Send + Sync + 'static,
+        {
+            Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(lag)
+                .build()
+        }
+        ReadCache {
+            users: cache(USERS, lag),
+            sessions: cache(SESSIONS, lag),
+            applications: cache(APPLICATIONS, lag),
+            changes: AtomicU64::new(0),
+            listening: AtomicBool::new(false),
+            needs_listener,
+        }
+    }
+
+    /// Whether entries may be served and kept now.
+    fn serving(&self) -> bool {
+        !self.needs_listener || self.listening.load(Ordering::SeqCst)
+    }
+
+    pub(super) async fn user<F>(&self, id: u64, read: F) -> StoreResult<Option<Arc<User>>>
+    where
+        F: Future<Output = StoreResult<Option<Arc<User>>>>,
+    {
+        self.through(&self.users, &id, || id, read).await
+    }
+
+    pub(super) async fn session<F>(&self, id_hash: &str, read: F) -> StoreResult<Option<Session>>
+    where
+        F: Future<Output = StoreResult<Option<Session>>>,
+    {
+        self.through(&self.sessions, id_hash, || id_hash.to_owned(), read)
+            .await
+    }
+
+    pub(super) async fn application<F>(
+        &self,
+        token_hash: &str,
+        read: F,
+    ) -> StoreResult<Option<Application>>
+    where
+        F: Future<Output = StoreResult<Option<Application>>>,
+    {
+        self.through(
+            &self.applications,
+            token_hash,
+            || token_hash.to_owned(),
+            read,
+        )
+        .await
+    }
+
+    /// The cached value of `key`, else what `read` finds, kept when it found something and no
+    /// change was dropped while it read. The drop of a change is `changes += 1`, then the
+    /// entries removed; so a read that began before a change's counter moved either sees it
+    /// move after inserting (and removes its entry again), or inserts before the change removes
+    /// its entries. Either way nothing read before a commit stays.
+    async fn through<K, Q, V, F>(
+        &self,
+        cache: &Cache<K, V>,
+        key: &Q,
+        owned: impl FnOnce() -> K,
+        read: F,
+    ) -> StoreResult<Option<V>>
+    where
+        K: Hash + Eq + Send + Sync + 'static + std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+        V: Clone + Send + Sync + 'static,
+        F: Future<Output = StoreResult<Option<V>>>,
+    {
+        if !self.serving() {
+            return read.await;
+        }
+        if let Some(found) = cache.get(key) {
+            return Ok(Some(found));
+        }
+        let before = self.changes.load(Ordering::SeqCst);
+        let found = read.await?;
+        if let Some(value) = &found
+            && self.serving()
+        {
+            cache.insert(owned(), value.clone());
+            if self.changes.load(Ordering::SeqCst) != before {
+                cache.invalidate(key);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Drops what `changes` make stale.
+    pub(super) fn drop_changed(&self, changes: &[Change]) {
+        self.changes.fetch_add(1, Ordering::SeqCst);
+        for change in changes {
+            match change {
+                Change::User(id) => self.users.invalidate(id),
+                Change::Session(hash) => self.sessions.invalidate(hash),
+                Change::Sessions => self.sessions.invalidate_all(),
+                Change::Everything => self.drop_all(),
+            }
+        }
+    }
+
+    fn drop_all(&self) {
+        self.changes.fetch_add(1, Ordering::SeqCst);
+        self.users.invalidate_all();
+        self.sessions.invalidate_all();
+        self.applications.invalidate_all();
+    }
+
+    /// Drops what a notification's payload names.
+    fn drop_announced(&self, payload: &str) {
+        let changes: Vec<Change> = payload
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(Change::decode)
+            .collect();
+        if !changes.is_empty() {
+            self.drop_changed(&changes);
+        }
+    }
+
+    /// Whether changes of other replicas reach this one as they happen.
+    #[cfg(test)]
+    pub(super) fn listening(&self) -> bool {
+        self.listening.load(Ordering::SeqCst)
+    }
+}
+
+/// Listens for announced changes for as long as `cache` lives, connecting again after a lost
+/// connection (everything cached is dropped each time it is listening again: what was announced
+/// meanwhile was missed). Ends for good when the database has no `LISTEN`.
+pub(super) async fn listen(config: tokio_postgres::Config, tls: bool, cache: Weak<ReadCache>) {
+    let mut warned = false;
+    loop {
+        let result = match tls {
+            true => match super::schema::tls() {
+                Ok(tls) => listen_once(&config, tls, &cache).await,
+                Err(e) => Err(Lost::Unsupported(e.to_string())),
+            },
+            false => listen_once(&config, NoTls, &cache).await,
+        };
+        let Some(live) = cache.upgrade() else { return };
+        live.listening.store(false, Ordering::SeqCst);
+        // Nothing kept while nobody listened may be served once somebody does again.
+        live.drop_all();
+        drop(live);
+        match result {
+            Ok(()) => return,
+            Err(Lost::Unsupported(why)) => {
+                tracing::info!(
+                    "cached reads expire after auth.revocation_lag; changes are not announced ({why})"
+                );
+                return;
+            }
+            Err(Lost::Connection(why)) => {
+                if !warned {
+                    tracing::warn!(
+                        "lost the connection that hears other replicas' changes ({why}); cached \
+                         reads expire after auth.revocation_lag until it is back"
+                    );
+                    warned = true;
+                }
+            }
+        }
+        tokio::time::sleep(RECONNECT).await;
+    }
+}
+
+enum Lost {
+    /// The database cannot listen (CockroachDB): no reason to try again.
+    Unsupported(String),
+    /// The connection failed or ended: try again.
+    Connection(String),
+}
+
+/// One connection's worth of listening; `Ok` when the cache is gone.
+async fn listen_once<T>(
+    config: &tokio_postgres::Config,
+    tls: T,
+    cache: &Weak<ReadCache>,
+) -> Result<(), Lost>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, mut connection) = config
+        .connect(tls)
+        .await
+        .map_err(|e| Lost::Connection(super::describe(&e).to_string()))?;
+    let statement = format!("LISTEN {CHANNEL}");
+    {
+        let listen = client.batch_execute(&statement);
+        tokio::pin!(listen);
+        loop {
+            tokio::select! {
+                done = &mut listen => match done {
+                    Ok(()) => break,
+                    Err(e) if e.as_db_error().is_some() => {
+                        return Err(Lost::Unsupported(super::describe(&e).to_string()));
+                    }
+                    Err(e) => return Err(Lost::Connection(super::describe(&e).to_string())),
+                },
+                message = std::future::poll_fn(|cx| connection.poll_message(cx)) => {
+                    match message {
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => {
+                            return Err(Lost::Connection(super::describe(&e).to_string()));
+                        }
+                        None => return Err(Lost::Connection("closed".into())),
+                    }
+                }
+            }
+        }
+    }
+    match cache.upgrade() {
+        Some(live) => {
+            // Whatever was announced while nobody listened is unknown.
+            live.drop_all();
+            live.listening.store(true, Ordering::SeqCst);
+        }
+        None => return Ok(()),
+    }
+    while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+        let Some(live) = cache.upgrade() else {
+            return Ok(());
+        };
+        match message {
+            Ok(AsyncMessage::Notification(n)) if n.channel() == CHANNEL => {
+                live.drop_announced(n.payload());
+            }
+            Ok(_) => {}
+            Err(e) => return Err(Lost::Connection(super::describe(&e).to_string())),
+        }
+    }
+    drop(client);
+    Err(Lost::Connection("closed".into()))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn announced_changes_read_back_as_written() {
+        let changes = vec![
+            Change::User(u64::MAX),
+            Change::Session("abc_-".into()),
+            Change::Sessions,
+            Change::Everything,
+        ];
+        let payload = Change::payload(&changes);
+        let read: Vec<Change> = payload.lines().map(Change::decode).collect();
+        assert_eq!(read, changes);
+        // A line this version does not know drops everything rather than nothing.
+        assert_eq!(Change::decode("x 1"), Change::Everything);
+        assert_eq!(Change::decode("u not-a-number"), Change::Everything);
+    }
+
+    fn user(id: u64) -> Arc<User> {
+        let new = crate::store::NewUser {
+            user_name: format!("u{id}"),
+            ..Default::default()
+        };
+        Arc::new(User::new(id, new, "2026-01-01T00:00:00Z"))
+    }
+
+    #[tokio::test]
+    async fn a_user_is_read_once_until_it_changes() {
+        let cache = ReadCache::new(Duration::from_secs(60), false);
+        let reads = AtomicU64::new(0);
+        let read = || async {
+            reads.fetch_add(1, Ordering::SeqCst);
+            Ok(Some(user(7)))
+        };
+        for _ in 0..3 {
+            assert!(cache.user(7, read()).await.unwrap().is_some());
+        }
+        assert_eq!(reads.load(Ordering::SeqCst), 1);
+        cache.drop_changed(&[Change::User(7)]);
+        cache.user(7, read()).await.unwrap();
+        assert_eq!(reads.load(Ordering::SeqCst), 2);
+        cache.drop_announced("u 7\ns x");
+        cache.user(7, read()).await.unwrap();
+        assert_eq!(reads.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn an_unknown_user_is_not_remembered() {
+        let cache = ReadCache::new(Duration::from_secs(60), false);
+        let reads = AtomicU64::new(0);
+        for _ in 0..3 {
+            let found = cache
+                .user(9, async {
+                    reads.fetch_add(1, Ordering::SeqCst);
+                    Ok(None)
+                })
+                .await
+                .unwrap();
+            assert!(found.is_none());
+        }
+        assert_eq!(reads.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_read_overlapping_a_change_keeps_nothing() {
+        let cache = ReadCache::new(Duration::from_secs(60), false);
+        // The change is dropped while the read is under way: what it read may predate it.
+        let found = cache
+            .user(7, async {
+                cache.drop_changed(&[Change::User(8)]);
+                Ok(Some(user(7)))
+            })
+            .await
+            .unwrap();
+        assert!(found.is_some());
+        let reads = AtomicU64::new(0);
+        cache
+            .user(7, async {
+                reads.fetch_add(1, Ordering::SeqCst);
+                Ok(Some(user(7)))
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            reads.load(Ordering::SeqCst),
+            1,
+            "the overlapping read was kept"
+        );
+    }
+
+    #[tokio::test]
+    async fn nothing_is_served_while_changes_go_unheard() {
+        let cache = ReadCache::new(Duration::from_secs(60), true);
+        let reads = AtomicU64::new(0);
+        let read = || async {
+            reads.fetch_add(1, Ordering::SeqCst);
+            Ok(Some(user(7)))
+        };
+        cache.user(7, read()).await.unwrap();
+        cache.user(7, read()).await.unwrap();
+        assert_eq!(reads.load(Ordering::SeqCst), 2, "served without a listener");
+        cache.listening.store(true, Ordering::SeqCst);
+        cache.user(7, read()).await.unwrap();
+        cache.user(7, read()).await.unwrap();
+        assert_eq!(reads.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn entries_expire_after_the_lag() {
+        let cache = ReadCache::new(Duration::from_millis(50), false);
+        let reads = AtomicU64::new(0);
+        let read = || async {
+            reads.fetch_add(1, Ordering::SeqCst);
+            Ok(Some(user(7)))
+        };
+        cache.user(7, read()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        cache.user(7, read()).await.unwrap();
+        assert_eq!(reads.load(Ordering::SeqCst), 2);
+    }
+}
