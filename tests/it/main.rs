@@ -42,6 +42,7 @@ mod paths;
 mod pg;
 mod pool;
 mod proxy;
+mod read_cache;
 mod reload;
 mod replicas;
 mod route_rules;
