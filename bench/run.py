@@ -2,12 +2,23 @@
 """Throughput, latency and CPU per request of gatehouse against the proxies users would otherwise run.
 
 Usage: python3 bench/run.py [--quick] [--repeats N] [--duration S] [--out FILE.json] [--binary PATH]
+                            [--peers LIST] [--no-h2] [--postgres [URL]]
 
 The method is the one in BENCH.md: one worker everywhere, proxy and upstream pinned to cpu0 and
 the load generator to cpu1 (so the server core is the bottleneck and throughput tracks CPU cost
 per request), one interleaved run whose order is reversed on every repeat, ratios against nginx
 proxy_pass rather than lone absolute numbers, and a noise gate that redoes a run during which other
 processes were busy. HTTP/1.1 is driven by wrk, HTTP/2 over TLS by h2load.
+
+--postgres adds rows "· PostgreSQL" (HTTP/1.1, in the same interleaved run): a second gatehouse,
+configured the same but with `store.backend = "postgres"`, its user, token and session made the
+same way, and a table of each such row against the same row on sled. Without URL it starts a
+private PostgreSQL server (initdb into a temporary directory, a free loopback port, fsync off,
+as the `postgres` user when run as root), pinned to cpu0 with the proxies, and its CPU (every
+process of the server) counts in those rows' CPU µs/req with gatehouse's. With URL (a server whose
+user may create databases, like tests/run.sh's GATEHOUSE_TEST_DATABASE_URL) it creates a database
+for the run there and drops it at the end; that server's CPU is not counted. Without --postgres
+there are no PostgreSQL rows, --quick included.
 
 Everything it needs is installed when missing (apt, pip, `cargo build --release --locked`), every
 server listens on a free loopback port, and every process and temporary file is gone when it ends,
@@ -21,6 +32,7 @@ import importlib.util
 import json
 import os
 import platform
+import pwd
 import re
 import secrets
 import shutil
@@ -83,12 +95,18 @@ def envoy_binary():
     return None
 
 
-def ensure_tools(peers):
+def ensure_tools(peers, postgres=None):
+    """What the chosen peers need; `postgres` is --postgres's value: None (no PostgreSQL rows), ""
+    (a private server: its binaries) or a server's URL (psql, to create the bench's database)."""
     apt = {"wrk": "wrk", "h2load": "nghttp2-client", "nginx": "nginx-light", "curl": "curl",
            "openssl": "openssl", "taskset": "util-linux"}
     if "haproxy" in peers:
         apt["haproxy"] = "haproxy"
     missing_apt = sorted({pkg for tool, pkg in apt.items() if not find_binary(tool)})
+    if postgres == "" and not pg_bin():
+        missing_apt.append("postgresql")
+    elif postgres and not psql_binary():
+        missing_apt.append("postgresql-client")
     if missing_apt:
         log(f"installing {' '.join(missing_apt)} (apt)")
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
@@ -109,6 +127,29 @@ def ensure_tools(peers):
         quiet([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
                "--root-user-action=ignore", *pip])
         importlib.invalidate_caches()
+
+
+def pg_bin():
+    """The directory of PostgreSQL's server binaries (initdb, postgres): initdb's on PATH, else
+    Debian's newest /usr/lib/postgresql/<version>/bin (as tests/run.sh finds them), or None."""
+    candidates = []
+    initdb = shutil.which("initdb")
+    if initdb:
+        candidates.append(os.path.dirname(os.path.realpath(initdb)))
+    versions = [d for d in os.listdir("/usr/lib/postgresql") if d.isdigit()] \
+        if os.path.isdir("/usr/lib/postgresql") else []
+    candidates += [f"/usr/lib/postgresql/{v}/bin" for v in sorted(versions, key=int, reverse=True)]
+    for folder in candidates:
+        if all(os.access(os.path.join(folder, tool), os.X_OK) for tool in ("initdb", "postgres")):
+            return folder
+    return None
+
+
+def psql_binary():
+    folder = pg_bin()
+    if folder and os.access(os.path.join(folder, "psql"), os.X_OK):
+        return os.path.join(folder, "psql")
+    return find_binary("psql")
 
 
 def quiet(cmd, **kwargs):
@@ -185,8 +226,9 @@ def render(template, out_path, **values):
 
 
 class Service:
-    def __init__(self, name, proc, log_path):
+    def __init__(self, name, proc, log_path, stop_signal=signal.SIGTERM):
         self.name, self.proc, self.log_path = name, proc, log_path
+        self.stop_signal = stop_signal
 
     @property
     def pgid(self):
@@ -207,7 +249,7 @@ class Services:
         self.tmp = tmp
         self.running = []
 
-    def start(self, name, argv, cpu=SERVER_CPU, env=None, cwd=None):
+    def start(self, name, argv, cpu=SERVER_CPU, env=None, cwd=None, stop_signal=signal.SIGTERM):
         log_path = os.path.join(self.tmp, f"{name}.log")
         with open(log_path, "ab") as out:
             proc = subprocess.Popen(
@@ -219,14 +261,14 @@ class Services:
                 cwd=cwd or self.tmp,
                 start_new_session=True,
             )
-        service = Service(name, proc, log_path)
+        service = Service(name, proc, log_path, stop_signal)
         self.running.append(service)
         return service
 
     def stop(self, service, grace=5.0):
         if service in self.running:
             self.running.remove(service)
-        for sig in (signal.SIGTERM, signal.SIGKILL):
+        for sig in (service.stop_signal, signal.SIGKILL):
             try:
                 os.killpg(service.proc.pid, sig)
             except ProcessLookupError:
@@ -300,8 +342,8 @@ def wait_ready(service, url, timeout=30.0):
 
 
 def process_table():
-    """pid → (pgid, comm, utime+stime in ticks, start time) for every process; a thread's time is in
-    its process."""
+    """pid → (pgid, comm, utime+stime in ticks, start time, parent pid) for every process; a thread's
+    time is in its process."""
     table = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -314,24 +356,42 @@ def process_table():
         close = stat.rfind(")")
         comm = stat[stat.find("(") + 1 : close]
         fields = stat[close + 2 :].split()
-        table[int(entry)] = (int(fields[2]), comm, int(fields[11]) + int(fields[12]), int(fields[19]))
+        table[int(entry)] = (int(fields[2]), comm, int(fields[11]) + int(fields[12]), int(fields[19]),
+                             int(fields[1]))
     return table
+
+
+def members(table, pgids):
+    """The processes of the groups `pgids` and their descendants: PostgreSQL's server starts each
+    backend in a session of its own, so a process group alone misses them."""
+    children = {}
+    for pid, entry in table.items():
+        children.setdefault(entry[4], []).append(pid)
+    found = [pid for pid, entry in table.items() if entry[0] in pgids]
+    seen = set(found)
+    while found:
+        for child in children.get(found.pop(), []):
+            if child not in seen:
+                seen.add(child)
+                found.append(child)
+    return seen
 
 
 def cpu_delta(before, after, pgids):
     ticks = 0
-    for pid, (pgid, _, t, start) in after.items():
-        if pgid in pgids:
-            prev = before.get(pid)
-            ticks += t - prev[2] if prev and prev[3] == start else t
+    for pid in members(after, pgids):
+        _, _, t, start, _ = after[pid]
+        prev = before.get(pid)
+        ticks += t - prev[2] if prev and prev[3] == start else t
     return ticks / CLK_TCK
 
 
 def others_delta(before, after, exclude_pgids):
     """CPU seconds used by every other process, and the busiest of them (to name it)."""
     total, busiest = 0.0, (0.0, "")
-    for pid, (pgid, comm, t, start) in after.items():
-        if pgid in exclude_pgids or pid == os.getpid() or comm.startswith("ksoftirqd"):
+    excluded = members(after, exclude_pgids)
+    for pid, (_, comm, t, start, _) in after.items():
+        if pid in excluded or pid == os.getpid() or comm.startswith("ksoftirqd"):
             continue
         prev = before.get(pid)
         # The start time tells a reused pid from the process seen before (a kworker's name changes).
@@ -507,6 +567,11 @@ def measure_once(services, target, seconds, exclude_pgids):
     # The load generator has exited by now and so is missing from `after`.
     others, busiest = others_delta(before, after, measured | set(exclude_pgids.values()) | {loadgen.pgid})
     requests = max(result["requests"], 1)
+    if len(target.measured) > 1:
+        # Where the CPU went, for a target served by several processes (proxy and auth service,
+        # gatehouse and its database).
+        result["cpu_us_per_req_by"] = {s.name: cpu_delta(before, after, {s.pgid}) * 1e6 / requests
+                                       for s in target.measured}
     result.update(
         cpu_us_per_req=cpu * 1e6 / requests,
         upstream_cpu_us_per_req=upstream_cpu * 1e6 / requests,
@@ -577,6 +642,9 @@ def summarise(targets, runs, baseline_key, min_clean):
             row["reliable"] = True
             for field in ("rps", "p50_us", "p99_us", "cpu_us_per_req", "upstream_cpu_us_per_req"):
                 row[field] = statistics.median(r[field] for r in clean)
+            if "cpu_us_per_req_by" in clean[0]:
+                row["cpu_us_per_req_by"] = {name: statistics.median(r["cpu_us_per_req_by"][name] for r in clean)
+                                            for name in clean[0]["cpu_us_per_req_by"]}
             ratios = [r["rps"] / base[r["repeat"]]["rps"] for r in clean if r["repeat"] in base]
             if ratios and len(base) >= min_clean:
                 row["ratio"] = statistics.median(ratios)
@@ -602,6 +670,35 @@ def table(rows, unit="req", baseline="nginx proxy_pass"):
                          f"| {r['cpu_us_per_req']:.1f} | {ratio} | {r['note']} |")
         else:
             lines.append(f"| {label} | – | – | – | – | – | {r['note']} |")
+    return "\n".join(lines)
+
+
+def vs_sled(rows, runs, pairs, min_clean, cpu_header):
+    """The PostgreSQL rows against the same rows on sled (`pairs`: PostgreSQL row key → sled row
+    key): the median over repeats of their req/s ratio in the same repeat, and their CPU µs per
+    request, the PostgreSQL rows' split into gatehouse's and the database server's when the server
+    is measured too. The ratio is also added to the row, as `vs_sled`."""
+    by_key = {r["key"]: r for r in rows}
+    lines = [f"| target | req/s vs sled | {cpu_header} | CPU µs/req on sled |",
+             "|---|---:|---:|---:|"]
+    for key, sled_key in pairs.items():
+        row, sled = by_key[key], by_key[sled_key]
+        sled_runs = {r["repeat"]: r for r in runs[sled_key] if r["clean"]}
+        ratios = [r["rps"] / sled_runs[r["repeat"]]["rps"] for r in runs[key]
+                  if r["clean"] and r["repeat"] in sled_runs]
+        if len(ratios) >= min_clean:
+            row["vs_sled"] = statistics.median(ratios)
+            ratio = f"{row['vs_sled']:.2f}"
+        else:
+            ratio = f"– ({len(ratios)} repeats with both clean)"
+        cpu = "–"
+        if row["reliable"]:
+            cpu = f"{row['cpu_us_per_req']:.1f}"
+            split = row.get("cpu_us_per_req_by", {})
+            if len(split) > 1:
+                cpu += " (" + " + ".join(f"{v:.1f}" for v in split.values()) + ")"
+        sled_cpu = f"{sled['cpu_us_per_req']:.1f}" if sled["reliable"] else "–"
+        lines.append(f"| {row['label']} | {ratio} | {cpu} | {sled_cpu} |")
     return "\n".join(lines)
 
 
@@ -634,11 +731,13 @@ def go_env(tmp):
 
 
 class Gatehouse:
-    def __init__(self, binary, tmp, upstream_port, template="gatehouse.toml", **values):
+    def __init__(self, binary, tmp, upstream_port, template="gatehouse.toml", name="gatehouse", **values):
         self.binary, self.tmp, self.upstream_port = binary, tmp, upstream_port
         # The configuration template in peers/ and the values of its placeholders beyond the
-        # ports, paths and listeners filled in here.
-        self.template, self.values = template, values
+        # ports, paths and listeners filled in here (a sled store unless told otherwise).
+        self.template, self.values = template, {"store_backend": "sled", "store_url": "", **values}
+        # The process's name, for its log and CPU figures: two gatehouses may run side by side.
+        self.name = name
         self.port, self.admin_port, self.tls_port = free_port(), free_port(), free_port()
         self.admin_token = secrets.token_urlsafe(32)
         self.master_key = base64.b64encode(os.urandom(32)).decode()
@@ -656,7 +755,7 @@ class Gatehouse:
             # An inherited RUST_LOG or GATEHOUSE_* would silently change what is measured.
             env = {k: v for k, v in os.environ.items() if not k.startswith("GATEHOUSE_") and k != "RUST_LOG"}
             env.update(GATEHOUSE_ADMIN_TOKEN=self.admin_token, GATEHOUSE_MASTER_KEY=self.master_key)
-            self.service = services.start("gatehouse", [self.binary, "--config", config, "serve"], env=env)
+            self.service = services.start(self.name, [self.binary, "--config", config, "serve"], env=env)
             try:
                 wait_ready(self.service, f"http://127.0.0.1:{self.admin_port}/readyz")
                 return self.service
@@ -721,6 +820,118 @@ class Gatehouse:
         return f"{SESSION_COOKIE}={session}"
 
 
+# --- PostgreSQL -----------------------------------------------------------------------------------
+
+
+class Postgres:
+    """The database of the PostgreSQL rows. Without `server_url`, a private server started here as
+    tests/run.sh starts one: initdb into a temporary directory, trust authentication, a free loopback
+    port, its socket in that directory, fsync off, run as the `postgres` user when this is root, and
+    pinned with the proxies, since it is part of the server side. With `server_url`, a database
+    created for this run on that server (whose user may create databases) and dropped at the end."""
+
+    def __init__(self, server_url=None):
+        self.server_url = server_url
+        self.service = None  # the private server
+        self.folder = None
+        self.database = None
+        self.url = None  # what gatehouse's store.url is set to
+
+    def start(self, services):
+        if self.server_url:
+            self.database = f"gatehouse_bench_{secrets.token_hex(6)}"
+            self.psql(f"CREATE DATABASE {self.database}")
+            parts = urllib.parse.urlsplit(self.server_url)
+            self.url = urllib.parse.urlunsplit(parts._replace(path="/" + self.database))
+            return self.url
+        bin_dir = pg_bin()
+        if not bin_dir:
+            sys.exit("no initdb and postgres found on PATH or in /usr/lib/postgresql/*/bin")
+        self.folder = tempfile.mkdtemp(prefix="gatehouse-bench-pg-")
+        as_pg = []
+        if os.geteuid() == 0:
+            # PostgreSQL refuses to run as root. setpriv executes the server itself (runuser would
+            # stay its parent), so the process started here is the server.
+            try:
+                user = pwd.getpwnam("postgres")
+            except KeyError:
+                quiet(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "postgres"])
+                user = pwd.getpwnam("postgres")
+            os.chown(self.folder, user.pw_uid, user.pw_gid)
+            as_pg = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups"]
+        data = os.path.join(self.folder, "data")
+        quiet([*as_pg, os.path.join(bin_dir, "initdb"), "-D", data, "-U", "postgres", "--auth=trust",
+               "--no-sync"], cwd=self.folder)
+        # A port found free can be taken before the server binds it: a few tries.
+        for attempt in range(3):
+            port = free_port()
+            self.service = services.start(
+                "postgres",
+                [*as_pg, os.path.join(bin_dir, "postgres"), "-D", data, "-p", str(port), "-k", self.folder,
+                 "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"],
+                cwd=self.folder, stop_signal=signal.SIGINT)  # a fast shutdown: it ends its sessions
+            try:
+                self.wait_ready(data)
+                break
+            except RuntimeError as e:
+                services.stop(self.service)
+                if attempt == 2 or "already in use" not in str(e):
+                    raise
+        self.url = f"postgres://postgres@127.0.0.1:{port}/postgres"
+        return self.url
+
+    def wait_ready(self, data, timeout=30.0):
+        # The server writes "ready" on the 8th line of postmaster.pid once it accepts connections.
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.service.proc.poll() is not None:
+                raise RuntimeError(f"postgres exited with {self.service.proc.returncode}:\n{self.service.tail()}")
+            try:
+                with open(os.path.join(data, "postmaster.pid")) as f:
+                    lines = f.read().splitlines()
+                if len(lines) >= 8 and lines[7].strip() == "ready":
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"postgres was not ready within {timeout:.0f} s:\n{self.service.tail()}")
+
+    def psql(self, sql):
+        # Neither the command line nor the URL is printed on failure: the URL may hold a password.
+        done = subprocess.run([psql_binary(), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
+                               "-d", self.server_url, "-c", sql], capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            raise RuntimeError(f"psql {sql!r} failed with {done.returncode}: {done.stderr.strip()}")
+        return done.stdout.strip()
+
+    def describe(self):
+        """Where the database is, for the printed table (never the URL: it may hold a password)."""
+        if self.server_url:
+            server = urllib.parse.urlsplit(self.server_url).netloc.rpartition("@")[2]
+            return f"the server at {server}, database {self.database}"
+        return f"a private server on 127.0.0.1 (fsync = off, on cpu{SERVER_CPU})"
+
+    def version(self):
+        try:
+            if self.server_url:
+                return "PostgreSQL " + self.psql("SHOW server_version")
+            done = subprocess.run([os.path.join(pg_bin(), "postgres"), "--version"], capture_output=True,
+                                  text=True, timeout=20)
+            return done.stdout.strip().replace("postgres (PostgreSQL) ", "PostgreSQL ")
+        except (OSError, RuntimeError, subprocess.TimeoutExpired):
+            return "?"
+
+    def cleanup(self):
+        """After the services have stopped: the private server's files, or the run's database."""
+        if self.folder:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        if self.server_url and self.database:
+            try:
+                self.psql(f"DROP DATABASE IF EXISTS {self.database}")
+            except (OSError, RuntimeError, subprocess.TimeoutExpired) as e:
+                log(f"could not drop the database {self.database}: {e}")
+
+
 def versions(peers, binaries):
     def first_line(argv):
         try:
@@ -763,7 +974,13 @@ def main():
                         help="comma-separated peers besides direct and nginx proxy_pass "
                              f"(default: {','.join(ALL_PEERS)}; empty for none)")
     parser.add_argument("--no-h2", action="store_true", help="measure HTTP/1.1 only")
+    parser.add_argument("--postgres", nargs="?", const="", metavar="URL",
+                        help="also measure a second gatehouse with store.backend = \"postgres\" (HTTP/1.1): "
+                             "on a private PostgreSQL server started here, or, with URL, in a database "
+                             "created for the run on that server (its user may create databases)")
     args = parser.parse_args()
+    if args.postgres and not args.postgres.startswith(("postgres://", "postgresql://")):
+        parser.error("--postgres takes a URL such as postgres://user@host:5432")
     chosen = [p for p in args.peers.split(",") if p]
     unknown = sorted(set(chosen) - set(ALL_PEERS))
     if unknown:
@@ -778,7 +995,7 @@ def main():
     if os.cpu_count() < 2 or not os.path.exists("/proc/stat"):
         sys.exit("needs Linux with two CPUs: cpu0 for the servers, cpu1 for the load generator")
     began = time.monotonic()
-    ensure_tools(peers)
+    ensure_tools(peers, args.postgres)
     binary = ensure_gatehouse(args.binary)
     binaries = {"envoy": envoy_binary(), "traefik": find_binary("traefik"), "caddy": find_binary("caddy")}
     if "hyper" in peers:
@@ -786,6 +1003,8 @@ def main():
 
     tmp = tempfile.mkdtemp(prefix="gatehouse-bench-")
     services = Services(tmp)
+    pg = Postgres(args.postgres or None) if args.postgres is not None else None
+    pg_pairs = {}
 
     def terminate(signum, _frame):
         raise KeyboardInterrupt(f"signal {signum}")
@@ -883,6 +1102,28 @@ def main():
             h1.append(Target("gatehouse-basic", "gatehouse Basic", "h1", gh.plain("/private/"), [gh_service],
                              {"Authorization": basic}, needs_auth=True))
 
+        if pg:
+            # A second gatehouse, the same but for its store, with its user, token and session made
+            # the same way. The database server is part of its cost: a private one's CPU counts.
+            pg.start(services)
+            gh_pg = Gatehouse(binary, os.path.join(tmp, "gatehouse-postgres"), up_port, name="gatehouse-postgres",
+                              store_backend="postgres", store_url=pg.url)
+            os.makedirs(gh_pg.tmp)
+            gh_pg_service = gh_pg.start(services, https=False)
+            pg_basic, pg_bearer = gh_pg.credentials()
+            pg_session = gh_pg.session_cookie()
+            measured = [gh_pg_service] + ([pg.service] if pg.service else [])
+            pg_rows = [("public", "gatehouse public", {}),
+                       ("bearer", "gatehouse Bearer", {"Authorization": pg_bearer}),
+                       ("session", "gatehouse session cookie", {"Cookie": pg_session})]
+            if not args.quick:
+                pg_rows.append(("basic", "gatehouse Basic", {"Authorization": pg_basic}))
+            for kind, label, headers in pg_rows:
+                path = "/public/" if kind == "public" else "/private/"
+                h1.append(Target(f"gatehouse-{kind}-pg", f"{label} · PostgreSQL", "h1", gh_pg.plain(path), measured,
+                                 headers, needs_auth=kind != "public"))
+                pg_pairs[f"gatehouse-{kind}-pg"] = f"gatehouse-{kind}"
+
         exclude = {"upstream": upstream.pgid}
         for t in h1:
             check(t)
@@ -909,11 +1150,15 @@ def main():
                 f"({WARMUP_S} s warm-up + {args.duration} s)")
             h2_runs = measure(services, h2, args.repeats, args.duration, retries, exclude)
         peer_versions = versions(peers, binaries)
+        if pg:
+            peer_versions["postgresql"] = pg.version()
     finally:
         # A second Ctrl-C must not cut the cleanup short.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         services.stop_all()
+        if pg:
+            pg.cleanup()
         shutil.rmtree(tmp, ignore_errors=True)
 
     rows = summarise(h1, h1_runs, "nginx", min_clean) + summarise(h2, h2_runs, "nginx-h2", min_clean)
@@ -929,10 +1174,19 @@ def main():
              if retries else "no run is redone."))
     print("gatehouse runs with log.level = \"warn\": its access log at info costs CPU per request, and the "
           "peers run without one. nginx + auth_request counts the auth service's CPU too.")
+    if pg:
+        print(f"Rows · PostgreSQL: a second gatehouse, the same but for store.backend = \"postgres\" "
+              f"(store.max_connections at its default), on {pg.describe()}; "
+              + ("their CPU µs/req is gatehouse's plus the PostgreSQL server's (all its processes)."
+                 if pg.service else "their CPU µs/req is gatehouse's alone: that server is not measured."))
     if args.quick:
         print("Quick smoke run: one short repeat, not a measurement.")
     print()
     print(table(rows))
+    if pg:
+        print("\nPostgreSQL against sled (req/s: median over repeats of the ratio in the same repeat):\n")
+        print(vs_sled(rows, h1_runs, pg_pairs, min_clean,
+                      "CPU µs/req (gatehouse + PostgreSQL)" if pg.service else "CPU µs/req (gatehouse)"))
     print(f"\n({elapsed:.0f} s)")
 
     if args.out:
@@ -944,6 +1198,7 @@ def main():
                     "repeats": args.repeats, "duration_s": args.duration, "warmup_s": WARMUP_S,
                     "connections": CONNECTIONS, "h2_streams": H2_STREAMS, "noise_limit": NOISE_LIMIT,
                     "retries": retries, "min_clean": min_clean, "gatehouse": binary,
+                    "postgres": pg.describe() if pg else None,
                     "versions": peer_versions, "elapsed_s": round(elapsed, 1),
                 },
                 "summary": rows,
