@@ -189,7 +189,10 @@ impl Sessions {
             return Ok(None);
         }
         if now - session.last_seen >= self.touch_every() {
-            self.store.touch_session(&hash, now).await?;
+            // Gone meanwhile (ended on another replica): not live, whatever was read before.
+            if !self.store.touch_session(&hash, now).await? {
+                return Ok(None);
+            }
             let session = Session {
                 last_seen: now,
                 ..session

@@ -82,11 +82,16 @@ async fn refused_from_the_next_request<F, Fut>(
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    assert_eq!(status(gh, path, authorization).await, 200, "before the change");
+    assert_eq!(
+        status(gh, path, authorization).await,
+        200,
+        "before the change"
+    );
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut load = Vec::new();
     for _ in 0..16 {
-        let (url, authorization, stop) = (gh.http_url(path), authorization.to_owned(), stop.clone());
+        let (url, authorization, stop) =
+            (gh.http_url(path), authorization.to_owned(), stop.clone());
         load.push(tokio::spawn(async move {
             let client = http1_client();
             let mut seen = Vec::new();
@@ -117,10 +122,16 @@ async fn refused_from_the_next_request<F, Fut>(
                 continue;
             }
             after += 1;
-            assert_eq!(code, refused, "a request sent after the change was let through");
+            assert_eq!(
+                code, refused,
+                "a request sent after the change was let through"
+            );
         }
     }
-    assert!(before > 0 && after > 0, "{before} requests before, {after} after");
+    assert!(
+        before > 0 && after > 0,
+        "{before} requests before, {after} after"
+    );
     assert_eq!(status(gh, path, authorization).await, refused);
 }
 
@@ -129,11 +140,17 @@ async fn a_user_disabled_through_one_replica_is_refused_by_the_other_at_once() {
     let upstream = Upstream::start().await;
     let db = Database::on_shared_server().await;
     let (a, b) = replicas(&upstream, &db).await;
-    let ada = a.create_user(json!({"userName": "ada", "scopes": ["read"]})).await;
+    let ada = a
+        .create_user(json!({"userName": "ada", "scopes": ["read"]}))
+        .await;
     let token = bearer(&a, &ada);
     refused_from_the_next_request(&b, "/private/x", &token, 401, || async {
         let (code, body) = a
-            .admin("PATCH", "/admin/v1/users/ada", Some(json!({"disabled": true})))
+            .admin(
+                "PATCH",
+                "/admin/v1/users/ada",
+                Some(json!({"disabled": true})),
+            )
             .await;
         assert_eq!(code, 200, "{body}");
     })
@@ -145,7 +162,9 @@ async fn a_scope_removed_through_one_replica_is_missing_on_the_other_at_once() {
     let upstream = Upstream::start().await;
     let db = Database::on_shared_server().await;
     let (a, b) = replicas(&upstream, &db).await;
-    let ada = a.create_user(json!({"userName": "ada", "scopes": ["read"]})).await;
+    let ada = a
+        .create_user(json!({"userName": "ada", "scopes": ["read"]}))
+        .await;
     let token = bearer(&a, &ada);
     refused_from_the_next_request(&b, "/scoped/x", &token, 403, || async {
         let (code, body) = a
@@ -161,7 +180,9 @@ async fn tokens_revoked_through_one_replica_are_refused_by_the_other_at_once() {
     let upstream = Upstream::start().await;
     let db = Database::on_shared_server().await;
     let (a, b) = replicas(&upstream, &db).await;
-    let ada = a.create_user(json!({"userName": "ada", "scopes": ["read"]})).await;
+    let ada = a
+        .create_user(json!({"userName": "ada", "scopes": ["read"]}))
+        .await;
     let token = bearer(&a, &ada);
     refused_from_the_next_request(&b, "/private/x", &token, 401, || async {
         let (code, body) = a
@@ -179,7 +200,9 @@ async fn a_user_deleted_through_one_replica_is_refused_by_the_other_at_once() {
     let upstream = Upstream::start().await;
     let db = Database::on_shared_server().await;
     let (a, b) = replicas(&upstream, &db).await;
-    let ada = a.create_user(json!({"userName": "ada", "scopes": ["read"]})).await;
+    let ada = a
+        .create_user(json!({"userName": "ada", "scopes": ["read"]}))
+        .await;
     let token = bearer(&a, &ada);
     refused_from_the_next_request(&b, "/private/x", &token, 401, || async {
         let (code, body) = a.admin("DELETE", "/admin/v1/users/ada", None).await;

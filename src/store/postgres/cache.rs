@@ -18,7 +18,7 @@
 use std::future::Future;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use moka::sync::Cache;
@@ -29,6 +29,9 @@ use crate::store::{Application, Session, StoreResult, User};
 /// The channel changes are announced on.
 pub(super) const CHANNEL: &str = "gatehouse_cache";
 
+/// The longest announcement sent as it is (NOTIFY refuses 8000 bytes and more).
+pub(super) const MAX_PAYLOAD: usize = 7000;
+
 /// How many users, sessions and application tokens a replica keeps at most (each bound on its
 /// own); beyond, the least used entries go and are read again when next needed.
 const USERS: u64 = 20_000;
@@ -37,6 +40,16 @@ const APPLICATIONS: u64 = 1_000;
 
 /// How long the listener waits before connecting again after losing its connection.
 const RECONNECT: Duration = Duration::from_secs(1);
+
+/// How often the listening connection is asked to answer, and how long it has to: half the lag,
+/// so that a connection that died without a word stops the cache within about the lag.
+fn heartbeat(lag: Duration) -> Duration {
+    (lag / 2).clamp(Duration::from_millis(100), Duration::from_secs(5))
+}
+
+fn live_lag(cache: &Weak<ReadCache>) -> Duration {
+    cache.upgrade().map_or(Duration::from_secs(1), |c| c.lag)
+}
 
 /// A change that makes cached entries stale, as it is announced to the other replicas.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +103,9 @@ pub(super) struct ReadCache {
     /// Bumped before every drop of entries: a read that saw it move did not necessarily read
     /// what the change committed, and keeps nothing.
     changes: AtomicU64,
+    /// Held shared while a read checks [`ReadCache::changes`] and keeps what it read, and
+    /// exclusively while a change is dropped: the two never interleave.
+    turn: RwLock<()>,
     /// Whether the listener is connected and listening.
     listening: AtomicBool,
     /// Whether entries are served only while [`ReadCache::listening`]: on a database that
@@ -97,6 +113,7 @@ pub(super) struct ReadCache {
     /// database down) reads through until it hears them again, so an outage fails closed at
     /// once.
     needs_listener: bool,
+    lag: Duration,
 }
 
 impl ReadCache {
@@ -116,8 +133,10 @@ impl ReadCache {
             sessions: cache(SESSIONS, lag),
             applications: cache(APPLICATIONS, lag),
             changes: AtomicU64::new(0),
+            turn: RwLock::new(()),
             listening: AtomicBool::new(false),
             needs_listener,
+            lag,
         }
     }
 
@@ -159,10 +178,10 @@ impl ReadCache {
     }
 
     /// The cached value of `key`, else what `read` finds, kept when it found something and no
-    /// change was dropped while it read. The drop of a change is `changes += 1`, then the
-    /// entries removed; so a read that began before a change's counter moved either sees it
-    /// move after inserting (and removes its entry again), or inserts before the change removes
-    /// its entries. Either way nothing read before a commit stays.
+    /// change was dropped while it read. Checking the counter and keeping the value is one
+    /// step that a drop (counter moved, entries removed) cannot come between: a value is either
+    /// kept before a drop, which then removes it, or not kept at all. Nothing read before a
+    /// commit stays, and nothing stale is served even for an instant.
     async fn through<K, Q, V, F>(
         &self,
         cache: &Cache<K, V>,
@@ -187,9 +206,9 @@ impl ReadCache {
         if let Some(value) = &found
             && self.serving()
         {
-            cache.insert(owned(), value.clone());
-            if self.changes.load(Ordering::SeqCst) != before {
-                cache.invalidate(key);
+            let _turn = self.turn.read().unwrap_or_else(|e| e.into_inner());
+            if self.changes.load(Ordering::SeqCst) == before {
+                cache.insert(owned(), value.clone());
             }
         }
         Ok(found)
@@ -197,19 +216,25 @@ impl ReadCache {
 
     /// Drops what `changes` make stale.
     pub(super) fn drop_changed(&self, changes: &[Change]) {
+        let _turn = self.turn.write().unwrap_or_else(|e| e.into_inner());
         self.changes.fetch_add(1, Ordering::SeqCst);
         for change in changes {
             match change {
                 Change::User(id) => self.users.invalidate(id),
                 Change::Session(hash) => self.sessions.invalidate(hash),
                 Change::Sessions => self.sessions.invalidate_all(),
-                Change::Everything => self.drop_all(),
+                Change::Everything => self.drop_everything(),
             }
         }
     }
 
     fn drop_all(&self) {
+        let _turn = self.turn.write().unwrap_or_else(|e| e.into_inner());
         self.changes.fetch_add(1, Ordering::SeqCst);
+        self.drop_everything();
+    }
+
+    fn drop_everything(&self) {
         self.users.invalidate_all();
         self.sessions.invalidate_all();
         self.applications.invalidate_all();
@@ -328,18 +353,50 @@ where
         }
         None => return Ok(()),
     }
-    while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-        let Some(live) = cache.upgrade() else {
-            return Ok(());
-        };
-        match message {
-            Ok(AsyncMessage::Notification(n)) if n.channel() == CHANNEL => {
-                live.drop_announced(n.payload());
+    // A connection can die without a word (a host gone, a network cut): a query on it every
+    // `beat`, answered within `beat`, shows it still hears; else it counts as lost.
+    let beat = heartbeat(live_lag(cache));
+    let mut next_beat = tokio::time::Instant::now() + beat;
+    let mut probe: Option<std::pin::Pin<Box<dyn Future<Output = _> + Send + '_>>> = None;
+    loop {
+        let deadline = next_beat;
+        tokio::select! {
+            message = std::future::poll_fn(|cx| connection.poll_message(cx)) => {
+                let Some(live) = cache.upgrade() else {
+                    return Ok(());
+                };
+                match message {
+                    Some(Ok(AsyncMessage::Notification(n))) if n.channel() == CHANNEL => {
+                        live.drop_announced(n.payload());
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        return Err(Lost::Connection(super::describe(&e).to_string()));
+                    }
+                    None => break,
+                }
             }
-            Ok(_) => {}
-            Err(e) => return Err(Lost::Connection(super::describe(&e).to_string())),
+            answered = async {
+                match probe.as_mut() {
+                    Some(p) => p.await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                probe = None;
+                if let Err(e) = answered {
+                    return Err(Lost::Connection(super::describe(&e).to_string()));
+                }
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                if probe.is_some() {
+                    return Err(Lost::Connection("the database stopped answering".into()));
+                }
+                probe = Some(Box::pin(client.simple_query("")));
+                next_beat = tokio::time::Instant::now() + beat;
+            }
         }
     }
+    drop(probe);
     drop(client);
     Err(Lost::Connection("closed".into()))
 }

@@ -91,26 +91,30 @@ impl Store for PgStore {
         if !storable(user_name) {
             return Err(StoreError::NotFound(format!("user {user_name}")));
         }
-        let user = retry(|| self.modify_user_once(user_name, &modified, change)).await?;
-        self.changed(&[Change::User(user.id)]).await;
-        Ok(user)
+        let result = retry(|| self.modify_user_once(user_name, &modified, change)).await;
+        let changes = match &result {
+            Ok(user) => vec![Change::User(user.id)],
+            Err(_) => Vec::new(),
+        };
+        self.after(result.map_err(StoreError::from), &changes).await
     }
 
     async fn delete_user(&self, user_name: &str) -> StoreResult<bool> {
         if !storable(user_name) {
             return Ok(false);
         }
-        let deleted = retry(|| self.delete_user_once(user_name)).await?;
-        if deleted {
-            self.changed(&[Change::Everything]).await;
-        }
-        Ok(deleted)
+        let result = retry(|| self.delete_user_once(user_name)).await;
+        let changes = match result {
+            Ok(false) => Vec::new(),
+            _ => vec![Change::Everything],
+        };
+        self.after(result.map_err(StoreError::from), &changes).await
     }
 
     async fn reset_mfa(&self, user_id: u64) -> StoreResult<()> {
-        retry(|| self.reset_mfa_once(user_id)).await?;
-        self.changed(&[Change::User(user_id)]).await;
-        Ok(())
+        let result = retry(|| self.reset_mfa_once(user_id)).await;
+        self.after(result.map_err(StoreError::from), &[Change::User(user_id)])
+            .await
     }
 
     async fn create_application(&self, app: Application) -> StoreResult<()> {
@@ -382,14 +386,17 @@ impl Store for PgStore {
         if !storable(purpose) {
             return Ok(CodeLogin::Wrong);
         }
-        let login = retry(|| {
+        let result = retry(|| {
             self.login_with_code_once(user_id, purpose, code_hash, now, &login_time, event)
         })
-        .await?;
-        if matches!(login, CodeLogin::Accepted(_)) {
-            self.changed(&[Change::User(user_id)]).await;
+        .await
+        .map_err(StoreError::from);
+        match &result {
+            Ok(CodeLogin::Accepted(_)) | Err(_) => {
+                self.after(result, &[Change::User(user_id)]).await
+            }
+            Ok(_) => result,
         }
-        Ok(login)
     }
 
     async fn replace_recovery_codes(&self, user_id: u64, hashes: Vec<String>) -> StoreResult<()> {
@@ -651,31 +658,35 @@ impl Store for PgStore {
         if !session_storable(&new) {
             return Err(StoreError::Backend("a session field holds NUL".into()));
         }
-        let replaced = retry(|| self.replace_session_once(old_hash, &new)).await?;
-        self.changed(&[Change::Session(old_hash.to_owned())]).await;
-        Ok(replaced)
+        let result = retry(|| self.replace_session_once(old_hash, &new)).await;
+        self.after(
+            result.map_err(StoreError::from),
+            &[Change::Session(old_hash.to_owned())],
+        )
+        .await
     }
 
     async fn delete_session(&self, id_hash: &str) -> StoreResult<bool> {
         if !storable(id_hash) {
             return Ok(false);
         }
-        let deleted = self
+        let result = self
             .execute(
                 "DELETE FROM gatehouse_sessions WHERE id_hash = $1",
                 &[&id_hash],
             )
-            .await?;
-        self.changed(&[Change::Session(id_hash.to_owned())]).await;
-        Ok(deleted == 1)
+            .await
+            .map(|deleted| deleted == 1);
+        self.after(result, &[Change::Session(id_hash.to_owned())])
+            .await
     }
 
     async fn delete_user_sessions(&self, user_id: u64) -> StoreResult<u64> {
-        let deleted = retry(|| self.delete_user_sessions_once(user_id)).await?;
-        if deleted > 0 {
-            self.changed(&[Change::Sessions]).await;
-        }
-        Ok(deleted)
+        // Announced even when none was found: a retry after an answer lost on the way finds
+        // none, and what the first try ended must still be dropped.
+        let result = retry(|| self.delete_user_sessions_once(user_id)).await;
+        self.after(result.map_err(StoreError::from), &[Change::Sessions])
+            .await
     }
 
     async fn purge_sessions(&self, now: i64, idle_before: i64) -> StoreResult<u64> {
@@ -700,11 +711,9 @@ impl Store for PgStore {
         if !storable(provider) || sid.is_some_and(|sid| !storable(sid)) {
             return Ok(0);
         }
-        let deleted = retry(|| self.delete_idp_sessions_once(provider, user_id, sid)).await?;
-        if deleted > 0 {
-            self.changed(&[Change::Sessions]).await;
-        }
-        Ok(deleted)
+        let result = retry(|| self.delete_idp_sessions_once(provider, user_id, sid)).await;
+        self.after(result.map_err(StoreError::from), &[Change::Sessions])
+            .await
     }
 
     async fn create_login_flow(&self, flow: LoginFlow) -> StoreResult<()> {

@@ -359,6 +359,17 @@ impl PgStore {
         self.cache.as_ref().is_some_and(|c| c.listening())
     }
 
+    /// Whether the database takes `pg_notify`: an empty announcement, which listeners ignore.
+    async fn can_announce(&self) -> bool {
+        let Ok(client) = self.pool.get().await else {
+            return false;
+        };
+        client
+            .simple_query(&format!("SELECT pg_notify('{}', '')", cache::CHANNEL))
+            .await
+            .is_ok()
+    }
+
     /// After a committed change: drops what it made stale here, and announces it to the other
     /// replicas. An announcement that fails is only logged: their cached reads still expire
     /// after `auth.revocation_lag`.
@@ -369,7 +380,17 @@ impl PgStore {
         if !self.announce {
             return;
         }
-        let payload = Change::payload(changes);
+        let mut payload = Change::payload(changes);
+        if payload.len() > cache::MAX_PAYLOAD {
+            // NOTIFY takes less than 8000 bytes: many ended sessions are announced as "sessions".
+            let sessions_only = changes
+                .iter()
+                .all(|c| matches!(c, Change::Session(_) | Change::Sessions));
+            payload = Change::payload(&[match sessions_only {
+                true => Change::Sessions,
+                false => Change::Everything,
+            }]);
+        }
         let sent = async {
             let client = self.client().await?;
             exec(
@@ -386,6 +407,18 @@ impl PgStore {
                 StoreError::from(fail)
             );
         }
+    }
+
+    /// `result` of a change that, had it been committed, would have made `changes` stale; a
+    /// failure may still have committed (the answer to COMMIT lost), so after one everything
+    /// is dropped and announced.
+    async fn after<T>(&self, result: StoreResult<T>, changes: &[Change]) -> StoreResult<T> {
+        match &result {
+            Ok(_) => self.changed(changes).await,
+            Err(StoreError::Backend(_)) => self.changed(&[Change::Everything]).await,
+            Err(_) => {}
+        }
+        result
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, Fail> {

@@ -242,21 +242,13 @@ impl PgStore {
         };
         store.migrate().await?;
         store.announce = store.can_announce().await;
+        if !store.announce {
+            tracing::info!(
+                "the database does not take NOTIFY: replicas see each other's changes to users \
+                 and sessions within auth.revocation_lag"
+            );
+        }
         Ok(store)
-    }
-
-    /// Whether the database takes `pg_notify`: an empty announcement, which listeners ignore.
-    async fn can_announce(&self) -> bool {
-        let Ok(client) = self.pool.get().await else {
-            return false;
-        };
-        client
-            .simple_query(&format!(
-                "SELECT pg_notify('{}', '')",
-                super::cache::CHANNEL
-            ))
-            .await
-            .is_ok()
     }
 
     /// Applies the migrations this database lacks. Safe to run from several replicas at once: a

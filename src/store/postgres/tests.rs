@@ -1210,3 +1210,93 @@ async fn a_replica_that_stops_hearing_changes_stops_serving_what_it_kept() {
     // Listening again after a while, the cache serves again what it reads from then on.
     assert!(within_two_seconds(|| async { reader.hears_changes() }).await);
 }
+
+/// A TCP relay to the test server that can go silent: bytes stop flowing both ways while every
+/// connection stays open, as when a host vanishes without a word.
+struct SilentRelay {
+    addr: std::net::SocketAddr,
+    silent: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SilentRelay {
+    async fn start() -> SilentRelay {
+        let target = {
+            use std::str::FromStr;
+            let config = tokio_postgres::Config::from_str(&server()).unwrap();
+            let host = match config.get_hosts().first() {
+                Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+                _ => "127.0.0.1".to_owned(),
+            };
+            format!(
+                "{host}:{}",
+                config.get_ports().first().copied().unwrap_or(5432)
+            )
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let silent = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let quiet = silent.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(upstream) = tokio::net::TcpStream::connect(&target).await else {
+                    continue;
+                };
+                let quiet = quiet.clone();
+                tokio::spawn(async move {
+                    let (cr, cw) = client.into_split();
+                    let (ur, uw) = upstream.into_split();
+                    let pipe =
+                        |mut from: tokio::net::tcp::OwnedReadHalf,
+                         mut to: tokio::net::tcp::OwnedWriteHalf,
+                         quiet: Arc<std::sync::atomic::AtomicBool>| async move {
+                            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                            let mut buf = vec![0u8; 16384];
+                            loop {
+                                let Ok(n) = from.read(&mut buf).await else {
+                                    return;
+                                };
+                                if n == 0 {
+                                    return;
+                                }
+                                if quiet.load(std::sync::atomic::Ordering::SeqCst) {
+                                    // Swallowed, and the connection kept open.
+                                    std::future::pending::<()>().await;
+                                }
+                                if to.write_all(&buf[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                        };
+                    tokio::join!(pipe(cr, uw, quiet.clone()), pipe(ur, cw, quiet));
+                });
+            }
+        });
+        SilentRelay { addr, silent }
+    }
+}
+
+#[tokio::test]
+async fn a_listening_connection_that_goes_silent_stops_the_cache_within_the_lag() {
+    let db = TestDb::new().await;
+    let relay = SilentRelay::start().await;
+    use std::str::FromStr;
+    let config = tokio_postgres::Config::from_str(&server()).unwrap();
+    let user = config.get_user().unwrap_or("postgres").to_owned();
+    let url = format!(
+        "postgres://{user}@127.0.0.1:{}/{}?sslmode=disable",
+        relay.addr.port(),
+        db.name
+    );
+    let store = PgStore::connect(&url, 2)
+        .await
+        .unwrap()
+        .with_read_cache(Duration::from_millis(400));
+    assert!(within_two_seconds(|| async { store.hears_changes() }).await);
+    relay
+        .silent
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        within_two_seconds(|| async { !store.hears_changes() }).await,
+        "a silent listening connection still counted as hearing changes"
+    );
+}
