@@ -147,9 +147,11 @@ impl App {
             let gateway = current.load_full();
             // The gateway names the request's client and id for its audit events.
             let request = crate::audit::Request::default();
-            Box::pin(crate::audit::within(request, async move {
-                gateway.handle(req, conn).await
-            }))
+            // The request's future is large (kilobytes): it is put on the heap once, where it
+            // stays, and only its box is moved into the wrappers, which would otherwise copy
+            // it whole, each of them, for every request.
+            let work = Box::pin(async move { gateway.handle(req, conn).await });
+            Box::pin(crate::audit::within(request, work))
         });
         let ready = Arc::new(AtomicBool::new(false));
         let admin = Arc::new(Admin::new(&services, config, ready.clone()));
