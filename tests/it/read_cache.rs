@@ -135,8 +135,18 @@ async fn refused_from_the_next_request<F, Fut>(
     assert_eq!(status(gh, path, authorization).await, refused);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_user_disabled_through_one_replica_is_refused_by_the_other_at_once() {
+/// Two replicas and the user `ada` (scope `read`) with a token; through replica A the admin call
+/// `method path body`, answered `answered`, while B serves ada's requests to `route`: every one
+/// sent after the answer gets `refused`. The replicas, the token and what they run on, for more
+/// checks.
+async fn admin_change_refused_at_once(
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+    answered: u16,
+    route: &str,
+    refused: u16,
+) -> (Gatehouse, Gatehouse, String, Database, Upstream) {
     let upstream = Upstream::start().await;
     let db = Database::on_shared_server().await;
     let (a, b) = replicas(&upstream, &db).await;
@@ -144,69 +154,53 @@ async fn a_user_disabled_through_one_replica_is_refused_by_the_other_at_once() {
         .create_user(json!({"userName": "ada", "scopes": ["read"]}))
         .await;
     let token = bearer(&a, &ada);
-    refused_from_the_next_request(&b, "/private/x", &token, 401, || async {
-        let (code, body) = a
-            .admin(
-                "PATCH",
-                "/admin/v1/users/ada",
-                Some(json!({"disabled": true})),
-            )
-            .await;
-        assert_eq!(code, 200, "{body}");
+    refused_from_the_next_request(&b, route, &token, refused, || async {
+        let (code, body) = a.admin(method, path, body).await;
+        assert_eq!(code, answered, "{body}");
     })
+    .await;
+    (a, b, token, db, upstream)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_user_disabled_through_one_replica_is_refused_by_the_other_at_once() {
+    let user = "/admin/v1/users/ada";
+    admin_change_refused_at_once(
+        "PATCH",
+        user,
+        Some(json!({"disabled": true})),
+        200,
+        "/private/x",
+        401,
+    )
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_scope_removed_through_one_replica_is_missing_on_the_other_at_once() {
-    let upstream = Upstream::start().await;
-    let db = Database::on_shared_server().await;
-    let (a, b) = replicas(&upstream, &db).await;
-    let ada = a
-        .create_user(json!({"userName": "ada", "scopes": ["read"]}))
-        .await;
-    let token = bearer(&a, &ada);
-    refused_from_the_next_request(&b, "/scoped/x", &token, 403, || async {
-        let (code, body) = a
-            .admin("PATCH", "/admin/v1/users/ada", Some(json!({"scopes": []})))
-            .await;
-        assert_eq!(code, 200, "{body}");
-    })
+    let user = "/admin/v1/users/ada";
+    admin_change_refused_at_once(
+        "PATCH",
+        user,
+        Some(json!({"scopes": []})),
+        200,
+        "/scoped/x",
+        403,
+    )
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tokens_revoked_through_one_replica_are_refused_by_the_other_at_once() {
-    let upstream = Upstream::start().await;
-    let db = Database::on_shared_server().await;
-    let (a, b) = replicas(&upstream, &db).await;
-    let ada = a
-        .create_user(json!({"userName": "ada", "scopes": ["read"]}))
-        .await;
-    let token = bearer(&a, &ada);
-    refused_from_the_next_request(&b, "/private/x", &token, 401, || async {
-        let (code, body) = a
-            .admin("POST", "/admin/v1/users/ada/tokens/revoke", None)
-            .await;
-        assert_eq!(code, 204, "{body}");
-    })
-    .await;
+    let revoke = "/admin/v1/users/ada/tokens/revoke";
+    let (a, _b, token, _db, _upstream) =
+        admin_change_refused_at_once("POST", revoke, None, 204, "/private/x", 401).await;
     // The same replica that made the change refuses it too.
     assert_eq!(status(&a, "/private/x", &token).await, 401);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_user_deleted_through_one_replica_is_refused_by_the_other_at_once() {
-    let upstream = Upstream::start().await;
-    let db = Database::on_shared_server().await;
-    let (a, b) = replicas(&upstream, &db).await;
-    let ada = a
-        .create_user(json!({"userName": "ada", "scopes": ["read"]}))
-        .await;
-    let token = bearer(&a, &ada);
-    refused_from_the_next_request(&b, "/private/x", &token, 401, || async {
-        let (code, body) = a.admin("DELETE", "/admin/v1/users/ada", None).await;
-        assert_eq!(code, 204, "{body}");
-    })
-    .await;
+    let user = "/admin/v1/users/ada";
+    admin_change_refused_at_once("DELETE", user, None, 204, "/private/x", 401).await;
 }

@@ -1046,17 +1046,7 @@ async fn a_change_nobody_announced_is_seen_once_the_lag_has_passed() {
     let reader = cached_store(&db, lag).await;
     let ada = reader.create_user(new_user("ada"), NOW_UNIX).await.unwrap();
     assert!(reader.shared_user_by_id(ada.id).await.unwrap().is_some());
-    // Changed behind gatehouse's back: no announcement.
-    let mut disabled = ada.clone();
-    disabled.is_valid = false;
-    let client = admin_of(&db).await;
-    client
-        .execute(
-            "UPDATE gatehouse_users SET doc = $2 WHERE id = $1",
-            &[&key(ada.id), &tokio_postgres::types::Json(&disabled)],
-        )
-        .await
-        .unwrap();
+    disable_unannounced(&admin_of(&db).await, &ada).await;
     assert!(
         !reader
             .shared_user_by_id(ada.id)
@@ -1143,16 +1133,7 @@ async fn without_a_revocation_lag_nothing_is_cached() {
     let store = db.store().await.with_read_cache(Duration::ZERO);
     let ada = store.create_user(new_user("ada"), NOW_UNIX).await.unwrap();
     assert!(store.shared_user_by_id(ada.id).await.unwrap().is_some());
-    let mut disabled = ada.clone();
-    disabled.is_valid = false;
-    admin_of(&db)
-        .await
-        .execute(
-            "UPDATE gatehouse_users SET doc = $2 WHERE id = $1",
-            &[&key(ada.id), &tokio_postgres::types::Json(&disabled)],
-        )
-        .await
-        .unwrap();
+    disable_unannounced(&admin_of(&db).await, &ada).await;
     assert!(
         store
             .shared_user_by_id(ada.id)
@@ -1161,6 +1142,19 @@ async fn without_a_revocation_lag_nothing_is_cached() {
             .unwrap()
             .disabled()
     );
+}
+
+/// Disables `user` behind gatehouse's back: the row changes, and nobody announces it.
+async fn disable_unannounced(client: &tokio_postgres::Client, user: &User) {
+    let mut disabled = user.clone();
+    disabled.is_valid = false;
+    client
+        .execute(
+            "UPDATE gatehouse_users SET doc = $2 WHERE id = $1",
+            &[&key(user.id), &tokio_postgres::types::Json(&disabled)],
+        )
+        .await
+        .unwrap();
 }
 
 /// A plain connection to the test's database, beside gatehouse's.
@@ -1186,15 +1180,7 @@ async fn a_replica_that_stops_hearing_changes_stops_serving_what_it_kept() {
         )
         .await
         .unwrap();
-    let mut disabled = ada.clone();
-    disabled.is_valid = false;
-    client
-        .execute(
-            "UPDATE gatehouse_users SET doc = $2 WHERE id = $1",
-            &[&key(ada.id), &tokio_postgres::types::Json(&disabled)],
-        )
-        .await
-        .unwrap();
+    disable_unannounced(&client, &ada).await;
     assert!(
         within_two_seconds(|| async {
             reader
