@@ -273,23 +273,27 @@ pub(super) async fn listen(config: tokio_postgres::Config, tls: bool, cache: Wea
             false => listen_once(&config, NoTls, &cache).await,
         };
         let Some(live) = cache.upgrade() else { return };
-        live.listening.store(false, Ordering::SeqCst);
+        let was_listening = live.listening.swap(false, Ordering::SeqCst);
         // Nothing kept while nobody listened may be served once somebody does again.
         live.drop_all();
+        let needs_listener = live.needs_listener;
         drop(live);
+        let meanwhile = match needs_listener {
+            true => "users and sessions are read from the database on every request",
+            false => "what was read is kept for at most auth.revocation_lag",
+        };
         match result {
             Ok(()) => return,
             Err(Lost::Unsupported(why)) => {
-                tracing::info!(
-                    "cached reads expire after auth.revocation_lag; changes are not announced ({why})"
-                );
+                tracing::info!("other replicas' changes cannot be heard ({why}): {meanwhile}");
                 return;
             }
             Err(Lost::Connection(why)) => {
-                if !warned {
+                // Once per outage: when it was listening, or at the first failed start.
+                if was_listening || !warned {
                     tracing::warn!(
-                        "lost the connection that hears other replicas' changes ({why}); cached \
-                         reads expire after auth.revocation_lag until it is back"
+                        "lost the connection that hears other replicas' changes ({why}); until \
+                         it is back, {meanwhile}"
                     );
                     warned = true;
                 }
