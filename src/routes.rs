@@ -80,8 +80,29 @@ pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
 /// folds into theirs (`_` or `.` for `-`), each comma-separated item trimmed, each method once
 /// whatever its letter case.
 pub fn acted_methods(own: &[&str], headers: &http::HeaderMap) -> Vec<String> {
+    // In any spelling a CGI-style upstream reads as the header (`X_HTTP_Method_Override`).
+    let mut overrides = headers
+        .iter()
+        .filter(|(name, _)| {
+            METHOD_OVERRIDE_HEADERS
+                .iter()
+                .any(|o| crate::hygiene::folded_eq(name.as_str().as_bytes(), o.as_bytes()))
+        })
+        .peekable();
+    let mut methods: Vec<String> = Vec::with_capacity(own.len());
+    if overrides.peek().is_none() && own.len() <= 4 {
+        // The usual request: its own method, or the few a forward-auth request describes,
+        // compared with each other without a set.
+        for m in own {
+            let m = m.trim();
+            if !m.is_empty() && !methods.iter().any(|k| k.eq_ignore_ascii_case(m)) {
+                methods.push(m.to_owned());
+            }
+        }
+        return methods;
+    }
+    // A client may name any number of methods: a set keeps this linear.
     let mut seen = std::collections::HashSet::new();
-    let mut methods = Vec::new();
     let mut add = |m: &str| {
         if !m.is_empty() && seen.insert(m.to_ascii_uppercase()) {
             methods.push(m.to_owned());
@@ -90,12 +111,6 @@ pub fn acted_methods(own: &[&str], headers: &http::HeaderMap) -> Vec<String> {
     for m in own {
         add(m.trim());
     }
-    // In any spelling a CGI-style upstream reads as the header (`X_HTTP_Method_Override`).
-    let overrides = headers.iter().filter(|(name, _)| {
-        METHOD_OVERRIDE_HEADERS
-            .iter()
-            .any(|o| crate::hygiene::folded_eq(name.as_str().as_bytes(), o.as_bytes()))
-    });
     for (_, value) in overrides {
         for item in String::from_utf8_lossy(value.as_bytes()).split(',') {
             add(item.trim());

@@ -30,7 +30,8 @@ use crate::mfa::passkeys::{CEREMONY_TTL, Registrant};
 use crate::mfa::service::{Mfa, MfaError};
 use crate::store::FactorKind;
 
-const PREFIX: &str = "/enroll/";
+/// What every enrollment page's path starts with.
+pub const PREFIX: &str = "/enroll/";
 const PAGE: &str = "/enroll/{ticketId}";
 
 /// Passkey ceremonies one client address may begin on enrollment pages per

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use self::rejection::{Rejection, render};
 pub use self::request_id::X_REQUEST_ID;
 use self::request_id::request_id;
-use self::target::Target;
+use self::target::{Claimed, Target};
 use crate::api::enroll::EnrollPage;
 use crate::api::manage::Manage;
 use crate::api::nexus::Nexus;
@@ -138,6 +138,8 @@ pub struct Gateway {
     nexus: Option<Nexus>,
     ws: Option<Ws>,
     manage: Option<Manage>,
+    /// The prefixes of gatehouse's own endpoints.
+    claimed: Claimed,
     enroll: EnrollPage,
     signin: SignIn,
     sessions: Arc<Sessions>,
@@ -166,6 +168,31 @@ impl Gateway {
 
     /// The pipeline for `config` (the app's own, or a reloaded one) around the app's services.
     pub fn new(services: &Services, config: &crate::config::Config) -> Gateway {
+        let ws = config.apis.ws.enabled.then(|| {
+            Ws::new(
+                &config.apis.ws.base_path,
+                services.auth.clone(),
+                services.mfa.clone(),
+                services.store.clone(),
+            )
+        });
+        let manage = config.apis.manage.family.enabled.then(|| {
+            Manage::new(
+                &config.apis.manage,
+                services.auth.clone(),
+                services.mfa.clone(),
+                services.store.clone(),
+                services.clock.clone(),
+            )
+        });
+        let nexus = config.apis.nexus.enabled.then(|| {
+            Nexus::new(
+                &config.apis.nexus.base_path,
+                services.auth.clone(),
+                services.mfa.clone(),
+                services.domains.clone(),
+            )
+        });
         Gateway {
             rules: AccessRules::new(&config.routes, config.proxy.default),
             sanitizer: Sanitizer::new(&config.identity_headers),
@@ -196,31 +223,10 @@ impl Gateway {
             reauth_interval: config.proxy.reauth_interval,
             store: services.store.clone(),
             clock: services.clock.clone(),
-            ws: config.apis.ws.enabled.then(|| {
-                Ws::new(
-                    &config.apis.ws.base_path,
-                    services.auth.clone(),
-                    services.mfa.clone(),
-                    services.store.clone(),
-                )
-            }),
-            manage: config.apis.manage.family.enabled.then(|| {
-                Manage::new(
-                    &config.apis.manage,
-                    services.auth.clone(),
-                    services.mfa.clone(),
-                    services.store.clone(),
-                    services.clock.clone(),
-                )
-            }),
-            nexus: config.apis.nexus.enabled.then(|| {
-                Nexus::new(
-                    &config.apis.nexus.base_path,
-                    services.auth.clone(),
-                    services.mfa.clone(),
-                    services.domains.clone(),
-                )
-            }),
+            claimed: Claimed::new(ws.as_ref(), manage.as_ref(), nexus.as_ref()),
+            ws,
+            manage,
+            nexus,
         }
     }
 
@@ -268,6 +274,7 @@ impl Gateway {
         let target = Target::classify(
             &parts.method,
             &key,
+            &self.claimed,
             self.ws.as_ref(),
             self.manage.as_ref(),
             self.nexus.as_ref(),

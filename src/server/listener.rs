@@ -3,8 +3,10 @@
 //! draining on shutdown. The public, admin and inject webhook listeners all run through here.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -268,24 +270,22 @@ async fn serve(
     first_head_due: Instant,
     mut stop: watch::Receiver<bool>,
 ) {
-    // Requests in flight: from the head's arrival until the response body is dropped.
-    let (busy, idle) = watch::channel(0usize);
-    let busy = Arc::new(busy);
-    let taking = Taking::default();
-    let watched = taking.clone();
+    // Requests in flight (from the head's arrival until the response body is dropped), and
+    // whether the client takes the responses it is sent.
+    let activity = Activity::default();
+    let watched = activity.clone();
     let service = service_fn(move |mut req: hyper::Request<Incoming>| {
-        let in_flight = InFlight::start(busy.clone());
+        let in_flight = InFlight::start(activity.clone());
         if req.method() == http::Method::CONNECT
             || req.headers().contains_key(http::header::UPGRADE)
         {
             // A request that may become a tunnel: the tunnel keeps the connection in use (an
             // HTTP/2 stream's connection is not closed as idle) and counted against the caps.
             req.extensions_mut().insert(KeepOpen {
-                _in_flight: Arc::new(InFlight::start(busy.clone())),
+                _in_flight: Arc::new(InFlight::start(activity.clone())),
                 _slot: slot.clone(),
             });
         }
-        let taking = taking.clone();
         let head = req.method() == http::Method::HEAD;
         let response = handler(req, info);
         async move {
@@ -295,7 +295,7 @@ async fn serve(
             } else {
                 response
             };
-            Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight, taking)))
+            Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
         }
     });
     // Owned, so the connection future does not borrow the builder across the spawn.
@@ -303,18 +303,19 @@ async fn serve(
         .serve_connection_with_upgrades(TokioIo::new(io), service)
         .into_owned();
     tokio::pin!(conn);
-    let idle = idle_for(
-        idle,
+    // The connection's task wakes for every read and write; its two watchers are polled only
+    // when what they wait for may have happened.
+    let mut idle = OnWake::new(idle_for(
+        watched,
         first_head_due,
         protocols.header_read_timeout,
-        &watched,
         protocols.send_timeout,
-    );
-    tokio::pin!(idle);
+    ));
+    let mut stopping = OnWake::new(async move { stopped(&mut stop).await });
     let result = tokio::select! {
         result = conn.as_mut() => result,
         // Once `stop` turns true, the connection finishes its in-flight requests and closes.
-        () = stopped(&mut stop) => {
+        () = &mut stopping => {
             conn.as_mut().graceful_shutdown();
             tokio::select! {
                 result = conn.as_mut() => result,
@@ -344,79 +345,181 @@ async fn serve(
 /// Resolves at `first` if no request has come by then, later once no request has been in
 /// flight for `limit`, and whenever responses have waited `send_timeout` for the client to take
 /// any of their data.
-async fn idle_for(
-    mut busy: watch::Receiver<usize>,
-    first: Instant,
-    limit: Duration,
-    taking: &Taking,
-    send_timeout: Duration,
-) {
-    let mut due = first;
+///
+/// Requests do not wake it: its one timer fires no later than the earliest moment one of these
+/// could be due, and it looks then at what the connection did meanwhile. What happens between
+/// two looks only moves these moments later than the next look, so the timer is never late, and
+/// a busy connection costs it one wake per `header_read_timeout` however many requests it
+/// carries.
+async fn idle_for(activity: Activity, first: Instant, limit: Duration, send_timeout: Duration) {
+    let timer = tokio::time::sleep_until(first);
+    tokio::pin!(timer);
     loop {
         let now = Instant::now();
-        let stalled = taking.waiting_since().map(|since| since + send_timeout);
+        let seen = activity.seen();
+        let stalled = seen.waiting_since.map(|since| since + send_timeout);
         if stalled.is_some_and(|at| now >= at) {
             return;
         }
-        let in_flight = *busy.borrow_and_update() != 0;
-        if !in_flight && now >= due {
+        let due = seen.changed.map_or(first, |at| at + limit);
+        if seen.in_flight == 0 && now >= due {
             return;
         }
-        // A response may start waiting at any moment without a change of `busy`: look again
-        // at least every `send_timeout`.
+        // A response may start waiting at any moment: look again at least every `send_timeout`.
         let check = stalled.unwrap_or(now + send_timeout);
-        let wake = if in_flight { check } else { check.min(due) };
-        match tokio::time::timeout_at(wake, busy.changed()).await {
-            Err(_) => {}
-            // The service is gone, so is the connection: nothing left to time.
-            Ok(Err(_)) => return std::future::pending().await,
-            Ok(Ok(())) => due = Instant::now() + limit,
+        // While requests are in flight, look again within `limit`: the last of them may end
+        // from now on, and the connection is idle `limit` after that, not before this look.
+        let wake = if seen.in_flight == 0 {
+            check.min(due)
+        } else {
+            check.min(now + limit)
+        };
+        timer.as_mut().reset(wake);
+        timer.as_mut().await;
+    }
+}
+
+/// A future polled only once its own waker has fired (and the first time): its task may wake
+/// for many other reasons, each of which would otherwise poll it again.
+struct OnWake<F> {
+    future: Pin<Box<F>>,
+    gate: Arc<Gate>,
+    waker: std::task::Waker,
+}
+
+/// Whether an [`OnWake`]'s future was woken since it was last polled, and the task to wake.
+struct Gate {
+    woken: AtomicBool,
+    task: Mutex<Option<std::task::Waker>>,
+}
+
+impl std::task::Wake for Gate {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        let task = self
+            .task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(task) = task {
+            task.wake();
         }
     }
 }
 
-/// Whether a connection's client takes the responses it is sent: how many responses wait for
-/// hyper to ask for more of their data (which it does as the client reads), and when one last
-/// was asked. A response whose body waits on its own source (an upstream, a stream) is not
-/// counted: the client is not the one holding it up.
+impl<F: Future> OnWake<F> {
+    fn new(future: F) -> OnWake<F> {
+        let gate = Arc::new(Gate {
+            woken: AtomicBool::new(true),
+            task: Mutex::new(None),
+        });
+        OnWake {
+            future: Box::pin(future),
+            waker: std::task::Waker::from(gate.clone()),
+            gate,
+        }
+    }
+}
+
+impl<F: Future> Future for OnWake<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.get_mut();
+        // Registered before the flag is read: a wake in between is not lost.
+        {
+            let mut task = this
+                .gate
+                .task
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match task.as_mut() {
+                Some(known) if known.will_wake(cx.waker()) => {}
+                _ => *task = Some(cx.waker().clone()),
+            }
+        }
+        if !this.gate.woken.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        this.future
+            .as_mut()
+            .poll(&mut Context::from_waker(&this.waker))
+    }
+}
+
+/// What a connection did, as its idle watcher reads it: how many requests are in flight and
+/// when that last changed, and how many responses wait for the client to take data (hyper asks
+/// for more of a body as the client reads) and when one last was asked. A response whose body
+/// waits on its own source (an upstream, a stream) is not counted: the client is not the one
+/// holding it up.
 #[derive(Clone, Default)]
-struct Taking(Arc<Mutex<Waiting>>);
+struct Activity(Arc<Mutex<State>>);
 
 #[derive(Default)]
-struct Waiting {
-    responses: usize,
+struct State {
+    in_flight: usize,
+    /// When a request last started or ended.
+    changed: Option<Instant>,
+    waiting: usize,
     /// The last time a response body was asked for data, or began to wait.
     progress: Option<Instant>,
 }
 
-impl Taking {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
+/// What [`idle_for`] reads of an [`Activity`].
+struct Seen {
+    in_flight: usize,
+    changed: Option<Instant>,
+    /// Since when the client has taken nothing while a response waits for it.
+    waiting_since: Option<Instant>,
+}
+
+impl Activity {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Since when the client has taken nothing while a response waits for it.
-    fn waiting_since(&self) -> Option<Instant> {
-        let waiting = self.lock();
-        if waiting.responses == 0 {
-            None
-        } else {
-            waiting.progress
+    fn seen(&self) -> Seen {
+        let state = self.lock();
+        Seen {
+            in_flight: state.in_flight,
+            changed: state.changed,
+            waiting_since: if state.waiting == 0 {
+                None
+            } else {
+                state.progress
+            },
         }
     }
 
+    /// A request starts (`true`) or ends.
+    fn request(&self, starts: bool) {
+        let now = Instant::now();
+        let mut state = self.lock();
+        if starts {
+            state.in_flight += 1;
+        } else {
+            state.in_flight = state.in_flight.saturating_sub(1);
+        }
+        state.changed = Some(now);
+    }
+
     /// A response starts or stops waiting for the client.
-    fn set(&self, was: bool, now: bool) {
+    fn set_waiting(&self, was: bool, now: bool) {
         if was == now {
             return;
         }
-        let mut waiting = self.lock();
+        let mut state = self.lock();
         if now {
-            if waiting.responses == 0 {
-                waiting.progress = Some(Instant::now());
+            if state.waiting == 0 {
+                state.progress = Some(Instant::now());
             }
-            waiting.responses += 1;
+            state.waiting += 1;
         } else {
-            waiting.responses = waiting.responses.saturating_sub(1);
+            state.waiting = state.waiting.saturating_sub(1);
         }
     }
 
@@ -437,18 +540,18 @@ pub struct KeepOpen {
 }
 
 /// One request in flight on a connection; dropping it (with the response body) ends it.
-struct InFlight(Arc<watch::Sender<usize>>);
+struct InFlight(Activity);
 
 impl InFlight {
-    fn start(busy: Arc<watch::Sender<usize>>) -> InFlight {
-        busy.send_modify(|n| *n += 1);
-        InFlight(busy)
+    fn start(activity: Activity) -> InFlight {
+        activity.request(true);
+        InFlight(activity)
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.send_modify(|n| *n = n.saturating_sub(1));
+        self.0.request(false);
     }
 }
 
@@ -456,22 +559,20 @@ impl Drop for InFlight {
 /// tells the connection whether the client is taking its data.
 struct Tracked {
     body: Body,
-    _in_flight: InFlight,
-    taking: Taking,
+    in_flight: InFlight,
     /// Ready for hyper to ask for more (just made, or a frame handed over), not waiting on its
     /// own source.
     waiting: bool,
 }
 
 impl Tracked {
-    fn new(body: Body, in_flight: InFlight, taking: Taking) -> Tracked {
+    fn new(body: Body, in_flight: InFlight) -> Tracked {
         // A body with nothing to send waits for nobody (hyper may never ask it for data).
         let waiting = !body.is_end_stream();
-        taking.set(false, waiting);
+        in_flight.0.set_waiting(false, waiting);
         Tracked {
             body,
-            _in_flight: in_flight,
-            taking,
+            in_flight,
             waiting,
         }
     }
@@ -479,7 +580,7 @@ impl Tracked {
 
 impl Drop for Tracked {
     fn drop(&mut self) {
-        self.taking.set(self.waiting, false);
+        self.in_flight.0.set_waiting(self.waiting, false);
     }
 }
 
@@ -491,11 +592,11 @@ impl hyper::body::Body for Tracked {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        self.taking.progressed();
+        self.in_flight.0.progressed();
         let polled = Pin::new(&mut self.body).poll_frame(cx);
         // Pending: the body waits on its source. A frame: it waits for hyper to ask again.
         let waiting = matches!(polled, Poll::Ready(Some(Ok(_))));
-        self.taking.set(self.waiting, waiting);
+        self.in_flight.0.set_waiting(self.waiting, waiting);
         self.waiting = waiting;
         polled
     }

@@ -242,6 +242,38 @@ async fn an_idle_connection_is_closed_after_its_last_response_on_both_protocols(
     }
 }
 
+/// A connection used again and again within the timeout stays open however long it lives, and
+/// once it goes quiet it is closed a timeout after its last response.
+#[tokio::test]
+async fn a_connection_in_steady_use_stays_open_and_closes_once_it_goes_quiet() {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start_with(&upstream, |c| {
+        c.server.header_read_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let pem = certificate(&gh);
+    let (http, https) = (gh.http_addr(), gh.addrs.https.unwrap());
+    for (name, h2) in [("h2", true), ("HTTP/1.1", false)] {
+        let mut conn = if h2 {
+            Conn::h2(tls_connect(https, &pem, b"h2").await).await
+        } else {
+            Conn::h1(TcpStream::connect(http).await.unwrap()).await
+        };
+        // Three timeouts' worth of requests, each well within the timeout of the one before.
+        for _ in 0..10 {
+            assert_eq!(conn.get("/public/x").await.0, 200, "{name}");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        let quiet = tokio::time::Instant::now();
+        assert!(conn.ended_within(DEADLINE).await, "{name} stayed open");
+        assert!(
+            quiet.elapsed() >= Duration::from_millis(500),
+            "{name} closed {:?} after its last request",
+            quiet.elapsed()
+        );
+    }
+}
+
 /// Opens `n` connections to `addr` that each answer a request, and keeps them.
 async fn usable_connections(addr: SocketAddr, n: usize) -> Vec<Conn> {
     let mut conns = Vec::new();

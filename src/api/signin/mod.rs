@@ -62,6 +62,9 @@ const PROVIDER: &str = "/auth/login/{id}";
 const CALLBACK: &str = "/auth/callback/{id}";
 const BACKCHANNEL_LOGOUT: &str = "/auth/backchannel-logout/{id}";
 
+/// What every sign-in path is (`/auth`) or starts with (`/auth/`).
+pub const PREFIX: &str = "/auth";
+
 /// A path under `/auth/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
@@ -84,7 +87,7 @@ pub enum Endpoint {
 impl Endpoint {
     /// The endpoint `key` (a match key) names, when it is `/auth` or under `/auth/`.
     pub fn of(key: &str) -> Option<Endpoint> {
-        let rest = strip_prefix_ignore_case(key, "/auth")?;
+        let rest = strip_prefix_ignore_case(key, PREFIX)?;
         if !(rest.is_empty() || rest.starts_with('/')) {
             return None;
         }

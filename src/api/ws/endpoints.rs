@@ -114,6 +114,14 @@ impl Ws {
         }
     }
 
+    /// Every path of the family (as the prefix that [`Self::endpoint`] matches first).
+    pub fn prefixes(&self) -> Vec<String> {
+        ENDPOINTS
+            .iter()
+            .map(|(r, _)| format!("{}{}", self.base, r.path))
+            .collect()
+    }
+
     pub fn endpoint(&self, path: &str) -> Option<Endpoint> {
         let rest = crate::path::strip_prefix_ignore_case(path, &self.base)?;
         ENDPOINTS
