@@ -12,6 +12,10 @@ Dockerfile's ignore file (BuildKit's per-Dockerfile `<Dockerfile>.dockerignore`,
                                                 # the manifest or the code needs but the image
                                                 # lacks fails the same way, in a fraction of the time
   deploy/check-build-context.py --check --target-dir DIR   # cargo's output kept in DIR between runs
+  deploy/check-build-context.py --check --dev --target-dir target
+                                                # the dev profile instead of `--release`, in the
+                                                # target directory the tests' build filled: only
+                                                # the crate itself is checked again
 
 Only the Dockerfile syntax this project uses is understood (FROM, WORKDIR, COPY of context paths,
 RUN with cache mounts and `&&`-joined commands); anything else fails loudly rather than being
@@ -259,7 +263,17 @@ def main():
         help="cargo's target directory (the image's cache mount), kept between runs; "
         "default: a temporary one",
     )
+    parser.add_argument(
+        "--dev",
+        action="store_true",
+        help="with --check and --target-dir: check in the dev profile (the command's `--release` "
+        "left out), reusing the dependencies a test or lint build left in the target directory; "
+        "the context is copied to a fixed directory in it, so its crate's output is replaced, "
+        "not added to, on every run",
+    )
     options = parser.parse_args()
+    if options.dev and not (options.check and options.target_dir):
+        parser.error("--dev needs --check and --target-dir")
     dockerfile = options.dockerfile.resolve()
     context = options.context.resolve()
 
@@ -273,6 +287,10 @@ def main():
         root = Path(scratch, "root")
         target_dir = (options.target_dir or Path(scratch, "target")).resolve()
         target_dir.mkdir(parents=True, exist_ok=True)
+        if options.dev:
+            # The crate's output is named after its path: the same path every run.
+            root = target_dir / "build-context-source"
+            shutil.rmtree(root, ignore_errors=True)
         workdir = "/"
         runs = []
         for number, keyword, args in build_stage(dockerfile):
@@ -333,7 +351,8 @@ def main():
                     if any(word.startswith("--target-dir") for word in segment):
                         raise Unsupported(f"{dockerfile}:{number}: cargo --target-dir is not supported")
                     if options.check and len(segment) > 1 and segment[1] == "build":
-                        segment = ["cargo", "check", *segment[2:]]
+                        flags = [w for w in segment[2:] if not (options.dev and w == "--release")]
+                        segment = ["cargo", "check", *flags]
                         replaced = True
                 elif options.check:
                     print(f"skipped (needs what `cargo build` builds): {shlex.join(segment)}")
@@ -355,7 +374,7 @@ def main():
                     return 1
         if options.check and not replaced:
             raise Unsupported(f"{dockerfile}: no `cargo build` to replace with `cargo check`")
-        if options.target_dir:
+        if options.target_dir and not options.dev:
             # The copied context's path differs on every run, and so do this crate's artifacts:
             # drop them, keeping the dependencies' for the next run.
             subprocess.run(

@@ -139,6 +139,18 @@ impl Conn {
     }
 }
 
+/// An upstream, a gatehouse in front of it whose `server.header_read_timeout` is one second, and
+/// the certificate of its TLS listener.
+async fn with_one_second_timeout() -> (Upstream, Gatehouse, Vec<u8>) {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start_with(&upstream, |c| {
+        c.server.header_read_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let pem = certificate(&gh);
+    (upstream, gh, pem)
+}
+
 fn certificate(gh: &Gatehouse) -> Vec<u8> {
     std::fs::read(gh.dir.path().join("gh.crt")).unwrap()
 }
@@ -146,15 +158,10 @@ fn certificate(gh: &Gatehouse) -> Vec<u8> {
 #[tokio::test]
 async fn a_connection_that_sends_nothing_is_closed_after_the_header_read_timeout_on_every_protocol()
 {
-    let upstream = Upstream::start().await;
-    let gh = Gatehouse::start_with(&upstream, |c| {
-        c.server.header_read_timeout = Duration::from_secs(1);
-    })
-    .await;
+    let (upstream, gh, pem) = with_one_second_timeout().await;
     let http = gh.http_addr();
     let https = gh.addrs.https.unwrap();
     let admin = gh.addrs.admin;
-    let pem = certificate(&gh);
     let mut kinds = tokio::task::JoinSet::new();
     let plain = |name: &'static str, addr: SocketAddr, sent: &'static [u8]| async move {
         let mut tcp = TcpStream::connect(addr).await.unwrap();
@@ -205,12 +212,7 @@ async fn a_connection_that_sends_nothing_is_closed_after_the_header_read_timeout
 
 #[tokio::test]
 async fn an_idle_connection_is_closed_after_its_last_response_on_both_protocols() {
-    let upstream = Upstream::start().await;
-    let gh = Gatehouse::start_with(&upstream, |c| {
-        c.server.header_read_timeout = Duration::from_secs(1);
-    })
-    .await;
-    let pem = certificate(&gh);
+    let (upstream, gh, pem) = with_one_second_timeout().await;
     let (http, https) = (gh.http_addr(), gh.addrs.https.unwrap());
     // Every answer takes longer than the timeout: a request in flight keeps its connection,
     // only the time without one counts.
@@ -246,12 +248,7 @@ async fn an_idle_connection_is_closed_after_its_last_response_on_both_protocols(
 /// once it goes quiet it is closed a timeout after its last response.
 #[tokio::test]
 async fn a_connection_in_steady_use_stays_open_and_closes_once_it_goes_quiet() {
-    let upstream = Upstream::start().await;
-    let gh = Gatehouse::start_with(&upstream, |c| {
-        c.server.header_read_timeout = Duration::from_secs(1);
-    })
-    .await;
-    let pem = certificate(&gh);
+    let (_upstream, gh, pem) = with_one_second_timeout().await;
     let (http, https) = (gh.http_addr(), gh.addrs.https.unwrap());
     for (name, h2) in [("h2", true), ("HTTP/1.1", false)] {
         let mut conn = if h2 {
