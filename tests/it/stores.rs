@@ -1008,6 +1008,11 @@ async fn a_session_is_created_read_touched_rotated_and_deleted(s: Subject) {
             ..first.clone()
         }
     );
+    // Read again through the handle that read it before it changed.
+    assert_eq!(
+        s.twin.session(&hash(1)).await.unwrap(),
+        Some(touched.clone())
+    );
     assert!(!s.store.touch_session(&hash(2), 1500).await.unwrap());
     assert_eq!(s.store.session(&hash(2)).await.unwrap(), None);
 
@@ -1025,6 +1030,7 @@ async fn a_session_is_created_read_touched_rotated_and_deleted(s: Subject) {
             .unwrap()
     );
     assert_eq!(s.store.session(&hash(1)).await.unwrap(), None);
+    assert_eq!(s.twin.session(&hash(1)).await.unwrap(), None);
     assert_eq!(s.store.session(&hash(3)).await.unwrap(), Some(stepped_up));
     assert!(
         !s.store

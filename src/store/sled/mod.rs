@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sled::{Db, Tree};
 
-use crate::store::{AuditEvent, StoreError, StoreResult, User};
+use crate::store::{AuditEvent, Session, StoreError, StoreResult, User};
 
 mod codec;
 mod impl_store;
@@ -20,7 +20,46 @@ mod tests;
 use codec::{backend, decode, encode};
 
 /// A user record as last decoded, with the stored bytes it was decoded from.
-type Decoded = (sled::IVec, Arc<User>);
+/// Records as last decoded, by key, with the bytes they were decoded from: a read that finds the
+/// same bytes stored takes the decoded record instead of decoding them again, and any change of
+/// the stored bytes (a write, a rotation) is a miss. Holds at most `LIMIT` records and starts over
+/// when full; only records found in the store are kept.
+struct Decodes<K, T, const LIMIT: usize>(
+    std::sync::Mutex<std::collections::HashMap<K, (sled::IVec, T)>>,
+);
+
+impl<K: std::hash::Hash + Eq, T: Clone, const LIMIT: usize> Decodes<K, T, LIMIT> {
+    fn new() -> Self {
+        Decodes(std::sync::Mutex::default())
+    }
+
+    /// The record `bytes` (stored under `key`) decode to.
+    fn of<Q>(
+        &self,
+        key: &Q,
+        bytes: sled::IVec,
+        decode: impl FnOnce(&[u8]) -> StoreResult<T>,
+    ) -> StoreResult<T>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        if let Ok(decoded) = self.0.lock()
+            && let Some((seen, record)) = decoded.get(key)
+            && *seen == bytes
+        {
+            return Ok(record.clone());
+        }
+        let record = decode(&bytes)?;
+        if let Ok(mut decoded) = self.0.lock() {
+            if decoded.len() >= LIMIT {
+                decoded.clear();
+            }
+            decoded.insert(key.to_owned(), (bytes, record.clone()));
+        }
+        Ok(record)
+    }
+}
 
 /// sled trees, one per record kind, plus indexes.
 pub struct SledStore {
@@ -62,9 +101,10 @@ pub struct SledStore {
     passkey_ceremonies: Tree,
     /// Group commit: see [`SledStore::durable`].
     commits: Commits,
-    /// Users as last decoded, by id, with the bytes they were decoded from: see
-    /// [`SledStore::user_at`].
-    decoded_users: std::sync::Mutex<std::collections::HashMap<[u8; 8], Decoded>>,
+    /// Users as last decoded, by id: see [`SledStore::shared_user_at`].
+    decoded_users: Decodes<[u8; 8], Arc<User>, DECODED_USERS>,
+    /// Sessions as last decoded, by id hash (each request with a session cookie reads one).
+    decoded_sessions: Decodes<Vec<u8>, Session, DECODED_SESSIONS>,
 }
 
 /// Attempts at opening a store whose lock is held, 100 ms apart.
@@ -72,6 +112,9 @@ const LOCK_TRIES: u32 = 20;
 
 /// Decoded users kept at most; the set starts over when full.
 const DECODED_USERS: usize = 4096;
+
+/// Decoded sessions kept at most; the set starts over when full.
+const DECODED_SESSIONS: usize = 8192;
 
 /// How many times a flush lets other tasks run while they keep adding writes to it.
 const GATHER_ROUNDS: usize = 8;
@@ -167,7 +210,8 @@ impl SledStore {
             passkey_ids: tree("passkey_ids")?,
             passkey_ceremonies: tree("passkey_ceremonies")?,
             commits: Commits::default(),
-            decoded_users: std::sync::Mutex::default(),
+            decoded_users: Decodes::new(),
+            decoded_sessions: Decodes::new(),
             db,
         })
     }
@@ -264,20 +308,9 @@ impl SledStore {
         let Ok(id) = <[u8; 8]>::try_from(key) else {
             return decode(&bytes).map(|user| Some(Arc::new(user)));
         };
-        if let Ok(decoded) = self.decoded_users.lock()
-            && let Some((seen, user)) = decoded.get(&id)
-            && *seen == bytes
-        {
-            return Ok(Some(user.clone()));
-        }
-        let user: Arc<User> = Arc::new(decode(&bytes)?);
-        if let Ok(mut decoded) = self.decoded_users.lock() {
-            if decoded.len() >= DECODED_USERS {
-                decoded.clear();
-            }
-            decoded.insert(id, (bytes, user.clone()));
-        }
-        Ok(Some(user))
+        self.decoded_users
+            .of(&id, bytes, |bytes| decode(bytes).map(Arc::new))
+            .map(Some)
     }
 
     /// Removes every WS access key bound to the user (durable with the next flush); how many.

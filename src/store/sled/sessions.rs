@@ -130,7 +130,10 @@ impl SledStore {
 
     pub(super) fn read_session(&self, id_hash: &str) -> StoreResult<Option<Session>> {
         match self.sessions.get(id_hash).map_err(backend)? {
-            Some(bytes) => decode(&bytes).map(Some),
+            Some(bytes) => self
+                .decoded_sessions
+                .of(id_hash.as_bytes(), bytes, decode)
+                .map(Some),
             None => Ok(None),
         }
     }
