@@ -115,6 +115,7 @@ on_both_backends!(
     concurrent_sign_ins_leave_the_newest_kept_sessions,
     a_login_flow_is_taken_once_under_concurrency,
     a_back_channel_logout_racing_a_rotation_leaves_no_session_of_that_sid,
+    sign_outs_racing_rotations_to_keys_already_passed_leave_no_session,
 );
 
 // Signing-key rotation (SPEC §13).
@@ -1521,6 +1522,58 @@ async fn a_back_channel_logout_racing_a_rotation_leaves_no_session_of_that_sid(s
         assert_eq!(logout.await.unwrap(), 1, "round {round}");
         assert_eq!(
             held(s.store.as_ref(), [old, new]).await,
+            Vec::<u64>::new(),
+            "round {round}"
+        );
+    }
+}
+
+/// Sign-outs (back-channel by sid, and everywhere) while every session they look for rotates to an
+/// id that sorts before its old one, so that a scan of the index that is no snapshot may have
+/// passed the new key before the rotation commits and not reach the old one after: none is left.
+async fn sign_outs_racing_rotations_to_keys_already_passed_leave_no_session(s: Subject) {
+    const SESSIONS: u64 = 8;
+    let ada = s
+        .store
+        .create_user(new_user("ada"), NOW_UNIX)
+        .await
+        .unwrap();
+    for round in 0..16u64 {
+        let base = 1_000 * (round + 1);
+        let old = move |i: u64| base + 100 + i;
+        for i in 0..SESSIONS {
+            s.store
+                .create_session(idp_session(old(i), ada.id, "corp", Some("A")), 100)
+                .await
+                .unwrap();
+        }
+        let barrier = Arc::new(tokio::sync::Barrier::new(SESSIONS as usize + 1));
+        let mut rotations = tokio::task::JoinSet::new();
+        for i in 0..SESSIONS {
+            let (store, barrier) = (s.store.clone(), barrier.clone());
+            let next = idp_session(base + i, ada.id, "corp", Some("A"));
+            rotations.spawn(async move {
+                barrier.wait().await;
+                store.replace_session(&hash(old(i)), next).await.unwrap()
+            });
+        }
+        let (twin, barrier) = (s.twin.clone(), barrier.clone());
+        let sign_out = tokio::spawn(async move {
+            barrier.wait().await;
+            if round % 2 == 0 {
+                twin.delete_idp_sessions("corp", None, Some("A")).await
+            } else {
+                twin.delete_user_sessions(ada.id).await
+            }
+            .unwrap()
+        });
+        while let Some(rotated) = rotations.join_next().await {
+            rotated.unwrap();
+        }
+        assert_eq!(sign_out.await.unwrap(), SESSIONS, "round {round}");
+        let all = (0..SESSIONS).flat_map(|i| [base + i, old(i)]);
+        assert_eq!(
+            held(s.store.as_ref(), all).await,
             Vec::<u64>::new(),
             "round {round}"
         );

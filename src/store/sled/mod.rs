@@ -105,6 +105,10 @@ pub struct SledStore {
     decoded_users: Decodes<[u8; 8], Arc<User>, DECODED_USERS>,
     /// Sessions as last decoded, by id hash (each request with a session cookie reads one).
     decoded_sessions: Decodes<Vec<u8>, Session, DECODED_SESSIONS>,
+    /// Rotations hold it shared, and sign-outs that look for sessions in an index hold it alone:
+    /// sled's scans are no snapshot, and a rotation that committed while one read could move a
+    /// session from a key the scan had not reached to one it had passed.
+    sign_outs: std::sync::RwLock<()>,
 }
 
 /// Attempts at opening a store whose lock is held, 100 ms apart.
@@ -212,6 +216,7 @@ impl SledStore {
             commits: Commits::default(),
             decoded_users: Decodes::new(),
             decoded_sessions: Decodes::new(),
+            sign_outs: std::sync::RwLock::new(()),
             db,
         })
     }

@@ -8,6 +8,8 @@
 //! Sign-ins at external providers in progress (SPEC §12) are kept in `login_flows` under their
 //! state hash.
 
+use std::sync::PoisonError;
+
 use sled::Transactional;
 use sled::transaction::TransactionalTree;
 
@@ -165,6 +167,10 @@ impl SledStore {
     /// Deletes `old_hash` and stores `new` in one transaction: of concurrent rotations of one
     /// session, the first to commit removes the record the others need.
     pub(super) fn rotate(&self, old_hash: &str, new: &Session) -> StoreResult<bool> {
+        let _between_sign_outs = self
+            .sign_outs
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
         self.in_sessions(|t| {
             if tx_remove(t, old_hash.as_bytes())?.is_none() {
                 return Ok(false);
@@ -212,6 +218,10 @@ impl SledStore {
     /// that committed after the read stored a record the round did not know of, and one that
     /// commits after the round finds its old record gone and stores nothing.
     pub(super) fn remove_user_sessions(&self, user_id: u64) -> StoreResult<u64> {
+        let _no_rotation = self
+            .sign_outs
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         let mut removed = 0;
         for _ in 0..SIGN_OUT_ROUNDS {
             let sessions = by_age(self, user_id)?;
@@ -239,6 +249,10 @@ impl SledStore {
                 link.provider == provider && sid.is_none_or(|sid| link.sid.as_deref() == Some(sid))
             }) && user_id.is_none_or(|id| s.user_id == id)
         };
+        let _no_rotation = self
+            .sign_outs
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         let mut removed = 0;
         for _ in 0..SIGN_OUT_ROUNDS {
             let candidates: Vec<Vec<u8>> = match (sid, user_id) {
