@@ -100,6 +100,14 @@ fn match_segments<'s>(
     }
 }
 
+/// Every path of `table` below `base`, whole (as an API family's endpoint lookup matches them).
+pub fn paths_below<E>(base: &str, table: &[(Operation, E)]) -> Vec<String> {
+    table
+        .iter()
+        .map(|(r, _)| format!("{base}{}", r.path))
+        .collect()
+}
+
 /// The operations of a family's `(operation, endpoint)` table.
 pub fn operations_of<E>(table: &[(Operation, E)]) -> Vec<Operation> {
     table.iter().map(|(r, _)| *r).collect()

@@ -177,10 +177,7 @@ impl Manage {
 
     /// Every path of the family (as the prefix that [`Self::endpoint`] matches first).
     pub fn prefixes(&self) -> Vec<String> {
-        ENDPOINTS
-            .iter()
-            .map(|(r, _)| format!("{}{}", self.base, r.path))
-            .collect()
+        table::paths_below(&self.base, &ENDPOINTS)
     }
 
     pub fn endpoint(&self, path: &str) -> Option<Endpoint> {

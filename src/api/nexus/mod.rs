@@ -118,12 +118,12 @@ impl Nexus {
         }
     }
 
-    /// The endpoint a normalised path names, if any.
     /// What every path of the family starts with (as [`Self::endpoint`] matches it first).
     pub fn prefix(&self) -> String {
         format!("{}{VERSION_PREFIX}", self.base)
     }
 
+    /// The endpoint a normalised path names, if any.
     pub fn endpoint(&self, path: &str) -> Option<Endpoint> {
         let rest = crate::path::strip_prefix_ignore_case(path, &self.base)?;
         // Every proxied request is asked this: most are turned away by one comparison.

@@ -19,7 +19,6 @@ mod tests;
 
 use codec::{backend, decode, encode};
 
-/// A user record as last decoded, with the stored bytes it was decoded from.
 /// Records as last decoded, by key, with the bytes they were decoded from: a read that finds the
 /// same bytes stored takes the decoded record instead of decoding them again, and any change of
 /// the stored bytes (a write, a rotation) is a miss. Holds at most `LIMIT` records and starts over

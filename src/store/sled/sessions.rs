@@ -279,20 +279,14 @@ impl SledStore {
                     .collect::<StoreResult<_>>()?,
             };
             let mut matching = Vec::new();
-            // A candidate whose record is gone was rotated (or ended) since the scan: its
-            // successor may be in the index now, so a round that found only such is not the last.
-            let mut vanished = false;
             for id in candidates {
-                match self.sessions.get(&id).map_err(backend)? {
-                    Some(bytes) if matches(&decode(&bytes)?) => matching.push(id),
-                    Some(_) => {}
-                    None => vanished = true,
+                if let Some(bytes) = self.sessions.get(&id).map_err(backend)?
+                    && matches(&decode(&bytes)?)
+                {
+                    matching.push(id);
                 }
             }
             if matching.is_empty() {
-                if vanished {
-                    continue;
-                }
                 break;
             }
             removed += self.remove_sessions_if(matching, matches)?;
