@@ -356,3 +356,25 @@ async fn every_way_a_session_ends_takes_its_provider_index_entry_along() {
     assert_eq!(entries(&store), 0);
     assert!(store.sessions.is_empty());
 }
+
+#[test]
+fn decoded_records_are_bounded_and_a_changed_record_is_decoded_again() {
+    let decodes: Decodes<Vec<u8>, String, 4> = Decodes::new();
+    let decode = |bytes: &[u8]| Ok(String::from_utf8_lossy(bytes).into_owned());
+    for i in 0..100u32 {
+        let key = i.to_be_bytes();
+        decodes
+            .of(
+                &key[..],
+                sled::IVec::from(format!("v{i}").as_bytes()),
+                decode,
+            )
+            .unwrap();
+        assert!(decodes.0.lock().unwrap().len() <= 4);
+    }
+    let key = 7u32.to_be_bytes();
+    let first = decodes.of(&key[..], sled::IVec::from(&b"old"[..]), decode);
+    assert_eq!(first.unwrap(), "old");
+    let again = decodes.of(&key[..], sled::IVec::from(&b"new"[..]), decode);
+    assert_eq!(again.unwrap(), "new");
+}
