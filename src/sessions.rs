@@ -25,6 +25,8 @@ const ID_BYTES: usize = 32;
 const ID_CHARS: usize = 43;
 /// How often, at most, ended sessions are purged from the store (seconds).
 const PURGE_EVERY: i64 = 600;
+/// Slots of [`HashedIds`].
+const HASHED_SLOTS: usize = 256;
 
 /// A session as a request presents it, once found live.
 #[derive(Debug, Clone)]
@@ -58,6 +60,108 @@ pub struct Sessions {
     max_age: i64,
     keep: usize,
     last_purge: AtomicI64,
+    hashed: HashedIds,
+}
+
+/// An id and its store key, in [`HashedIds`].
+type Slot = Option<([u8; ID_CHARS], Box<str>)>;
+
+/// The store keys of ids found live lately. A browser sends its cookie with every request, and
+/// the id's SHA-256 was the largest part of a session request's own work; a remembered key costs
+/// a few instructions to find its slot and a constant-time comparison. The slots are fixed
+/// (one id each, a newer id in the same slot takes it over), so however many ids are presented
+/// the memo holds no more; only ids whose session was found are remembered, so a flood of
+/// invented ids cannot push out the live ones. The store is still asked on every request: this
+/// only spares computing the key it is asked with.
+struct HashedIds {
+    seed: u64,
+    slots: std::sync::Mutex<Vec<Slot>>,
+}
+
+impl HashedIds {
+    fn new(slots: usize) -> HashedIds {
+        HashedIds {
+            seed: {
+                use std::hash::BuildHasher;
+                foldhash::fast::RandomState::default().hash_one(0u64)
+            },
+            slots: std::sync::Mutex::new(vec![None; slots.max(1)]),
+        }
+    }
+
+    /// The slot of `id`: its first eight characters, mixed with the seed. Only ids gatehouse
+    /// issued (random, found live) are ever held, so nobody outside chooses where they land.
+    fn slot(&self, id: &[u8; ID_CHARS], slots: usize) -> usize {
+        let mut head = [0u8; 8];
+        head.copy_from_slice(&id[..8]);
+        let mixed = (u64::from_le_bytes(head) ^ self.seed).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        // Truncation is the point: the high half only picks a slot.
+        #[allow(clippy::cast_possible_truncation)]
+        let h = (mixed >> 32) as usize;
+        h % slots
+    }
+
+    fn remembered(&self, id: &str) -> Option<String> {
+        use subtle::ConstantTimeEq;
+        let id: &[u8; ID_CHARS] = id.as_bytes().try_into().ok()?;
+        let slots = self.slots.lock().ok()?;
+        let (held, key) = slots.get(self.slot(id, slots.len()))?.as_ref()?;
+        bool::from(held.ct_eq(id)).then(|| String::from(&**key))
+    }
+
+    /// Remembers `key` as the store key of `id` (whose session was just found live), in place
+    /// of the id its slot held.
+    fn remember(&self, id: &str, key: &str) {
+        let Ok(id) = <&[u8; ID_CHARS]>::try_from(id.as_bytes()) else {
+            return;
+        };
+        if let Ok(mut slots) = self.slots.lock() {
+            let slot = self.slot(id, slots.len());
+            if let Some(entry) = slots.get_mut(slot) {
+                wipe(entry);
+                *entry = Some((*id, key.into()));
+            }
+        }
+    }
+
+    /// Forgets `id` (its session ended): no id outlives its session here.
+    fn forget(&self, id: &str) {
+        use subtle::ConstantTimeEq;
+        let Ok(id) = <&[u8; ID_CHARS]>::try_from(id.as_bytes()) else {
+            return;
+        };
+        if let Ok(mut slots) = self.slots.lock() {
+            let slot = self.slot(id, slots.len());
+            if let Some(entry) = slots.get_mut(slot)
+                && entry
+                    .as_ref()
+                    .is_some_and(|(held, _)| bool::from(held.ct_eq(id)))
+            {
+                wipe(entry);
+            }
+        }
+    }
+
+    /// Forgets the id whose store key is `key` (its session was rotated away; the id itself is
+    /// not at hand). Rare, so a scan of every slot.
+    fn forget_key(&self, key: &str) {
+        if let Ok(mut slots) = self.slots.lock() {
+            for entry in slots.iter_mut() {
+                if entry.as_ref().is_some_and(|(_, held)| **held == *key) {
+                    wipe(entry);
+                }
+            }
+        }
+    }
+}
+
+/// Overwrites the id an entry holds before it is dropped or replaced.
+fn wipe(entry: &mut Slot) {
+    if let Some((held, _)) = entry.as_mut() {
+        held.fill(0);
+        std::hint::black_box(&held);
+    }
+    *entry = None;
 }
 
 /// A fresh random id, as the cookie carries it (256 bits in unpadded base64url).
@@ -122,15 +226,21 @@ fn presented<'h>(headers: &'h HeaderMap, name: &'h str) -> Presented<'h> {
 
 /// `Cookie` without the cookies named `names`; `None` when nothing is left.
 pub fn without_cookies(value: &str, names: &[&str]) -> Option<String> {
-    let kept: Vec<&str> = value
-        .split(';')
-        .map(str::trim_ascii)
-        .filter(|pair| {
-            let name = pair.split_once('=').map_or(*pair, |(n, _)| n).trim_ascii();
-            !pair.is_empty() && !names.contains(&name)
-        })
-        .collect();
-    (!kept.is_empty()).then(|| kept.join("; "))
+    let mut kept: Option<String> = None;
+    for pair in value.split(';').map(str::trim_ascii) {
+        let name = pair.split_once('=').map_or(pair, |(n, _)| n).trim_ascii();
+        if pair.is_empty() || names.contains(&name) {
+            continue;
+        }
+        match kept.as_mut() {
+            Some(kept) => {
+                kept.push_str("; ");
+                kept.push_str(pair);
+            }
+            None => kept = Some(pair.to_owned()),
+        }
+    }
+    kept
 }
 
 impl Sessions {
@@ -152,6 +262,7 @@ impl Sessions {
             max_age: seconds(config.max_age),
             keep: config.max_per_user,
             last_purge: AtomicI64::new(0),
+            hashed: HashedIds::new(HASHED_SLOTS),
         }
     }
 
@@ -178,19 +289,34 @@ impl Sessions {
     /// The live session the id names, its `last_seen` moved on when due; `None` when it is
     /// unknown or has ended (an ended one is deleted on the way).
     pub async fn find(&self, id: &str) -> StoreResult<Option<Live>> {
-        let hash = id_hash(id);
-        let Some(session) = self.store.session(&hash).await? else {
+        let remembered = self.hashed.remembered(id);
+        let fresh = remembered.is_none();
+        let hash = remembered.unwrap_or_else(|| id_hash(id));
+        let live = self.live(&hash).await?;
+        match (&live, fresh) {
+            (Some(_), true) => self.hashed.remember(id, &hash),
+            // Ended since (here or on another replica): the id is worth nothing now, and is
+            // not kept.
+            (None, false) => self.hashed.forget(id),
+            _ => {}
+        }
+        Ok(live)
+    }
+
+    /// [`Sessions::find`] by the id's store key.
+    async fn live(&self, hash: &str) -> StoreResult<Option<Live>> {
+        let Some(session) = self.store.session(hash).await? else {
             return Ok(None);
         };
         let now = self.clock.unix();
         let ends = self.ends(&session);
         if ends <= now {
-            self.store.delete_session(&hash).await?;
+            self.store.delete_session(hash).await?;
             return Ok(None);
         }
         if now - session.last_seen >= self.touch_every() {
             // Gone meanwhile (ended on another replica): not live, whatever was read before.
-            if !self.store.touch_session(&hash, now).await? {
+            if !self.store.touch_session(hash, now).await? {
                 return Ok(None);
             }
             let session = Session {
@@ -231,6 +357,7 @@ impl Sessions {
             idp,
         };
         if let Some(previous) = previous {
+            self.hashed.forget(previous);
             self.store.delete_session(&id_hash(previous)).await?;
         }
         self.store.create_session(session, self.keep).await?;
@@ -243,6 +370,7 @@ impl Sessions {
     pub async fn rotate(&self, live: &Live, methods: Vec<String>) -> StoreResult<Option<String>> {
         let id = new_id().map_err(crate::store::StoreError::Backend)?;
         let now = self.clock.unix();
+        self.hashed.forget_key(&live.session.id_hash);
         let session = Session {
             id_hash: id_hash(&id),
             methods,
@@ -262,6 +390,7 @@ impl Sessions {
 
     /// Ends the session with this id (logout).
     pub async fn end(&self, id: &str) -> StoreResult<()> {
+        self.hashed.forget(id);
         self.store.delete_session(&id_hash(id)).await?;
         self.store.flush().await
     }
@@ -550,5 +679,62 @@ mod tests {
         assert_ne!(hash, id_hash("another"));
         let id = new_id().unwrap_or_default();
         assert!(well_formed(&id), "{id}");
+    }
+
+    #[test]
+    fn remembered_id_keys_are_exact_and_bounded() {
+        let memo = HashedIds::new(4);
+        let ids: Vec<String> = (0..64).map(|_| new_id().unwrap_or_default()).collect();
+        assert!(ids.iter().all(|id| well_formed(id)));
+        assert_eq!(
+            memo.remembered(&ids[0]),
+            None,
+            "nothing is remembered before it is found"
+        );
+        for id in &ids {
+            memo.remember(id, &id_hash(id));
+        }
+        // Four slots hold at most four ids, and each remembered key is that id's own.
+        let held: Vec<&String> = ids
+            .iter()
+            .filter(|id| memo.remembered(id).is_some())
+            .collect();
+        assert!(!held.is_empty() && held.len() <= 4, "{}", held.len());
+        for id in held {
+            assert_eq!(memo.remembered(id), Some(id_hash(id)));
+        }
+        // An id one character away from a remembered one is not it.
+        let last = &ids[63];
+        assert_eq!(memo.remembered(last), Some(id_hash(last)));
+        let mut near = last.clone().into_bytes();
+        near[ID_CHARS - 1] = if near[ID_CHARS - 1] == b'A' {
+            b'B'
+        } else {
+            b'A'
+        };
+        let near = String::from_utf8(near).unwrap_or_default();
+        assert_eq!(memo.remembered(&near), None);
+        // Only ids of an issued id's length are kept.
+        memo.remember("short", &id_hash("short"));
+        assert_eq!(memo.remembered("short"), None);
+        // An ended session's id is forgotten, by the id or by its store key.
+        memo.forget(&near);
+        assert_eq!(
+            memo.remembered(last),
+            Some(id_hash(last)),
+            "another id is not forgotten"
+        );
+        memo.forget(last);
+        assert_eq!(memo.remembered(last), None);
+        memo.remember(last, &id_hash(last));
+        memo.forget_key(&id_hash(last));
+        assert_eq!(memo.remembered(last), None);
+        let slots = memo.slots.lock().map(|s| s.clone()).unwrap_or_default();
+        assert!(
+            slots
+                .iter()
+                .flatten()
+                .all(|(held, _)| held != last.as_bytes())
+        );
     }
 }

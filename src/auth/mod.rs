@@ -90,13 +90,18 @@ fn first_sight_scopes(asked: &[String]) -> Vec<String> {
 /// The scopes a token's `scope` is worth now (SPEC §10): only those the user still holds, so that
 /// removing a scope takes effect on the next request. `mfa` is not granted but earned: it stays
 /// when the token's own methods hold a second factor.
-pub fn current_scopes(held: &[String], token_scopes: &[String], methods: &[Method]) -> Vec<String> {
+pub fn current_scopes<S: AsRef<str>>(
+    held: &[String],
+    token_scopes: impl IntoIterator<Item = S>,
+    methods: &[Method],
+) -> Vec<String> {
     let earned = methods.iter().any(|m| m.is_second_factor());
-    let mut scopes: Vec<String> = Vec::with_capacity(token_scopes.len());
+    let mut scopes: Vec<String> = Vec::new();
     for scope in token_scopes {
-        let counts = held.contains(scope) || (earned && scope == "mfa");
-        if counts && !scopes.contains(scope) {
-            scopes.push(scope.clone());
+        let scope = scope.as_ref();
+        let counts = held.iter().any(|h| h == scope) || (earned && scope == "mfa");
+        if counts && !scopes.iter().any(|s| s == scope) {
+            scopes.push(scope.to_owned());
         }
     }
     scopes
@@ -704,12 +709,15 @@ impl Authenticator {
     async fn bearer(&self, token: &str) -> Result<Principal, AuthError> {
         // A token of ours seen before needs neither its issuer read nor its signature checked.
         let remembered = self.tokens.remembered(token);
+        // `None` for a remembered token, which can only be one of ours.
         let iss = match remembered {
-            Some(_) => self.tokens.issuer().to_owned(),
-            None => unverified_issuer(token)
-                .ok_or_else(|| AuthError::Invalid("malformed token".into()))?,
+            Some(_) => None,
+            None => Some(
+                unverified_issuer(token)
+                    .ok_or_else(|| AuthError::Invalid("malformed token".into()))?,
+            ),
         };
-        if iss == self.tokens.issuer() {
+        if iss.as_deref().is_none_or(|iss| iss == self.tokens.issuer()) {
             let claims = remembered
                 .unwrap_or_else(|| self.tokens.verify_access(token))
                 .map_err(|e| AuthError::Invalid(e.to_string()))?;
@@ -723,10 +731,12 @@ impl Authenticator {
                 return Err(AuthError::Invalid("token revoked".into()));
             }
             let methods = tokens::methods_from_amr(&claims.amr);
-            let asked: Vec<String> = claims.scope.split_whitespace().map(str::to_owned).collect();
-            let scopes = current_scopes(&user.scopes, &asked, &methods);
+            let scopes = current_scopes(&user.scopes, claims.scope.split_whitespace(), &methods);
             return Principal::admit(&user, scopes, methods);
         }
+        let Some(iss) = iss else {
+            return Err(AuthError::Invalid("token from an untrusted issuer".into()));
+        };
         let issuers = self.issuers.load_full();
         if issuers.trusts(&iss) {
             let claims = issuers
@@ -748,7 +758,7 @@ impl Authenticator {
                 return Err(AuthError::Invalid("token revoked".into()));
             }
             let methods = tokens::methods_from_amr(&claims.amr);
-            let scopes = current_scopes(&user.scopes, &claims.scopes(), &methods);
+            let scopes = current_scopes(&user.scopes, claims.scopes(), &methods);
             return Principal::admit(&user, scopes, methods);
         }
         Err(AuthError::Invalid("token from an untrusted issuer".into()))
@@ -852,19 +862,19 @@ mod tests {
         let v = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let held = v(&["read", "ops"]);
         assert_eq!(
-            current_scopes(&held, &v(&["read", "admin", "read"]), &[Method::Pwd]),
+            current_scopes(&held, v(&["read", "admin", "read"]), &[Method::Pwd]),
             v(&["read"])
         );
         // `mfa` is earned by the token's own second factor, not granted.
         assert_eq!(
-            current_scopes(&held, &v(&["ops", "mfa"]), &[Method::Pwd]),
+            current_scopes(&held, v(&["ops", "mfa"]), &[Method::Pwd]),
             v(&["ops"])
         );
         assert_eq!(
-            current_scopes(&held, &v(&["ops", "mfa"]), &[Method::Pwd, Method::Otp]),
+            current_scopes(&held, v(&["ops", "mfa"]), &[Method::Pwd, Method::Otp]),
             v(&["ops", "mfa"])
         );
-        assert!(current_scopes(&[], &v(&["read"]), &[Method::Otp]).is_empty());
+        assert!(current_scopes(&[], v(&["read"]), &[Method::Otp]).is_empty());
     }
 
     #[test]
