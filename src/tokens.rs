@@ -251,16 +251,37 @@ pub struct Tokens {
     /// is an exact match of every byte, so no other string can stand for a verified token. A hit
     /// skips the signature check only: the token's times are checked again on every use. Only
     /// verified tokens are ever inserted, so the fast seeded hash cannot be flooded from outside.
-    verified: moka::sync::Cache<Arc<str>, Arc<Claims>, foldhash::fast::RandomState>,
+    verified:
+        quick_cache::sync::Cache<Arc<str>, Remembered, TokenWeight, foldhash::fast::RandomState>,
+}
+
+/// A verified access token's claims and when they stop being remembered (unix seconds, by the
+/// tokens' clock).
+#[derive(Clone)]
+struct Remembered {
+    claims: Arc<Claims>,
+    until: i64,
+}
+
+/// What a remembered token counts towards [`VERIFIED_BYTES`].
+#[derive(Clone)]
+struct TokenWeight;
+
+impl quick_cache::Weighter<Arc<str>, Remembered> for TokenWeight {
+    fn weight(&self, token: &Arc<str>, _: &Remembered) -> u64 {
+        u64::try_from(token.len())
+            .unwrap_or(u64::MAX)
+            .saturating_add(CLAIMS_WEIGHT)
+    }
 }
 
 /// How long a verified access token is remembered (its own `exp` still applies on every use).
-const VERIFIED_TTL: Duration = Duration::from_secs(300);
+const VERIFIED_TTL: i64 = 300;
 
 /// The memory remembered tokens may take: a token counts with its length plus
 /// [`CLAIMS_WEIGHT`] (about 25 000 tokens of 1 KiB).
 const VERIFIED_BYTES: u64 = 32 << 20;
-const CLAIMS_WEIGHT: u32 = 256;
+const CLAIMS_WEIGHT: u64 = 256;
 
 /// The shortest time between two refreshes of the keys from the store.
 const MIN_REFRESH: Duration = Duration::from_secs(1);
@@ -361,15 +382,17 @@ impl Tokens {
             rotate_every: config.rotate_every.map(secs),
             clock,
             unknown_kid: Arc::new(tokio::sync::Notify::new()),
-            verified: moka::sync::Cache::builder()
-                .weigher(|token: &Arc<str>, _| {
-                    u32::try_from(token.len())
-                        .unwrap_or(u32::MAX)
-                        .saturating_add(CLAIMS_WEIGHT)
-                })
-                .max_capacity(VERIFIED_BYTES)
-                .time_to_live(VERIFIED_TTL)
-                .build_with_hasher(foldhash::fast::RandomState::default()),
+            verified: quick_cache::sync::Cache::with_options(
+                quick_cache::OptionsBuilder::new()
+                    // Grown as tokens come: nothing reserved up front.
+                    .estimated_items_capacity(1024)
+                    .weight_capacity(VERIFIED_BYTES)
+                    .build()
+                    .map_err(|e| format!("the remembered tokens' cache: {e:?}"))?,
+                TokenWeight,
+                foldhash::fast::RandomState::default(),
+                quick_cache::sync::DefaultLifecycle::default(),
+            ),
         })
     }
 
@@ -665,15 +688,25 @@ impl Tokens {
             return remembered;
         }
         let claims = Arc::new(self.verify(token, &self.audience)?);
-        self.verified.insert(token.into(), claims.clone());
+        let remembered = Remembered {
+            claims: claims.clone(),
+            until: self.clock.unix().saturating_add(VERIFIED_TTL),
+        };
+        self.verified.insert(token.into(), remembered);
         Ok(claims)
     }
 
     /// An access token verified before: its claims if it is still within its times, `None` when
     /// it was never seen (then [`Tokens::verify_access`] decides).
     pub fn remembered(&self, token: &str) -> Option<Result<Arc<Claims>, TokenError>> {
-        let claims = self.verified.get(token)?;
-        Some(check_times(claims.exp, Some(claims.nbf), self.clock.unix()).map(|()| claims))
+        let remembered = self.verified.get(token)?;
+        let now = self.clock.unix();
+        if now >= remembered.until {
+            self.verified.remove(token);
+            return None;
+        }
+        let claims = remembered.claims;
+        Some(check_times(claims.exp, Some(claims.nbf), now).map(|()| claims))
     }
 
     /// Verifies a gatehouse token for the given audience (access tokens, assertions).
@@ -894,6 +927,42 @@ mod tests {
         };
         let forged = format!("{signed}.{}", String::from_utf8(forged_signature).unwrap());
         assert_eq!(tokens.verify_access(&forged), Err(TokenError::BadSignature));
+    }
+
+    #[tokio::test]
+    async fn a_verified_token_is_remembered_for_a_while_and_remembered_tokens_stay_within_their_bytes()
+     {
+        let store = Arc::new(SledStore::temporary().unwrap());
+        let clock = FixedClock::at(1_800_000_000);
+        let tokens = Tokens::load(&config(), store.clone(), vault(), clock.clone())
+            .await
+            .unwrap();
+        let token = tokens.issue_access(&principal()).unwrap();
+        assert!(tokens.remembered(&token).is_none(), "not verified yet");
+        assert!(tokens.verify_access(&token).is_ok());
+        assert!(matches!(tokens.remembered(&token), Some(Ok(_))));
+        clock.advance(VERIFIED_TTL - 1);
+        assert!(matches!(tokens.remembered(&token), Some(Ok(_))));
+        // Past its time it is verified again (and still valid: the token lives an hour).
+        clock.advance(1);
+        assert!(tokens.remembered(&token).is_none());
+        assert!(tokens.verify_access(&token).is_ok());
+        assert!(matches!(tokens.remembered(&token), Some(Ok(_))));
+
+        // However many (large) tokens are remembered, their weight stays within the bound.
+        let claims = tokens.verify_access(&token).unwrap();
+        let padding = "x".repeat(64 << 10);
+        for i in 0..2_000 {
+            let remembered = Remembered {
+                claims: claims.clone(),
+                until: clock.unix() + VERIFIED_TTL,
+            };
+            tokens
+                .verified
+                .insert(format!("{i}.{padding}").into(), remembered);
+        }
+        assert!(tokens.verified.weight() <= VERIFIED_BYTES);
+        assert!(tokens.verified.len() < 2_000, "{}", tokens.verified.len());
     }
 
     #[tokio::test]

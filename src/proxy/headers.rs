@@ -2,7 +2,7 @@
 //! place after [`crate::hygiene`] has removed whatever a client sent under any identity name.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::HeaderMap;
 use http::header::{HeaderName, HeaderValue};
@@ -21,7 +21,7 @@ type Values = [Option<HeaderValue>; 6];
 const PREPARED_TTL: Duration = Duration::from_secs(ASSERTION_TTL.unsigned_abs() / 2);
 
 /// Principals whose values are kept prepared at most.
-const PREPARED_MAX: u64 = 10_000;
+const PREPARED_MAX: usize = 10_000;
 
 /// The identity header names, parsed once, and each recent principal's values, ready to send
 /// (SPEC §6).
@@ -33,8 +33,16 @@ pub struct IdentityHeaders {
     /// By [`prepared_key`]: a principal's requests within [`PREPARED_TTL`] send the same values
     /// without building, validating or signing any of them again. The assertion's audience is
     /// not in the key: each gateway (rebuilt on reload) has one audience and its own cache.
-    prepared: moka::sync::Cache<Vec<u8>, Arc<Values>, foldhash::fast::RandomState>,
+    prepared: Arc<Prepared>,
 }
+
+/// Principals' values by [`prepared_key`], each with the moment it is no longer used.
+type Prepared = quick_cache::sync::Cache<
+    Vec<u8>,
+    (Instant, Arc<Values>),
+    quick_cache::UnitWeighter,
+    foldhash::fast::RandomState,
+>;
 
 impl IdentityHeaders {
     pub fn new(names: &IdentityHeaderNames) -> IdentityHeaders {
@@ -42,10 +50,13 @@ impl IdentityHeaders {
             names: names
                 .all()
                 .map(|name| HeaderName::from_bytes(name.as_bytes()).ok()),
-            prepared: moka::sync::Cache::builder()
-                .max_capacity(PREPARED_MAX)
-                .time_to_live(PREPARED_TTL)
-                .build_with_hasher(foldhash::fast::RandomState::default()),
+            prepared: Arc::new(quick_cache::sync::Cache::with(
+                PREPARED_MAX,
+                PREPARED_MAX as u64,
+                quick_cache::UnitWeighter,
+                foldhash::fast::RandomState::default(),
+                quick_cache::sync::DefaultLifecycle::default(),
+            )),
         }
     }
 
@@ -59,11 +70,13 @@ impl IdentityHeaders {
         assertion: impl FnOnce() -> Result<HeaderValue, E>,
     ) -> Result<(), E> {
         let key = prepared_key(principal);
+        let now = Instant::now();
         let values = match self.prepared.get(key.as_slice()) {
-            Some(values) => values,
-            None => {
+            Some((until, values)) if now < until => values,
+            _ => {
                 let values = Arc::new(values(principal, assertion()?));
-                self.prepared.insert(key, values.clone());
+                self.prepared
+                    .insert(key, (now + PREPARED_TTL, values.clone()));
                 values
             }
         };
@@ -183,6 +196,40 @@ mod identity_tests {
         assert_eq!(signed, 1);
         assert_eq!(first, again);
         assert_eq!(again["x-auth-assertion"], "jwt-1");
+    }
+
+    #[test]
+    fn prepared_values_are_kept_for_a_bounded_number_of_principals() {
+        let identity = IdentityHeaders::new(&Preset::Gatehouse.names());
+        let mut signed = 0;
+        for i in 0..(PREPARED_MAX + 2_000) {
+            let principal = Principal {
+                user_id: i.to_string(),
+                ..ada()
+            };
+            set(&identity, &principal, &mut signed);
+        }
+        assert!(
+            identity.prepared.len() <= PREPARED_MAX,
+            "{}",
+            identity.prepared.len()
+        );
+    }
+
+    #[test]
+    fn prepared_values_are_not_used_past_their_time() {
+        let identity = IdentityHeaders::new(&Preset::Gatehouse.names());
+        let mut signed = 0;
+        set(&identity, &ada(), &mut signed);
+        // As though PREPARED_TTL had passed since they were prepared.
+        let key = prepared_key(&ada());
+        let (_, values) = identity.prepared.get(key.as_slice()).unwrap();
+        identity
+            .prepared
+            .insert(key, (Instant::now() - Duration::from_millis(1), values));
+        let again = set(&identity, &ada(), &mut signed);
+        assert_eq!(signed, 2, "a new assertion is signed");
+        assert_eq!(again["x-auth-assertion"], "jwt-2");
     }
 
     #[test]
