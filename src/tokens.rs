@@ -385,7 +385,7 @@ impl Tokens {
             verified: quick_cache::sync::Cache::with_options(
                 quick_cache::OptionsBuilder::new()
                     // Grown as tokens come: nothing reserved up front.
-                    .estimated_items_capacity(1024)
+                    .estimated_items_capacity(64)
                     .weight_capacity(VERIFIED_BYTES)
                     .build()
                     .map_err(|e| format!("the remembered tokens' cache: {e:?}"))?,
@@ -836,6 +836,14 @@ mod tests {
         }
     }
 
+    /// Tokens on a fresh store, by `clock`.
+    async fn loaded(clock: Arc<FixedClock>) -> Tokens {
+        let store = Arc::new(SledStore::temporary().unwrap());
+        Tokens::load(&config(), store, vault(), clock)
+            .await
+            .unwrap()
+    }
+
     fn principal() -> Principal {
         Principal {
             user_id: "42".into(),
@@ -849,11 +857,8 @@ mod tests {
 
     #[tokio::test]
     async fn issued_token_verifies_until_it_expires() {
-        let store = Arc::new(SledStore::temporary().unwrap());
         let clock = FixedClock::at(1_800_000_000);
-        let tokens = Tokens::load(&config(), store.clone(), vault(), clock.clone())
-            .await
-            .unwrap();
+        let tokens = loaded(clock.clone()).await;
         let token = tokens.issue_access(&principal()).unwrap();
         let claims = tokens.verify_access(&token).unwrap();
         assert_eq!(claims.sub, "42");
@@ -930,13 +935,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_verified_token_is_remembered_for_a_while_and_remembered_tokens_stay_within_their_bytes()
-     {
-        let store = Arc::new(SledStore::temporary().unwrap());
+    async fn verified_tokens_are_remembered_for_a_while_and_within_their_bytes() {
         let clock = FixedClock::at(1_800_000_000);
-        let tokens = Tokens::load(&config(), store.clone(), vault(), clock.clone())
-            .await
-            .unwrap();
+        let tokens = loaded(clock.clone()).await;
         let token = tokens.issue_access(&principal()).unwrap();
         assert!(tokens.remembered(&token).is_none(), "not verified yet");
         assert!(tokens.verify_access(&token).is_ok());

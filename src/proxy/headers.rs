@@ -51,7 +51,8 @@ impl IdentityHeaders {
                 .all()
                 .map(|name| HeaderName::from_bytes(name.as_bytes()).ok()),
             prepared: Arc::new(quick_cache::sync::Cache::with(
-                PREPARED_MAX,
+                // Grown as principals come: an idle gatehouse reserves little.
+                64,
                 PREPARED_MAX as u64,
                 quick_cache::UnitWeighter,
                 foldhash::fast::RandomState::default(),
