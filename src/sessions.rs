@@ -101,45 +101,50 @@ impl HashedIds {
         h % slots
     }
 
-    fn remembered(&self, id: &str) -> Option<String> {
+    /// Runs `f` on the slot of `id` with whether the slot holds `id` itself (compared in
+    /// constant time). `None` when `id` cannot be an id or the slots are unusable.
+    fn entry<T>(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut Slot, bool, &[u8; ID_CHARS]) -> T,
+    ) -> Option<T> {
         use subtle::ConstantTimeEq;
         let id: &[u8; ID_CHARS] = id.as_bytes().try_into().ok()?;
-        let slots = self.slots.lock().ok()?;
-        let (held, key) = slots.get(self.slot(id, slots.len()))?.as_ref()?;
-        bool::from(held.ct_eq(id)).then(|| String::from(&**key))
+        let mut slots = self.slots.lock().ok()?;
+        let slot = self.slot(id, slots.len());
+        let entry = slots.get_mut(slot)?;
+        let holds = entry
+            .as_ref()
+            .is_some_and(|(held, _)| bool::from(held.ct_eq(id)));
+        Some(f(entry, holds, id))
+    }
+
+    fn remembered(&self, id: &str) -> Option<String> {
+        self.entry(id, |entry, holds, _| {
+            entry
+                .as_ref()
+                .filter(|_| holds)
+                .map(|(_, key)| String::from(&**key))
+        })
+        .flatten()
     }
 
     /// Remembers `key` as the store key of `id` (whose session was just found live), in place
     /// of the id its slot held.
     fn remember(&self, id: &str, key: &str) {
-        let Ok(id) = <&[u8; ID_CHARS]>::try_from(id.as_bytes()) else {
-            return;
-        };
-        if let Ok(mut slots) = self.slots.lock() {
-            let slot = self.slot(id, slots.len());
-            if let Some(entry) = slots.get_mut(slot) {
-                wipe(entry);
-                *entry = Some((*id, key.into()));
-            }
-        }
+        self.entry(id, |entry, _, id| {
+            wipe(entry);
+            *entry = Some((*id, key.into()));
+        });
     }
 
     /// Forgets `id` (its session ended): no id outlives its session here.
     fn forget(&self, id: &str) {
-        use subtle::ConstantTimeEq;
-        let Ok(id) = <&[u8; ID_CHARS]>::try_from(id.as_bytes()) else {
-            return;
-        };
-        if let Ok(mut slots) = self.slots.lock() {
-            let slot = self.slot(id, slots.len());
-            if let Some(entry) = slots.get_mut(slot)
-                && entry
-                    .as_ref()
-                    .is_some_and(|(held, _)| bool::from(held.ct_eq(id)))
-            {
+        self.entry(id, |entry, holds, _| {
+            if holds {
                 wipe(entry);
             }
-        }
+        });
     }
 
     /// Forgets the id whose store key is `key` (its session was rotated away; the id itself is
