@@ -20,7 +20,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::task::JoinHandle;
 
 use crate::api::services::Services;
-use crate::config::{self, Access, Config};
+use crate::config::{self, Access, Config, OidcProvider};
 use crate::gateway::Gateway;
 use crate::routes::AccessRules;
 use crate::server::listener::SharedTls;
@@ -162,7 +162,8 @@ fn strength(access: Access) -> u8 {
 /// What `new` lets through that `old` did not: a weaker `proxy.default`, a route removed, a
 /// route's access weakened or scopes dropped, a new route weaker than the rule that governed its
 /// prefix (or public), `auth.require_application_token` turned off, trusted issuers or trusted
-/// proxies added. Each entry names the setting.
+/// proxies added, an OpenID provider added or admitting more (see [`loosened_providers`]),
+/// WebSocket origins added. Each entry names the setting.
 pub fn loosened(old: &Config, new: &Config) -> Vec<String> {
     let mut changes = Vec::new();
     if strength(new.proxy.default) < strength(old.proxy.default) {
@@ -173,9 +174,9 @@ pub fn loosened(old: &Config, new: &Config) -> Vec<String> {
         ));
     }
     let old_table = AccessRules::new(&old.routes, old.proxy.default);
-    for route in &old.routes {
+    for (i, route) in old.routes.iter().enumerate() {
         let prefix = &route.path_prefix;
-        let Some(now) = new.routes.iter().find(|r| &r.path_prefix == prefix) else {
+        let Some(now) = counterpart(&old.routes, i, &new.routes) else {
             changes.push(format!("route {prefix} removed"));
             continue;
         };
@@ -200,9 +201,9 @@ pub fn loosened(old: &Config, new: &Config) -> Vec<String> {
         }
         changes.extend(loosened_conditions(route, now));
     }
-    for route in &new.routes {
+    for (i, route) in new.routes.iter().enumerate() {
         let prefix = &route.path_prefix;
-        if old.routes.iter().any(|r| &r.path_prefix == prefix) {
+        if counterpart(&new.routes, i, &old.routes).is_some() {
             continue;
         }
         let before = old_table.rule_for(&crate::path::match_key(prefix));
@@ -231,12 +232,7 @@ pub fn loosened(old: &Config, new: &Config) -> Vec<String> {
         match before {
             None => changes.push(format!("trusted issuer {} added", issuer.issuer)),
             Some(before) => {
-                let added: Vec<&str> = issuer
-                    .algorithms
-                    .iter()
-                    .filter(|a| !before.algorithms.contains(a))
-                    .map(String::as_str)
-                    .collect();
+                let added = not_in(&issuer.algorithms, &before.algorithms);
                 if before.jwks_url != issuer.jwks_url || before.audience != issuer.audience {
                     changes.push(format!(
                         "trusted issuer {} changed its keys or audience",
@@ -250,16 +246,11 @@ pub fn loosened(old: &Config, new: &Config) -> Vec<String> {
                         added.join(", ")
                     ));
                 }
-                if issuer.max_new_users > before.max_new_users
-                    || issuer.new_users_window < before.new_users_window
-                {
-                    changes.push(format!(
-                        "trusted issuer {} may create more new users ({} per {})",
-                        issuer.issuer,
-                        issuer.max_new_users,
-                        humantime::format_duration(issuer.new_users_window)
-                    ));
-                }
+                changes.extend(more_new_users(
+                    &format!("trusted issuer {}", issuer.issuer),
+                    (before.max_new_users, before.new_users_window),
+                    (issuer.max_new_users, issuer.new_users_window),
+                ));
             }
         }
     }
@@ -273,6 +264,127 @@ pub fn loosened(old: &Config, new: &Config) -> Vec<String> {
         .collect();
     if !added.is_empty() {
         changes.push(format!("server.trusted_proxies added {}", added.join(", ")));
+    }
+    changes.extend(loosened_providers(&old.oidc.providers, &new.oidc.providers));
+    let origins = not_in(
+        &new.websocket.allowed_origins,
+        &old.websocket.allowed_origins,
+    );
+    if !origins.is_empty() {
+        changes.push(format!(
+            "websocket.allowed_origins added {}",
+            origins.join(", ")
+        ));
+    }
+    changes
+}
+
+/// `who` may now create more new users than before: `(max_new_users, new_users_window)`.
+fn more_new_users(who: &str, before: (u32, Duration), now: (u32, Duration)) -> Option<String> {
+    (now.0 > before.0 || now.1 < before.1).then(|| {
+        format!(
+            "{who} may create more new users ({} per {})",
+            now.0,
+            humantime::format_duration(now.1)
+        )
+    })
+}
+
+/// The rule of `other` that stands where `rules[i]` does: the same prefix, and as many rules of
+/// that prefix before it (rules of one prefix differ in `methods` or `source` and are tried in
+/// order).
+fn counterpart<'a>(
+    rules: &[crate::config::AccessRule],
+    i: usize,
+    other: &'a [crate::config::AccessRule],
+) -> Option<&'a crate::config::AccessRule> {
+    let prefix = &rules.get(i)?.path_prefix;
+    let nth = rules[..i]
+        .iter()
+        .filter(|r| &r.path_prefix == prefix)
+        .count();
+    other.iter().filter(|r| &r.path_prefix == prefix).nth(nth)
+}
+
+/// The entries of `new` that `old` lacks.
+fn not_in<'a>(new: &'a [String], old: &[String]) -> Vec<&'a str> {
+    new.iter()
+        .filter(|v| !old.contains(v))
+        .map(String::as_str)
+        .collect()
+}
+
+/// What the OpenID providers of `new` admit that those of `old` did not (by `id`): a provider
+/// added; its issuer, client, CA or groups claim changed; its MFA trusted; email domains or
+/// groups allowed that were not (an emptied list allows any); scopes granted to a group; more new
+/// users.
+fn loosened_providers(old: &[OidcProvider], new: &[OidcProvider]) -> Vec<String> {
+    let mut changes = Vec::new();
+    for provider in new {
+        let id = &provider.id;
+        let Some(before) = old.iter().find(|p| p.id == *id) else {
+            changes.push(format!("oidc provider {id} added"));
+            continue;
+        };
+        if before.issuer != provider.issuer
+            || before.client_id != provider.client_id
+            || before.ca_file != provider.ca_file
+            || before.groups_claim != provider.groups_claim
+        {
+            changes.push(format!(
+                "oidc provider {id} changed its issuer, client, CA or groups claim"
+            ));
+        }
+        if provider.trust_idp_mfa && !before.trust_idp_mfa {
+            changes.push(format!("oidc provider {id} trust_idp_mfa turned on"));
+        }
+        for (key, was, now) in [
+            (
+                "allowed_email_domains",
+                &before.allowed_email_domains,
+                &provider.allowed_email_domains,
+            ),
+            (
+                "allowed_groups",
+                &before.allowed_groups,
+                &provider.allowed_groups,
+            ),
+        ] {
+            if was.is_empty() {
+                continue;
+            }
+            if now.is_empty() {
+                changes.push(format!("oidc provider {id} {key} emptied: any is allowed"));
+            } else {
+                let added = not_in(now, was);
+                if !added.is_empty() {
+                    changes.push(format!(
+                        "oidc provider {id} {key} added {}",
+                        added.join(", ")
+                    ));
+                }
+            }
+        }
+        for (group, scopes) in &provider.scopes_from_groups {
+            let added = not_in(
+                scopes,
+                before
+                    .scopes_from_groups
+                    .get(group)
+                    .map_or(&[][..], Vec::as_slice),
+            );
+            if !added.is_empty() {
+                changes.push(format!(
+                    "oidc provider {id} grants group {group} scopes {}",
+                    added.join(", ")
+                ));
+            }
+        }
+        changes.extend(more_new_users(
+            &format!("oidc provider {id}"),
+            (before.max_new_users, before.new_users_window),
+            (provider.max_new_users, provider.new_users_window),
+        ));
     }
     changes
 }
@@ -636,6 +748,64 @@ mod tests {
                 "{changes:?}"
             );
         }
+    }
+
+    #[test]
+    fn every_loosening_of_sign_in_providers_and_websocket_origins_is_named() {
+        let provider = |extra: &str| {
+            with(&format!(
+                "[[oidc.providers]]\nid = \"corp\"\nname = \"Corp\"\n\
+                 issuer = \"https://idp.example\"\nclient_id = \"gh\"\nclient_secret = \"s\"\n{extra}"
+            ))
+        };
+        let strict = provider(
+            "allowed_email_domains = [\"example.com\"]\nallowed_groups = [\"staff\"]\n\
+             scopes_from_groups = { staff = [\"read\"] }\nmax_new_users = 10\n",
+        );
+        assert!(loosened(&strict, &strict).is_empty());
+        assert_eq!(loosened(&with(""), &strict), ["oidc provider corp added"]);
+        assert!(
+            loosened(&strict, &with("")).is_empty(),
+            "removing one admits nobody"
+        );
+        let looser = provider(
+            "trust_idp_mfa = true\nallowed_email_domains = [\"example.com\", \"evil.example\"]\n\
+             scopes_from_groups = { staff = [\"read\", \"admin\"], all = [\"x\"] }\n\
+             max_new_users = 10\ngroups_claim = \"roles\"\n",
+        );
+        let changes = loosened(&strict, &looser);
+        for expected in [
+            "oidc provider corp changed its issuer, client, CA or groups claim",
+            "oidc provider corp trust_idp_mfa turned on",
+            "oidc provider corp allowed_email_domains added evil.example",
+            "oidc provider corp allowed_groups emptied: any is allowed",
+            "oidc provider corp grants group all scopes x",
+            "oidc provider corp grants group staff scopes admin",
+        ] {
+            assert!(
+                changes.iter().any(|c| c == expected),
+                "{expected}: {changes:?}"
+            );
+        }
+        assert_eq!(changes.len(), 6, "{changes:?}");
+        let more_users = provider(
+            "allowed_email_domains = [\"example.com\"]\nallowed_groups = [\"staff\"]\n\
+             scopes_from_groups = { staff = [\"read\"] }\nmax_new_users = 11\n",
+        );
+        let changes = loosened(&strict, &more_users);
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert!(
+            changes[0].starts_with("oidc provider corp may create more new users"),
+            "{changes:?}"
+        );
+        let origins = with("[websocket]\nallowed_origins = [\"https://a.example\"]\n");
+        let more =
+            with("[websocket]\nallowed_origins = [\"https://a.example\", \"https://b.example\"]\n");
+        assert_eq!(
+            loosened(&origins, &more),
+            ["websocket.allowed_origins added https://b.example"]
+        );
+        assert!(loosened(&more, &origins).is_empty());
     }
 
     #[test]

@@ -1274,13 +1274,15 @@ mod tests {
     #[test]
     fn cache_expiries_beyond_what_the_caches_accept_are_refused_not_a_crash() {
         for key in ["basic_cache_ttl", "failed_password_window"] {
-            let err = from_toml_str(&format!("[auth]\n{key} = \"1001y\"\n"))
-                .unwrap_err()
-                .to_string();
-            assert!(
-                err.contains(&format!("auth.{key}: must be at most 30d")),
-                "{err}"
-            );
+            for (value, bound) in [("31d", "30d"), ("1001y", "100 years")] {
+                let err = from_toml_str(&format!("[auth]\n{key} = \"{value}\"\n"))
+                    .unwrap_err()
+                    .to_string();
+                assert!(
+                    err.contains(&format!("auth.{key}: must be at most {bound}")),
+                    "{err}"
+                );
+            }
             assert!(from_toml_str(&format!("[auth]\n{key} = \"30d\"\n")).is_ok());
         }
     }
@@ -1472,6 +1474,33 @@ mod tests {
     }
 
     #[test]
+    fn rules_of_one_prefix_are_taken_when_they_differ_in_methods_or_source() {
+        let rules = |body: &str| from_toml_str(body).map(|c| c.routes.len());
+        // GET public, any other method needs MFA: two rules of one prefix, the narrower first.
+        let split = "[[routes]]\npath_prefix = \"/api/\"\nmethods = [\"GET\"]\naccess = \"public\"\n\
+                     [[routes]]\npath_prefix = \"/api/\"\naccess = \"mfa\"\n";
+        assert_eq!(rules(split).unwrap(), 2);
+        let by_source = "[[routes]]\npath_prefix = \"/ops/\"\nsource = [\"10.0.0.0/8\"]\naccess = \"authenticated\"\n\
+                         [[routes]]\npath_prefix = \"/ops/\"\naccess = \"mfa\"\n";
+        assert_eq!(rules(by_source).unwrap(), 2);
+        // A rule an earlier one of its prefix wholly takes would never apply.
+        for shadowed in [
+            "[[routes]]\npath_prefix = \"/api/\"\naccess = \"mfa\"\n\
+             [[routes]]\npath_prefix = \"/api/\"\nmethods = [\"GET\"]\naccess = \"public\"\n",
+            "[[routes]]\npath_prefix = \"/api/\"\nmethods = [\"GET\", \"POST\"]\naccess = \"mfa\"\n\
+             [[routes]]\npath_prefix = \"/API/\"\nmethods = [\"post\"]\naccess = \"public\"\n",
+            "[[routes]]\npath_prefix = \"/ops/\"\nsource = [\"10.0.0.0/8\"]\naccess = \"mfa\"\n\
+             [[routes]]\npath_prefix = \"/ops/\"\nsource = [\"10.0.0.0/8\"]\naccess = \"public\"\n",
+        ] {
+            let err = from_toml_str(shadowed).unwrap_err().to_string();
+            assert!(
+                err.contains("routes[1].path_prefix: `/") && err.contains("earlier route"),
+                "{shadowed}\n{err}"
+            );
+        }
+    }
+
+    #[test]
     fn unknown_keys_are_rejected() {
         let err = from_toml_str("[server]\npublic_ulr = \"https://x\"\n").unwrap_err();
         assert!(err.to_string().contains("public_ulr"), "{err}");
@@ -1631,6 +1660,38 @@ mod tests {
         let text = c.to_toml().unwrap();
         assert!(text.contains("ticket_ttl = \"24h\""), "{text}");
         assert!(!text.contains("day"), "{text}");
+    }
+
+    #[test]
+    fn no_duration_setting_takes_more_than_a_hundred_years() {
+        // Past the bound, timers computed from the setting (`Instant` + the setting) would
+        // overflow on the first connection; the configuration is refused instead.
+        for (section, key) in [
+            ("server", "header_read_timeout"),
+            ("server", "send_timeout"),
+            ("server", "tls_handshake_timeout"),
+            ("server", "body_read_timeout"),
+            ("server", "shutdown_grace"),
+            ("mfa", "ticket_ttl"),
+            ("mfa", "send_window"),
+            ("tokens", "access_ttl"),
+            ("auth", "jwks_min_refresh"),
+        ] {
+            let accepted = from_toml_str(&format!("[{section}]\n{key} = \"100y\"\n"));
+            assert!(accepted.is_ok(), "{section}.{key}: {accepted:?}");
+            for refused in ["101y", "1000000000y"] {
+                let problems = from_toml_str(&format!("[{section}]\n{key} = \"{refused}\"\n"))
+                    .unwrap_err()
+                    .problems;
+                assert!(
+                    problems
+                        .iter()
+                        .any(|p| p
+                            .starts_with(&format!("{section}.{key}: must be at most 100 years"))),
+                    "{section}.{key} = {refused}: {problems:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -110,3 +110,36 @@ async fn clients_with_many_addresses_cannot_flood_the_audit_trail_with_rate_limi
         "{limited}"
     );
 }
+
+/// Two rules of one prefix that differ in `methods`: each method gets its own rule, in any letter
+/// case, `HEAD` follows `GET`, and an override header must pass the rule of both methods.
+#[tokio::test]
+async fn rules_of_one_prefix_split_by_method_each_decide_their_methods() {
+    let (upstream, gh) = start(|c| {
+        c.proxy.default = Access::Public;
+        c.routes.push(AccessRule {
+            methods: vec!["GET".into()],
+            ..AccessRule::new("/api/", Access::Public)
+        });
+        c.routes
+            .push(AccessRule::new("/api/", Access::Authenticated));
+    })
+    .await;
+    for method in ["GET", "get", "HEAD"] {
+        let response = send(&gh, method, "/api/items", &[]).await;
+        assert_eq!(response.status, 200, "{method}");
+    }
+    for method in ["POST", "post", "DELETE", "PUT"] {
+        let response = send(&gh, method, "/api/items", &["Content-Length: 0"]).await;
+        assert_eq!(response.status, 401, "{method}");
+    }
+    let overridden = send(
+        &gh,
+        "GET",
+        "/api/items",
+        &["X-HTTP-Method-Override: DELETE"],
+    )
+    .await;
+    assert_eq!(overridden.status, 401);
+    assert_eq!(upstream.hits(), 3);
+}

@@ -271,6 +271,43 @@ async fn a_connection_in_steady_use_stays_open_and_closes_once_it_goes_quiet() {
     }
 }
 
+/// The longest timeouts the configuration accepts (100 years) still serve every protocol: the
+/// deadlines computed from them do not overflow.
+#[tokio::test]
+async fn the_longest_accepted_timeouts_still_serve_every_protocol() {
+    let upstream = Upstream::start().await;
+    let longest = humantime::parse_duration("100y").unwrap();
+    let gh = Gatehouse::start_with(&upstream, |c| {
+        c.server.header_read_timeout = longest;
+        c.server.send_timeout = longest;
+        c.server.tls_handshake_timeout = longest;
+        c.server.body_read_timeout = longest;
+    })
+    .await;
+    let pem = certificate(&gh);
+    let (http, https) = (gh.http_addr(), gh.addrs.https.unwrap());
+    for (name, mut conn) in [
+        (
+            "h2c",
+            Conn::h2(TcpStream::connect(http).await.unwrap()).await,
+        ),
+        ("h2", Conn::h2(tls_connect(https, &pem, b"h2").await).await),
+        (
+            "HTTP/1.1",
+            Conn::h1(TcpStream::connect(http).await.unwrap()).await,
+        ),
+        (
+            "TLS HTTP/1.1",
+            Conn::h1(tls_connect(https, &pem, b"http/1.1").await).await,
+        ),
+    ] {
+        for _ in 0..2 {
+            assert_eq!(conn.get("/public/x").await.0, 200, "{name}");
+        }
+    }
+    assert_eq!(upstream.hits(), 8);
+}
+
 /// Opens `n` connections to `addr` that each answer a request, and keeps them.
 async fn usable_connections(addr: SocketAddr, n: usize) -> Vec<Conn> {
     let mut conns = Vec::new();

@@ -334,6 +334,27 @@ async fn a_reload_that_loosens_access_is_applied_and_named_in_a_warning() {
     ] {
         assert!(line.contains(named), "{named}: {line}");
     }
+
+    // Another site's pages may now open cookie-authenticated WebSockets: named too.
+    std::fs::write(
+        &file,
+        config(&upstream.url(), "public")
+            + "[server]\ntrusted_proxies = [\"127.0.0.1/32\", \"10.0.0.0/8\"]\n\
+               [websocket]\nallowed_origins = [\"https://b.example\"]\n",
+    )
+    .unwrap();
+    wait_for_log(&gh, "configuration reloaded", 3).await;
+    let lines: Vec<String> = gh
+        .logs()
+        .into_iter()
+        .filter(|l| l.contains(loosens))
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[1].contains("websocket.allowed_origins added https://b.example"),
+        "{}",
+        lines[1]
+    );
 }
 
 #[tokio::test]

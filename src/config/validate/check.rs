@@ -52,9 +52,18 @@ pub(super) fn ok<T>(v: T) -> Result<T, String> {
 /// The longest expiry of an in-memory cache set from the configuration.
 pub(super) const MAX_CACHE_EXPIRY: Duration = Duration::from_secs(30 * 24 * 3600);
 
+/// The longest duration any setting takes. Every timer and expiry gatehouse computes from a
+/// setting (`Instant` and clock arithmetic, seconds in tokens) stays far from overflow below it.
+pub(in crate::config) const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
+
+/// The one reader of durations in the configuration.
 pub(in crate::config) fn parse_duration(s: String) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|_| format!("expected a duration such as `10s`, `5m` or `24h`, got `{s}`"))
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|_| format!("expected a duration such as `10s`, `5m` or `24h`, got `{s}`"))?;
+    if d > MAX_DURATION {
+        return Err(format!("must be at most 100 years, got `{s}`"));
+    }
+    Ok(d)
 }
 
 pub(super) fn parse_addr(s: String) -> Result<SocketAddr, String> {

@@ -341,14 +341,21 @@ pub(super) fn routes(c: &mut Checker, raw_routes: Vec<RawRoute>) -> Vec<AccessRu
             })
         });
         if let (Some(path_prefix), Some(access)) = (path_prefix, access) {
-            // Prefixes match in any letter case, so `/Admin/` and `/admin/` are one rule.
-            if routes
-                .iter()
-                .any(|other| crate::path::eq_ignore_case(&other.path_prefix, &path_prefix))
-            {
+            // Prefixes match in any letter case, so `/Admin/` and `/admin/` are one prefix. Rules
+            // of one prefix are tried in their order: one whose requests an earlier rule of the
+            // prefix all takes would never apply.
+            if routes.iter().any(|earlier| {
+                crate::path::eq_ignore_case(&earlier.path_prefix, &path_prefix)
+                    && covers(&earlier.methods, &methods)
+                    && covers(&earlier.source, &source)
+            }) {
                 c.problem(
                     &key("path_prefix"),
-                    format!("`{path_prefix}` is already used by another route"),
+                    format!(
+                        "`{path_prefix}` is already used by an earlier route that takes every \
+                         request this one would; rules of one prefix need other `methods` or \
+                         `source`, the narrower first"
+                    ),
                 );
             }
             if access == Access::Public && !scopes.is_empty() {
@@ -373,6 +380,12 @@ pub(super) fn routes(c: &mut Checker, raw_routes: Vec<RawRoute>) -> Vec<AccessRu
         }
     }
     routes
+}
+
+/// Whether an earlier rule's match condition (`methods` or `source`; empty: any) admits every
+/// request a later rule's admits.
+fn covers<T: PartialEq>(earlier: &[T], later: &[T]) -> bool {
+    earlier.is_empty() || (!later.is_empty() && later.iter().all(|v| earlier.contains(v)))
 }
 
 /// A list of a route's, each entry parsed by `parse` (problems name the entry: `routes[2].source[0]`).
