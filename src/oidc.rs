@@ -154,6 +154,15 @@ pub enum RedeemError {
     Unavailable(Unavailable),
 }
 
+/// Why a back-channel logout token was not taken.
+#[derive(Debug)]
+pub enum LogoutRefused {
+    /// The provider's keys could not be had to check it: it may be sent again.
+    Unreachable(String),
+    /// The token is not a valid logout token for this client.
+    Invalid(String),
+}
+
 /// A verified back-channel logout request: the sessions it ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Logout {
@@ -457,8 +466,22 @@ impl Provider {
     /// signature by one of the provider's keys (refetched once on an unknown `kid`), `iss`, `aud`
     /// naming this client, `iat` within [`LOGOUT_TOKEN_AGE`] of `now`, `exp` when present, the
     /// logout event, `sid` or `sub`, a `jti`, and no `nonce`.
-    pub async fn verify_logout(&self, token: &str, now: i64) -> Result<Logout, String> {
-        let discovered = self.ready().await.map_err(|e| e.0)?;
+    pub async fn verify_logout(&self, token: &str, now: i64) -> Result<Logout, LogoutRefused> {
+        let discovered = self
+            .ready()
+            .await
+            .map_err(|e| LogoutRefused::Unreachable(e.0))?;
+        self.check_logout(discovered, token, now)
+            .await
+            .map_err(LogoutRefused::Invalid)
+    }
+
+    async fn check_logout(
+        &self,
+        discovered: Arc<Discovered>,
+        token: &str,
+        now: i64,
+    ) -> Result<Logout, String> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| "malformed token")?;
         if matches!(
             header.alg,
@@ -514,6 +537,8 @@ impl Provider {
         Ok(Logout { subject, sid, jti })
     }
 
+    /// The claims of a logout token that one of the provider's keys verifies (the one its `kid`
+    /// names, else any).
     fn logout_claims(
         &self,
         discovered: &Discovered,

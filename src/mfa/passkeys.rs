@@ -567,7 +567,7 @@ impl Mfa {
         &self,
         ceremony_id: &str,
         credential: &str,
-    ) -> Result<User, (Option<String>, MfaError)> {
+    ) -> Result<(User, String), (Option<String>, MfaError)> {
         let rp = self.relying_party().map_err(|e| (None, e))?.clone();
         let ceremony = self
             .take(ceremony_id, CeremonyPurpose::SignIn)
@@ -629,7 +629,7 @@ impl Mfa {
             Err(e) => return Err(named(e)),
         }
         self.passed(&user, attempt).await.map_err(named)?;
-        Ok(user)
+        Ok((user, id))
     }
 
     /// Renames one of the user's passkeys.

@@ -927,6 +927,8 @@ pub trait Store: Send + Sync {
     /// Counts one send under `key`; `false` (and nothing counted) when `limit` sends already
     /// happened within `window` seconds.
     async fn count_send(&self, key: &str, now: i64, window: i64, limit: u32) -> StoreResult<bool>;
+    /// Forgets every send counted under `key`: what they counted for did not happen after all.
+    async fn forget_sends(&self, key: &str) -> StoreResult<()>;
 
     /// Adds a domain with a fresh id; `Conflict` when the organisation already has the name or
     /// another organisation has verified it.

@@ -301,6 +301,11 @@ impl Store for FaultyStore {
         self.inner.count_send(key, now, window, limit).await
     }
 
+    async fn forget_sends(&self, key: &str) -> StoreResult<()> {
+        self.gate("forget_sends").await?;
+        self.inner.forget_sends(key).await
+    }
+
     async fn create_domain(&self, domain: Domain) -> StoreResult<Domain> {
         self.gate("create_domain").await?;
         self.inner.create_domain(domain).await

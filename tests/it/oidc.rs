@@ -62,6 +62,8 @@ pub struct Options {
     /// A PostgreSQL database (URL) to keep the store in instead of sled, so that
     /// [`Oidc::replica`] can start a second gatehouse on it.
     pub postgres: Option<String>,
+    /// A store to run on instead (a [`crate::faulty::FaultyStore`]).
+    pub store: Option<Arc<dyn gatehouse::store::Store>>,
 }
 
 /// Gatehouse with the providers `corp` ("Corporate SSO") and `partner` ("Partner login") at one
@@ -152,7 +154,10 @@ scopes = ["openid", "email", "profile", "groups"]
             extra = options.extra,
         );
         let toml = format!("{base}{providers}");
-        let gh = start_on(dir, &toml, options.postgres.as_deref()).await;
+        let gh = match options.store {
+            Some(store) => Gatehouse::start_toml(dir, &toml, |_| {}, |_| store).await,
+            None => start_on(dir, &toml, options.postgres.as_deref()).await,
+        };
         Oidc {
             upstream,
             idp,
@@ -803,6 +808,32 @@ async fn a_logout_token_for_a_user_ends_their_sessions_through_that_provider_onl
     let page = corp_1.get("/private/x").await;
     assert_eq!(page.status, 302);
     assert_eq!(page.location(), "/auth/login?rd=%2Fprivate%2Fx");
+}
+
+/// A logout the store fails to carry out is answered 503, and the provider's next try of the
+/// same token ends the sessions: the token is not spent on the failed try.
+#[tokio::test]
+async fn a_logout_token_the_store_failed_to_carry_out_works_when_sent_again() {
+    let data = tempfile::tempdir().unwrap();
+    let faulty = crate::faulty::FaultyStore::new(data.path());
+    let o = Oidc::start_with(Options {
+        store: Some(faulty.clone()),
+        ..Options::default()
+    })
+    .await;
+    let mut alice = o.signed_in("corp", "alice").await;
+    let mut claims = o.logout_claims(CORP_CLIENT);
+    claims["sub"] = json!("alice");
+    let token = o.idp.logout_token(claims).await;
+    faulty.fail(&["delete_idp_sessions"]);
+    let response = o.backchannel("corp", &token).await;
+    assert_eq!(response.status(), 503);
+    faulty.recover();
+    assert_eq!(session_status(&mut alice).await, 200, "nothing ended yet");
+    assert_eq!(o.backchannel("corp", &token).await.status(), 200);
+    assert_eq!(session_status(&mut alice).await, 401);
+    // Once carried out, the token is spent.
+    assert_eq!(o.backchannel("corp", &token).await.status(), 400);
 }
 
 #[tokio::test]

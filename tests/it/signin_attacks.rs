@@ -160,6 +160,73 @@ async fn a_sign_in_that_straddles_a_password_change_leaves_no_session() {
     }
 }
 
+/// A forged post to any form is 403, whether or not the browser has a live session: the forms
+/// that need one (step-up, passkeys) refuse the forgery before they would send a browser without
+/// a session to sign in. A post that is not forged and has no session is sent to sign in.
+#[tokio::test]
+async fn forged_posts_are_403_on_every_form_with_or_without_a_session() {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start(&upstream).await;
+    user(&gh, "ada").await;
+    let mut browser = Visitor::new(gh.http_addr());
+    let token = browser.get("/auth/login").await.hidden("csrf");
+    let csrf_cookie = browser.cookies[CSRF_COOKIE].clone();
+    let own = format!("http://{}", gh.http_addr());
+    let made_up = format!("{SESSION_COOKIE}={}", "A".repeat(43));
+    let client = no_redirects_client();
+    let forms = [
+        "/auth/login",
+        "/auth/step-up",
+        "/auth/logout",
+        "/auth/passkeys",
+    ];
+    for path in forms {
+        // (cookie, extra headers) of a forged post.
+        let forged: Vec<(String, Vec<(&str, &str)>)> = vec![
+            (String::new(), vec![("origin", "https://evil.example")]),
+            (String::new(), vec![]),
+            (made_up.clone(), vec![("origin", "https://evil.example")]),
+            (made_up.clone(), vec![]),
+            (
+                format!("{made_up}; {CSRF_COOKIE}={csrf_cookie}"),
+                vec![("origin", "https://evil.example")],
+            ),
+            (
+                format!("{CSRF_COOKIE}={csrf_cookie}"),
+                vec![("sec-fetch-site", "cross-site")],
+            ),
+        ];
+        for (cookie, headers) in &forged {
+            let mut request = client
+                .post(gh.http_url(path))
+                .form(&[("csrf", token.as_str()), ("action", "rename")]);
+            if !cookie.is_empty() {
+                request = request.header("cookie", cookie);
+            }
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 403, "{path} {cookie:?} {headers:?}");
+            assert!(response.headers().get("set-cookie").is_none(), "{path}");
+        }
+    }
+    // Not forged, no session: the forms that need one send the browser to sign in.
+    for path in ["/auth/step-up", "/auth/passkeys"] {
+        let response = client
+            .post(gh.http_url(path))
+            .header("cookie", format!("{made_up}; {CSRF_COOKIE}={csrf_cookie}"))
+            .header("origin", &own)
+            .form(&[("csrf", token.as_str())])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 303, "{path}");
+        let location = response.headers()["location"].to_str().unwrap();
+        assert!(location.starts_with("/auth/login"), "{path}: {location}");
+    }
+}
+
 fn no_redirects_client() -> reqwest::Client {
     crate::signin::no_redirects()
 }

@@ -555,13 +555,29 @@ impl SignIn {
         let now = self.clock.unix();
         let logout = match provider.verify_logout(token, now).await {
             Ok(logout) => logout,
-            Err(why) => {
+            Err(crate::oidc::LogoutRefused::Unreachable(why)) => {
+                return logout_unavailable(&format!("the provider's keys: {why}"));
+            }
+            Err(crate::oidc::LogoutRefused::Invalid(why)) => {
                 tracing::warn!(provider = %id, reason = %why, "back-channel logout refused");
                 return logout_refused(&why);
             }
         };
+        let user = match &logout.subject {
+            Some(sub) => match self
+                .store
+                .user_by_external(&provider.config.issuer, sub)
+                .await
+            {
+                Ok(user) => user,
+                Err(e) => return logout_unavailable(&e.to_string()),
+            },
+            None => None,
+        };
         // Each token ends sessions once: its jti is remembered for longer than the token can be
-        // accepted (an iat up to LOGOUT_TOKEN_AGE ahead, and as long again after it).
+        // accepted (an iat up to LOGOUT_TOKEN_AGE ahead, and as long again after it). Taken once
+        // nothing but the ending itself can fail, and given back if that fails, so that the
+        // provider's next try of the same token does what this one could not.
         let key = format!("oidc-logout:{id}:{}", crate::sessions::id_hash(&logout.jti));
         match self
             .store
@@ -575,17 +591,6 @@ impl SignIn {
             }
             Err(e) => return logout_unavailable(&e.to_string()),
         }
-        let user = match &logout.subject {
-            Some(sub) => match self
-                .store
-                .user_by_external(&provider.config.issuer, sub)
-                .await
-            {
-                Ok(user) => user,
-                Err(e) => return logout_unavailable(&e.to_string()),
-            },
-            None => None,
-        };
         if logout.subject.is_some() && user.is_none() {
             // A subject gatehouse never saw has no sessions here, whatever `sid` comes with it:
             // a token naming both names one person's session, never another's.
@@ -597,7 +602,12 @@ impl SignIn {
             .await
         {
             Ok(n) => n,
-            Err(e) => return logout_unavailable(&e.to_string()),
+            Err(e) => {
+                if let Err(again) = self.store.forget_sends(&key).await {
+                    tracing::warn!(error = %again, "cannot give a logout token back");
+                }
+                return logout_unavailable(&e.to_string());
+            }
         };
         tracing::info!(provider = %id, sessions = ended, "back-channel logout");
         self.audit(

@@ -288,13 +288,8 @@ impl SignIn {
         body: Incoming,
         visit: &Visit<'_>,
     ) -> Result<Form, Refusal> {
-        if !self.same_origin(&parts.headers, visit.origin) {
-            return Err(Refusal::Forged);
-        }
+        self.not_forged(parts, visit)?;
         let cookie = self.sessions.csrf_cookie(&parts.headers).map(str::to_owned);
-        if cookie.is_none() {
-            return Err(Refusal::Forged);
-        }
         let bytes = api::read_body(parts, body).await.map_err(Refusal::Body)?;
         let form = Form(
             form_urlencoded::parse(&bytes)
@@ -308,6 +303,19 @@ impl SignIn {
             return Err(Refusal::Forged);
         }
         Ok(form)
+    }
+
+    /// What a post's headers alone show of a forgery: another site's `Origin` or
+    /// `Sec-Fetch-Site`, or no CSRF cookie (403 whatever else the post lacks). Forms that need a
+    /// session check this before sending a browser without one to sign in, so that a forged post
+    /// is refused alike with and without a session.
+    fn not_forged(&self, parts: &Parts, visit: &Visit<'_>) -> Result<(), Refusal> {
+        if !self.same_origin(&parts.headers, visit.origin)
+            || self.sessions.csrf_cookie(&parts.headers).is_none()
+        {
+            return Err(Refusal::Forged);
+        }
+        Ok(())
     }
 
     /// Whether a post comes from this site: `Sec-Fetch-Site`, when sent, says same-origin (or
@@ -570,6 +578,9 @@ impl SignIn {
     }
 
     async fn step_up(&self, parts: &Parts, body: Incoming, visit: &Visit<'_>) -> Response<Body> {
+        if let Err(refusal) = self.not_forged(parts, visit) {
+            return self.refused(refusal);
+        }
         let Some((principal, live)) = self.signed_in(&parts.headers).await else {
             return see_other(&rd::login_url(STEP_UP), &[]);
         };

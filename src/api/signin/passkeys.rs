@@ -204,12 +204,12 @@ impl SignIn {
             }
             response
         };
-        let user = match self
+        let (user, passkey_id) = match self
             .mfa
             .finish_sign_in(form.get("ceremony"), form.get("credential"))
             .await
         {
-            Ok(user) => user,
+            Ok(found) => found,
             Err((name, e)) => {
                 tracing::info!(reason = ?e, "passkey sign-in refused");
                 self.audit(
@@ -253,9 +253,49 @@ impl SignIn {
                 return retry(StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE, Some(1));
             }
         };
+        // Disabling the user or resetting their factors ends their sessions; one stored after
+        // that end, by a sign-in that read the user and passkey before it, is ended here.
+        match self.still_signs_in(user.id, &passkey_id).await {
+            Ok(true) => {}
+            still => {
+                if let Err(e) = self.sessions.end(&id).await {
+                    tracing::warn!(error = %e, "cannot end a session");
+                }
+                return match still {
+                    Ok(_) => retry(
+                        StatusCode::UNAUTHORIZED,
+                        "That passkey was not accepted.",
+                        None,
+                    ),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot check the user after sign-in");
+                        retry(StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE, Some(1))
+                    }
+                };
+            }
+        }
         self.audit("signin", Some(&user.user_name), Some("amr hwk,user".into()))
             .await;
         see_other(&target, self.sessions.cookie(&id).as_slice())
+    }
+
+    /// Whether the user may still sign in and still holds the passkey `passkey_id`.
+    async fn still_signs_in(
+        &self,
+        user_id: u64,
+        passkey_id: &str,
+    ) -> Result<bool, crate::store::StoreError> {
+        let valid = self
+            .store
+            .user_by_id(user_id)
+            .await?
+            .is_some_and(|u| u.is_valid);
+        Ok(valid
+            && self
+                .store
+                .passkey(passkey_id)
+                .await?
+                .is_some_and(|p| p.user_id == user_id))
     }
 
     /// `POST /auth/step-up` with `action=passkey-options` or `action=passkey`.
@@ -357,6 +397,9 @@ impl SignIn {
         body: Incoming,
         visit: &Visit<'_>,
     ) -> Response<Body> {
+        if let Err(refusal) = self.not_forged(parts, visit) {
+            return self.refused(refusal);
+        }
         let Some((principal, _)) = self.signed_in(&parts.headers).await else {
             return see_other(&rd::login_url(PASSKEYS), &[]);
         };

@@ -453,6 +453,15 @@ impl Store for PgStore {
         Ok(retry(|| self.count_send_once(key, now, window, limit)).await?)
     }
 
+    async fn forget_sends(&self, key: &str) -> StoreResult<()> {
+        if !storable(key) {
+            return Err(StoreError::Backend("a send key holds NUL".into()));
+        }
+        self.execute("DELETE FROM gatehouse_sends WHERE send_key = $1", &[&key])
+            .await
+            .map(drop)
+    }
+
     async fn create_domain(&self, domain: Domain) -> StoreResult<Domain> {
         Ok(retry(|| self.create_domain_once(&domain)).await?)
     }

@@ -461,6 +461,11 @@ impl Store for SledStore {
         Ok(allowed)
     }
 
+    async fn forget_sends(&self, key: &str) -> StoreResult<()> {
+        self.sends.remove(key.as_bytes()).map_err(backend)?;
+        self.durable().await
+    }
+
     async fn create_application(&self, app: Application) -> StoreResult<()> {
         let result = (&self.applications, &self.app_tokens).transaction(|(apps, tokens)| {
             if apps.get(app.name.as_bytes())?.is_some() {
