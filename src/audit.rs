@@ -304,13 +304,22 @@ async fn purge_when_due(store: &dyn Store, clock: &dyn Clock) {
     purge(store, clock).await;
 }
 
+/// The time (RFC 3339, as stored) before which events are past `audit.retention` now: they are
+/// purged at most once per [`PURGE_EVERY`], and never listed meanwhile.
+pub fn oldest_kept(clock: &dyn Clock) -> Option<String> {
+    let retention = RETENTION.load(Ordering::Relaxed);
+    clock
+        .now()
+        .checked_sub(time::Duration::seconds(retention))
+        .map(clock::rfc3339)
+}
+
 /// Deletes the events older than the retention now; how many.
 pub async fn purge(store: &dyn Store, clock: &dyn Clock) -> u64 {
-    let retention = RETENTION.load(Ordering::Relaxed);
-    let Some(before) = clock.now().checked_sub(time::Duration::seconds(retention)) else {
+    let Some(before) = oldest_kept(clock) else {
         return 0;
     };
-    match store.purge_audit(&clock::rfc3339(before)).await {
+    match store.purge_audit(&before).await {
         Ok(n) => {
             if n > 0 {
                 tracing::info!(target: "audit", purged = n, "purged audit events past audit.retention");

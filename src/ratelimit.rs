@@ -222,44 +222,58 @@ impl RuleLimit {
     }
 }
 
-/// The buckets of every rule with a `rate_limit`, by the rule's match-key prefix.
+/// The buckets of every rule with a `rate_limit`, each by the rule's match-key prefix and match
+/// conditions (`methods`, `source`): rules of one prefix differ in those, and each has buckets of
+/// its own.
 #[derive(Default)]
 pub struct Limits {
-    by_prefix: HashMap<String, Arc<RuleLimit>>,
+    rules: Vec<(AccessRule, Arc<RuleLimit>)>,
 }
 
 impl std::fmt::Debug for Limits {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_set().entries(self.by_prefix.keys()).finish()
+        f.debug_list()
+            .entries(self.rules.iter().map(|(r, _)| &r.path_prefix))
+            .finish()
     }
 }
 
+/// Whether two rules are one rule to the limiter: the same match-key prefix and conditions.
+fn same_rule(a: &AccessRule, b: &AccessRule) -> bool {
+    a.path_prefix == b.path_prefix && a.methods == b.methods && a.source == b.source
+}
+
 impl Limits {
-    /// The buckets for `rules`, taken from `previous` for each rule whose prefix and limit are
-    /// unchanged.
+    /// The buckets for `rules`, taken from `previous` for each rule whose prefix, conditions and
+    /// limit are unchanged.
     pub fn new(rules: &[AccessRule], previous: Option<&Limits>) -> Limits {
-        let mut by_prefix = HashMap::new();
+        let mut held = Vec::new();
         for rule in rules {
             let Some(limit) = rule.rate_limit else {
                 continue;
             };
-            let prefix = crate::path::match_key(&rule.path_prefix).into_owned();
+            let mut rule = rule.clone();
+            rule.path_prefix = crate::path::match_key(&rule.path_prefix).into_owned();
             let kept = previous
-                .and_then(|p| p.by_prefix.get(&prefix))
+                .and_then(|p| p.rules.iter().find(|(r, _)| same_rule(r, &rule)))
+                .map(|(_, l)| l)
                 .filter(|l| l.limit == limit)
                 .cloned();
-            by_prefix.insert(
-                prefix,
+            held.push((
+                rule,
                 kept.unwrap_or_else(|| Arc::new(RuleLimit::new(limit))),
-            );
+            ));
         }
-        Limits { by_prefix }
+        Limits { rules: held }
     }
 
     /// The buckets of `rule` (as [`crate::routes::AccessRules`] holds it), if it has a limit.
     pub fn of(&self, rule: &AccessRule) -> Option<&Arc<RuleLimit>> {
         rule.rate_limit?;
-        self.by_prefix.get(&rule.path_prefix)
+        self.rules
+            .iter()
+            .find(|(r, _)| same_rule(r, rule))
+            .map(|(_, l)| l)
     }
 }
 
@@ -273,6 +287,35 @@ mod tests {
             count,
             per: Duration::from_secs(secs),
         }
+    }
+
+    #[test]
+    fn rules_of_one_prefix_have_buckets_of_their_own_kept_across_a_reload() {
+        use crate::config::Access;
+        let post = AccessRule {
+            methods: vec!["POST".into()],
+            rate_limit: Some(limit(5, 60)),
+            ..AccessRule::new("/login/", Access::Public)
+        };
+        let any = AccessRule {
+            rate_limit: Some(limit(600, 60)),
+            ..AccessRule::new("/login/", Access::Public)
+        };
+        let rules = [post.clone(), any.clone()];
+        let limits = Limits::new(&rules, None);
+        let (of_post, of_any) = (limits.of(&post).unwrap(), limits.of(&any).unwrap());
+        assert_eq!(of_post.limit, limit(5, 60));
+        assert_eq!(of_any.limit, limit(600, 60));
+        let ada = Key::User("ada".into());
+        for _ in 0..5 {
+            assert_eq!(of_post.check(&ada), Ok(()));
+        }
+        assert!(of_post.check(&ada).is_err(), "POST has its own 5/m");
+        assert_eq!(of_any.check(&ada), Ok(()));
+        // A reload keeps each rule's buckets: the spent POST bucket stays spent.
+        let again = Limits::new(&rules, Some(&limits));
+        assert!(again.of(&post).unwrap().check(&ada).is_err());
+        assert!(Arc::ptr_eq(again.of(&any).unwrap(), of_any));
     }
 
     #[test]
@@ -347,10 +390,11 @@ mod tests {
             ..AccessRule::new(p, crate::config::Access::Public)
         };
         let before = Limits::new(&[rule("/a/", 1), rule("/b/", 1)], None);
-        before.by_prefix["/a/"].check(&Key::Overflow).unwrap();
-        before.by_prefix["/b/"].check(&Key::Overflow).unwrap();
+        let of = |limits: &Limits, p: &str, count| limits.of(&rule(p, count)).unwrap().clone();
+        of(&before, "/a/", 1).check(&Key::Overflow).unwrap();
+        of(&before, "/b/", 1).check(&Key::Overflow).unwrap();
         let after = Limits::new(&[rule("/a/", 1), rule("/b/", 2)], Some(&before));
-        assert!(after.by_prefix["/a/"].check(&Key::Overflow).is_err());
-        assert!(after.by_prefix["/b/"].check(&Key::Overflow).is_ok());
+        assert!(of(&after, "/a/", 1).check(&Key::Overflow).is_err());
+        assert!(of(&after, "/b/", 2).check(&Key::Overflow).is_ok());
     }
 }

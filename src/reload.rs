@@ -112,10 +112,21 @@ fn loosened_conditions(
         (old.is_empty() && !new.is_empty())
             || old.iter().any(|m| !new.is_empty() && !new.contains(m))
     };
+    let widened = |old: &[String], new: &[String]| {
+        !old.is_empty() && (new.is_empty() || new.iter().any(|s| !old.contains(s)))
+    };
+    // Fewer requests: those left fall to another rule, maybe weaker. More requests: they leave
+    // another rule of the prefix, maybe stronger, for this one.
     if narrowed(&old.methods, &new.methods) {
         changes.push(format!(
             "route {prefix} covers fewer methods ({})",
             new.methods.join(", ")
+        ));
+    }
+    if widened(&old.methods, &new.methods) {
+        changes.push(format!(
+            "route {prefix} covers more methods ({})",
+            or_any(&new.methods)
         ));
     }
     let old_source: Vec<String> = old.source.iter().map(ToString::to_string).collect();
@@ -126,9 +137,12 @@ fn loosened_conditions(
             new_source.join(", ")
         ));
     }
-    let widened = |old: &[String], new: &[String]| {
-        !old.is_empty() && (new.is_empty() || new.iter().any(|s| !old.contains(s)))
-    };
+    if widened(&old_source, &new_source) {
+        changes.push(format!(
+            "route {prefix} covers more clients ({})",
+            or_any(&new_source)
+        ));
+    }
     if widened(&old.any_scopes, &new.any_scopes) {
         changes.push(format!("route {prefix} accepts other any_scopes"));
     }
@@ -206,18 +220,25 @@ pub fn loosened(old: &Config, new: &Config) -> Vec<String> {
         if counterpart(&new.routes, i, &old.routes).is_some() {
             continue;
         }
-        let before = old_table.rule_for(&crate::path::match_key(prefix));
-        let missing = before.scopes.iter().any(|s| !route.scopes.contains(s));
-        if route.access == Access::Public
-            || strength(route.access) < strength(before.access)
-            || missing
-        {
-            changes.push(format!(
-                "new route {prefix} is {} (was under {}: {})",
-                route.access.as_str(),
-                before.path_prefix,
-                before.access.as_str()
-            ));
+        // Every rule that governed some of its requests before: those of the prefix in order,
+        // down to the first that takes every method and client.
+        for (_, before) in old_table.candidates(&crate::path::match_key(prefix)) {
+            let missing = before.scopes.iter().any(|s| !route.scopes.contains(s));
+            if route.access == Access::Public
+                || strength(route.access) < strength(before.access)
+                || missing
+            {
+                changes.push(format!(
+                    "new route {prefix} is {} (was under {}: {})",
+                    route.access.as_str(),
+                    before.path_prefix,
+                    before.access.as_str()
+                ));
+                break;
+            }
+            if before.methods.is_empty() && before.source.is_empty() {
+                break;
+            }
         }
     }
     if old.auth.require_application_token && !new.auth.require_application_token {
@@ -304,6 +325,15 @@ fn counterpart<'a>(
         .filter(|r| &r.path_prefix == prefix)
         .count();
     other.iter().filter(|r| &r.path_prefix == prefix).nth(nth)
+}
+
+/// A condition's entries, or `any` for none.
+fn or_any(entries: &[String]) -> String {
+    if entries.is_empty() {
+        "any".to_owned()
+    } else {
+        entries.join(", ")
+    }
 }
 
 /// The entries of `new` that `old` lacks.
@@ -748,6 +778,35 @@ mod tests {
                 "{changes:?}"
             );
         }
+    }
+
+    #[test]
+    fn rules_of_one_prefix_are_compared_rule_by_rule() {
+        let split = |get_methods: &str, extra: &str| {
+            with(&format!(
+                "[[routes]]\npath_prefix = \"/api/\"\nmethods = {get_methods}\naccess = \"public\"\n\
+                 [[routes]]\npath_prefix = \"/api/\"\naccess = \"mfa\"\n{extra}"
+            ))
+        };
+        let old = split("[\"GET\"]", "");
+        assert!(loosened(&old, &old).is_empty());
+        // POST leaves the MFA rule for the public one.
+        assert_eq!(
+            loosened(&old, &split("[\"GET\", \"POST\"]", "")),
+            ["route /api/ covers more methods (GET, POST)"]
+        );
+        // A new route under the prefix is weaker than the rule POST met there before.
+        let changes = loosened(
+            &old,
+            &split(
+                "[\"GET\"]",
+                "[[routes]]\npath_prefix = \"/api/v2/\"\naccess = \"authenticated\"\n",
+            ),
+        );
+        assert_eq!(
+            changes,
+            ["new route /api/v2/ is authenticated (was under /api/: mfa)"]
+        );
     }
 
     #[test]

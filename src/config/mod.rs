@@ -1491,6 +1491,10 @@ mod tests {
              [[routes]]\npath_prefix = \"/API/\"\nmethods = [\"post\"]\naccess = \"public\"\n",
             "[[routes]]\npath_prefix = \"/ops/\"\nsource = [\"10.0.0.0/8\"]\naccess = \"mfa\"\n\
              [[routes]]\npath_prefix = \"/ops/\"\nsource = [\"10.0.0.0/8\"]\naccess = \"public\"\n",
+            "[[routes]]\npath_prefix = \"/ops/\"\nsource = [\"10.0.0.0/8\"]\naccess = \"authenticated\"\n\
+             [[routes]]\npath_prefix = \"/ops/\"\nsource = [\"10.1.0.0/16\"]\naccess = \"mfa\"\n",
+            "[[routes]]\npath_prefix = \"/x/\"\nmethods = [\"GET\"]\naccess = \"public\"\n\
+             [[routes]]\npath_prefix = \"/x/\"\nmethods = [\"HEAD\"]\naccess = \"mfa\"\n",
         ] {
             let err = from_toml_str(shadowed).unwrap_err().to_string();
             assert!(

@@ -25,6 +25,19 @@ fn event(time: &str, name: &str, user: Option<&str>) -> AuditEvent {
     }
 }
 
+/// Yesterday's date (`YYYY-MM-DD`, UTC): events then are well within the default
+/// `audit.retention` (30 days), so they are listed.
+fn yesterday() -> String {
+    use gatehouse::clock::Clock;
+    let day = (gatehouse::clock::SystemClock.now() - time::Duration::days(1)).date();
+    format!(
+        "{:04}-{:02}-{:02}",
+        day.year(),
+        u8::from(day.month()),
+        day.day()
+    )
+}
+
 /// Calls the admin API; status, `Link` header and JSON body.
 async fn admin_get(gh: &Gatehouse, path: &str) -> (u16, Option<String>, Value) {
     let response = http1_client()
@@ -189,6 +202,7 @@ async fn filters_and_the_cursor_page_through_the_admin_api(backend: Backend) {
     let upstream = Upstream::start().await;
     let (gh, _db) = backend.start(&upstream, |_| {}).await;
     let store = gh.app.store.clone();
+    let day = yesterday();
     let names = [
         "signin",
         "signin.failed",
@@ -198,7 +212,7 @@ async fn filters_and_the_cursor_page_through_the_admin_api(backend: Backend) {
     ];
     for i in 0..150 {
         let who = ["Ada", "bob", "ADA"][i % 3];
-        let time = format!("2026-01-01T00:{:02}:{:02}Z", i / 60, i % 60);
+        let time = format!("{day}T00:{:02}:{:02}Z", i / 60, i % 60);
         store
             .append_audit(event(&time, names[i % names.len()], Some(who)))
             .await
@@ -228,14 +242,14 @@ async fn filters_and_the_cursor_page_through_the_admin_api(backend: Backend) {
     // `since` is inclusive, in any offset; filters combine and the Link keeps them.
     let (since, _) = all_pages(
         &gh,
-        "/admin/v1/audit?since=2026-01-01T02:02:00%2B02:00&user=bob&event=signin.*&limit=2",
+        &format!("/admin/v1/audit?since={day}T02:02:00%2B02:00&user=bob&event=signin.*&limit=2"),
     )
     .await;
     let times: Vec<&str> = since.iter().map(|e| e["time"].as_str().unwrap()).collect();
     let expected: Vec<String> = (120..150)
         .rev()
         .filter(|i| i % 3 == 1 && i % 5 < 3)
-        .map(|i| format!("2026-01-01T00:{:02}:{:02}Z", i / 60, i % 60))
+        .map(|i| format!("{day}T00:{:02}:{:02}Z", i / 60, i % 60))
         .collect();
     assert_eq!(times, expected);
 
@@ -567,6 +581,7 @@ async fn cli_audit(gh: &Gatehouse, args: &[&str]) -> (Value, String) {
 async fn the_cli_filters_and_prints_the_next_pages_cursor() {
     let upstream = Upstream::start().await;
     let gh = Gatehouse::start(&upstream).await;
+    let day = yesterday();
     for (i, (name, who)) in [
         ("signin", "ada"),
         ("signin.failed", "bob"),
@@ -579,7 +594,7 @@ async fn the_cli_filters_and_prints_the_next_pages_cursor() {
     {
         gh.app
             .store
-            .append_audit(event(&format!("2026-01-01T00:00:0{i}Z"), name, Some(who)))
+            .append_audit(event(&format!("{day}T00:00:0{i}Z"), name, Some(who)))
             .await
             .unwrap();
     }
@@ -609,7 +624,7 @@ async fn the_cli_filters_and_prints_the_next_pages_cursor() {
     assert_eq!(second.as_array().unwrap().len(), 1, "{second}");
     assert_eq!(second[0]["event"], "signin");
     assert!(!stderr.contains("next page"), "{stderr}");
-    let (since, _) = cli_audit(&gh, &["--since", "2026-01-01T00:00:03Z"]).await;
+    let (since, _) = cli_audit(&gh, &["--since", &format!("{day}T00:00:03Z")]).await;
     assert_eq!(since.as_array().unwrap().len(), 2, "{since}");
 }
 
@@ -660,5 +675,71 @@ async fn events_past_the_retention_are_purged_by_the_running_server() {
     assert!(
         metrics.contains("\ngatehouse_audit_dropped_total 0\n"),
         "{metrics}"
+    );
+}
+
+/// An event past `audit.retention` is never listed, even before the hourly purge has removed it
+/// from the store, whatever `since` asks for.
+#[tokio::test]
+async fn events_past_the_retention_are_not_listed_before_they_are_purged() {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start(&upstream).await;
+    let store = gh.app.store.clone();
+    let created = gh
+        .admin(
+            "POST",
+            "/admin/v1/users",
+            Some(json!({"userName": "ada", "password": PASSWORD})),
+        )
+        .await;
+    assert_eq!(created.0, 201, "{}", created.1);
+    // The first event may start the hourly purge; an old event stored after it stays stored.
+    let old = || event("2020-01-01T00:00:00Z", "user.created", Some("old"));
+    let holds_old = || async {
+        store
+            .audit(1000)
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| e.user_name.as_deref() == Some("old"))
+    };
+    for _ in 0..10 {
+        store.append_audit(old()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if holds_old().await {
+            break;
+        }
+    }
+    assert!(holds_old().await, "the old event is stored");
+    // Events come in time order: a newer one follows.
+    let created = gh
+        .admin(
+            "POST",
+            "/admin/v1/users",
+            Some(json!({"userName": "bob", "password": PASSWORD})),
+        )
+        .await;
+    assert_eq!(created.0, 201, "{}", created.1);
+    for query in ["", "?since=2019-01-01T00:00:00Z", "?user=old"] {
+        let (status, _, events) = admin_get(&gh, &format!("/admin/v1/audit{query}")).await;
+        assert_eq!(status, 200, "{query}");
+        assert!(
+            !events
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["userName"] == "old"),
+            "{query}: {events}"
+        );
+    }
+    // Recent events are listed as before.
+    let (_, _, events) = admin_get(&gh, "/admin/v1/audit").await;
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["event"] == "user.created"),
+        "{events}"
     );
 }

@@ -517,7 +517,17 @@ impl Admin {
     /// `GET /admin/v1/audit`: one page of events (a JSON array, newest first) matching the
     /// filters, and a `Link: <…>; rel="next"` header naming the next page when more may match.
     async fn list_audit(&self, query: Option<&str>) -> AdminResult {
-        let filters = AuditFilters::parse(query)?;
+        let mut filters = AuditFilters::parse(query)?;
+        // Events past `audit.retention` are not listed, purged yet or not.
+        if let Some(oldest) = crate::audit::oldest_kept(self.clock.as_ref())
+            && filters
+                .query
+                .since
+                .as_ref()
+                .is_none_or(|since| *since < oldest)
+        {
+            filters.query.since = Some(oldest);
+        }
         let page = self.store.audit_page(&filters.query).await?;
         let mut response = api::json(StatusCode::OK, &page.events);
         if let Some(next) = page.next

@@ -8,6 +8,7 @@
 //! worth nothing in another browser or a second time. Every refusal at the callback is a page
 //! saying what to do next, a log line and an audit event, and no session.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::header::{self, HeaderValue};
@@ -188,7 +189,7 @@ impl SignIn {
         let query = parts.uri.query();
         let mut cookies: Vec<HeaderValue> =
             self.sessions.clearing_flow_cookie().into_iter().collect();
-        let (target, outcome) = self.finish(&provider, parts, query).await;
+        let (target, outcome) = self.finish(&provider, parts, query, visit.client).await;
         match outcome {
             Ok(session) => {
                 cookies.extend(self.sessions.cookie(&session));
@@ -226,6 +227,7 @@ impl SignIn {
         provider: &Provider,
         parts: &Parts,
         query: Option<&str>,
+        client: IpAddr,
     ) -> (String, Result<String, Refused>) {
         let param = |name: &str| api::query_value(query, name).filter(|v| !v.is_empty());
         let Some(state) = param("state") else {
@@ -348,7 +350,9 @@ impl SignIn {
                 );
             }
         };
-        let session = self.admit(provider, &identity, parts, &target).await;
+        let session = self
+            .admit(provider, &identity, parts, &target, client)
+            .await;
         match session {
             Ok((id, next)) => (next, Ok(id)),
             Err(refused) => (target, Err(refused)),
@@ -363,6 +367,7 @@ impl SignIn {
         identity: &Identity,
         parts: &Parts,
         target: &str,
+        client: IpAddr,
     ) -> Result<(String, String), Refused> {
         let config = &provider.config;
         if let Err(why) = allowed(config, identity) {
@@ -462,12 +467,14 @@ impl SignIn {
         }
         self.audit("signin", Some(&user.user_name), Some(detail))
             .await;
-        let next =
-            if methods.is_empty() && self.needs_step_up(target) && self.has_factor(user.id).await {
-                rd::step_up_url(target)
-            } else {
-                target.to_owned()
-            };
+        let next = if methods.is_empty()
+            && self.needs_step_up(target, client)
+            && self.has_factor(user.id).await
+        {
+            rd::step_up_url(target)
+        } else {
+            target.to_owned()
+        };
         Ok((id, next))
     }
 

@@ -212,7 +212,7 @@ impl SignIn {
         match (endpoint, m) {
             (Endpoint::Login, &Method::GET | &Method::HEAD) => self.login_page(parts),
             (Endpoint::Login, &Method::POST) => self.login(parts, body, visit).await,
-            (Endpoint::StepUp, &Method::GET) => self.step_up_page(parts).await,
+            (Endpoint::StepUp, &Method::GET) => self.step_up_page(parts, visit).await,
             (Endpoint::StepUp, &Method::POST) => self.step_up(parts, body, visit).await,
             (Endpoint::Logout, &Method::GET) => self.logout_page(parts).await,
             (Endpoint::Logout, &Method::POST) => self.logout(parts, body, visit).await,
@@ -481,7 +481,7 @@ impl SignIn {
         }
         self.audit("signin", Some(&principal.user_name), Some("amr pwd".into()))
             .await;
-        let next = if self.needs_step_up(&target) && self.has_factor(user_id).await {
+        let next = if self.needs_step_up(&target, visit.client) && self.has_factor(user_id).await {
             rd::step_up_url(&target)
         } else {
             target
@@ -490,9 +490,15 @@ impl SignIn {
     }
 
     /// Whether `target`'s route asks for a second factor.
-    fn needs_step_up(&self, target: &str) -> bool {
+    fn needs_step_up(&self, target: &str, client: IpAddr) -> bool {
+        self.target_rule(target, client).access == Access::Mfa
+    }
+
+    /// The rule a browser's navigation (`GET`) from `client` to `target` meets.
+    fn target_rule(&self, target: &str, client: IpAddr) -> &crate::config::AccessRule {
         let path = target.split('?').next().unwrap_or_default();
-        self.rules.rule_for(&path::match_key(path)).access == Access::Mfa
+        self.rules
+            .rule_for_request(&path::match_key(path), "GET", client)
     }
 
     async fn has_factor(&self, user_id: u64) -> bool {
@@ -515,7 +521,7 @@ impl SignIn {
         }
     }
 
-    async fn step_up_page(&self, parts: &Parts) -> Response<Body> {
+    async fn step_up_page(&self, parts: &Parts, visit: &Visit<'_>) -> Response<Body> {
         let target = rd::target(&api::query_value(parts.uri.query(), "rd").unwrap_or_default());
         let Some((principal, _)) = self.signed_in(&parts.headers).await else {
             return crate::body::redirect(
@@ -523,24 +529,32 @@ impl SignIn {
                 &rd::login_url(&rd::step_up_url(&target)),
             );
         };
-        self.show_step_up(parts, &principal, &target, None, None, StatusCode::OK)
-            .await
+        self.show_step_up(
+            parts,
+            visit.client,
+            &principal,
+            &target,
+            (None, None),
+            StatusCode::OK,
+        )
+        .await
     }
 
+    /// The step-up page for `principal`, going on to `target`, with the factors the target's
+    /// rule (for `client`) takes, and an `(error, notice)` to show.
     async fn show_step_up(
         &self,
         parts: &Parts,
+        client: IpAddr,
         principal: &Principal,
         target: &str,
-        error: Option<&str>,
-        notice: Option<&str>,
+        (error, notice): (Option<&str>, Option<&str>),
         status: StatusCode,
     ) -> Response<Body> {
         let mut factors = self.factor_kinds(principal).await;
         // Only the factors the target's route takes (`factors`, SPEC §13): another one would
         // send the browser straight back here.
-        let path = target.split('?').next().unwrap_or_default();
-        let wanted = &self.rules.rule_for(&path::match_key(path)).factors;
+        let wanted = &self.target_rule(target, client).factors;
         if !wanted.is_empty() {
             factors.retain(|kind| wanted.iter().any(|f| satisfies(*kind, *f)));
         }
@@ -611,8 +625,15 @@ impl SignIn {
         };
         match outcome {
             Ok(sent) => {
-                self.show_step_up(parts, &principal, &target, None, Some(sent), StatusCode::OK)
-                    .await
+                self.show_step_up(
+                    parts,
+                    visit.client,
+                    &principal,
+                    &target,
+                    (None, Some(sent)),
+                    StatusCode::OK,
+                )
+                .await
             }
             Err(e) => {
                 let (status, text, after) = step_up_failure(&e);
@@ -620,7 +641,14 @@ impl SignIn {
                     tracing::warn!(error = ?e, "step-up failure");
                 }
                 let mut response = self
-                    .show_step_up(parts, &principal, &target, Some(text), None, status)
+                    .show_step_up(
+                        parts,
+                        visit.client,
+                        &principal,
+                        &target,
+                        (Some(text), None),
+                        status,
+                    )
                     .await;
                 if let Some(seconds) = after {
                     response

@@ -330,7 +330,14 @@ impl SignIn {
                     tracing::warn!(error = ?e, "passkey step-up failure");
                 }
                 let mut response = self
-                    .show_step_up(parts, principal, &target, Some(text), None, status)
+                    .show_step_up(
+                        parts,
+                        visit.client,
+                        principal,
+                        &target,
+                        (Some(text), None),
+                        status,
+                    )
                     .await;
                 if let Some(seconds) = after {
                     response

@@ -346,8 +346,10 @@ pub(super) fn routes(c: &mut Checker, raw_routes: Vec<RawRoute>) -> Vec<AccessRu
             // prefix all takes would never apply.
             if routes.iter().any(|earlier| {
                 crate::path::eq_ignore_case(&earlier.path_prefix, &path_prefix)
-                    && covers(&earlier.methods, &methods)
-                    && covers(&earlier.source, &source)
+                    && covers(&earlier.methods, &methods, |e, l| {
+                        e == l || (e == "GET" && l == "HEAD")
+                    })
+                    && covers(&earlier.source, &source, |e, l| e.contains(l))
             }) {
                 c.problem(
                     &key("path_prefix"),
@@ -383,9 +385,11 @@ pub(super) fn routes(c: &mut Checker, raw_routes: Vec<RawRoute>) -> Vec<AccessRu
 }
 
 /// Whether an earlier rule's match condition (`methods` or `source`; empty: any) admits every
-/// request a later rule's admits.
-fn covers<T: PartialEq>(earlier: &[T], later: &[T]) -> bool {
-    earlier.is_empty() || (!later.is_empty() && later.iter().all(|v| earlier.contains(v)))
+/// request a later rule's admits, `takes(e, l)` saying whether the entry `e` admits all that `l`
+/// does (`GET` takes `HEAD`, a network its subnets).
+fn covers<T>(earlier: &[T], later: &[T], takes: impl Fn(&T, &T) -> bool) -> bool {
+    earlier.is_empty()
+        || (!later.is_empty() && later.iter().all(|l| earlier.iter().any(|e| takes(e, l))))
 }
 
 /// A list of a route's, each entry parsed by `parse` (problems name the entry: `routes[2].source[0]`).
