@@ -268,11 +268,18 @@ impl Limits {
     }
 
     /// The buckets of `rule` (as [`crate::routes::AccessRules`] holds it), if it has a limit.
+    /// A request decided with the rules of just before a reload that changed the rule's
+    /// conditions gets the buckets of a rule of its prefix: a limited rule is never left without.
     pub fn of(&self, rule: &AccessRule) -> Option<&Arc<RuleLimit>> {
         rule.rate_limit?;
         self.rules
             .iter()
             .find(|(r, _)| same_rule(r, rule))
+            .or_else(|| {
+                self.rules
+                    .iter()
+                    .find(|(r, _)| r.path_prefix == rule.path_prefix)
+            })
             .map(|(_, l)| l)
     }
 }
@@ -316,6 +323,12 @@ mod tests {
         let again = Limits::new(&rules, Some(&limits));
         assert!(again.of(&post).unwrap().check(&ada).is_err());
         assert!(Arc::ptr_eq(again.of(&any).unwrap(), of_any));
+        // A rule as it was before a reload changed its conditions still finds a bucket.
+        let stale = AccessRule {
+            methods: vec!["PUT".into()],
+            ..post.clone()
+        };
+        assert!(again.of(&stale).is_some());
     }
 
     #[test]

@@ -143,21 +143,39 @@ fn loosened_conditions(
             or_any(&new_source)
         ));
     }
+    changes.extend(
+        loosened_requirements(old, new)
+            .into_iter()
+            .map(|c| format!("route {prefix} {c}")),
+    );
+    changes
+}
+
+/// What `new`'s `any_scopes`, `factors` and `rate_limit` let through that `old`'s did not,
+/// each as a phrase (`accepts other factors`).
+fn loosened_requirements(
+    old: &crate::config::AccessRule,
+    new: &crate::config::AccessRule,
+) -> Vec<String> {
+    let mut changes = Vec::new();
+    let widened = |old: &[String], new: &[String]| {
+        !old.is_empty() && (new.is_empty() || new.iter().any(|s| !old.contains(s)))
+    };
     if widened(&old.any_scopes, &new.any_scopes) {
-        changes.push(format!("route {prefix} accepts other any_scopes"));
+        changes.push("accepts other any_scopes".to_owned());
     }
     let names = |f: &[crate::config::Factor]| -> Vec<String> {
         f.iter().map(|f| f.as_str().to_owned()).collect()
     };
     if widened(&names(&old.factors), &names(&new.factors)) {
-        changes.push(format!("route {prefix} accepts other factors"));
+        changes.push("accepts other factors".to_owned());
     }
     if let Some(before) = old.rate_limit {
         let per_second = |l: crate::config::RateLimit| f64::from(l.count) / l.per.as_secs_f64();
         match new.rate_limit {
-            None => changes.push(format!("route {prefix} rate_limit removed")),
+            None => changes.push("rate_limit removed".to_owned()),
             Some(now) if per_second(now) > per_second(before) || now.count > before.count => {
-                changes.push(format!("route {prefix} rate_limit {before} -> {now}"));
+                changes.push(format!("rate_limit {before} -> {now}"));
             }
             Some(_) => {}
         }
@@ -233,6 +251,15 @@ pub fn loosened(old: &Config, new: &Config) -> Vec<String> {
                     route.access.as_str(),
                     before.path_prefix,
                     before.access.as_str()
+                ));
+                break;
+            }
+            let requirements = loosened_requirements(before, route);
+            if !requirements.is_empty() {
+                changes.push(format!(
+                    "new route {prefix} {} (was under {})",
+                    requirements.join(", "),
+                    before.path_prefix
                 ));
                 break;
             }
@@ -806,6 +833,23 @@ mod tests {
         assert_eq!(
             changes,
             ["new route /api/v2/ is authenticated (was under /api/: mfa)"]
+        );
+        // A new route as strong as the rule above it, without that rule's factors or limit.
+        let guarded = with(
+            "[[routes]]\npath_prefix = \"/keys/\"\naccess = \"mfa\"\n\
+             factors = [\"webauthn\"]\nrate_limit = \"10/m\"\n",
+        );
+        let changes = loosened(
+            &guarded,
+            &with(
+                "[[routes]]\npath_prefix = \"/keys/\"\naccess = \"mfa\"\n\
+                 factors = [\"webauthn\"]\nrate_limit = \"10/m\"\n\
+                 [[routes]]\npath_prefix = \"/keys/admin/\"\naccess = \"mfa\"\n",
+            ),
+        );
+        assert_eq!(
+            changes,
+            ["new route /keys/admin/ accepts other factors, rate_limit removed (was under /keys/)"]
         );
     }
 
