@@ -112,9 +112,6 @@ fn loosened_conditions(
         (old.is_empty() && !new.is_empty())
             || old.iter().any(|m| !new.is_empty() && !new.contains(m))
     };
-    let widened = |old: &[String], new: &[String]| {
-        !old.is_empty() && (new.is_empty() || new.iter().any(|s| !old.contains(s)))
-    };
     // Fewer requests: those left fall to another rule, maybe weaker. More requests: they leave
     // another rule of the prefix, maybe stronger, for this one.
     if narrowed(&old.methods, &new.methods) {
@@ -151,6 +148,12 @@ fn loosened_conditions(
     changes
 }
 
+/// Whether a list where empty means "any" (`methods`, `source`, `any_scopes`, `factors`) takes
+/// more in `new` than in `old`.
+fn widened(old: &[String], new: &[String]) -> bool {
+    !old.is_empty() && (new.is_empty() || new.iter().any(|s| !old.contains(s)))
+}
+
 /// What `new`'s `any_scopes`, `factors` and `rate_limit` let through that `old`'s did not,
 /// each as a phrase (`accepts other factors`).
 fn loosened_requirements(
@@ -158,9 +161,6 @@ fn loosened_requirements(
     new: &crate::config::AccessRule,
 ) -> Vec<String> {
     let mut changes = Vec::new();
-    let widened = |old: &[String], new: &[String]| {
-        !old.is_empty() && (new.is_empty() || new.iter().any(|s| !old.contains(s)))
-    };
     if widened(&old.any_scopes, &new.any_scopes) {
         changes.push("accepts other any_scopes".to_owned());
     }
