@@ -113,6 +113,7 @@ impl App {
         let bodies = Arc::new(Bodies::new(
             config.server.body_read_timeout,
             config.server.max_buffered_bytes,
+            config.server.max_body_bytes,
         ));
         let tunnels = Arc::new(crate::server::tunnels::Tunnels::new(meter.clone()));
         let policy = Arc::new(ArcSwap::from_pointee(crate::routes::Policy::of(&config)));

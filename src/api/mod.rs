@@ -28,8 +28,19 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::body::Body;
 pub use crate::body::{json, with_type};
 
-/// Largest request body a local endpoint reads (SPEC §2): 413 beyond.
+/// Largest request body a local endpoint reads by default (SPEC §2, `server.max_body_bytes`):
+/// 413 beyond.
 pub const MAX_LOCAL_BODY: usize = 1024 * 1024;
+
+/// `bytes` as an answer names a size: `1 MiB`, `64 KiB`, else `1000 bytes`.
+pub fn size_text(bytes: usize) -> String {
+    match bytes {
+        0 => "0 bytes".to_owned(),
+        b if b % (1024 * 1024) == 0 => format!("{} MiB", b / (1024 * 1024)),
+        b if b % 1024 == 0 => format!("{} KiB", b / 1024),
+        b => format!("{b} bytes"),
+    }
+}
 
 /// A header's value as text, when present and visible ASCII.
 pub fn header_str(headers: &http::HeaderMap, name: header::HeaderName) -> Option<&str> {
@@ -62,8 +73,8 @@ pub fn media_ranges(accept: &str) -> impl Iterator<Item = (String, f32)> + '_ {
 /// Why a request body could not be read.
 #[derive(Debug)]
 pub enum BodyError {
-    /// 413: over [`MAX_LOCAL_BODY`].
-    TooLarge,
+    /// 413: over `server.max_body_bytes`, this many bytes.
+    TooLarge(usize),
     Unreadable,
     /// 408: the body did not arrive within `server.body_read_timeout`.
     TimedOut,
@@ -97,14 +108,16 @@ pub fn client(parts: &Parts) -> IpAddr {
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.client)
 }
 
-/// The one reader of local endpoints' request bodies (SPEC §10): at most [`MAX_LOCAL_BODY`] per
-/// request, the whole body within a timeout, and at most a budget of bytes held across every
+/// The one reader of local endpoints' request bodies (SPEC §10): at most `server.max_body_bytes`
+/// per request, the whole body within a timeout, and at most a budget of bytes held across every
 /// request at once. Bytes are counted against the budget as they arrive and given back when the
 /// [`Buffered`] body is dropped.
 pub struct Bodies {
     timeout: Duration,
     budget: Arc<Semaphore>,
     limit: usize,
+    /// The largest body of one request.
+    max_body: usize,
 }
 
 /// A request body read by [`Bodies`]; its bytes count against the budget until it is dropped.
@@ -121,12 +134,15 @@ impl std::ops::Deref for Buffered {
 }
 
 impl Bodies {
-    pub fn new(timeout: Duration, max_buffered: usize) -> Bodies {
+    /// A reader of bodies up to `max_body` bytes each, `max_buffered` across all requests.
+    pub fn new(timeout: Duration, max_buffered: usize, max_body: usize) -> Bodies {
         let limit = max_buffered.min(Semaphore::MAX_PERMITS);
         Bodies {
             timeout,
             budget: Arc::new(Semaphore::new(limit)),
             limit,
+            // Within what one hold can count (u32).
+            max_body: max_body.min(u32::MAX as usize),
         }
     }
 
@@ -135,7 +151,7 @@ impl Bodies {
         self.limit - self.budget.available_permits()
     }
 
-    /// Reads `body`, refusing at once one whose `Content-Length` is over [`MAX_LOCAL_BODY`].
+    /// Reads `body`, refusing at once one whose `Content-Length` is over the largest body.
     pub async fn read(
         &self,
         headers: &http::HeaderMap,
@@ -145,8 +161,8 @@ impl Bodies {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
-        if declared.is_some_and(|len| len > MAX_LOCAL_BODY as u64) {
-            return Err(BodyError::TooLarge);
+        if declared.is_some_and(|len| len > self.max_body as u64) {
+            return Err(BodyError::TooLarge(self.max_body));
         }
         tokio::time::timeout(self.timeout, self.collect(body, declared))
             .await
@@ -165,15 +181,15 @@ impl Bodies {
         // a client that declares a megabyte and sends a byte must not hold a megabyte of budget.
         let ceiling = declared
             .and_then(|len| usize::try_from(len).ok())
-            .map_or(MAX_LOCAL_BODY, |len| len.min(MAX_LOCAL_BODY));
+            .map_or(self.max_body, |len| len.min(self.max_body));
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|_| BodyError::Unreadable)?;
             let Ok(data) = frame.into_data() else {
                 continue;
             };
             let needed = bytes.len() + data.len();
-            if needed > MAX_LOCAL_BODY {
-                return Err(BodyError::TooLarge);
+            if needed > self.max_body {
+                return Err(BodyError::TooLarge(self.max_body));
             }
             if needed > bytes.capacity() {
                 let target = bytes.capacity().saturating_mul(2).min(ceiling).max(needed);
@@ -192,8 +208,8 @@ impl Bodies {
 
     /// Counts `n` more bytes against the budget, or refuses when it is spent.
     fn hold(&self, held: &mut Option<OwnedSemaphorePermit>, n: usize) -> Result<(), BodyError> {
-        // At most MAX_LOCAL_BODY, so it fits in u32.
-        let n = u32::try_from(n).map_err(|_| BodyError::TooLarge)?;
+        // At most the largest body, so it fits in u32.
+        let n = u32::try_from(n).map_err(|_| BodyError::TooLarge(self.max_body))?;
         let permit = self
             .budget
             .clone()
@@ -221,7 +237,7 @@ impl Bodies {
 /// which serves on a listener of its own): the defaults of `server.*`.
 fn standalone() -> &'static Bodies {
     static BODIES: OnceLock<Bodies> = OnceLock::new();
-    BODIES.get_or_init(|| Bodies::new(Duration::from_secs(10), 64 * 1024 * 1024))
+    BODIES.get_or_init(|| Bodies::new(Duration::from_secs(10), 64 * 1024 * 1024, MAX_LOCAL_BODY))
 }
 
 /// Reads a local endpoint's request body through the request's [`Bodies`].
@@ -301,6 +317,14 @@ mod tests {
     use proptest::prelude::*;
     use serde_json::Value;
 
+    #[test]
+    fn sizes_are_named_in_the_largest_whole_unit() {
+        assert_eq!(size_text(1024 * 1024), "1 MiB");
+        assert_eq!(size_text(4096), "4 KiB");
+        assert_eq!(size_text(1500), "1500 bytes");
+        assert_eq!(size_text(0), "0 bytes");
+    }
+
     /// A body that yields its chunks one frame at a time.
     struct Chunks(std::collections::VecDeque<Bytes>);
 
@@ -326,7 +350,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_body_budget_counts_the_memory_held_not_only_the_bytes_read() {
-        let bodies = Bodies::new(Duration::from_secs(10), 1536 * 1024);
+        let bodies = Bodies::new(Duration::from_secs(10), 1536 * 1024, MAX_LOCAL_BODY);
         let first = bodies.collect(just_over_half_a_mib(), None).await.unwrap();
         assert_eq!(first.len(), 528 * 1024);
         // The first body's buffer holds 1 MiB: a second one no longer fits in 1.5 MiB.

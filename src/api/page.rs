@@ -189,7 +189,7 @@ pub fn page_with_script(
 /// The page for a form that could not be read (every page's form shares it).
 pub fn form_failure(e: &BodyError) -> Response<Body> {
     let (status, title, text) = match e {
-        BodyError::TooLarge => (
+        BodyError::TooLarge(_) => (
             StatusCode::PAYLOAD_TOO_LARGE,
             "Request too large",
             "The form was too large.",

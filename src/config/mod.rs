@@ -410,6 +410,8 @@ pub struct ServerConfig {
     pub body_read_timeout: Duration,
     /// Request body bytes local endpoints hold at once, across all requests; 503 beyond.
     pub max_buffered_bytes: usize,
+    /// The largest request body a local endpoint reads (SPEC §2); 413 beyond.
+    pub max_body_bytes: usize,
     /// Open connections per listener; one more is closed as soon as it is accepted (SPEC §10).
     pub max_connections: usize,
     /// Open connections per listener from one client address (an IPv6 client: its /64).
@@ -1313,6 +1315,28 @@ mod tests {
         let c = from_toml_str("[server]\nmax_connections = 100\nmax_connections_per_ip = 100\n")
             .unwrap();
         assert_eq!(c.server.max_connections_per_ip, 100);
+    }
+
+    #[test]
+    fn the_local_body_limit_defaults_to_a_mib_and_fits_the_buffered_budget() {
+        let c = from_toml_str("").unwrap();
+        assert_eq!(c.server.max_body_bytes, 1024 * 1024);
+        for (text, key) in [
+            ("max_body_bytes = 1023", "server.max_body_bytes:"),
+            ("max_body_bytes = 1073741825", "server.max_body_bytes:"),
+            (
+                "max_buffered_bytes = 65536\nmax_body_bytes = 65537",
+                "server.max_body_bytes: must not exceed server.max_buffered_bytes (65536)",
+            ),
+        ] {
+            let err = from_toml_str(&format!("[server]\n{text}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        let c = from_toml_str("[server]\nmax_buffered_bytes = 65536\nmax_body_bytes = 65536\n")
+            .unwrap();
+        assert_eq!(c.server.max_body_bytes, 65536);
     }
 
     #[test]

@@ -259,6 +259,7 @@ pub(super) struct RawServer {
     pub(super) worker_threads: Field<u64>,
     pub(super) body_read_timeout: Field<String>,
     pub(super) max_buffered_bytes: Field<u64>,
+    pub(super) max_body_bytes: Field<u64>,
     pub(super) max_connections: Field<u64>,
     pub(super) max_connections_per_ip: Field<u64>,
 }

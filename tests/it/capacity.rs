@@ -614,3 +614,106 @@ async fn a_burst_of_one_right_password_is_verified_once_and_signs_every_request_
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     assert_eq!(upstream.hits(), 40);
 }
+
+/// `body` posted to `path` on `addr` with `headers`, its length declared or in chunks, on a
+/// connection of its own: the answer's status and body.
+async fn posted(
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &[String],
+    body: &[u8],
+    chunked: bool,
+) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let framing = match chunked {
+        true => "Transfer-Encoding: chunked".to_owned(),
+        false => format!("Content-Length: {}", body.len()),
+    };
+    let mut head =
+        format!("POST {path} HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n{framing}\r\n");
+    for h in headers {
+        head.push_str(h);
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    let mut request = head.into_bytes();
+    match chunked {
+        true => {
+            for chunk in body.chunks(1000) {
+                request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                request.extend_from_slice(chunk);
+                request.extend_from_slice(b"\r\n");
+            }
+            request.extend_from_slice(b"0\r\n\r\n");
+        }
+        false => request.extend_from_slice(body),
+    }
+    stream.write_all(&request).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(15), stream.read_to_end(&mut answer))
+        .await
+        .expect("no answer within 15 s")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{text:?}"));
+    (status, text)
+}
+
+#[tokio::test]
+async fn bodies_over_server_max_body_bytes_are_413_in_every_family_and_smaller_ones_are_read() {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start_with(&upstream, |c| {
+        c.server.max_body_bytes = 4 * 1024;
+    })
+    .await;
+    gh.create_user(
+        json!({"userName": "ada", "password": PASSWORD, "scopes": ["manage.otp.verify"]}),
+    )
+    .await;
+    let auth = format!("Authorization: {}", basic("ada", PASSWORD));
+    let json = "Content-Type: application/json".to_owned();
+    let admin = format!("Authorization: Bearer {ADMIN_TOKEN}");
+    // Each endpoint, a body within the limit and what it answers to it once read.
+    let padded = |body: &str, to: usize| format!("{body}{}", " ".repeat(to - body.len()));
+    for (addr, path, headers, within, read) in [
+        (
+            gh.http_addr(),
+            "/v1/me/verify-otp",
+            vec![auth.clone(), json.clone()],
+            padded(r#"{"otp":"123456"}"#, 4 * 1024),
+            404,
+        ),
+        (
+            gh.http_addr(),
+            "/manage/v2/user/validate/otp",
+            vec![auth.clone(), json.clone()],
+            padded(
+                r#"{"userName":"ada","phoneNumber":"+14155550123","otp":"123456"}"#,
+                4 * 1024,
+            ),
+            400,
+        ),
+        (
+            gh.addrs.admin,
+            "/admin/v1/users",
+            vec![admin.clone(), json.clone()],
+            padded(r#"{"userName":"bob"}"#, 4 * 1024),
+            201,
+        ),
+    ] {
+        for chunked in [false, true] {
+            let over = format!("{within} ");
+            let (status, answer) = posted(addr, path, &headers, over.as_bytes(), chunked).await;
+            assert_eq!(status, 413, "{path} (chunked: {chunked}): {answer}");
+            assert!(answer.contains("4 KiB"), "{path}: {answer}");
+        }
+        let (status, answer) = posted(addr, path, &headers, within.as_bytes(), false).await;
+        assert_eq!(status, read, "{path}: {answer}");
+    }
+    assert!(gh.app.store.user_by_name("bob").await.unwrap().is_some());
+    assert_eq!(gh.app.bodies.buffered(), 0);
+}

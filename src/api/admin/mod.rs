@@ -164,7 +164,8 @@ pub enum AdminError {
     KeyNotInStore,
     /// 500: something gatehouse needs could not be read; nothing was changed.
     Internal(String),
-    TooLarge,
+    /// 413: the body is over `server.max_body_bytes`, this many bytes.
+    TooLarge(usize),
     Store(String),
     /// 408: the body did not arrive in time.
     BodyTimedOut,
@@ -240,14 +241,11 @@ impl AdminError {
                 "Internal error",
                 "The request failed; nothing was changed.",
             ),
-            AdminError::TooLarge => Problem::new(
+            AdminError::TooLarge(limit) => Problem::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body-too-large",
                 "Request body too large",
-                format!(
-                    "Request bodies are limited to {} bytes.",
-                    api::MAX_LOCAL_BODY
-                ),
+                format!("Request bodies are limited to {}.", api::size_text(*limit)),
             ),
             AdminError::Store(_) => Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -284,7 +282,7 @@ impl From<StoreError> for AdminError {
 impl From<BodyError> for AdminError {
     fn from(e: BodyError) -> AdminError {
         match e {
-            BodyError::TooLarge => AdminError::TooLarge,
+            BodyError::TooLarge(limit) => AdminError::TooLarge(limit),
             BodyError::Unreadable => {
                 AdminError::Invalid("the request body could not be read".into())
             }

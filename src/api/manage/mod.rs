@@ -376,7 +376,10 @@ async fn read_fields(endpoint: Endpoint, parts: &Parts, body: Incoming) -> Resul
         ));
     };
     let bytes = api::read_body(parts, body).await.map_err(|e| match e {
-        BodyError::TooLarge => Failure::new(ErrorCode::TooLarge, "The body is larger than 1 MiB."),
+        BodyError::TooLarge(limit) => Failure::new(
+            ErrorCode::TooLarge,
+            format!("The body is larger than {}.", api::size_text(limit)),
+        ),
         BodyError::TimedOut => {
             Failure::new(ErrorCode::BodyTimeout, "The body did not arrive in time.")
         }

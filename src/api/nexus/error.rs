@@ -91,12 +91,15 @@ impl NexusError {
                 ),
                 None,
             ),
-            NexusError::Body(BodyError::TooLarge) => (
+            NexusError::Body(BodyError::TooLarge(limit)) => (
                 p(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "body-too-large",
                     "Request body too large",
-                    "Request bodies are limited to 1 MiB.",
+                    &format!(
+                        "Request bodies are limited to {}.",
+                        crate::api::size_text(*limit)
+                    ),
                 ),
                 None,
             ),

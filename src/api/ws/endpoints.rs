@@ -194,9 +194,9 @@ impl Ws {
             ));
         };
         let bytes = api::read_body(parts, body).await.map_err(|e| match e {
-            BodyError::TooLarge => Answer::new(
+            BodyError::TooLarge(limit) => Answer::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                "The body is larger than 1 MiB.",
+                format!("The body is larger than {}.", api::size_text(limit)),
             ),
             BodyError::TimedOut => Answer::new(
                 StatusCode::REQUEST_TIMEOUT,

@@ -92,6 +92,12 @@ pub(super) fn server(c: &mut Checker, s: RawServer) -> ServerConfig {
             64 * 1024 * 1024,
             |v| in_range(64 * 1024, 1 << 40)(v).map(|v| v as usize),
         ),
+        max_body_bytes: c.get(
+            "server.max_body_bytes",
+            s.max_body_bytes,
+            crate::api::MAX_LOCAL_BODY,
+            |v| in_range(1024, 1 << 30)(v).map(|v| v as usize),
+        ),
         max_connections: c.get("server.max_connections", s.max_connections, 10_000, |v| {
             in_range(1, 10_000_000)(v).map(|v| v as usize)
         }),
@@ -102,6 +108,16 @@ pub(super) fn server(c: &mut Checker, s: RawServer) -> ServerConfig {
             |v| in_range(1, 10_000_000)(v).map(|v| v as usize),
         ),
     };
+    if server.max_body_bytes > server.max_buffered_bytes {
+        c.problem(
+            "server.max_body_bytes",
+            format_args!(
+                "must not exceed server.max_buffered_bytes ({}): a body that large could never \
+                 be held",
+                server.max_buffered_bytes
+            ),
+        );
+    }
     if server.max_connections_per_ip > server.max_connections {
         c.problem(
             "server.max_connections_per_ip",
