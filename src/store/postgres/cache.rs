@@ -8,20 +8,24 @@
 //!   change is answered;
 //! - the change is announced on the `gatehouse_cache` channel (`pg_notify`), and every replica
 //!   listening there drops the same entries as the notification arrives, so another replica
-//!   usually sees it at once rather than after the lag. Databases without `LISTEN`/`NOTIFY`
-//!   (CockroachDB) keep the first two.
+//!   usually sees it at once rather than after the lag. The replica that made the change waits
+//!   (at most the lag) until its own listener hears the announcement back before the change is
+//!   answered: by then the database has handed it to every listener. Databases without
+//!   `LISTEN`/`NOTIFY` (CockroachDB) keep the first two.
 //!
 //! Only what was found is kept: an unknown id or session costs a query every time, as it did
 //! before, so no client can fill the cache with names it made up. A read that overlaps a change
 //! keeps nothing (see [`ReadCache::through`]), so a value read before a commit cannot outlive it.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use moka::sync::Cache;
+use tokio::sync::oneshot;
 use tokio_postgres::{AsyncMessage, NoTls};
 
 use crate::store::{Application, Session, StoreResult, User};
@@ -114,6 +118,57 @@ pub(super) struct ReadCache {
     /// once.
     needs_listener: bool,
     lag: Duration,
+    /// This replica's name in the marks of its announcements ([`Echo`]): random, so that one
+    /// replica never takes another's mark for its own.
+    replica: u64,
+    /// The next mark's number.
+    next_mark: AtomicU64,
+    /// Announcements of this replica whose return is awaited, by mark number. An entry goes
+    /// when it is heard or its [`Echo`] is dropped, so there are never more than changes under
+    /// way.
+    awaited: Mutex<HashMap<u64, oneshot::Sender<()>>>,
+    /// How many of this replica's announcements came back while awaited.
+    heard_back: AtomicU64,
+}
+
+/// The line that marks an announcement of replica `replica`, numbered `number`.
+fn mark_line(replica: u64, number: u64) -> String {
+    format!("h {replica:x}.{number}")
+}
+
+/// An announcement on its way: its mark, to be sent with it, and the wait for the listener
+/// to hear it back.
+pub(super) struct Echo<'c> {
+    cache: &'c ReadCache,
+    number: u64,
+    heard: oneshot::Receiver<()>,
+}
+
+impl Echo<'_> {
+    /// The line to add to the announcement's payload.
+    pub(super) fn line(&self) -> String {
+        mark_line(self.cache.replica, self.number)
+    }
+
+    /// Waits until the listener has heard the announcement back, or the lag has passed:
+    /// whether it was heard.
+    pub(super) async fn heard(mut self) -> bool {
+        let within = self.cache.lag.min(Duration::from_secs(1));
+        matches!(
+            tokio::time::timeout(within, &mut self.heard).await,
+            Ok(Ok(()))
+        )
+    }
+}
+
+impl Drop for Echo<'_> {
+    fn drop(&mut self) {
+        self.cache
+            .awaited
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.number);
+    }
 }
 
 impl ReadCache {
@@ -137,7 +192,37 @@ impl ReadCache {
             listening: AtomicBool::new(false),
             needs_listener,
             lag,
+            replica: {
+                let mut bytes = [0u8; 8];
+                // Without randomness every replica is 0: marks may then be taken for another
+                // replica's, which only ends a wait early.
+                let _ =
+                    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
+                u64::from_le_bytes(bytes)
+            },
+            next_mark: AtomicU64::new(0),
+            awaited: Mutex::new(HashMap::new()),
+            heard_back: AtomicU64::new(0),
         }
+    }
+
+    /// A mark for an announcement about to be sent, whose return can be awaited; none while
+    /// the listener is not listening (nothing would hear it).
+    pub(super) fn echo(&self) -> Option<Echo<'_>> {
+        if !self.listening.load(Ordering::SeqCst) {
+            return None;
+        }
+        let number = self.next_mark.fetch_add(1, Ordering::SeqCst);
+        let (tell, heard) = oneshot::channel();
+        self.awaited
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(number, tell);
+        Some(Echo {
+            cache: self,
+            number,
+            heard,
+        })
     }
 
     /// Whether entries may be served and kept now.
@@ -240,15 +325,38 @@ impl ReadCache {
         self.applications.invalidate_all();
     }
 
-    /// Drops what a notification's payload names.
+    /// Drops what a notification's payload names, then tells whoever awaits its mark.
     fn drop_announced(&self, payload: &str) {
+        let mut marks = Vec::new();
         let changes: Vec<Change> = payload
             .lines()
             .filter(|l| !l.is_empty())
+            .filter(|l| match l.strip_prefix("h ") {
+                Some(mark) => {
+                    marks.push(mark);
+                    false
+                }
+                None => true,
+            })
             .map(Change::decode)
             .collect();
         if !changes.is_empty() {
             self.drop_changed(&changes);
+        }
+        let own = format!("{:x}.", self.replica);
+        for mark in marks {
+            let Some(number) = mark.strip_prefix(&own).and_then(|n| n.parse().ok()) else {
+                continue;
+            };
+            let awaited = self
+                .awaited
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&number);
+            if let Some(tell) = awaited {
+                self.heard_back.fetch_add(1, Ordering::SeqCst);
+                let _ = tell.send(());
+            }
         }
     }
 
@@ -256,6 +364,12 @@ impl ReadCache {
     #[cfg(test)]
     pub(super) fn listening(&self) -> bool {
         self.listening.load(Ordering::SeqCst)
+    }
+
+    /// How many of this replica's announcements were heard back while awaited.
+    #[cfg(test)]
+    pub(super) fn heard_back(&self) -> u64 {
+        self.heard_back.load(Ordering::SeqCst)
     }
 }
 
@@ -513,6 +627,49 @@ mod tests {
         cache.user(7, read()).await.unwrap();
         cache.user(7, read()).await.unwrap();
         assert_eq!(reads.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn an_echo_ends_when_its_own_mark_is_heard_and_marks_drop_nothing() {
+        let cache = ReadCache::new(Duration::from_millis(300), true);
+        assert!(cache.echo().is_none(), "an echo while nothing listens");
+        cache.listening.store(true, Ordering::SeqCst);
+        let reads = AtomicU64::new(0);
+        let read = || async {
+            reads.fetch_add(1, Ordering::SeqCst);
+            Ok(Some(user(7)))
+        };
+        cache.user(7, read()).await.unwrap();
+
+        // Its own mark ends it, after the changes beside it are dropped; marks alone drop
+        // nothing (user 7 is still kept).
+        let echo = cache.echo().unwrap();
+        cache.drop_announced(&format!("{}\n{}", mark_line(0, 0), echo.line()));
+        assert!(echo.heard().await);
+        assert_eq!(cache.heard_back(), 1);
+        cache.user(7, read()).await.unwrap();
+        assert_eq!(reads.load(Ordering::SeqCst), 1);
+        let echo = cache.echo().unwrap();
+        cache.drop_announced(&format!("u 7\n{}", echo.line()));
+        assert!(echo.heard().await);
+        cache.user(7, read()).await.unwrap();
+        assert_eq!(reads.load(Ordering::SeqCst), 2);
+
+        // Another replica's mark, or another number of this one's, ends no wait: it gives up
+        // after the lag.
+        let echo = cache.echo().unwrap();
+        let number = echo.number;
+        cache.drop_announced(&mark_line(cache.replica ^ 1, number));
+        cache.drop_announced(&mark_line(cache.replica, number + 1));
+        let started = std::time::Instant::now();
+        assert!(!echo.heard().await);
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert!(
+            cache.awaited.lock().unwrap().is_empty(),
+            "a dropped echo stays"
+        );
+        let next = cache.echo().unwrap();
+        assert_ne!(next.number, number, "two echoes share a mark");
     }
 
     #[tokio::test]

@@ -656,7 +656,9 @@ impl Store for PgStore {
                 &[&id_hash, &now],
             )
             .await?;
-        self.changed(&[Change::Session(id_hash.to_owned())]).await;
+        // A session seen again takes nothing away: its request need not wait for the others.
+        self.announce(&[Change::Session(id_hash.to_owned())], false)
+            .await;
         Ok(updated == 1)
     }
 

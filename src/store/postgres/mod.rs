@@ -359,6 +359,12 @@ impl PgStore {
         self.cache.as_ref().is_some_and(|c| c.listening())
     }
 
+    /// How many of this store's announcements its listener heard back before they were answered.
+    #[cfg(test)]
+    fn changes_heard_back(&self) -> u64 {
+        self.cache.as_ref().map_or(0, |c| c.heard_back())
+    }
+
     /// Whether the database takes `pg_notify`: an empty announcement, which listeners ignore.
     async fn can_announce(&self) -> bool {
         let Ok(client) = self.pool.get().await else {
@@ -371,9 +377,20 @@ impl PgStore {
     }
 
     /// After a committed change: drops what it made stale here, and announces it to the other
-    /// replicas. An announcement that fails is only logged: their cached reads still expire
+    /// replicas, returning once this replica's listener has heard the announcement back (at
+    /// most `auth.revocation_lag`): by then the database has handed it to every listening
+    /// replica. An announcement that fails is only logged: their cached reads still expire
     /// after `auth.revocation_lag`.
     async fn changed(&self, changes: &[Change]) {
+        self.announce(changes, true).await;
+    }
+
+    /// [`PgStore::changed`], waiting for the announcement to come back only when `wait`: a
+    /// change that takes nothing away (a session seen again) need not hold its request.
+    async fn announce(&self, changes: &[Change], wait: bool) {
+        if changes.is_empty() {
+            return;
+        }
         if let Some(cache) = &self.cache {
             cache.drop_changed(changes);
         }
@@ -391,6 +408,14 @@ impl PgStore {
                 false => Change::Everything,
             }]);
         }
+        let echo = match wait {
+            true => self.cache.as_deref().and_then(ReadCache::echo),
+            false => None,
+        };
+        if let Some(echo) = &echo {
+            payload.push('\n');
+            payload.push_str(&echo.line());
+        }
         let sent = async {
             let client = self.client().await?;
             exec(
@@ -406,6 +431,12 @@ impl PgStore {
                  auth.revocation_lag",
                 StoreError::from(fail)
             );
+            return;
+        }
+        if let Some(echo) = echo
+            && !echo.heard().await
+        {
+            tracing::debug!("an announced change was not heard back within auth.revocation_lag");
         }
     }
 

@@ -1040,6 +1040,41 @@ async fn a_user_disabled_through_another_replica_is_seen_disabled_at_once() {
 }
 
 #[tokio::test]
+async fn a_change_is_answered_once_its_announcement_came_back_to_the_replica_that_made_it() {
+    let db = TestDb::new().await;
+    let writer = cached_store(&db, Duration::from_secs(600)).await;
+    let reader = cached_store(&db, Duration::from_secs(600)).await;
+    let ada = writer.create_user(new_user("ada"), NOW_UNIX).await.unwrap();
+    assert!(reader.shared_user_by_id(ada.id).await.unwrap().is_some());
+    let before = writer.changes_heard_back();
+    writer
+        .modify_user("ada", NOW_UNIX, &|u: &mut User| u.is_valid = false)
+        .await
+        .unwrap();
+    // The database handed the announcement to every listener before the change returned.
+    assert_eq!(writer.changes_heard_back(), before + 1);
+    assert!(
+        within_two_seconds(|| async {
+            reader
+                .shared_user_by_id(ada.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .disabled()
+        })
+        .await
+    );
+    // A session seen again holds nothing back: it is not awaited.
+    let session = session_of(ada.id, "h1");
+    writer.create_session(session, 10).await.unwrap();
+    let before = writer.changes_heard_back();
+    assert!(writer.touch_session("h1", NOW_UNIX + 5).await.unwrap());
+    assert_eq!(writer.changes_heard_back(), before);
+    // Only the writer's own marks end its waits: the reader heard none back.
+    assert_eq!(reader.changes_heard_back(), 0);
+}
+
+#[tokio::test]
 async fn a_change_nobody_announced_is_seen_once_the_lag_has_passed() {
     let db = TestDb::new().await;
     let lag = Duration::from_millis(400);
