@@ -388,6 +388,18 @@ async fn requests_that_cannot_succeed_are_answered_before_their_body_is_read() {
     );
 }
 
+/// The head of a POST of `path` with `framing` (the body's length or its chunking, and any
+/// connection header) and `headers`.
+fn post_head(path: &str, framing: &str, headers: &[String]) -> String {
+    let mut head = format!("POST {path} HTTP/1.1\r\nHost: app.test\r\n{framing}\r\n");
+    for h in headers {
+        head.push_str(h);
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    head
+}
+
 /// Sends a head announcing `length` bytes and `sent` of them, then keeps the connection open.
 async fn stalled_body(
     addr: std::net::SocketAddr,
@@ -397,13 +409,7 @@ async fn stalled_body(
     sent: usize,
 ) -> TcpStream {
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    let mut head =
-        format!("POST {path} HTTP/1.1\r\nHost: app.test\r\nContent-Length: {length}\r\n");
-    for h in headers {
-        head.push_str(h);
-        head.push_str("\r\n");
-    }
-    head.push_str("\r\n");
+    let head = post_head(path, &format!("Content-Length: {length}"), headers);
     stream.write_all(head.as_bytes()).await.unwrap();
     stream.write_all(&vec![b' '; sent]).await.unwrap();
     stream
@@ -629,14 +635,8 @@ async fn posted(
         true => "Transfer-Encoding: chunked".to_owned(),
         false => format!("Content-Length: {}", body.len()),
     };
-    let mut head =
-        format!("POST {path} HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n{framing}\r\n");
-    for h in headers {
-        head.push_str(h);
-        head.push_str("\r\n");
-    }
-    head.push_str("\r\n");
-    let mut request = head.into_bytes();
+    let mut request =
+        post_head(path, &format!("Connection: close\r\n{framing}"), headers).into_bytes();
     match chunked {
         true => {
             for chunk in body.chunks(1000) {

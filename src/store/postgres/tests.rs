@@ -988,6 +988,24 @@ where
     false
 }
 
+/// Whether `store` reads the user `id` as disabled.
+async fn seen_disabled(store: &PgStore, id: u64) -> bool {
+    store
+        .shared_user_by_id(id)
+        .await
+        .unwrap()
+        .unwrap()
+        .disabled()
+}
+
+/// Disables the user `name` through `store`.
+async fn disable(store: &PgStore, name: &str) {
+    store
+        .modify_user(name, NOW_UNIX, &|u: &mut User| u.is_valid = false)
+        .await
+        .unwrap();
+}
+
 fn session_of(user_id: u64, id_hash: &str) -> Session {
     Session {
         id_hash: id_hash.into(),
@@ -1015,20 +1033,9 @@ async fn a_user_disabled_through_another_replica_is_seen_disabled_at_once() {
             .unwrap()
             .disabled()
     );
-    writer
-        .modify_user("ada", NOW_UNIX, &|u: &mut User| u.is_valid = false)
-        .await
-        .unwrap();
+    disable(&writer, "ada").await;
     assert!(
-        within_two_seconds(|| async {
-            reader
-                .shared_user_by_id(ada.id)
-                .await
-                .unwrap()
-                .unwrap()
-                .disabled()
-        })
-        .await,
+        within_two_seconds(|| async { seen_disabled(&reader, ada.id).await }).await,
         "the reader kept serving the enabled user"
     );
     // Deleted elsewhere: gone here too.
@@ -1047,23 +1054,10 @@ async fn a_change_is_answered_once_its_announcement_came_back_to_the_replica_tha
     let ada = writer.create_user(new_user("ada"), NOW_UNIX).await.unwrap();
     assert!(reader.shared_user_by_id(ada.id).await.unwrap().is_some());
     let before = writer.changes_heard_back();
-    writer
-        .modify_user("ada", NOW_UNIX, &|u: &mut User| u.is_valid = false)
-        .await
-        .unwrap();
+    disable(&writer, "ada").await;
     // The database handed the announcement to every listener before the change returned.
     assert_eq!(writer.changes_heard_back(), before + 1);
-    assert!(
-        within_two_seconds(|| async {
-            reader
-                .shared_user_by_id(ada.id)
-                .await
-                .unwrap()
-                .unwrap()
-                .disabled()
-        })
-        .await
-    );
+    assert!(within_two_seconds(|| async { seen_disabled(&reader, ada.id).await }).await);
     // A session seen again holds nothing back: it is not awaited.
     let session = session_of(ada.id, "h1");
     writer.create_session(session, 10).await.unwrap();
@@ -1217,15 +1211,7 @@ async fn a_replica_that_stops_hearing_changes_stops_serving_what_it_kept() {
         .unwrap();
     disable_unannounced(&client, &ada).await;
     assert!(
-        within_two_seconds(|| async {
-            reader
-                .shared_user_by_id(ada.id)
-                .await
-                .unwrap()
-                .unwrap()
-                .disabled()
-        })
-        .await,
+        within_two_seconds(|| async { seen_disabled(&reader, ada.id).await }).await,
         "the kept user outlived the connection that would have announced its change"
     );
     // Listening again after a while, the cache serves again what it reads from then on.
