@@ -30,7 +30,7 @@ pub use crate::body::{json, with_type};
 
 /// Largest request body a local endpoint reads by default (SPEC §2, `server.max_body_bytes`):
 /// 413 beyond.
-pub const MAX_LOCAL_BODY: usize = 1024 * 1024;
+pub const MAX_LOCAL_BODY: usize = crate::config::DEFAULT_MAX_BODY_BYTES;
 
 /// `bytes` as an answer names a size: `1 MiB`, `64 KiB`, else `1000 bytes`.
 pub fn size_text(bytes: usize) -> String {

@@ -31,6 +31,9 @@ use validate::validate;
 /// The file read when `--config` is not given; a missing default file means "built-in defaults".
 pub const DEFAULT_PATH: &str = "config/gatehouse.toml";
 
+/// `server.max_body_bytes` when not set: the largest body of one request to a local endpoint.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+
 /// The validated configuration the server runs with.
 #[derive(Debug, Clone, Serialize)]
 pub struct Config {

@@ -448,18 +448,22 @@ impl SignIn {
             .user_by_id(user.id)
             .await
             .map(|u| u.is_some_and(|u| u.is_valid));
-        if !matches!(still_valid, Ok(true)) {
-            if let Err(e) = self.sessions.end(&id).await {
-                tracing::warn!(error = %e, "cannot end a session");
+        match self.keep_or_end(&id, still_valid).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(Refused::new(
+                    StatusCode::FORBIDDEN,
+                    NOT_ALLOWED,
+                    "user disabled",
+                ));
             }
-            return Err(match still_valid {
-                Err(e) => Refused::new(
+            Err(e) => {
+                return Err(Refused::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     STORE_DOWN,
                     format!("store: {e}"),
-                ),
-                Ok(_) => Refused::new(StatusCode::FORBIDDEN, NOT_ALLOWED, "user disabled"),
-            });
+                ));
+            }
         }
         let mut detail = format!("oidc {}", config.id);
         if !methods.is_empty() {

@@ -464,20 +464,11 @@ impl SignIn {
         };
         // The password was checked against the hash read before it: a change since then must not
         // leave this session alive (the change ended the user's sessions before this one existed).
-        match self.auth.password_unchanged(&signed_in).await {
+        let unchanged = self.auth.password_unchanged(&signed_in).await;
+        match self.keep_or_end(&id, unchanged).await {
             Ok(true) => {}
-            unchanged => {
-                if let Err(e) = &unchanged {
-                    tracing::warn!(error = ?e, "cannot check the password after sign-in");
-                }
-                if let Err(e) = self.sessions.end(&id).await {
-                    tracing::warn!(error = %e, "cannot end a session");
-                }
-                return match unchanged {
-                    Ok(_) => retry(StatusCode::UNAUTHORIZED, WRONG_PASSWORD, None),
-                    Err(_) => retry(StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE, Some(1)),
-                };
-            }
+            Ok(false) => return retry(StatusCode::UNAUTHORIZED, WRONG_PASSWORD, None),
+            Err(_) => return retry(StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE, Some(1)),
         }
         self.audit("signin", Some(&principal.user_name), Some("amr pwd".into()))
             .await;
@@ -487,6 +478,30 @@ impl SignIn {
             target
         };
         see_other(&next, self.sessions.cookie(&id).as_slice())
+    }
+
+    /// The session `id` a sign-in just stored, kept when `check` (what the sign-in rests on,
+    /// read again after the session exists) still holds, else ended: a disable, password change
+    /// or factor reset that ended the user's sessions before this one was stored must not leave
+    /// it alive (enabling the user again would revive it). `Ok(true)`: kept; otherwise ended,
+    /// and the check's error, if any, is passed on.
+    async fn keep_or_end<E: std::fmt::Debug>(
+        &self,
+        id: &str,
+        check: Result<bool, E>,
+    ) -> Result<bool, E> {
+        match check {
+            Ok(true) => Ok(true),
+            failed => {
+                if let Err(e) = &failed {
+                    tracing::warn!(error = ?e, "cannot check a sign-in again once its session is stored");
+                }
+                if let Err(e) = self.sessions.end(id).await {
+                    tracing::warn!(error = %e, "cannot end a session");
+                }
+                failed
+            }
+        }
     }
 
     /// Whether `target`'s route asks for a second factor.

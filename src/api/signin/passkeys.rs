@@ -255,24 +255,17 @@ impl SignIn {
         };
         // Disabling the user or resetting their factors ends their sessions; one stored after
         // that end, by a sign-in that read the user and passkey before it, is ended here.
-        match self.still_signs_in(user.id, &passkey_id).await {
+        let still = self.still_signs_in(user.id, &passkey_id).await;
+        match self.keep_or_end(&id, still).await {
             Ok(true) => {}
-            still => {
-                if let Err(e) = self.sessions.end(&id).await {
-                    tracing::warn!(error = %e, "cannot end a session");
-                }
-                return match still {
-                    Ok(_) => retry(
-                        StatusCode::UNAUTHORIZED,
-                        "That passkey was not accepted.",
-                        None,
-                    ),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot check the user after sign-in");
-                        retry(StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE, Some(1))
-                    }
-                };
+            Ok(false) => {
+                return retry(
+                    StatusCode::UNAUTHORIZED,
+                    "That passkey was not accepted.",
+                    None,
+                );
             }
+            Err(_) => return retry(StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE, Some(1)),
         }
         self.audit("signin", Some(&user.user_name), Some("amr hwk,user".into()))
             .await;

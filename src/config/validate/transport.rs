@@ -95,7 +95,7 @@ pub(super) fn server(c: &mut Checker, s: RawServer) -> ServerConfig {
         max_body_bytes: c.get(
             "server.max_body_bytes",
             s.max_body_bytes,
-            crate::api::MAX_LOCAL_BODY,
+            DEFAULT_MAX_BODY_BYTES,
             |v| in_range(1024, 1 << 30)(v).map(|v| v as usize),
         ),
         max_connections: c.get("server.max_connections", s.max_connections, 10_000, |v| {
