@@ -37,9 +37,16 @@ impl Gateway {
         let named = described_methods(&parts.headers, &parts.method);
         let named: Vec<&str> = named.iter().map(String::as_str).collect();
         let methods = crate::routes::acted_methods(&named, &parts.headers);
-        let rules =
-            self.rules
-                .rules_for_request(&path::match_key(&described), &methods, arrival.client);
+        let key = path::match_key(&described);
+        if method_undescribed(&parts.headers)
+            && self
+                .rules
+                .candidates(&key)
+                .any(|(_, rule)| !rule.methods.is_empty())
+        {
+            warn_method_undescribed(&parts.method);
+        }
+        let rules = self.rules.rules_for_request(&key, &methods, arrival.client);
         let principal = match self.authorise(&rules, &parts.headers, arrival.client).await {
             Ok(principal) => principal,
             Err(rejection) => {
@@ -113,6 +120,40 @@ fn described_methods(headers: &HeaderMap, own: &Method) -> Vec<String> {
         methods.push(own.as_str().to_owned());
     }
     methods
+}
+
+/// Whether a proxy describes the request by its URI (`X-Forwarded-Uri`, `X-Original-URL`: nginx,
+/// Traefik, Caddy) but names no method: the check's own method stands in for it, which for
+/// nginx's `auth_request` is always `GET`. (Envoy describes by the path after `/auth/verify` and
+/// checks with the original method.)
+fn method_undescribed(headers: &HeaderMap) -> bool {
+    let named = |name: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .any(|v| !v.as_bytes().trim_ascii().is_empty())
+    };
+    !named(X_FORWARDED_METHOD)
+        && !named(X_ORIGINAL_METHOD)
+        && (named(X_FORWARDED_URI) || named(X_ORIGINAL_URL))
+}
+
+/// Says, at most once an hour, that forward-auth requests meet rules with `methods` but name
+/// no method, so every method is decided as the check's own (`own`): a proxy that checks with
+/// `GET` lets a `POST` through a rule that makes only `GET` public.
+fn warn_method_undescribed(own: &Method) {
+    static LAST: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    if last.is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(3600)) {
+        return;
+    }
+    *last = Some(std::time::Instant::now());
+    tracing::warn!(
+        method = %own,
+        "forward-auth requests name no X-Forwarded-Method, and rules with `methods` apply to \
+         the paths they describe: every request is decided as {own}; have the proxy send the \
+         method (nginx: proxy_set_header X-Forwarded-Method $request_method)"
+    );
 }
 
 /// The described request's method (`X-Forwarded-Method`; the forward-auth request's own, `own`,

@@ -143,3 +143,49 @@ async fn rules_of_one_prefix_split_by_method_each_decide_their_methods() {
     assert_eq!(overridden.status, 401);
     assert_eq!(upstream.hits(), 3);
 }
+
+#[tokio::test]
+async fn forward_auth_naming_no_method_where_rules_have_methods_is_warned_about_once() {
+    // nginx's auth_request checks with GET: without X-Forwarded-Method, a POST to a path whose
+    // GET is public would be decided as that GET. Gatehouse says so in its log.
+    let upstream = Upstream::start().await;
+    let extra = "[[routes]]\npath_prefix = \"/docs/\"\naccess = \"public\"\nmethods = [\"GET\"]\n";
+    let gh = Process::start(&process_config(&upstream.url(), extra), &[]).await;
+    let client = http1_client();
+    let verify = |headers: &[(&str, &str)]| {
+        let mut request = client.get(gh.http_url("/auth/verify"));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send()
+    };
+    const NEEDLE: &str = "name no X-Forwarded-Method";
+    let warnings = |gh: &Process| gh.logs().iter().filter(|l| l.contains(NEEDLE)).count();
+    // Named methods, Envoy's path after /auth/verify, and paths without method rules: no warning.
+    let named = [
+        ("x-forwarded-uri", "/docs/a"),
+        ("x-forwarded-method", "POST"),
+    ];
+    assert_eq!(verify(&named).await.unwrap().status(), 401);
+    let original = [("x-original-url", "/docs/a"), ("x-original-method", "GET")];
+    assert_eq!(verify(&original).await.unwrap().status(), 200);
+    let envoy = client.get(gh.http_url("/auth/verify/docs/a")).send();
+    assert_eq!(envoy.await.unwrap().status(), 200);
+    let elsewhere = [("x-forwarded-uri", "/public/x")];
+    assert_eq!(verify(&elsewhere).await.unwrap().status(), 200);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(warnings(&gh), 0, "{}", gh.logs().join("\n"));
+    // A described path with method rules and no method: decided as the check's GET, and said.
+    let unnamed = [("x-forwarded-uri", "/docs/a")];
+    for _ in 0..3 {
+        assert_eq!(verify(&unnamed).await.unwrap().status(), 200);
+    }
+    let mut waited = 0;
+    while warnings(&gh) == 0 {
+        assert!(waited < 100, "never warned: {}", gh.logs().join("\n"));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        waited += 1;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(warnings(&gh), 1, "{}", gh.logs().join("\n"));
+}
