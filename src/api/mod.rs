@@ -141,8 +141,8 @@ impl Bodies {
             timeout,
             budget: Arc::new(Semaphore::new(limit)),
             limit,
-            // Within what one hold can count (u32).
-            max_body: max_body.min(u32::MAX as usize),
+            // Within the budget and what one hold can count (u32).
+            max_body: max_body.min(limit).min(u32::MAX as usize),
         }
     }
 
@@ -316,6 +316,17 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::Value;
+
+    #[tokio::test]
+    async fn a_body_larger_than_the_whole_budget_is_too_large_not_busy() {
+        let bodies = Bodies::new(Duration::from_secs(10), 64 * 1024, MAX_LOCAL_BODY);
+        let body = Chunks([Bytes::from(vec![b'a'; 100 * 1024])].into());
+        assert!(matches!(
+            bodies.collect(body, None).await,
+            Err(BodyError::TooLarge(limit)) if limit == 64 * 1024
+        ));
+        assert_eq!(bodies.buffered(), 0);
+    }
 
     #[test]
     fn sizes_are_named_in_the_largest_whole_unit() {

@@ -188,12 +188,16 @@ pub fn page_with_script(
 
 /// The page for a form that could not be read (every page's form shares it).
 pub fn form_failure(e: &BodyError) -> Response<Body> {
+    let too_large;
     let (status, title, text) = match e {
-        BodyError::TooLarge(_) => (
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "Request too large",
-            "The form was too large.",
-        ),
+        BodyError::TooLarge(limit) => {
+            too_large = format!("The form is larger than {}.", crate::api::size_text(*limit));
+            (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Request too large",
+                too_large.as_str(),
+            )
+        }
         BodyError::TimedOut => (
             StatusCode::REQUEST_TIMEOUT,
             "Request too slow",

@@ -3,9 +3,11 @@
 //! client address, local endpoints' bodies are refused early, read within a timeout and capped
 //! across requests, and metrics samples do not wait for a scrape to be freed.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
+use gatehouse::store::sled::SledStore;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -666,9 +668,21 @@ async fn posted(
 #[tokio::test]
 async fn bodies_over_server_max_body_bytes_are_413_in_every_family_and_smaller_ones_are_read() {
     let upstream = Upstream::start().await;
-    let gh = Gatehouse::start_with(&upstream, |c| {
-        c.server.max_body_bytes = 4 * 1024;
-    })
+    let dir = tempfile::tempdir().unwrap();
+    // A provider whose back-channel logouts are posted here; its issuer is never reached before
+    // the body is read.
+    let toml = format!(
+        "{}\n[[oidc.providers]]\nid = \"corp\"\nname = \"Corp\"\nissuer = \"http://{}\"\n\
+         client_id = \"gatehouse\"\nclient_secret = \"corp-secret-5Tq8Lm2Xv7Rb\"\n",
+        base_config(dir.path(), &upstream.url()),
+        closed_port().await
+    );
+    let gh = Gatehouse::start_toml(
+        dir,
+        &toml,
+        |c| c.server.max_body_bytes = 4 * 1024,
+        |c| Arc::new(SledStore::open(&c.store.path).unwrap()),
+    )
     .await;
     gh.create_user(
         json!({"userName": "ada", "password": PASSWORD, "scopes": ["manage.otp.verify"]}),
@@ -703,6 +717,14 @@ async fn bodies_over_server_max_body_bytes_are_413_in_every_family_and_smaller_o
             vec![admin.clone(), json.clone()],
             padded(r#"{"userName":"bob"}"#, 4 * 1024),
             201,
+        ),
+        (
+            gh.http_addr(),
+            "/auth/backchannel-logout/corp",
+            vec!["Content-Type: application/x-www-form-urlencoded".to_owned()],
+            format!("logout_token=a.b.c&pad={}", "x".repeat(4 * 1024 - 23)),
+            // Read, then the provider's keys cannot be fetched: try again later.
+            503,
         ),
     ] {
         for chunked in [false, true] {

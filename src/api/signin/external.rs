@@ -553,6 +553,11 @@ impl SignIn {
         };
         let bytes = match api::read_body(parts, body).await {
             Ok(bytes) => bytes,
+            Err(api::BodyError::TooLarge(limit)) => {
+                let why = format!("the body is larger than {}", api::size_text(limit));
+                return logout_answer(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request", &why);
+            }
+            Err(api::BodyError::Busy) => return logout_unavailable("bodies held at their limit"),
             Err(_) => return logout_refused("the request body cannot be read"),
         };
         let tokens: Vec<String> = form_urlencoded::parse(&bytes)
@@ -681,19 +686,22 @@ fn logout_done() -> Response<Body> {
 }
 
 fn logout_refused(why: &str) -> Response<Body> {
-    let doc = serde_json::json!({"error": "invalid_request", "error_description": why});
-    let mut response = crate::body::json(StatusCode::BAD_REQUEST, &doc);
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    logout_answer(StatusCode::BAD_REQUEST, "invalid_request", why)
 }
 
 fn logout_unavailable(why: &str) -> Response<Body> {
     tracing::warn!(error = %why, "back-channel logout failed");
-    let doc =
-        serde_json::json!({"error": "temporarily_unavailable", "error_description": "try again"});
-    let mut response = crate::body::json(StatusCode::SERVICE_UNAVAILABLE, &doc);
+    logout_answer(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+        "try again",
+    )
+}
+
+/// A back-channel logout's error answer (OAuth's `error` and `error_description`), not cached.
+fn logout_answer(status: StatusCode, error: &str, why: &str) -> Response<Body> {
+    let doc = serde_json::json!({"error": error, "error_description": why});
+    let mut response = crate::body::json(status, &doc);
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -9,9 +9,11 @@
 //! - the change is announced on the `gatehouse_cache` channel (`pg_notify`), and every replica
 //!   listening there drops the same entries as the notification arrives, so another replica
 //!   usually sees it at once rather than after the lag. The replica that made the change waits
-//!   (at most the lag) until its own listener hears the announcement back before the change is
-//!   answered: by then the database has handed it to every listener. Databases without
-//!   `LISTEN`/`NOTIFY` (CockroachDB) keep the first two.
+//!   (briefly, [`ECHO_WAIT`] at most) until its own listener hears the announcement back before
+//!   the change is answered: by then the database has delivered it to the listening
+//!   connections, so the window in which another replica still serves what it kept is mostly
+//!   closed before the change's answer reaches anyone. The lag is what is guaranteed. Databases
+//!   without `LISTEN`/`NOTIFY` (CockroachDB) keep the first two.
 //!
 //! Only what was found is kept: an unknown id or session costs a query every time, as it did
 //! before, so no client can fill the cache with names it made up. A read that overlaps a change
@@ -41,6 +43,11 @@ pub(super) const MAX_PAYLOAD: usize = 7000;
 const USERS: u64 = 20_000;
 const SESSIONS: u64 = 50_000;
 const APPLICATIONS: u64 = 1_000;
+
+/// The longest a change waits for its announcement to come back: it normally takes a round trip
+/// to the database; longer means the listening connection is slow or dying, and the lag still
+/// bounds what other replicas serve.
+const ECHO_WAIT: Duration = Duration::from_millis(200);
 
 /// How long the listener waits before connecting again after losing its connection.
 const RECONNECT: Duration = Duration::from_secs(1);
@@ -150,10 +157,10 @@ impl Echo<'_> {
         mark_line(self.cache.replica, self.number)
     }
 
-    /// Waits until the listener has heard the announcement back, or the lag has passed:
-    /// whether it was heard.
+    /// Waits until the listener has heard the announcement back, or [`ECHO_WAIT`] (at most the
+    /// lag) has passed: whether it was heard.
     pub(super) async fn heard(mut self) -> bool {
-        let within = self.cache.lag.min(Duration::from_secs(1));
+        let within = self.cache.lag.min(ECHO_WAIT);
         matches!(
             tokio::time::timeout(within, &mut self.heard).await,
             Ok(Ok(()))
@@ -388,6 +395,11 @@ pub(super) async fn listen(config: tokio_postgres::Config, tls: bool, cache: Wea
         };
         let Some(live) = cache.upgrade() else { return };
         let was_listening = live.listening.swap(false, Ordering::SeqCst);
+        // Nothing will hear the announcements under way: their changes need not wait.
+        live.awaited
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         // Nothing kept while nobody listened may be served once somebody does again.
         live.drop_all();
         let needs_listener = live.needs_listener;
@@ -663,7 +675,7 @@ mod tests {
         cache.drop_announced(&mark_line(cache.replica, number + 1));
         let started = std::time::Instant::now();
         assert!(!echo.heard().await);
-        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert!(started.elapsed() >= ECHO_WAIT);
         assert!(
             cache.awaited.lock().unwrap().is_empty(),
             "a dropped echo stays"

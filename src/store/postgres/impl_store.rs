@@ -688,8 +688,12 @@ impl Store for PgStore {
             )
             .await
             .map(|deleted| deleted == 1);
-        self.after(result, &[Change::Session(id_hash.to_owned())])
-            .await
+        // Nothing deleted here: whoever ended it announced it.
+        let changes = match result {
+            Ok(false) => Vec::new(),
+            _ => vec![Change::Session(id_hash.to_owned())],
+        };
+        self.after(result, &changes).await
     }
 
     async fn delete_user_sessions(&self, user_id: u64) -> StoreResult<u64> {

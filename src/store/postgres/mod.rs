@@ -377,10 +377,10 @@ impl PgStore {
     }
 
     /// After a committed change: drops what it made stale here, and announces it to the other
-    /// replicas, returning once this replica's listener has heard the announcement back (at
-    /// most `auth.revocation_lag`): by then the database has handed it to every listening
-    /// replica. An announcement that fails is only logged: their cached reads still expire
-    /// after `auth.revocation_lag`.
+    /// replicas, returning once this replica's listener has heard the announcement back (see
+    /// [`cache`]; briefly at most): by then the database has sent it to every listening replica,
+    /// which drop what it names as they read it. An announcement that fails is only logged:
+    /// their cached reads still expire after `auth.revocation_lag`.
     async fn changed(&self, changes: &[Change]) {
         self.announce(changes, true).await;
     }
