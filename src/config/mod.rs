@@ -597,13 +597,16 @@ pub enum Factor {
 impl Factor {
     pub const NAMES: &[&str] = &["totp", "recovery", "sms", "email", "webauthn", "idp"];
 
+    /// The factor `name` names, in any letter case; besides [`Factor::NAMES`], the names the
+    /// enrollment API and `amr` use for the same factors are taken: `otp` (the authenticator
+    /// app: `totp`) and `hwk` or `passkey` (`webauthn`).
     pub fn parse(name: &str) -> Option<Factor> {
-        Some(match name {
-            "totp" => Factor::Totp,
+        Some(match name.trim().to_ascii_lowercase().as_str() {
+            "totp" | "otp" => Factor::Totp,
             "recovery" => Factor::Recovery,
             "sms" => Factor::Sms,
             "email" => Factor::Email,
-            "webauthn" => Factor::Webauthn,
+            "webauthn" | "hwk" | "passkey" => Factor::Webauthn,
             "idp" => Factor::Idp,
             _ => return None,
         })
@@ -1440,6 +1443,21 @@ mod tests {
         assert_eq!(r.any_scopes, ["a", "b"]);
         assert_eq!(r.factors, [Factor::Totp, Factor::Webauthn, Factor::Idp]);
         assert_eq!(r.rate_limit.unwrap().to_string(), "100/m");
+        // The enrollment API's and amr's names for the same factors, in any letter case.
+        let c = from_toml_str(
+            "[[routes]]\npath_prefix = \"/a/\"\naccess = \"mfa\"\n\
+             factors = [\"otp\", \"HWK\", \"Passkey\", \"Email\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.routes[0].factors,
+            [
+                Factor::Totp,
+                Factor::Webauthn,
+                Factor::Webauthn,
+                Factor::Email
+            ]
+        );
         assert_eq!(
             r.rate_limit,
             Some(RateLimit {
