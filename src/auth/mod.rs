@@ -364,6 +364,33 @@ impl Authenticator {
         self.authenticate_from(headers, client, true).await
     }
 
+    /// Whether the request's credential, refused, was a Bearer token gatehouse itself signed
+    /// (signature and times valid) whose user no longer exists, sent beside a valid
+    /// ApplicationToken: the Nexus family answers that 404 (SPEC §4.1), where every other
+    /// refusal stays 401. Read only after a refusal, so it costs nothing on accepted requests.
+    pub async fn names_a_deleted_user(&self, headers: &HeaderMap) -> Result<bool, AuthError> {
+        let Ok(Some(Credential::Bearer(token))) = credential(headers) else {
+            return Ok(false);
+        };
+        if unverified_issuer(token).is_some_and(|iss| iss != self.tokens.issuer()) {
+            return Ok(false);
+        }
+        let Ok(claims) = self.tokens.verify_access(token) else {
+            return Ok(false);
+        };
+        let Some(app) = headers.get(&self.app_header).and_then(|v| v.to_str().ok()) else {
+            return Ok(false);
+        };
+        let hash = secret::hash_token(app.trim());
+        if self.store.application_by_token_hash(&hash).await?.is_none() {
+            return Ok(false);
+        }
+        Ok(match claims.sub.parse::<u64>() {
+            Ok(id) => self.store.shared_user_by_id(id).await?.is_none(),
+            Err(_) => false,
+        })
+    }
+
     async fn authenticate_from(
         &self,
         headers: &HeaderMap,

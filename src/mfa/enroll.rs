@@ -50,6 +50,9 @@ impl Mfa {
                 "passkeys need server.public_url to name a host, not an IP address".into(),
             ));
         }
+        // A user who already has a factor is refused that way first, whatever else the request
+        // lacks: the answer does not depend on which contact details the user has.
+        let second_factor = self.may_add_factor(user.id, &principal.methods).await?;
         let destination = match kind {
             FactorKind::Otp | FactorKind::Webauthn => None,
             FactorKind::Sms => Some(user.phone.clone().ok_or_else(|| {
@@ -64,7 +67,6 @@ impl Mfa {
                 "the user has no email address to send the enrollment link to".into(),
             ));
         }
-        let second_factor = self.may_add_factor(user.id, &principal.methods).await?;
         let sealed_secret = match kind {
             FactorKind::Otp => {
                 let secret = codes::totp_secret().map_err(MfaError::Internal)?;

@@ -161,6 +161,10 @@ async fn every_sign_in_event_names_its_outcome_client_and_request() {
     let revoked = find("sessions.revoked", "admin-call-1");
     assert_eq!(revoked["outcome"], "success");
     assert_eq!(revoked["userName"], "ada");
+    // Also under the JSON-line schema's names.
+    assert_eq!(revoked["user"], "ada");
+    assert_eq!(revoked["details"], revoked["detail"]);
+    assert!(revoked["details"].is_string(), "{revoked}");
     assert_eq!(revoked["client"], "127.0.0.1");
     let wrong_code_event = events
         .iter()

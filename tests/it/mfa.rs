@@ -608,6 +608,102 @@ fn sms_code(provider: &Upstream) -> String {
 }
 
 #[tokio::test]
+async fn a_token_whose_user_was_deleted_gets_404_from_nexus_and_401_elsewhere() {
+    let upstream = Upstream::start().await;
+    let (gh, _) = start(&upstream, |_| {}).await;
+    let secret = enroll_otp(&gh).await;
+    let (status, granted, _) = post(
+        &gh,
+        "/v1/me/verify-enrollment-otp",
+        &[basic()],
+        Some(json!({"otp": totp(&secret, 0)})),
+    )
+    .await;
+    assert_eq!(status, 200, "{granted}");
+    let (_, app) = gh
+        .admin(
+            "POST",
+            "/admin/v1/applications",
+            Some(json!({"name": "portal"})),
+        )
+        .await;
+    let bearer = format!("Bearer {}", granted["accessToken"].as_str().unwrap());
+    let headers = [
+        ("authorization".to_owned(), bearer.clone()),
+        (
+            "applicationtoken".to_owned(),
+            app["token"].as_str().unwrap().to_owned(),
+        ),
+    ];
+    let (status, _) = gh.admin("DELETE", "/admin/v1/users/ada", None).await;
+    assert_eq!(status, 204);
+    for path in [
+        "/v1/me/mfa-enrollment?factor=otp&isInteractive=true",
+        "/v1/me/recovery-codes",
+    ] {
+        let (status, problem, _) = post(&gh, path, &headers, None).await;
+        assert_eq!(status, 404, "{path}: {problem}");
+        assert!(
+            problem["type"]
+                .as_str()
+                .unwrap()
+                .ends_with("user-not-found"),
+            "{problem}"
+        );
+        // Without its ApplicationToken, or with a wrong one, the token is refused as before.
+        assert_eq!(post(&gh, path, &headers[..1], None).await.0, 401, "{path}");
+        let wrong = [
+            headers[0].clone(),
+            (
+                "applicationtoken".to_owned(),
+                "not-an-application".to_owned(),
+            ),
+        ];
+        assert_eq!(post(&gh, path, &wrong, None).await.0, 401, "{path}");
+    }
+    // A forged token naming no user is 401, and proxied routes refuse the deleted user's.
+    let forged = [
+        ("authorization".to_owned(), format!("{bearer}x")),
+        headers[1].clone(),
+    ];
+    let (status, _, _) = post(&gh, "/v1/me/recovery-codes", &forged, None).await;
+    assert_eq!(status, 401);
+    let proxied = http1_client()
+        .get(gh.http_url("/private/x"))
+        .header("authorization", &bearer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(proxied.status(), 401);
+    assert_eq!(upstream.hits(), 0);
+}
+
+#[tokio::test]
+async fn a_user_with_a_factor_is_told_so_whatever_contact_details_the_request_lacks() {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start(&upstream).await;
+    // Neither an email address nor a phone number.
+    gh.create_user(json!({"userName": "ada", "password": PASSWORD}))
+        .await;
+    enroll_and_confirm_otp(&gh).await;
+    for path in [
+        "/v1/me/mfa-enrollment?factor=sms&isInteractive=true",
+        "/v1/me/mfa-enrollment?factor=email&isInteractive=true",
+        "/v1/me/mfa-enrollment?factor=otp",
+    ] {
+        let (status, problem, _) = post(&gh, path, &[basic()], None).await;
+        assert_eq!(status, 400, "{path}: {problem}");
+        assert!(
+            problem["type"]
+                .as_str()
+                .unwrap()
+                .ends_with("factor-already-enrolled"),
+            "{path}: {problem}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_second_factor_needs_a_credential_with_a_second_factor() {
     let upstream = Upstream::start().await;
     let (gh, _) = start(&upstream, |_| {}).await;

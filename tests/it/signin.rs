@@ -1000,3 +1000,50 @@ async fn wrong_passwords_from_one_address_are_limited_on_the_sign_in_page() {
     assert!(page.headers.contains_key("retry-after"));
     assert!(browser.session().is_none());
 }
+
+#[tokio::test]
+async fn forms_posted_to_a_url_with_rd_land_there_when_the_form_names_none() {
+    let upstream = Upstream::start().await;
+    let gh = Gatehouse::start(&upstream).await;
+    user(&gh, "ada").await;
+    let mut browser = Visitor::new(gh.http_addr());
+    let page = browser.get("/auth/login").await;
+    let csrf = page.hidden("csrf");
+    // Sign-in: `rd` only in the URL the form is posted to.
+    let landed = browser
+        .post(
+            "/auth/login?rd=%2Fprivate%2Fdocs%3Fa%3D1",
+            &[("csrf", &csrf), ("user", "ada"), ("password", PASSWORD)],
+        )
+        .await;
+    assert_eq!(landed.status, 303, "{}", landed.body);
+    assert_eq!(landed.location(), "/private/docs?a=1");
+    // The form's own `rd` wins over the URL's, and an empty one gives way to it.
+    let page = browser.get("/auth/logout").await;
+    let csrf = page.hidden("csrf");
+    let out = browser
+        .post(
+            "/auth/logout?rd=%2Fbye",
+            &[("csrf", &csrf), ("rd", "/public/signed-out")],
+        )
+        .await;
+    assert_eq!(out.status, 303, "{}", out.body);
+    assert_eq!(out.location(), "/public/signed-out");
+    browser.sign_in("ada", PASSWORD, "/").await;
+    let page = browser.get("/auth/logout").await;
+    let csrf = page.hidden("csrf");
+    let out = browser
+        .post("/auth/logout?rd=%2Fbye", &[("csrf", &csrf), ("rd", "")])
+        .await;
+    assert_eq!(out.status, 303, "{}", out.body);
+    assert_eq!(out.location(), "/bye");
+    // Off-site values are checked as the form's are.
+    browser.sign_in("ada", PASSWORD, "/").await;
+    let page = browser.get("/auth/logout").await;
+    let csrf = page.hidden("csrf");
+    let out = browser
+        .post("/auth/logout?rd=%2F%2Fevil.example", &[("csrf", &csrf)])
+        .await;
+    assert_eq!(out.status, 303, "{}", out.body);
+    assert!(out.location().starts_with('/') && !out.location().starts_with("//"));
+}

@@ -523,7 +523,8 @@ impl Admin {
         if let Some(oldest) = crate::audit::oldest_kept(self.clock.as_ref()) {
             page.events.retain(|e| e.time >= oldest);
         }
-        let mut response = api::json(StatusCode::OK, &page.events);
+        let events: Vec<serde_json::Value> = page.events.iter().map(listed).collect();
+        let mut response = api::json(StatusCode::OK, &events);
         if let Some(next) = page.next
             && let Ok(link) = HeaderValue::from_str(&filters.next_link(next))
         {
@@ -531,6 +532,21 @@ impl Admin {
         }
         Ok(response)
     }
+}
+
+/// An event as `GET /admin/v1/audit` lists it: its fields, and the user and details also under
+/// the names the JSON-line sink uses (`user`, `details`), so that one reader serves both.
+fn listed(event: &crate::store::AuditEvent) -> serde_json::Value {
+    let mut value = serde_json::to_value(event).unwrap_or_default();
+    if let serde_json::Value::Object(fields) = &mut value {
+        if let Some(user) = &event.user_name {
+            fields.insert("user".into(), user.as_str().into());
+        }
+        if let Some(detail) = &event.detail {
+            fields.insert("details".into(), detail.as_str().into());
+        }
+    }
+    value
 }
 
 /// The query of `GET /admin/v1/audit`, checked.

@@ -200,12 +200,23 @@ impl Nexus {
     /// "Bearer and ApplicationToken, or Basic" (SPEC §4.1).
     async fn principal(&self, parts: &Parts) -> Result<Principal, NexusError> {
         let credential = auth::credential(&parts.headers).map_err(NexusError::Auth)?;
-        let principal = self
+        let principal = match self
             .auth
             .authenticate(&parts.headers, api::client(parts))
             .await
-            .map_err(NexusError::Auth)?
-            .ok_or(NexusError::NoCredential)?;
+        {
+            Ok(principal) => principal.ok_or(NexusError::NoCredential)?,
+            // "404 when the principal's user no longer exists" (SPEC §4.1): a token of ours,
+            // with its ApplicationToken, whose user was deleted since it was issued.
+            Err(AuthError::Invalid(why)) => {
+                return Err(match self.auth.names_a_deleted_user(&parts.headers).await {
+                    Ok(true) => NexusError::Mfa(MfaError::UnknownUser),
+                    Ok(false) => NexusError::Auth(AuthError::Invalid(why)),
+                    Err(e) => NexusError::Auth(e),
+                });
+            }
+            Err(e) => return Err(NexusError::Auth(e)),
+        };
         if matches!(credential, Some(Credential::Bearer(_)))
             && !principal.methods.contains(&AuthMethod::App)
         {

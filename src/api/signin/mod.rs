@@ -291,11 +291,19 @@ impl SignIn {
         self.not_forged(parts, visit)?;
         let cookie = self.sessions.csrf_cookie(&parts.headers).map(str::to_owned);
         let bytes = api::read_body(parts, body).await.map_err(Refusal::Body)?;
-        let form = Form(
+        let mut form = Form(
             form_urlencoded::parse(&bytes)
                 .map(|(k, v)| (k.into_owned(), v.into_owned()))
                 .collect(),
         );
+        // `rd` comes with the form (the pages put it there), else from the URL the form was
+        // posted to (`POST /auth/step-up?rd=…`); either way it is checked where it is used.
+        if form.get("rd").is_empty()
+            && let Some(rd) = api::query_value(parts.uri.query(), "rd")
+        {
+            form.0.retain(|(k, _)| k != "rd");
+            form.0.push(("rd".to_owned(), rd));
+        }
         if !self
             .sessions
             .csrf_valid(cookie.as_deref(), form.get("csrf"))
