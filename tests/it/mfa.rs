@@ -635,6 +635,14 @@ async fn a_token_whose_user_was_deleted_gets_404_from_nexus_and_401_elsewhere() 
             app["token"].as_str().unwrap().to_owned(),
         ),
     ];
+    // While the user exists, a token refused for another reason stays 401, never 404.
+    let user = "/admin/v1/users/ada";
+    let disabled = Some(json!({"disabled": true}));
+    assert_eq!(gh.admin("PATCH", user, disabled).await.0, 200);
+    let (status, body, _) = post(&gh, "/v1/me/recovery-codes", &headers, None).await;
+    assert_eq!(status, 401, "{body}");
+    let enabled = Some(json!({"disabled": false}));
+    assert_eq!(gh.admin("PATCH", user, enabled).await.0, 200);
     let (status, _) = gh.admin("DELETE", "/admin/v1/users/ada", None).await;
     assert_eq!(status, 204);
     for path in [

@@ -346,7 +346,7 @@ pub(super) fn routes(c: &mut Checker, raw_routes: Vec<RawRoute>) -> Vec<AccessRu
         let factors = list(c, &key("factors"), r.factors, |s: String| {
             Factor::parse(&s).ok_or_else(|| {
                 format!(
-                    "expected one of `{}`, got `{s}`",
+                    "expected one of `{}` (or `otp`, `hwk`, `passkey`), got `{s}`",
                     Factor::NAMES.join("`, `")
                 )
             })
