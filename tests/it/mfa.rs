@@ -607,19 +607,23 @@ fn sms_code(provider: &Upstream) -> String {
         .to_owned()
 }
 
-#[tokio::test]
-async fn a_token_whose_user_was_deleted_gets_404_from_nexus_and_401_elsewhere() {
-    let upstream = Upstream::start().await;
-    let (gh, _) = start(&upstream, |_| {}).await;
-    let secret = enroll_otp(&gh).await;
+/// Confirms ada's pending authenticator-app enrollment with the code of `secret`: the grant,
+/// whose `accessToken` carries the second factor.
+async fn confirmed(gh: &Gatehouse, secret: &[u8]) -> Value {
     let (status, granted, _) = post(
-        &gh,
+        gh,
         "/v1/me/verify-enrollment-otp",
         &[basic()],
-        Some(json!({"otp": totp(&secret, 0)})),
+        Some(json!({"otp": totp(secret, 0)})),
     )
     .await;
     assert_eq!(status, 200, "{granted}");
+    granted
+}
+
+/// The headers of a Nexus call with `granted`'s access token and a new application's
+/// ApplicationToken beside it.
+async fn with_application(gh: &Gatehouse, granted: &Value) -> [(String, String); 2] {
     let (_, app) = gh
         .admin(
             "POST",
@@ -627,14 +631,26 @@ async fn a_token_whose_user_was_deleted_gets_404_from_nexus_and_401_elsewhere() 
             Some(json!({"name": "portal"})),
         )
         .await;
-    let bearer = format!("Bearer {}", granted["accessToken"].as_str().unwrap());
-    let headers = [
-        ("authorization".to_owned(), bearer.clone()),
+    [
+        (
+            "authorization".to_owned(),
+            format!("Bearer {}", granted["accessToken"].as_str().unwrap()),
+        ),
         (
             "applicationtoken".to_owned(),
             app["token"].as_str().unwrap().to_owned(),
         ),
-    ];
+    ]
+}
+
+#[tokio::test]
+async fn a_token_whose_user_was_deleted_gets_404_from_nexus_and_401_elsewhere() {
+    let upstream = Upstream::start().await;
+    let (gh, _) = start(&upstream, |_| {}).await;
+    let secret = enroll_otp(&gh).await;
+    let granted = confirmed(&gh, &secret).await;
+    let headers = with_application(&gh, &granted).await;
+    let bearer = headers[0].1.clone();
     // While the user exists, a token refused for another reason stays 401, never 404.
     let user = "/admin/v1/users/ada";
     let disabled = Some(json!({"disabled": true}));
@@ -716,13 +732,7 @@ async fn a_second_factor_needs_a_credential_with_a_second_factor() {
     let upstream = Upstream::start().await;
     let (gh, _) = start(&upstream, |_| {}).await;
     let secret = enroll_otp(&gh).await;
-    let (_, granted, _) = post(
-        &gh,
-        "/v1/me/verify-enrollment-otp",
-        &[basic()],
-        Some(json!({"otp": totp(&secret, 0)})),
-    )
-    .await;
+    let granted = confirmed(&gh, &secret).await;
     let (status, problem, _) = post(
         &gh,
         "/v1/me/mfa-enrollment?factor=email&isInteractive=true",
@@ -738,23 +748,7 @@ async fn a_second_factor_needs_a_credential_with_a_second_factor() {
             .ends_with("factor-already-enrolled")
     );
     // With the MFA token (and the ApplicationToken a Bearer needs here), it is allowed.
-    let (_, app) = gh
-        .admin(
-            "POST",
-            "/admin/v1/applications",
-            Some(json!({"name": "portal"})),
-        )
-        .await;
-    let headers = [
-        (
-            "authorization".to_owned(),
-            format!("Bearer {}", granted["accessToken"].as_str().unwrap()),
-        ),
-        (
-            "applicationtoken".to_owned(),
-            app["token"].as_str().unwrap().to_owned(),
-        ),
-    ];
+    let headers = with_application(&gh, &granted).await;
     let (status, body, _) = post(
         &gh,
         "/v1/me/mfa-enrollment?factor=email&isInteractive=true",
