@@ -12,9 +12,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::body::{Frame, Incoming, SizeHint};
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -274,30 +274,11 @@ async fn serve(
     // whether the client takes the responses it is sent.
     let activity = Activity::default();
     let watched = activity.clone();
-    let service = service_fn(move |mut req: hyper::Request<Incoming>| {
-        let in_flight = InFlight::start(activity.clone());
-        if req.method() == http::Method::CONNECT
-            || req.headers().contains_key(http::header::UPGRADE)
-        {
-            // A request that may become a tunnel: the tunnel keeps the connection in use (an
-            // HTTP/2 stream's connection is not closed as idle) and counted against the caps.
-            req.extensions_mut().insert(KeepOpen {
-                _in_flight: Arc::new(InFlight::start(activity.clone())),
-                _slot: slot.clone(),
-            });
-        }
-        let head = req.method() == http::Method::HEAD;
-        let response = handler(req, info);
-        async move {
-            let response = response.await;
-            let response = if head {
-                without_body(response)
-            } else {
-                response
-            };
-            Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight)))
-        }
-    });
+    let service = TowerToHyperService::new(
+        tower::ServiceBuilder::new()
+            .layer(Accounting { activity, slot })
+            .service(Handle { handler, info }),
+    );
     // Owned, so the connection future does not borrow the builder across the spawn.
     let conn = builder
         .serve_connection_with_upgrades(TokioIo::new(io), service)
@@ -526,6 +507,136 @@ impl Activity {
     /// hyper asked a response body for data: the client is taking what it was sent.
     fn progressed(&self) {
         self.lock().progress = Some(Instant::now());
+    }
+}
+
+/// The gateway's handler as the tower service a connection's requests go to.
+#[derive(Clone)]
+struct Handle {
+    handler: Handler,
+    info: ConnInfo,
+}
+
+impl tower::Service<hyper::Request<Incoming>> for Handle {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Handled;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: hyper::Request<Incoming>) -> Handled {
+        Handled((self.handler)(req, self.info))
+    }
+}
+
+/// The response [`Handle`] is working on; errors become responses, so it never fails.
+struct Handled(Pin<Box<dyn Future<Output = http::Response<Body>> + Send>>);
+
+impl Future for Handled {
+    type Output = Result<http::Response<Body>, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.0.as_mut().poll(cx).map(Ok)
+    }
+}
+
+/// The tower layer that keeps a connection's account of its requests (see [`Accounted`]).
+struct Accounting {
+    activity: Activity,
+    slot: Arc<Slot>,
+}
+
+impl<S> tower::Layer<S> for Accounting {
+    type Service = Accounted<S>;
+
+    fn layer(&self, inner: S) -> Accounted<S> {
+        Accounted {
+            inner,
+            activity: self.activity.clone(),
+            slot: self.slot.clone(),
+        }
+    }
+}
+
+/// Every request of a connection counts as in flight from its head until hyper drops its
+/// response body, whose progress tells whether the client takes what it is sent; a request that
+/// may become a tunnel keeps the connection in use for as long as the tunnel lives; the answer to
+/// a `HEAD` loses its body.
+#[derive(Clone)]
+struct Accounted<S> {
+    inner: S,
+    activity: Activity,
+    slot: Arc<Slot>,
+}
+
+impl<S> tower::Service<hyper::Request<Incoming>> for Accounted<S>
+where
+    S: tower::Service<
+            hyper::Request<Incoming>,
+            Response = http::Response<Body>,
+            Error = Infallible,
+        >,
+    S::Future: Unpin,
+{
+    type Response = http::Response<Tracked>;
+    type Error = Infallible;
+    type Future = Answering<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: hyper::Request<Incoming>) -> Answering<S::Future> {
+        let in_flight = InFlight::start(self.activity.clone());
+        if req.method() == http::Method::CONNECT
+            || req.headers().contains_key(http::header::UPGRADE)
+        {
+            // A request that may become a tunnel: the tunnel keeps the connection in use (an
+            // HTTP/2 stream's connection is not closed as idle) and counted against the caps.
+            req.extensions_mut().insert(KeepOpen {
+                _in_flight: Arc::new(InFlight::start(self.activity.clone())),
+                _slot: self.slot.clone(),
+            });
+        }
+        let head = req.method() == http::Method::HEAD;
+        Answering {
+            response: self.inner.call(req),
+            in_flight: Some(in_flight),
+            head,
+        }
+    }
+}
+
+/// The response an [`Accounted`] request is waiting for.
+struct Answering<F> {
+    response: F,
+    /// Handed to the response body once the response is there.
+    in_flight: Option<InFlight>,
+    head: bool,
+}
+
+impl<F> Future for Answering<F>
+where
+    F: Future<Output = Result<http::Response<Body>, Infallible>> + Unpin,
+{
+    type Output = Result<http::Response<Tracked>, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Poll::Ready(Ok(response)) = Pin::new(&mut self.response).poll(cx) else {
+            return Poll::Pending;
+        };
+        let response = match self.head {
+            true => without_body(response),
+            false => response,
+        };
+        let Some(in_flight) = self.in_flight.take() else {
+            // Polled again after it was ready: a bug of the caller; the request is no longer
+            // counted, so nothing is left to track.
+            return Poll::Pending;
+        };
+        Poll::Ready(Ok(response.map(|body| Tracked::new(body, in_flight))))
     }
 }
 
