@@ -54,7 +54,8 @@ tokio::task_local! {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Request {
     pub client: Option<IpAddr>,
-    pub request_id: Option<String>,
+    /// As the request carries it (a shared value: nothing is copied unless an event is made).
+    pub request_id: Option<http::HeaderValue>,
 }
 
 /// Runs `work` with `request` as the request every event recorded in it (on this task) was
@@ -204,7 +205,12 @@ impl Event {
                 self.client = request.client.map(|ip| ip.to_string());
             }
             if self.request_id.is_none() {
-                self.request_id = request.request_id.filter(|id| !id.is_empty());
+                self.request_id = request
+                    .request_id
+                    .as_ref()
+                    .and_then(|id| id.to_str().ok())
+                    .filter(|id| !id.is_empty())
+                    .map(str::to_owned);
             }
         }
         AuditEvent {

@@ -182,18 +182,39 @@ pub fn match_key(normal: &str) -> std::borrow::Cow<'_, str> {
 /// paths are.
 fn is_normal(raw: &str) -> bool {
     let bytes = raw.as_bytes();
-    if bytes.iter().any(|b| matches!(b, b'%' | b'\\' | 0)) {
-        return false;
-    }
-    let mut segments = raw.split('/').skip(1).peekable();
-    while let Some(segment) = segments.next() {
-        let last = segments.peek().is_none();
-        let name = segment_name(segment);
-        if matches!(name, "." | "..") || (name.is_empty() && !(last && segment.is_empty())) {
-            return false;
+    // One pass over the bytes: where the current segment starts (just after its `/`), and where
+    // its name ends (its first `;`). Nothing before the first `/` is a segment.
+    let mut start: Option<usize> = None;
+    let mut name_end: Option<usize> = None;
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'%' | b'\\' | 0 => return false,
+            b'/' => {
+                // A segment with another after it needs a name, and not `.` or `..`.
+                if let Some(start) = start
+                    && !is_plain_name(&bytes[start..name_end.unwrap_or(i)])
+                {
+                    return false;
+                }
+                start = Some(i + 1);
+                name_end = None;
+            }
+            b';' if name_end.is_none() => name_end = Some(i),
+            _ => {}
         }
     }
-    true
+    // The last segment may be empty (a trailing `/`), else it needs a plain name too.
+    match start {
+        Some(start) if start < bytes.len() => {
+            is_plain_name(&bytes[start..name_end.unwrap_or(bytes.len())])
+        }
+        _ => true,
+    }
+}
+
+/// Whether a segment's name is a name: not empty, `.` or `..`.
+fn is_plain_name(name: &[u8]) -> bool {
+    !matches!(name, b"" | b"." | b"..")
 }
 
 /// A character as paths are compared in any letter case: ASCII letters in lower case, and the
@@ -507,6 +528,26 @@ mod properties {
             }
             prop_assert!(is_normal(&path), "{}", path);
             prop_assert_eq!(normalize(&path), Ok(path.clone()));
+        }
+
+        #[test]
+        fn a_path_is_normal_exactly_when_each_of_its_segments_is(
+            path in "[ab/;.%\\\\é]{0,12}",
+        ) {
+            // The definition, segment by segment, that the one-pass check must agree with.
+            let by_segments = !path.contains(['%', '\\', '\0']) && {
+                let mut segments = path.split('/').skip(1).peekable();
+                let mut normal = true;
+                while let Some(segment) = segments.next() {
+                    let last = segments.peek().is_none();
+                    let name = segment_name(segment);
+                    if matches!(name, "." | "..") || (name.is_empty() && !(last && segment.is_empty())) {
+                        normal = false;
+                    }
+                }
+                normal
+            };
+            prop_assert_eq!(is_normal(&path), by_segments, "{}", path);
         }
 
         #[test]

@@ -9,6 +9,7 @@
 //! session segments (`/(S(x))/admin/x` is under `/admin/`). The longest matching
 //! prefix wins; the query never takes part. A path no rule matches gets `proxy.default`.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
 use crate::config::{Access, AccessRule};
@@ -79,7 +80,7 @@ pub const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
 /// describes), then every value of the method override headers, in any spelling an upstream
 /// folds into theirs (`_` or `.` for `-`), each comma-separated item trimmed, each method once
 /// whatever its letter case.
-pub fn acted_methods(own: &[&str], headers: &http::HeaderMap) -> Vec<String> {
+pub fn acted_methods(own: &[&str], headers: &http::HeaderMap) -> Methods {
     // In any spelling a CGI-style upstream reads as the header (`X_HTTP_Method_Override`).
     let mut overrides = headers
         .iter()
@@ -89,14 +90,14 @@ pub fn acted_methods(own: &[&str], headers: &http::HeaderMap) -> Vec<String> {
                 .any(|o| crate::hygiene::folded_eq(name.as_str().as_bytes(), o.as_bytes()))
         })
         .peekable();
-    let mut methods: Vec<String> = Vec::with_capacity(own.len());
+    let mut methods = Methods::new();
     if overrides.peek().is_none() && own.len() <= 4 {
         // The usual request: its own method, or the few a forward-auth request describes,
         // compared with each other without a set.
         for m in own {
             let m = m.trim();
             if !m.is_empty() && !methods.iter().any(|k| k.eq_ignore_ascii_case(m)) {
-                methods.push(m.to_owned());
+                methods.push(method_name(m));
             }
         }
         return methods;
@@ -105,7 +106,7 @@ pub fn acted_methods(own: &[&str], headers: &http::HeaderMap) -> Vec<String> {
     let mut seen = std::collections::HashSet::new();
     let mut add = |m: &str| {
         if !m.is_empty() && seen.insert(m.to_ascii_uppercase()) {
-            methods.push(m.to_owned());
+            methods.push(method_name(m));
         }
     };
     for m in own {
@@ -117,6 +118,21 @@ pub fn acted_methods(own: &[&str], headers: &http::HeaderMap) -> Vec<String> {
         }
     }
     methods
+}
+
+/// The methods a request may be acted on as ([`acted_methods`]): almost always one, a standard
+/// one, kept without allocating.
+pub type Methods = smallvec::SmallVec<[Cow<'static, str>; 2]>;
+
+/// `method` as it was named: a standard method's name as a constant, any other a copy.
+fn method_name(method: &str) -> Cow<'static, str> {
+    const STANDARD: [&str; 9] = [
+        "GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    match STANDARD.iter().find(|s| **s == method) {
+        Some(standard) => Cow::Borrowed(standard),
+        None => Cow::Owned(method.to_owned()),
+    }
 }
 
 /// Whether a rule's `methods` (upper case) admits `method`, compared ASCII-case-insensitively
@@ -170,11 +186,11 @@ impl AccessRules {
 
     /// The rules whose prefix covers `path`, longest first, each with its index in `[[routes]]`;
     /// `proxy.default` (index `None`) comes last.
-    pub fn candidates<'a>(
+    pub fn candidates<'a, 'p>(
         &'a self,
-        path: &str,
-    ) -> impl Iterator<Item = (Option<usize>, &'a AccessRule)> + 'a {
-        let path = without_session_segments(path).into_owned();
+        path: &'p str,
+    ) -> impl Iterator<Item = (Option<usize>, &'a AccessRule)> + use<'a, 'p> {
+        let path = without_session_segments(path);
         self.rules
             .iter()
             .filter(move |(_, r)| prefix_matches(&r.path_prefix, &path))
@@ -195,10 +211,10 @@ impl AccessRules {
     pub fn rules_for_request(
         &self,
         path: &str,
-        methods: &[String],
+        methods: &[Cow<'_, str>],
         client: IpAddr,
-    ) -> Vec<&AccessRule> {
-        let mut out: Vec<&AccessRule> = Vec::with_capacity(1);
+    ) -> Rules<'_> {
+        let mut out = Rules::new();
         // Methods no rule lists all get the same rule: it is looked up once, however many such
         // methods a client names.
         let mut unlisted_done = false;
@@ -221,6 +237,9 @@ impl AccessRules {
         out
     }
 }
+
+/// The rules a request must pass ([`AccessRules::rules_for_request`]): almost always one.
+pub type Rules<'a> = smallvec::SmallVec<[&'a AccessRule; 2]>;
 
 /// `path` without ASP.NET's cookieless session segments (`/(S(…))/`, `/(A(…)F(…))/`): ASP.NET on
 /// IIS removes such a segment wherever it stands before routing, so `/(S(x))/admin/x` is served as
@@ -387,7 +406,7 @@ mod tests {
         headers.insert("x-http-method-override", "delete, GET".parse().unwrap());
         headers.append("x-method-override", "Delete".parse().unwrap());
         let methods = acted_methods(&["get"], &headers);
-        assert_eq!(methods, ["get", "delete"]);
+        assert_eq!(methods.as_slice(), ["get", "delete"]);
         let decided = rules.rules_for_request("/docs/x", &methods, here);
         let access: Vec<Access> = decided.iter().map(|r| r.access).collect();
         assert_eq!(access, [Access::Public, Access::Mfa]);

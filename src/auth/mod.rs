@@ -403,7 +403,7 @@ impl Authenticator {
             Some(Credential::Basic {
                 user_name,
                 password,
-            }) => Some(self.basic(&user_name, password, client).await?),
+            }) => Some(Box::pin(self.basic(&user_name, password, client)).await?),
             Some(Credential::Bearer(token)) => Some(self.bearer(token).await?),
         };
         if let Some(value) = headers.get(&self.app_header) {
@@ -764,6 +764,13 @@ impl Authenticator {
         let Some(iss) = iss else {
             return Err(AuthError::Invalid("token from an untrusted issuer".into()));
         };
+        // A trusted issuer's token (its keys fetched, its user found or created) is the rare
+        // case: on the heap, so that every request's future stays small.
+        Box::pin(self.issued_elsewhere(iss, token)).await
+    }
+
+    /// [`Authenticator::bearer`] for a token another issuer signed.
+    async fn issued_elsewhere(&self, iss: String, token: &str) -> Result<Principal, AuthError> {
         let issuers = self.issuers.load_full();
         if issuers.trusts(&iss) {
             let claims = issuers

@@ -32,7 +32,7 @@ pub(super) struct Admitted {
     /// The request's match key, which picks its rule.
     pub(super) key: String,
     /// The methods the request may be acted on as (its own, and its override headers').
-    pub(super) methods: Vec<String>,
+    pub(super) methods: crate::routes::Methods,
     /// `Authorization`, `Cookie` and the ApplicationToken header, as the client sent them.
     pub(super) credentials: HeaderMap,
     pub(super) client: IpAddr,
@@ -43,18 +43,15 @@ pub(super) struct Admitted {
 /// upstream): `Authorization`, the ApplicationToken header and every `Cookie` (HTTP/2 clients
 /// send one per cookie). Values are shared, not copied.
 pub(super) struct Presented {
-    authorization: Option<HeaderValue>,
-    app: Option<HeaderValue>,
-    cookies: Vec<HeaderValue>,
+    pub(super) authorization: Option<HeaderValue>,
+    pub(super) app: Option<HeaderValue>,
+    pub(super) cookies: Vec<HeaderValue>,
 }
 
 impl Presented {
-    pub(super) fn of(headers: &HeaderMap, app_header: &header::HeaderName) -> Presented {
-        Presented {
-            authorization: headers.get(header::AUTHORIZATION).cloned(),
-            app: headers.get(app_header).cloned(),
-            cookies: headers.get_all(header::COOKIE).iter().cloned().collect(),
-        }
+    /// The request's `Cookie` values, as shared values.
+    pub(super) fn cookies(headers: &HeaderMap) -> Vec<HeaderValue> {
+        headers.get_all(header::COOKIE).iter().cloned().collect()
     }
 
     /// The headers to present again.

@@ -269,7 +269,7 @@ impl Gateway {
         // Audit events this request causes name its client and id.
         crate::audit::set_current(crate::audit::Request {
             client: Some(arrival.client),
-            request_id: arrival.request_id.to_str().ok().map(str::to_owned),
+            request_id: Some(arrival.request_id.clone()),
         });
         let target = Target::classify(
             &parts.method,
@@ -280,7 +280,7 @@ impl Gateway {
             self.nexus.as_ref(),
         );
         let outcome = match target {
-            Target::ForwardAuth => self.forward_auth(&parts, &path, &arrival).await,
+            Target::ForwardAuth => Box::pin(self.forward_auth(&parts, &path, &arrival)).await,
             Target::SignIn(endpoint) => {
                 self.local(&mut parts, arrival.client);
                 let origin = self.origin(&parts, &arrival);
@@ -290,20 +290,18 @@ impl Gateway {
                     path: &path,
                     request_id: arrival.request_id.to_str().unwrap_or_default(),
                 };
-                Outcome::local(self.signin.handle(endpoint, &parts, body, &visit).await)
+                Outcome::local(Box::pin(self.signin.handle(endpoint, &parts, body, &visit)).await)
             }
             Target::Jwks => Outcome::local(self.jwks()),
             Target::Enroll(ticket_id) => {
                 self.local(&mut parts, arrival.client);
                 Outcome::local(
-                    self.enroll
-                        .handle(&parts, body, ticket_id, arrival.client)
-                        .await,
+                    Box::pin(self.enroll.handle(&parts, body, ticket_id, arrival.client)).await,
                 )
             }
             Target::Ws(ws, endpoint) => {
                 self.local(&mut parts, arrival.client);
-                Outcome::local(ws.handle(endpoint, &parts, body).await)
+                Outcome::local(Box::pin(ws.handle(endpoint, &parts, body)).await)
             }
             Target::Manage(manage, endpoint) => {
                 self.local(&mut parts, arrival.client);
@@ -311,9 +309,9 @@ impl Gateway {
                 let id = uuid::Uuid::new_v4().to_string();
                 crate::audit::set_current(crate::audit::Request {
                     client: Some(arrival.client),
-                    request_id: Some(id.clone()),
+                    request_id: HeaderValue::from_str(&id).ok(),
                 });
-                let response = manage.handle(endpoint, &parts, body, &id).await;
+                let response = Box::pin(manage.handle(endpoint, &parts, body, &id)).await;
                 Outcome {
                     request_id: Some(id),
                     ..Outcome::local(response)
@@ -322,7 +320,7 @@ impl Gateway {
             Target::Nexus(nexus, endpoint) => {
                 self.local(&mut parts, arrival.client);
                 let id = arrival.request_id.to_str().unwrap_or_default();
-                Outcome::local(nexus.handle(endpoint, &parts, body, &key, id).await)
+                Outcome::local(Box::pin(nexus.handle(endpoint, &parts, body, &key, id)).await)
             }
             Target::Proxied => self.proxied(parts, body, &path, &key, &arrival).await,
         };

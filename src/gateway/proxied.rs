@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use http::header;
 use http::request::Parts;
 use http::uri::PathAndQuery;
-use http::{HeaderMap, Request, Response, StatusCode, Uri};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
@@ -44,7 +44,7 @@ impl Gateway {
             && arrival.upgrade.is_some()
             && !methods.iter().any(|m| m.eq_ignore_ascii_case("GET"))
         {
-            methods.push("GET".to_owned());
+            methods.push(std::borrow::Cow::Borrowed("GET"));
         }
         let rules = self.rules.rules_for_request(key, &methods, arrival.client);
         let class = rules.first().map_or("authenticated", |r| r.access.as_str());
@@ -65,11 +65,6 @@ impl Gateway {
                 return refused(rejection);
             }
         };
-        // What the principal was admitted with, for the checks while the exchange lives (taken
-        // as shared values: nothing is copied unless the exchange turns out to last).
-        let presented = principal
-            .as_ref()
-            .map(|_| Presented::of(&parts.headers, self.auth.application_header()));
         let admitted = |principal: &Option<Principal>, presented: Option<Presented>| {
             let (principal, presented) = (principal.as_ref()?, presented?);
             Some(Arc::new(Admitted {
@@ -83,10 +78,22 @@ impl Gateway {
             }))
         };
         let ambient = principal.as_ref().and_then(|_| ambient(&parts.headers));
+        // What the principal was admitted with, for the checks while the exchange lives: the
+        // credential headers as they are taken off the request (shared values: nothing is
+        // copied unless the exchange turns out to last), and its cookies as they came.
+        let cookies = principal
+            .as_ref()
+            .map(|_| Presented::cookies(&parts.headers));
         // The session id is gatehouse's alone, on every route.
         self.sessions.strip_cookies(&mut parts.headers);
+        let mut presented = None;
         if let Some(principal) = &principal {
-            self.strip_credentials(&mut parts.headers);
+            let (authorization, app) = self.strip_credentials(&mut parts.headers);
+            presented = cookies.map(|cookies| Presented {
+                authorization,
+                app,
+                cookies,
+            });
             if let Err(rejection) = self.set_identity(&mut parts.headers, principal) {
                 return refused(rejection);
             }
@@ -98,9 +105,8 @@ impl Gateway {
                 ambient,
             };
             let admitted = admitted(&principal, presented);
-            let outcome = self
-                .tunnel(parts, path, upgrade, principal, admitted, arrival)
-                .await;
+            let outcome =
+                Box::pin(self.tunnel(parts, path, upgrade, principal, admitted, arrival)).await;
             return Outcome {
                 grpc,
                 ..Outcome { class, ..outcome }
@@ -263,9 +269,14 @@ impl Gateway {
     }
 
     /// Credentials gatehouse consumed do not travel on: the upstream gets the assertion.
-    fn strip_credentials(&self, headers: &mut HeaderMap) {
-        headers.remove(header::AUTHORIZATION);
-        headers.remove(self.auth.application_header());
+    fn strip_credentials(
+        &self,
+        headers: &mut HeaderMap,
+    ) -> (Option<HeaderValue>, Option<HeaderValue>) {
+        (
+            headers.remove(header::AUTHORIZATION),
+            headers.remove(self.auth.application_header()),
+        )
     }
 
     /// The body within `proxy.max_body`: refused when its declared length is over the limit,

@@ -120,7 +120,7 @@ impl Upstream {
         grpc: bool,
     ) -> Result<Response<Body>, ForwardError> {
         if let Some(h2c) = self.over_h2c(grpc) {
-            return self.forward_h2c(h2c, req, path_and_query, grpc).await;
+            return Box::pin(self.forward_h2c(h2c, req, path_and_query, grpc)).await;
         }
         *req.uri_mut() = Uri::from(path_and_query);
         // The upstream speaks HTTP/1.1 whatever the client spoke; an HTTP/2 request names its

@@ -155,7 +155,7 @@ impl Pool {
                 },
             }
         }
-        let mut sender = self.connect().await?;
+        let mut sender = Box::pin(self.connect()).await?;
         let response = sender.send_request(req).await.map_err(PoolError::Http)?;
         Ok(self.lend(sender, response, head, written))
     }

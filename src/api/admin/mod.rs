@@ -335,7 +335,7 @@ impl Admin {
                 .extensions()
                 .get::<std::net::SocketAddr>()
                 .map(std::net::SocketAddr::ip),
-            request_id: Some(request_id.clone()),
+            request_id: http::HeaderValue::from_str(&request_id).ok(),
         };
         let result = crate::audit::within(caused_by, self.dispatch(req)).await;
         let mut response = self.respond(&path, result);
