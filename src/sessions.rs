@@ -31,7 +31,8 @@ const HASHED_SLOTS: usize = 256;
 /// A session as a request presents it, once found live.
 #[derive(Debug, Clone)]
 pub struct Live {
-    pub session: Session,
+    /// Shared with the store's decoded copy: read, not changed.
+    pub session: Arc<Session>,
     /// Unix seconds when it ends unless used again: the earlier of the idle and absolute ends.
     pub ends: i64,
 }
@@ -310,7 +311,7 @@ impl Sessions {
 
     /// [`Sessions::find`] by the id's store key.
     async fn live(&self, hash: &str) -> StoreResult<Option<Live>> {
-        let Some(session) = self.store.session(hash).await? else {
+        let Some(session) = self.store.shared_session(hash).await? else {
             return Ok(None);
         };
         let now = self.clock.unix();
@@ -324,10 +325,10 @@ impl Sessions {
             if !self.store.touch_session(hash, now).await? {
                 return Ok(None);
             }
-            let session = Session {
+            let session = Arc::new(Session {
                 last_seen: now,
-                ..session
-            };
+                ..Session::clone(&session)
+            });
             let ends = self.ends(&session);
             return Ok(Some(Live { session, ends }));
         }
@@ -380,7 +381,7 @@ impl Sessions {
             id_hash: id_hash(&id),
             methods,
             last_seen: now,
-            ..live.session.clone()
+            ..Session::clone(&live.session)
         };
         if self
             .store

@@ -963,6 +963,11 @@ pub trait Store: Send + Sync {
     async fn create_session(&self, session: Session, keep: usize) -> StoreResult<()>;
     /// The session whose id hashes to `id_hash`, whether or not it has expired.
     async fn session(&self, id_hash: &str) -> StoreResult<Option<Session>>;
+    /// [`Store::session`] for a caller that only reads the record (every request with a session
+    /// cookie): a backend that keeps decoded sessions shares its copy instead of cloning it.
+    async fn shared_session(&self, id_hash: &str) -> StoreResult<Option<Arc<Session>>> {
+        Ok(self.session(id_hash).await?.map(Arc::new))
+    }
     /// Sets the session's `last_seen` to `now` when that is later; `false` when there is no such
     /// session (nothing written).
     async fn touch_session(&self, id_hash: &str, now: i64) -> StoreResult<bool>;

@@ -109,7 +109,7 @@ impl Change {
 /// The cached reads of one replica.
 pub(super) struct ReadCache {
     users: Cache<u64, Arc<User>>,
-    sessions: Cache<String, Session>,
+    sessions: Cache<String, Arc<Session>>,
     applications: Cache<String, Application>,
     /// Bumped before every drop of entries: a read that saw it move did not necessarily read
     /// what the change committed, and keeps nothing.
@@ -244,9 +244,13 @@ impl ReadCache {
         self.through(&self.users, &id, || id, read).await
     }
 
-    pub(super) async fn session<F>(&self, id_hash: &str, read: F) -> StoreResult<Option<Session>>
+    pub(super) async fn session<F>(
+        &self,
+        id_hash: &str,
+        read: F,
+    ) -> StoreResult<Option<Arc<Session>>>
     where
-        F: Future<Output = StoreResult<Option<Session>>>,
+        F: Future<Output = StoreResult<Option<Arc<Session>>>>,
     {
         self.through(&self.sessions, id_hash, || id_hash.to_owned(), read)
             .await

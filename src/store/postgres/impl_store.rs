@@ -626,6 +626,13 @@ impl Store for PgStore {
     }
 
     async fn session(&self, id_hash: &str) -> StoreResult<Option<Session>> {
+        Ok(self
+            .shared_session(id_hash)
+            .await?
+            .map(Arc::unwrap_or_clone))
+    }
+
+    async fn shared_session(&self, id_hash: &str) -> StoreResult<Option<Arc<Session>>> {
         if !storable(id_hash) {
             return Ok(None);
         }
@@ -637,7 +644,7 @@ impl Store for PgStore {
                 &[&id_hash],
             )
             .await?;
-            Ok(found.as_ref().map(session_from).transpose()?)
+            Ok(found.as_ref().map(session_from).transpose()?.map(Arc::new))
         };
         match &self.cache {
             Some(cache) => cache.session(id_hash, read).await,

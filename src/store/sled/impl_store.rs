@@ -777,6 +777,10 @@ impl Store for SledStore {
     }
 
     async fn session(&self, id_hash: &str) -> StoreResult<Option<Session>> {
+        Ok(self.read_session(id_hash)?.map(Arc::unwrap_or_clone))
+    }
+
+    async fn shared_session(&self, id_hash: &str) -> StoreResult<Option<Arc<Session>>> {
         self.read_session(id_hash)
     }
 

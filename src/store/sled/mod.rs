@@ -103,7 +103,7 @@ pub struct SledStore {
     /// Users as last decoded, by id: see [`SledStore::shared_user_at`].
     decoded_users: Decodes<[u8; 8], Arc<User>, DECODED_USERS>,
     /// Sessions as last decoded, by id hash (each request with a session cookie reads one).
-    decoded_sessions: Decodes<Vec<u8>, Session, DECODED_SESSIONS>,
+    decoded_sessions: Decodes<Vec<u8>, Arc<Session>, DECODED_SESSIONS>,
     /// Rotations hold it shared, and sign-outs that look for sessions in an index hold it alone:
     /// sled's scans are no snapshot, and a rotation that committed while one read could move a
     /// session from a key the scan had not reached to one it had passed.

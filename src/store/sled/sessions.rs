@@ -8,7 +8,7 @@
 //! Sign-ins at external providers in progress (SPEC §12) are kept in `login_flows` under their
 //! state hash.
 
-use std::sync::PoisonError;
+use std::sync::{Arc, PoisonError};
 
 use sled::Transactional;
 use sled::transaction::TransactionalTree;
@@ -130,11 +130,15 @@ impl SledStore {
         Ok(())
     }
 
-    pub(super) fn read_session(&self, id_hash: &str) -> StoreResult<Option<Session>> {
+    /// The session stored under `id_hash`, decoded again only when its stored bytes changed
+    /// since the last time; the decoded record is shared, not copied.
+    pub(super) fn read_session(&self, id_hash: &str) -> StoreResult<Option<Arc<Session>>> {
         match self.sessions.get(id_hash).map_err(backend)? {
             Some(bytes) => self
                 .decoded_sessions
-                .of(id_hash.as_bytes(), bytes, decode)
+                .of(id_hash.as_bytes(), bytes, |bytes| {
+                    decode(bytes).map(Arc::new)
+                })
                 .map(Some),
             None => Ok(None),
         }
