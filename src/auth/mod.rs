@@ -381,14 +381,20 @@ impl Authenticator {
         let Some(app) = headers.get(&self.app_header).and_then(|v| v.to_str().ok()) else {
             return Ok(false);
         };
-        let hash = secret::hash_token(app.trim());
-        if self.store.application_by_token_hash(&hash).await?.is_none() {
+        if !self.application_known(app).await? {
             return Ok(false);
         }
         Ok(match claims.sub.parse::<u64>() {
             Ok(id) => self.store.shared_user_by_id(id).await?.is_none(),
             Err(_) => false,
         })
+    }
+
+    /// Whether `token` (an ApplicationToken header's value, surrounding whitespace ignored) is
+    /// a registered application's.
+    async fn application_known(&self, token: &str) -> Result<bool, AuthError> {
+        let hash = secret::hash_token(token.trim());
+        Ok(self.store.application_by_token_hash(&hash).await?.is_some())
     }
 
     async fn authenticate_from(
@@ -410,8 +416,7 @@ impl Authenticator {
             let token = value
                 .to_str()
                 .map_err(|_| AuthError::Invalid("ApplicationToken is not ASCII".into()))?;
-            let hash = secret::hash_token(token.trim());
-            if self.store.application_by_token_hash(&hash).await?.is_none() {
+            if !self.application_known(token).await? {
                 return Err(AuthError::Invalid("unknown application token".into()));
             }
             if let Some(p) = principal.as_mut()
